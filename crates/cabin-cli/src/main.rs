@@ -1,0 +1,94 @@
+//! `cabin`: containers in lightweight VMs. A thin command-line layer over cabin-runtime.
+
+mod run;
+mod sizes;
+mod terminal;
+
+use std::time::Instant;
+
+use cabin_runtime::Paths;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cabin",
+    version,
+    about = "Containers, each in its own lightweight VM"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a command in a new container, in a VM of its own.
+    Run(run::RunArgs),
+    /// Host-wide information and maintenance.
+    System {
+        #[command(subcommand)]
+        command: SystemCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SystemCommand {
+    /// What cabin found on this host: QEMU, the accelerator and why, the guest kernel.
+    Info {
+        /// Output format: text or json.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
+}
+
+fn main() {
+    let started = Instant::now();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cabin: cannot start: {e}");
+            std::process::exit(125);
+        }
+    };
+    // One thread runs everything (QEMU is spawned from it, and its parent-death signal
+    // is tied to the spawning thread).
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run::run(args, started).await,
+            Command::System {
+                command: SystemCommand::Info { format },
+            } => system_info(&format),
+        }
+    });
+    // Exit without waiting for a blocking stdin read to finish.
+    std::process::exit(code);
+}
+
+fn system_info(format: &str) -> i32 {
+    let paths = Paths::from_env();
+    let info = cabin_runtime::system::info(&paths, Default::default());
+    match format {
+        "json" => {
+            let map: serde_json::Map<String, serde_json::Value> = info
+                .0
+                .into_iter()
+                .map(|(k, v)| (k.replace(' ', "_"), serde_json::Value::String(v)))
+                .collect();
+            println!("{}", serde_json::Value::Object(map));
+        }
+        "text" => {
+            for (k, v) in info.0 {
+                println!("{:<20} {v}", format!("{k}:"));
+            }
+        }
+        other => {
+            eprintln!("cabin: unknown format {other:?}: use text or json");
+            return 125;
+        }
+    }
+    0
+}

@@ -1,0 +1,385 @@
+//! `cabin run`: boot the container's VM, attach the user's terminal or pipes to its
+//! process, forward signals, and leave with the process's exit status.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cabin_proto::v1::{output_chunk, InputChunk, ResizeTtyRequest, SignalRequest, TtySize};
+use cabin_runtime::{ContainerConfig, ContainerVm, Paths, RunError};
+use clap::Args;
+use tokio::io::AsyncReadExt;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::StreamExt;
+
+use crate::sizes::parse_size;
+use crate::terminal;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Remove the container when it exits (every container does until containers can be
+    /// kept and restarted).
+    #[arg(long)]
+    rm: bool,
+    /// Keep stdin open and connect it to the process.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Give the process a terminal.
+    #[arg(short, long)]
+    tty: bool,
+    /// Set an environment variable (KEY=VALUE, or KEY to pass the host's value).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory inside the container (created if missing).
+    #[arg(short, long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// User to run as: name, uid, name:group or uid:gid, from the image's /etc/passwd.
+    #[arg(short, long, value_name = "USER[:GROUP]")]
+    user: Option<String>,
+    /// CPUs for the container (fractions allowed, e.g. 1.5).
+    #[arg(long, value_name = "N")]
+    cpus: Option<f64>,
+    /// Memory limit (e.g. 256m, 1g); the VM is sized to fit it.
+    #[arg(short, long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Largest number of processes in the container.
+    #[arg(long, value_name = "N")]
+    pids_limit: Option<u64>,
+    /// Resource limit, as NAME=SOFT[:HARD] (e.g. nofile=1024:4096).
+    #[arg(long, value_name = "NAME=SOFT[:HARD]")]
+    ulimit: Vec<String>,
+    /// The container's hostname (default: the first 12 characters of its id).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Root filesystem directory the container runs in.
+    #[arg(long, value_name = "DIR")]
+    rootfs: PathBuf,
+    /// Guest kernel to boot instead of cabin's own.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Accelerator: auto (KVM where it can run a guest, else TCG), kvm or tcg.
+    #[arg(
+        long,
+        value_name = "auto|kvm|tcg",
+        default_value = "auto",
+        env = "CABIN_ACCEL"
+    )]
+    accel: String,
+    /// Seconds to wait for the guest to come up before giving up.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    boot_timeout: u64,
+    /// Print where start-up and teardown time went.
+    #[arg(long)]
+    timings: bool,
+    /// Extra guest kernel arguments (for debugging guests).
+    #[arg(long, value_name = "ARGS", hide = true, env = "CABIN_KERNEL_ARGS")]
+    kernel_args: Option<String>,
+    /// The command and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    command: Vec<String>,
+}
+
+fn parse_ulimit(s: &str) -> Result<(String, u64, u64), String> {
+    let bad = || format!("invalid --ulimit {s:?}: use NAME=SOFT[:HARD], e.g. nofile=1024:4096");
+    let (name, vals) = s.split_once('=').ok_or_else(bad)?;
+    let num = |v: &str| -> Result<u64, String> {
+        if v == "unlimited" || v == "-1" {
+            Ok(u64::MAX)
+        } else {
+            v.parse().map_err(|_| bad())
+        }
+    };
+    let (soft, hard) = match vals.split_once(':') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => (num(vals)?, num(vals)?),
+    };
+    if soft > hard {
+        return Err(format!(
+            "invalid --ulimit {s:?}: the soft limit is above the hard one"
+        ));
+    }
+    Ok((name.to_string(), soft, hard))
+}
+
+fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
+    let mut c = ContainerConfig::new(args.rootfs.clone(), args.command.clone());
+    for e in &args.env {
+        match e.split_once('=') {
+            Some(_) => c.env.push(e.clone()),
+            None => {
+                if let Ok(v) = std::env::var(e) {
+                    c.env.push(format!("{e}={v}"));
+                }
+            }
+        }
+    }
+    c.cwd = args.workdir.clone().unwrap_or_default();
+    c.user = args.user.clone().unwrap_or_default();
+    c.tty = args.tty;
+    c.stdin = args.interactive;
+    c.hostname = args.hostname.clone();
+    if let Some(cpus) = args.cpus {
+        if !(cpus > 0.0 && cpus <= 64.0) {
+            return Err(format!(
+                "invalid --cpus {cpus}: use a number from 0.01 to 64"
+            ));
+        }
+        c.cpus = Some(cpus);
+    }
+    if let Some(m) = &args.memory {
+        let bytes = parse_size(m)?;
+        if bytes < 6 << 20 {
+            return Err(format!("invalid --memory {m}: the minimum is 6m"));
+        }
+        c.memory_bytes = Some(bytes);
+    }
+    c.pids_limit = args.pids_limit;
+    c.rlimits = args
+        .ulimit
+        .iter()
+        .map(|u| parse_ulimit(u))
+        .collect::<Result<_, _>>()?;
+    c.kernel = args.kernel.clone();
+    c.accel = args.accel.parse()?;
+    c.boot_timeout = Duration::from_secs(args.boot_timeout.max(1));
+    c.extra_kernel_args = args.kernel_args.clone().unwrap_or_default();
+    if c.tty {
+        c.tty_size = terminal::size(0).or(terminal::size(1)).or(Some((24, 80)));
+    }
+    Ok(c)
+}
+
+const FORWARDED_SIGNALS: &[(libc::c_int, fn() -> SignalKind)] = &[
+    (libc::SIGINT, SignalKind::interrupt),
+    (libc::SIGTERM, SignalKind::terminate),
+    (libc::SIGHUP, SignalKind::hangup),
+    (libc::SIGQUIT, SignalKind::quit),
+    (libc::SIGUSR1, SignalKind::user_defined1),
+    (libc::SIGUSR2, SignalKind::user_defined2),
+];
+
+/// Runs the container; returns the exit status for `cabin run`.
+pub async fn run(args: RunArgs, started: Instant) -> i32 {
+    let cfg = match config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cabin: {e}");
+            return 125;
+        }
+    };
+    let paths = Paths::from_env();
+    // Signals that arrive while the VM boots must not kill cabin before it can tear the
+    // VM down, so the handlers are installed first.
+    let mut signals = Vec::new();
+    for (num, kind) in FORWARDED_SIGNALS {
+        match signal(kind()) {
+            Ok(s) => signals.push((*num, s)),
+            Err(e) => eprintln!("cabin: cannot forward signal {num}: {e}"),
+        }
+    }
+    let mut vm = tokio::select! {
+        r = ContainerVm::boot(&paths, &cfg, started) => match r {
+            Ok(vm) => vm,
+            Err(e) => return report(e),
+        },
+        n = first_signal(&mut signals) => {
+            eprintln!("cabin: interrupted while starting the VM");
+            return 128 + n;
+        }
+    };
+    let code = attach(&mut vm, &cfg, &mut signals).await;
+    teardown_and_report(vm, args.timings).await;
+    code
+}
+
+async fn first_signal(signals: &mut [(libc::c_int, tokio::signal::unix::Signal)]) -> i32 {
+    let futs = signals.iter_mut().map(|(n, s)| {
+        let n = *n;
+        Box::pin(async move {
+            s.recv().await;
+            n
+        })
+    });
+    futures_select_all(futs).await
+}
+
+async fn futures_select_all<F: std::future::Future<Output = i32> + Unpin>(
+    futs: impl Iterator<Item = F>,
+) -> i32 {
+    let mut futs: Vec<F> = futs.collect();
+    if futs.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(|cx| {
+        for f in futs.iter_mut() {
+            if let std::task::Poll::Ready(n) = std::pin::Pin::new(f).poll(cx) {
+                return std::task::Poll::Ready(n);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+fn report(e: RunError) -> i32 {
+    eprintln!("cabin: {e}");
+    e.exit_code()
+}
+
+async fn teardown_and_report(vm: ContainerVm, timings: bool) {
+    let accel = vm.accel.accel;
+    let mut t = vm.timings.clone();
+    let before = Instant::now();
+    vm.teardown().await;
+    if timings {
+        t.mark_with(
+            "VM torn down",
+            format!("teardown {:.1} ms", before.elapsed().as_secs_f64() * 1e3),
+        );
+        eprint!("cabin timings (accelerator {accel}):\n{t}");
+    }
+}
+
+async fn attach(
+    vm: &mut ContainerVm,
+    cfg: &ContainerConfig,
+    signals: &mut [(libc::c_int, tokio::signal::unix::Signal)],
+) -> i32 {
+    let agent = vm.agent();
+    let proc_ref = vm.process_ref();
+    let _raw = if cfg.tty && terminal::is_tty(0) {
+        terminal::RawMode::enter()
+    } else {
+        None
+    };
+
+    // Output: copy until the guest closes the stream.
+    let mut a = agent.clone();
+    let r = proc_ref.clone();
+    let output = tokio::spawn(async move {
+        let mut stream = match a.read_output(r).await {
+            Ok(s) => s.into_inner(),
+            Err(e) => return Err(e.message().to_string()),
+        };
+        let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else { break };
+            let w: &mut dyn Write = if chunk.stream == output_chunk::Stream::Stderr as i32 {
+                &mut err
+            } else {
+                &mut out
+            };
+            if w.write_all(&chunk.data).and_then(|_| w.flush()).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    });
+
+    // Input: with -i, stdin to the process until end of file.
+    if cfg.stdin {
+        let mut a = agent.clone();
+        let r = proc_ref.clone();
+        tokio::spawn(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel::<InputChunk>(8);
+            let send = tokio::spawn(async move {
+                let _ = a
+                    .write_input(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await;
+            });
+            let _ = tx
+                .send(InputChunk {
+                    process: Some(r),
+                    data: Vec::new(),
+                })
+                .await;
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; cabin_proto::CHUNK_BYTES];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let chunk = InputChunk {
+                            process: None,
+                            data: buf[..n].to_vec(),
+                        };
+                        if tx.send(chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            drop(tx);
+            let _ = send.await;
+        });
+    }
+
+    // Signals to the process, window size changes to its terminal.
+    let mut winch = signal(SignalKind::window_change()).ok();
+    let wait = vm.wait();
+    tokio::pin!(wait);
+    let status = loop {
+        tokio::select! {
+            s = &mut wait => break s,
+            n = first_signal(signals) => {
+                let mut a = agent.clone();
+                let _ = a.signal(SignalRequest { process: Some(proc_ref.clone()), signal: n }).await;
+            }
+            Some(()) = async { match winch.as_mut() { Some(w) => w.recv().await, None => None } } => {
+                if let Some((rows, cols)) = terminal::size(0) {
+                    let mut a = agent.clone();
+                    let _ = a.resize_tty(ResizeTtyRequest {
+                        process: Some(proc_ref.clone()),
+                        size: Some(TtySize { rows: rows as u32, cols: cols as u32 }),
+                    }).await;
+                }
+            }
+        }
+    };
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => {
+            drop(_raw);
+            return report(e);
+        }
+    };
+    // The process is gone; whatever it wrote is already on its way. Bound the wait in
+    // case something in the guest still holds its output open.
+    let _ = tokio::time::timeout(Duration::from_secs(5), output).await;
+    drop(_raw);
+    if status.oom_killed {
+        eprintln!(
+            "cabin: the container ran out of memory{} and its process was killed",
+            cfg.memory_bytes
+                .map(|b| format!(" (limit {} MiB)", b >> 20))
+                .unwrap_or_default()
+        );
+    }
+    if status.signal > 0 {
+        128 + status.signal
+    } else {
+        status.code
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ulimits_parse() {
+        assert_eq!(
+            parse_ulimit("nofile=1024:4096").unwrap(),
+            ("nofile".into(), 1024, 4096)
+        );
+        assert_eq!(parse_ulimit("core=0").unwrap(), ("core".into(), 0, 0));
+        assert_eq!(parse_ulimit("nproc=unlimited").unwrap().2, u64::MAX);
+        assert!(parse_ulimit("nofile").is_err());
+        assert!(parse_ulimit("nofile=10:5").is_err());
+    }
+}

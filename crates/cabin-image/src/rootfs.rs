@@ -1,0 +1,356 @@
+//! A root filesystem directory as a ready-to-use ext4 disk image.
+//!
+//! The image is built once per fingerprint of the directory and kept in a cache; every
+//! container of that directory attaches it read-only (its writes go to an overlay of its
+//! own). The fingerprint covers each entry's path, type, permissions, owner, size,
+//! modification and change times and link target: what `make` and rsync's quick check
+//! trust, so a warm start costs one walk of the tree, not a read of every byte.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+/// Free space the container finds in its root filesystem for its own writes. The image
+/// file is sparse: unused space costs nothing on the host.
+pub const WRITABLE_HEADROOM: u64 = 2 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("cannot read the root filesystem directory {path}: {source}; check that it exists and that you may read all of it")]
+    Unreadable { path: PathBuf, source: io::Error },
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("not enough free space in {dir} to build the root filesystem image: about {need_mib} MiB needed, {free_mib} MiB free; free some space or point CABIN_DATA_DIR elsewhere")]
+    NoSpace {
+        dir: PathBuf,
+        need_mib: u64,
+        free_mib: u64,
+    },
+    #[error("mkfs.ext4 is missing: install it with `apt-get install e2fsprogs`")]
+    MkfsMissing,
+    #[error("building the root filesystem image from {dir} failed: {detail}")]
+    Build { dir: PathBuf, detail: String },
+    #[error("root filesystem image cache {dir}: {source}")]
+    Cache { dir: PathBuf, source: io::Error },
+}
+
+#[derive(Debug, Clone)]
+pub struct RootfsImage {
+    pub path: PathBuf,
+    pub fingerprint: String,
+    /// Built by this call (false: found in the cache).
+    pub built: bool,
+}
+
+struct TreeSummary {
+    fingerprint: String,
+    bytes: u64,
+    inodes: u64,
+}
+
+fn walk(dir: &Path) -> Result<TreeSummary, RootfsError> {
+    let unreadable = |path: &Path, source| RootfsError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let top = fs::symlink_metadata(dir).map_err(|e| unreadable(dir, e))?;
+    if !top.is_dir() {
+        return Err(RootfsError::NotADirectory(dir.to_path_buf()));
+    }
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    let mut inodes = 0u64;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let full = dir.join(&rel);
+        let mut names: Vec<_> = fs::read_dir(&full)
+            .map_err(|e| unreadable(&full, e))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| unreadable(&full, e))?;
+        names.sort();
+        for name in names {
+            let rel_child = rel.join(&name);
+            let path = dir.join(&rel_child);
+            let m = fs::symlink_metadata(&path).map_err(|e| unreadable(&path, e))?;
+            let ft = m.file_type();
+            hasher.update(rel_child.as_os_str().as_bytes());
+            hasher.update([0]);
+            for v in [
+                m.mode() as u64,
+                m.uid() as u64,
+                m.gid() as u64,
+                m.size(),
+                m.mtime() as u64,
+                m.mtime_nsec() as u64,
+                m.ctime() as u64,
+                m.ctime_nsec() as u64,
+                m.rdev(),
+            ] {
+                hasher.update(v.to_le_bytes());
+            }
+            if ft.is_symlink() {
+                let target = fs::read_link(&path).map_err(|e| unreadable(&path, e))?;
+                hasher.update(target.as_os_str().as_bytes());
+                hasher.update([0]);
+            } else if ft.is_file() {
+                // An unreadable file would fail mkfs later; say so now, with its name.
+                fs::File::open(&path).map_err(|e| unreadable(&path, e))?;
+            }
+            inodes += 1;
+            bytes += m.size().div_ceil(4096) * 4096;
+            if ft.is_dir() {
+                bytes += 4096;
+                stack.push(rel_child);
+            }
+        }
+    }
+    Ok(TreeSummary {
+        fingerprint: hex(&hasher.finalize()[..16]),
+        bytes,
+        inodes,
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn free_bytes(dir: &Path) -> io::Result<u64> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs into a struct we own.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+fn is_process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
+
+/// Removes half-built images left by a cabin that was killed while building.
+fn remove_stale_builds(cache: &Path) {
+    let Ok(entries) = fs::read_dir(cache) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(".building-")) else {
+            continue;
+        };
+        let pid = rest
+            .split('-')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if !is_process_alive(pid) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Returns the cached image for `dir`, building it first if needed.
+pub fn ensure_image(dir: &Path, cache: &Path) -> Result<RootfsImage, RootfsError> {
+    let summary = walk(dir)?;
+    let cache_err = |source| RootfsError::Cache {
+        dir: cache.to_path_buf(),
+        source,
+    };
+    let path = cache.join(format!("{}.ext4", summary.fingerprint));
+    if path.is_file() {
+        return Ok(RootfsImage {
+            path,
+            fingerprint: summary.fingerprint,
+            built: false,
+        });
+    }
+    fs::create_dir_all(cache).map_err(cache_err)?;
+    remove_stale_builds(cache);
+
+    // ext4 metadata, slack for small files, then the container's own headroom (sparse).
+    let content = summary.bytes + summary.bytes / 4 + (summary.inodes * 256) + (16 << 20);
+    let size = (content + WRITABLE_HEADROOM).div_ceil(1 << 20) * (1 << 20);
+    let free = free_bytes(cache).map_err(cache_err)?;
+    if free < content {
+        return Err(RootfsError::NoSpace {
+            dir: cache.to_path_buf(),
+            need_mib: content >> 20,
+            free_mib: free >> 20,
+        });
+    }
+    let tmp = cache.join(format!(
+        ".building-{}-{}.ext4",
+        std::process::id(),
+        summary.fingerprint
+    ));
+    let result = build(dir, &tmp, size, summary.inodes);
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(match e {
+            BuildFailure::Missing => RootfsError::MkfsMissing,
+            BuildFailure::Failed(detail) => {
+                let now_free = free_bytes(cache).unwrap_or(u64::MAX);
+                if detail.contains("No space left") || now_free < (1 << 20) {
+                    RootfsError::NoSpace {
+                        dir: cache.to_path_buf(),
+                        need_mib: content >> 20,
+                        free_mib: free >> 20,
+                    }
+                } else {
+                    RootfsError::Build {
+                        dir: dir.to_path_buf(),
+                        detail,
+                    }
+                }
+            }
+        });
+    }
+    fs::rename(&tmp, &path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        cache_err(e)
+    })?;
+    Ok(RootfsImage {
+        path,
+        fingerprint: summary.fingerprint,
+        built: true,
+    })
+}
+
+enum BuildFailure {
+    Missing,
+    Failed(String),
+}
+
+fn build(dir: &Path, out: &Path, size: u64, inodes: u64) -> Result<(), BuildFailure> {
+    let f = fs::File::create(out).map_err(|e| BuildFailure::Failed(e.to_string()))?;
+    f.set_len(size)
+        .map_err(|e| BuildFailure::Failed(e.to_string()))?;
+    drop(f);
+    // Room for the image's files and as many again for the container's own.
+    let inode_count = (inodes * 2 + 16384).to_string();
+    let result = Command::new("mkfs.ext4")
+        .args([
+            OsStr::new("-q"),
+            OsStr::new("-F"),
+            OsStr::new("-L"),
+            OsStr::new("cabin-rootfs"),
+            OsStr::new("-N"),
+            OsStr::new(&inode_count),
+            // No journal: the base is read-only; lazy init keeps the sparse file sparse.
+            OsStr::new("-O"),
+            OsStr::new("^has_journal"),
+            OsStr::new("-E"),
+            OsStr::new("lazy_itable_init=1,nodiscard"),
+            OsStr::new("-d"),
+            dir.as_os_str(),
+            out.as_os_str(),
+        ])
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .output();
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BuildFailure::Missing),
+        Err(e) => Err(BuildFailure::Failed(e.to_string())),
+        Ok(o) if !o.status.success() => {
+            let msg = String::from_utf8_lossy(&o.stderr);
+            let tail: Vec<&str> = msg.lines().rev().take(5).collect();
+            Err(BuildFailure::Failed(
+                tail.into_iter().rev().collect::<Vec<_>>().join("; "),
+            ))
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(dir: &Path) {
+        fs::create_dir_all(dir.join("bin")).unwrap();
+        fs::write(dir.join("bin/hello"), b"#!/bin/sh\necho hi\n").unwrap();
+        std::os::unix::fs::symlink("hello", dir.join("bin/link")).unwrap();
+    }
+
+    #[test]
+    fn builds_once_then_reuses_and_rebuilds_on_change() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, cache) = (t.path().join("src"), t.path().join("cache"));
+        sample(&src);
+        let a = ensure_image(&src, &cache).unwrap();
+        assert!(a.built);
+        let meta = fs::metadata(&a.path).unwrap();
+        assert!(
+            meta.len() >= WRITABLE_HEADROOM,
+            "logical size includes headroom"
+        );
+        assert!(
+            meta.blocks() * 512 < 64 << 20,
+            "the image file stays sparse"
+        );
+        let b = ensure_image(&src, &cache).unwrap();
+        assert!(!b.built);
+        assert_eq!(a.path, b.path);
+        fs::write(src.join("bin/hello"), b"#!/bin/sh\necho changed\n").unwrap();
+        let c = ensure_image(&src, &cache).unwrap();
+        assert!(c.built);
+        assert_ne!(a.fingerprint, c.fingerprint);
+        // The image really holds the tree (debugfs reads ext4 without mounting it).
+        let out = Command::new("debugfs")
+            .args(["-R", "cat /bin/hello"])
+            .arg(&c.path)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "#!/bin/sh\necho changed\n"
+        );
+        let leftovers: Vec<_> = fs::read_dir(&cache)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn missing_and_non_directory_sources_are_clear_errors() {
+        let t = tempfile::tempdir().unwrap();
+        let e = ensure_image(&t.path().join("nope"), &t.path().join("c")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cannot read the root filesystem directory"),
+            "{e}"
+        );
+        fs::write(t.path().join("file"), "x").unwrap();
+        let e = ensure_image(&t.path().join("file"), &t.path().join("c")).unwrap_err();
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+    }
+
+    #[test]
+    fn stale_half_built_images_are_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = t.path().join("cache");
+        fs::create_dir_all(&cache).unwrap();
+        // pid 0x7ffffffe cannot exist (above pid_max).
+        let stale = cache.join(".building-2147483646-abc.ext4");
+        fs::write(&stale, "partial").unwrap();
+        let src = t.path().join("src");
+        sample(&src);
+        ensure_image(&src, &cache).unwrap();
+        assert!(!stale.exists());
+    }
+}

@@ -1,0 +1,820 @@
+//! A container inside the VM: its root filesystem mounts, its cgroup, and the start of its
+//! first process in fresh mount, PID, UTS, IPC and cgroup namespaces with docker's default
+//! capabilities and masked paths.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use cabin_proto::v1::{Resources, StartProcessRequest};
+
+use crate::inroot::{self, ExecLookup, Root};
+use crate::users;
+
+pub struct Container {
+    pub rootfs: PathBuf,
+    pub hostname: String,
+    pub cgroup: PathBuf,
+}
+
+fn cstr(p: impl AsRef<Path>) -> CString {
+    CString::new(p.as_ref().as_os_str().as_bytes()).expect("paths from init have no NUL")
+}
+
+pub fn mount(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    let (s, t, f) = (cstr(source), cstr(target), cstr(fstype));
+    let d = cstr(data);
+    // SAFETY: NUL-terminated strings that outlive the call.
+    let r = unsafe {
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            f.as_ptr(),
+            flags,
+            if data.is_empty() {
+                std::ptr::null()
+            } else {
+                d.as_ptr().cast()
+            },
+        )
+    };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("mount {fstype} on {}: {e}", target.display()),
+        ));
+    }
+    Ok(())
+}
+
+fn mknod(path: &Path, major: u32, minor: u32) -> io::Result<()> {
+    let p = cstr(path);
+    // SAFETY: valid path; creating a character device node.
+    let r = unsafe {
+        libc::mknod(
+            p.as_ptr(),
+            libc::S_IFCHR | 0o666,
+            libc::makedev(major, minor),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // mknod honours the umask; the nodes must be usable by every user.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+}
+
+/// Mounts /dev, /dev/pts, /dev/shm and /sys inside the container's root, as docker does.
+/// /proc, /dev/mqueue and /sys/fs/cgroup belong to the container's own namespaces and are
+/// mounted by its first process.
+pub fn prepare_rootfs(rootfs: &Path) -> io::Result<()> {
+    const NOSUID: libc::c_ulong = libc::MS_NOSUID;
+    const NODEV: libc::c_ulong = libc::MS_NODEV;
+    const NOEXEC: libc::c_ulong = libc::MS_NOEXEC;
+    for dir in ["proc", "sys", "dev", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(dir))?;
+    }
+    let dev = rootfs.join("dev");
+    mount(
+        "tmpfs",
+        &dev,
+        "tmpfs",
+        NOSUID | libc::MS_STRICTATIME,
+        "mode=755,size=65536k",
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        mknod(&dev.join(name), major, minor)?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+        ("core", "/proc/kcore"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(link))?;
+    }
+    for dir in ["pts", "shm", "mqueue"] {
+        std::fs::create_dir(dev.join(dir))?;
+    }
+    mount(
+        "devpts",
+        &dev.join("pts"),
+        "devpts",
+        NOSUID | NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620,gid=5",
+    )?;
+    mount(
+        "shm",
+        &dev.join("shm"),
+        "tmpfs",
+        NOSUID | NODEV | NOEXEC,
+        "mode=1777,size=65536k",
+    )?;
+    mount(
+        "sysfs",
+        &rootfs.join("sys"),
+        "sysfs",
+        NOSUID | NODEV | NOEXEC | libc::MS_RDONLY,
+        "",
+    )?;
+    Ok(())
+}
+
+/// Creates the container's cgroup with its limits.
+pub fn create_cgroup(id: &str, res: &Resources) -> io::Result<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    // Enabling controllers that are already enabled is harmless; do it every time so a
+    // fresh boot needs no separate step.
+    std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu +pids")?;
+    let dir = root.join(format!("ctr-{id}"));
+    std::fs::create_dir(&dir)?;
+    if res.memory_bytes > 0 {
+        std::fs::write(dir.join("memory.max"), res.memory_bytes.to_string())?;
+        // No swap in the guest, but say so explicitly in case a kernel has it.
+        let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+    }
+    if res.cpu_micros > 0 {
+        // cpu.max: quota and period in microseconds; cpu_micros is millionths of a CPU.
+        let period = 100_000u64;
+        let quota = (res.cpu_micros * period / 1_000_000).max(1000);
+        std::fs::write(dir.join("cpu.max"), format!("{quota} {period}"))?;
+    }
+    if res.pids_limit > 0 {
+        std::fs::write(dir.join("pids.max"), res.pids_limit.to_string())?;
+    }
+    Ok(dir)
+}
+
+/// Whether the kernel's OOM killer killed a process of this cgroup.
+pub fn oom_killed(cgroup: &Path) -> bool {
+    std::fs::read_to_string(cgroup.join("memory.events"))
+        .map(|events| {
+            events.lines().any(|l| {
+                l.strip_prefix("oom_kill ")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .is_some_and(|n| n > 0)
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Why a process could not be started, mapped by the service to gRPC codes and by the
+/// host to docker's exit codes.
+#[derive(Debug)]
+pub enum StartError {
+    NotFound(String),
+    NotExecutable(String),
+    InvalidSpec(String),
+    Setup(String),
+}
+
+pub enum Stdio3 {
+    Pipes {
+        stdin: Option<OwnedFd>,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    Pty {
+        master: OwnedFd,
+    },
+}
+
+pub struct Started {
+    pub pid: i32,
+    pub stdio: Stdio3,
+}
+
+// Docker's default capability set (moby's oci/caps/defaults.go), by number.
+const DEFAULT_CAPS: &[u32] = &[
+    0,  // CHOWN
+    1,  // DAC_OVERRIDE
+    3,  // FOWNER
+    4,  // FSETID
+    5,  // KILL
+    6,  // SETGID
+    7,  // SETUID
+    8,  // SETPCAP
+    10, // NET_BIND_SERVICE
+    13, // NET_RAW
+    18, // SYS_CHROOT
+    27, // MKNOD
+    29, // AUDIT_WRITE
+    31, // SETFCAP
+];
+
+const MASKED_PATHS: &[&str] = &[
+    "proc/acpi",
+    "proc/asound",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+];
+
+const READONLY_PATHS: &[&str] = &[
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
+
+/// Steps of the child's set-up, reported back through a pipe when one fails (the errno
+/// alone would not say which).
+const STEPS: &[&str] = &[
+    "",
+    "setsid",
+    "set the controlling terminal",
+    "unshare namespaces",
+    "make mounts private",
+    "join the cgroup",
+    "unshare the cgroup namespace",
+    "set the hostname",
+    "mount /proc",
+    "mount /dev/mqueue",
+    "mount /sys/fs/cgroup",
+    "mask paths",
+    "make paths read-only",
+    "pivot_root",
+    "detach the old root",
+    "create or enter the working directory",
+    "set resource limits",
+    "drop capabilities from the bounding set",
+    "set capabilities",
+    "set supplementary groups",
+    "setgid",
+    "setuid",
+    "clear ambient capabilities",
+];
+
+fn rlimit_resource(name: &str) -> Option<u32> {
+    Some(
+        match name.to_ascii_lowercase().trim_start_matches("rlimit_") {
+            "cpu" => libc::RLIMIT_CPU,
+            "fsize" => libc::RLIMIT_FSIZE,
+            "data" => libc::RLIMIT_DATA,
+            "stack" => libc::RLIMIT_STACK,
+            "core" => libc::RLIMIT_CORE,
+            "rss" => libc::RLIMIT_RSS,
+            "nproc" => libc::RLIMIT_NPROC,
+            "nofile" => libc::RLIMIT_NOFILE,
+            "memlock" => libc::RLIMIT_MEMLOCK,
+            "as" => libc::RLIMIT_AS,
+            "locks" => libc::RLIMIT_LOCKS,
+            "sigpending" => libc::RLIMIT_SIGPENDING,
+            "msgqueue" => libc::RLIMIT_MSGQUEUE,
+            "nice" => libc::RLIMIT_NICE,
+            "rtprio" => libc::RLIMIT_RTPRIO,
+            "rttime" => libc::RLIMIT_RTTIME,
+            _ => return None,
+        },
+    )
+}
+
+fn env_value<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
+    env.iter().rev().find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    })
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn open_pty(rootfs: &Path, rows: u16, cols: u16, owner: u32) -> io::Result<(OwnedFd, OwnedFd)> {
+    // The pty comes from the container's own devpts instance, so that inside the
+    // container `tty` names a device that exists there.
+    let ptmx = cstr(rootfs.join("dev/pts/ptmx"));
+    // SAFETY: plain open of a path we own.
+    let master = unsafe {
+        libc::open(
+            ptmx.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if master < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: we just opened it.
+    let master = unsafe { OwnedFd::from_raw_fd(master) };
+    let unlock: libc::c_int = 0;
+    // SAFETY: ioctls on the master we own, with the argument types they expect.
+    unsafe {
+        if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+        let slave = libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if slave < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let slave = OwnedFd::from_raw_fd(slave);
+        libc::fchown(slave.as_raw_fd(), owner, u32::MAX);
+        Ok((master, slave))
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us these descriptors.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Everything the child needs, prepared before fork so that the child allocates nothing.
+struct ChildPlan {
+    tty: bool,
+    rootfs: CString,
+    proc_dir: CString,
+    mqueue_dir: CString,
+    cgroup_dir: CString,
+    masked: Vec<CString>,
+    readonly: Vec<CString>,
+    dev_null: CString,
+    hostname: Vec<u8>,
+    cwd_prefixes: Vec<CString>,
+    rlimits: Vec<(u32, u64, u64)>,
+    cap_last: u32,
+    uid: u32,
+    gid: u32,
+    groups: Vec<libc::gid_t>,
+    cgroup_procs: OwnedFd,
+    error_pipe: OwnedFd,
+}
+
+impl ChildPlan {
+    /// Runs in the forked child, before exec. Only async-signal-safe calls from here on.
+    fn run(&self) -> io::Result<()> {
+        let fail = |step: u8| -> io::Error {
+            let err = io::Error::last_os_error();
+            // SAFETY: write(2) of one byte to a pipe we own.
+            unsafe { libc::write(self.error_pipe.as_raw_fd(), [step].as_ptr().cast(), 1) };
+            err
+        };
+        let ok = |r: libc::c_int, step: u8| if r < 0 { Err(fail(step)) } else { Ok(()) };
+        let null = std::ptr::null::<libc::c_char>();
+        // SAFETY: each call below is a plain syscall on NUL-terminated strings and
+        // descriptors prepared before fork; nothing allocates.
+        unsafe {
+            ok(libc::setsid(), 1)?;
+            if self.tty {
+                ok(libc::ioctl(0, libc::TIOCSCTTY, 0), 2)?;
+            }
+            ok(
+                libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC),
+                3,
+            )?;
+            ok(
+                libc::mount(
+                    null,
+                    c"/".as_ptr(),
+                    null,
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ),
+                4,
+            )?;
+            let n = libc::write(self.cgroup_procs.as_raw_fd(), c"0".as_ptr().cast(), 1);
+            if n < 0 {
+                return Err(fail(5));
+            }
+            ok(libc::unshare(libc::CLONE_NEWCGROUP), 6)?;
+            ok(
+                libc::sethostname(self.hostname.as_ptr().cast(), self.hostname.len()),
+                7,
+            )?;
+            let nsne = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            ok(
+                libc::mount(
+                    c"proc".as_ptr(),
+                    self.proc_dir.as_ptr(),
+                    c"proc".as_ptr(),
+                    nsne,
+                    std::ptr::null(),
+                ),
+                8,
+            )?;
+            ok(
+                libc::mount(
+                    c"mqueue".as_ptr(),
+                    self.mqueue_dir.as_ptr(),
+                    c"mqueue".as_ptr(),
+                    nsne,
+                    std::ptr::null(),
+                ),
+                9,
+            )?;
+            let r = libc::mount(
+                c"cgroup".as_ptr(),
+                self.cgroup_dir.as_ptr(),
+                c"cgroup2".as_ptr(),
+                nsne | libc::MS_RDONLY,
+                std::ptr::null(),
+            );
+            // Images without /sys/fs/cgroup simply do not get it.
+            if r < 0 && *libc::__errno_location() != libc::ENOENT {
+                return Err(fail(10));
+            }
+            for path in &self.masked {
+                let r = libc::mount(
+                    self.dev_null.as_ptr(),
+                    path.as_ptr(),
+                    null,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                );
+                if r < 0 {
+                    match *libc::__errno_location() {
+                        libc::ENOENT => continue,
+                        libc::ENOTDIR => ok(
+                            libc::mount(
+                                c"tmpfs".as_ptr(),
+                                path.as_ptr(),
+                                c"tmpfs".as_ptr(),
+                                libc::MS_RDONLY,
+                                std::ptr::null(),
+                            ),
+                            11,
+                        )?,
+                        _ => return Err(fail(11)),
+                    }
+                }
+            }
+            for path in &self.readonly {
+                let r = libc::mount(
+                    path.as_ptr(),
+                    path.as_ptr(),
+                    null,
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                );
+                if r < 0 {
+                    if *libc::__errno_location() == libc::ENOENT {
+                        continue;
+                    }
+                    return Err(fail(12));
+                }
+                ok(
+                    libc::mount(
+                        path.as_ptr(),
+                        path.as_ptr(),
+                        null,
+                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | nsne,
+                        std::ptr::null(),
+                    ),
+                    12,
+                )?;
+            }
+            // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves
+            // only the container's root (runc's way, needs no scratch directory).
+            ok(libc::chdir(self.rootfs.as_ptr()), 13)?;
+            ok(
+                libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
+                13,
+            )?;
+            ok(libc::umount2(c".".as_ptr(), libc::MNT_DETACH), 14)?;
+            ok(libc::chdir(c"/".as_ptr()), 14)?;
+            // Docker creates a missing working directory.
+            for prefix in &self.cwd_prefixes {
+                if libc::mkdir(prefix.as_ptr(), 0o755) < 0
+                    && *libc::__errno_location() != libc::EEXIST
+                {
+                    return Err(fail(15));
+                }
+            }
+            if let Some(cwd) = self.cwd_prefixes.last() {
+                ok(libc::chdir(cwd.as_ptr()), 15)?;
+            }
+            for &(res, soft, hard) in &self.rlimits {
+                let lim = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                ok(libc::setrlimit(res as _, &lim), 16)?;
+            }
+            for cap in 0..=self.cap_last {
+                if !DEFAULT_CAPS.contains(&cap) {
+                    ok(
+                        libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0),
+                        17,
+                    )?;
+                }
+            }
+            let mut mask = [0u32; 2];
+            for &cap in DEFAULT_CAPS {
+                mask[(cap / 32) as usize] |= 1 << (cap % 32);
+            }
+            #[repr(C)]
+            struct CapHeader {
+                version: u32,
+                pid: i32,
+            }
+            #[repr(C)]
+            struct CapData {
+                effective: u32,
+                permitted: u32,
+                inheritable: u32,
+            }
+            let header = CapHeader {
+                version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+                pid: 0,
+            };
+            let data = [
+                CapData {
+                    effective: mask[0],
+                    permitted: mask[0],
+                    inheritable: mask[0],
+                },
+                CapData {
+                    effective: mask[1],
+                    permitted: mask[1],
+                    inheritable: mask[1],
+                },
+            ];
+            ok(
+                libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as libc::c_int,
+                18,
+            )?;
+            ok(libc::setgroups(self.groups.len(), self.groups.as_ptr()), 19)?;
+            ok(libc::setgid(self.gid), 20)?;
+            // Leaving uid 0 clears the permitted and effective sets, as docker's non-root
+            // users have them.
+            ok(libc::setuid(self.uid), 21)?;
+            ok(
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ),
+                22,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn cwd_prefixes(cwd: &str) -> Vec<CString> {
+    let mut out = Vec::new();
+    let mut acc = String::new();
+    for part in cwd.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        acc.push('/');
+        acc.push_str(part);
+        out.push(cstr(&acc));
+    }
+    out
+}
+
+/// Starts the container's first process. The caller registers the returned pid with the
+/// reaper before its next `.await`.
+pub fn start_first_process(
+    ctr: &Container,
+    req: &StartProcessRequest,
+) -> Result<Started, StartError> {
+    let setup = |what: &str, e: io::Error| StartError::Setup(format!("{what}: {e}"));
+    if req.args.is_empty() {
+        return Err(StartError::InvalidSpec("no command given".into()));
+    }
+    let root = Root::open(&ctr.rootfs).map_err(|e| setup("open the root filesystem", e))?;
+    let passwd = root.read_text("/etc/passwd", 4 << 20).unwrap_or_default();
+    let group = root.read_text("/etc/group", 4 << 20).unwrap_or_default();
+    let id = users::resolve(&req.user, &passwd, &group)
+        .map_err(|e| StartError::InvalidSpec(e.to_string()))?;
+
+    let mut env: Vec<String> = req.env.clone();
+    if env_value(&env, "PATH").is_none() {
+        env.insert(0, format!("PATH={DEFAULT_PATH}"));
+    }
+    if env_value(&env, "HOME").is_none() {
+        env.push(format!("HOME={}", id.home));
+    }
+    let cwd = if req.cwd.is_empty() {
+        "/"
+    } else {
+        req.cwd.as_str()
+    };
+    if !cwd.starts_with('/') {
+        return Err(StartError::InvalidSpec(format!(
+            "the working directory {cwd:?} is not an absolute path"
+        )));
+    }
+    let arg0 = &req.args[0];
+    let program = match inroot::find_executable(
+        &root,
+        arg0,
+        env_value(&env, "PATH").unwrap_or(DEFAULT_PATH),
+        cwd,
+    ) {
+        ExecLookup::Found(p) => p,
+        ExecLookup::NotFound if arg0.contains('/') => {
+            return Err(StartError::NotFound(format!(
+                "exec: {arg0:?}: no such file or directory"
+            )))
+        }
+        ExecLookup::NotFound => {
+            return Err(StartError::NotFound(format!(
+                "exec: {arg0:?}: executable file not found in $PATH"
+            )))
+        }
+        ExecLookup::NotExecutable(p) => {
+            return Err(StartError::NotExecutable(format!(
+                "exec: {p:?}: permission denied"
+            )))
+        }
+    };
+    let mut rlimits = Vec::new();
+    for r in &req.rlimits {
+        let res = rlimit_resource(&r.resource)
+            .ok_or_else(|| StartError::InvalidSpec(format!("unknown rlimit {:?}", r.resource)))?;
+        rlimits.push((res, r.soft, r.hard));
+    }
+    let cap_last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+
+    let cgroup_procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(ctr.cgroup.join("cgroup.procs"))
+        .map_err(|e| setup("open the container's cgroup", e))?;
+    let (err_read, err_write) = pipe().map_err(|e| setup("pipe", e))?;
+    let rootfs = &ctr.rootfs;
+    let plan = ChildPlan {
+        tty: req.tty,
+        rootfs: cstr(rootfs),
+        proc_dir: cstr(rootfs.join("proc")),
+        mqueue_dir: cstr(rootfs.join("dev/mqueue")),
+        cgroup_dir: cstr(rootfs.join("sys/fs/cgroup")),
+        masked: MASKED_PATHS.iter().map(|p| cstr(rootfs.join(p))).collect(),
+        readonly: READONLY_PATHS
+            .iter()
+            .map(|p| cstr(rootfs.join(p)))
+            .collect(),
+        dev_null: cstr("/dev/null"),
+        hostname: ctr.hostname.as_bytes().to_vec(),
+        cwd_prefixes: cwd_prefixes(cwd),
+        rlimits,
+        cap_last,
+        uid: id.uid,
+        gid: id.gid,
+        groups: id.groups.clone(),
+        cgroup_procs: cgroup_procs.into(),
+        error_pipe: err_write,
+    };
+
+    let mut cmd = Command::new(&program);
+    cmd.arg0(arg0).args(&req.args[1..]).env_clear();
+    for kv in &env {
+        match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => cmd.env(k, v),
+            _ => {
+                return Err(StartError::InvalidSpec(format!(
+                    "invalid environment entry {kv:?}"
+                )))
+            }
+        };
+    }
+    let mut pty_master = None;
+    if req.tty {
+        let size = req.tty_size.unwrap_or_default();
+        let (master, slave) = open_pty(rootfs, size.rows as u16, size.cols as u16, id.uid)
+            .map_err(|e| setup("open a pseudo-terminal", e))?;
+        let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
+        cmd.stdin(dup(&slave).map_err(|e| setup("dup", e))?)
+            .stdout(dup(&slave).map_err(|e| setup("dup", e))?)
+            .stderr(Stdio::from(slave));
+        pty_master = Some(master);
+    } else {
+        cmd.stdin(if req.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    }
+    // SAFETY: the closure only makes async-signal-safe syscalls (see ChildPlan::run).
+    unsafe {
+        cmd.pre_exec(move || plan.run());
+    }
+
+    // A new PID namespace applies to the children of the thread that unshares it, so each
+    // container is started from a thread of its own.
+    let spawned = std::thread::spawn(move || -> io::Result<std::process::Child> {
+        // SAFETY: unshare of the PID namespace for this thread's future children only.
+        if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let child = cmd.spawn();
+        drop(cmd);
+        child
+    })
+    .join()
+    .map_err(|_| StartError::Setup("the spawning thread panicked".into()))?;
+
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            let mut step = [0u8; 1];
+            // SAFETY: reading one byte from our pipe; the child has exited, so no block.
+            let n = unsafe {
+                libc::fcntl(err_read.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+                libc::read(err_read.as_raw_fd(), step.as_mut_ptr().cast(), 1)
+            };
+            if n == 1 {
+                let what = STEPS.get(step[0] as usize).copied().unwrap_or("set-up");
+                return Err(StartError::Setup(format!(
+                    "container set-up failed at '{what}': {e}"
+                )));
+            }
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOENT) => StartError::NotFound(format!("exec: {arg0:?}: {e}")),
+                Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EPERM) => {
+                    StartError::NotExecutable(format!("exec: {arg0:?}: {e}"))
+                }
+                _ => StartError::Setup(format!("starting {arg0:?}: {e}")),
+            });
+        }
+    };
+    let pid = child.id() as i32;
+    let stdio = match pty_master {
+        Some(master) => Stdio3::Pty { master },
+        None => Stdio3::Pipes {
+            stdin: child.stdin.take().map(OwnedFd::from),
+            stdout: child.stdout.take().map(OwnedFd::from).expect("piped"),
+            stderr: child.stderr.take().map(OwnedFd::from).expect("piped"),
+        },
+    };
+    // The reaper owns the exit status from here on; dropping Child neither waits nor kills.
+    drop(child);
+    Ok(Started { pid, stdio })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn working_directory_prefixes_are_created_in_order() {
+        let got: Vec<String> = cwd_prefixes("/srv//app/./data/")
+            .into_iter()
+            .map(|c| c.into_string().unwrap())
+            .collect();
+        assert_eq!(got, ["/srv", "/srv/app", "/srv/app/data"]);
+        assert!(cwd_prefixes("/").is_empty());
+    }
+
+    #[test]
+    fn rlimit_names_are_case_insensitive_with_or_without_prefix() {
+        assert_eq!(rlimit_resource("nofile"), Some(libc::RLIMIT_NOFILE));
+        assert_eq!(rlimit_resource("RLIMIT_NPROC"), Some(libc::RLIMIT_NPROC));
+        assert_eq!(rlimit_resource("bogus"), None);
+    }
+
+    #[test]
+    fn later_env_entries_win() {
+        let env = vec!["A=1".to_string(), "PATH=/x".into(), "A=2".into()];
+        assert_eq!(env_value(&env, "A"), Some("2"));
+        assert_eq!(env_value(&env, "PATH"), Some("/x"));
+        assert_eq!(env_value(&env, "B"), None);
+    }
+}

@@ -1,0 +1,513 @@
+//! The agent's gRPC service: what the host can ask of the guest.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use cabin_proto::v1::agent_server::Agent;
+use cabin_proto::v1::{
+    output_chunk, CreateContainerRequest, Empty, ExitStatus, HelloRequest, HelloResponse,
+    InputChunk, MountRequest, OutputChunk, ProcessRef, ResizeTtyRequest, SetTimeRequest,
+    SignalRequest, StartProcessRequest, StartProcessResponse,
+};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::clock;
+use crate::container::{self, Container, StartError, Stdio3};
+use crate::reaper::{self, Exit, ExitWatch, Reaper};
+
+enum Input {
+    Pipe(pipe::Sender),
+    Pty(Arc<AsyncFd<OwnedFd>>),
+}
+
+enum Output {
+    Pipes(pipe::Receiver, pipe::Receiver),
+    Pty(Arc<AsyncFd<OwnedFd>>),
+}
+
+struct Process {
+    pid: i32,
+    exit: ExitWatch,
+    input: tokio::sync::Mutex<Option<Input>>,
+    output: Mutex<Option<Output>>,
+    pty: Option<Arc<AsyncFd<OwnedFd>>>,
+    cgroup: PathBuf,
+}
+
+pub struct AgentService {
+    init_started: u64,
+    reaper: Arc<Reaper>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    processes: Mutex<HashMap<(String, String), Arc<Process>>>,
+}
+
+impl AgentService {
+    pub fn new(init_started: u64, reaper: Arc<Reaper>) -> Self {
+        Self {
+            init_started,
+            reaper,
+            containers: Mutex::default(),
+            processes: Mutex::default(),
+        }
+    }
+
+    fn process(&self, r: Option<&ProcessRef>) -> Result<Arc<Process>, Status> {
+        let r = r.ok_or_else(|| Status::invalid_argument("no process named"))?;
+        self.processes
+            .lock()
+            .unwrap()
+            .get(&(r.container_id.clone(), r.process_id.clone()))
+            .cloned()
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no process {} in container {}",
+                    r.process_id, r.container_id
+                ))
+            })
+    }
+}
+
+fn io_status(what: &str, e: io::Error) -> Status {
+    Status::internal(format!("{what}: {e}"))
+}
+
+/// Mount flags by their mount(8) names; any other option goes to the filesystem.
+fn split_mount_options(options: &[String], read_only: bool) -> (libc::c_ulong, String) {
+    let mut flags = if read_only { libc::MS_RDONLY } else { 0 };
+    let mut data = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "ro" => flags |= libc::MS_RDONLY,
+            "rw" => flags &= !libc::MS_RDONLY,
+            "nosuid" => flags |= libc::MS_NOSUID,
+            "nodev" => flags |= libc::MS_NODEV,
+            "noexec" => flags |= libc::MS_NOEXEC,
+            "noatime" => flags |= libc::MS_NOATIME,
+            "relatime" => flags |= libc::MS_RELATIME,
+            "sync" => flags |= libc::MS_SYNCHRONOUS,
+            other => data.push(other),
+        }
+    }
+    (flags, data.join(","))
+}
+
+/// Finds /dev/vdX for the virtio block device with the given serial.
+fn block_device_by_serial(serial: &str) -> io::Result<PathBuf> {
+    for entry in std::fs::read_dir("/sys/block")? {
+        let entry = entry?;
+        let s = std::fs::read_to_string(entry.path().join("serial")).unwrap_or_default();
+        if s.trim_end() == serial {
+            return Ok(Path::new("/dev").join(entry.file_name()));
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no block device with serial {serial:?}"),
+    ))
+}
+
+async fn read_pty(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let mut guard = fd.readable().await?;
+        let r = guard.try_io(|fd| {
+            // SAFETY: reading into our buffer.
+            let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match r {
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0), // slave closed
+            Ok(r) => return r,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+async fn write_pty(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        let mut guard = fd.writable().await?;
+        let r = guard.try_io(|fd| {
+            // SAFETY: writing from our buffer.
+            let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match r {
+            Ok(Ok(n)) => data = &data[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => continue,
+        }
+    }
+    Ok(())
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+async fn forward_pipe(
+    mut from: pipe::Receiver,
+    stream: output_chunk::Stream,
+    to: mpsc::Sender<Result<OutputChunk, Status>>,
+) {
+    let mut buf = vec![0u8; cabin_proto::CHUNK_BYTES];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let chunk = OutputChunk {
+                    stream: stream as i32,
+                    data: buf[..n].to_vec(),
+                };
+                if to.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+type OutputStream = Pin<Box<dyn Stream<Item = Result<OutputChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+        let req = req.into_inner();
+        if req.host_time_unix_nanos > 0 {
+            clock::set_if_off(req.host_time_unix_nanos);
+        }
+        Ok(Response::new(HelloResponse {
+            protocol_version: cabin_proto::PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            init_started_boottime_nanos: self.init_started,
+            answered_boottime_nanos: clock::boottime_nanos(),
+            kernel_release: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn set_time(&self, req: Request<SetTimeRequest>) -> Result<Response<Empty>, Status> {
+        clock::set(req.into_inner().unix_nanos).map_err(|e| io_status("set the clock", e))?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn mount(&self, req: Request<MountRequest>) -> Result<Response<Empty>, Status> {
+        let req = req.into_inner();
+        let source = match req.source.strip_prefix("blk:") {
+            Some(serial) => block_device_by_serial(serial)
+                .map_err(|e| Status::not_found(e.to_string()))?
+                .to_string_lossy()
+                .into_owned(),
+            None => req.source.clone(),
+        };
+        let target = Path::new(&req.target);
+        if !target.is_absolute() {
+            return Err(Status::invalid_argument("mount target must be absolute"));
+        }
+        std::fs::create_dir_all(target).map_err(|e| io_status("create the mount point", e))?;
+        let (flags, data) = split_mount_options(&req.options, req.read_only);
+        container::mount(&source, target, &req.fstype, flags, &data)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn create_container(
+        &self,
+        req: Request<CreateContainerRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let req = req.into_inner();
+        if req.container_id.is_empty()
+            || !req
+                .container_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(Status::invalid_argument("invalid container id"));
+        }
+        if self
+            .containers
+            .lock()
+            .unwrap()
+            .contains_key(&req.container_id)
+        {
+            return Err(Status::already_exists("container exists"));
+        }
+        let rootfs = PathBuf::from(&req.rootfs);
+        container::prepare_rootfs(&rootfs)
+            .map_err(|e| io_status("prepare the root filesystem", e))?;
+        let cgroup =
+            container::create_cgroup(&req.container_id, &req.resources.unwrap_or_default())
+                .map_err(|e| io_status("create the cgroup", e))?;
+        let hostname = if req.hostname.is_empty() {
+            req.container_id.chars().take(12).collect()
+        } else {
+            req.hostname
+        };
+        self.containers.lock().unwrap().insert(
+            req.container_id,
+            Arc::new(Container {
+                rootfs,
+                hostname,
+                cgroup,
+            }),
+        );
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn start_process(
+        &self,
+        req: Request<StartProcessRequest>,
+    ) -> Result<Response<StartProcessResponse>, Status> {
+        let req = req.into_inner();
+        let ctr = self
+            .containers
+            .lock()
+            .unwrap()
+            .get(&req.container_id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("no container {}", req.container_id)))?;
+        let key = (req.container_id.clone(), req.process_id.clone());
+        if self.processes.lock().unwrap().contains_key(&key) {
+            return Err(Status::already_exists("process exists"));
+        }
+        // No .await between the spawn and the reaper registration (see Reaper::watch).
+        let started = container::start_first_process(&ctr, &req).map_err(|e| match e {
+            StartError::NotFound(m) => Status::not_found(m),
+            StartError::NotExecutable(m) => Status::permission_denied(m),
+            StartError::InvalidSpec(m) => Status::invalid_argument(m),
+            StartError::Setup(m) => Status::internal(m),
+        })?;
+        let exit = self.reaper.watch(started.pid);
+        let started_at = clock::boottime_nanos();
+        let (input, output, pty) = match started.stdio {
+            Stdio3::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                let open = |fd: OwnedFd| {
+                    pipe::Receiver::from_owned_fd(fd).map_err(|e| io_status("output pipe", e))
+                };
+                let input = match stdin {
+                    Some(fd) => Some(Input::Pipe(
+                        pipe::Sender::from_owned_fd(fd).map_err(|e| io_status("input pipe", e))?,
+                    )),
+                    None => None,
+                };
+                (input, Output::Pipes(open(stdout)?, open(stderr)?), None)
+            }
+            Stdio3::Pty { master } => {
+                set_nonblocking(&master).map_err(|e| io_status("pty", e))?;
+                let master =
+                    Arc::new(crate::port::register(master).map_err(|e| io_status("pty", e))?);
+                (
+                    Some(Input::Pty(master.clone())),
+                    Output::Pty(master.clone()),
+                    Some(master),
+                )
+            }
+        };
+        self.processes.lock().unwrap().insert(
+            key,
+            Arc::new(Process {
+                pid: started.pid,
+                exit,
+                input: tokio::sync::Mutex::new(input),
+                output: Mutex::new(Some(output)),
+                pty,
+                cgroup: ctr.cgroup.clone(),
+            }),
+        );
+        Ok(Response::new(StartProcessResponse {
+            pid: started.pid as u32,
+            started_boottime_nanos: started_at,
+        }))
+    }
+
+    type ReadOutputStream = OutputStream;
+
+    async fn read_output(
+        &self,
+        req: Request<ProcessRef>,
+    ) -> Result<Response<Self::ReadOutputStream>, Status> {
+        let proc = self.process(Some(&req.into_inner()))?;
+        let output = proc
+            .output
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| Status::failed_precondition("the output is already being read"))?;
+        let (tx, rx) = mpsc::channel(16);
+        match output {
+            Output::Pipes(stdout, stderr) => {
+                tokio::spawn(forward_pipe(
+                    stdout,
+                    output_chunk::Stream::Stdout,
+                    tx.clone(),
+                ));
+                tokio::spawn(forward_pipe(stderr, output_chunk::Stream::Stderr, tx));
+            }
+            Output::Pty(master) => {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; cabin_proto::CHUNK_BYTES];
+                    while let Ok(n) = read_pty(&master, &mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let chunk = OutputChunk {
+                            stream: output_chunk::Stream::Stdout as i32,
+                            data: buf[..n].to_vec(),
+                        };
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn write_input(
+        &self,
+        req: Request<Streaming<InputChunk>>,
+    ) -> Result<Response<Empty>, Status> {
+        let mut stream = req.into_inner();
+        let Some(first) = stream.next().await.transpose()? else {
+            return Ok(Response::new(Empty {}));
+        };
+        let proc = self.process(first.process.as_ref())?;
+        let mut input = proc.input.lock().await;
+        let Some(sink) = input.as_mut() else {
+            return Err(Status::failed_precondition("the process has no open stdin"));
+        };
+        let mut chunk = first;
+        loop {
+            if !chunk.data.is_empty() {
+                let written = match sink {
+                    Input::Pipe(p) => p.write_all(&chunk.data).await,
+                    Input::Pty(m) => write_pty(m, &chunk.data).await,
+                };
+                if written.is_err() {
+                    // The process closed its stdin or exited: the rest has nowhere to go.
+                    break;
+                }
+            }
+            match stream.next().await.transpose()? {
+                Some(next) => chunk = next,
+                None => break,
+            }
+        }
+        if matches!(sink, Input::Pipe(_)) {
+            // End of the host's input is end of file for the process.
+            *input = None;
+        }
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn signal(&self, req: Request<SignalRequest>) -> Result<Response<Empty>, Status> {
+        let req = req.into_inner();
+        let proc = self.process(req.process.as_ref())?;
+        if proc.exit.borrow().is_some() {
+            return Ok(Response::new(Empty {}));
+        }
+        // SAFETY: kill(2) on a pid the reaper has not yet collected, so it is still ours.
+        if unsafe { libc::kill(proc.pid, req.signal) } != 0 {
+            return Err(io_status("signal", io::Error::last_os_error()));
+        }
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn resize_tty(&self, req: Request<ResizeTtyRequest>) -> Result<Response<Empty>, Status> {
+        let req = req.into_inner();
+        let proc = self.process(req.process.as_ref())?;
+        let (Some(pty), Some(size)) = (&proc.pty, req.size) else {
+            return Err(Status::failed_precondition("the process has no terminal"));
+        };
+        let ws = libc::winsize {
+            ws_row: size.rows as u16,
+            ws_col: size.cols as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ with a winsize on the pty master.
+        unsafe { libc::ioctl(pty.get_ref().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn wait(&self, req: Request<ProcessRef>) -> Result<Response<ExitStatus>, Status> {
+        let proc = self.process(Some(&req.into_inner()))?;
+        let exit = reaper::wait(proc.exit.clone()).await;
+        let (code, signal) = match exit {
+            Exit::Code(c) => (c, 0),
+            Exit::Signal(s) => (-1, s),
+        };
+        Ok(Response::new(ExitStatus {
+            code,
+            signal,
+            oom_killed: container::oom_killed(&proc.cgroup),
+        }))
+    }
+
+    async fn sync(&self, _req: Request<Empty>) -> Result<Response<Empty>, Status> {
+        tokio::task::spawn_blocking(nix::unistd::sync)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn shutdown(&self, _req: Request<Empty>) -> Result<Response<Empty>, Status> {
+        tokio::task::spawn_blocking(nix::unistd::sync)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tokio::spawn(async {
+            // Let the answer reach the host first; it also watches QEMU exit, so a lost
+            // answer costs nothing.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            crate::power_off();
+        });
+        Ok(Response::new(Empty {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_options_split_into_flags_and_data() {
+        let opts: Vec<String> = ["ro", "nosuid", "trans=virtio", "version=9p2000.L"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (flags, data) = split_mount_options(&opts, false);
+        assert_eq!(flags, libc::MS_RDONLY | libc::MS_NOSUID);
+        assert_eq!(data, "trans=virtio,version=9p2000.L");
+        let (flags, _) = split_mount_options(&["rw".into()], true);
+        assert_eq!(flags, 0, "rw overrides read_only");
+    }
+}

@@ -1,0 +1,31 @@
+//! The host-guest agent protocol shared by `cabin` (host) and `cabin-init` (guest).
+//!
+//! The schema is `proto/agent.proto`; this crate adds the numbers both sides must agree on.
+
+pub mod v1 {
+    tonic::include_proto!("cabin.agent.v1");
+}
+
+use std::time::Duration;
+
+/// Minor version of the `cabin.agent.v1` protocol this build speaks. A host refuses a guest
+/// agent whose version is lower than the one it needs for a call.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Name of the virtio-serial port that carries the protocol.
+pub const PORT_NAME: &str = "cabin.agent";
+
+/// Largest message either side decodes. Output and input are sent in chunks well below
+/// this; anything larger is a broken or hostile peer.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// Size of the chunks output and input are cut into.
+pub const CHUNK_BYTES: usize = 32 * 1024;
+
+/// Deadline for calls that do a bounded amount of work in the guest.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Number of the exit codes `cabin run` reports for a process it could not start, as
+/// docker and podman do.
+pub const EXIT_NOT_FOUND: i32 = 127;
+pub const EXIT_NOT_EXECUTABLE: i32 = 126;

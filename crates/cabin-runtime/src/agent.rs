@@ -1,0 +1,43 @@
+//! The host side of the agent protocol: a gRPC client over the VM's agent socket.
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cabin_proto::v1::agent_client::AgentClient;
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub type Agent = AgentClient<Channel>;
+
+/// A client for the agent behind `socket`. The connection is made on the first call, so
+/// a guest still booting simply answers later.
+pub fn connect(socket: PathBuf) -> Agent {
+    let connector = tower::service_fn(move |_: Uri| {
+        let socket = socket.clone();
+        async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
+    });
+    let channel =
+        Endpoint::from_static("http://cabin-agent").connect_with_connector_lazy(connector);
+    AgentClient::new(channel)
+        .max_decoding_message_size(cabin_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(cabin_proto::MAX_MESSAGE_BYTES)
+}
+
+/// Runs one agent call under a deadline; a guest that stops answering is an error, not a
+/// hang.
+pub async fn call<T>(
+    what: &str,
+    deadline: Duration,
+    fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(deadline, fut).await {
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "the guest agent did not answer {what} within {} s",
+            deadline.as_secs()
+        ))),
+    }
+}

@@ -1,0 +1,220 @@
+//! Boot assets: the guest kernel and the initramfs holding cabin-init.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use cabin_image::cpio::CpioWriter;
+use sha2::{Digest, Sha256};
+
+use crate::paths::{self, Paths};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssetError {
+    #[error("no guest kernel found (looked at {looked}); build it with `scripts/build-kernel.sh`, or point CABIN_KERNEL (or --kernel) at one")]
+    NoKernel { looked: String },
+    #[error("the guest kernel {0} does not exist")]
+    KernelMissing(PathBuf),
+    #[error("cabin-init (the guest's init) was not found (looked at {looked}); build it with `scripts/build-init.sh`, or point CABIN_INIT at it")]
+    NoInit { looked: String },
+    #[error("{0} is not a statically linked executable, so it cannot run in the guest; build it with `scripts/build-init.sh`")]
+    InitNotStatic(PathBuf),
+    #[error("building the initramfs in {dir}: {source}")]
+    Initramfs { dir: PathBuf, source: io::Error },
+}
+
+/// Finds the guest kernel: the explicit choice, else `CABIN_KERNEL`, else the data
+/// directory's `kernel/vmlinux`, else the build cache's `current` kernel.
+pub fn locate_kernel(explicit: Option<&Path>, paths: &Paths) -> Result<PathBuf, AssetError> {
+    if let Some(p) = explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("CABIN_KERNEL").map(PathBuf::from))
+    {
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(AssetError::KernelMissing(p))
+        };
+    }
+    let candidates = [
+        paths.data.join("kernel/vmlinux"),
+        paths::cache_home().join("kernel/current/vmlinux"),
+    ];
+    for c in &candidates {
+        if c.is_file() {
+            return Ok(c.clone());
+        }
+    }
+    Err(AssetError::NoKernel {
+        looked: candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// Finds cabin-init: `CABIN_INIT`, else beside the cabin executable (an installed
+/// layout), else in the source tree's static build output.
+pub fn locate_init() -> Result<PathBuf, AssetError> {
+    if let Some(p) = std::env::var_os("CABIN_INIT").map(PathBuf::from) {
+        return check_static(p);
+    }
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let mut candidates = vec![exe_dir.join("cabin-init")];
+    // target/{debug,release}/cabin -> target/x86_64-unknown-linux-gnu/release/cabin-init
+    if let Some(target) = exe_dir.parent() {
+        candidates.push(target.join("x86_64-unknown-linux-gnu/release/cabin-init"));
+    }
+    if let Some(target) = exe_dir.parent().and_then(Path::parent) {
+        // target/debug/deps/<test binary> in cargo's integration tests
+        candidates.push(target.join("x86_64-unknown-linux-gnu/release/cabin-init"));
+    }
+    candidates.push("/usr/lib/cabin/cabin-init".into());
+    for c in &candidates {
+        if c.is_file() && is_static_elf(c) {
+            return Ok(c.clone());
+        }
+    }
+    Err(AssetError::NoInit {
+        looked: candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+fn check_static(p: PathBuf) -> Result<PathBuf, AssetError> {
+    if !p.is_file() {
+        return Err(AssetError::NoInit {
+            looked: p.display().to_string(),
+        });
+    }
+    if !is_static_elf(&p) {
+        return Err(AssetError::InitNotStatic(p));
+    }
+    Ok(p)
+}
+
+/// An ELF executable without a PT_INTERP program header needs no dynamic loader.
+pub fn is_static_elf(p: &Path) -> bool {
+    let Ok(data) = fs::read(p) else { return false };
+    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
+        return false;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
+    let u64_at = |o: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&data[o..o + 8]);
+        u64::from_le_bytes(b) as usize
+    };
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    for i in 0..phnum {
+        let o = phoff + i * phentsize;
+        if o + 4 > data.len() {
+            return false;
+        }
+        if u32::from_le_bytes([data[o], data[o + 1], data[o + 2], data[o + 3]]) == 3 {
+            return false; // PT_INTERP
+        }
+    }
+    true
+}
+
+/// Returns the initramfs for this cabin-init, building and caching it on first use. The
+/// cache key is the init binary's path, size and modification time (a rebuilt init gets
+/// a new archive), so a warm start reads no more than one stat.
+pub fn initramfs(init: &Path, paths: &Paths) -> Result<PathBuf, AssetError> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let dir = paths.initramfs_cache();
+    let err = |source| AssetError::Initramfs {
+        dir: dir.clone(),
+        source,
+    };
+    let meta = fs::metadata(init).map_err(err)?;
+    let mut key = Sha256::new();
+    key.update(init.as_os_str().as_bytes());
+    for v in [
+        meta.size(),
+        meta.mtime() as u64,
+        meta.mtime_nsec() as u64,
+        meta.ino(),
+    ] {
+        key.update(v.to_le_bytes());
+    }
+    let name: String = key.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let path = dir.join(format!("{name}.cpio"));
+    if path.is_file() {
+        return Ok(path);
+    }
+    fs::create_dir_all(&dir).map_err(err)?;
+    let binary = fs::read(init).map_err(err)?;
+    let tmp = dir.join(format!(".building-{}-{name}.cpio", std::process::id()));
+    let write = || -> io::Result<()> {
+        let file = io::BufWriter::new(fs::File::create(&tmp)?);
+        let mut w = CpioWriter::new(file);
+        for d in ["dev", "proc", "sys", "run", "tmp"] {
+            w.dir(d, 0o755)?;
+        }
+        // The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
+        w.char_device("dev/console", 0o600, 5, 1)?;
+        w.file("init", 0o755, &binary)?;
+        w.finish()?
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_all()?;
+        fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        err(e)
+    })?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_and_dynamic_executables_are_told_apart() {
+        // This test binary is dynamically linked; busybox-static (when installed) is not.
+        let me = std::env::current_exe().unwrap();
+        assert!(!is_static_elf(&me));
+        let bb = Path::new("/bin/busybox");
+        if bb.exists() {
+            assert!(is_static_elf(bb));
+        }
+        assert!(!is_static_elf(Path::new("/etc/passwd")));
+    }
+
+    #[test]
+    fn initramfs_is_cached_per_init_binary() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = Paths::at(t.path());
+        let init = t.path().join("init-bin");
+        fs::write(&init, b"\x7fELF fake").unwrap();
+        let a = initramfs(&init, &paths).unwrap();
+        let mtime = fs::metadata(&a).unwrap().modified().unwrap();
+        assert_eq!(initramfs(&init, &paths).unwrap(), a);
+        assert_eq!(fs::metadata(&a).unwrap().modified().unwrap(), mtime);
+        fs::write(&init, b"\x7fELF other, longer").unwrap();
+        assert_ne!(initramfs(&init, &paths).unwrap(), a);
+    }
+
+    #[test]
+    fn explicit_kernel_must_exist() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = Paths::at(t.path());
+        let e = locate_kernel(Some(Path::new("/nonexistent/vmlinux")), &paths).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/vmlinux"));
+    }
+}

@@ -1,0 +1,512 @@
+//! One container in its own VM, from boot to teardown.
+//!
+//! `boot` prepares the disk and boot assets, starts the VM, waits for cabin-init, mounts
+//! the container's root filesystem, creates the container and starts its process. The
+//! caller then streams the process's I/O through [`ContainerVm::agent`] and finally
+//! calls [`ContainerVm::wait`] and [`ContainerVm::teardown`]. Whenever the VM dies,
+//! every step fails with the reason and the tail of the guest console.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use cabin_image::rootfs;
+use cabin_proto::v1::{
+    CreateContainerRequest, Empty, ExitStatus, HelloRequest, MountRequest, ProcessRef, Resources,
+    Rlimit, StartProcessRequest, TtySize,
+};
+use cabin_vmm::qemu::{Qemu, QemuVm};
+use cabin_vmm::{
+    accel, AccelChoice, AccelRequest, DiskFormat, DiskSpec, MicroVmSpec, RunningVm, VmBackend,
+    VmExit,
+};
+
+use crate::agent::{self, Agent};
+use crate::assets;
+use crate::paths::Paths;
+use crate::rundir::{self, RunDir};
+use crate::timings::Timings;
+
+/// Guest memory on top of the container's own limit: kernel, init, page cache.
+pub const VM_MEMORY_OVERHEAD_MIB: u64 = 96;
+pub const DEFAULT_VM_MEMORY_MIB: u64 = 512;
+
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    pub rootfs_dir: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub tty: bool,
+    pub tty_size: Option<(u16, u16)>,
+    pub stdin: bool,
+    pub hostname: Option<String>,
+    /// CPUs as docker's --cpus: the VM gets ceil(cpus) vCPUs, the cgroup the exact quota.
+    pub cpus: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub pids_limit: Option<u64>,
+    pub rlimits: Vec<(String, u64, u64)>,
+    pub kernel: Option<PathBuf>,
+    pub accel: AccelRequest,
+    pub boot_timeout: Duration,
+    pub extra_kernel_args: String,
+}
+
+impl ContainerConfig {
+    pub fn new(rootfs_dir: PathBuf, args: Vec<String>) -> Self {
+        ContainerConfig {
+            rootfs_dir,
+            args,
+            env: Vec::new(),
+            cwd: String::new(),
+            user: String::new(),
+            tty: false,
+            tty_size: None,
+            stdin: false,
+            hostname: None,
+            cpus: None,
+            memory_bytes: None,
+            pids_limit: None,
+            rlimits: Vec::new(),
+            kernel: None,
+            accel: AccelRequest::Auto,
+            boot_timeout: Duration::from_secs(60),
+            extra_kernel_args: String::new(),
+        }
+    }
+
+    fn vcpus(&self) -> u32 {
+        self.cpus.map(|c| c.ceil().max(1.0) as u32).unwrap_or(1)
+    }
+
+    fn vm_memory_mib(&self) -> u64 {
+        match self.memory_bytes {
+            Some(b) => (b >> 20) + VM_MEMORY_OVERHEAD_MIB,
+            None => DEFAULT_VM_MEMORY_MIB,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Assets(#[from] assets::AssetError),
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::RootfsError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    NotExecutable(String),
+    #[error("{message}{}", console_section(.console))]
+    Vm { message: String, console: String },
+    #[error("{0}")]
+    Agent(String),
+}
+
+fn console_section(console: &str) -> String {
+    let tail: Vec<&str> = console.trim_end().lines().rev().take(15).collect();
+    if tail.is_empty() {
+        return String::new();
+    }
+    let lines: Vec<&str> = tail.into_iter().rev().collect();
+    format!(
+        "\nlast lines of the guest console:\n  {}",
+        lines.join("\n  ")
+    )
+}
+
+impl RunError {
+    /// The exit status `cabin run` reports for this error, as docker does.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::NotFound(_) => cabin_proto::EXIT_NOT_FOUND,
+            RunError::NotExecutable(_) => cabin_proto::EXIT_NOT_EXECUTABLE,
+            _ => 125,
+        }
+    }
+}
+
+fn describe_exit(exit: VmExit) -> String {
+    match exit {
+        VmExit::Exited(0) => {
+            "the VM stopped unexpectedly (the guest rebooted or its kernel panicked)".into()
+        }
+        VmExit::Exited(c) => format!("QEMU exited with status {c}"),
+        VmExit::Killed(s) => format!("QEMU was killed by signal {s}"),
+    }
+}
+
+/// Whether the host can run VMs, and with which accelerator; prints the one-line notice
+/// when it falls back to TCG on its own.
+pub fn choose_accel(request: AccelRequest) -> AccelChoice {
+    let request = match request {
+        AccelRequest::Auto => std::env::var("CABIN_ACCEL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(AccelRequest::Auto),
+        r => r,
+    };
+    accel::decide(request, &accel::HostProbe::read())
+}
+
+pub struct ContainerVm {
+    pub id: String,
+    vm: QemuVm,
+    agent: Agent,
+    run_dir: Option<RunDir>,
+    pub timings: Timings,
+    pub accel: AccelChoice,
+    pub guest_boot: Duration,
+    exited: Option<VmExit>,
+}
+
+fn status_error(e: tonic::Status) -> RunError {
+    match e.code() {
+        tonic::Code::NotFound => RunError::NotFound(e.message().to_string()),
+        tonic::Code::PermissionDenied => RunError::NotExecutable(e.message().to_string()),
+        _ => RunError::Agent(e.message().to_string()),
+    }
+}
+
+fn create_overlay(base: &Path, overlay: &Path) -> Result<(), RunError> {
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(base)
+        .arg(overlay)
+        .output()
+        .map_err(|e| {
+            RunError::Setup(format!(
+                "qemu-img (from qemu-utils) is needed for the container's writable layer: {e}"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(RunError::Setup(format!(
+            "creating the container's writable layer failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+impl ContainerVm {
+    pub fn process_ref(&self) -> ProcessRef {
+        ProcessRef {
+            container_id: self.id.clone(),
+            process_id: "init".into(),
+        }
+    }
+
+    pub fn agent(&self) -> Agent {
+        self.agent.clone()
+    }
+
+    pub fn vmm_pid(&self) -> u32 {
+        self.vm.pid()
+    }
+
+    pub fn run_dir(&self) -> Option<&Path> {
+        self.run_dir.as_ref().map(|r| r.path.as_path())
+    }
+
+    fn vm_error(&mut self, exit: VmExit) -> RunError {
+        self.exited = Some(exit);
+        let mut message = describe_exit(exit);
+        let stderr = self.vm.stderr();
+        if !stderr.is_empty() {
+            message = format!("{message}: {stderr}");
+        }
+        RunError::Vm {
+            message,
+            console: self.vm.console_tail(4096),
+        }
+    }
+
+    /// Runs `fut` unless the VM dies first.
+    async fn guarded<T>(
+        &mut self,
+        fut: impl std::future::Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T, RunError> {
+        tokio::select! {
+            r = fut => r.map_err(status_error),
+            exit = self.vm.wait() => {
+                let exit = exit.map_err(|e| RunError::Setup(format!("waiting for QEMU: {e}")))?;
+                Err(self.vm_error(exit))
+            }
+        }
+    }
+
+    pub async fn boot(
+        paths: &Paths,
+        cfg: &ContainerConfig,
+        started: Instant,
+    ) -> Result<ContainerVm, RunError> {
+        let mut timings = Timings::start_at(started);
+        rundir::reap_stale(paths);
+        let qemu = Qemu::locate().map_err(|e| RunError::Setup(e.to_string()))?;
+        let kernel = assets::locate_kernel(cfg.kernel.as_deref(), paths)?;
+        let init = assets::locate_init()?;
+        let initrd = assets::initramfs(&init, paths)?;
+        timings.mark("boot assets");
+        let image = rootfs::ensure_image(&cfg.rootfs_dir, &paths.rootfs_cache())?;
+        timings.mark_with(
+            "root filesystem image",
+            if image.built {
+                "built".into()
+            } else {
+                "cached".into()
+            },
+        );
+        let accel = choose_accel(cfg.accel);
+        if accel.accel == cabin_vmm::Accel::Tcg && !accel.explicit {
+            eprintln!(
+                "cabin: {}; using QEMU's software emulation (TCG), which is much slower (set CABIN_ACCEL=tcg to silence this)",
+                accel.reason
+            );
+        }
+
+        let id = rundir::new_id();
+        let run_dir = RunDir::create(paths, &id)
+            .map_err(|e| RunError::Setup(format!("creating the VM's run directory: {e}")))?;
+        let overlay = run_dir.path.join("rootfs.qcow2");
+        create_overlay(&image.path, &overlay)?;
+        let spec = MicroVmSpec {
+            kernel,
+            initrd,
+            extra_cmdline: cfg.extra_kernel_args.clone(),
+            cpus: cfg.vcpus(),
+            memory_mib: cfg.vm_memory_mib(),
+            disks: vec![DiskSpec {
+                path: overlay,
+                format: DiskFormat::Qcow2,
+                read_only: false,
+                serial: "rootfs".into(),
+                volatile: true,
+            }],
+            accel: accel.accel,
+            run_dir: run_dir.path.clone(),
+        };
+        timings.mark("writable layer");
+        let vm = qemu
+            .start(&spec)
+            .map_err(|e| RunError::Setup(e.to_string()))?;
+        run_dir
+            .record_vmm_pid(vm.pid())
+            .map_err(|e| RunError::Setup(format!("recording QEMU's pid: {e}")))?;
+        timings.mark("QEMU spawned");
+        let agent = agent::connect(vm.agent_socket());
+        let mut me = ContainerVm {
+            id: id.clone(),
+            vm,
+            agent,
+            run_dir: Some(run_dir),
+            timings,
+            accel,
+            guest_boot: Duration::ZERO,
+            exited: None,
+        };
+
+        let host_now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as i64;
+        let mut a = me.agent.clone();
+        let deadline = cfg.boot_timeout;
+        let hello = me
+            .guarded(agent::call(
+                "Hello",
+                deadline,
+                a.hello(HelloRequest {
+                    protocol_version: cabin_proto::PROTOCOL_VERSION,
+                    host_time_unix_nanos: host_now,
+                }),
+            ))
+            .await;
+        let hello = match hello {
+            Ok(h) => h,
+            Err(RunError::Agent(m)) => {
+                let console = me.vm.console_tail(4096);
+                return Err(RunError::Vm {
+                    message: format!(
+                        "{m} (boot deadline {} s; raise it with --boot-timeout); the VM was stopped",
+                        deadline.as_secs()
+                    ),
+                    console,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        if hello.protocol_version < cabin_proto::PROTOCOL_VERSION {
+            return Err(RunError::Setup(format!(
+                "the guest's cabin-init speaks protocol version {}, this cabin needs {}: rebuild it with scripts/build-init.sh",
+                hello.protocol_version,
+                cabin_proto::PROTOCOL_VERSION
+            )));
+        }
+        me.guest_boot = Duration::from_nanos(hello.init_started_boottime_nanos);
+        me.timings.mark_with(
+            "init answering",
+            format!(
+                "guest kernel booted in {:.1} ms, init ready {:.1} ms later",
+                me.guest_boot.as_secs_f64() * 1e3,
+                (hello
+                    .answered_boottime_nanos
+                    .saturating_sub(hello.init_started_boottime_nanos)) as f64
+                    / 1e6
+            ),
+        );
+
+        let rootfs = format!("/run/cabin/containers/{id}/rootfs");
+        let t = cabin_proto::CALL_TIMEOUT;
+        me.guarded(agent::call(
+            "Mount",
+            t,
+            a.mount(MountRequest {
+                source: "blk:rootfs".into(),
+                target: rootfs.clone(),
+                fstype: "ext4".into(),
+                options: vec![],
+                read_only: false,
+            }),
+        ))
+        .await?;
+        let cpu_micros = cfg
+            .cpus
+            .filter(|c| c.fract() != 0.0)
+            .map(|c| (c * 1e6) as u64)
+            .unwrap_or(0);
+        me.guarded(agent::call(
+            "CreateContainer",
+            t,
+            a.create_container(CreateContainerRequest {
+                container_id: id.clone(),
+                rootfs,
+                hostname: cfg.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
+                resources: Some(Resources {
+                    memory_bytes: cfg.memory_bytes.unwrap_or(0),
+                    cpu_micros,
+                    pids_limit: cfg.pids_limit.unwrap_or(0),
+                }),
+            }),
+        ))
+        .await?;
+        me.timings.mark("container created");
+        let mut env = vec![format!(
+            "HOSTNAME={}",
+            cfg.hostname.clone().unwrap_or_else(|| id[..12].to_string())
+        )];
+        if cfg.tty {
+            env.push("TERM=xterm".into());
+        }
+        env.extend(cfg.env.iter().cloned());
+        let started = me
+            .guarded(agent::call(
+                "StartProcess",
+                t,
+                a.start_process(StartProcessRequest {
+                    container_id: id.clone(),
+                    process_id: "init".into(),
+                    args: cfg.args.clone(),
+                    env,
+                    cwd: cfg.cwd.clone(),
+                    user: cfg.user.clone(),
+                    tty: cfg.tty,
+                    tty_size: cfg.tty_size.map(|(rows, cols)| TtySize {
+                        rows: rows as u32,
+                        cols: cols as u32,
+                    }),
+                    rlimits: cfg
+                        .rlimits
+                        .iter()
+                        .map(|(r, s, h)| Rlimit {
+                            resource: r.clone(),
+                            soft: *s,
+                            hard: *h,
+                        })
+                        .collect(),
+                    stdin: cfg.stdin,
+                }),
+            ))
+            .await?;
+        me.timings.mark_with(
+            "process started",
+            format!("pid {} in the guest", started.pid),
+        );
+        Ok(me)
+    }
+
+    /// Waits for the container's process to exit.
+    pub async fn wait(&mut self) -> Result<ExitStatus, RunError> {
+        let mut a = self.agent.clone();
+        let me = self.process_ref();
+        let r = self.guarded(async move { a.wait(me).await }).await?;
+        self.timings.mark("process exited");
+        Ok(r.into_inner())
+    }
+
+    /// Stops the VM and removes everything the run created. Safe to call after the VM died.
+    pub async fn teardown(mut self) {
+        if self.exited.is_none() {
+            // The container's writable layer dies with the VM, so there is nothing to
+            // flush: quitting QEMU directly is both safe and the fastest way down.
+            let _ = self.vm.stop(Duration::from_secs(3)).await;
+        }
+        if let Some(rd) = self.run_dir.take() {
+            let _ = rd.remove();
+        }
+        self.timings.mark("VM torn down");
+    }
+
+    /// Asks the guest to sync and power off, for VMs whose disks outlive them.
+    pub async fn shutdown(&mut self) -> Result<(), RunError> {
+        let mut a = self.agent.clone();
+        let _ = self
+            .guarded(agent::call(
+                "Shutdown",
+                Duration::from_secs(5),
+                a.shutdown(Empty {}),
+            ))
+            .await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_is_sized_for_the_container() {
+        let mut c = ContainerConfig::new("/x".into(), vec!["true".into()]);
+        assert_eq!((c.vcpus(), c.vm_memory_mib()), (1, DEFAULT_VM_MEMORY_MIB));
+        c.cpus = Some(1.5);
+        c.memory_bytes = Some(256 << 20);
+        assert_eq!(c.vcpus(), 2);
+        assert_eq!(c.vm_memory_mib(), 256 + VM_MEMORY_OVERHEAD_MIB);
+    }
+
+    #[test]
+    fn agent_port_names_agree() {
+        assert_eq!(cabin_vmm::qemu::AGENT_PORT_NAME, cabin_proto::PORT_NAME);
+    }
+
+    #[test]
+    fn errors_map_to_docker_exit_codes() {
+        assert_eq!(RunError::NotFound("x".into()).exit_code(), 127);
+        assert_eq!(RunError::NotExecutable("x".into()).exit_code(), 126);
+        assert_eq!(RunError::Setup("x".into()).exit_code(), 125);
+    }
+
+    #[test]
+    fn vm_errors_carry_the_console_tail() {
+        let e = RunError::Vm {
+            message: "boom".into(),
+            console: "a\nKernel panic - not syncing: x\n".into(),
+        };
+        let s = e.to_string();
+        assert!(s.starts_with("boom\nlast lines of the guest console:"));
+        assert!(s.contains("Kernel panic"));
+    }
+}

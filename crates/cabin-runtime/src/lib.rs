@@ -1,0 +1,18 @@
+//! The container and VM runtime: everything between a user's request and the VMM.
+//!
+//! - [`container_vm`]: one container in its own VM, boot to teardown.
+//! - [`assets`]: the guest kernel and the initramfs with cabin-init.
+//! - [`agent`]: the gRPC client for cabin-init.
+//! - [`rundir`]: per-VM private directories and the clean-up of abandoned ones.
+//! - [`paths`], [`timings`], [`system`].
+
+pub mod agent;
+pub mod assets;
+pub mod container_vm;
+pub mod paths;
+pub mod rundir;
+pub mod system;
+pub mod timings;
+
+pub use container_vm::{ContainerConfig, ContainerVm, RunError};
+pub use paths::Paths;

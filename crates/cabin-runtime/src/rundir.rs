@@ -1,0 +1,166 @@
+//! A VM's private run directory, owned by the process holding its lock. Whatever a killed
+//! cabin left behind (a directory nobody holds, maybe a QEMU that outlived it) is removed
+//! by the next cabin command.
+
+use std::fs;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::paths::{create_private_dir, Paths};
+
+pub struct RunDir {
+    pub path: PathBuf,
+    lock: Option<fs::File>,
+}
+
+fn try_lock(file: &fs::File) -> bool {
+    // SAFETY: flock on a descriptor we own.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+pub fn new_id() -> String {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom into our buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        // Never expected; fall back to something unique enough for a local directory.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        b[..8].copy_from_slice(&(t.as_nanos() as u64).to_le_bytes());
+        b[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl RunDir {
+    pub fn create(paths: &Paths, id: &str) -> io::Result<RunDir> {
+        // Unix socket paths are limited to 107 bytes; a short directory name keeps them
+        // inside the limit for ordinary data directories.
+        let path = paths.run_root().join(&id[..12.min(id.len())]);
+        create_private_dir(&paths.run_root())?;
+        create_private_dir(&path)?;
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.join("lock"))?;
+        if !try_lock(&lock) {
+            return Err(io::Error::other(format!("{} is in use", path.display())));
+        }
+        let socket = path.join("agent.sock");
+        if socket.as_os_str().len() > 107 {
+            let _ = fs::remove_dir_all(&path);
+            return Err(io::Error::other(format!(
+                "the data directory path is too long for unix sockets ({}); use a shorter CABIN_DATA_DIR",
+                socket.display()
+            )));
+        }
+        Ok(RunDir {
+            path,
+            lock: Some(lock),
+        })
+    }
+
+    pub fn record_vmm_pid(&self, pid: u32) -> io::Result<()> {
+        fs::write(self.path.join("vmm.pid"), pid.to_string())
+    }
+
+    /// Removes the directory and releases it.
+    pub fn remove(mut self) -> io::Result<()> {
+        let r = fs::remove_dir_all(&self.path);
+        self.lock.take();
+        r
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if self.lock.is_some() {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Kills `pid` only if it is a process started for this run directory (its command line
+/// names the directory), so a recycled pid is never hit.
+fn kill_if_ours(pid: i32, dir: &Path) {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return;
+    };
+    let needle = dir.as_os_str().as_encoded_bytes();
+    if cmdline.windows(needle.len()).any(|w| w == needle) {
+        // SAFETY: signalling a process we identified as ours.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Removes run directories whose owner is gone. Returns how many were removed.
+pub fn reap_stale(paths: &Paths) -> usize {
+    let Ok(entries) = fs::read_dir(paths.run_root()) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let dir = e.path();
+        let Ok(lock) = fs::OpenOptions::new().write(true).open(dir.join("lock")) else {
+            // No lock file: a directory whose creator died before making it, or one being
+            // created right now. Only the first kind is old.
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(60));
+            if old && fs::remove_dir_all(&dir).is_ok() {
+                removed += 1;
+            }
+            continue;
+        };
+        if !try_lock(&lock) {
+            continue; // its owner is alive
+        }
+        if let Some(pid) = fs::read_to_string(dir.join("vmm.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            kill_if_ours(pid, &dir);
+        }
+        if fs::remove_dir_all(&dir).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_directories_survive_and_abandoned_ones_are_reaped() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = Paths::at(t.path());
+        let held = RunDir::create(&paths, &new_id()).unwrap();
+        // An abandoned directory: the lock file exists but nobody holds it.
+        let abandoned = paths.run_root().join("abandoned");
+        fs::create_dir_all(&abandoned).unwrap();
+        fs::write(abandoned.join("lock"), "").unwrap();
+        fs::write(abandoned.join("vmm.pid"), "2147483646").unwrap();
+        assert_eq!(reap_stale(&paths), 1);
+        assert!(held.path.exists());
+        assert!(!abandoned.exists());
+        let p = held.path.clone();
+        held.remove().unwrap();
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn ids_are_unique_hex() {
+        let (a, b) = (new_id(), new_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}

@@ -1,0 +1,196 @@
+//! Choosing the accelerator: KVM where this host can really run a guest with it, QEMU's
+//! software emulator (TCG) otherwise.
+
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
+
+/// What the user asked for: `auto` (the default), `kvm` or `tcg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccelRequest {
+    #[default]
+    Auto,
+    Force(Accel),
+}
+
+impl FromStr for AccelRequest {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(AccelRequest::Auto),
+            "kvm" => Ok(AccelRequest::Force(Accel::Kvm)),
+            "tcg" => Ok(AccelRequest::Force(Accel::Tcg)),
+            other => Err(format!(
+                "unknown accelerator {other:?}: use auto, kvm or tcg"
+            )),
+        }
+    }
+}
+
+/// The facts the decision rests on, gathered by [`HostProbe::read`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostProbe {
+    /// `Ok(api_version)` when /dev/kvm opened read-write and answered KVM_GET_API_VERSION.
+    pub kvm_device: Result<i32, String>,
+    /// The CPU advertises VMX (Intel) or SVM (AMD) in /proc/cpuinfo.
+    pub hw_virt: bool,
+    /// /dev/kvm is PVM, a nested hypervisor that only runs guests built for it.
+    pub pvm: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccelChoice {
+    pub accel: Accel,
+    pub reason: String,
+    /// The user chose it (flag or environment), so no notice is due.
+    pub explicit: bool,
+}
+
+const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+const KVM_API_VERSION: i32 = 12;
+
+impl HostProbe {
+    pub fn read() -> HostProbe {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let hw_virt = cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("flags"))
+            .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+        HostProbe {
+            kvm_device: probe_kvm_device(),
+            hw_virt,
+            pvm: std::path::Path::new("/sys/module/kvm_pvm").exists(),
+        }
+    }
+}
+
+fn probe_kvm_device() -> Result<i32, String> {
+    use std::os::fd::AsRawFd;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("/dev/kvm: {e}"))?;
+    // SAFETY: KVM_GET_API_VERSION takes no argument and returns an int.
+    let v = unsafe { libc::ioctl(dev.as_raw_fd(), KVM_GET_API_VERSION, 0) };
+    if v < 0 {
+        return Err(format!(
+            "/dev/kvm: KVM_GET_API_VERSION failed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(v)
+}
+
+/// Decides from the probe and the request. Pure, so every branch is unit-tested.
+pub fn decide(request: AccelRequest, probe: &HostProbe) -> AccelChoice {
+    if let AccelRequest::Force(accel) = request {
+        return AccelChoice {
+            accel,
+            reason: format!("{accel} was requested"),
+            explicit: true,
+        };
+    }
+    let tcg = |why: String| AccelChoice {
+        accel: Accel::Tcg,
+        reason: why,
+        explicit: false,
+    };
+    match &probe.kvm_device {
+        Err(e) => tcg(format!("KVM is not usable ({e})")),
+        Ok(v) if *v != KVM_API_VERSION => tcg(format!(
+            "KVM is not usable (/dev/kvm speaks API version {v}, not {KVM_API_VERSION})"
+        )),
+        Ok(_) if probe.pvm && !probe.hw_virt => tcg(
+            "KVM is not usable (/dev/kvm is the PVM nested hypervisor, which cannot run a stock guest kernel)"
+                .into(),
+        ),
+        Ok(_) if !probe.hw_virt => tcg(
+            "KVM is not usable (the CPU advertises neither VMX nor SVM)".into(),
+        ),
+        Ok(_) => AccelChoice {
+            accel: Accel::Kvm,
+            reason: "/dev/kvm is usable and the CPU has hardware virtualisation".into(),
+            explicit: false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(kvm: Result<i32, String>, hw_virt: bool, pvm: bool) -> HostProbe {
+        HostProbe {
+            kvm_device: kvm,
+            hw_virt,
+            pvm,
+        }
+    }
+
+    #[test]
+    fn kvm_needs_a_working_device_and_hardware_virtualisation() {
+        let c = decide(AccelRequest::Auto, &probe(Ok(12), true, false));
+        assert_eq!(c.accel, Accel::Kvm);
+        assert!(!c.explicit);
+    }
+
+    #[test]
+    fn pvm_device_is_not_usable() {
+        let c = decide(AccelRequest::Auto, &probe(Ok(12), false, true));
+        assert_eq!(c.accel, Accel::Tcg);
+        assert!(c.reason.contains("PVM"), "{}", c.reason);
+    }
+
+    #[test]
+    fn missing_device_or_cpu_support_means_tcg() {
+        let c = decide(
+            AccelRequest::Auto,
+            &probe(
+                Err("/dev/kvm: No such file or directory".into()),
+                true,
+                false,
+            ),
+        );
+        assert_eq!(c.accel, Accel::Tcg);
+        assert!(c.reason.contains("No such file"));
+        let c = decide(AccelRequest::Auto, &probe(Ok(12), false, false));
+        assert_eq!(c.accel, Accel::Tcg);
+        assert!(c.reason.contains("VMX"));
+        let c = decide(AccelRequest::Auto, &probe(Ok(11), true, false));
+        assert_eq!(c.accel, Accel::Tcg);
+    }
+
+    #[test]
+    fn a_request_overrides_the_probe() {
+        let c = decide(AccelRequest::Force(Accel::Tcg), &probe(Ok(12), true, false));
+        assert_eq!((c.accel, c.explicit), (Accel::Tcg, true));
+        let c = decide(
+            AccelRequest::Force(Accel::Kvm),
+            &probe(Err("x".into()), false, true),
+        );
+        assert_eq!(c.accel, Accel::Kvm);
+    }
+
+    #[test]
+    fn requests_parse() {
+        assert_eq!("auto".parse(), Ok(AccelRequest::Auto));
+        assert_eq!("KVM".parse(), Ok(AccelRequest::Force(Accel::Kvm)));
+        assert_eq!("tcg".parse(), Ok(AccelRequest::Force(Accel::Tcg)));
+        assert!("hvf".parse::<AccelRequest>().is_err());
+    }
+}

@@ -1,0 +1,75 @@
+//! VM backends. cabin drives every VM through [`VmBackend`]; QEMU is the one backend today
+//! ([`qemu::Qemu`]), and another VMM slots in by implementing the same two traits.
+
+pub mod accel;
+pub mod qemu;
+pub mod qmp;
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use accel::{Accel, AccelChoice, AccelRequest, HostProbe};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+#[derive(Debug, Clone)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub format: DiskFormat,
+    pub read_only: bool,
+    /// The guest finds the disk by this serial (see cabin-init's `blk:` mount sources).
+    pub serial: String,
+    /// Guest flushes are not written through: for disks whose contents die with the VM.
+    pub volatile: bool,
+}
+
+/// A lightweight VM that boots a kernel directly and talks to cabin-init.
+#[derive(Debug, Clone)]
+pub struct MicroVmSpec {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Appended to the backend's own kernel arguments.
+    pub extra_cmdline: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub disks: Vec<DiskSpec>,
+    pub accel: Accel,
+    /// Private directory (0700) for this VM's sockets and console log.
+    pub run_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmExit {
+    /// The VMM exited by itself (guest reboot or power-off, or a VMM error) with this code.
+    Exited(i32),
+    /// The VMM was killed by a signal.
+    Killed(i32),
+}
+
+/// Starts VMs.
+pub trait VmBackend {
+    type Vm: RunningVm;
+    fn name(&self) -> &'static str;
+    /// Starts the VM; returns once the VMM process runs (the guest boots in the background).
+    fn start(&self, spec: &MicroVmSpec) -> io::Result<Self::Vm>;
+}
+
+/// A running VM.
+pub trait RunningVm {
+    fn pid(&self) -> u32;
+    /// The unix socket that reaches cabin-init in the guest.
+    fn agent_socket(&self) -> PathBuf;
+    /// The guest's console output so far (for error messages), at most `max` bytes from
+    /// the end.
+    fn console_tail(&self, max: usize) -> String;
+    /// Waits for the VMM to exit.
+    fn wait(&mut self) -> impl Future<Output = io::Result<VmExit>>;
+    /// Ends the VM: asks the VMM to quit, kills it after `grace`.
+    fn stop(&mut self, grace: Duration) -> impl Future<Output = io::Result<VmExit>>;
+}

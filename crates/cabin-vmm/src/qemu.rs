@@ -1,0 +1,371 @@
+//! The QEMU backend: `qemu-system-x86_64 -M microvm` with direct kernel boot, virtio-mmio
+//! devices only, no firmware, controlled over QMP.
+
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tokio::net::UnixStream;
+
+use crate::qmp::Qmp;
+use crate::{Accel, DiskFormat, MicroVmSpec, RunningVm, VmBackend, VmExit};
+
+pub const DEFAULT_BINARY: &str = "qemu-system-x86_64";
+
+pub struct Qemu {
+    pub binary: PathBuf,
+}
+
+impl Qemu {
+    /// Finds QEMU: `CABIN_QEMU`, else `qemu-system-x86_64` on PATH.
+    pub fn locate() -> io::Result<Qemu> {
+        if let Some(p) = std::env::var_os("CABIN_QEMU") {
+            let p = PathBuf::from(p);
+            if p.is_file() {
+                return Ok(Qemu { binary: p });
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("CABIN_QEMU points to {}, which does not exist", p.display()),
+            ));
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(DEFAULT_BINARY);
+            if candidate.is_file() {
+                return Ok(Qemu { binary: candidate });
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "QEMU (qemu-system-x86_64) is not installed: install it with \
+             `apt-get install qemu-system-x86`, or set CABIN_QEMU to its path",
+        ))
+    }
+
+    /// `qemu-system-x86_64 --version`, first line.
+    pub fn version(&self) -> io::Result<String> {
+        let out = Command::new(&self.binary).arg("--version").output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string())
+    }
+}
+
+/// Kernel arguments every cabin microVM gets. `panic=-1` turns a guest panic into a
+/// reboot, which -no-reboot turns into QEMU exiting, so a dead guest is noticed at once.
+pub const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t rdinit=/init";
+
+// Descriptor numbers the listening sockets get in QEMU.
+const AGENT_FD: i32 = 3;
+const QMP_FD: i32 = 4;
+
+fn listen(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let l = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// The QEMU command line for a spec (without the binary).
+pub fn command_line(spec: &MicroVmSpec) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |s: &[&str]| a.extend(s.iter().map(|s| s.to_string()));
+    push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+    // acpi=off: the kernel has no ACPI, and only then does QEMU put the virtio-mmio
+    // devices on the kernel command line.
+    push(&["-M", "microvm,acpi=off,x-option-roms=off,rtc=on"]);
+    match spec.accel {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
+    }
+    // QEMU's seccomp sandbox: no spawning, no privilege changes.
+    push(&[
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ]);
+    let smp = spec.cpus.max(1).to_string();
+    let mem = format!("{}M", spec.memory_mib);
+    push(&["-smp", &smp, "-m", &mem]);
+    let kernel = spec.kernel.to_string_lossy().into_owned();
+    let initrd = spec.initrd.to_string_lossy().into_owned();
+    let cmdline = if spec.extra_cmdline.is_empty() {
+        BASE_CMDLINE.to_string()
+    } else {
+        format!("{BASE_CMDLINE} {}", spec.extra_cmdline)
+    };
+    push(&["-kernel", &kernel, "-initrd", &initrd, "-append", &cmdline]);
+    let console = spec
+        .run_dir
+        .join("console.log")
+        .to_string_lossy()
+        .into_owned();
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={}", qemu_escape(&console)),
+        "-serial",
+        "chardev:console",
+    ]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=agent,fd={AGENT_FD},server=on,wait=off"),
+        "-device",
+        "virtio-serial-device,max_ports=2",
+        "-device",
+        &format!("virtserialport,chardev=agent,name={}", AGENT_PORT_NAME),
+    ]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=qmp,fd={QMP_FD},server=on,wait=off"),
+        "-mon",
+        "chardev=qmp,mode=control",
+    ]);
+    push(&["-device", "virtio-rng-device"]);
+    for (i, d) in spec.disks.iter().enumerate() {
+        let fmt = match d.format {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        };
+        let cache = if d.volatile { "unsafe" } else { "writeback" };
+        push(&[
+            "-drive",
+            &format!(
+                "if=none,id=disk{i},file={},format={fmt},readonly={},cache={cache},discard=unmap",
+                qemu_escape(&d.path.to_string_lossy()),
+                if d.read_only { "on" } else { "off" },
+            ),
+            "-device",
+            &format!("virtio-blk-device,drive=disk{i},serial={}", d.serial),
+        ]);
+    }
+    a
+}
+
+/// The name cabin-init looks for; kept in step with cabin_proto::PORT_NAME by a test in
+/// cabin-runtime (this crate does not depend on the protocol).
+pub const AGENT_PORT_NAME: &str = "cabin.agent";
+
+/// QEMU option values escape a comma by doubling it.
+fn qemu_escape(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+impl VmBackend for Qemu {
+    type Vm = QemuVm;
+
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn start(&self, spec: &MicroVmSpec) -> io::Result<QemuVm> {
+        let agent_path = spec.run_dir.join("agent.sock");
+        let qmp_path = spec.run_dir.join("qmp.sock");
+        let agent = listen(&agent_path)?;
+        let qmp = listen(&qmp_path)?;
+        // QEMU gets the listening sockets themselves, so connecting needs no retry loop:
+        // the kernel queues our connection until QEMU accepts it.
+        let agent_fd: OwnedFd = agent.into();
+        let qmp_fd: OwnedFd = qmp.into();
+        let (agent_raw, qmp_raw) = (agent_fd.as_raw_fd(), qmp_fd.as_raw_fd());
+        let parent = std::process::id() as i32;
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(command_line(spec))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // QEMU must not outlive cabin: a killed cabin leaves no VM behind.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    return Err(io::Error::other("parent exited"));
+                }
+                // dup2 clears close-on-exec on the copies.
+                if libc::dup2(agent_raw, AGENT_FD) < 0 || libc::dup2(qmp_raw, QMP_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| {
+            io::Error::new(e.kind(), format!("starting {}: {e}", self.binary.display()))
+        })?;
+        drop((agent_fd, qmp_fd));
+        Ok(QemuVm {
+            child: Some(child),
+            pid: 0,
+            run_dir: spec.run_dir.clone(),
+            qmp_path,
+            agent_path,
+            exit: None,
+        }
+        .with_pid())
+    }
+}
+
+pub struct QemuVm {
+    child: Option<std::process::Child>,
+    pid: u32,
+    run_dir: PathBuf,
+    qmp_path: PathBuf,
+    agent_path: PathBuf,
+    exit: Option<VmExit>,
+}
+
+impl QemuVm {
+    fn with_pid(mut self) -> Self {
+        self.pid = self.child.as_ref().map(|c| c.id()).unwrap_or(0);
+        self
+    }
+
+    pub async fn qmp(&self) -> io::Result<Qmp> {
+        Qmp::handshake(UnixStream::connect(&self.qmp_path).await?).await
+    }
+
+    /// What QEMU printed on stderr (it only prints errors), once it has exited.
+    pub fn stderr(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(err) = self.child.as_mut().and_then(|c| c.stderr.as_mut()) {
+            let _ = err.take(64 * 1024).read_to_string(&mut s);
+        }
+        s.trim().to_string()
+    }
+
+    fn try_exit(&mut self) -> io::Result<Option<VmExit>> {
+        if self.exit.is_some() {
+            return Ok(self.exit);
+        }
+        let Some(child) = self.child.as_mut() else {
+            return Ok(None);
+        };
+        if let Some(status) = child.try_wait()? {
+            use std::os::unix::process::ExitStatusExt;
+            self.exit = Some(match status.code() {
+                Some(c) => VmExit::Exited(c),
+                None => VmExit::Killed(status.signal().unwrap_or(0)),
+            });
+        }
+        Ok(self.exit)
+    }
+
+    fn kill(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+        }
+    }
+}
+
+impl RunningVm for QemuVm {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn agent_socket(&self) -> PathBuf {
+        self.agent_path.clone()
+    }
+
+    fn console_tail(&self, max: usize) -> String {
+        let Ok(mut f) = std::fs::File::open(self.run_dir.join("console.log")) else {
+            return String::new();
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(max as u64)));
+        let mut buf = Vec::new();
+        let _ = f.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    async fn wait(&mut self) -> io::Result<VmExit> {
+        // std's Child has no async wait; QEMU exits are rare events, so a short poll is
+        // cheap and keeps tokio's process reaper (and its SIGCHLD handling) out of cabin.
+        loop {
+            if let Some(exit) = self.try_exit()? {
+                return Ok(exit);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn stop(&mut self, grace: Duration) -> io::Result<VmExit> {
+        if let Some(exit) = self.try_exit()? {
+            return Ok(exit);
+        }
+        let quit = async {
+            if let Ok(mut qmp) = self.qmp().await {
+                let _ = qmp.execute("quit", None).await;
+            }
+        };
+        let _ = tokio::time::timeout(grace, quit).await;
+        match tokio::time::timeout(grace, self.wait()).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.kill();
+                self.wait().await
+            }
+        }
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        if matches!(self.try_exit(), Ok(None)) {
+            self.kill();
+            if let Some(c) = self.child.as_mut() {
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DiskSpec;
+
+    fn spec() -> MicroVmSpec {
+        MicroVmSpec {
+            kernel: "/k/vmlinux".into(),
+            initrd: "/k/initrd".into(),
+            extra_cmdline: String::new(),
+            cpus: 2,
+            memory_mib: 256,
+            disks: vec![DiskSpec {
+                path: "/data/a,b.qcow2".into(),
+                format: DiskFormat::Qcow2,
+                read_only: false,
+                serial: "rootfs".into(),
+                volatile: true,
+            }],
+            accel: Accel::Tcg,
+            run_dir: "/run/x".into(),
+        }
+    }
+
+    #[test]
+    fn command_line_is_a_microvm_with_virtio_mmio_devices_only() {
+        let a = command_line(&spec()).join(" ");
+        assert!(a.contains("-M microvm,acpi=off"));
+        assert!(a.contains("-accel tcg"));
+        assert!(a.contains("-smp 2 -m 256M"));
+        assert!(a.contains("-no-reboot"));
+        assert!(a.contains("virtserialport,chardev=agent,name=cabin.agent"));
+        assert!(a.contains("file=/data/a,,b.qcow2,format=qcow2,readonly=off,cache=unsafe"));
+        assert!(a.contains("virtio-blk-device,drive=disk0,serial=rootfs"));
+        assert!(!a.contains("pci"), "microvm guests get no PCI devices: {a}");
+    }
+
+    #[test]
+    fn kvm_uses_the_host_cpu() {
+        let mut s = spec();
+        s.accel = Accel::Kvm;
+        assert!(command_line(&s).join(" ").contains("-accel kvm -cpu host"));
+    }
+}
