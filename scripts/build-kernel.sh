@@ -21,8 +21,10 @@ fi
 src_version=$(dpkg-query -W -f='${Version}' "$(basename "$src" .tar.xz)" 2>/dev/null || stat -c %s "$src")
 hash=$( { echo "recipe=$RECIPE"; echo "source=$src $src_version"; cat "$fragment"; } | sha256sum | cut -c1-16)
 out="$cache_root/$hash"
+# cabin boots ~/.cache/cabin/kernel/current/vmlinux unless told otherwise.
+point_current() { ln -sfn "$hash" "$cache_root/current.tmp" && mv -T "$cache_root/current.tmp" "$cache_root/current"; }
 if [ -f "$out/vmlinux" ] && [ -f "$out/bzImage" ]; then
-  echo "$out"; exit 0
+  point_current; echo "$out"; exit 0
 fi
 
 for tool in make gcc bc bison flex lz4; do
@@ -71,5 +73,6 @@ cp "$tree/.config" "$stage/config"
 echo "$(basename "$src") $src_version" > "$stage/source"
 rm -rf "$out"
 mv "$stage" "$out"
+point_current
 echo "build-kernel: done: $out" >&2
 echo "$out"

@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a command in a new container, in a VM of its own.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Host-wide information and maintenance.
     System {
         #[command(subcommand)]
@@ -44,6 +44,9 @@ enum SystemCommand {
 fn main() {
     let started = Instant::now();
     let cli = Cli::parse();
+    // Whatever a killed cabin left behind (run directories, a QEMU that outlived it) is
+    // cleaned up by the next cabin command, whichever it is.
+    cabin_runtime::rundir::reap_stale(&Paths::from_env());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -58,7 +61,7 @@ fn main() {
     // is tied to the spawning thread).
     let code = runtime.block_on(async move {
         match cli.command {
-            Command::Run(args) => run::run(args, started).await,
+            Command::Run(args) => run::run(*args, started).await,
             Command::System {
                 command: SystemCommand::Info { format },
             } => system_info(&format),

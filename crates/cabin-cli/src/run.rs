@@ -154,13 +154,13 @@ fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
     Ok(c)
 }
 
-const FORWARDED_SIGNALS: &[(libc::c_int, fn() -> SignalKind)] = &[
-    (libc::SIGINT, SignalKind::interrupt),
-    (libc::SIGTERM, SignalKind::terminate),
-    (libc::SIGHUP, SignalKind::hangup),
-    (libc::SIGQUIT, SignalKind::quit),
-    (libc::SIGUSR1, SignalKind::user_defined1),
-    (libc::SIGUSR2, SignalKind::user_defined2),
+const FORWARDED_SIGNALS: &[libc::c_int] = &[
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
 ];
 
 /// Runs the container; returns the exit status for `cabin run`.
@@ -176,9 +176,9 @@ pub async fn run(args: RunArgs, started: Instant) -> i32 {
     // Signals that arrive while the VM boots must not kill cabin before it can tear the
     // VM down, so the handlers are installed first.
     let mut signals = Vec::new();
-    for (num, kind) in FORWARDED_SIGNALS {
-        match signal(kind()) {
-            Ok(s) => signals.push((*num, s)),
+    for &num in FORWARDED_SIGNALS {
+        match signal(SignalKind::from_raw(num)) {
+            Ok(s) => signals.push((num, s)),
             Err(e) => eprintln!("cabin: cannot forward signal {num}: {e}"),
         }
     }

@@ -37,7 +37,55 @@ pub async fn call<T>(
         Ok(r) => r.map(tonic::Response::into_inner),
         Err(_) => Err(tonic::Status::deadline_exceeded(format!(
             "the guest agent did not answer {what} within {} s",
-            deadline.as_secs()
+            deadline.as_secs_f64()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cabin_proto::v1::HelloRequest;
+
+    #[tokio::test]
+    async fn a_guest_that_accepts_but_never_answers_hits_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        // Accepts the connection and holds it without a word, like a hung guest.
+        let hold = tokio::spawn(async move {
+            let (conn, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+            drop(conn);
+        });
+        let mut agent = connect(path);
+        let start = std::time::Instant::now();
+        let err = call(
+            "Hello",
+            Duration::from_millis(300),
+            agent.hello(HelloRequest::default()),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(
+            err.message(),
+            "the guest agent did not answer Hello within 0.3 s"
+        );
+        assert!(start.elapsed() < Duration::from_secs(5));
+        hold.abort();
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_is_an_error_not_a_hang() {
+        let mut agent = connect("/nonexistent/agent.sock".into());
+        let err = call(
+            "Hello",
+            Duration::from_secs(5),
+            agent.hello(HelloRequest::default()),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
     }
 }

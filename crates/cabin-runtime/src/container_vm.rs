@@ -104,6 +104,8 @@ pub enum RunError {
     Vm { message: String, console: String },
     #[error("{0}")]
     Agent(String),
+    #[error("{0}")]
+    Deadline(String),
 }
 
 fn console_section(console: &str) -> String {
@@ -165,6 +167,7 @@ pub struct ContainerVm {
 
 fn status_error(e: tonic::Status) -> RunError {
     match e.code() {
+        tonic::Code::DeadlineExceeded => RunError::Deadline(e.message().to_string()),
         tonic::Code::NotFound => RunError::NotFound(e.message().to_string()),
         tonic::Code::PermissionDenied => RunError::NotExecutable(e.message().to_string()),
         _ => RunError::Agent(e.message().to_string()),
@@ -224,16 +227,34 @@ impl ContainerVm {
         }
     }
 
-    /// Runs `fut` unless the VM dies first.
+    /// Runs `fut` unless the VM dies first. A call that fails because the connection
+    /// broke is, almost always, the VM dying: give QEMU a moment to be seen exiting so the
+    /// user learns the real cause.
     async fn guarded<T>(
         &mut self,
         fut: impl std::future::Future<Output = Result<T, tonic::Status>>,
     ) -> Result<T, RunError> {
-        tokio::select! {
-            r = fut => r.map_err(status_error),
+        let result = tokio::select! {
+            r = fut => r,
             exit = self.vm.wait() => {
                 let exit = exit.map_err(|e| RunError::Setup(format!("waiting for QEMU: {e}")))?;
-                Err(self.vm_error(exit))
+                return Err(self.vm_error(exit));
+            }
+        };
+        match result {
+            Ok(v) => Ok(v),
+            Err(status) => {
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                ) {
+                    if let Ok(Ok(exit)) =
+                        tokio::time::timeout(Duration::from_secs(2), self.vm.wait()).await
+                    {
+                        return Err(self.vm_error(exit));
+                    }
+                }
+                Err(status_error(status))
             }
         }
     }
@@ -244,7 +265,6 @@ impl ContainerVm {
         started: Instant,
     ) -> Result<ContainerVm, RunError> {
         let mut timings = Timings::start_at(started);
-        rundir::reap_stale(paths);
         let qemu = Qemu::locate().map_err(|e| RunError::Setup(e.to_string()))?;
         let kernel = assets::locate_kernel(cfg.kernel.as_deref(), paths)?;
         let init = assets::locate_init()?;
@@ -326,7 +346,7 @@ impl ContainerVm {
             .await;
         let hello = match hello {
             Ok(h) => h,
-            Err(RunError::Agent(m)) => {
+            Err(RunError::Deadline(m)) => {
                 let console = me.vm.console_tail(4096);
                 return Err(RunError::Vm {
                     message: format!(

@@ -1,0 +1,119 @@
+//! Shared helpers for the integration tests: they run the real `cabin` binary, which
+//! boots real VMs with QEMU (under TCG on hosts where KVM cannot run a guest).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// A busybox root filesystem made once per test binary by the project's own script.
+pub fn busybox_rootfs() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("cabin-test-rootfs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let st = Command::new(workspace_root().join("scripts/make-busybox-rootfs.sh"))
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .expect("make-busybox-rootfs.sh runs");
+        assert!(st.success(), "making the busybox root filesystem failed");
+        dir
+    })
+}
+
+/// A data directory shared by the tests of one binary (the rootfs image is built once).
+pub fn shared_data_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("cabin-test-data-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    })
+}
+
+pub fn cabin_in(data_dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cabin"));
+    c.env("CABIN_DATA_DIR", data_dir)
+        .env("CABIN_ACCEL", "tcg")
+        .env_remove("CABIN_KERNEL")
+        .env_remove("CABIN_QEMU")
+        .env_remove("CABIN_INIT")
+        .stdin(Stdio::null());
+    c
+}
+
+pub fn cabin() -> Command {
+    cabin_in(shared_data_dir())
+}
+
+/// `cabin run --rootfs <busybox> -- ARGS...` with extra options before `--rootfs`.
+pub fn run(opts: &[&str], args: &[&str]) -> Output {
+    let mut c = cabin();
+    c.arg("run")
+        .args(opts)
+        .arg("--rootfs")
+        .arg(busybox_rootfs())
+        .arg("--")
+        .args(args);
+    c.output().expect("cabin runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    // A zombie still answers kill(0); look at its state instead.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// Run directories currently in a data directory.
+pub fn run_dirs(data_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(data_dir.join("run"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+pub fn qemu_processes_mentioning(dir: &Path) -> Vec<i32> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle) && pid_alive(*pid))
+                .unwrap_or(false)
+        })
+        .collect()
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what cabin needs on a Debian 12 host and builds it: Debian packages (only the
+# missing ones), the static guest init, the guest kernel (cached), and cabin itself.
+#   scripts/setup.sh [--release]    (--release also builds the optimised cabin binary)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+packages=(
+  qemu-system-x86 qemu-utils          # the VMM and qemu-img (per-container writable layers)
+  linux-source-6.12 build-essential bc bison flex libelf-dev lz4   # the guest kernel build
+  e2fsprogs                           # mkfs.ext4 -d: root filesystem images
+  busybox-static                      # the demo and test root filesystem
+  tmux cpio file                      # tests: terminals, archive checks
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+say "building cabin-init (static guest init)"
+scripts/build-init.sh >/dev/null
+say "building the guest kernel (cached after the first build, which takes about 5 minutes)"
+scripts/build-kernel.sh >/dev/null
+if [ "${1:-}" = "--release" ]; then
+  say "building cabin"
+  cargo build --release --locked -p cabin-cli
+fi

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite: installs and builds what the tests need, then runs every test.
+# The integration tests boot real VMs (under TCG where KVM cannot run a guest).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+printf '\033[1m==> cargo fmt --check, clippy\033[0m\n' >&2
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+printf '\033[1m==> cargo test\033[0m\n' >&2
+cargo test --workspace --locked "$@"
