@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cabin_proto::v1::{output_chunk, InputChunk, ResizeTtyRequest, SignalRequest, TtySize};
-use cabin_runtime::{ContainerConfig, ContainerVm, Paths, RunError};
+use cabin_runtime::{agent, ContainerConfig, ContainerVm, Paths, RunError};
 use clap::Args;
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, SignalKind};
@@ -328,15 +328,17 @@ async fn attach(
             s = &mut wait => break s,
             n = first_signal(signals) => {
                 let mut a = agent.clone();
-                let _ = a.signal(SignalRequest { process: Some(proc_ref.clone()), signal: n }).await;
+                let req = SignalRequest { process: Some(proc_ref.clone()), signal: n };
+                let _ = agent::call("Signal", cabin_proto::CALL_TIMEOUT, a.signal(req)).await;
             }
             Some(()) = async { match winch.as_mut() { Some(w) => w.recv().await, None => None } } => {
                 if let Some((rows, cols)) = terminal::size(0) {
                     let mut a = agent.clone();
-                    let _ = a.resize_tty(ResizeTtyRequest {
+                    let req = ResizeTtyRequest {
                         process: Some(proc_ref.clone()),
                         size: Some(TtySize { rows: rows as u32, cols: cols as u32 }),
-                    }).await;
+                    };
+                    let _ = agent::call("ResizeTty", cabin_proto::CALL_TIMEOUT, a.resize_tty(req)).await;
                 }
             }
         }
