@@ -4,7 +4,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -49,19 +49,13 @@ fn missing_qemu_is_named_with_the_fix() {
         &[],
         &["true"],
     );
-    assert_eq!(o.status.code(), Some(125));
-    assert!(
-        stderr(&o).contains("CABIN_QEMU points to /nonexistent/qemu, which does not exist"),
-        "{}",
-        stderr(&o)
+    expect_error(
+        &o,
+        125,
+        "CABIN_QEMU points to /nonexistent/qemu, which does not exist",
     );
     let o = run_with_env(data.path(), &[("PATH", "/nonexistent")], &[], &["true"]);
-    assert_eq!(o.status.code(), Some(125));
-    assert!(
-        stderr(&o).contains("apt-get install qemu-system-x86"),
-        "{}",
-        stderr(&o)
-    );
+    expect_error(&o, 125, "apt-get install qemu-system-x86");
     assert_clean(data.path());
 }
 
@@ -74,11 +68,10 @@ fn missing_kernel_is_named_with_the_fix() {
         &[],
         &["true"],
     );
-    assert_eq!(o.status.code(), Some(125));
-    assert!(
-        stderr(&o).contains("the guest kernel /nonexistent/vmlinux does not exist"),
-        "{}",
-        stderr(&o)
+    expect_error(
+        &o,
+        125,
+        "the guest kernel /nonexistent/vmlinux does not exist",
     );
     // No kernel anywhere: the message says how to build one.
     let empty = tempfile::tempdir().unwrap();
@@ -88,12 +81,7 @@ fn missing_kernel_is_named_with_the_fix() {
         &[],
         &["true"],
     );
-    assert_eq!(o.status.code(), Some(125));
-    assert!(
-        stderr(&o).contains("scripts/build-kernel.sh"),
-        "{}",
-        stderr(&o)
-    );
+    expect_error(&o, 125, "scripts/build-kernel.sh");
     assert_clean(data.path());
 }
 
@@ -101,12 +89,7 @@ fn missing_kernel_is_named_with_the_fix() {
 fn a_dynamically_linked_init_is_refused() {
     let data = tempfile::tempdir().unwrap();
     let o = run_with_env(data.path(), &[("CABIN_INIT", "/bin/true")], &[], &["true"]);
-    assert_eq!(o.status.code(), Some(125));
-    assert!(
-        stderr(&o).contains("is not a statically linked executable"),
-        "{}",
-        stderr(&o)
-    );
+    expect_error(&o, 125, "is not a statically linked executable");
 }
 
 #[test]
@@ -116,11 +99,10 @@ fn unreadable_rootfs_is_a_clear_error() {
         .args(["run", "--rootfs", "/nonexistent/rootfs", "--", "true"])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(125));
-    assert!(
-        stderr(&o).contains("cannot read the root filesystem directory /nonexistent/rootfs"),
-        "{}",
-        stderr(&o)
+    expect_error(
+        &o,
+        125,
+        "cannot read the root filesystem directory /nonexistent/rootfs",
     );
     let o = cabin_in(data.path())
         .args(["run", "--rootfs", "/etc/passwd", "--", "true"])
@@ -196,14 +178,7 @@ fn a_guest_that_never_answers_hits_the_deadline_and_is_killed() {
 }
 
 fn start_sleeper(data: &Path) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
-    let mut child = cabin_in(data)
-        .args(["run", "--rootfs"])
-        .arg(busybox_rootfs())
-        .args(["--", "sh", "-c", "echo ready; sleep 60"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run_in(data, &["sh", "-c", "echo ready; sleep 60"]);
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
@@ -229,12 +204,7 @@ fn qemu_dying_mid_run_is_reported_and_cleaned_up() {
     // SAFETY: killing the QEMU this test started.
     unsafe { libc::kill(qemu, libc::SIGKILL) };
     let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(125));
-    assert!(
-        stderr(&o).contains("QEMU was killed by signal 9"),
-        "{}",
-        stderr(&o)
-    );
+    expect_error(&o, 125, "QEMU was killed by signal 9");
     assert_clean(data.path());
 }
 
@@ -300,12 +270,7 @@ fn a_full_disk_while_building_the_image_is_clear_and_leaves_no_half_image() {
         .args(["--", "true"])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(125));
-    assert!(
-        stderr(&o).contains("not enough free space"),
-        "{}",
-        stderr(&o)
-    );
+    expect_error(&o, 125, "not enough free space");
     let cached: Vec<_> = std::fs::read_dir(data.join("rootfs"))
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();

@@ -22,15 +22,13 @@ fn output_streams_and_exit_code_come_back() {
 #[test]
 fn missing_command_exits_127_and_non_executable_126() {
     let o = run(&[], &["no-such-command"]);
-    assert_eq!(o.status.code(), Some(127));
-    assert!(
-        stderr(&o).contains("\"no-such-command\": executable file not found in $PATH"),
-        "{}",
-        stderr(&o)
+    expect_error(
+        &o,
+        127,
+        "\"no-such-command\": executable file not found in $PATH",
     );
     let o = run(&[], &["/etc/passwd"]);
-    assert_eq!(o.status.code(), Some(126));
-    assert!(stderr(&o).contains("permission denied"), "{}", stderr(&o));
+    expect_error(&o, 126, "permission denied");
     let o = run(&[], &["/no/such/path"]);
     assert_eq!(o.status.code(), Some(127));
 }
@@ -101,12 +99,7 @@ fn env_workdir_user_and_hostname_are_applied() {
     );
 
     let o = run(&["-u", "nosuchuser"], &["true"]);
-    assert_eq!(o.status.code(), Some(125));
-    assert!(
-        stderr(&o).contains("unable to find user nosuchuser"),
-        "{}",
-        stderr(&o)
-    );
+    expect_error(&o, 125, "unable to find user nosuchuser");
 }
 
 #[test]
@@ -187,19 +180,11 @@ fn cpu_and_pids_limits_reach_the_cgroup() {
 
 #[test]
 fn sigterm_is_forwarded_to_the_process() {
-    let mut child = cabin()
-        .args(["run", "--rootfs"])
-        .arg(busybox_rootfs())
-        .args([
-            "--",
-            "sh",
-            "-c",
-            "trap 'echo got-TERM; exit 42' TERM; echo ready; while true; do sleep 0.1; done",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&[
+        "sh",
+        "-c",
+        "trap 'echo got-TERM; exit 42' TERM; echo ready; while true; do sleep 0.1; done",
+    ]);
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
@@ -308,19 +293,8 @@ fn system_info_reports_qemu_accelerator_and_kernel() {
 #[test]
 fn parallel_containers_do_not_interfere() {
     let spawn = |n: u32| {
-        cabin()
-            .args(["run", "--rootfs"])
-            .arg(busybox_rootfs())
-            .args([
-                "--",
-                "sh",
-                "-c",
-                &format!("echo {n} > /tmp/n; sleep 1; cat /tmp/n; exit {n}"),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        let script = format!("echo {n} > /tmp/n; sleep 1; cat /tmp/n; exit {n}");
+        spawn_run(&["sh", "-c", &script])
     };
     let (a, b) = (spawn(5), spawn(6));
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());

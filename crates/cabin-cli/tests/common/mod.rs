@@ -68,6 +68,30 @@ pub fn run(opts: &[&str], args: &[&str]) -> Output {
     c.output().expect("cabin runs")
 }
 
+/// Asserts that cabin failed with `code` and said `needle` on stderr.
+pub fn expect_error(o: &Output, code: i32, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+}
+
+/// `cabin run --rootfs <busybox> -- ARGS...` started with piped output.
+pub fn spawn_run(args: &[&str]) -> std::process::Child {
+    spawn_run_in(shared_data_dir(), args)
+}
+
+pub fn spawn_run_in(data_dir: &Path, args: &[&str]) -> std::process::Child {
+    cabin_in(data_dir)
+        .args(["run", "--rootfs"])
+        .arg(busybox_rootfs())
+        .arg("--")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cabin starts")
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
