@@ -106,17 +106,16 @@ async fn serve(init_started: u64) -> Result<(), String> {
     let service = AgentServer::new(service::AgentService::new(init_started, reaper))
         .max_decoding_message_size(cabin_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(cabin_proto::MAX_MESSAGE_BYTES);
-    // One connection for the life of the VM: the stream never ends, so the server keeps
-    // serving it rather than shutting down after accepting it.
-    let incoming = tokio_stream::StreamExt::chain(
-        tokio_stream::once(Ok::<_, std::io::Error>(stream)),
-        tokio_stream::pending(),
-    );
-    tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming(incoming)
+    // One connection for the life of the VM, served by hyper's HTTP/2 directly: tonic's
+    // transport server and its router would add code that every boot pays to run (and,
+    // under TCG, to translate) for no use here.
+    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(service),
+        )
         .await
-        .map_err(|e| format!("agent server: {e}"))
+        .map_err(|e| format!("agent connection: {e}"))
 }
 
 fn main() {

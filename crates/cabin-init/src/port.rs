@@ -128,8 +128,3 @@ impl AsyncWrite for PortStream {
         Poll::Ready(Ok(()))
     }
 }
-
-impl tonic::transport::server::Connected for PortStream {
-    type ConnectInfo = ();
-    fn connect_info(&self) -> Self::ConnectInfo {}
-}
