@@ -7,7 +7,6 @@
 //! every step fails with the reason and the tail of the guest console.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use cabin_image::rootfs;
@@ -175,23 +174,14 @@ fn status_error(e: tonic::Status) -> RunError {
 }
 
 fn create_overlay(base: &Path, overlay: &Path) -> Result<(), RunError> {
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(base)
-        .arg(overlay)
-        .output()
-        .map_err(|e| {
-            RunError::Setup(format!(
-                "qemu-img (from qemu-utils) is needed for the container's writable layer: {e}"
-            ))
-        })?;
-    if !out.status.success() {
-        return Err(RunError::Setup(format!(
-            "creating the container's writable layer failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    let size = std::fs::metadata(base)
+        .map_err(|e| RunError::Setup(format!("reading {}: {e}", base.display())))?
+        .len();
+    cabin_image::qcow2::create_overlay(base, size, overlay).map_err(|e| {
+        RunError::Setup(format!(
+            "creating the container's writable layer failed: {e}"
+        ))
+    })
 }
 
 impl ContainerVm {

@@ -14,11 +14,21 @@ impl Paths {
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("XDG_DATA_HOME").map(|d| PathBuf::from(d).join("cabin")))
             .unwrap_or_else(|| home().join(".local/share/cabin"));
-        Paths { data }
+        Paths::at(data)
     }
 
+    /// Paths under `data`, made absolute (a relative CABIN_DATA_DIR means relative to
+    /// the current directory, and QEMU and disk overlays need absolute paths).
     pub fn at(data: impl Into<PathBuf>) -> Paths {
-        Paths { data: data.into() }
+        let data = data.into();
+        let data = if data.is_absolute() {
+            data
+        } else {
+            std::env::current_dir()
+                .map(|d| d.join(&data))
+                .unwrap_or(data)
+        };
+        Paths { data }
     }
 
     /// One private directory per running VM: sockets, console log, writable layer.
