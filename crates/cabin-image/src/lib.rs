@@ -2,9 +2,15 @@
 //!
 //! - [`rootfs`]: a root filesystem directory becomes an ext4 disk image, built once per
 //!   content fingerprint and shared read-only by every container made from it.
+//! - [`store`]: the content-addressed image store (blobs, names, disks).
+//! - [`image`]: images in it: import, resolve, the ready-to-use disk, removal.
+//! - [`layer`]: applying OCI layers to a directory safely.
 //! - [`cpio`]: the newc archive format the guest's initramfs is written in.
 //! - [`qcow2`]: empty qcow2 overlays, the containers' writable layers.
 
 pub mod cpio;
+pub mod image;
+pub mod layer;
 pub mod qcow2;
 pub mod rootfs;
+pub mod store;

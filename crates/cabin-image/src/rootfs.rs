@@ -163,10 +163,6 @@ fn remove_stale_builds(cache: &Path) {
 /// Returns the cached image for `dir`, building it first if needed.
 pub fn ensure_image(dir: &Path, cache: &Path) -> Result<RootfsImage, RootfsError> {
     let summary = walk(dir)?;
-    let cache_err = |source| RootfsError::Cache {
-        dir: cache.to_path_buf(),
-        source,
-    };
     let path = cache.join(format!("{}.ext4", summary.fingerprint));
     if path.is_file() {
         return Ok(RootfsImage {
@@ -175,6 +171,38 @@ pub fn ensure_image(dir: &Path, cache: &Path) -> Result<RootfsImage, RootfsError
             built: false,
         });
     }
+    build_into(dir, &summary, &path)?;
+    Ok(RootfsImage {
+        path,
+        fingerprint: summary.fingerprint,
+        built: true,
+    })
+}
+
+/// Builds the ext4 image of the tree `dir` at `dest` (atomically: `dest` appears only
+/// complete).
+pub fn build_image(dir: &Path, dest: &Path) -> Result<(), RootfsError> {
+    let summary = walk(dir)?;
+    build_into(dir, &summary, dest)
+}
+
+/// A suffix for temporary names that is unique within this process.
+pub fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{t:x}-{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn build_into(dir: &Path, summary: &TreeSummary, dest: &Path) -> Result<(), RootfsError> {
+    let cache = dest.parent().unwrap_or(Path::new("."));
+    let cache_err = |source| RootfsError::Cache {
+        dir: cache.to_path_buf(),
+        source,
+    };
     fs::create_dir_all(cache).map_err(cache_err)?;
     remove_stale_builds(cache);
 
@@ -192,10 +220,9 @@ pub fn ensure_image(dir: &Path, cache: &Path) -> Result<RootfsImage, RootfsError
     let tmp = cache.join(format!(
         ".building-{}-{}.ext4",
         std::process::id(),
-        summary.fingerprint
+        unique_suffix()
     ));
-    let result = build(dir, &tmp, size, summary.inodes);
-    if let Err(e) = result {
+    if let Err(e) = build(dir, &tmp, size, summary.inodes) {
         let _ = fs::remove_file(&tmp);
         return Err(match e {
             BuildFailure::Missing => RootfsError::MkfsMissing,
@@ -216,14 +243,9 @@ pub fn ensure_image(dir: &Path, cache: &Path) -> Result<RootfsImage, RootfsError
             }
         });
     }
-    fs::rename(&tmp, &path).map_err(|e| {
+    fs::rename(&tmp, dest).map_err(|e| {
         let _ = fs::remove_file(&tmp);
         cache_err(e)
-    })?;
-    Ok(RootfsImage {
-        path,
-        fingerprint: summary.fingerprint,
-        built: true,
     })
 }
 

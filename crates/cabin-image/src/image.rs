@@ -1,0 +1,467 @@
+//! Images in the store: names, import of a root filesystem, the ready-to-use disk of an
+//! image, listing and removal.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{ImageConfiguration, ImageManifest};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::layer::{self, LayerError, Limits};
+use crate::rootfs::{self, RootfsError};
+use crate::store::{hex, Store, StoreError};
+
+/// Manifests and configs are small; anything bigger is not one.
+const MAX_METADATA_BYTES: u64 = 4 << 20;
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("invalid image name {0:?}: use NAME[:TAG] with lowercase letters, digits and . _ - / in the name")]
+    BadReference(String),
+    #[error("no such image: {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("image {image}: {source}")]
+    Layer { image: String, source: LayerError },
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    #[error("image {image}: invalid {what}: {detail}")]
+    Invalid {
+        image: String,
+        what: &'static str,
+        detail: String,
+    },
+    #[error("importing {path}: {source}")]
+    Import { path: PathBuf, source: io::Error },
+}
+
+/// Normalises "[registry/]name[:tag]" to "...:tag" (tag "latest" by default) after
+/// validating it. A registry is a first component with a dot or a port, or "localhost".
+pub fn normalize_reference(r: &str) -> Result<String, ImageError> {
+    let bad = || ImageError::BadReference(r.to_string());
+    let (name, tag) = match r.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n, t),
+        _ => (r, "latest"),
+    };
+    let (registry, path) = match name.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+            (Some(first), rest)
+        }
+        _ => (None, name),
+    };
+    let registry_ok = registry.is_none_or(|reg| {
+        let (host, port) = reg.split_once(':').unwrap_or((reg, "1"));
+        !host.is_empty()
+            && !host.starts_with(['.', '-'])
+            && !host.contains("..")
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-".contains(&b))
+            && !port.is_empty()
+            && port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+    });
+    let path_ok = !path.is_empty()
+        && name.len() <= 255
+        && path.split('/').all(|c| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && !c.starts_with(['.', '-', '_'])
+        });
+    let tag_ok = !tag.is_empty()
+        && tag.len() <= 128
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !tag.starts_with(['.', '-']);
+    if registry_ok && path_ok && tag_ok {
+        Ok(format!("{name}:{tag}"))
+    } else {
+        Err(bad())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The name it was found by ("" when found by digest).
+    pub reference: String,
+    pub manifest_digest: String,
+    pub manifest: ImageManifest,
+    pub config: ImageConfiguration,
+}
+
+impl Image {
+    /// Short id, as docker shows it: the first 12 hex digits of the manifest digest.
+    pub fn id(&self) -> &str {
+        &self.manifest_digest["sha256:".len().."sha256:".len() + 12]
+    }
+}
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Makes a gzip-compressed layer of a directory; returns (digest, size, diff_id).
+fn layer_from_dir(store: &Store, dir: &Path) -> Result<(String, u64, String), ImageError> {
+    let import_err = |source| ImageError::Import {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if !dir.is_dir() {
+        return Err(import_err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "not a directory",
+        )));
+    }
+    let blob = store.blob_writer()?;
+    let gz = flate2::write::GzEncoder::new(blob, flate2::Compression::fast());
+    let mut builder = tar::Builder::new(HashingWriter {
+        inner: gz,
+        hasher: Sha256::new(),
+    });
+    builder.follow_symlinks(false);
+    builder.mode(tar::HeaderMode::Complete);
+    builder.append_dir_all(".", dir).map_err(import_err)?;
+    let hashing = builder.into_inner().map_err(import_err)?;
+    let diff_id = format!("sha256:{}", hex(&hashing.hasher.finalize()));
+    let blob = hashing.inner.finish().map_err(import_err)?;
+    let (digest, size) = store.commit(blob, None)?;
+    Ok((digest, size, diff_id))
+}
+
+/// Stores a tar or tar.gz file as a layer; returns (digest, size, diff_id, gzip).
+fn layer_from_tarball(
+    store: &Store,
+    path: &Path,
+) -> Result<(String, u64, String, bool), ImageError> {
+    let import_err = |source| ImageError::Import {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = fs::File::open(path).map_err(import_err)?;
+    let mut blob = store.blob_writer()?;
+    io::copy(&mut f, &mut blob).map_err(import_err)?;
+    let (digest, size) = store.commit(blob, None)?;
+    let stored = store.blob_path(&digest)?;
+    let mut head = [0u8; 2];
+    let gzip = fs::File::open(&stored)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(import_err)?
+        == 2
+        && head == [0x1f, 0x8b];
+    let diff_id = if gzip {
+        // The diff_id is the digest of the uncompressed tar.
+        let dec = flate2::read::MultiGzDecoder::new(fs::File::open(&stored).map_err(import_err)?);
+        let mut sink = HashingWriter {
+            inner: io::sink(),
+            hasher: Sha256::new(),
+        };
+        io::copy(&mut dec.take(64 << 30), &mut sink).map_err(import_err)?;
+        format!("sha256:{}", hex(&sink.hasher.finalize()))
+    } else {
+        digest.clone()
+    };
+    Ok((digest, size, diff_id, gzip))
+}
+
+/// What an imported image runs by default.
+#[derive(Debug, Clone, Default)]
+pub struct ImportConfig {
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+}
+
+/// Imports a root filesystem (a directory, or a tar/tar.gz file) as a one-layer image.
+pub fn import(
+    store: &Store,
+    src: &Path,
+    reference: &str,
+    cfg: &ImportConfig,
+) -> Result<Image, ImageError> {
+    let reference = normalize_reference(reference)?;
+    let meta = fs::metadata(src).map_err(|source| ImageError::Import {
+        path: src.to_path_buf(),
+        source,
+    })?;
+    let (layer_digest, layer_size, diff_id, gzip) = if meta.is_dir() {
+        let (d, s, id) = layer_from_dir(store, src)?;
+        (d, s, id, true)
+    } else {
+        layer_from_tarball(store, src)?
+    };
+    let now = chrono_like_now();
+    let mut env = vec![DEFAULT_PATH.to_string()];
+    env.extend(cfg.env.iter().cloned());
+    let mut config = json!({
+        "created": now,
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Env": env, "Cmd": if cfg.cmd.is_empty() { vec!["/bin/sh".to_string()] } else { cfg.cmd.clone() } },
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+        "history": [ { "created": now, "created_by": format!("cabin image import {}", src.display()) } ],
+    });
+    if let Some(w) = &cfg.working_dir {
+        config["config"]["WorkingDir"] = json!(w);
+    }
+    if let Some(u) = &cfg.user {
+        config["config"]["User"] = json!(u);
+    }
+    let config_bytes = serde_json::to_vec(&config).expect("json serialises");
+    let config_digest = store.put_bytes(&config_bytes)?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_bytes.len(),
+        },
+        "layers": [ {
+            "mediaType": if gzip { "application/vnd.oci.image.layer.v1.tar+gzip" } else { "application/vnd.oci.image.layer.v1.tar" },
+            "digest": layer_digest,
+            "size": layer_size,
+        } ],
+    });
+    let manifest_bytes = serde_json::to_vec(&manifest).expect("json serialises");
+    let manifest_digest = store.put_bytes(&manifest_bytes)?;
+    store.update_refs(|refs| refs.insert(reference.clone(), manifest_digest.clone()))?;
+    load(store, &reference, &manifest_digest)
+}
+
+/// RFC 3339 UTC timestamp without pulling in a date crate.
+fn chrono_like_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn load(store: &Store, reference: &str, manifest_digest: &str) -> Result<Image, ImageError> {
+    let invalid = |what, detail: String| ImageError::Invalid {
+        image: reference.to_string(),
+        what,
+        detail,
+    };
+    let manifest_bytes = store.read_blob(manifest_digest, MAX_METADATA_BYTES)?;
+    let manifest: ImageManifest =
+        serde_json::from_slice(&manifest_bytes).map_err(|e| invalid("manifest", e.to_string()))?;
+    let config_digest = manifest.config().digest().to_string();
+    let config_bytes = store.read_blob(&config_digest, MAX_METADATA_BYTES)?;
+    let config: ImageConfiguration =
+        serde_json::from_slice(&config_bytes).map_err(|e| invalid("config", e.to_string()))?;
+    if config.rootfs().diff_ids().len() != manifest.layers().len() {
+        return Err(invalid(
+            "config",
+            format!(
+                "{} layers in the manifest but {} diff_ids in the config",
+                manifest.layers().len(),
+                config.rootfs().diff_ids().len()
+            ),
+        ));
+    }
+    Ok(Image {
+        reference: reference.to_string(),
+        manifest_digest: manifest_digest.to_string(),
+        manifest,
+        config,
+    })
+}
+
+/// Finds an image by name[:tag], full digest, or id prefix (at least 4 hex digits).
+pub fn resolve(store: &Store, what: &str) -> Result<Image, ImageError> {
+    let refs = store.refs()?;
+    if what.starts_with("sha256:") {
+        return load(store, "", what).map_err(|e| match e {
+            ImageError::Store(StoreError::MissingBlob(_)) => ImageError::NotFound(what.into()),
+            e => e,
+        });
+    }
+    if let Ok(r) = normalize_reference(what) {
+        if let Some(d) = refs.get(&r) {
+            return load(store, &r, d);
+        }
+    }
+    if what.len() >= 4 && what.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let mut matches: Vec<(&String, &String)> = refs
+            .iter()
+            .filter(|(_, d)| d["sha256:".len()..].starts_with(what))
+            .collect();
+        matches.dedup_by(|a, b| a.1 == b.1);
+        if matches.len() == 1 {
+            return load(store, matches[0].0, matches[0].1);
+        }
+    }
+    Err(ImageError::NotFound(what.to_string()))
+}
+
+/// The image's root filesystem as an ext4 disk, built from its layers on first use and
+/// kept (one per manifest). Returns the path and whether this call built it.
+pub fn ensure_disk(store: &Store, image: &Image) -> Result<(PathBuf, bool), ImageError> {
+    let disk = store.disk_path(&image.manifest_digest)?;
+    if disk.is_file() {
+        return Ok((disk, false));
+    }
+    let staging = store.tmp_dir().join(format!(
+        "unpack-{}-{}",
+        std::process::id(),
+        rootfs::unique_suffix()
+    ));
+    fs::create_dir_all(&staging).map_err(|source| ImageError::Import {
+        path: staging.clone(),
+        source,
+    })?;
+    let result = (|| {
+        for desc in image.manifest.layers() {
+            let digest = desc.digest().to_string();
+            let path = store.blob_path(&digest)?;
+            if !path.is_file() {
+                return Err(StoreError::MissingBlob(digest).into());
+            }
+            layer::apply_layer(&staging, &path, Limits::default()).map_err(|source| {
+                ImageError::Layer {
+                    image: image.reference.clone(),
+                    source,
+                }
+            })?;
+        }
+        rootfs::build_image(&staging, &disk)?;
+        Ok(())
+    })();
+    let _ = fs::remove_dir_all(&staging);
+    result.map(|()| (disk, true))
+}
+
+/// Removes the name; blobs and disks no name refers to any more are deleted.
+pub fn remove(store: &Store, reference: &str) -> Result<String, ImageError> {
+    let image = resolve(store, reference)?;
+    let removed = store.update_refs(|refs| {
+        if image.reference.is_empty() {
+            refs.retain(|_, d| *d != image.manifest_digest);
+        } else {
+            refs.remove(&image.reference);
+        }
+        image.manifest_digest.clone()
+    })?;
+    prune(store)?;
+    Ok(removed)
+}
+
+/// Deletes every blob and disk that no named image uses.
+pub fn prune(store: &Store) -> Result<u64, ImageError> {
+    let refs = store.refs()?;
+    let mut keep = std::collections::HashSet::new();
+    let mut keep_disks = std::collections::HashSet::new();
+    for d in refs.values() {
+        keep.insert(d.clone());
+        keep_disks.insert(store.disk_path(d)?);
+        if let Ok(img) = load(store, "", d) {
+            keep.insert(img.manifest.config().digest().to_string());
+            for l in img.manifest.layers() {
+                keep.insert(l.digest().to_string());
+            }
+        }
+    }
+    let mut freed = 0;
+    let blob_dir = store.root().join("blobs/sha256");
+    for e in fs::read_dir(&blob_dir)
+        .map_err(|source| ImageError::Import {
+            path: blob_dir.clone(),
+            source,
+        })?
+        .flatten()
+    {
+        let digest = format!("sha256:{}", e.file_name().to_string_lossy());
+        if !keep.contains(&digest) {
+            freed += e.metadata().map(|m| m.len()).unwrap_or(0);
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    let disk_dir = store.root().join("disks");
+    for e in fs::read_dir(&disk_dir)
+        .map_err(|source| ImageError::Import {
+            path: disk_dir.clone(),
+            source,
+        })?
+        .flatten()
+    {
+        if !keep_disks.contains(&e.path()) {
+            freed += e.metadata().map(|m| m.len()).unwrap_or(0);
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    Ok(freed)
+}
+
+/// Adds `target` as another name of the image `source`.
+pub fn tag(store: &Store, source: &str, target: &str) -> Result<String, ImageError> {
+    let image = resolve(store, source)?;
+    let target = normalize_reference(target)?;
+    store.update_refs(|refs| refs.insert(target.clone(), image.manifest_digest.clone()))?;
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_normalised_and_validated() {
+        assert_eq!(normalize_reference("busybox").unwrap(), "busybox:latest");
+        assert_eq!(normalize_reference("my/app:1.0").unwrap(), "my/app:1.0");
+        assert_eq!(
+            normalize_reference("localhost:5000/app").unwrap(),
+            "localhost:5000/app:latest"
+        );
+        for bad in [
+            "", "UPPER", "../x", "a:b:c", "x:", "-x", "a b", "x/", "a:-t",
+        ] {
+            assert!(normalize_reference(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let t = chrono_like_now();
+        assert_eq!(t.len(), 20);
+        assert!(
+            t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T",
+            "{t}"
+        );
+    }
+}
