@@ -15,9 +15,12 @@ ready=$(date +%s.%N)
 
 printf '\n\033[1m==> cabin system info\033[0m\n'
 "$cabin" system info
-printf '\n\033[1m==> cabin run --rm --timings --rootfs %s -- sh -c ...\033[0m\n' "$rootfs"
+printf '\n\033[1m==> cabin image import %s busybox:demo\033[0m\n' "$rootfs"
+"$cabin" image import "$rootfs" busybox:demo
+"$cabin" image ls
+printf '\n\033[1m==> cabin run --rm --timings busybox:demo sh -c ...\033[0m\n'
 t0=$(date +%s.%N)
-"$cabin" run --rm --timings --rootfs "$rootfs" -- sh -c '
+"$cabin" run --rm --timings busybox:demo sh -c '
   echo "Hello from a container in its own VM."
   echo "kernel:   $(uname -sr)"
   echo "hostname: $(hostname)"

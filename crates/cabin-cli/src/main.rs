@@ -1,5 +1,6 @@
 //! `cabin`: containers in lightweight VMs. A thin command-line layer over cabin-runtime.
 
+mod image_cmd;
 mod run;
 mod sizes;
 mod terminal;
@@ -24,6 +25,11 @@ struct Cli {
 enum Command {
     /// Run a command in a new container, in a VM of its own.
     Run(Box<run::RunArgs>),
+    /// Manage images.
+    Image {
+        #[command(subcommand)]
+        command: image_cmd::ImageCommand,
+    },
     /// Host-wide information and maintenance.
     System {
         #[command(subcommand)]
@@ -62,6 +68,7 @@ fn main() {
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => run::run(*args, started).await,
+            Command::Image { command } => image_cmd::run(command),
             Command::System {
                 command: SystemCommand::Info { format },
             } => system_info(&format),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cabin_proto::v1::{output_chunk, InputChunk, ResizeTtyRequest, SignalRequest, TtySize};
-use cabin_runtime::{agent, ContainerConfig, ContainerVm, Paths, RunError};
+use cabin_runtime::{agent, ContainerConfig, ContainerVm, Paths, RootSource, RunError};
 use clap::Args;
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, SignalKind};
@@ -51,9 +51,13 @@ pub struct RunArgs {
     /// The container's hostname (default: the first 12 characters of its id).
     #[arg(long)]
     hostname: Option<String>,
-    /// Root filesystem directory the container runs in.
+    /// Run in this root filesystem directory instead of an image (then every argument
+    /// is the command).
     #[arg(long, value_name = "DIR")]
-    rootfs: PathBuf,
+    rootfs: Option<PathBuf>,
+    /// Replace the image's entrypoint ("" clears it).
+    #[arg(long, value_name = "CMD")]
+    entrypoint: Option<String>,
     /// Guest kernel to boot instead of cabin's own.
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
@@ -107,7 +111,20 @@ fn parse_ulimit(s: &str) -> Result<(String, u64, u64), String> {
 }
 
 fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
-    let mut c = ContainerConfig::new(args.rootfs.clone(), args.command.clone());
+    let (root, command) = match &args.rootfs {
+        Some(dir) => {
+            if args.command.is_empty() {
+                return Err("give the command to run after --rootfs DIR".into());
+            }
+            (RootSource::Dir(dir.clone()), args.command.clone())
+        }
+        None => match args.command.split_first() {
+            Some((image, cmd)) => (RootSource::Image(image.clone()), cmd.to_vec()),
+            None => return Err("give an image to run (or --rootfs DIR) and a command".into()),
+        },
+    };
+    let mut c = ContainerConfig::new(root, command);
+    c.entrypoint = args.entrypoint.as_ref().map(|e| vec![e.clone()]);
     for e in &args.env {
         match e.split_once('=') {
             Some(_) => c.env.push(e.clone()),

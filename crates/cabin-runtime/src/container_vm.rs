@@ -23,6 +23,7 @@ use cabin_vmm::{
 use crate::agent::{self, Agent};
 use crate::assets;
 use crate::paths::Paths;
+use crate::root::{self, RootSource};
 use crate::rundir::{self, RunDir};
 use crate::timings::Timings;
 
@@ -32,7 +33,10 @@ pub const DEFAULT_VM_MEMORY_MIB: u64 = 512;
 
 #[derive(Debug, Clone)]
 pub struct ContainerConfig {
-    pub rootfs_dir: PathBuf,
+    pub root: RootSource,
+    /// Replaces the image's entrypoint (and drops its Cmd), as docker's --entrypoint.
+    pub entrypoint: Option<Vec<String>>,
+    /// The command; empty means the image's Cmd.
     pub args: Vec<String>,
     pub env: Vec<String>,
     pub cwd: String,
@@ -53,9 +57,10 @@ pub struct ContainerConfig {
 }
 
 impl ContainerConfig {
-    pub fn new(rootfs_dir: PathBuf, args: Vec<String>) -> Self {
+    pub fn new(root: RootSource, args: Vec<String>) -> Self {
         ContainerConfig {
-            rootfs_dir,
+            root,
+            entrypoint: None,
             args,
             env: Vec::new(),
             cwd: String::new(),
@@ -95,6 +100,8 @@ pub enum RunError {
     Assets(#[from] assets::AssetError),
     #[error(transparent)]
     Rootfs(#[from] rootfs::RootfsError),
+    #[error(transparent)]
+    Image(#[from] cabin_image::image::ImageError),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -260,15 +267,17 @@ impl ContainerVm {
         let init = assets::locate_init()?;
         let initrd = assets::initramfs(&init, paths)?;
         timings.mark("boot assets");
-        let image = rootfs::ensure_image(&cfg.rootfs_dir, &paths.rootfs_cache())?;
-        timings.mark_with(
-            "root filesystem image",
-            if image.built {
-                "built".into()
-            } else {
-                "cached".into()
-            },
-        );
+        let root = root::resolve(paths, &cfg.root)?;
+        let (args, image_env, cwd, user) = root::merge(
+            &root.defaults,
+            cfg.entrypoint.as_deref(),
+            &cfg.args,
+            &cfg.env,
+            &cfg.cwd,
+            &cfg.user,
+        )
+        .map_err(RunError::Setup)?;
+        timings.mark_with("root filesystem image", root.note);
         let accel = choose_accel(cfg.accel);
         if accel.accel == cabin_vmm::Accel::Tcg && !accel.explicit {
             eprintln!(
@@ -281,7 +290,7 @@ impl ContainerVm {
         let run_dir = RunDir::create(paths, &id)
             .map_err(|e| RunError::Setup(format!("creating the VM's run directory: {e}")))?;
         let overlay = run_dir.path.join("rootfs.qcow2");
-        create_overlay(&image.path, &overlay)?;
+        create_overlay(&root.disk, &overlay)?;
         let spec = MicroVmSpec {
             kernel,
             initrd,
@@ -410,7 +419,7 @@ impl ContainerVm {
         if cfg.tty {
             env.push("TERM=xterm".into());
         }
-        env.extend(cfg.env.iter().cloned());
+        env.extend(image_env);
         let started = me
             .guarded(agent::call(
                 "StartProcess",
@@ -418,10 +427,10 @@ impl ContainerVm {
                 a.start_process(StartProcessRequest {
                     container_id: id.clone(),
                     process_id: "init".into(),
-                    args: cfg.args.clone(),
+                    args,
                     env,
-                    cwd: cfg.cwd.clone(),
-                    user: cfg.user.clone(),
+                    cwd,
+                    user,
                     tty: cfg.tty,
                     tty_size: cfg.tty_size.map(|(rows, cols)| TtySize {
                         rows: rows as u32,
@@ -489,7 +498,7 @@ mod tests {
 
     #[test]
     fn vm_is_sized_for_the_container() {
-        let mut c = ContainerConfig::new("/x".into(), vec!["true".into()]);
+        let mut c = ContainerConfig::new(RootSource::Dir("/x".into()), vec!["true".into()]);
         assert_eq!((c.vcpus(), c.vm_memory_mib()), (1, DEFAULT_VM_MEMORY_MIB));
         c.cpus = Some(1.5);
         c.memory_bytes = Some(256 << 20);

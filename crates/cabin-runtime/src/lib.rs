@@ -1,6 +1,8 @@
 //! The container and VM runtime: everything between a user's request and the VMM.
 //!
 //! - [`container_vm`]: one container in its own VM, boot to teardown.
+//! - [`root`]: the container's root filesystem (directory or image) and the image's
+//!   defaults for the process.
 //! - [`assets`]: the guest kernel and the initramfs with cabin-init.
 //! - [`agent`]: the gRPC client for cabin-init.
 //! - [`rundir`]: per-VM private directories and the clean-up of abandoned ones.
@@ -10,9 +12,11 @@ pub mod agent;
 pub mod assets;
 pub mod container_vm;
 pub mod paths;
+pub mod root;
 pub mod rundir;
 pub mod system;
 pub mod timings;
 
 pub use container_vm::{ContainerConfig, ContainerVm, RunError};
 pub use paths::Paths;
+pub use root::RootSource;

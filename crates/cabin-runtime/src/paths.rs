@@ -40,6 +40,10 @@ impl Paths {
         self.data.join("rootfs")
     }
 
+    pub fn image_store(&self) -> PathBuf {
+        self.data.join("images")
+    }
+
     pub fn initramfs_cache(&self) -> PathBuf {
         self.data.join("initramfs")
     }

@@ -1,0 +1,181 @@
+//! `cabin image ...`: the local image store.
+
+use std::path::PathBuf;
+
+use cabin_image::image::{self, ImportConfig};
+use cabin_image::store::Store;
+use cabin_runtime::Paths;
+use clap::Subcommand;
+use serde_json::json;
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Make an image from a root filesystem directory or tarball (.tar, .tar.gz).
+    Import {
+        /// Directory or tarball.
+        source: PathBuf,
+        /// NAME[:TAG] for the image.
+        name: String,
+        /// Default command (repeat for each argument; default /bin/sh).
+        #[arg(long = "cmd", value_name = "ARG", allow_hyphen_values = true)]
+        cmd: Vec<String>,
+        /// Environment variable for every container of the image (KEY=VALUE).
+        #[arg(short, long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Default working directory.
+        #[arg(short, long = "workdir")]
+        workdir: Option<String>,
+        /// Default user.
+        #[arg(short, long)]
+        user: Option<String>,
+    },
+    /// List images.
+    #[command(alias = "list")]
+    Ls {
+        /// Only the ids.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Output format: table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Show an image's manifest and configuration as JSON.
+    Inspect { name: String },
+    /// Remove images (their names; content no name uses is deleted).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Give an image another name.
+    Tag { source: String, target: String },
+    /// Delete content no image name uses.
+    Prune,
+}
+
+fn store() -> Result<Store, String> {
+    Store::open(Paths::from_env().image_store()).map_err(|e| e.to_string())
+}
+
+fn human(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
+pub fn run(cmd: ImageCommand) -> i32 {
+    match execute(cmd) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cabin: {e}");
+            1
+        }
+    }
+}
+
+fn execute(cmd: ImageCommand) -> Result<(), String> {
+    let store = store()?;
+    match cmd {
+        ImageCommand::Import {
+            source,
+            name,
+            cmd,
+            env,
+            workdir,
+            user,
+        } => {
+            let cfg = ImportConfig {
+                cmd,
+                env,
+                working_dir: workdir,
+                user,
+            };
+            let img = image::import(&store, &source, &name, &cfg).map_err(|e| e.to_string())?;
+            println!("{}", img.manifest_digest);
+        }
+        ImageCommand::Ls { quiet, format } => {
+            let refs = store.refs().map_err(|e| e.to_string())?;
+            let mut rows = Vec::new();
+            for (name, digest) in &refs {
+                let img = image::resolve(&store, name).map_err(|e| e.to_string())?;
+                let size: u64 = img.manifest.layers().iter().map(|l| l.size()).sum();
+                let created = img.config.created().clone().unwrap_or_default();
+                rows.push((
+                    name.clone(),
+                    digest.clone(),
+                    img.id().to_string(),
+                    size,
+                    created,
+                ));
+            }
+            match (quiet, format.as_str()) {
+                (true, _) => {
+                    for r in rows {
+                        println!("{}", r.2);
+                    }
+                }
+                (false, "json") => {
+                    let v: Vec<_> = rows
+                        .iter()
+                        .map(|(n, d, id, size, created)| {
+                            json!({"name": n, "digest": d, "id": id, "size": size, "created": created})
+                        })
+                        .collect();
+                    println!("{}", serde_json::Value::Array(v));
+                }
+                (false, "table") => {
+                    println!("{:<40} {:<14} {:>10}  CREATED", "NAME", "ID", "SIZE");
+                    for (n, _, id, size, created) in rows {
+                        println!("{n:<40} {id:<14} {:>10}  {created}", human(size));
+                    }
+                }
+                (false, other) => {
+                    return Err(format!("unknown format {other:?}: use table or json"))
+                }
+            }
+        }
+        ImageCommand::Inspect { name } => {
+            let img = image::resolve(&store, &name).map_err(|e| e.to_string())?;
+            let v = json!({
+                "name": img.reference,
+                "id": img.id(),
+                "digest": img.manifest_digest,
+                "manifest": img.manifest,
+                "config": img.config,
+            });
+            println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        }
+        ImageCommand::Rm { names } => {
+            let mut failed = None;
+            for n in names {
+                match image::remove(&store, &n) {
+                    Ok(d) => println!("Untagged: {n} ({d})"),
+                    Err(e) => {
+                        eprintln!("cabin: {e}");
+                        failed = Some("some images could not be removed".to_string());
+                    }
+                }
+            }
+            if let Some(f) = failed {
+                return Err(f);
+            }
+        }
+        ImageCommand::Tag { source, target } => {
+            image::tag(&store, &source, &target).map_err(|e| e.to_string())?;
+        }
+        ImageCommand::Prune => {
+            let freed = image::prune(&store).map_err(|e| e.to_string())?;
+            println!("Reclaimed {}", human(freed));
+        }
+    }
+    Ok(())
+}

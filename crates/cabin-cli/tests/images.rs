@@ -1,0 +1,196 @@
+//! Images: import a root filesystem, run it by name with its defaults, reuse its disk,
+//! remove it; hostile archives fail cleanly.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn image(data: &Path, args: &[&str]) -> std::process::Output {
+    cabin_in(data).arg("image").args(args).output().unwrap()
+}
+
+fn run_image(data: &Path, args: &[&str]) -> std::process::Output {
+    cabin_in(data).arg("run").args(args).output().unwrap()
+}
+
+#[test]
+fn an_imported_image_runs_by_name_with_its_defaults_and_is_unpacked_once() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let rootfs = busybox_rootfs().to_str().unwrap();
+    let o = image(
+        d,
+        &[
+            "import",
+            rootfs,
+            "demo/busybox:1",
+            "--cmd",
+            "sh",
+            "--cmd",
+            "-c",
+            "--cmd",
+            "echo default-cmd $GREETING; pwd; id -u",
+            "-e",
+            "GREETING=hi",
+            "-w",
+            "/srv",
+            "-u",
+            "user",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let digest = stdout(&o).trim().to_string();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest}"
+    );
+
+    let o = image(d, &["ls", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["name"], "demo/busybox:1");
+    assert_eq!(v[0]["digest"], digest.as_str());
+
+    // The image's Cmd, Env, WorkingDir and User apply.
+    let o = run_image(d, &["--timings", "demo/busybox:1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "default-cmd hi\n/srv\n1000\n");
+    assert!(stderr(&o).contains("unpacked"), "{}", stderr(&o));
+
+    // A second run does no unpacking; options override the image's defaults.
+    let o = run_image(
+        d,
+        &[
+            "--timings",
+            "-w",
+            "/",
+            "-u",
+            "0",
+            "-e",
+            "GREETING=yo",
+            "demo/busybox:1",
+            "sh",
+            "-c",
+            "echo $GREETING; pwd; id -u",
+        ],
+    );
+    assert_eq!(stdout(&o), "yo\n/\n0\n", "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cached, no unpacking"),
+        "{}",
+        stderr(&o)
+    );
+
+    // --entrypoint replaces the image's entrypoint and drops its Cmd.
+    let o = run_image(
+        d,
+        &[
+            "--entrypoint",
+            "echo",
+            "demo/busybox:1",
+            "from",
+            "entrypoint",
+        ],
+    );
+    assert_eq!(stdout(&o), "from entrypoint\n");
+
+    // By id prefix, and after tagging.
+    let id = &digest[7..19];
+    let o = run_image(d, &[id, "true"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(image(d, &["tag", "demo/busybox:1", "other"])
+        .status
+        .success());
+    let o = image(d, &["rm", "demo/busybox:1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run_image(d, &["other", "true"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "the other name still works: {}",
+        stderr(&o)
+    );
+    assert!(image(d, &["rm", "other"]).status.success());
+
+    // Nothing is left once no name refers to it.
+    let blobs = d.join("images/blobs/sha256");
+    assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(d.join("images/disks")).unwrap().count(),
+        0
+    );
+    expect_error(
+        &run_image(d, &["other", "true"]),
+        125,
+        "no such image: other",
+    );
+}
+
+#[test]
+fn bad_names_and_missing_images_are_clear_errors() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let o = image(
+        d,
+        &["import", busybox_rootfs().to_str().unwrap(), "Bad Name"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("invalid image name \"Bad Name\""),
+        "{}",
+        stderr(&o)
+    );
+    let o = image(d, &["import", "/nonexistent/dir", "x"]);
+    assert!(stderr(&o).contains("/nonexistent/dir"), "{}", stderr(&o));
+    expect_error(
+        &run_image(d, &["nosuchimage"]),
+        125,
+        "no such image: nosuchimage",
+    );
+    let o = image(d, &["rm", "nosuchimage"]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn a_hostile_tarball_fails_to_unpack_and_leaves_the_store_consistent() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    // A tar whose entry climbs out of the root: written by hand, as no honest tool would.
+    let mut h = tar::Header::new_gnu();
+    let name = b"../../escaped";
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_size(4);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, &b"evil"[..]).unwrap();
+    let tarball = d.join("evil.tar");
+    std::fs::write(&tarball, b.into_inner().unwrap()).unwrap();
+
+    let o = image(d, &["import", tarball.to_str().unwrap(), "evil"]);
+    assert!(
+        o.status.success(),
+        "import only stores the archive: {}",
+        stderr(&o)
+    );
+    let o = run_image(d, &["evil", "true"]);
+    expect_error(
+        &o,
+        125,
+        "image evil:latest: layer entry \"../../escaped\" tries to leave the image's root",
+    );
+    assert!(!d.join("images/escaped").exists() && !d.join("escaped").exists());
+    assert_eq!(
+        std::fs::read_dir(d.join("images/disks")).unwrap().count(),
+        0,
+        "no disk"
+    );
+    assert_eq!(
+        std::fs::read_dir(d.join("images/tmp")).unwrap().count(),
+        0,
+        "no staging left"
+    );
+    assert!(run_dirs(d).is_empty());
+}
