@@ -12,6 +12,7 @@ packages=(
   e2fsprogs                           # mkfs.ext4 -d: root filesystem images
   busybox-static                      # the demo and test root filesystem
   tmux cpio file                      # tests: terminals, archive checks
+  docker-registry skopeo              # tests: a real registry and an independent OCI client
 )
 missing=()
 for p in "${packages[@]}"; do

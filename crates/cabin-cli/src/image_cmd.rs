@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use cabin_image::image::{self, ImportConfig};
+use cabin_image::pull::{self, PullOptions};
 use cabin_image::store::Store;
 use cabin_runtime::Paths;
 use clap::Subcommand;
@@ -28,6 +29,17 @@ pub enum ImageCommand {
         /// Default user.
         #[arg(short, long)]
         user: Option<String>,
+    },
+    /// Pull an image from a registry (plain HTTP is used for localhost registries).
+    Pull {
+        /// [REGISTRY/]NAME[:TAG] or NAME@DIGEST.
+        reference: String,
+        /// Use plain HTTP with this registry.
+        #[arg(long)]
+        insecure: bool,
+        /// Blobs downloaded at once.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
     },
     /// List images.
     #[command(alias = "list")]
@@ -72,8 +84,8 @@ fn human(bytes: u64) -> String {
     }
 }
 
-pub fn run(cmd: ImageCommand) -> i32 {
-    match execute(cmd) {
+pub async fn run(cmd: ImageCommand) -> i32 {
+    match execute(cmd).await {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("cabin: {e}");
@@ -82,9 +94,25 @@ pub fn run(cmd: ImageCommand) -> i32 {
     }
 }
 
-fn execute(cmd: ImageCommand) -> Result<(), String> {
+async fn execute(cmd: ImageCommand) -> Result<(), String> {
     let store = store()?;
     match cmd {
+        ImageCommand::Pull {
+            reference,
+            insecure,
+            parallel,
+        } => {
+            let opts = PullOptions {
+                insecure,
+                parallel,
+                ..Default::default()
+            };
+            let img = pull::pull(&store, &reference, &opts)
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!("Pulled {} ({})", img.reference, img.manifest_digest);
+            println!("{}", img.manifest_digest);
+        }
         ImageCommand::Import {
             source,
             name,

@@ -68,7 +68,7 @@ fn main() {
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => run::run(*args, started).await,
-            Command::Image { command } => image_cmd::run(command),
+            Command::Image { command } => image_cmd::run(command).await,
             Command::System {
                 command: SystemCommand::Info { format },
             } => system_info(&format),

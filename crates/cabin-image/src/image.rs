@@ -35,6 +35,8 @@ pub enum ImageError {
         what: &'static str,
         detail: String,
     },
+    #[error("pulling {image}: {detail}")]
+    Registry { image: String, detail: String },
     #[error("importing {path}: {source}")]
     Import { path: PathBuf, source: io::Error },
 }
@@ -270,6 +272,11 @@ fn chrono_like_now() -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// Loads and validates the image whose manifest is `manifest_digest`, under `name`.
+pub fn load_named(store: &Store, name: &str, manifest_digest: &str) -> Result<Image, ImageError> {
+    load(store, name, manifest_digest)
 }
 
 fn load(store: &Store, reference: &str, manifest_digest: &str) -> Result<Image, ImageError> {

@@ -61,6 +61,18 @@ pub fn digest_hex(digest: &str) -> Result<&str, StoreError> {
     }
 }
 
+struct HashSink<'a>(&'a mut Sha256);
+
+impl Write for HashSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 pub struct Store {
     root: PathBuf,
 }
@@ -155,6 +167,33 @@ impl Store {
         let dest = self.blob_path(&digest)?;
         fs::rename(&w.path, &dest).map_err(io_err(&dest))?;
         Ok((digest, w.size))
+    }
+
+    /// Where a blob being downloaded accumulates; it survives an interrupted download so
+    /// the next attempt resumes from its length.
+    pub fn partial_path(&self, digest: &str) -> Result<PathBuf, StoreError> {
+        Ok(self
+            .root
+            .join("ingest")
+            .join(format!("partial-{}", digest_hex(digest)?)))
+    }
+
+    /// Verifies a finished download and moves it into the store. A file whose content does
+    /// not hash to `digest` is deleted.
+    pub fn commit_file(&self, path: &Path, digest: &str) -> Result<(), StoreError> {
+        let mut f = fs::File::open(path).map_err(io_err(path))?;
+        let mut h = Sha256::new();
+        io::copy(&mut f, &mut HashSink(&mut h)).map_err(io_err(path))?;
+        let actual = format!("sha256:{}", hex(&h.finalize()));
+        if actual != digest {
+            let _ = fs::remove_file(path);
+            return Err(StoreError::DigestMismatch {
+                expected: digest.to_string(),
+                actual,
+            });
+        }
+        let dest = self.blob_path(digest)?;
+        fs::rename(path, &dest).map_err(io_err(&dest))
     }
 
     pub fn put_bytes(&self, data: &[u8]) -> Result<String, StoreError> {

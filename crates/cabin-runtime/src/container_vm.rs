@@ -267,7 +267,7 @@ impl ContainerVm {
         let init = assets::locate_init()?;
         let initrd = assets::initramfs(&init, paths)?;
         timings.mark("boot assets");
-        let root = root::resolve(paths, &cfg.root)?;
+        let root = root::resolve(paths, &cfg.root).await?;
         let (args, image_env, cwd, user) = root::merge(
             &root.defaults,
             cfg.entrypoint.as_deref(),

@@ -34,7 +34,14 @@ pub struct ResolvedRoot {
     pub defaults: ProcessDefaults,
 }
 
-pub fn resolve(paths: &Paths, source: &RootSource) -> Result<ResolvedRoot, RunError> {
+/// Whether a reference names a registry (so a missing image can be pulled).
+fn names_registry(reference: &str) -> bool {
+    reference
+        .split_once('/')
+        .is_some_and(|(first, _)| first.contains(['.', ':']) || first == "localhost")
+}
+
+pub async fn resolve(paths: &Paths, source: &RootSource) -> Result<ResolvedRoot, RunError> {
     match source {
         RootSource::Dir(dir) => {
             let img = rootfs::ensure_image(dir, &paths.rootfs_cache())?;
@@ -46,7 +53,13 @@ pub fn resolve(paths: &Paths, source: &RootSource) -> Result<ResolvedRoot, RunEr
         }
         RootSource::Image(name) => {
             let store = Store::open(paths.image_store()).map_err(image::ImageError::from)?;
-            let img = image::resolve(&store, name)?;
+            let img = match image::resolve(&store, name) {
+                Err(image::ImageError::NotFound(_)) if names_registry(name) => {
+                    eprintln!("cabin: {name} is not here; pulling it");
+                    cabin_image::pull::pull(&store, name, &Default::default()).await?
+                }
+                r => r?,
+            };
             let (disk, built) = image::ensure_disk(&store, &img)?;
             let c = img.config.config().clone().unwrap_or_default();
             Ok(ResolvedRoot {
@@ -153,6 +166,15 @@ mod tests {
             merge(&image(), None, &[], &s(&["MODE=dev"]), "/tmp", "0:0").unwrap();
         assert_eq!(env.last().unwrap(), "MODE=dev");
         assert_eq!((cwd.as_str(), user.as_str()), ("/tmp", "0:0"));
+    }
+
+    #[test]
+    fn only_references_with_a_registry_are_pulled_when_missing() {
+        assert!(names_registry("127.0.0.1:5000/busybox:1"));
+        assert!(names_registry("localhost/app"));
+        assert!(names_registry("registry.example.com/team/app:v1"));
+        assert!(!names_registry("busybox"));
+        assert!(!names_registry("team/app:v1"));
     }
 
     #[test]

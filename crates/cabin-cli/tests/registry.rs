@@ -1,0 +1,336 @@
+//! Pulling from a real registry (Debian's docker-registry on 127.0.0.1) that an
+//! independent client (skopeo) filled.
+
+mod common;
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+struct Registry {
+    addr: String,
+    storage: PathBuf,
+    log: PathBuf,
+    _child: Child,
+}
+
+/// One registry per test binary, on a free port, dying with the test process.
+fn registry() -> &'static Registry {
+    static R: OnceLock<Registry> = OnceLock::new();
+    R.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("cabin-test-registry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("storage")).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                dir.join("storage").display()
+            ),
+        )
+        .unwrap();
+        let log = dir.join("registry.log");
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve")
+            .arg(&config)
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()));
+        // SAFETY: prctl in the child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        // The parent-death signal follows the spawning *thread*, so the registry is
+        // started from a thread that lives as long as the test process.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            tx.send(cmd.spawn()).unwrap();
+            loop {
+                std::thread::park();
+            }
+        });
+        let child = rx
+            .recv()
+            .unwrap()
+            .expect("docker-registry is installed (apt-get install docker-registry)");
+        wait_for("the registry to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&addr).is_ok()
+        });
+        Registry {
+            addr,
+            storage: dir.join("storage"),
+            log,
+            _child: child,
+        }
+    })
+}
+
+fn image_cmd(data: &Path, args: &[&str]) -> std::process::Output {
+    cabin_in(data).arg("image").args(args).output().unwrap()
+}
+
+fn blob(data: &Path, digest: &str) -> PathBuf {
+    data.join("images/blobs/sha256")
+        .join(&digest["sha256:".len()..])
+}
+
+/// Imports the busybox root filesystem into `data` and writes it as an OCI layout that
+/// skopeo can read. With `multi`, the layout's entry is an image index with an arm64
+/// decoy next to the real linux/amd64 image. Returns (layout dir, manifest digest).
+fn busybox_layout(data: &Path, tag: &str, multi: bool) -> (PathBuf, String) {
+    // Each test's layer is its own (tests share the registry, and one corrupts a blob).
+    let rootfs = data.join(format!("rootfs-{tag}"));
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(busybox_rootfs())
+        .arg(&rootfs)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::write(rootfs.join("etc/test-tag"), tag).unwrap();
+    let o = image_cmd(data, &["import", rootfs.to_str().unwrap(), "local/bb"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let digest = stdout(&o).trim().to_string();
+    let layout = data.join(format!("layout-{tag}"));
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(blob(data, &digest)).unwrap()).unwrap();
+    let mut digests = vec![
+        digest.clone(),
+        manifest["config"]["digest"].as_str().unwrap().to_string(),
+    ];
+    digests.extend(
+        manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_string()),
+    );
+    for d in &digests {
+        std::fs::copy(blob(data, d), blobs.join(&d[7..])).unwrap();
+    }
+    let size = std::fs::metadata(blob(data, &digest)).unwrap().len();
+    let mut entry = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": size});
+    if multi {
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": size,
+                 "platform": {"os": "linux", "architecture": "arm64"}},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": size,
+                 "platform": {"os": "linux", "architecture": "amd64"}}
+            ]
+        });
+        let bytes = serde_json::to_vec(&index).unwrap();
+        let idx_digest = format!("sha256:{}", sha256_hex(&bytes));
+        std::fs::write(blobs.join(&idx_digest[7..]), &bytes).unwrap();
+        entry = json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": idx_digest, "size": bytes.len()});
+    }
+    entry["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [entry]})).unwrap(),
+    )
+    .unwrap();
+    // The local copy goes, so what runs later must come from the registry.
+    assert!(image_cmd(data, &["rm", "local/bb"]).status.success());
+    (layout, digest)
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut c = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(data).unwrap();
+    String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap()[..64].to_string()
+}
+
+fn skopeo_copy(layout: &Path, tag: &str, dest: &str, extra: &[&str]) {
+    let o = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .args(extra)
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .arg(format!("docker://{dest}"))
+        .output()
+        .expect("skopeo is installed (apt-get install skopeo)");
+    assert!(o.status.success(), "skopeo copy: {}", stderr(&o));
+}
+
+#[test]
+fn an_image_skopeo_pushed_pulls_and_runs_in_oci_and_docker_formats() {
+    let reg = registry();
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let (layout, _) = busybox_layout(d, "v1", false);
+    for (tag, extra) in [("oci", vec![]), ("v2s2", vec!["--format", "v2s2"])] {
+        let reference = format!("{}/cabin/busybox:{tag}", reg.addr);
+        skopeo_copy(&layout, "v1", &reference, &extra);
+        let o = image_cmd(d, &["pull", &reference]);
+        assert!(o.status.success(), "pull {tag}: {}", stderr(&o));
+        let o = cabin_in(d)
+            .args(["run", &reference, "echo", "pulled", tag])
+            .output()
+            .unwrap();
+        assert_eq!(stdout(&o), format!("pulled {tag}\n"), "{}", stderr(&o));
+    }
+    // skopeo's view of the registry agrees with what cabin stored.
+    let o = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}/cabin/busybox:oci", reg.addr))
+        .output()
+        .unwrap();
+    let raw_digest = format!("sha256:{}", sha256_hex(&o.stdout));
+    let o = image_cmd(d, &["ls", "--format", "json"]);
+    let listed: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ours = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"].as_str().unwrap().ends_with(":oci"))
+        .unwrap();
+    assert_eq!(ours["digest"], raw_digest.as_str());
+}
+
+#[test]
+fn run_pulls_a_missing_image_and_an_index_resolves_to_linux_amd64() {
+    let reg = registry();
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let (layout, manifest_digest) = busybox_layout(d, "multi", true);
+    let reference = format!("{}/cabin/multi:1", reg.addr);
+    skopeo_copy(&layout, "multi", &reference, &["--all"]);
+    let o = cabin_in(d)
+        .args(["run", &reference, "echo", "auto-pulled"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "auto-pulled\n", "{}", stderr(&o));
+    assert!(stderr(&o).contains("pulling it"), "{}", stderr(&o));
+    let o = image_cmd(d, &["inspect", &reference]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["digest"],
+        manifest_digest.as_str(),
+        "the amd64 manifest was chosen"
+    );
+}
+
+#[test]
+fn an_interrupted_download_resumes_with_a_range_request() {
+    let reg = registry();
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let (layout, digest) = busybox_layout(d, "resume", false);
+    let reference = format!("{}/cabin/resume:1", reg.addr);
+    skopeo_copy(&layout, "resume", &reference, &[]);
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap(),
+    )
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let full = std::fs::read(layout.join("blobs/sha256").join(&layer[7..])).unwrap();
+    // What an interrupted pull leaves: the first half of the layer.
+    let half = full.len() / 2;
+    std::fs::create_dir_all(d.join("images/ingest")).unwrap();
+    std::fs::write(
+        d.join("images/ingest")
+            .join(format!("partial-{}", &layer[7..])),
+        &full[..half],
+    )
+    .unwrap();
+    let o = image_cmd(d, &["pull", &reference]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(blob(d, &layer)).unwrap(),
+        full,
+        "the blob is whole"
+    );
+    let log = std::fs::read_to_string(&reg.log).unwrap();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| {
+            l.contains(&format!("/v2/cabin/resume/blobs/{layer}"))
+                && l.contains("response completed")
+                && l.contains("GET")
+        })
+        .unwrap_or_else(|| panic!("no blob GET in the registry log:\n{log}"));
+    assert!(line.contains("http.response.status=206"), "{line}");
+    assert!(
+        line.contains(&format!("http.response.written={}", full.len() - half)),
+        "only the missing half was sent: {line}"
+    );
+}
+
+#[test]
+fn registry_faults_are_clear_and_store_nothing() {
+    let reg = registry();
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let o = image_cmd(d, &["pull", &format!("{}/cabin/nothing:here", reg.addr)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no such image or tag"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A blob corrupted in the registry's storage is refused.
+    let (layout, digest) = busybox_layout(d, "corrupt", false);
+    let reference = format!("{}/cabin/corrupt:1", reg.addr);
+    skopeo_copy(&layout, "corrupt", &reference, &[]);
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap(),
+    )
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stored = reg
+        .storage
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&layer[7..9])
+        .join(&layer[7..])
+        .join("data");
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&stored, &bytes).unwrap();
+    let o = image_cmd(d, &["pull", &reference]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&layer) && stderr(&o).contains("does not match"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !blob(d, &layer).exists(),
+        "the corrupt blob never entered the store"
+    );
+    let o = image_cmd(d, &["ls", "-q"]);
+    assert_eq!(stdout(&o), "", "no image was named");
+}

@@ -1,0 +1,395 @@
+//! Pulling images from OCI registries (the distribution protocol, through oci-client):
+//! image indexes and Docker manifest lists (linux/amd64 is chosen), OCI and Docker v2
+//! manifests, anonymous and token auth, several blobs at once, blobs already stored are
+//! skipped, interrupted downloads resume with HTTP Range, transient errors are retried
+//! with back-off, and every blob is verified before it enters the store.
+
+use std::io::Write;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use oci_spec::image::{ImageIndex, ImageManifest};
+use serde_json::Value;
+
+use crate::image::{self, normalize_reference, Image, ImageError};
+use crate::store::{digest_hex, sha256_hex, Store, StoreError};
+
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+const ACCEPTED: &[&str] = &[
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// Plain HTTP for this registry (always allowed for localhost and 127.0.0.0/8).
+    pub insecure: bool,
+    /// Blobs downloaded at once.
+    pub parallel: usize,
+    /// Attempts per blob after the first, with exponential back-off.
+    pub retries: u32,
+    pub auth: Option<(String, String)>,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            insecure: false,
+            parallel: 4,
+            retries: 4,
+            auth: None,
+        }
+    }
+}
+
+fn is_local(registry: &str) -> bool {
+    let host = registry
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(registry);
+    host == "localhost"
+        || host == "[::1]"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+pub fn client_for(reference: &Reference, insecure: bool) -> Client {
+    // oci-client brings no TLS crypto provider of its own; ring is ours.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let registry = reference.resolve_registry().to_string();
+    let protocol = if insecure {
+        ClientProtocol::Http
+    } else if is_local(&registry) {
+        ClientProtocol::HttpsExcept(vec![registry])
+    } else {
+        ClientProtocol::Https
+    };
+    Client::new(ClientConfig {
+        protocol,
+        read_timeout: Some(Duration::from_secs(60)),
+        connect_timeout: Some(Duration::from_secs(10)),
+        ..Default::default()
+    })
+}
+
+pub fn auth_of(opts: &PullOptions) -> RegistryAuth {
+    match &opts.auth {
+        Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
+        None => RegistryAuth::Anonymous,
+    }
+}
+
+fn registry_error(image: &str, e: impl std::fmt::Display) -> ImageError {
+    let msg = e.to_string();
+    let m = msg.to_lowercase();
+    let hint = if m.contains("401")
+        || m.contains("unauthorized")
+        || m.contains("403")
+        || m.contains("denied")
+    {
+        " (the registry wants credentials this pull did not have)"
+    } else if m.contains("404")
+        || m.contains("not found")
+        || m.contains("manifest unknown")
+        || m.contains("name unknown")
+    {
+        " (no such image or tag in the registry)"
+    } else if m.contains("429") || m.contains("toomanyrequests") {
+        " (the registry is rate-limiting; try again later)"
+    } else if m.contains("connect") || m.contains("dns") {
+        " (is the registry reachable? use --insecure for a plain-HTTP registry)"
+    } else {
+        ""
+    };
+    ImageError::Registry {
+        image: image.to_string(),
+        detail: format!("{msg}{hint}"),
+    }
+}
+
+/// Fetches a manifest and checks that its bytes hash to the digest it is known by.
+async fn fetch_manifest(
+    client: &Client,
+    r: &Reference,
+    auth: &RegistryAuth,
+    name: &str,
+) -> Result<(Vec<u8>, String), ImageError> {
+    let (bytes, digest) = client
+        .pull_manifest_raw(r, auth, ACCEPTED)
+        .await
+        .map_err(|e| registry_error(name, e))?;
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(registry_error(name, "manifest larger than 4 MiB"));
+    }
+    let actual = format!("sha256:{}", sha256_hex(&bytes));
+    let expected = r.digest().map(str::to_string).unwrap_or(digest);
+    if !expected.is_empty() && expected != actual {
+        return Err(ImageError::Store(StoreError::DigestMismatch {
+            expected,
+            actual,
+        }));
+    }
+    Ok((bytes.to_vec(), actual))
+}
+
+/// Picks linux/amd64 from an index or manifest list.
+fn choose_platform(index_bytes: &[u8], name: &str) -> Result<String, ImageError> {
+    let index: ImageIndex =
+        serde_json::from_slice(index_bytes).map_err(|e| ImageError::Invalid {
+            image: name.to_string(),
+            what: "image index",
+            detail: e.to_string(),
+        })?;
+    let mut seen = Vec::new();
+    for m in index.manifests() {
+        if let Some(p) = m.platform() {
+            let (os, arch) = (p.os().to_string(), p.architecture().to_string());
+            if os == "linux" && arch == "amd64" {
+                return Ok(m.digest().to_string());
+            }
+            seen.push(format!("{os}/{arch}"));
+        }
+    }
+    Err(ImageError::Invalid {
+        image: name.to_string(),
+        what: "image index",
+        detail: format!("no linux/amd64 image (it has: {})", seen.join(", ")),
+    })
+}
+
+/// Downloads one blob into the store, resuming a partial download and retrying
+/// transient failures.
+async fn fetch_blob(
+    client: &Client,
+    r: &Reference,
+    store: &Store,
+    digest: &str,
+    size: u64,
+    retries: u32,
+    name: &str,
+) -> Result<(), ImageError> {
+    if store.has_blob(digest) {
+        return Ok(());
+    }
+    digest_hex(digest)?;
+    let partial = store.partial_path(digest)?;
+    let mut last_error = String::new();
+    for attempt in 0..=retries {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(250 << (attempt - 1).min(5))).await;
+        }
+        let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        if have > size {
+            let _ = std::fs::remove_file(&partial);
+            continue;
+        }
+        if have < size || size == 0 {
+            let response = if have > 0 {
+                client.pull_blob_stream_partial(r, digest, have, None).await
+            } else {
+                client
+                    .pull_blob_stream(r, digest)
+                    .await
+                    .map(oci_client::client::BlobResponse::Full)
+            };
+            let (stream, append) = match response {
+                Ok(oci_client::client::BlobResponse::Full(s)) => (s, false),
+                Ok(oci_client::client::BlobResponse::Partial(s)) => (s, true),
+                Err(e) => {
+                    last_error = e.to_string();
+                    if last_error.contains("404") || last_error.contains("BLOB_UNKNOWN") {
+                        break; // not transient
+                    }
+                    continue;
+                }
+            };
+            let mut file = match std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(append)
+                .truncate(!append)
+                .open(&partial)
+            {
+                Ok(f) => f,
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        path: partial,
+                        source: e,
+                    }
+                    .into())
+                }
+            };
+            let mut written = if append { have } else { 0 };
+            let mut body = stream.stream;
+            let mut failed = false;
+            while let Some(chunk) = body.next().await {
+                match chunk {
+                    Ok(bytes) => {
+                        written += bytes.len() as u64;
+                        if written > size {
+                            drop(file);
+                            let _ = std::fs::remove_file(&partial);
+                            return Err(registry_error(
+                                name,
+                                format!("blob {digest} is larger than the {size} bytes its manifest says"),
+                            ));
+                        }
+                        if let Err(e) = file.write_all(&bytes) {
+                            return Err(StoreError::Io {
+                                path: partial,
+                                source: e,
+                            }
+                            .into());
+                        }
+                    }
+                    Err(e) => {
+                        // The bytes so far stay: the next attempt resumes after them.
+                        last_error = e.to_string();
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if file.sync_all().is_err() || failed {
+                continue;
+            }
+            if written < size {
+                last_error = format!("the registry sent {written} of {size} bytes");
+                continue;
+            }
+        }
+        return match store.commit_file(&partial, digest) {
+            Ok(()) => Ok(()),
+            Err(StoreError::DigestMismatch { expected, actual }) => Err(ImageError::Registry {
+                image: name.to_string(),
+                detail: format!(
+                    "blob {expected} does not match its digest (got {actual}); it was discarded"
+                ),
+            }),
+            Err(e) => Err(e.into()),
+        };
+    }
+    Err(registry_error(
+        name,
+        format!("downloading blob {digest} failed: {last_error}"),
+    ))
+}
+
+/// Pulls `reference` into the store and names it.
+pub async fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<Image, ImageError> {
+    let name = normalize_reference(reference)?;
+    let r: Reference = reference
+        .parse()
+        .map_err(|e| ImageError::BadReference(format!("{reference} ({e})")))?;
+    let client = client_for(&r, opts.insecure);
+    let auth = auth_of(opts);
+
+    let (mut bytes, mut digest) = fetch_manifest(&client, &r, &auth, &name).await?;
+    let kind: Value = serde_json::from_slice(&bytes).map_err(|e| ImageError::Invalid {
+        image: name.clone(),
+        what: "manifest",
+        detail: format!("not JSON: {e}"),
+    })?;
+    if kind.get("manifests").is_some() {
+        let chosen = choose_platform(&bytes, &name)?;
+        digest_hex(&chosen)?;
+        let by_digest = r.clone_with_digest(chosen);
+        (bytes, digest) = fetch_manifest(&client, &by_digest, &auth, &name).await?;
+    }
+    let manifest: ImageManifest =
+        serde_json::from_slice(&bytes).map_err(|e| ImageError::Invalid {
+            image: name.clone(),
+            what: "manifest",
+            detail: e.to_string(),
+        })?;
+    let mut blobs = vec![(
+        manifest.config().digest().to_string(),
+        manifest.config().size(),
+    )];
+    for l in manifest.layers() {
+        let mt = l.media_type().to_string();
+        if !(mt.contains("tar") || mt.contains("rootfs.diff")) {
+            return Err(ImageError::Invalid {
+                image: name.clone(),
+                what: "manifest",
+                detail: format!("unsupported layer media type {mt}"),
+            });
+        }
+        if mt.contains("zstd") {
+            return Err(ImageError::Invalid {
+                image: name.clone(),
+                what: "manifest",
+                detail: "zstd-compressed layers are not supported yet".into(),
+            });
+        }
+        blobs.push((l.digest().to_string(), l.size()));
+    }
+    for (d, _) in &blobs {
+        digest_hex(d)?;
+    }
+    let parallel = opts.parallel.max(1);
+    futures::stream::iter(
+        blobs
+            .iter()
+            .map(|(d, size)| fetch_blob(&client, &r, store, d, *size, opts.retries, &name)),
+    )
+    .buffer_unordered(parallel)
+    .try_collect::<Vec<()>>()
+    .await?;
+
+    let stored = store.put_bytes(&bytes)?;
+    debug_assert_eq!(stored, digest);
+    let image = image::load_named(store, &name, &digest)?;
+    store.update_refs(|refs| refs.insert(name.clone(), digest.clone()))?;
+    Ok(image)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_registries_may_use_plain_http() {
+        assert!(is_local("localhost:5000"));
+        assert!(is_local("127.0.0.1:5000"));
+        assert!(is_local("[::1]:5000"));
+        assert!(!is_local("registry.example.com"));
+        assert!(!is_local("127.example.com:5000"));
+        assert!(!is_local("10.0.0.1:5000"));
+    }
+
+    #[test]
+    fn index_selection_picks_linux_amd64_or_says_what_there_is() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d('a'), "size": 1,
+                 "platform": {"os": "linux", "architecture": "arm64"}},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d('b'), "size": 1,
+                 "platform": {"os": "linux", "architecture": "amd64"}}
+            ]
+        });
+        let bytes = serde_json::to_vec(&index).unwrap();
+        assert_eq!(choose_platform(&bytes, "x").unwrap(), d('b'));
+        let only_arm = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [ {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d('a'), "size": 1,
+                 "platform": {"os": "linux", "architecture": "arm64"}} ]
+        });
+        let e = choose_platform(&serde_json::to_vec(&only_arm).unwrap(), "x").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("no linux/amd64 image (it has: linux/arm64)"),
+            "{e}"
+        );
+    }
+}
