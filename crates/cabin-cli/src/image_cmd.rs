@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use cabin_image::image::{self, ImportConfig};
 use cabin_image::pull::{self, PullOptions};
+use cabin_image::push;
 use cabin_image::store::Store;
 use cabin_runtime::Paths;
 use clap::Subcommand;
@@ -38,6 +39,19 @@ pub enum ImageCommand {
         #[arg(long)]
         insecure: bool,
         /// Blobs downloaded at once.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
+    },
+    /// Push an image to a registry.
+    Push {
+        /// The local image.
+        source: String,
+        /// [REGISTRY/]NAME[:TAG] to push to (default: the image's own name).
+        destination: Option<String>,
+        /// Use plain HTTP with this registry.
+        #[arg(long)]
+        insecure: bool,
+        /// Blobs uploaded at once.
         #[arg(long, default_value_t = 4)]
         parallel: usize,
     },
@@ -129,6 +143,27 @@ async fn execute(cmd: ImageCommand) -> Result<(), String> {
             };
             let img = image::import(&store, &source, &name, &cfg).map_err(|e| e.to_string())?;
             println!("{}", img.manifest_digest);
+        }
+        ImageCommand::Push {
+            source,
+            destination,
+            insecure,
+            parallel,
+        } => {
+            let dest = destination.unwrap_or_else(|| source.clone());
+            let opts = PullOptions {
+                insecure,
+                parallel,
+                ..Default::default()
+            };
+            let report = push::push(&store, &source, &dest, &opts)
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "Pushed {dest}: {} blobs uploaded, {} already there",
+                report.uploaded, report.skipped
+            );
+            println!("{}", report.manifest_digest);
         }
         ImageCommand::Ls { quiet, format } => {
             let refs = store.refs().map_err(|e| e.to_string())?;

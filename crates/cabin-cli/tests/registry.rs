@@ -334,3 +334,61 @@ fn registry_faults_are_clear_and_store_nothing() {
     let o = image_cmd(d, &["ls", "-q"]);
     assert_eq!(stdout(&o), "", "no image was named");
 }
+
+#[test]
+fn a_pushed_image_reads_back_with_skopeo_and_a_second_push_uploads_nothing() {
+    let reg = registry();
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let rootfs = d.join("rootfs");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(busybox_rootfs())
+        .arg(&rootfs)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::write(rootfs.join("etc/pushed"), "yes").unwrap();
+    let o = image_cmd(d, &["import", rootfs.to_str().unwrap(), "mine:1"]);
+    let digest = stdout(&o).trim().to_string();
+    let dest = format!("{}/cabin/pushed:1", reg.addr);
+    let o = image_cmd(d, &["push", "mine:1", &dest]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), digest);
+    assert!(
+        stderr(&o).contains("2 blobs uploaded, 0 already there"),
+        "{}",
+        stderr(&o)
+    );
+
+    // skopeo reads the same manifest and copies every blob out, verifying digests.
+    let o = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{dest}"))
+        .output()
+        .unwrap();
+    assert_eq!(format!("sha256:{}", sha256_hex(&o.stdout)), digest);
+    let out = d.join("copied");
+    let o = Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{dest}"))
+        .arg(format!("oci:{}:x", out.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = image_cmd(d, &["push", "mine:1", &dest]);
+    assert!(
+        stderr(&o).contains("0 blobs uploaded, 2 already there"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Pulled elsewhere, it runs.
+    let other = tempfile::tempdir().unwrap();
+    let o = cabin_in(other.path())
+        .args(["run", &dest, "cat", "/etc/pushed"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "yes", "{}", stderr(&o));
+}

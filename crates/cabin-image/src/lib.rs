@@ -4,7 +4,7 @@
 //!   content fingerprint and shared read-only by every container made from it.
 //! - [`store`]: the content-addressed image store (blobs, names, disks).
 //! - [`image`]: images in it: import, resolve, the ready-to-use disk, removal.
-//! - [`pull`]: pulling images from OCI registries.
+//! - [`pull`], [`push`], [`registry`]: images to and from OCI registries.
 //! - [`layer`]: applying OCI layers to a directory safely.
 //! - [`cpio`]: the newc archive format the guest's initramfs is written in.
 //! - [`qcow2`]: empty qcow2 overlays, the containers' writable layers.
@@ -13,6 +13,8 @@ pub mod cpio;
 pub mod image;
 pub mod layer;
 pub mod pull;
+pub mod push;
 pub mod qcow2;
+pub mod registry;
 pub mod rootfs;
 pub mod store;

@@ -8,13 +8,13 @@ use std::io::Write;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use oci_spec::image::{ImageIndex, ImageManifest};
 use serde_json::Value;
 
 use crate::image::{self, normalize_reference, Image, ImageError};
+use crate::registry::{auth_of, client_for, registry_error, RegistryOptions};
 use crate::store::{digest_hex, sha256_hex, Store, StoreError};
 
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
@@ -26,93 +26,7 @@ const ACCEPTED: &[&str] = &[
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
 
-#[derive(Debug, Clone)]
-pub struct PullOptions {
-    /// Plain HTTP for this registry (always allowed for localhost and 127.0.0.0/8).
-    pub insecure: bool,
-    /// Blobs downloaded at once.
-    pub parallel: usize,
-    /// Attempts per blob after the first, with exponential back-off.
-    pub retries: u32,
-    pub auth: Option<(String, String)>,
-}
-
-impl Default for PullOptions {
-    fn default() -> Self {
-        PullOptions {
-            insecure: false,
-            parallel: 4,
-            retries: 4,
-            auth: None,
-        }
-    }
-}
-
-fn is_local(registry: &str) -> bool {
-    let host = registry
-        .rsplit_once(':')
-        .map(|(h, _)| h)
-        .unwrap_or(registry);
-    host == "localhost"
-        || host == "[::1]"
-        || host
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-pub fn client_for(reference: &Reference, insecure: bool) -> Client {
-    // oci-client brings no TLS crypto provider of its own; ring is ours.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let registry = reference.resolve_registry().to_string();
-    let protocol = if insecure {
-        ClientProtocol::Http
-    } else if is_local(&registry) {
-        ClientProtocol::HttpsExcept(vec![registry])
-    } else {
-        ClientProtocol::Https
-    };
-    Client::new(ClientConfig {
-        protocol,
-        read_timeout: Some(Duration::from_secs(60)),
-        connect_timeout: Some(Duration::from_secs(10)),
-        ..Default::default()
-    })
-}
-
-pub fn auth_of(opts: &PullOptions) -> RegistryAuth {
-    match &opts.auth {
-        Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
-        None => RegistryAuth::Anonymous,
-    }
-}
-
-fn registry_error(image: &str, e: impl std::fmt::Display) -> ImageError {
-    let msg = e.to_string();
-    let m = msg.to_lowercase();
-    let hint = if m.contains("401")
-        || m.contains("unauthorized")
-        || m.contains("403")
-        || m.contains("denied")
-    {
-        " (the registry wants credentials this pull did not have)"
-    } else if m.contains("404")
-        || m.contains("not found")
-        || m.contains("manifest unknown")
-        || m.contains("name unknown")
-    {
-        " (no such image or tag in the registry)"
-    } else if m.contains("429") || m.contains("toomanyrequests") {
-        " (the registry is rate-limiting; try again later)"
-    } else if m.contains("connect") || m.contains("dns") {
-        " (is the registry reachable? use --insecure for a plain-HTTP registry)"
-    } else {
-        ""
-    };
-    ImageError::Registry {
-        image: image.to_string(),
-        detail: format!("{msg}{hint}"),
-    }
-}
+pub type PullOptions = RegistryOptions;
 
 /// Fetches a manifest and checks that its bytes hash to the digest it is known by.
 async fn fetch_manifest(
@@ -354,16 +268,6 @@ pub async fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn local_registries_may_use_plain_http() {
-        assert!(is_local("localhost:5000"));
-        assert!(is_local("127.0.0.1:5000"));
-        assert!(is_local("[::1]:5000"));
-        assert!(!is_local("registry.example.com"));
-        assert!(!is_local("127.example.com:5000"));
-        assert!(!is_local("10.0.0.1:5000"));
-    }
 
     #[test]
     fn index_selection_picks_linux_amd64_or_says_what_there_is() {

@@ -1,0 +1,112 @@
+//! What pulls and pushes share: the registry client, its options, error wording.
+
+use std::time::Duration;
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+use crate::image::ImageError;
+
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// Plain HTTP for this registry (always allowed for localhost and 127.0.0.0/8).
+    pub insecure: bool,
+    /// Blobs transferred at once.
+    pub parallel: usize,
+    /// Attempts per blob after the first, with exponential back-off.
+    pub retries: u32,
+    pub auth: Option<(String, String)>,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            insecure: false,
+            parallel: 4,
+            retries: 4,
+            auth: None,
+        }
+    }
+}
+
+fn is_local(registry: &str) -> bool {
+    let host = registry
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(registry);
+    host == "localhost"
+        || host == "[::1]"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+pub fn client_for(reference: &Reference, insecure: bool) -> Client {
+    // oci-client brings no TLS crypto provider of its own; ring is ours.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let registry = reference.resolve_registry().to_string();
+    let protocol = if insecure {
+        ClientProtocol::Http
+    } else if is_local(&registry) {
+        ClientProtocol::HttpsExcept(vec![registry])
+    } else {
+        ClientProtocol::Https
+    };
+    Client::new(ClientConfig {
+        protocol,
+        read_timeout: Some(Duration::from_secs(60)),
+        connect_timeout: Some(Duration::from_secs(10)),
+        ..Default::default()
+    })
+}
+
+pub fn auth_of(opts: &RegistryOptions) -> RegistryAuth {
+    match &opts.auth {
+        Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
+        None => RegistryAuth::Anonymous,
+    }
+}
+
+pub fn registry_error(image: &str, e: impl std::fmt::Display) -> ImageError {
+    let msg = e.to_string();
+    let m = msg.to_lowercase();
+    let hint = if m.contains("401")
+        || m.contains("unauthorized")
+        || m.contains("403")
+        || m.contains("denied")
+    {
+        " (the registry wants credentials this pull did not have)"
+    } else if m.contains("404")
+        || m.contains("not found")
+        || m.contains("manifest unknown")
+        || m.contains("name unknown")
+    {
+        " (no such image or tag in the registry)"
+    } else if m.contains("429") || m.contains("toomanyrequests") {
+        " (the registry is rate-limiting; try again later)"
+    } else if m.contains("connect") || m.contains("dns") {
+        " (is the registry reachable? use --insecure for a plain-HTTP registry)"
+    } else {
+        ""
+    };
+    ImageError::Registry {
+        image: image.to_string(),
+        detail: format!("{msg}{hint}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_registries_may_use_plain_http() {
+        assert!(is_local("localhost:5000"));
+        assert!(is_local("127.0.0.1:5000"));
+        assert!(is_local("[::1]:5000"));
+        assert!(!is_local("registry.example.com"));
+        assert!(!is_local("127.example.com:5000"));
+        assert!(!is_local("10.0.0.1:5000"));
+    }
+}
