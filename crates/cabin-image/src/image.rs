@@ -354,18 +354,21 @@ pub fn ensure_disk(store: &Store, image: &Image) -> Result<(PathBuf, bool), Imag
         source,
     })?;
     let result = (|| {
-        for desc in image.manifest.layers() {
+        // Each layer's uncompressed content must be what the config records (diff_ids);
+        // load() has checked there is one per layer.
+        let diff_ids = image.config.rootfs().diff_ids();
+        for (desc, diff_id) in image.manifest.layers().iter().zip(diff_ids) {
             let digest = desc.digest().to_string();
             let path = store.blob_path(&digest)?;
             if !path.is_file() {
                 return Err(StoreError::MissingBlob(digest).into());
             }
-            layer::apply_layer(&staging, &path, Limits::default()).map_err(|source| {
-                ImageError::Layer {
+            layer::apply_layer_checked(&staging, &path, Limits::default(), Some(diff_id)).map_err(
+                |source| ImageError::Layer {
                     image: image.reference.clone(),
                     source,
-                }
-            })?;
+                },
+            )?;
         }
         rootfs::build_image(&staging, &disk)?;
         Ok(())

@@ -27,6 +27,10 @@ pub enum LayerError {
     TooManyEntries(u64),
     #[error("layer entry {path:?}: {source}")]
     Entry { path: String, source: io::Error },
+    #[error(
+        "the layer's content does not match the image's diff_id {expected} (it hashes to {actual})"
+    )]
+    DiffIdMismatch { expected: String, actual: String },
     #[error("reading the layer: {0}")]
     Io(#[from] io::Error),
 }
@@ -397,29 +401,61 @@ impl Applier {
     }
 }
 
-/// Applies one layer file (tar or gzip-compressed tar) on top of `root`.
+/// Applies one layer file (tar, gzip- or zstd-compressed tar: told apart by content, not
+/// by the media type a registry claims) on top of `root`.
 pub fn apply_layer(root: &Path, layer: &Path, limits: Limits) -> Result<(), LayerError> {
+    apply_layer_checked(root, layer, limits, None)
+}
+
+/// As [`apply_layer`], and the uncompressed content must hash to `diff_id` (the image
+/// config's record of it).
+pub fn apply_layer_checked(
+    root: &Path,
+    layer: &Path,
+    limits: Limits,
+    diff_id: Option<&str>,
+) -> Result<(), LayerError> {
     let mut f = BufReader::new(File::open(layer)?);
-    let mut magic = [0u8; 2];
-    let n = f.read(&mut magic)?;
+    let mut magic = [0u8; 4];
+    let mut n = 0;
+    while n < magic.len() {
+        let got = f.read(&mut magic[n..])?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
     let head = std::io::Cursor::new(magic[..n].to_vec()).chain(f);
-    let reader: Box<dyn Read> = if magic[..n] == [0x1f, 0x8b] {
+    let reader: Box<dyn Read> = if magic[..n].starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(head))
+    } else if magic[..n] == [0x28, 0xb5, 0x2f, 0xfd] {
+        Box::new(zstd::stream::read::Decoder::new(head)?)
     } else {
         Box::new(head)
     };
-    apply_tar(root, reader, limits)
+    let actual = apply_tar(root, reader, limits)?;
+    match diff_id {
+        Some(expected) if expected != actual => Err(LayerError::DiffIdMismatch {
+            expected: expected.to_string(),
+            actual,
+        }),
+        _ => Ok(()),
+    }
 }
 
+/// Counts (against the size limit) and hashes (for the diff_id) what the tar reader reads.
 struct Counting<R> {
     inner: R,
     count: u64,
     limit: u64,
+    hasher: sha2::Sha256,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use sha2::Digest;
         let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
         self.count += n as u64;
         if self.count > self.limit {
             return Err(io::Error::other("size limit"));
@@ -428,7 +464,8 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-pub fn apply_tar(root: &Path, reader: impl Read, limits: Limits) -> Result<(), LayerError> {
+/// Applies a tar stream; returns the digest of everything read ("sha256:<hex>").
+pub fn apply_tar(root: &Path, reader: impl Read, limits: Limits) -> Result<String, LayerError> {
     let root_fd: OwnedFd = File::open(root)?.into();
     let mut applier = Applier {
         root: root_fd,
@@ -440,6 +477,7 @@ pub fn apply_tar(root: &Path, reader: impl Read, limits: Limits) -> Result<(), L
         inner: reader,
         count: 0,
         limit: limits.max_bytes,
+        hasher: sha2::Sha256::default(),
     };
     let mut archive = tar::Archive::new(counting);
     let entries = archive
@@ -465,7 +503,20 @@ pub fn apply_tar(root: &Path, reader: impl Read, limits: Limits) -> Result<(), L
             r => r?,
         }
     }
-    Ok(())
+    // The end-of-archive padding belongs to the hashed content too.
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| {
+        if e.to_string().contains("size limit") {
+            LayerError::TooBig(limits.max_bytes)
+        } else {
+            LayerError::Io(e)
+        }
+    })?;
+    use sha2::Digest;
+    Ok(format!(
+        "sha256:{}",
+        crate::store::hex(&rest.hasher.finalize())
+    ))
 }
 
 #[cfg(test)]
@@ -525,7 +576,7 @@ mod tests {
     }
 
     fn apply(root: &Path, tar: Vec<u8>) -> Result<(), LayerError> {
-        apply_tar(root, io::Cursor::new(tar), Limits::default())
+        apply_tar(root, io::Cursor::new(tar), Limits::default()).map(|_| ())
     }
 
     fn is_root() -> bool {
@@ -725,6 +776,35 @@ mod tests {
             "host data"
         );
         assert_eq!(std::fs::read(root.join("victim")).unwrap(), b"overwritten");
+    }
+
+    #[test]
+    fn gzip_and_zstd_layers_are_recognised_by_content() {
+        let t = tempfile::tempdir().unwrap();
+        let tar = Tar::new().file("hello", 0o644, b"compressed").bytes();
+        let gz = {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            io::Write::write_all(&mut e, &tar).unwrap();
+            e.finish().unwrap()
+        };
+        let zst = zstd::encode_all(&tar[..], 3).unwrap();
+        let diff_id = format!("sha256:{}", crate::store::sha256_hex(&tar));
+        for (name, bytes) in [("plain", tar.clone()), ("gz", gz), ("zst", zst)] {
+            let layer = t.path().join(name);
+            std::fs::write(&layer, bytes).unwrap();
+            let root = t.path().join(format!("root-{name}"));
+            std::fs::create_dir(&root).unwrap();
+            apply_layer_checked(&root, &layer, Limits::default(), Some(&diff_id)).unwrap();
+            assert_eq!(
+                std::fs::read(root.join("hello")).unwrap(),
+                b"compressed",
+                "{name}"
+            );
+            let wrong = format!("sha256:{}", "0".repeat(64));
+            let e =
+                apply_layer_checked(&root, &layer, Limits::default(), Some(&wrong)).unwrap_err();
+            assert!(matches!(e, LayerError::DiffIdMismatch { .. }), "{e}");
+        }
     }
 
     #[test]

@@ -236,13 +236,6 @@ pub async fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<
                 detail: format!("unsupported layer media type {mt}"),
             });
         }
-        if mt.contains("zstd") {
-            return Err(ImageError::Invalid {
-                image: name.clone(),
-                what: "manifest",
-                detail: "zstd-compressed layers are not supported yet".into(),
-            });
-        }
         blobs.push((l.digest().to_string(), l.size()));
     }
     for (d, _) in &blobs {
