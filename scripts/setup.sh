@@ -11,6 +11,7 @@ packages=(
   linux-source-6.12 build-essential bc bison flex libelf-dev lz4   # the guest kernel build
   e2fsprogs                           # mkfs.ext4 -d: root filesystem images
   busybox-static                      # the demo and test root filesystem
+  debootstrap                         # tests: a real Debian root filesystem
   tmux cpio file                      # tests: terminals, archive checks
   docker-registry skopeo              # tests: a real registry and an independent OCI client
 )

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use cabin_image::archive;
 use cabin_image::image::{self, ImportConfig};
 use cabin_image::pull::{self, PullOptions};
 use cabin_image::push;
@@ -54,6 +55,20 @@ pub enum ImageCommand {
         /// Blobs uploaded at once.
         #[arg(long, default_value_t = 4)]
         parallel: usize,
+    },
+    /// Write images to a tar archive (OCI layout plus docker's manifest.json).
+    Save {
+        /// The archive to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Read images from a tar archive (cabin or docker save, OCI layout).
+    Load {
+        /// The archive to read.
+        #[arg(short, long)]
+        input: PathBuf,
     },
     /// List images.
     #[command(alias = "list")]
@@ -164,6 +179,18 @@ async fn execute(cmd: ImageCommand) -> Result<(), String> {
                 report.uploaded, report.skipped
             );
             println!("{}", report.manifest_digest);
+        }
+        ImageCommand::Save { output, names } => {
+            archive::save(&store, &names, &output).map_err(|e| e.to_string())?;
+        }
+        ImageCommand::Load { input } => {
+            for (name, digest) in archive::load(&store, &input).map_err(|e| e.to_string())? {
+                if name.is_empty() {
+                    println!("Loaded image: {digest}");
+                } else {
+                    println!("Loaded image: {name} ({digest})");
+                }
+            }
         }
         ImageCommand::Ls { quiet, format } => {
             let refs = store.refs().map_err(|e| e.to_string())?;

@@ -45,6 +45,16 @@ pub enum ImageError {
 /// validating it. A registry is a first component with a dot or a port, or "localhost".
 pub fn normalize_reference(r: &str) -> Result<String, ImageError> {
     let bad = || ImageError::BadReference(r.to_string());
+    // Docker Hub names are kept in their familiar short form, as docker shows them.
+    let r = [
+        "docker.io/library/",
+        "index.docker.io/library/",
+        "docker.io/",
+        "index.docker.io/",
+    ]
+    .iter()
+    .find_map(|p| r.strip_prefix(p))
+    .unwrap_or(r);
     let (name, tag) = match r.rsplit_once(':') {
         Some((n, t)) if !t.contains('/') => (n, t),
         _ => (r, "latest"),

@@ -5,10 +5,12 @@
 //! - [`store`]: the content-addressed image store (blobs, names, disks).
 //! - [`image`]: images in it: import, resolve, the ready-to-use disk, removal.
 //! - [`pull`], [`push`], [`registry`]: images to and from OCI registries.
+//! - [`archive`]: save and load images as tar archives (OCI layout, docker save).
 //! - [`layer`]: applying OCI layers to a directory safely.
 //! - [`cpio`]: the newc archive format the guest's initramfs is written in.
 //! - [`qcow2`]: empty qcow2 overlays, the containers' writable layers.
 
+pub mod archive;
 pub mod cpio;
 pub mod image;
 pub mod layer;

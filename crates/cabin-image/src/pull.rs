@@ -54,7 +54,7 @@ async fn fetch_manifest(
 }
 
 /// Picks linux/amd64 from an index or manifest list.
-fn choose_platform(index_bytes: &[u8], name: &str) -> Result<String, ImageError> {
+pub fn choose_platform(index_bytes: &[u8], name: &str) -> Result<String, ImageError> {
     let index: ImageIndex =
         serde_json::from_slice(index_bytes).map_err(|e| ImageError::Invalid {
             image: name.to_string(),
