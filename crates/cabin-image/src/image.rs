@@ -354,8 +354,72 @@ pub fn ensure_disk(store: &Store, image: &Image) -> Result<(PathBuf, bool), Imag
     if disk.is_file() {
         return Ok((disk, false));
     }
-    let staging = store.tmp_dir().join(format!(
-        "unpack-{}-{}",
+    // Unpacking is metadata-heavy: a RAM-backed staging directory is several times
+    // faster than most disks, so it is used when the image comfortably fits in memory;
+    // otherwise, or if it fills up, the store's own disk is used.
+    let compressed: u64 = image.manifest.layers().iter().map(|l| l.size()).sum();
+    if let Some(shm) = ram_staging_base(compressed.saturating_mul(4)) {
+        match unpack_and_build(store, image, &shm, &disk) {
+            Err(ImageError::Layer { source, .. }) if is_no_space(&source) => {}
+            r => return r.map(|()| (disk, true)),
+        }
+    }
+    unpack_and_build(store, image, &store.tmp_dir(), &disk).map(|()| (disk, true))
+}
+
+fn is_no_space(e: &LayerError) -> bool {
+    let raw = match e {
+        LayerError::Entry { source, .. } | LayerError::Io(source) => source.raw_os_error(),
+        _ => None,
+    };
+    raw == Some(libc::ENOSPC)
+}
+
+/// /dev/shm when `estimate` bytes fit in a quarter of the memory available now.
+fn ram_staging_base(estimate: u64) -> Option<PathBuf> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    let available_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let shm = PathBuf::from("/dev/shm");
+    (estimate < available_kib * 1024 / 4 && shm.is_dir()).then_some(shm)
+}
+
+/// Removes staging directories of cabins that were killed while unpacking.
+fn remove_stale_staging(base: &Path) {
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("cabin-unpack-")) else {
+            continue;
+        };
+        let pid = rest
+            .split('-')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if !rootfs::is_process_alive(pid) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn unpack_and_build(
+    store: &Store,
+    image: &Image,
+    base: &Path,
+    disk: &Path,
+) -> Result<(), ImageError> {
+    remove_stale_staging(base);
+    let staging = base.join(format!(
+        "cabin-unpack-{}-{}",
         std::process::id(),
         rootfs::unique_suffix()
     ));
@@ -380,11 +444,11 @@ pub fn ensure_disk(store: &Store, image: &Image) -> Result<(PathBuf, bool), Imag
                 },
             )?;
         }
-        rootfs::build_image(&staging, &disk)?;
+        rootfs::build_image(&staging, disk)?;
         Ok(())
     })();
     let _ = fs::remove_dir_all(&staging);
-    result.map(|()| (disk, true))
+    result
 }
 
 /// Removes the name; blobs and disks no name refers to any more are deleted.

@@ -132,7 +132,7 @@ fn free_bytes(dir: &Path) -> io::Result<u64> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-fn is_process_alive(pid: i32) -> bool {
+pub(crate) fn is_process_alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks for existence.
     pid > 0
         && (unsafe { libc::kill(pid, 0) } == 0
