@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use cabin_image::archive;
+use cabin_image::credentials::{options_for, Credential, Credentials};
 use cabin_image::image::{self, ImportConfig};
 use cabin_image::pull::{self, PullOptions};
 use cabin_image::push;
@@ -98,6 +99,59 @@ fn store() -> Result<Store, String> {
     Store::open(Paths::from_env().image_store()).map_err(|e| e.to_string())
 }
 
+fn with_credentials(reference: &str, opts: PullOptions) -> Result<PullOptions, String> {
+    let creds = Credentials::at(Paths::from_env().credentials());
+    options_for(reference, &creds, opts).map_err(|e| format!("reading saved credentials: {e}"))
+}
+
+/// `cabin login`: checks the credentials with the registry, then saves them.
+pub async fn login(registry: &str, username: &str, password: &str, insecure: bool) -> i32 {
+    let opts = PullOptions {
+        insecure,
+        auth: Some((username.to_string(), password.to_string())),
+        ..Default::default()
+    };
+    if let Err(e) = cabin_image::registry::check_login(registry, &opts).await {
+        eprintln!("cabin: {e}");
+        return 1;
+    }
+    let creds = Credentials::at(Paths::from_env().credentials());
+    let saved = creds.set(
+        registry,
+        Credential {
+            username: username.to_string(),
+            password: password.to_string(),
+        },
+    );
+    match saved {
+        Ok(()) => {
+            println!("Login Succeeded");
+            0
+        }
+        Err(e) => {
+            eprintln!("cabin: saving the credentials: {e}");
+            1
+        }
+    }
+}
+
+pub fn logout(registry: &str) -> i32 {
+    match Credentials::at(Paths::from_env().credentials()).remove(registry) {
+        Ok(true) => {
+            println!("Removing login credentials for {registry}");
+            0
+        }
+        Ok(false) => {
+            eprintln!("cabin: not logged in to {registry}");
+            1
+        }
+        Err(e) => {
+            eprintln!("cabin: {e}");
+            1
+        }
+    }
+}
+
 fn human(bytes: u64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB"];
     let mut v = bytes as f64;
@@ -131,11 +185,14 @@ async fn execute(cmd: ImageCommand) -> Result<(), String> {
             insecure,
             parallel,
         } => {
-            let opts = PullOptions {
-                insecure,
-                parallel,
-                ..Default::default()
-            };
+            let opts = with_credentials(
+                &reference,
+                PullOptions {
+                    insecure,
+                    parallel,
+                    ..Default::default()
+                },
+            )?;
             let img = pull::pull(&store, &reference, &opts)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -166,11 +223,14 @@ async fn execute(cmd: ImageCommand) -> Result<(), String> {
             parallel,
         } => {
             let dest = destination.unwrap_or_else(|| source.clone());
-            let opts = PullOptions {
-                insecure,
-                parallel,
-                ..Default::default()
-            };
+            let opts = with_credentials(
+                &dest,
+                PullOptions {
+                    insecure,
+                    parallel,
+                    ..Default::default()
+                },
+            )?;
             let report = push::push(&store, &source, &dest, &opts)
                 .await
                 .map_err(|e| e.to_string())?;

@@ -30,6 +30,24 @@ enum Command {
         #[command(subcommand)]
         command: image_cmd::ImageCommand,
     },
+    /// Save credentials for a registry (checked with it first).
+    Login {
+        /// host[:port] of the registry.
+        registry: String,
+        #[arg(short, long)]
+        username: String,
+        /// The password (prefer --password-stdin: a command line is visible to others).
+        #[arg(short, long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Use plain HTTP with this registry.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Forget the credentials for a registry.
+    Logout { registry: String },
     /// Host-wide information and maintenance.
     System {
         #[command(subcommand)]
@@ -69,6 +87,31 @@ fn main() {
         match cli.command {
             Command::Run(args) => run::run(*args, started).await,
             Command::Image { command } => image_cmd::run(command).await,
+            Command::Login {
+                registry,
+                username,
+                password,
+                password_stdin,
+                insecure,
+            } => {
+                let password = match (password, password_stdin) {
+                    (Some(p), _) => p,
+                    (None, true) => {
+                        let mut p = String::new();
+                        if std::io::stdin().read_line(&mut p).is_err() {
+                            eprintln!("cabin: cannot read the password from standard input");
+                            std::process::exit(1);
+                        }
+                        p.trim_end_matches(['\n', '\r']).to_string()
+                    }
+                    (None, false) => {
+                        eprintln!("cabin: give the password with --password-stdin (or --password)");
+                        std::process::exit(1);
+                    }
+                };
+                image_cmd::login(&registry, &username, &password, insecure).await
+            }
+            Command::Logout { registry } => image_cmd::logout(&registry),
             Command::System {
                 command: SystemCommand::Info { format },
             } => system_info(&format),

@@ -23,57 +23,84 @@ struct Registry {
 /// One registry per test binary, on a free port, dying with the test process.
 fn registry() -> &'static Registry {
     static R: OnceLock<Registry> = OnceLock::new();
-    R.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("cabin-test-registry-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("storage")).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                dir.join("storage").display()
-            ),
-        )
-        .unwrap();
-        let log = dir.join("registry.log");
-        let mut cmd = Command::new("docker-registry");
-        cmd.arg("serve")
-            .arg(&config)
-            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()));
-        // SAFETY: prctl in the child before exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        // The parent-death signal follows the spawning *thread*, so the registry is
-        // started from a thread that lives as long as the test process.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            tx.send(cmd.spawn()).unwrap();
-            loop {
-                std::thread::park();
-            }
+    R.get_or_init(|| start_registry(None))
+}
+
+/// A second one that wants a username and password (htpasswd, bcrypt).
+fn auth_registry() -> &'static Registry {
+    static R: OnceLock<Registry> = OnceLock::new();
+    R.get_or_init(|| start_registry(Some(("tester", "s3cret"))))
+}
+
+fn start_registry(user: Option<(&str, &str)>) -> Registry {
+    let dir = std::env::temp_dir().join(format!(
+        "cabin-test-registry-{}-{}",
+        std::process::id(),
+        user.is_some()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("storage")).unwrap();
+    remove_at_exit(dir.clone());
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut config = format!(
+        "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+        dir.join("storage").display()
+    );
+    if let Some((u, p)) = user {
+        let o = Command::new("htpasswd")
+            .args(["-Bbn", u, p])
+            .output()
+            .expect("htpasswd is installed (apt-get install apache2-utils)");
+        std::fs::write(dir.join("htpasswd"), &o.stdout).unwrap();
+        config.push_str(&format!(
+            "auth:\n  htpasswd:\n    realm: cabin-test\n    path: {}\n",
+            dir.join("htpasswd").display()
+        ));
+    }
+    let config_path = dir.join("config.yml");
+    std::fs::write(&config_path, config).unwrap();
+    let log = dir.join("registry.log");
+    let mut cmd = Command::new("docker-registry");
+    cmd.arg("serve")
+        .arg(&config_path)
+        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::options().append(true).open(&log).unwrap(),
+        ));
+    // SAFETY: prctl in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
         });
-        let child = rx
-            .recv()
-            .unwrap()
-            .expect("docker-registry is installed (apt-get install docker-registry)");
-        wait_for("the registry to listen", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(&addr).is_ok()
-        });
-        Registry {
-            addr,
-            storage: dir.join("storage"),
-            log,
-            _child: child,
+    }
+    // The parent-death signal follows the spawning *thread*, so the registry is
+    // started from a thread that lives as long as the test process.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        tx.send(cmd.spawn()).unwrap();
+        loop {
+            std::thread::park();
         }
-    })
+    });
+    let child = rx
+        .recv()
+        .unwrap()
+        .expect("docker-registry is installed (apt-get install docker-registry)");
+    wait_for("the registry to listen", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(&addr).is_ok()
+    });
+    Registry {
+        addr,
+        storage: dir.join("storage"),
+        log,
+        _child: child,
+    }
 }
 
 fn image_cmd(data: &Path, args: &[&str]) -> std::process::Output {
@@ -391,4 +418,73 @@ fn a_pushed_image_reads_back_with_skopeo_and_a_second_push_uploads_nothing() {
         .output()
         .unwrap();
     assert_eq!(stdout(&o), "yes", "{}", stderr(&o));
+}
+
+#[test]
+fn login_saves_checked_credentials_that_pull_and_push_use() {
+    let reg = auth_registry();
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let o = image_cmd(
+        d,
+        &["import", busybox_rootfs().to_str().unwrap(), "private:1"],
+    );
+    assert!(o.status.success());
+    let dest = format!("{}/cabin/private:1", reg.addr);
+
+    let o = image_cmd(d, &["push", "private:1", &dest]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("wants credentials"), "{}", stderr(&o));
+
+    let login = |password: &str| {
+        let mut c = cabin_in(d);
+        c.args(["login", &reg.addr, "-u", "tester", "--password-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let o = login("wrong");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("refused these credentials"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !d.join("credentials.json").exists(),
+        "nothing saved for a failed login"
+    );
+
+    let o = login("s3cret");
+    assert_eq!(stdout(&o).trim(), "Login Succeeded", "{}", stderr(&o));
+    let mode = std::fs::metadata(d.join("credentials.json"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+
+    let o = image_cmd(d, &["push", "private:1", &dest]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(image_cmd(d, &["rm", "private:1"]).status.success());
+    let o = cabin_in(d)
+        .args(["run", &dest, "echo", "private"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "private\n", "{}", stderr(&o));
+
+    let o = cabin_in(d).args(["logout", &reg.addr]).output().unwrap();
+    assert!(o.status.success());
+    assert!(image_cmd(d, &["rm", &dest]).status.success());
+    let o = image_cmd(d, &["pull", &dest]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "after logout the pull is refused again"
+    );
 }

@@ -12,6 +12,7 @@
 
 pub mod archive;
 pub mod cpio;
+pub mod credentials;
 pub mod image;
 pub mod layer;
 pub mod pull;

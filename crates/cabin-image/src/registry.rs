@@ -16,6 +16,7 @@ pub struct RegistryOptions {
     pub parallel: usize,
     /// Attempts per blob after the first, with exponential back-off.
     pub retries: u32,
+    /// Username and password for this registry (from `cabin login`).
     pub auth: Option<(String, String)>,
 }
 
@@ -93,6 +94,36 @@ pub fn registry_error(image: &str, e: impl std::fmt::Display) -> ImageError {
     ImageError::Registry {
         image: image.to_string(),
         detail: format!("{msg}{hint}"),
+    }
+}
+
+/// Checks credentials against a registry: a request that needs authorization must not be
+/// refused for it. Returns Ok for valid (or unneeded) credentials.
+pub async fn check_login(registry: &str, opts: &RegistryOptions) -> Result<(), ImageError> {
+    let probe: Reference = format!("{registry}/cabin-login-probe:latest")
+        .parse()
+        .map_err(|e| ImageError::BadReference(format!("{registry} ({e})")))?;
+    let client = client_for(&probe, opts.insecure);
+    let accepted = ["application/vnd.oci.image.manifest.v1+json"];
+    match client
+        .pull_manifest_raw(&probe, &auth_of(opts), &accepted)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let m = e.to_string().to_lowercase();
+            if m.contains("401") || m.contains("authorized") || m.contains("authentication") {
+                Err(ImageError::Registry {
+                    image: registry.to_string(),
+                    detail: "login failed: the registry refused these credentials".into(),
+                })
+            } else if m.contains("connect") || m.contains("dns") || m.contains("sending request") {
+                Err(registry_error(registry, e))
+            } else {
+                // 404 and friends: the credentials were accepted.
+                Ok(())
+            }
+        }
     }
 }
 

@@ -44,6 +44,11 @@ impl Paths {
         self.data.join("images")
     }
 
+    /// Registry credentials saved by `cabin login` (0600).
+    pub fn credentials(&self) -> PathBuf {
+        self.data.join("credentials.json")
+    }
+
     pub fn initramfs_cache(&self) -> PathBuf {
         self.data.join("initramfs")
     }

@@ -56,7 +56,13 @@ pub async fn resolve(paths: &Paths, source: &RootSource) -> Result<ResolvedRoot,
             let img = match image::resolve(&store, name) {
                 Err(image::ImageError::NotFound(_)) if names_registry(name) => {
                     eprintln!("cabin: {name} is not here; pulling it");
-                    cabin_image::pull::pull(&store, name, &Default::default()).await?
+                    let creds = cabin_image::credentials::Credentials::at(paths.credentials());
+                    let opts =
+                        cabin_image::credentials::options_for(name, &creds, Default::default())
+                            .map_err(|e| {
+                                RunError::Setup(format!("reading saved credentials: {e}"))
+                            })?;
+                    cabin_image::pull::pull(&store, name, &opts).await?
                 }
                 r => r?,
             };

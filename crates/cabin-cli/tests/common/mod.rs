@@ -14,6 +14,25 @@ pub fn workspace_root() -> PathBuf {
         .unwrap()
 }
 
+/// Removes `path` when the test process exits (the shared fixtures live in statics,
+/// which are never dropped).
+pub fn remove_at_exit(path: PathBuf) {
+    static PATHS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    extern "C" fn cleanup() {
+        if let Ok(paths) = PATHS.lock() {
+            for p in paths.iter() {
+                let _ = std::fs::remove_dir_all(p);
+            }
+        }
+    }
+    PATHS.lock().unwrap().push(path);
+    // SAFETY: registering a plain extern "C" function.
+    REGISTERED.call_once(|| unsafe {
+        libc::atexit(cleanup);
+    });
+}
+
 /// A busybox root filesystem made once per test binary by the project's own script.
 pub fn busybox_rootfs() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -26,6 +45,7 @@ pub fn busybox_rootfs() -> &'static Path {
             .status()
             .expect("make-busybox-rootfs.sh runs");
         assert!(st.success(), "making the busybox root filesystem failed");
+        remove_at_exit(dir.clone());
         dir
     })
 }
@@ -37,6 +57,7 @@ pub fn shared_data_dir() -> &'static Path {
         let dir = std::env::temp_dir().join(format!("cabin-test-data-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        remove_at_exit(dir.clone());
         dir
     })
 }
