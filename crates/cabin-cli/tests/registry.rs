@@ -488,3 +488,144 @@ fn login_saves_checked_credentials_that_pull_and_push_use() {
         "after logout the pull is refused again"
     );
 }
+
+/// A proxy in front of the registry that misbehaves on purpose: the first manifest
+/// request gets a 503, and the first GET of `cut_blob` is cut off after half its body.
+/// Every request it forwards is recorded (request line, and "range" when it asks for
+/// one). Each connection carries one request (it adds `Connection: close`), so every
+/// request passes through its eyes.
+fn fault_proxy(
+    upstream: String,
+    cut_blob: String,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let events = Arc::new(Mutex::new(Vec::<String>::new()));
+    let state = Arc::new(Mutex::new((false, false))); // (503 sent, blob cut)
+    let ev = events.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let (upstream, cut_blob, ev, state) = (
+                upstream.clone(),
+                cut_blob.clone(),
+                ev.clone(),
+                state.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut client = conn;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
+                    if client.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let first = text.lines().next().unwrap_or("").to_string();
+                let has_range = text.to_lowercase().contains("\r\nrange:");
+                {
+                    let mut st = state.lock().unwrap();
+                    if first.contains("/manifests/") && !st.0 {
+                        st.0 = true;
+                        ev.lock().unwrap().push("503".into());
+                        let _ = client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                        return;
+                    }
+                }
+                ev.lock()
+                    .unwrap()
+                    .push(format!("{first}{}", if has_range { " range" } else { "" }));
+                let mut rewritten: String = text
+                    .trim_end_matches("\r\n")
+                    .split("\r\n")
+                    .filter(|l| !l.to_lowercase().starts_with("connection:"))
+                    .map(|l| format!("{l}\r\n"))
+                    .collect();
+                rewritten.push_str("Connection: close\r\n\r\n");
+                let Ok(mut up) = std::net::TcpStream::connect(&upstream) else {
+                    return;
+                };
+                let _ = up.write_all(rewritten.as_bytes());
+                let cut = first.starts_with("GET") && first.contains(&cut_blob) && {
+                    let mut st = state.lock().unwrap();
+                    let cut_now = !st.1;
+                    st.1 = true;
+                    cut_now
+                };
+                if cut {
+                    let mut resp = Vec::new();
+                    let _ = up.read_to_end(&mut resp);
+                    let body_at = resp
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map(|p| p + 4)
+                        .unwrap_or(0);
+                    let half = body_at + (resp.len() - body_at) / 2;
+                    let _ = client.write_all(&resp[..half]);
+                    ev.lock().unwrap().push("cut".into());
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+                let _ = std::io::copy(&mut up, &mut client);
+            });
+        }
+    });
+    (addr, events)
+}
+
+#[test]
+fn a_503_and_a_connection_cut_mid_blob_are_retried_and_resumed() {
+    let reg = registry();
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let (layout, digest) = busybox_layout(d, "faulty", false);
+    skopeo_copy(
+        &layout,
+        "faulty",
+        &format!("{}/cabin/faulty:1", reg.addr),
+        &[],
+    );
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap(),
+    )
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (proxy, events) = fault_proxy(reg.addr.clone(), layer.clone());
+    let o = image_cmd(d, &["pull", &format!("{proxy}/cabin/faulty:1")]);
+    assert!(
+        o.status.success(),
+        "{}\nproxy saw: {:?}",
+        stderr(&o),
+        events.lock().unwrap()
+    );
+    let seen = events.lock().unwrap().clone();
+    let refused = seen
+        .iter()
+        .position(|e| e == "503")
+        .expect("a 503 was served");
+    assert!(
+        seen[refused..].iter().any(|e| e.contains("/manifests/1")),
+        "the manifest was asked for again after the 503: {seen:?}"
+    );
+    assert!(seen.iter().any(|e| e == "cut"), "{seen:?}");
+    let gets: Vec<&String> = seen
+        .iter()
+        .filter(|e| e.starts_with("GET") && e.contains(&layer))
+        .collect();
+    assert!(
+        gets.len() >= 2,
+        "the cut blob was asked for again: {seen:?}"
+    );
+    assert!(
+        gets.last().unwrap().ends_with(" range"),
+        "and resumed with a Range request: {seen:?}"
+    );
+    let full = std::fs::read(layout.join("blobs/sha256").join(&layer[7..])).unwrap();
+    assert_eq!(std::fs::read(blob(d, &layer)).unwrap(), full);
+}

@@ -29,16 +29,47 @@ const ACCEPTED: &[&str] = &[
 pub type PullOptions = RegistryOptions;
 
 /// Fetches a manifest and checks that its bytes hash to the digest it is known by.
+/// Transient failures are retried (with back-off): a server error, rate limiting, a
+/// connection that failed or broke.
+fn is_transient(message: &str) -> bool {
+    let m = message.to_lowercase();
+    [
+        "500",
+        "502",
+        "503",
+        "504",
+        "429",
+        "toomanyrequests",
+        "connect",
+        "timed out",
+        "sending request",
+        "reset",
+        "broken pipe",
+        "unexpected eof",
+        "decoding response body",
+    ]
+    .iter()
+    .any(|t| m.contains(t))
+}
+
 async fn fetch_manifest(
     client: &Client,
     r: &Reference,
     auth: &RegistryAuth,
     name: &str,
+    retries: u32,
 ) -> Result<(Vec<u8>, String), ImageError> {
-    let (bytes, digest) = client
-        .pull_manifest_raw(r, auth, ACCEPTED)
-        .await
-        .map_err(|e| registry_error(name, e))?;
+    let mut attempt = 0;
+    let (bytes, digest) = loop {
+        match client.pull_manifest_raw(r, auth, ACCEPTED).await {
+            Ok(v) => break v,
+            Err(e) if attempt < retries && is_transient(&e.to_string()) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(250 << (attempt - 1).min(5))).await;
+            }
+            Err(e) => return Err(registry_error(name, e)),
+        }
+    };
     if bytes.len() > MAX_MANIFEST_BYTES {
         return Err(registry_error(name, "manifest larger than 4 MiB"));
     }
@@ -118,8 +149,8 @@ async fn fetch_blob(
                 Ok(oci_client::client::BlobResponse::Partial(s)) => (s, true),
                 Err(e) => {
                     last_error = e.to_string();
-                    if last_error.contains("404") || last_error.contains("BLOB_UNKNOWN") {
-                        break; // not transient
+                    if !is_transient(&last_error) {
+                        break;
                     }
                     continue;
                 }
@@ -205,7 +236,7 @@ pub async fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<
     let client = client_for(&r, opts.insecure);
     let auth = auth_of(opts);
 
-    let (mut bytes, mut digest) = fetch_manifest(&client, &r, &auth, &name).await?;
+    let (mut bytes, mut digest) = fetch_manifest(&client, &r, &auth, &name, opts.retries).await?;
     let kind: Value = serde_json::from_slice(&bytes).map_err(|e| ImageError::Invalid {
         image: name.clone(),
         what: "manifest",
@@ -215,7 +246,7 @@ pub async fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<
         let chosen = choose_platform(&bytes, &name)?;
         digest_hex(&chosen)?;
         let by_digest = r.clone_with_digest(chosen);
-        (bytes, digest) = fetch_manifest(&client, &by_digest, &auth, &name).await?;
+        (bytes, digest) = fetch_manifest(&client, &by_digest, &auth, &name, opts.retries).await?;
     }
     let manifest: ImageManifest =
         serde_json::from_slice(&bytes).map_err(|e| ImageError::Invalid {
@@ -261,6 +292,15 @@ pub async fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transient_errors_are_told_from_final_ones() {
+        assert!(is_transient("Server error: 503 Service Unavailable"));
+        assert!(is_transient("error sending request for url (http://x)"));
+        assert!(is_transient("toomanyrequests: slow down"));
+        assert!(!is_transient("Not authorized: url http://x"));
+        assert!(!is_transient("manifest unknown"));
+    }
 
     #[test]
     fn index_selection_picks_linux_amd64_or_says_what_there_is() {
