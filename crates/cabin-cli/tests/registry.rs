@@ -629,3 +629,93 @@ fn a_503_and_a_connection_cut_mid_blob_are_retried_and_resumed() {
     let full = std::fs::read(layout.join("blobs/sha256").join(&layer[7..])).unwrap();
     assert_eq!(std::fs::read(blob(d, &layer)).unwrap(), full);
 }
+
+#[test]
+fn a_full_disk_during_pull_is_clear_and_a_retry_after_making_room_succeeds() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let reg = registry();
+    let work = tempfile::tempdir().unwrap();
+    // An image with 24 MB that does not compress.
+    let rootfs = work.path().join("rootfs");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(busybox_rootfs())
+        .arg(&rootfs)
+        .status()
+        .unwrap()
+        .success());
+    let mut noise = vec![0u8; 24 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(rootfs.join("noise"), &noise).unwrap();
+    let builder = work.path().join("builder");
+    let o = image_cmd(&builder, &["import", rootfs.to_str().unwrap(), "big:1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reference = format!("{}/cabin/big:1", reg.addr);
+    assert!(image_cmd(&builder, &["push", "big:1", &reference])
+        .status
+        .success());
+
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mount = |opts: &str| {
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(&data)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    mount("size=8m");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(data.clone());
+    let o = image_cmd(&data, &["pull", &reference]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("No space left on device"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("run the same command again"),
+        "{}",
+        stderr(&o)
+    );
+    let o = image_cmd(&data, &["ls", "-q"]);
+    assert_eq!(stdout(&o), "", "nothing named after a failed pull");
+    let blobs: Vec<_> = std::fs::read_dir(data.join("images/blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .collect();
+    for b in &blobs {
+        let name = format!("sha256:{}", b.file_name().to_string_lossy());
+        let bytes = std::fs::read(b.path()).unwrap();
+        assert_eq!(
+            format!("sha256:{}", sha256_hex(&bytes)),
+            name,
+            "every stored blob is whole"
+        );
+    }
+    // Room is made; the same command now succeeds (and resumes what it had).
+    let st = Command::new("mount")
+        .args(["-o", "remount,size=200m"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = image_cmd(&data, &["pull", &reference]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

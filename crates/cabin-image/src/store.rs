@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("image store {path}: {source}")]
+    #[error("image store {path}: {source}{}", no_space_hint(.source))]
     Io { path: PathBuf, source: io::Error },
     #[error("invalid digest {0:?}: expected sha256:<64 hex digits>")]
     BadDigest(String),
@@ -30,6 +30,14 @@ pub enum StoreError {
     TooLarge { digest: String, limit: u64 },
     #[error("the image store's name index {0} is corrupt: {1}; remove it to start over (the blobs stay)")]
     CorruptRefs(PathBuf, String),
+}
+
+fn no_space_hint(e: &io::Error) -> &'static str {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        "; free some space (or point CABIN_DATA_DIR elsewhere) and run the same command again: it resumes"
+    } else {
+        ""
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
