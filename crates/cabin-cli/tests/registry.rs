@@ -182,6 +182,18 @@ fn busybox_layout(data: &Path, tag: &str, multi: bool) -> (PathBuf, String) {
     (layout, digest)
 }
 
+/// The digest of the first layer of the manifest `digest` in an OCI layout.
+fn first_layer(layout: &Path, digest: &str) -> String {
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap(),
+    )
+    .unwrap();
+    manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     use std::io::Write;
     let mut c = Command::new("sha256sum")
@@ -270,14 +282,7 @@ fn an_interrupted_download_resumes_with_a_range_request() {
     let (layout, digest) = busybox_layout(d, "resume", false);
     let reference = format!("{}/cabin/resume:1", reg.addr);
     skopeo_copy(&layout, "resume", &reference, &[]);
-    let manifest: Value = serde_json::from_slice(
-        &std::fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap(),
-    )
-    .unwrap();
-    let layer = manifest["layers"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let layer = first_layer(&layout, &digest);
     let full = std::fs::read(layout.join("blobs/sha256").join(&layer[7..])).unwrap();
     // What an interrupted pull leaves: the first half of the layer.
     let half = full.len() / 2;
@@ -329,14 +334,7 @@ fn registry_faults_are_clear_and_store_nothing() {
     let (layout, digest) = busybox_layout(d, "corrupt", false);
     let reference = format!("{}/cabin/corrupt:1", reg.addr);
     skopeo_copy(&layout, "corrupt", &reference, &[]);
-    let manifest: Value = serde_json::from_slice(
-        &std::fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap(),
-    )
-    .unwrap();
-    let layer = manifest["layers"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let layer = first_layer(&layout, &digest);
     let stored = reg
         .storage
         .join("docker/registry/v2/blobs/sha256")
@@ -588,14 +586,7 @@ fn a_503_and_a_connection_cut_mid_blob_are_retried_and_resumed() {
         &format!("{}/cabin/faulty:1", reg.addr),
         &[],
     );
-    let manifest: Value = serde_json::from_slice(
-        &std::fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap(),
-    )
-    .unwrap();
-    let layer = manifest["layers"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let layer = first_layer(&layout, &digest);
     let (proxy, events) = fault_proxy(reg.addr.clone(), layer.clone());
     let o = image_cmd(d, &["pull", &format!("{proxy}/cabin/faulty:1")]);
     assert!(

@@ -390,34 +390,13 @@ fn ram_staging_base(estimate: u64) -> Option<PathBuf> {
     (estimate < available_kib * 1024 / 4 && shm.is_dir()).then_some(shm)
 }
 
-/// Removes staging directories of cabins that were killed while unpacking.
-fn remove_stale_staging(base: &Path) {
-    let Ok(entries) = fs::read_dir(base) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("cabin-unpack-")) else {
-            continue;
-        };
-        let pid = rest
-            .split('-')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        if !rootfs::is_process_alive(pid) {
-            let _ = fs::remove_dir_all(e.path());
-        }
-    }
-}
-
 fn unpack_and_build(
     store: &Store,
     image: &Image,
     base: &Path,
     disk: &Path,
 ) -> Result<(), ImageError> {
-    remove_stale_staging(base);
+    rootfs::remove_abandoned(base, "cabin-unpack-");
     let staging = base.join(format!(
         "cabin-unpack-{}-{}",
         std::process::id(),

@@ -132,21 +132,22 @@ fn free_bytes(dir: &Path) -> io::Result<u64> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-pub(crate) fn is_process_alive(pid: i32) -> bool {
+fn is_process_alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks for existence.
     pid > 0
         && (unsafe { libc::kill(pid, 0) } == 0
             || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
-/// Removes half-built images left by a cabin that was killed while building.
-fn remove_stale_builds(cache: &Path) {
-    let Ok(entries) = fs::read_dir(cache) else {
+/// Removes what killed cabins left in `dir`: entries named `<prefix><pid>-...` whose
+/// process is gone (half-built images, staging directories).
+pub(crate) fn remove_abandoned(dir: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(".building-")) else {
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
             continue;
         };
         let pid = rest
@@ -155,7 +156,12 @@ fn remove_stale_builds(cache: &Path) {
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
         if !is_process_alive(pid) {
-            let _ = fs::remove_file(e.path());
+            let path = e.path();
+            let _ = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
         }
     }
 }
@@ -204,7 +210,7 @@ fn build_into(dir: &Path, summary: &TreeSummary, dest: &Path) -> Result<(), Root
         source,
     };
     fs::create_dir_all(cache).map_err(cache_err)?;
-    remove_stale_builds(cache);
+    remove_abandoned(cache, ".building-");
 
     // ext4 metadata, slack for small files, then the container's own headroom (sparse).
     let content = summary.bytes + summary.bytes / 4 + (summary.inodes * 256) + (16 << 20);
