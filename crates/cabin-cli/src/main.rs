@@ -57,6 +57,12 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum SystemCommand {
+    /// Disk space used by images, image disks, partial downloads, running VMs.
+    Df {
+        /// Output format: table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
     /// What cabin found on this host: QEMU, the accelerator and why, the guest kernel.
     Info {
         /// Output format: text or json.
@@ -115,10 +121,42 @@ fn main() {
             Command::System {
                 command: SystemCommand::Info { format },
             } => system_info(&format),
+            Command::System {
+                command: SystemCommand::Df { format },
+            } => system_df(&format),
         }
     });
     // Exit without waiting for a blocking stdin read to finish.
     std::process::exit(code);
+}
+
+fn system_df(format: &str) -> i32 {
+    let usage = cabin_runtime::system::disk_usage(&Paths::from_env());
+    match format {
+        "json" => {
+            let v: Vec<_> = usage
+                .iter()
+                .map(|u| serde_json::json!({"type": u.what, "count": u.count, "bytes": u.bytes}))
+                .collect();
+            println!("{}", serde_json::Value::Array(v));
+        }
+        "table" => {
+            println!("{:<26} {:>6} {:>12}", "TYPE", "COUNT", "SIZE");
+            for u in usage {
+                println!(
+                    "{:<26} {:>6} {:>9.1} MB",
+                    u.what,
+                    u.count,
+                    u.bytes as f64 / 1e6
+                );
+            }
+        }
+        other => {
+            eprintln!("cabin: unknown format {other:?}: use table or json");
+            return 125;
+        }
+    }
+    0
 }
 
 fn system_info(format: &str) -> i32 {

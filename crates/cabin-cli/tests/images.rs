@@ -82,6 +82,28 @@ fn an_imported_image_runs_by_name_with_its_defaults_and_is_unpacked_once() {
         stderr(&o)
     );
 
+    // system df counts the image and its disk.
+    let o = cabin_in(d)
+        .args(["system", "df", "--format", "json"])
+        .output()
+        .unwrap();
+    let usage: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = |t: &str| {
+        usage
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["type"] == t)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row("images (names)")["count"], 1);
+    assert!(
+        row("images (names)")["bytes"].as_u64().unwrap() > 500_000,
+        "{usage}"
+    );
+    assert_eq!(row("image disks")["count"], 1);
+
     // --entrypoint replaces the image's entrypoint and drops its Cmd.
     let o = run_image(
         d,

@@ -43,3 +43,76 @@ pub fn info(paths: &Paths, accel: AccelRequest) -> Info {
     out.push(("data directory", paths.data.display().to_string()));
     Info(out)
 }
+
+/// One line of `cabin system df`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    pub what: &'static str,
+    pub count: u64,
+    /// Bytes allocated on disk (sparse files count what they use).
+    pub bytes: u64,
+}
+
+fn allocated(path: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return (0, 0);
+    };
+    if !meta.is_dir() {
+        return (1, meta.blocks() * 512);
+    }
+    let mut total = (0, meta.blocks() * 512);
+    for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
+        let (n, b) = allocated(&e.path());
+        total.0 += n;
+        total.1 += b;
+    }
+    total
+}
+
+fn entries(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|d| d.count() as u64)
+        .unwrap_or(0)
+}
+
+/// What cabin's data directory holds, by kind.
+pub fn disk_usage(paths: &Paths) -> Vec<Usage> {
+    let images = paths.image_store();
+    let names = cabin_image::store::Store::open(&images)
+        .and_then(|s| s.refs())
+        .map(|r| r.len() as u64)
+        .unwrap_or(0);
+    vec![
+        Usage {
+            what: "images (names)",
+            count: names,
+            bytes: allocated(&images.join("blobs")).1,
+        },
+        Usage {
+            what: "image disks",
+            count: entries(&images.join("disks")),
+            bytes: allocated(&images.join("disks")).1,
+        },
+        Usage {
+            what: "partial downloads",
+            count: entries(&images.join("ingest")),
+            bytes: allocated(&images.join("ingest")).1,
+        },
+        Usage {
+            what: "rootfs directory disks",
+            count: entries(&paths.rootfs_cache()),
+            bytes: allocated(&paths.rootfs_cache()).1,
+        },
+        Usage {
+            what: "running VMs",
+            count: entries(&paths.run_root()),
+            bytes: allocated(&paths.run_root()).1,
+        },
+        Usage {
+            what: "initramfs",
+            count: entries(&paths.initramfs_cache()),
+            bytes: allocated(&paths.initramfs_cache()).1,
+        },
+    ]
+}
