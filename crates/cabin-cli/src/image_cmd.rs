@@ -190,6 +190,7 @@ async fn execute(cmd: ImageCommand) -> Result<(), String> {
                 PullOptions {
                     insecure,
                     parallel,
+                    progress: crate::progress::hook(),
                     ..Default::default()
                 },
             )?;
@@ -228,6 +229,7 @@ async fn execute(cmd: ImageCommand) -> Result<(), String> {
                 PullOptions {
                     insecure,
                     parallel,
+                    progress: crate::progress::hook(),
                     ..Default::default()
                 },
             )?;

@@ -1,6 +1,7 @@
 //! `cabin`: containers in lightweight VMs. A thin command-line layer over cabin-runtime.
 
 mod image_cmd;
+mod progress;
 mod run;
 mod sizes;
 mod terminal;

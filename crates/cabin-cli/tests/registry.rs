@@ -710,3 +710,65 @@ fn a_full_disk_during_pull_is_clear_and_a_retry_after_making_room_succeeds() {
     let o = image_cmd(&data, &["pull", &reference]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn pull_shows_progress_bars_on_a_terminal_and_nothing_when_piped() {
+    let reg = registry();
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let (layout, digest) = busybox_layout(d, "bars", false);
+    let reference = format!("{}/cabin/bars:1", reg.addr);
+    skopeo_copy(&layout, "bars", &reference, &[]);
+    let layer = first_layer(&layout, &digest);
+
+    let o = image_cmd(d, &["pull", &reference]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains('\x1b') && !stderr(&o).contains('\r'),
+        "no terminal codes when piped: {:?}",
+        stderr(&o)
+    );
+
+    // In a real terminal: one bar per blob, named by its short digest, full at the end.
+    let term = tempfile::tempdir().unwrap();
+    let socket = format!("cabin-bars-{}", std::process::id());
+    let cmd = format!(
+        "env CABIN_DATA_DIR={} {} image pull {reference}; echo PULL-DONE; sleep 30",
+        term.path().display(),
+        env!("CARGO_BIN_EXE_cabin")
+    );
+    let tmux = |args: &[&str]| {
+        let o = Command::new("tmux")
+            .arg("-L")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "bars",
+        "-x",
+        "150",
+        "-y",
+        "20",
+        &cmd,
+    ]);
+    wait_for("the pull to finish", Duration::from_secs(30), || {
+        tmux(&["capture-pane", "-p", "-t", "bars"]).contains("PULL-DONE")
+    });
+    let screen = tmux(&["capture-pane", "-p", "-t", "bars"]);
+    tmux(&["kill-server"]);
+    let short = &layer[7..19];
+    let line = screen
+        .lines()
+        .find(|l| l.starts_with(short))
+        .unwrap_or_else(|| panic!("no bar for {short}:\n{screen}"));
+    assert!(
+        line.contains("[=============================="),
+        "a full bar: {line}"
+    );
+}

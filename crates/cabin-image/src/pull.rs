@@ -117,10 +117,13 @@ async fn fetch_blob(
     store: &Store,
     digest: &str,
     size: u64,
-    retries: u32,
+    opts: &PullOptions,
     name: &str,
 ) -> Result<(), ImageError> {
+    let (retries, progress) = (opts.retries, &opts.progress);
     if store.has_blob(digest) {
+        progress.start(digest, size, size);
+        progress.finish(digest);
         return Ok(());
     }
     digest_hex(digest)?;
@@ -135,6 +138,7 @@ async fn fetch_blob(
             let _ = std::fs::remove_file(&partial);
             continue;
         }
+        progress.start(digest, size, have);
         if have < size || size == 0 {
             let response = if have > 0 {
                 client.pull_blob_stream_partial(r, digest, have, None).await
@@ -193,6 +197,7 @@ async fn fetch_blob(
                             }
                             .into());
                         }
+                        progress.advance(digest, bytes.len() as u64);
                     }
                     Err(e) => {
                         // The bytes so far stay: the next attempt resumes after them.
@@ -211,7 +216,10 @@ async fn fetch_blob(
             }
         }
         return match store.commit_file(&partial, digest) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                progress.finish(digest);
+                Ok(())
+            }
             Err(StoreError::DigestMismatch { expected, actual }) => Err(ImageError::Registry {
                 image: name.to_string(),
                 detail: format!(
@@ -276,7 +284,7 @@ pub async fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<
     futures::stream::iter(
         blobs
             .iter()
-            .map(|(d, size)| fetch_blob(&client, &r, store, d, *size, opts.retries, &name)),
+            .map(|(d, size)| fetch_blob(&client, &r, store, d, *size, opts, &name)),
     )
     .buffer_unordered(parallel)
     .try_collect::<Vec<()>>()

@@ -9,7 +9,7 @@ use oci_client::{Client, Reference, RegistryOperation};
 use serde_json::Value;
 
 use crate::image::{self, ImageError};
-use crate::registry::{auth_of, client_for, registry_error, RegistryOptions};
+use crate::registry::{auth_of, client_for, registry_error, ProgressHook, RegistryOptions};
 use crate::store::Store;
 
 const CHUNK: usize = 1 << 20;
@@ -27,14 +27,21 @@ async fn push_blob(
     store: &Store,
     digest: &str,
     name: &str,
+    progress: &ProgressHook,
 ) -> Result<bool, ImageError> {
+    let total = std::fs::metadata(store.blob_path(digest)?)
+        .map(|m| m.len())
+        .unwrap_or(0);
     if client
         .blob_exists(r, digest)
         .await
         .map_err(|e| registry_error(name, e))?
     {
+        progress.start(digest, total, total);
+        progress.finish(digest);
         return Ok(false);
     }
+    progress.start(digest, total, 0);
     let path = store.blob_path(digest)?;
     let size = std::fs::metadata(&path).map(|m| m.len()).ok();
     let file = std::fs::File::open(&path).map_err(|source| ImageError::Import {
@@ -42,21 +49,27 @@ async fn push_blob(
         source,
     })?;
     // The blob is streamed in chunks, never held whole in memory.
-    let stream = futures::stream::unfold(file, |mut f| async move {
-        let mut buf = vec![0u8; CHUNK];
-        match f.read(&mut buf) {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(bytes::Bytes::from(buf)), f))
+    let (hook, id) = (progress.clone(), digest.to_string());
+    let stream = futures::stream::unfold(file, move |mut f| {
+        let (hook, id) = (hook.clone(), id.clone());
+        async move {
+            let mut buf = vec![0u8; CHUNK];
+            match f.read(&mut buf) {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    hook.advance(&id, n as u64);
+                    Some((Ok(bytes::Bytes::from(buf)), f))
+                }
+                Err(e) => Some((Err(oci_client::errors::OciDistributionError::IoError(e)), f)),
             }
-            Err(e) => Some((Err(oci_client::errors::OciDistributionError::IoError(e)), f)),
         }
     });
     client
         .push_blob_stream(r, stream, digest, size)
         .await
         .map_err(|e| registry_error(name, e))?;
+    progress.finish(digest);
     Ok(true)
 }
 
@@ -81,7 +94,7 @@ pub async fn push(
     let results: Vec<bool> = futures::stream::iter(
         digests
             .iter()
-            .map(|d| push_blob(&client, &r, store, d, destination)),
+            .map(|d| push_blob(&client, &r, store, d, destination, &opts.progress)),
     )
     .buffer_unordered(opts.parallel.max(1))
     .try_collect()

@@ -8,6 +8,46 @@ use oci_client::{Client, Reference};
 
 use crate::image::ImageError;
 
+/// Told about blob transfers, for progress display.
+pub trait Progress: Send + Sync {
+    /// A transfer of `total` bytes begins, `done` of them already in place.
+    fn start(&self, digest: &str, total: u64, done: u64);
+    fn advance(&self, digest: &str, bytes: u64);
+    /// The blob is complete (transferred, or found already there).
+    fn finish(&self, digest: &str);
+}
+
+#[derive(Clone, Default)]
+pub struct ProgressHook(pub Option<std::sync::Arc<dyn Progress>>);
+
+impl std::fmt::Debug for ProgressHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "ProgressHook(on)"
+        } else {
+            "ProgressHook(off)"
+        })
+    }
+}
+
+impl ProgressHook {
+    pub fn start(&self, digest: &str, total: u64, done: u64) {
+        if let Some(p) = &self.0 {
+            p.start(digest, total, done);
+        }
+    }
+    pub fn advance(&self, digest: &str, bytes: u64) {
+        if let Some(p) = &self.0 {
+            p.advance(digest, bytes);
+        }
+    }
+    pub fn finish(&self, digest: &str) {
+        if let Some(p) = &self.0 {
+            p.finish(digest);
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RegistryOptions {
     /// Plain HTTP for this registry (always allowed for localhost and 127.0.0.0/8).
@@ -18,6 +58,7 @@ pub struct RegistryOptions {
     pub retries: u32,
     /// Username and password for this registry (from `cabin login`).
     pub auth: Option<(String, String)>,
+    pub progress: ProgressHook,
 }
 
 impl Default for RegistryOptions {
@@ -27,6 +68,7 @@ impl Default for RegistryOptions {
             parallel: 4,
             retries: 4,
             auth: None,
+            progress: ProgressHook::default(),
         }
     }
 }
