@@ -355,28 +355,33 @@ pub fn ensure_disk(store: &Store, image: &Image) -> Result<(PathBuf, bool), Imag
         return Ok((disk, false));
     }
     // Unpacking is metadata-heavy: a RAM-backed staging directory is several times
-    // faster than most disks, so it is used when the image comfortably fits in memory;
-    // otherwise, or if it fills up, the store's own disk is used.
+    // faster than most disks, so it is used when the image comfortably fits in memory,
+    // with a byte budget (a small image can decompress to anything); when the budget or
+    // the tmpfs runs out, the store's own disk is used.
     let compressed: u64 = image.manifest.layers().iter().map(|l| l.size()).sum();
-    if let Some(shm) = ram_staging_base(compressed.saturating_mul(4)) {
-        match unpack_and_build(store, image, &shm, &disk) {
-            Err(ImageError::Layer { source, .. }) if is_no_space(&source) => {}
+    if let Some((shm, budget)) = ram_staging_base(compressed.saturating_mul(4)) {
+        match unpack_and_build(store, image, &shm, &disk, budget) {
+            Err(ImageError::Layer { source, .. }) if outgrew_ram(&source) => {}
             r => return r.map(|()| (disk, true)),
         }
     }
-    unpack_and_build(store, image, &store.tmp_dir(), &disk).map(|()| (disk, true))
+    let limit = Limits::default().max_bytes;
+    unpack_and_build(store, image, &store.tmp_dir(), &disk, limit).map(|()| (disk, true))
 }
 
-fn is_no_space(e: &LayerError) -> bool {
-    let raw = match e {
-        LayerError::Entry { source, .. } | LayerError::Io(source) => source.raw_os_error(),
-        _ => None,
-    };
-    raw == Some(libc::ENOSPC)
+fn outgrew_ram(e: &LayerError) -> bool {
+    match e {
+        LayerError::TooBig(_) => true,
+        LayerError::Entry { source, .. } | LayerError::Io(source) => {
+            source.raw_os_error() == Some(libc::ENOSPC)
+        }
+        _ => false,
+    }
 }
 
-/// /dev/shm when `estimate` bytes fit in a quarter of the memory available now.
-fn ram_staging_base(estimate: u64) -> Option<PathBuf> {
+/// /dev/shm and a byte budget (a quarter of the memory available now) when `estimate`
+/// bytes fit in that budget.
+fn ram_staging_base(estimate: u64) -> Option<(PathBuf, u64)> {
     let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
     let available_kib: u64 = meminfo
         .lines()
@@ -387,7 +392,8 @@ fn ram_staging_base(estimate: u64) -> Option<PathBuf> {
         .parse()
         .ok()?;
     let shm = PathBuf::from("/dev/shm");
-    (estimate < available_kib * 1024 / 4 && shm.is_dir()).then_some(shm)
+    let budget = available_kib * 1024 / 4;
+    (estimate < budget && shm.is_dir()).then_some((shm, budget))
 }
 
 fn unpack_and_build(
@@ -395,6 +401,7 @@ fn unpack_and_build(
     image: &Image,
     base: &Path,
     disk: &Path,
+    budget: u64,
 ) -> Result<(), ImageError> {
     rootfs::remove_abandoned(base, "cabin-unpack-");
     let staging = base.join(format!(
@@ -410,18 +417,24 @@ fn unpack_and_build(
         // Each layer's uncompressed content must be what the config records (diff_ids);
         // load() has checked there is one per layer.
         let diff_ids = image.config.rootfs().diff_ids();
+        let mut left = budget;
         for (desc, diff_id) in image.manifest.layers().iter().zip(diff_ids) {
             let digest = desc.digest().to_string();
             let path = store.blob_path(&digest)?;
             if !path.is_file() {
                 return Err(StoreError::MissingBlob(digest).into());
             }
-            layer::apply_layer_checked(&staging, &path, Limits::default(), Some(diff_id)).map_err(
+            let limits = Limits {
+                max_bytes: left,
+                ..Limits::default()
+            };
+            let used = layer::apply_layer_checked(&staging, &path, limits, Some(diff_id)).map_err(
                 |source| ImageError::Layer {
                     image: image.reference.clone(),
                     source,
                 },
             )?;
+            left = left.saturating_sub(used);
         }
         rootfs::build_image(&staging, disk)?;
         Ok(())
@@ -516,6 +529,34 @@ mod tests {
         ] {
             assert!(normalize_reference(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_staging_budget_stops_an_image_that_outgrows_it() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path().join("store")).unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        // 4 MB of zeros: a few KB compressed, so only the budget can stop it.
+        fs::write(src.join("zeros"), vec![0u8; 4 << 20]).unwrap();
+        let img = import(&store, &src, "budget:1", &ImportConfig::default()).unwrap();
+        let compressed: u64 = img.manifest.layers().iter().map(|l| l.size()).sum();
+        assert!(compressed < 64 << 10, "{compressed}");
+        let staging = t.path().join("staging");
+        fs::create_dir_all(&staging).unwrap();
+        let disk = t.path().join("disk.ext4");
+        match unpack_and_build(&store, &img, &staging, &disk, 1 << 20) {
+            Err(ImageError::Layer { source, .. }) => assert!(outgrew_ram(&source), "{source}"),
+            other => panic!("expected the budget to stop it, got {other:?}"),
+        }
+        assert!(!disk.exists());
+        assert_eq!(
+            fs::read_dir(&staging).unwrap().count(),
+            0,
+            "staging removed"
+        );
+        unpack_and_build(&store, &img, &staging, &disk, 64 << 20).unwrap();
+        assert!(disk.is_file());
     }
 
     #[test]

@@ -404,17 +404,17 @@ impl Applier {
 /// Applies one layer file (tar, gzip- or zstd-compressed tar: told apart by content, not
 /// by the media type a registry claims) on top of `root`.
 pub fn apply_layer(root: &Path, layer: &Path, limits: Limits) -> Result<(), LayerError> {
-    apply_layer_checked(root, layer, limits, None)
+    apply_layer_checked(root, layer, limits, None).map(|_| ())
 }
 
 /// As [`apply_layer`], and the uncompressed content must hash to `diff_id` (the image
-/// config's record of it).
+/// config's record of it). Returns the uncompressed size.
 pub fn apply_layer_checked(
     root: &Path,
     layer: &Path,
     limits: Limits,
     diff_id: Option<&str>,
-) -> Result<(), LayerError> {
+) -> Result<u64, LayerError> {
     let mut f = BufReader::new(File::open(layer)?);
     let mut magic = [0u8; 4];
     let mut n = 0;
@@ -433,13 +433,13 @@ pub fn apply_layer_checked(
     } else {
         Box::new(head)
     };
-    let actual = apply_tar(root, reader, limits)?;
+    let (actual, bytes) = apply_tar(root, reader, limits)?;
     match diff_id {
         Some(expected) if expected != actual => Err(LayerError::DiffIdMismatch {
             expected: expected.to_string(),
             actual,
         }),
-        _ => Ok(()),
+        _ => Ok(bytes),
     }
 }
 
@@ -464,8 +464,13 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-/// Applies a tar stream; returns the digest of everything read ("sha256:<hex>").
-pub fn apply_tar(root: &Path, reader: impl Read, limits: Limits) -> Result<String, LayerError> {
+/// Applies a tar stream; returns the digest of everything read ("sha256:<hex>") and its
+/// size.
+pub fn apply_tar(
+    root: &Path,
+    reader: impl Read,
+    limits: Limits,
+) -> Result<(String, u64), LayerError> {
     let root_fd: OwnedFd = File::open(root)?.into();
     let mut applier = Applier {
         root: root_fd,
@@ -513,9 +518,10 @@ pub fn apply_tar(root: &Path, reader: impl Read, limits: Limits) -> Result<Strin
         }
     })?;
     use sha2::Digest;
-    Ok(format!(
-        "sha256:{}",
-        crate::store::hex(&rest.hasher.finalize())
+    let size = rest.count;
+    Ok((
+        format!("sha256:{}", crate::store::hex(&rest.hasher.finalize())),
+        size,
     ))
 }
 
