@@ -496,6 +496,17 @@ fn fault_proxy(
     upstream: String,
     cut_blob: String,
 ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    misbehaving_proxy(upstream, cut_blob, "flaky")
+}
+
+/// The proxy behind [`fault_proxy`]; `mode` "flaky" is the 503-then-cut behaviour,
+/// "429"/"403" answer every manifest request with that status, "garbage" answers it
+/// with a body that is not JSON (and no digest header to give it away).
+fn misbehaving_proxy(
+    upstream: String,
+    cut_blob: String,
+    mode: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{Read, Write};
     use std::sync::{Arc, Mutex};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -524,12 +535,21 @@ fn fault_proxy(
                 let text = String::from_utf8_lossy(&head).to_string();
                 let first = text.lines().next().unwrap_or("").to_string();
                 let has_range = text.to_lowercase().contains("\r\nrange:");
-                {
-                    let mut st = state.lock().unwrap();
-                    if first.contains("/manifests/") && !st.0 {
-                        st.0 = true;
-                        ev.lock().unwrap().push("503".into());
-                        let _ = client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                if first.contains("/manifests/") {
+                    let answer: Option<(&str, &str)> = match mode {
+                        "429" => Some(("429", "HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")),
+                        "403" => Some(("403", "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")),
+                        "garbage" => Some(("garbage", "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{not json")),
+                        _ => {
+                            let mut st = state.lock().unwrap();
+                            let first_time = !st.0;
+                            st.0 = true;
+                            first_time.then_some(("503", "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+                        }
+                    };
+                    if let Some((event, response)) = answer {
+                        ev.lock().unwrap().push(event.into());
+                        let _ = client.write_all(response.as_bytes());
                         return;
                     }
                 }
@@ -771,4 +791,35 @@ fn pull_shows_progress_bars_on_a_terminal_and_nothing_when_piped() {
         line.contains("[=============================="),
         "a full bar: {line}"
     );
+}
+
+#[test]
+fn rate_limits_refusals_and_garbage_manifests_are_clear_errors() {
+    let reg = registry();
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let (layout, _) = busybox_layout(d, "misbehave", false);
+    skopeo_copy(
+        &layout,
+        "misbehave",
+        &format!("{}/cabin/misbehave:1", reg.addr),
+        &[],
+    );
+    for (mode, expected) in [
+        ("429", "rate-limiting"),
+        ("403", "wants credentials"),
+        ("garbage", "invalid manifest: not JSON"),
+    ] {
+        let (proxy, events) = misbehaving_proxy(reg.addr.clone(), String::new(), mode);
+        let o = image_cmd(d, &["pull", &format!("{proxy}/cabin/misbehave:1")]);
+        assert_eq!(o.status.code(), Some(1), "{mode}");
+        assert!(stderr(&o).contains(expected), "{mode}: {}", stderr(&o));
+        let answered = events.lock().unwrap().iter().filter(|e| *e == mode).count();
+        if mode == "429" {
+            assert!(answered > 1, "a rate limit is retried before giving up");
+        } else {
+            assert_eq!(answered, 1, "{mode} is final, not retried");
+        }
+        assert_eq!(stdout(&image_cmd(d, &["ls", "-q"])), "", "nothing named");
+    }
 }

@@ -14,8 +14,11 @@ use oci_spec::image::{ImageIndex, ImageManifest};
 use serde_json::Value;
 
 use crate::image::{self, normalize_reference, Image, ImageError};
-use crate::registry::{auth_of, client_for, registry_error, RegistryOptions};
+use crate::registry::{
+    auth_of, classify, client_for, registry_error, registry_failure, Fault, RegistryOptions,
+};
 use crate::store::{digest_hex, sha256_hex, Store, StoreError};
+use oci_client::errors::OciDistributionError;
 
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
 
@@ -29,27 +32,9 @@ const ACCEPTED: &[&str] = &[
 pub type PullOptions = RegistryOptions;
 
 /// Fetches a manifest and checks that its bytes hash to the digest it is known by.
-/// Transient failures are retried (with back-off): a server error, rate limiting, a
-/// connection that failed or broke.
-fn is_transient(message: &str) -> bool {
-    let m = message.to_lowercase();
-    [
-        "500",
-        "502",
-        "503",
-        "504",
-        "429",
-        "toomanyrequests",
-        "connect",
-        "timed out",
-        "sending request",
-        "reset",
-        "broken pipe",
-        "unexpected eof",
-        "decoding response body",
-    ]
-    .iter()
-    .any(|t| m.contains(t))
+/// Transient failures and rate limiting are retried, with back-off.
+fn is_retryable(e: &OciDistributionError) -> bool {
+    matches!(classify(e), Fault::Transient | Fault::RateLimited)
 }
 
 async fn fetch_manifest(
@@ -63,11 +48,11 @@ async fn fetch_manifest(
     let (bytes, digest) = loop {
         match client.pull_manifest_raw(r, auth, ACCEPTED).await {
             Ok(v) => break v,
-            Err(e) if attempt < retries && is_transient(&e.to_string()) => {
+            Err(e) if attempt < retries && is_retryable(&e) => {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(250 << (attempt - 1).min(5))).await;
             }
-            Err(e) => return Err(registry_error(name, e)),
+            Err(e) => return Err(registry_failure(name, &e)),
         }
     };
     if bytes.len() > MAX_MANIFEST_BYTES {
@@ -152,10 +137,10 @@ async fn fetch_blob(
                 Ok(oci_client::client::BlobResponse::Full(s)) => (s, false),
                 Ok(oci_client::client::BlobResponse::Partial(s)) => (s, true),
                 Err(e) => {
-                    last_error = e.to_string();
-                    if !is_transient(&last_error) {
-                        break;
+                    if !is_retryable(&e) {
+                        return Err(registry_failure(name, &e));
                     }
+                    last_error = e.to_string();
                     continue;
                 }
             };
@@ -302,12 +287,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn transient_errors_are_told_from_final_ones() {
-        assert!(is_transient("Server error: 503 Service Unavailable"));
-        assert!(is_transient("error sending request for url (http://x)"));
-        assert!(is_transient("toomanyrequests: slow down"));
-        assert!(!is_transient("Not authorized: url http://x"));
-        assert!(!is_transient("manifest unknown"));
+    fn retries_follow_status_codes_not_text() {
+        let server = |code| OciDistributionError::ServerError {
+            code,
+            url: "http://127.0.0.1:40177/v2/x/manifests/1".into(),
+            message: String::new(),
+        };
+        assert!(is_retryable(&server(503)));
+        assert!(is_retryable(&server(429)));
+        assert!(!is_retryable(&server(404)));
+        assert!(
+            !is_retryable(&server(401)),
+            "a port with 401 in it is no 401"
+        );
+        assert_eq!(classify(&server(403)), Fault::Credentials);
+        assert_eq!(
+            classify(&OciDistributionError::UnauthorizedError {
+                url: "http://127.0.0.1:5000/v2/".into()
+            }),
+            Fault::Credentials
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ use oci_client::{Client, Reference, RegistryOperation};
 use serde_json::Value;
 
 use crate::image::{self, ImageError};
-use crate::registry::{auth_of, client_for, registry_error, ProgressHook, RegistryOptions};
+use crate::registry::{
+    auth_of, client_for, registry_error, registry_failure, ProgressHook, RegistryOptions,
+};
 use crate::store::Store;
 
 const CHUNK: usize = 1 << 20;
@@ -35,7 +37,7 @@ async fn push_blob(
     if client
         .blob_exists(r, digest)
         .await
-        .map_err(|e| registry_error(name, e))?
+        .map_err(|e| registry_failure(name, &e))?
     {
         progress.start(digest, total, total);
         progress.finish(digest);
@@ -68,7 +70,7 @@ async fn push_blob(
     client
         .push_blob_stream(r, stream, digest, size)
         .await
-        .map_err(|e| registry_error(name, e))?;
+        .map_err(|e| registry_failure(name, &e))?;
     progress.finish(digest);
     Ok(true)
 }
@@ -88,7 +90,7 @@ pub async fn push(
     client
         .auth(&r, &auth_of(opts), RegistryOperation::Push)
         .await
-        .map_err(|e| registry_error(destination, e))?;
+        .map_err(|e| registry_failure(destination, &e))?;
     let mut digests = vec![img.manifest.config().digest().to_string()];
     digests.extend(img.manifest.layers().iter().map(|l| l.digest().to_string()));
     let results: Vec<bool> = futures::stream::iter(
@@ -114,7 +116,7 @@ pub async fn push(
     client
         .push_manifest_raw(&r, manifest, content_type)
         .await
-        .map_err(|e| registry_error(destination, e))?;
+        .map_err(|e| registry_failure(destination, &e))?;
     let uploaded = results.iter().filter(|u| **u).count();
     Ok(PushReport {
         manifest_digest: img.manifest_digest,

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
@@ -111,31 +112,77 @@ pub fn auth_of(opts: &RegistryOptions) -> RegistryAuth {
     }
 }
 
-pub fn registry_error(image: &str, e: impl std::fmt::Display) -> ImageError {
-    let msg = e.to_string();
-    let m = msg.to_lowercase();
-    let hint = if m.contains("401")
-        || m.contains("unauthorized")
-        || m.contains("403")
-        || m.contains("denied")
-    {
-        " (the registry wants credentials this pull did not have)"
-    } else if m.contains("404")
-        || m.contains("not found")
-        || m.contains("manifest unknown")
-        || m.contains("name unknown")
-    {
-        " (no such image or tag in the registry)"
-    } else if m.contains("429") || m.contains("toomanyrequests") {
-        " (the registry is rate-limiting; try again later)"
-    } else if m.contains("connect") || m.contains("dns") {
-        " (is the registry reachable? use --insecure for a plain-HTTP registry)"
-    } else {
-        ""
+/// What kind of failure a registry error is, from its status and error codes (never
+/// from its text, which carries URLs whose port numbers look like status codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Credentials,
+    NotFound,
+    RateLimited,
+    /// Worth retrying: a server error, a connection that failed or broke.
+    Transient,
+    Other,
+}
+
+fn by_status(code: u16) -> Fault {
+    match code {
+        401 | 403 => Fault::Credentials,
+        404 => Fault::NotFound,
+        429 => Fault::RateLimited,
+        500..=599 => Fault::Transient,
+        _ => Fault::Other,
+    }
+}
+
+pub fn classify(e: &OciDistributionError) -> Fault {
+    use OciDistributionError as E;
+    match e {
+        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => Fault::Credentials,
+        E::ImageManifestNotFoundError(_) => Fault::NotFound,
+        E::ServerError { code, .. } => by_status(*code),
+        E::RequestError(r) if r.status().is_some() => {
+            by_status(r.status().map(|s| s.as_u16()).unwrap_or(0))
+        }
+        E::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .map(|err| match err.code {
+                OciErrorCode::Unauthorized | OciErrorCode::Denied => Fault::Credentials,
+                OciErrorCode::ManifestUnknown
+                | OciErrorCode::NameUnknown
+                | OciErrorCode::BlobUnknown
+                | OciErrorCode::NotFound => Fault::NotFound,
+                OciErrorCode::Toomanyrequests => Fault::RateLimited,
+                _ => Fault::Other,
+            })
+            .find(|f| *f != Fault::Other)
+            .unwrap_or(Fault::Other),
+        E::RequestError(r) if r.is_connect() || r.is_timeout() || r.is_request() || r.is_body() => {
+            Fault::Transient
+        }
+        E::IoError(_) => Fault::Transient,
+        _ => Fault::Other,
+    }
+}
+
+/// A registry failure as the user sees it, with what it most likely means.
+pub fn registry_failure(image: &str, e: &OciDistributionError) -> ImageError {
+    let hint = match classify(e) {
+        Fault::Credentials => " (the registry wants credentials this pull did not have)",
+        Fault::NotFound => " (no such image or tag in the registry)",
+        Fault::RateLimited => " (the registry is rate-limiting; try again later)",
+        Fault::Transient => {
+            " (is the registry reachable? use --insecure for a plain-HTTP registry)"
+        }
+        Fault::Other => "",
     };
+    registry_error(image, format!("{e}{hint}"))
+}
+
+pub fn registry_error(image: &str, detail: impl std::fmt::Display) -> ImageError {
     ImageError::Registry {
         image: image.to_string(),
-        detail: format!("{msg}{hint}"),
+        detail: detail.to_string(),
     }
 }
 
@@ -152,20 +199,15 @@ pub async fn check_login(registry: &str, opts: &RegistryOptions) -> Result<(), I
         .await
     {
         Ok(_) => Ok(()),
-        Err(e) => {
-            let m = e.to_string().to_lowercase();
-            if m.contains("401") || m.contains("authorized") || m.contains("authentication") {
-                Err(ImageError::Registry {
-                    image: registry.to_string(),
-                    detail: "login failed: the registry refused these credentials".into(),
-                })
-            } else if m.contains("connect") || m.contains("dns") || m.contains("sending request") {
-                Err(registry_error(registry, e))
-            } else {
-                // 404 and friends: the credentials were accepted.
-                Ok(())
-            }
-        }
+        Err(e) => match classify(&e) {
+            Fault::Credentials => Err(registry_error(
+                registry,
+                "login failed: the registry refused these credentials",
+            )),
+            Fault::Transient => Err(registry_failure(registry, &e)),
+            // 404 and friends: the credentials were accepted.
+            _ => Ok(()),
+        },
     }
 }
 
