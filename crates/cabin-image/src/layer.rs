@@ -785,6 +785,37 @@ mod tests {
     }
 
     #[test]
+    fn pax_xattrs_are_applied() {
+        let t = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("SCHILY.xattr.user.cabin", b"kept".as_slice())])
+            .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_path("with-xattr").unwrap();
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        apply(&root, b.into_inner().unwrap()).unwrap();
+        let path = std::ffi::CString::new(root.join("with-xattr").as_os_str().as_bytes()).unwrap();
+        let mut buf = [0u8; 16];
+        // SAFETY: getxattr into our buffer.
+        let n = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                c"user.cabin".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        assert_eq!(n, 4, "{}", io::Error::last_os_error());
+        assert_eq!(&buf[..4], b"kept");
+    }
+
+    #[test]
     fn gzip_and_zstd_layers_are_recognised_by_content() {
         let t = tempfile::tempdir().unwrap();
         let tar = Tar::new().file("hello", 0o644, b"compressed").bytes();
