@@ -99,8 +99,19 @@ fn store() -> Result<Store, String> {
     Store::open(Paths::from_env().image_store()).map_err(|e| e.to_string())
 }
 
-fn with_credentials(reference: &str, opts: PullOptions) -> Result<PullOptions, String> {
+/// Options for a pull or push of `reference`: saved credentials, progress bars.
+fn transfer_options(
+    reference: &str,
+    insecure: bool,
+    parallel: usize,
+) -> Result<PullOptions, String> {
     let creds = Credentials::at(Paths::from_env().credentials());
+    let opts = PullOptions {
+        insecure,
+        parallel,
+        progress: crate::progress::hook(),
+        ..Default::default()
+    };
     options_for(reference, &creds, opts).map_err(|e| format!("reading saved credentials: {e}"))
 }
 
@@ -185,15 +196,7 @@ async fn execute(cmd: ImageCommand) -> Result<(), String> {
             insecure,
             parallel,
         } => {
-            let opts = with_credentials(
-                &reference,
-                PullOptions {
-                    insecure,
-                    parallel,
-                    progress: crate::progress::hook(),
-                    ..Default::default()
-                },
-            )?;
+            let opts = transfer_options(&reference, insecure, parallel)?;
             let img = pull::pull(&store, &reference, &opts)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -224,15 +227,7 @@ async fn execute(cmd: ImageCommand) -> Result<(), String> {
             parallel,
         } => {
             let dest = destination.unwrap_or_else(|| source.clone());
-            let opts = with_credentials(
-                &dest,
-                PullOptions {
-                    insecure,
-                    parallel,
-                    progress: crate::progress::hook(),
-                    ..Default::default()
-                },
-            )?;
+            let opts = transfer_options(&dest, insecure, parallel)?;
             let report = push::push(&store, &source, &dest, &opts)
                 .await
                 .map_err(|e| e.to_string())?;

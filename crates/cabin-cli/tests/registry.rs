@@ -205,6 +205,14 @@ fn sha256_hex(data: &[u8]) -> String {
     String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap()[..64].to_string()
 }
 
+/// The busybox image (with a layer of its own) put into `reg` by skopeo as
+/// cabin/TAG:1. Returns the layout it came from and its manifest digest.
+fn published(reg: &Registry, data: &Path, tag: &str) -> (PathBuf, String) {
+    let (layout, digest) = busybox_layout(data, tag, false);
+    skopeo_copy(&layout, tag, &format!("{}/cabin/{tag}:1", reg.addr), &[]);
+    (layout, digest)
+}
+
 fn skopeo_copy(layout: &Path, tag: &str, dest: &str, extra: &[&str]) {
     let o = Command::new("skopeo")
         .args(["copy", "--quiet", "--dest-tls-verify=false"])
@@ -279,9 +287,8 @@ fn an_interrupted_download_resumes_with_a_range_request() {
     let reg = registry();
     let data = tempfile::tempdir().unwrap();
     let d = data.path();
-    let (layout, digest) = busybox_layout(d, "resume", false);
+    let (layout, digest) = published(reg, d, "resume");
     let reference = format!("{}/cabin/resume:1", reg.addr);
-    skopeo_copy(&layout, "resume", &reference, &[]);
     let layer = first_layer(&layout, &digest);
     let full = std::fs::read(layout.join("blobs/sha256").join(&layer[7..])).unwrap();
     // What an interrupted pull leaves: the first half of the layer.
@@ -331,9 +338,8 @@ fn registry_faults_are_clear_and_store_nothing() {
     );
 
     // A blob corrupted in the registry's storage is refused.
-    let (layout, digest) = busybox_layout(d, "corrupt", false);
+    let (layout, digest) = published(reg, d, "corrupt");
     let reference = format!("{}/cabin/corrupt:1", reg.addr);
-    skopeo_copy(&layout, "corrupt", &reference, &[]);
     let layer = first_layer(&layout, &digest);
     let stored = reg
         .storage
@@ -599,13 +605,7 @@ fn a_503_and_a_connection_cut_mid_blob_are_retried_and_resumed() {
     let reg = registry();
     let data = tempfile::tempdir().unwrap();
     let d = data.path();
-    let (layout, digest) = busybox_layout(d, "faulty", false);
-    skopeo_copy(
-        &layout,
-        "faulty",
-        &format!("{}/cabin/faulty:1", reg.addr),
-        &[],
-    );
+    let (layout, digest) = published(reg, d, "faulty");
     let layer = first_layer(&layout, &digest);
     let (proxy, events) = fault_proxy(reg.addr.clone(), layer.clone());
     let o = image_cmd(d, &["pull", &format!("{proxy}/cabin/faulty:1")]);
@@ -736,9 +736,8 @@ fn pull_shows_progress_bars_on_a_terminal_and_nothing_when_piped() {
     let reg = registry();
     let data = tempfile::tempdir().unwrap();
     let d = data.path();
-    let (layout, digest) = busybox_layout(d, "bars", false);
+    let (layout, digest) = published(reg, d, "bars");
     let reference = format!("{}/cabin/bars:1", reg.addr);
-    skopeo_copy(&layout, "bars", &reference, &[]);
     let layer = first_layer(&layout, &digest);
 
     let o = image_cmd(d, &["pull", &reference]);
@@ -798,13 +797,7 @@ fn rate_limits_refusals_and_garbage_manifests_are_clear_errors() {
     let reg = registry();
     let data = tempfile::tempdir().unwrap();
     let d = data.path();
-    let (layout, _) = busybox_layout(d, "misbehave", false);
-    skopeo_copy(
-        &layout,
-        "misbehave",
-        &format!("{}/cabin/misbehave:1", reg.addr),
-        &[],
-    );
+    published(reg, d, "misbehave");
     for (mode, expected) in [
         ("429", "rate-limiting"),
         ("403", "wants credentials"),
