@@ -130,6 +130,103 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// The extended attributes of `path` (not following a symlink), as PAX records.
+fn xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut names = vec![0u8; 4096];
+    // SAFETY: llistxattr into our buffer of the size passed.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        // Filesystems without xattrs simply have none.
+        return if e.raw_os_error() == Some(libc::ENOTSUP) {
+            Ok(Vec::new())
+        } else {
+            Err(e)
+        };
+    }
+    let mut out = Vec::new();
+    for name in names[..n as usize]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+    {
+        let cname = std::ffi::CString::new(name)?;
+        let mut value = vec![0u8; 65536];
+        // SAFETY: lgetxattr into our buffer of the size passed.
+        let len = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                cname.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if len >= 0 {
+            value.truncate(len as usize);
+            out.push((
+                format!("SCHILY.xattr.{}", String::from_utf8_lossy(name)),
+                value,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Appends `root/rel` and everything below it, in name order, with ownership, modes,
+/// times and extended attributes (so file capabilities survive an import).
+fn append_tree<W: Write>(b: &mut tar::Builder<W>, root: &Path, rel: &Path) -> io::Result<()> {
+    let path = root.join(rel);
+    let meta = fs::symlink_metadata(&path)?;
+    if !rel.as_os_str().is_empty() {
+        let attrs = xattrs(&path)?;
+        if !attrs.is_empty() {
+            b.append_pax_extensions(attrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+        }
+        append_entry(b, &path, rel, &meta)?;
+    }
+    if meta.is_dir() {
+        let mut names: Vec<_> = fs::read_dir(&path)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        for n in names {
+            append_tree(b, root, &rel.join(n))?;
+        }
+    }
+    Ok(())
+}
+
+fn append_entry<W: Write>(
+    b: &mut tar::Builder<W>,
+    path: &Path,
+    rel: &Path,
+    meta: &fs::Metadata,
+) -> io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let ft = meta.file_type();
+    let kind = if ft.is_char_device() {
+        tar::EntryType::Char
+    } else if ft.is_block_device() {
+        tar::EntryType::Block
+    } else if ft.is_fifo() {
+        tar::EntryType::Fifo
+    } else if ft.is_socket() {
+        return Ok(()); // sockets belong to running programs, not to images
+    } else {
+        return b.append_path_with_name(path, rel);
+    };
+    // tar::Builder names special files by their full host path; build their header here.
+    let mut h = tar::Header::new_gnu();
+    h.set_metadata_in_mode(meta, tar::HeaderMode::Complete);
+    h.set_entry_type(kind);
+    h.set_size(0);
+    let rdev = meta.rdev();
+    h.set_device_major(libc::major(rdev))?;
+    h.set_device_minor(libc::minor(rdev))?;
+    b.append_data(&mut h, rel, io::empty())
+}
+
 /// Makes a gzip-compressed layer of a directory; returns (digest, size, diff_id).
 fn layer_from_dir(store: &Store, dir: &Path) -> Result<(String, u64, String), ImageError> {
     let import_err = |source| ImageError::Import {
@@ -150,7 +247,7 @@ fn layer_from_dir(store: &Store, dir: &Path) -> Result<(String, u64, String), Im
     });
     builder.follow_symlinks(false);
     builder.mode(tar::HeaderMode::Complete);
-    builder.append_dir_all(".", dir).map_err(import_err)?;
+    append_tree(&mut builder, dir, Path::new("")).map_err(import_err)?;
     let hashing = builder.into_inner().map_err(import_err)?;
     let diff_id = format!("sha256:{}", hex(&hashing.hasher.finalize()));
     let blob = hashing.inner.finish().map_err(import_err)?;
@@ -557,6 +654,41 @@ mod tests {
         );
         unpack_and_build(&store, &img, &staging, &disk, 64 << 20).unwrap();
         assert!(disk.is_file());
+    }
+
+    #[test]
+    fn an_imported_directory_keeps_extended_attributes() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path().join("store")).unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("bin")).unwrap();
+        let file = src.join("bin/tool");
+        fs::write(&file, "x").unwrap();
+        let c = std::ffi::CString::new(file.to_str().unwrap()).unwrap();
+        // SAFETY: setxattr with a valid path, name and value.
+        let r = unsafe {
+            libc::setxattr(
+                c.as_ptr(),
+                c"user.cabin".as_ptr(),
+                b"cap".as_ptr().cast(),
+                3,
+                0,
+            )
+        };
+        assert_eq!(r, 0, "{}", io::Error::last_os_error());
+        let img = import(&store, &src, "xattr:1", &ImportConfig::default()).unwrap();
+        let (disk, _) = ensure_disk(&store, &img).unwrap();
+        // debugfs reads the attribute back from the image's ext4 disk.
+        let out = std::process::Command::new("debugfs")
+            .args(["-R", "ea_get /bin/tool user.cabin"])
+            .arg(&disk)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("cap"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 
     #[test]
