@@ -32,6 +32,15 @@ const ACCEPTED: &[&str] = &[
 pub type PullOptions = RegistryOptions;
 
 /// Fetches a manifest and checks that its bytes hash to the digest it is known by.
+/// Layers cabin can apply: OCI and Docker filesystem layers, whatever the compression
+/// (it is recognised by content). Artifacts (Helm charts, signatures, ...) are not.
+fn is_filesystem_layer(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.layer.v1.tar")
+        || media_type.starts_with("application/vnd.oci.image.layer.nondistributable.v1.tar")
+        || media_type.starts_with("application/vnd.docker.image.rootfs.diff.tar")
+        || media_type.starts_with("application/vnd.docker.image.rootfs.foreign.diff.tar")
+}
+
 /// Transient failures and rate limiting are retried, with back-off.
 fn is_retryable(e: &OciDistributionError) -> bool {
     matches!(classify(e), Fault::Transient | Fault::RateLimited)
@@ -253,7 +262,7 @@ pub async fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<
     )];
     for l in manifest.layers() {
         let mt = l.media_type().to_string();
-        if !(mt.contains("tar") || mt.contains("rootfs.diff")) {
+        if !is_filesystem_layer(&mt) {
             return Err(ImageError::Invalid {
                 image: name.clone(),
                 what: "manifest",
@@ -285,6 +294,25 @@ pub async fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_filesystem_layers_are_accepted() {
+        for ok in [
+            "application/vnd.oci.image.layer.v1.tar",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        ] {
+            assert!(is_filesystem_layer(ok), "{ok}");
+        }
+        for bad in [
+            "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+            "application/vnd.dev.cosign.simplesigning.v1+json",
+            "text/plain",
+        ] {
+            assert!(!is_filesystem_layer(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn retries_follow_status_codes_not_text() {
