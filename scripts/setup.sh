@@ -13,7 +13,7 @@ packages=(
   busybox-static                      # the demo and test root filesystem
   debootstrap                         # tests: a real Debian root filesystem
   tmux cpio file                      # tests: terminals, archive checks
-  docker-registry skopeo apache2-utils   # tests: a real registry (htpasswd), an independent OCI client
+  docker-registry skopeo apache2-utils openssl   # tests: a real registry (htpasswd, tokens), an independent OCI client
 )
 missing=()
 for p in "${packages[@]}"; do
