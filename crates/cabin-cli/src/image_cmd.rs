@@ -82,7 +82,12 @@ pub enum ImageCommand {
         format: String,
     },
     /// Show an image's manifest and configuration as JSON.
-    Inspect { name: String },
+    Inspect {
+        name: String,
+        /// Output format (json, the only one).
+        #[arg(long, default_value = "json")]
+        format: String,
+    },
     /// Remove images (their names; content no name uses is deleted).
     #[command(alias = "remove")]
     Rm {
@@ -290,7 +295,10 @@ async fn execute(cmd: ImageCommand) -> Result<(), String> {
                 }
             }
         }
-        ImageCommand::Inspect { name } => {
+        ImageCommand::Inspect { name, format } => {
+            if format != "json" {
+                return Err(format!("unknown format {format:?}: inspect writes json"));
+            }
             let img = image::resolve(&store, &name).map_err(|e| e.to_string())?;
             let v = json!({
                 "name": img.reference,

@@ -34,13 +34,6 @@ pub struct ResolvedRoot {
     pub defaults: ProcessDefaults,
 }
 
-/// Whether a reference names a registry (so a missing image can be pulled).
-fn names_registry(reference: &str) -> bool {
-    reference
-        .split_once('/')
-        .is_some_and(|(first, _)| first.contains(['.', ':']) || first == "localhost")
-}
-
 pub async fn resolve(paths: &Paths, source: &RootSource) -> Result<ResolvedRoot, RunError> {
     match source {
         RootSource::Dir(dir) => {
@@ -53,8 +46,10 @@ pub async fn resolve(paths: &Paths, source: &RootSource) -> Result<ResolvedRoot,
         }
         RootSource::Image(name) => {
             let store = Store::open(paths.image_store()).map_err(image::ImageError::from)?;
+            // As with docker, an image that is not here is pulled (Docker Hub for a
+            // name without a registry).
             let img = match image::resolve(&store, name) {
-                Err(image::ImageError::NotFound(_)) if names_registry(name) => {
+                Err(image::ImageError::NotFound(_)) => {
                     eprintln!("cabin: {name} is not here; pulling it");
                     let creds = cabin_image::credentials::Credentials::at(paths.credentials());
                     let opts =
@@ -62,7 +57,13 @@ pub async fn resolve(paths: &Paths, source: &RootSource) -> Result<ResolvedRoot,
                             .map_err(|e| {
                                 RunError::Setup(format!("reading saved credentials: {e}"))
                             })?;
-                    cabin_image::pull::pull(&store, name, &opts).await?
+                    cabin_image::pull::pull(&store, name, &opts)
+                        .await
+                        .map_err(|e| {
+                            RunError::Setup(format!(
+                                "no such image: {name} (not here, and pulling it failed: {e})"
+                            ))
+                        })?
                 }
                 r => r?,
             };
@@ -172,15 +173,6 @@ mod tests {
             merge(&image(), None, &[], &s(&["MODE=dev"]), "/tmp", "0:0").unwrap();
         assert_eq!(env.last().unwrap(), "MODE=dev");
         assert_eq!((cwd.as_str(), user.as_str()), ("/tmp", "0:0"));
-    }
-
-    #[test]
-    fn only_references_with_a_registry_are_pulled_when_missing() {
-        assert!(names_registry("127.0.0.1:5000/busybox:1"));
-        assert!(names_registry("localhost/app"));
-        assert!(names_registry("registry.example.com/team/app:v1"));
-        assert!(!names_registry("busybox"));
-        assert!(!names_registry("team/app:v1"));
     }
 
     #[test]
