@@ -9,25 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn run_with_env(
-    data: &Path,
-    env: &[(&str, &str)],
-    opts: &[&str],
-    args: &[&str],
-) -> std::process::Output {
-    let mut c = cabin_in(data);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.arg("run")
-        .args(opts)
-        .arg("--rootfs")
-        .arg(busybox_rootfs())
-        .arg("--")
-        .args(args);
-    c.output().unwrap()
-}
-
 fn assert_clean(data: &Path) {
     assert!(
         run_dirs(data).is_empty(),
@@ -43,7 +24,7 @@ fn assert_clean(data: &Path) {
 #[test]
 fn missing_qemu_is_named_with_the_fix() {
     let data = tempfile::tempdir().unwrap();
-    let o = run_with_env(
+    let o = run_in(
         data.path(),
         &[("CABIN_QEMU", "/nonexistent/qemu")],
         &[],
@@ -54,7 +35,7 @@ fn missing_qemu_is_named_with_the_fix() {
         125,
         "CABIN_QEMU points to /nonexistent/qemu, which does not exist",
     );
-    let o = run_with_env(data.path(), &[("PATH", "/nonexistent")], &[], &["true"]);
+    let o = run_in(data.path(), &[("PATH", "/nonexistent")], &[], &["true"]);
     expect_error(&o, 125, "apt-get install qemu-system-x86");
     assert_clean(data.path());
 }
@@ -62,7 +43,7 @@ fn missing_qemu_is_named_with_the_fix() {
 #[test]
 fn missing_kernel_is_named_with_the_fix() {
     let data = tempfile::tempdir().unwrap();
-    let o = run_with_env(
+    let o = run_in(
         data.path(),
         &[("CABIN_KERNEL", "/nonexistent/vmlinux")],
         &[],
@@ -75,7 +56,7 @@ fn missing_kernel_is_named_with_the_fix() {
     );
     // No kernel anywhere: the message says how to build one.
     let empty = tempfile::tempdir().unwrap();
-    let o = run_with_env(
+    let o = run_in(
         data.path(),
         &[("XDG_CACHE_HOME", empty.path().to_str().unwrap())],
         &[],
@@ -88,7 +69,7 @@ fn missing_kernel_is_named_with_the_fix() {
 #[test]
 fn a_dynamically_linked_init_is_refused() {
     let data = tempfile::tempdir().unwrap();
-    let o = run_with_env(data.path(), &[("CABIN_INIT", "/bin/true")], &[], &["true"]);
+    let o = run_in(data.path(), &[("CABIN_INIT", "/bin/true")], &[], &["true"]);
     expect_error(&o, 125, "is not a statically linked executable");
 }
 
@@ -120,7 +101,7 @@ fn unreadable_rootfs_is_a_clear_error() {
 fn guest_kernel_panic_is_reported_with_the_console() {
     let data = tempfile::tempdir().unwrap();
     // No init to run: the kernel panics, QEMU exits, cabin says why.
-    let o = run_with_env(
+    let o = run_in(
         data.path(),
         &[("CABIN_KERNEL_ARGS", "rdinit=/nonexistent")],
         &[],
@@ -148,7 +129,7 @@ fn an_init_that_crashes_is_reported() {
         .status()
         .unwrap();
     assert!(st.success(), "gcc -static works (build-essential)");
-    let o = run_with_env(
+    let o = run_in(
         data.path(),
         &[("CABIN_INIT", bin.to_str().unwrap())],
         &[],
@@ -164,7 +145,7 @@ fn an_init_that_crashes_is_reported() {
 fn a_guest_that_never_answers_hits_the_deadline_and_is_killed() {
     let data = tempfile::tempdir().unwrap();
     // busybox as /init runs busybox's own init, which never speaks our protocol.
-    let o = run_with_env(
+    let o = run_in(
         data.path(),
         &[("CABIN_INIT", "/bin/busybox")],
         &["--boot-timeout", "4"],
@@ -255,13 +236,7 @@ fn a_full_disk_while_building_the_image_is_clear_and_leaves_no_half_image() {
     let _guard = Unmount(&data);
     // A root filesystem bigger than the data directory's free space.
     let rootfs = t.path().join("rootfs");
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(busybox_rootfs())
-        .arg(&rootfs)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    busybox_copy(&rootfs);
     std::fs::write(rootfs.join("big"), vec![7u8; 16 << 20]).unwrap();
     let o = cabin_in(&data)
         .arg("run")

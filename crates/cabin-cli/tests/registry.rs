@@ -4,103 +4,50 @@
 mod common;
 
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
 
-struct Registry {
-    addr: String,
-    storage: PathBuf,
-    log: PathBuf,
-    _child: Child,
-}
-
-/// One registry per test binary, on a free port, dying with the test process.
+/// One registry per test binary, dying with the test process.
 fn registry() -> &'static Registry {
     static R: OnceLock<Registry> = OnceLock::new();
-    R.get_or_init(|| start_registry(None))
+    R.get_or_init(|| start(None))
 }
 
 /// A second one that wants a username and password (htpasswd, bcrypt).
 fn auth_registry() -> &'static Registry {
     static R: OnceLock<Registry> = OnceLock::new();
-    R.get_or_init(|| start_registry(Some(("tester", "s3cret"))))
+    R.get_or_init(|| start(Some(("tester", "s3cret"))))
 }
 
-fn start_registry(user: Option<(&str, &str)>) -> Registry {
+fn start(user: Option<(&str, &str)>) -> Registry {
     let dir = std::env::temp_dir().join(format!(
         "cabin-test-registry-{}-{}",
         std::process::id(),
         user.is_some()
     ));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("storage")).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
     remove_at_exit(dir.clone());
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut config = format!(
-        "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-        dir.join("storage").display()
-    );
-    if let Some((u, p)) = user {
-        let o = Command::new("htpasswd")
-            .args(["-Bbn", u, p])
-            .output()
-            .expect("htpasswd is installed (apt-get install apache2-utils)");
-        std::fs::write(dir.join("htpasswd"), &o.stdout).unwrap();
-        config.push_str(&format!(
-            "auth:\n  htpasswd:\n    realm: cabin-test\n    path: {}\n",
-            dir.join("htpasswd").display()
-        ));
-    }
-    let config_path = dir.join("config.yml");
-    std::fs::write(&config_path, config).unwrap();
-    let log = dir.join("registry.log");
-    let mut cmd = Command::new("docker-registry");
-    cmd.arg("serve")
-        .arg(&config_path)
-        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .stderr(Stdio::from(
-            std::fs::File::options().append(true).open(&log).unwrap(),
-        ));
-    // SAFETY: prctl in the child before exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    // The parent-death signal follows the spawning *thread*, so the registry is
-    // started from a thread that lives as long as the test process.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        tx.send(cmd.spawn()).unwrap();
-        loop {
-            std::thread::park();
+    let auth = match user {
+        None => String::new(),
+        Some((u, p)) => {
+            let o = Command::new("htpasswd")
+                .args(["-Bbn", u, p])
+                .output()
+                .expect("htpasswd is installed (apt-get install apache2-utils)");
+            std::fs::write(dir.join("htpasswd"), &o.stdout).unwrap();
+            format!(
+                "auth:\n  htpasswd:\n    realm: cabin-test\n    path: {}\n",
+                dir.join("htpasswd").display()
+            )
         }
-    });
-    let child = rx
-        .recv()
-        .unwrap()
-        .expect("docker-registry is installed (apt-get install docker-registry)");
-    wait_for("the registry to listen", Duration::from_secs(20), || {
-        std::net::TcpStream::connect(&addr).is_ok()
-    });
-    Registry {
-        addr,
-        storage: dir.join("storage"),
-        log,
-        _child: child,
-    }
+    };
+    start_registry(&dir, |_| auth)
 }
 
 fn image_cmd(data: &Path, args: &[&str]) -> std::process::Output {
@@ -117,14 +64,7 @@ fn blob(data: &Path, digest: &str) -> PathBuf {
 /// decoy next to the real linux/amd64 image. Returns (layout dir, manifest digest).
 fn busybox_layout(data: &Path, tag: &str, multi: bool) -> (PathBuf, String) {
     // Each test's layer is its own (tests share the registry, and one corrupts a blob).
-    let rootfs = data.join(format!("rootfs-{tag}"));
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(busybox_rootfs())
-        .arg(&rootfs)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let rootfs = busybox_copy(&data.join(format!("rootfs-{tag}")));
     std::fs::write(rootfs.join("etc/test-tag"), tag).unwrap();
     let o = image_cmd(data, &["import", rootfs.to_str().unwrap(), "local/bb"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -371,14 +311,7 @@ fn a_pushed_image_reads_back_with_skopeo_and_a_second_push_uploads_nothing() {
     let reg = registry();
     let data = tempfile::tempdir().unwrap();
     let d = data.path();
-    let rootfs = d.join("rootfs");
-    assert!(Command::new("cp")
-        .arg("-a")
-        .arg(busybox_rootfs())
-        .arg(&rootfs)
-        .status()
-        .unwrap()
-        .success());
+    let rootfs = busybox_copy(&d.join("rootfs"));
     std::fs::write(rootfs.join("etc/pushed"), "yes").unwrap();
     let o = image_cmd(d, &["import", rootfs.to_str().unwrap(), "mine:1"]);
     let digest = stdout(&o).trim().to_string();
@@ -650,14 +583,7 @@ fn a_full_disk_during_pull_is_clear_and_a_retry_after_making_room_succeeds() {
     let reg = registry();
     let work = tempfile::tempdir().unwrap();
     // An image with 24 MB that does not compress.
-    let rootfs = work.path().join("rootfs");
-    assert!(Command::new("cp")
-        .arg("-a")
-        .arg(busybox_rootfs())
-        .arg(&rootfs)
-        .status()
-        .unwrap()
-        .success());
+    let rootfs = busybox_copy(&work.path().join("rootfs"));
     let mut noise = vec![0u8; 24 << 20];
     let mut x: u64 = 0x9e3779b97f4a7c15;
     for b in noise.iter_mut() {

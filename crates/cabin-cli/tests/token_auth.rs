@@ -8,11 +8,9 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::*;
 
@@ -179,38 +177,13 @@ fn a_token_authenticated_registry_works_after_login() {
         None,
     );
     let (token_addr, grants) = token_service(d, "tokenuser", "t0ken");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    std::fs::create_dir_all(d.join("storage")).unwrap();
-    std::fs::write(
-        d.join("config.yml"),
+    let reg = start_registry(d, |_| {
         format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\nauth:\n  token:\n    realm: http://{token_addr}/token\n    service: cabin-test-registry\n    issuer: cabin-test-issuer\n    rootcertbundle: {}\n",
-            d.join("storage").display(),
+            "auth:\n  token:\n    realm: http://{token_addr}/token\n    service: cabin-test-registry\n    issuer: cabin-test-issuer\n    rootcertbundle: {}\n",
             d.join("cert.pem").display()
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new("docker-registry");
-    cmd.arg("serve")
-        .arg(d.join("config.yml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: prctl in the child before exec; this test's thread outlives the registry's use.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut registry = cmd.spawn().expect("docker-registry is installed");
-    wait_for("the registry", Duration::from_secs(20), || {
-        std::net::TcpStream::connect(&addr).is_ok()
+        )
     });
+    let addr = reg.addr.clone();
 
     let data = d.join("data");
     let o = cabin_in(&data)
@@ -265,6 +238,4 @@ fn a_token_authenticated_registry_works_after_login() {
             .any(|g| g.starts_with("granted") && g.contains("pull")),
         "{granted:?}"
     );
-    let _ = registry.kill();
-    let _ = registry.wait();
 }

@@ -210,7 +210,7 @@ fn load_oci_index(store: &Store, input: &Path, index: &[u8]) -> Result<Loaded, I
                 .filter(|r| r.contains(['/', ':'])))
             .and_then(|n| normalize_reference(n).ok())
             .unwrap_or_default();
-        image::load_named(store, &name, &digest)?;
+        image::load(store, &name, &digest)?;
         if !name.is_empty() {
             store.update_refs(|r| r.insert(name.clone(), digest.clone()))?;
         }
@@ -273,7 +273,7 @@ fn load_docker(
             .filter_map(|t| t.as_str().and_then(|t| normalize_reference(t).ok()))
             .collect();
         let first = tags.first().cloned().unwrap_or_default();
-        image::load_named(store, &first, &digest)?;
+        image::load(store, &first, &digest)?;
         store.update_refs(|r| {
             for t in &tags {
                 r.insert(t.clone(), digest.clone());

@@ -381,12 +381,8 @@ fn chrono_like_now() -> String {
     )
 }
 
-/// Loads and validates the image whose manifest is `manifest_digest`, under `name`.
-pub fn load_named(store: &Store, name: &str, manifest_digest: &str) -> Result<Image, ImageError> {
-    load(store, name, manifest_digest)
-}
-
-fn load(store: &Store, reference: &str, manifest_digest: &str) -> Result<Image, ImageError> {
+/// Loads and validates the image whose manifest is `manifest_digest`, under `reference`.
+pub fn load(store: &Store, reference: &str, manifest_digest: &str) -> Result<Image, ImageError> {
     let invalid = |what, detail: String| ImageError::Invalid {
         image: reference.to_string(),
         what,

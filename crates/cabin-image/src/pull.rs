@@ -286,7 +286,7 @@ pub async fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<
 
     let stored = store.put_bytes(&bytes)?;
     debug_assert_eq!(stored, digest);
-    let image = image::load_named(store, &name, &digest)?;
+    let image = image::load(store, &name, &digest)?;
     store.update_refs(|refs| refs.insert(name.clone(), digest.clone()))?;
     Ok(image)
 }

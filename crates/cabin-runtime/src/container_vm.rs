@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cabin_image::rootfs;
 use cabin_proto::v1::{
-    CreateContainerRequest, Empty, ExitStatus, HelloRequest, MountRequest, ProcessRef, Resources,
-    Rlimit, StartProcessRequest, TtySize,
+    CreateContainerRequest, ExitStatus, HelloRequest, MountRequest, ProcessRef, Resources, Rlimit,
+    StartProcessRequest, TtySize,
 };
 use cabin_vmm::qemu::{Qemu, QemuVm};
 use cabin_vmm::{
@@ -201,14 +201,6 @@ impl ContainerVm {
 
     pub fn agent(&self) -> Agent {
         self.agent.clone()
-    }
-
-    pub fn vmm_pid(&self) -> u32 {
-        self.vm.pid()
-    }
-
-    pub fn run_dir(&self) -> Option<&Path> {
-        self.run_dir.as_ref().map(|r| r.path.as_path())
     }
 
     fn vm_error(&mut self, exit: VmExit) -> RunError {
@@ -476,19 +468,6 @@ impl ContainerVm {
             let _ = rd.remove();
         }
         self.timings.mark("VM torn down");
-    }
-
-    /// Asks the guest to sync and power off, for VMs whose disks outlive them.
-    pub async fn shutdown(&mut self) -> Result<(), RunError> {
-        let mut a = self.agent.clone();
-        let _ = self
-            .guarded(agent::call(
-                "Shutdown",
-                Duration::from_secs(5),
-                a.shutdown(Empty {}),
-            ))
-            .await;
-        Ok(())
     }
 }
 

@@ -79,14 +79,100 @@ pub fn cabin() -> Command {
 
 /// `cabin run --rootfs <busybox> -- ARGS...` with extra options before `--rootfs`.
 pub fn run(opts: &[&str], args: &[&str]) -> Output {
-    let mut c = cabin();
-    c.arg("run")
+    run_in(shared_data_dir(), &[], opts, args)
+}
+
+/// The same in `data`, with extra environment variables for cabin.
+pub fn run_in(data: &Path, env: &[(&str, &str)], opts: &[&str], args: &[&str]) -> Output {
+    let mut c = cabin_in(data);
+    c.envs(env.iter().copied())
+        .arg("run")
         .args(opts)
         .arg("--rootfs")
         .arg(busybox_rootfs())
         .arg("--")
         .args(args);
     c.output().expect("cabin runs")
+}
+
+/// A copy of the busybox root filesystem at `dest`, to change without touching the
+/// shared one.
+pub fn busybox_copy(dest: &Path) -> PathBuf {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(busybox_rootfs())
+        .arg(dest)
+        .status()
+        .unwrap();
+    assert!(st.success(), "copying the busybox root filesystem");
+    dest.to_path_buf()
+}
+
+/// A docker-registry serving on a free loopback port, killed with the test process.
+pub struct Registry {
+    pub addr: String,
+    pub storage: PathBuf,
+    pub log: PathBuf,
+    _child: std::process::Child,
+}
+
+/// Starts Debian's docker-registry with storage in `dir` and `extra_config` (YAML, e.g.
+/// an `auth:` section) appended to its configuration.
+pub fn start_registry(dir: &Path, extra_config: impl FnOnce(&str) -> String) -> Registry {
+    std::fs::create_dir_all(dir.join("storage")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = format!(
+        "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{}",
+        dir.join("storage").display(),
+        extra_config(&addr)
+    );
+    let config_path = dir.join("config.yml");
+    std::fs::write(&config_path, config).unwrap();
+    let log = dir.join("registry.log");
+    let mut cmd = Command::new("docker-registry");
+    cmd.arg("serve")
+        .arg(&config_path)
+        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::options().append(true).open(&log).unwrap(),
+        ));
+    let child = spawn_for_test_process(cmd)
+        .expect("docker-registry is installed (apt-get install docker-registry)");
+    wait_for("the registry to listen", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(&addr).is_ok()
+    });
+    Registry {
+        addr,
+        storage: dir.join("storage"),
+        log,
+        _child: child,
+    }
+}
+
+/// Spawns `cmd` so that it dies with the test process. The parent-death signal follows
+/// the spawning *thread*, so the spawn happens on a thread that never ends.
+pub fn spawn_for_test_process(mut cmd: Command) -> std::io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        tx.send(cmd.spawn()).unwrap();
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().unwrap()
 }
 
 /// Asserts that cabin failed with `code` and said `needle` on stderr.
