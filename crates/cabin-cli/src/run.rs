@@ -162,7 +162,12 @@ fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
         .map(|u| parse_ulimit(u))
         .collect::<Result<_, _>>()?;
     c.kernel = args.kernel.clone();
-    c.accel = args.accel.parse()?;
+    // Decided once, here, so the user hears about a fall-back to TCG before the boot.
+    let choice = cabin_runtime::container_vm::choose_accel(args.accel.parse()?);
+    if let Some(notice) = cabin_runtime::container_vm::tcg_notice(&choice) {
+        eprintln!("cabin: {notice}");
+    }
+    c.accel = cabin_runtime::AccelRequest::Force(choice.accel);
     c.boot_timeout = Duration::from_secs(args.boot_timeout.max(1));
     c.extra_kernel_args = args.kernel_args.clone().unwrap_or_default();
     if c.tty {

@@ -282,6 +282,25 @@ fn system_info_reports_qemu_accelerator_and_kernel() {
         assert!(v["accelerator_reason"].as_str().unwrap().contains("PVM"));
     }
     assert!(std::path::Path::new(v["guest_kernel"].as_str().unwrap()).is_file());
+    if accel == "tcg" {
+        // Left to choose, cabin says once that it fell back to software emulation.
+        let o = cabin()
+            .env_remove("CABIN_ACCEL")
+            .args(["run", "--rootfs"])
+            .arg(busybox_rootfs())
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(
+            stderr(&o)
+                .matches("using QEMU's software emulation (TCG)")
+                .count(),
+            1,
+            "{}",
+            stderr(&o)
+        );
+    }
     let o = cabin()
         .args(["system", "info"])
         .env("CABIN_ACCEL", "kvm")

@@ -147,8 +147,7 @@ fn describe_exit(exit: VmExit) -> String {
     }
 }
 
-/// Whether the host can run VMs, and with which accelerator; prints the one-line notice
-/// when it falls back to TCG on its own.
+/// Whether the host can run VMs, and with which accelerator.
 pub fn choose_accel(request: AccelRequest) -> AccelChoice {
     let request = match request {
         AccelRequest::Auto => std::env::var("CABIN_ACCEL")
@@ -158,6 +157,16 @@ pub fn choose_accel(request: AccelRequest) -> AccelChoice {
         r => r,
     };
     accel::decide(request, &accel::HostProbe::read())
+}
+
+/// The one-line notice owed to the user when cabin fell back to TCG on its own.
+pub fn tcg_notice(choice: &AccelChoice) -> Option<String> {
+    (choice.accel == cabin_vmm::Accel::Tcg && !choice.explicit).then(|| {
+        format!(
+            "{}; using QEMU's software emulation (TCG), which is much slower (set CABIN_ACCEL=tcg to silence this)",
+            choice.reason
+        )
+    })
 }
 
 pub struct ContainerVm {
@@ -270,13 +279,8 @@ impl ContainerVm {
         )
         .map_err(RunError::Setup)?;
         timings.mark_with("root filesystem image", root.note);
+        // Front ends tell the user about a fallback to TCG (see `tcg_notice`).
         let accel = choose_accel(cfg.accel);
-        if accel.accel == cabin_vmm::Accel::Tcg && !accel.explicit {
-            eprintln!(
-                "cabin: {}; using QEMU's software emulation (TCG), which is much slower (set CABIN_ACCEL=tcg to silence this)",
-                accel.reason
-            );
-        }
 
         let id = rundir::new_id();
         let run_dir = RunDir::create(paths, &id)

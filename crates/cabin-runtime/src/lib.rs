@@ -17,6 +17,7 @@ pub mod rundir;
 pub mod system;
 pub mod timings;
 
+pub use cabin_vmm::AccelRequest;
 pub use container_vm::{ContainerConfig, ContainerVm, RunError};
 pub use paths::Paths;
 pub use root::RootSource;
