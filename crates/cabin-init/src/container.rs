@@ -6,13 +6,12 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use cabin_proto::v1::{Resources, StartProcessRequest};
 
 use crate::inroot::{self, ExecLookup, Root};
+use crate::launch::{self, ChildFailure, ChildSetup};
 use crate::users;
 
 pub struct Container {
@@ -244,15 +243,15 @@ const READONLY_PATHS: &[&str] = &[
     "proc/sysrq-trigger",
 ];
 
-/// Steps of the child's set-up, reported back through a pipe when one fails (the errno
+/// Steps of the child's set-up, reported back with the errno when one fails (the errno
 /// alone would not say which).
 const STEPS: &[&str] = &[
-    "",
+    "set up standard input and output",
     "setsid",
     "set the controlling terminal",
-    "unshare namespaces",
+    "(unused)",
     "make mounts private",
-    "join the cgroup",
+    "(unused)",
     "unshare the cgroup namespace",
     "set the hostname",
     "mount /proc",
@@ -359,7 +358,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Everything the child needs, prepared before fork so that the child allocates nothing.
+/// Everything the child needs, prepared before clone so that the child allocates nothing.
 struct ChildPlan {
     tty: bool,
     rootfs: CString,
@@ -376,32 +375,25 @@ struct ChildPlan {
     uid: u32,
     gid: u32,
     groups: Vec<libc::gid_t>,
-    cgroup_procs: OwnedFd,
-    error_pipe: OwnedFd,
 }
 
-impl ChildPlan {
-    /// Runs in the forked child, before exec. Only async-signal-safe calls from here on.
-    fn run(&self) -> io::Result<()> {
-        let fail = |step: u8| -> io::Error {
-            let err = io::Error::last_os_error();
-            // SAFETY: write(2) of one byte to a pipe we own.
-            unsafe { libc::write(self.error_pipe.as_raw_fd(), [step].as_ptr().cast(), 1) };
-            err
+impl ChildSetup for ChildPlan {
+    /// Runs in the cloned child (see launch.rs): only async-signal-safe calls.
+    fn run(&self) -> Result<(), ChildFailure> {
+        let fail = |step: u8| ChildFailure {
+            step,
+            errno: io::Error::last_os_error().raw_os_error().unwrap_or(0),
         };
         let ok = |r: libc::c_int, step: u8| if r < 0 { Err(fail(step)) } else { Ok(()) };
         let null = std::ptr::null::<libc::c_char>();
         // SAFETY: each call below is a plain syscall on NUL-terminated strings and
-        // descriptors prepared before fork; nothing allocates.
+        // descriptors prepared before clone; nothing allocates.
         unsafe {
+            crate::trace::mark_in_child(b"child cloned");
             ok(libc::setsid(), 1)?;
             if self.tty {
                 ok(libc::ioctl(0, libc::TIOCSCTTY, 0), 2)?;
             }
-            ok(
-                libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC),
-                3,
-            )?;
             ok(
                 libc::mount(
                     null,
@@ -412,10 +404,8 @@ impl ChildPlan {
                 ),
                 4,
             )?;
-            let n = libc::write(self.cgroup_procs.as_raw_fd(), c"0".as_ptr().cast(), 1);
-            if n < 0 {
-                return Err(fail(5));
-            }
+            // The child was cloned into its cgroup; rooting its cgroup namespace there
+            // has to wait until now (clone would root it at init's cgroup).
             ok(libc::unshare(libc::CLONE_NEWCGROUP), 6)?;
             ok(
                 libc::sethostname(self.hostname.as_ptr().cast(), self.hostname.len()),
@@ -453,6 +443,7 @@ impl ChildPlan {
             if r < 0 && *libc::__errno_location() != libc::ENOENT {
                 return Err(fail(10));
             }
+            crate::trace::mark_in_child(b"child: proc mqueue cgroup mounted");
             for path in &self.masked {
                 let r = libc::mount(
                     self.dev_null.as_ptr(),
@@ -503,6 +494,7 @@ impl ChildPlan {
                     12,
                 )?;
             }
+            crate::trace::mark_in_child(b"child: masked and ro paths");
             // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves
             // only the container's root (runc's way, needs no scratch directory).
             ok(libc::chdir(self.rootfs.as_ptr()), 13)?;
@@ -573,11 +565,21 @@ impl ChildPlan {
                 libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as libc::c_int,
                 18,
             )?;
-            ok(libc::setgroups(self.groups.len(), self.groups.as_ptr()), 19)?;
-            ok(libc::setgid(self.gid), 20)?;
+            // Raw syscalls: glibc's wrappers would try to apply the change to all of
+            // init's threads, whose memory this child shares.
+            let sys = |r: libc::c_long| r as libc::c_int;
+            ok(
+                sys(libc::syscall(
+                    libc::SYS_setgroups,
+                    self.groups.len(),
+                    self.groups.as_ptr(),
+                )),
+                19,
+            )?;
+            ok(sys(libc::syscall(libc::SYS_setgid, self.gid)), 20)?;
             // Leaving uid 0 clears the permitted and effective sets, as docker's non-root
             // users have them.
-            ok(libc::setuid(self.uid), 21)?;
+            ok(sys(libc::syscall(libc::SYS_setuid, self.uid)), 21)?;
             ok(
                 libc::prctl(
                     libc::PR_CAP_AMBIENT,
@@ -672,11 +674,8 @@ pub fn start_first_process(
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40);
 
-    let cgroup_procs = std::fs::OpenOptions::new()
-        .write(true)
-        .open(ctr.cgroup.join("cgroup.procs"))
-        .map_err(|e| setup("open the container's cgroup", e))?;
-    let (err_read, err_write) = pipe().map_err(|e| setup("pipe", e))?;
+    let cgroup_dir =
+        std::fs::File::open(&ctr.cgroup).map_err(|e| setup("open the container's cgroup", e))?;
     let rootfs = &ctr.rootfs;
     let plan = ChildPlan {
         tty: req.tty,
@@ -697,95 +696,91 @@ pub fn start_first_process(
         uid: id.uid,
         gid: id.gid,
         groups: id.groups.clone(),
-        cgroup_procs: cgroup_procs.into(),
-        error_pipe: err_write,
     };
 
-    let mut cmd = Command::new(&program);
-    cmd.arg0(arg0).args(&req.args[1..]).env_clear();
+    let mut envp = Vec::with_capacity(env.len());
     for kv in &env {
         match kv.split_once('=') {
-            Some((k, v)) if !k.is_empty() => cmd.env(k, v),
+            Some((k, _)) if !k.is_empty() && !kv.contains('\0') => envp.push(cstr(kv)),
             _ => {
                 return Err(StartError::InvalidSpec(format!(
                     "invalid environment entry {kv:?}"
                 )))
             }
-        };
+        }
     }
-    let mut pty_master = None;
-    if req.tty {
+    let mut argv = Vec::with_capacity(req.args.len());
+    for a in &req.args {
+        argv.push(
+            CString::new(a.as_bytes()).map_err(|_| {
+                StartError::InvalidSpec(format!("argument {a:?} contains a NUL byte"))
+            })?,
+        );
+    }
+    // The child execs after pivot_root: `program` is the path inside the container.
+    let exec = launch::Program::new(cstr(&program), argv, envp);
+
+    // The child's ends are dropped (closed) in init once it has exec'd; init keeps the
+    // other ends.
+    let (stdio, child_ends): (Stdio3, Vec<OwnedFd>) = if req.tty {
         let size = req.tty_size.unwrap_or_default();
         let (master, slave) = open_pty(rootfs, size.rows as u16, size.cols as u16, id.uid)
             .map_err(|e| setup("open a pseudo-terminal", e))?;
-        let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
-        cmd.stdin(dup(&slave).map_err(|e| setup("dup", e))?)
-            .stdout(dup(&slave).map_err(|e| setup("dup", e))?)
-            .stderr(Stdio::from(slave));
-        pty_master = Some(master);
+        (Stdio3::Pty { master }, vec![slave])
     } else {
-        cmd.stdin(if req.stdin {
-            Stdio::piped()
+        let stdin = if req.stdin {
+            let (r, w) = pipe().map_err(|e| setup("pipe", e))?;
+            (r, Some(w))
         } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    }
-    // SAFETY: the closure only makes async-signal-safe syscalls (see ChildPlan::run).
-    unsafe {
-        cmd.pre_exec(move || plan.run());
-    }
-
-    // A new PID namespace applies to the children of the thread that unshares it, so each
-    // container is started from a thread of its own.
-    let spawned = std::thread::spawn(move || -> io::Result<std::process::Child> {
-        // SAFETY: unshare of the PID namespace for this thread's future children only.
-        if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let child = cmd.spawn();
-        drop(cmd);
-        child
-    })
-    .join()
-    .map_err(|_| StartError::Setup("the spawning thread panicked".into()))?;
-
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(e) => {
-            let mut step = [0u8; 1];
-            // SAFETY: reading one byte from our pipe; the child has exited, so no block.
-            let n = unsafe {
-                libc::fcntl(err_read.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
-                libc::read(err_read.as_raw_fd(), step.as_mut_ptr().cast(), 1)
-            };
-            if n == 1 {
-                let what = STEPS.get(step[0] as usize).copied().unwrap_or("set-up");
-                return Err(StartError::Setup(format!(
-                    "container set-up failed at '{what}': {e}"
-                )));
-            }
-            return Err(match e.raw_os_error() {
-                Some(libc::ENOENT) => StartError::NotFound(format!("exec: {arg0:?}: {e}")),
-                Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EPERM) => {
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .open("/dev/null")
+                .map_err(|e| setup("open /dev/null", e))?;
+            (OwnedFd::from(null), None)
+        };
+        let (out_r, out_w) = pipe().map_err(|e| setup("pipe", e))?;
+        let (err_r, err_w) = pipe().map_err(|e| setup("pipe", e))?;
+        (
+            Stdio3::Pipes {
+                stdin: stdin.1,
+                stdout: out_r,
+                stderr: err_r,
+            },
+            vec![stdin.0, out_w, err_w],
+        )
+    };
+    let fds = match child_ends.as_slice() {
+        [tty] => [tty.as_raw_fd(); 3],
+        [i, o, e] => [i.as_raw_fd(), o.as_raw_fd(), e.as_raw_fd()],
+        _ => unreachable!("one pty or three pipes"),
+    };
+    crate::trace::mark("cloning");
+    let pid = match launch::spawn(&plan, &exec, fds, cgroup_dir.as_raw_fd()) {
+        Ok(Ok(pid)) => pid,
+        Ok(Err(f)) if f.step == launch::EXEC_STEP => {
+            let e = io::Error::from_raw_os_error(f.errno);
+            return Err(match f.errno {
+                libc::ENOENT => StartError::NotFound(format!("exec: {arg0:?}: {e}")),
+                libc::EACCES | libc::ENOEXEC | libc::EPERM => {
                     StartError::NotExecutable(format!("exec: {arg0:?}: {e}"))
                 }
                 _ => StartError::Setup(format!("starting {arg0:?}: {e}")),
             });
         }
+        Ok(Err(f)) => {
+            let what = STEPS.get(f.step as usize).copied().unwrap_or("set-up");
+            let e = io::Error::from_raw_os_error(f.errno);
+            return Err(StartError::Setup(format!(
+                "container set-up failed at '{what}': {e}"
+            )));
+        }
+        Err(e) => {
+            return Err(StartError::Setup(format!(
+                "creating the container's namespaces: {e}"
+            )))
+        }
     };
-    let pid = child.id() as i32;
-    let stdio = match pty_master {
-        Some(master) => Stdio3::Pty { master },
-        None => Stdio3::Pipes {
-            stdin: child.stdin.take().map(OwnedFd::from),
-            stdout: child.stdout.take().map(OwnedFd::from).expect("piped"),
-            stderr: child.stderr.take().map(OwnedFd::from).expect("piped"),
-        },
-    };
-    // The reaper owns the exit status from here on; dropping Child neither waits nor kills.
-    drop(child);
+    drop(child_ends);
     Ok(Started { pid, stdio })
 }
 

@@ -38,6 +38,7 @@ impl Reaper {
             if pid <= 0 {
                 return;
             }
+            crate::trace::mark("reaped a child");
             let exit = if libc::WIFEXITED(status) {
                 Exit::Code(libc::WEXITSTATUS(status))
             } else if libc::WIFSIGNALED(status) {

@@ -101,6 +101,21 @@ fn split_mount_options(options: &[String], read_only: bool) -> (libc::c_ulong, S
     (flags, data.join(","))
 }
 
+/// Read-ahead for disks cabin attaches. The kernel's 128 KiB default means a dozen
+/// round trips to the host to fault in a 2 MB binary; each costs far more than the extra
+/// data, which comes from the host's page cache (about 10 ms less for busybox under TCG).
+const READ_AHEAD_KIB: &str = "2048";
+
+fn set_read_ahead(dev: &Path) {
+    if let Some(name) = dev.file_name() {
+        let knob = Path::new("/sys/block")
+            .join(name)
+            .join("queue/read_ahead_kb");
+        // Only a speed-up: a kernel without the knob keeps its default.
+        let _ = std::fs::write(knob, READ_AHEAD_KIB);
+    }
+}
+
 /// Finds /dev/vdX for the virtio block device with the given serial.
 fn block_device_by_serial(serial: &str) -> io::Result<PathBuf> {
     for entry in std::fs::read_dir("/sys/block")? {
@@ -195,6 +210,7 @@ type OutputStream = Pin<Box<dyn Stream<Item = Result<OutputChunk, Status>> + Sen
 #[tonic::async_trait]
 impl Agent for AgentService {
     async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+        crate::trace::mark("hello");
         let req = req.into_inner();
         if req.host_time_unix_nanos > 0 {
             clock::set_if_off(req.host_time_unix_nanos);
@@ -218,10 +234,12 @@ impl Agent for AgentService {
     async fn mount(&self, req: Request<MountRequest>) -> Result<Response<Empty>, Status> {
         let req = req.into_inner();
         let source = match req.source.strip_prefix("blk:") {
-            Some(serial) => block_device_by_serial(serial)
-                .map_err(|e| Status::not_found(e.to_string()))?
-                .to_string_lossy()
-                .into_owned(),
+            Some(serial) => {
+                let dev =
+                    block_device_by_serial(serial).map_err(|e| Status::not_found(e.to_string()))?;
+                set_read_ahead(&dev);
+                dev.to_string_lossy().into_owned()
+            }
             None => req.source.clone(),
         };
         let target = Path::new(&req.target);
@@ -230,8 +248,10 @@ impl Agent for AgentService {
         }
         std::fs::create_dir_all(target).map_err(|e| io_status("create the mount point", e))?;
         let (flags, data) = split_mount_options(&req.options, req.read_only);
+        crate::trace::mark("mount start");
         container::mount(&source, target, &req.fstype, flags, &data)
             .map_err(|e| Status::internal(e.to_string()))?;
+        crate::trace::mark("mount done");
         Ok(Response::new(Empty {}))
     }
 
@@ -259,9 +279,11 @@ impl Agent for AgentService {
         let rootfs = PathBuf::from(&req.rootfs);
         container::prepare_rootfs(&rootfs)
             .map_err(|e| io_status("prepare the root filesystem", e))?;
+        crate::trace::mark("rootfs prepared");
         let cgroup =
             container::create_cgroup(&req.container_id, &req.resources.unwrap_or_default())
                 .map_err(|e| io_status("create the cgroup", e))?;
+        crate::trace::mark("cgroup created");
         let hostname = if req.hostname.is_empty() {
             req.container_id.chars().take(12).collect()
         } else {
@@ -294,6 +316,7 @@ impl Agent for AgentService {
         if self.processes.lock().unwrap().contains_key(&key) {
             return Err(Status::already_exists("process exists"));
         }
+        crate::trace::mark("start process");
         // No .await between the spawn and the reaper registration (see Reaper::watch).
         let started = container::start_first_process(&ctr, &req).map_err(|e| match e {
             StartError::NotFound(m) => Status::not_found(m),
@@ -302,6 +325,7 @@ impl Agent for AgentService {
             StartError::Setup(m) => Status::internal(m),
         })?;
         let exit = self.reaper.watch(started.pid);
+        crate::trace::mark("process exec'd");
         let started_at = clock::boottime_nanos();
         let (input, output, pty) = match started.stdio {
             Stdio3::Pipes {
@@ -462,6 +486,7 @@ impl Agent for AgentService {
     async fn wait(&self, req: Request<ProcessRef>) -> Result<Response<ExitStatus>, Status> {
         let proc = self.process(Some(&req.into_inner()))?;
         let exit = reaper::wait(proc.exit.clone()).await;
+        crate::trace::mark("exit seen");
         let (code, signal) = match exit {
             Exit::Code(c) => (c, 0),
             Exit::Signal(s) => (-1, s),

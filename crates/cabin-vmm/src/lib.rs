@@ -72,4 +72,6 @@ pub trait RunningVm {
     fn wait(&mut self) -> impl Future<Output = io::Result<VmExit>>;
     /// Ends the VM: asks the VMM to quit, kills it after `grace`.
     fn stop(&mut self, grace: Duration) -> impl Future<Output = io::Result<VmExit>>;
+    /// Ends the VM at once, for VMs whose state is thrown away anyway.
+    fn kill(&mut self) -> impl Future<Output = io::Result<VmExit>>;
 }

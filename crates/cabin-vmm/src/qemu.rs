@@ -256,7 +256,7 @@ impl QemuVm {
         Ok(self.exit)
     }
 
-    fn kill(&mut self) {
+    fn send_kill(&mut self) {
         if let Some(c) = self.child.as_mut() {
             let _ = c.kill();
         }
@@ -307,17 +307,25 @@ impl RunningVm for QemuVm {
         match tokio::time::timeout(grace, self.wait()).await {
             Ok(r) => r,
             Err(_) => {
-                self.kill();
+                self.send_kill();
                 self.wait().await
             }
         }
+    }
+
+    async fn kill(&mut self) -> io::Result<VmExit> {
+        if let Some(exit) = self.try_exit()? {
+            return Ok(exit);
+        }
+        self.send_kill();
+        self.wait().await
     }
 }
 
 impl Drop for QemuVm {
     fn drop(&mut self) {
         if matches!(self.try_exit(), Ok(None)) {
-            self.kill();
+            self.send_kill();
             if let Some(c) = self.child.as_mut() {
                 let _ = c.wait();
             }
