@@ -2,9 +2,11 @@
 # Boot benchmark, all figures from one run on this machine:
 #  (a) floor: raw `qemu-system-x86_64 -M microvm` booting cabin's kernel with a trivial
 #      static init that reboots at once (QEMU exits), same accelerator and devices class;
-#  (b) `cabin run --rm --rootfs <busybox> true`, warm caches, end to end;
+#  (b) `cabin run --rm --rootfs <busybox> true`, warm caches (root filesystem image and
+#      boot snapshot), end to end;
 #  (c) from `cabin run` starting to the container's process running (host-observed,
 #      the "process started" mark of --timings);
+#  (d), (e): (b) and (c) with CABIN_SNAPSHOTS=off, booting the kernel every time;
 #  and the host memory (PSS) of an idle container VM (QEMU + the cabin process) next to
 #  raw QEMU idling on the same kernel with a trivial init.
 # usage: bench/boot.sh [N]   (N >= 10 runs per series; default 10)
@@ -47,17 +49,24 @@ raw_qemu_cmd() { # $1 = initrd: sets the array "cmd"
 raw_qemu() { raw_qemu_cmd "$1"; "${cmd[@]}"; }
 now() { date +%s%N; }
 
-# warm caches: rootfs image, initramfs, page cache
-"$cabin" run --rm --rootfs "$work/rootfs" true
+# warm caches: rootfs image, initramfs, boot snapshot, page cache
+CABIN_SNAPSHOTS=off "$cabin" run --rm --rootfs "$work/rootfs" true
+"$cabin" system prepare >/dev/null
 raw_qemu "$work/reboot.cpio"
 
-declare -a A B C
+declare -a A B C D E
+timed_run() { # $1, $2 = names of the arrays for end-to-end and process-started times
+  local t0 t1
+  t0=$(now); "$cabin" run --rm --timings --rootfs "$work/rootfs" true 2> "$work/timings"; t1=$(now)
+  eval "$1+=($(( (t1 - t0) / 1000 )))"
+  eval "$2+=($(awk '/^process started/ {printf "%d", $3 * 1000}' "$work/timings"))"
+}
 for i in $(seq "$N"); do
   t0=$(now); raw_qemu "$work/reboot.cpio"; t1=$(now)
   A+=($(( (t1 - t0) / 1000 )))
-  t0=$(now); "$cabin" run --rm --timings --rootfs "$work/rootfs" true 2> "$work/timings"; t1=$(now)
-  B+=($(( (t1 - t0) / 1000 )))
-  C+=($(awk '/^process started/ {printf "%d", $3 * 1000}' "$work/timings"))
+  timed_run B C
+  grep -q "resumed from boot snapshot" "$work/timings" || { echo "run $i did not resume from the snapshot" >&2; exit 1; }
+  CABIN_SNAPSHOTS=off timed_run D E
 done
 
 # Memory: an idle container VM (QEMU + cabin run) vs raw QEMU idling.
@@ -73,17 +82,21 @@ raw_qemu_cmd "$work/idle.cpio"; "${cmd[@]}" 2>/dev/null & raw_pid=$!
 sleep 4
 raw_pss=$(pss_kib "$raw_pid"); kill "$raw_pid"; wait "$raw_pid" 2>/dev/null || true
 
-python3 - "$accel" "$N" "${A[*]}" "${B[*]}" "${C[*]}" "$cabin_qemu_pss" "$cabin_self_pss" "$raw_pss" <<'PY'
+python3 - "$accel" "$N" "${A[*]}" "${B[*]}" "${C[*]}" "${D[*]}" "${E[*]}" "$cabin_qemu_pss" "$cabin_self_pss" "$raw_pss" <<'PY'
 import statistics, sys
 accel, n = sys.argv[1], sys.argv[2]
-series = [list(map(int, s.split())) for s in sys.argv[3:6]]
-qemu_pss, cabin_pss, raw_pss = map(int, sys.argv[6:9])
-names = ["(a) raw QEMU microvm boot to exit (floor)", "(b) cabin run --rm true, end to end", "(c) cabin run start to process running"]
+series = [list(map(int, s.split())) for s in sys.argv[3:8]]
+qemu_pss, cabin_pss, raw_pss = map(int, sys.argv[8:11])
+names = ["(a) raw QEMU microvm boot to exit (floor)", "(b) cabin run --rm true, end to end",
+         "(c) cabin run start to process running", "(d) (b) booting, no snapshot",
+         "(e) (c) booting, no snapshot"]
 print(f"accelerator: {accel}, runs per series: {n}")
 print(f"{'series':<44} {'min ms':>8} {'median ms':>10} {'max ms':>8}")
 for name, s in zip(names, series):
     print(f"{name:<44} {min(s)/1e3:>8.1f} {statistics.median(s)/1e3:>10.1f} {max(s)/1e3:>8.1f}")
 ratio = statistics.median(series[1]) / statistics.median(series[0])
 print(f"(b)/(a) median ratio: {ratio:.2f} (target <= 1.30)")
+cold = statistics.median(series[3]) / statistics.median(series[0])
+print(f"(d)/(a) median ratio: {cold:.2f} (the first run of a VM shape, before its snapshot exists)")
 print(f"idle memory (PSS): cabin VM QEMU {qemu_pss/1024:.1f} MiB + cabin run {cabin_pss/1024:.1f} MiB = {(qemu_pss+cabin_pss)/1024:.1f} MiB; raw QEMU {raw_pss/1024:.1f} MiB")
 PY

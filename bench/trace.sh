@@ -14,7 +14,11 @@ work=$(mktemp -d /tmp/cabin-trace.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 export CABIN_DATA_DIR="$work/data"
 scripts/make-busybox-rootfs.sh "$work/rootfs" >/dev/null
-"$cabin" run --rm --rootfs "$work/rootfs" true 2>/dev/null # warm the caches
+# warm the caches: root filesystem image, and the boot snapshot for traced VMs (unless
+# CABIN_SNAPSHOTS=off, to trace booting VMs)
+args="${CABIN_KERNEL_ARGS:-} cabin.trace"
+CABIN_SNAPSHOTS=off "$cabin" run --rm --rootfs "$work/rootfs" true 2>/dev/null
+CABIN_KERNEL_ARGS="$args" "$cabin" system prepare >/dev/null 2>&1 || true
 
 python3 - "$cabin" "$work" "$N" "$@" <<'PY'
 import os, re, statistics, subprocess, sys

@@ -1,6 +1,8 @@
 //! `cabin`: containers in lightweight VMs. A thin command-line layer over cabin-runtime.
 
 mod image_cmd;
+mod machine_args;
+mod prepare;
 mod progress;
 mod run;
 mod sizes;
@@ -70,6 +72,9 @@ enum SystemCommand {
         #[arg(long, default_value = "text")]
         format: String,
     },
+    /// Build the boot snapshot containers of this shape resume from (cabin run starts
+    /// this in the background when it finds none).
+    Prepare(prepare::PrepareArgs),
 }
 
 fn main() {
@@ -125,6 +130,9 @@ fn main() {
             Command::System {
                 command: SystemCommand::Df { format },
             } => system_df(&format),
+            Command::System {
+                command: SystemCommand::Prepare(args),
+            } => prepare::run(args).await,
         }
     });
     // Exit without waiting for a blocking stdin read to finish.

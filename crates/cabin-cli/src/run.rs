@@ -12,7 +12,7 @@ use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::StreamExt;
 
-use crate::sizes::parse_size;
+use crate::machine_args::MachineArgs;
 use crate::terminal;
 
 #[derive(Debug, Args)]
@@ -36,12 +36,8 @@ pub struct RunArgs {
     /// User to run as: name, uid, name:group or uid:gid, from the image's /etc/passwd.
     #[arg(short, long, value_name = "USER[:GROUP]")]
     user: Option<String>,
-    /// CPUs for the container (fractions allowed, e.g. 1.5).
-    #[arg(long, value_name = "N")]
-    cpus: Option<f64>,
-    /// Memory limit (e.g. 256m, 1g); the VM is sized to fit it.
-    #[arg(short, long, value_name = "SIZE")]
-    memory: Option<String>,
+    #[command(flatten)]
+    machine: MachineArgs,
     /// Largest number of processes in the container.
     #[arg(long, value_name = "N")]
     pids_limit: Option<u64>,
@@ -58,26 +54,12 @@ pub struct RunArgs {
     /// Replace the image's entrypoint ("" clears it).
     #[arg(long, value_name = "CMD")]
     entrypoint: Option<String>,
-    /// Guest kernel to boot instead of cabin's own.
-    #[arg(long, value_name = "PATH")]
-    kernel: Option<PathBuf>,
-    /// Accelerator: auto (KVM where it can run a guest, else TCG), kvm or tcg.
-    #[arg(
-        long,
-        value_name = "auto|kvm|tcg",
-        default_value = "auto",
-        env = "CABIN_ACCEL"
-    )]
-    accel: String,
     /// Seconds to wait for the guest to come up before giving up.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     boot_timeout: u64,
     /// Print where start-up and teardown time went.
     #[arg(long)]
     timings: bool,
-    /// Extra guest kernel arguments (for debugging guests).
-    #[arg(long, value_name = "ARGS", hide = true, env = "CABIN_KERNEL_ARGS")]
-    kernel_args: Option<String>,
     /// The command and its arguments.
     #[arg(
         required = true,
@@ -140,36 +122,14 @@ fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
     c.tty = args.tty;
     c.stdin = args.interactive;
     c.hostname = args.hostname.clone();
-    if let Some(cpus) = args.cpus {
-        if !(cpus > 0.0 && cpus <= 64.0) {
-            return Err(format!(
-                "invalid --cpus {cpus}: use a number from 0.01 to 64"
-            ));
-        }
-        c.cpus = Some(cpus);
-    }
-    if let Some(m) = &args.memory {
-        let bytes = parse_size(m)?;
-        if bytes < 6 << 20 {
-            return Err(format!("invalid --memory {m}: the minimum is 6m"));
-        }
-        c.memory_bytes = Some(bytes);
-    }
     c.pids_limit = args.pids_limit;
     c.rlimits = args
         .ulimit
         .iter()
         .map(|u| parse_ulimit(u))
         .collect::<Result<_, _>>()?;
-    c.kernel = args.kernel.clone();
-    // Decided once, here, so the user hears about a fall-back to TCG before the boot.
-    let choice = cabin_runtime::container_vm::choose_accel(args.accel.parse()?);
-    if let Some(notice) = cabin_runtime::container_vm::tcg_notice(&choice) {
-        eprintln!("cabin: {notice}");
-    }
-    c.accel = cabin_runtime::AccelRequest::Force(choice.accel);
+    args.machine.apply(&mut c, true)?;
     c.boot_timeout = Duration::from_secs(args.boot_timeout.max(1));
-    c.extra_kernel_args = args.kernel_args.clone().unwrap_or_default();
     if c.tty {
         c.tty_size = terminal::size(0).or(terminal::size(1)).or(Some((24, 80)));
     }
@@ -214,8 +174,15 @@ pub async fn run(args: RunArgs, started: Instant) -> i32 {
             return 128 + n;
         }
     };
+    if let Some(notice) = &vm.boot_notice {
+        eprintln!("cabin: {notice}");
+    }
     let code = attach(&mut vm, &cfg, &mut signals).await;
+    let missing_snapshot = vm.missing_snapshot;
     teardown_and_report(vm, args.timings).await;
+    if missing_snapshot {
+        crate::prepare::start_in_background(&args.machine, &cfg);
+    }
     code
 }
 

@@ -138,7 +138,7 @@ fn container_is_isolated_like_docker() {
 
 #[test]
 fn memory_limit_is_enforced_and_oom_kill_reported() {
-    let o = run(
+    let o = run_booted(
         &["--memory", "32m"],
         &[
             "sh",
@@ -153,13 +153,13 @@ fn memory_limit_is_enforced_and_oom_kill_reported() {
         "{}",
         stderr(&o)
     );
-    let o = run(&["--memory", "32m"], &["cat", "/sys/fs/cgroup/memory.max"]);
+    let o = run_booted(&["--memory", "32m"], &["cat", "/sys/fs/cgroup/memory.max"]);
     assert_eq!(stdout(&o), format!("{}\n", 32 << 20));
 }
 
 #[test]
 fn cpu_and_pids_limits_reach_the_cgroup() {
-    let o = run(
+    let o = run_booted(
         &[
             "--cpus",
             "0.5",
@@ -258,7 +258,14 @@ fn timings_show_where_start_up_time_goes() {
     ] {
         assert!(err.contains(phase), "missing {phase:?} in:\n{err}");
     }
-    assert!(err.contains("guest kernel booted in"), "{err}");
+    // The shared data directory has a boot snapshot; without it the kernel boots.
+    assert!(err.contains("resumed from boot snapshot"), "{err}");
+    let o = run_booted(&["--timings"], &["true"]);
+    assert!(
+        stderr(&o).contains("guest kernel booted in"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

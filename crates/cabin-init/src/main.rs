@@ -5,6 +5,7 @@
 
 mod clock;
 mod container;
+mod entropy;
 mod inroot;
 mod launch;
 mod port;

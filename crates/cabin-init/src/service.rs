@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::clock;
 use crate::container::{self, Container, StartError, Stdio3};
+use crate::entropy;
 use crate::reaper::{self, Exit, ExitWatch, Reaper};
 
 enum Input {
@@ -115,6 +116,18 @@ fn set_read_ahead(dev: &Path) {
         let _ = std::fs::write(knob, READ_AHEAD_KIB);
     }
 }
+
+fn flush_buffers(dev: &Path) -> io::Result<()> {
+    let f = std::fs::File::open(dev)?;
+    // SAFETY: BLKFLSBUF takes no argument; the descriptor is ours.
+    if unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), BLKFLSBUF, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// _IO(0x12, 97) from linux/fs.h.
+const BLKFLSBUF: libc::c_ulong = 0x1261;
 
 /// Finds /dev/vdX for the virtio block device with the given serial.
 fn block_device_by_serial(serial: &str) -> io::Result<PathBuf> {
@@ -215,6 +228,10 @@ impl Agent for AgentService {
         if req.host_time_unix_nanos > 0 {
             clock::set_if_off(req.host_time_unix_nanos);
         }
+        if !req.entropy.is_empty() {
+            entropy::add_and_reseed(&req.entropy)
+                .map_err(|e| io_status("reseed the kernel's random pool", e))?;
+        }
         Ok(Response::new(HelloResponse {
             protocol_version: cabin_proto::PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -238,6 +255,9 @@ impl Agent for AgentService {
                 let dev =
                     block_device_by_serial(serial).map_err(|e| Status::not_found(e.to_string()))?;
                 set_read_ahead(&dev);
+                // A VM resumed from a saved state may hold pages it read from the disk
+                // that was attached when the state was saved.
+                flush_buffers(&dev).map_err(|e| io_status("flush the disk's cached pages", e))?;
                 dev.to_string_lossy().into_owned()
             }
             None => req.source.clone(),

@@ -124,6 +124,7 @@ async fn calls_are_multiplexed_over_one_stream() {
         .hello(HelloRequest {
             protocol_version: 7,
             host_time_unix_nanos: 0,
+            entropy: Vec::new(),
         })
         .await
         .unwrap()

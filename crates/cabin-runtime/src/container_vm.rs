@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cabin_image::rootfs;
 use cabin_proto::v1::{
-    CreateContainerRequest, ExitStatus, HelloRequest, MountRequest, ProcessRef, Resources, Rlimit,
-    StartProcessRequest, TtySize,
+    CreateContainerRequest, ExitStatus, HelloRequest, HelloResponse, MountRequest, ProcessRef,
+    Resources, Rlimit, StartProcessRequest, TtySize,
 };
 use cabin_vmm::qemu::{Qemu, QemuVm};
 use cabin_vmm::{
@@ -25,6 +25,7 @@ use crate::assets;
 use crate::paths::Paths;
 use crate::root::{self, RootSource};
 use crate::rundir::{self, RunDir};
+use crate::snapshot;
 use crate::timings::Timings;
 
 /// Guest memory on top of the container's own limit: kernel, init, page cache.
@@ -177,7 +178,72 @@ pub struct ContainerVm {
     pub timings: Timings,
     pub accel: AccelChoice,
     pub guest_boot: Duration,
+    /// The VM resumed from a boot snapshot rather than booting.
+    pub restored: bool,
+    /// No boot snapshot fits this VM yet: front ends start building one
+    /// (`cabin system prepare`) so that the next run resumes.
+    pub missing_snapshot: bool,
+    /// Something the user should hear about the boot (a snapshot that failed to resume).
+    pub boot_notice: Option<String>,
     exited: Option<VmExit>,
+}
+
+/// What a container VM runs on: the VMM, kernel, initramfs and accelerator.
+pub struct Machine {
+    pub qemu: Qemu,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Front ends tell the user about a fallback to TCG (see `tcg_notice`).
+    pub accel: AccelChoice,
+}
+
+impl Machine {
+    pub fn resolve(paths: &Paths, cfg: &ContainerConfig) -> Result<Machine, RunError> {
+        let qemu = Qemu::locate().map_err(|e| RunError::Setup(e.to_string()))?;
+        let kernel = assets::locate_kernel(cfg.kernel.as_deref(), paths)?;
+        let init = assets::locate_init()?;
+        let initrd = assets::initramfs(&init, paths)?;
+        Ok(Machine {
+            qemu,
+            kernel,
+            initrd,
+            accel: choose_accel(cfg.accel),
+        })
+    }
+
+    /// The VM for `cfg`, with its root disk at `disk` (a qcow2 overlay).
+    pub fn spec(&self, cfg: &ContainerConfig, run_dir: &Path, disk: PathBuf) -> MicroVmSpec {
+        MicroVmSpec {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            extra_cmdline: cfg.extra_kernel_args.clone(),
+            cpus: cfg.vcpus(),
+            memory_mib: cfg.vm_memory_mib(),
+            disks: vec![DiskSpec {
+                path: disk,
+                format: DiskFormat::Qcow2,
+                read_only: false,
+                serial: "rootfs".into(),
+                volatile: true,
+            }],
+            accel: self.accel.accel,
+            run_dir: run_dir.to_path_buf(),
+            restore: None,
+        }
+    }
+}
+
+/// Builds the boot snapshot for containers configured like `cfg` (`cabin system
+/// prepare`), unless it exists or another process is building it.
+pub async fn prepare_snapshot(
+    paths: &Paths,
+    cfg: &ContainerConfig,
+) -> Result<snapshot::Built, RunError> {
+    let machine = Machine::resolve(paths, cfg)?;
+    let spec = machine.spec(cfg, Path::new("/unused"), PathBuf::from("/unused"));
+    snapshot::build(paths, &machine.qemu, &spec)
+        .await
+        .map_err(|e| RunError::Setup(format!("building the boot snapshot: {e}")))
 }
 
 fn status_error(e: tonic::Status) -> RunError {
@@ -189,10 +255,24 @@ fn status_error(e: tonic::Status) -> RunError {
     }
 }
 
+/// 64 bytes from the host's kernel for the guest's (see cabin-init's entropy.rs).
+fn fresh_entropy() -> Vec<u8> {
+    let mut b = vec![0u8; 64];
+    // SAFETY: getrandom into our buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        b.clear();
+    }
+    b
+}
+
 fn create_overlay(base: &Path, overlay: &Path) -> Result<(), RunError> {
-    let size = std::fs::metadata(base)
+    let base_size = std::fs::metadata(base)
         .map_err(|e| RunError::Setup(format!("reading {}: {e}", base.display())))?
         .len();
+    // Every container disk looks the same to the guest, so that a boot snapshot fits any
+    // of them (snapshot.rs); the file system inside keeps its own size.
+    let size = base_size.max(snapshot::DISK_BYTES);
     cabin_image::qcow2::create_overlay(base, size, overlay).map_err(|e| {
         RunError::Setup(format!(
             "creating the container's writable layer failed: {e}"
@@ -263,10 +343,7 @@ impl ContainerVm {
         started: Instant,
     ) -> Result<ContainerVm, RunError> {
         let mut timings = Timings::start_at(started);
-        let qemu = Qemu::locate().map_err(|e| RunError::Setup(e.to_string()))?;
-        let kernel = assets::locate_kernel(cfg.kernel.as_deref(), paths)?;
-        let init = assets::locate_init()?;
-        let initrd = assets::initramfs(&init, paths)?;
+        let machine = Machine::resolve(paths, cfg)?;
         timings.mark("boot assets");
         let root = root::resolve(paths, &cfg.root).await?;
         let (args, image_env, cwd, user) = root::merge(
@@ -279,99 +356,60 @@ impl ContainerVm {
         )
         .map_err(RunError::Setup)?;
         timings.mark_with("root filesystem image", root.note);
-        // Front ends tell the user about a fallback to TCG (see `tcg_notice`).
-        let accel = choose_accel(cfg.accel);
-
         let id = rundir::new_id();
         let run_dir = RunDir::create(paths, &id)
             .map_err(|e| RunError::Setup(format!("creating the VM's run directory: {e}")))?;
         let overlay = run_dir.path.join("rootfs.qcow2");
         create_overlay(&root.disk, &overlay)?;
-        let spec = MicroVmSpec {
-            kernel,
-            initrd,
-            extra_cmdline: cfg.extra_kernel_args.clone(),
-            cpus: cfg.vcpus(),
-            memory_mib: cfg.vm_memory_mib(),
-            disks: vec![DiskSpec {
-                path: overlay,
-                format: DiskFormat::Qcow2,
-                read_only: false,
-                serial: "rootfs".into(),
-                volatile: true,
-            }],
-            accel: accel.accel,
-            run_dir: run_dir.path.clone(),
-        };
-        timings.mark("writable layer");
-        let vm = qemu
-            .start(&spec)
-            .map_err(|e| RunError::Setup(e.to_string()))?;
-        run_dir
-            .record_vmm_pid(vm.pid())
-            .map_err(|e| RunError::Setup(format!("recording QEMU's pid: {e}")))?;
-        timings.mark("QEMU spawned");
-        let agent = agent::connect(vm.agent_socket());
-        let mut me = ContainerVm {
-            id: id.clone(),
-            vm,
-            agent,
-            run_dir: Some(run_dir),
-            timings,
-            accel,
-            guest_boot: Duration::ZERO,
-            exited: None,
-        };
-
-        let host_now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as i64;
-        let mut a = me.agent.clone();
-        let deadline = cfg.boot_timeout;
-        let hello = me
-            .guarded(agent::call(
-                "Hello",
-                deadline,
-                a.hello(HelloRequest {
-                    protocol_version: cabin_proto::PROTOCOL_VERSION,
-                    host_time_unix_nanos: host_now,
-                }),
-            ))
-            .await;
-        let hello = match hello {
-            Ok(h) => h,
-            Err(RunError::Deadline(m)) => {
-                let console = me.vm.console_tail(4096);
-                return Err(RunError::Vm {
-                    message: format!(
-                        "{m} (boot deadline {} s; raise it with --boot-timeout); the VM was stopped",
-                        deadline.as_secs()
-                    ),
-                    console,
-                });
-            }
-            Err(e) => return Err(e),
-        };
-        if hello.protocol_version < cabin_proto::PROTOCOL_VERSION {
-            return Err(RunError::Setup(format!(
-                "the guest's cabin-init speaks protocol version {}, this cabin needs {}: rebuild it with scripts/build-init.sh",
-                hello.protocol_version,
-                cabin_proto::PROTOCOL_VERSION
-            )));
+        let mut spec = machine.spec(cfg, &run_dir.path, overlay);
+        let key = snapshot::key(&machine.qemu, &spec);
+        let mut missing_snapshot = false;
+        if snapshot::enabled() {
+            spec.restore = snapshot::find(paths, &key);
+            missing_snapshot = spec.restore.is_none();
         }
+        timings.mark("writable layer");
+
+        let mut me = ContainerVm::launch(&machine, &spec, run_dir, timings, id.clone())?;
+        let mut boot_notice = None;
+        let hello = match (me.greet(cfg.boot_timeout).await, spec.restore.take()) {
+            (Ok(h), _) => h,
+            (Err(e), Some(snap)) => {
+                // A snapshot that does not resume (a QEMU upgrade in place, a damaged
+                // file) is removed, and this run boots normally.
+                snapshot::discard(&snap);
+                missing_snapshot = true;
+                boot_notice = Some(format!(
+                    "the saved boot state {} could not be resumed ({}); removed it and booting normally",
+                    snap.display(),
+                    e.to_string().lines().next().unwrap_or("")
+                ));
+                let run_dir = me.run_dir.take().expect("the run directory is still held");
+                let _ = me.vm.kill().await;
+                let timings = me.timings.clone();
+                drop(me);
+                me = ContainerVm::launch(&machine, &spec, run_dir, timings, id.clone())?;
+                me.greet(cfg.boot_timeout).await?
+            }
+            (Err(e), None) => return Err(e),
+        };
+        me.boot_notice = boot_notice;
+        me.missing_snapshot = missing_snapshot;
         me.guest_boot = Duration::from_nanos(hello.init_started_boottime_nanos);
-        me.timings.mark_with(
-            "init answering",
+        let init_ready = (hello
+            .answered_boottime_nanos
+            .saturating_sub(hello.init_started_boottime_nanos)) as f64
+            / 1e6;
+        let note = if me.restored {
+            format!("resumed from boot snapshot {key}")
+        } else {
             format!(
-                "guest kernel booted in {:.1} ms, init ready {:.1} ms later",
+                "guest kernel booted in {:.1} ms, init ready {init_ready:.1} ms later",
                 me.guest_boot.as_secs_f64() * 1e3,
-                (hello
-                    .answered_boottime_nanos
-                    .saturating_sub(hello.init_started_boottime_nanos)) as f64
-                    / 1e6
-            ),
-        );
+            )
+        };
+        me.timings.mark_with("init answering", note);
+        let mut a = me.agent.clone();
 
         let rootfs = format!("/run/cabin/containers/{id}/rootfs");
         let t = cabin_proto::CALL_TIMEOUT;
@@ -455,6 +493,82 @@ impl ContainerVm {
             format!("pid {} in the guest", started.pid),
         );
         Ok(me)
+    }
+
+    /// Starts the VM for `spec` (booting, or resuming `spec.restore`).
+    fn launch(
+        machine: &Machine,
+        spec: &MicroVmSpec,
+        run_dir: RunDir,
+        timings: Timings,
+        id: String,
+    ) -> Result<ContainerVm, RunError> {
+        let vm = machine
+            .qemu
+            .start(spec)
+            .map_err(|e| RunError::Setup(e.to_string()))?;
+        run_dir
+            .record_vmm_pid(vm.pid())
+            .map_err(|e| RunError::Setup(format!("recording QEMU's pid: {e}")))?;
+        let agent = agent::connect(vm.agent_socket());
+        let mut me = ContainerVm {
+            id,
+            vm,
+            agent,
+            run_dir: Some(run_dir),
+            timings,
+            accel: machine.accel.clone(),
+            guest_boot: Duration::ZERO,
+            restored: spec.restore.is_some(),
+            missing_snapshot: false,
+            boot_notice: None,
+            exited: None,
+        };
+        me.timings.mark("QEMU spawned");
+        Ok(me)
+    }
+
+    /// Waits for cabin-init's first answer: sets the clock, reseeds the guest's random
+    /// number generator and checks the protocol version.
+    async fn greet(&mut self, deadline: Duration) -> Result<HelloResponse, RunError> {
+        let host_now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as i64;
+        let mut a = self.agent.clone();
+        let hello = self
+            .guarded(agent::call(
+                "Hello",
+                deadline,
+                a.hello(HelloRequest {
+                    protocol_version: cabin_proto::PROTOCOL_VERSION,
+                    host_time_unix_nanos: host_now,
+                    entropy: fresh_entropy(),
+                }),
+            ))
+            .await;
+        let hello = match hello {
+            Ok(h) => h,
+            Err(RunError::Deadline(m)) => {
+                let console = self.vm.console_tail(4096);
+                return Err(RunError::Vm {
+                    message: format!(
+                        "{m} (boot deadline {} s; raise it with --boot-timeout); the VM was stopped",
+                        deadline.as_secs()
+                    ),
+                    console,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        if hello.protocol_version < cabin_proto::PROTOCOL_VERSION {
+            return Err(RunError::Setup(format!(
+                "the guest's cabin-init speaks protocol version {}, this cabin needs {}: rebuild it with scripts/build-init.sh",
+                hello.protocol_version,
+                cabin_proto::PROTOCOL_VERSION
+            )));
+        }
+        Ok(hello)
     }
 
     /// Waits for the container's process to exit.

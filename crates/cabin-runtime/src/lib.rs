@@ -6,6 +6,7 @@
 //! - [`assets`]: the guest kernel and the initramfs with cabin-init.
 //! - [`agent`]: the gRPC client for cabin-init.
 //! - [`rundir`]: per-VM private directories and the clean-up of abandoned ones.
+//! - [`snapshot`]: saved idle VMs that containers resume from instead of booting.
 //! - [`paths`], [`timings`], [`system`].
 
 pub mod agent;
@@ -14,6 +15,7 @@ pub mod container_vm;
 pub mod paths;
 pub mod root;
 pub mod rundir;
+pub mod snapshot;
 pub mod system;
 pub mod timings;
 

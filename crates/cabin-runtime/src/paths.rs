@@ -49,6 +49,11 @@ impl Paths {
         self.data.join("credentials.json")
     }
 
+    /// Saved VMs that containers resume from instead of booting (snapshot.rs).
+    pub fn snapshots(&self) -> PathBuf {
+        self.data.join("snapshots")
+    }
+
     pub fn initramfs_cache(&self) -> PathBuf {
         self.data.join("initramfs")
     }

@@ -114,5 +114,16 @@ pub fn disk_usage(paths: &Paths) -> Vec<Usage> {
             count: entries(&paths.initramfs_cache()),
             bytes: allocated(&paths.initramfs_cache()).1,
         },
+        Usage {
+            what: "boot snapshots",
+            count: std::fs::read_dir(paths.snapshots())
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".vmstate"))
+                        .count() as u64
+                })
+                .unwrap_or(0),
+            bytes: allocated(&paths.snapshots()).1,
+        },
     ]
 }

@@ -42,6 +42,10 @@ pub struct MicroVmSpec {
     pub accel: Accel,
     /// Private directory (0700) for this VM's sockets and console log.
     pub run_dir: PathBuf,
+    /// Resume from this saved VM state (see [`RunningVm::save_state`]) instead of
+    /// booting. The rest of the spec must equal the spec of the VM that was saved,
+    /// except for the files behind the disks.
+    pub restore: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,4 +78,10 @@ pub trait RunningVm {
     fn stop(&mut self, grace: Duration) -> impl Future<Output = io::Result<VmExit>>;
     /// Ends the VM at once, for VMs whose state is thrown away anyway.
     fn kill(&mut self) -> impl Future<Output = io::Result<VmExit>>;
+    /// Waits until the guest has opened its end of the agent channel: the moment a
+    /// freshly booted cabin-init is idle, waiting for the host.
+    fn wait_agent_opened(&mut self, timeout: Duration) -> impl Future<Output = io::Result<()>>;
+    /// Pauses the VM and writes its whole state (CPU, devices, memory) to `path`, for
+    /// later VMs to resume from with [`MicroVmSpec::restore`].
+    fn save_state(&mut self, path: &std::path::Path) -> impl Future<Output = io::Result<()>>;
 }

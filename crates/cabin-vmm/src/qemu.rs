@@ -2,12 +2,14 @@
 //! devices only, no firmware, controlled over QMP.
 
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use serde_json::json;
 use tokio::net::UnixStream;
 
 use crate::qmp::Qmp;
@@ -64,6 +66,7 @@ pub const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t rdinit=/in
 // Descriptor numbers the listening sockets get in QEMU.
 const AGENT_FD: i32 = 3;
 const QMP_FD: i32 = 4;
+const RESTORE_FD: i32 = 5;
 
 fn listen(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
     let _ = std::fs::remove_file(path);
@@ -77,6 +80,8 @@ pub fn command_line(spec: &MicroVmSpec) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |s: &[&str]| a.extend(s.iter().map(|s| s.to_string()));
     push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+    // A saved VM resumes at once wherever it is restored, without a `cont` over QMP.
+    push(&["-global", "migration.store-global-state=off"]);
     // acpi=off: the kernel has no ACPI, and only then does QEMU put the virtio-mmio
     // devices on the kernel command line.
     push(&["-M", "microvm,acpi=off,x-option-roms=off,rtc=on"]);
@@ -117,7 +122,11 @@ pub fn command_line(spec: &MicroVmSpec) -> Vec<String> {
         "-device",
         "virtio-serial-device,max_ports=2",
         "-device",
-        &format!("virtserialport,chardev=agent,name={}", AGENT_PORT_NAME),
+        // The id makes QEMU report the guest opening the port (VSERPORT_CHANGE).
+        &format!(
+            "virtserialport,chardev=agent,name={},id={AGENT_PORT_ID}",
+            AGENT_PORT_NAME
+        ),
     ]);
     push(&[
         "-chardev",
@@ -143,8 +152,13 @@ pub fn command_line(spec: &MicroVmSpec) -> Vec<String> {
             &format!("virtio-blk-device,drive=disk{i},serial={}", d.serial),
         ]);
     }
+    if spec.restore.is_some() {
+        push(&["-incoming", &format!("fd:{RESTORE_FD}")]);
+    }
     a
 }
+
+const AGENT_PORT_ID: &str = "agentport";
 
 /// The name cabin-init looks for; kept in step with cabin_proto::PORT_NAME by a test in
 /// cabin-runtime (this crate does not depend on the protocol).
@@ -172,6 +186,17 @@ impl VmBackend for Qemu {
         let agent_fd: OwnedFd = agent.into();
         let qmp_fd: OwnedFd = qmp.into();
         let (agent_raw, qmp_raw) = (agent_fd.as_raw_fd(), qmp_fd.as_raw_fd());
+        let restore: Option<OwnedFd> = match &spec.restore {
+            Some(path) => Some(
+                std::fs::File::open(path)
+                    .map_err(|e| {
+                        io::Error::new(e.kind(), format!("opening {}: {e}", path.display()))
+                    })?
+                    .into(),
+            ),
+            None => None,
+        };
+        let restore_raw = restore.as_ref().map(|f| f.as_raw_fd());
         let parent = std::process::id() as i32;
         let mut cmd = Command::new(&self.binary);
         cmd.args(command_line(spec))
@@ -192,13 +217,18 @@ impl VmBackend for Qemu {
                 if libc::dup2(agent_raw, AGENT_FD) < 0 || libc::dup2(qmp_raw, QMP_FD) < 0 {
                     return Err(io::Error::last_os_error());
                 }
+                if let Some(fd) = restore_raw {
+                    if libc::dup2(fd, RESTORE_FD) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
         let child = cmd.spawn().map_err(|e| {
             io::Error::new(e.kind(), format!("starting {}: {e}", self.binary.display()))
         })?;
-        drop((agent_fd, qmp_fd));
+        drop((agent_fd, qmp_fd, restore));
         Ok(QemuVm {
             child: Some(child),
             pid: 0,
@@ -206,6 +236,7 @@ impl VmBackend for Qemu {
             qmp_path,
             agent_path,
             exit: None,
+            monitor: None,
         }
         .with_pid())
     }
@@ -218,6 +249,9 @@ pub struct QemuVm {
     qmp_path: PathBuf,
     agent_path: PathBuf,
     exit: Option<VmExit>,
+    /// A QMP connection kept open to receive events (events are not queued for clients
+    /// that connect later).
+    monitor: Option<Qmp>,
 }
 
 impl QemuVm {
@@ -313,6 +347,60 @@ impl RunningVm for QemuVm {
         }
     }
 
+    async fn wait_agent_opened(&mut self, timeout: Duration) -> io::Result<()> {
+        let mut qmp = match self.monitor.take() {
+            Some(q) => q,
+            None => self.qmp().await?,
+        };
+        // A QEMU that dies closes the connection, which ends the wait with an error.
+        let opened = qmp.wait_event("VSERPORT_CHANGE", |d| {
+            d["id"] == AGENT_PORT_ID && d["open"] == true
+        });
+        let r = tokio::time::timeout(timeout, opened).await;
+        self.monitor = Some(qmp);
+        match r {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(io::Error::other(format!(
+                "QEMU ended before the guest opened its agent port: {e}"
+            ))),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the guest did not open its agent port in time",
+            )),
+        }
+    }
+
+    async fn save_state(&mut self, path: &Path) -> io::Result<()> {
+        if self.monitor.is_none() {
+            self.monitor = Some(self.qmp().await?);
+        }
+        let qmp = self.monitor.as_mut().expect("just set");
+        qmp.execute("stop", None).await?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        qmp.execute_with_fd("getfd", Some(json!({"fdname": "state"})), file.as_fd())
+            .await?;
+        qmp.execute("migrate", Some(json!({"uri": "fd:state"})))
+            .await?;
+        loop {
+            let info = qmp.execute("query-migrate", None).await?;
+            match info["status"].as_str() {
+                Some("completed") => break,
+                Some("failed") | Some("cancelled") => {
+                    return Err(io::Error::other(format!(
+                        "saving the VM failed: {}",
+                        info["error-desc"].as_str().unwrap_or("no reason given")
+                    )))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        file.sync_all()
+    }
+
     async fn kill(&mut self) -> io::Result<VmExit> {
         if let Some(exit) = self.try_exit()? {
             return Ok(exit);
@@ -354,6 +442,7 @@ mod tests {
             }],
             accel: Accel::Tcg,
             run_dir: "/run/x".into(),
+            restore: None,
         }
     }
 
@@ -368,6 +457,11 @@ mod tests {
         assert!(a.contains("file=/data/a,,b.qcow2,format=qcow2,readonly=off,cache=unsafe"));
         assert!(a.contains("virtio-blk-device,drive=disk0,serial=rootfs"));
         assert!(!a.contains("pci"), "microvm guests get no PCI devices: {a}");
+        assert!(!a.contains("-incoming"));
+        let mut resumed = spec();
+        resumed.restore = Some("/snap/x.vmstate".into());
+        let r = command_line(&resumed);
+        assert_eq!(r[r.len() - 2..], ["-incoming", "fd:5"]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! whole schema.
 
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -58,13 +59,57 @@ impl Qmp {
 
     /// Runs a command and returns its `return` value.
     pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> io::Result<Value> {
-        let mut msg = json!({ "execute": command });
-        if let Some(args) = arguments {
-            msg["arguments"] = args;
-        }
-        let mut line = serde_json::to_vec(&msg)?;
-        line.push(b'\n');
+        let line = command_line(command, arguments)?;
         self.writer.write_all(&line).await?;
+        self.answer(command).await
+    }
+
+    /// Runs a command that takes a file descriptor along (`getfd`, `add-fd`): the
+    /// descriptor travels with the command's bytes as SCM_RIGHTS.
+    pub async fn execute_with_fd(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: BorrowedFd<'_>,
+    ) -> io::Result<Value> {
+        let line = command_line(command, arguments)?;
+        let sock = self.writer.as_ref();
+        loop {
+            sock.writable().await?;
+            match sock.try_io(tokio::io::Interest::WRITABLE, || {
+                send_with_fd(sock.as_raw_fd(), &line, fd)
+            }) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        self.answer(command).await
+    }
+
+    /// Waits for an event named `name` whose `data` satisfies `matches`, looking at the
+    /// events already received first.
+    pub async fn wait_event(
+        &mut self,
+        name: &str,
+        matches: impl Fn(&Value) -> bool,
+    ) -> io::Result<Value> {
+        let hit = |m: &Value| m["event"] == name && matches(&m["data"]);
+        if let Some(i) = self.events.iter().position(hit) {
+            return Ok(self.events.remove(i));
+        }
+        loop {
+            let m = self.read_message().await?;
+            if hit(&m) {
+                return Ok(m);
+            }
+            if m.get("event").is_some() && self.events.len() < 256 {
+                self.events.push(m);
+            }
+        }
+    }
+
+    async fn answer(&mut self, command: &str) -> io::Result<Value> {
         loop {
             let m = self.read_message().await?;
             if let Some(ret) = m.get("return") {
@@ -81,6 +126,55 @@ impl Qmp {
             }
         }
     }
+}
+
+fn command_line(command: &str, arguments: Option<Value>) -> io::Result<Vec<u8>> {
+    let mut msg = json!({ "execute": command });
+    if let Some(args) = arguments {
+        msg["arguments"] = args;
+    }
+    let mut line = serde_json::to_vec(&msg)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// One sendmsg(2) of `bytes` with `fd` attached; a short write is an error (QMP commands
+/// are a few hundred bytes, far below any socket buffer).
+fn send_with_fd(sock: RawFd, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: msghdr and its control buffer are built per cmsg(3) and live across the
+    // call; the kernel only reads them.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+        std::ptr::copy_nonoverlapping(
+            &raw as *const RawFd as *const u8,
+            libc::CMSG_DATA(cmsg),
+            std::mem::size_of::<RawFd>(),
+        );
+        libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL)
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as usize != bytes.len() {
+        return Err(io::Error::other("QMP command sent in part"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -58,14 +58,30 @@ pub fn shared_data_dir() -> &'static Path {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         remove_at_exit(dir.clone());
+        // The shared directory has its boot snapshot made up front, so the tests that
+        // use it run containers the default way: resumed, not booted.
+        let o = cabin_in(&dir)
+            .env("CABIN_SNAPSHOTS", "on")
+            .args(["system", "prepare"])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "cabin system prepare: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         dir
     })
 }
 
+/// `cabin` with its own data directory. Boot snapshots are off there (the VMs boot),
+/// so that no test leaves a background snapshot build behind; tests/snapshots.rs and
+/// the shared data directory cover resumed VMs.
 pub fn cabin_in(data_dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cabin"));
     c.env("CABIN_DATA_DIR", data_dir)
         .env("CABIN_ACCEL", "tcg")
+        .env("CABIN_SNAPSHOTS", "off")
         .env_remove("CABIN_KERNEL")
         .env_remove("CABIN_QEMU")
         .env_remove("CABIN_INIT")
@@ -73,13 +89,22 @@ pub fn cabin_in(data_dir: &Path) -> Command {
     c
 }
 
+/// `cabin` in the shared data directory, whose VMs resume from its boot snapshot.
 pub fn cabin() -> Command {
-    cabin_in(shared_data_dir())
+    let mut c = cabin_in(shared_data_dir());
+    c.env("CABIN_SNAPSHOTS", "on");
+    c
 }
 
 /// `cabin run --rootfs <busybox> -- ARGS...` with extra options before `--rootfs`.
 pub fn run(opts: &[&str], args: &[&str]) -> Output {
-    run_in(shared_data_dir(), &[], opts, args)
+    run_in(shared_data_dir(), &[("CABIN_SNAPSHOTS", "on")], opts, args)
+}
+
+/// `run` for VM shapes without a boot snapshot (other memory or CPUs): booted, and
+/// no snapshot build started behind the test's back.
+pub fn run_booted(opts: &[&str], args: &[&str]) -> Output {
+    run_in(shared_data_dir(), &[("CABIN_SNAPSHOTS", "off")], opts, args)
 }
 
 /// The same in `data`, with extra environment variables for cabin.

@@ -1,0 +1,243 @@
+//! Boot snapshots: a container VM saved the moment cabin-init came up idle, before it
+//! touched any disk, so that later containers resume it (tens of milliseconds) instead of
+//! booting a kernel (most of a second under TCG).
+//!
+//! A snapshot fits exactly one VM shape: the QEMU binary, kernel, initramfs, accelerator,
+//! vCPUs, memory, kernel arguments and device layout, all folded into its key, which is
+//! computed from the very QEMU command line the VM would get. The container's disk is
+//! the one thing that differs between the saved VM and a resumed one: every container
+//! disk is presented with the same virtual size ([`DISK_BYTES`]), and cabin-init drops
+//! the block device's cached pages before mounting it.
+//!
+//! Snapshots are built in the background after a run found none (see `cabin system
+//! prepare`), one builder per key (a lock file), written to a temporary name and
+//! renamed, so a reader sees a whole snapshot or none. A snapshot that fails to resume is
+//! deleted and the run boots normally.
+
+use std::fs;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cabin_vmm::qemu::{self, Qemu};
+use cabin_vmm::{DiskFormat, DiskSpec, MicroVmSpec, RunningVm, VmBackend};
+use sha2::{Digest, Sha256};
+
+use crate::paths::{create_private_dir, Paths};
+use crate::rundir::{self, RunDir};
+
+/// The virtual size of every container's disk device (sparse; the file system inside
+/// is as large as its image). Images larger than this boot without a snapshot.
+pub const DISK_BYTES: u64 = 1 << 40;
+
+/// How long a template VM may take to boot before the build gives up.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Whether runs use and build snapshots: yes unless `CABIN_SNAPSHOTS=off`.
+pub fn enabled() -> bool {
+    !matches!(
+        std::env::var("CABIN_SNAPSHOTS").as_deref(),
+        Ok("off" | "0" | "no" | "false")
+    )
+}
+
+fn file_identity(h: &mut Sha256, path: &Path) {
+    h.update(path.as_os_str().as_encoded_bytes());
+    if let Ok(m) = fs::metadata(path) {
+        use std::os::unix::fs::MetadataExt;
+        h.update(m.len().to_le_bytes());
+        h.update(m.mtime().to_le_bytes());
+        h.update(m.mtime_nsec().to_le_bytes());
+        h.update(m.ino().to_le_bytes());
+    }
+}
+
+/// The key of the snapshot a VM with this spec can resume from. Paths that differ from
+/// VM to VM (run directory, disk files) are left out; everything else of the QEMU
+/// command line is in, so any change to how cabin starts QEMU invalidates old snapshots.
+pub fn key(qemu: &Qemu, spec: &MicroVmSpec) -> String {
+    let mut canonical = spec.clone();
+    canonical.run_dir = PathBuf::from("/run-dir");
+    canonical.restore = None;
+    for (i, d) in canonical.disks.iter_mut().enumerate() {
+        d.path = PathBuf::from(format!("/disk{i}"));
+        d.format = DiskFormat::Raw;
+    }
+    let mut h = Sha256::new();
+    file_identity(&mut h, &qemu.binary);
+    file_identity(&mut h, &spec.kernel);
+    file_identity(&mut h, &spec.initrd);
+    for arg in qemu::command_line(&canonical) {
+        h.update(arg.as_bytes());
+        h.update([0]);
+    }
+    h.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub fn path_for(paths: &Paths, key: &str) -> PathBuf {
+    path_for_dir(&paths.snapshots(), key)
+}
+
+/// The snapshot for `key`, if one has been built.
+pub fn find(paths: &Paths, key: &str) -> Option<PathBuf> {
+    let p = path_for(paths, key);
+    p.is_file().then_some(p)
+}
+
+/// Removes a snapshot that could not be resumed.
+pub fn discard(path: &Path) {
+    let _ = fs::remove_file(path);
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Built {
+    Built(PathBuf),
+    AlreadyThere(PathBuf),
+    /// Another process is building it right now.
+    InProgress,
+}
+
+/// Boots a template VM shaped like `spec` (its disks replaced by empty placeholders),
+/// waits until cabin-init is idle, and saves it as the snapshot for `spec`'s key.
+pub async fn build(paths: &Paths, qemu: &Qemu, spec: &MicroVmSpec) -> io::Result<Built> {
+    let key = key(qemu, spec);
+    if let Some(p) = find(paths, &key) {
+        return Ok(Built::AlreadyThere(p));
+    }
+    let dir = paths.snapshots();
+    create_private_dir(&dir)?;
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!("{key}.lock")))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Ok(Built::InProgress);
+    }
+    if let Some(p) = find(paths, &key) {
+        return Ok(Built::AlreadyThere(p));
+    }
+    remove_partial(&dir);
+
+    let run_dir = RunDir::create(paths, &rundir::new_id())?;
+    let result = boot_and_save(qemu, spec, &run_dir.path, &dir, &key).await;
+    let _ = run_dir.remove();
+    result.map(Built::Built)
+}
+
+async fn boot_and_save(
+    qemu: &Qemu,
+    spec: &MicroVmSpec,
+    run_dir: &Path,
+    dir: &Path,
+    key: &str,
+) -> io::Result<PathBuf> {
+    let mut template = spec.clone();
+    template.run_dir = run_dir.to_path_buf();
+    template.restore = None;
+    for (i, d) in template.disks.iter_mut().enumerate() {
+        let placeholder = run_dir.join(format!("placeholder{i}.raw"));
+        fs::File::create(&placeholder)?.set_len(DISK_BYTES)?;
+        *d = DiskSpec {
+            path: placeholder,
+            format: DiskFormat::Raw,
+            ..d.clone()
+        };
+    }
+    let mut vm = qemu.start(&template)?;
+    let saved = async {
+        vm.wait_agent_opened(BOOT_TIMEOUT).await?;
+        // cabin-init opens the port and then polls for the host; let it get there.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let partial = dir.join(format!(".partial-{key}-{}", std::process::id()));
+        let r = vm.save_state(&partial).await;
+        if let Err(e) = r {
+            let _ = fs::remove_file(&partial);
+            return Err(e);
+        }
+        let done = path_for_dir(dir, key);
+        fs::rename(&partial, &done)?;
+        Ok(done)
+    }
+    .await;
+    let _ = vm.kill().await;
+    saved.map_err(|e| {
+        let console = vm.console_tail(2048);
+        if console.trim().is_empty() {
+            e
+        } else {
+            io::Error::new(e.kind(), format!("{e}; guest console:\n{console}"))
+        }
+    })
+}
+
+fn path_for_dir(dir: &Path, key: &str) -> PathBuf {
+    dir.join(format!("{key}.vmstate"))
+}
+
+/// Partial files of builders that died (their lock is free, or we would not be here).
+fn remove_partial(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if let Some(rest) = name.strip_prefix(".partial-") {
+                let pid = rest.rsplit('-').next().and_then(|p| p.parse::<i32>().ok());
+                // SAFETY: kill with signal 0 only checks for existence.
+                let alive = pid.is_some_and(|p| unsafe { libc::kill(p, 0) } == 0);
+                if !alive {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cabin_vmm::Accel;
+
+    fn spec(run_dir: &str, disk: &str) -> MicroVmSpec {
+        MicroVmSpec {
+            kernel: "/nonexistent/vmlinux".into(),
+            initrd: "/nonexistent/initrd".into(),
+            extra_cmdline: String::new(),
+            cpus: 1,
+            memory_mib: 512,
+            disks: vec![DiskSpec {
+                path: disk.into(),
+                format: DiskFormat::Qcow2,
+                read_only: false,
+                serial: "rootfs".into(),
+                volatile: true,
+            }],
+            accel: Accel::Tcg,
+            run_dir: run_dir.into(),
+            restore: None,
+        }
+    }
+
+    #[test]
+    fn key_ignores_per_vm_paths_but_not_the_vm_shape() {
+        let q = Qemu {
+            binary: "/nonexistent/qemu".into(),
+        };
+        let a = key(&q, &spec("/run/a", "/a.qcow2"));
+        assert_eq!(a, key(&q, &spec("/run/b", "/b.qcow2")));
+        let mut more_memory = spec("/run/a", "/a.qcow2");
+        more_memory.memory_mib = 1024;
+        assert_ne!(a, key(&q, &more_memory));
+        let mut args = spec("/run/a", "/a.qcow2");
+        args.extra_cmdline = "cabin.trace".into();
+        assert_ne!(a, key(&q, &args));
+        let mut ro = spec("/run/a", "/a.qcow2");
+        ro.disks[0].read_only = true;
+        assert_ne!(a, key(&q, &ro));
+    }
+}
