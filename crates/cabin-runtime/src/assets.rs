@@ -177,7 +177,28 @@ pub fn initramfs(init: &Path, paths: &Paths) -> Result<PathBuf, AssetError> {
         let _ = fs::remove_file(&tmp);
         err(e)
     })?;
+    remove_old_archives(&dir, &path);
     Ok(path)
+}
+
+/// A new init makes the archives of older ones useless (one per init build, a few MB
+/// each). Archives touched in the last ten minutes stay: a VM that is starting right now
+/// may be about to hand one to QEMU.
+fn remove_old_archives(dir: &Path, keep: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+    for e in entries.flatten() {
+        let p = e.path();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < cutoff);
+        if p != keep && old && p.extension().is_some_and(|x| x == "cpio") {
+            let _ = fs::remove_file(p);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -206,8 +227,18 @@ mod tests {
         let mtime = fs::metadata(&a).unwrap().modified().unwrap();
         assert_eq!(initramfs(&init, &paths).unwrap(), a);
         assert_eq!(fs::metadata(&a).unwrap().modified().unwrap(), mtime);
+        // An archive of a long-gone init is removed when a new one is built; the one
+        // made a moment ago stays (a VM may be starting with it).
+        let stale = paths
+            .initramfs_cache()
+            .join("0123456789abcdef01234567.cpio");
+        let f = fs::File::create(&stale).unwrap();
+        f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(86400))
+            .unwrap();
         fs::write(&init, b"\x7fELF other, longer").unwrap();
-        assert_ne!(initramfs(&init, &paths).unwrap(), a);
+        let b = initramfs(&init, &paths).unwrap();
+        assert_ne!(b, a);
+        assert!(a.exists() && b.exists() && !stale.exists());
     }
 
     #[test]

@@ -42,15 +42,30 @@ pub fn enabled() -> bool {
     )
 }
 
-fn file_identity(h: &mut Sha256, path: &Path) {
-    h.update(path.as_os_str().as_encoded_bytes());
-    if let Ok(m) = fs::metadata(path) {
-        use std::os::unix::fs::MetadataExt;
-        h.update(m.len().to_le_bytes());
-        h.update(m.mtime().to_le_bytes());
-        h.update(m.mtime_nsec().to_le_bytes());
-        h.update(m.ino().to_le_bytes());
+/// A file's path and, if it exists, its size, modification time and inode: what tells
+/// a rebuilt kernel, init or QEMU from the one a snapshot was made with.
+fn identity(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match fs::metadata(path) {
+        Ok(m) => format!(
+            "{}\t{} {}.{} {}",
+            path.display(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ino()
+        ),
+        Err(_) => format!("{}\tmissing", path.display()),
     }
+}
+
+/// The files a VM's snapshot depends on besides its command line.
+fn dependencies(qemu: &Qemu, spec: &MicroVmSpec) -> [PathBuf; 3] {
+    [
+        qemu.binary.clone(),
+        spec.kernel.clone(),
+        spec.initrd.clone(),
+    ]
 }
 
 /// The key of the snapshot a VM with this spec can resume from. Paths that differ from
@@ -65,9 +80,10 @@ pub fn key(qemu: &Qemu, spec: &MicroVmSpec) -> String {
         d.format = DiskFormat::Raw;
     }
     let mut h = Sha256::new();
-    file_identity(&mut h, &qemu.binary);
-    file_identity(&mut h, &spec.kernel);
-    file_identity(&mut h, &spec.initrd);
+    for dep in dependencies(qemu, spec) {
+        h.update(identity(&dep).as_bytes());
+        h.update([0]);
+    }
     for arg in qemu::command_line(&canonical) {
         h.update(arg.as_bytes());
         h.update([0]);
@@ -123,6 +139,7 @@ pub async fn build(paths: &Paths, qemu: &Qemu, spec: &MicroVmSpec) -> io::Result
         return Ok(Built::AlreadyThere(p));
     }
     remove_partial(&dir);
+    prune_stale(&dir);
 
     let run_dir = RunDir::create(paths, &rundir::new_id())?;
     let result = boot_and_save(qemu, spec, &run_dir.path, &dir, &key).await;
@@ -161,6 +178,13 @@ async fn boot_and_save(
             return Err(e);
         }
         let done = path_for_dir(dir, key);
+        // The list of what the snapshot was made from goes first: a snapshot without
+        // one counts as stale (prune_stale).
+        let deps: String = dependencies(qemu, spec)
+            .iter()
+            .map(|d| identity(d) + "\n")
+            .collect();
+        fs::write(dir.join(format!("{key}.deps")), deps)?;
         fs::rename(&partial, &done)?;
         Ok(done)
     }
@@ -178,6 +202,31 @@ async fn boot_and_save(
 
 fn path_for_dir(dir: &Path, key: &str) -> PathBuf {
     dir.join(format!("{key}.vmstate"))
+}
+
+/// Removes snapshots made from a kernel, initramfs or QEMU that has since changed or
+/// gone: their keys can never come up again, and each holds tens of megabytes.
+fn prune_stale(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "vmstate") {
+            continue;
+        }
+        let deps = path.with_extension("deps");
+        let current = fs::read_to_string(&deps).is_ok_and(|text| {
+            text.lines().all(|line| {
+                line.split_once('\t')
+                    .is_some_and(|(p, _)| identity(Path::new(p)) == line)
+            })
+        });
+        if !current {
+            let _ = fs::remove_file(&path);
+            let _ = fs::remove_file(&deps);
+        }
+    }
 }
 
 /// Partial files of builders that died (their lock is free, or we would not be here).
@@ -221,6 +270,39 @@ mod tests {
             run_dir: run_dir.into(),
             restore: None,
         }
+    }
+
+    #[test]
+    fn snapshots_of_changed_or_vanished_files_are_pruned() {
+        let t = tempfile::tempdir().unwrap();
+        let kernel = t.path().join("vmlinux");
+        fs::write(&kernel, "one").unwrap();
+        let snap = |name: &str, deps: Option<String>| {
+            fs::write(t.path().join(format!("{name}.vmstate")), "state").unwrap();
+            if let Some(d) = deps {
+                fs::write(t.path().join(format!("{name}.deps")), d).unwrap();
+            }
+        };
+        snap("current", Some(identity(&kernel) + "\n"));
+        snap("changed", Some(identity(&kernel) + "\n"));
+        snap("vanished", Some(identity(&t.path().join("gone")) + "\n"));
+        snap("unlisted", None);
+        // "changed" was made from a kernel that has since been rebuilt.
+        let old = identity(&kernel);
+        fs::write(&kernel, "two, longer").unwrap();
+        fs::write(t.path().join("current.deps"), identity(&kernel) + "\n").unwrap();
+        assert_ne!(old, identity(&kernel));
+        fs::write(t.path().join("changed.deps"), old + "\n").unwrap();
+        fs::write(t.path().join("gone"), "now here").unwrap();
+        prune_stale(t.path());
+        let mut left: Vec<String> = fs::read_dir(t.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".vmstate"))
+            .collect();
+        left.sort();
+        assert_eq!(left, ["current.vmstate"]);
     }
 
     #[test]
