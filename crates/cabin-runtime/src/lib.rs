@@ -1,6 +1,7 @@
 //! The container and VM runtime: everything between a user's request and the VMM.
 //!
 //! - [`container_vm`]: one container in its own VM, boot to teardown.
+//! - [`containers`]: the container state store (records, names, supervisor liveness).
 //! - [`root`]: the container's root filesystem (directory or image) and the image's
 //!   defaults for the process.
 //! - [`assets`]: the guest kernel and the initramfs with cabin-init.
@@ -12,6 +13,7 @@
 pub mod agent;
 pub mod assets;
 pub mod container_vm;
+pub mod containers;
 pub mod paths;
 pub mod root;
 pub mod rundir;

@@ -1,0 +1,462 @@
+//! The container state store: what `cabin ps`, `inspect`, `rm` and the per-container
+//! supervisors read and write. No service: one directory per container under
+//! `<data>/containers/<id>/`, its record in `state.json`.
+//!
+//! - Crash safety: a record is written to a temporary file, fsync'ed, renamed over the
+//!   old one and the directory fsync'ed, so a crash leaves the old record or the new
+//!   one, never a mix.
+//! - Names: creating, renaming and removing containers happen under one store-wide
+//!   lock (`.lock`), so two `cabin run --name x` cannot both get `x`.
+//! - Liveness: a container's supervisor holds `supervisor.lock` (flock) for as long as
+//!   it lives. A record that says "running" while nobody holds that lock belongs to a
+//!   supervisor that was killed or a host that rebooted; [`Store::reconcile`] marks it
+//!   exited with that reason.
+//! - Hostile or damaged files: records are bounded in size and parsed strictly; a
+//!   record that cannot be read is reported as such and can still be removed.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::paths::{create_private_dir, Paths};
+
+/// Records are small; anything larger is not one of ours.
+const MAX_RECORD_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Status {
+    /// Made by `cabin create`; never started.
+    Created,
+    Running {
+        /// The supervisor process that owns the VM.
+        supervisor_pid: u32,
+        started_unix: u64,
+    },
+    Exited {
+        /// The process's exit code; 128+N when signal N killed it.
+        code: i32,
+        /// Why, when it was not the process's own doing (OOM kill, a supervisor that
+        /// died, a VM that failed).
+        reason: Option<String>,
+        finished_unix: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub name: String,
+    /// The image reference or `--rootfs` directory.
+    pub root: String,
+    pub command: Vec<String>,
+    pub created_unix: u64,
+    #[serde(flatten)]
+    pub status: Status,
+    /// Remove the container when it exits (`--rm`).
+    #[serde(default)]
+    pub auto_remove: bool,
+    #[serde(default)]
+    pub labels: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no such container: {0}")]
+    NotFound(String),
+    #[error("{0:?} matches more than one container ({1}); give more of the ID or the name")]
+    Ambiguous(String, String),
+    #[error("the name {name:?} is already in use by container {id}; remove it (cabin rm {name}) or choose another name")]
+    NameInUse { name: String, id: String },
+    #[error("invalid container name {0:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit")]
+    InvalidName(String),
+    #[error("container {id}: its record is unreadable ({detail}); `cabin rm -f {id}` removes it")]
+    Unreadable { id: String, detail: String },
+    #[error("container state in {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// Docker's rule for names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, bounded here.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && name.len() <= 128
+}
+
+fn valid_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A lock held until dropped (the descriptor closes).
+pub struct Lock(#[allow(dead_code)] fs::File);
+
+fn flock(path: &Path, block: bool) -> io::Result<Option<Lock>> {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    let op = libc::LOCK_EX | if block { 0 } else { libc::LOCK_NB };
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some(Lock(f)))
+}
+
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn open(paths: &Paths) -> Result<Store, StoreError> {
+        let dir = paths.data.join("containers");
+        create_private_dir(&dir).map_err(|source| StoreError::Io {
+            dir: dir.clone(),
+            source,
+        })?;
+        Ok(Store { dir })
+    }
+
+    fn io(&self, source: io::Error) -> StoreError {
+        StoreError::Io {
+            dir: self.dir.clone(),
+            source,
+        }
+    }
+
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    fn store_lock(&self) -> Result<Lock, StoreError> {
+        flock(&self.dir.join(".lock"), true)
+            .map_err(|e| self.io(e))?
+            .ok_or_else(|| self.io(io::Error::other("store lock")))
+    }
+
+    /// Adds a container with a fresh ID; `name` (or a generated one) must be free.
+    pub fn create(&self, mut record: Record, name: Option<&str>) -> Result<Record, StoreError> {
+        let _guard = self.store_lock()?;
+        let taken: Vec<(String, String)> = self
+            .ids()?
+            .into_iter()
+            .filter_map(|id| self.load(&id).ok().map(|r| (r.name, r.id)))
+            .collect();
+        record.id = crate::rundir::new_id();
+        record.name = match name {
+            Some(n) if !valid_name(n) => return Err(StoreError::InvalidName(n.to_string())),
+            Some(n) => {
+                if let Some((_, id)) = taken.iter().find(|(t, _)| t == n) {
+                    return Err(StoreError::NameInUse {
+                        name: n.to_string(),
+                        id: id[..12].to_string(),
+                    });
+                }
+                n.to_string()
+            }
+            None => generated_name(&record.id, |n| taken.iter().any(|(t, _)| t == n)),
+        };
+        let dir = self.container_dir(&record.id);
+        create_private_dir(&dir).map_err(|e| self.io(e))?;
+        self.save(&record)?;
+        Ok(record)
+    }
+
+    /// Writes a container's record crash-safely (see the module comment).
+    pub fn save(&self, record: &Record) -> Result<(), StoreError> {
+        let dir = self.container_dir(&record.id);
+        let write = || -> io::Result<()> {
+            let tmp = dir.join(format!(".state-{}.json", std::process::id()));
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(record)?)?;
+            f.sync_all()?;
+            fs::rename(&tmp, dir.join("state.json"))?;
+            fs::File::open(&dir)?.sync_all()
+        };
+        write().map_err(|e| self.io(e))
+    }
+
+    /// A container's record as stored (see [`Store::reconcile`] for its real state).
+    pub fn load(&self, id: &str) -> Result<Record, StoreError> {
+        if !valid_id(id) {
+            return Err(StoreError::NotFound(id.to_string()));
+        }
+        let path = self.container_dir(id).join("state.json");
+        let unreadable = |detail: String| StoreError::Unreadable {
+            id: id.to_string(),
+            detail,
+        };
+        let f = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(id.to_string()))
+            }
+            Err(e) => return Err(unreadable(e.to_string())),
+        };
+        let mut bytes = Vec::new();
+        f.take(MAX_RECORD_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| unreadable(e.to_string()))?;
+        if bytes.len() as u64 > MAX_RECORD_BYTES {
+            return Err(unreadable("larger than 1 MiB".into()));
+        }
+        let r: Record = serde_json::from_slice(&bytes).map_err(|e| unreadable(e.to_string()))?;
+        if r.id != id {
+            return Err(unreadable(format!("it names container {:?}", r.id)));
+        }
+        Ok(r)
+    }
+
+    /// The IDs of all containers, including those whose records are unreadable.
+    pub fn ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut ids: Vec<String> = fs::read_dir(&self.dir)
+            .map_err(|e| self.io(e))?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| valid_id(n))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Finds a container by name, full ID or unique ID prefix, as docker does.
+    pub fn resolve(&self, what: &str) -> Result<String, StoreError> {
+        let ids = self.ids()?;
+        if let Some(id) = ids
+            .iter()
+            .find(|id| self.load(id).map(|r| r.name == what).unwrap_or(false))
+        {
+            return Ok(id.clone());
+        }
+        let matches: Vec<&String> = if what.is_empty() {
+            Vec::new()
+        } else {
+            ids.iter().filter(|id| id.starts_with(what)).collect()
+        };
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(StoreError::NotFound(what.to_string())),
+            many => Err(StoreError::Ambiguous(
+                what.to_string(),
+                many.iter().map(|i| &i[..12]).collect::<Vec<_>>().join(", "),
+            )),
+        }
+    }
+
+    /// Takes the supervisor lock of a container: `Some` for the one process that will
+    /// own its VM, `None` if a live supervisor already holds it.
+    pub fn lock_supervisor(&self, id: &str) -> Result<Option<Lock>, StoreError> {
+        flock(&self.container_dir(id).join("supervisor.lock"), false).map_err(|e| self.io(e))
+    }
+
+    /// The record with the truth about liveness: a "running" container whose supervisor
+    /// is gone is recorded as exited, with the reason.
+    pub fn reconcile(&self, id: &str) -> Result<Record, StoreError> {
+        let mut r = self.load(id)?;
+        if let Status::Running { .. } = r.status {
+            if let Some(_lock) = self.lock_supervisor(id)? {
+                r.status = Status::Exited {
+                    code: 137,
+                    reason: Some(
+                        "its supervisor process died (killed, or the host restarted), taking the VM with it"
+                            .into(),
+                    ),
+                    finished_unix: now_unix(),
+                };
+                self.save(&r)?;
+            }
+        }
+        Ok(r)
+    }
+
+    /// Deletes a container's directory (record, log, anything left); the caller has
+    /// made sure it is not running.
+    pub fn remove(&self, id: &str) -> Result<(), StoreError> {
+        if !valid_id(id) {
+            return Err(StoreError::NotFound(id.to_string()));
+        }
+        let _guard = self.store_lock()?;
+        match fs::remove_dir_all(self.container_dir(id)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(StoreError::NotFound(id.to_string()))
+            }
+            r => r.map_err(|e| self.io(e)),
+        }
+    }
+}
+
+/// Docker-style adjective_noun names, picked deterministically from the ID.
+fn generated_name(id: &str, taken: impl Fn(&str) -> bool) -> String {
+    const ADJECTIVES: &[&str] = &[
+        "brave", "calm", "eager", "fond", "keen", "lucid", "merry", "nimble", "quiet", "swift",
+        "tidy", "witty",
+    ];
+    const NOUNS: &[&str] = &[
+        "alder", "birch", "cedar", "elm", "fir", "hazel", "larch", "maple", "oak", "pine", "rowan",
+        "yew",
+    ];
+    let n = u64::from_str_radix(&id[..12], 16).unwrap_or(0);
+    let base = format!(
+        "{}_{}",
+        ADJECTIVES[(n % ADJECTIVES.len() as u64) as usize],
+        NOUNS[((n / 16) % NOUNS.len() as u64) as usize]
+    );
+    if !taken(&base) {
+        return base;
+    }
+    (2..)
+        .map(|i| format!("{base}_{i}"))
+        .find(|n| !taken(n))
+        .expect("some suffix is free")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            id: String::new(),
+            name: String::new(),
+            root: "busybox:latest".into(),
+            command: vec!["sh".into()],
+            created_unix: now_unix(),
+            status: Status::Created,
+            auto_remove: false,
+            labels: vec![],
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(&Paths::at(t.path())).unwrap();
+        (t, s)
+    }
+
+    #[test]
+    fn names_are_unique_valid_and_generated_when_absent() {
+        let (_t, s) = store();
+        let a = s.create(record(), Some("web")).unwrap();
+        assert_eq!(a.name, "web");
+        assert!(matches!(
+            s.create(record(), Some("web")),
+            Err(StoreError::NameInUse { .. })
+        ));
+        for bad in ["", "-x", "a/b", "a b", "../x"] {
+            assert!(matches!(
+                s.create(record(), Some(bad)),
+                Err(StoreError::InvalidName(_))
+            ));
+        }
+        let g1 = s.create(record(), None).unwrap();
+        let g2 = s.create(record(), None).unwrap();
+        assert!(valid_name(&g1.name) && valid_name(&g2.name));
+        assert_ne!(g1.name, g2.name);
+        assert_eq!(s.ids().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn containers_resolve_by_name_id_and_unique_prefix() {
+        let (_t, s) = store();
+        let a = s.create(record(), Some("alpha")).unwrap();
+        let b = s.create(record(), Some("beta")).unwrap();
+        assert_eq!(s.resolve("alpha").unwrap(), a.id);
+        assert_eq!(s.resolve(&b.id).unwrap(), b.id);
+        assert_eq!(s.resolve(&a.id[..12]).unwrap(), a.id);
+        assert!(matches!(s.resolve("nope"), Err(StoreError::NotFound(_))));
+        assert!(matches!(s.resolve(""), Err(StoreError::NotFound(_))));
+        let common: usize =
+            a.id.chars()
+                .zip(b.id.chars())
+                .take_while(|(x, y)| x == y)
+                .count();
+        if common > 0 {
+            assert!(matches!(
+                s.resolve(&a.id[..common]),
+                Err(StoreError::Ambiguous(..))
+            ));
+        }
+        // A path is never a container.
+        assert!(s.load("../../etc").is_err());
+    }
+
+    #[test]
+    fn records_survive_round_trips_and_damage_is_reported_not_fatal() {
+        let (_t, s) = store();
+        let mut a = s.create(record(), Some("a")).unwrap();
+        a.status = Status::Exited {
+            code: 3,
+            reason: None,
+            finished_unix: 1,
+        };
+        s.save(&a).unwrap();
+        assert_eq!(s.load(&a.id).unwrap(), a);
+        let dir = s.container_dir(&a.id);
+        assert!(fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().starts_with(".state-")));
+
+        fs::write(dir.join("state.json"), b"{\"id\": \"trunc").unwrap();
+        assert!(matches!(s.load(&a.id), Err(StoreError::Unreadable { .. })));
+        // Other containers are unaffected, names stay resolvable, and removal works.
+        let b = s.create(record(), Some("b")).unwrap();
+        assert_eq!(s.resolve("b").unwrap(), b.id);
+        s.remove(&a.id).unwrap();
+        assert_eq!(s.ids().unwrap(), vec![b.id.clone()]);
+        assert!(matches!(s.remove(&a.id), Err(StoreError::NotFound(_))));
+    }
+
+    #[test]
+    fn a_running_record_without_its_supervisor_becomes_exited_with_the_reason() {
+        let (_t, s) = store();
+        let mut a = s.create(record(), Some("a")).unwrap();
+        a.status = Status::Running {
+            supervisor_pid: 1,
+            started_unix: now_unix(),
+        };
+        s.save(&a).unwrap();
+        // While its supervisor holds the lock, the container is running.
+        let held = s.lock_supervisor(&a.id).unwrap().expect("free at first");
+        assert!(s.lock_supervisor(&a.id).unwrap().is_none());
+        assert!(matches!(
+            s.reconcile(&a.id).unwrap().status,
+            Status::Running { .. }
+        ));
+        // The supervisor dies: its lock goes with it.
+        drop(held);
+        match s.reconcile(&a.id).unwrap().status {
+            Status::Exited { code, reason, .. } => {
+                assert_eq!(code, 137);
+                assert!(reason.unwrap().contains("supervisor process died"));
+            }
+            other => panic!("still {other:?}"),
+        }
+        // And that is what the store now says.
+        assert!(matches!(
+            s.load(&a.id).unwrap().status,
+            Status::Exited { .. }
+        ));
+    }
+}
