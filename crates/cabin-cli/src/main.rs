@@ -1,5 +1,6 @@
 //! `cabin`: containers in lightweight VMs. A thin command-line layer over cabin-runtime.
 
+mod containers_cmd;
 mod image_cmd;
 mod machine_args;
 mod prepare;
@@ -51,11 +52,38 @@ enum Command {
     },
     /// Forget the credentials for a registry.
     Logout { registry: String },
+    /// List containers (running ones; -a for all).
+    #[command(alias = "ls")]
+    Ps(containers_cmd::PsArgs),
+    /// Print a container's output (stdout and stderr, as it was kept).
+    Logs(containers_cmd::LogsArgs),
+    /// Stop running containers: SIGTERM, then SIGKILL after a timeout.
+    Stop(containers_cmd::StopArgs),
+    /// Send a signal to running containers' processes.
+    Kill(containers_cmd::KillArgs),
+    /// Remove containers.
+    Rm(containers_cmd::RmArgs),
+    /// Wait for containers to exit and print their exit codes.
+    Wait(containers_cmd::NamesArgs),
+    /// Containers' records as JSON.
+    Inspect(containers_cmd::NamesArgs),
+    /// Internal: the supervisor of a detached container.
+    #[command(hide = true)]
+    Container {
+        #[command(subcommand)]
+        command: ContainerCommand,
+    },
     /// Host-wide information and maintenance.
     System {
         #[command(subcommand)]
         command: SystemCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ContainerCommand {
+    /// Own the VM of detached container ID (started by cabin run -d).
+    Supervise { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +152,16 @@ fn main() {
                 image_cmd::login(&registry, &username, &password, insecure).await
             }
             Command::Logout { registry } => image_cmd::logout(&registry),
+            Command::Ps(a) => containers_cmd::ps(a),
+            Command::Logs(a) => containers_cmd::logs(a).await,
+            Command::Stop(a) => containers_cmd::stop(a).await,
+            Command::Kill(a) => containers_cmd::kill(a).await,
+            Command::Rm(a) => containers_cmd::rm(a).await,
+            Command::Wait(a) => containers_cmd::wait(a).await,
+            Command::Inspect(a) => containers_cmd::inspect(a),
+            Command::Container {
+                command: ContainerCommand::Supervise { id },
+            } => containers_cmd::supervise(&id).await,
             Command::System {
                 command: SystemCommand::Info { format },
             } => system_info(&format),

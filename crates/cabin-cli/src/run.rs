@@ -17,10 +17,16 @@ use crate::terminal;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Remove the container when it exits (every container does until containers can be
-    /// kept and restarted).
+    /// Remove the container when it exits (without -d, every container is removed).
     #[arg(long)]
-    rm: bool,
+    pub rm: bool,
+    /// Run in the background: print the container's ID and leave it to a supervisor
+    /// process (see cabin ps, logs, stop, rm).
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Name the container (with -d).
+    #[arg(long, value_name = "NAME", requires = "detach")]
+    pub name: Option<String>,
     /// Keep stdin open and connect it to the process.
     #[arg(short, long)]
     interactive: bool,
@@ -37,7 +43,7 @@ pub struct RunArgs {
     #[arg(short, long, value_name = "USER[:GROUP]")]
     user: Option<String>,
     #[command(flatten)]
-    machine: MachineArgs,
+    pub machine: MachineArgs,
     /// Largest number of processes in the container.
     #[arg(long, value_name = "N")]
     pids_limit: Option<u64>,
@@ -50,7 +56,7 @@ pub struct RunArgs {
     /// Run in this root filesystem directory instead of an image (then every argument
     /// is the command).
     #[arg(long, value_name = "DIR")]
-    rootfs: Option<PathBuf>,
+    pub rootfs: Option<PathBuf>,
     /// Replace the image's entrypoint ("" clears it).
     #[arg(long, value_name = "CMD")]
     entrypoint: Option<String>,
@@ -67,7 +73,7 @@ pub struct RunArgs {
         allow_hyphen_values = true,
         value_name = "CMD"
     )]
-    command: Vec<String>,
+    pub command: Vec<String>,
 }
 
 fn parse_ulimit(s: &str) -> Result<(String, u64, u64), String> {
@@ -92,7 +98,7 @@ fn parse_ulimit(s: &str) -> Result<(String, u64, u64), String> {
     Ok((name.to_string(), soft, hard))
 }
 
-fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
+pub fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
     let (root, command) = match &args.rootfs {
         Some(dir) => {
             if args.command.is_empty() {
@@ -155,6 +161,9 @@ pub async fn run(args: RunArgs, started: Instant) -> i32 {
         }
     };
     let paths = Paths::from_env();
+    if args.detach {
+        return crate::containers_cmd::run_detached(&paths, &args, &cfg).await;
+    }
     // Signals that arrive while the VM boots must not kill cabin before it can tear the
     // VM down, so the handlers are installed first.
     let mut signals = Vec::new();

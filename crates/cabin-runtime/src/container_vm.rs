@@ -233,6 +233,14 @@ impl Machine {
     }
 }
 
+/// Whether a boot snapshot fits containers configured like `cfg`.
+pub fn has_snapshot(paths: &Paths, cfg: &ContainerConfig) -> bool {
+    Machine::resolve(paths, cfg).is_ok_and(|m| {
+        let spec = m.spec(cfg, Path::new("/unused"), PathBuf::from("/unused"));
+        snapshot::find(paths, &snapshot::key(&m.qemu, &spec)).is_some()
+    })
+}
+
 /// Builds the boot snapshot for containers configured like `cfg` (`cabin system
 /// prepare`), unless it exists or another process is building it.
 pub async fn prepare_snapshot(

@@ -2,6 +2,8 @@
 //!
 //! - [`container_vm`]: one container in its own VM, boot to teardown.
 //! - [`containers`]: the container state store (records, names, supervisor liveness).
+//! - [`supervisor`]: the process that owns a detached container's VM; [`container_log`]
+//!   its output, time-stamped and rotated.
 //! - [`root`]: the container's root filesystem (directory or image) and the image's
 //!   defaults for the process.
 //! - [`assets`]: the guest kernel and the initramfs with cabin-init.
@@ -12,12 +14,14 @@
 
 pub mod agent;
 pub mod assets;
+pub mod container_log;
 pub mod container_vm;
 pub mod containers;
 pub mod paths;
 pub mod root;
 pub mod rundir;
 pub mod snapshot;
+pub mod supervisor;
 pub mod system;
 pub mod timings;
 

@@ -1,0 +1,637 @@
+//! Containers that live on: `cabin run -d`, `ps`, `logs`, `stop`, `kill`, `rm`, `wait`,
+//! `inspect`, and the hidden `cabin container supervise ID` that owns a detached VM.
+
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use cabin_runtime::container_log;
+use cabin_runtime::containers::{now_unix, Record, Status, Store, StoreError};
+use cabin_runtime::supervisor::{self, Control};
+use cabin_runtime::{ContainerConfig, Paths, RootSource};
+use clap::{Args, Parser};
+
+use crate::run::RunArgs;
+
+/// The arguments of `cabin run` kept for the supervisor, which parses them again.
+const RUN_ARGS_FILE: &str = "run-args.json";
+
+fn fail(e: impl std::fmt::Display) -> i32 {
+    eprintln!("cabin: {e}");
+    125
+}
+
+/// `cabin run -d`: records the container, starts its supervisor in a session of its
+/// own, and prints the ID once the container runs (or why it did not start).
+pub async fn run_detached(paths: &Paths, args: &RunArgs, cfg: &ContainerConfig) -> i32 {
+    if cfg.tty || cfg.stdin {
+        return fail("-d cannot be combined with -i or -t yet (cabin has no attach)");
+    }
+    let store = match Store::open(paths) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let root = match &cfg.root {
+        RootSource::Dir(d) => d.display().to_string(),
+        RootSource::Image(i) => i.clone(),
+    };
+    let record = Record {
+        id: String::new(),
+        name: String::new(),
+        root,
+        command: cfg.args.clone(),
+        created_unix: now_unix(),
+        status: Status::Created,
+        auto_remove: args.rm,
+        labels: Vec::new(),
+    };
+    let record = match store.create(record, args.name.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let dir = store.container_dir(&record.id);
+    // Everything after `cabin`, as given: the supervisor parses it as `cabin run` would.
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let saved = serde_json::to_vec(&argv)
+        .map_err(std::io::Error::other)
+        .and_then(|b| std::fs::write(dir.join(RUN_ARGS_FILE), b));
+    if let Err(e) = saved {
+        let _ = store.remove(&record.id);
+        return fail(format!("saving the container's arguments: {e}"));
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["container", "supervise", &record.id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe. A session of its own: the supervisor outlives
+    // this command and the user's terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    if let Err(e) = cmd.spawn() {
+        let _ = store.remove(&record.id);
+        return fail(format!("starting the container's supervisor: {e}"));
+    }
+    // Wait for the container to run (or to fail to start).
+    let deadline = Instant::now() + cfg.boot_timeout + Duration::from_secs(30);
+    loop {
+        match store.reconcile(&record.id) {
+            Ok(r) => match r.status {
+                Status::Running { .. } => {
+                    println!("{}", r.id);
+                    return 0;
+                }
+                Status::Exited { code, reason, .. } => {
+                    if let Some(reason) = reason {
+                        eprintln!("cabin: {reason}");
+                    }
+                    // Started and already finished: docker prints the ID then too.
+                    println!("{}", r.id);
+                    return if code >= 125 { code } else { 0 };
+                }
+                Status::Created => {}
+            },
+            // --rm and already gone.
+            Err(StoreError::NotFound(_)) => {
+                println!("{}", record.id);
+                return 0;
+            }
+            Err(e) => return fail(e),
+        }
+        if Instant::now() > deadline {
+            return fail(format!(
+                "container {} did not start within {} s; see cabin logs {}",
+                &record.id[..12],
+                deadline.duration_since(Instant::now()).as_secs(),
+                record.name
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `cabin container supervise ID` (hidden; started by `cabin run -d`).
+pub async fn supervise(id: &str) -> i32 {
+    let paths = Paths::from_env();
+    let store = match Store::open(&paths) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let dir = store.container_dir(id);
+    let argv: Vec<String> = match std::fs::read(dir.join(RUN_ARGS_FILE))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(a) => a,
+        Err(e) => return fail(format!("container {id}: its arguments are unreadable: {e}")),
+    };
+    #[derive(Parser)]
+    #[command(name = "cabin")]
+    enum Again {
+        Run(Box<RunArgs>),
+    }
+    let args = match Again::try_parse_from(std::iter::once("cabin".to_string()).chain(argv)) {
+        Ok(Again::Run(a)) => a,
+        Err(e) => return fail(e),
+    };
+    let cfg = match crate::run::config(&args) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    // As after a foreground run: the next container of this shape should resume.
+    if cabin_runtime::snapshot::enabled()
+        && !cabin_runtime::container_vm::has_snapshot(&paths, &cfg)
+    {
+        crate::prepare::start_in_background(&args.machine, &cfg);
+    }
+    match supervisor::supervise(&paths, id, &cfg).await {
+        Ok(()) => 0,
+        Err(e) => fail(e),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Show all containers (by default only running ones).
+    #[arg(short, long)]
+    all: bool,
+    /// Only IDs.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Output format: table or json.
+    #[arg(long, default_value = "table")]
+    format: String,
+}
+
+fn status_text(s: &Status) -> String {
+    let ago = |t: u64| {
+        let d = now_unix().saturating_sub(t);
+        match d {
+            0..=59 => format!("{d} seconds"),
+            60..=3599 => format!("{} minutes", d / 60),
+            3600..=86399 => format!("{} hours", d / 3600),
+            _ => format!("{} days", d / 86400),
+        }
+    };
+    match s {
+        Status::Created => "Created".into(),
+        Status::Running { started_unix, .. } => format!("Up {}", ago(*started_unix)),
+        Status::Exited {
+            code,
+            finished_unix,
+            ..
+        } => format!("Exited ({code}) {} ago", ago(*finished_unix)),
+    }
+}
+
+pub fn ps(args: PsArgs) -> i32 {
+    let store = match Store::open(&Paths::from_env()) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let ids = match store.ids() {
+        Ok(i) => i,
+        Err(e) => return fail(e),
+    };
+    let mut rows = Vec::new();
+    for id in ids {
+        match store.reconcile(&id) {
+            Ok(r) => {
+                if args.all || matches!(r.status, Status::Running { .. }) {
+                    rows.push(r);
+                }
+            }
+            Err(e) => eprintln!("cabin: {e}"),
+        }
+    }
+    rows.sort_by_key(|r| std::cmp::Reverse(r.created_unix));
+    if args.format == "json" {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+    } else if args.quiet {
+        for r in &rows {
+            println!("{}", &r.id[..12]);
+        }
+    } else {
+        println!(
+            "{:<14}{:<24}{:<28}{:<28}NAMES",
+            "CONTAINER ID", "IMAGE", "COMMAND", "STATUS"
+        );
+        for r in &rows {
+            let mut command = format!("\"{}\"", r.command.join(" "));
+            if command.chars().count() > 26 {
+                command = format!("{}…\"", command.chars().take(23).collect::<String>());
+            }
+            let mut root = r.root.clone();
+            let n = root.chars().count();
+            if n > 22 {
+                root = format!("…{}", root.chars().skip(n - 21).collect::<String>());
+            }
+            println!(
+                "{:<14}{:<24}{:<28}{:<28}{}",
+                &r.id[..12],
+                root,
+                command,
+                status_text(&r.status),
+                r.name
+            );
+        }
+    }
+    0
+}
+
+fn resolve(store: &Store, what: &str) -> Result<Record, i32> {
+    store
+        .resolve(what)
+        .and_then(|id| store.reconcile(&id))
+        .map_err(|e| {
+            eprintln!("cabin: {e}");
+            1
+        })
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Keep printing new output until the container exits.
+    #[arg(short, long)]
+    follow: bool,
+    /// Only the last N lines.
+    #[arg(short = 'n', long = "tail", value_name = "N")]
+    tail: Option<usize>,
+    /// Prefix each line with its time stamp (RFC 3339, UTC).
+    #[arg(short, long)]
+    timestamps: bool,
+    /// Only lines since this many seconds ago (e.g. 30, 10m, 2h).
+    #[arg(long, value_name = "DURATION")]
+    since: Option<String>,
+    container: String,
+}
+
+fn parse_duration(s: &str) -> Result<u64, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    Ok(match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("invalid duration {s:?}: use s, m, h or d")),
+    })
+}
+
+fn rfc3339(nanos: u64) -> String {
+    let secs = (nanos / 1_000_000_000) as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        nanos % 1_000_000_000
+    )
+}
+
+pub async fn logs(args: LogsArgs) -> i32 {
+    let since = match args.since.as_deref().map(parse_duration).transpose() {
+        Ok(s) => s.map(|secs| now_unix().saturating_sub(secs) * 1_000_000_000),
+        Err(e) => return fail(e),
+    };
+    let store = match Store::open(&Paths::from_env()) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let record = match resolve(&store, &args.container) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let dir = store.container_dir(&record.id);
+    let print = |entries: &[container_log::Entry]| {
+        use std::io::Write;
+        let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+        for e in entries {
+            if since.is_some_and(|s| e.time < s) {
+                continue;
+            }
+            let w: &mut dyn Write = if e.stream == "stderr" {
+                &mut err
+            } else {
+                &mut out
+            };
+            if args.timestamps {
+                let _ = write!(w, "{} ", rfc3339(e.time));
+            }
+            let _ = w.write_all(e.log.as_bytes());
+        }
+        let _ = out.flush();
+    };
+    let (mut entries, mut offset) = match container_log::read_all(&dir) {
+        Ok(x) => x,
+        Err(e) => return fail(format!("reading the log of {}: {e}", record.name)),
+    };
+    if let Some(n) = args.tail {
+        let skip = entries.len().saturating_sub(n);
+        entries.drain(..skip);
+    }
+    print(&entries);
+    if !args.follow {
+        return 0;
+    }
+    loop {
+        let running = match store.reconcile(&record.id) {
+            Ok(r) => !matches!(r.status, Status::Exited { .. }),
+            Err(_) => false,
+        };
+        match container_log::read_from(&dir, offset) {
+            Ok((new, next)) => {
+                print(&new);
+                offset = next;
+            }
+            Err(e) => return fail(e),
+        }
+        if !running {
+            return 0;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the container has exited; returns its record.
+async fn wait_exited(store: &Store, id: &str, limit: Option<Duration>) -> Option<Record> {
+    let deadline = limit.map(|l| Instant::now() + l);
+    loop {
+        match store.reconcile(id) {
+            Ok(r) if matches!(r.status, Status::Exited { .. }) => return Some(r),
+            Ok(_) => {}
+            Err(_) => return None, // removed (--rm)
+        }
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Seconds to wait after SIGTERM before SIGKILL.
+    #[arg(short, long, default_value_t = 10)]
+    time: u64,
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// Sends `req` to the container's supervisor; a container that is not running is an
+/// error that says so.
+async fn control(store: &Store, r: &Record, req: &Control) -> Result<(), String> {
+    if !matches!(r.status, Status::Running { .. }) {
+        return Err(format!("container {} is not running", r.name));
+    }
+    supervisor::send(&store.container_dir(&r.id), req)
+        .await
+        .map_err(|e| format!("container {}: {e}", r.name))
+}
+
+pub async fn stop(args: StopArgs) -> i32 {
+    let store = match Store::open(&Paths::from_env()) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let mut code = 0;
+    for name in &args.containers {
+        let r = match resolve(&store, name) {
+            Ok(r) => r,
+            Err(c) => {
+                code = c;
+                continue;
+            }
+        };
+        if matches!(r.status, Status::Running { .. }) {
+            if let Err(e) = control(&store, &r, &Control::Stop(args.time)).await {
+                eprintln!("cabin: {e}");
+                code = 1;
+                continue;
+            }
+            // SIGKILL after `time`, the VM itself a few seconds later: bounded.
+            wait_exited(&store, &r.id, Some(Duration::from_secs(args.time + 30))).await;
+        }
+        println!("{name}");
+    }
+    code
+}
+
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// Signal to send (name or number).
+    #[arg(short, long, default_value = "KILL")]
+    signal: String,
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+fn parse_signal(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = s.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    Some(match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        "WINCH" => libc::SIGWINCH,
+        _ => return None,
+    })
+}
+
+pub async fn kill(args: KillArgs) -> i32 {
+    let Some(sig) = parse_signal(&args.signal) else {
+        return fail(format!("unknown signal {:?}", args.signal));
+    };
+    let store = match Store::open(&Paths::from_env()) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let mut code = 0;
+    for name in &args.containers {
+        let result = match resolve(&store, name) {
+            Ok(r) => control(&store, &r, &Control::Signal(sig)).await,
+            Err(c) => {
+                code = c;
+                continue;
+            }
+        };
+        match result {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                eprintln!("cabin: {e}");
+                code = 1;
+            }
+        }
+    }
+    code
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Kill a running container first.
+    #[arg(short, long)]
+    force: bool,
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+pub async fn rm(args: RmArgs) -> i32 {
+    let store = match Store::open(&Paths::from_env()) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let mut code = 0;
+    for name in &args.containers {
+        let id = match store.resolve(name) {
+            Ok(id) => id,
+            Err(e) => {
+                eprintln!("cabin: {e}");
+                code = 1;
+                continue;
+            }
+        };
+        match store.reconcile(&id) {
+            Ok(r) if matches!(r.status, Status::Running { .. }) => {
+                if !args.force {
+                    eprintln!(
+                        "cabin: container {} is running: stop it first (cabin stop {}) or use rm -f",
+                        r.name, r.name
+                    );
+                    code = 1;
+                    continue;
+                }
+                let _ = control(&store, &r, &Control::Stop(0)).await;
+                if wait_exited(&store, &id, Some(Duration::from_secs(30)))
+                    .await
+                    .is_none()
+                    && store.load(&id).is_ok()
+                {
+                    eprintln!("cabin: container {} did not stop; not removed", r.name);
+                    code = 1;
+                    continue;
+                }
+            }
+            // Unreadable records can still be removed (that is what rm -f is for).
+            Err(StoreError::Unreadable { .. }) if !args.force => {
+                eprintln!("cabin: container {name}: its record is unreadable; use rm -f");
+                code = 1;
+                continue;
+            }
+            _ => {}
+        }
+        match store.remove(&id) {
+            Ok(()) | Err(StoreError::NotFound(_)) => println!("{name}"),
+            Err(e) => {
+                eprintln!("cabin: {e}");
+                code = 1;
+            }
+        }
+    }
+    code
+}
+
+#[derive(Debug, Args)]
+pub struct NamesArgs {
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// `cabin wait`: prints each container's exit code once it has exited.
+pub async fn wait(args: NamesArgs) -> i32 {
+    let store = match Store::open(&Paths::from_env()) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let mut code = 0;
+    for name in &args.containers {
+        let r = match resolve(&store, name) {
+            Ok(r) => r,
+            Err(c) => {
+                code = c;
+                continue;
+            }
+        };
+        match wait_exited(&store, &r.id, None).await {
+            Some(Record {
+                status: Status::Exited { code, .. },
+                ..
+            }) => println!("{code}"),
+            _ => {
+                eprintln!("cabin: container {} was removed while waiting", r.name);
+                code = 1;
+            }
+        }
+    }
+    code
+}
+
+/// `cabin inspect`: the records as a JSON array.
+pub fn inspect(args: NamesArgs) -> i32 {
+    let store = match Store::open(&Paths::from_env()) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let mut out = Vec::new();
+    let mut code = 0;
+    for name in &args.containers {
+        match resolve(&store, name) {
+            Ok(r) => out.push(r),
+            Err(c) => code = c,
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_signals_and_times_parse() {
+        assert_eq!(parse_duration("90").unwrap(), 90);
+        assert_eq!(parse_duration("10m").unwrap(), 600);
+        assert!(parse_duration("10x").is_err());
+        assert_eq!(parse_signal("TERM"), Some(libc::SIGTERM));
+        assert_eq!(parse_signal("sigkill"), Some(libc::SIGKILL));
+        assert_eq!(parse_signal("15"), Some(15));
+        assert_eq!(parse_signal("0"), None);
+        assert_eq!(parse_signal("BOGUS"), None);
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339(1_795_000_000_123_456_789),
+            "2026-11-18T11:06:40.123456789Z"
+        );
+    }
+}

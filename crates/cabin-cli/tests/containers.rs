@@ -1,0 +1,228 @@
+//! Containers that live on: `cabin run -d` and the commands that manage them, on real
+//! VMs owned by real supervisor processes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn cabin_ok(args: &[&str]) -> String {
+    let o = cabin().args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "cabin {args:?}: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+fn run_detached(opts: &[&str], cmd: &[&str]) -> std::process::Output {
+    cabin()
+        .args(["run", "-d"])
+        .args(opts)
+        .arg("--rootfs")
+        .arg(busybox_rootfs())
+        .arg("--")
+        .args(cmd)
+        .output()
+        .unwrap()
+}
+
+fn inspect(name: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&cabin_ok(&["inspect", name])).unwrap();
+    v[0].clone()
+}
+
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ps_line(name: &str) -> Option<String> {
+    cabin_ok(&["ps", "-a"])
+        .lines()
+        .find(|l| l.split_whitespace().last() == Some(name))
+        .map(String::from)
+}
+
+/// Removes the named containers when the test ends, passed or failed, so that no
+/// supervisor (and VM) outlives the test.
+struct Cleanup(&'static [&'static str]);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = cabin().args(["rm", "-f"]).args(self.0).output();
+    }
+}
+
+const SERVER: &str = "echo started; trap 'echo bye; exit 0' TERM; while :; do sleep 0.2; done";
+
+#[test]
+fn a_detached_container_runs_logs_stops_and_is_removed() {
+    let _c = Cleanup(&["lc-web"]);
+    let o = run_detached(&["--name", "lc-web"], &["sh", "-c", SERVER]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(ps_line("lc-web").unwrap().contains("Up "));
+    assert!(cabin_ok(&["ps", "-q"]).contains(&id[..12]));
+    eventually("the first output in the log", || {
+        cabin_ok(&["logs", "lc-web"]).contains("started")
+    });
+    // A running container is not removed without -f.
+    let o = cabin().args(["rm", "lc-web"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is running"), "{}", stderr(&o));
+    assert!(ps_line("lc-web").unwrap().contains("Up "));
+
+    assert_eq!(cabin_ok(&["stop", "-t", "5", "lc-web"]), "lc-web\n");
+    assert!(ps_line("lc-web").unwrap().contains("Exited (0)"));
+    assert!(!cabin_ok(&["ps"]).contains("lc-web"));
+    let logs = cabin_ok(&["logs", "-t", "lc-web"]);
+    let lines: Vec<&str> = logs.lines().collect();
+    assert_eq!(lines.len(), 2, "{logs}");
+    assert!(
+        lines[0].starts_with("20") && lines[0].ends_with(" started"),
+        "{logs}"
+    );
+    assert!(lines[1].ends_with(" bye"), "{logs}");
+    assert_eq!(cabin_ok(&["logs", "-n", "1", &id[..12]]), "bye\n");
+    let record = inspect("lc-web");
+    assert_eq!(record["status"], "exited");
+    assert_eq!(record["code"], 0);
+    assert_eq!(record["id"], id.as_str());
+
+    assert_eq!(cabin_ok(&["rm", "lc-web"]), "lc-web\n");
+    assert!(ps_line("lc-web").is_none());
+    let o = cabin().args(["rm", "lc-web"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no such container: lc-web"));
+}
+
+#[test]
+fn exit_codes_come_back_through_wait_kill_and_failed_starts() {
+    let _c = Cleanup(&["ec-three", "ec-term", "ec-missing", "ec-rm"]);
+    let o = run_detached(&["--name", "ec-three"], &["sh", "-c", "exit 3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(cabin_ok(&["wait", "ec-three"]), "3\n");
+
+    let o = run_detached(&["--name", "ec-term"], &["sleep", "1000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(cabin_ok(&["kill", "-s", "TERM", "ec-term"]), "ec-term\n");
+    // sleep is PID 1 of its container and has no TERM handler: like docker, it lives
+    // on; KILL ends it.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(ps_line("ec-term").unwrap().contains("Up "));
+    cabin_ok(&["kill", "ec-term"]);
+    assert_eq!(cabin_ok(&["wait", "ec-term"]), "137\n");
+    let o = cabin().args(["kill", "ec-term"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is not running"), "{}", stderr(&o));
+
+    // A start that fails says why, with docker's exit code, and is recorded.
+    let o = run_detached(&["--name", "ec-missing"], &["no-such-command"]);
+    assert_eq!(o.status.code(), Some(127), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("executable file not found"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(ps_line("ec-missing").unwrap().contains("Exited (127)"));
+    assert!(cabin_ok(&["logs", "ec-missing"]).is_empty());
+
+    // --rm: gone once it exits.
+    let o = run_detached(&["--rm", "--name", "ec-rm"], &["true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    eventually("--rm to remove the container", || {
+        ps_line("ec-rm").is_none()
+    });
+
+    cabin_ok(&["rm", "ec-three", "ec-term", "ec-missing"]);
+}
+
+#[test]
+fn names_and_bad_requests_get_clear_errors() {
+    let _c = Cleanup(&["nm-dup"]);
+    let o = run_detached(&["--name", "nm-dup"], &["sleep", "1000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run_detached(&["--name", "nm-dup"], &["true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("already in use"), "{}", stderr(&o));
+    let o = run_detached(&["--name", "a/b"], &["true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("invalid container name"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run_detached(&["-t"], &["true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("-d cannot be combined"),
+        "{}",
+        stderr(&o)
+    );
+    for cmd in [&["logs"][..], &["stop"], &["kill"], &["wait"], &["inspect"]] {
+        let o = cabin().args(cmd).arg("nm-nope").output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{cmd:?}");
+        assert!(
+            stderr(&o).contains("no such container: nm-nope"),
+            "{cmd:?}: {}",
+            stderr(&o)
+        );
+    }
+    // The other container was not disturbed by any of this.
+    assert!(ps_line("nm-dup").unwrap().contains("Up "));
+    assert_eq!(cabin_ok(&["rm", "-f", "nm-dup"]), "nm-dup\n");
+    assert!(ps_line("nm-dup").is_none());
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(") ")
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_supervisor_takes_its_vm_along_and_the_container_shows_exited() {
+    let _c = Cleanup(&["ks-victim"]);
+    let o = run_detached(&["--name", "ks-victim"], &["sleep", "1000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let supervisor = inspect("ks-victim")["supervisor_pid"].as_u64().unwrap() as u32;
+    let vms = children_of(supervisor);
+    assert_eq!(vms.len(), 1, "one QEMU under the supervisor");
+    // SAFETY: SIGKILL to the supervisor this test started.
+    unsafe { libc::kill(supervisor as i32, libc::SIGKILL) };
+    eventually("QEMU to die with its supervisor", || {
+        !std::path::Path::new(&format!("/proc/{}", vms[0])).exists()
+            || std::fs::read_to_string(format!("/proc/{}/stat", vms[0]))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
+    let line = ps_line("ks-victim").unwrap();
+    assert!(line.contains("Exited (137)"), "{line}");
+    let record = inspect("ks-victim");
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap()
+            .contains("supervisor process died"),
+        "{record}"
+    );
+    cabin_ok(&["rm", "ks-victim"]);
+}

@@ -1,0 +1,217 @@
+//! The per-container supervisor: the one process that owns a detached container's VM.
+//! It boots the VM, writes the container's output to its log, answers `stop` and `kill`
+//! on a control socket, and records the exit status. Nothing else is long-lived: when
+//! it dies (even by SIGKILL) its QEMU dies with it (parent-death signal), its lock is
+//! released, and the next `cabin ps` records the container as exited, with the reason.
+//!
+//! Control socket (`control.sock`, 0600 in the container's 0700 directory): one JSON
+//! line per connection, `{"signal": N}` or `{"stop": SECONDS}`, answered by `{"ok":
+//! true}` or `{"error": "..."}`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cabin_proto::v1::{output_chunk, SignalRequest};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::StreamExt;
+
+use crate::container_log::LogWriter;
+use crate::containers::{now_unix, Status, Store};
+use crate::{agent, ContainerConfig, ContainerVm, Paths};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Control {
+    Signal(i32),
+    /// SIGTERM now, SIGKILL after this many seconds.
+    Stop(u64),
+}
+
+pub fn control_socket(container_dir: &Path) -> PathBuf {
+    container_dir.join("control.sock")
+}
+
+/// Sends one control request to a container's supervisor.
+pub async fn send(container_dir: &Path, req: &Control) -> std::io::Result<()> {
+    let mut s = UnixStream::connect(control_socket(container_dir)).await?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line).await?;
+    let mut answer = String::new();
+    BufReader::new(s.take(4096)).read_line(&mut answer).await?;
+    let v: serde_json::Value = serde_json::from_str(&answer)
+        .map_err(|e| std::io::Error::other(format!("bad answer from the supervisor: {e}")))?;
+    match v.get("error").and_then(|e| e.as_str()) {
+        Some(e) => Err(std::io::Error::other(e.to_string())),
+        None => Ok(()),
+    }
+}
+
+/// How long a guest gets to act on SIGKILL before its VM is killed instead.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs container `id` to its end. Returns an error only when it could not take
+/// charge of the container at all (another supervisor has it, the store is broken).
+pub async fn supervise(paths: &Paths, id: &str, cfg: &ContainerConfig) -> Result<(), String> {
+    let store = Store::open(paths).map_err(|e| e.to_string())?;
+    let _lock = store
+        .lock_supervisor(id)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("container {id} already has a supervisor"))?;
+    let mut record = store.load(id).map_err(|e| e.to_string())?;
+    let dir = store.container_dir(id);
+    let mut log = LogWriter::open(&dir).map_err(|e| format!("opening the log: {e}"))?;
+    let finish = |store: &Store, record: &mut crate::containers::Record, code, reason| {
+        record.status = Status::Exited {
+            code,
+            reason,
+            finished_unix: now_unix(),
+        };
+        let _ = store.save(record);
+        if record.auto_remove {
+            let _ = store.remove(&record.id);
+        }
+    };
+
+    let sock = control_socket(&dir);
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).map_err(|e| format!("control socket: {e}"))?;
+    let _ = std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600));
+
+    let mut vm = match ContainerVm::boot(paths, cfg, Instant::now()).await {
+        Ok(vm) => vm,
+        Err(e) => {
+            let _ = log.note(&e.to_string());
+            let _ = log.flush();
+            finish(&store, &mut record, e.exit_code(), Some(e.to_string()));
+            return Ok(());
+        }
+    };
+    record.status = Status::Running {
+        supervisor_pid: std::process::id(),
+        started_unix: now_unix(),
+    };
+    if let Err(e) = store.save(&record) {
+        vm.teardown().await;
+        return Err(e.to_string());
+    }
+
+    let agent = vm.agent();
+    let proc_ref = vm.process_ref();
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<(bool, Vec<u8>)>(64);
+    let mut a = agent.clone();
+    let r = proc_ref.clone();
+    let pump = tokio::spawn(async move {
+        if let Ok(s) = a.read_output(r).await {
+            let mut stream = s.into_inner();
+            while let Some(Ok(chunk)) = stream.next().await {
+                let stderr = chunk.stream == output_chunk::Stream::Stderr as i32;
+                if out_tx.send((stderr, chunk.data)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+
+    let signal = |n: i32| {
+        let mut a = agent.clone();
+        let req = SignalRequest {
+            process: Some(proc_ref.clone()),
+            signal: n,
+        };
+        async move {
+            agent::call("Signal", cabin_proto::CALL_TIMEOUT, a.signal(req))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.message().to_string())
+        }
+    };
+    // Escalation of a stop: SIGKILL at the first deadline, the VM itself at the second.
+    let mut kill_at: Option<Instant> = None;
+    let mut vm_kill_at: Option<Instant> = None;
+    let outcome = {
+        let wait = vm.wait();
+        tokio::pin!(wait);
+        loop {
+            let next_deadline = kill_at.or(vm_kill_at);
+            tokio::select! {
+                s = &mut wait => break Some(s),
+                Some((stderr, data)) = out_rx.recv() => {
+                    let _ = log.write(stderr, &data);
+                }
+                Ok((conn, _)) = listener.accept() => {
+                    let mut lines = BufReader::new(conn);
+                    let mut line = String::new();
+                    let req = tokio::time::timeout(Duration::from_secs(5), (&mut lines).take(4096).read_line(&mut line)).await;
+                    let answer = match req.ok().and_then(|r| r.ok()).and_then(|_| serde_json::from_str::<Control>(&line).ok()) {
+                        Some(Control::Signal(n)) => signal(n).await,
+                        Some(Control::Stop(secs)) => {
+                            let r = signal(libc::SIGTERM).await;
+                            kill_at = Some(Instant::now() + Duration::from_secs(secs));
+                            r
+                        }
+                        None => Err("unreadable request".to_string()),
+                    };
+                    let reply = match answer {
+                        Ok(()) => serde_json::json!({"ok": true}),
+                        Err(e) => serde_json::json!({"error": e}),
+                    };
+                    let mut conn = lines.into_inner();
+                    let _ = conn.write_all(format!("{reply}\n").as_bytes()).await;
+                }
+                _ = async {
+                    match next_deadline {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if kill_at.take().is_some() {
+                        let _ = signal(libc::SIGKILL).await;
+                        vm_kill_at = Some(Instant::now() + KILL_GRACE);
+                    } else {
+                        // The guest does not act on SIGKILL: it is hung.
+                        break None;
+                    }
+                }
+            }
+        }
+    };
+    let (code, reason) = match outcome {
+        Some(Ok(status)) => {
+            // Whatever the process wrote last is on its way; bounded wait.
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while let Some((stderr, data)) = out_rx.recv().await {
+                    let _ = log.write(stderr, &data);
+                }
+            })
+            .await;
+            let code = if status.signal > 0 {
+                128 + status.signal
+            } else {
+                status.code
+            };
+            let reason = status.oom_killed.then(|| {
+                format!(
+                    "out of memory{}: the kernel killed its process",
+                    cfg.memory_bytes
+                        .map(|b| format!(" (limit {} MiB)", b >> 20))
+                        .unwrap_or_default()
+                )
+            });
+            (code, reason)
+        }
+        Some(Err(e)) => (e.exit_code().max(1), Some(e.to_string())),
+        None => (
+            137,
+            Some("it did not stop after SIGKILL; its VM was killed".to_string()),
+        ),
+    };
+    pump.abort();
+    let _ = log.flush();
+    vm.teardown().await;
+    let _ = std::fs::remove_file(&sock);
+    finish(&store, &mut record, code, reason);
+    Ok(())
+}
