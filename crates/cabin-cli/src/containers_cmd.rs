@@ -21,16 +21,38 @@ fn fail(e: impl std::fmt::Display) -> i32 {
     125
 }
 
-/// `cabin run -d`: records the container, starts its supervisor in a session of its
-/// own, and prints the ID once the container runs (or why it did not start).
+/// `cabin run -d`: records the container, starts its supervisor and prints the ID once
+/// the container runs (or why it did not start).
 pub async fn run_detached(paths: &Paths, args: &RunArgs, cfg: &ContainerConfig) -> i32 {
-    if cfg.tty || cfg.stdin {
-        return fail("-d cannot be combined with -i or -t yet (cabin has no attach)");
-    }
-    let store = match Store::open(paths) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
+    let (store, record) = match create_record(paths, args, cfg) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
+    start_and_wait(&store, &record, cfg.boot_timeout).await
+}
+
+/// `cabin create`: records the container without starting it; prints its ID.
+pub fn create(paths: &Paths, args: &RunArgs, cfg: &ContainerConfig) -> i32 {
+    match create_record(paths, args, cfg) {
+        Ok((_, record)) => {
+            println!("{}", record.id);
+            0
+        }
+        Err(code) => code,
+    }
+}
+
+fn create_record(
+    paths: &Paths,
+    args: &RunArgs,
+    cfg: &ContainerConfig,
+) -> Result<(Store, Record), i32> {
+    if cfg.tty || cfg.stdin {
+        return Err(fail(
+            "-d and create cannot be combined with -i or -t yet (cabin has no attach)",
+        ));
+    }
+    let store = Store::open(paths).map_err(fail)?;
     let root = match &cfg.root {
         RootSource::Dir(d) => d.display().to_string(),
         RootSource::Image(i) => i.clone(),
@@ -45,19 +67,31 @@ pub async fn run_detached(paths: &Paths, args: &RunArgs, cfg: &ContainerConfig) 
         auto_remove: args.rm,
         labels: Vec::new(),
     };
-    let record = match store.create(record, args.name.as_deref()) {
-        Ok(r) => r,
-        Err(e) => return fail(e),
-    };
+    let record = store.create(record, args.name.as_deref()).map_err(fail)?;
     let dir = store.container_dir(&record.id);
-    // Everything after `cabin`, as given: the supervisor parses it as `cabin run` would.
-    let argv: Vec<String> = std::env::args().skip(1).collect();
+    // The arguments as given, `run` or `create` first: the supervisor parses them as
+    // `cabin run` would.
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(first) = argv.first_mut() {
+        *first = "run".into();
+    }
     let saved = serde_json::to_vec(&argv)
         .map_err(std::io::Error::other)
         .and_then(|b| std::fs::write(dir.join(RUN_ARGS_FILE), b));
     if let Err(e) = saved {
         let _ = store.remove(&record.id);
-        return fail(format!("saving the container's arguments: {e}"));
+        return Err(fail(format!("saving the container's arguments: {e}")));
+    }
+    Ok((store, record))
+}
+
+/// Starts the supervisor of a created or exited container and waits until the
+/// container runs; prints its ID (as docker does), or why it did not start.
+async fn start_and_wait(store: &Store, record: &Record, boot_timeout: Duration) -> i32 {
+    let mut fresh = record.clone();
+    fresh.status = Status::Created;
+    if let Err(e) = store.save(&fresh) {
+        return fail(e);
     }
     let exe = match std::env::current_exe() {
         Ok(e) => e,
@@ -77,11 +111,9 @@ pub async fn run_detached(paths: &Paths, args: &RunArgs, cfg: &ContainerConfig) 
         });
     }
     if let Err(e) = cmd.spawn() {
-        let _ = store.remove(&record.id);
         return fail(format!("starting the container's supervisor: {e}"));
     }
-    // Wait for the container to run (or to fail to start).
-    let deadline = Instant::now() + cfg.boot_timeout + Duration::from_secs(30);
+    let deadline = Instant::now() + boot_timeout + Duration::from_secs(30);
     loop {
         match store.reconcile(&record.id) {
             Ok(r) => match r.status {
@@ -108,14 +140,77 @@ pub async fn run_detached(paths: &Paths, args: &RunArgs, cfg: &ContainerConfig) 
         }
         if Instant::now() > deadline {
             return fail(format!(
-                "container {} did not start within {} s; see cabin logs {}",
-                &record.id[..12],
-                deadline.duration_since(Instant::now()).as_secs(),
-                record.name
+                "container {} did not start in time; see cabin logs {}",
+                record.name, record.name
             ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `cabin start`: starts created or exited containers again.
+pub async fn start(args: NamesArgs) -> i32 {
+    let store = match Store::open(&Paths::from_env()) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let mut code = 0;
+    for name in &args.containers {
+        let r = match resolve(&store, name) {
+            Ok(r) => r,
+            Err(c) => {
+                code = c;
+                continue;
+            }
+        };
+        if matches!(r.status, Status::Running { .. }) {
+            println!("{}", r.id);
+            continue;
+        }
+        let c = start_and_wait(&store, &r, Duration::from_secs(60)).await;
+        if c != 0 {
+            code = c;
+        }
+    }
+    code
+}
+
+/// `cabin restart`: stop (SIGTERM, SIGKILL after -t) and start.
+pub async fn restart(args: StopArgs) -> i32 {
+    let code = stop_all(&args, false).await;
+    if code != 0 {
+        return code;
+    }
+    start(NamesArgs {
+        containers: args.containers,
+    })
+    .await
+}
+
+/// `cabin container prune`: removes every container that is not running.
+pub fn prune() -> i32 {
+    let store = match Store::open(&Paths::from_env()) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let ids = match store.ids() {
+        Ok(i) => i,
+        Err(e) => return fail(e),
+    };
+    let mut removed = 0;
+    for id in ids {
+        let gone = match store.reconcile(&id) {
+            Ok(r) => !matches!(r.status, Status::Running { .. }),
+            Err(StoreError::Unreadable { .. }) => true,
+            Err(_) => false,
+        };
+        if gone && store.remove(&id).is_ok() {
+            println!("{}", &id[..12]);
+            removed += 1;
+        }
+    }
+    eprintln!("removed {removed} containers");
+    0
 }
 
 /// `cabin container supervise ID` (hidden; started by `cabin run -d`).
@@ -412,6 +507,10 @@ async fn control(store: &Store, r: &Record, req: &Control) -> Result<(), String>
 }
 
 pub async fn stop(args: StopArgs) -> i32 {
+    stop_all(&args, true).await
+}
+
+async fn stop_all(args: &StopArgs, print: bool) -> i32 {
     let store = match Store::open(&Paths::from_env()) {
         Ok(s) => s,
         Err(e) => return fail(e),
@@ -434,7 +533,9 @@ pub async fn stop(args: StopArgs) -> i32 {
             // SIGKILL after `time`, the VM itself a few seconds later: bounded.
             wait_exited(&store, &r.id, Some(Duration::from_secs(args.time + 30))).await;
         }
-        println!("{name}");
+        if print {
+            println!("{name}");
+        }
     }
     code
 }
@@ -564,7 +665,7 @@ pub async fn rm(args: RmArgs) -> i32 {
 #[derive(Debug, Args)]
 pub struct NamesArgs {
     #[arg(required = true)]
-    containers: Vec<String>,
+    pub containers: Vec<String>,
 }
 
 /// `cabin wait`: prints each container's exit code once it has exited.

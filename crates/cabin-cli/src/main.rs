@@ -52,6 +52,12 @@ enum Command {
     },
     /// Forget the credentials for a registry.
     Logout { registry: String },
+    /// Create a container without starting it (the options of run); prints its ID.
+    Create(Box<run::RunArgs>),
+    /// Start created or exited containers.
+    Start(containers_cmd::NamesArgs),
+    /// Stop and start containers.
+    Restart(containers_cmd::StopArgs),
     /// List containers (running ones; -a for all).
     #[command(alias = "ls")]
     Ps(containers_cmd::PsArgs),
@@ -67,8 +73,7 @@ enum Command {
     Wait(containers_cmd::NamesArgs),
     /// Containers' records as JSON.
     Inspect(containers_cmd::NamesArgs),
-    /// Internal: the supervisor of a detached container.
-    #[command(hide = true)]
+    /// Container maintenance (prune).
     Container {
         #[command(subcommand)]
         command: ContainerCommand,
@@ -82,7 +87,10 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum ContainerCommand {
+    /// Remove every container that is not running.
+    Prune,
     /// Own the VM of detached container ID (started by cabin run -d).
+    #[command(hide = true)]
     Supervise { id: String },
 }
 
@@ -152,6 +160,9 @@ fn main() {
                 image_cmd::login(&registry, &username, &password, insecure).await
             }
             Command::Logout { registry } => image_cmd::logout(&registry),
+            Command::Create(args) => run::create(*args).await,
+            Command::Start(a) => containers_cmd::start(a).await,
+            Command::Restart(a) => containers_cmd::restart(a).await,
             Command::Ps(a) => containers_cmd::ps(a),
             Command::Logs(a) => containers_cmd::logs(a).await,
             Command::Stop(a) => containers_cmd::stop(a).await,
@@ -162,6 +173,9 @@ fn main() {
             Command::Container {
                 command: ContainerCommand::Supervise { id },
             } => containers_cmd::supervise(&id).await,
+            Command::Container {
+                command: ContainerCommand::Prune,
+            } => containers_cmd::prune(),
             Command::System {
                 command: SystemCommand::Info { format },
             } => system_info(&format),

@@ -24,8 +24,8 @@ pub struct RunArgs {
     /// process (see cabin ps, logs, stop, rm).
     #[arg(short, long)]
     pub detach: bool,
-    /// Name the container (with -d).
-    #[arg(long, value_name = "NAME", requires = "detach")]
+    /// Name the container (with -d, or cabin create).
+    #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
     /// Keep stdin open and connect it to the process.
     #[arg(short, long)]
@@ -151,6 +151,17 @@ const FORWARDED_SIGNALS: &[libc::c_int] = &[
     libc::SIGUSR2,
 ];
 
+/// `cabin create`: the container is recorded with the options of `cabin run`.
+pub async fn create(args: RunArgs) -> i32 {
+    match config(&args) {
+        Ok(cfg) => crate::containers_cmd::create(&Paths::from_env(), &args, &cfg),
+        Err(e) => {
+            eprintln!("cabin: {e}");
+            125
+        }
+    }
+}
+
 /// Runs the container; returns the exit status for `cabin run`.
 pub async fn run(args: RunArgs, started: Instant) -> i32 {
     let cfg = match config(&args) {
@@ -163,6 +174,10 @@ pub async fn run(args: RunArgs, started: Instant) -> i32 {
     let paths = Paths::from_env();
     if args.detach {
         return crate::containers_cmd::run_detached(&paths, &args, &cfg).await;
+    }
+    if args.name.is_some() {
+        eprintln!("cabin: --name needs -d: containers run in the foreground are not kept");
+        return 125;
     }
     // Signals that arrive while the VM boots must not kill cabin before it can tear the
     // VM down, so the handlers are installed first.

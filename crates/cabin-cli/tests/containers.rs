@@ -3,64 +3,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-
-fn cabin_ok(args: &[&str]) -> String {
-    let o = cabin().args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "cabin {args:?}: {}{}",
-        stdout(&o),
-        stderr(&o)
-    );
-    stdout(&o)
-}
-
-fn run_detached(opts: &[&str], cmd: &[&str]) -> std::process::Output {
-    cabin()
-        .args(["run", "-d"])
-        .args(opts)
-        .arg("--rootfs")
-        .arg(busybox_rootfs())
-        .arg("--")
-        .args(cmd)
-        .output()
-        .unwrap()
-}
-
-fn inspect(name: &str) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_str(&cabin_ok(&["inspect", name])).unwrap();
-    v[0].clone()
-}
-
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn ps_line(name: &str) -> Option<String> {
-    cabin_ok(&["ps", "-a"])
-        .lines()
-        .find(|l| l.split_whitespace().last() == Some(name))
-        .map(String::from)
-}
-
-/// Removes the named containers when the test ends, passed or failed, so that no
-/// supervisor (and VM) outlives the test.
-struct Cleanup(&'static [&'static str]);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = cabin().args(["rm", "-f"]).args(self.0).output();
-    }
-}
-
-const SERVER: &str = "echo started; trap 'echo bye; exit 0' TERM; while :; do sleep 0.2; done";
 
 #[test]
 fn a_detached_container_runs_logs_stops_and_is_removed() {
@@ -163,7 +108,7 @@ fn names_and_bad_requests_get_clear_errors() {
     let o = run_detached(&["-t"], &["true"]);
     assert_eq!(o.status.code(), Some(125));
     assert!(
-        stderr(&o).contains("-d cannot be combined"),
+        stderr(&o).contains("cannot be combined with -i or -t"),
         "{}",
         stderr(&o)
     );

@@ -273,3 +273,60 @@ pub fn qemu_processes_mentioning(dir: &Path) -> Vec<i32> {
         })
         .collect()
 }
+
+// Detached containers (tests/containers.rs, tests/container_lifecycle.rs).
+
+pub fn cabin_ok(args: &[&str]) -> String {
+    let o = cabin().args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "cabin {args:?}: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+pub fn run_detached(opts: &[&str], cmd: &[&str]) -> std::process::Output {
+    cabin()
+        .args(["run", "-d"])
+        .args(opts)
+        .arg("--rootfs")
+        .arg(busybox_rootfs())
+        .arg("--")
+        .args(cmd)
+        .output()
+        .unwrap()
+}
+
+pub fn inspect(name: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&cabin_ok(&["inspect", name])).unwrap();
+    v[0].clone()
+}
+
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn ps_line(name: &str) -> Option<String> {
+    cabin_ok(&["ps", "-a"])
+        .lines()
+        .find(|l| l.split_whitespace().last() == Some(name))
+        .map(String::from)
+}
+
+/// Removes the named containers when the test ends, passed or failed, so that no
+/// supervisor (and VM) outlives the test.
+pub struct Cleanup(pub &'static [&'static str]);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = cabin().args(["rm", "-f"]).args(self.0).output();
+    }
+}
+
+pub const SERVER: &str = "echo started; trap 'echo bye; exit 0' TERM; while :; do sleep 0.2; done";
