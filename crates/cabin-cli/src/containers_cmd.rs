@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cabin_runtime::container_log;
 use cabin_runtime::containers::{now_unix, Record, Status, Store, StoreError};
-use cabin_runtime::supervisor::{self, Control};
+use cabin_runtime::supervisor::{self, Control, RestartPolicy};
 use cabin_runtime::{ContainerConfig, Paths, RootSource};
 use clap::{Args, Parser};
 
@@ -52,6 +52,16 @@ fn create_record(
             "-d and create cannot be combined with -i or -t yet (cabin has no attach)",
         ));
     }
+    if let Err(e) = args.restart.parse::<RestartPolicy>() {
+        return Err(fail(e));
+    }
+    let mut labels = Vec::new();
+    for l in &args.labels {
+        match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => labels.push((k.to_string(), v.to_string())),
+            _ => return Err(fail(format!("invalid label {l:?}: use KEY=VALUE"))),
+        }
+    }
     let store = Store::open(paths).map_err(fail)?;
     let root = match &cfg.root {
         RootSource::Dir(d) => d.display().to_string(),
@@ -65,7 +75,8 @@ fn create_record(
         created_unix: now_unix(),
         status: Status::Created,
         auto_remove: args.rm,
-        labels: Vec::new(),
+        labels,
+        restart_count: 0,
     };
     let record = store.create(record, args.name.as_deref()).map_err(fail)?;
     let dir = store.container_dir(&record.id);
@@ -247,7 +258,11 @@ pub async fn supervise(id: &str) -> i32 {
     {
         crate::prepare::start_in_background(&args.machine, &cfg);
     }
-    match supervisor::supervise(&paths, id, &cfg).await {
+    let policy = match args.restart.parse::<RestartPolicy>() {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    match supervisor::supervise(&paths, id, &cfg, policy).await {
         Ok(()) => 0,
         Err(e) => fail(e),
     }

@@ -27,6 +27,13 @@ pub struct RunArgs {
     /// Name the container (with -d, or cabin create).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// Start the process again when it ends: no, on-failure[:MAX] or always (with -d;
+    /// cabin stop ends it for good).
+    #[arg(long, value_name = "POLICY", default_value = "no")]
+    pub restart: String,
+    /// Set a label on the container (KEY=VALUE; shown by inspect).
+    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
     /// Keep stdin open and connect it to the process.
     #[arg(short, long)]
     interactive: bool,
@@ -175,8 +182,10 @@ pub async fn run(args: RunArgs, started: Instant) -> i32 {
     if args.detach {
         return crate::containers_cmd::run_detached(&paths, &args, &cfg).await;
     }
-    if args.name.is_some() {
-        eprintln!("cabin: --name needs -d: containers run in the foreground are not kept");
+    if args.name.is_some() || args.restart != "no" || !args.labels.is_empty() {
+        eprintln!(
+            "cabin: --name, --restart and --label need -d: containers run in the foreground are not kept"
+        );
         return 125;
     }
     // Signals that arrive while the VM boots must not kill cabin before it can tear the

@@ -49,5 +49,5 @@ fn created_containers_start_restart_and_are_pruned() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(125));
-    assert!(stderr(&o).contains("--name needs -d"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("need -d"), "{}", stderr(&o));
 }

@@ -171,3 +171,48 @@ fn a_killed_supervisor_takes_its_vm_along_and_the_container_shows_exited() {
     );
     cabin_ok(&["rm", "ks-victim"]);
 }
+
+#[test]
+fn restart_policies_start_the_process_again_until_stopped() {
+    let _c = Cleanup(&["rp-fail", "rp-always"]);
+    let o = run_detached(
+        &[
+            "--name",
+            "rp-fail",
+            "--restart",
+            "on-failure:2",
+            "-l",
+            "team=infra",
+        ],
+        &["sh", "-c", "echo try; exit 1"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(cabin_ok(&["wait", "rp-fail"]), "1\n");
+    let record = inspect("rp-fail");
+    assert_eq!(record["restart_count"], 2, "{record}");
+    assert_eq!(record["labels"], serde_json::json!([["team", "infra"]]));
+    assert_eq!(cabin_ok(&["logs", "rp-fail"]).matches("try\n").count(), 3);
+
+    let o = run_detached(
+        &["--name", "rp-always", "--restart", "always"],
+        &["sh", "-c", "echo up; sleep 0.3"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    eventually("two restarts", || {
+        inspect("rp-always")["restart_count"].as_u64().unwrap() >= 2
+    });
+    assert!(ps_line("rp-always").unwrap().contains("Up "));
+    assert_eq!(cabin_ok(&["stop", "-t", "1", "rp-always"]), "rp-always\n");
+    let after_stop = inspect("rp-always");
+    assert_eq!(after_stop["status"], "exited", "{after_stop}");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        inspect("rp-always")["restart_count"],
+        after_stop["restart_count"]
+    );
+
+    for bad in [&["--restart", "sometimes"][..], &["--label", "novalue"]] {
+        let o = run_detached(bad, &["true"]);
+        assert_eq!(o.status.code(), Some(125), "{bad:?}");
+    }
+}

@@ -62,6 +62,9 @@ pub struct Record {
     pub auto_remove: bool,
     #[serde(default)]
     pub labels: Vec<(String, String)>,
+    /// How often the supervisor has started the process again (`--restart`).
+    #[serde(default)]
+    pub restart_count: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -345,6 +348,7 @@ mod tests {
             status: Status::Created,
             auto_remove: false,
             labels: vec![],
+            restart_count: 0,
         }
     }
 

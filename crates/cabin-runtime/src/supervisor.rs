@@ -52,9 +52,66 @@ pub async fn send(container_dir: &Path, req: &Control) -> std::io::Result<()> {
 /// How long a guest gets to act on SIGKILL before its VM is killed instead.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs container `id` to its end. Returns an error only when it could not take
-/// charge of the container at all (another supervisor has it, the store is broken).
-pub async fn supervise(paths: &Paths, id: &str, cfg: &ContainerConfig) -> Result<(), String> {
+/// When a container's process ends, whether the supervisor starts it again (docker's
+/// `--restart`). A container stopped with `cabin stop` is never restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    #[default]
+    No,
+    /// After a non-zero exit, at most this many times (None: without limit).
+    OnFailure(Option<u32>),
+    Always,
+}
+
+impl std::str::FromStr for RestartPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid restart policy {s:?}: use no, on-failure[:N] or always");
+        match s.split_once(':') {
+            None => match s {
+                "no" => Ok(RestartPolicy::No),
+                "on-failure" => Ok(RestartPolicy::OnFailure(None)),
+                "always" | "unless-stopped" => Ok(RestartPolicy::Always),
+                _ => Err(bad()),
+            },
+            Some(("on-failure", n)) => n
+                .parse()
+                .map(|n| RestartPolicy::OnFailure(Some(n)))
+                .map_err(|_| bad()),
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
+impl RestartPolicy {
+    pub fn wants_restart(self, code: i32, restarts: u32) -> bool {
+        match self {
+            RestartPolicy::No => false,
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure(max) => code != 0 && max.is_none_or(|m| restarts < m),
+        }
+    }
+}
+
+/// How one run of the container ended.
+struct Ended {
+    code: i32,
+    reason: Option<String>,
+    /// Ended by `cabin stop`: no restart.
+    stopped: bool,
+    /// The VM never started (a boot or set-up error): restarting would fail the same way.
+    failed_start: bool,
+}
+
+/// Runs container `id` to its end, restarting it as `policy` says. Returns an error only
+/// when it could not take charge of the container at all (another supervisor has it,
+/// the store is broken).
+pub async fn supervise(
+    paths: &Paths,
+    id: &str,
+    cfg: &ContainerConfig,
+    policy: RestartPolicy,
+) -> Result<(), String> {
     let store = Store::open(paths).map_err(|e| e.to_string())?;
     let _lock = store
         .lock_supervisor(id)
@@ -63,41 +120,118 @@ pub async fn supervise(paths: &Paths, id: &str, cfg: &ContainerConfig) -> Result
     let mut record = store.load(id).map_err(|e| e.to_string())?;
     let dir = store.container_dir(id);
     let mut log = LogWriter::open(&dir).map_err(|e| format!("opening the log: {e}"))?;
-    let finish = |store: &Store, record: &mut crate::containers::Record, code, reason| {
-        record.status = Status::Exited {
-            code,
-            reason,
-            finished_unix: now_unix(),
-        };
-        let _ = store.save(record);
-        if record.auto_remove {
-            let _ = store.remove(&record.id);
-        }
-    };
-
     let sock = control_socket(&dir);
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).map_err(|e| format!("control socket: {e}"))?;
     let _ = std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600));
 
+    let mut backoff = Duration::from_millis(100);
+    let ended = loop {
+        let ended = run_once(paths, cfg, &store, &mut record, &mut log, &listener).await?;
+        let again = !ended.stopped
+            && !ended.failed_start
+            && policy.wants_restart(ended.code, record.restart_count);
+        if !again {
+            break ended;
+        }
+        // Docker's back-off: 100 ms, doubling, capped; a stop during it ends the loop.
+        record.restart_count += 1;
+        let _ = store.save(&record);
+        let _ = log.note(&format!(
+            "exited with code {}; restarting ({} so far)",
+            ended.code, record.restart_count
+        ));
+        if wait_or_stop(&listener, backoff).await {
+            break ended;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    };
+    let _ = log.flush();
+    let _ = std::fs::remove_file(&sock);
+    record.status = Status::Exited {
+        code: ended.code,
+        reason: ended.reason,
+        finished_unix: now_unix(),
+    };
+    let _ = store.save(&record);
+    if record.auto_remove {
+        let _ = store.remove(&record.id);
+    }
+    Ok(())
+}
+
+/// Sleeps `d` while answering control requests; true if a stop came in.
+async fn wait_or_stop(listener: &UnixListener, d: Duration) -> bool {
+    let until = tokio::time::Instant::now() + d;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return false,
+            Ok((conn, _)) = listener.accept() => {
+                let req = read_request(conn).await;
+                match req {
+                    (Some(Control::Stop(_)), conn) => {
+                        reply(conn, Ok(())).await;
+                        return true;
+                    }
+                    (_, conn) => reply(conn, Err("the container is restarting".into())).await,
+                }
+            }
+        }
+    }
+}
+
+async fn read_request(conn: UnixStream) -> (Option<Control>, UnixStream) {
+    let mut lines = BufReader::new(conn);
+    let mut line = String::new();
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        (&mut lines).take(4096).read_line(&mut line),
+    )
+    .await;
+    let req = r
+        .ok()
+        .and_then(|r| r.ok())
+        .and_then(|_| serde_json::from_str::<Control>(&line).ok());
+    (req, lines.into_inner())
+}
+
+async fn reply(mut conn: UnixStream, answer: Result<(), String>) {
+    let reply = match answer {
+        Ok(()) => serde_json::json!({"ok": true}),
+        Err(e) => serde_json::json!({"error": e}),
+    };
+    let _ = conn.write_all(format!("{reply}\n").as_bytes()).await;
+}
+
+/// Boots the container's VM, runs its process to the end, tears the VM down.
+async fn run_once(
+    paths: &Paths,
+    cfg: &ContainerConfig,
+    store: &Store,
+    record: &mut crate::containers::Record,
+    log: &mut LogWriter,
+    listener: &UnixListener,
+) -> Result<Ended, String> {
     let mut vm = match ContainerVm::boot(paths, cfg, Instant::now()).await {
         Ok(vm) => vm,
         Err(e) => {
             let _ = log.note(&e.to_string());
-            let _ = log.flush();
-            finish(&store, &mut record, e.exit_code(), Some(e.to_string()));
-            return Ok(());
+            return Ok(Ended {
+                code: e.exit_code(),
+                reason: Some(e.to_string()),
+                stopped: false,
+                failed_start: true,
+            });
         }
     };
     record.status = Status::Running {
         supervisor_pid: std::process::id(),
         started_unix: now_unix(),
     };
-    if let Err(e) = store.save(&record) {
+    if let Err(e) = store.save(record) {
         vm.teardown().await;
         return Err(e.to_string());
     }
-
     let agent = vm.agent();
     let proc_ref = vm.process_ref();
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<(bool, Vec<u8>)>(64);
@@ -130,6 +264,7 @@ pub async fn supervise(paths: &Paths, id: &str, cfg: &ContainerConfig) -> Result
     };
     // Escalation of a stop: SIGKILL at the first deadline, the VM itself at the second.
     let mut kill_at: Option<Instant> = None;
+    let mut stopped = false;
     let mut vm_kill_at: Option<Instant> = None;
     let outcome = {
         let wait = vm.wait();
@@ -142,24 +277,18 @@ pub async fn supervise(paths: &Paths, id: &str, cfg: &ContainerConfig) -> Result
                     let _ = log.write(stderr, &data);
                 }
                 Ok((conn, _)) = listener.accept() => {
-                    let mut lines = BufReader::new(conn);
-                    let mut line = String::new();
-                    let req = tokio::time::timeout(Duration::from_secs(5), (&mut lines).take(4096).read_line(&mut line)).await;
-                    let answer = match req.ok().and_then(|r| r.ok()).and_then(|_| serde_json::from_str::<Control>(&line).ok()) {
+                    let (req, conn) = read_request(conn).await;
+                    let answer = match req {
                         Some(Control::Signal(n)) => signal(n).await,
                         Some(Control::Stop(secs)) => {
+                            stopped = true;
                             let r = signal(libc::SIGTERM).await;
                             kill_at = Some(Instant::now() + Duration::from_secs(secs));
                             r
                         }
                         None => Err("unreadable request".to_string()),
                     };
-                    let reply = match answer {
-                        Ok(()) => serde_json::json!({"ok": true}),
-                        Err(e) => serde_json::json!({"error": e}),
-                    };
-                    let mut conn = lines.into_inner();
-                    let _ = conn.write_all(format!("{reply}\n").as_bytes()).await;
+                    reply(conn, answer).await;
                 }
                 _ = async {
                     match next_deadline {
@@ -211,7 +340,31 @@ pub async fn supervise(paths: &Paths, id: &str, cfg: &ContainerConfig) -> Result
     pump.abort();
     let _ = log.flush();
     vm.teardown().await;
-    let _ = std::fs::remove_file(&sock);
-    finish(&store, &mut record, code, reason);
-    Ok(())
+    Ok(Ended {
+        code,
+        reason,
+        stopped,
+        failed_start: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_policies_parse_and_decide() {
+        let p = |s: &str| s.parse::<RestartPolicy>();
+        assert_eq!(p("no"), Ok(RestartPolicy::No));
+        assert_eq!(p("always"), Ok(RestartPolicy::Always));
+        assert_eq!(p("on-failure"), Ok(RestartPolicy::OnFailure(None)));
+        assert_eq!(p("on-failure:3"), Ok(RestartPolicy::OnFailure(Some(3))));
+        assert!(p("on-failure:x").is_err() && p("sometimes").is_err() && p("no:1").is_err());
+        assert!(!RestartPolicy::No.wants_restart(1, 0));
+        assert!(RestartPolicy::Always.wants_restart(0, 100));
+        let twice = RestartPolicy::OnFailure(Some(2));
+        assert!(!twice.wants_restart(0, 0));
+        assert!(twice.wants_restart(1, 1));
+        assert!(!twice.wants_restart(1, 2));
+    }
 }
