@@ -43,6 +43,12 @@ pub struct RunArgs {
     /// Set an environment variable (KEY=VALUE, or KEY to pass the host's value).
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// Read environment variables from a file (KEY=VALUE or KEY per line; # comments).
+    #[arg(long, value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long)]
+    read_only: bool,
     /// Working directory inside the container (created if missing).
     #[arg(short, long = "workdir", value_name = "DIR")]
     workdir: Option<String>,
@@ -105,6 +111,30 @@ fn parse_ulimit(s: &str) -> Result<(String, u64, u64), String> {
     Ok((name.to_string(), soft, hard))
 }
 
+/// docker's --env-file format: one KEY=VALUE (or KEY, taken from the host) per line,
+/// blank lines and lines starting with # ignored, no quoting.
+fn read_env_file(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading the env file {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = line.split('=').next().unwrap_or("");
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            return Err(format!(
+                "{}:{}: invalid line {line:?}: use KEY=VALUE",
+                path.display(),
+                n + 1
+            ));
+        }
+        out.push(line.to_string());
+    }
+    Ok(out)
+}
+
 pub fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
     let (root, command) = match &args.rootfs {
         Some(dir) => {
@@ -120,7 +150,13 @@ pub fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
     };
     let mut c = ContainerConfig::new(root, command);
     c.entrypoint = args.entrypoint.as_ref().map(|e| vec![e.clone()]);
-    for e in &args.env {
+    // As docker: files first, then -e, so that -e wins.
+    let mut env = Vec::new();
+    for f in &args.env_file {
+        env.extend(read_env_file(f)?);
+    }
+    env.extend(args.env.iter().cloned());
+    for e in &env {
         match e.split_once('=') {
             Some(_) => c.env.push(e.clone()),
             None => {
@@ -130,6 +166,7 @@ pub fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
             }
         }
     }
+    c.read_only = args.read_only;
     c.cwd = args.workdir.clone().unwrap_or_default();
     c.user = args.user.clone().unwrap_or_default();
     c.tty = args.tty;
@@ -394,6 +431,20 @@ async fn attach(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_files_parse_as_docker_reads_them() {
+        let t = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(t.path(), "# comment\n\nA=1\nB=two words\n  C\n").unwrap();
+        assert_eq!(
+            read_env_file(t.path()).unwrap(),
+            ["A=1", "B=two words", "C"]
+        );
+        std::fs::write(t.path(), "GOOD=1\nBAD KEY=2\n").unwrap();
+        let e = read_env_file(t.path()).unwrap_err();
+        assert!(e.contains(":2: invalid line"), "{e}");
+        assert!(read_env_file(std::path::Path::new("/nonexistent/env")).is_err());
+    }
 
     #[test]
     fn ulimits_parse() {

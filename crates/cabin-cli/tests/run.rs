@@ -338,3 +338,32 @@ fn parallel_containers_do_not_interfere() {
     );
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn read_only_roots_refuse_writes_and_env_files_set_variables() {
+    let o = run(
+        &["--read-only"],
+        &[
+            "sh",
+            "-c",
+            "touch /x 2>&1; echo shm > /dev/shm/ok && cat /dev/shm/ok; grep ' / ' /proc/mounts",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("Read-only file system"), "{out}");
+    assert!(out.contains("shm\n"), "{out}");
+    assert!(out.contains(" / ext4 ro,"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("env");
+    std::fs::write(&file, "# settings\nFROM_FILE=yes\nBOTH=file\n").unwrap();
+    let o = run(
+        &["--env-file", file.to_str().unwrap(), "-e", "BOTH=flag"],
+        &["sh", "-c", "echo $FROM_FILE $BOTH"],
+    );
+    assert_eq!(stdout(&o), "yes flag\n", "{}", stderr(&o));
+    std::fs::write(&file, "BAD KEY=1\n").unwrap();
+    let o = run(&["--env-file", file.to_str().unwrap()], &["true"]);
+    expect_error(&o, 125, "invalid line");
+}

@@ -46,6 +46,8 @@ pub struct ContainerConfig {
     pub tty_size: Option<(u16, u16)>,
     pub stdin: bool,
     pub hostname: Option<String>,
+    /// Mount the root filesystem read-only (docker's --read-only).
+    pub read_only: bool,
     /// CPUs as docker's --cpus: the VM gets ceil(cpus) vCPUs, the cgroup the exact quota.
     pub cpus: Option<f64>,
     pub memory_bytes: Option<u64>,
@@ -70,6 +72,7 @@ impl ContainerConfig {
             tty_size: None,
             stdin: false,
             hostname: None,
+            read_only: false,
             cpus: None,
             memory_bytes: None,
             pids_limit: None,
@@ -434,7 +437,7 @@ impl ContainerVm {
                 // is needed: bitmaps are read on demand, and uninitialised tables are
                 // marked as such.
                 options: vec!["no_prefetch_block_bitmaps".into(), "noinit_itable".into()],
-                read_only: false,
+                read_only: cfg.read_only,
             }),
         ))
         .await?;
