@@ -518,6 +518,7 @@ async fn control(store: &Store, r: &Record, req: &Control) -> Result<(), String>
     }
     supervisor::send(&store.container_dir(&r.id), req)
         .await
+        .map(|_| ())
         .map_err(|e| format!("container {}: {e}", r.name))
 }
 
@@ -728,6 +729,119 @@ pub fn inspect(args: NamesArgs) -> i32 {
     }
     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     code
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Print one sample and exit.
+    #[arg(long)]
+    no_stream: bool,
+    /// Containers (default: all running ones).
+    containers: Vec<String>,
+}
+
+struct Sample {
+    memory: u64,
+    limit: u64,
+    cpu_micros: u64,
+    pids: u64,
+    at_nanos: u64,
+}
+
+async fn sample(store: &Store, r: &Record) -> Option<Sample> {
+    let v = supervisor::send(&store.container_dir(&r.id), &Control::Stats)
+        .await
+        .ok()?;
+    let s = &v["stats"];
+    let n = |k: &str| s[k].as_u64().unwrap_or(0);
+    Some(Sample {
+        memory: n("memory_bytes"),
+        limit: n("memory_limit_bytes"),
+        cpu_micros: n("cpu_usage_micros"),
+        pids: n("pids"),
+        at_nanos: n("sampled_boottime_nanos"),
+    })
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1}MiB", b as f64 / (1 << 20) as f64)
+}
+
+/// `cabin stats`: CPU, memory and processes of running containers, from their cgroups
+/// in the guest; CPU % over one second, 100% being one vCPU.
+pub async fn stats(args: StatsArgs) -> i32 {
+    let store = match Store::open(&Paths::from_env()) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let records: Vec<Record> = if args.containers.is_empty() {
+        store
+            .ids()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|id| store.reconcile(id).ok())
+            .filter(|r| matches!(r.status, Status::Running { .. }))
+            .collect()
+    } else {
+        let mut v = Vec::new();
+        for name in &args.containers {
+            match resolve(&store, name) {
+                Ok(r) if matches!(r.status, Status::Running { .. }) => v.push(r),
+                Ok(r) => return fail(format!("container {} is not running", r.name)),
+                Err(c) => return c,
+            }
+        }
+        v
+    };
+    let tty = crate::terminal::is_tty(1);
+    let mut before = Vec::new();
+    for r in &records {
+        before.push(sample(&store, r).await);
+    }
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if tty && !args.no_stream {
+            print!("\x1b[2J\x1b[H");
+        }
+        println!(
+            "{:<14}{:<24}{:>8}  {:<24}{:>6}",
+            "CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "PIDS"
+        );
+        for (r, prev) in records.iter().zip(before.iter_mut()) {
+            let now = sample(&store, r).await;
+            match (&now, prev.as_ref()) {
+                (Some(n), Some(p)) => {
+                    let dt = n.at_nanos.saturating_sub(p.at_nanos).max(1) as f64;
+                    let cpu = n.cpu_micros.saturating_sub(p.cpu_micros) as f64 * 1000.0 / dt;
+                    let limit = if n.limit == 0 {
+                        "-".into()
+                    } else {
+                        mib(n.limit)
+                    };
+                    println!(
+                        "{:<14}{:<24}{:>7.2}%  {:<24}{:>6}",
+                        &r.id[..12],
+                        r.name,
+                        cpu * 100.0,
+                        format!("{} / {}", mib(n.memory), limit),
+                        n.pids
+                    );
+                }
+                _ => println!(
+                    "{:<14}{:<24}{:>8}  {:<24}{:>6}",
+                    &r.id[..12],
+                    r.name,
+                    "--",
+                    "(not running)",
+                    "--"
+                ),
+            }
+            *prev = now;
+        }
+        if args.no_stream {
+            return 0;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -71,6 +71,8 @@ enum Command {
     Rm(containers_cmd::RmArgs),
     /// Wait for containers to exit and print their exit codes.
     Wait(containers_cmd::NamesArgs),
+    /// CPU, memory and processes of running containers.
+    Stats(containers_cmd::StatsArgs),
     /// Containers' records as JSON.
     Inspect(containers_cmd::NamesArgs),
     /// Container maintenance (prune).
@@ -170,6 +172,7 @@ fn main() {
             Command::Rm(a) => containers_cmd::rm(a).await,
             Command::Wait(a) => containers_cmd::wait(a).await,
             Command::Inspect(a) => containers_cmd::inspect(a),
+            Command::Stats(a) => containers_cmd::stats(a).await,
             Command::Container {
                 command: ContainerCommand::Supervise { id },
             } => containers_cmd::supervise(&id).await,

@@ -216,3 +216,33 @@ fn restart_policies_start_the_process_again_until_stopped() {
         assert_eq!(o.status.code(), Some(125), "{bad:?}");
     }
 }
+
+#[test]
+fn stats_report_cpu_memory_and_processes_from_the_guest() {
+    let _c = Cleanup(&["st-busy", "st-done"]);
+    let o = run_detached(
+        &["--name", "st-busy", "--memory", "64m"],
+        &["sh", "-c", "sleep 100 & while :; do :; done"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = cabin_ok(&["stats", "--no-stream", "st-busy"]);
+    let line = out
+        .lines()
+        .find(|l| l.contains("st-busy"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let cpu: f64 = fields[2].trim_end_matches('%').parse().unwrap();
+    assert!(cpu > 50.0, "a busy loop uses its vCPU: {line}");
+    assert!(line.contains("/ 64.0MiB"), "{line}");
+    assert_eq!(fields.last(), Some(&"2"), "the shell and its sleep: {line}");
+
+    let o = run_detached(&["--name", "st-done"], &["true"]);
+    assert!(o.status.success());
+    cabin_ok(&["wait", "st-done"]);
+    let o = cabin()
+        .args(["stats", "--no-stream", "st-done"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("is not running"), "{}", stderr(&o));
+}

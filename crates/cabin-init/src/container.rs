@@ -164,6 +164,31 @@ pub fn create_cgroup(id: &str, res: &Resources) -> io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// A container's resource use from its cgroup files (missing values read as 0).
+pub fn stats(cgroup: &Path) -> cabin_proto::v1::ContainerStats {
+    let number = |file: &str| -> u64 {
+        std::fs::read_to_string(cgroup.join(file))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let cpu_usage_micros = std::fs::read_to_string(cgroup.join("cpu.stat"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok())
+        })
+        .unwrap_or(0);
+    cabin_proto::v1::ContainerStats {
+        memory_bytes: number("memory.current"),
+        // "max" does not parse: no limit.
+        memory_limit_bytes: number("memory.max"),
+        cpu_usage_micros,
+        pids: number("pids.current"),
+        sampled_boottime_nanos: crate::clock::boottime_nanos(),
+    }
+}
+
 /// Whether the kernel's OOM killer killed a process of this cgroup.
 pub fn oom_killed(cgroup: &Path) -> bool {
     std::fs::read_to_string(cgroup.join("memory.events"))

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use cabin_proto::v1::agent_server::Agent;
 use cabin_proto::v1::{
-    output_chunk, CreateContainerRequest, Empty, ExitStatus, HelloRequest, HelloResponse,
-    InputChunk, MountRequest, OutputChunk, ProcessRef, ResizeTtyRequest, SetTimeRequest,
-    SignalRequest, StartProcessRequest, StartProcessResponse,
+    output_chunk, ContainerRef, ContainerStats, CreateContainerRequest, Empty, ExitStatus,
+    HelloRequest, HelloResponse, InputChunk, MountRequest, OutputChunk, ProcessRef,
+    ResizeTtyRequest, SetTimeRequest, SignalRequest, StartProcessRequest, StartProcessResponse,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -523,6 +523,18 @@ impl Agent for AgentService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(Empty {}))
+    }
+
+    async fn stats(&self, req: Request<ContainerRef>) -> Result<Response<ContainerStats>, Status> {
+        let id = req.into_inner().container_id;
+        let ctr = self
+            .containers
+            .lock()
+            .unwrap()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("no container {id}")))?;
+        Ok(Response::new(container::stats(&ctr.cgroup)))
     }
 
     async fn shutdown(&self, _req: Request<Empty>) -> Result<Response<Empty>, Status> {

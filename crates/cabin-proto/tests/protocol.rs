@@ -82,6 +82,9 @@ impl Agent for Echo {
     async fn shutdown(&self, _: Request<Empty>) -> Result<Response<Empty>, Status> {
         unused()
     }
+    async fn stats(&self, _: Request<ContainerRef>) -> Result<Response<ContainerStats>, Status> {
+        unused()
+    }
 }
 
 async fn connected() -> AgentClient<tonic::transport::Channel> {

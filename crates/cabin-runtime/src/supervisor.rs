@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cabin_proto::v1::{output_chunk, SignalRequest};
+use cabin_proto::v1::{output_chunk, ContainerRef, SignalRequest};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -27,14 +27,16 @@ pub enum Control {
     Signal(i32),
     /// SIGTERM now, SIGKILL after this many seconds.
     Stop(u64),
+    /// The container's resource use (answered with `"stats": {...}`).
+    Stats,
 }
 
 pub fn control_socket(container_dir: &Path) -> PathBuf {
     container_dir.join("control.sock")
 }
 
-/// Sends one control request to a container's supervisor.
-pub async fn send(container_dir: &Path, req: &Control) -> std::io::Result<()> {
+/// Sends one control request to a container's supervisor; returns its answer.
+pub async fn send(container_dir: &Path, req: &Control) -> std::io::Result<serde_json::Value> {
     let mut s = UnixStream::connect(control_socket(container_dir)).await?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
@@ -45,7 +47,7 @@ pub async fn send(container_dir: &Path, req: &Control) -> std::io::Result<()> {
         .map_err(|e| std::io::Error::other(format!("bad answer from the supervisor: {e}")))?;
     match v.get("error").and_then(|e| e.as_str()) {
         Some(e) => Err(std::io::Error::other(e.to_string())),
-        None => Ok(()),
+        None => Ok(v),
     }
 }
 
@@ -195,12 +197,36 @@ async fn read_request(conn: UnixStream) -> (Option<Control>, UnixStream) {
     (req, lines.into_inner())
 }
 
-async fn reply(mut conn: UnixStream, answer: Result<(), String>) {
+async fn reply(conn: UnixStream, answer: Result<(), String>) {
+    reply_with(conn, answer.map(|()| serde_json::json!({"ok": true}))).await
+}
+
+async fn reply_with(mut conn: UnixStream, answer: Result<serde_json::Value, String>) {
     let reply = match answer {
-        Ok(()) => serde_json::json!({"ok": true}),
+        Ok(v) => v,
         Err(e) => serde_json::json!({"error": e}),
     };
     let _ = conn.write_all(format!("{reply}\n").as_bytes()).await;
+}
+
+async fn stats(
+    agent: &crate::agent::Agent,
+    container_id: &str,
+) -> Result<serde_json::Value, String> {
+    let mut a = agent.clone();
+    let r = ContainerRef {
+        container_id: container_id.to_string(),
+    };
+    let st = agent::call("Stats", cabin_proto::CALL_TIMEOUT, a.stats(r))
+        .await
+        .map_err(|e| e.message().to_string())?;
+    Ok(serde_json::json!({"ok": true, "stats": {
+        "memory_bytes": st.memory_bytes,
+        "memory_limit_bytes": st.memory_limit_bytes,
+        "cpu_usage_micros": st.cpu_usage_micros,
+        "pids": st.pids,
+        "sampled_boottime_nanos": st.sampled_boottime_nanos,
+    }}))
 }
 
 /// Boots the container's VM, runs its process to the end, tears the VM down.
@@ -278,6 +304,10 @@ async fn run_once(
                 }
                 Ok((conn, _)) = listener.accept() => {
                     let (req, conn) = read_request(conn).await;
+                    if let Some(Control::Stats) = req {
+                        reply_with(conn, stats(&agent, &proc_ref.container_id).await).await;
+                        continue;
+                    }
                     let answer = match req {
                         Some(Control::Signal(n)) => signal(n).await,
                         Some(Control::Stop(secs)) => {
@@ -286,7 +316,7 @@ async fn run_once(
                             kill_at = Some(Instant::now() + Duration::from_secs(secs));
                             r
                         }
-                        None => Err("unreadable request".to_string()),
+                        Some(Control::Stats) | None => Err("unreadable request".to_string()),
                     };
                     reply(conn, answer).await;
                 }
