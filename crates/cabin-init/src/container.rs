@@ -274,9 +274,7 @@ const STEPS: &[&str] = &[
     "set up standard input and output",
     "setsid",
     "set the controlling terminal",
-    "(unused)",
     "make mounts private",
-    "(unused)",
     "unshare the cgroup namespace",
     "set the hostname",
     "mount /proc",
@@ -427,14 +425,14 @@ impl ChildSetup for ChildPlan {
                     libc::MS_REC | libc::MS_PRIVATE,
                     std::ptr::null(),
                 ),
-                4,
+                3,
             )?;
             // The child was cloned into its cgroup; rooting its cgroup namespace there
             // has to wait until now (clone would root it at init's cgroup).
-            ok(libc::unshare(libc::CLONE_NEWCGROUP), 6)?;
+            ok(libc::unshare(libc::CLONE_NEWCGROUP), 4)?;
             ok(
                 libc::sethostname(self.hostname.as_ptr().cast(), self.hostname.len()),
-                7,
+                5,
             )?;
             let nsne = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
             ok(
@@ -445,7 +443,7 @@ impl ChildSetup for ChildPlan {
                     nsne,
                     std::ptr::null(),
                 ),
-                8,
+                6,
             )?;
             ok(
                 libc::mount(
@@ -455,7 +453,7 @@ impl ChildSetup for ChildPlan {
                     nsne,
                     std::ptr::null(),
                 ),
-                9,
+                7,
             )?;
             let r = libc::mount(
                 c"cgroup".as_ptr(),
@@ -466,7 +464,7 @@ impl ChildSetup for ChildPlan {
             );
             // Images without /sys/fs/cgroup simply do not get it.
             if r < 0 && *libc::__errno_location() != libc::ENOENT {
-                return Err(fail(10));
+                return Err(fail(8));
             }
             crate::trace::mark_in_child(b"child: proc mqueue cgroup mounted");
             for path in &self.masked {
@@ -488,9 +486,9 @@ impl ChildSetup for ChildPlan {
                                 libc::MS_RDONLY,
                                 std::ptr::null(),
                             ),
-                            11,
+                            9,
                         )?,
-                        _ => return Err(fail(11)),
+                        _ => return Err(fail(9)),
                     }
                 }
             }
@@ -506,7 +504,7 @@ impl ChildSetup for ChildPlan {
                     if *libc::__errno_location() == libc::ENOENT {
                         continue;
                     }
-                    return Err(fail(12));
+                    return Err(fail(10));
                 }
                 ok(
                     libc::mount(
@@ -516,42 +514,42 @@ impl ChildSetup for ChildPlan {
                         libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | nsne,
                         std::ptr::null(),
                     ),
-                    12,
+                    10,
                 )?;
             }
             crate::trace::mark_in_child(b"child: masked and ro paths");
             // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves
             // only the container's root (runc's way, needs no scratch directory).
-            ok(libc::chdir(self.rootfs.as_ptr()), 13)?;
+            ok(libc::chdir(self.rootfs.as_ptr()), 11)?;
             ok(
                 libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
-                13,
+                11,
             )?;
-            ok(libc::umount2(c".".as_ptr(), libc::MNT_DETACH), 14)?;
-            ok(libc::chdir(c"/".as_ptr()), 14)?;
+            ok(libc::umount2(c".".as_ptr(), libc::MNT_DETACH), 12)?;
+            ok(libc::chdir(c"/".as_ptr()), 12)?;
             // Docker creates a missing working directory.
             for prefix in &self.cwd_prefixes {
                 if libc::mkdir(prefix.as_ptr(), 0o755) < 0
                     && *libc::__errno_location() != libc::EEXIST
                 {
-                    return Err(fail(15));
+                    return Err(fail(13));
                 }
             }
             if let Some(cwd) = self.cwd_prefixes.last() {
-                ok(libc::chdir(cwd.as_ptr()), 15)?;
+                ok(libc::chdir(cwd.as_ptr()), 13)?;
             }
             for &(res, soft, hard) in &self.rlimits {
                 let lim = libc::rlimit {
                     rlim_cur: soft,
                     rlim_max: hard,
                 };
-                ok(libc::setrlimit(res as _, &lim), 16)?;
+                ok(libc::setrlimit(res as _, &lim), 14)?;
             }
             for cap in 0..=self.cap_last {
                 if !DEFAULT_CAPS.contains(&cap) {
                     ok(
                         libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0),
-                        17,
+                        15,
                     )?;
                 }
             }
@@ -588,7 +586,7 @@ impl ChildSetup for ChildPlan {
             ];
             ok(
                 libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as libc::c_int,
-                18,
+                16,
             )?;
             // Raw syscalls: glibc's wrappers would try to apply the change to all of
             // init's threads, whose memory this child shares.
@@ -599,12 +597,12 @@ impl ChildSetup for ChildPlan {
                     self.groups.len(),
                     self.groups.as_ptr(),
                 )),
-                19,
+                17,
             )?;
-            ok(sys(libc::syscall(libc::SYS_setgid, self.gid)), 20)?;
+            ok(sys(libc::syscall(libc::SYS_setgid, self.gid)), 18)?;
             // Leaving uid 0 clears the permitted and effective sets, as docker's non-root
             // users have them.
-            ok(sys(libc::syscall(libc::SYS_setuid, self.uid)), 21)?;
+            ok(sys(libc::syscall(libc::SYS_setuid, self.uid)), 19)?;
             ok(
                 libc::prctl(
                     libc::PR_CAP_AMBIENT,
@@ -613,7 +611,7 @@ impl ChildSetup for ChildPlan {
                     0,
                     0,
                 ),
-                22,
+                20,
             )?;
         }
         Ok(())
