@@ -1,8 +1,6 @@
 //! Containers that live on: `cabin run -d`, `ps`, `logs`, `stop`, `kill`, `rm`, `wait`,
 //! `inspect`, and the hidden `cabin container supervise ID` that owns a detached VM.
 
-use std::os::unix::process::CommandExt;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cabin_runtime::container_log;
@@ -104,24 +102,7 @@ async fn start_and_wait(store: &Store, record: &Record, boot_timeout: Duration) 
     if let Err(e) = store.save(&fresh) {
         return fail(e);
     }
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => return fail(e),
-    };
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(["container", "supervise", &record.id])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe. A session of its own: the supervisor outlives
-    // this command and the user's terminal.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    if let Err(e) = cmd.spawn() {
+    if let Err(e) = crate::detached::spawn(&["container", "supervise", &record.id]) {
         return fail(format!("starting the container's supervisor: {e}"));
     }
     let deadline = Instant::now() + boot_timeout + Duration::from_secs(30);
@@ -161,19 +142,11 @@ async fn start_and_wait(store: &Store, record: &Record, boot_timeout: Duration) 
 
 /// `cabin start`: starts created or exited containers again.
 pub async fn start(args: NamesArgs) -> i32 {
-    let store = match Store::open(&Paths::from_env()) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
+    let Some(store) = open_store() else {
+        return 125;
     };
-    let mut code = 0;
-    for name in &args.containers {
-        let r = match resolve(&store, name) {
-            Ok(r) => r,
-            Err(c) => {
-                code = c;
-                continue;
-            }
-        };
+    let (records, mut code) = resolve_all(&store, &args.containers);
+    for r in records {
         if matches!(r.status, Status::Running { .. }) {
             println!("{}", r.id);
             continue;
@@ -200,9 +173,8 @@ pub async fn restart(args: StopArgs) -> i32 {
 
 /// `cabin container prune`: removes every container that is not running.
 pub fn prune() -> i32 {
-    let store = match Store::open(&Paths::from_env()) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
+    let Some(store) = open_store() else {
+        return 125;
     };
     let ids = match store.ids() {
         Ok(i) => i,
@@ -303,9 +275,8 @@ fn status_text(s: &Status) -> String {
 }
 
 pub fn ps(args: PsArgs) -> i32 {
-    let store = match Store::open(&Paths::from_env()) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
+    let Some(store) = open_store() else {
+        return 125;
     };
     let ids = match store.ids() {
         Ok(i) => i,
@@ -360,6 +331,26 @@ pub fn ps(args: PsArgs) -> i32 {
     0
 }
 
+/// The container store of this data directory; a failure is reported.
+fn open_store() -> Option<Store> {
+    Store::open(&Paths::from_env())
+        .map_err(|e| eprintln!("cabin: {e}"))
+        .ok()
+}
+
+/// The named containers that exist; the others are reported, and the exit code says so.
+fn resolve_all(store: &Store, names: &[String]) -> (Vec<Record>, i32) {
+    let mut found = Vec::new();
+    let mut code = 0;
+    for name in names {
+        match resolve(store, name) {
+            Ok(r) => found.push(r),
+            Err(c) => code = c,
+        }
+    }
+    (found, code)
+}
+
 fn resolve(store: &Store, what: &str) -> Result<Record, i32> {
     store
         .resolve(what)
@@ -399,36 +390,13 @@ fn parse_duration(s: &str) -> Result<u64, String> {
     })
 }
 
-fn rfc3339(nanos: u64) -> String {
-    let secs = (nanos / 1_000_000_000) as i64;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        nanos % 1_000_000_000
-    )
-}
-
 pub async fn logs(args: LogsArgs) -> i32 {
     let since = match args.since.as_deref().map(parse_duration).transpose() {
         Ok(s) => s.map(|secs| now_unix().saturating_sub(secs) * 1_000_000_000),
         Err(e) => return fail(e),
     };
-    let store = match Store::open(&Paths::from_env()) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
+    let Some(store) = open_store() else {
+        return 125;
     };
     let record = match resolve(&store, &args.container) {
         Ok(r) => r,
@@ -448,7 +416,7 @@ pub async fn logs(args: LogsArgs) -> i32 {
                 &mut out
             };
             if args.timestamps {
-                let _ = write!(w, "{} ", rfc3339(e.time));
+                let _ = write!(w, "{} ", cabin_image::timestamp::rfc3339(e.time, true));
             }
             let _ = w.write_all(e.log.as_bytes());
         }
@@ -527,19 +495,11 @@ pub async fn stop(args: StopArgs) -> i32 {
 }
 
 async fn stop_all(args: &StopArgs, print: bool) -> i32 {
-    let store = match Store::open(&Paths::from_env()) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
+    let Some(store) = open_store() else {
+        return 125;
     };
-    let mut code = 0;
-    for name in &args.containers {
-        let r = match resolve(&store, name) {
-            Ok(r) => r,
-            Err(c) => {
-                code = c;
-                continue;
-            }
-        };
+    let (records, mut code) = resolve_all(&store, &args.containers);
+    for r in records {
         if matches!(r.status, Status::Running { .. }) {
             if let Err(e) = control(&store, &r, &Control::Stop(args.time)).await {
                 eprintln!("cabin: {e}");
@@ -550,7 +510,7 @@ async fn stop_all(args: &StopArgs, print: bool) -> i32 {
             wait_exited(&store, &r.id, Some(Duration::from_secs(args.time + 30))).await;
         }
         if print {
-            println!("{name}");
+            println!("{}", r.name);
         }
     }
     code
@@ -590,21 +550,13 @@ pub async fn kill(args: KillArgs) -> i32 {
     let Some(sig) = parse_signal(&args.signal) else {
         return fail(format!("unknown signal {:?}", args.signal));
     };
-    let store = match Store::open(&Paths::from_env()) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
+    let Some(store) = open_store() else {
+        return 125;
     };
-    let mut code = 0;
-    for name in &args.containers {
-        let result = match resolve(&store, name) {
-            Ok(r) => control(&store, &r, &Control::Signal(sig)).await,
-            Err(c) => {
-                code = c;
-                continue;
-            }
-        };
-        match result {
-            Ok(()) => println!("{name}"),
+    let (records, mut code) = resolve_all(&store, &args.containers);
+    for r in records {
+        match control(&store, &r, &Control::Signal(sig)).await {
+            Ok(()) => println!("{}", r.name),
             Err(e) => {
                 eprintln!("cabin: {e}");
                 code = 1;
@@ -624,9 +576,8 @@ pub struct RmArgs {
 }
 
 pub async fn rm(args: RmArgs) -> i32 {
-    let store = match Store::open(&Paths::from_env()) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
+    let Some(store) = open_store() else {
+        return 125;
     };
     let mut code = 0;
     for name in &args.containers {
@@ -686,19 +637,11 @@ pub struct NamesArgs {
 
 /// `cabin wait`: prints each container's exit code once it has exited.
 pub async fn wait(args: NamesArgs) -> i32 {
-    let store = match Store::open(&Paths::from_env()) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
+    let Some(store) = open_store() else {
+        return 125;
     };
-    let mut code = 0;
-    for name in &args.containers {
-        let r = match resolve(&store, name) {
-            Ok(r) => r,
-            Err(c) => {
-                code = c;
-                continue;
-            }
-        };
+    let (records, mut code) = resolve_all(&store, &args.containers);
+    for r in records {
         match wait_exited(&store, &r.id, None).await {
             Some(Record {
                 status: Status::Exited { code, .. },
@@ -715,18 +658,10 @@ pub async fn wait(args: NamesArgs) -> i32 {
 
 /// `cabin inspect`: the records as a JSON array.
 pub fn inspect(args: NamesArgs) -> i32 {
-    let store = match Store::open(&Paths::from_env()) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
+    let Some(store) = open_store() else {
+        return 125;
     };
-    let mut out = Vec::new();
-    let mut code = 0;
-    for name in &args.containers {
-        match resolve(&store, name) {
-            Ok(r) => out.push(r),
-            Err(c) => code = c,
-        }
-    }
+    let (out, code) = resolve_all(&store, &args.containers);
     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     code
 }
@@ -770,9 +705,8 @@ fn mib(b: u64) -> String {
 /// `cabin stats`: CPU, memory and processes of running containers, from their cgroups
 /// in the guest; CPU % over one second, 100% being one vCPU.
 pub async fn stats(args: StatsArgs) -> i32 {
-    let store = match Store::open(&Paths::from_env()) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
+    let Some(store) = open_store() else {
+        return 125;
     };
     let records: Vec<Record> = if args.containers.is_empty() {
         store
@@ -858,10 +792,5 @@ mod tests {
         assert_eq!(parse_signal("15"), Some(15));
         assert_eq!(parse_signal("0"), None);
         assert_eq!(parse_signal("BOGUS"), None);
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(
-            rfc3339(1_795_000_000_123_456_789),
-            "2026-11-18T11:06:40.123456789Z"
-        );
     }
 }

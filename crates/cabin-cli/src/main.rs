@@ -1,6 +1,7 @@
 //! `cabin`: containers in lightweight VMs. A thin command-line layer over cabin-runtime.
 
 mod containers_cmd;
+mod detached;
 mod image_cmd;
 mod machine_args;
 mod prepare;

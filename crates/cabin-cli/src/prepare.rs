@@ -1,9 +1,6 @@
 //! `cabin system prepare`: build the boot snapshot that containers resume from, and the
 //! background start of the same after a run found none.
 
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-
 use cabin_runtime::container_vm::prepare_snapshot;
 use cabin_runtime::snapshot::{self, Built};
 use cabin_runtime::{ContainerConfig, Paths, RootSource};
@@ -60,22 +57,7 @@ pub fn start_in_background(machine: &MachineArgs, cfg: &ContainerConfig) {
     if !snapshot::enabled() {
         return;
     }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let mut cmd = Command::new(exe);
-    cmd.args(["system", "prepare", "--quiet"])
-        .args(machine.to_args(cfg))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe; a session of its own keeps the build alive
-    // when the user's terminal goes away, and out of the user's job control.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let _ = cmd.spawn();
+    let mut args = vec!["system".to_string(), "prepare".into(), "--quiet".into()];
+    args.extend(machine.to_args(cfg));
+    let _ = crate::detached::spawn(&args);
 }
