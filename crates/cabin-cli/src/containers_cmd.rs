@@ -667,6 +667,127 @@ pub fn inspect(args: NamesArgs) -> i32 {
 }
 
 #[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Keep stdin open and connect it to the process.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Give the process a terminal (not supported yet).
+    #[arg(short, long)]
+    tty: bool,
+    /// Set an environment variable (KEY=VALUE).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short, long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// User to run as (name, uid, name:group or uid:gid).
+    #[arg(short, long, value_name = "USER[:GROUP]")]
+    user: Option<String>,
+    container: String,
+    /// The command and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    command: Vec<String>,
+}
+
+/// `cabin exec`: runs another process in a running container, through its supervisor
+/// (the one holder of the VM's agent connection); exits with the process's status.
+pub async fn exec(args: ExecArgs) -> i32 {
+    use supervisor::frame;
+    if args.tty {
+        return fail("exec -t is not supported yet");
+    }
+    let Some(store) = open_store() else {
+        return 125;
+    };
+    let r = match resolve(&store, &args.container) {
+        Ok(r) => r,
+        Err(_) => return 125,
+    };
+    if !matches!(r.status, Status::Running { .. }) {
+        return fail(format!("container {} is not running", r.name));
+    }
+    let req = Control::Exec(supervisor::ExecRequest {
+        args: args.command.clone(),
+        env: args.env.clone(),
+        cwd: args.workdir.clone().unwrap_or_default(),
+        user: args.user.clone().unwrap_or_default(),
+        stdin: args.interactive,
+    });
+    let sock = supervisor::control_socket(&store.container_dir(&r.id));
+    let conn = match tokio::net::UnixStream::connect(&sock).await {
+        Ok(c) => c,
+        Err(e) => return fail(format!("container {}: {e}", r.name)),
+    };
+    let (mut rd, mut wr) = conn.into_split();
+    let mut line = serde_json::to_vec(&req).unwrap_or_default();
+    line.push(b'\n');
+    if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut wr, &line).await {
+        return fail(format!("container {}: {e}", r.name));
+    }
+    // The writing half goes to the stdin pump once the process runs (with -i).
+    let mut wr = Some(wr);
+    loop {
+        let (kind, payload) = match frame::read(&mut rd).await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                return fail(format!(
+                    "container {}: the exec ended without a status",
+                    r.name
+                ))
+            }
+            Err(e) => return fail(format!("container {}: {e}", r.name)),
+        };
+        match kind {
+            frame::STARTED if args.interactive && wr.is_some() => {
+                let Some(mut wr) = wr.take() else { continue };
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut stdin = tokio::io::stdin();
+                    let mut buf = vec![0u8; cabin_proto::CHUNK_BYTES];
+                    loop {
+                        match stdin.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if frame::write(&mut wr, frame::STDIN, &buf[..n])
+                                    .await
+                                    .is_err()
+                                {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    let _ = frame::write(&mut wr, frame::STDIN_EOF, &[]).await;
+                });
+            }
+            frame::STDOUT | frame::STDERR => {
+                use std::io::Write;
+                let out: &mut dyn Write = if kind == frame::STDOUT {
+                    &mut std::io::stdout()
+                } else {
+                    &mut std::io::stderr()
+                };
+                let _ = out.write_all(&payload).and_then(|_| out.flush());
+            }
+            frame::EXIT if payload.len() == 4 => {
+                return i32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+            }
+            frame::FAILED if payload.len() >= 4 => {
+                let code = i32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                eprintln!("cabin: {}", String::from_utf8_lossy(&payload[4..]));
+                return code;
+            }
+            _ => {}
+        }
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct StatsArgs {
     /// Print one sample and exit.
     #[arg(long)]

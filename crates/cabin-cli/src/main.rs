@@ -72,6 +72,8 @@ enum Command {
     Rm(containers_cmd::RmArgs),
     /// Wait for containers to exit and print their exit codes.
     Wait(containers_cmd::NamesArgs),
+    /// Run a command in a running container.
+    Exec(containers_cmd::ExecArgs),
     /// CPU, memory and processes of running containers.
     Stats(containers_cmd::StatsArgs),
     /// Containers' records as JSON.
@@ -174,6 +176,7 @@ fn main() {
             Command::Wait(a) => containers_cmd::wait(a).await,
             Command::Inspect(a) => containers_cmd::inspect(a),
             Command::Stats(a) => containers_cmd::stats(a).await,
+            Command::Exec(a) => containers_cmd::exec(a).await,
             Command::Container {
                 command: ContainerCommand::Supervise { id },
             } => containers_cmd::supervise(&id).await,

@@ -246,3 +246,60 @@ fn stats_report_cpu_memory_and_processes_from_the_guest() {
     assert_eq!(o.status.code(), Some(125));
     assert!(stderr(&o).contains("is not running"), "{}", stderr(&o));
 }
+
+#[test]
+fn exec_runs_more_processes_in_a_running_container() {
+    let _c = Cleanup(&["ex-box", "ex-done"]);
+    let o = run_detached(
+        &["--name", "ex-box", "-e", "FROM_RUN=1"],
+        &["sleep", "1000"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Same PID namespace (sleep is PID 1 there), same hostname and file system, the
+    // container's environment plus exec's own, output and exit status back.
+    let o = cabin()
+        .args(["exec", "-e", "FROM_EXEC=2", "-w", "/tmp", "ex-box", "sh", "-c"])
+        .arg("echo $$ $(cat /proc/1/cmdline | tr '\\0' ' ')$(pwd) $FROM_RUN$FROM_EXEC; echo made > /tmp/f; echo oops >&2; exit 5")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let out = stdout(&o);
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    assert_ne!(fields[0], "1", "{out}");
+    assert_eq!(&fields[1..], ["sleep", "1000", "/tmp", "12"], "{out}");
+    assert_eq!(stderr(&o), "oops\n");
+    assert_eq!(cabin_ok(&["exec", "ex-box", "cat", "/tmp/f"]), "made\n");
+    // stdin with -i.
+    let mut child = cabin()
+        .args(["exec", "-i", "ex-box", "wc", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&vec![b'x'; 100_000]).unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&o).trim(), "100000");
+    // docker's codes for commands that cannot run; a stopped container is refused.
+    let o = cabin()
+        .args(["exec", "ex-box", "no-such-command"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(127));
+    assert!(
+        stderr(&o).contains("executable file not found"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run_detached(&["--name", "ex-done"], &["true"]);
+    assert!(o.status.success());
+    cabin_ok(&["wait", "ex-done"]);
+    let o = cabin().args(["exec", "ex-done", "true"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("is not running"), "{}", stderr(&o));
+    // The container itself was not disturbed.
+    assert!(ps_line("ex-box").unwrap().contains("Up "));
+}

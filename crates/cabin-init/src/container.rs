@@ -18,6 +18,20 @@ pub struct Container {
     pub rootfs: PathBuf,
     pub hostname: String,
     pub cgroup: PathBuf,
+    /// A pidfd of the container's first process: later processes (exec) join its
+    /// namespaces through it.
+    pub first_process: std::sync::OnceLock<OwnedFd>,
+}
+
+/// pidfd_open(2).
+pub fn pidfd(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the descriptor it returns is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just opened.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn cstr(p: impl AsRef<Path>) -> CString {
@@ -384,6 +398,8 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// Everything the child needs, prepared before clone so that the child allocates nothing.
 struct ChildPlan {
     tty: bool,
+    /// Joining the namespaces of a running container rather than making new ones.
+    join: bool,
     rootfs: CString,
     proc_dir: CString,
     mqueue_dir: CString,
@@ -417,116 +433,121 @@ impl ChildSetup for ChildPlan {
             if self.tty {
                 ok(libc::ioctl(0, libc::TIOCSCTTY, 0), 2)?;
             }
-            ok(
-                libc::mount(
-                    null,
-                    c"/".as_ptr(),
-                    null,
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ),
-                3,
-            )?;
-            // The child was cloned into its cgroup; rooting its cgroup namespace there
-            // has to wait until now (clone would root it at init's cgroup).
-            ok(libc::unshare(libc::CLONE_NEWCGROUP), 4)?;
-            ok(
-                libc::sethostname(self.hostname.as_ptr().cast(), self.hostname.len()),
-                5,
-            )?;
-            let nsne = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-            ok(
-                libc::mount(
-                    c"proc".as_ptr(),
-                    self.proc_dir.as_ptr(),
-                    c"proc".as_ptr(),
-                    nsne,
-                    std::ptr::null(),
-                ),
-                6,
-            )?;
-            ok(
-                libc::mount(
-                    c"mqueue".as_ptr(),
-                    self.mqueue_dir.as_ptr(),
-                    c"mqueue".as_ptr(),
-                    nsne,
-                    std::ptr::null(),
-                ),
-                7,
-            )?;
-            let r = libc::mount(
-                c"cgroup".as_ptr(),
-                self.cgroup_dir.as_ptr(),
-                c"cgroup2".as_ptr(),
-                nsne | libc::MS_RDONLY,
-                std::ptr::null(),
-            );
-            // Images without /sys/fs/cgroup simply do not get it.
-            if r < 0 && *libc::__errno_location() != libc::ENOENT {
-                return Err(fail(8));
-            }
-            crate::trace::mark_in_child(b"child: proc mqueue cgroup mounted");
-            for path in &self.masked {
-                let r = libc::mount(
-                    self.dev_null.as_ptr(),
-                    path.as_ptr(),
-                    null,
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                );
-                if r < 0 {
-                    match *libc::__errno_location() {
-                        libc::ENOENT => continue,
-                        libc::ENOTDIR => ok(
-                            libc::mount(
-                                c"tmpfs".as_ptr(),
-                                path.as_ptr(),
-                                c"tmpfs".as_ptr(),
-                                libc::MS_RDONLY,
-                                std::ptr::null(),
-                            ),
-                            9,
-                        )?,
-                        _ => return Err(fail(9)),
-                    }
-                }
-            }
-            for path in &self.readonly {
-                let r = libc::mount(
-                    path.as_ptr(),
-                    path.as_ptr(),
-                    null,
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                );
-                if r < 0 {
-                    if *libc::__errno_location() == libc::ENOENT {
-                        continue;
-                    }
-                    return Err(fail(10));
-                }
+            // A process joining a running container (exec) is already in its
+            // namespaces, mounts and root (see launch::spawn_joined).
+            if !self.join {
                 ok(
                     libc::mount(
+                        null,
+                        c"/".as_ptr(),
+                        null,
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ),
+                    3,
+                )?;
+                // The child was cloned into its cgroup; rooting its cgroup namespace there
+                // has to wait until now (clone would root it at init's cgroup).
+                ok(libc::unshare(libc::CLONE_NEWCGROUP), 4)?;
+                ok(
+                    libc::sethostname(self.hostname.as_ptr().cast(), self.hostname.len()),
+                    5,
+                )?;
+                let nsne = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                ok(
+                    libc::mount(
+                        c"proc".as_ptr(),
+                        self.proc_dir.as_ptr(),
+                        c"proc".as_ptr(),
+                        nsne,
+                        std::ptr::null(),
+                    ),
+                    6,
+                )?;
+                ok(
+                    libc::mount(
+                        c"mqueue".as_ptr(),
+                        self.mqueue_dir.as_ptr(),
+                        c"mqueue".as_ptr(),
+                        nsne,
+                        std::ptr::null(),
+                    ),
+                    7,
+                )?;
+                let r = libc::mount(
+                    c"cgroup".as_ptr(),
+                    self.cgroup_dir.as_ptr(),
+                    c"cgroup2".as_ptr(),
+                    nsne | libc::MS_RDONLY,
+                    std::ptr::null(),
+                );
+                // Images without /sys/fs/cgroup simply do not get it.
+                if r < 0 && *libc::__errno_location() != libc::ENOENT {
+                    return Err(fail(8));
+                }
+                crate::trace::mark_in_child(b"child: proc mqueue cgroup mounted");
+                for path in &self.masked {
+                    let r = libc::mount(
+                        self.dev_null.as_ptr(),
+                        path.as_ptr(),
+                        null,
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    );
+                    if r < 0 {
+                        match *libc::__errno_location() {
+                            libc::ENOENT => continue,
+                            libc::ENOTDIR => ok(
+                                libc::mount(
+                                    c"tmpfs".as_ptr(),
+                                    path.as_ptr(),
+                                    c"tmpfs".as_ptr(),
+                                    libc::MS_RDONLY,
+                                    std::ptr::null(),
+                                ),
+                                9,
+                            )?,
+                            _ => return Err(fail(9)),
+                        }
+                    }
+                }
+                for path in &self.readonly {
+                    let r = libc::mount(
                         path.as_ptr(),
                         path.as_ptr(),
                         null,
-                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | nsne,
+                        libc::MS_BIND | libc::MS_REC,
                         std::ptr::null(),
-                    ),
-                    10,
+                    );
+                    if r < 0 {
+                        if *libc::__errno_location() == libc::ENOENT {
+                            continue;
+                        }
+                        return Err(fail(10));
+                    }
+                    ok(
+                        libc::mount(
+                            path.as_ptr(),
+                            path.as_ptr(),
+                            null,
+                            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | nsne,
+                            std::ptr::null(),
+                        ),
+                        10,
+                    )?;
+                }
+                crate::trace::mark_in_child(b"child: masked and ro paths");
+                // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves
+                // only the container's root (runc's way, needs no scratch directory).
+                ok(libc::chdir(self.rootfs.as_ptr()), 11)?;
+                ok(
+                    libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr())
+                        as libc::c_int,
+                    11,
                 )?;
+                ok(libc::umount2(c".".as_ptr(), libc::MNT_DETACH), 12)?;
+                ok(libc::chdir(c"/".as_ptr()), 12)?;
             }
-            crate::trace::mark_in_child(b"child: masked and ro paths");
-            // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves
-            // only the container's root (runc's way, needs no scratch directory).
-            ok(libc::chdir(self.rootfs.as_ptr()), 11)?;
-            ok(
-                libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
-                11,
-            )?;
-            ok(libc::umount2(c".".as_ptr(), libc::MNT_DETACH), 12)?;
-            ok(libc::chdir(c"/".as_ptr()), 12)?;
             // Docker creates a missing working directory.
             for prefix in &self.cwd_prefixes {
                 if libc::mkdir(prefix.as_ptr(), 0o755) < 0
@@ -631,9 +652,13 @@ fn cwd_prefixes(cwd: &str) -> Vec<CString> {
 
 /// Starts the container's first process. The caller registers the returned pid with the
 /// reaper before its next `.await`.
-pub fn start_first_process(
+/// Starts a process in the container: its first one (`join` None: new namespaces,
+/// mounts and root), or another one in the namespaces of its running first process
+/// (`join`: that process's pidfd), as `cabin exec` does.
+pub fn start_process(
     ctr: &Container,
     req: &StartProcessRequest,
+    join: Option<&OwnedFd>,
 ) -> Result<Started, StartError> {
     let setup = |what: &str, e: io::Error| StartError::Setup(format!("{what}: {e}"));
     if req.args.is_empty() {
@@ -702,6 +727,7 @@ pub fn start_first_process(
     let rootfs = &ctr.rootfs;
     let plan = ChildPlan {
         tty: req.tty,
+        join: join.is_some(),
         rootfs: cstr(rootfs),
         proc_dir: cstr(rootfs.join("proc")),
         mqueue_dir: cstr(rootfs.join("dev/mqueue")),
@@ -778,8 +804,20 @@ pub fn start_first_process(
         _ => unreachable!("one pty or three pipes"),
     };
     crate::trace::mark("cloning");
-    let pid = match launch::spawn(&plan, &exec, fds, cgroup_dir.as_raw_fd()) {
+    let spawned = match join {
+        None => launch::spawn(&plan, &exec, fds, cgroup_dir.as_raw_fd()),
+        Some(pidfd) => {
+            launch::spawn_joined(&plan, &exec, fds, cgroup_dir.as_raw_fd(), pidfd.as_raw_fd())
+        }
+    };
+    let pid = match spawned {
         Ok(Ok(pid)) => pid,
+        Ok(Err(f)) if f.step == launch::JOIN_STEP => {
+            return Err(StartError::Setup(format!(
+                "joining the container's namespaces: {}",
+                io::Error::from_raw_os_error(f.errno)
+            )))
+        }
         Ok(Err(f)) if f.step == launch::EXEC_STEP => {
             let e = io::Error::from_raw_os_error(f.errno);
             return Err(match f.errno {

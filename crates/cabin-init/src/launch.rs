@@ -25,6 +25,8 @@ pub struct ChildFailure {
 
 /// The step number reported when execve itself fails.
 pub const EXEC_STEP: u8 = u8::MAX;
+/// The step number reported when joining a running container's namespaces fails.
+pub const JOIN_STEP: u8 = u8::MAX - 1;
 
 /// The child's work between clone and exec.
 pub trait ChildSetup: Sync {
@@ -69,6 +71,11 @@ struct Shared<'a> {
     program: &'a Program,
     stdio: [RawFd; 3],
     failure: UnsafeCell<Option<ChildFailure>>,
+    /// For spawn_joined: the running container's first process, the stack top for the
+    /// process that execs, and where its pid is left.
+    join_pidfd: RawFd,
+    exec_stack_top: usize,
+    exec_pid: UnsafeCell<i32>,
 }
 
 const CHILD_STACK_BYTES: usize = 256 << 10;
@@ -147,7 +154,11 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// # Safety
 /// `args.stack`/`stack_size` must describe memory that stays valid until the child has
 /// exec'd or exited, and `arg` must be what child_main expects.
-unsafe fn clone3_into(args: &CloneArgs, arg: *mut c_void) -> libc::c_long {
+unsafe fn clone3_into(
+    args: &CloneArgs,
+    entry: extern "C" fn(*mut c_void) -> !,
+    arg: *mut c_void,
+) -> libc::c_long {
     let ret: libc::c_long;
     std::arch::asm!(
         "syscall",
@@ -155,14 +166,14 @@ unsafe fn clone3_into(args: &CloneArgs, arg: *mut c_void) -> libc::c_long {
         "jnz 2f",
         // The child: rsp is the 16-byte aligned top of its stack.
         "mov rdi, r12",
-        "call {entry}",
+        "call r13",
         "ud2",
         "2:",
-        entry = sym child_main,
         inlateout("rax") libc::SYS_clone3 => ret,
         in("rdi") args as *const CloneArgs,
         in("rsi") std::mem::size_of::<CloneArgs>(),
         in("r12") arg,
+        in("r13") entry,
         lateout("rcx") _,
         lateout("r11") _,
         options(nostack),
@@ -184,25 +195,97 @@ pub fn spawn(
     stdio: [RawFd; 3],
     cgroup: RawFd,
 ) -> io::Result<Result<i32, ChildFailure>> {
+    spawn_with(setup, program, stdio, cgroup, None)
+}
+
+/// Starts `program` in the namespaces (mount, UTS, IPC, PID, cgroup) of the running
+/// process behind `pidfd` and in the cgroup open at `cgroup`: `cabin exec`.
+///
+/// A process cannot move itself into another PID namespace, only its children. So the
+/// clone3'd child joins the namespaces with setns and clones the process that execs
+/// with CLONE_PARENT, making init its parent (init reaps it and reports its exit), and
+/// then exits. Both clones share init's memory and are vfork-style, as in `spawn`.
+pub fn spawn_joined(
+    setup: &dyn ChildSetup,
+    program: &Program,
+    stdio: [RawFd; 3],
+    cgroup: RawFd,
+    pidfd: RawFd,
+) -> io::Result<Result<i32, ChildFailure>> {
+    spawn_with(setup, program, stdio, cgroup, Some(pidfd))
+}
+
+/// The first child of spawn_joined: joins, then clones the process that execs.
+extern "C" fn join_main(arg: *mut c_void) -> ! {
+    // SAFETY: as child_main.
+    let shared = unsafe { &*(arg as *const Shared) };
+    let flags = libc::CLONE_NEWNS
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWCGROUP;
+    // SAFETY: setns on a pidfd we were given; clone of a vfork-style child on the stack
+    // spawn_with prepared; the parent (init) stays suspended throughout.
+    unsafe {
+        if libc::setns(shared.join_pidfd, flags) != 0 {
+            *shared.failure.get() = Some(ChildFailure {
+                step: JOIN_STEP,
+                errno: io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            });
+            libc::_exit(127);
+        }
+        let pid = libc::clone(
+            exec_main,
+            shared.exec_stack_top as *mut c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT,
+            arg,
+        );
+        if pid < 0 {
+            *shared.failure.get() = Some(ChildFailure {
+                step: JOIN_STEP,
+                errno: io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            });
+        } else {
+            *shared.exec_pid.get() = pid;
+        }
+        libc::_exit(0)
+    }
+}
+
+extern "C" fn exec_main(arg: *mut c_void) -> libc::c_int {
+    child_main(arg)
+}
+
+fn spawn_with(
+    setup: &dyn ChildSetup,
+    program: &Program,
+    stdio: [RawFd; 3],
+    cgroup: RawFd,
+    join: Option<RawFd>,
+) -> io::Result<Result<i32, ChildFailure>> {
+    let mut exec_stack = vec![0u8; if join.is_some() { CHILD_STACK_BYTES } else { 0 }];
+    let exec_stack_top = (exec_stack.as_mut_ptr() as usize + exec_stack.len()) & !15;
     let shared = Shared {
         setup,
         program,
         stdio,
         failure: UnsafeCell::new(None),
+        join_pidfd: join.unwrap_or(-1),
+        exec_stack_top,
+        exec_pid: UnsafeCell::new(0),
     };
     let mut stack = vec![0u8; CHILD_STACK_BYTES];
     let base = stack.as_mut_ptr() as u64;
     // clone3 puts the child's stack pointer at stack + stack_size: keep that aligned.
     let aligned = (base + 15) & !15;
     let size = (CHILD_STACK_BYTES as u64 - (aligned - base)) & !15;
+    let new_namespaces = if join.is_some() {
+        0
+    } else {
+        libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC
+    };
     let args = CloneArgs {
-        flags: (libc::CLONE_VM
-            | libc::CLONE_VFORK
-            | libc::CLONE_NEWPID
-            | libc::CLONE_NEWNS
-            | libc::CLONE_NEWUTS
-            | libc::CLONE_NEWIPC) as u64
-            | CLONE_INTO_CGROUP,
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK | new_namespaces) as u64 | CLONE_INTO_CGROUP,
         exit_signal: libc::SIGCHLD as u64,
         stack: aligned,
         stack_size: size,
@@ -217,16 +300,22 @@ pub fn spawn(
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let ret = clone3_into(&args, &shared as *const Shared as *mut c_void);
+        let entry = if join.is_some() {
+            join_main
+        } else {
+            child_main
+        };
+        let ret = clone3_into(&args, entry, &shared as *const Shared as *mut c_void);
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         if ret < 0 {
             return Err(io::Error::from_raw_os_error(-ret as i32));
         }
         ret as i32
     };
-    drop(stack);
+    drop((stack, exec_stack));
     Ok(match shared.failure.into_inner() {
         Some(f) => Err(f),
+        None if join.is_some() => Ok(shared.exec_pid.into_inner()),
         None => Ok(pid),
     })
 }

@@ -315,6 +315,7 @@ impl Agent for AgentService {
                 rootfs,
                 hostname,
                 cgroup,
+                first_process: Default::default(),
             }),
         );
         Ok(Response::new(Empty {}))
@@ -338,7 +339,15 @@ impl Agent for AgentService {
         }
         crate::trace::mark("start process");
         // No .await between the spawn and the reaper registration (see Reaper::watch).
-        let started = container::start_first_process(&ctr, &req).map_err(|e| match e {
+        let first = req.process_id == "init";
+        let join = if first {
+            None
+        } else {
+            Some(ctr.first_process.get().ok_or_else(|| {
+                Status::failed_precondition("the container's first process has not started")
+            })?)
+        };
+        let started = container::start_process(&ctr, &req, join).map_err(|e| match e {
             StartError::NotFound(m) => Status::not_found(m),
             StartError::NotExecutable(m) => Status::permission_denied(m),
             StartError::InvalidSpec(m) => Status::invalid_argument(m),
@@ -346,6 +355,13 @@ impl Agent for AgentService {
         })?;
         let exit = self.reaper.watch(started.pid);
         crate::trace::mark("process exec'd");
+        if first {
+            // Opened before the process can be reaped (no .await since the spawn), so
+            // the pidfd names this process, not a later one with its pid.
+            if let Ok(fd) = container::pidfd(started.pid) {
+                let _ = ctr.first_process.set(fd);
+            }
+        }
         let started_at = clock::boottime_nanos();
         let (input, output, pty) = match started.stdio {
             Stdio3::Pipes {

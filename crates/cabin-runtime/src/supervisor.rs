@@ -11,7 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cabin_proto::v1::{output_chunk, ContainerRef, SignalRequest};
+use cabin_proto::v1::{
+    output_chunk, ContainerRef, InputChunk, ProcessRef, SignalRequest, StartProcessRequest,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -29,6 +31,70 @@ pub enum Control {
     Stop(u64),
     /// The container's resource use (answered with `"stats": {...}`).
     Stats,
+    /// Run another process in the container; the connection then carries frames
+    /// (see [`frame`]).
+    Exec(ExecRequest),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub stdin: bool,
+}
+
+/// Frames on an exec connection: a kind byte, a big-endian u32 length, the payload.
+pub mod frame {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Client to supervisor: stdin bytes, and its end.
+    pub const STDIN: u8 = 0;
+    pub const STDIN_EOF: u8 = 5;
+    /// Supervisor to client.
+    pub const STDOUT: u8 = 1;
+    pub const STDERR: u8 = 2;
+    /// The process's exit code (i32, big-endian).
+    pub const EXIT: u8 = 3;
+    /// The process did not start: its exit code (i32) then the message.
+    pub const FAILED: u8 = 4;
+    /// The process runs: the client may send stdin now.
+    pub const STARTED: u8 = 6;
+    /// Bigger frames are refused: output comes in chunks far below this.
+    pub const MAX: u32 = 1 << 20;
+
+    pub async fn write(
+        w: &mut (impl AsyncWriteExt + Unpin),
+        kind: u8,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        let mut head = [0u8; 5];
+        head[0] = kind;
+        head[1..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+        w.write_all(&head).await?;
+        w.write_all(payload).await?;
+        w.flush().await
+    }
+
+    /// The next frame, or None at the end of the stream.
+    pub async fn read(
+        r: &mut (impl AsyncReadExt + Unpin),
+    ) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+        let mut head = [0u8; 5];
+        match r.read_exact(&mut head).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        if len > MAX {
+            return Err(std::io::Error::other("frame too large"));
+        }
+        let mut payload = vec![0u8; len as usize];
+        r.read_exact(&mut payload).await?;
+        Ok(Some((head[0], payload)))
+    }
 }
 
 pub fn control_socket(container_dir: &Path) -> PathBuf {
@@ -229,6 +295,109 @@ async fn stats(
     }}))
 }
 
+/// Runs one `cabin exec` process and relays its stdio and exit code over `conn`.
+async fn exec_relay(
+    mut agent: crate::agent::Agent,
+    process: ProcessRef,
+    req: ExecRequest,
+    conn: UnixStream,
+) {
+    let (mut rd, mut wr) = conn.into_split();
+    let start = StartProcessRequest {
+        container_id: process.container_id.clone(),
+        process_id: process.process_id.clone(),
+        args: req.args,
+        env: req.env,
+        cwd: req.cwd,
+        user: req.user,
+        tty: false,
+        tty_size: None,
+        rlimits: Vec::new(),
+        stdin: req.stdin,
+    };
+    if let Err(e) = agent::call(
+        "StartProcess",
+        cabin_proto::CALL_TIMEOUT,
+        agent.start_process(start),
+    )
+    .await
+    {
+        let code: i32 = match e.code() {
+            tonic::Code::NotFound => 127,
+            tonic::Code::PermissionDenied => 126,
+            _ => 125,
+        };
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(e.message().as_bytes());
+        let _ = frame::write(&mut wr, frame::FAILED, &payload).await;
+        return;
+    }
+    if frame::write(&mut wr, frame::STARTED, &[]).await.is_err() {
+        return;
+    }
+    if req.stdin {
+        let mut a = agent.clone();
+        let p = process.clone();
+        tokio::spawn(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel::<InputChunk>(8);
+            let send = tokio::spawn(async move {
+                let _ = a
+                    .write_input(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await;
+            });
+            let _ = tx
+                .send(InputChunk {
+                    process: Some(p),
+                    data: Vec::new(),
+                })
+                .await;
+            while let Ok(Some((kind, data))) = frame::read(&mut rd).await {
+                if kind != frame::STDIN {
+                    break;
+                }
+                let chunk = InputChunk {
+                    process: None,
+                    data,
+                };
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+            drop(tx);
+            let _ = send.await;
+        });
+    }
+    let mut a = agent.clone();
+    let output = match a.read_output(process.clone()).await {
+        Ok(s) => Some(s.into_inner()),
+        Err(_) => None,
+    };
+    if let Some(mut stream) = output {
+        while let Some(Ok(chunk)) = stream.next().await {
+            let kind = if chunk.stream == output_chunk::Stream::Stderr as i32 {
+                frame::STDERR
+            } else {
+                frame::STDOUT
+            };
+            if frame::write(&mut wr, kind, &chunk.data).await.is_err() {
+                break;
+            }
+        }
+    }
+    let code = match agent.wait(process).await {
+        Ok(s) => {
+            let s = s.into_inner();
+            if s.signal > 0 {
+                128 + s.signal
+            } else {
+                s.code
+            }
+        }
+        Err(_) => 125,
+    };
+    let _ = frame::write(&mut wr, frame::EXIT, &code.to_be_bytes()).await;
+}
+
 /// Boots the container's VM, runs its process to the end, tears the VM down.
 async fn run_once(
     paths: &Paths,
@@ -291,6 +460,7 @@ async fn run_once(
     // Escalation of a stop: SIGKILL at the first deadline, the VM itself at the second.
     let mut kill_at: Option<Instant> = None;
     let mut stopped = false;
+    let mut execs = 0u64;
     let mut vm_kill_at: Option<Instant> = None;
     let outcome = {
         let wait = vm.wait();
@@ -308,6 +478,18 @@ async fn run_once(
                         reply_with(conn, stats(&agent, &proc_ref.container_id).await).await;
                         continue;
                     }
+                    if let Some(Control::Exec(mut x)) = req {
+                        execs += 1;
+                        let mut env = cfg.env.clone();
+                        env.append(&mut x.env);
+                        x.env = env;
+                        let process = ProcessRef {
+                            container_id: proc_ref.container_id.clone(),
+                            process_id: format!("exec-{execs}"),
+                        };
+                        tokio::spawn(exec_relay(agent.clone(), process, x, conn));
+                        continue;
+                    }
                     let answer = match req {
                         Some(Control::Signal(n)) => signal(n).await,
                         Some(Control::Stop(secs)) => {
@@ -316,7 +498,9 @@ async fn run_once(
                             kill_at = Some(Instant::now() + Duration::from_secs(secs));
                             r
                         }
-                        Some(Control::Stats) | None => Err("unreadable request".to_string()),
+                        Some(Control::Stats) | Some(Control::Exec(_)) | None => {
+                            Err("unreadable request".to_string())
+                        }
                     };
                     reply(conn, answer).await;
                 }
