@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 use crate::paths::{create_private_dir, Paths};
 
+/// Run directories being created (see RunDir::create).
+const STAGING_PREFIX: &str = ".new-";
+
 pub struct RunDir {
     pub path: PathBuf,
     lock: Option<fs::File>,
@@ -38,24 +41,35 @@ impl RunDir {
     pub fn create(paths: &Paths, id: &str) -> io::Result<RunDir> {
         // Unix socket paths are limited to 107 bytes; a short directory name keeps them
         // inside the limit for ordinary data directories.
-        let path = paths.run_root().join(&id[..12.min(id.len())]);
-        create_private_dir(&paths.run_root())?;
-        create_private_dir(&path)?;
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path.join("lock"))?;
-        if !try_lock(&lock) {
-            return Err(io::Error::other(format!("{} is in use", path.display())));
-        }
+        let short = &id[..12.min(id.len())];
+        let path = paths.run_root().join(short);
         let socket = path.join("agent.sock");
         if socket.as_os_str().len() > 107 {
-            let _ = fs::remove_dir_all(&path);
             return Err(io::Error::other(format!(
                 "the data directory path is too long for unix sockets ({}); use a shorter CABIN_DATA_DIR",
                 socket.display()
             )));
+        }
+        create_private_dir(&paths.run_root())?;
+        // The directory appears under its name already locked: made and locked under a
+        // hidden name, then renamed. Otherwise another cabin's reap_stale could find it
+        // between the lock file's creation and its flock, take the lock and delete it.
+        let staging = paths.run_root().join(format!("{STAGING_PREFIX}{short}"));
+        create_private_dir(&staging)?;
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(staging.join("lock"))?;
+        if !try_lock(&lock) {
+            return Err(io::Error::other(format!("{} is in use", staging.display())));
+        }
+        if let Err(e) = fs::rename(&staging, &path) {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{} is in use: {e}", path.display()),
+            ));
         }
         Ok(RunDir {
             path,
@@ -104,9 +118,11 @@ pub fn reap_stale(paths: &Paths) -> usize {
     let mut removed = 0;
     for e in entries.flatten() {
         let dir = e.path();
-        let Ok(lock) = fs::OpenOptions::new().write(true).open(dir.join("lock")) else {
-            // No lock file: a directory whose creator died before making it, or one being
-            // created right now. Only the first kind is old.
+        let staging = e.file_name().to_string_lossy().starts_with(STAGING_PREFIX);
+        let lock = fs::OpenOptions::new().write(true).open(dir.join("lock"));
+        let (Ok(lock), false) = (lock, staging) else {
+            // Being created right now, or left by a creator that died while creating
+            // it: only the second kind is old.
             let old = e
                 .metadata()
                 .and_then(|m| m.modified())
@@ -154,6 +170,32 @@ mod tests {
         let p = held.path.clone();
         held.remove().unwrap();
         assert!(!p.exists());
+    }
+
+    #[test]
+    fn directories_being_created_are_left_alone() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = Paths::at(t.path());
+        // What another cabin's create looks like between making its lock file and
+        // locking it: an unheld lock, under the staging name.
+        let staging = paths
+            .run_root()
+            .join(format!("{STAGING_PREFIX}0123456789ab"));
+        fs::create_dir_all(&staging).unwrap();
+        fs::write(staging.join("lock"), "").unwrap();
+        assert_eq!(reap_stale(&paths), 0);
+        assert!(staging.exists());
+        // A finished create shows up under its own name, held.
+        let made = RunDir::create(&paths, &new_id()).unwrap();
+        assert!(made.path.join("lock").exists());
+        assert!(!made
+            .path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(STAGING_PREFIX));
+        assert_eq!(reap_stale(&paths), 0);
+        assert!(made.path.exists());
     }
 
     #[test]
