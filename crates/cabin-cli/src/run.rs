@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cabin_proto::v1::{output_chunk, InputChunk, ResizeTtyRequest, SignalRequest, TtySize};
+use cabin_proto::v1::{output_chunk, ResizeTtyRequest, SignalRequest, TtySize};
 use cabin_runtime::{agent, ContainerConfig, ContainerVm, Paths, RootSource, RunError};
 use clap::Args;
 use tokio::io::AsyncReadExt;
@@ -342,39 +342,22 @@ async fn attach(
 
     // Input: with -i, stdin to the process until end of file.
     if cfg.stdin {
-        let mut a = agent.clone();
-        let r = proc_ref.clone();
+        let (tx, done) = agent::stdin_writer(&agent, proc_ref.clone());
         tokio::spawn(async move {
-            let (tx, rx) = tokio::sync::mpsc::channel::<InputChunk>(8);
-            let send = tokio::spawn(async move {
-                let _ = a
-                    .write_input(tokio_stream::wrappers::ReceiverStream::new(rx))
-                    .await;
-            });
-            let _ = tx
-                .send(InputChunk {
-                    process: Some(r),
-                    data: Vec::new(),
-                })
-                .await;
             let mut stdin = tokio::io::stdin();
             let mut buf = vec![0u8; cabin_proto::CHUNK_BYTES];
             loop {
                 match stdin.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        let chunk = InputChunk {
-                            process: None,
-                            data: buf[..n].to_vec(),
-                        };
-                        if tx.send(chunk).await.is_err() {
+                        if tx.send(buf[..n].to_vec()).await.is_err() {
                             break;
                         }
                     }
                 }
             }
             drop(tx);
-            let _ = send.await;
+            let _ = done.await;
         });
     }
 

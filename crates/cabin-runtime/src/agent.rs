@@ -26,6 +26,35 @@ pub fn connect(socket: PathBuf) -> Agent {
         .max_encoding_message_size(cabin_proto::MAX_MESSAGE_BYTES)
 }
 
+/// A process's stdin: bytes sent into the returned channel reach the process in order;
+/// dropping the sender ends its input (end of file). The returned task finishes once
+/// the guest has taken everything.
+pub fn stdin_writer(
+    agent: &Agent,
+    process: cabin_proto::v1::ProcessRef,
+) -> (
+    tokio::sync::mpsc::Sender<Vec<u8>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use cabin_proto::v1::InputChunk;
+    use tokio_stream::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    // The stream's first message names the process; the rest carry data.
+    let first = tokio_stream::once(InputChunk {
+        process: Some(process),
+        data: Vec::new(),
+    });
+    let rest = tokio_stream::wrappers::ReceiverStream::new(rx).map(|data| InputChunk {
+        process: None,
+        data,
+    });
+    let mut a = agent.clone();
+    let task = tokio::spawn(async move {
+        let _ = a.write_input(first.chain(rest)).await;
+    });
+    (tx, task)
+}
+
 /// Runs one agent call under a deadline; a guest that stops answering is an error, not a
 /// hang.
 pub async fn call<T>(

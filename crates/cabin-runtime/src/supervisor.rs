@@ -11,9 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cabin_proto::v1::{
-    output_chunk, ContainerRef, InputChunk, ProcessRef, SignalRequest, StartProcessRequest,
-};
+use cabin_proto::v1::{output_chunk, ContainerRef, ProcessRef, SignalRequest, StartProcessRequest};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -336,35 +334,15 @@ async fn exec_relay(
         return;
     }
     if req.stdin {
-        let mut a = agent.clone();
-        let p = process.clone();
+        let (tx, done) = agent::stdin_writer(&agent, process.clone());
         tokio::spawn(async move {
-            let (tx, rx) = tokio::sync::mpsc::channel::<InputChunk>(8);
-            let send = tokio::spawn(async move {
-                let _ = a
-                    .write_input(tokio_stream::wrappers::ReceiverStream::new(rx))
-                    .await;
-            });
-            let _ = tx
-                .send(InputChunk {
-                    process: Some(p),
-                    data: Vec::new(),
-                })
-                .await;
             while let Ok(Some((kind, data))) = frame::read(&mut rd).await {
-                if kind != frame::STDIN {
-                    break;
-                }
-                let chunk = InputChunk {
-                    process: None,
-                    data,
-                };
-                if tx.send(chunk).await.is_err() {
+                if kind != frame::STDIN || tx.send(data).await.is_err() {
                     break;
                 }
             }
             drop(tx);
-            let _ = send.await;
+            let _ = done.await;
         });
     }
     let mut a = agent.clone();
