@@ -668,21 +668,8 @@ pub fn inspect(args: NamesArgs) -> i32 {
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// Keep stdin open and connect it to the process.
-    #[arg(short, long)]
-    interactive: bool,
-    /// Give the process a terminal (not supported yet).
-    #[arg(short, long)]
-    tty: bool,
-    /// Set an environment variable (KEY=VALUE).
-    #[arg(short, long = "env", value_name = "KEY=VALUE")]
-    env: Vec<String>,
-    /// Working directory inside the container.
-    #[arg(short, long = "workdir", value_name = "DIR")]
-    workdir: Option<String>,
-    /// User to run as (name, uid, name:group or uid:gid).
-    #[arg(short, long, value_name = "USER[:GROUP]")]
-    user: Option<String>,
+    #[command(flatten)]
+    process: crate::process_args::ProcessArgs,
     container: String,
     /// The command and its arguments.
     #[arg(
@@ -698,7 +685,8 @@ pub struct ExecArgs {
 /// (the one holder of the VM's agent connection); exits with the process's status.
 pub async fn exec(args: ExecArgs) -> i32 {
     use supervisor::frame;
-    if args.tty {
+    let p = &args.process;
+    if p.tty {
         return fail("exec -t is not supported yet");
     }
     let Some(store) = open_store() else {
@@ -713,10 +701,10 @@ pub async fn exec(args: ExecArgs) -> i32 {
     }
     let req = Control::Exec(supervisor::ExecRequest {
         args: args.command.clone(),
-        env: args.env.clone(),
-        cwd: args.workdir.clone().unwrap_or_default(),
-        user: args.user.clone().unwrap_or_default(),
-        stdin: args.interactive,
+        env: p.env.clone(),
+        cwd: p.workdir.clone().unwrap_or_default(),
+        user: p.user.clone().unwrap_or_default(),
+        stdin: p.interactive,
     });
     let sock = supervisor::control_socket(&store.container_dir(&r.id));
     let conn = match tokio::net::UnixStream::connect(&sock).await {
@@ -743,7 +731,7 @@ pub async fn exec(args: ExecArgs) -> i32 {
             Err(e) => return fail(format!("container {}: {e}", r.name)),
         };
         match kind {
-            frame::STARTED if args.interactive && wr.is_some() => {
+            frame::STARTED if p.interactive && wr.is_some() => {
                 let Some(mut wr) = wr.take() else { continue };
                 tokio::spawn(async move {
                     use tokio::io::AsyncReadExt;

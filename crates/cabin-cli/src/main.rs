@@ -5,6 +5,7 @@ mod detached;
 mod image_cmd;
 mod machine_args;
 mod prepare;
+mod process_args;
 mod progress;
 mod run;
 mod sizes;

@@ -13,6 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::StreamExt;
 
 use crate::machine_args::MachineArgs;
+use crate::process_args::ProcessArgs;
 use crate::terminal;
 
 #[derive(Debug, Args)]
@@ -34,27 +35,14 @@ pub struct RunArgs {
     /// Set a label on the container (KEY=VALUE; shown by inspect).
     #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
-    /// Keep stdin open and connect it to the process.
-    #[arg(short, long)]
-    interactive: bool,
-    /// Give the process a terminal.
-    #[arg(short, long)]
-    tty: bool,
-    /// Set an environment variable (KEY=VALUE, or KEY to pass the host's value).
-    #[arg(short, long = "env", value_name = "KEY=VALUE")]
-    env: Vec<String>,
+    #[command(flatten)]
+    pub process: ProcessArgs,
     /// Read environment variables from a file (KEY=VALUE or KEY per line; # comments).
     #[arg(long, value_name = "FILE")]
     env_file: Vec<PathBuf>,
     /// Mount the container's root filesystem read-only.
     #[arg(long)]
     read_only: bool,
-    /// Working directory inside the container (created if missing).
-    #[arg(short, long = "workdir", value_name = "DIR")]
-    workdir: Option<String>,
-    /// User to run as: name, uid, name:group or uid:gid, from the image's /etc/passwd.
-    #[arg(short, long, value_name = "USER[:GROUP]")]
-    user: Option<String>,
     #[command(flatten)]
     pub machine: MachineArgs,
     /// Largest number of processes in the container.
@@ -155,7 +143,7 @@ pub fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
     for f in &args.env_file {
         env.extend(read_env_file(f)?);
     }
-    env.extend(args.env.iter().cloned());
+    env.extend(args.process.env.iter().cloned());
     for e in &env {
         match e.split_once('=') {
             Some(_) => c.env.push(e.clone()),
@@ -167,10 +155,10 @@ pub fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
         }
     }
     c.read_only = args.read_only;
-    c.cwd = args.workdir.clone().unwrap_or_default();
-    c.user = args.user.clone().unwrap_or_default();
-    c.tty = args.tty;
-    c.stdin = args.interactive;
+    c.cwd = args.process.workdir.clone().unwrap_or_default();
+    c.user = args.process.user.clone().unwrap_or_default();
+    c.tty = args.process.tty;
+    c.stdin = args.process.interactive;
     c.hostname = args.hostname.clone();
     c.pids_limit = args.pids_limit;
     c.rlimits = args
@@ -399,16 +387,10 @@ async fn attach(
     if status.oom_killed {
         eprintln!(
             "cabin: the container ran out of memory{} and its process was killed",
-            cfg.memory_bytes
-                .map(|b| format!(" (limit {} MiB)", b >> 20))
-                .unwrap_or_default()
+            cabin_runtime::container_vm::memory_limit_note(cfg)
         );
     }
-    if status.signal > 0 {
-        128 + status.signal
-    } else {
-        status.code
-    }
+    cabin_runtime::container_vm::exit_code(&status)
 }
 
 #[cfg(test)]

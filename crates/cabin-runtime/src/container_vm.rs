@@ -151,6 +151,22 @@ fn describe_exit(exit: VmExit) -> String {
     }
 }
 
+/// The shell's exit code for a finished process: 128+N when signal N killed it.
+pub fn exit_code(status: &ExitStatus) -> i32 {
+    if status.signal > 0 {
+        128 + status.signal
+    } else {
+        status.code
+    }
+}
+
+/// " (limit N MiB)" for messages about an OOM kill, empty without a limit.
+pub fn memory_limit_note(cfg: &ContainerConfig) -> String {
+    cfg.memory_bytes
+        .map(|b| format!(" (limit {} MiB)", b >> 20))
+        .unwrap_or_default()
+}
+
 /// Whether the host can run VMs, and with which accelerator.
 pub fn choose_accel(request: AccelRequest) -> AccelChoice {
     let request = match request {

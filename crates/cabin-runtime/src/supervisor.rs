@@ -18,6 +18,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::StreamExt;
 
 use crate::container_log::LogWriter;
+use crate::container_vm::{exit_code, memory_limit_note};
 use crate::containers::{now_unix, Status, Store};
 use crate::{agent, ContainerConfig, ContainerVm, Paths};
 
@@ -363,14 +364,7 @@ async fn exec_relay(
         }
     }
     let code = match agent.wait(process).await {
-        Ok(s) => {
-            let s = s.into_inner();
-            if s.signal > 0 {
-                128 + s.signal
-            } else {
-                s.code
-            }
-        }
+        Ok(s) => exit_code(&s.into_inner()),
         Err(_) => 125,
     };
     let _ = frame::write(&mut wr, frame::EXIT, &code.to_be_bytes()).await;
@@ -508,17 +502,11 @@ async fn run_once(
                 }
             })
             .await;
-            let code = if status.signal > 0 {
-                128 + status.signal
-            } else {
-                status.code
-            };
+            let code = exit_code(&status);
             let reason = status.oom_killed.then(|| {
                 format!(
                     "out of memory{}: the kernel killed its process",
-                    cfg.memory_bytes
-                        .map(|b| format!(" (limit {} MiB)", b >> 20))
-                        .unwrap_or_default()
+                    memory_limit_note(cfg)
                 )
             });
             (code, reason)
