@@ -9,10 +9,11 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 packages=(
   qemu-system-x86 qemu-utils          # the VMM and qemu-img (per-container writable layers)
   linux-source-6.12 build-essential bc bison flex libelf-dev lz4   # the guest kernel build
-  e2fsprogs                           # mkfs.ext4 -d: root filesystem images
+  e2fsprogs                           # mkfs.ext4 -d: root filesystem images, volumes
+  iproute2 nftables                   # --network bridge: the host bridge, NAT, published ports
   busybox-static                      # the demo and test root filesystem
   debootstrap                         # tests: a real Debian root filesystem
-  tmux cpio file                      # tests: terminals, archive checks
+  tmux cpio file curl                 # tests: terminals, archive checks, HTTP to containers
   docker-registry skopeo apache2-utils openssl   # tests: a real registry (htpasswd, tokens), an independent OCI client
 )
 missing=()

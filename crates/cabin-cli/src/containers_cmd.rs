@@ -13,6 +13,7 @@ use crate::run::RunArgs;
 
 /// The arguments of `cabin run` kept for the supervisor, which parses them again.
 const RUN_ARGS_FILE: &str = "run-args.json";
+const RUN_CWD_FILE: &str = "run-cwd";
 
 fn fail(e: impl std::fmt::Display) -> i32 {
     eprintln!("cabin: {e}");
@@ -75,6 +76,15 @@ fn create_record(
         auto_remove: args.rm,
         labels,
         restart_count: 0,
+        network: None,
+        volumes: cfg
+            .mounts
+            .iter()
+            .filter_map(|m| match m {
+                cabin_runtime::volumes::MountSpec::Volume { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect(),
     };
     let record = store.create(record, args.name.as_deref()).map_err(fail)?;
     let dir = store.container_dir(&record.id);
@@ -84,9 +94,15 @@ fn create_record(
     if let Some(first) = argv.first_mut() {
         *first = "run".into();
     }
+    // Relative paths in them (-v ./data:/data, --env-file) mean the same later.
+    let cwd = std::env::current_dir().unwrap_or_default();
     let saved = serde_json::to_vec(&argv)
         .map_err(std::io::Error::other)
-        .and_then(|b| std::fs::write(dir.join(RUN_ARGS_FILE), b));
+        .and_then(|b| std::fs::write(dir.join(RUN_ARGS_FILE), b))
+        .and_then(|()| {
+            use std::os::unix::ffi::OsStrExt;
+            std::fs::write(dir.join(RUN_CWD_FILE), cwd.as_os_str().as_bytes())
+        });
     if let Err(e) = saved {
         let _ = store.remove(&record.id);
         return Err(fail(format!("saving the container's arguments: {e}")));
@@ -211,6 +227,10 @@ pub async fn supervise(id: &str) -> i32 {
         Ok(a) => a,
         Err(e) => return fail(format!("container {id}: its arguments are unreadable: {e}")),
     };
+    if let Ok(cwd) = std::fs::read(dir.join(RUN_CWD_FILE)) {
+        use std::os::unix::ffi::OsStrExt;
+        let _ = std::env::set_current_dir(std::ffi::OsStr::from_bytes(&cwd));
+    }
     #[derive(Parser)]
     #[command(name = "cabin")]
     enum Again {
@@ -220,10 +240,13 @@ pub async fn supervise(id: &str) -> i32 {
         Ok(Again::Run(a)) => a,
         Err(e) => return fail(e),
     };
-    let cfg = match crate::run::config(&args) {
+    let mut cfg = match crate::run::config(&args) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    // As docker: a container is called by the start of its ID inside.
+    cfg.hostname
+        .get_or_insert_with(|| id[..12.min(id.len())].to_string());
     // As after a foreground run: the next container of this shape should resume.
     if cabin_runtime::snapshot::enabled()
         && !cabin_runtime::container_vm::has_snapshot(&paths, &cfg)

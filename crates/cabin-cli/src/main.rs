@@ -1,5 +1,6 @@
 //! `cabin`: containers in lightweight VMs. A thin command-line layer over cabin-runtime.
 
+mod connect_args;
 mod containers_cmd;
 mod detached;
 mod image_cmd;
@@ -10,6 +11,7 @@ mod progress;
 mod run;
 mod sizes;
 mod terminal;
+mod volume_cmd;
 
 use std::time::Instant;
 
@@ -83,6 +85,11 @@ enum Command {
     Container {
         #[command(subcommand)]
         command: ContainerCommand,
+    },
+    /// Manage named volumes.
+    Volume {
+        #[command(subcommand)]
+        command: volume_cmd::VolumeCommand,
     },
     /// Host-wide information and maintenance.
     System {
@@ -184,6 +191,7 @@ fn main() {
             Command::Container {
                 command: ContainerCommand::Prune,
             } => containers_cmd::prune(),
+            Command::Volume { command } => volume_cmd::run(command),
             Command::System {
                 command: SystemCommand::Info { format },
             } => system_info(&format),

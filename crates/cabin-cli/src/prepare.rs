@@ -3,6 +3,7 @@
 
 use cabin_runtime::container_vm::prepare_snapshot;
 use cabin_runtime::snapshot::{self, Built};
+use cabin_runtime::volumes::MountSpec;
 use cabin_runtime::{ContainerConfig, Paths, RootSource};
 use clap::Args;
 
@@ -15,6 +16,15 @@ pub struct PrepareArgs {
     /// Print nothing (for the background build `cabin run` starts).
     #[arg(long, hide = true)]
     quiet: bool,
+    /// The network of the containers to prepare for: user, bridge or none.
+    #[arg(long, value_name = "MODE", default_value = "user")]
+    network: String,
+    /// How many shared host folders they have (each is a device of the VM).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    shares: usize,
+    /// How many volumes they have.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    volumes: usize,
 }
 
 pub async fn run(args: PrepareArgs) -> i32 {
@@ -22,6 +32,28 @@ pub async fn run(args: PrepareArgs) -> i32 {
     if let Err(e) = args.machine.apply(&mut cfg, !args.quiet) {
         eprintln!("cabin: {e}");
         return 125;
+    }
+    cfg.network = match args.network.parse() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("cabin: {e}");
+            return 125;
+        }
+    };
+    // Only the number of each kind of device shapes the VM.
+    for i in 0..args.shares {
+        cfg.mounts.push(MountSpec::Bind {
+            source: "/".into(),
+            target: format!("/share{i}"),
+            read_only: false,
+        });
+    }
+    for i in 0..args.volumes {
+        cfg.mounts.push(MountSpec::Volume {
+            name: format!("v{i}"),
+            target: format!("/volume{i}"),
+            read_only: false,
+        });
     }
     let paths = Paths::from_env();
     match prepare_snapshot(&paths, &cfg).await {
@@ -59,5 +91,14 @@ pub fn start_in_background(machine: &MachineArgs, cfg: &ContainerConfig) {
     }
     let mut args = vec!["system".to_string(), "prepare".into(), "--quiet".into()];
     args.extend(machine.to_args(cfg));
+    let count = |f: fn(&MountSpec) -> bool| cfg.mounts.iter().filter(|m| f(m)).count();
+    args.extend([
+        "--network".to_string(),
+        cfg.network.as_str().to_string(),
+        "--shares".into(),
+        count(|m| matches!(m, MountSpec::Bind { .. })).to_string(),
+        "--volumes".into(),
+        count(|m| matches!(m, MountSpec::Volume { .. })).to_string(),
+    ]);
     let _ = crate::detached::spawn(&args);
 }

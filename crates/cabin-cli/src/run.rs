@@ -12,6 +12,7 @@ use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::StreamExt;
 
+use crate::connect_args::ConnectArgs;
 use crate::machine_args::MachineArgs;
 use crate::process_args::ProcessArgs;
 use crate::terminal;
@@ -45,6 +46,8 @@ pub struct RunArgs {
     read_only: bool,
     #[command(flatten)]
     pub machine: MachineArgs,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// Largest number of processes in the container.
     #[arg(long, value_name = "N")]
     pids_limit: Option<u64>,
@@ -160,6 +163,8 @@ pub fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
     c.tty = args.process.tty;
     c.stdin = args.process.interactive;
     c.hostname = args.hostname.clone();
+    c.name = args.name.clone();
+    args.connect.apply(&mut c)?;
     c.pids_limit = args.pids_limit;
     c.rlimits = args
         .ulimit

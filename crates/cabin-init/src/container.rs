@@ -21,6 +21,13 @@ pub struct Container {
     /// A pidfd of the container's first process: later processes (exec) join its
     /// namespaces through it.
     pub first_process: std::sync::OnceLock<OwnedFd>,
+    /// No network card for it: the container gets a network namespace of its own with
+    /// only a loopback interface (`--network none`).
+    pub own_network: bool,
+    /// Its address on the VM's card, for its /etc/hosts.
+    pub ip: Option<String>,
+    /// Where its /etc/hosts and friends live in the guest (bound into its root).
+    pub etc_dir: PathBuf,
 }
 
 /// pidfd_open(2).
@@ -306,6 +313,7 @@ const STEPS: &[&str] = &[
     "setgid",
     "setuid",
     "clear ambient capabilities",
+    "bring up the loopback interface",
 ];
 
 fn rlimit_resource(name: &str) -> Option<u32> {
@@ -400,6 +408,8 @@ struct ChildPlan {
     tty: bool,
     /// Joining the namespaces of a running container rather than making new ones.
     join: bool,
+    /// A fresh network namespace, whose loopback interface starts down.
+    loopback_up: bool,
     rootfs: CString,
     proc_dir: CString,
     mqueue_dir: CString,
@@ -430,6 +440,18 @@ impl ChildSetup for ChildPlan {
         unsafe {
             crate::trace::mark_in_child(b"child cloned");
             ok(libc::setsid(), 1)?;
+            if self.loopback_up {
+                let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+                ok(sock, 21)?;
+                let mut r: libc::ifreq = std::mem::zeroed();
+                for (d, s) in r.ifr_name.iter_mut().zip(b"lo") {
+                    *d = *s as libc::c_char;
+                }
+                ok(libc::ioctl(sock, libc::SIOCGIFFLAGS as _, &mut r), 21)?;
+                r.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+                ok(libc::ioctl(sock, libc::SIOCSIFFLAGS as _, &mut r), 21)?;
+                libc::close(sock);
+            }
             if self.tty {
                 ok(libc::ioctl(0, libc::TIOCSCTTY, 0), 2)?;
             }
@@ -728,6 +750,7 @@ pub fn start_process(
     let plan = ChildPlan {
         tty: req.tty,
         join: join.is_some(),
+        loopback_up: join.is_none() && ctr.own_network,
         rootfs: cstr(rootfs),
         proc_dir: cstr(rootfs.join("proc")),
         mqueue_dir: cstr(rootfs.join("dev/mqueue")),
@@ -805,7 +828,7 @@ pub fn start_process(
     };
     crate::trace::mark("cloning");
     let spawned = match join {
-        None => launch::spawn(&plan, &exec, fds, cgroup_dir.as_raw_fd()),
+        None => launch::spawn(&plan, &exec, fds, cgroup_dir.as_raw_fd(), ctr.own_network),
         Some(pidfd) => {
             launch::spawn_joined(&plan, &exec, fds, cgroup_dir.as_raw_fd(), pidfd.as_raw_fd())
         }

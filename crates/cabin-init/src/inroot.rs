@@ -68,6 +68,74 @@ impl Root {
     fn stat(&self, path: &str) -> io::Result<std::fs::Metadata> {
         self.open_in(path, libc::O_PATH)?.metadata()
     }
+
+    /// Makes sure `path` exists inside the root, creating missing directories (and, for
+    /// `MountPoint::File`, an empty file) as the container would see them, and returns
+    /// it opened with O_PATH: mounting on `/proc/self/fd/N` then lands exactly there,
+    /// however the image's symlinks point.
+    pub fn mount_point(&self, path: &str, kind: MountPoint) -> io::Result<File> {
+        let parts: Vec<&str> = path
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect();
+        if parts.is_empty() {
+            return Err(io::Error::other(format!(
+                "{path:?}: cannot mount over the container's root"
+            )));
+        }
+        let mut dir = self.open_in("/", libc::O_PATH | libc::O_DIRECTORY)?;
+        for (i, name) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            let sofar = format!("/{}", parts[..=i].join("/"));
+            let want_dir = !last || kind == MountPoint::Dir;
+            let flags = libc::O_PATH | if want_dir { libc::O_DIRECTORY } else { 0 };
+            match self.open_in(&sofar, flags) {
+                Ok(f) => dir = f,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    // The name alone, relative to the directory resolved so far: nothing
+                    // in it can lead elsewhere.
+                    let c = CString::new(*name)
+                        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+                    // SAFETY: a directory descriptor and a NUL-terminated single name.
+                    let r = unsafe {
+                        if want_dir {
+                            libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o755)
+                        } else {
+                            let fd = libc::openat(
+                                dir.as_raw_fd(),
+                                c.as_ptr(),
+                                libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                                0o644,
+                            );
+                            if fd >= 0 {
+                                libc::close(fd);
+                            }
+                            fd.min(0)
+                        }
+                    };
+                    if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+                        let e = io::Error::last_os_error();
+                        return Err(io::Error::new(e.kind(), format!("creating {sofar}: {e}")));
+                    }
+                    dir = self.open_in(&sofar, flags)?;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("{sofar} exists in the container and is not a directory"),
+                    ))
+                }
+                Err(e) => return Err(io::Error::new(e.kind(), format!("{sofar}: {e}"))),
+            }
+        }
+        Ok(dir)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountPoint {
+    Dir,
+    File,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -136,6 +204,29 @@ mod tests {
         symlink("/bin/tool", p.join("usr/bin/link")).unwrap();
         symlink("/etc/passwd", p.join("usr/bin/escape")).unwrap();
         t
+    }
+
+    #[test]
+    fn mount_points_are_created_inside_the_root_through_symlinks() {
+        let t = tree();
+        // An image's absolute symlink: inside the root it means <root>/elsewhere.
+        std::fs::create_dir(t.path().join("elsewhere")).unwrap();
+        symlink("/elsewhere", t.path().join("data")).unwrap();
+        symlink("/nowhere", t.path().join("dangling")).unwrap();
+        let root = Root::open(t.path()).unwrap();
+        let f = root.mount_point("/data/sub/dir", MountPoint::Dir).unwrap();
+        assert!(f.metadata().unwrap().is_dir());
+        assert!(t.path().join("elsewhere/sub/dir").is_dir());
+        assert!(
+            !std::path::Path::new("/elsewhere").exists(),
+            "nothing created outside"
+        );
+        assert!(root.mount_point("/dangling/x", MountPoint::Dir).is_err());
+        let file = root.mount_point("/etc/hosts", MountPoint::File).unwrap();
+        assert!(file.metadata().unwrap().is_file());
+        assert!(t.path().join("etc/hosts").is_file());
+        assert!(root.mount_point("/bin/tool/x", MountPoint::Dir).is_err());
+        assert!(root.mount_point("/", MountPoint::Dir).is_err());
     }
 
     mod tempdir {

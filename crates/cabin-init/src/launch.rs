@@ -194,8 +194,10 @@ pub fn spawn(
     program: &Program,
     stdio: [RawFd; 3],
     cgroup: RawFd,
+    own_network: bool,
 ) -> io::Result<Result<i32, ChildFailure>> {
-    spawn_with(setup, program, stdio, cgroup, None)
+    let net = if own_network { libc::CLONE_NEWNET } else { 0 };
+    spawn_with(setup, program, stdio, cgroup, Err(net))
 }
 
 /// Starts `program` in the namespaces (mount, UTS, IPC, PID, cgroup) of the running
@@ -212,7 +214,7 @@ pub fn spawn_joined(
     cgroup: RawFd,
     pidfd: RawFd,
 ) -> io::Result<Result<i32, ChildFailure>> {
-    spawn_with(setup, program, stdio, cgroup, Some(pidfd))
+    spawn_with(setup, program, stdio, cgroup, Ok(pidfd))
 }
 
 /// The first child of spawn_joined: joins, then clones the process that execs.
@@ -220,6 +222,7 @@ extern "C" fn join_main(arg: *mut c_void) -> ! {
     // SAFETY: as child_main.
     let shared = unsafe { &*(arg as *const Shared) };
     let flags = libc::CLONE_NEWNS
+        | libc::CLONE_NEWNET
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWPID
@@ -261,8 +264,11 @@ fn spawn_with(
     program: &Program,
     stdio: [RawFd; 3],
     cgroup: RawFd,
-    join: Option<RawFd>,
+    // Ok: the pidfd of a process whose namespaces to join; Err: extra namespaces to
+    // create besides the ones every container gets.
+    join_or_extra: Result<RawFd, libc::c_int>,
 ) -> io::Result<Result<i32, ChildFailure>> {
+    let join = join_or_extra.ok();
     let mut exec_stack = vec![0u8; if join.is_some() { CHILD_STACK_BYTES } else { 0 }];
     let exec_stack_top = (exec_stack.as_mut_ptr() as usize + exec_stack.len()) & !15;
     let shared = Shared {
@@ -282,7 +288,11 @@ fn spawn_with(
     let new_namespaces = if join.is_some() {
         0
     } else {
-        libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC
+        libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | join_or_extra.err().unwrap_or(0)
     };
     let args = CloneArgs {
         flags: (libc::CLONE_VM | libc::CLONE_VFORK | new_namespaces) as u64 | CLONE_INTO_CGROUP,

@@ -8,6 +8,8 @@ mod container;
 mod entropy;
 mod inroot;
 mod launch;
+mod mounts;
+mod network;
 mod port;
 mod reaper;
 mod service;
@@ -125,6 +127,10 @@ fn main() {
             log(&format!("moving off the initramfs: {e}"));
         }
         mount_basics();
+        // Containers share the VM's network namespace (unless they get their own).
+        if let Err(e) = network::loopback_up() {
+            log(&format!("loopback interface: {e}"));
+        }
         trace::init();
         trace::mark("basics mounted");
     }

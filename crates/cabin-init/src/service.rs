@@ -11,7 +11,8 @@ use cabin_proto::v1::agent_server::Agent;
 use cabin_proto::v1::{
     output_chunk, ContainerRef, ContainerStats, CreateContainerRequest, Empty, ExitStatus,
     HelloRequest, HelloResponse, InputChunk, MountRequest, OutputChunk, ProcessRef,
-    ResizeTtyRequest, SetTimeRequest, SignalRequest, StartProcessRequest, StartProcessResponse,
+    ResizeTtyRequest, SetHostsRequest, SetTimeRequest, SignalRequest, StartProcessRequest,
+    StartProcessResponse,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,6 +25,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::clock;
 use crate::container::{self, Container, StartError, Stdio3};
 use crate::entropy;
+use crate::mounts;
+use crate::network;
 use crate::reaper::{self, Exit, ExitWatch, Reaper};
 
 enum Input {
@@ -107,7 +110,7 @@ fn split_mount_options(options: &[String], read_only: bool) -> (libc::c_ulong, S
 /// data, which comes from the host's page cache (about 10 ms less for busybox under TCG).
 const READ_AHEAD_KIB: &str = "2048";
 
-fn set_read_ahead(dev: &Path) {
+pub(crate) fn set_read_ahead(dev: &Path) {
     if let Some(name) = dev.file_name() {
         let knob = Path::new("/sys/block")
             .join(name)
@@ -117,7 +120,7 @@ fn set_read_ahead(dev: &Path) {
     }
 }
 
-fn flush_buffers(dev: &Path) -> io::Result<()> {
+pub(crate) fn flush_buffers(dev: &Path) -> io::Result<()> {
     let f = std::fs::File::open(dev)?;
     // SAFETY: BLKFLSBUF takes no argument; the descriptor is ours.
     if unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), BLKFLSBUF, 0) } != 0 {
@@ -130,7 +133,7 @@ fn flush_buffers(dev: &Path) -> io::Result<()> {
 const BLKFLSBUF: libc::c_ulong = 0x1261;
 
 /// Finds /dev/vdX for the virtio block device with the given serial.
-fn block_device_by_serial(serial: &str) -> io::Result<PathBuf> {
+pub(crate) fn block_device_by_serial(serial: &str) -> io::Result<PathBuf> {
     for entry in std::fs::read_dir("/sys/block")? {
         let entry = entry?;
         let s = std::fs::read_to_string(entry.path().join("serial")).unwrap_or_default();
@@ -297,18 +300,56 @@ impl Agent for AgentService {
             return Err(Status::already_exists("container exists"));
         }
         let rootfs = PathBuf::from(&req.rootfs);
+        let ctr_dir = rootfs
+            .parent()
+            .ok_or_else(|| Status::invalid_argument("the root filesystem has no parent"))?
+            .to_path_buf();
         container::prepare_rootfs(&rootfs)
             .map_err(|e| io_status("prepare the root filesystem", e))?;
         crate::trace::mark("rootfs prepared");
+        let hostname = if req.hostname.is_empty() {
+            req.container_id.chars().take(12).collect()
+        } else {
+            req.hostname.clone()
+        };
+        let own_ip = match &req.network {
+            Some(net) => {
+                network::configure(net).map_err(|e| io_status("configure the network", e))?;
+                net.address.split('/').next().map(str::to_string)
+            }
+            None => None,
+        };
+        let root = crate::inroot::Root::open(&rootfs)
+            .map_err(|e| io_status("open the root filesystem", e))?;
+        let dns = req
+            .network
+            .as_ref()
+            .map(|n| n.dns.clone())
+            .unwrap_or_default();
+        mounts::etc_files(
+            &root,
+            &ctr_dir.join("etc"),
+            &[
+                ("hostname", format!("{hostname}\n")),
+                (
+                    "hosts",
+                    network::hosts_file(&hostname, own_ip.as_deref(), &req.hosts),
+                ),
+                ("resolv.conf", network::resolv_conf(&dns)),
+            ],
+        )
+        .map_err(|e| io_status("write /etc/hosts, /etc/hostname and /etc/resolv.conf", e))?;
+        mounts::attach(&root, &ctr_dir.join("mounts"), &req.mounts)
+            .map_err(|e| Status::failed_precondition(format!("mounting {e}")))?;
+        if req.read_only_root {
+            mounts::read_only_root(&rootfs)
+                .map_err(|e| io_status("make the root filesystem read-only", e))?;
+        }
+        crate::trace::mark("mounts attached");
         let cgroup =
             container::create_cgroup(&req.container_id, &req.resources.unwrap_or_default())
                 .map_err(|e| io_status("create the cgroup", e))?;
         crate::trace::mark("cgroup created");
-        let hostname = if req.hostname.is_empty() {
-            req.container_id.chars().take(12).collect()
-        } else {
-            req.hostname
-        };
         self.containers.lock().unwrap().insert(
             req.container_id,
             Arc::new(Container {
@@ -316,6 +357,9 @@ impl Agent for AgentService {
                 hostname,
                 cgroup,
                 first_process: Default::default(),
+                own_network: req.network.is_none(),
+                ip: own_ip,
+                etc_dir: ctr_dir.join("etc"),
             }),
         );
         Ok(Response::new(Empty {}))
@@ -551,6 +595,21 @@ impl Agent for AgentService {
             .cloned()
             .ok_or_else(|| Status::not_found(format!("no container {id}")))?;
         Ok(Response::new(container::stats(&ctr.cgroup)))
+    }
+
+    async fn set_hosts(&self, req: Request<SetHostsRequest>) -> Result<Response<Empty>, Status> {
+        let req = req.into_inner();
+        let ctr = self
+            .containers
+            .lock()
+            .unwrap()
+            .get(&req.container_id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("no container {}", req.container_id)))?;
+        let hosts = network::hosts_file(&ctr.hostname, ctr.ip.as_deref(), &req.hosts);
+        mounts::rewrite(&ctr.etc_dir.join("hosts"), &hosts)
+            .map_err(|e| io_status("rewrite /etc/hosts", e))?;
+        Ok(Response::new(Empty {}))
     }
 
     async fn shutdown(&self, _req: Request<Empty>) -> Result<Response<Empty>, Status> {

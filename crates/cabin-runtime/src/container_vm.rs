@@ -16,17 +16,20 @@ use cabin_proto::v1::{
 };
 use cabin_vmm::qemu::{Qemu, QemuVm};
 use cabin_vmm::{
-    accel, AccelChoice, AccelRequest, DiskFormat, DiskSpec, MicroVmSpec, RunningVm, VmBackend,
-    VmExit,
+    accel, AccelChoice, AccelRequest, DiskFormat, DiskSpec, MicroVmSpec, PortForward, RunningVm,
+    VmBackend, VmExit,
 };
 
 use crate::agent::{self, Agent};
 use crate::assets;
+use crate::attachments::{self, Attachments, Devices};
+use crate::network::NetworkMode;
 use crate::paths::Paths;
 use crate::root::{self, RootSource};
 use crate::rundir::{self, RunDir};
 use crate::snapshot;
 use crate::timings::Timings;
+use crate::volumes::MountSpec;
 
 /// Guest memory on top of the container's own limit: kernel, init, page cache.
 pub const VM_MEMORY_OVERHEAD_MIB: u64 = 96;
@@ -57,6 +60,13 @@ pub struct ContainerConfig {
     pub accel: AccelRequest,
     pub boot_timeout: Duration,
     pub extra_kernel_args: String,
+    /// The container's name, for its peers on a bridge network.
+    pub name: Option<String>,
+    pub network: NetworkMode,
+    /// Published ports (`-p`).
+    pub publish: Vec<PortForward>,
+    /// Host folders, volumes and tmpfs mounts, in order.
+    pub mounts: Vec<MountSpec>,
 }
 
 impl ContainerConfig {
@@ -81,6 +91,10 @@ impl ContainerConfig {
             accel: AccelRequest::Auto,
             boot_timeout: Duration::from_secs(60),
             extra_kernel_args: String::new(),
+            name: None,
+            network: NetworkMode::default(),
+            publish: Vec::new(),
+            mounts: Vec::new(),
         }
     }
 
@@ -205,6 +219,10 @@ pub struct ContainerVm {
     /// Something the user should hear about the boot (a snapshot that failed to resume).
     pub boot_notice: Option<String>,
     exited: Option<VmExit>,
+    /// Network endpoint, volume locks: released after the VM is gone.
+    attachments: Option<Attachments>,
+    /// Keeps the container's /etc/hosts in step with its peers on a bridge.
+    peers_watch: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What a container VM runs on: the VMM, kernel, initramfs and accelerator.
@@ -230,21 +248,31 @@ impl Machine {
         })
     }
 
-    /// The VM for `cfg`, with its root disk at `disk` (a qcow2 overlay).
-    pub fn spec(&self, cfg: &ContainerConfig, run_dir: &Path, disk: PathBuf) -> MicroVmSpec {
+    /// The VM for `cfg`, with its root disk at `disk` (a qcow2 overlay) and `devices`.
+    pub fn spec(
+        &self,
+        cfg: &ContainerConfig,
+        run_dir: &Path,
+        disk: PathBuf,
+        devices: Devices,
+    ) -> MicroVmSpec {
+        let mut disks = vec![DiskSpec {
+            path: disk,
+            format: DiskFormat::Qcow2,
+            read_only: false,
+            serial: "rootfs".into(),
+            volatile: true,
+        }];
+        disks.extend(devices.disks);
         MicroVmSpec {
             kernel: self.kernel.clone(),
             initrd: self.initrd.clone(),
             extra_cmdline: cfg.extra_kernel_args.clone(),
             cpus: cfg.vcpus(),
             memory_mib: cfg.vm_memory_mib(),
-            disks: vec![DiskSpec {
-                path: disk,
-                format: DiskFormat::Qcow2,
-                read_only: false,
-                serial: "rootfs".into(),
-                volatile: true,
-            }],
+            disks,
+            nic: devices.nic,
+            shares: devices.shares,
             accel: self.accel.accel,
             run_dir: run_dir.to_path_buf(),
             restore: None,
@@ -255,7 +283,12 @@ impl Machine {
 /// Whether a boot snapshot fits containers configured like `cfg`.
 pub fn has_snapshot(paths: &Paths, cfg: &ContainerConfig) -> bool {
     Machine::resolve(paths, cfg).is_ok_and(|m| {
-        let spec = m.spec(cfg, Path::new("/unused"), PathBuf::from("/unused"));
+        let spec = m.spec(
+            cfg,
+            Path::new("/unused"),
+            PathBuf::from("/unused"),
+            attachments::shape(cfg),
+        );
         snapshot::find(paths, &snapshot::key(&m.qemu, &spec)).is_some()
     })
 }
@@ -267,7 +300,12 @@ pub async fn prepare_snapshot(
     cfg: &ContainerConfig,
 ) -> Result<snapshot::Built, RunError> {
     let machine = Machine::resolve(paths, cfg)?;
-    let spec = machine.spec(cfg, Path::new("/unused"), PathBuf::from("/unused"));
+    let spec = machine.spec(
+        cfg,
+        Path::new("/unused"),
+        PathBuf::from("/unused"),
+        attachments::shape(cfg),
+    );
     snapshot::build(paths, &machine.qemu, &spec)
         .await
         .map_err(|e| RunError::Setup(format!("building the boot snapshot: {e}")))
@@ -388,7 +426,16 @@ impl ContainerVm {
             .map_err(|e| RunError::Setup(format!("creating the VM's run directory: {e}")))?;
         let overlay = run_dir.path.join("rootfs.qcow2");
         create_overlay(&root.disk, &overlay)?;
-        let mut spec = machine.spec(cfg, &run_dir.path, overlay);
+        let mut attached = Attachments::acquire(paths, cfg, &id)?;
+        let devices = std::mem::replace(
+            &mut attached.devices,
+            Devices {
+                nic: None,
+                shares: Vec::new(),
+                disks: Vec::new(),
+            },
+        );
+        let mut spec = machine.spec(cfg, &run_dir.path, overlay, devices);
         let key = snapshot::key(&machine.qemu, &spec);
         let mut missing_snapshot = false;
         if snapshot::enabled() {
@@ -398,6 +445,7 @@ impl ContainerVm {
         timings.mark("writable layer");
 
         let mut me = ContainerVm::launch(&machine, &spec, run_dir, timings, id.clone())?;
+        me.attachments = Some(attached);
         let mut boot_notice = None;
         let hello = match (me.greet(cfg.boot_timeout).await, spec.restore.take()) {
             (Ok(h), _) => h,
@@ -412,10 +460,12 @@ impl ContainerVm {
                     e.to_string().lines().next().unwrap_or("")
                 ));
                 let run_dir = me.run_dir.take().expect("the run directory is still held");
+                let attached = me.attachments.take();
                 let _ = me.vm.kill().await;
                 let timings = me.timings.clone();
                 drop(me);
                 me = ContainerVm::launch(&machine, &spec, run_dir, timings, id.clone())?;
+                me.attachments = attached;
                 me.greet(cfg.boot_timeout).await?
             }
             (Err(e), None) => return Err(e),
@@ -453,10 +503,15 @@ impl ContainerVm {
                 // is needed: bitmaps are read on demand, and uninitialised tables are
                 // marked as such.
                 options: vec!["no_prefetch_block_bitmaps".into(), "noinit_itable".into()],
-                read_only: cfg.read_only,
+                // --read-only turns the root read-only after the mount points are made.
+                read_only: false,
             }),
         ))
         .await?;
+        let (network, mounts, hosts) = match &me.attachments {
+            Some(a) => (a.network.clone(), a.mounts.clone(), a.hosts.clone()),
+            None => (None, Vec::new(), Vec::new()),
+        };
         let cpu_micros = cfg
             .cpus
             .filter(|c| c.fract() != 0.0)
@@ -474,9 +529,14 @@ impl ContainerVm {
                     cpu_micros,
                     pids_limit: cfg.pids_limit.unwrap_or(0),
                 }),
+                network,
+                mounts,
+                read_only_root: cfg.read_only,
+                hosts,
             }),
         ))
         .await?;
+        me.watch_peers();
         me.timings.mark("container created");
         let mut env = vec![format!(
             "HOSTNAME={}",
@@ -550,6 +610,8 @@ impl ContainerVm {
             missing_snapshot: false,
             boot_notice: None,
             exited: None,
+            attachments: None,
+            peers_watch: None,
         };
         me.timings.mark("QEMU spawned");
         Ok(me)
@@ -598,6 +660,42 @@ impl ContainerVm {
         Ok(hello)
     }
 
+    /// The container's own address (bridge network), and its published ports.
+    pub fn network_info(&self) -> (Option<String>, Vec<String>) {
+        match &self.attachments {
+            Some(a) => (a.ip(), a.ports.clone()),
+            None => (None, Vec::new()),
+        }
+    }
+
+    /// On a bridge, peers come and go: whenever the set changes, the container's
+    /// /etc/hosts gets the new list (checked once a second; a stat of one directory).
+    fn watch_peers(&mut self) {
+        let Some(ep) = self.attachments.as_ref().and_then(|a| a.endpoint.as_ref()) else {
+            return;
+        };
+        let state = crate::bridge::PeerWatch::new(ep);
+        let mut agent = self.agent.clone();
+        let id = self.id.clone();
+        self.peers_watch = Some(tokio::spawn(async move {
+            let mut seen = state.generation();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = state.generation();
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                let _ = agent
+                    .set_hosts(cabin_proto::v1::SetHostsRequest {
+                        container_id: id.clone(),
+                        hosts: state.peers(),
+                    })
+                    .await;
+            }
+        }));
+    }
+
     /// Waits for the container's process to exit.
     pub async fn wait(&mut self) -> Result<ExitStatus, RunError> {
         let mut a = self.agent.clone();
@@ -609,10 +707,24 @@ impl ContainerVm {
 
     /// Stops the VM and removes everything the run created. Safe to call after the VM died.
     pub async fn teardown(mut self) {
+        if let Some(w) = self.peers_watch.take() {
+            w.abort();
+        }
         if self.exited.is_none() {
-            // The container's writable layer dies with the VM, so there is nothing to
-            // flush or shut down cleanly: killing QEMU is both safe and the fastest way
-            // down (a QMP quit costs a connection, a greeting and a negotiation first).
+            // Volumes keep their data: what the guest still holds in its page cache
+            // goes to their disks first (bounded: a hung guest must not hold us).
+            if self.attachments.as_ref().is_some_and(|a| a.has_volumes()) {
+                let mut a = self.agent.clone();
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    a.sync(cabin_proto::v1::Empty {}),
+                )
+                .await;
+            }
+            // The container's writable layer dies with the VM, so there is nothing
+            // else to flush or shut down cleanly: killing QEMU is both safe and the
+            // fastest way down (a QMP quit costs a connection, a greeting and a
+            // negotiation first).
             let _ = self.vm.kill().await;
         }
         if let Some(rd) = self.run_dir.take() {
@@ -622,6 +734,8 @@ impl ContainerVm {
             }
             let _ = rd.remove();
         }
+        // Leaves the bridge and frees the volumes, now that the VM is gone.
+        drop(self.attachments.take());
         self.timings.mark("VM torn down");
     }
 }

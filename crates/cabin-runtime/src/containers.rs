@@ -65,6 +65,23 @@ pub struct Record {
     /// How often the supervisor has started the process again (`--restart`).
     #[serde(default)]
     pub restart_count: u32,
+    /// The named volumes it mounts (they cannot be removed while it exists).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// Its network while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    pub mode: String,
+    /// Its own address (bridge network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    /// Published ports, docker style: "127.0.0.1:8080->80/tcp".
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -279,6 +296,7 @@ impl Store {
         let mut r = self.load(id)?;
         if let Status::Running { .. } = r.status {
             if let Some(_lock) = self.lock_supervisor(id)? {
+                r.network = None;
                 r.status = Status::Exited {
                     code: 137,
                     reason: Some(
@@ -349,6 +367,8 @@ mod tests {
             auto_remove: false,
             labels: vec![],
             restart_count: 0,
+            network: None,
+            volumes: vec![],
         }
     }
 

@@ -7,6 +7,9 @@
 //! - [`root`]: the container's root filesystem (directory or image) and the image's
 //!   defaults for the process.
 //! - [`assets`]: the guest kernel and the initramfs with cabin-init.
+//! - [`network`], [`bridge`]: a container's network (user-mode, host bridge, none) and
+//!   published ports; [`volumes`]: host folders, named volumes, tmpfs mounts;
+//!   [`attachments`]: what a VM gets of them.
 //! - [`agent`]: the gRPC client for cabin-init.
 //! - [`rundir`]: per-VM private directories and the clean-up of abandoned ones.
 //! - [`snapshot`]: saved idle VMs that containers resume from instead of booting.
@@ -14,9 +17,12 @@
 
 pub mod agent;
 pub mod assets;
+pub mod attachments;
+pub mod bridge;
 pub mod container_log;
 pub mod container_vm;
 pub mod containers;
+pub mod network;
 pub mod paths;
 pub mod root;
 pub mod rundir;
@@ -24,6 +30,7 @@ pub mod snapshot;
 pub mod supervisor;
 pub mod system;
 pub mod timings;
+pub mod volumes;
 
 pub use cabin_vmm::AccelRequest;
 pub use container_vm::{ContainerConfig, ContainerVm, RunError};

@@ -18,10 +18,11 @@ use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cabin_vmm::qemu::{self, Qemu};
-use cabin_vmm::{DiskFormat, DiskSpec, MicroVmSpec, RunningVm, VmBackend};
+use cabin_vmm::{DiskFormat, DiskSpec, MicroVmSpec, NetBackend, RunningVm, VmBackend};
 use sha2::{Digest, Sha256};
 
 use crate::paths::{create_private_dir, Paths};
@@ -78,6 +79,17 @@ pub fn key(qemu: &Qemu, spec: &MicroVmSpec) -> String {
     for (i, d) in canonical.disks.iter_mut().enumerate() {
         d.path = PathBuf::from(format!("/disk{i}"));
         d.format = DiskFormat::Raw;
+    }
+    // Published ports and shared folders live on the host side of their devices: the
+    // guest sees the same card and the same 9p devices whatever they lead to.
+    match &mut canonical.nic {
+        Some(NetBackend::User { forwards }) => forwards.clear(),
+        Some(NetBackend::Tap(fd)) => *fd = None,
+        None => {}
+    }
+    for (i, s) in canonical.shares.iter_mut().enumerate() {
+        s.path = PathBuf::from(format!("/share{i}"));
+        s.read_only = false;
     }
     let mut h = Sha256::new();
     for dep in dependencies(qemu, spec) {
@@ -165,6 +177,20 @@ async fn boot_and_save(
             format: DiskFormat::Raw,
             ..d.clone()
         };
+    }
+    if let Some(NetBackend::User { forwards }) = &mut template.nic {
+        forwards.clear();
+    }
+    if let Some(NetBackend::Tap(_)) = &template.nic {
+        template.nic = Some(NetBackend::Tap(Some(Arc::new(
+            crate::network::detached_tap()?,
+        ))));
+    }
+    for (i, s) in template.shares.iter_mut().enumerate() {
+        let placeholder = run_dir.join(format!("share{i}"));
+        fs::create_dir(&placeholder)?;
+        s.path = placeholder;
+        s.read_only = false;
     }
     let mut vm = qemu.start(&template)?;
     let saved = async {
@@ -266,6 +292,10 @@ mod tests {
                 serial: "rootfs".into(),
                 volatile: true,
             }],
+            nic: Some(NetBackend::User {
+                forwards: Vec::new(),
+            }),
+            shares: Vec::new(),
             accel: Accel::Tcg,
             run_dir: run_dir.into(),
             restore: None,
@@ -321,5 +351,30 @@ mod tests {
         let mut ro = spec("/run/a", "/a.qcow2");
         ro.disks[0].read_only = true;
         assert_ne!(a, key(&q, &ro));
+        // Published ports and shared folders' host paths do not change the guest.
+        let mut published = spec("/run/a", "/a.qcow2");
+        published.nic = Some(NetBackend::User {
+            forwards: vec![cabin_vmm::PortForward {
+                protocol: cabin_vmm::Protocol::Tcp,
+                host_ip: std::net::Ipv4Addr::LOCALHOST,
+                host_port: 8080,
+                guest_port: 80,
+            }],
+        });
+        assert_eq!(a, key(&q, &published));
+        let share = |path: &str| cabin_vmm::ShareSpec {
+            path: path.into(),
+            tag: "share0".into(),
+            read_only: path.ends_with("ro"),
+        };
+        let mut shared = spec("/run/a", "/a.qcow2");
+        shared.shares.push(share("/srv/one"));
+        let mut shared_elsewhere = spec("/run/b", "/b.qcow2");
+        shared_elsewhere.shares.push(share("/srv/two-ro"));
+        assert_ne!(a, key(&q, &shared));
+        assert_eq!(key(&q, &shared), key(&q, &shared_elsewhere));
+        let mut offline = spec("/run/a", "/a.qcow2");
+        offline.nic = None;
+        assert_ne!(a, key(&q, &offline));
     }
 }

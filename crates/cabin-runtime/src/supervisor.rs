@@ -220,6 +220,7 @@ pub async fn supervise(
         reason: ended.reason,
         finished_unix: now_unix(),
     };
+    record.network = None;
     let _ = store.save(&record);
     if record.auto_remove {
         let _ = store.remove(&record.id);
@@ -395,6 +396,12 @@ async fn run_once(
         supervisor_pid: std::process::id(),
         started_unix: now_unix(),
     };
+    let (ip_address, ports) = vm.network_info();
+    record.network = Some(crate::containers::NetworkInfo {
+        mode: cfg.network.as_str().to_string(),
+        ip_address,
+        ports,
+    });
     if let Err(e) = store.save(record) {
         vm.teardown().await;
         return Err(e.to_string());

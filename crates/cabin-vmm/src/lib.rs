@@ -7,7 +7,10 @@ pub mod qmp;
 
 use std::future::Future;
 use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use accel::{Accel, AccelChoice, AccelRequest, HostProbe};
@@ -29,6 +32,49 @@ pub struct DiskSpec {
     pub volatile: bool,
 }
 
+/// The VM's network card and what carries its traffic on the host.
+#[derive(Debug, Clone)]
+pub enum NetBackend {
+    /// QEMU's user-mode network stack: needs no privileges; the guest reaches out
+    /// through the host's own sockets, and published ports are forwards on the host.
+    User { forwards: Vec<PortForward> },
+    /// A tap device opened by the caller (e.g. one port of a host bridge); None only
+    /// in specs that describe a VM's shape and never start.
+    Tap(Option<Arc<OwnedFd>>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// A host port whose connections go to a port of the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortForward {
+    pub protocol: Protocol,
+    pub host_ip: Ipv4Addr,
+    pub host_port: u16,
+    pub guest_port: u16,
+}
+
+/// A host directory shown to the guest (virtio-9p), found there by its tag.
+#[derive(Debug, Clone)]
+pub struct ShareSpec {
+    pub path: PathBuf,
+    pub tag: String,
+    pub read_only: bool,
+}
+
 /// A lightweight VM that boots a kernel directly and talks to cabin-init.
 #[derive(Debug, Clone)]
 pub struct MicroVmSpec {
@@ -39,6 +85,9 @@ pub struct MicroVmSpec {
     pub cpus: u32,
     pub memory_mib: u64,
     pub disks: Vec<DiskSpec>,
+    /// One network card, or none at all.
+    pub nic: Option<NetBackend>,
+    pub shares: Vec<ShareSpec>,
     pub accel: Accel,
     /// Private directory (0700) for this VM's sockets and console log.
     pub run_dir: PathBuf,

@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::net::UnixStream;
 
 use crate::qmp::Qmp;
-use crate::{Accel, DiskFormat, MicroVmSpec, RunningVm, VmBackend, VmExit};
+use crate::{Accel, DiskFormat, MicroVmSpec, NetBackend, RunningVm, VmBackend, VmExit};
 
 pub const DEFAULT_BINARY: &str = "qemu-system-x86_64";
 
@@ -67,6 +67,23 @@ pub const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t rdinit=/in
 const AGENT_FD: i32 = 3;
 const QMP_FD: i32 = 4;
 const RESTORE_FD: i32 = 5;
+const TAP_FD: i32 = 6;
+
+/// The user-mode network every such VM gets (spelled out on the command line so that
+/// cabin-init's static configuration cannot drift from QEMU's defaults).
+pub mod user_net {
+    use std::net::Ipv4Addr;
+    pub const NETWORK: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 0);
+    pub const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+    pub const PREFIX: u8 = 24;
+    /// The host, as the guest sees it (also its gateway).
+    pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+    /// QEMU's DNS forwarder, which relays to the host's resolvers.
+    pub const DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
+}
+
+/// The MAC address QEMU gives the network card; cabin-init sets each container's own.
+pub const DEFAULT_MAC: &str = "52:54:00:ca:b1:00";
 
 fn listen(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
     let _ = std::fs::remove_file(path);
@@ -152,6 +169,59 @@ pub fn command_line(spec: &MicroVmSpec) -> Vec<String> {
             &format!("virtio-blk-device,drive=disk{i},serial={}", d.serial),
         ]);
     }
+    match &spec.nic {
+        None => {}
+        Some(backend) => {
+            let netdev = match backend {
+                NetBackend::User { forwards } => {
+                    let mut n = format!(
+                        "user,id=net0,ipv6=off,net={}/{},host={},dns={}",
+                        user_net::NETWORK,
+                        user_net::PREFIX,
+                        user_net::GATEWAY,
+                        user_net::DNS
+                    );
+                    for f in forwards {
+                        n.push_str(&format!(
+                            ",hostfwd={}:{}:{}-:{}",
+                            f.protocol.as_str(),
+                            f.host_ip,
+                            f.host_port,
+                            f.guest_port
+                        ));
+                    }
+                    n
+                }
+                NetBackend::Tap(_) => format!("tap,id=net0,fd={TAP_FD}"),
+            };
+            push(&[
+                "-netdev",
+                &netdev,
+                "-device",
+                &format!("virtio-net-device,netdev=net0,mac={DEFAULT_MAC}"),
+            ]);
+        }
+    }
+    // As root, QEMU stores the guest's owners and modes on the host as they are
+    // (docker's bind mounts behave so); otherwise it does what the user can.
+    // SAFETY: geteuid has no preconditions.
+    let model = if unsafe { libc::geteuid() } == 0 {
+        "passthrough"
+    } else {
+        "none"
+    };
+    for (i, share) in spec.shares.iter().enumerate() {
+        push(&[
+            "-fsdev",
+            &format!(
+                "local,id=fs{i},path={},security_model={model}{}",
+                qemu_escape(&share.path.to_string_lossy()),
+                if share.read_only { ",readonly=on" } else { "" }
+            ),
+            "-device",
+            &format!("virtio-9p-device,fsdev=fs{i},mount_tag={}", share.tag),
+        ]);
+    }
     if spec.restore.is_some() {
         push(&["-incoming", &format!("fd:{RESTORE_FD}")]);
     }
@@ -197,6 +267,13 @@ impl VmBackend for Qemu {
             None => None,
         };
         let restore_raw = restore.as_ref().map(|f| f.as_raw_fd());
+        let tap_raw = match &spec.nic {
+            Some(NetBackend::Tap(Some(fd))) => Some(fd.as_raw_fd()),
+            Some(NetBackend::Tap(None)) => {
+                return Err(io::Error::other("the VM's tap device was not opened"))
+            }
+            _ => None,
+        };
         let parent = std::process::id() as i32;
         let mut cmd = Command::new(&self.binary);
         cmd.args(command_line(spec))
@@ -217,9 +294,11 @@ impl VmBackend for Qemu {
                 if libc::dup2(agent_raw, AGENT_FD) < 0 || libc::dup2(qmp_raw, QMP_FD) < 0 {
                     return Err(io::Error::last_os_error());
                 }
-                if let Some(fd) = restore_raw {
-                    if libc::dup2(fd, RESTORE_FD) < 0 {
-                        return Err(io::Error::last_os_error());
+                for (fd, to) in [(restore_raw, RESTORE_FD), (tap_raw, TAP_FD)] {
+                    if let Some(fd) = fd {
+                        if libc::dup2(fd, to) < 0 {
+                            return Err(io::Error::last_os_error());
+                        }
                     }
                 }
                 Ok(())
@@ -440,6 +519,8 @@ mod tests {
                 serial: "rootfs".into(),
                 volatile: true,
             }],
+            nic: None,
+            shares: Vec::new(),
             accel: Accel::Tcg,
             run_dir: "/run/x".into(),
             restore: None,
@@ -462,6 +543,29 @@ mod tests {
         resumed.restore = Some("/snap/x.vmstate".into());
         let r = command_line(&resumed);
         assert_eq!(r[r.len() - 2..], ["-incoming", "fd:5"]);
+    }
+
+    #[test]
+    fn user_networking_forwards_published_ports() {
+        let mut s = spec();
+        s.nic = Some(NetBackend::User {
+            forwards: vec![crate::PortForward {
+                protocol: crate::Protocol::Udp,
+                host_ip: "127.0.0.1".parse().unwrap(),
+                host_port: 5353,
+                guest_port: 53,
+            }],
+        });
+        s.shares.push(crate::ShareSpec {
+            path: "/srv/a,b".into(),
+            tag: "share0".into(),
+            read_only: true,
+        });
+        let a = command_line(&s).join(" ");
+        assert!(a.contains("-netdev user,id=net0,ipv6=off,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3,hostfwd=udp:127.0.0.1:5353-:53"), "{a}");
+        assert!(a.contains("virtio-net-device,netdev=net0,mac=52:54:00:ca:b1:00"));
+        assert!(a.contains("path=/srv/a,,b,security_model="));
+        assert!(a.contains(",readonly=on -device virtio-9p-device,fsdev=fs0,mount_tag=share0"));
     }
 
     #[test]

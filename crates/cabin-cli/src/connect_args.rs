@@ -1,0 +1,58 @@
+//! Options that connect a container to the outside: its network, published ports and
+//! mounts (shared by `cabin run` and `cabin create`).
+
+use cabin_runtime::network::{self, NetworkMode};
+use cabin_runtime::volumes;
+use cabin_runtime::ContainerConfig;
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Network: user (default; no privileges, QEMU's user-mode stack), bridge (root:
+    /// an address per container on the host bridge cabin0, reachable by name) or none.
+    #[arg(long, value_name = "MODE", default_value = "user")]
+    pub network: String,
+    /// Publish a container port on the host: [HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp]
+    /// (HOSTIP defaults to 127.0.0.1).
+    #[arg(short = 'p', long = "publish", value_name = "PORTS")]
+    pub publish: Vec<String>,
+    /// Mount a host directory (shared live) or a named volume:
+    /// HOSTDIR:CTRPATH[:ro] or VOLUME:CTRPATH[:ro].
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
+    pub volumes: Vec<String>,
+    /// Long-form mount: type=bind|volume|tmpfs,source=...,target=...[,readonly].
+    #[arg(long = "mount", value_name = "SPEC")]
+    pub mounts: Vec<String>,
+    /// Mount a tmpfs: PATH[:size=64m,mode=1777].
+    #[arg(long = "tmpfs", value_name = "PATH[:OPTS]")]
+    pub tmpfs: Vec<String>,
+}
+
+impl ConnectArgs {
+    pub fn apply(&self, c: &mut ContainerConfig) -> Result<(), String> {
+        c.network = self.network.parse::<NetworkMode>()?;
+        c.publish = self
+            .publish
+            .iter()
+            .map(|p| network::parse_publish(p))
+            .collect::<Result<_, _>>()?;
+        if c.network == NetworkMode::None && !c.publish.is_empty() {
+            return Err("--network none cannot publish ports (-p)".into());
+        }
+        for v in &self.volumes {
+            c.mounts.push(volumes::parse_volume_flag(v)?);
+        }
+        for m in &self.mounts {
+            c.mounts.push(volumes::parse_mount_flag(m)?);
+        }
+        for t in &self.tmpfs {
+            c.mounts.push(volumes::parse_tmpfs_flag(t)?);
+        }
+        for (i, m) in c.mounts.iter().enumerate() {
+            if c.mounts[..i].iter().any(|o| o.target() == m.target()) {
+                return Err(format!("{} is mounted twice", m.target()));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,193 @@
+//! What a container's VM is attached to besides its root disk: its network card and
+//! the host side of it, shared host folders, volume disks; and what the guest is told
+//! about them (the card's address, the container's mounts).
+//!
+//! [`Shape`] is the part that decides which boot snapshot fits (how many devices of
+//! each kind) and is computed without side effects; [`Attachments::acquire`] does the
+//! real work for a container that starts now and holds what must live as long as its
+//! VM (the bridge endpoint, volume locks).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cabin_proto::v1::{ContainerMount, HostEntry, NetworkConfig};
+use cabin_vmm::qemu::user_net;
+use cabin_vmm::{DiskFormat, DiskSpec, NetBackend, ShareSpec};
+
+use crate::bridge::{self, Endpoint};
+use crate::network::{self, NetworkMode};
+use crate::volumes::{self, AttachedVolume, MountSpec, Volumes};
+use crate::{ContainerConfig, Paths, RunError};
+
+/// The devices a container's VM gets besides its root disk.
+pub struct Devices {
+    pub nic: Option<NetBackend>,
+    pub shares: Vec<ShareSpec>,
+    pub disks: Vec<DiskSpec>,
+}
+
+fn volume_disk(i: usize, path: PathBuf) -> DiskSpec {
+    DiskSpec {
+        path,
+        format: DiskFormat::Raw,
+        read_only: false,
+        serial: format!("vol{i}"),
+        // A volume keeps its data: guest flushes reach the host's disk.
+        volatile: false,
+    }
+}
+
+/// The devices of a VM for `cfg`, with placeholders for what only a start provides:
+/// enough to find (or build) its boot snapshot.
+pub fn shape(cfg: &ContainerConfig) -> Devices {
+    let nic = match cfg.network {
+        NetworkMode::User => Some(NetBackend::User {
+            forwards: Vec::new(),
+        }),
+        NetworkMode::Bridge => Some(NetBackend::Tap(None)),
+        NetworkMode::None => None,
+    };
+    let mut shares = Vec::new();
+    let mut disks = Vec::new();
+    for m in &cfg.mounts {
+        match m {
+            MountSpec::Bind { read_only, .. } => shares.push(ShareSpec {
+                path: PathBuf::from("/placeholder"),
+                tag: format!("share{}", shares.len()),
+                read_only: *read_only,
+            }),
+            // Read-only volumes are read-only in the guest's mount; the device stays
+            // the same, so that one boot snapshot fits either.
+            MountSpec::Volume { .. } => disks.push(volume_disk(disks.len(), "/placeholder".into())),
+            MountSpec::Tmpfs { .. } => {}
+        }
+    }
+    Devices { nic, shares, disks }
+}
+
+/// A started container's attachments.
+pub struct Attachments {
+    pub devices: Devices,
+    /// For CreateContainer.
+    pub network: Option<NetworkConfig>,
+    pub mounts: Vec<ContainerMount>,
+    pub hosts: Vec<HostEntry>,
+    /// Published ports, docker style, for inspect.
+    pub ports: Vec<String>,
+    pub endpoint: Option<Endpoint>,
+    volumes: Vec<AttachedVolume>,
+}
+
+impl Attachments {
+    pub fn acquire(
+        paths: &Paths,
+        cfg: &ContainerConfig,
+        id: &str,
+    ) -> Result<Attachments, RunError> {
+        let mut devices = shape(cfg);
+        let mut mounts = Vec::new();
+        let mut held = Vec::new();
+        let (mut share_i, mut disk_i) = (0, 0);
+        let store = Volumes::open(paths);
+        for m in &cfg.mounts {
+            match m {
+                MountSpec::Bind {
+                    source,
+                    target,
+                    read_only,
+                } => {
+                    let dir = volumes::check_host_dir(source).map_err(RunError::Setup)?;
+                    let share = &mut devices.shares[share_i];
+                    share.path = dir;
+                    mounts.push(ContainerMount {
+                        source: format!("9p:{}", share.tag),
+                        target: target.clone(),
+                        read_only: *read_only,
+                        options: String::new(),
+                    });
+                    share_i += 1;
+                }
+                MountSpec::Volume {
+                    name,
+                    target,
+                    read_only,
+                } => {
+                    let v = store
+                        .attach(name)
+                        .map_err(|e| RunError::Setup(e.to_string()))?;
+                    let disk = &mut devices.disks[disk_i];
+                    disk.path = v.disk.clone();
+                    held.push(v);
+                    mounts.push(ContainerMount {
+                        source: format!("blk:{}", disk.serial),
+                        target: target.clone(),
+                        read_only: *read_only,
+                        options: String::new(),
+                    });
+                    disk_i += 1;
+                }
+                MountSpec::Tmpfs { target, options } => mounts.push(ContainerMount {
+                    source: "tmpfs".into(),
+                    target: target.clone(),
+                    read_only: false,
+                    options: options.clone(),
+                }),
+            }
+        }
+        let ports: Vec<String> = cfg.publish.iter().map(network::describe).collect();
+        let (network, hosts, endpoint) = match cfg.network {
+            NetworkMode::User => {
+                // QEMU binds the ports itself: this only checks that it will be able to.
+                drop(network::reserve_ports(&cfg.publish).map_err(RunError::Setup)?);
+                devices.nic = Some(NetBackend::User {
+                    forwards: cfg.publish.clone(),
+                });
+                let net = NetworkConfig {
+                    mac: String::new(),
+                    address: format!("{}/{}", user_net::GUEST, user_net::PREFIX),
+                    gateway: user_net::GATEWAY.to_string(),
+                    dns: vec![user_net::DNS.to_string()],
+                };
+                (Some(net), Vec::new(), None)
+            }
+            NetworkMode::Bridge => {
+                // What peers may call it: its name and its hostname (by default the
+                // start of its ID, as in docker).
+                let mut names = Vec::new();
+                names.extend(cfg.name.clone());
+                names.push(cfg.hostname.clone().unwrap_or_else(|| id[..12].to_string()));
+                names.dedup();
+                let ep = bridge::attach(id, names, &cfg.publish)
+                    .map_err(|e| RunError::Setup(e.to_string()))?;
+                devices.nic = Some(NetBackend::Tap(Some(Arc::clone(&ep.tap))));
+                (Some(ep.guest_config()), ep.peers(), Some(ep))
+            }
+            NetworkMode::None => {
+                if !cfg.publish.is_empty() {
+                    return Err(RunError::Setup(
+                        "--network none cannot publish ports (-p)".into(),
+                    ));
+                }
+                (None, Vec::new(), None)
+            }
+        };
+        Ok(Attachments {
+            devices,
+            network,
+            mounts,
+            hosts,
+            ports,
+            endpoint,
+            volumes: held,
+        })
+    }
+
+    pub fn has_volumes(&self) -> bool {
+        !self.volumes.is_empty()
+    }
+
+    /// The container's address on its network, if it has one of its own.
+    pub fn ip(&self) -> Option<String> {
+        self.endpoint.as_ref().map(|e| e.record.ip.to_string())
+    }
+}

@@ -1,0 +1,530 @@
+//! `--network bridge`: every container VM gets a tap device on the host bridge `cabin0`
+//! and an address of its own in [`SUBNET`]; nftables (one table, `ip cabin`) masquerades
+//! outbound traffic and forwards published ports (DNAT). Root only.
+//!
+//! No daemon: each process that owns a VM (a `cabin run` or a supervisor) holds an
+//! [`Endpoint`]. State lives in [`STATE_DIR`] (under /run, so it goes away with a
+//! reboot, exactly like the bridge and the rules): one file per endpoint, flock'ed by
+//! its owner for as long as it lives, and one lock for changes. Every change rewrites
+//! the whole nftables table from the endpoints that are alive, in one transaction, so
+//! the rules can never drift from the containers; the last endpoint to leave removes
+//! the table and the bridge and restores the host's forwarding setting. An owner that
+//! was killed leaves a file nobody holds: the next change drops it (and its rules).
+//!
+//! Containers find each other by name through /etc/hosts: owners watch the endpoint
+//! directory and send their guest the current list (see `ContainerVm`).
+
+use std::fs;
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use cabin_vmm::{PortForward, Protocol};
+use serde::{Deserialize, Serialize};
+
+use crate::network::{self, PortReservations};
+
+pub const BRIDGE: &str = "cabin0";
+pub const SUBNET: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 0);
+pub const PREFIX: u8 = 24;
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 1);
+pub const STATE_DIR: &str = "/run/cabin/bridge";
+const TABLE: &str = "cabin";
+
+/// Name servers containers use when the host's own are on its loopback (a local
+/// resolver the containers cannot reach), as docker does.
+const FALLBACK_DNS: [&str; 2] = ["8.8.8.8", "8.8.4.4"];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointRecord {
+    pub container_id: String,
+    /// The container's name and hostname: what peers can call it.
+    pub names: Vec<String>,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    pub tap: String,
+    /// Published ports as (protocol, host ip, host port, container port).
+    pub ports: Vec<(String, Ipv4Addr, u16, u16)>,
+}
+
+/// A container's place on the bridge; leaving it (drop) takes its rules away.
+pub struct Endpoint {
+    pub record: EndpointRecord,
+    /// Handed to QEMU.
+    pub tap: std::sync::Arc<OwnedFd>,
+    /// Held for the endpoint's life: tells the others it is alive.
+    _held: fs::File,
+    _ports: PortReservations,
+    state: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("--network bridge needs root (it creates a host bridge and firewall rules); run as root or use the default user-mode network")]
+    NotRoot,
+    #[error("{0}")]
+    Setup(String),
+}
+
+fn setup_err(what: &str) -> impl Fn(io::Error) -> BridgeError + '_ {
+    move |e| BridgeError::Setup(format!("{what}: {e}"))
+}
+
+fn flock(f: &fs::File, block: bool) -> bool {
+    let op = libc::LOCK_EX | if block { 0 } else { libc::LOCK_NB };
+    // SAFETY: flock on a descriptor we own.
+    unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
+}
+
+/// Runs a host networking command (`ip`, `nft`), feeding `input` on stdin.
+fn host_command(program: &str, args: &[&str], input: Option<&str>) -> Result<(), BridgeError> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| {
+        let hint = match program {
+            "nft" => " (install it: apt-get install nftables)",
+            "ip" => " (install it: apt-get install iproute2)",
+            _ => "",
+        };
+        BridgeError::Setup(format!("running {program}: {e}{hint}"))
+    })?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(setup_err("writing to nft"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(setup_err("waiting for a host command"))?;
+    if !out.status.success() {
+        return Err(BridgeError::Setup(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn sysctl_path(name: &str) -> PathBuf {
+    Path::new("/proc/sys").join(name.replace('.', "/"))
+}
+
+/// The table for the endpoints alive now.
+fn ruleset(endpoints: &[EndpointRecord]) -> String {
+    let subnet = format!("{SUBNET}/{PREFIX}");
+    let mut dnat = String::new();
+    for e in endpoints {
+        for (proto, host_ip, host_port, ctr_port) in &e.ports {
+            let dst = if host_ip.is_unspecified() {
+                "fib daddr type local".to_string()
+            } else {
+                format!("ip daddr {host_ip}")
+            };
+            dnat.push_str(&format!(
+                "    {dst} {proto} dport {host_port} dnat to {}:{ctr_port}\n",
+                e.ip
+            ));
+        }
+    }
+    format!(
+        "table ip {TABLE}\n\
+         delete table ip {TABLE}\n\
+         table ip {TABLE} {{\n\
+         \x20 chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{dnat}  }}\n\
+         \x20 chain output {{\n    type nat hook output priority -100; policy accept;\n{dnat}  }}\n\
+         \x20 chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n\
+         \x20   ip saddr {subnet} ip daddr != {subnet} masquerade\n\
+         \x20   ip saddr 127.0.0.0/8 ip daddr {subnet} masquerade\n  }}\n\
+         \x20 chain forward {{\n    type filter hook forward priority filter; policy accept;\n\
+         \x20   iifname \"{BRIDGE}\" accept\n\
+         \x20   oifname \"{BRIDGE}\" ct state established,related accept\n\
+         \x20   oifname \"{BRIDGE}\" ip daddr {subnet} ct status dnat accept\n  }}\n\
+         }}\n"
+    )
+}
+
+/// The host's name servers, as containers on the bridge can reach them.
+fn host_dns() -> Vec<String> {
+    let text = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let servers: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver"))
+        .map(|s| s.trim().to_string())
+        .filter(|s| s.parse::<Ipv4Addr>().is_ok_and(|ip| !ip.is_loopback()))
+        .collect();
+    if servers.is_empty() {
+        FALLBACK_DNS.iter().map(|s| s.to_string()).collect()
+    } else {
+        servers
+    }
+}
+
+struct State {
+    dir: PathBuf,
+    _lock: fs::File,
+}
+
+impl State {
+    fn lock(dir: &Path) -> Result<State, BridgeError> {
+        fs::create_dir_all(dir.join("endpoints"))
+            .map_err(setup_err("creating the bridge state"))?;
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+            .map_err(setup_err("opening the bridge lock"))?;
+        flock(&lock, true);
+        Ok(State {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    /// Endpoints whose owners are alive; the files of dead owners are removed.
+    fn live_endpoints(&self) -> Vec<EndpointRecord> {
+        let mut live = Vec::new();
+        let Ok(entries) = fs::read_dir(self.dir.join("endpoints")) else {
+            return live;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(f) = fs::OpenOptions::new().read(true).write(true).open(&path) else {
+                continue;
+            };
+            if flock(&f, false) {
+                // Nobody holds it: its owner is gone.
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            let record = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<EndpointRecord>(&b).ok());
+            if let Some(r) = record {
+                live.push(r);
+            }
+        }
+        live.sort_by_key(|r| r.ip);
+        live
+    }
+
+    /// Brings the host in line with `endpoints`: bridge, forwarding and rules, or none
+    /// of them when no endpoint is left.
+    fn apply(&self, endpoints: &[EndpointRecord]) -> Result<(), BridgeError> {
+        let saved_forwarding = self.dir.join("ip_forward.before");
+        if endpoints.is_empty() {
+            let _ = host_command("nft", &["delete", "table", "ip", TABLE], None);
+            let _ = host_command("ip", &["link", "del", BRIDGE], None);
+            if let Ok(before) = fs::read_to_string(&saved_forwarding) {
+                let _ = fs::write(sysctl_path("net.ipv4.ip_forward"), before.trim());
+                let _ = fs::remove_file(&saved_forwarding);
+            }
+            return Ok(());
+        }
+        if !Path::new("/sys/class/net").join(BRIDGE).exists() {
+            host_command("ip", &["link", "add", BRIDGE, "type", "bridge"], None)?;
+            host_command(
+                "ip",
+                &["addr", "add", &format!("{GATEWAY}/{PREFIX}"), "dev", BRIDGE],
+                None,
+            )?;
+            host_command("ip", &["link", "set", BRIDGE, "up"], None)?;
+        }
+        if !saved_forwarding.exists() {
+            let before = fs::read_to_string(sysctl_path("net.ipv4.ip_forward"))
+                .map_err(setup_err("reading net.ipv4.ip_forward"))?;
+            fs::write(&saved_forwarding, before).map_err(setup_err("saving ip_forward"))?;
+        }
+        fs::write(sysctl_path("net.ipv4.ip_forward"), "1")
+            .map_err(setup_err("enabling IPv4 forwarding"))?;
+        // Published ports on 127.0.0.1 reach the containers through DNAT, which routes
+        // packets from the loopback address out of the bridge.
+        fs::write(
+            sysctl_path(&format!("net.ipv4.conf.{BRIDGE}.route_localnet")),
+            "1",
+        )
+        .map_err(setup_err("enabling route_localnet on the bridge"))?;
+        host_command("nft", &["-f", "-"], Some(&ruleset(endpoints)))
+    }
+}
+
+/// A locally administered MAC address derived from the container's address.
+fn mac_for(ip: Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", o[1], o[2], o[3])
+}
+
+/// Joins the bridge: an address, a tap device on the bridge, the published ports.
+pub fn attach(
+    container_id: &str,
+    names: Vec<String>,
+    ports: &[PortForward],
+) -> Result<Endpoint, BridgeError> {
+    attach_in(Path::new(STATE_DIR), container_id, names, ports)
+}
+
+fn attach_in(
+    dir: &Path,
+    container_id: &str,
+    names: Vec<String>,
+    ports: &[PortForward],
+) -> Result<Endpoint, BridgeError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(BridgeError::NotRoot);
+    }
+    let reservations = network::reserve_ports(ports).map_err(BridgeError::Setup)?;
+    let state = State::lock(dir)?;
+    let mut live = state.live_endpoints();
+    let ip = (2..255u8)
+        .map(|n| Ipv4Addr::new(10, 89, 0, n))
+        .find(|ip| live.iter().all(|e| e.ip != *ip))
+        .ok_or_else(|| {
+            BridgeError::Setup(format!(
+                "no free address left on {BRIDGE} ({SUBNET}/{PREFIX}): stop some bridged containers"
+            ))
+        })?;
+    let (tap_fd, tap) = network::open_tap(&format!(
+        "cb{}",
+        &container_id[..container_id.len().min(12)]
+    ))
+    .map_err(|e| BridgeError::Setup(e.to_string()))?;
+    let record = EndpointRecord {
+        container_id: container_id.to_string(),
+        names,
+        ip,
+        mac: mac_for(ip),
+        tap: tap.clone(),
+        ports: ports
+            .iter()
+            .map(|p| {
+                (
+                    p.protocol.as_str().to_string(),
+                    p.host_ip,
+                    p.host_port,
+                    p.guest_port,
+                )
+            })
+            .collect(),
+    };
+    let path = dir.join("endpoints").join(format!("{ip}.json"));
+    let held = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .map_err(setup_err("writing the endpoint"))?;
+    flock(&held, true);
+    let written = serde_json::to_vec(&record)
+        .map_err(io::Error::other)
+        .and_then(|b| (&held).write_all(&b));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&path);
+        return Err(BridgeError::Setup(format!("writing the endpoint: {e}")));
+    }
+    live.push(record.clone());
+    let applied = state
+        .apply(&live)
+        .and_then(|()| host_command("ip", &["link", "set", &tap, "master", BRIDGE, "up"], None));
+    if let Err(e) = applied {
+        drop(held);
+        let _ = fs::remove_file(&path);
+        let rest = state.live_endpoints();
+        let _ = state.apply(&rest);
+        return Err(e);
+    }
+    Ok(Endpoint {
+        record,
+        tap: std::sync::Arc::new(tap_fd),
+        _held: held,
+        _ports: reservations,
+        state: dir.to_path_buf(),
+    })
+}
+
+impl Endpoint {
+    /// What the guest's card gets.
+    pub fn guest_config(&self) -> cabin_proto::v1::NetworkConfig {
+        cabin_proto::v1::NetworkConfig {
+            mac: self.record.mac.clone(),
+            address: format!("{}/{PREFIX}", self.record.ip),
+            gateway: GATEWAY.to_string(),
+            dns: host_dns(),
+        }
+    }
+
+    /// The other containers on the bridge, for /etc/hosts.
+    pub fn peers(&self) -> Vec<cabin_proto::v1::HostEntry> {
+        peers_in(&self.state, &self.record.container_id)
+    }
+}
+
+/// Follows who else is on the bridge, from any task.
+pub struct PeerWatch {
+    dir: PathBuf,
+    me: String,
+}
+
+impl PeerWatch {
+    pub fn new(ep: &Endpoint) -> PeerWatch {
+        PeerWatch {
+            dir: ep.state.clone(),
+            me: ep.record.container_id.clone(),
+        }
+    }
+
+    pub fn peers(&self) -> Vec<cabin_proto::v1::HostEntry> {
+        peers_in(&self.dir, &self.me)
+    }
+
+    /// Changes whenever a container joins or leaves the bridge.
+    pub fn generation(&self) -> Option<std::time::SystemTime> {
+        fs::metadata(self.dir.join("endpoints"))
+            .and_then(|m| m.modified())
+            .ok()
+    }
+}
+
+fn peers_in(dir: &Path, me: &str) -> Vec<cabin_proto::v1::HostEntry> {
+    let mut peers = Vec::new();
+    let Ok(entries) = fs::read_dir(dir.join("endpoints")) else {
+        return peers;
+    };
+    for e in entries.flatten() {
+        let Ok(bytes) = fs::read(e.path()) else {
+            continue;
+        };
+        if bytes.len() > 64 * 1024 {
+            continue;
+        }
+        if let Ok(r) = serde_json::from_slice::<EndpointRecord>(&bytes) {
+            if r.container_id != me {
+                peers.push(cabin_proto::v1::HostEntry {
+                    ip: r.ip.to_string(),
+                    names: r.names,
+                });
+            }
+        }
+    }
+    peers.sort_by(|a, b| a.ip.cmp(&b.ip));
+    peers
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        let Ok(state) = State::lock(&self.state) else {
+            return;
+        };
+        let _ = fs::remove_file(
+            self.state
+                .join("endpoints")
+                .join(format!("{}.json", self.record.ip)),
+        );
+        let rest: Vec<EndpointRecord> = state
+            .live_endpoints()
+            .into_iter()
+            .filter(|r| r.container_id != self.record.container_id)
+            .collect();
+        if let Err(e) = state.apply(&rest) {
+            eprintln!("cabin: leaving the bridge: {e}");
+        }
+    }
+}
+
+/// Drops the endpoints of owners that died and brings the host in line (also removing
+/// the bridge when nobody is left): for `cabin system prune`-like clean-ups and tests.
+pub fn reconcile() -> Result<usize, BridgeError> {
+    let dir = Path::new(STATE_DIR);
+    if !dir.exists() {
+        return Ok(0);
+    }
+    let state = State::lock(dir)?;
+    let live = state.live_endpoints();
+    state.apply(&live)?;
+    Ok(live.len())
+}
+
+/// The published port descriptions of a record, docker style.
+pub fn describe_ports(r: &EndpointRecord) -> Vec<String> {
+    r.ports
+        .iter()
+        .map(|(proto, ip, hp, cp)| {
+            network::describe(&PortForward {
+                protocol: if proto == "udp" {
+                    Protocol::Udp
+                } else {
+                    Protocol::Tcp
+                },
+                host_ip: *ip,
+                host_port: *hp,
+                guest_port: *cp,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_forwards_published_ports_and_masquerades_the_subnet() {
+        let e = EndpointRecord {
+            container_id: "a".repeat(32),
+            names: vec!["web".into()],
+            ip: Ipv4Addr::new(10, 89, 0, 2),
+            mac: mac_for(Ipv4Addr::new(10, 89, 0, 2)),
+            tap: "cbaaaa".into(),
+            ports: vec![
+                ("tcp".into(), Ipv4Addr::LOCALHOST, 8080, 80),
+                ("udp".into(), Ipv4Addr::UNSPECIFIED, 5353, 53),
+            ],
+        };
+        let r = ruleset(std::slice::from_ref(&e));
+        assert!(r.starts_with("table ip cabin\ndelete table ip cabin\n"));
+        assert!(r.contains("ip daddr 127.0.0.1 tcp dport 8080 dnat to 10.89.0.2:80"));
+        assert!(r.contains("fib daddr type local udp dport 5353 dnat to 10.89.0.2:53"));
+        assert!(r.contains("ip saddr 10.89.0.0/24 ip daddr != 10.89.0.0/24 masquerade"));
+        assert_eq!(e.mac, "52:54:00:59:00:02");
+        assert_eq!(describe_ports(&e)[0], "127.0.0.1:8080->80/tcp");
+    }
+
+    #[test]
+    fn dead_owners_endpoints_are_dropped_and_peers_listed() {
+        let t = tempfile::tempdir().unwrap();
+        let state = State::lock(t.path()).unwrap();
+        let rec = |n: u8| EndpointRecord {
+            container_id: format!("{n:032}"),
+            names: vec![format!("c{n}")],
+            ip: Ipv4Addr::new(10, 89, 0, n),
+            mac: String::new(),
+            tap: String::new(),
+            ports: vec![],
+        };
+        let write = |r: &EndpointRecord| {
+            let p = t.path().join("endpoints").join(format!("{}.json", r.ip));
+            fs::write(&p, serde_json::to_vec(r).unwrap()).unwrap();
+            p
+        };
+        let alive = write(&rec(2));
+        let held = fs::File::open(&alive).unwrap();
+        assert!(flock(&held, false));
+        let dead = write(&rec(3));
+        let live = state.live_endpoints();
+        assert_eq!(live, vec![rec(2)]);
+        assert!(!dead.exists(), "the file of a dead owner is removed");
+        let peers = peers_in(t.path(), &rec(9).container_id);
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].names, ["c2"]);
+    }
+}

@@ -1,0 +1,259 @@
+//! A container's network: which mode (`--network`), its published ports (`-p`), and
+//! what its VM gets for each mode.
+//!
+//! - `user` (the default): QEMU's user-mode network stack. No privileges and no change
+//!   to the host's configuration; outbound connections and DNS go through the host's
+//!   own sockets; published ports are QEMU host forwards. Every VM has the same private
+//!   address and is alone on its network.
+//! - `bridge` (root only): a tap device per VM on the host bridge `cabin0`, an address
+//!   per container, NAT for outbound traffic and published ports through nftables;
+//!   containers reach each other by address and by name (see [`crate::bridge`]).
+//! - `none`: no network card; the container has only a loopback interface.
+
+use std::io;
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use cabin_vmm::{PortForward, Protocol};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetworkMode {
+    #[default]
+    User,
+    Bridge,
+    None,
+}
+
+impl std::str::FromStr for NetworkMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "user" | "slirp" | "default" => Ok(NetworkMode::User),
+            "bridge" => Ok(NetworkMode::Bridge),
+            "none" => Ok(NetworkMode::None),
+            _ => Err(format!(
+                "unknown network {s:?}: use user (the default: no privileges needed), bridge (root: an address per container) or none"
+            )),
+        }
+    }
+}
+
+impl NetworkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::User => "user",
+            NetworkMode::Bridge => "bridge",
+            NetworkMode::None => "none",
+        }
+    }
+}
+
+/// Parses docker's `-p [HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp]` (and `CTRPORT` alone,
+/// which publishes on the same port number of the host).
+pub fn parse_publish(spec: &str) -> Result<PortForward, String> {
+    let bad = |why: &str| {
+        format!("invalid port mapping {spec:?}: {why}; use [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp], e.g. 8080:80")
+    };
+    let (ports, protocol) = match spec.rsplit_once('/') {
+        Some((p, "tcp")) => (p, Protocol::Tcp),
+        Some((p, "udp")) => (p, Protocol::Udp),
+        Some((_, other)) => return Err(bad(&format!("unknown protocol {other:?}"))),
+        None => (spec, Protocol::Tcp),
+    };
+    let parts: Vec<&str> = ports.split(':').collect();
+    let (ip, host, guest) = match parts.as_slice() {
+        [guest] => (None, *guest, *guest),
+        [host, guest] => (None, *host, *guest),
+        [ip, host, guest] => (Some(*ip), *host, *guest),
+        _ => return Err(bad("too many ':'")),
+    };
+    let port = |s: &str, which: &str| -> Result<u16, String> {
+        match s.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(p),
+            _ => Err(bad(&format!(
+                "{which} port {s:?} is not a number from 1 to 65535"
+            ))),
+        }
+    };
+    let host_ip = match ip {
+        None | Some("") => Ipv4Addr::LOCALHOST,
+        Some(ip) => ip
+            .parse()
+            .map_err(|_| bad(&format!("{ip:?} is not an IPv4 address")))?,
+    };
+    Ok(PortForward {
+        protocol,
+        host_ip,
+        host_port: port(host, "host")?,
+        guest_port: port(guest, "container")?,
+    })
+}
+
+/// Docker's way of writing a published port: `127.0.0.1:8080->80/tcp`.
+pub fn describe(f: &PortForward) -> String {
+    format!(
+        "{}:{}->{}/{}",
+        f.host_ip,
+        f.host_port,
+        f.guest_port,
+        f.protocol.as_str()
+    )
+}
+
+/// Holds each published port's host address while the container lives: nothing else
+/// can take it, and a port that is already taken is refused with a clear message
+/// before any VM starts.
+pub struct PortReservations(#[allow(dead_code)] Vec<OwnedFd>);
+
+/// Binds every published port (user-mode forwards bind their own sockets in QEMU, so
+/// for those this is only the check; bridge mode keeps the reservations).
+pub fn reserve_ports(forwards: &[PortForward]) -> Result<PortReservations, String> {
+    let mut held = Vec::new();
+    for (i, f) in forwards.iter().enumerate() {
+        if forwards[..i]
+            .iter()
+            .any(|g| g.host_port == f.host_port && g.protocol == f.protocol)
+        {
+            return Err(format!(
+                "port {}/{} is published twice",
+                f.host_port,
+                f.protocol.as_str()
+            ));
+        }
+        let addr = (f.host_ip, f.host_port);
+        let fd: Result<OwnedFd, io::Error> = match f.protocol {
+            Protocol::Tcp => TcpListener::bind(addr).map(OwnedFd::from),
+            Protocol::Udp => UdpSocket::bind(addr).map(OwnedFd::from),
+        };
+        match fd {
+            Ok(fd) => held.push(fd),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                return Err(format!(
+                    "cannot publish {}: port {} of {} is already in use on the host; choose another host port (-p OTHER:{})",
+                    describe(f),
+                    f.host_port,
+                    f.host_ip,
+                    f.guest_port
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot publish {}: {e}",
+                    describe(f)
+                ))
+            }
+        }
+    }
+    Ok(PortReservations(held))
+}
+
+/// Opens a tap device (the kernel names it from `pattern`, e.g. "cabin%d"); it goes away
+/// when its last descriptor closes, so a dead VM leaves no device behind.
+pub fn open_tap(pattern: &str) -> io::Result<(OwnedFd, String)> {
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    const IFF_TAP: libc::c_short = 0x0002;
+    const IFF_NO_PI: libc::c_short = 0x1000;
+    const IFF_VNET_HDR: libc::c_short = 0x4000;
+    // SAFETY: open(2) of a fixed path; the descriptor is ours.
+    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("opening /dev/net/tun: {e}"),
+        ));
+    }
+    // SAFETY: just opened.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain old data.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(pattern.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // QEMU's tap backend expects virtio-net headers on the device when it can use them.
+    req.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    // SAFETY: TUNSETIFF reads and fills the ifreq.
+    if unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            TUNSETIFF as _,
+            &mut req,
+        )
+    } < 0
+    {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("creating a tap device: {e}"),
+        ));
+    }
+    let name: Vec<u8> = req
+        .ifr_name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    Ok((fd, String::from_utf8_lossy(&name).into_owned()))
+}
+
+/// A tap device attached to nothing, for building the boot snapshot of bridged VMs.
+pub fn detached_tap() -> io::Result<OwnedFd> {
+    open_tap("cabinsnap%d").map(|(fd, _)| fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_specs_parse_like_docker() {
+        let f = parse_publish("8080:80").unwrap();
+        assert_eq!(
+            (f.host_ip, f.host_port, f.guest_port, f.protocol),
+            (Ipv4Addr::LOCALHOST, 8080, 80, Protocol::Tcp)
+        );
+        let f = parse_publish("0.0.0.0:5353:53/udp").unwrap();
+        assert_eq!(
+            (f.host_ip, f.host_port, f.guest_port, f.protocol),
+            (Ipv4Addr::UNSPECIFIED, 5353, 53, Protocol::Udp)
+        );
+        assert_eq!(parse_publish("9000").unwrap().host_port, 9000);
+        assert_eq!(
+            describe(&parse_publish("8080:80").unwrap()),
+            "127.0.0.1:8080->80/tcp"
+        );
+        for bad in [
+            "",
+            "x:80",
+            "8080:0",
+            "8080:80/sctp",
+            "1:2:3:4",
+            "::1:80:80",
+            "70000:80",
+        ] {
+            let e = parse_publish(bad).unwrap_err();
+            assert!(e.contains("invalid port mapping"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_port_in_use_is_refused_with_its_number() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let e = reserve_ports(&[parse_publish(&format!("{port}:80")).unwrap()])
+            .err()
+            .unwrap();
+        assert!(
+            e.contains(&format!("port {port} of 127.0.0.1 is already in use")),
+            "{e}"
+        );
+        let twice = [
+            parse_publish("1234:80").unwrap(),
+            parse_publish("1234:81").unwrap(),
+        ];
+        assert!(reserve_ports(&twice)
+            .err()
+            .unwrap()
+            .contains("published twice"));
+    }
+}
