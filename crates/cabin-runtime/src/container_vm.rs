@@ -165,6 +165,33 @@ fn describe_exit(exit: VmExit) -> String {
     }
 }
 
+/// What the host can give a new VM, MiB: memory available without swapping, plus free
+/// swap (QEMU touches guest memory lazily, so a VM may start on less and grow).
+fn host_memory() -> String {
+    std::fs::read_to_string("/proc/meminfo").unwrap_or_default()
+}
+
+fn check_host_memory(vm_mib: u64, meminfo: &str) -> Result<(), RunError> {
+    let field = |name: &str| -> Option<u64> {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|kib| kib / 1024)
+    };
+    let (Some(available), swap) = (field("MemAvailable:"), field("SwapFree:").unwrap_or(0)) else {
+        return Ok(());
+    };
+    if vm_mib > available + swap {
+        return Err(RunError::Setup(format!(
+            "not enough memory on the host for this VM: it needs {vm_mib} MiB, the host has {available} MiB available{}; stop other containers or ask for less (--memory)",
+            if swap > 0 { format!(" and {swap} MiB of free swap") } else { String::new() }
+        )));
+    }
+    Ok(())
+}
+
 /// The shell's exit code for a finished process: 128+N when signal N killed it.
 pub fn exit_code(status: &ExitStatus) -> i32 {
     if status.signal > 0 {
@@ -408,6 +435,7 @@ impl ContainerVm {
         started: Instant,
     ) -> Result<ContainerVm, RunError> {
         let mut timings = Timings::start_at(started);
+        check_host_memory(cfg.vm_memory_mib(), &host_memory())?;
         let machine = Machine::resolve(paths, cfg)?;
         timings.mark("boot assets");
         let root = root::resolve(paths, &cfg.root).await?;
@@ -752,6 +780,23 @@ mod tests {
         c.memory_bytes = Some(256 << 20);
         assert_eq!(c.vcpus(), 2);
         assert_eq!(c.vm_memory_mib(), 256 + VM_MEMORY_OVERHEAD_MIB);
+    }
+
+    #[test]
+    fn a_vm_larger_than_the_host_can_hold_is_refused() {
+        let info = "MemTotal: 4000000 kB\nMemAvailable: 1048576 kB\nSwapFree: 0 kB\n";
+        assert!(check_host_memory(512, info).is_ok());
+        let e = check_host_memory(2048, info).unwrap_err().to_string();
+        assert!(
+            e.contains("needs 2048 MiB, the host has 1024 MiB available"),
+            "{e}"
+        );
+        let swap = "MemAvailable: 1048576 kB\nSwapFree: 2097152 kB\n";
+        assert!(check_host_memory(2048, swap).is_ok());
+        assert!(
+            check_host_memory(1 << 40, "").is_ok(),
+            "unknown: not refused"
+        );
     }
 
     #[test]

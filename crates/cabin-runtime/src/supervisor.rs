@@ -118,6 +118,7 @@ pub async fn send(container_dir: &Path, req: &Control) -> std::io::Result<serde_
 
 /// How long a guest gets to act on SIGKILL before its VM is killed instead.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// When a container's process ends, whether the supervisor starts it again (docker's
 /// `--restart`). A container stopped with `cabin stop` is never restarted.
@@ -430,7 +431,9 @@ async fn run_once(
             signal: n,
         };
         async move {
-            agent::call("Signal", cabin_proto::CALL_TIMEOUT, a.signal(req))
+            // Short: a guest that does not take a signal at once is hung, and the
+            // supervisor's loop (logs, other requests, the stop escalation) must go on.
+            agent::call("Signal", SIGNAL_TIMEOUT, a.signal(req))
                 .await
                 .map(|_| ())
                 .map_err(|e| e.message().to_string())
@@ -473,9 +476,11 @@ async fn run_once(
                         Some(Control::Signal(n)) => signal(n).await,
                         Some(Control::Stop(secs)) => {
                             stopped = true;
-                            let r = signal(libc::SIGTERM).await;
+                            // A guest that does not take SIGTERM gets the rest of the
+                            // escalation all the same: the stop itself succeeds.
+                            let _ = signal(libc::SIGTERM).await;
                             kill_at = Some(Instant::now() + Duration::from_secs(secs));
-                            r
+                            Ok(())
                         }
                         Some(Control::Stats) | Some(Control::Exec(_)) | None => {
                             Err("unreadable request".to_string())
