@@ -14,6 +14,8 @@ use crate::run::RunArgs;
 /// The arguments of `cabin run` kept for the supervisor, which parses them again.
 const RUN_ARGS_FILE: &str = "run-args.json";
 const RUN_CWD_FILE: &str = "run-cwd";
+/// The container's writable layer (qcow2 on its image's disk), kept across starts.
+const LAYER_FILE: &str = "layer.qcow2";
 
 fn fail(e: impl std::fmt::Display) -> i32 {
     eprintln!("cabin: {e}");
@@ -244,9 +246,11 @@ pub async fn supervise(id: &str) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    // As docker: a container is called by the start of its ID inside.
+    // As docker: a container is called by the start of its ID inside, and its file
+    // system changes last until it is removed.
     cfg.hostname
         .get_or_insert_with(|| id[..12.min(id.len())].to_string());
+    cfg.layer = Some(dir.join(LAYER_FILE));
     // As after a foreground run: the next container of this shape should resume.
     if cabin_runtime::snapshot::enabled()
         && !cabin_runtime::container_vm::has_snapshot(&paths, &cfg)

@@ -3,8 +3,8 @@
 //! an all-zero L1 table), so writing it directly saves spawning `qemu-img` on every start.
 
 use std::fs;
-use std::io::{self, Write};
-use std::path::Path;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 
 const CLUSTER_BITS: u32 = 16;
 const CLUSTER: u64 = 1 << CLUSTER_BITS;
@@ -96,6 +96,37 @@ pub fn create_overlay(backing: &Path, size: u64, out: &Path) -> io::Result<()> {
     written
 }
 
+/// The backing file a qcow2 image names, read from its header (a kept writable layer
+/// must still find the image it was made on).
+pub fn backing_file(image: &Path) -> io::Result<Option<PathBuf>> {
+    let mut header = [0u8; 20];
+    let mut f = fs::File::open(image)?;
+    f.read_exact(&mut header)?;
+    if &header[..4] != b"QFI\xfb" {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a qcow2 image",
+        ));
+    }
+    let offset = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
+    let len = u32::from_be_bytes(header[16..20].try_into().expect("4 bytes"));
+    if offset == 0 || len == 0 {
+        return Ok(None);
+    }
+    if len > 1023 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "backing file name too long",
+        ));
+    }
+    let mut name = vec![0u8; len as usize];
+    use std::io::Seek;
+    f.seek(io::SeekFrom::Start(offset))?;
+    f.read_exact(&mut name)?;
+    use std::os::unix::ffi::OsStringExt;
+    Ok(Some(PathBuf::from(std::ffi::OsString::from_vec(name))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +198,19 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let e = create_overlay(Path::new("base.raw"), 1 << 20, &t.path().join("o")).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn the_backing_file_reads_back_from_the_header() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path().join("base.ext4");
+        fs::write(&base, vec![0u8; 1 << 20]).unwrap();
+        let overlay = t.path().join("layer.qcow2");
+        create_overlay(&base, 1 << 30, &overlay).unwrap();
+        assert_eq!(backing_file(&overlay).unwrap(), Some(base.clone()));
+        assert!(
+            backing_file(&base).is_err(),
+            "a raw file is not a qcow2 image"
+        );
     }
 }

@@ -67,6 +67,9 @@ pub struct ContainerConfig {
     pub publish: Vec<PortForward>,
     /// Host folders, volumes and tmpfs mounts, in order.
     pub mounts: Vec<MountSpec>,
+    /// Keep the container's writable layer in this file from one start to the next
+    /// (containers in the store); None: a layer that dies with the VM.
+    pub layer: Option<PathBuf>,
 }
 
 impl ContainerConfig {
@@ -95,6 +98,7 @@ impl ContainerConfig {
             network: NetworkMode::default(),
             publish: Vec::new(),
             mounts: Vec::new(),
+            layer: None,
         }
     }
 
@@ -250,6 +254,8 @@ pub struct ContainerVm {
     attachments: Option<Attachments>,
     /// Keeps the container's /etc/hosts in step with its peers on a bridge.
     peers_watch: Option<tokio::task::JoinHandle<()>>,
+    /// Its writable layer outlives the VM (ContainerConfig::layer).
+    keeps_layer: bool,
 }
 
 /// What a container VM runs on: the VMM, kernel, initramfs and accelerator.
@@ -288,7 +294,8 @@ impl Machine {
             format: DiskFormat::Qcow2,
             read_only: false,
             serial: "rootfs".into(),
-            volatile: true,
+            // A kept layer must have its qcow2 metadata written when the guest flushes.
+            volatile: cfg.layer.is_none(),
         }];
         disks.extend(devices.disks);
         MicroVmSpec {
@@ -356,6 +363,43 @@ fn fresh_entropy() -> Vec<u8> {
         b.clear();
     }
     b
+}
+
+/// A container's kept writable layer: made on its first start (under a temporary name,
+/// so a crash never leaves half a layer), reused afterwards on the very disk it was
+/// made on. A layer records its base's identity beside it: a base disk rebuilt at the
+/// same path (an image removed and pulled again) has other blocks in other places, and
+/// the old layer on top of it would be a corrupt file system.
+fn keep_layer(base: &Path, layer: &Path) -> Result<(), RunError> {
+    let identity_file = layer.with_extension("base");
+    if layer.exists() {
+        let backing = cabin_image::qcow2::backing_file(layer).map_err(|e| {
+            RunError::Setup(format!(
+                "the container's writable layer {} is unreadable ({e}); remove the container and run it again",
+                layer.display()
+            ))
+        })?;
+        let recorded = std::fs::read_to_string(&identity_file).unwrap_or_default();
+        return match backing {
+            Some(b) if b.is_file() && disk_identity(&b) == recorded => Ok(()),
+            b => Err(RunError::Setup(format!(
+                "the image disk this container was made on is gone from the store or was rebuilt ({}); its changes cannot be put back on it: remove the container (cabin rm) and run it again",
+                b.unwrap_or_default().display()
+            ))),
+        };
+    }
+    let partial = layer.with_extension("partial");
+    create_overlay(base, &partial)?;
+    std::fs::write(&identity_file, disk_identity(base))
+        .and_then(|()| std::fs::rename(&partial, layer))
+        .map_err(|e| RunError::Setup(format!("keeping the container's writable layer: {e}")))
+}
+
+fn disk_identity(p: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p)
+        .map(|m| format!("{} {} {}.{}", m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
+        .unwrap_or_default()
 }
 
 fn create_overlay(base: &Path, overlay: &Path) -> Result<(), RunError> {
@@ -452,8 +496,17 @@ impl ContainerVm {
         let id = rundir::new_id();
         let run_dir = RunDir::create(paths, &id)
             .map_err(|e| RunError::Setup(format!("creating the VM's run directory: {e}")))?;
-        let overlay = run_dir.path.join("rootfs.qcow2");
-        create_overlay(&root.disk, &overlay)?;
+        let overlay = match &cfg.layer {
+            Some(kept) => {
+                keep_layer(&root.disk, kept)?;
+                kept.clone()
+            }
+            None => {
+                let overlay = run_dir.path.join("rootfs.qcow2");
+                create_overlay(&root.disk, &overlay)?;
+                overlay
+            }
+        };
         let mut attached = Attachments::acquire(paths, cfg, &id)?;
         let devices = std::mem::replace(
             &mut attached.devices,
@@ -474,6 +527,7 @@ impl ContainerVm {
 
         let mut me = ContainerVm::launch(&machine, &spec, run_dir, timings, id.clone())?;
         me.attachments = Some(attached);
+        me.keeps_layer = cfg.layer.is_some();
         let mut boot_notice = None;
         let hello = match (me.greet(cfg.boot_timeout).await, spec.restore.take()) {
             (Ok(h), _) => h,
@@ -494,6 +548,7 @@ impl ContainerVm {
                 drop(me);
                 me = ContainerVm::launch(&machine, &spec, run_dir, timings, id.clone())?;
                 me.attachments = attached;
+                me.keeps_layer = cfg.layer.is_some();
                 me.greet(cfg.boot_timeout).await?
             }
             (Err(e), None) => return Err(e),
@@ -640,6 +695,7 @@ impl ContainerVm {
             exited: None,
             attachments: None,
             peers_watch: None,
+            keeps_layer: false,
         };
         me.timings.mark("QEMU spawned");
         Ok(me)
@@ -686,6 +742,12 @@ impl ContainerVm {
             )));
         }
         Ok(hello)
+    }
+
+    /// Whether something of this VM outlives it (volumes, a kept writable layer), so
+    /// that the guest must flush before it is killed.
+    fn keeps_data(&self) -> bool {
+        self.keeps_layer || self.attachments.as_ref().is_some_and(|a| a.has_volumes())
     }
 
     /// The container's own address (bridge network), and its published ports.
@@ -741,7 +803,7 @@ impl ContainerVm {
         if self.exited.is_none() {
             // Volumes keep their data: what the guest still holds in its page cache
             // goes to their disks first (bounded: a hung guest must not hold us).
-            if self.attachments.as_ref().is_some_and(|a| a.has_volumes()) {
+            if self.keeps_data() {
                 let mut a = self.agent.clone();
                 let _ = tokio::time::timeout(
                     Duration::from_secs(10),

@@ -79,6 +79,8 @@ pub fn key(qemu: &Qemu, spec: &MicroVmSpec) -> String {
     for (i, d) in canonical.disks.iter_mut().enumerate() {
         d.path = PathBuf::from(format!("/disk{i}"));
         d.format = DiskFormat::Raw;
+        // The host's caching of a disk is no part of the guest's state.
+        d.volatile = true;
     }
     // Published ports and shared folders live on the host side of their devices: the
     // guest sees the same card and the same 9p devices whatever they lead to.
@@ -175,6 +177,7 @@ async fn boot_and_save(
         *d = DiskSpec {
             path: placeholder,
             format: DiskFormat::Raw,
+            volatile: true,
             ..d.clone()
         };
     }
