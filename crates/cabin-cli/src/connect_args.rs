@@ -12,8 +12,8 @@ pub struct ConnectArgs {
     /// an address per container on the host bridge cabin0, reachable by name) or none.
     #[arg(long, value_name = "MODE", default_value = "user")]
     pub network: String,
-    /// Publish a container port on the host: [HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp]
-    /// (HOSTIP defaults to 127.0.0.1).
+    /// Publish a container port on the host: [HOSTIP:][HOSTPORT:]CTRPORT[/tcp|/udp]
+    /// (HOSTIP defaults to 127.0.0.1; without HOSTPORT, any free port, shown by inspect).
     #[arg(short = 'p', long = "publish", value_name = "PORTS")]
     pub publish: Vec<String>,
     /// Mount a host directory (shared live) or a named volume:

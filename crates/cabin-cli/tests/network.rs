@@ -83,6 +83,32 @@ fn a_published_port_answers_curl_and_a_taken_port_is_refused() {
 }
 
 #[test]
+fn a_port_published_without_a_host_port_gets_a_free_one() {
+    let _c = Cleanup(&["net-any"]);
+    let o = run_detached(
+        &["--name", "net-any", "-p", "80"],
+        &["sh", "-c", &web_server("any-port")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let published = inspect("net-any")["network"]["ports"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port: u16 = published
+        .strip_prefix("127.0.0.1:")
+        .and_then(|r| r.strip_suffix("->80/tcp"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{published}"));
+    assert_ne!(port, 0);
+    let mut body = None;
+    eventually("the chosen port to answer", || {
+        body = curl(&format!("http://127.0.0.1:{port}/"));
+        body.is_some()
+    });
+    assert_eq!(body.unwrap(), "any-port\n");
+}
+
+#[test]
 fn user_mode_containers_reach_the_host_and_get_its_dns_forwarder() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -134,14 +134,14 @@ impl Attachments {
                 }),
             }
         }
-        let ports: Vec<String> = cfg.publish.iter().map(network::describe).collect();
+        let mut publish = cfg.publish.clone();
+        network::choose_free_ports(&mut publish).map_err(RunError::Setup)?;
+        let ports: Vec<String> = publish.iter().map(network::describe).collect();
         let (network, hosts, endpoint) = match cfg.network {
             NetworkMode::User => {
                 // QEMU binds the ports itself: this only checks that it will be able to.
-                drop(network::reserve_ports(&cfg.publish).map_err(RunError::Setup)?);
-                devices.nic = Some(NetBackend::User {
-                    forwards: cfg.publish.clone(),
-                });
+                drop(network::reserve_ports(&publish).map_err(RunError::Setup)?);
+                devices.nic = Some(NetBackend::User { forwards: publish });
                 let net = NetworkConfig {
                     mac: String::new(),
                     address: format!("{}/{}", user_net::GUEST, user_net::PREFIX),
@@ -157,7 +157,7 @@ impl Attachments {
                 names.extend(cfg.name.clone());
                 names.push(cfg.hostname.clone().unwrap_or_else(|| id[..12].to_string()));
                 names.dedup();
-                let ep = bridge::attach(id, names, &cfg.publish)
+                let ep = bridge::attach(id, names, &publish)
                     .map_err(|e| RunError::Setup(e.to_string()))?;
                 devices.nic = Some(NetBackend::Tap(Some(Arc::clone(&ep.tap))));
                 (Some(ep.guest_config()), ep.peers(), Some(ep))

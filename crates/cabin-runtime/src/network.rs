@@ -48,8 +48,8 @@ impl NetworkMode {
     }
 }
 
-/// Parses docker's `-p [HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp]` (and `CTRPORT` alone,
-/// which publishes on the same port number of the host).
+/// Parses docker's `-p [HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp]` (and `CTRPORT` alone:
+/// host port 0, any free one, see [`choose_free_ports`]).
 pub fn parse_publish(spec: &str) -> Result<PortForward, String> {
     let bad = |why: &str| {
         format!("invalid port mapping {spec:?}: {why}; use [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp], e.g. 8080:80")
@@ -62,12 +62,16 @@ pub fn parse_publish(spec: &str) -> Result<PortForward, String> {
     };
     let parts: Vec<&str> = ports.split(':').collect();
     let (ip, host, guest) = match parts.as_slice() {
-        [guest] => (None, *guest, *guest),
+        // As docker: the host port is any free one, chosen at start.
+        [guest] => (None, "", *guest),
         [host, guest] => (None, *host, *guest),
         [ip, host, guest] => (Some(*ip), *host, *guest),
         _ => return Err(bad("too many ':'")),
     };
     let port = |s: &str, which: &str| -> Result<u16, String> {
+        if s.is_empty() && which == "host" {
+            return Ok(0);
+        }
         match s.parse::<u16>() {
             Ok(p) if p > 0 => Ok(p),
             _ => Err(bad(&format!(
@@ -87,6 +91,26 @@ pub fn parse_publish(spec: &str) -> Result<PortForward, String> {
         host_port: port(host, "host")?,
         guest_port: port(guest, "container")?,
     })
+}
+
+/// Gives every published port without a host port (`-p 80`) a free one of the host's.
+pub fn choose_free_ports(forwards: &mut [PortForward]) -> Result<(), String> {
+    for f in forwards.iter_mut().filter(|f| f.host_port == 0) {
+        let addr = (f.host_ip, 0);
+        let port = match f.protocol {
+            Protocol::Tcp => TcpListener::bind(addr).and_then(|l| l.local_addr()),
+            Protocol::Udp => UdpSocket::bind(addr).and_then(|s| s.local_addr()),
+        }
+        .map_err(|e| {
+            format!(
+                "finding a free port on {} for {}: {e}",
+                f.host_ip, f.guest_port
+            )
+        })?
+        .port();
+        f.host_port = port;
+    }
+    Ok(())
 }
 
 /// Docker's way of writing a published port: `127.0.0.1:8080->80/tcp`.
@@ -217,7 +241,11 @@ mod tests {
             (f.host_ip, f.host_port, f.guest_port, f.protocol),
             (Ipv4Addr::UNSPECIFIED, 5353, 53, Protocol::Udp)
         );
-        assert_eq!(parse_publish("9000").unwrap().host_port, 9000);
+        let any = parse_publish("9000").unwrap();
+        assert_eq!((any.host_port, any.guest_port), (0, 9000));
+        let mut forwards = [any];
+        choose_free_ports(&mut forwards).unwrap();
+        assert_ne!(forwards[0].host_port, 0);
         assert_eq!(
             describe(&parse_publish("8080:80").unwrap()),
             "127.0.0.1:8080->80/tcp"
