@@ -332,8 +332,8 @@ pub fn ps(args: PsArgs) -> i32 {
         }
     } else {
         println!(
-            "{:<14}{:<24}{:<28}{:<28}NAMES",
-            "CONTAINER ID", "IMAGE", "COMMAND", "STATUS"
+            "{:<14}{:<24}{:<28}{:<28}{:<30}NAMES",
+            "CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "PORTS"
         );
         for r in &rows {
             let mut command = format!("\"{}\"", r.command.join(" "));
@@ -345,12 +345,18 @@ pub fn ps(args: PsArgs) -> i32 {
             if n > 22 {
                 root = format!("…{}", root.chars().skip(n - 21).collect::<String>());
             }
+            let ports = r
+                .network
+                .as_ref()
+                .map(|n| n.ports.join(", "))
+                .unwrap_or_default();
             println!(
-                "{:<14}{:<24}{:<28}{:<28}{}",
+                "{:<14}{:<24}{:<28}{:<28}{:<30}{}",
                 &r.id[..12],
                 root,
                 command,
                 status_text(&r.status),
+                ports,
                 r.name
             );
         }

@@ -50,6 +50,9 @@ fn a_published_port_answers_curl_and_a_taken_port_is_refused() {
         body.is_some()
     });
     assert_eq!(body.unwrap(), "hello-user-net\n");
+    assert!(ps_line("net-web")
+        .unwrap()
+        .contains(&format!("127.0.0.1:{port}->80/tcp")));
     let record = inspect("net-web");
     assert_eq!(record["network"]["mode"], "user");
     assert_eq!(
