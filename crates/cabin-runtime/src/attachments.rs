@@ -134,6 +134,13 @@ impl Attachments {
                 }),
             }
         }
+        if cfg.network != NetworkMode::Bridge {
+            // Bridged containers reconcile as they join; the others tidy up after a
+            // crash that left the bridge behind.
+            if let Err(e) = bridge::reconcile() {
+                eprintln!("cabin: tidying up the host bridge: {e}");
+            }
+        }
         let mut publish = cfg.publish.clone();
         network::choose_free_ports(&mut publish).map_err(RunError::Setup)?;
         let ports: Vec<String> = publish.iter().map(network::describe).collect();

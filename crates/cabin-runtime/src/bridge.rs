@@ -193,9 +193,15 @@ impl State {
 
     /// Endpoints whose owners are alive; the files of dead owners are removed.
     fn live_endpoints(&self) -> Vec<EndpointRecord> {
+        self.sweep().0
+    }
+
+    /// The live endpoints, and whether any dead one was removed.
+    fn sweep(&self) -> (Vec<EndpointRecord>, bool) {
         let mut live = Vec::new();
+        let mut removed = false;
         let Ok(entries) = fs::read_dir(self.dir.join("endpoints")) else {
-            return live;
+            return (live, removed);
         };
         for e in entries.flatten() {
             let path = e.path();
@@ -205,6 +211,7 @@ impl State {
             if flock(&f, false) {
                 // Nobody holds it: its owner is gone.
                 let _ = fs::remove_file(&path);
+                removed = true;
                 continue;
             }
             let record = fs::read(&path)
@@ -215,7 +222,7 @@ impl State {
             }
         }
         live.sort_by_key(|r| r.ip);
-        live
+        (live, removed)
     }
 
     /// Brings the host in line with `endpoints`: bridge, forwarding and rules, or none
@@ -441,17 +448,22 @@ impl Drop for Endpoint {
     }
 }
 
-/// Drops the endpoints of owners that died and brings the host in line (also removing
-/// the bridge when nobody is left): for `cabin system prune`-like clean-ups and tests.
-pub fn reconcile() -> Result<usize, BridgeError> {
-    let dir = Path::new(STATE_DIR);
-    if !dir.exists() {
-        return Ok(0);
+/// After a crash (every bridged container's owner killed, or a host that lost power
+/// with /run on disk), the bridge and its rules outlive their containers: any
+/// container start calls this, which drops the endpoints of owners that died and
+/// brings the host in line, removing the bridge when nobody is left. Cheap when there
+/// is no bridge; changes nothing while every endpoint is alive.
+pub fn reconcile() -> Result<(), BridgeError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/sys/class/net").join(BRIDGE).exists() {
+        return Ok(());
     }
-    let state = State::lock(dir)?;
-    let live = state.live_endpoints();
-    state.apply(&live)?;
-    Ok(live.len())
+    let state = State::lock(Path::new(STATE_DIR))?;
+    let (live, removed) = state.sweep();
+    if removed || live.is_empty() {
+        state.apply(&live)?;
+    }
+    Ok(())
 }
 
 /// The published port descriptions of a record, docker style.
