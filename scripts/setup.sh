@@ -8,6 +8,7 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 packages=(
   qemu-system-x86 qemu-utils          # the VMM and qemu-img (per-container writable layers)
+  ovmf                                # UEFI firmware for full VMs (cabin vm)
   linux-source-6.12 build-essential bc bison flex libelf-dev lz4   # the guest kernel build
   e2fsprogs                           # mkfs.ext4 -d: root filesystem images, volumes
   iproute2 nftables                   # --network bridge: the host bridge, NAT, published ports

@@ -11,6 +11,7 @@ mod progress;
 mod run;
 mod sizes;
 mod terminal;
+mod vm_cmd;
 mod volume_cmd;
 
 use std::time::Instant;
@@ -85,6 +86,16 @@ enum Command {
     Container {
         #[command(subcommand)]
         command: ContainerCommand,
+    },
+    /// Full VMs, managed like Lume's (create, run, stop, ls, get, set, clone, delete).
+    Vm {
+        #[command(subcommand)]
+        command: vm_cmd::VmCommand,
+    },
+    /// Settings: storage locations for VMs.
+    Config {
+        #[command(subcommand)]
+        command: vm_cmd::ConfigCommand,
     },
     /// Manage named volumes.
     Volume {
@@ -192,6 +203,8 @@ fn main() {
                 command: ContainerCommand::Prune,
             } => containers_cmd::prune(),
             Command::Volume { command } => volume_cmd::run(command),
+            Command::Vm { command } => vm_cmd::run(command).await,
+            Command::Config { command } => vm_cmd::config(command),
             Command::System {
                 command: SystemCommand::Info { format },
             } => system_info(&format),

@@ -13,6 +13,7 @@
 //! - [`agent`]: the gRPC client for cabin-init.
 //! - [`rundir`]: per-VM private directories and the clean-up of abandoned ones.
 //! - [`snapshot`]: saved idle VMs that containers resume from instead of booting.
+//! - [`vm`]: full VMs managed like Lume's (store, settings, sizes).
 //! - [`paths`], [`timings`], [`system`].
 
 pub mod agent;
@@ -30,6 +31,7 @@ pub mod snapshot;
 pub mod supervisor;
 pub mod system;
 pub mod timings;
+pub mod vm;
 pub mod volumes;
 
 pub use cabin_vmm::AccelRequest;

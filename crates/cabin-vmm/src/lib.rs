@@ -2,6 +2,7 @@
 //! ([`qemu::Qemu`]), and another VMM slots in by implementing the same two traits.
 
 pub mod accel;
+pub mod full;
 pub mod qemu;
 pub mod qmp;
 

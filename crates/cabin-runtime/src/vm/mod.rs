@@ -1,0 +1,9 @@
+//! Full VMs managed like Lume's: long-lived machines with their own disks, UEFI
+//! firmware and displays, stored as Lume stores them (see `store`), in locations
+//! configured as Lume's (see `settings`).
+
+pub mod details;
+pub mod runner;
+pub mod settings;
+pub mod sizes;
+pub mod store;

@@ -1,0 +1,321 @@
+//! Running a full VM: the process that runs it holds the VM's lock (an flock on its
+//! config.json) for as long as QEMU lives, publishes `sessions.json` (VNC address,
+//! shared folders, its own pid), and on SIGTERM or SIGINT asks the guest to power off
+//! (ACPI), killing it after a grace period. `stop` from any process signals that pid.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cabin_vmm::full::{self, FullVmSpec};
+use cabin_vmm::qemu::Qemu;
+use cabin_vmm::qmp::Qmp;
+use cabin_vmm::{NetBackend, ShareSpec};
+use serde_json::json;
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::store::{self, Session, SharedDir, Vm, VmError};
+use crate::container_vm::choose_accel;
+use crate::paths::Paths;
+use crate::rundir::{self, RunDir};
+use crate::AccelRequest;
+
+/// How long a guest has to power off after the ACPI button before it is killed.
+pub const POWEROFF_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Host directories shared into the guest, read-only when the flag says so.
+    pub shared_dirs: Vec<(PathBuf, bool)>,
+    /// A read-only installer image to boot from (`--mount`).
+    pub iso: Option<PathBuf>,
+    pub disks: Vec<PathBuf>,
+    pub vnc: bool,
+    /// A fixed VNC password instead of a generated one.
+    pub vnc_password: Option<String>,
+    pub accel: AccelRequest,
+}
+
+/// Lume's "VNC password": four words, e.g. `fig-november-north-eight`.
+pub fn passphrase() -> String {
+    const WORDS: &[&str] = &[
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+        "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra",
+        "tango", "uniform", "victor", "whiskey", "yankee", "zulu", "apple", "banana", "cherry",
+        "fig", "grape", "lemon", "mango", "olive", "peach", "pear", "plum", "red", "blue", "green",
+        "amber", "violet", "silver", "north", "south", "east", "west", "one", "two", "three",
+        "four", "five", "six", "seven", "eight",
+    ];
+    let mut b = [0u8; 4];
+    // SAFETY: fills our buffer.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    b.iter()
+        .map(|x| WORDS[*x as usize % WORDS.len()])
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// 9p tags for shared folders: the folder's name (as Lume names its entries), made
+/// unique; at most 31 bytes.
+fn share_tags(dirs: &[(PathBuf, bool)]) -> Vec<String> {
+    let mut tags: Vec<String> = Vec::new();
+    for (p, _) in dirs {
+        let base: String = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(24)
+            .collect();
+        let base = if base.is_empty() {
+            "shared".into()
+        } else {
+            base
+        };
+        let mut tag = base.clone();
+        let mut n = 2;
+        while tags.contains(&tag) {
+            tag = format!("{base}-{n}");
+            n += 1;
+        }
+        tags.push(tag);
+    }
+    tags
+}
+
+/// Lume's check and message for a shared folder.
+pub fn check_shared_dir(p: &std::path::Path) -> Result<PathBuf, VmError> {
+    match fs::canonicalize(p) {
+        Ok(c) if c.is_dir() => Ok(c),
+        _ => Err(VmError::Invalid(format!(
+            "Host path does not exist or is not a directory: {}",
+            p.display()
+        ))),
+    }
+}
+
+fn lock_running(vm: &Vm) -> Result<fs::File, VmError> {
+    let f = fs::File::open(vm.dir.join(store::CONFIG))
+        .map_err(|e| VmError::Io(format!("opening {}'s config.json: {e}", vm.name)))?;
+    // A `ls` probing with a shared lock holds it for a moment: try a few times.
+    for _ in 0..20 {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(f);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(VmError::Running(vm.name.clone()))
+}
+
+async fn connect_qmp(
+    path: &std::path::Path,
+    child: &mut std::process::Child,
+) -> Result<Qmp, VmError> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(s) = tokio::net::UnixStream::connect(path).await {
+            return Qmp::handshake(s)
+                .await
+                .map_err(|e| VmError::Io(format!("QMP: {e}")));
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(e) = child.stderr.as_mut() {
+                use std::io::Read;
+                let _ = e.take(8192).read_to_string(&mut err);
+            }
+            return Err(VmError::Io(format!("QEMU exited ({st}): {}", err.trim())));
+        }
+        if Instant::now() > deadline {
+            return Err(VmError::Io("QEMU did not open its monitor in time".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs `vm` until its guest powers off or the process is told to stop it. `ready` is
+/// called once the VM runs, with its session (VNC URL...).
+pub async fn run(
+    paths: &Paths,
+    vm: &Vm,
+    opts: &RunOptions,
+    ready: impl FnOnce(&Session),
+) -> Result<(), VmError> {
+    let config = vm.config()?;
+    let lock = lock_running(vm)?;
+    let mut shares = Vec::new();
+    let dirs: Vec<(PathBuf, bool)> = opts
+        .shared_dirs
+        .iter()
+        .map(|(p, ro)| check_shared_dir(p).map(|c| (c, *ro)))
+        .collect::<Result<_, _>>()?;
+    for ((path, ro), tag) in dirs.iter().zip(share_tags(&dirs)) {
+        shares.push(ShareSpec {
+            path: path.clone(),
+            tag,
+            read_only: *ro,
+        });
+    }
+    for p in opts.iso.iter().chain(opts.disks.iter()) {
+        if !p.is_file() {
+            return Err(VmError::Invalid(format!(
+                "disk image not found: {}",
+                p.display()
+            )));
+        }
+    }
+    let (w, h) = super::sizes::parse_display(&config.display).map_err(VmError::Invalid)?;
+    let qemu = Qemu::locate().map_err(|e| VmError::Io(e.to_string()))?;
+    let accel = choose_accel(opts.accel);
+    let run_dir = RunDir::create(paths, &rundir::new_id())
+        .map_err(|e| VmError::Io(format!("creating the VM's run directory: {e}")))?;
+    let spec = FullVmSpec {
+        name: vm.name.clone(),
+        cpus: config.cpu_count,
+        memory_mib: config.memory_size >> 20,
+        uuid: config
+            .machine_identifier
+            .as_deref()
+            .and_then(store::machine_uuid),
+        mac: config.mac_address.clone(),
+        firmware_code: store::OVMF_CODE.into(),
+        nvram: vm.dir.join(store::NVRAM),
+        disk: vm.disk(),
+        extra_disks: opts.disks.clone(),
+        iso: opts.iso.clone(),
+        display: (w, h),
+        vnc: opts.vnc,
+        nic: NetBackend::User {
+            forwards: Vec::new(),
+        },
+        shares: shares.clone(),
+        accel: accel.accel,
+        run_dir: run_dir.path.clone(),
+    };
+    let mut child = full::spawn(&qemu.binary, &spec).map_err(|e| VmError::Io(e.to_string()))?;
+    // The serial console outlives the run, for `vm logs`.
+    let result = async {
+        let mut qmp = connect_qmp(&run_dir.path.join("qmp.sock"), &mut child).await?;
+        let mut url = None;
+        if opts.vnc {
+            let password = opts.vnc_password.clone().unwrap_or_else(passphrase);
+            qmp.execute(
+                "set_password",
+                Some(json!({"protocol": "vnc", "password": password})),
+            )
+            .await
+            .map_err(|e| VmError::Io(format!("setting the VNC password: {e}")))?;
+            let info = qmp
+                .execute("query-vnc", None)
+                .await
+                .map_err(|e| VmError::Io(format!("query-vnc: {e}")))?;
+            let port = info["service"].as_str().unwrap_or("0").to_string();
+            url = Some(format!("vnc://:{password}@127.0.0.1:{port}"));
+        }
+        let session = Session {
+            url,
+            shared_directories: shares
+                .iter()
+                .map(|s| SharedDir {
+                    host_path: s.path.to_string_lossy().into_owned(),
+                    tag: s.tag.clone(),
+                    read_only: s.read_only,
+                })
+                .collect(),
+            pid: std::process::id(),
+            started_at: crate::containers::now_unix(),
+            ip_address: None,
+        };
+        let tmp = vm.dir.join(".sessions.json.tmp");
+        fs::write(&tmp, serde_json::to_vec(&session).expect("serialisable"))
+            .and_then(|()| fs::rename(&tmp, vm.dir.join(store::SESSION)))
+            .map_err(|e| VmError::Io(format!("writing sessions.json: {e}")))?;
+        ready(&session);
+        let mut term = signal(SignalKind::terminate()).map_err(|e| VmError::Io(e.to_string()))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| VmError::Io(e.to_string()))?;
+        let exited = async {
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::select! {
+            _ = exited => return Ok(()),
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        // Stop: the ACPI power button, then the plug.
+        let _ = qmp.execute("system_powerdown", None).await;
+        let deadline = Instant::now() + POWEROFF_GRACE;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = qmp.execute("quit", None).await;
+        Ok(())
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = fs::copy(run_dir.path.join("console.log"), vm.dir.join("console.log"));
+    let _ = fs::remove_file(vm.dir.join(store::SESSION));
+    let _ = run_dir.remove();
+    drop(lock);
+    result
+}
+
+/// Stops a running VM from any process: SIGTERM to the process that runs it (which
+/// powers the guest off), SIGKILL if it is still there after `timeout`.
+pub fn stop(vm: &Vm, timeout: Duration) -> Result<(), VmError> {
+    let session = vm
+        .session()
+        .ok_or_else(|| VmError::NotRunning(vm.name.clone()))?;
+    let pid = session.pid as i32;
+    // SAFETY: signalling the pid the runner recorded while it holds the VM's lock.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + timeout;
+    while vm.is_running() {
+        if Instant::now() > deadline {
+            // SAFETY: as above; its QEMU dies with it (parent-death signal).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let end = Instant::now() + Duration::from_secs(5);
+            while vm.is_running() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = fs::remove_file(vm.dir.join(store::SESSION));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passphrases_and_share_tags() {
+        let p = passphrase();
+        assert_eq!(p.split('-').count(), 4, "{p}");
+        let tags = share_tags(&[
+            ("/home/me/code".into(), false),
+            ("/srv/code".into(), true),
+            ("/tmp/with space".into(), false),
+        ]);
+        assert_eq!(tags, ["code", "code-2", "with_space"]);
+    }
+}

@@ -1,0 +1,219 @@
+//! Where full VMs live: named storage locations (Lume's `vmLocations`), a default one,
+//! and Lume's `--storage` rule (a name, a path with a slash, or `ephemeral`).
+//!
+//! Kept as JSON in `<data>/vm-settings.json`, in the shape of Lume's `GET /lume/config`.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Paths;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub name: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Settings {
+    pub vm_locations: Vec<Location>,
+    pub default_location_name: String,
+    pub cache_directory: String,
+    #[serde(default)]
+    pub caching_enabled: bool,
+}
+
+pub const HOME: &str = "home";
+pub const EPHEMERAL: &str = "ephemeral";
+
+fn file(paths: &Paths) -> PathBuf {
+    paths.data.join("vm-settings.json")
+}
+
+/// Lume's rule for location names.
+pub fn valid_location_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A location's path with `~` expanded.
+pub fn expand(path: &str) -> PathBuf {
+    match path.strip_prefix("~/") {
+        Some(rest) => crate::paths::home().join(rest),
+        None if path == "~" => crate::paths::home(),
+        None => PathBuf::from(path),
+    }
+}
+
+impl Settings {
+    pub fn defaults(paths: &Paths) -> Settings {
+        Settings {
+            vm_locations: vec![Location {
+                name: HOME.into(),
+                path: paths.data.join("vms").to_string_lossy().into_owned(),
+            }],
+            default_location_name: HOME.into(),
+            cache_directory: paths.data.join("vm-cache").to_string_lossy().into_owned(),
+            caching_enabled: false,
+        }
+    }
+
+    pub fn load(paths: &Paths) -> Result<Settings, String> {
+        match fs::read(file(paths)) {
+            Ok(b) if b.len() < 1 << 20 => serde_json::from_slice(&b).map_err(|e| {
+                format!(
+                    "the VM settings {} are unreadable ({e}); fix or remove the file",
+                    file(paths).display()
+                )
+            }),
+            Ok(_) => Err(format!("{} is too large", file(paths).display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Settings::defaults(paths)),
+            Err(e) => Err(format!("reading {}: {e}", file(paths).display())),
+        }
+    }
+
+    /// Writes the settings whole (temporary file, then rename).
+    pub fn save(&self, paths: &Paths) -> Result<(), String> {
+        let target = file(paths);
+        crate::paths::create_private_dir(&paths.data).map_err(|e| e.to_string())?;
+        let tmp = target.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(self).expect("serialisable");
+        fs::write(&tmp, text)
+            .and_then(|()| fs::rename(&tmp, &target))
+            .map_err(|e| format!("saving {}: {e}", target.display()))
+    }
+
+    pub fn location(&self, name: &str) -> Option<&Location> {
+        self.vm_locations.iter().find(|l| l.name == name)
+    }
+
+    pub fn add_location(&mut self, name: &str, path: &str) -> Result<(), String> {
+        if !valid_location_name(name) {
+            return Err(format!(
+                "Invalid location name: {name}: use letters, digits, '_' and '-'"
+            ));
+        }
+        if self.location(name).is_some() {
+            return Err(format!("Storage location already exists: {name}"));
+        }
+        let dir = expand(path);
+        if !dir.is_absolute() {
+            return Err(format!(
+                "Invalid storage path: {path}: give an absolute path"
+            ));
+        }
+        fs::create_dir_all(&dir).map_err(|e| format!("Invalid storage path: {path}: {e}"))?;
+        self.vm_locations.push(Location {
+            name: name.into(),
+            path: path.into(),
+        });
+        self.vm_locations.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(())
+    }
+
+    pub fn remove_location(&mut self, name: &str) -> Result<(), String> {
+        if name == self.default_location_name {
+            return Err(format!(
+                "Cannot remove the default storage location: {name}"
+            ));
+        }
+        let before = self.vm_locations.len();
+        self.vm_locations.retain(|l| l.name != name);
+        if self.vm_locations.len() == before {
+            return Err(format!("Storage location not found: {name}"));
+        }
+        Ok(())
+    }
+
+    pub fn set_default(&mut self, name: &str) -> Result<(), String> {
+        if self.location(name).is_none() {
+            return Err(format!("Storage location not found: {name}"));
+        }
+        self.default_location_name = name.into();
+        Ok(())
+    }
+
+    /// Where `--storage` points: (the name shown as `locationName`, the directory that
+    /// holds VM directories). None means the default location.
+    pub fn resolve(&self, storage: Option<&str>) -> Result<(String, PathBuf), String> {
+        match storage {
+            None | Some("") => {
+                let l = self.location(&self.default_location_name).ok_or_else(|| {
+                    format!(
+                        "the default storage location {} is not defined",
+                        self.default_location_name
+                    )
+                })?;
+                Ok((l.name.clone(), expand(&l.path)))
+            }
+            Some(EPHEMERAL) => Ok((EPHEMERAL.into(), std::env::temp_dir())),
+            Some(s) if s.contains('/') || s.contains('\\') => Ok((s.into(), expand(s))),
+            Some(name) => self
+                .location(name)
+                .map(|l| (l.name.clone(), expand(&l.path)))
+                .ok_or_else(|| format!("Storage location not found: {name}")),
+        }
+    }
+
+    /// Every place a VM may be when no `--storage` is given, default first.
+    pub fn search_order(&self) -> Vec<(String, PathBuf)> {
+        let mut out: Vec<(String, PathBuf)> = Vec::new();
+        if let Ok(d) = self.resolve(None) {
+            out.push(d);
+        }
+        for l in &self.vm_locations {
+            if l.name != self.default_location_name {
+                out.push((l.name.clone(), expand(&l.path)));
+            }
+        }
+        out
+    }
+}
+
+/// Whether `dir` is a directory we can create VMs in.
+pub fn usable(dir: &Path) -> bool {
+    fs::create_dir_all(dir).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_resolves_like_lume() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = Paths::at(t.path());
+        let mut s = Settings::defaults(&paths);
+        assert_eq!(s.resolve(None).unwrap().0, "home");
+        assert_eq!(
+            s.resolve(Some("ephemeral")).unwrap().1,
+            std::env::temp_dir()
+        );
+        let direct = s.resolve(Some("/srv/vms")).unwrap();
+        assert_eq!(direct, ("/srv/vms".into(), PathBuf::from("/srv/vms")));
+        assert!(s
+            .resolve(Some("nope"))
+            .unwrap_err()
+            .contains("not found: nope"));
+        let extra = t.path().join("fast");
+        s.add_location("fast", extra.to_str().unwrap()).unwrap();
+        assert!(extra.is_dir());
+        assert!(s.add_location("fast", "/x").is_err());
+        assert!(s.add_location("bad name", "/x").is_err());
+        assert!(s.add_location("rel", "relative/dir").is_err());
+        s.set_default("fast").unwrap();
+        assert_eq!(s.search_order()[0].0, "fast");
+        assert!(s.remove_location("fast").unwrap_err().contains("default"));
+        s.set_default("home").unwrap();
+        s.remove_location("fast").unwrap();
+        s.save(&paths).unwrap();
+        assert_eq!(Settings::load(&paths).unwrap(), s);
+    }
+}

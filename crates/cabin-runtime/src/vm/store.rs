@@ -1,0 +1,669 @@
+//! Full VMs on disk, laid out as Lume lays them out: `<location>/<name>/` holding
+//! `config.json` (Lume's keys), `disk.img` (raw, sparse) and `nvram.bin` (the UEFI
+//! variable store), plus `sessions.json` while the VM runs. The process that runs a VM
+//! holds an flock on its `config.json`: that is what "running" means, for every
+//! process, with no daemon.
+//!
+//! Every change is made so that a crash leaves the old state or the new one: a VM is
+//! created or cloned in a hidden staging directory renamed into place, and
+//! `config.json` is replaced by rename.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::settings::Settings;
+use super::sizes;
+
+pub const CONFIG: &str = "config.json";
+pub const DISK: &str = "disk.img";
+pub const NVRAM: &str = "nvram.bin";
+pub const SESSION: &str = "sessions.json";
+
+/// The UEFI firmware and the template of its variable store (Debian's `ovmf`).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+pub const MIN_LINUX_DISK: u64 = 10 << 30;
+
+/// `config.json`, with Lume's keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmConfig {
+    pub os: String,
+    pub cpu_count: u32,
+    pub memory_size: u64,
+    pub disk_size: u64,
+    pub mac_address: String,
+    pub display: String,
+    #[serde(default)]
+    pub hardware_model: Option<String>,
+    #[serde(default)]
+    pub machine_identifier: Option<String>,
+    #[serde(default = "default_network")]
+    pub network_mode: String,
+}
+
+fn default_network() -> String {
+    "nat".into()
+}
+
+/// What is kept while a VM runs (Lume's `sessions.json`, plus what cabin needs to
+/// reach the process that runs it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    /// `vnc://:PASSWORD@127.0.0.1:PORT`, absent with VNC disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub shared_directories: Vec<SharedDir>,
+    pub pid: u32,
+    pub started_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedDir {
+    pub host_path: String,
+    pub tag: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("Virtual machine not found: {0}")]
+    NotFound(String),
+    #[error("Virtual machine already exists with name: {0}")]
+    Exists(String),
+    #[error("Virtual machine already running: {0}")]
+    Running(String),
+    #[error("Virtual machine is not running: {0}")]
+    NotRunning(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+fn io_err(what: impl std::fmt::Display) -> impl Fn(io::Error) -> VmError {
+    move |e| VmError::Io(format!("{what}: {e}"))
+}
+
+/// Lume turns `name:tag` into `name_tag`; anything that could leave the location
+/// directory is refused.
+pub fn normalize_name(name: &str) -> Result<String, VmError> {
+    let n = name.replace(':', "_");
+    let ok = !n.is_empty()
+        && n.len() <= 128
+        && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !ok {
+        return Err(VmError::Invalid(format!(
+            "Invalid VM name: {name:?}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )));
+    }
+    Ok(n)
+}
+
+/// A random locally administered unicast MAC address.
+pub fn random_mac() -> String {
+    let mut b = [0u8; 6];
+    getrandom(&mut b);
+    b[0] = (b[0] & 0xfe) | 0x02;
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A new machine identity (the guest's SMBIOS UUID), base64 as Lume stores it.
+pub fn random_machine_id() -> String {
+    let mut b = [0u8; 16];
+    getrandom(&mut b);
+    base64(&b)
+}
+
+fn getrandom(buf: &mut [u8]) {
+    // SAFETY: fills our buffer.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    assert_eq!(n, buf.len() as isize, "getrandom");
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in bytes.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+/// The SMBIOS UUID for a base64 machine identifier (16 bytes), for QEMU's `-uuid`.
+pub fn machine_uuid(id: &str) -> Option<String> {
+    const A: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for ch in id.trim_end_matches('=').chars() {
+        bits = bits << 6 | A.find(ch)? as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    (out.len() == 16).then(|| {
+        let h: String = out.iter().map(|b| format!("{b:02x}")).collect();
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
+    })
+}
+
+/// A VM directory found in a location.
+#[derive(Debug, Clone)]
+pub struct Vm {
+    pub name: String,
+    pub location_name: String,
+    pub dir: PathBuf,
+}
+
+impl Vm {
+    pub fn config(&self) -> Result<VmConfig, VmError> {
+        let mut text = String::new();
+        fs::File::open(self.dir.join(CONFIG))
+            .and_then(|f| f.take(1 << 20).read_to_string(&mut text))
+            .map_err(io_err(format!("reading {}'s config.json", self.name)))?;
+        serde_json::from_str(&text).map_err(|e| {
+            VmError::Io(format!(
+                "{}'s config.json is unreadable ({e}); fix it or delete the VM",
+                self.name
+            ))
+        })
+    }
+
+    /// Replaces config.json whole.
+    pub fn save_config(&self, c: &VmConfig) -> Result<(), VmError> {
+        write_config(&self.dir, c)
+    }
+
+    /// Whether a process holds the VM's lock (runs it).
+    pub fn is_running(&self) -> bool {
+        let Ok(f) = fs::File::open(self.dir.join(CONFIG)) else {
+            return false;
+        };
+        // SAFETY: flock on a descriptor we own; a shared probe conflicts only with the
+        // runner's exclusive lock, and is released when `f` closes.
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+    }
+
+    /// The running VM's session, if it runs.
+    pub fn session(&self) -> Option<Session> {
+        if !self.is_running() {
+            return None;
+        }
+        let b = fs::read(self.dir.join(SESSION)).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join(DISK)
+    }
+}
+
+fn write_config(dir: &Path, c: &VmConfig) -> Result<(), VmError> {
+    let tmp = dir.join(".config.json.tmp");
+    let text = serde_json::to_vec_pretty(c).expect("serialisable");
+    fs::write(&tmp, text)
+        .and_then(|()| fs::rename(&tmp, dir.join(CONFIG)))
+        .map_err(io_err("writing config.json"))
+}
+
+pub struct CreateOptions {
+    pub os: String,
+    pub cpu: u32,
+    pub memory: u64,
+    pub disk_size: u64,
+    pub display: String,
+    pub network: String,
+}
+
+impl CreateOptions {
+    pub fn validate(&self) -> Result<(), VmError> {
+        if self.os != "linux" {
+            return Err(VmError::Invalid(if self.os.eq_ignore_ascii_case("macos") {
+                "macOS guests need Apple hardware; cabin creates linux VMs (--os linux)".into()
+            } else {
+                "Unsupported OS type".into()
+            }));
+        }
+        if self.cpu == 0 || self.cpu > 256 {
+            return Err(VmError::Invalid(format!(
+                "invalid CPU count {}: 1 to 256",
+                self.cpu
+            )));
+        }
+        if self.memory < 64 << 20 {
+            return Err(VmError::Invalid("memory must be at least 64MB".into()));
+        }
+        if self.disk_size < MIN_LINUX_DISK {
+            return Err(VmError::Invalid(
+                "disk size must be at least 10GB for linux VMs".into(),
+            ));
+        }
+        sizes::parse_display(&self.display).map_err(VmError::Invalid)?;
+        parse_network(&self.network)?;
+        Ok(())
+    }
+}
+
+/// `nat`, `bridged` or `bridged:<interface>`.
+pub fn parse_network(s: &str) -> Result<(), VmError> {
+    match s.split_once(':') {
+        None if s == "nat" || s == "bridged" => Ok(()),
+        Some(("bridged", iface)) if !iface.is_empty() && iface.len() < 16 => Ok(()),
+        _ => Err(VmError::Invalid(format!(
+            "Invalid network mode: {s}: use nat, bridged or bridged:<interface>"
+        ))),
+    }
+}
+
+/// Finds a VM: in `storage` if given, else in every location, default first.
+pub fn find(settings: &Settings, name: &str, storage: Option<&str>) -> Result<Vm, VmError> {
+    let name = normalize_name(name)?;
+    let places = match storage {
+        Some(s) if !s.is_empty() => vec![settings.resolve(Some(s)).map_err(VmError::Invalid)?],
+        _ => settings.search_order(),
+    };
+    for (location_name, dir) in places {
+        let d = dir.join(&name);
+        if d.join(CONFIG).is_file() {
+            return Ok(Vm {
+                name,
+                location_name,
+                dir: d,
+            });
+        }
+    }
+    Err(VmError::NotFound(name))
+}
+
+/// Every VM of every location (or of `storage`), sorted by name.
+pub fn list(settings: &Settings, storage: Option<&str>) -> Result<Vec<Vm>, VmError> {
+    let places = match storage {
+        Some(s) if !s.is_empty() => vec![settings.resolve(Some(s)).map_err(VmError::Invalid)?],
+        _ => settings.search_order(),
+    };
+    let mut out: Vec<Vm> = Vec::new();
+    for (location_name, dir) in places {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !e.path().join(CONFIG).is_file() {
+                continue;
+            }
+            if out.iter().any(|v| v.name == name) {
+                continue;
+            }
+            out.push(Vm {
+                name,
+                location_name: location_name.clone(),
+                dir: e.path(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn staging(parent: &Path, name: &str) -> PathBuf {
+    parent.join(format!(".{name}.staging-{}", std::process::id()))
+}
+
+/// Creates a linux VM: an empty sparse disk and a fresh UEFI variable store.
+pub fn create(
+    settings: &Settings,
+    name: &str,
+    storage: Option<&str>,
+    opts: &CreateOptions,
+) -> Result<Vm, VmError> {
+    let name = normalize_name(name)?;
+    opts.validate()?;
+    if find(settings, &name, storage).is_ok() {
+        return Err(VmError::Exists(name));
+    }
+    let (location_name, parent) = settings.resolve(storage).map_err(VmError::Invalid)?;
+    fs::create_dir_all(&parent).map_err(io_err(format!("creating {}", parent.display())))?;
+    let stage = staging(&parent, &name);
+    let _ = fs::remove_dir_all(&stage);
+    let made = (|| {
+        fs::create_dir(&stage).map_err(io_err("creating the VM directory"))?;
+        let disk = fs::File::create(stage.join(DISK)).map_err(io_err("creating disk.img"))?;
+        disk.set_len(opts.disk_size)
+            .map_err(io_err("sizing disk.img"))?;
+        fs::copy(OVMF_VARS, stage.join(NVRAM)).map_err(|e| {
+            VmError::Io(format!(
+                "copying the UEFI variable store {OVMF_VARS}: {e} (install it: apt-get install ovmf)"
+            ))
+        })?;
+        write_config(
+            &stage,
+            &VmConfig {
+                os: opts.os.clone(),
+                cpu_count: opts.cpu,
+                memory_size: opts.memory,
+                disk_size: opts.disk_size,
+                mac_address: random_mac(),
+                display: opts.display.clone(),
+                hardware_model: None,
+                machine_identifier: Some(random_machine_id()),
+                network_mode: opts.network.clone(),
+            },
+        )
+    })();
+    place(made, &stage, &parent.join(&name), &name)?;
+    Ok(Vm {
+        dir: parent.join(&name),
+        name,
+        location_name,
+    })
+}
+
+/// Moves a staged VM directory into place, or removes it if making it failed.
+fn place(made: Result<(), VmError>, stage: &Path, dest: &Path, name: &str) -> Result<(), VmError> {
+    if let Err(e) = made {
+        let _ = fs::remove_dir_all(stage);
+        return Err(e);
+    }
+    // rename(2) onto a missing name only: an existing VM is never replaced.
+    if dest.exists() {
+        let _ = fs::remove_dir_all(stage);
+        return Err(VmError::Exists(name.to_string()));
+    }
+    fs::rename(stage, dest).map_err(|e| {
+        let _ = fs::remove_dir_all(stage);
+        VmError::Io(format!("moving the new VM into place: {e}"))
+    })
+}
+
+/// Lume's `set`: CPUs, memory, display, and a disk that only grows. Stopped VMs only.
+pub fn set(
+    vm: &Vm,
+    cpu: Option<u32>,
+    memory: Option<u64>,
+    disk_size: Option<u64>,
+    display: Option<&str>,
+) -> Result<VmConfig, VmError> {
+    if vm.is_running() {
+        return Err(VmError::Running(vm.name.clone()));
+    }
+    let mut c = vm.config()?;
+    if let Some(n) = cpu {
+        if n == 0 || n > 256 {
+            return Err(VmError::Invalid(format!("invalid CPU count {n}: 1 to 256")));
+        }
+        c.cpu_count = n;
+    }
+    if let Some(m) = memory {
+        if m < 64 << 20 {
+            return Err(VmError::Invalid("memory must be at least 64MB".into()));
+        }
+        c.memory_size = m;
+    }
+    if let Some(d) = display {
+        sizes::parse_display(d).map_err(VmError::Invalid)?;
+        c.display = d.to_string();
+    }
+    if let Some(size) = disk_size {
+        let current = fs::metadata(vm.disk())
+            .map_err(io_err("reading disk.img"))?
+            .len();
+        if size < current {
+            return Err(VmError::Invalid(format!(
+                "Cannot shrink disk: {} is {current} bytes, asked for {size}; disks only grow",
+                vm.name
+            )));
+        }
+        fs::OpenOptions::new()
+            .write(true)
+            .open(vm.disk())
+            .and_then(|f| f.set_len(size))
+            .map_err(io_err("growing disk.img"))?;
+        c.disk_size = size;
+    }
+    vm.save_config(&c)?;
+    Ok(c)
+}
+
+/// Deletes a stopped VM's directory (renamed away first, so a half-deleted VM is never
+/// listed).
+pub fn delete(vm: &Vm) -> Result<(), VmError> {
+    if vm.is_running() {
+        return Err(VmError::Running(vm.name.clone()));
+    }
+    let parent = vm.dir.parent().unwrap_or(Path::new("/"));
+    let doomed = parent.join(format!(".{}.deleting-{}", vm.name, std::process::id()));
+    fs::rename(&vm.dir, &doomed).map_err(io_err("deleting the VM"))?;
+    fs::remove_dir_all(&doomed).map_err(io_err("deleting the VM's files"))
+}
+
+/// Clones a stopped VM: the disk copy-on-write (FICLONE) where the file system can,
+/// a sparse copy otherwise; the clone gets its own MAC address and machine identity.
+pub fn clone(
+    settings: &Settings,
+    src: &Vm,
+    new_name: &str,
+    dest_storage: Option<&str>,
+) -> Result<Vm, VmError> {
+    let new_name = normalize_name(new_name)?;
+    if src.is_running() {
+        return Err(VmError::Running(src.name.clone()));
+    }
+    if find(settings, &new_name, dest_storage).is_ok() {
+        return Err(VmError::Exists(new_name));
+    }
+    let (location_name, parent) = settings.resolve(dest_storage).map_err(VmError::Invalid)?;
+    fs::create_dir_all(&parent).map_err(io_err(format!("creating {}", parent.display())))?;
+    let stage = staging(&parent, &new_name);
+    let _ = fs::remove_dir_all(&stage);
+    let made = (|| {
+        fs::create_dir(&stage).map_err(io_err("creating the clone's directory"))?;
+        copy_disk(&src.disk(), &stage.join(DISK))?;
+        fs::copy(src.dir.join(NVRAM), stage.join(NVRAM)).map_err(io_err("copying nvram.bin"))?;
+        let mut c = src.config()?;
+        c.mac_address = random_mac();
+        c.machine_identifier = Some(random_machine_id());
+        write_config(&stage, &c)
+    })();
+    let dest = parent.join(&new_name);
+    place(made, &stage, &dest, &new_name)?;
+    Ok(Vm {
+        name: new_name,
+        location_name,
+        dir: dest,
+    })
+}
+
+/// Copies a disk image: a reflink if possible (instant), else only its data extents
+/// (holes stay holes).
+pub fn copy_disk(src: &Path, dst: &Path) -> Result<(), VmError> {
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    let from = fs::File::open(src).map_err(io_err(format!("opening {}", src.display())))?;
+    let to = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)
+        .map_err(io_err(format!("creating {}", dst.display())))?;
+    // SAFETY: FICLONE between two descriptors we own.
+    if unsafe { libc::ioctl(to.as_raw_fd(), FICLONE as _, from.as_raw_fd()) } == 0 {
+        return Ok(());
+    }
+    let len = from.metadata().map_err(io_err("reading the disk"))?.len();
+    to.set_len(len).map_err(io_err("sizing the copy"))?;
+    let mut pos: i64 = 0;
+    let mut buf = vec![0u8; 4 << 20];
+    while (pos as u64) < len {
+        // SAFETY: lseek on our descriptor.
+        let data = unsafe { libc::lseek(from.as_raw_fd(), pos, libc::SEEK_DATA) };
+        if data < 0 {
+            break; // no more data: the rest is a hole
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(from.as_raw_fd(), data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { len as i64 } else { hole };
+        let mut at = data;
+        while at < end {
+            let n = ((end - at) as usize).min(buf.len());
+            let got = std::os::unix::fs::FileExt::read_at(&from, &mut buf[..n], at as u64)
+                .map_err(io_err("reading the disk"))?;
+            if got == 0 {
+                break;
+            }
+            // Zero blocks inside data extents stay holes too.
+            if buf[..got].iter().any(|&b| b != 0) {
+                std::os::unix::fs::FileExt::write_all_at(&to, &buf[..got], at as u64)
+                    .map_err(io_err("writing the copy"))?;
+            }
+            at += got as i64;
+        }
+        pos = end;
+    }
+    to.sync_all().map_err(io_err("flushing the copy"))
+}
+
+/// Bytes a file takes on disk, and its apparent size.
+pub fn disk_usage(p: &Path) -> (u64, u64) {
+    fs::metadata(p)
+        .map(|m| (m.blocks() * 512, m.len()))
+        .unwrap_or((0, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> CreateOptions {
+        CreateOptions {
+            os: "linux".into(),
+            cpu: 2,
+            memory: 1 << 30,
+            disk_size: 20 << 30,
+            display: "1024x768".into(),
+            network: "nat".into(),
+        }
+    }
+
+    #[test]
+    fn names_macs_and_machine_ids() {
+        assert_eq!(normalize_name("ubuntu:latest").unwrap(), "ubuntu_latest");
+        for bad in ["", "../x", "a/b", ".hidden", "-x", "a b"] {
+            assert!(normalize_name(bad).is_err(), "{bad}");
+        }
+        let mac = random_mac();
+        assert_eq!(mac.len(), 17);
+        let first = u8::from_str_radix(&mac[..2], 16).unwrap();
+        assert_eq!(first & 0x03, 0x02, "locally administered unicast: {mac}");
+        assert_ne!(mac, random_mac());
+        assert_eq!(base64(b"\x00\x01\x02"), "AAEC");
+        assert_eq!(base64(b"ab"), "YWI=");
+        let id = random_machine_id();
+        assert_eq!(machine_uuid(&id).unwrap().len(), 36);
+        assert!(parse_network("bridged:eth0").is_ok());
+        assert!(parse_network("host").is_err());
+    }
+
+    #[test]
+    fn create_set_clone_delete() {
+        if !Path::new(OVMF_VARS).exists() {
+            eprintln!("skipped: no OVMF");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let paths = crate::Paths::at(t.path());
+        let s = Settings::defaults(&paths);
+        let vm = create(&s, "web", None, &opts()).unwrap();
+        assert_eq!(vm.dir, t.path().join("vms/web"));
+        let (alloc, total) = disk_usage(&vm.disk());
+        assert_eq!(total, 20 << 30);
+        assert!(alloc < 1 << 20, "sparse: {alloc}");
+        assert!(matches!(
+            create(&s, "web", None, &opts()),
+            Err(VmError::Exists(_))
+        ));
+        let mut small = opts();
+        small.disk_size = 1 << 30;
+        assert!(create(&s, "tiny", None, &small).is_err());
+        assert!(
+            !t.path().join("vms/tiny").exists(),
+            "nothing left of a refused create"
+        );
+
+        let c = set(&vm, Some(4), None, Some(30 << 30), Some("1280x800")).unwrap();
+        assert_eq!(
+            (c.cpu_count, c.disk_size, c.display.as_str()),
+            (4, 30 << 30, "1280x800")
+        );
+        assert!(set(&vm, None, None, Some(10 << 30), None)
+            .unwrap_err()
+            .to_string()
+            .contains("Cannot shrink disk"));
+
+        // Data written to the disk comes along; holes stay holes.
+        std::os::unix::fs::FileExt::write_all_at(
+            &fs::OpenOptions::new().write(true).open(vm.disk()).unwrap(),
+            b"hello",
+            5 << 30,
+        )
+        .unwrap();
+        let copy = clone(&s, &vm, "web2", None).unwrap();
+        let cc = copy.config().unwrap();
+        assert_ne!(cc.mac_address, c.mac_address);
+        assert_ne!(cc.machine_identifier, c.machine_identifier);
+        assert_eq!(cc.cpu_count, 4);
+        let mut buf = [0u8; 5];
+        std::os::unix::fs::FileExt::read_exact_at(
+            &fs::File::open(copy.disk()).unwrap(),
+            &mut buf,
+            5 << 30,
+        )
+        .unwrap();
+        assert_eq!(&buf, b"hello");
+        assert!(disk_usage(&copy.disk()).0 < 16 << 20);
+        let names: Vec<String> = list(&s, None)
+            .unwrap()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(names, ["web", "web2"]);
+        delete(&copy).unwrap();
+        assert!(matches!(find(&s, "web2", None), Err(VmError::NotFound(_))));
+        assert_eq!(
+            find(&s, "nope", None).unwrap_err().to_string(),
+            "Virtual machine not found: nope"
+        );
+    }
+}

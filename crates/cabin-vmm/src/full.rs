@@ -1,0 +1,257 @@
+//! Full VMs on QEMU: a `q35` PC with UEFI firmware (OVMF, its variable store per VM),
+//! PCI virtio devices, a graphics adapter with USB keyboard and tablet, and a VNC
+//! server on the host's loopback. What Lume gives a Linux guest, on Linux.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use crate::{Accel, NetBackend, ShareSpec};
+
+#[derive(Debug, Clone)]
+pub struct FullVmSpec {
+    pub name: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    /// SMBIOS system UUID: the guest's machine identity.
+    pub uuid: Option<String>,
+    pub mac: String,
+    pub firmware_code: PathBuf,
+    /// The VM's own UEFI variable store (written by the firmware).
+    pub nvram: PathBuf,
+    pub disk: PathBuf,
+    /// More read-write disks (`--disk`).
+    pub extra_disks: Vec<PathBuf>,
+    /// A read-only installer image, booted first (`--mount`).
+    pub iso: Option<PathBuf>,
+    pub display: (u32, u32),
+    /// VNC on 127.0.0.1 (password set over QMP once QEMU runs); None: no VNC.
+    pub vnc: bool,
+    pub nic: NetBackend,
+    pub shares: Vec<ShareSpec>,
+    pub accel: Accel,
+    /// Sockets (qmp.sock) and the serial console log live here.
+    pub run_dir: PathBuf,
+}
+
+const TAP_FD: i32 = 3;
+
+fn escape(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+/// The QEMU command line for a full VM (without the binary).
+pub fn command_line(spec: &FullVmSpec) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |s: &[&str]| a.extend(s.iter().map(|s| s.to_string()));
+    push(&["-nodefaults", "-no-user-config", "-name", &spec.name]);
+    push(&["-machine", "q35,smm=off,vmport=off"]);
+    match spec.accel {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
+    }
+    push(&[
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ]);
+    let smp = spec.cpus.max(1).to_string();
+    let mem = format!("{}M", spec.memory_mib);
+    push(&["-smp", &smp, "-m", &mem]);
+    if let Some(uuid) = &spec.uuid {
+        push(&["-uuid", uuid]);
+    }
+    push(&[
+        "-drive",
+        &format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            escape(&spec.firmware_code.to_string_lossy())
+        ),
+        "-drive",
+        &format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            escape(&spec.nvram.to_string_lossy())
+        ),
+    ]);
+    // The installer first, then the VM's own disk.
+    if let Some(iso) = &spec.iso {
+        push(&[
+            "-drive",
+            &format!(
+                "if=none,id=cd0,media=cdrom,readonly=on,file={}",
+                escape(&iso.to_string_lossy())
+            ),
+            "-device",
+            "ide-cd,drive=cd0,bus=ide.0,bootindex=0",
+        ]);
+    }
+    for (i, d) in std::iter::once(&spec.disk)
+        .chain(spec.extra_disks.iter())
+        .enumerate()
+    {
+        push(&[
+            "-drive",
+            &format!(
+                "if=none,id=disk{i},format=raw,cache=writeback,discard=unmap,file={}",
+                escape(&d.to_string_lossy())
+            ),
+            "-device",
+            &if i == 0 {
+                format!("virtio-blk-pci,drive=disk{i},bootindex=1")
+            } else {
+                format!("virtio-blk-pci,drive=disk{i}")
+            },
+        ]);
+    }
+    let (w, h) = spec.display;
+    push(&[
+        "-device",
+        &format!("virtio-vga,xres={w},yres={h}"),
+        "-device",
+        "qemu-xhci,id=usb",
+        "-device",
+        "usb-kbd,bus=usb.0",
+        "-device",
+        "usb-tablet,bus=usb.0",
+    ]);
+    if spec.vnc {
+        // The first free display from 5900 up; the port is read back over QMP.
+        push(&["-vnc", "127.0.0.1:0,to=99,password=on"]);
+    } else {
+        push(&["-display", "none"]);
+    }
+    let netdev = match &spec.nic {
+        NetBackend::User { forwards } => {
+            let mut n = "user,id=net0".to_string();
+            for f in forwards {
+                n.push_str(&format!(
+                    ",hostfwd={}:{}:{}-:{}",
+                    f.protocol.as_str(),
+                    f.host_ip,
+                    f.host_port,
+                    f.guest_port
+                ));
+            }
+            n
+        }
+        NetBackend::Tap(_) => format!("tap,id=net0,fd={TAP_FD}"),
+    };
+    push(&[
+        "-netdev",
+        &netdev,
+        "-device",
+        &format!("virtio-net-pci,netdev=net0,mac={}", spec.mac),
+    ]);
+    push(&["-device", "virtio-rng-pci", "-device", "virtio-balloon-pci"]);
+    // SAFETY: geteuid has no preconditions.
+    let model = if unsafe { libc::geteuid() } == 0 {
+        "passthrough"
+    } else {
+        "none"
+    };
+    for (i, share) in spec.shares.iter().enumerate() {
+        push(&[
+            "-fsdev",
+            &format!(
+                "local,id=fs{i},path={},security_model={model}{}",
+                escape(&share.path.to_string_lossy()),
+                if share.read_only { ",readonly=on" } else { "" }
+            ),
+            "-device",
+            &format!("virtio-9p-pci,fsdev=fs{i},mount_tag={}", share.tag),
+        ]);
+    }
+    let console = spec.run_dir.join("console.log");
+    push(&[
+        "-chardev",
+        &format!("file,id=serial,path={}", escape(&console.to_string_lossy())),
+        "-serial",
+        "chardev:serial",
+    ]);
+    let qmp = spec.run_dir.join("qmp.sock");
+    push(&[
+        "-chardev",
+        &format!(
+            "socket,id=qmp,path={},server=on,wait=off",
+            escape(&qmp.to_string_lossy())
+        ),
+        "-mon",
+        "chardev=qmp,mode=control",
+    ]);
+    a
+}
+
+/// Starts QEMU for `spec`; it dies with the calling process.
+pub fn spawn(binary: &std::path::Path, spec: &FullVmSpec) -> io::Result<Child> {
+    let tap: Option<&OwnedFd> = match &spec.nic {
+        NetBackend::Tap(Some(fd)) => Some(fd),
+        NetBackend::Tap(None) => {
+            return Err(io::Error::other("the VM's tap device was not opened"))
+        }
+        NetBackend::User { .. } => None,
+    };
+    let tap_raw = tap.map(|f| f.as_raw_fd());
+    let mut cmd = Command::new(binary);
+    cmd.args(command_line(spec))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(fd) = tap_raw {
+                if libc::dup2(fd, TAP_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("starting {}: {e}", binary.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_vm_is_a_uefi_pc_with_a_display_and_vnc() {
+        let spec = FullVmSpec {
+            name: "web".into(),
+            cpus: 2,
+            memory_mib: 2048,
+            uuid: Some("00000000-0000-0000-0000-000000000001".into()),
+            mac: "52:54:00:12:34:56".into(),
+            firmware_code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            nvram: "/vms/web/nvram.bin".into(),
+            disk: "/vms/web/disk.img".into(),
+            extra_disks: vec!["/data/extra.img".into()],
+            iso: Some("/isos/install.iso".into()),
+            display: (1280, 800),
+            vnc: true,
+            nic: NetBackend::User { forwards: vec![] },
+            shares: vec![],
+            accel: Accel::Tcg,
+            run_dir: "/run/x".into(),
+        };
+        let a = command_line(&spec).join(" ");
+        assert!(a.contains("-machine q35"));
+        assert!(a.contains(
+            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"
+        ));
+        assert!(a.contains("if=pflash,format=raw,unit=1,file=/vms/web/nvram.bin"));
+        assert!(a.contains("ide-cd,drive=cd0,bus=ide.0,bootindex=0"));
+        assert!(a.contains("virtio-blk-pci,drive=disk0,bootindex=1"));
+        assert!(a.contains("file=/data/extra.img"));
+        assert!(a.contains("virtio-vga,xres=1280,yres=800"));
+        assert!(a.contains("usb-tablet"));
+        assert!(a.contains("-vnc 127.0.0.1:0,to=99,password=on"));
+        assert!(a.contains("virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56"));
+        assert!(a.contains("-uuid 00000000-0000-0000-0000-000000000001"));
+    }
+}
