@@ -425,3 +425,94 @@ fn bad_vm_requests_are_refused_and_leave_nothing_behind() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_full_disk_during_create_or_clone_is_clear_and_leaves_no_half_vm() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let small = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(small.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Unmount(small.path());
+    // The tmpfs cannot hold the firmware's variable store after this.
+    std::fs::write(
+        small.path().join("filler"),
+        vec![1u8; (4 << 20) - (128 << 10)],
+    )
+    .unwrap();
+    let o = vm_in(
+        d,
+        &[
+            "create",
+            "full",
+            "--disk-size",
+            "10GB",
+            "--memory",
+            "256MB",
+            "--storage",
+            small.path().to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("No space left on device"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_file(small.path().join("filler")).unwrap();
+    let left: Vec<_> = std::fs::read_dir(small.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "nothing half-made: {left:?}");
+
+    // A clone whose data does not fit.
+    ok(
+        d,
+        &["create", "big", "--disk-size", "10GB", "--memory", "256MB"],
+    );
+    let disk = d.join("vms/big/disk.img");
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &vec![9u8; 8 << 20], 1 << 30).unwrap();
+    let o = vm_in(
+        d,
+        &[
+            "clone",
+            "big",
+            "copy",
+            "--dest-storage",
+            small.path().to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("No space left on device"),
+        "{}",
+        stderr(&o)
+    );
+    let left: Vec<_> = std::fs::read_dir(small.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "nothing half-cloned: {left:?}");
+    assert_eq!(details(d, "big")["status"], "stopped");
+    let o = vm_in(d, &["get", "copy"]);
+    assert!(stderr(&o).contains("Virtual machine not found: copy"));
+}

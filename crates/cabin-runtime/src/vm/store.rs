@@ -93,7 +93,14 @@ pub enum VmError {
 }
 
 fn io_err(what: impl std::fmt::Display) -> impl Fn(io::Error) -> VmError {
-    move |e| VmError::Io(format!("{what}: {e}"))
+    move |e| {
+        let hint = if e.raw_os_error() == Some(libc::ENOSPC) {
+            "; free some space there or use another storage location (--storage)"
+        } else {
+            ""
+        };
+        VmError::Io(format!("{what}: {e}{hint}"))
+    }
 }
 
 /// Lume turns `name:tag` into `name_tag`; anything that could leave the location
@@ -365,11 +372,13 @@ pub fn create(
         let disk = fs::File::create(stage.join(DISK)).map_err(io_err("creating disk.img"))?;
         disk.set_len(opts.disk_size)
             .map_err(io_err("sizing disk.img"))?;
-        fs::copy(OVMF_VARS, stage.join(NVRAM)).map_err(|e| {
-            VmError::Io(format!(
-                "copying the UEFI variable store {OVMF_VARS}: {e} (install it: apt-get install ovmf)"
-            ))
-        })?;
+        if !Path::new(OVMF_VARS).is_file() {
+            return Err(VmError::Io(format!(
+                "the UEFI firmware is missing ({OVMF_VARS}): install it with apt-get install ovmf"
+            )));
+        }
+        fs::copy(OVMF_VARS, stage.join(NVRAM))
+            .map_err(io_err("copying the UEFI variable store"))?;
         write_config(
             &stage,
             &VmConfig {
@@ -550,10 +559,15 @@ pub fn copy_disk(src: &Path, dst: &Path) -> Result<(), VmError> {
                 )
             };
             if n < 0 {
-                return Err(VmError::Io(format!(
-                    "copying the disk: {}",
-                    io::Error::last_os_error()
-                )));
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    // Another file system (or none of its support): copy it ourselves.
+                    Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
+                        copy_range(&from, &to, off_in, end)?;
+                        break;
+                    }
+                    _ => return Err(VmError::Io(format!("copying the disk: {e}"))),
+                }
             }
             if n == 0 {
                 break;
@@ -562,6 +576,28 @@ pub fn copy_disk(src: &Path, dst: &Path) -> Result<(), VmError> {
         pos = end;
     }
     to.sync_all().map_err(io_err("flushing the copy"))
+}
+
+/// Copies bytes `start..end` through a buffer, leaving zero blocks as holes.
+fn copy_range(from: &fs::File, to: &fs::File, start: i64, end: i64) -> Result<(), VmError> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut at = start;
+    while at < end {
+        let n = ((end - at) as usize).min(buf.len());
+        let got = from
+            .read_at(&mut buf[..n], at as u64)
+            .map_err(io_err("reading the disk"))?;
+        if got == 0 {
+            break;
+        }
+        if buf[..got].iter().any(|&b| b != 0) {
+            to.write_all_at(&buf[..got], at as u64)
+                .map_err(io_err("writing the copy"))?;
+        }
+        at += got as i64;
+    }
+    Ok(())
 }
 
 /// Bytes a file takes on disk, and its apparent size.
