@@ -516,3 +516,45 @@ fn a_full_disk_during_create_or_clone_is_clear_and_leaves_no_half_vm() {
     let o = vm_in(d, &["get", "copy"]);
     assert!(stderr(&o).contains("Virtual machine not found: copy"));
 }
+
+#[test]
+fn a_vm_whose_qemu_dies_shows_as_stopped_and_runs_again() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    ok(
+        d,
+        &[
+            "create",
+            "fragile",
+            "--cpu",
+            "1",
+            "--memory",
+            "256MB",
+            "--disk-size",
+            "10GB",
+        ],
+    );
+    ok(d, &["run", "fragile", "--detach", "--vnc", "disabled"]);
+    let v = details(d, "fragile");
+    assert_eq!(v["status"], "running");
+    assert!(v["vncUrl"].is_null(), "VNC disabled: {v}");
+    let session: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("vms/fragile/sessions.json")).unwrap())
+            .unwrap();
+    let runner = session["pid"].as_u64().unwrap();
+    let children =
+        std::fs::read_to_string(format!("/proc/{runner}/task/{runner}/children")).unwrap();
+    let qemu: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: SIGKILL to the QEMU this test started.
+    unsafe { libc::kill(qemu, libc::SIGKILL) };
+    eventually("the VM to show as stopped", || {
+        details(d, "fragile")["status"] == "stopped"
+    });
+    assert!(!d.join("vms/fragile/sessions.json").exists());
+    assert!(!pid_alive(runner as i32), "its runner ended with it");
+    ok(d, &["run", "fragile", "--detach", "--vnc", "disabled"]);
+    assert_eq!(details(d, "fragile")["status"], "running");
+    ok(d, &["delete", "--force", "fragile"]);
+    let o = vm_in(d, &["get", "fragile"]);
+    assert!(stderr(&o).contains("Virtual machine not found: fragile"));
+}
