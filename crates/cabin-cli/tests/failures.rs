@@ -214,26 +214,11 @@ fn sigkill_of_cabin_leaves_nothing_the_next_command_does_not_clean() {
 
 #[test]
 fn a_full_disk_while_building_the_image_is_clear_and_leaves_no_half_image() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let data = t.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"])
-        .arg(&data)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _guard = Unmount(&data);
+    let Some(_guard) = small_tmpfs(&data, "12m") else {
+        return;
+    };
     // A root filesystem bigger than the data directory's free space.
     let rootfs = t.path().join("rootfs");
     busybox_copy(&rootfs);

@@ -172,6 +172,14 @@ fn write_png(path: &Path, w: u32, h: u32, rgb: &[u8]) {
     std::fs::write(path, png).unwrap();
 }
 
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 fn test_output_dir() -> PathBuf {
     let d = workspace_root().join("target/test-output");
     std::fs::create_dir_all(&d).unwrap();
@@ -428,27 +436,12 @@ fn bad_vm_requests_are_refused_and_leave_nothing_behind() {
 
 #[test]
 fn a_full_disk_during_create_or_clone_is_clear_and_leaves_no_half_vm() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
     let data = tempfile::tempdir().unwrap();
     let d = data.path();
     let small = tempfile::tempdir().unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(small.path())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _guard = Unmount(small.path());
+    let Some(_guard) = small_tmpfs(small.path(), "4m") else {
+        return;
+    };
     // The tmpfs cannot hold the firmware's variable store after this.
     std::fs::write(
         small.path().join("filler"),
@@ -475,12 +468,11 @@ fn a_full_disk_during_create_or_clone_is_clear_and_leaves_no_half_vm() {
         stderr(&o)
     );
     std::fs::remove_file(small.path().join("filler")).unwrap();
-    let left: Vec<_> = std::fs::read_dir(small.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert!(left.is_empty(), "nothing half-made: {left:?}");
+    assert_eq!(
+        entries(small.path()),
+        Vec::<String>::new(),
+        "nothing half-made"
+    );
 
     // A clone whose data does not fit.
     ok(
@@ -506,12 +498,11 @@ fn a_full_disk_during_create_or_clone_is_clear_and_leaves_no_half_vm() {
         "{}",
         stderr(&o)
     );
-    let left: Vec<_> = std::fs::read_dir(small.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert!(left.is_empty(), "nothing half-cloned: {left:?}");
+    assert_eq!(
+        entries(small.path()),
+        Vec::<String>::new(),
+        "nothing half-cloned"
+    );
     assert_eq!(details(d, "big")["status"], "stopped");
     let o = vm_in(d, &["get", "copy"]);
     assert!(stderr(&o).contains("Virtual machine not found: copy"));

@@ -38,9 +38,7 @@ pub struct FullVmSpec {
 
 const TAP_FD: i32 = 3;
 
-fn escape(s: &str) -> String {
-    s.replace(',', ",,")
-}
+use crate::qemu::qemu_escape as escape;
 
 /// The QEMU command line for a full VM (without the binary).
 pub fn command_line(spec: &FullVmSpec) -> Vec<String> {
@@ -121,47 +119,15 @@ pub fn command_line(spec: &FullVmSpec) -> Vec<String> {
     } else {
         push(&["-display", "none"]);
     }
-    let netdev = match &spec.nic {
-        NetBackend::User { forwards } => {
-            let mut n = "user,id=net0".to_string();
-            for f in forwards {
-                n.push_str(&format!(
-                    ",hostfwd={}:{}:{}-:{}",
-                    f.protocol.as_str(),
-                    f.host_ip,
-                    f.host_port,
-                    f.guest_port
-                ));
-            }
-            n
-        }
-        NetBackend::Tap(_) => format!("tap,id=net0,fd={TAP_FD}"),
-    };
     push(&[
         "-netdev",
-        &netdev,
+        &crate::qemu::netdev(&spec.nic, TAP_FD),
         "-device",
         &format!("virtio-net-pci,netdev=net0,mac={}", spec.mac),
     ]);
     push(&["-device", "virtio-rng-pci", "-device", "virtio-balloon-pci"]);
-    // SAFETY: geteuid has no preconditions.
-    let model = if unsafe { libc::geteuid() } == 0 {
-        "passthrough"
-    } else {
-        "none"
-    };
-    for (i, share) in spec.shares.iter().enumerate() {
-        push(&[
-            "-fsdev",
-            &format!(
-                "local,id=fs{i},path={},security_model={model}{}",
-                escape(&share.path.to_string_lossy()),
-                if share.read_only { ",readonly=on" } else { "" }
-            ),
-            "-device",
-            &format!("virtio-9p-pci,fsdev=fs{i},mount_tag={}", share.tag),
-        ]);
-    }
+    let shares = crate::qemu::share_args(&spec.shares, "virtio-9p-pci");
+    push(&shares.iter().map(String::as_str).collect::<Vec<_>>());
     let console = spec.run_dir.join("console.log");
     push(&[
         "-chardev",

@@ -169,59 +169,16 @@ pub fn command_line(spec: &MicroVmSpec) -> Vec<String> {
             &format!("virtio-blk-device,drive=disk{i},serial={}", d.serial),
         ]);
     }
-    match &spec.nic {
-        None => {}
-        Some(backend) => {
-            let netdev = match backend {
-                NetBackend::User { forwards } => {
-                    let mut n = format!(
-                        "user,id=net0,ipv6=off,net={}/{},host={},dns={}",
-                        user_net::NETWORK,
-                        user_net::PREFIX,
-                        user_net::GATEWAY,
-                        user_net::DNS
-                    );
-                    for f in forwards {
-                        n.push_str(&format!(
-                            ",hostfwd={}:{}:{}-:{}",
-                            f.protocol.as_str(),
-                            f.host_ip,
-                            f.host_port,
-                            f.guest_port
-                        ));
-                    }
-                    n
-                }
-                NetBackend::Tap(_) => format!("tap,id=net0,fd={TAP_FD}"),
-            };
-            push(&[
-                "-netdev",
-                &netdev,
-                "-device",
-                &format!("virtio-net-device,netdev=net0,mac={DEFAULT_MAC}"),
-            ]);
-        }
-    }
-    // As root, QEMU stores the guest's owners and modes on the host as they are
-    // (docker's bind mounts behave so); otherwise it does what the user can.
-    // SAFETY: geteuid has no preconditions.
-    let model = if unsafe { libc::geteuid() } == 0 {
-        "passthrough"
-    } else {
-        "none"
-    };
-    for (i, share) in spec.shares.iter().enumerate() {
+    if let Some(backend) = &spec.nic {
         push(&[
-            "-fsdev",
-            &format!(
-                "local,id=fs{i},path={},security_model={model}{}",
-                qemu_escape(&share.path.to_string_lossy()),
-                if share.read_only { ",readonly=on" } else { "" }
-            ),
+            "-netdev",
+            &netdev(backend, TAP_FD),
             "-device",
-            &format!("virtio-9p-device,fsdev=fs{i},mount_tag={}", share.tag),
+            &format!("virtio-net-device,netdev=net0,mac={DEFAULT_MAC}"),
         ]);
     }
+    let shares = share_args(&spec.shares, "virtio-9p-device");
+    push(&shares.iter().map(String::as_str).collect::<Vec<_>>());
     if spec.restore.is_some() {
         push(&["-incoming", &format!("fd:{RESTORE_FD}")]);
     }
@@ -235,8 +192,58 @@ const AGENT_PORT_ID: &str = "agentport";
 pub const AGENT_PORT_NAME: &str = "cabin.agent";
 
 /// QEMU option values escape a comma by doubling it.
-fn qemu_escape(s: &str) -> String {
+pub(crate) fn qemu_escape(s: &str) -> String {
     s.replace(',', ",,")
+}
+
+/// The `-netdev` value for a VM's one card (id `net0`); a tap is passed as `tap_fd`.
+pub(crate) fn netdev(backend: &NetBackend, tap_fd: i32) -> String {
+    match backend {
+        NetBackend::User { forwards } => {
+            let mut n = format!(
+                "user,id=net0,ipv6=off,net={}/{},host={},dns={}",
+                user_net::NETWORK,
+                user_net::PREFIX,
+                user_net::GATEWAY,
+                user_net::DNS
+            );
+            for f in forwards {
+                n.push_str(&format!(
+                    ",hostfwd={}:{}:{}-:{}",
+                    f.protocol.as_str(),
+                    f.host_ip,
+                    f.host_port,
+                    f.guest_port
+                ));
+            }
+            n
+        }
+        NetBackend::Tap(_) => format!("tap,id=net0,fd={tap_fd}"),
+    }
+}
+
+/// `-fsdev` + 9p device pairs for shared folders (`device`: the transport's 9p device).
+pub(crate) fn share_args(shares: &[crate::ShareSpec], device: &str) -> Vec<String> {
+    // As root, QEMU stores the guest's owners and modes on the host as they are
+    // (docker's bind mounts behave so); otherwise it does what the user can.
+    // SAFETY: geteuid has no preconditions.
+    let model = if unsafe { libc::geteuid() } == 0 {
+        "passthrough"
+    } else {
+        "none"
+    };
+    let mut a = Vec::new();
+    for (i, share) in shares.iter().enumerate() {
+        a.push("-fsdev".to_string());
+        a.push(format!(
+            "local,id=fs{i},path={},security_model={model}{}",
+            qemu_escape(&share.path.to_string_lossy()),
+            if share.read_only { ",readonly=on" } else { "" }
+        ));
+        a.push("-device".to_string());
+        a.push(format!("{device},fsdev=fs{i},mount_tag={}", share.tag));
+    }
+    a
 }
 
 impl VmBackend for Qemu {

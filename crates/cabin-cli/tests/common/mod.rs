@@ -330,3 +330,30 @@ impl Drop for Cleanup {
 }
 
 pub const SERVER: &str = "echo started; trap 'echo bye; exit 0' TERM; while :; do sleep 0.2; done";
+
+/// Unmounts its directory when dropped.
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Mounts a tmpfs of `size` (e.g. "4m") on `dir`, to fill up on purpose; None (and a
+/// note) when not root.
+pub fn small_tmpfs(dir: &Path, size: &str) -> Option<Unmount> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return None;
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a tmpfs on {}", dir.display());
+    Some(Unmount(dir.to_path_buf()))
+}
