@@ -125,5 +125,18 @@ pub fn disk_usage(paths: &Paths) -> Vec<Usage> {
                 .unwrap_or(0),
             bytes: allocated(&paths.snapshots()).1,
         },
+        Usage {
+            what: "containers (kept layers)",
+            count: crate::containers::Store::open(paths)
+                .and_then(|s| s.ids())
+                .map(|ids| ids.len() as u64)
+                .unwrap_or(0),
+            bytes: allocated(&paths.data.join("containers")).1,
+        },
+        Usage {
+            what: "volumes",
+            count: crate::volumes::Volumes::open(paths).list().len() as u64,
+            bytes: allocated(&paths.data.join("volumes")).1,
+        },
     ]
 }
