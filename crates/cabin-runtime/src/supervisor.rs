@@ -247,19 +247,29 @@ async fn wait_or_stop(listener: &UnixListener, d: Duration) -> bool {
     }
 }
 
-async fn read_request(conn: UnixStream) -> (Option<Control>, UnixStream) {
-    let mut lines = BufReader::new(conn);
-    let mut line = String::new();
-    let r = tokio::time::timeout(
-        Duration::from_secs(5),
-        (&mut lines).take(4096).read_line(&mut line),
-    )
-    .await;
-    let req = r
-        .ok()
-        .and_then(|r| r.ok())
-        .and_then(|_| serde_json::from_str::<Control>(&line).ok());
-    (req, lines.into_inner())
+async fn read_request(mut conn: UnixStream) -> (Option<Control>, UnixStream) {
+    // Byte by byte, never past the newline: what follows the request (a copy's
+    // archive frames) belongs to whoever handles it, and a buffered reader would keep
+    // it for itself.
+    let mut line = Vec::new();
+    let read = async {
+        let mut byte = [0u8; 1];
+        while line.len() < 4096 {
+            match conn.read(&mut byte).await {
+                Ok(1) if byte[0] == b'\n' => return true,
+                Ok(1) => line.push(byte[0]),
+                _ => return false,
+            }
+        }
+        false
+    };
+    let complete = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .unwrap_or(false);
+    let req = complete
+        .then(|| serde_json::from_slice::<Control>(&line).ok())
+        .flatten();
+    (req, conn)
 }
 
 async fn reply(conn: UnixStream, answer: Result<(), String>) {
