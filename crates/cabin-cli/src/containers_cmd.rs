@@ -332,7 +332,7 @@ pub fn ps(args: PsArgs) -> i32 {
 }
 
 /// The container store of this data directory; a failure is reported.
-fn open_store() -> Option<Store> {
+pub(crate) fn open_store() -> Option<Store> {
     Store::open(&Paths::from_env())
         .map_err(|e| eprintln!("cabin: {e}"))
         .ok()
@@ -351,7 +351,7 @@ fn resolve_all(store: &Store, names: &[String]) -> (Vec<Record>, i32) {
     (found, code)
 }
 
-fn resolve(store: &Store, what: &str) -> Result<Record, i32> {
+pub(crate) fn resolve(store: &Store, what: &str) -> Result<Record, i32> {
     store
         .resolve(what)
         .and_then(|id| store.reconcile(&id))

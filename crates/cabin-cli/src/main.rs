@@ -1,6 +1,7 @@
 //! `cabin`: containers in lightweight VMs. A thin command-line layer over cabin-runtime.
 
 mod containers_cmd;
+mod cp_cmd;
 mod detached;
 mod image_cmd;
 mod machine_args;
@@ -75,6 +76,9 @@ enum Command {
     Wait(containers_cmd::NamesArgs),
     /// Run a command in a running container.
     Exec(containers_cmd::ExecArgs),
+    /// Copy files and directories between a running container and the host
+    /// (CONTAINER:PATH on one side; - for a tar archive on standard input or output).
+    Cp(cp_cmd::CpArgs),
     /// CPU, memory and processes of running containers.
     Stats(containers_cmd::StatsArgs),
     /// Containers' records as JSON.
@@ -178,6 +182,7 @@ fn main() {
             Command::Inspect(a) => containers_cmd::inspect(a),
             Command::Stats(a) => containers_cmd::stats(a).await,
             Command::Exec(a) => containers_cmd::exec(a).await,
+            Command::Cp(a) => cp_cmd::cp(a).await,
             Command::Container {
                 command: ContainerCommand::Supervise { id },
             } => containers_cmd::supervise(&id).await,

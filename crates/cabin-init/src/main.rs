@@ -5,6 +5,7 @@
 
 mod clock;
 mod container;
+mod copy;
 mod entropy;
 mod inroot;
 mod launch;
@@ -119,6 +120,11 @@ async fn serve(init_started: u64) -> Result<(), String> {
 
 fn main() {
     let init_started = clock::boottime_nanos();
+    // The same binary serves as helpers, told apart by the name they are run under.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if argv0 == copy::HELPER_ARGV0 {
+        copy::helper_main();
+    }
     let pid1 = std::process::id() == 1;
     if pid1 {
         if let Err(e) = leave_initramfs() {

@@ -2,6 +2,7 @@
 //!
 //! - [`container_vm`]: one container in its own VM, boot to teardown.
 //! - [`containers`]: the container state store (records, names, supervisor liveness).
+//! - [`copy`]: `cabin cp`, files between the host and a running container.
 //! - [`supervisor`]: the process that owns a detached container's VM; [`container_log`]
 //!   its output, time-stamped and rotated.
 //! - [`root`]: the container's root filesystem (directory or image) and the image's
@@ -17,6 +18,7 @@ pub mod assets;
 pub mod container_log;
 pub mod container_vm;
 pub mod containers;
+pub mod copy;
 pub mod paths;
 pub mod root;
 pub mod rundir;

@@ -33,6 +33,9 @@ pub enum Control {
     /// Run another process in the container; the connection then carries frames
     /// (see [`frame`]).
     Exec(ExecRequest),
+    /// `cabin cp` out of and into the container; frames too (see [`crate::copy`]).
+    CopyOut(crate::copy::CopyOutRequest),
+    CopyIn(crate::copy::CopyInRequest),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -472,6 +475,18 @@ async fn run_once(
                         tokio::spawn(exec_relay(agent.clone(), process, x, conn));
                         continue;
                     }
+                    let id = proc_ref.container_id.clone();
+                    match req {
+                        Some(Control::CopyOut(c)) => {
+                            tokio::spawn(crate::copy::relay_out(agent.clone(), id, c, conn));
+                            continue;
+                        }
+                        Some(Control::CopyIn(c)) => {
+                            tokio::spawn(crate::copy::relay_in(agent.clone(), id, c, conn));
+                            continue;
+                        }
+                        _ => {}
+                    }
                     let answer = match req {
                         Some(Control::Signal(n)) => signal(n).await,
                         Some(Control::Stop(secs)) => {
@@ -480,7 +495,11 @@ async fn run_once(
                             kill_at = Some(Instant::now() + Duration::from_secs(secs));
                             r
                         }
-                        Some(Control::Stats) | Some(Control::Exec(_)) | None => {
+                        Some(Control::Stats)
+                        | Some(Control::Exec(_))
+                        | Some(Control::CopyOut(_))
+                        | Some(Control::CopyIn(_))
+                        | None => {
                             Err("unreadable request".to_string())
                         }
                     };
