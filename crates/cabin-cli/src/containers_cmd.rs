@@ -75,6 +75,7 @@ fn create_record(
         auto_remove: args.rm,
         labels,
         restart_count: 0,
+        init: cfg.init,
     };
     let record = store.create(record, args.name.as_deref()).map_err(fail)?;
     let dir = store.container_dir(&record.id);

@@ -37,6 +37,10 @@ pub struct RunArgs {
     pub labels: Vec<String>,
     #[command(flatten)]
     pub process: ProcessArgs,
+    /// Run a small init as the container's PID 1, with the command as its child: it
+    /// passes signals on (SIGTERM works without a handler) and reaps orphaned processes.
+    #[arg(long)]
+    init: bool,
     /// Read environment variables from a file (KEY=VALUE or KEY per line; # comments).
     #[arg(long, value_name = "FILE")]
     env_file: Vec<PathBuf>,
@@ -159,6 +163,7 @@ pub fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
     c.user = args.process.user.clone().unwrap_or_default();
     c.tty = args.process.tty;
     c.stdin = args.process.interactive;
+    c.init = args.init;
     c.hostname = args.hostname.clone();
     c.pids_limit = args.pids_limit;
     c.rlimits = args

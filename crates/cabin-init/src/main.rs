@@ -9,6 +9,7 @@ mod copy;
 mod entropy;
 mod inroot;
 mod launch;
+mod pid1;
 mod port;
 mod reaper;
 mod service;
@@ -125,12 +126,16 @@ fn main() {
     if argv0 == copy::HELPER_ARGV0 {
         copy::helper_main();
     }
+    if argv0 == pid1::ARGV0 {
+        pid1::main();
+    }
     let pid1 = std::process::id() == 1;
     if pid1 {
         if let Err(e) = leave_initramfs() {
             log(&format!("moving off the initramfs: {e}"));
         }
         mount_basics();
+        pid1::remember_binary();
         trace::init();
         trace::mark("basics mounted");
     }

@@ -45,6 +45,8 @@ pub struct ContainerConfig {
     pub tty: bool,
     pub tty_size: Option<(u16, u16)>,
     pub stdin: bool,
+    /// A reaper runs as PID 1 with the command as its child (docker's --init).
+    pub init: bool,
     pub hostname: Option<String>,
     /// Mount the root filesystem read-only (docker's --read-only).
     pub read_only: bool,
@@ -71,6 +73,7 @@ impl ContainerConfig {
             tty: false,
             tty_size: None,
             stdin: false,
+            init: false,
             hostname: None,
             read_only: false,
             cpus: None,
@@ -512,6 +515,7 @@ impl ContainerVm {
                         })
                         .collect(),
                     stdin: cfg.stdin,
+                    init: cfg.init,
                 }),
             ))
             .await?;

@@ -65,6 +65,9 @@ pub struct Record {
     /// How often the supervisor has started the process again (`--restart`).
     #[serde(default)]
     pub restart_count: u32,
+    /// Started with a reaper as PID 1 (`--init`).
+    #[serde(default)]
+    pub init: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -349,6 +352,7 @@ mod tests {
             auto_remove: false,
             labels: vec![],
             restart_count: 0,
+            init: false,
         }
     }
 

@@ -326,6 +326,7 @@ async fn exec_relay(
         tty_size: None,
         rlimits: Vec::new(),
         stdin: req.stdin,
+        init: false,
     };
     if let Err(e) = agent::call(
         "StartProcess",
