@@ -686,10 +686,8 @@ pub struct ExecArgs {
 /// (the one holder of the VM's agent connection); exits with the process's status.
 pub async fn exec(args: ExecArgs) -> i32 {
     use supervisor::frame;
+    use tokio::signal::unix::{signal, SignalKind};
     let p = &args.process;
-    if p.tty {
-        return fail("exec -t is not supported yet");
-    }
     let Some(store) = open_store() else {
         return 125;
     };
@@ -700,12 +698,18 @@ pub async fn exec(args: ExecArgs) -> i32 {
     if !matches!(r.status, Status::Running { .. }) {
         return fail(format!("container {} is not running", r.name));
     }
+    let tty = p.tty.then(|| {
+        crate::terminal::size(0)
+            .or(crate::terminal::size(1))
+            .unwrap_or((24, 80))
+    });
     let req = Control::Exec(supervisor::ExecRequest {
         args: args.command.clone(),
-        env: p.env.clone(),
+        env: crate::process_args::resolve_env(p.env.iter().cloned()),
         cwd: p.workdir.clone().unwrap_or_default(),
         user: p.user.clone().unwrap_or_default(),
         stdin: p.interactive,
+        tty,
     });
     let sock = supervisor::control_socket(&store.container_dir(&r.id));
     let conn = match tokio::net::UnixStream::connect(&sock).await {
@@ -718,8 +722,39 @@ pub async fn exec(args: ExecArgs) -> i32 {
     if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut wr, &line).await {
         return fail(format!("container {}: {e}", r.name));
     }
-    // The writing half goes to the stdin pump once the process runs (with -i).
-    let mut wr = Some(wr);
+    // One task writes every frame to the supervisor (stdin, window sizes), so that the
+    // loop below only ever reads.
+    let (to_supervisor, mut frames) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(8);
+    tokio::spawn(async move {
+        while let Some((kind, payload)) = frames.recv().await {
+            if frame::write(&mut wr, kind, &payload).await.is_err() {
+                return;
+            }
+        }
+    });
+    let _raw = if tty.is_some() && crate::terminal::is_tty(0) {
+        crate::terminal::RawMode::enter()
+    } else {
+        None
+    };
+    let mut stdin_pump = p.interactive.then(|| to_supervisor.clone());
+    if tty.is_some() {
+        let resizes = to_supervisor.clone();
+        if let Ok(mut winch) = signal(SignalKind::window_change()) {
+            tokio::spawn(async move {
+                while winch.recv().await.is_some() {
+                    if let Some((rows, cols)) = crate::terminal::size(0) {
+                        let mut size = rows.to_be_bytes().to_vec();
+                        size.extend_from_slice(&cols.to_be_bytes());
+                        if resizes.send((frame::RESIZE, size)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    }
+    drop(to_supervisor);
     loop {
         let (kind, payload) = match frame::read(&mut rd).await {
             Ok(Some(f)) => f,
@@ -732,8 +767,10 @@ pub async fn exec(args: ExecArgs) -> i32 {
             Err(e) => return fail(format!("container {}: {e}", r.name)),
         };
         match kind {
-            frame::STARTED if p.interactive && wr.is_some() => {
-                let Some(mut wr) = wr.take() else { continue };
+            frame::STARTED => {
+                let Some(tx) = stdin_pump.take() else {
+                    continue;
+                };
                 tokio::spawn(async move {
                     use tokio::io::AsyncReadExt;
                     let mut stdin = tokio::io::stdin();
@@ -742,16 +779,13 @@ pub async fn exec(args: ExecArgs) -> i32 {
                         match stdin.read(&mut buf).await {
                             Ok(0) | Err(_) => break,
                             Ok(n) => {
-                                if frame::write(&mut wr, frame::STDIN, &buf[..n])
-                                    .await
-                                    .is_err()
-                                {
+                                if tx.send((frame::STDIN, buf[..n].to_vec())).await.is_err() {
                                     return;
                                 }
                             }
                         }
                     }
-                    let _ = frame::write(&mut wr, frame::STDIN_EOF, &[]).await;
+                    let _ = tx.send((frame::STDIN_EOF, Vec::new())).await;
                 });
             }
             frame::STDOUT | frame::STDERR => {
@@ -768,6 +802,7 @@ pub async fn exec(args: ExecArgs) -> i32 {
             }
             frame::FAILED if payload.len() >= 4 => {
                 let code = i32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                drop(_raw);
                 eprintln!("cabin: {}", String::from_utf8_lossy(&payload[4..]));
                 return code;
             }

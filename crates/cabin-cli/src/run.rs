@@ -148,16 +148,7 @@ pub fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
         env.extend(read_env_file(f)?);
     }
     env.extend(args.process.env.iter().cloned());
-    for e in &env {
-        match e.split_once('=') {
-            Some(_) => c.env.push(e.clone()),
-            None => {
-                if let Ok(v) = std::env::var(e) {
-                    c.env.push(format!("{e}={v}"));
-                }
-            }
-        }
-    }
+    c.env = crate::process_args::resolve_env(env);
     c.read_only = args.read_only;
     c.cwd = args.process.workdir.clone().unwrap_or_default();
     c.user = args.process.user.clone().unwrap_or_default();

@@ -303,3 +303,95 @@ fn exec_runs_more_processes_in_a_running_container() {
     // The container itself was not disturbed.
     assert!(ps_line("ex-box").unwrap().contains("Up "));
 }
+
+#[test]
+fn exec_starts_from_the_containers_settings_and_can_have_a_terminal() {
+    let _c = Cleanup(&["ex-image"]);
+    // An image with an environment, a working directory and a user of its own.
+    let o = cabin()
+        .args(["image", "import"])
+        .arg(busybox_rootfs())
+        .args(["exec-env:1", "-e", "FROM_IMAGE=image", "-e", "SHARED=image"])
+        .args(["-w", "/tmp", "-u", "user"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cabin()
+        .args([
+            "run",
+            "-d",
+            "--name",
+            "ex-image",
+            "-e",
+            "SHARED=run",
+            "exec-env:1",
+        ])
+        .args(["sleep", "1000"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // HOSTNAME as the container's process has it: its hostname.
+    let show = "echo \"$FROM_IMAGE|$SHARED|$FROM_HOST|${NOT_ON_HOST-unset}|$(id -u)|$(pwd)|$([ \"$HOSTNAME\" = $(hostname) ] && echo hostname)\"";
+    let o = cabin()
+        .env("FROM_HOST", "host value")
+        .env_remove("NOT_ON_HOST")
+        .args([
+            "exec",
+            "-e",
+            "FROM_HOST",
+            "-e",
+            "NOT_ON_HOST",
+            "ex-image",
+            "sh",
+            "-c",
+            show,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "image|run|host value|unset|1000|/tmp|hostname\n"
+    );
+    // The exec's own options win over the container's.
+    let o = cabin()
+        .args([
+            "exec",
+            "-u",
+            "0",
+            "-w",
+            "/",
+            "-e",
+            "SHARED=exec",
+            "ex-image",
+            "sh",
+            "-c",
+            show,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&o).starts_with("image|exec||unset|0|/|"),
+        "{}",
+        stdout(&o)
+    );
+
+    // -t: a terminal (output comes through it, with its line endings), TERM, and a
+    // default size when cabin itself has no terminal.
+    let o = cabin()
+        .args([
+            "exec",
+            "-t",
+            "ex-image",
+            "sh",
+            "-c",
+            "tty; echo $TERM; stty size; exit 3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("/dev/pts/"), "{out:?}");
+    assert!(out.ends_with("\r\nxterm\r\n24 80\r\n"), "{out:?}");
+    assert!(ps_line("ex-image").unwrap().contains("Up "));
+}

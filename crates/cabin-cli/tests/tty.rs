@@ -179,3 +179,43 @@ fn with_init_the_terminal_belongs_to_the_command() {
     t.keys(&["exit 4", "Enter"]);
     t.wait_for("cabin to exit", |s| s.contains("EXITED=4"));
 }
+
+#[test]
+fn exec_it_gives_a_running_container_a_terminal() {
+    let _c = Cleanup(&["tty-exec"]);
+    let o = run_detached(&["--name", "tty-exec"], &["sleep", "1000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cmd = format!(
+        "env CABIN_DATA_DIR={} {} exec -it tty-exec sh; echo EXITED=$?; sleep 60",
+        shared_data_dir().display(),
+        env!("CARGO_BIN_EXE_cabin"),
+    );
+    let t = Tmux::start("exec", &cmd);
+    t.wait_for("the shell prompt", |s| s.contains("/ #"));
+    t.keys(&["tty; stty size; echo term=$TERM", "Enter"]);
+    t.wait_for("tty output", |s| s.contains("term=xterm"));
+    let s = t.screen();
+    assert!(s.contains("/dev/pts/"), "{s}");
+    assert!(
+        s.contains("30 100"),
+        "the window size reaches the process: {s}"
+    );
+    t.run(&["resize-window", "-t", &t.session, "-x", "90", "-y", "25"]);
+    std::thread::sleep(Duration::from_millis(500));
+    t.keys(&["stty size", "Enter"]);
+    t.wait_for("the new size", |s| s.contains("25 90"));
+    // Raw mode: Ctrl-C goes through the terminal to the foreground program.
+    t.keys(&["sleep 50", "Enter"]);
+    std::thread::sleep(Duration::from_millis(700));
+    t.keys(&["C-c"]);
+    t.keys(&["echo after-interrupt", "Enter"]);
+    t.wait_for("the shell after Ctrl-C", |s| {
+        s.lines().any(|l| l.trim() == "after-interrupt")
+    });
+    t.keys(&["exit 7", "Enter"]);
+    t.wait_for("cabin exec to exit", |s| s.contains("EXITED=7"));
+    assert!(
+        ps_line("tty-exec").unwrap().contains("Up "),
+        "the container runs on"
+    );
+}

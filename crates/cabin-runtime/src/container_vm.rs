@@ -207,7 +207,18 @@ pub struct ContainerVm {
     pub missing_snapshot: bool,
     /// Something the user should hear about the boot (a snapshot that failed to resume).
     pub boot_notice: Option<String>,
+    /// What the container's process started with besides its command.
+    pub process: ProcessSettings,
     exited: Option<VmExit>,
+}
+
+/// The environment (the image's, the options', HOSTNAME), working directory and user a
+/// container's process started with: `cabin exec` starts from them, as docker's does.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessSettings {
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
 }
 
 /// What a container VM runs on: the VMM, kernel, initramfs and accelerator.
@@ -485,10 +496,16 @@ impl ContainerVm {
             "HOSTNAME={}",
             cfg.hostname.clone().unwrap_or_else(|| id[..12].to_string())
         )];
-        if cfg.tty {
-            env.push("TERM=xterm".into());
-        }
         env.extend(image_env);
+        me.process = ProcessSettings {
+            env: env.clone(),
+            cwd: cwd.clone(),
+            user: user.clone(),
+        };
+        if cfg.tty {
+            // Before the image's and the user's variables, which may set their own.
+            env.insert(1, "TERM=xterm".into());
+        }
         let started = me
             .guarded(agent::call(
                 "StartProcess",
@@ -553,6 +570,7 @@ impl ContainerVm {
             restored: spec.restore.is_some(),
             missing_snapshot: false,
             boot_notice: None,
+            process: ProcessSettings::default(),
             exited: None,
         };
         me.timings.mark("QEMU spawned");

@@ -11,14 +11,17 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cabin_proto::v1::{output_chunk, ContainerRef, ProcessRef, SignalRequest, StartProcessRequest};
+use cabin_proto::v1::{
+    output_chunk, ContainerRef, ProcessRef, ResizeTtyRequest, SignalRequest, StartProcessRequest,
+    TtySize,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::StreamExt;
 
 use crate::container_log::LogWriter;
-use crate::container_vm::{exit_code, memory_limit_note};
+use crate::container_vm::{exit_code, memory_limit_note, ProcessSettings};
 use crate::containers::{now_unix, Status, Store};
 use crate::{agent, ContainerConfig, ContainerVm, Paths};
 
@@ -45,6 +48,32 @@ pub struct ExecRequest {
     pub cwd: String,
     pub user: String,
     pub stdin: bool,
+    /// A terminal for the process, of this many rows and columns (cabin exec -t);
+    /// resized with [`frame::RESIZE`].
+    #[serde(default)]
+    pub tty: Option<(u16, u16)>,
+}
+
+impl ExecRequest {
+    /// Fills in what the exec leaves to the container, as docker does: the variables
+    /// its process started with (and TERM with a terminal) under the exec's own, its
+    /// working directory and user unless the exec names others.
+    fn completed(mut self, started: &ProcessSettings) -> ExecRequest {
+        let mut env = Vec::with_capacity(started.env.len() + self.env.len() + 1);
+        if self.tty.is_some() {
+            env.push("TERM=xterm".to_string());
+        }
+        env.extend(started.env.iter().cloned());
+        env.append(&mut self.env);
+        self.env = env;
+        if self.cwd.is_empty() {
+            self.cwd = started.cwd.clone();
+        }
+        if self.user.is_empty() {
+            self.user = started.user.clone();
+        }
+        self
+    }
 }
 
 /// Frames on an exec connection: a kind byte, a big-endian u32 length, the payload.
@@ -63,6 +92,8 @@ pub mod frame {
     pub const FAILED: u8 = 4;
     /// The process runs: the client may send stdin now.
     pub const STARTED: u8 = 6;
+    /// Client to supervisor: the terminal's new size, rows then columns (u16 each).
+    pub const RESIZE: u8 = 7;
     /// Bigger frames are refused: output comes in chunks far below this.
     pub const MAX: u32 = 1 << 20;
 
@@ -322,8 +353,11 @@ async fn exec_relay(
         env: req.env,
         cwd: req.cwd,
         user: req.user,
-        tty: false,
-        tty_size: None,
+        tty: req.tty.is_some(),
+        tty_size: req.tty.map(|(rows, cols)| TtySize {
+            rows: rows as u32,
+            cols: cols as u32,
+        }),
         rlimits: Vec::new(),
         stdin: req.stdin,
         init: false,
@@ -348,18 +382,46 @@ async fn exec_relay(
     if frame::write(&mut wr, frame::STARTED, &[]).await.is_err() {
         return;
     }
-    if req.stdin {
-        let (tx, done) = agent::stdin_writer(&agent, process.clone());
-        tokio::spawn(async move {
-            while let Ok(Some((kind, data))) = frame::read(&mut rd).await {
-                if kind != frame::STDIN || tx.send(data).await.is_err() {
-                    break;
+    // What the client sends from now on: stdin (with -i) and window sizes (with -t).
+    let stdin = req
+        .stdin
+        .then(|| agent::stdin_writer(&agent, process.clone()));
+    let (mut a, p) = (agent.clone(), process.clone());
+    tokio::spawn(async move {
+        let (mut tx, done) = match stdin {
+            Some((tx, done)) => (Some(tx), Some(done)),
+            None => (None, None),
+        };
+        while let Ok(Some((kind, data))) = frame::read(&mut rd).await {
+            match kind {
+                frame::STDIN => {
+                    if let Some(t) = &tx {
+                        if t.send(data).await.is_err() {
+                            tx = None;
+                        }
+                    }
                 }
+                frame::STDIN_EOF => tx = None,
+                frame::RESIZE if data.len() == 4 => {
+                    let size = TtySize {
+                        rows: u16::from_be_bytes([data[0], data[1]]) as u32,
+                        cols: u16::from_be_bytes([data[2], data[3]]) as u32,
+                    };
+                    let req = ResizeTtyRequest {
+                        process: Some(p.clone()),
+                        size: Some(size),
+                    };
+                    let _ = agent::call("ResizeTty", cabin_proto::CALL_TIMEOUT, a.resize_tty(req))
+                        .await;
+                }
+                _ => {}
             }
-            drop(tx);
+        }
+        drop(tx);
+        if let Some(done) = done {
             let _ = done.await;
-        });
-    }
+        }
+    });
     let mut a = agent.clone();
     let output = match a.read_output(process.clone()).await {
         Ok(s) => Some(s.into_inner()),
@@ -415,6 +477,7 @@ async fn run_once(
     }
     let agent = vm.agent();
     let proc_ref = vm.process_ref();
+    let started = vm.process.clone();
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<(bool, Vec<u8>)>(64);
     let mut a = agent.clone();
     let r = proc_ref.clone();
@@ -464,11 +527,9 @@ async fn run_once(
                         reply_with(conn, stats(&agent, &proc_ref.container_id).await).await;
                         continue;
                     }
-                    if let Some(Control::Exec(mut x)) = req {
+                    if let Some(Control::Exec(x)) = req {
                         execs += 1;
-                        let mut env = cfg.env.clone();
-                        env.append(&mut x.env);
-                        x.env = env;
+                        let x = x.completed(&started);
                         let process = ProcessRef {
                             container_id: proc_ref.container_id.clone(),
                             process_id: format!("exec-{execs}"),
@@ -561,6 +622,29 @@ async fn run_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exec_starts_from_what_the_container_started_with() {
+        let started = ProcessSettings {
+            env: vec!["HOSTNAME=h".into(), "A=image".into()],
+            cwd: "/app".into(),
+            user: "app".into(),
+        };
+        let req = |env: &[&str], cwd: &str, user: &str, tty| ExecRequest {
+            args: vec!["sh".into()],
+            env: env.iter().map(|e| e.to_string()).collect(),
+            cwd: cwd.into(),
+            user: user.into(),
+            stdin: false,
+            tty,
+        };
+        let x = req(&["A=exec"], "", "", None).completed(&started);
+        assert_eq!(x.env, ["HOSTNAME=h", "A=image", "A=exec"]);
+        assert_eq!((x.cwd.as_str(), x.user.as_str()), ("/app", "app"));
+        let x = req(&[], "/tmp", "0", Some((24, 80))).completed(&started);
+        assert_eq!(x.env, ["TERM=xterm", "HOSTNAME=h", "A=image"]);
+        assert_eq!((x.cwd.as_str(), x.user.as_str()), ("/tmp", "0"));
+    }
 
     #[test]
     fn restart_policies_parse_and_decide() {
