@@ -14,7 +14,7 @@ use crate::run::RunArgs;
 /// The arguments of `cabin run` kept for the supervisor, which parses them again.
 const RUN_ARGS_FILE: &str = "run-args.json";
 
-fn fail(e: impl std::fmt::Display) -> i32 {
+pub(crate) fn fail(e: impl std::fmt::Display) -> i32 {
     eprintln!("cabin: {e}");
     125
 }
@@ -45,9 +45,9 @@ fn create_record(
     args: &RunArgs,
     cfg: &ContainerConfig,
 ) -> Result<(Store, Record), i32> {
-    if cfg.tty || cfg.stdin {
+    if cfg.tty {
         return Err(fail(
-            "-d and create cannot be combined with -i or -t yet (cabin has no attach)",
+            "-t cannot be combined with -d or create yet: cabin cannot attach to a container's terminal",
         ));
     }
     if let Err(e) = args.restart.parse::<RestartPolicy>() {
@@ -76,6 +76,7 @@ fn create_record(
         labels,
         restart_count: 0,
         init: cfg.init,
+        stdin: cfg.stdin,
     };
     let record = store.create(record, args.name.as_deref()).map_err(fail)?;
     let dir = store.container_dir(&record.id);
@@ -96,56 +97,88 @@ fn create_record(
 }
 
 /// Starts the supervisor of a created or exited container and waits until the
-/// container runs; prints its ID (as docker does), or why it did not start.
-async fn start_and_wait(store: &Store, record: &Record, boot_timeout: Duration) -> i32 {
+/// container runs (or has already run). Returns its record then, None if it is
+/// already gone (--rm), or the exit code for a failure it reported.
+pub(crate) async fn launch(
+    store: &Store,
+    record: &Record,
+    boot_timeout: Duration,
+) -> Result<Option<Record>, i32> {
     let mut fresh = record.clone();
     fresh.status = Status::Created;
-    if let Err(e) = store.save(&fresh) {
-        return fail(e);
-    }
+    store.save(&fresh).map_err(fail)?;
     if let Err(e) = crate::detached::spawn(&["container", "supervise", &record.id]) {
-        return fail(format!("starting the container's supervisor: {e}"));
+        return Err(fail(format!("starting the container's supervisor: {e}")));
     }
     let deadline = Instant::now() + boot_timeout + Duration::from_secs(30);
     loop {
         match store.reconcile(&record.id) {
-            Ok(r) => match r.status {
-                Status::Running { .. } => {
-                    println!("{}", r.id);
-                    return 0;
-                }
-                Status::Exited { code, reason, .. } => {
-                    if let Some(reason) = reason {
-                        eprintln!("cabin: {reason}");
-                    }
-                    // Started and already finished: docker prints the ID then too.
-                    println!("{}", r.id);
-                    return if code >= 125 { code } else { 0 };
-                }
-                Status::Created => {}
-            },
-            // --rm and already gone.
-            Err(StoreError::NotFound(_)) => {
-                println!("{}", record.id);
-                return 0;
-            }
-            Err(e) => return fail(e),
+            Ok(r) if matches!(r.status, Status::Created) => {}
+            Ok(r) => return Ok(Some(r)),
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(fail(e)),
         }
         if Instant::now() > deadline {
-            return fail(format!(
+            return Err(fail(format!(
                 "container {} did not start in time; see cabin logs {}",
                 record.name, record.name
-            ));
+            )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
+/// Starts a container and prints its ID (as docker does), or why it did not start.
+async fn start_and_wait(store: &Store, record: &Record, boot_timeout: Duration) -> i32 {
+    match launch(store, record, boot_timeout).await {
+        Err(code) => code,
+        // --rm and already gone.
+        Ok(None) => {
+            println!("{}", record.id);
+            0
+        }
+        Ok(Some(r)) => match r.status {
+            Status::Exited { code, reason, .. } => {
+                if let Some(reason) = reason {
+                    eprintln!("cabin: {reason}");
+                }
+                // Started and already finished: docker prints the ID then too.
+                println!("{}", r.id);
+                if code >= 125 {
+                    code
+                } else {
+                    0
+                }
+            }
+            _ => {
+                println!("{}", r.id);
+                0
+            }
+        },
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Attach to the container's output (from the start of this run) and exit with its
+    /// exit code; signals to cabin are passed on to the container.
+    #[arg(short, long)]
+    pub attach: bool,
+    /// Attach the container's stdin too (it must have been created with -i); implies -a.
+    #[arg(short, long)]
+    pub interactive: bool,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
 /// `cabin start`: starts created or exited containers again.
-pub async fn start(args: NamesArgs) -> i32 {
+pub async fn start(args: StartArgs) -> i32 {
     let Some(store) = open_store() else {
         return 125;
     };
+    if args.attach || args.interactive {
+        return crate::attach_cmd::start_attached(&store, &args).await;
+    }
     let (records, mut code) = resolve_all(&store, &args.containers);
     for r in records {
         if matches!(r.status, Status::Running { .. }) {
@@ -166,7 +199,9 @@ pub async fn restart(args: StopArgs) -> i32 {
     if code != 0 {
         return code;
     }
-    start(NamesArgs {
+    start(StartArgs {
+        attach: false,
+        interactive: false,
         containers: args.containers,
     })
     .await
@@ -455,7 +490,11 @@ pub async fn logs(args: LogsArgs) -> i32 {
 }
 
 /// Waits until the container has exited; returns its record.
-async fn wait_exited(store: &Store, id: &str, limit: Option<Duration>) -> Option<Record> {
+pub(crate) async fn wait_exited(
+    store: &Store,
+    id: &str,
+    limit: Option<Duration>,
+) -> Option<Record> {
     let deadline = limit.map(|l| Instant::now() + l);
     loop {
         match store.reconcile(id) {

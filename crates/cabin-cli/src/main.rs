@@ -1,5 +1,6 @@
 //! `cabin`: containers in lightweight VMs. A thin command-line layer over cabin-runtime.
 
+mod attach_cmd;
 mod containers_cmd;
 mod cp_cmd;
 mod detached;
@@ -57,8 +58,8 @@ enum Command {
     Logout { registry: String },
     /// Create a container without starting it (the options of run); prints its ID.
     Create(Box<run::RunArgs>),
-    /// Start created or exited containers.
-    Start(containers_cmd::NamesArgs),
+    /// Start created or exited containers (-a: and attach to one).
+    Start(containers_cmd::StartArgs),
     /// Stop and start containers.
     Restart(containers_cmd::StopArgs),
     /// List containers (running ones; -a for all).

@@ -170,7 +170,7 @@ pub fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
     Ok(c)
 }
 
-const FORWARDED_SIGNALS: &[libc::c_int] = &[
+pub(crate) const FORWARDED_SIGNALS: &[libc::c_int] = &[
     libc::SIGINT,
     libc::SIGTERM,
     libc::SIGHUP,
@@ -240,7 +240,9 @@ pub async fn run(args: RunArgs, started: Instant) -> i32 {
     code
 }
 
-async fn first_signal(signals: &mut [(libc::c_int, tokio::signal::unix::Signal)]) -> i32 {
+pub(crate) async fn first_signal(
+    signals: &mut [(libc::c_int, tokio::signal::unix::Signal)],
+) -> i32 {
     let futs = signals.iter_mut().map(|(n, s)| {
         let n = *n;
         Box::pin(async move {

@@ -68,6 +68,9 @@ pub struct Record {
     /// Started with a reaper as PID 1 (`--init`).
     #[serde(default)]
     pub init: bool,
+    /// Its process's stdin is kept open for `cabin start -a -i` (`-i`).
+    #[serde(default)]
+    pub stdin: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -353,6 +356,7 @@ mod tests {
             labels: vec![],
             restart_count: 0,
             init: false,
+            stdin: false,
         }
     }
 

@@ -4,7 +4,7 @@
 //! - [`containers`]: the container state store (records, names, supervisor liveness).
 //! - [`copy`]: `cabin cp`, files between the host and a running container.
 //! - [`supervisor`]: the process that owns a detached container's VM; [`container_log`]
-//!   its output, time-stamped and rotated.
+//!   its output, time-stamped and rotated; [`attach`] clients of its process's I/O.
 //! - [`root`]: the container's root filesystem (directory or image) and the image's
 //!   defaults for the process.
 //! - [`assets`]: the guest kernel and the initramfs with cabin-init.
@@ -15,6 +15,7 @@
 
 pub mod agent;
 pub mod assets;
+pub mod attach;
 pub mod container_log;
 pub mod container_vm;
 pub mod containers;

@@ -39,6 +39,8 @@ pub enum Control {
     /// `cabin cp` out of and into the container; frames too (see [`crate::copy`]).
     CopyOut(crate::copy::CopyOutRequest),
     CopyIn(crate::copy::CopyInRequest),
+    /// `cabin start -a`: the process's output and stdin; frames (see [`crate::attach`]).
+    Attach(crate::attach::AttachRequest),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,6 +96,9 @@ pub mod frame {
     pub const STARTED: u8 = 6;
     /// Client to supervisor: the terminal's new size, rows then columns (u16 each).
     pub const RESIZE: u8 = 7;
+    /// Supervisor to an attached client: where in the log this run's output starts and
+    /// where the live output takes over (u64 each).
+    pub const LOGGED: u8 = 8;
     /// Bigger frames are refused: output comes in chunks far below this.
     pub const MAX: u32 = 1 << 20;
 
@@ -214,7 +219,7 @@ pub async fn supervise(
     policy: RestartPolicy,
 ) -> Result<(), String> {
     let store = Store::open(paths).map_err(|e| e.to_string())?;
-    let _lock = store
+    let lock = store
         .lock_supervisor(id)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("container {id} already has a supervisor"))?;
@@ -227,8 +232,18 @@ pub async fn supervise(
     let _ = std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600));
 
     let mut backoff = Duration::from_millis(100);
+    let mut attached = crate::attach::Attached::default();
     let ended = loop {
-        let ended = run_once(paths, cfg, &store, &mut record, &mut log, &listener).await?;
+        let ended = run_once(
+            paths,
+            cfg,
+            &store,
+            &mut record,
+            &mut log,
+            &listener,
+            &mut attached,
+        )
+        .await?;
         let again = !ended.stopped
             && !ended.failed_start
             && policy.wants_restart(ended.code, record.restart_count);
@@ -258,6 +273,10 @@ pub async fn supervise(
     if record.auto_remove {
         let _ = store.remove(&record.id);
     }
+    // The container is settled: the clients attached to it may go on to the next
+    // command (a `cabin start`, which needs this lock).
+    drop(lock);
+    attached.finish(ended.code).await;
     Ok(())
 }
 
@@ -454,6 +473,7 @@ async fn run_once(
     record: &mut crate::containers::Record,
     log: &mut LogWriter,
     listener: &UnixListener,
+    attached: &mut crate::attach::Attached,
 ) -> Result<Ended, String> {
     let mut vm = match ContainerVm::boot(paths, cfg, Instant::now()).await {
         Ok(vm) => vm,
@@ -478,6 +498,7 @@ async fn run_once(
     let agent = vm.agent();
     let proc_ref = vm.process_ref();
     let started = vm.process.clone();
+    attached.run_started(log.size());
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<(bool, Vec<u8>)>(64);
     let mut a = agent.clone();
     let r = proc_ref.clone();
@@ -520,6 +541,7 @@ async fn run_once(
                 s = &mut wait => break Some(s),
                 Some((stderr, data)) = out_rx.recv() => {
                     let _ = log.write(stderr, &data);
+                    attached.output(stderr, &data);
                 }
                 Ok((conn, _)) = listener.accept() => {
                     let (req, conn) = read_request(conn).await;
@@ -547,6 +569,11 @@ async fn run_once(
                             tokio::spawn(crate::copy::relay_in(agent.clone(), id, c, conn));
                             continue;
                         }
+                        Some(Control::Attach(a)) => {
+                            let stdin = cfg.stdin.then_some((&agent, &proc_ref));
+                            attached.add(conn, a, log, stdin);
+                            continue;
+                        }
                         _ => {}
                     }
                     let answer = match req {
@@ -561,6 +588,7 @@ async fn run_once(
                         | Some(Control::Exec(_))
                         | Some(Control::CopyOut(_))
                         | Some(Control::CopyIn(_))
+                        | Some(Control::Attach(_))
                         | None => {
                             Err("unreadable request".to_string())
                         }
@@ -590,6 +618,7 @@ async fn run_once(
             let _ = tokio::time::timeout(Duration::from_secs(5), async {
                 while let Some((stderr, data)) = out_rx.recv().await {
                     let _ = log.write(stderr, &data);
+                    attached.output(stderr, &data);
                 }
             })
             .await;
