@@ -20,6 +20,15 @@ mod unpack;
 pub use pack::{pack, PackOptions};
 pub use unpack::{extract_into, place, UnpackOptions, Unpacked};
 
+/// The name of the top-level entry [`pack`] is given for `path` by the side that
+/// has the files, and that [`place`] expects on the other: its last component ("/"
+/// has none: "rootfs").
+pub fn top_name(path: &std::path::Path) -> std::ffi::OsString {
+    path.file_name()
+        .unwrap_or(std::ffi::OsStr::new("rootfs"))
+        .to_os_string()
+}
+
 /// What went wrong, for callers that phrase or map errors by kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {

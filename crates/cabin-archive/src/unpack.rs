@@ -14,12 +14,16 @@ use crate::reader::{Head, Kind, TarReader};
 use crate::sys;
 use crate::Error;
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct UnpackOptions {
     /// Keep set-user-ID and set-group-ID bits. Off when the archive comes from
     /// somewhere less trusted than the place it is extracted to (a container's files
     /// on the host), so that a copy cannot hand out a set-ID program.
     pub keep_setid: bool,
+    /// For [`place`]: the name the archive's top-level entry must have (see
+    /// [`crate::top_name`]). An archive from elsewhere could otherwise choose the name
+    /// its entry gets in an existing destination directory (`.bashrc`).
+    pub top: Option<OsString>,
 }
 
 /// What an extraction did.
@@ -515,6 +519,12 @@ pub fn place(
         ));
     };
     let top = top.clone();
+    if opts.top.as_ref().is_some_and(|want| *want != top) {
+        return Err(Error::archive(format!(
+            "the archive copies {} rather than what was asked for",
+            top.to_string_lossy()
+        )));
+    }
     let target = target(dest, first.kind == Kind::Dir, contents_only)?;
     let staging = Staging::create(target.staging_dir())?;
     let mut x = Extractor::new(&staging.fd, opts);

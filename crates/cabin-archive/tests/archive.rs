@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use cabin_archive::{extract_into, pack, place, ErrorKind, PackOptions, UnpackOptions};
 
-const OPTS: UnpackOptions = UnpackOptions { keep_setid: false };
+const OPTS: UnpackOptions = UnpackOptions {
+    keep_setid: false,
+    top: None,
+};
 
 fn set_mtime(p: &Path, t: i64) {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
@@ -295,6 +298,23 @@ fn hostile_archives_are_refused_and_leave_nothing_behind() {
         }),
         ("not a tar archive", vec![b'z'; 2048]),
     ];
+    // An archive that names its entry otherwise than asked cannot pick a name in the
+    // destination directory.
+    let mut named = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    named.append_data(&mut h, ".bashrc", &b"x"[..]).unwrap();
+    let named = named.into_inner().unwrap();
+    let want = UnpackOptions {
+        top: Some("notes".into()),
+        ..OPTS
+    };
+    let e = place(&named[..], &dst, false, &want).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Archive, "{e}");
+    assert!(!dst.join(".bashrc").exists() && leftovers(&dst).is_empty());
+    assert_eq!(cabin_archive::top_name(Path::new("/a/notes/")), "notes");
+    assert_eq!(cabin_archive::top_name(Path::new("/")), "rootfs");
+
     for (what, archive) in cases {
         let r = place(&archive[..], &dst.join("x"), false, &OPTS);
         let e = r.expect_err(what);
@@ -327,7 +347,10 @@ fn set_id_bits_are_dropped_unless_kept_and_special_files_skipped() {
         &a[..],
         &t.path().join("kept"),
         false,
-        &UnpackOptions { keep_setid: true },
+        &UnpackOptions {
+            keep_setid: true,
+            top: None,
+        },
     )
     .unwrap();
     let mode = fs::metadata(t.path().join("kept")).unwrap().mode() & 0o7777;

@@ -68,11 +68,7 @@ fn helper(args: &[OsString]) -> Result<(), cabin_archive::Error> {
     let path = Path::new(arg(1));
     match arg(0).as_bytes() {
         b"out" => {
-            // The archive's top-level entry is named after the path ("/" has no name).
-            let top = path
-                .file_name()
-                .unwrap_or(OsStr::new("rootfs"))
-                .to_os_string();
+            let top = cabin_archive::top_name(path);
             let opts = PackOptions {
                 follow_top: arg(2) == "follow",
             };
@@ -81,7 +77,10 @@ fn helper(args: &[OsString]) -> Result<(), cabin_archive::Error> {
         }
         b"in" => {
             // The host's files, copied by its user: nothing to distrust here.
-            let opts = UnpackOptions { keep_setid: true };
+            let opts = UnpackOptions {
+                keep_setid: true,
+                top: None,
+            };
             let input = BufReader::with_capacity(cabin_proto::CHUNK_BYTES, io::stdin().lock());
             match arg(2).as_bytes() {
                 b"extract" => cabin_archive::extract_into(input, path, &opts),

@@ -283,6 +283,9 @@ pub async fn copy_out(
             }
         }
     };
+    // The guest names the archive's entry after the path it was asked for; a guest
+    // that names it otherwise is refused (see UnpackOptions::top).
+    let top = cabin_archive::top_name(Path::new(src));
     let (tx, rx) = mpsc::channel(8);
     let reader = ChannelReader {
         rx,
@@ -290,7 +293,10 @@ pub async fn copy_out(
         pos: 0,
     };
     let extract = tokio::task::spawn_blocking(move || {
-        let opts = cabin_archive::UnpackOptions { keep_setid: false };
+        let opts = cabin_archive::UnpackOptions {
+            keep_setid: false,
+            top: Some(top),
+        };
         cabin_archive::place(io::BufReader::new(reader), &path, contents_only, &opts)
     });
     let mut guest_error = None;
