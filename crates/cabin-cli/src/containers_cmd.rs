@@ -17,7 +17,7 @@ const RUN_CWD_FILE: &str = "run-cwd";
 /// The container's writable layer (qcow2 on its image's disk), kept across starts.
 const LAYER_FILE: &str = "layer.qcow2";
 
-fn fail(e: impl std::fmt::Display) -> i32 {
+pub(crate) fn fail(e: impl std::fmt::Display) -> i32 {
     eprintln!("cabin: {e}");
     125
 }
@@ -48,9 +48,9 @@ fn create_record(
     args: &RunArgs,
     cfg: &ContainerConfig,
 ) -> Result<(Store, Record), i32> {
-    if cfg.tty || cfg.stdin {
+    if cfg.tty {
         return Err(fail(
-            "-d and create cannot be combined with -i or -t yet (cabin has no attach)",
+            "-t cannot be combined with -d or create yet: cabin cannot attach to a container's terminal",
         ));
     }
     if let Err(e) = args.restart.parse::<RestartPolicy>() {
@@ -87,6 +87,8 @@ fn create_record(
                 _ => None,
             })
             .collect(),
+        init: cfg.init,
+        stdin: cfg.stdin,
     };
     let record = store.create(record, args.name.as_deref()).map_err(fail)?;
     let dir = store.container_dir(&record.id);
@@ -113,56 +115,88 @@ fn create_record(
 }
 
 /// Starts the supervisor of a created or exited container and waits until the
-/// container runs; prints its ID (as docker does), or why it did not start.
-async fn start_and_wait(store: &Store, record: &Record, boot_timeout: Duration) -> i32 {
+/// container runs (or has already run). Returns its record then, None if it is
+/// already gone (--rm), or the exit code for a failure it reported.
+pub(crate) async fn launch(
+    store: &Store,
+    record: &Record,
+    boot_timeout: Duration,
+) -> Result<Option<Record>, i32> {
     let mut fresh = record.clone();
     fresh.status = Status::Created;
-    if let Err(e) = store.save(&fresh) {
-        return fail(e);
-    }
+    store.save(&fresh).map_err(fail)?;
     if let Err(e) = crate::detached::spawn(&["container", "supervise", &record.id]) {
-        return fail(format!("starting the container's supervisor: {e}"));
+        return Err(fail(format!("starting the container's supervisor: {e}")));
     }
     let deadline = Instant::now() + boot_timeout + Duration::from_secs(30);
     loop {
         match store.reconcile(&record.id) {
-            Ok(r) => match r.status {
-                Status::Running { .. } => {
-                    println!("{}", r.id);
-                    return 0;
-                }
-                Status::Exited { code, reason, .. } => {
-                    if let Some(reason) = reason {
-                        eprintln!("cabin: {reason}");
-                    }
-                    // Started and already finished: docker prints the ID then too.
-                    println!("{}", r.id);
-                    return if code >= 125 { code } else { 0 };
-                }
-                Status::Created => {}
-            },
-            // --rm and already gone.
-            Err(StoreError::NotFound(_)) => {
-                println!("{}", record.id);
-                return 0;
-            }
-            Err(e) => return fail(e),
+            Ok(r) if matches!(r.status, Status::Created) => {}
+            Ok(r) => return Ok(Some(r)),
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(fail(e)),
         }
         if Instant::now() > deadline {
-            return fail(format!(
+            return Err(fail(format!(
                 "container {} did not start in time; see cabin logs {}",
                 record.name, record.name
-            ));
+            )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
+/// Starts a container and prints its ID (as docker does), or why it did not start.
+async fn start_and_wait(store: &Store, record: &Record, boot_timeout: Duration) -> i32 {
+    match launch(store, record, boot_timeout).await {
+        Err(code) => code,
+        // --rm and already gone.
+        Ok(None) => {
+            println!("{}", record.id);
+            0
+        }
+        Ok(Some(r)) => match r.status {
+            Status::Exited { code, reason, .. } => {
+                if let Some(reason) = reason {
+                    eprintln!("cabin: {reason}");
+                }
+                // Started and already finished: docker prints the ID then too.
+                println!("{}", r.id);
+                if code >= 125 {
+                    code
+                } else {
+                    0
+                }
+            }
+            _ => {
+                println!("{}", r.id);
+                0
+            }
+        },
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Attach to the container's output (from the start of this run) and exit with its
+    /// exit code; signals to cabin are passed on to the container.
+    #[arg(short, long)]
+    pub attach: bool,
+    /// Attach the container's stdin too (it must have been created with -i); implies -a.
+    #[arg(short, long)]
+    pub interactive: bool,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
 /// `cabin start`: starts created or exited containers again.
-pub async fn start(args: NamesArgs) -> i32 {
+pub async fn start(args: StartArgs) -> i32 {
     let Some(store) = open_store() else {
         return 125;
     };
+    if args.attach || args.interactive {
+        return crate::attach_cmd::start_attached(&store, &args).await;
+    }
     let (records, mut code) = resolve_all(&store, &args.containers);
     for r in records {
         if matches!(r.status, Status::Running { .. }) {
@@ -183,7 +217,9 @@ pub async fn restart(args: StopArgs) -> i32 {
     if code != 0 {
         return code;
     }
-    start(NamesArgs {
+    start(StartArgs {
+        attach: false,
+        interactive: false,
         containers: args.containers,
     })
     .await
@@ -365,7 +401,7 @@ pub fn ps(args: PsArgs) -> i32 {
 }
 
 /// The container store of this data directory; a failure is reported.
-fn open_store() -> Option<Store> {
+pub(crate) fn open_store() -> Option<Store> {
     Store::open(&Paths::from_env())
         .map_err(|e| eprintln!("cabin: {e}"))
         .ok()
@@ -384,7 +420,7 @@ fn resolve_all(store: &Store, names: &[String]) -> (Vec<Record>, i32) {
     (found, code)
 }
 
-fn resolve(store: &Store, what: &str) -> Result<Record, i32> {
+pub(crate) fn resolve(store: &Store, what: &str) -> Result<Record, i32> {
     store
         .resolve(what)
         .and_then(|id| store.reconcile(&id))
@@ -487,7 +523,11 @@ pub async fn logs(args: LogsArgs) -> i32 {
 }
 
 /// Waits until the container has exited; returns its record.
-async fn wait_exited(store: &Store, id: &str, limit: Option<Duration>) -> Option<Record> {
+pub(crate) async fn wait_exited(
+    store: &Store,
+    id: &str,
+    limit: Option<Duration>,
+) -> Option<Record> {
     let deadline = limit.map(|l| Instant::now() + l);
     loop {
         match store.reconcile(id) {
@@ -718,10 +758,8 @@ pub struct ExecArgs {
 /// (the one holder of the VM's agent connection); exits with the process's status.
 pub async fn exec(args: ExecArgs) -> i32 {
     use supervisor::frame;
+    use tokio::signal::unix::{signal, SignalKind};
     let p = &args.process;
-    if p.tty {
-        return fail("exec -t is not supported yet");
-    }
     let Some(store) = open_store() else {
         return 125;
     };
@@ -732,12 +770,18 @@ pub async fn exec(args: ExecArgs) -> i32 {
     if !matches!(r.status, Status::Running { .. }) {
         return fail(format!("container {} is not running", r.name));
     }
+    let tty = p.tty.then(|| {
+        crate::terminal::size(0)
+            .or(crate::terminal::size(1))
+            .unwrap_or((24, 80))
+    });
     let req = Control::Exec(supervisor::ExecRequest {
         args: args.command.clone(),
-        env: p.env.clone(),
+        env: crate::process_args::resolve_env(p.env.iter().cloned()),
         cwd: p.workdir.clone().unwrap_or_default(),
         user: p.user.clone().unwrap_or_default(),
         stdin: p.interactive,
+        tty,
     });
     let sock = supervisor::control_socket(&store.container_dir(&r.id));
     let conn = match tokio::net::UnixStream::connect(&sock).await {
@@ -750,8 +794,39 @@ pub async fn exec(args: ExecArgs) -> i32 {
     if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut wr, &line).await {
         return fail(format!("container {}: {e}", r.name));
     }
-    // The writing half goes to the stdin pump once the process runs (with -i).
-    let mut wr = Some(wr);
+    // One task writes every frame to the supervisor (stdin, window sizes), so that the
+    // loop below only ever reads.
+    let (to_supervisor, mut frames) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(8);
+    tokio::spawn(async move {
+        while let Some((kind, payload)) = frames.recv().await {
+            if frame::write(&mut wr, kind, &payload).await.is_err() {
+                return;
+            }
+        }
+    });
+    let _raw = if tty.is_some() && crate::terminal::is_tty(0) {
+        crate::terminal::RawMode::enter()
+    } else {
+        None
+    };
+    let mut stdin_pump = p.interactive.then(|| to_supervisor.clone());
+    if tty.is_some() {
+        let resizes = to_supervisor.clone();
+        if let Ok(mut winch) = signal(SignalKind::window_change()) {
+            tokio::spawn(async move {
+                while winch.recv().await.is_some() {
+                    if let Some((rows, cols)) = crate::terminal::size(0) {
+                        let mut size = rows.to_be_bytes().to_vec();
+                        size.extend_from_slice(&cols.to_be_bytes());
+                        if resizes.send((frame::RESIZE, size)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    }
+    drop(to_supervisor);
     loop {
         let (kind, payload) = match frame::read(&mut rd).await {
             Ok(Some(f)) => f,
@@ -764,8 +839,10 @@ pub async fn exec(args: ExecArgs) -> i32 {
             Err(e) => return fail(format!("container {}: {e}", r.name)),
         };
         match kind {
-            frame::STARTED if p.interactive && wr.is_some() => {
-                let Some(mut wr) = wr.take() else { continue };
+            frame::STARTED => {
+                let Some(tx) = stdin_pump.take() else {
+                    continue;
+                };
                 tokio::spawn(async move {
                     use tokio::io::AsyncReadExt;
                     let mut stdin = tokio::io::stdin();
@@ -774,16 +851,13 @@ pub async fn exec(args: ExecArgs) -> i32 {
                         match stdin.read(&mut buf).await {
                             Ok(0) | Err(_) => break,
                             Ok(n) => {
-                                if frame::write(&mut wr, frame::STDIN, &buf[..n])
-                                    .await
-                                    .is_err()
-                                {
+                                if tx.send((frame::STDIN, buf[..n].to_vec())).await.is_err() {
                                     return;
                                 }
                             }
                         }
                     }
-                    let _ = frame::write(&mut wr, frame::STDIN_EOF, &[]).await;
+                    let _ = tx.send((frame::STDIN_EOF, Vec::new())).await;
                 });
             }
             frame::STDOUT | frame::STDERR => {
@@ -800,6 +874,7 @@ pub async fn exec(args: ExecArgs) -> i32 {
             }
             frame::FAILED if payload.len() >= 4 => {
                 let code = i32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                drop(_raw);
                 eprintln!("cabin: {}", String::from_utf8_lossy(&payload[4..]));
                 return code;
             }

@@ -1,7 +1,9 @@
 //! `cabin`: containers in lightweight VMs. A thin command-line layer over cabin-runtime.
 
+mod attach_cmd;
 mod connect_args;
 mod containers_cmd;
+mod cp_cmd;
 mod detached;
 mod image_cmd;
 mod machine_args;
@@ -59,8 +61,8 @@ enum Command {
     Logout { registry: String },
     /// Create a container without starting it (the options of run); prints its ID.
     Create(Box<run::RunArgs>),
-    /// Start created or exited containers.
-    Start(containers_cmd::NamesArgs),
+    /// Start created or exited containers (-a: and attach to one).
+    Start(containers_cmd::StartArgs),
     /// Stop and start containers.
     Restart(containers_cmd::StopArgs),
     /// List containers (running ones; -a for all).
@@ -78,6 +80,9 @@ enum Command {
     Wait(containers_cmd::NamesArgs),
     /// Run a command in a running container.
     Exec(containers_cmd::ExecArgs),
+    /// Copy files and directories between a running container and the host
+    /// (CONTAINER:PATH on one side; - for a tar archive on standard input or output).
+    Cp(cp_cmd::CpArgs),
     /// CPU, memory and processes of running containers.
     Stats(containers_cmd::StatsArgs),
     /// Containers' records as JSON.
@@ -196,6 +201,7 @@ fn main() {
             Command::Inspect(a) => containers_cmd::inspect(a),
             Command::Stats(a) => containers_cmd::stats(a).await,
             Command::Exec(a) => containers_cmd::exec(a).await,
+            Command::Cp(a) => cp_cmd::cp(a).await,
             Command::Container {
                 command: ContainerCommand::Supervise { id },
             } => containers_cmd::supervise(&id).await,

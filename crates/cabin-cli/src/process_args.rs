@@ -11,7 +11,7 @@ pub struct ProcessArgs {
     /// Give the process a terminal.
     #[arg(short, long)]
     pub tty: bool,
-    /// Set an environment variable (KEY=VALUE; with run, KEY passes the host's value).
+    /// Set an environment variable (KEY=VALUE; KEY alone passes the host's value).
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
     /// Working directory inside the container (created by run if missing).
@@ -20,4 +20,36 @@ pub struct ProcessArgs {
     /// User to run as: name, uid, name:group or uid:gid, from the image's /etc/passwd.
     #[arg(short, long, value_name = "USER[:GROUP]")]
     pub user: Option<String>,
+}
+
+/// Environment entries as docker takes them: KEY=VALUE as it is, KEY alone with the
+/// host's value (and left out when the host has none).
+pub fn resolve_env(entries: impl IntoIterator<Item = String>) -> Vec<String> {
+    entries
+        .into_iter()
+        .filter_map(|e| {
+            if e.contains('=') {
+                Some(e)
+            } else {
+                std::env::var(&e).ok().map(|v| format!("{e}={v}"))
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_key_takes_the_hosts_value_or_nothing() {
+        let got = resolve_env([
+            "A=1".to_string(),
+            "PATH".into(),
+            "CABIN_TEST_SURELY_UNSET_VARIABLE".into(),
+        ]);
+        assert_eq!(got[0], "A=1");
+        assert_eq!(got[1], format!("PATH={}", std::env::var("PATH").unwrap()));
+        assert_eq!(got.len(), 2);
+    }
 }

@@ -38,6 +38,10 @@ pub struct RunArgs {
     pub labels: Vec<String>,
     #[command(flatten)]
     pub process: ProcessArgs,
+    /// Run a small init as the container's PID 1, with the command as its child: it
+    /// passes signals on (SIGTERM works without a handler) and reaps orphaned processes.
+    #[arg(long)]
+    init: bool,
     /// Read environment variables from a file (KEY=VALUE or KEY per line; # comments).
     #[arg(long, value_name = "FILE")]
     env_file: Vec<PathBuf>,
@@ -147,21 +151,13 @@ pub fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
         env.extend(read_env_file(f)?);
     }
     env.extend(args.process.env.iter().cloned());
-    for e in &env {
-        match e.split_once('=') {
-            Some(_) => c.env.push(e.clone()),
-            None => {
-                if let Ok(v) = std::env::var(e) {
-                    c.env.push(format!("{e}={v}"));
-                }
-            }
-        }
-    }
+    c.env = crate::process_args::resolve_env(env);
     c.read_only = args.read_only;
     c.cwd = args.process.workdir.clone().unwrap_or_default();
     c.user = args.process.user.clone().unwrap_or_default();
     c.tty = args.process.tty;
     c.stdin = args.process.interactive;
+    c.init = args.init;
     c.hostname = args.hostname.clone();
     c.name = args.name.clone();
     args.connect.apply(&mut c)?;
@@ -179,7 +175,7 @@ pub fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
     Ok(c)
 }
 
-const FORWARDED_SIGNALS: &[libc::c_int] = &[
+pub(crate) const FORWARDED_SIGNALS: &[libc::c_int] = &[
     libc::SIGINT,
     libc::SIGTERM,
     libc::SIGHUP,
@@ -249,7 +245,9 @@ pub async fn run(args: RunArgs, started: Instant) -> i32 {
     code
 }
 
-async fn first_signal(signals: &mut [(libc::c_int, tokio::signal::unix::Signal)]) -> i32 {
+pub(crate) async fn first_signal(
+    signals: &mut [(libc::c_int, tokio::signal::unix::Signal)],
+) -> i32 {
     let futs = signals.iter_mut().map(|(n, s)| {
         let n = *n;
         Box::pin(async move {

@@ -108,7 +108,7 @@ fn names_and_bad_requests_get_clear_errors() {
     let o = run_detached(&["-t"], &["true"]);
     assert_eq!(o.status.code(), Some(125));
     assert!(
-        stderr(&o).contains("cannot be combined with -i or -t"),
+        stderr(&o).contains("-t cannot be combined with -d or create"),
         "{}",
         stderr(&o)
     );
@@ -302,4 +302,230 @@ fn exec_runs_more_processes_in_a_running_container() {
     assert!(stderr(&o).contains("is not running"), "{}", stderr(&o));
     // The container itself was not disturbed.
     assert!(ps_line("ex-box").unwrap().contains("Up "));
+}
+
+#[test]
+fn exec_starts_from_the_containers_settings_and_can_have_a_terminal() {
+    let _c = Cleanup(&["ex-image"]);
+    // An image with an environment, a working directory and a user of its own.
+    let o = cabin()
+        .args(["image", "import"])
+        .arg(busybox_rootfs())
+        .args(["exec-env:1", "-e", "FROM_IMAGE=image", "-e", "SHARED=image"])
+        .args(["-w", "/tmp", "-u", "user"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cabin()
+        .args([
+            "run",
+            "-d",
+            "--name",
+            "ex-image",
+            "-e",
+            "SHARED=run",
+            "exec-env:1",
+        ])
+        .args(["sleep", "1000"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // HOSTNAME as the container's process has it: its hostname.
+    let show = "echo \"$FROM_IMAGE|$SHARED|$FROM_HOST|${NOT_ON_HOST-unset}|$(id -u)|$(pwd)|$([ \"$HOSTNAME\" = $(hostname) ] && echo hostname)\"";
+    let o = cabin()
+        .env("FROM_HOST", "host value")
+        .env_remove("NOT_ON_HOST")
+        .args([
+            "exec",
+            "-e",
+            "FROM_HOST",
+            "-e",
+            "NOT_ON_HOST",
+            "ex-image",
+            "sh",
+            "-c",
+            show,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "image|run|host value|unset|1000|/tmp|hostname\n"
+    );
+    // The exec's own options win over the container's.
+    let o = cabin()
+        .args([
+            "exec",
+            "-u",
+            "0",
+            "-w",
+            "/",
+            "-e",
+            "SHARED=exec",
+            "ex-image",
+            "sh",
+            "-c",
+            show,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&o).starts_with("image|exec||unset|0|/|"),
+        "{}",
+        stdout(&o)
+    );
+
+    // -t: a terminal (output comes through it, with its line endings), TERM, and a
+    // default size when cabin itself has no terminal.
+    let o = cabin()
+        .args([
+            "exec",
+            "-t",
+            "ex-image",
+            "sh",
+            "-c",
+            "tty; echo $TERM; stty size; exit 3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("/dev/pts/"), "{out:?}");
+    assert!(out.ends_with("\r\nxterm\r\n24 80\r\n"), "{out:?}");
+    assert!(ps_line("ex-image").unwrap().contains("Up "));
+}
+
+fn create(opts: &[&str], cmd: &[&str]) {
+    let o = cabin()
+        .arg("create")
+        .args(opts)
+        .arg("--rootfs")
+        .arg(busybox_rootfs())
+        .arg("--")
+        .args(cmd)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn start_a_follows_this_runs_output_and_exits_with_its_code() {
+    let _c = Cleanup(&["sa-out", "sa-fast"]);
+    create(
+        &["--name", "sa-out"],
+        &[
+            "sh",
+            "-c",
+            "echo out; echo err >&2; printf partial; sleep 1; echo more; exit 5",
+        ],
+    );
+    for run in 1..=2 {
+        let o = cabin().args(["start", "-a", "sa-out"]).output().unwrap();
+        assert_eq!(o.status.code(), Some(5), "run {run}: {}", stderr(&o));
+        // Only this run's output, even when the log holds the earlier one too.
+        assert_eq!(stdout(&o), "out\npartialmore\n", "run {run}");
+        assert_eq!(stderr(&o), "err\n", "run {run}");
+    }
+    assert_eq!(
+        cabin_ok(&["logs", "sa-out"]).matches("more").count(),
+        2,
+        "the log keeps both runs"
+    );
+    // A run over before cabin could attach: its output and code come from the log
+    // and the record.
+    create(&["--name", "sa-fast"], &["sh", "-c", "echo fast; exit 2"]);
+    let o = cabin().args(["start", "-a", "sa-fast"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "fast\n");
+}
+
+#[test]
+fn start_ai_connects_stdin_of_containers_created_with_i() {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let _c = Cleanup(&["sa-in", "sa-noin", "sa-prompt"]);
+    create(
+        &["-i", "--name", "sa-in"],
+        &["sh", "-c", "read line; echo got:$line; wc -c; exit 4"],
+    );
+    let mut child = cabin()
+        .args(["start", "-a", "-i", "sa-in"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello\n").unwrap();
+        stdin.write_all(&[b'x'; 100_000]).unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "got:hello\n100000\n");
+    assert_eq!(inspect("sa-in")["stdin"], true);
+
+    create(&["--name", "sa-noin"], &["cat"]);
+    let o = cabin().args(["start", "-i", "sa-noin"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("created without -i"), "{}", stderr(&o));
+    assert!(
+        ps_line("sa-noin").unwrap().contains("Created"),
+        "not started"
+    );
+
+    // Output comes as it is written: a prompt without a newline shows before the
+    // answer is typed.
+    create(
+        &["-i", "--name", "sa-prompt"],
+        &["sh", "-c", "printf 'name? '; read name; echo \"hi $name\""],
+    );
+    let mut child = cabin()
+        .args(["start", "-ai", "sa-prompt"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"name? ") {
+        assert_eq!(
+            out.read(&mut byte).unwrap(),
+            1,
+            "{}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.push(byte[0]);
+    }
+    child.stdin.take().unwrap().write_all(b"bob\n").unwrap();
+    out.read_to_end(&mut seen).unwrap();
+    assert_eq!(String::from_utf8_lossy(&seen), "name? hi bob\n");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn signals_to_start_a_reach_the_container() {
+    use std::io::Read;
+    let _c = Cleanup(&["sa-sig"]);
+    create(&["--name", "sa-sig"], &["sh", "-c", SERVER]);
+    let mut child = cabin()
+        .args(["start", "-a", "sa-sig"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"started\n") {
+        assert_eq!(out.read(&mut byte).unwrap(), 1);
+        seen.push(byte[0]);
+    }
+    // SAFETY: a signal to the cabin process this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    out.read_to_end(&mut seen).unwrap();
+    assert_eq!(String::from_utf8_lossy(&seen), "started\nbye\n");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(ps_line("sa-sig").unwrap().contains("Exited (0)"));
 }

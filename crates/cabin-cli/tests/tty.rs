@@ -100,3 +100,122 @@ fn interactive_terminal_works_like_docker_run_it() {
     });
     t(&["kill-server"]);
 }
+
+/// A tmux session of its own running `cmd`, for one test.
+struct Tmux {
+    socket: String,
+    session: String,
+}
+
+impl Tmux {
+    fn start(name: &str, cmd: &str) -> Tmux {
+        let t = Tmux {
+            socket: format!("cabin-test-{name}-{}", std::process::id()),
+            session: format!("cabin-{name}"),
+        };
+        t.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            &t.session,
+            "-x",
+            "100",
+            "-y",
+            "30",
+            cmd,
+        ]);
+        t
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let mut full = vec!["-L", self.socket.as_str()];
+        full.extend_from_slice(args);
+        tmux(&full)
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", self.session.as_str()];
+        args.extend_from_slice(keys);
+        self.run(&args);
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", &self.session])
+    }
+
+    fn wait_for(&self, what: &str, mut cond: impl FnMut(&str) -> bool) {
+        wait_for(what, Duration::from_secs(60), || cond(&self.screen()));
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.run(&["kill-server"]);
+    }
+}
+
+#[test]
+fn with_init_the_terminal_belongs_to_the_command() {
+    let cmd = format!(
+        "env CABIN_DATA_DIR={} CABIN_ACCEL=tcg {} run -i -t --init --rootfs {} -- sh; echo EXITED=$?; sleep 60",
+        shared_data_dir().display(),
+        env!("CARGO_BIN_EXE_cabin"),
+        busybox_rootfs().display()
+    );
+    let t = Tmux::start("init", &cmd);
+    t.wait_for("the shell prompt", |s| s.contains("/ #"));
+    t.keys(&["echo pid=$$ pid1=$(cat /proc/1/comm)", "Enter"]);
+    t.wait_for("the pids", |s| s.contains("pid1=cabin-reaper"));
+    assert!(!t.screen().contains("pid=1 "), "{}", t.screen());
+    // Ctrl-C reaches the foreground program through the terminal: the shell (not
+    // PID 1, and in the terminal's foreground group) lives on.
+    t.keys(&["sleep 50", "Enter"]);
+    std::thread::sleep(Duration::from_millis(700));
+    t.keys(&["C-c"]);
+    t.keys(&["echo after-interrupt", "Enter"]);
+    t.wait_for("the shell after Ctrl-C", |s| {
+        s.lines().any(|l| l.trim() == "after-interrupt")
+    });
+    t.keys(&["exit 4", "Enter"]);
+    t.wait_for("cabin to exit", |s| s.contains("EXITED=4"));
+}
+
+#[test]
+fn exec_it_gives_a_running_container_a_terminal() {
+    let _c = Cleanup(&["tty-exec"]);
+    let o = run_detached(&["--name", "tty-exec"], &["sleep", "1000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cmd = format!(
+        "env CABIN_DATA_DIR={} {} exec -it tty-exec sh; echo EXITED=$?; sleep 60",
+        shared_data_dir().display(),
+        env!("CARGO_BIN_EXE_cabin"),
+    );
+    let t = Tmux::start("exec", &cmd);
+    t.wait_for("the shell prompt", |s| s.contains("/ #"));
+    t.keys(&["tty; stty size; echo term=$TERM", "Enter"]);
+    t.wait_for("tty output", |s| s.contains("term=xterm"));
+    let s = t.screen();
+    assert!(s.contains("/dev/pts/"), "{s}");
+    assert!(
+        s.contains("30 100"),
+        "the window size reaches the process: {s}"
+    );
+    t.run(&["resize-window", "-t", &t.session, "-x", "90", "-y", "25"]);
+    std::thread::sleep(Duration::from_millis(500));
+    t.keys(&["stty size", "Enter"]);
+    t.wait_for("the new size", |s| s.contains("25 90"));
+    // Raw mode: Ctrl-C goes through the terminal to the foreground program.
+    t.keys(&["sleep 50", "Enter"]);
+    std::thread::sleep(Duration::from_millis(700));
+    t.keys(&["C-c"]);
+    t.keys(&["echo after-interrupt", "Enter"]);
+    t.wait_for("the shell after Ctrl-C", |s| {
+        s.lines().any(|l| l.trim() == "after-interrupt")
+    });
+    t.keys(&["exit 7", "Enter"]);
+    t.wait_for("cabin exec to exit", |s| s.contains("EXITED=7"));
+    assert!(
+        ps_line("tty-exec").unwrap().contains("Up "),
+        "the container runs on"
+    );
+}

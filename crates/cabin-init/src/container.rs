@@ -790,7 +790,21 @@ pub fn start_process(
         );
     }
     // The child execs after pivot_root: `program` is the path inside the container.
-    let exec = launch::Program::new(cstr(&program), argv, envp);
+    // With --init it execs the reaper (init's own binary, from a descriptor), which
+    // starts the command (found above, so a missing one still fails here).
+    let exec = if req.init && join.is_none() {
+        let fd = crate::pid1::binary().ok_or_else(|| {
+            StartError::Setup("--init: cabin-init cannot find its own binary".into())
+        })?;
+        let mut reaper_argv = vec![cstr(crate::pid1::ARGV0), cstr("--")];
+        reaper_argv.extend(argv);
+        // A container's PID 1 drops the signals it does not block and has no handler
+        // for: the reaper starts with all of them blocked, so that none sent early is
+        // lost (a stop right after the start).
+        launch::Program::from_fd(fd, reaper_argv, envp).with_signals_blocked()
+    } else {
+        launch::Program::new(cstr(&program), argv, envp)
+    };
 
     // The child's ends are dropped (closed) in init once it has exec'd; init keeps the
     // other ends.

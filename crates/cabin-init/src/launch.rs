@@ -37,6 +37,12 @@ pub trait ChildSetup: Sync {
 /// What to exec, prepared so the child only reads it.
 pub struct Program {
     path: CString,
+    /// An open file to exec instead of `path` (execveat): a binary that is not in the
+    /// container's file system.
+    fd: Option<RawFd>,
+    /// Exec with every signal still blocked (the mask survives exec), for a program
+    /// that takes its signals with sigwait: none sent before it is ready is lost.
+    signals_blocked: bool,
     // The CStrings own the bytes the pointer arrays point at.
     _argv: Vec<CString>,
     _envp: Vec<CString>,
@@ -60,8 +66,25 @@ impl Program {
             argv_ptrs: ptrs(&argv),
             envp_ptrs: ptrs(&envp),
             path,
+            fd: None,
+            signals_blocked: false,
             _argv: argv,
             _envp: envp,
+        }
+    }
+
+    /// The program open at `fd` (any descriptor, O_PATH included).
+    pub fn from_fd(fd: RawFd, argv: Vec<CString>, envp: Vec<CString>) -> Program {
+        Program {
+            fd: Some(fd),
+            ..Program::new(CString::default(), argv, envp)
+        }
+    }
+
+    pub fn with_signals_blocked(self) -> Program {
+        Program {
+            signals_blocked: true,
+            ..self
         }
     }
 }
@@ -117,11 +140,28 @@ fn child_steps(shared: &Shared) -> Result<(), ChildFailure> {
     shared.setup.run()?;
     // SAFETY: as above; execve only returns on failure.
     unsafe {
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         let p = shared.program;
-        libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
+        // Every signal has been blocked since before the clone.
+        if !p.signals_blocked {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        }
+        match p.fd {
+            Some(fd) => {
+                libc::syscall(
+                    libc::SYS_execveat,
+                    fd,
+                    c"".as_ptr(),
+                    p.argv_ptrs.as_ptr(),
+                    p.envp_ptrs.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                );
+            }
+            None => {
+                libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
+            }
+        }
     }
     Err(ChildFailure {
         step: EXEC_STEP,

@@ -5,11 +5,13 @@
 
 mod clock;
 mod container;
+mod copy;
 mod entropy;
 mod inroot;
 mod launch;
 mod mounts;
 mod network;
+mod pid1;
 mod port;
 mod reaper;
 mod service;
@@ -121,6 +123,14 @@ async fn serve(init_started: u64) -> Result<(), String> {
 
 fn main() {
     let init_started = clock::boottime_nanos();
+    // The same binary serves as helpers, told apart by the name they are run under.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if argv0 == copy::HELPER_ARGV0 {
+        copy::helper_main();
+    }
+    if argv0 == pid1::ARGV0 {
+        pid1::main();
+    }
     let pid1 = std::process::id() == 1;
     if pid1 {
         if let Err(e) = leave_initramfs() {
@@ -131,6 +141,7 @@ fn main() {
         if let Err(e) = network::loopback_up() {
             log(&format!("loopback interface: {e}"));
         }
+        pid1::remember_binary();
         trace::init();
         trace::mark("basics mounted");
     }

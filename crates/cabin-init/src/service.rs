@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use cabin_proto::v1::agent_server::Agent;
 use cabin_proto::v1::{
-    output_chunk, ContainerRef, ContainerStats, CreateContainerRequest, Empty, ExitStatus,
-    HelloRequest, HelloResponse, InputChunk, MountRequest, OutputChunk, ProcessRef,
-    ResizeTtyRequest, SetHostsRequest, SetTimeRequest, SignalRequest, StartProcessRequest,
-    StartProcessResponse,
+    output_chunk, ContainerRef, ContainerStats, CopyInChunk, CopyOutRequest,
+    CreateContainerRequest, Empty, ExitStatus, HelloRequest, HelloResponse, InputChunk,
+    MountRequest, OutputChunk, ProcessRef, ResizeTtyRequest, SetHostsRequest, SetTimeRequest,
+    SignalRequest, StartProcessRequest, StartProcessResponse,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,6 +63,15 @@ impl AgentService {
             containers: Mutex::default(),
             processes: Mutex::default(),
         }
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>, Status> {
+        self.containers
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("no container {id}")))
     }
 
     fn process(&self, r: Option<&ProcessRef>) -> Result<Arc<Process>, Status> {
@@ -599,17 +608,31 @@ impl Agent for AgentService {
 
     async fn set_hosts(&self, req: Request<SetHostsRequest>) -> Result<Response<Empty>, Status> {
         let req = req.into_inner();
-        let ctr = self
-            .containers
-            .lock()
-            .unwrap()
-            .get(&req.container_id)
-            .cloned()
-            .ok_or_else(|| Status::not_found(format!("no container {}", req.container_id)))?;
+        let ctr = self.container(&req.container_id)?;
         let hosts = network::hosts_file(&ctr.hostname, ctr.ip.as_deref(), &req.hosts);
         mounts::rewrite(&ctr.etc_dir.join("hosts"), &hosts)
             .map_err(|e| io_status("rewrite /etc/hosts", e))?;
         Ok(Response::new(Empty {}))
+    }
+
+    type CopyOutStream = crate::copy::CopyOutStream;
+
+    async fn copy_out(
+        &self,
+        req: Request<CopyOutRequest>,
+    ) -> Result<Response<Self::CopyOutStream>, Status> {
+        let req = req.into_inner();
+        let ctr = self.container(&req.container_id)?;
+        crate::copy::copy_out(&ctr, &self.reaper, req).map(Response::new)
+    }
+
+    async fn copy_in(
+        &self,
+        req: Request<Streaming<CopyInChunk>>,
+    ) -> Result<Response<Empty>, Status> {
+        crate::copy::copy_in(|id| self.container(id), &self.reaper, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn shutdown(&self, _req: Request<Empty>) -> Result<Response<Empty>, Status> {

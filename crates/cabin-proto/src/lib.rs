@@ -9,8 +9,9 @@ pub mod v1 {
 use std::time::Duration;
 
 /// Minor version of the `cabin.agent.v1` protocol this build speaks. A host refuses a guest
-/// agent whose version is lower than the one it needs for a call.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// agent whose version is lower than the one it needs for a call. 2: CopyOut, CopyIn and
+/// StartProcessRequest.init.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Name of the virtio-serial port that carries the protocol.
 pub const PORT_NAME: &str = "cabin.agent";

@@ -88,6 +88,16 @@ impl Agent for Echo {
     async fn set_hosts(&self, _: Request<SetHostsRequest>) -> Result<Response<Empty>, Status> {
         unused()
     }
+    type CopyOutStream = Pin<Box<dyn Stream<Item = Result<CopyChunk, Status>> + Send>>;
+    async fn copy_out(
+        &self,
+        _: Request<CopyOutRequest>,
+    ) -> Result<Response<Self::CopyOutStream>, Status> {
+        unused()
+    }
+    async fn copy_in(&self, _: Request<Streaming<CopyInChunk>>) -> Result<Response<Empty>, Status> {
+        unused()
+    }
 }
 
 async fn connected() -> AgentClient<tonic::transport::Channel> {

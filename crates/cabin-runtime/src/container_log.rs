@@ -88,6 +88,11 @@ impl LogWriter {
         self.file.flush()
     }
 
+    /// Where the next entry goes in the live file.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// A line of cabin's own about the container (a failed start), on stderr.
     pub fn note(&mut self, text: &str) -> io::Result<()> {
         self.entry(true, format!("cabin: {text}\n").as_bytes())
@@ -152,6 +157,35 @@ pub fn read_from(container_dir: &Path, offset: u64) -> io::Result<(Vec<Entry>, u
     Ok((entries, pos))
 }
 
+/// The entries of the live log between two offsets (whole entries that start at or
+/// after `from` and end by `to`).
+pub fn read_between(container_dir: &Path, from: u64, to: u64) -> io::Result<Vec<Entry>> {
+    use std::io::{Read, Seek};
+    let mut f = match fs::File::open(path(container_dir)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    if to <= from {
+        return Ok(Vec::new());
+    }
+    f.seek(io::SeekFrom::Start(from))?;
+    let mut bytes = Vec::new();
+    f.take(to - from).read_to_end(&mut bytes)?;
+    Ok(bytes
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|l| l.ends_with(b"\n"))
+        .filter_map(|l| serde_json::from_slice::<Entry>(l).ok())
+        .collect())
+}
+
+/// The size of the live log: where a follower starts to see only what comes next.
+pub fn end(container_dir: &Path) -> u64 {
+    fs::metadata(path(container_dir))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
 /// Every entry: the rotated file's, then the live one's.
 pub fn read_all(container_dir: &Path) -> io::Result<(Vec<Entry>, u64)> {
     let mut all = Vec::new();
@@ -193,6 +227,17 @@ mod tests {
         let (next, _) = read_from(t.path(), offset).unwrap();
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].log, "four\n");
+        // A range: exactly what was written between two sizes.
+        let before = w.size();
+        w.write(true, b"five\nsix\n").unwrap();
+        let after = w.size();
+        w.write(false, b"seven\n").unwrap();
+        assert_eq!(end(t.path()), w.size());
+        let range = read_between(t.path(), before, after).unwrap();
+        assert_eq!(
+            range.iter().map(|e| e.log.as_str()).collect::<Vec<_>>(),
+            ["five\n", "six\n"]
+        );
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct ContainerConfig {
     pub tty: bool,
     pub tty_size: Option<(u16, u16)>,
     pub stdin: bool,
+    /// A reaper runs as PID 1 with the command as its child (docker's --init).
+    pub init: bool,
     pub hostname: Option<String>,
     /// Mount the root filesystem read-only (docker's --read-only).
     pub read_only: bool,
@@ -84,6 +86,7 @@ impl ContainerConfig {
             tty: false,
             tty_size: None,
             stdin: false,
+            init: false,
             hostname: None,
             read_only: false,
             cpus: None,
@@ -249,6 +252,8 @@ pub struct ContainerVm {
     pub missing_snapshot: bool,
     /// Something the user should hear about the boot (a snapshot that failed to resume).
     pub boot_notice: Option<String>,
+    /// What the container's process started with besides its command.
+    pub process: ProcessSettings,
     exited: Option<VmExit>,
     /// Network endpoint, volume locks: released after the VM is gone.
     attachments: Option<Attachments>,
@@ -256,6 +261,15 @@ pub struct ContainerVm {
     peers_watch: Option<tokio::task::JoinHandle<()>>,
     /// Its writable layer outlives the VM (ContainerConfig::layer).
     keeps_layer: bool,
+}
+
+/// The environment (the image's, the options', HOSTNAME), working directory and user a
+/// container's process started with: `cabin exec` starts from them, as docker's does.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessSettings {
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
 }
 
 /// What a container VM runs on: the VMM, kernel, initramfs and accelerator.
@@ -625,10 +639,16 @@ impl ContainerVm {
             "HOSTNAME={}",
             cfg.hostname.clone().unwrap_or_else(|| id[..12].to_string())
         )];
-        if cfg.tty {
-            env.push("TERM=xterm".into());
-        }
         env.extend(image_env);
+        me.process = ProcessSettings {
+            env: env.clone(),
+            cwd: cwd.clone(),
+            user: user.clone(),
+        };
+        if cfg.tty {
+            // Before the image's and the user's variables, which may set their own.
+            env.insert(1, "TERM=xterm".into());
+        }
         let started = me
             .guarded(agent::call(
                 "StartProcess",
@@ -655,6 +675,7 @@ impl ContainerVm {
                         })
                         .collect(),
                     stdin: cfg.stdin,
+                    init: cfg.init,
                 }),
             ))
             .await?;
@@ -692,6 +713,7 @@ impl ContainerVm {
             restored: spec.restore.is_some(),
             missing_snapshot: false,
             boot_notice: None,
+            process: ProcessSettings::default(),
             exited: None,
             attachments: None,
             peers_watch: None,

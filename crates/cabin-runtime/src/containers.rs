@@ -65,6 +65,12 @@ pub struct Record {
     /// How often the supervisor has started the process again (`--restart`).
     #[serde(default)]
     pub restart_count: u32,
+    /// Started with a reaper as PID 1 (`--init`).
+    #[serde(default)]
+    pub init: bool,
+    /// Its process's stdin is kept open for `cabin start -a -i` (`-i`).
+    #[serde(default)]
+    pub stdin: bool,
     /// The named volumes it mounts (they cannot be removed while it exists).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
@@ -367,6 +373,8 @@ mod tests {
             auto_remove: false,
             labels: vec![],
             restart_count: 0,
+            init: false,
+            stdin: false,
             network: None,
             volumes: vec![],
         }

@@ -2,8 +2,9 @@
 //!
 //! - [`container_vm`]: one container in its own VM, boot to teardown.
 //! - [`containers`]: the container state store (records, names, supervisor liveness).
+//! - [`copy`]: `cabin cp`, files between the host and a running container.
 //! - [`supervisor`]: the process that owns a detached container's VM; [`container_log`]
-//!   its output, time-stamped and rotated.
+//!   its output, time-stamped and rotated; [`attach`] clients of its process's I/O.
 //! - [`root`]: the container's root filesystem (directory or image) and the image's
 //!   defaults for the process.
 //! - [`assets`]: the guest kernel and the initramfs with cabin-init.
@@ -18,11 +19,13 @@
 
 pub mod agent;
 pub mod assets;
+pub mod attach;
 pub mod attachments;
 pub mod bridge;
 pub mod container_log;
 pub mod container_vm;
 pub mod containers;
+pub mod copy;
 pub mod network;
 pub mod paths;
 pub mod root;

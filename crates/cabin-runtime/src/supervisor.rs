@@ -11,14 +11,17 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cabin_proto::v1::{output_chunk, ContainerRef, ProcessRef, SignalRequest, StartProcessRequest};
+use cabin_proto::v1::{
+    output_chunk, ContainerRef, ProcessRef, ResizeTtyRequest, SignalRequest, StartProcessRequest,
+    TtySize,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::StreamExt;
 
 use crate::container_log::LogWriter;
-use crate::container_vm::{exit_code, memory_limit_note};
+use crate::container_vm::{exit_code, memory_limit_note, ProcessSettings};
 use crate::containers::{now_unix, Status, Store};
 use crate::{agent, ContainerConfig, ContainerVm, Paths};
 
@@ -33,6 +36,11 @@ pub enum Control {
     /// Run another process in the container; the connection then carries frames
     /// (see [`frame`]).
     Exec(ExecRequest),
+    /// `cabin cp` out of and into the container; frames too (see [`crate::copy`]).
+    CopyOut(crate::copy::CopyOutRequest),
+    CopyIn(crate::copy::CopyInRequest),
+    /// `cabin start -a`: the process's output and stdin; frames (see [`crate::attach`]).
+    Attach(crate::attach::AttachRequest),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,6 +50,32 @@ pub struct ExecRequest {
     pub cwd: String,
     pub user: String,
     pub stdin: bool,
+    /// A terminal for the process, of this many rows and columns (cabin exec -t);
+    /// resized with [`frame::RESIZE`].
+    #[serde(default)]
+    pub tty: Option<(u16, u16)>,
+}
+
+impl ExecRequest {
+    /// Fills in what the exec leaves to the container, as docker does: the variables
+    /// its process started with (and TERM with a terminal) under the exec's own, its
+    /// working directory and user unless the exec names others.
+    fn completed(mut self, started: &ProcessSettings) -> ExecRequest {
+        let mut env = Vec::with_capacity(started.env.len() + self.env.len() + 1);
+        if self.tty.is_some() {
+            env.push("TERM=xterm".to_string());
+        }
+        env.extend(started.env.iter().cloned());
+        env.append(&mut self.env);
+        self.env = env;
+        if self.cwd.is_empty() {
+            self.cwd = started.cwd.clone();
+        }
+        if self.user.is_empty() {
+            self.user = started.user.clone();
+        }
+        self
+    }
 }
 
 /// Frames on an exec connection: a kind byte, a big-endian u32 length, the payload.
@@ -60,6 +94,11 @@ pub mod frame {
     pub const FAILED: u8 = 4;
     /// The process runs: the client may send stdin now.
     pub const STARTED: u8 = 6;
+    /// Client to supervisor: the terminal's new size, rows then columns (u16 each).
+    pub const RESIZE: u8 = 7;
+    /// Supervisor to an attached client: where in the log this run's output starts and
+    /// where the live output takes over (u64 each).
+    pub const LOGGED: u8 = 8;
     /// Bigger frames are refused: output comes in chunks far below this.
     pub const MAX: u32 = 1 << 20;
 
@@ -181,7 +220,7 @@ pub async fn supervise(
     policy: RestartPolicy,
 ) -> Result<(), String> {
     let store = Store::open(paths).map_err(|e| e.to_string())?;
-    let _lock = store
+    let lock = store
         .lock_supervisor(id)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("container {id} already has a supervisor"))?;
@@ -194,8 +233,18 @@ pub async fn supervise(
     let _ = std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600));
 
     let mut backoff = Duration::from_millis(100);
+    let mut attached = crate::attach::Attached::default();
     let ended = loop {
-        let ended = run_once(paths, cfg, &store, &mut record, &mut log, &listener).await?;
+        let ended = run_once(
+            paths,
+            cfg,
+            &store,
+            &mut record,
+            &mut log,
+            &listener,
+            &mut attached,
+        )
+        .await?;
         let again = !ended.stopped
             && !ended.failed_start
             && policy.wants_restart(ended.code, record.restart_count);
@@ -226,6 +275,10 @@ pub async fn supervise(
     if record.auto_remove {
         let _ = store.remove(&record.id);
     }
+    // The container is settled: the clients attached to it may go on to the next
+    // command (a `cabin start`, which needs this lock).
+    drop(lock);
+    attached.finish(ended.code).await;
     Ok(())
 }
 
@@ -249,19 +302,29 @@ async fn wait_or_stop(listener: &UnixListener, d: Duration) -> bool {
     }
 }
 
-async fn read_request(conn: UnixStream) -> (Option<Control>, UnixStream) {
-    let mut lines = BufReader::new(conn);
-    let mut line = String::new();
-    let r = tokio::time::timeout(
-        Duration::from_secs(5),
-        (&mut lines).take(4096).read_line(&mut line),
-    )
-    .await;
-    let req = r
-        .ok()
-        .and_then(|r| r.ok())
-        .and_then(|_| serde_json::from_str::<Control>(&line).ok());
-    (req, lines.into_inner())
+async fn read_request(mut conn: UnixStream) -> (Option<Control>, UnixStream) {
+    // Byte by byte, never past the newline: what follows the request (a copy's
+    // archive frames) belongs to whoever handles it, and a buffered reader would keep
+    // it for itself.
+    let mut line = Vec::new();
+    let read = async {
+        let mut byte = [0u8; 1];
+        while line.len() < 4096 {
+            match conn.read(&mut byte).await {
+                Ok(1) if byte[0] == b'\n' => return true,
+                Ok(1) => line.push(byte[0]),
+                _ => return false,
+            }
+        }
+        false
+    };
+    let complete = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .unwrap_or(false);
+    let req = complete
+        .then(|| serde_json::from_slice::<Control>(&line).ok())
+        .flatten();
+    (req, conn)
 }
 
 async fn reply(conn: UnixStream, answer: Result<(), String>) {
@@ -311,10 +374,14 @@ async fn exec_relay(
         env: req.env,
         cwd: req.cwd,
         user: req.user,
-        tty: false,
-        tty_size: None,
+        tty: req.tty.is_some(),
+        tty_size: req.tty.map(|(rows, cols)| TtySize {
+            rows: rows as u32,
+            cols: cols as u32,
+        }),
         rlimits: Vec::new(),
         stdin: req.stdin,
+        init: false,
     };
     if let Err(e) = agent::call(
         "StartProcess",
@@ -336,18 +403,46 @@ async fn exec_relay(
     if frame::write(&mut wr, frame::STARTED, &[]).await.is_err() {
         return;
     }
-    if req.stdin {
-        let (tx, done) = agent::stdin_writer(&agent, process.clone());
-        tokio::spawn(async move {
-            while let Ok(Some((kind, data))) = frame::read(&mut rd).await {
-                if kind != frame::STDIN || tx.send(data).await.is_err() {
-                    break;
+    // What the client sends from now on: stdin (with -i) and window sizes (with -t).
+    let stdin = req
+        .stdin
+        .then(|| agent::stdin_writer(&agent, process.clone()));
+    let (mut a, p) = (agent.clone(), process.clone());
+    tokio::spawn(async move {
+        let (mut tx, done) = match stdin {
+            Some((tx, done)) => (Some(tx), Some(done)),
+            None => (None, None),
+        };
+        while let Ok(Some((kind, data))) = frame::read(&mut rd).await {
+            match kind {
+                frame::STDIN => {
+                    if let Some(t) = &tx {
+                        if t.send(data).await.is_err() {
+                            tx = None;
+                        }
+                    }
                 }
+                frame::STDIN_EOF => tx = None,
+                frame::RESIZE if data.len() == 4 => {
+                    let size = TtySize {
+                        rows: u16::from_be_bytes([data[0], data[1]]) as u32,
+                        cols: u16::from_be_bytes([data[2], data[3]]) as u32,
+                    };
+                    let req = ResizeTtyRequest {
+                        process: Some(p.clone()),
+                        size: Some(size),
+                    };
+                    let _ = agent::call("ResizeTty", cabin_proto::CALL_TIMEOUT, a.resize_tty(req))
+                        .await;
+                }
+                _ => {}
             }
-            drop(tx);
+        }
+        drop(tx);
+        if let Some(done) = done {
             let _ = done.await;
-        });
-    }
+        }
+    });
     let mut a = agent.clone();
     let output = match a.read_output(process.clone()).await {
         Ok(s) => Some(s.into_inner()),
@@ -380,6 +475,7 @@ async fn run_once(
     record: &mut crate::containers::Record,
     log: &mut LogWriter,
     listener: &UnixListener,
+    attached: &mut crate::attach::Attached,
 ) -> Result<Ended, String> {
     let mut vm = match ContainerVm::boot(paths, cfg, Instant::now()).await {
         Ok(vm) => vm,
@@ -409,6 +505,8 @@ async fn run_once(
     }
     let agent = vm.agent();
     let proc_ref = vm.process_ref();
+    let started = vm.process.clone();
+    attached.run_started(log.size());
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<(bool, Vec<u8>)>(64);
     let mut a = agent.clone();
     let r = proc_ref.clone();
@@ -453,6 +551,7 @@ async fn run_once(
                 s = &mut wait => break Some(s),
                 Some((stderr, data)) = out_rx.recv() => {
                     let _ = log.write(stderr, &data);
+                    attached.output(stderr, &data);
                 }
                 Ok((conn, _)) = listener.accept() => {
                     let (req, conn) = read_request(conn).await;
@@ -460,17 +559,32 @@ async fn run_once(
                         reply_with(conn, stats(&agent, &proc_ref.container_id).await).await;
                         continue;
                     }
-                    if let Some(Control::Exec(mut x)) = req {
+                    if let Some(Control::Exec(x)) = req {
                         execs += 1;
-                        let mut env = cfg.env.clone();
-                        env.append(&mut x.env);
-                        x.env = env;
+                        let x = x.completed(&started);
                         let process = ProcessRef {
                             container_id: proc_ref.container_id.clone(),
                             process_id: format!("exec-{execs}"),
                         };
                         tokio::spawn(exec_relay(agent.clone(), process, x, conn));
                         continue;
+                    }
+                    let id = proc_ref.container_id.clone();
+                    match req {
+                        Some(Control::CopyOut(c)) => {
+                            tokio::spawn(crate::copy::relay_out(agent.clone(), id, c, conn));
+                            continue;
+                        }
+                        Some(Control::CopyIn(c)) => {
+                            tokio::spawn(crate::copy::relay_in(agent.clone(), id, c, conn));
+                            continue;
+                        }
+                        Some(Control::Attach(a)) => {
+                            let stdin = cfg.stdin.then_some((&agent, &proc_ref));
+                            attached.add(conn, a, log, stdin);
+                            continue;
+                        }
+                        _ => {}
                     }
                     let answer = match req {
                         Some(Control::Signal(n)) => signal(n).await,
@@ -482,7 +596,12 @@ async fn run_once(
                             kill_at = Some(Instant::now() + Duration::from_secs(secs));
                             Ok(())
                         }
-                        Some(Control::Stats) | Some(Control::Exec(_)) | None => {
+                        Some(Control::Stats)
+                        | Some(Control::Exec(_))
+                        | Some(Control::CopyOut(_))
+                        | Some(Control::CopyIn(_))
+                        | Some(Control::Attach(_))
+                        | None => {
                             Err("unreadable request".to_string())
                         }
                     };
@@ -511,6 +630,7 @@ async fn run_once(
             let _ = tokio::time::timeout(Duration::from_secs(5), async {
                 while let Some((stderr, data)) = out_rx.recv().await {
                     let _ = log.write(stderr, &data);
+                    attached.output(stderr, &data);
                 }
             })
             .await;
@@ -543,6 +663,29 @@ async fn run_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exec_starts_from_what_the_container_started_with() {
+        let started = ProcessSettings {
+            env: vec!["HOSTNAME=h".into(), "A=image".into()],
+            cwd: "/app".into(),
+            user: "app".into(),
+        };
+        let req = |env: &[&str], cwd: &str, user: &str, tty| ExecRequest {
+            args: vec!["sh".into()],
+            env: env.iter().map(|e| e.to_string()).collect(),
+            cwd: cwd.into(),
+            user: user.into(),
+            stdin: false,
+            tty,
+        };
+        let x = req(&["A=exec"], "", "", None).completed(&started);
+        assert_eq!(x.env, ["HOSTNAME=h", "A=image", "A=exec"]);
+        assert_eq!((x.cwd.as_str(), x.user.as_str()), ("/app", "app"));
+        let x = req(&[], "/tmp", "0", Some((24, 80))).completed(&started);
+        assert_eq!(x.env, ["TERM=xterm", "HOSTNAME=h", "A=image"]);
+        assert_eq!((x.cwd.as_str(), x.user.as_str()), ("/tmp", "0"));
+    }
 
     #[test]
     fn restart_policies_parse_and_decide() {
