@@ -220,10 +220,19 @@ pub async fn supervise(
     policy: RestartPolicy,
 ) -> Result<(), String> {
     let store = Store::open(paths).map_err(|e| e.to_string())?;
-    let lock = store
-        .lock_supervisor(id)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("container {id} already has a supervisor"))?;
+    // The previous supervisor of a container started again right after it ended may
+    // still be on its way out (its record says exited before its process is gone):
+    // give it a moment rather than failing the start.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let lock = loop {
+        if let Some(l) = store.lock_supervisor(id).map_err(|e| e.to_string())? {
+            break l;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("container {id} already has a supervisor"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let mut record = store.load(id).map_err(|e| e.to_string())?;
     let dir = store.container_dir(id);
     let mut log = LogWriter::open(&dir).map_err(|e| format!("opening the log: {e}"))?;
