@@ -301,6 +301,14 @@ impl Store {
     pub fn reconcile(&self, id: &str) -> Result<Record, StoreError> {
         let mut r = self.load(id)?;
         if let Status::Running { .. } = r.status {
+            // Reconcilers take turns: one holding the supervisor lock for its probe
+            // would look like a live supervisor to another.
+            let _turn = flock(&self.container_dir(id).join("reconcile.lock"), true)
+                .map_err(|e| self.io(e))?;
+            r = self.load(id)?;
+            if !matches!(r.status, Status::Running { .. }) {
+                return Ok(r);
+            }
             if let Some(_lock) = self.lock_supervisor(id)? {
                 r.network = None;
                 r.status = Status::Exited {
