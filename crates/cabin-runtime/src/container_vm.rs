@@ -832,12 +832,17 @@ impl ContainerVm {
                     a.sync(cabin_proto::v1::Empty {}),
                 )
                 .await;
+                // QEMU writes a qcow2 layer's cluster tables when it closes the disk:
+                // a quit, not a kill (which would lose clusters allocated since the
+                // last flush QEMU saw).
+                let _ = self.vm.stop(Duration::from_secs(5)).await;
+            } else {
+                // The container's writable layer dies with the VM, so there is
+                // nothing to flush or shut down cleanly: killing QEMU is both safe and
+                // the fastest way down (a QMP quit costs a connection, a greeting and
+                // a negotiation first).
+                let _ = self.vm.kill().await;
             }
-            // The container's writable layer dies with the VM, so there is nothing
-            // else to flush or shut down cleanly: killing QEMU is both safe and the
-            // fastest way down (a QMP quit costs a connection, a greeting and a
-            // negotiation first).
-            let _ = self.vm.kill().await;
         }
         if let Some(rd) = self.run_dir.take() {
             // Developers' aid (bench/trace.sh): keep the guest console of the last run.
