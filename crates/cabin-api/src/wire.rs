@@ -220,6 +220,9 @@ pub struct Storage {
 #[serde(rename_all = "camelCase")]
 pub struct CloneVm {
     pub name: String,
+    /// pylume 0.2.1's clone_vm sends `new_name` (Lume refuses that body); taking it too
+    /// turns that failure into the clone asked for.
+    #[serde(alias = "new_name")]
     pub new_name: String,
     pub source_location: Option<String>,
     pub dest_location: Option<String>,
@@ -358,5 +361,7 @@ mod tests {
         let missing = br#"{"name":"a","os":"linux","cpu":1,"memory":"1GB","diskSize":"10GB"}"#;
         assert_eq!(body::<CreateVm>(missing).unwrap_err().0, INVALID_BODY);
         assert_eq!(body::<CreateVm>(b"").unwrap_err().0, INVALID_BODY);
+        let c: CloneVm = body(br#"{"name":"a","new_name":"b"}"#).unwrap();
+        assert_eq!(c.new_name, "b");
     }
 }

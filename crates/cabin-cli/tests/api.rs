@@ -970,3 +970,132 @@ fn failed_starts_are_reported_not_hidden_behind_a_202() {
     let cli: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(cli[0]["startError"], e, "the CLI sees it too");
 }
+
+/// A Python that imports pylume 0.2.1 (Lume's Python client, from PyPI), installed
+/// once into target/test-python. Err says why there is none.
+fn pylume_python() -> Result<PathBuf, String> {
+    let dir = workspace_root().join("target/test-python/pylume-0.2.1");
+    let python = dir.join("bin/python");
+    let imports = |py: &Path| {
+        std::process::Command::new(py)
+            .args(["-c", "import pylume"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if imports(&python) {
+        return Ok(python);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&dir)
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "python3 -m venv failed (Debian needs python3-venv, which scripts/setup.sh installs): {}",
+            stderr(&o)
+        ));
+    }
+    let o = std::process::Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "pylume==0.2.1",
+        ])
+        .output()
+        .map_err(|e| format!("pip: {e}"))?;
+    if !o.status.success() || !imports(&python) {
+        return Err(format!(
+            "pip install pylume==0.2.1 failed: {}{}",
+            stdout(&o),
+            stderr(&o)
+        ));
+    }
+    Ok(python)
+}
+
+const PYLUME_SCRIPT: &str = r#"
+import asyncio, sys
+from pylume import PyLume, VMConfig, VMRunOpts, VMUpdateOpts, SharedDirectory, LumeConfigError
+
+port, shared = int(sys.argv[1]), sys.argv[2]
+
+async def main():
+    async with PyLume(port=port, use_existing_server=True, host="127.0.0.1") as lume:
+        await lume.create_vm(VMConfig.model_validate({"name": "py", "os": "linux", "cpu": 1,
+            "memory": "512MB", "diskSize": "10GB", "display": "1024x768"}))
+        vms = await lume.list_vms()
+        assert [v.name for v in vms] == ["py"], vms
+        vm = await lume.get_vm("py")
+        assert (vm.status, vm.os, vm.cpu_count, vm.memory_size, vm.disk_size.total) == \
+            ("stopped", "linux", 1, 512 << 20, 10 << 30), vm
+        await lume.update_vm("py", VMUpdateOpts(cpu=2, memory="1GB"))
+        vm = await lume.get_vm("py")
+        assert (vm.cpu, vm.memory) == (2, "1GB"), vm
+        await lume.run_vm("py", VMRunOpts(no_display=True,
+            shared_directories=[SharedDirectory(host_path=shared, read_only=True)]))
+        vm = await lume.get_vm("py")
+        assert vm.status == "running" and vm.vnc_url.startswith("vnc://:"), vm
+        print("running", vm.vnc_url)
+        await lume.stop_vm("py")
+        vm = await lume.get_vm("py")
+        assert vm.status == "stopped" and vm.vnc_url is None, vm
+        await lume.clone_vm("py", "py2")
+        assert sorted(v.name for v in await lume.list_vms()) == ["py", "py2"]
+        await lume.delete_vm("py2")
+        await lume.delete_vm("py")
+        assert await lume.list_vms() == []
+        try:
+            await lume.get_vm("ghost")
+            raise AssertionError("no error for a missing VM")
+        except LumeConfigError as e:
+            assert "Virtual machine not found: ghost" in str(e), e
+        assert len(await lume.get_images()) == 0
+    print("PYLUME OK")
+
+asyncio.run(main())
+"#;
+
+#[test]
+fn pylume_drives_cabin_serve() {
+    let python = match pylume_python() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIPPED pylume_drives_cabin_serve: pylume cannot be installed: {why}");
+            return;
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let srv = Server::start(&data, &[("CABIN_ACCEL", "tcg")]);
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let script = tmp.path().join("pylume_test.py");
+    std::fs::write(&script, PYLUME_SCRIPT).unwrap();
+    let o = std::process::Command::new("timeout")
+        .arg("300")
+        .arg(&python)
+        .arg(&script)
+        .arg(srv.port.to_string())
+        .arg(&shared)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && stdout(&o).contains("PYLUME OK"),
+        "pylume: {}\n{}\nserver log:\n{}",
+        stdout(&o),
+        stderr(&o),
+        srv.log_text()
+    );
+    eprintln!(
+        "{}",
+        stdout(&o)
+            .lines()
+            .find(|l| l.starts_with("running"))
+            .unwrap_or("")
+    );
+}
