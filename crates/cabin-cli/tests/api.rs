@@ -903,6 +903,22 @@ fn a_vm_runs_and_stops_through_the_api() {
     assert!(vm["vncUrl"].is_null());
     assert!(vm["startError"].is_null());
     assert_eq!(srv.get("/lume/host/status").json()["vm_count"], 0);
+
+    // VNC disabled: running, no URL.
+    let r = srv.post(
+        "/lume/vms/lab/run",
+        r#"{"vnc":"disabled","storage":"home"}"#,
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    let vm = srv.get("/lume/vms/lab").json();
+    assert_eq!(vm["status"], "running", "{vm}");
+    assert!(vm["vncUrl"].is_null(), "{vm}");
+    assert_eq!(
+        srv.post("/lume/vms/lab/stop", r#"{"storage":"home"}"#)
+            .status,
+        200
+    );
+    assert_eq!(srv.get("/lume/vms/lab").json()["status"], "stopped");
     assert_eq!(srv.call("DELETE", "/lume/vms/lab", None).status, 200);
     assert_eq!(srv.get("/lume/vms").body, "[]");
 }
