@@ -16,6 +16,7 @@ packages=(
   debootstrap                         # tests: a real Debian root filesystem
   tmux cpio file curl                 # tests: terminals, archive checks, HTTP to containers
   docker-registry skopeo apache2-utils openssl   # tests: a real registry (htpasswd, tokens), an independent OCI client
+  python3-venv                        # tests: pylume (Lume's Python client, from PyPI) against cabin serve
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -97,6 +97,12 @@ enum Command {
         #[command(subcommand)]
         command: vm_cmd::VmCommand,
     },
+    /// Serve Lume's HTTP API for VMs on 127.0.0.1 (until SIGTERM or Ctrl-C).
+    Serve {
+        /// The port (0: any free one; the "Server started port=N" line says which).
+        #[arg(long, default_value_t = cabin_api::DEFAULT_PORT)]
+        port: u16,
+    },
     /// Settings: storage locations for VMs.
     Config {
         #[command(subcommand)]
@@ -211,6 +217,7 @@ fn main() {
             Command::Volume { command } => volume_cmd::run(command),
             Command::Vm { command } => vm_cmd::run(command).await,
             Command::Config { command } => vm_cmd::config(command),
+            Command::Serve { port } => serve(port).await,
             Command::System {
                 command: SystemCommand::Info { format },
             } => system_info(&format),
@@ -224,6 +231,28 @@ fn main() {
     });
     // Exit without waiting for a blocking stdin read to finish.
     std::process::exit(code);
+}
+
+async fn serve(port: u16) -> i32 {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("cabin: cannot find the cabin binary: {e}");
+            return 1;
+        }
+    };
+    let opts = cabin_api::Options {
+        port,
+        paths: Paths::from_env(),
+        exe,
+    };
+    match cabin_api::serve(opts).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cabin: {e}");
+            1
+        }
+    }
 }
 
 fn system_df(format: &str) -> i32 {

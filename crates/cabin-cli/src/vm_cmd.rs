@@ -1,10 +1,10 @@
 //! `cabin vm ...` (full VMs, like Lume's commands) and `cabin config storage ...`.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cabin_runtime::vm::details::{self, lume_pretty};
-use cabin_runtime::vm::runner::{self, RunOptions};
+use cabin_runtime::vm::runner::{self, RunOptions, Started};
 use cabin_runtime::vm::settings::Settings;
 use cabin_runtime::vm::sizes::parse_size;
 use cabin_runtime::vm::store::{self, CreateOptions, Vm, VmError};
@@ -449,55 +449,31 @@ async fn run_vm(paths: &Paths, s: &Settings, a: RunArgs) -> i32 {
     }
 }
 
-/// `vm run --detach`: the same command without --detach in a session of its own, its
-/// output in the VM's `run.log`; returns once the VM runs, or with the reason it did not.
+/// `vm run --detach`: the same command without --detach as the VM's background runner
+/// (`runner::spawn_runner`); returns once the VM runs, or with the reason it did not.
 fn detach(vm: &Vm, a: &RunArgs) -> i32 {
-    use std::os::unix::process::CommandExt;
-    let log_path = vm.dir.join("run.log");
-    let log = match std::fs::File::create(&log_path) {
-        Ok(f) => f,
-        Err(e) => return fail(format!("creating {}: {e}", log_path.display())),
-    };
-    let args: Vec<String> = std::env::args()
+    let args: Vec<std::ffi::OsString> = std::env::args_os()
         .skip(1)
         .filter(|x| x != "--detach")
         .collect();
-    let mut cmd = match std::env::current_exe() {
-        Ok(exe) => std::process::Command::new(exe),
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
         Err(e) => return fail(e),
     };
-    cmd.args(&args)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().expect("dup"))
-        .stderr(log);
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut child = match cmd.spawn() {
+    let mut child = match runner::spawn_runner(vm, &exe, &args) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(session) = vm.session() {
+    match runner::wait_started(vm, &mut child, Duration::from_secs(60)) {
+        Started::Running(session) => {
             if let Some(url) = &session.url {
                 log_info(&format!("VNC server started local={url}"));
             }
             log_info(&format!("VM started in the background name={}", a.name));
-            return 0;
+            0
         }
-        if let Ok(Some(_)) = child.try_wait() {
-            let out = std::fs::read_to_string(&log_path).unwrap_or_default();
-            return fail(format!("the VM did not start: {}", out.trim()));
-        }
-        if Instant::now() > deadline {
-            return fail("the VM did not start within 60 s; see its run.log");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+        Started::Failed(why) => fail(format!("the VM did not start: {why}")),
+        Started::Starting => fail("the VM did not start within 60 s; see its run.log"),
     }
 }
 

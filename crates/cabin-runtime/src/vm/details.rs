@@ -1,6 +1,8 @@
 //! Lume's `VMDetails`: what `vm ls`, `vm get` and the HTTP API report about a VM, with
 //! every key always present (null where there is no value). Built from files only, so
-//! listing many VMs costs a few stats each and no subprocess.
+//! listing many VMs costs a few stats each and no subprocess. One key is cabin's own:
+//! `startError`, why the last start failed (null once a start succeeds); clients that
+//! know only Lume's keys ignore it.
 
 use serde::Serialize;
 
@@ -30,6 +32,7 @@ pub struct VmDetails {
     pub shared_directories: Option<Vec<store::SharedDir>>,
     pub network_mode: String,
     pub download_progress: Option<f64>,
+    pub start_error: Option<String>,
 }
 
 pub fn details(vm: &Vm) -> Result<VmDetails, store::VmError> {
@@ -58,6 +61,10 @@ pub fn details(vm: &Vm) -> Result<VmDetails, store::VmError> {
         shared_directories: None,
         network_mode: c.network_mode,
         download_progress: None,
+        start_error: match session {
+            Some(_) => None,
+            None => vm.start_error().map(|e| e.message),
+        },
     })
 }
 

@@ -2,10 +2,17 @@
 //! config.json) for as long as QEMU lives, publishes `sessions.json` (VNC address,
 //! shared folders, its own pid), and on SIGTERM or SIGINT asks the guest to power off
 //! (ACPI), killing it after a grace period. `stop` from any process signals that pid.
+//! A start that fails is recorded in the VM's directory (`Vm::start_error`).
+//!
+//! Front ends that run VMs in the background (`vm run --detach`, the HTTP API) start
+//! the runner as a process of its own with `spawn_runner` and wait for it with
+//! `wait_started`.
 
+use std::ffi::OsString;
 use std::fs;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cabin_vmm::full::{self, FullVmSpec};
@@ -143,12 +150,31 @@ async fn connect_qmp(
 }
 
 /// Runs `vm` until its guest powers off or the process is told to stop it. `ready` is
-/// called once the VM runs, with its session (VNC URL...).
+/// called once the VM runs, with its session (VNC URL...). A failure before that is
+/// recorded as the VM's start error (but not "already running": that one is about
+/// another run, which goes on); the first successful start clears it.
 pub async fn run(
     paths: &Paths,
     vm: &Vm,
     opts: &RunOptions,
     ready: impl FnOnce(&Session),
+) -> Result<(), VmError> {
+    let mut started = false;
+    let result = run_vm(paths, vm, opts, ready, &mut started).await;
+    if let Err(e) = &result {
+        if !started && !matches!(e, VmError::Running(_)) {
+            vm.record_start_error(&e.to_string());
+        }
+    }
+    result
+}
+
+async fn run_vm(
+    paths: &Paths,
+    vm: &Vm,
+    opts: &RunOptions,
+    ready: impl FnOnce(&Session),
+    started: &mut bool,
 ) -> Result<(), VmError> {
     let config = vm.config()?;
     let lock = lock_running(vm)?;
@@ -239,6 +265,8 @@ pub async fn run(
         fs::write(&tmp, serde_json::to_vec(&session).expect("serialisable"))
             .and_then(|()| fs::rename(&tmp, vm.dir.join(store::SESSION)))
             .map_err(|e| VmError::Io(format!("writing sessions.json: {e}")))?;
+        *started = true;
+        vm.clear_start_error();
         ready(&session);
         let mut term = signal(SignalKind::terminate()).map_err(|e| VmError::Io(e.to_string()))?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| VmError::Io(e.to_string()))?;
@@ -301,6 +329,105 @@ pub fn stop(vm: &Vm, timeout: Duration) -> Result<(), VmError> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// The log of a VM's background runner (its stdout and stderr).
+pub const RUN_LOG: &str = "run.log";
+
+/// Starts `exe ARGS` (a front end's command that runs `vm` in the foreground) as the
+/// VM's background runner: in a session of its own, so that it outlives its parent and
+/// stays out of a terminal's job control, with its output in the VM's `run.log`. An
+/// earlier start error is cleared: this attempt supersedes it.
+pub fn spawn_runner(vm: &Vm, exe: &Path, args: &[OsString]) -> Result<Child, VmError> {
+    use std::os::unix::process::CommandExt;
+    let log_path = vm.dir.join(RUN_LOG);
+    let log = fs::File::create(&log_path)
+        .map_err(|e| VmError::Io(format!("creating {}: {e}", log_path.display())))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| VmError::Io(format!("duplicating {}: {e}", log_path.display())))?;
+    vm.clear_start_error();
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::null()).stdout(log).stderr(log2);
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| VmError::Io(format!("starting {}: {e}", exe.display())))
+}
+
+/// How a background start went.
+#[derive(Debug)]
+pub enum Started {
+    /// The runner published the VM's session: the VM runs.
+    Running(Session),
+    /// The runner exited first; why.
+    Failed(String),
+    /// Neither yet.
+    Starting,
+}
+
+/// Waits up to `timeout` for the runner `child` (from `spawn_runner`) to publish the
+/// VM's session, or to exit before that (the start failed: the reason is the start
+/// error it recorded, else the last thing it said).
+pub fn wait_started(vm: &Vm, child: &mut Child, timeout: Duration) -> Started {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(session) = vm.session().filter(|s| s.pid == child.id()) {
+            return Started::Running(session);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Started::Failed(runner_failure(vm, status));
+        }
+        if Instant::now() > deadline {
+            return Started::Starting;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Why a runner that exited with `status` did not start its VM.
+fn runner_failure(vm: &Vm, status: std::process::ExitStatus) -> String {
+    if let Some(e) = vm.start_error() {
+        return e.message;
+    }
+    let log = fs::read_to_string(vm.dir.join(RUN_LOG)).unwrap_or_default();
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if let Some(said) = lines.iter().rev().find_map(|l| l.strip_prefix("cabin: ")) {
+        return said.to_string();
+    }
+    match lines.last() {
+        Some(last) => format!("the VM's process exited ({status}): {last}"),
+        None => format!("the VM's process exited ({status})"),
+    }
+}
+
+/// Reaps a background runner when it ends, on a thread of its own. A runner that did
+/// not get to record its own failure (killed by a signal or crashed before its VM
+/// started) has it recorded here, so that the VM's details say why it is not running.
+pub fn reap_in_background(vm: Vm, mut child: Child) {
+    std::thread::spawn(move || {
+        let Ok(status) = child.wait() else {
+            return;
+        };
+        // Exit status 1 is cabin reporting an error it has dealt with (a start
+        // failure is recorded by `run` itself).
+        if status.success() || status.code() == Some(1) {
+            return;
+        }
+        let log = fs::read_to_string(vm.dir.join(RUN_LOG)).unwrap_or_default();
+        if !log.contains("INFO: VM started") && vm.start_error().is_none() {
+            vm.record_start_error(&runner_failure(&vm, status));
+        }
+    });
 }
 
 #[cfg(test)]

@@ -132,6 +132,30 @@ impl Settings {
         Ok(())
     }
 
+    /// Lume's `homeDirectory` setting: moves the default location to `path` (an absolute
+    /// directory, created if missing). The VMs already there stay where they are.
+    pub fn set_home_directory(&mut self, path: &str) -> Result<(), String> {
+        let dir = expand(path);
+        if !dir.is_absolute() {
+            return Err(format!(
+                "Invalid home directory: {path}: give an absolute path"
+            ));
+        }
+        fs::create_dir_all(&dir).map_err(|e| format!("Invalid home directory: {path}: {e}"))?;
+        let default = self.default_location_name.clone();
+        match self.vm_locations.iter_mut().find(|l| l.name == default) {
+            Some(l) => l.path = path.into(),
+            None => {
+                self.vm_locations.push(Location {
+                    name: default,
+                    path: path.into(),
+                });
+                self.vm_locations.sort_by(|a, b| a.name.cmp(&b.name));
+            }
+        }
+        Ok(())
+    }
+
     pub fn set_default(&mut self, name: &str) -> Result<(), String> {
         if self.location(name).is_none() {
             return Err(format!("Storage location not found: {name}"));
@@ -213,6 +237,10 @@ mod tests {
         assert!(s.remove_location("fast").unwrap_err().contains("default"));
         s.set_default("home").unwrap();
         s.remove_location("fast").unwrap();
+        let moved = t.path().join("moved");
+        s.set_home_directory(moved.to_str().unwrap()).unwrap();
+        assert_eq!(s.resolve(None).unwrap().1, moved);
+        assert!(s.set_home_directory("relative").is_err());
         s.save(&paths).unwrap();
         assert_eq!(Settings::load(&paths).unwrap(), s);
     }

@@ -23,6 +23,8 @@ pub const CONFIG: &str = "config.json";
 pub const DISK: &str = "disk.img";
 pub const NVRAM: &str = "nvram.bin";
 pub const SESSION: &str = "sessions.json";
+/// Why the VM's last start failed (cabin's own file; Lume has none).
+pub const START_ERROR: &str = ".start-error.json";
 
 /// The UEFI firmware and the template of its variable store (Debian's `ovmf`).
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -66,6 +68,16 @@ pub struct Session {
     pub started_at: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_address: Option<String>,
+}
+
+/// A start that failed: kept in the VM's directory until the next start succeeds, so
+/// that every front end (`vm get`, the HTTP API) can say why the VM is not running even
+/// when the start was asked for by another process that has since gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartError {
+    pub message: String,
+    /// Unix seconds.
+    pub at: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,6 +249,27 @@ impl Vm {
 
     pub fn disk(&self) -> PathBuf {
         self.dir.join(DISK)
+    }
+
+    /// Why the last start failed, if it did and no start succeeded since.
+    pub fn start_error(&self) -> Option<StartError> {
+        let b = fs::read(self.dir.join(START_ERROR)).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    /// Records a failed start (replacing any earlier one).
+    pub fn record_start_error(&self, message: &str) {
+        let e = StartError {
+            message: message.to_string(),
+            at: crate::containers::now_unix(),
+        };
+        let tmp = self.dir.join(".start-error.json.tmp");
+        let _ = fs::write(&tmp, serde_json::to_vec(&e).expect("serialisable"))
+            .and_then(|()| fs::rename(&tmp, self.dir.join(START_ERROR)));
+    }
+
+    pub fn clear_start_error(&self) {
+        let _ = fs::remove_file(self.dir.join(START_ERROR));
     }
 }
 
@@ -427,6 +460,26 @@ pub fn set(
     disk_size: Option<u64>,
     display: Option<&str>,
 ) -> Result<VmConfig, VmError> {
+    let c = check_set(vm, cpu, memory, disk_size, display)?;
+    if let Some(size) = disk_size {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(vm.disk())
+            .and_then(|f| f.set_len(size))
+            .map_err(io_err("growing disk.img"))?;
+    }
+    vm.save_config(&c)?;
+    Ok(c)
+}
+
+/// What `set` would make of the VM's config, checked but not applied (Lume's dry run).
+pub fn check_set(
+    vm: &Vm,
+    cpu: Option<u32>,
+    memory: Option<u64>,
+    disk_size: Option<u64>,
+    display: Option<&str>,
+) -> Result<VmConfig, VmError> {
     if vm.is_running() {
         return Err(VmError::Running(vm.name.clone()));
     }
@@ -457,14 +510,8 @@ pub fn set(
                 vm.name
             )));
         }
-        fs::OpenOptions::new()
-            .write(true)
-            .open(vm.disk())
-            .and_then(|f| f.set_len(size))
-            .map_err(io_err("growing disk.img"))?;
         c.disk_size = size;
     }
-    vm.save_config(&c)?;
     Ok(c)
 }
 
@@ -676,6 +723,17 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("Cannot shrink disk"));
+        // A dry run checks and changes nothing.
+        let planned = check_set(&vm, Some(8), None, Some(40 << 30), None).unwrap();
+        assert_eq!(planned.cpu_count, 8);
+        assert_eq!(vm.config().unwrap(), c);
+        assert_eq!(disk_usage(&vm.disk()).1, 30 << 30);
+        assert!(check_set(&vm, None, None, Some(1 << 30), None).is_err());
+
+        // A failed start is kept until cleared, and never cloned.
+        assert!(vm.start_error().is_none());
+        vm.record_start_error("QEMU exited");
+        assert_eq!(vm.start_error().unwrap().message, "QEMU exited");
 
         // Data written to the disk comes along; holes stay holes.
         std::os::unix::fs::FileExt::write_all_at(
@@ -689,6 +747,9 @@ mod tests {
         assert_ne!(cc.mac_address, c.mac_address);
         assert_ne!(cc.machine_identifier, c.machine_identifier);
         assert_eq!(cc.cpu_count, 4);
+        assert!(copy.start_error().is_none());
+        vm.clear_start_error();
+        assert!(vm.start_error().is_none());
         let mut buf = [0u8; 5];
         std::os::unix::fs::FileExt::read_exact_at(
             &fs::File::open(copy.disk()).unwrap(),

@@ -1,0 +1,485 @@
+//! One function per route, each a thin layer over `cabin_runtime::vm`, answering with
+//! Lume's shapes and messages. They block (files, flocks, waiting for a VM), so the
+//! server runs them on tokio's blocking threads.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use cabin_runtime::vm::details;
+use cabin_runtime::vm::runner::{self, Started};
+use cabin_runtime::vm::settings::Settings;
+use cabin_runtime::vm::sizes::parse_size;
+use cabin_runtime::vm::store::{self, CreateOptions, VmError};
+use cabin_runtime::Paths;
+
+use crate::log::Log;
+use crate::routes::Route;
+use crate::wire::{self, ApiError, Fields, Reply};
+
+/// How long `run` waits for the VM to come up before answering 202 anyway (it goes on
+/// watching; a later failure becomes the VM's `startError`).
+pub const START_WAIT: Duration = Duration::from_secs(10);
+/// How long `stop` gives a VM (ACPI power-off, then the runner pulls the plug after
+/// `runner::POWEROFF_GRACE`) before killing its runner.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct App {
+    pub paths: Paths,
+    /// The cabin binary, run as `cabin vm run NAME ...` to run a VM in the background.
+    pub exe: PathBuf,
+    pub log: Log,
+    /// VM directories whose start this server is seeing through.
+    starting: Mutex<HashSet<PathBuf>>,
+    /// Serialises this server's read-change-write of the settings file.
+    settings_lock: Mutex<()>,
+}
+
+impl App {
+    pub fn new(paths: Paths, exe: PathBuf) -> App {
+        App {
+            paths,
+            exe,
+            log: Log::default(),
+            starting: Mutex::new(HashSet::new()),
+            settings_lock: Mutex::new(()),
+        }
+    }
+
+    fn settings(&self) -> Result<Settings, ApiError> {
+        Ok(Settings::load(&self.paths)?)
+    }
+
+    /// Loads the settings, applies `change` and saves them.
+    fn change_settings(
+        &self,
+        change: impl FnOnce(&mut Settings) -> Result<(), String>,
+    ) -> Result<(), ApiError> {
+        let _guard = self.settings_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.settings()?;
+        change(&mut s)?;
+        Ok(s.save(&self.paths)?)
+    }
+}
+
+/// A request as a handler sees it.
+pub struct Request<'a> {
+    pub param: Option<String>,
+    pub query: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+impl Request<'_> {
+    fn name(&self) -> &str {
+        self.param.as_deref().unwrap_or_default()
+    }
+
+    fn query(&self, key: &str) -> Option<String> {
+        let q = self.query?;
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+    }
+}
+
+/// A `storage` value: absent, null and "" all mean "every location" (or the default
+/// one, to create in).
+fn storage(s: &Option<String>) -> Option<&str> {
+    s.as_deref().filter(|s| !s.is_empty())
+}
+
+pub fn handle(app: &App, route: Route, req: &Request) -> Result<Reply, ApiError> {
+    match route {
+        Route::ListVms => list_vms(app, req),
+        Route::GetVm => get_vm(app, req),
+        Route::DeleteVm => delete_vm(app, req),
+        Route::CreateVm => create_vm(app, req),
+        Route::CloneVm => clone_vm(app, req),
+        Route::SetVm => set_vm(app, req),
+        Route::RunVm => run_vm(app, req),
+        Route::StopVm => stop_vm(app, req),
+        Route::SetupVm => setup_vm(app, req),
+        Route::Ipsw => Err(ApiError::new(
+            "macOS restore images (IPSW) do not apply on Linux: cabin runs linux VMs",
+        )),
+        Route::Pull | Route::PullStart => {
+            let p: wire::Pull = wire::body(req.body)?;
+            Err(ApiError::new(format!(
+                "Pulling VM images is not supported yet ({}): cabin cannot read Lume's registry images; create a VM (POST /lume/vms) and install it from an ISO with cabin vm run --mount",
+                p.image
+            )))
+        }
+        Route::Push => {
+            let p: wire::Push = wire::body(req.body)?;
+            Err(ApiError::new(format!(
+                "Pushing VM images is not supported yet ({} as {}): cabin cannot write Lume's registry images",
+                p.name, p.image_name
+            )))
+        }
+        // cabin keeps no cache of VM images: there is nothing to remove.
+        Route::Prune => Ok(Reply::message(
+            StatusCode::OK,
+            "Successfully removed cached images",
+        )),
+        Route::Images => Ok(Reply::ok(&Vec::<()>::new())),
+        Route::GetConfig => get_config(app),
+        Route::SetConfig => set_config(app, req),
+        Route::ListLocations => {
+            let mut l = app.settings()?.vm_locations;
+            l.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(Reply::ok(&l))
+        }
+        Route::AddLocation => {
+            let a: wire::AddLocation = wire::body(req.body)?;
+            app.change_settings(|s| s.add_location(&a.name, &a.path))?;
+            app.log
+                .info(&format!("Location added name={} path={}", a.name, a.path));
+            Ok(Reply::ok(&Fields(&[
+                ("message", "Location added successfully"),
+                ("name", &a.name),
+                ("path", &a.path),
+            ])))
+        }
+        Route::RemoveLocation => {
+            app.change_settings(|s| s.remove_location(req.name()))?;
+            app.log
+                .info(&format!("Location removed name={}", req.name()));
+            Ok(Reply::message(
+                StatusCode::OK,
+                "Location removed successfully",
+            ))
+        }
+        Route::DefaultLocation => {
+            app.change_settings(|s| s.set_default(req.name()))?;
+            app.log
+                .info(&format!("Default location set name={}", req.name()));
+            Ok(Reply::message(
+                StatusCode::OK,
+                "Default location set successfully",
+            ))
+        }
+        Route::Logs => {
+            let kind = req.query("type").unwrap_or_else(|| "all".into());
+            let lines = req.query("lines").and_then(|n| n.parse().ok());
+            let mut out = serde_json::Map::new();
+            let kind = kind.to_ascii_lowercase();
+            if kind == "info" || kind == "all" {
+                out.insert("info".into(), app.log.tail(false, lines).into());
+            }
+            if kind == "error" || kind == "all" {
+                out.insert("error".into(), app.log.tail(true, lines).into());
+            }
+            Ok(Reply::ok(&out))
+        }
+        Route::HostStatus => host_status(app),
+        Route::Health => Ok(Reply::text(StatusCode::OK, "ok")),
+    }
+}
+
+fn list_vms(app: &App, req: &Request) -> Result<Reply, ApiError> {
+    let s = app.settings()?;
+    let storage = req.query("storage");
+    let vms = store::list(&s, storage.as_deref().filter(|s| !s.is_empty()))?;
+    let list: Vec<_> = vms
+        .iter()
+        .filter_map(|v| details::details(v).ok())
+        .collect();
+    Ok(Reply::ok(&list))
+}
+
+fn get_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
+    let s = app.settings()?;
+    let storage = req.query("storage");
+    let vm = store::find(&s, req.name(), storage.as_deref())?;
+    Ok(Reply::ok(&details::details(&vm)?))
+}
+
+fn delete_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
+    let s = app.settings()?;
+    let storage = req.query("storage");
+    let vm = store::find(&s, req.name(), storage.as_deref())?;
+    store::delete(&vm)?;
+    app.log.info(&format!("VM deleted name={}", vm.name));
+    Ok(Reply::empty_json())
+}
+
+fn create_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
+    let c: wire::CreateVm = wire::body(req.body)?;
+    let os = if c.os.eq_ignore_ascii_case("linux") {
+        "linux".to_string()
+    } else {
+        c.os.clone()
+    };
+    if os == "linux" && c.ipsw.is_some() {
+        return Err(ApiError::new(
+            "ipsw applies to macOS VMs only: a linux VM is created empty, to install from an ISO",
+        ));
+    }
+    if c.unattended.is_some() {
+        return Err(ApiError::new(
+            "Unattended setup drives the macOS Setup Assistant; it does not apply to linux VMs",
+        ));
+    }
+    let opts = CreateOptions {
+        os,
+        cpu: c.cpu,
+        memory: parse_size(&c.memory)?,
+        disk_size: parse_size(&c.disk_size)?,
+        display: c.display.clone(),
+        network: c.network.clone().unwrap_or_else(|| "nat".into()),
+    };
+    let s = app.settings()?;
+    let vm = store::create(&s, &c.name, storage(&c.storage), &opts)?;
+    app.log.info(&format!(
+        "VM created name={} location={}",
+        vm.name, vm.location_name
+    ));
+    Ok(Reply::json(
+        StatusCode::ACCEPTED,
+        &Fields(&[
+            ("message", "VM creation started"),
+            ("name", &c.name),
+            ("status", "provisioning"),
+        ]),
+    ))
+}
+
+fn clone_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
+    let c: wire::CloneVm = wire::body(req.body)?;
+    let s = app.settings()?;
+    let src = store::find(&s, &c.name, storage(&c.source_location))?;
+    let vm = store::clone(&s, &src, &c.new_name, storage(&c.dest_location))?;
+    app.log.info(&format!(
+        "VM cloned source={} destination={}",
+        src.name, vm.name
+    ));
+    Ok(Reply::ok(&Fields(&[
+        ("message", "VM cloned successfully"),
+        ("source", &c.name),
+        ("destination", &c.new_name),
+    ])))
+}
+
+fn set_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
+    let c: wire::SetVm = wire::body(req.body)?;
+    let s = app.settings()?;
+    let vm = store::find(&s, req.name(), storage(&c.storage))?;
+    let memory = c.memory.as_deref().map(parse_size).transpose()?;
+    let disk = c.disk_size.as_deref().map(parse_size).transpose()?;
+    if c.dry_run == Some(true) {
+        store::check_set(&vm, c.cpu, memory, disk, c.display.as_deref())?;
+    } else {
+        store::set(&vm, c.cpu, memory, disk, c.display.as_deref())?;
+        app.log
+            .info(&format!("VM settings updated name={}", vm.name));
+    }
+    Ok(Reply::message(
+        StatusCode::OK,
+        "VM settings updated successfully",
+    ))
+}
+
+/// Forgets a VM's start when it is settled, however the handler leaves.
+struct Starting<'a> {
+    app: &'a App,
+    dir: PathBuf,
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        let mut set = self.app.starting.lock().unwrap_or_else(|p| p.into_inner());
+        set.remove(&self.dir);
+    }
+}
+
+fn run_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
+    let r: wire::RunVm = wire::optional_body(req.body)?;
+    let s = app.settings()?;
+    let storage_param = req.query("storage");
+    let vm = store::find(
+        &s,
+        req.name(),
+        storage(&r.storage).or(storage_param.as_deref()),
+    )?;
+    let mut shares = Vec::new();
+    for d in r.shared_directories.iter().flatten() {
+        let path = runner::check_shared_dir(Path::new(&d.host_path))?;
+        shares.push((path, d.read_only.unwrap_or(false)));
+    }
+    let vnc = match r.vnc.as_deref() {
+        None | Some("enabled") => "enabled",
+        Some("disabled") => "disabled",
+        Some(other) => {
+            return Err(ApiError::new(format!(
+                "Invalid VNC policy: {other}: use enabled or disabled"
+            )))
+        }
+    };
+    if let Some(n) = r.network.as_deref() {
+        store::parse_network(n)?;
+        if n != "nat" {
+            return Err(ApiError::new(format!(
+                "Network mode {n} is not supported yet for VMs: use nat"
+            )));
+        }
+    }
+    if r.recovery_mode == Some(true) {
+        return Err(ApiError::new("Recovery mode applies to macOS VMs only"));
+    }
+    if r.disk_path.is_some() || r.nvram_path.is_some() {
+        return Err(ApiError::new(
+            "diskPath and nvramPath are not supported: a VM runs from the disk.img and nvram.bin in its directory",
+        ));
+    }
+
+    let _starting = {
+        let mut set = app.starting.lock().unwrap_or_else(|p| p.into_inner());
+        if vm.is_running() || !set.insert(vm.dir.clone()) {
+            return Err(VmError::Running(vm.name.clone()).into());
+        }
+        Starting {
+            app,
+            dir: vm.dir.clone(),
+        }
+    };
+    let mut args: Vec<OsString> = vec![
+        "vm".into(),
+        "run".into(),
+        vm.name.clone().into(),
+        "--storage".into(),
+        vm.location_name.clone().into(),
+        "--vnc".into(),
+        vnc.into(),
+    ];
+    for (path, ro) in &shares {
+        let mut spec = path.clone().into_os_string();
+        spec.push(if *ro { ":ro" } else { ":rw" });
+        args.push("--shared-dir".into());
+        args.push(spec);
+    }
+    let mut child = runner::spawn_runner(&vm, &app.exe, &args)?;
+    match runner::wait_started(&vm, &mut child, START_WAIT) {
+        Started::Running(session) => {
+            app.log.info(&format!(
+                "VM started name={} vnc={}",
+                vm.name,
+                session.url.as_deref().unwrap_or("disabled")
+            ));
+            runner::reap_in_background(vm.clone(), child);
+        }
+        Started::Starting => {
+            app.log.info(&format!("VM starting name={}", vm.name));
+            runner::reap_in_background(vm.clone(), child);
+        }
+        Started::Failed(why) => {
+            if !vm.is_running() && vm.start_error().is_none() {
+                vm.record_start_error(&why);
+            }
+            return Err(ApiError::new(why));
+        }
+    }
+    Ok(Reply::json(
+        StatusCode::ACCEPTED,
+        &Fields(&[
+            ("message", "VM start initiated"),
+            ("name", req.name()),
+            ("status", "pending"),
+        ]),
+    ))
+}
+
+fn stop_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
+    // As Lume: a body that is not JSON is ignored here.
+    let b: wire::Storage = wire::optional_body(req.body).unwrap_or_default();
+    let storage_param = req.query("storage");
+    let s = app.settings()?;
+    let vm = store::find(
+        &s,
+        req.name(),
+        storage(&b.storage).or(storage_param.as_deref()),
+    )?;
+    runner::stop(&vm, STOP_TIMEOUT)?;
+    app.log.info(&format!("VM stopped name={}", vm.name));
+    Ok(Reply::message(StatusCode::OK, "VM stopped successfully"))
+}
+
+fn setup_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
+    if req.body.is_empty() {
+        return Err(ApiError::new("Request body is required"));
+    }
+    let b: wire::SetupVm = wire::body(req.body)?;
+    if b.config_path.is_none() && b.config_yaml.is_none() {
+        return Err(ApiError::new("Either configPath or configYaml is required"));
+    }
+    let s = app.settings()?;
+    let vm = store::find(&s, req.name(), storage(&b.storage))?;
+    Err(ApiError::new(format!(
+        "Unattended setup drives the macOS Setup Assistant; it does not apply to linux VMs: {}",
+        vm.name
+    )))
+}
+
+fn get_config(app: &App) -> Result<Reply, ApiError> {
+    let s = app.settings()?;
+    Ok(Reply::ok(&wire::LumeSettings {
+        vm_locations: &s.vm_locations,
+        default_location_name: &s.default_location_name,
+        cache_directory: &s.cache_directory,
+        caching_enabled: s.caching_enabled,
+        registry: wire::RegistrySettings {
+            kind: "ghcr",
+            ghcr: wire::Ghcr {
+                registry: "ghcr.io",
+                organization: "trycua",
+            },
+        },
+        telemetry_enabled: false,
+    }))
+}
+
+fn set_config(app: &App, req: &Request) -> Result<Reply, ApiError> {
+    let c: wire::SetConfig = wire::body(req.body)?;
+    app.change_settings(|s| {
+        if let Some(home) = &c.home_directory {
+            s.set_home_directory(home)?;
+        }
+        if let Some(cache) = &c.cache_directory {
+            if !cabin_runtime::vm::settings::expand(cache).is_absolute() {
+                return Err(format!(
+                    "Invalid cache directory: {cache}: give an absolute path"
+                ));
+            }
+            s.cache_directory = cache.clone();
+        }
+        if let Some(on) = c.caching_enabled {
+            s.caching_enabled = on;
+        }
+        Ok(())
+    })?;
+    app.log.info("Configuration updated");
+    Ok(Reply::message(
+        StatusCode::OK,
+        "Configuration updated successfully",
+    ))
+}
+
+fn host_status(app: &App) -> Result<Reply, ApiError> {
+    let s = app.settings()?;
+    let running = store::list(&s, None)?
+        .iter()
+        .filter(|v| v.is_running())
+        .count();
+    // Not a limit cabin enforces (Lume's 2 is Apple's licence for macOS guests): one
+    // running VM per host CPU, as a guide for schedulers that read it.
+    let max = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(Reply::ok(&wire::HostStatus {
+        status: "healthy",
+        vm_count: running,
+        max_vms: max,
+        available_slots: max.saturating_sub(running),
+        version: env!("CARGO_PKG_VERSION"),
+    }))
+}

@@ -1,0 +1,112 @@
+//! `cabin serve`: Lume's HTTP API (the routes, request and reply shapes, status codes
+//! and messages of `lume serve`) on 127.0.0.1, over the same VM library as `cabin vm`,
+//! so the command line and the API see the same VMs. See `routes` for how requests are
+//! matched and where cabin departs from Lume on purpose (query strings; `run` reports
+//! a failed start instead of a 202; `stop` answers once the VM is down, without
+//! Lume's extra 5 s sleep).
+
+mod handlers;
+mod log;
+pub mod routes;
+mod wire;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use cabin_runtime::Paths;
+
+use handlers::{App, Request};
+use routes::{Match, Route};
+use wire::Reply;
+
+pub const DEFAULT_PORT: u16 = 7777;
+
+pub struct Options {
+    /// 0 picks a free port (the log line says which).
+    pub port: u16,
+    pub paths: Paths,
+    /// The cabin binary (runs VMs in the background as `cabin vm run NAME`).
+    pub exe: PathBuf,
+}
+
+/// Serves until SIGTERM or SIGINT. VMs started through the API run on (each in a
+/// process of its own) after the server stops.
+pub async fn serve(opts: Options) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.port))
+        .await
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                format!("Port {} is already in use by another process", opts.port)
+            } else {
+                format!("cannot listen on 127.0.0.1:{}: {e}", opts.port)
+            }
+        })?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let app = Arc::new(App::new(opts.paths, opts.exe));
+    let router = Router::new().fallback(dispatch).with_state(app.clone());
+    app.log.info(&format!("Server started port={port}"));
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop_signal())
+        .await
+        .map_err(|e| format!("serving: {e}"))?;
+    app.log.info("Server stopped");
+    Ok(())
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn dispatch(State(app): State<Arc<App>>, method: Method, uri: Uri, body: Bytes) -> Response {
+    let reply = match routes::find(&method, uri.path()) {
+        Match::NotFound => Reply::text(StatusCode::NOT_FOUND, "Not found"),
+        Match::MissingParam(text) => Reply::text(StatusCode::BAD_REQUEST, text),
+        Match::Found(Route::Health, _) => Reply::text(StatusCode::OK, "ok"),
+        Match::Found(route, param) => {
+            let worker = app.clone();
+            let query = uri.query().map(String::from);
+            let done = tokio::task::spawn_blocking(move || {
+                let req = Request {
+                    param,
+                    query: query.as_deref(),
+                    body: &body,
+                };
+                handlers::handle(&worker, route, &req)
+            })
+            .await;
+            match done {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => e.reply(),
+                Err(_) => Reply::message(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+            }
+        }
+    };
+    match reply.error_message() {
+        None => app.log.info(&format!(
+            "Request method={method} path={} status={}",
+            uri.path(),
+            reply.status.as_u16()
+        )),
+        Some(m) => app.log.error(&format!(
+            "Request failed method={method} path={} status={} message={m}",
+            uri.path(),
+            reply.status.as_u16()
+        )),
+    }
+    reply.into_response()
+}
