@@ -46,17 +46,8 @@ pub fn command_line(spec: &FullVmSpec) -> Vec<String> {
     let mut push = |s: &[&str]| a.extend(s.iter().map(|s| s.to_string()));
     push(&["-nodefaults", "-no-user-config", "-name", &spec.name]);
     push(&["-machine", "q35,smm=off,vmport=off"]);
-    match spec.accel {
-        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
-    }
-    push(&[
-        "-sandbox",
-        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-    ]);
-    let smp = spec.cpus.max(1).to_string();
-    let mem = format!("{}M", spec.memory_mib);
-    push(&["-smp", &smp, "-m", &mem]);
+    let machine = crate::qemu::machine_args(spec.accel, spec.cpus, spec.memory_mib);
+    push(&machine.iter().map(String::as_str).collect::<Vec<_>>());
     if let Some(uuid) = &spec.uuid {
         push(&["-uuid", uuid]);
     }

@@ -102,18 +102,8 @@ pub fn command_line(spec: &MicroVmSpec) -> Vec<String> {
     // acpi=off: the kernel has no ACPI, and only then does QEMU put the virtio-mmio
     // devices on the kernel command line.
     push(&["-M", "microvm,acpi=off,x-option-roms=off,rtc=on"]);
-    match spec.accel {
-        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
-    }
-    // QEMU's seccomp sandbox: no spawning, no privilege changes.
-    push(&[
-        "-sandbox",
-        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-    ]);
-    let smp = spec.cpus.max(1).to_string();
-    let mem = format!("{}M", spec.memory_mib);
-    push(&["-smp", &smp, "-m", &mem]);
+    let machine = machine_args(spec.accel, spec.cpus, spec.memory_mib);
+    push(&machine.iter().map(String::as_str).collect::<Vec<_>>());
     let kernel = spec.kernel.to_string_lossy().into_owned();
     let initrd = spec.initrd.to_string_lossy().into_owned();
     let cmdline = if spec.extra_cmdline.is_empty() {
@@ -190,6 +180,27 @@ const AGENT_PORT_ID: &str = "agentport";
 /// The name cabin-init looks for; kept in step with cabin_proto::PORT_NAME by a test in
 /// cabin-runtime (this crate does not depend on the protocol).
 pub const AGENT_PORT_NAME: &str = "cabin.agent";
+
+/// Accelerator and CPU model, QEMU's seccomp sandbox (no spawning, no privilege
+/// changes), vCPUs and memory: the same for every kind of VM.
+pub(crate) fn machine_args(accel: Accel, cpus: u32, memory_mib: u64) -> Vec<String> {
+    let mut a: Vec<String> = match accel {
+        Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
+        Accel::Tcg => ["-accel", "tcg,thread=multi", "-cpu", "max"],
+    }
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend([
+        "-sandbox".to_string(),
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+        "-smp".into(),
+        cpus.max(1).to_string(),
+        "-m".into(),
+        format!("{memory_mib}M"),
+    ]);
+    a
+}
 
 /// QEMU option values escape a comma by doubling it.
 pub(crate) fn qemu_escape(s: &str) -> String {
