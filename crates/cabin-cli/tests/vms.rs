@@ -20,6 +20,18 @@ fn vm_in(data: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Stops the named VMs of a data directory when the test ends, passed or failed, so
+/// that no VM outlives it.
+struct StopVms<'a>(&'a Path, &'static [&'static str]);
+
+impl Drop for StopVms<'_> {
+    fn drop(&mut self) {
+        for name in self.1 {
+            let _ = vm_in(self.0, &["stop", name]);
+        }
+    }
+}
+
 fn ok(data: &Path, args: &[&str]) -> String {
     let o = vm_in(data, args);
     assert!(
@@ -190,6 +202,7 @@ fn test_output_dir() -> PathBuf {
 fn a_vm_is_created_run_with_vnc_stopped_changed_cloned_and_deleted() {
     let data = tempfile::tempdir().unwrap();
     let d = data.path();
+    let _stop = StopVms(d, &["lab"]);
     ok(
         d,
         &[
@@ -512,6 +525,7 @@ fn a_full_disk_during_create_or_clone_is_clear_and_leaves_no_half_vm() {
 fn a_vm_whose_qemu_dies_shows_as_stopped_and_runs_again() {
     let data = tempfile::tempdir().unwrap();
     let d = data.path();
+    let _stop = StopVms(d, &["fragile"]);
     ok(
         d,
         &[

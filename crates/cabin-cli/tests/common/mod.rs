@@ -329,7 +329,10 @@ impl Drop for Cleanup {
     }
 }
 
-pub const SERVER: &str = "echo started; trap 'echo bye; exit 0' TERM; while :; do sleep 0.2; done";
+/// A long-running process that says "started" once its TERM trap is set (a PID 1
+/// without a handler ignores SIGTERM, so a signal sent on "started" must find it) and
+/// "bye" when stopped.
+pub const SERVER: &str = "trap 'echo bye; exit 0' TERM; echo started; while :; do sleep 0.2; done";
 
 /// Unmounts its directory when dropped.
 pub struct Unmount(pub PathBuf);
