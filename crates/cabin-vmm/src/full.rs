@@ -3,10 +3,8 @@
 //! server on the host's loopback. What Lume gives a Linux guest, on Linux.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use crate::{Accel, NetBackend, ShareSpec};
 
@@ -141,35 +139,11 @@ pub fn command_line(spec: &FullVmSpec) -> Vec<String> {
 
 /// Starts QEMU for `spec`; it dies with the calling process.
 pub fn spawn(binary: &std::path::Path, spec: &FullVmSpec) -> io::Result<Child> {
-    let tap: Option<&OwnedFd> = match &spec.nic {
-        NetBackend::Tap(Some(fd)) => Some(fd),
-        NetBackend::Tap(None) => {
-            return Err(io::Error::other("the VM's tap device was not opened"))
-        }
-        NetBackend::User { .. } => None,
-    };
-    let tap_raw = tap.map(|f| f.as_raw_fd());
-    let mut cmd = Command::new(binary);
-    cmd.args(command_line(spec))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if let Some(fd) = tap_raw {
-                if libc::dup2(fd, TAP_FD) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn()
-        .map_err(|e| io::Error::new(e.kind(), format!("starting {}: {e}", binary.display())))
+    let fds: Vec<(i32, i32)> = crate::qemu::tap_fd(&spec.nic)?
+        .map(|fd| (fd, TAP_FD))
+        .into_iter()
+        .collect();
+    crate::qemu::spawn_qemu(binary, command_line(spec), &fds)
 }
 
 #[cfg(test)]

@@ -202,6 +202,52 @@ pub(crate) fn machine_args(accel: Accel, cpus: u32, memory_mib: u64) -> Vec<Stri
     a
 }
 
+/// The descriptor of a tap backend, None for other backends.
+pub(crate) fn tap_fd(nic: &NetBackend) -> io::Result<Option<i32>> {
+    match nic {
+        NetBackend::Tap(Some(fd)) => Ok(Some(fd.as_raw_fd())),
+        NetBackend::Tap(None) => Err(io::Error::other("the VM's tap device was not opened")),
+        NetBackend::User { .. } => Ok(None),
+    }
+}
+
+/// Starts QEMU with `args`, each `(fd, number)` of `fds` open as that number in it. QEMU
+/// must not outlive its parent: a killed cabin leaves no VM behind.
+pub(crate) fn spawn_qemu(
+    binary: &Path,
+    args: Vec<String>,
+    fds: &[(i32, i32)],
+) -> io::Result<std::process::Child> {
+    let fds = fds.to_vec();
+    let parent = std::process::id() as i32;
+    let mut cmd = Command::new(binary);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec; `fds` was copied
+    // before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(io::Error::other("parent exited"));
+            }
+            // dup2 clears close-on-exec on the copies.
+            for &(fd, to) in &fds {
+                if libc::dup2(fd, to) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("starting {}: {e}", binary.display())))
+}
+
 /// QEMU option values escape a comma by doubling it.
 pub(crate) fn qemu_escape(s: &str) -> String {
     s.replace(',', ",,")
@@ -284,47 +330,12 @@ impl VmBackend for Qemu {
             ),
             None => None,
         };
-        let restore_raw = restore.as_ref().map(|f| f.as_raw_fd());
-        let tap_raw = match &spec.nic {
-            Some(NetBackend::Tap(Some(fd))) => Some(fd.as_raw_fd()),
-            Some(NetBackend::Tap(None)) => {
-                return Err(io::Error::other("the VM's tap device was not opened"))
-            }
-            _ => None,
-        };
-        let parent = std::process::id() as i32;
-        let mut cmd = Command::new(&self.binary);
-        cmd.args(command_line(spec))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                // QEMU must not outlive cabin: a killed cabin leaves no VM behind.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
-                    return Err(io::Error::other("parent exited"));
-                }
-                // dup2 clears close-on-exec on the copies.
-                if libc::dup2(agent_raw, AGENT_FD) < 0 || libc::dup2(qmp_raw, QMP_FD) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                for (fd, to) in [(restore_raw, RESTORE_FD), (tap_raw, TAP_FD)] {
-                    if let Some(fd) = fd {
-                        if libc::dup2(fd, to) < 0 {
-                            return Err(io::Error::last_os_error());
-                        }
-                    }
-                }
-                Ok(())
-            });
+        let mut fds = vec![(agent_raw, AGENT_FD), (qmp_raw, QMP_FD)];
+        fds.extend(restore.as_ref().map(|f| (f.as_raw_fd(), RESTORE_FD)));
+        if let Some(nic) = &spec.nic {
+            fds.extend(tap_fd(nic)?.map(|fd| (fd, TAP_FD)));
         }
-        let child = cmd.spawn().map_err(|e| {
-            io::Error::new(e.kind(), format!("starting {}: {e}", self.binary.display()))
-        })?;
+        let child = spawn_qemu(&self.binary, command_line(spec), &fds)?;
         drop((agent_fd, qmp_fd, restore));
         Ok(QemuVm {
             child: Some(child),

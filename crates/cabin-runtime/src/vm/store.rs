@@ -384,6 +384,24 @@ fn staging(parent: &Path, name: &str) -> PathBuf {
     parent.join(format!(".{name}.staging-{}", std::process::id()))
 }
 
+/// For a VM about to be made (created or cloned) as `name` in `storage`: its location's
+/// name, the directory it goes in, and an empty staging directory name there. Refuses a
+/// name that is taken anywhere it would be found.
+fn new_vm_dir(
+    settings: &Settings,
+    name: &str,
+    storage: Option<&str>,
+) -> Result<(String, PathBuf, PathBuf), VmError> {
+    if find(settings, name, storage).is_ok() {
+        return Err(VmError::Exists(name.to_string()));
+    }
+    let (location_name, parent) = settings.resolve(storage).map_err(VmError::Invalid)?;
+    fs::create_dir_all(&parent).map_err(io_err(format!("creating {}", parent.display())))?;
+    let stage = staging(&parent, name);
+    let _ = fs::remove_dir_all(&stage);
+    Ok((location_name, parent, stage))
+}
+
 /// Creates a linux VM: an empty sparse disk and a fresh UEFI variable store.
 pub fn create(
     settings: &Settings,
@@ -393,13 +411,7 @@ pub fn create(
 ) -> Result<Vm, VmError> {
     let name = normalize_name(name)?;
     opts.validate()?;
-    if find(settings, &name, storage).is_ok() {
-        return Err(VmError::Exists(name));
-    }
-    let (location_name, parent) = settings.resolve(storage).map_err(VmError::Invalid)?;
-    fs::create_dir_all(&parent).map_err(io_err(format!("creating {}", parent.display())))?;
-    let stage = staging(&parent, &name);
-    let _ = fs::remove_dir_all(&stage);
+    let (location_name, parent, stage) = new_vm_dir(settings, &name, storage)?;
     let made = (|| {
         fs::create_dir(&stage).map_err(io_err("creating the VM directory"))?;
         let disk = fs::File::create(stage.join(DISK)).map_err(io_err("creating disk.img"))?;
@@ -539,13 +551,7 @@ pub fn clone(
     if src.is_running() {
         return Err(VmError::Running(src.name.clone()));
     }
-    if find(settings, &new_name, dest_storage).is_ok() {
-        return Err(VmError::Exists(new_name));
-    }
-    let (location_name, parent) = settings.resolve(dest_storage).map_err(VmError::Invalid)?;
-    fs::create_dir_all(&parent).map_err(io_err(format!("creating {}", parent.display())))?;
-    let stage = staging(&parent, &new_name);
-    let _ = fs::remove_dir_all(&stage);
+    let (location_name, parent, stage) = new_vm_dir(settings, &new_name, dest_storage)?;
     let made = (|| {
         fs::create_dir(&stage).map_err(io_err("creating the clone's directory"))?;
         copy_disk(&src.disk(), &stage.join(DISK))?;
