@@ -844,19 +844,12 @@ pub async fn exec(args: ExecArgs) -> i32 {
                     continue;
                 };
                 tokio::spawn(async move {
-                    use tokio::io::AsyncReadExt;
-                    let mut stdin = tokio::io::stdin();
-                    let mut buf = vec![0u8; cabin_proto::CHUNK_BYTES];
-                    loop {
-                        match stdin.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                if tx.send((frame::STDIN, buf[..n].to_vec())).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
+                    crate::terminal::pump_stdin(|b| {
+                        let tx = tx.clone();
+                        async move { tx.send((frame::STDIN, b)).await.is_ok() }
+                    })
+                    .await;
+                    // (Fails harmlessly when the relay has gone.)
                     let _ = tx.send((frame::STDIN_EOF, Vec::new())).await;
                 });
             }

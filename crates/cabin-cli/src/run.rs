@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use cabin_proto::v1::{output_chunk, ResizeTtyRequest, SignalRequest, TtySize};
 use cabin_runtime::{agent, ContainerConfig, ContainerVm, Paths, RootSource, RunError};
 use clap::Args;
-use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::StreamExt;
 
@@ -335,18 +334,11 @@ async fn attach(
     if cfg.stdin {
         let (tx, done) = agent::stdin_writer(&agent, proc_ref.clone());
         tokio::spawn(async move {
-            let mut stdin = tokio::io::stdin();
-            let mut buf = vec![0u8; cabin_proto::CHUNK_BYTES];
-            loop {
-                match stdin.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if tx.send(buf[..n].to_vec()).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
+            terminal::pump_stdin(|b| {
+                let tx = tx.clone();
+                async move { tx.send(b).await.is_ok() }
+            })
+            .await;
             drop(tx);
             let _ = done.await;
         });

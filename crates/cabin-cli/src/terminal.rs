@@ -1,4 +1,5 @@
-//! The user's terminal during `cabin run -t`: raw mode while attached, its size.
+//! The user's terminal during `cabin run -t`: raw mode while attached, its size; and
+//! cabin's standard input passed on to a process.
 
 use std::os::fd::BorrowedFd;
 
@@ -45,5 +46,27 @@ impl RawMode {
 impl Drop for RawMode {
     fn drop(&mut self) {
         let _ = termios::tcsetattr(stdin_fd(), SetArg::TCSANOW, &self.saved);
+    }
+}
+
+/// Reads cabin's standard input in protocol-sized chunks and hands each to `send`
+/// until end of file, a read error, or `send` answering false (the receiver is gone).
+pub async fn pump_stdin<F, Fut>(mut send: F)
+where
+    F: FnMut(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; cabin_proto::CHUNK_BYTES];
+    loop {
+        match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if !send(buf[..n].to_vec()).await {
+                    return;
+                }
+            }
+        }
     }
 }

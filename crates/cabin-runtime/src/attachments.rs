@@ -162,7 +162,7 @@ impl Attachments {
                 // start of its ID, as in docker).
                 let mut names = Vec::new();
                 names.extend(cfg.name.clone());
-                names.push(cfg.hostname.clone().unwrap_or_else(|| id[..12].to_string()));
+                names.push(cfg.hostname_for(id));
                 names.dedup();
                 let ep = bridge::attach(id, names, &publish)
                     .map_err(|e| RunError::Setup(e.to_string()))?;

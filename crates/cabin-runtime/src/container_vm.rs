@@ -105,6 +105,13 @@ impl ContainerConfig {
         }
     }
 
+    /// The container's hostname: the one asked for, else the start of the VM's ID.
+    pub fn hostname_for(&self, vm_id: &str) -> String {
+        self.hostname
+            .clone()
+            .unwrap_or_else(|| vm_id[..12.min(vm_id.len())].to_string())
+    }
+
     fn vcpus(&self) -> u32 {
         self.cpus.map(|c| c.ceil().max(1.0) as u32).unwrap_or(1)
     }
@@ -620,7 +627,7 @@ impl ContainerVm {
             a.create_container(CreateContainerRequest {
                 container_id: id.clone(),
                 rootfs,
-                hostname: cfg.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
+                hostname: cfg.hostname_for(&id),
                 resources: Some(Resources {
                     memory_bytes: cfg.memory_bytes.unwrap_or(0),
                     cpu_micros,
@@ -635,10 +642,7 @@ impl ContainerVm {
         .await?;
         me.watch_peers();
         me.timings.mark("container created");
-        let mut env = vec![format!(
-            "HOSTNAME={}",
-            cfg.hostname.clone().unwrap_or_else(|| id[..12].to_string())
-        )];
+        let mut env = vec![format!("HOSTNAME={}", cfg.hostname_for(&id))];
         env.extend(image_env);
         me.process = ProcessSettings {
             env: env.clone(),
