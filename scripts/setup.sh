@@ -9,6 +9,7 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 packages=(
   qemu-system-x86 qemu-utils          # the VMM and qemu-img (per-container writable layers)
   ovmf                                # UEFI firmware for full VMs (cabin vm)
+  openssh-client                      # cabin vm ssh, and its key for VMs made from images
   linux-source-6.12 build-essential bc bison flex libelf-dev lz4   # the guest kernel build
   e2fsprogs                           # mkfs.ext4 -d: root filesystem images, volumes
   iproute2 nftables                   # --network bridge: the host bridge, NAT, published ports
@@ -17,6 +18,7 @@ packages=(
   tmux cpio file curl                 # tests: terminals, archive checks, HTTP to containers
   docker-registry skopeo apache2-utils openssl   # tests: a real registry (htpasswd, tokens), an independent OCI client
   python3-venv                        # tests: pylume (Lume's Python client, from PyPI) against cabin serve
+  grub-efi-amd64-bin grub-common xorriso mtools   # tests: a UEFI-bootable installer ISO (grub-mkrescue)
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -31,8 +33,9 @@ fi
 
 say "building cabin-init (static guest init)"
 scripts/build-init.sh >/dev/null
-say "building the guest kernel (cached after the first build, which takes about 5 minutes)"
-scripts/build-kernel.sh >/dev/null
+say "building the guest kernels (cached after the first build, which takes about 5 minutes each)"
+scripts/build-kernel.sh container >/dev/null
+scripts/build-kernel.sh vm >/dev/null
 if [ "${1:-}" = "--release" ]; then
   say "building cabin"
   cargo build --release --locked -p cabin-cli

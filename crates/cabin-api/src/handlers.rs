@@ -232,7 +232,17 @@ fn create_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
         network: c.network.clone().unwrap_or_else(|| "nat".into()),
     };
     let s = app.settings()?;
-    let vm = store::create(&s, &c.name, storage(&c.storage), &opts)?;
+    let vm = match &c.image {
+        None => store::create(&s, &c.name, storage(&c.storage), &opts)?,
+        Some(image) => cabin_runtime::vm::from_image::create(
+            &s,
+            &app.paths,
+            &c.name,
+            storage(&c.storage),
+            &opts,
+            image,
+        )?,
+    };
     app.log.info(&format!(
         "VM created name={} location={}",
         vm.name, vm.location_name

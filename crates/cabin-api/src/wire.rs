@@ -171,6 +171,8 @@ pub struct CreateVm {
     pub storage: Option<String>,
     pub unattended: Option<String>,
     pub network: Option<String>,
+    /// cabin's own: make the VM from an image in cabin's store (`vm create --image`).
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

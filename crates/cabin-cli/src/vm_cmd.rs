@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cabin_runtime::vm::details::{self, lume_pretty};
+use cabin_runtime::vm::from_image;
 use cabin_runtime::vm::runner::{self, RunOptions, Started};
 use cabin_runtime::vm::settings::Settings;
 use cabin_runtime::vm::sizes::parse_size;
@@ -58,6 +59,25 @@ pub enum VmCommand {
     },
     /// The VM's serial console output (of its current or last run).
     Logs(NameArgs),
+    /// Log in to a running VM with SSH, or run CMD there (VMs made with --image accept
+    /// cabin's own key for root).
+    Ssh(SshArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    name: String,
+    /// The command to run (default: an interactive shell).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+    /// The user to log in as (default: root for VMs made with --image, else lume).
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Seconds to wait for the connection (0: ssh's own default).
+    #[arg(short, long, default_value_t = 60)]
+    timeout: u64,
+    #[arg(long)]
+    storage: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +107,11 @@ pub struct CreateArgs {
     /// nat, bridged or bridged:<interface>.
     #[arg(long, default_value = "nat")]
     network: String,
+    /// Make a ready-to-boot VM from an image in cabin's store (e.g. a Debian root file
+    /// system with systemd): its disk holds the image, it boots cabin's VM kernel into
+    /// the image's own init.
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +133,9 @@ pub struct RunArgs {
     /// enabled or disabled.
     #[arg(long, default_value = "enabled")]
     vnc: String,
+    /// The VNC port on 127.0.0.1 (5900 and up; 0: the first free one).
+    #[arg(long, default_value_t = 0)]
+    vnc_port: u16,
     /// The VNC password (default: four random words).
     #[arg(long)]
     vnc_password: Option<String>,
@@ -254,7 +282,13 @@ pub async fn run(cmd: VmCommand) -> i32 {
                 display: a.display,
                 network: a.network,
             };
-            match store::create(&s, &a.name, a.storage.as_deref(), &opts) {
+            let made = match &a.image {
+                None => store::create(&s, &a.name, a.storage.as_deref(), &opts),
+                Some(image) => {
+                    from_image::create(&s, &paths, &a.name, a.storage.as_deref(), &opts, image)
+                }
+            };
+            match made {
                 Ok(vm) => {
                     log_info(&format!(
                         "VM created name={} location={}",
@@ -388,7 +422,7 @@ pub async fn run(cmd: VmCommand) -> i32 {
                 Ok(v) => v,
                 Err(e) => return fail(e),
             };
-            match std::fs::read(vm.dir.join("console.log")) {
+            match std::fs::read(vm.dir.join(runner::CONSOLE_LOG)) {
                 Ok(b) => {
                     use std::io::Write;
                     let _ = std::io::stdout().write_all(&b);
@@ -397,7 +431,61 @@ pub async fn run(cmd: VmCommand) -> i32 {
                 Err(_) => fail(format!("{} has no console output yet", vm.name)),
             }
         }
+        VmCommand::Ssh(a) => ssh(&paths, &s, a),
     }
+}
+
+/// `vm ssh`: runs the system's ssh client in this process's place, so that terminals,
+/// signals and exit codes behave as ssh's own.
+fn ssh(paths: &Paths, s: &Settings, a: SshArgs) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let vm = match store::find(s, &a.name, a.storage.as_deref()) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let Some(session) = vm.session() else {
+        return fail(VmError::NotRunning(vm.name.clone()));
+    };
+    let Some((host, port)) = session.ssh_address() else {
+        return fail(format!(
+            "{} has no address cabin knows of (only VMs made with --image get one); reach it through its VNC display",
+            vm.name
+        ));
+    };
+    let from_image = matches!(from_image::DirectBoot::read(&vm.dir), Ok(Some(_)));
+    let user = a
+        .user
+        .unwrap_or_else(|| if from_image { "root" } else { "lume" }.into());
+    let mut cmd = std::process::Command::new("ssh");
+    let key = from_image::ssh_key(paths);
+    if key.is_file() {
+        cmd.arg("-i").arg(&key);
+    }
+    // Every VM's host key is new to this host, and clones share theirs: checking them
+    // against known_hosts would only get in the way.
+    cmd.args([
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-p",
+        &port.to_string(),
+    ]);
+    if a.timeout > 0 {
+        cmd.args(["-o", &format!("ConnectTimeout={}", a.timeout)]);
+    }
+    cmd.arg(format!("{user}@{host}"));
+    if !a.command.is_empty() {
+        cmd.arg("--").args(&a.command);
+    }
+    let e = cmd.exec();
+    fail(if e.kind() == std::io::ErrorKind::NotFound {
+        "ssh is missing: install it with apt-get install openssh-client".to_string()
+    } else {
+        format!("running ssh: {e}")
+    })
 }
 
 async fn run_vm(paths: &Paths, s: &Settings, a: RunArgs) -> i32 {
@@ -430,6 +518,7 @@ async fn run_vm(paths: &Paths, s: &Settings, a: RunArgs) -> i32 {
         iso: a.mount,
         disks: a.disks,
         vnc,
+        vnc_port: Some(a.vnc_port),
         vnc_password: a.vnc_password,
         accel,
     };

@@ -7,6 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -562,4 +563,359 @@ fn a_vm_whose_qemu_dies_shows_as_stopped_and_runs_again() {
     ok(d, &["delete", "--force", "fragile"]);
     let o = vm_in(d, &["get", "fragile"]);
     assert!(stderr(&o).contains("Virtual machine not found: fragile"));
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `vm ssh NAME -- SCRIPT`, which must succeed; its output.
+fn ssh_ok(data: &Path, name: &str, script: &str) -> String {
+    ok(data, &["ssh", name, "--", script])
+}
+
+fn allocated(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+#[test]
+fn a_vm_made_from_a_debian_image_boots_its_own_init_and_answers_on_its_ip() {
+    if !is_root() {
+        eprintln!("skipped: debootstrap and the bridge need root");
+        return;
+    }
+    let o = Command::new(workspace_root().join("scripts/make-debian-rootfs.sh"))
+        .arg("--system")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "debootstrap: {}", stderr(&o));
+    let rootfs = stdout(&o).trim().to_string();
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let o = cabin_in(d)
+        .args(["image", "import", &rootfs, "debian-system:12"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _stop = StopVms(d, &["deb", "deb-copy"]);
+    ok(
+        d,
+        &[
+            "create",
+            "deb",
+            "--image",
+            "debian-system:12",
+            "--disk-size",
+            "12GB",
+            "--memory",
+            "1GB",
+            "--cpu",
+            "2",
+        ],
+    );
+    let dir = d.join("vms/deb");
+    assert_eq!(
+        std::fs::metadata(dir.join("disk.img")).unwrap().len(),
+        12 << 30
+    );
+    assert!(
+        allocated(&dir.join("disk.img")) < 1 << 30,
+        "the disk is sparse: {} bytes allocated",
+        allocated(&dir.join("disk.img"))
+    );
+    let boot: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("cabin-boot.json")).unwrap()).unwrap();
+    assert_eq!(boot["image"], "debian-system:12", "{boot}");
+    assert!(dir.join("vmlinuz").is_file());
+
+    let share = tempfile::tempdir().unwrap();
+    let share_dir = share.path().join("notes");
+    std::fs::create_dir(&share_dir).unwrap();
+    std::fs::write(share_dir.join("hello.txt"), "hello from the host\n").unwrap();
+    ok(
+        d,
+        &[
+            "run",
+            "deb",
+            "--detach",
+            "--shared-dir",
+            &format!("{}:ro", share_dir.display()),
+        ],
+    );
+    wait_for("deb's SSH server", Duration::from_secs(240), || {
+        details(d, "deb")["sshAvailable"] == true
+    });
+    let info = details(d, "deb");
+    let ip = info["ipAddress"].as_str().expect("an address").to_string();
+    assert!(ip.starts_with("10.89.0."), "{info}");
+
+    // Its own init, its name, the address cabin reported, the shared folder mounted.
+    let out = ssh_ok(
+        d,
+        "deb",
+        "cat /proc/1/comm; hostname; ip -4 -o addr show eth0; \
+         cat /mnt/shared/notes/hello.txt; cat /etc/machine-id; \
+         findmnt -no OPTIONS /mnt/shared/notes; echo kept > /root/mark; sync",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "systemd", "{out}");
+    assert_eq!(lines[1], "deb", "{out}");
+    assert!(lines[2].contains(&format!("inet {ip}/24")), "{out}");
+    assert_eq!(lines[3], "hello from the host", "{out}");
+    let machine_id = lines[4].to_string();
+    assert_eq!(machine_id.len(), 32, "{out}");
+    assert!(lines[5].split(',').any(|o| o == "ro"), "read-only: {out}");
+    let o = vm_in(d, &["ssh", "deb", "--", "touch /mnt/shared/notes/new"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("Read-only file system"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!share_dir.join("new").exists());
+    // The host reaches the guest on that address: the SSH server greets there.
+    let mut s = TcpStream::connect((ip.as_str(), 22)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut greeting = [0u8; 4];
+    s.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting, b"SSH-");
+    // A login prompt on the serial console, and the screen shows the console too.
+    wait_for("a login prompt", Duration::from_secs(60), || {
+        stdout(&vm_in(d, &["logs", "deb"])).contains("deb login:")
+    });
+    let (w, h, rgb) = vnc_screenshot(info["vncUrl"].as_str().unwrap());
+    write_png(&test_output_dir().join("debian-vm.png"), w, h, &rgb);
+    assert!(
+        rgb.chunks(3).any(|p| p != &rgb[..3]),
+        "the screen shows something"
+    );
+
+    // Stop powers the guest off through ACPI; systemd shuts down cleanly.
+    ok(d, &["stop", "deb"]);
+    let log = stdout(&vm_in(d, &["logs", "deb"]));
+    assert!(log.contains("reboot: Power down"), "a clean power-off");
+    assert_eq!(details(d, "deb")["ipAddress"], serde_json::Value::Null);
+
+    // A clone keeps the disk and boots with its own name and machine id.
+    ok(d, &["clone", "deb", "deb-copy"]);
+    // ... on the VNC port asked for.
+    let o = vm_in(d, &["run", "deb-copy", "--detach", "--vnc-port", "80"]);
+    expect_error(&o, 1, "invalid VNC port 80");
+    let port = (5950..6100u16)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port");
+    ok(
+        d,
+        &[
+            "run",
+            "deb-copy",
+            "--detach",
+            "--vnc-port",
+            &port.to_string(),
+        ],
+    );
+    let url = details(d, "deb-copy")["vncUrl"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(url.ends_with(&format!("@127.0.0.1:{port}")), "{url}");
+    wait_for("deb-copy's SSH server", Duration::from_secs(240), || {
+        details(d, "deb-copy")["sshAvailable"] == true
+    });
+    let out = ssh_ok(
+        d,
+        "deb-copy",
+        "hostname; cat /etc/machine-id; cat /root/mark",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "deb-copy", "{out}");
+    assert_ne!(lines[1], machine_id, "{out}");
+    assert_eq!(lines[2], "kept", "{out}");
+    ok(d, &["stop", "deb-copy"]);
+}
+
+#[test]
+fn an_installer_iso_built_with_grub_boots_under_uefi() {
+    let kernel = std::env::var_os("CABIN_VM_KERNEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap())
+                .join(".cache/cabin/kernel/current-vm/bzImage")
+        });
+    assert!(
+        kernel.is_file(),
+        "the VM kernel is built (scripts/build-kernel.sh vm)"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    // An initramfs whose init says which firmware started it, then powers off.
+    let initrd = w.join("initrd");
+    for sub in ["bin", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(initrd.join(sub)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", initrd.join("bin/busybox")).unwrap();
+    std::fs::write(
+        initrd.join("init"),
+        "#!/bin/busybox sh\n\
+         /bin/busybox mount -t proc proc /proc\n\
+         /bin/busybox mount -t sysfs sys /sys\n\
+         /bin/busybox mount -t devtmpfs dev /dev\n\
+         if [ -d /sys/firmware/efi ]; then fw=UEFI; else fw=BIOS; fi\n\
+         echo \"cabin-iso: booted under $fw\" > /dev/ttyS0\n\
+         /bin/busybox poweroff -f\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(initrd.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let iso_tree = w.join("iso");
+    std::fs::create_dir_all(iso_tree.join("boot/grub")).unwrap();
+    std::fs::copy(&kernel, iso_tree.join("boot/vmlinuz")).unwrap();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg("cd \"$1\" && find . | cpio -o -H newc 2>/dev/null | gzip > \"$2\"")
+        .arg("sh")
+        .arg(&initrd)
+        .arg(iso_tree.join("boot/initrd.gz"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::write(
+        iso_tree.join("boot/grub/grub.cfg"),
+        "set timeout=0\n\
+         menuentry \"cabin test\" {\n\
+           linux /boot/vmlinuz console=ttyS0 rdinit=/init\n\
+           initrd /boot/initrd.gz\n\
+         }\n",
+    )
+    .unwrap();
+    let iso = w.join("installer.iso");
+    let o = Command::new("grub-mkrescue")
+        .arg("-o")
+        .arg(&iso)
+        .arg(&iso_tree)
+        .output()
+        .expect("grub-mkrescue is installed (apt-get install grub-common grub-efi-amd64-bin xorriso mtools)");
+    assert!(o.status.success(), "grub-mkrescue: {}", stderr(&o));
+
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let _stop = StopVms(d, &["installer"]);
+    ok(
+        d,
+        &[
+            "create",
+            "installer",
+            "--cpu",
+            "1",
+            "--memory",
+            "512MB",
+            "--disk-size",
+            "10GB",
+        ],
+    );
+    // In the foreground: `vm run` returns when the guest powers off.
+    let mut child = cabin_in(d)
+        .env("CABIN_ACCEL", "tcg")
+        .args(["vm", "run", "installer", "--vnc", "disabled", "--mount"])
+        .arg(&iso)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    wait_for(
+        "the installer to power off",
+        Duration::from_secs(240),
+        || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        },
+    );
+    assert!(status.unwrap().success());
+    let log = stdout(&vm_in(d, &["logs", "installer"]));
+    assert!(log.contains("cabin-iso: booted under UEFI"), "{log}");
+}
+
+#[test]
+fn a_vm_from_a_bad_image_is_refused_and_leaves_nothing_behind() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let import = |dir: &Path, name: &str| {
+        let o = cabin_in(d)
+            .args(["image", "import"])
+            .arg(dir)
+            .arg(name)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    let create = |name: &str, image: &str, extra: &[&str]| {
+        let mut args = vec!["create", name, "--image", image, "--memory", "256MB"];
+        args.extend_from_slice(extra);
+        vm_in(d, &args)
+    };
+    let no_vms = || {
+        let list: serde_json::Value = serde_json::from_str(&ok(d, &["ls", "-f", "json"])).unwrap();
+        assert_eq!(list, serde_json::json!([]));
+        let vms = d.join("vms");
+        let left = if vms.exists() { entries(&vms) } else { vec![] };
+        assert!(left.is_empty(), "nothing half-made: {left:?}");
+    };
+    let o = create("a", "nope:1", &[]);
+    expect_error(&o, 1, "image not found: nope:1");
+    no_vms();
+
+    // An image with no init of its own.
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tree.path().join("etc")).unwrap();
+    std::fs::write(tree.path().join("etc/os-release"), "ID=none\n").unwrap();
+    import(tree.path(), "noinit:1");
+    expect_error(&create("b", "noinit:1", &[]), 1, "noinit:1 has no init");
+    no_vms();
+
+    // A hostile image: its /etc leads out of the tree; cabin writes nothing through it.
+    let outside = tempfile::tempdir().unwrap();
+    let hostile = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(hostile.path().join("sbin")).unwrap();
+    std::fs::write(hostile.path().join("sbin/init"), "#!/bin/sh\n").unwrap();
+    std::os::unix::fs::symlink(outside.path(), hostile.path().join("etc")).unwrap();
+    import(hostile.path(), "hostile:1");
+    expect_error(
+        &create("c", "hostile:1", &[]),
+        1,
+        "the image's etc is not a directory",
+    );
+    assert_eq!(entries(outside.path()), Vec::<String>::new());
+    no_vms();
+
+    // A storage location that fills up while the disk is made.
+    let small = tempfile::tempdir().unwrap();
+    if let Some(_guard) = small_tmpfs(small.path(), "4m") {
+        let big = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(big.path().join("sbin")).unwrap();
+        std::fs::write(big.path().join("sbin/init"), "#!/bin/sh\n").unwrap();
+        let noise: Vec<u8> = (0..6u32 << 20)
+            .map(|i| i.wrapping_mul(2654435761) as u8)
+            .collect();
+        std::fs::write(big.path().join("data.bin"), noise).unwrap();
+        import(big.path(), "big:1");
+        let o = create(
+            "full",
+            "big:1",
+            &["--storage", small.path().to_str().unwrap()],
+        );
+        assert!(!o.status.success());
+        assert!(
+            stderr(&o).contains("No space left on device") && stderr(&o).contains("--storage"),
+            "{}",
+            stderr(&o)
+        );
+        assert_eq!(
+            entries(small.path()),
+            Vec::<String>::new(),
+            "nothing half-made"
+        );
+    }
 }

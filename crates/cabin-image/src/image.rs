@@ -481,34 +481,39 @@ fn unpack_and_build(
         path: staging.clone(),
         source,
     })?;
-    let result = (|| {
-        // Each layer's uncompressed content must be what the config records (diff_ids);
-        // load() has checked there is one per layer.
-        let diff_ids = image.config.rootfs().diff_ids();
-        let mut left = budget;
-        for (desc, diff_id) in image.manifest.layers().iter().zip(diff_ids) {
-            let digest = desc.digest().to_string();
-            let path = store.blob_path(&digest)?;
-            if !path.is_file() {
-                return Err(StoreError::MissingBlob(digest).into());
-            }
-            let limits = Limits {
-                max_bytes: left,
-                ..Limits::default()
-            };
-            let used = layer::apply_layer_checked(&staging, &path, limits, Some(diff_id)).map_err(
-                |source| ImageError::Layer {
-                    image: image.reference.clone(),
-                    source,
-                },
-            )?;
-            left = left.saturating_sub(used);
-        }
-        rootfs::build_image(&staging, disk)?;
-        Ok(())
-    })();
+    let result = unpack(store, image, &staging, budget)
+        .and_then(|()| rootfs::build_image(&staging, disk).map_err(ImageError::from));
     let _ = fs::remove_dir_all(&staging);
     result
+}
+
+/// Applies the image's layers, in order, to the directory `root` (which should be
+/// empty), writing at most `budget` bytes.
+pub fn unpack(store: &Store, image: &Image, root: &Path, budget: u64) -> Result<(), ImageError> {
+    // Each layer's uncompressed content must be what the config records (diff_ids);
+    // load() has checked there is one per layer.
+    let diff_ids = image.config.rootfs().diff_ids();
+    let mut left = budget;
+    for (desc, diff_id) in image.manifest.layers().iter().zip(diff_ids) {
+        let digest = desc.digest().to_string();
+        let path = store.blob_path(&digest)?;
+        if !path.is_file() {
+            return Err(StoreError::MissingBlob(digest).into());
+        }
+        let limits = Limits {
+            max_bytes: left,
+            ..Limits::default()
+        };
+        let used =
+            layer::apply_layer_checked(root, &path, limits, Some(diff_id)).map_err(|source| {
+                ImageError::Layer {
+                    image: image.reference.clone(),
+                    source,
+                }
+            })?;
+        left = left.saturating_sub(used);
+    }
+    Ok(())
 }
 
 /// Removes the name; blobs and disks no name refers to any more are deleted.

@@ -266,29 +266,77 @@ enum BuildFailure {
 }
 
 fn build(dir: &Path, out: &Path, size: u64, inodes: u64) -> Result<(), BuildFailure> {
+    // Room for the image's files and as many again for the container's own.
+    let inode_count = (inodes * 2 + 16384).to_string();
+    mkfs(
+        dir,
+        out,
+        size,
+        &[
+            "-L",
+            "cabin-rootfs",
+            "-N",
+            &inode_count,
+            // No journal: the base is read-only; lazy init keeps the sparse file sparse.
+            "-O",
+            "^has_journal",
+            "-E",
+            "lazy_itable_init=1,nodiscard",
+        ],
+    )?;
+    add_mount_points(dir, out)
+}
+
+/// Formats `out` (made a sparse file of `size` bytes) as the root file system of a full
+/// VM holding the tree `dir`: ext4 with a journal (the VM writes to it for its whole
+/// life), labelled `label`, every table initialised lazily so that the file stays
+/// sparse. The kernel initialises the rest in the guest.
+pub fn build_system_disk(
+    dir: &Path,
+    out: &Path,
+    size: u64,
+    label: &str,
+) -> Result<(), RootfsError> {
+    let failed = |detail: String| RootfsError::Build {
+        dir: dir.to_path_buf(),
+        detail,
+    };
+    mkfs(
+        dir,
+        out,
+        size,
+        &[
+            "-L",
+            label,
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+        ],
+    )
+    .map_err(|e| match e {
+        BuildFailure::Missing => RootfsError::MkfsMissing,
+        BuildFailure::Failed(d) if d.contains("No space left") => {
+            let free = free_bytes(out.parent().unwrap_or(Path::new("."))).unwrap_or(0);
+            RootfsError::NoSpace {
+                dir: out.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                need_mib: walk(dir).map(|s| s.bytes >> 20).unwrap_or(0),
+                free_mib: free >> 20,
+            }
+        }
+        BuildFailure::Failed(d) => failed(d),
+    })
+}
+
+fn mkfs(dir: &Path, out: &Path, size: u64, options: &[&str]) -> Result<(), BuildFailure> {
     let f = fs::File::create(out).map_err(|e| BuildFailure::Failed(e.to_string()))?;
     f.set_len(size)
         .map_err(|e| BuildFailure::Failed(e.to_string()))?;
     drop(f);
-    // Room for the image's files and as many again for the container's own.
-    let inode_count = (inodes * 2 + 16384).to_string();
     let result = Command::new("mkfs.ext4")
-        .args([
-            OsStr::new("-q"),
-            OsStr::new("-F"),
-            OsStr::new("-L"),
-            OsStr::new("cabin-rootfs"),
-            OsStr::new("-N"),
-            OsStr::new(&inode_count),
-            // No journal: the base is read-only; lazy init keeps the sparse file sparse.
-            OsStr::new("-O"),
-            OsStr::new("^has_journal"),
-            OsStr::new("-E"),
-            OsStr::new("lazy_itable_init=1,nodiscard"),
-            OsStr::new("-d"),
-            dir.as_os_str(),
-            out.as_os_str(),
-        ])
+        .args(["-q", "-F"])
+        .args(options)
+        .arg("-d")
+        .arg(dir)
+        .arg(out)
         .env(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -304,7 +352,7 @@ fn build(dir: &Path, out: &Path, size: u64, inodes: u64) -> Result<(), BuildFail
                 tail.into_iter().rev().collect::<Vec<_>>().join("; "),
             ))
         }
-        Ok(_) => add_mount_points(dir, out),
+        Ok(_) => Ok(()),
     }
 }
 

@@ -16,23 +16,49 @@ pub struct FullVmSpec {
     /// SMBIOS system UUID: the guest's machine identity.
     pub uuid: Option<String>,
     pub mac: String,
-    pub firmware_code: PathBuf,
-    /// The VM's own UEFI variable store (written by the firmware).
-    pub nvram: PathBuf,
+    pub boot: Boot,
     pub disk: PathBuf,
     /// More read-write disks (`--disk`).
     pub extra_disks: Vec<PathBuf>,
     /// A read-only installer image, booted first (`--mount`).
     pub iso: Option<PathBuf>,
     pub display: (u32, u32),
-    /// VNC on 127.0.0.1 (password set over QMP once QEMU runs); None: no VNC.
-    pub vnc: bool,
+    /// VNC on 127.0.0.1 (password set over QMP once QEMU runs).
+    pub vnc: Vnc,
     pub nic: NetBackend,
     pub shares: Vec<ShareSpec>,
     pub accel: Accel,
-    /// Sockets (qmp.sock) and the serial console log live here.
+    /// The QMP socket lives here.
     pub run_dir: PathBuf,
+    /// The serial console's output is appended here (the caller bounds its size: it is
+    /// the guest's to fill).
+    pub console_log: PathBuf,
 }
+
+/// How the VM starts.
+#[derive(Debug, Clone)]
+pub enum Boot {
+    /// UEFI firmware (OVMF) with the VM's own variable store, which it writes.
+    Uefi { code: PathBuf, nvram: PathBuf },
+    /// A Linux kernel started directly with its command line (by QEMU's default BIOS):
+    /// no firmware set-up, no boot loader, the root file system on the first disk.
+    Kernel {
+        kernel: PathBuf,
+        command_line: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vnc {
+    Off,
+    /// The first free port from 5900 up.
+    Auto,
+    /// This port (5900 and up: QEMU numbers VNC displays from there).
+    Port(u16),
+}
+
+/// The lowest port QEMU's VNC server can listen on.
+pub const VNC_BASE_PORT: u16 = 5900;
 
 const TAP_FD: i32 = 3;
 
@@ -49,18 +75,29 @@ pub fn command_line(spec: &FullVmSpec) -> Vec<String> {
     if let Some(uuid) = &spec.uuid {
         push(&["-uuid", uuid]);
     }
-    push(&[
-        "-drive",
-        &format!(
-            "if=pflash,format=raw,unit=0,readonly=on,file={}",
-            escape(&spec.firmware_code.to_string_lossy())
-        ),
-        "-drive",
-        &format!(
-            "if=pflash,format=raw,unit=1,file={}",
-            escape(&spec.nvram.to_string_lossy())
-        ),
-    ]);
+    match &spec.boot {
+        Boot::Uefi { code, nvram } => push(&[
+            "-drive",
+            &format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                escape(&code.to_string_lossy())
+            ),
+            "-drive",
+            &format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                escape(&nvram.to_string_lossy())
+            ),
+        ]),
+        Boot::Kernel {
+            kernel,
+            command_line,
+        } => push(&[
+            "-kernel",
+            &kernel.to_string_lossy(),
+            "-append",
+            command_line,
+        ]),
+    }
     // The installer first, then the VM's own disk.
     if let Some(iso) = &spec.iso {
         push(&[
@@ -102,11 +139,17 @@ pub fn command_line(spec: &FullVmSpec) -> Vec<String> {
         "-device",
         "usb-tablet,bus=usb.0",
     ]);
-    if spec.vnc {
+    match spec.vnc {
         // The first free display from 5900 up; the port is read back over QMP.
-        push(&["-vnc", "127.0.0.1:0,to=99,password=on"]);
-    } else {
-        push(&["-display", "none"]);
+        Vnc::Auto => push(&["-vnc", "127.0.0.1:0,to=99,password=on"]),
+        Vnc::Port(port) => push(&[
+            "-vnc",
+            &format!(
+                "127.0.0.1:{},password=on",
+                port.saturating_sub(VNC_BASE_PORT)
+            ),
+        ]),
+        Vnc::Off => push(&["-display", "none"]),
     }
     push(&[
         "-netdev",
@@ -117,10 +160,12 @@ pub fn command_line(spec: &FullVmSpec) -> Vec<String> {
     push(&["-device", "virtio-rng-pci", "-device", "virtio-balloon-pci"]);
     let shares = crate::qemu::share_args(&spec.shares, "virtio-9p-pci");
     push(&shares.iter().map(String::as_str).collect::<Vec<_>>());
-    let console = spec.run_dir.join("console.log");
     push(&[
         "-chardev",
-        &format!("file,id=serial,path={}", escape(&console.to_string_lossy())),
+        &format!(
+            "file,id=serial,append=on,path={}",
+            escape(&spec.console_log.to_string_lossy())
+        ),
         "-serial",
         "chardev:serial",
     ]);
@@ -158,17 +203,20 @@ mod tests {
             memory_mib: 2048,
             uuid: Some("00000000-0000-0000-0000-000000000001".into()),
             mac: "52:54:00:12:34:56".into(),
-            firmware_code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
-            nvram: "/vms/web/nvram.bin".into(),
+            boot: Boot::Uefi {
+                code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+                nvram: "/vms/web/nvram.bin".into(),
+            },
             disk: "/vms/web/disk.img".into(),
             extra_disks: vec!["/data/extra.img".into()],
             iso: Some("/isos/install.iso".into()),
             display: (1280, 800),
-            vnc: true,
+            vnc: Vnc::Auto,
             nic: NetBackend::User { forwards: vec![] },
             shares: vec![],
             accel: Accel::Tcg,
             run_dir: "/run/x".into(),
+            console_log: "/vms/web/console.log".into(),
         };
         let a = command_line(&spec).join(" ");
         assert!(a.contains("-machine q35"));
@@ -184,5 +232,27 @@ mod tests {
         assert!(a.contains("-vnc 127.0.0.1:0,to=99,password=on"));
         assert!(a.contains("virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56"));
         assert!(a.contains("-uuid 00000000-0000-0000-0000-000000000001"));
+        assert!(a.contains("file,id=serial,append=on,path=/vms/web/console.log"));
+
+        let direct = FullVmSpec {
+            boot: Boot::Kernel {
+                kernel: "/vms/web/vmlinuz".into(),
+                command_line: "root=/dev/vda ro".into(),
+            },
+            iso: None,
+            vnc: Vnc::Port(5905),
+            ..spec
+        };
+        let a = command_line(&direct);
+        let joined = a.join(" ");
+        assert!(!joined.contains("pflash"), "{joined}");
+        let at = a.iter().position(|x| x == "-append").unwrap();
+        assert_eq!(
+            a[at + 1],
+            "root=/dev/vda ro",
+            "the command line is one argument"
+        );
+        assert!(joined.contains("-kernel /vms/web/vmlinuz"));
+        assert!(joined.contains("-vnc 127.0.0.1:5,password=on"), "{joined}");
     }
 }

@@ -3,6 +3,7 @@
 //! configured as Lume's (see `settings`).
 
 pub mod details;
+pub mod from_image;
 pub mod runner;
 pub mod settings;
 pub mod sizes;

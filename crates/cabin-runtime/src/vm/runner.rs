@@ -15,13 +15,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cabin_vmm::full::{self, FullVmSpec};
+use cabin_vmm::full::{self, Boot, FullVmSpec, Vnc};
 use cabin_vmm::qemu::Qemu;
 use cabin_vmm::qmp::Qmp;
 use cabin_vmm::{NetBackend, ShareSpec};
 use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::from_image::{self, DirectBoot, GuestAddress};
 use super::store::{self, Session, SharedDir, Vm, VmError};
 use crate::container_vm::choose_accel;
 use crate::paths::Paths;
@@ -39,6 +40,8 @@ pub struct RunOptions {
     pub iso: Option<PathBuf>,
     pub disks: Vec<PathBuf>,
     pub vnc: bool,
+    /// A fixed VNC port (5900 and up) instead of the first free one.
+    pub vnc_port: Option<u16>,
     /// A fixed VNC password instead of a generated one.
     pub vnc_password: Option<String>,
     pub accel: AccelRequest,
@@ -200,10 +203,57 @@ async fn run_vm(
         }
     }
     let (w, h) = super::sizes::parse_display(&config.display).map_err(VmError::Invalid)?;
+    let vnc = match (opts.vnc, opts.vnc_port) {
+        (false, _) => Vnc::Off,
+        (true, None | Some(0)) => Vnc::Auto,
+        (true, Some(p)) if p >= full::VNC_BASE_PORT => Vnc::Port(p),
+        (true, Some(p)) => {
+            return Err(VmError::Invalid(format!(
+                "invalid VNC port {p}: QEMU's VNC server listens on {} and up (0 picks a free one)",
+                full::VNC_BASE_PORT
+            )))
+        }
+    };
     let qemu = Qemu::locate().map_err(|e| VmError::Io(e.to_string()))?;
     let accel = choose_accel(opts.accel);
     let run_dir = RunDir::create(paths, &rundir::new_id())
         .map_err(|e| VmError::Io(format!("creating the VM's run directory: {e}")))?;
+    // The console of this run only, read by `vm logs` while the VM runs and after.
+    let console_log = vm.dir.join(CONSOLE_LOG);
+    fs::write(&console_log, b"").map_err(|e| VmError::Io(format!("creating console.log: {e}")))?;
+    let direct = DirectBoot::read(&vm.dir)?;
+    let net = match &direct {
+        Some(_) => Some(image_vm_network(vm)?),
+        None => None,
+    };
+    let boot = match &direct {
+        None => Boot::Uefi {
+            code: store::OVMF_CODE.into(),
+            nvram: vm.dir.join(store::NVRAM),
+        },
+        Some(d) => Boot::Kernel {
+            kernel: vm.dir.join(&d.kernel),
+            command_line: from_image::kernel_command_line(
+                &vm.name,
+                config
+                    .machine_identifier
+                    .as_deref()
+                    .and_then(from_image::systemd_machine_id)
+                    .as_deref(),
+                &net.as_ref().expect("made with the boot").address,
+                &shares
+                    .iter()
+                    .map(|s| (s.tag.clone(), s.read_only))
+                    .collect::<Vec<_>>(),
+            ),
+        },
+    };
+    let nic = match &net {
+        Some(n) => n.backend.clone(),
+        None => NetBackend::User {
+            forwards: Vec::new(),
+        },
+    };
     let spec = FullVmSpec {
         name: vm.name.clone(),
         cpus: config.cpu_count,
@@ -213,26 +263,23 @@ async fn run_vm(
             .as_deref()
             .and_then(store::machine_uuid),
         mac: config.mac_address.clone(),
-        firmware_code: store::OVMF_CODE.into(),
-        nvram: vm.dir.join(store::NVRAM),
+        boot,
         disk: vm.disk(),
         extra_disks: opts.disks.clone(),
         iso: opts.iso.clone(),
         display: (w, h),
-        vnc: opts.vnc,
-        nic: NetBackend::User {
-            forwards: Vec::new(),
-        },
+        vnc,
+        nic,
         shares: shares.clone(),
         accel: accel.accel,
         run_dir: run_dir.path.clone(),
+        console_log: console_log.clone(),
     };
     let mut child = full::spawn(&qemu.binary, &spec).map_err(|e| VmError::Io(e.to_string()))?;
-    // The serial console outlives the run, for `vm logs`.
     let result = async {
         let mut qmp = connect_qmp(&run_dir.path.join("qmp.sock"), &mut child).await?;
         let mut url = None;
-        if opts.vnc {
+        if vnc != Vnc::Off {
             let password = opts.vnc_password.clone().unwrap_or_else(passphrase);
             qmp.execute(
                 "set_password",
@@ -259,7 +306,8 @@ async fn run_vm(
                 .collect(),
             pid: std::process::id(),
             started_at: crate::containers::now_unix(),
-            ip_address: None,
+            ip_address: net.as_ref().and_then(|n| n.reachable_ip.clone()),
+            ssh_port: net.as_ref().and_then(|n| n.ssh_forward),
         };
         let tmp = vm.dir.join(".sessions.json.tmp");
         fs::write(&tmp, serde_json::to_vec(&session).expect("serialisable"))
@@ -275,6 +323,7 @@ async fn run_vm(
                 if let Ok(Some(_)) = child.try_wait() {
                     return;
                 }
+                bound_console_log(&console_log);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         };
@@ -298,11 +347,89 @@ async fn run_vm(
     .await;
     let _ = child.kill();
     let _ = child.wait();
-    let _ = fs::copy(run_dir.path.join("console.log"), vm.dir.join("console.log"));
     let _ = fs::remove_file(vm.dir.join(store::SESSION));
     let _ = run_dir.remove();
     drop(lock);
     result
+}
+
+/// The VM's serial console log, in its directory.
+pub const CONSOLE_LOG: &str = "console.log";
+/// How much console output is kept: the current file up to this size, and the one
+/// before it as `console.log.1`. A guest can write without end.
+const CONSOLE_LOG_LIMIT: u64 = 16 << 20;
+
+/// Rotates the console log once it passes the limit. QEMU appends to it (O_APPEND), so
+/// after the truncation its writes land at the new end.
+fn bound_console_log(path: &Path) {
+    if fs::metadata(path).is_ok_and(|m| m.len() > CONSOLE_LOG_LIMIT) {
+        let _ = fs::copy(path, path.with_extension("log.1"));
+        let _ = fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(0));
+    }
+}
+
+/// The network of a VM made from an image, whose address cabin chooses and hands to
+/// the kernel. As root: a tap on cabin's bridge (`cabin0`, NAT to the outside, the
+/// address reachable from the host and from containers on the bridge). Rootless:
+/// QEMU's user-mode network, where the guest is reachable only through forwarded
+/// ports: its SSH port is forwarded from a free port on 127.0.0.1.
+struct ImageVmNetwork {
+    backend: NetBackend,
+    address: GuestAddress,
+    /// The address the host reaches the guest at (bridge only).
+    reachable_ip: Option<String>,
+    /// The host port forwarded to the guest's port 22 (user-mode network only).
+    ssh_forward: Option<u16>,
+    /// Keeps the VM on the bridge for as long as it runs.
+    _endpoint: Option<crate::bridge::Endpoint>,
+}
+
+fn image_vm_network(vm: &Vm) -> Result<ImageVmNetwork, VmError> {
+    use crate::bridge;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let _ = bridge::reconcile();
+        let ep = bridge::attach(&format!("vm-{}", vm.name), vec![vm.name.clone()], &[])
+            .map_err(|e| VmError::Io(format!("joining the bridge: {e}")))?;
+        let cfg = ep.guest_config();
+        let ip = ep.record.ip;
+        return Ok(ImageVmNetwork {
+            backend: NetBackend::Tap(Some(ep.tap.clone())),
+            address: GuestAddress {
+                address: ip,
+                prefix: bridge::PREFIX,
+                gateway: bridge::GATEWAY,
+                dns: cfg.dns,
+            },
+            reachable_ip: Some(ip.to_string()),
+            ssh_forward: None,
+            _endpoint: Some(ep),
+        });
+    }
+    let mut forwards = vec![cabin_vmm::PortForward {
+        protocol: cabin_vmm::Protocol::Tcp,
+        host_ip: std::net::Ipv4Addr::LOCALHOST,
+        host_port: 0,
+        guest_port: 22,
+    }];
+    use cabin_vmm::qemu::user_net;
+    crate::network::choose_free_ports(&mut forwards).map_err(VmError::Io)?;
+    let port = forwards[0].host_port;
+    Ok(ImageVmNetwork {
+        backend: NetBackend::User { forwards },
+        address: GuestAddress {
+            address: user_net::GUEST,
+            prefix: user_net::PREFIX,
+            gateway: user_net::GATEWAY,
+            dns: vec![user_net::DNS.to_string()],
+        },
+        reachable_ip: None,
+        ssh_forward: Some(port),
+        _endpoint: None,
+    })
 }
 
 /// Stops a running VM from any process: SIGTERM to the process that runs it (which

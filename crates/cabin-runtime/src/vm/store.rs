@@ -68,6 +68,21 @@ pub struct Session {
     pub started_at: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_address: Option<String>,
+    /// The port on 127.0.0.1 forwarded to the guest's SSH port (rootless networks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<u16>,
+}
+
+impl Session {
+    /// Where the guest's SSH server is reached from the host: its address on the
+    /// bridge, or the forwarded port on 127.0.0.1.
+    pub fn ssh_address(&self) -> Option<(String, u16)> {
+        match (&self.ip_address, self.ssh_port) {
+            (_, Some(port)) => Some(("127.0.0.1".into(), port)),
+            (Some(ip), None) => Some((ip.clone(), 22)),
+            (None, None) => None,
+        }
+    }
 }
 
 /// A start that failed: kept in the VM's directory until the next start succeeds, so
@@ -409,14 +424,28 @@ pub fn create(
     storage: Option<&str>,
     opts: &CreateOptions,
 ) -> Result<Vm, VmError> {
+    create_with(settings, name, storage, opts, |stage| {
+        let disk = fs::File::create(stage.join(DISK)).map_err(io_err("creating disk.img"))?;
+        disk.set_len(opts.disk_size)
+            .map_err(io_err("sizing disk.img"))
+    })
+}
+
+/// Creates a linux VM whose directory's contents besides config.json and nvram.bin
+/// (at least `disk.img`) are made by `fill(staging directory)`.
+pub fn create_with(
+    settings: &Settings,
+    name: &str,
+    storage: Option<&str>,
+    opts: &CreateOptions,
+    fill: impl FnOnce(&Path) -> Result<(), VmError>,
+) -> Result<Vm, VmError> {
     let name = normalize_name(name)?;
     opts.validate()?;
     let (location_name, parent, stage) = new_vm_dir(settings, &name, storage)?;
     let made = (|| {
         fs::create_dir(&stage).map_err(io_err("creating the VM directory"))?;
-        let disk = fs::File::create(stage.join(DISK)).map_err(io_err("creating disk.img"))?;
-        disk.set_len(opts.disk_size)
-            .map_err(io_err("sizing disk.img"))?;
+        fill(&stage)?;
         if !Path::new(OVMF_VARS).is_file() {
             return Err(VmError::Io(format!(
                 "the UEFI firmware is missing ({OVMF_VARS}): install it with apt-get install ovmf"
@@ -556,6 +585,13 @@ pub fn clone(
         fs::create_dir(&stage).map_err(io_err("creating the clone's directory"))?;
         copy_disk(&src.disk(), &stage.join(DISK))?;
         fs::copy(src.dir.join(NVRAM), stage.join(NVRAM)).map_err(io_err("copying nvram.bin"))?;
+        // A VM made from an image boots its own kernel.
+        for extra in [super::from_image::BOOT, super::from_image::KERNEL] {
+            if src.dir.join(extra).is_file() {
+                fs::copy(src.dir.join(extra), stage.join(extra))
+                    .map_err(io_err(format!("copying {extra}")))?;
+            }
+        }
         let mut c = src.config()?;
         c.mac_address = random_mac();
         c.machine_identifier = Some(random_machine_id());

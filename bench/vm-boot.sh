@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Full VMs made from images (issue 5): the time from `cabin vm run --detach` of a VM made
+# from a Debian 12 image (systemd, udev, dbus, sshd) to its login prompt on the serial
+# console, next to raw QEMU booting the same kernel, command line and disk (a copy) on
+# the same q35 machine with the same display adapter, in the same run.
+# usage: bench/vm-boot.sh [RUNS]   (default 3; median reported; needs root: debootstrap
+# and cabin's bridge)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-3}
+cabin=${CABIN_BIN:-target/release/cabin}
+[ -x "$cabin" ] || cargo build --release --locked -p cabin-cli >/dev/null
+rootfs=$(scripts/make-debian-rootfs.sh --system)
+work=$(mktemp -d /tmp/cabin-bench.XXXXXX)
+export CABIN_DATA_DIR="$work/data"
+qemu_pid=""
+cleanup() {
+  "$cabin" vm stop deb >/dev/null 2>&1 || true
+  [ -n "$qemu_pid" ] && kill "$qemu_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+now() { date +%s%N; }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+# Waits for a login prompt in FILE; prints the milliseconds since T0.
+until_login() {
+  local file=$1 t0=$2
+  for _ in $(seq 6000); do
+    if grep -aq "login:" "$file" 2>/dev/null; then echo $(( ($(now) - t0) / 1000000 )); return; fi
+    sleep 0.02
+  done
+  echo "no login prompt in $file" >&2; exit 1
+}
+
+"$cabin" image import "$rootfs" debian-system:12 >/dev/null 2>&1
+t0=$(now)
+"$cabin" vm create deb --image debian-system:12 --disk-size 20GB --memory 1GB --cpu 2 >/dev/null
+create_ms=$(( ($(now) - t0) / 1000000 ))
+vmdir="$CABIN_DATA_DIR/vms/deb"
+cp --sparse=always "$vmdir/disk.img" "$work/raw.img"
+accel=${CABIN_ACCEL:-auto}
+[ "$accel" = auto ] && { [ -w /dev/kvm ] && qemu-system-x86_64 -accel help 2>/dev/null | grep -q kvm && accel=kvm || accel=tcg; }
+
+cabin_ms=$(for r in $(seq "$RUNS"); do
+  t0=$(now)
+  "$cabin" vm run deb --detach >/dev/null
+  until_login "$vmdir/console.log" "$t0"
+  "$cabin" vm stop deb >/dev/null
+done | median)
+
+cmdline="root=/dev/vda rootfstype=ext4 ro console=tty0 console=ttyS0 net.ifnames=0 ip=10.0.2.15::10.0.2.2:255.255.255.0:raw:eth0:off:10.0.2.3 systemd.hostname=raw"
+raw_ms=$(for r in $(seq "$RUNS"); do
+  log="$work/raw-$r.log"
+  t0=$(now)
+  qemu-system-x86_64 -nodefaults -no-user-config -machine q35,accel="$accel" -cpu max -smp 2 -m 1G \
+    -kernel "$vmdir/vmlinuz" -append "$cmdline" \
+    -drive if=none,id=d0,format=raw,file="$work/raw.img" -device virtio-blk-pci,drive=d0 \
+    -device virtio-vga -display none -netdev user,id=n0 -device virtio-net-pci,netdev=n0 \
+    -serial file:"$log" >/dev/null 2>&1 &
+  qemu_pid=$!
+  until_login "$log" "$t0"
+  kill "$qemu_pid"; wait "$qemu_pid" 2>/dev/null || true; qemu_pid=""
+done | median)
+
+echo "VM from a Debian 12 image (systemd) to its serial login prompt, $accel, 2 vCPUs, 1 GiB, median of $RUNS"
+printf '%-58s %10s\n' "measure" "ms"
+printf '%-58s %10d\n' "cabin vm create --image (20 GB disk, once)" "$create_ms"
+printf '%-58s %10d\n' "cabin vm run --detach -> login prompt" "$cabin_ms"
+printf '%-58s %10d\n' "raw qemu-system-x86_64, same kernel/disk -> login prompt" "$raw_ms"
+awk -v c="$cabin_ms" -v r="$raw_ms" 'BEGIN { printf "%-58s %9.2fx\n", "cabin / raw", c / r }'

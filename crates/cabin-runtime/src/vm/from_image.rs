@@ -1,0 +1,453 @@
+//! VMs made from OCI images (`vm create --image`): the image's root file system becomes
+//! the VM's own disk (journaled ext4 filling `disk.img`), and the VM boots cabin's VM
+//! kernel directly into the image's own init (systemd, for a Debian image). The kernel
+//! is copied into the VM's directory, so the VM does not change when cabin's kernel is
+//! rebuilt, and `cabin-boot.json` records how to boot it.
+//!
+//! What cabin adds to the image, so that the VM is usable at once:
+//! - `/etc/fstab` mounting the root read-write after its check, growing it to the disk
+//!   (`x-systemd.growfs`, so `vm set --disk-size` takes effect at the next boot);
+//! - no `/etc/hostname`: the VM's name is on its kernel command line;
+//! - `/etc/resolv.conf` pointing at `/proc/net/pnp`, where the kernel writes the name
+//!   servers it was given with the VM's address on its command line;
+//! - cabin's SSH key in `/root/.ssh/authorized_keys` (for `vm ssh`);
+//! - a unit mounting the shared folders of each run at `/mnt/shared/<name>`.
+//!
+//! The image is hostile input: every addition is written without following the image's
+//! symbolic links, so a link cannot point a write at the host.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+use super::store::VmError;
+use crate::paths::Paths;
+
+/// How a VM made from an image boots (cabin's own file in the VM's directory).
+pub const BOOT: &str = "cabin-boot.json";
+/// The kernel it boots, copied into the VM's directory.
+pub const KERNEL: &str = "vmlinuz";
+/// The file-system label of its root.
+pub const ROOT_LABEL: &str = "cabin-root";
+/// Where the guest finds the run's shared folders.
+pub const SHARES_DIR: &str = "/mnt/shared";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectBoot {
+    /// The image the disk was made from, and its manifest digest.
+    pub image: String,
+    pub image_digest: String,
+    /// The kernel's file name in the VM's directory.
+    pub kernel: String,
+}
+
+impl DirectBoot {
+    pub fn read(vm_dir: &Path) -> Result<Option<DirectBoot>, VmError> {
+        let p = vm_dir.join(BOOT);
+        match fs::read(&p) {
+            Ok(b) if b.len() <= 64 * 1024 => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| VmError::Io(format!("{} is damaged: {e}", p.display()))),
+            Ok(_) => Err(VmError::Io(format!("{} is too large", p.display()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(VmError::Io(format!("reading {}: {e}", p.display()))),
+        }
+    }
+
+    fn write(&self, dir: &Path) -> Result<(), VmError> {
+        fs::write(
+            dir.join(BOOT),
+            serde_json::to_vec_pretty(self).expect("serialisable"),
+        )
+        .map_err(|e| VmError::Io(format!("writing {BOOT}: {e}")))
+    }
+}
+
+/// The guest's address set-up, for the kernel's `ip=` parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestAddress {
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: std::net::Ipv4Addr,
+    pub dns: Vec<String>,
+}
+
+/// The kernel command line of a VM made from an image.
+pub fn kernel_command_line(
+    hostname: &str,
+    machine_id: Option<&str>,
+    net: &GuestAddress,
+    share_tags: &[(String, bool)],
+) -> String {
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(net.prefix))
+        .unwrap_or(0);
+    let mask = std::net::Ipv4Addr::from(mask);
+    let dns: Vec<&str> = net.dns.iter().map(String::as_str).take(2).collect();
+    let mut args = vec![
+        "root=/dev/vda".to_string(),
+        "rootfstype=ext4".into(),
+        "ro".into(),
+        // The last console is /dev/console: systemd's messages and a login prompt go to
+        // the serial log (`vm logs`); the screen gets a console too.
+        "console=tty0".into(),
+        "console=ttyS0".into(),
+        // The kernel configures eth0 before init runs; a renamed card would lose that.
+        "net.ifnames=0".into(),
+        format!(
+            "ip={}::{}:{mask}:{hostname}:eth0:off:{}",
+            net.address,
+            net.gateway,
+            dns.join(":")
+        ),
+        // The VM's name, not one baked into the disk: a clone gets its own.
+        format!("systemd.hostname={hostname}"),
+    ];
+    if let Some(id) = machine_id {
+        args.push(format!("systemd.machine_id={id}"));
+    }
+    for (tag, ro) in share_tags {
+        args.push(format!("cabin.share={tag}{}", if *ro { ":ro" } else { "" }));
+    }
+    args.join(" ")
+}
+
+/// The machine id systemd gets (32 hex digits) for Lume's base64 machine identifier.
+pub fn systemd_machine_id(identifier: &str) -> Option<String> {
+    super::store::machine_uuid(identifier).map(|u| u.replace('-', ""))
+}
+
+/// Creates the VM `name` from the image `reference` (`vm create --image`).
+pub fn create(
+    settings: &super::settings::Settings,
+    paths: &Paths,
+    name: &str,
+    storage: Option<&str>,
+    opts: &super::store::CreateOptions,
+    reference: &str,
+) -> Result<super::store::Vm, VmError> {
+    super::store::create_with(settings, name, storage, opts, |stage| {
+        provision(paths, stage, reference, opts.disk_size)
+    })
+}
+
+/// Fills the staging directory of a new VM: `disk.img` of `disk_size` bytes holding the
+/// image `reference` (from cabin's image store) with cabin's additions, the kernel, and
+/// `cabin-boot.json`.
+pub fn provision(
+    paths: &Paths,
+    stage: &Path,
+    reference: &str,
+    disk_size: u64,
+) -> Result<(), VmError> {
+    use cabin_image::{image, store::Store};
+    let kernel = crate::assets::locate_vm_kernel(paths).map_err(|e| VmError::Io(e.to_string()))?;
+    let store = Store::open(paths.image_store()).map_err(|e| VmError::Io(e.to_string()))?;
+    let img = image::resolve(&store, reference).map_err(|e| {
+        VmError::Invalid(match e {
+            image::ImageError::NotFound(_) => format!(
+                "image not found: {reference}: pull it (cabin pull {reference}) or import a root file system (cabin image import DIR {reference})"
+            ),
+            e => e.to_string(),
+        })
+    })?;
+    let root = stage.join(".rootfs");
+    fs::create_dir(&root).map_err(|e| VmError::Io(format!("creating {}: {e}", root.display())))?;
+    let result = (|| {
+        let budget = cabin_image::layer::Limits::default().max_bytes;
+        image::unpack(&store, &img, &root, budget).map_err(|e| {
+            with_space_hint(format!("unpacking {reference} onto the VM's disk: {e}"))
+        })?;
+        if !has_init(&root) {
+            return Err(VmError::Invalid(format!(
+                "{reference} has no init (/sbin/init): a VM boots its image's own init; use a system image, e.g. Debian with systemd-sysv"
+            )));
+        }
+        add_cabin_files(paths, &root)
+            .map_err(|e| with_space_hint(format!("adding cabin's files to the VM's disk: {e}")))?;
+        cabin_image::rootfs::build_system_disk(
+            &root,
+            &stage.join(super::store::DISK),
+            disk_size,
+            ROOT_LABEL,
+        )
+        .map_err(|e| with_space_hint(e.to_string()))
+    })();
+    let _ = fs::remove_dir_all(&root);
+    result?;
+    fs::copy(&kernel, stage.join(KERNEL))
+        .map_err(|e| with_space_hint(format!("copying the kernel {}: {e}", kernel.display())))?;
+    DirectBoot {
+        image: if img.reference.is_empty() {
+            reference.to_string()
+        } else {
+            img.reference.clone()
+        },
+        image_digest: img.manifest_digest.clone(),
+        kernel: KERNEL.into(),
+    }
+    .write(stage)
+}
+
+/// A failure to make the disk, with what to do when the storage location is full.
+fn with_space_hint(message: String) -> VmError {
+    if message.contains("No space left on device") || message.contains("not enough free space") {
+        VmError::Io(format!(
+            "{message}; free some space there or use another storage location (--storage)"
+        ))
+    } else {
+        VmError::Io(message)
+    }
+}
+
+fn has_init(root: &Path) -> bool {
+    [
+        "sbin/init",
+        "usr/sbin/init",
+        "lib/systemd/systemd",
+        "usr/lib/systemd/systemd",
+    ]
+    .iter()
+    .any(|p| {
+        // The path's last component may be a link (to /lib/systemd/systemd).
+        fs::symlink_metadata(root.join(p)).is_ok()
+    })
+}
+
+const MOUNT_SHARES: &str = r#"#!/bin/sh
+# Mounts the folders cabin shares with this VM: each cabin.share=NAME[:ro] on the
+# kernel command line is a virtio-9p share tagged NAME, mounted at /mnt/shared/NAME.
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    cabin.share=*)
+      spec=${arg#cabin.share=}
+      tag=${spec%%:*}
+      opts=trans=virtio,version=9p2000.L,msize=262144,cache=none
+      case "$spec" in *:ro) opts=$opts,ro ;; esac
+      mkdir -p "/mnt/shared/$tag" && mount -t 9p -o "$opts" "$tag" "/mnt/shared/$tag"
+      ;;
+  esac
+done
+exit 0
+"#;
+
+const MOUNT_SHARES_UNIT: &str = "[Unit]
+Description=Mount the folders cabin shares with this VM
+After=local-fs.target
+Before=multi-user.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/lib/cabin/mount-shares
+
+[Install]
+WantedBy=multi-user.target
+";
+
+fn add_cabin_files(paths: &Paths, root: &Path) -> io::Result<()> {
+    write_in_root(
+        root,
+        "etc/fstab",
+        format!("LABEL={ROOT_LABEL} / ext4 defaults,x-systemd.growfs 0 1\n").as_bytes(),
+        0o644,
+    )?;
+    // The host name comes from the kernel command line (the VM's name, which a clone
+    // changes); debootstrap leaves the building host's name here.
+    replaceable(root, "etc/hostname")?;
+    link_in_root(root, "etc/resolv.conf", "/proc/net/pnp")?;
+    if let Some(key) = ssh_public_key(paths)? {
+        dir_in_root(root, "root/.ssh", 0o700)?;
+        write_in_root(root, "root/.ssh/authorized_keys", key.as_bytes(), 0o600)?;
+    }
+    write_in_root(
+        root,
+        "usr/local/lib/cabin/mount-shares",
+        MOUNT_SHARES.as_bytes(),
+        0o755,
+    )?;
+    if fs::symlink_metadata(root.join("etc/systemd/system")).is_ok() {
+        write_in_root(
+            root,
+            "etc/systemd/system/cabin-shares.service",
+            MOUNT_SHARES_UNIT.as_bytes(),
+            0o644,
+        )?;
+        link_in_root(
+            root,
+            "etc/systemd/system/multi-user.target.wants/cabin-shares.service",
+            "/etc/systemd/system/cabin-shares.service",
+        )?;
+    }
+    Ok(())
+}
+
+/// Makes the directories of `rel` (relative to `root`) that are missing. Every existing
+/// one must be a real directory: a link could lead out of the tree.
+fn dir_in_root(root: &Path, rel: &str, mode: u32) -> io::Result<PathBuf> {
+    let mut at = root.to_path_buf();
+    for part in Path::new(rel).components() {
+        let std::path::Component::Normal(part) = part else {
+            return Err(io::Error::other(format!(
+                "{rel}: not a plain relative path"
+            )));
+        };
+        at.push(part);
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(io::Error::other(format!(
+                    "the image's {} is not a directory",
+                    at.strip_prefix(root).unwrap_or(&at).display()
+                )))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&at)?;
+                fs::set_permissions(&at, fs::Permissions::from_mode(mode))?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(at)
+}
+
+/// Replaces whatever is at `rel` with a file holding `data`.
+fn write_in_root(root: &Path, rel: &str, data: &[u8], mode: u32) -> io::Result<()> {
+    let path = replaceable(root, rel)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)?;
+    f.write_all(data)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+}
+
+/// Replaces whatever is at `rel` with a symbolic link to `target`.
+fn link_in_root(root: &Path, rel: &str, target: &str) -> io::Result<()> {
+    let path = replaceable(root, rel)?;
+    std::os::unix::fs::symlink(target, path)
+}
+
+/// The host path of `rel` in `root`, its parent directories made, nothing left there.
+fn replaceable(root: &Path, rel: &str) -> io::Result<PathBuf> {
+    let rel_path = Path::new(rel);
+    let parent = rel_path.parent().and_then(|p| p.to_str()).unwrap_or("");
+    let dir = if parent.is_empty() {
+        root.to_path_buf()
+    } else {
+        dir_in_root(root, parent, 0o755)?
+    };
+    let path = dir.join(rel_path.file_name().expect("a file name"));
+    match fs::symlink_metadata(&path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(&path)?,
+        Ok(_) => fs::remove_file(&path)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(path)
+}
+
+/// cabin's SSH key pair for VMs made from images, made on first use with ssh-keygen.
+pub fn ssh_key(paths: &Paths) -> PathBuf {
+    paths.data.join("ssh/id_ed25519")
+}
+
+/// The public half of cabin's SSH key, made if missing; None without ssh-keygen.
+fn ssh_public_key(paths: &Paths) -> io::Result<Option<String>> {
+    let key = ssh_key(paths);
+    let public = key.with_extension("pub");
+    if !public.is_file() {
+        let dir = key.parent().expect("a parent");
+        crate::paths::create_private_dir(dir)?;
+        let _ = fs::remove_file(&key);
+        let made = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "cabin", "-f"])
+            .arg(&key)
+            .output();
+        match made {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                eprintln!("cabin: ssh-keygen is missing (apt-get install openssh-client): the VM gets no SSH key, so `cabin vm ssh` cannot log in");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+            Ok(o) if !o.status.success() => {
+                return Err(io::Error::other(format!(
+                    "ssh-keygen: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )))
+            }
+            Ok(_) => {}
+        }
+    }
+    fs::read_to_string(&public).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_carries_address_identity_and_shares() {
+        let net = GuestAddress {
+            address: "10.89.0.7".parse().unwrap(),
+            prefix: 24,
+            gateway: "10.89.0.1".parse().unwrap(),
+            dns: vec!["192.0.2.53".into()],
+        };
+        let line = kernel_command_line(
+            "web",
+            Some("0123456789abcdef0123456789abcdef"),
+            &net,
+            &[("code".into(), false), ("data".into(), true)],
+        );
+        assert!(
+            line.starts_with("root=/dev/vda rootfstype=ext4 ro "),
+            "{line}"
+        );
+        assert!(
+            line.contains(" ip=10.89.0.7::10.89.0.1:255.255.255.0:web:eth0:off:192.0.2.53 "),
+            "{line}"
+        );
+        assert!(line.contains("systemd.machine_id=0123456789abcdef0123456789abcdef"));
+        assert!(
+            line.ends_with("cabin.share=code cabin.share=data:ro"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn additions_never_follow_the_images_links() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let outside = t.path().join("outside");
+        fs::create_dir_all(root.join("usr")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        // A hostile image: /etc leads out of the tree, /root/.ssh too.
+        std::os::unix::fs::symlink(&outside, root.join("etc")).unwrap();
+        let e = write_in_root(&root, "etc/hostname", b"x", 0o644).unwrap_err();
+        assert!(e.to_string().contains("etc is not a directory"), "{e}");
+        fs::remove_file(root.join("etc")).unwrap();
+        fs::create_dir(root.join("etc")).unwrap();
+        // A link in the file's own place is replaced, not written through.
+        std::os::unix::fs::symlink(outside.join("victim"), root.join("etc/hostname")).unwrap();
+        write_in_root(&root, "etc/hostname", b"web\n", 0o644).unwrap();
+        assert!(!outside.join("victim").exists());
+        assert_eq!(fs::read(root.join("etc/hostname")).unwrap(), b"web\n");
+        assert!(dir_in_root(&root, "../x", 0o755).is_err());
+    }
+
+    #[test]
+    fn machine_ids_follow_the_identifier() {
+        let id = super::super::store::random_machine_id();
+        let hex = systemd_machine_id(&id).unwrap();
+        assert_eq!(hex.len(), 32);
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+}
