@@ -38,8 +38,12 @@ t0=$(now)
 create_ms=$(( ($(now) - t0) / 1000000 ))
 vmdir="$CABIN_DATA_DIR/vms/deb"
 cp --sparse=always "$vmdir/disk.img" "$work/raw.img"
-accel=${CABIN_ACCEL:-auto}
-[ "$accel" = auto ] && { [ -w /dev/kvm ] && qemu-system-x86_64 -accel help 2>/dev/null | grep -q kvm && accel=kvm || accel=tcg; }
+# The raw baseline uses the accelerator cabin picks on this host.
+accel=$("$cabin" system info --format json | sed -n 's/.*"accelerator":"\([a-z]*\)".*/\1/p')
+case "$accel" in
+  kvm) cpu=host ;;
+  *) accel=tcg,thread=multi cpu=max ;;
+esac
 
 cabin_ms=$(for r in $(seq "$RUNS"); do
   t0=$(now)
@@ -52,7 +56,7 @@ cmdline="root=/dev/vda rootfstype=ext4 ro console=tty0 console=ttyS0 net.ifnames
 raw_ms=$(for r in $(seq "$RUNS"); do
   log="$work/raw-$r.log"
   t0=$(now)
-  qemu-system-x86_64 -nodefaults -no-user-config -machine q35,accel="$accel" -cpu max -smp 2 -m 1G \
+  qemu-system-x86_64 -nodefaults -no-user-config -machine q35 -accel "$accel" -cpu "$cpu" -smp 2 -m 1G \
     -kernel "$vmdir/vmlinuz" -append "$cmdline" \
     -drive if=none,id=d0,format=raw,file="$work/raw.img" -device virtio-blk-pci,drive=d0 \
     -device virtio-vga -display none -netdev user,id=n0 -device virtio-net-pci,netdev=n0 \

@@ -750,25 +750,48 @@ fn an_installer_iso_built_with_grub_boots_under_uefi() {
     );
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    // An initramfs whose init says which firmware started it, then powers off.
+    // An initramfs whose init says which firmware started it, takes an address with
+    // DHCP as an installer would, serves a page there, and powers off when asked to.
     let initrd = w.join("initrd");
-    for sub in ["bin", "proc", "sys", "dev"] {
+    for sub in ["bin", "proc", "sys", "dev", "www"] {
         std::fs::create_dir_all(initrd.join(sub)).unwrap();
     }
     std::fs::copy("/bin/busybox", initrd.join("bin/busybox")).unwrap();
-    std::fs::write(
-        initrd.join("init"),
-        "#!/bin/busybox sh\n\
-         /bin/busybox mount -t proc proc /proc\n\
-         /bin/busybox mount -t sysfs sys /sys\n\
-         /bin/busybox mount -t devtmpfs dev /dev\n\
-         if [ -d /sys/firmware/efi ]; then fw=UEFI; else fw=BIOS; fi\n\
-         echo \"cabin-iso: booted under $fw\" > /dev/ttyS0\n\
-         /bin/busybox poweroff -f\n",
-    )
-    .unwrap();
+    std::fs::write(initrd.join("www/index.html"), "served by the installer\n").unwrap();
+    let scripts = [
+        (
+            "init",
+            "#!/bin/busybox sh\n\
+             /bin/busybox --install -s /bin\n\
+             mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n\
+             if [ -d /sys/firmware/efi ]; then fw=UEFI; else fw=BIOS; fi\n\
+             echo \"cabin-iso: booted under $fw\" > /dev/ttyS0\n\
+             ip link set eth0 up\n\
+             udhcpc -i eth0 -n -q -f -s /lease.sh > /dev/ttyS0 2>&1\n\
+             httpd -p 8080 -h /www\n\
+             # The 'poweroff' page of the test: a CGI that powers off.\n\
+             while [ ! -e /www/off ]; do sleep 0.2; done\n\
+             poweroff -f\n",
+        ),
+        (
+            "lease.sh",
+            "#!/bin/sh\n\
+             [ \"$1\" = bound ] || exit 0\n\
+             ip addr add \"$ip/$mask\" dev \"$interface\"\n\
+             echo \"cabin-iso: leased $ip\" > /dev/ttyS0\n",
+        ),
+        (
+            "www/cgi-bin/off",
+            "#!/bin/sh\ntouch /www/off\nprintf 'Content-Type: text/plain\\r\\n\\r\\nbye\\n'\n",
+        ),
+    ];
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(initrd.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, text) in scripts {
+        let p = initrd.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let iso_tree = w.join("iso");
     std::fs::create_dir_all(iso_tree.join("boot/grub")).unwrap();
     std::fs::copy(&kernel, iso_tree.join("boot/vmlinuz")).unwrap();
@@ -824,18 +847,71 @@ fn an_installer_iso_built_with_grub_boots_under_uefi() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let logs = || stdout(&vm_in(d, &["logs", "installer"]));
+    wait_for("the installer to boot", Duration::from_secs(240), || {
+        logs().contains("cabin-iso: booted under")
+    });
+    assert!(
+        logs().contains("cabin-iso: booted under UEFI"),
+        "{}",
+        logs()
+    );
+    if is_root() {
+        // On cabin's bridge, the guest's DHCP gets the address cabin reports, and the
+        // host reaches it there.
+        wait_for("the guest's DHCP lease", Duration::from_secs(60), || {
+            logs().contains("cabin-iso: leased ")
+        });
+        let log = logs();
+        let leased = log
+            .lines()
+            .find_map(|l| l.strip_prefix("cabin-iso: leased "))
+            .unwrap()
+            .trim()
+            .to_string();
+        assert!(leased.starts_with("10.89.0."), "{log}");
+        wait_for(
+            "the address to be reported",
+            Duration::from_secs(10),
+            || details(d, "installer")["ipAddress"] == leased.as_str(),
+        );
+        let get = |path: &str| {
+            let o = Command::new("curl")
+                .args([
+                    "-s",
+                    "--max-time",
+                    "10",
+                    "--retry",
+                    "10",
+                    "--retry-connrefused",
+                ])
+                .arg(format!("http://{leased}:8080{path}"))
+                .output()
+                .unwrap();
+            stdout(&o)
+        };
+        assert_eq!(get("/index.html"), "served by the installer\n");
+        assert_eq!(get("/cgi-bin/off"), "bye\n");
+    } else {
+        eprintln!("DHCP on the bridge skipped: needs root");
+        ok(d, &["stop", "installer"]);
+    }
     let mut status = None;
     wait_for(
         "the installer to power off",
-        Duration::from_secs(240),
+        Duration::from_secs(60),
         || {
             status = child.try_wait().unwrap();
             status.is_some()
         },
     );
     assert!(status.unwrap().success());
-    let log = stdout(&vm_in(d, &["logs", "installer"]));
-    assert!(log.contains("cabin-iso: booted under UEFI"), "{log}");
+    if is_root() {
+        assert!(
+            logs().contains("reboot: Power down"),
+            "the guest powered off"
+        );
+    }
 }
 
 #[test]

@@ -26,6 +26,7 @@ pub mod container_log;
 pub mod container_vm;
 pub mod containers;
 pub mod copy;
+pub mod dhcp;
 pub mod network;
 pub mod paths;
 pub mod root;

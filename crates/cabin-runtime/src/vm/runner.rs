@@ -13,6 +13,7 @@ use std::fs;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cabin_vmm::full::{self, Boot, FullVmSpec, Vnc};
@@ -222,10 +223,7 @@ async fn run_vm(
     let console_log = vm.dir.join(CONSOLE_LOG);
     fs::write(&console_log, b"").map_err(|e| VmError::Io(format!("creating console.log: {e}")))?;
     let direct = DirectBoot::read(&vm.dir)?;
-    let net = match &direct {
-        Some(_) => Some(image_vm_network(vm)?),
-        None => None,
-    };
+    let net = vm_network(vm, &config.mac_address, direct.is_some())?;
     let boot = match &direct {
         None => Boot::Uefi {
             code: store::OVMF_CODE.into(),
@@ -240,18 +238,12 @@ async fn run_vm(
                     .as_deref()
                     .and_then(from_image::systemd_machine_id)
                     .as_deref(),
-                &net.as_ref().expect("made with the boot").address,
+                &net.address,
                 &shares
                     .iter()
                     .map(|s| (s.tag.clone(), s.read_only))
                     .collect::<Vec<_>>(),
             ),
-        },
-    };
-    let nic = match &net {
-        Some(n) => n.backend.clone(),
-        None => NetBackend::User {
-            forwards: Vec::new(),
         },
     };
     let spec = FullVmSpec {
@@ -269,7 +261,7 @@ async fn run_vm(
         iso: opts.iso.clone(),
         display: (w, h),
         vnc,
-        nic,
+        nic: net.backend.clone(),
         shares: shares.clone(),
         accel: accel.accel,
         run_dir: run_dir.path.clone(),
@@ -306,24 +298,28 @@ async fn run_vm(
                 .collect(),
             pid: std::process::id(),
             started_at: crate::containers::now_unix(),
-            ip_address: net.as_ref().and_then(|n| n.reachable_ip.clone()),
-            ssh_port: net.as_ref().and_then(|n| n.ssh_forward),
+            ip_address: net.reachable_ip.lock().expect("not poisoned").clone(),
+            ssh_port: net.ssh_forward,
         };
-        let tmp = vm.dir.join(".sessions.json.tmp");
-        fs::write(&tmp, serde_json::to_vec(&session).expect("serialisable"))
-            .and_then(|()| fs::rename(&tmp, vm.dir.join(store::SESSION)))
-            .map_err(|e| VmError::Io(format!("writing sessions.json: {e}")))?;
+        write_session(vm, &session)?;
         *started = true;
         vm.clear_start_error();
         ready(&session);
         let mut term = signal(SignalKind::terminate()).map_err(|e| VmError::Io(e.to_string()))?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| VmError::Io(e.to_string()))?;
+        let mut session = session;
         let exited = async {
             loop {
                 if let Ok(Some(_)) = child.try_wait() {
                     return;
                 }
                 bound_console_log(&console_log);
+                // The guest took its address (DHCP): report it.
+                let ip = net.reachable_ip.lock().expect("not poisoned").clone();
+                if ip != session.ip_address {
+                    session.ip_address = ip;
+                    let _ = write_session(vm, &session);
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         };
@@ -347,10 +343,20 @@ async fn run_vm(
     .await;
     let _ = child.kill();
     let _ = child.wait();
+    // Off the bridge before the VM shows as stopped: a start right after must find
+    // its address and tap free.
+    drop(net);
     let _ = fs::remove_file(vm.dir.join(store::SESSION));
     let _ = run_dir.remove();
     drop(lock);
     result
+}
+
+fn write_session(vm: &Vm, session: &Session) -> Result<(), VmError> {
+    let tmp = vm.dir.join(".sessions.json.tmp");
+    fs::write(&tmp, serde_json::to_vec(session).expect("serialisable"))
+        .and_then(|()| fs::rename(&tmp, vm.dir.join(store::SESSION)))
+        .map_err(|e| VmError::Io(format!("writing sessions.json: {e}")))
 }
 
 /// The VM's serial console log, in its directory.
@@ -371,32 +377,68 @@ fn bound_console_log(path: &Path) {
     }
 }
 
-/// The network of a VM made from an image, whose address cabin chooses and hands to
-/// the kernel. As root: a tap on cabin's bridge (`cabin0`, NAT to the outside, the
-/// address reachable from the host and from containers on the bridge). Rootless:
-/// QEMU's user-mode network, where the guest is reachable only through forwarded
-/// ports: its SSH port is forwarded from a free port on 127.0.0.1.
-struct ImageVmNetwork {
+/// A running VM's network. As root: a tap on cabin's bridge (`cabin0`, NAT to the
+/// outside, the same bridge as bridged containers), with an address cabin chooses:
+/// handed to a VM made from an image on its kernel command line, and to any other
+/// guest by a DHCP server answering that VM alone on its tap; the address is reported
+/// once the guest has it and is reachable from the host. Rootless: QEMU's user-mode
+/// network, where a guest is reachable only through forwarded ports; a VM made from
+/// an image gets its SSH port forwarded from a free port on 127.0.0.1.
+struct VmNetwork {
     backend: NetBackend,
+    /// The set-up for the kernel's `ip=` (VMs made from images).
     address: GuestAddress,
-    /// The address the host reaches the guest at (bridge only).
-    reachable_ip: Option<String>,
+    /// The address the host reaches the guest at, once the guest has it.
+    reachable_ip: Arc<Mutex<Option<String>>>,
     /// The host port forwarded to the guest's port 22 (user-mode network only).
     ssh_forward: Option<u16>,
+    /// Answers the guest's DHCP while the VM runs.
+    _dhcp: Option<crate::dhcp::Server>,
     /// Keeps the VM on the bridge for as long as it runs.
     _endpoint: Option<crate::bridge::Endpoint>,
 }
 
-fn image_vm_network(vm: &Vm) -> Result<ImageVmNetwork, VmError> {
-    use crate::bridge;
+fn vm_network(vm: &Vm, mac: &str, from_image: bool) -> Result<VmNetwork, VmError> {
+    use crate::{bridge, dhcp};
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         let _ = bridge::reconcile();
-        let ep = bridge::attach(&format!("vm-{}", vm.name), vec![vm.name.clone()], &[])
+        // The endpoint's id names its tap device: random, since VMs of different
+        // storage locations or data directories may share a name.
+        let id = format!("v{}", &rundir::new_id()[..11]);
+        let ep = bridge::attach(&id, vec![vm.name.clone()], &[])
             .map_err(|e| VmError::Io(format!("joining the bridge: {e}")))?;
         let cfg = ep.guest_config();
         let ip = ep.record.ip;
-        return Ok(ImageVmNetwork {
+        let reachable = Arc::new(Mutex::new(from_image.then(|| ip.to_string())));
+        let server_mac = fs::read_to_string(format!("/sys/class/net/{}/address", bridge::BRIDGE))
+            .ok()
+            .and_then(|m| dhcp::parse_mac(&m));
+        let client_mac = dhcp::parse_mac(mac).ok_or_else(|| {
+            VmError::Invalid(format!("invalid MAC address in config.json: {mac}"))
+        })?;
+        let dhcp = match server_mac {
+            Some(server_mac) => {
+                let lease = dhcp::Lease {
+                    client_mac,
+                    address: ip,
+                    prefix: bridge::PREFIX,
+                    gateway: bridge::GATEWAY,
+                    dns: cfg.dns.iter().filter_map(|d| d.parse().ok()).collect(),
+                    hostname: vm.name.clone(),
+                    server_mac,
+                };
+                let leased = reachable.clone();
+                Some(
+                    dhcp::Server::start(&ep.record.tap, lease, move |a| {
+                        *leased.lock().expect("not poisoned") = Some(a.to_string());
+                    })
+                    .map_err(|e| VmError::Io(format!("starting the VM's DHCP server: {e}")))?,
+                )
+            }
+            None => None,
+        };
+        return Ok(VmNetwork {
             backend: NetBackend::Tap(Some(ep.tap.clone())),
             address: GuestAddress {
                 address: ip,
@@ -404,21 +446,25 @@ fn image_vm_network(vm: &Vm) -> Result<ImageVmNetwork, VmError> {
                 gateway: bridge::GATEWAY,
                 dns: cfg.dns,
             },
-            reachable_ip: Some(ip.to_string()),
+            reachable_ip: reachable,
             ssh_forward: None,
+            _dhcp: dhcp,
             _endpoint: Some(ep),
         });
     }
-    let mut forwards = vec![cabin_vmm::PortForward {
-        protocol: cabin_vmm::Protocol::Tcp,
-        host_ip: std::net::Ipv4Addr::LOCALHOST,
-        host_port: 0,
-        guest_port: 22,
-    }];
     use cabin_vmm::qemu::user_net;
-    crate::network::choose_free_ports(&mut forwards).map_err(VmError::Io)?;
-    let port = forwards[0].host_port;
-    Ok(ImageVmNetwork {
+    let mut forwards = Vec::new();
+    if from_image {
+        forwards.push(cabin_vmm::PortForward {
+            protocol: cabin_vmm::Protocol::Tcp,
+            host_ip: std::net::Ipv4Addr::LOCALHOST,
+            host_port: 0,
+            guest_port: 22,
+        });
+        crate::network::choose_free_ports(&mut forwards).map_err(VmError::Io)?;
+    }
+    Ok(VmNetwork {
+        ssh_forward: forwards.first().map(|f| f.host_port),
         backend: NetBackend::User { forwards },
         address: GuestAddress {
             address: user_net::GUEST,
@@ -426,8 +472,8 @@ fn image_vm_network(vm: &Vm) -> Result<ImageVmNetwork, VmError> {
             gateway: user_net::GATEWAY,
             dns: vec![user_net::DNS.to_string()],
         },
-        reachable_ip: None,
-        ssh_forward: Some(port),
+        reachable_ip: Arc::new(Mutex::new(None)),
+        _dhcp: None,
         _endpoint: None,
     })
 }
