@@ -19,6 +19,7 @@ packages=(
   docker-registry skopeo apache2-utils openssl   # tests: a real registry (htpasswd, tokens), an independent OCI client
   python3-venv                        # tests: pylume (Lume's Python client, from PyPI) against cabin serve
   grub-efi-amd64-bin grub-common xorriso mtools   # tests: a UEFI-bootable installer ISO (grub-mkrescue)
+  dnsmasq-base                        # tests: a LAN's DHCP server for bridged VMs
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -736,8 +736,10 @@ fn a_vm_made_from_a_debian_image_boots_its_own_init_and_answers_on_its_ip() {
     ok(d, &["stop", "deb-copy"]);
 }
 
-#[test]
-fn an_installer_iso_built_with_grub_boots_under_uefi() {
+/// An installer ISO made with grub-mkrescue around cabin's VM kernel, in `w`. Its
+/// initramfs says which firmware started it, takes an address with DHCP as an
+/// installer would, serves a page there, and powers off when /cgi-bin/off is fetched.
+fn installer_iso(w: &Path) -> PathBuf {
     let kernel = std::env::var_os("CABIN_VM_KERNEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -748,10 +750,6 @@ fn an_installer_iso_built_with_grub_boots_under_uefi() {
         kernel.is_file(),
         "the VM kernel is built (scripts/build-kernel.sh vm)"
     );
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path();
-    // An initramfs whose init says which firmware started it, takes an address with
-    // DHCP as an installer would, serves a page there, and powers off when asked to.
     let initrd = w.join("initrd");
     for sub in ["bin", "proc", "sys", "dev", "www"] {
         std::fs::create_dir_all(initrd.join(sub)).unwrap();
@@ -821,33 +819,23 @@ fn an_installer_iso_built_with_grub_boots_under_uefi() {
         .output()
         .expect("grub-mkrescue is installed (apt-get install grub-common grub-efi-amd64-bin xorriso mtools)");
     assert!(o.status.success(), "grub-mkrescue: {}", stderr(&o));
+    iso
+}
 
-    let data = tempfile::tempdir().unwrap();
-    let d = data.path();
-    let _stop = StopVms(d, &["installer"]);
-    ok(
-        d,
-        &[
-            "create",
-            "installer",
-            "--cpu",
-            "1",
-            "--memory",
-            "512MB",
-            "--disk-size",
-            "10GB",
-        ],
-    );
+/// Boots the VM `name` from `iso` in the foreground (`vm run` returns when the guest
+/// powers off): UEFI starts it; as root the guest's DHCP gets an address in
+/// `subnet_prefix` that cabin reports, and the host fetches a page from it there.
+fn boot_installer(d: &Path, name: &str, iso: &Path, subnet_prefix: &str) {
     // In the foreground: `vm run` returns when the guest powers off.
     let mut child = cabin_in(d)
         .env("CABIN_ACCEL", "tcg")
-        .args(["vm", "run", "installer", "--vnc", "disabled", "--mount"])
-        .arg(&iso)
+        .args(["vm", "run", name, "--vnc", "disabled", "--mount"])
+        .arg(iso)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let logs = || stdout(&vm_in(d, &["logs", "installer"]));
+    let logs = || stdout(&vm_in(d, &["logs", name]));
     wait_for("the installer to boot", Duration::from_secs(240), || {
         logs().contains("cabin-iso: booted under")
     });
@@ -869,11 +857,11 @@ fn an_installer_iso_built_with_grub_boots_under_uefi() {
             .unwrap()
             .trim()
             .to_string();
-        assert!(leased.starts_with("10.89.0."), "{log}");
+        assert!(leased.starts_with(subnet_prefix), "{log}");
         wait_for(
             "the address to be reported",
             Duration::from_secs(10),
-            || details(d, "installer")["ipAddress"] == leased.as_str(),
+            || details(d, name)["ipAddress"] == leased.as_str(),
         );
         let get = |path: &str| {
             let o = Command::new("curl")
@@ -894,7 +882,7 @@ fn an_installer_iso_built_with_grub_boots_under_uefi() {
         assert_eq!(get("/cgi-bin/off"), "bye\n");
     } else {
         eprintln!("DHCP on the bridge skipped: needs root");
-        ok(d, &["stop", "installer"]);
+        ok(d, &["stop", name]);
     }
     let mut status = None;
     wait_for(
@@ -912,6 +900,113 @@ fn an_installer_iso_built_with_grub_boots_under_uefi() {
             "the guest powered off"
         );
     }
+}
+
+#[test]
+fn an_installer_iso_built_with_grub_boots_under_uefi() {
+    let work = tempfile::tempdir().unwrap();
+    let iso = installer_iso(work.path());
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let _stop = StopVms(d, &["installer"]);
+    ok(
+        d,
+        &[
+            "create",
+            "installer",
+            "--cpu",
+            "1",
+            "--memory",
+            "512MB",
+            "--disk-size",
+            "10GB",
+        ],
+    );
+    boot_installer(d, "installer", &iso, "10.89.0.");
+}
+
+/// A host bridge with its own DHCP server (Debian's dnsmasq), removed when dropped.
+struct TestLan {
+    name: &'static str,
+    dnsmasq: std::process::Child,
+}
+
+impl Drop for TestLan {
+    fn drop(&mut self) {
+        let _ = self.dnsmasq.kill();
+        let _ = self.dnsmasq.wait();
+        let _ = Command::new("ip").args(["link", "del", self.name]).status();
+    }
+}
+
+#[test]
+fn a_bridged_vm_is_a_machine_on_the_hosts_lan() {
+    if !is_root() {
+        eprintln!("skipped: bridged networking needs root");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let iso = installer_iso(work.path());
+    let lan = "cbtestlan0";
+    let _ = Command::new("ip").args(["link", "del", lan]).status();
+    for args in [
+        vec!["link", "add", lan, "type", "bridge"],
+        vec!["addr", "add", "192.168.231.1/24", "dev", lan],
+        vec!["link", "set", lan, "up"],
+    ] {
+        assert!(Command::new("ip").args(&args).status().unwrap().success());
+    }
+    let dnsmasq = Command::new("dnsmasq")
+        .args([
+            "--keep-in-foreground",
+            "--port=0",
+            "--bind-interfaces",
+            &format!("--interface={lan}"),
+            "--except-interface=lo",
+            "--dhcp-range=192.168.231.50,192.168.231.60,1h",
+            "--dhcp-authoritative",
+        ])
+        .arg(format!(
+            "--dhcp-leasefile={}",
+            work.path().join("leases").display()
+        ))
+        .arg(format!("--pid-file={}", work.path().join("pid").display()))
+        .spawn()
+        .expect("dnsmasq is installed (apt-get install dnsmasq-base)");
+    let _lan = TestLan { name: lan, dnsmasq };
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let _stop = StopVms(d, &["onlan"]);
+    let o = vm_in(
+        d,
+        &[
+            "create",
+            "nolan",
+            "--network",
+            "bridged:nosuchbr0",
+            "--disk-size",
+            "10GB",
+        ],
+    );
+    assert!(o.status.success(), "the bridge is looked for at run time");
+    let o = vm_in(d, &["run", "nolan", "--detach"]);
+    expect_error(&o, 1, "nosuchbr0 is not a bridge on this host");
+    ok(
+        d,
+        &[
+            "create",
+            "onlan",
+            "--network",
+            &format!("bridged:{lan}"),
+            "--cpu",
+            "1",
+            "--memory",
+            "512MB",
+            "--disk-size",
+            "10GB",
+        ],
+    );
+    boot_installer(d, "onlan", &iso, "192.168.231.");
 }
 
 #[test]

@@ -271,6 +271,53 @@ fn mac_for(ip: Ipv4Addr) -> String {
     format!("52:54:00:{:02x}:{:02x}:{:02x}", o[1], o[2], o[3])
 }
 
+/// A host bridge for Lume's `bridged` networking: `name`, or without one the first
+/// Linux bridge of the host other than cabin's own.
+pub fn host_bridge(name: Option<&str>) -> Result<String, BridgeError> {
+    let is_bridge = |n: &str| Path::new("/sys/class/net").join(n).join("bridge").is_dir();
+    match name {
+        Some(n) if is_bridge(n) => Ok(n.to_string()),
+        Some(n) => Err(BridgeError::Setup(format!(
+            "{n} is not a bridge on this host: bridged networking attaches the VM to a Linux bridge that holds your uplink (e.g. br0: ip link add br0 type bridge; ip link set eth0 master br0)"
+        ))),
+        None => {
+            let mut names: Vec<String> = fs::read_dir("/sys/class/net")
+                .map_err(setup_err("listing the host's interfaces"))?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != BRIDGE && is_bridge(n))
+                .collect();
+            names.sort();
+            names.into_iter().next().ok_or_else(|| {
+                BridgeError::Setup(
+                    "bridged networking needs a Linux bridge on the host holding your uplink (e.g. br0), named with --network bridged:<bridge>; there is none".into(),
+                )
+            })
+        }
+    }
+}
+
+/// A tap device (named from `pattern`) attached to the host bridge `bridge_if`; it
+/// leaves the bridge when its last descriptor closes. Root only.
+pub fn tap_on_host_bridge(
+    pattern: &str,
+    bridge_if: &str,
+) -> Result<(OwnedFd, String), BridgeError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(BridgeError::Setup(
+            "bridged networking needs root (it adds a tap device to a host bridge); use nat".into(),
+        ));
+    }
+    let (fd, tap) = network::open_tap(pattern).map_err(setup_err("creating a tap device"))?;
+    host_command(
+        "ip",
+        &["link", "set", &tap, "master", bridge_if, "up"],
+        None,
+    )?;
+    Ok((fd, tap))
+}
+
 /// Joins the bridge: an address, a tap device on the bridge, the published ports.
 pub fn attach(
     container_id: &str,

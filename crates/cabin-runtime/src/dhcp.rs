@@ -36,19 +36,30 @@ const REQUEST: u8 = 3;
 const ACK: u8 = 5;
 const NAK: u8 = 6;
 
-/// A request parsed from a frame.
+/// A DHCP message parsed from a frame.
 #[derive(Debug, PartialEq, Eq)]
-struct Request {
+struct Message {
     kind: u8,
     xid: [u8; 4],
     flags: [u8; 2],
     ciaddr: Ipv4Addr,
+    yiaddr: Ipv4Addr,
     chaddr: [u8; 6],
     requested: Option<Ipv4Addr>,
 }
 
 /// Parses an Ethernet frame holding a DHCP request (IPv4, UDP to port 67).
-fn parse(frame: &[u8]) -> Option<Request> {
+fn parse(frame: &[u8]) -> Option<Message> {
+    parse_message(frame, 67, 1)
+}
+
+/// Parses an Ethernet frame holding a DHCP reply (IPv4, UDP to port 68).
+fn parse_reply(frame: &[u8]) -> Option<Message> {
+    parse_message(frame, 68, 2)
+}
+
+/// A BOOTP message of operation `op` sent to UDP port `port`.
+fn parse_message(frame: &[u8], port: u16, op: u8) -> Option<Message> {
     // Ethernet II, no VLAN tag.
     if frame.len() < 14 || frame[12..14] != [0x08, 0x00] {
         return None;
@@ -63,7 +74,7 @@ fn parse(frame: &[u8]) -> Option<Request> {
         return None;
     }
     let udp = &ip[ihl..total];
-    if u16::from_be_bytes([udp[2], udp[3]]) != 67 {
+    if u16::from_be_bytes([udp[2], udp[3]]) != port {
         return None;
     }
     let ulen = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
@@ -72,7 +83,7 @@ fn parse(frame: &[u8]) -> Option<Request> {
     }
     let b = &udp[8..ulen];
     // op, htype (Ethernet), hlen, ..., the magic cookie at 236.
-    if b.len() < 240 || b[0] != 1 || b[1] != 1 || b[2] != 6 || b[236..240] != MAGIC {
+    if b.len() < 240 || b[0] != op || b[1] != 1 || b[2] != 6 || b[236..240] != MAGIC {
         return None;
     }
     let mut kind = None;
@@ -96,18 +107,19 @@ fn parse(frame: &[u8]) -> Option<Request> {
             }
         }
     }
-    Some(Request {
+    Some(Message {
         kind: kind?,
         xid: b[4..8].try_into().ok()?,
         flags: b[10..12].try_into().ok()?,
         ciaddr: Ipv4Addr::new(b[12], b[13], b[14], b[15]),
+        yiaddr: Ipv4Addr::new(b[16], b[17], b[18], b[19]),
         chaddr: b[28..34].try_into().ok()?,
         requested,
     })
 }
 
 /// The reply to `req`, as an Ethernet frame; None for requests this server ignores.
-fn reply(req: &Request, lease: &Lease) -> Option<(u8, Vec<u8>)> {
+fn reply(req: &Message, lease: &Lease) -> Option<(u8, Vec<u8>)> {
     if req.chaddr != lease.client_mac {
         return None;
     }
@@ -172,6 +184,12 @@ fn reply(req: &Request, lease: &Lease) -> Option<(u8, Vec<u8>)> {
     Some((kind, frame(lease, dst_mac, dst_ip, &b)))
 }
 
+/// The address a DHCP server acknowledges to `client_mac` in `frame`, if it does.
+fn acknowledged(frame: &[u8], client_mac: &[u8; 6]) -> Option<Ipv4Addr> {
+    let m = parse_reply(frame)?;
+    (m.kind == ACK && &m.chaddr == client_mac && !m.yiaddr.is_unspecified()).then_some(m.yiaddr)
+}
+
 fn frame(lease: &Lease, dst_mac: [u8; 6], dst_ip: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
     let udp_len = 8 + payload.len();
     let ip_len = 20 + udp_len;
@@ -219,8 +237,17 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.try_into().ok()
 }
 
-/// Answers DHCP on the interface `ifname` until dropped. `on_ack` is called each time
-/// the guest is acknowledged its address.
+/// What a [`Server`] does on its interface.
+pub enum Role {
+    /// Answer the VM's DHCP with this lease (cabin's bridge).
+    Serve(Lease),
+    /// Only watch the VM's DHCP with another server (a host bridge's LAN), to learn
+    /// the address it is given.
+    Watch { client_mac: [u8; 6] },
+}
+
+/// Answers (or watches) DHCP on the interface `ifname` until dropped. `on_ack` is
+/// called each time the guest is acknowledged an address.
 pub struct Server {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -229,7 +256,7 @@ pub struct Server {
 impl Server {
     pub fn start(
         ifname: &str,
-        lease: Lease,
+        role: Role,
         on_ack: impl Fn(Ipv4Addr) + Send + 'static,
     ) -> io::Result<Server> {
         let sock = packet_socket(ifname)?;
@@ -247,14 +274,24 @@ impl Server {
                     if n <= 0 {
                         continue; // the receive timeout: look at the stop flag
                     }
-                    let Some(req) = parse(&buf[..n as usize]) else {
-                        continue;
-                    };
-                    if let Some((kind, out)) = reply(&req, &lease) {
-                        // SAFETY: sending our buffer on our bound socket.
-                        unsafe { libc::send(sock.as_raw_fd(), out.as_ptr().cast(), out.len(), 0) };
-                        if kind == ACK {
-                            on_ack(lease.address);
+                    let frame = &buf[..n as usize];
+                    match &role {
+                        Role::Serve(lease) => {
+                            let Some(req) = parse(frame) else { continue };
+                            if let Some((kind, out)) = reply(&req, lease) {
+                                // SAFETY: sending our buffer on our bound socket.
+                                unsafe {
+                                    libc::send(sock.as_raw_fd(), out.as_ptr().cast(), out.len(), 0)
+                                };
+                                if kind == ACK {
+                                    on_ack(lease.address);
+                                }
+                            }
+                        }
+                        Role::Watch { client_mac } => {
+                            if let Some(ip) = acknowledged(frame, client_mac) {
+                                on_ack(ip);
+                            }
                         }
                     }
                 }
@@ -392,6 +429,17 @@ mod tests {
         assert_eq!(reply(&other, &l).unwrap().0, NAK);
         let stranger = parse(&request([2, 2, 2, 2, 2, 2], DISCOVER, &[])).unwrap();
         assert!(reply(&stranger, &l).is_none(), "another VM's card");
+
+        // A watcher learns the address another server acknowledges, and only for its VM.
+        let (_, ack) = reply(&ok, &l).unwrap();
+        assert_eq!(acknowledged(&ack, &l.client_mac), Some(l.address));
+        assert_eq!(acknowledged(&ack, &[2, 2, 2, 2, 2, 2]), None);
+        let (_, offer) = reply(&req, &l).unwrap();
+        assert_eq!(
+            acknowledged(&offer, &l.client_mac),
+            None,
+            "an offer is not a lease"
+        );
     }
 
     #[test]

@@ -77,18 +77,30 @@ pub struct GuestAddress {
     pub dns: Vec<String>,
 }
 
-/// The kernel command line of a VM made from an image.
+/// The kernel command line of a VM made from an image; without an address, the kernel
+/// asks the network's DHCP server for one.
 pub fn kernel_command_line(
     hostname: &str,
     machine_id: Option<&str>,
-    net: &GuestAddress,
+    net: Option<&GuestAddress>,
     share_tags: &[(String, bool)],
 ) -> String {
-    let mask = u32::MAX
-        .checked_shl(32 - u32::from(net.prefix))
-        .unwrap_or(0);
-    let mask = std::net::Ipv4Addr::from(mask);
-    let dns: Vec<&str> = net.dns.iter().map(String::as_str).take(2).collect();
+    let ip = match net {
+        Some(net) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(net.prefix))
+                .unwrap_or(0);
+            let mask = std::net::Ipv4Addr::from(mask);
+            let dns: Vec<&str> = net.dns.iter().map(String::as_str).take(2).collect();
+            format!(
+                "ip={}::{}:{mask}:{hostname}:eth0:off:{}",
+                net.address,
+                net.gateway,
+                dns.join(":")
+            )
+        }
+        None => format!("ip=::::{hostname}:eth0:dhcp"),
+    };
     let mut args = vec![
         "root=/dev/vda".to_string(),
         "rootfstype=ext4".into(),
@@ -99,12 +111,7 @@ pub fn kernel_command_line(
         "console=ttyS0".into(),
         // The kernel configures eth0 before init runs; a renamed card would lose that.
         "net.ifnames=0".into(),
-        format!(
-            "ip={}::{}:{mask}:{hostname}:eth0:off:{}",
-            net.address,
-            net.gateway,
-            dns.join(":")
-        ),
+        ip,
         // The VM's name, not one baked into the disk: a clone gets its own.
         format!("systemd.hostname={hostname}"),
     ];
@@ -404,7 +411,7 @@ mod tests {
         let line = kernel_command_line(
             "web",
             Some("0123456789abcdef0123456789abcdef"),
-            &net,
+            Some(&net),
             &[("code".into(), false), ("data".into(), true)],
         );
         assert!(

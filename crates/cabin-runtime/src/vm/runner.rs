@@ -223,7 +223,7 @@ async fn run_vm(
     let console_log = vm.dir.join(CONSOLE_LOG);
     fs::write(&console_log, b"").map_err(|e| VmError::Io(format!("creating console.log: {e}")))?;
     let direct = DirectBoot::read(&vm.dir)?;
-    let net = vm_network(vm, &config.mac_address, direct.is_some())?;
+    let net = vm_network(vm, &config, direct.is_some())?;
     let boot = match &direct {
         None => Boot::Uefi {
             code: store::OVMF_CODE.into(),
@@ -238,7 +238,7 @@ async fn run_vm(
                     .as_deref()
                     .and_then(from_image::systemd_machine_id)
                     .as_deref(),
-                &net.address,
+                net.address.as_ref(),
                 &shares
                     .iter()
                     .map(|s| (s.tag.clone(), s.read_only))
@@ -377,7 +377,9 @@ fn bound_console_log(path: &Path) {
     }
 }
 
-/// A running VM's network. As root: a tap on cabin's bridge (`cabin0`, NAT to the
+/// A running VM's network. With Lume's `bridged[:BRIDGE]` (root only): a tap on a
+/// bridge of the host, the LAN's DHCP server giving the address. Otherwise, as root: a
+/// tap on cabin's bridge (`cabin0`, NAT to the
 /// outside, the same bridge as bridged containers), with an address cabin chooses:
 /// handed to a VM made from an image on its kernel command line, and to any other
 /// guest by a DHCP server answering that VM alone on its tap; the address is reported
@@ -386,8 +388,9 @@ fn bound_console_log(path: &Path) {
 /// an image gets its SSH port forwarded from a free port on 127.0.0.1.
 struct VmNetwork {
     backend: NetBackend,
-    /// The set-up for the kernel's `ip=` (VMs made from images).
-    address: GuestAddress,
+    /// The set-up for the kernel's `ip=` (VMs made from images); None: the network's
+    /// own DHCP server gives the address.
+    address: Option<GuestAddress>,
     /// The address the host reaches the guest at, once the guest has it.
     reachable_ip: Arc<Mutex<Option<String>>>,
     /// The host port forwarded to the guest's port 22 (user-mode network only).
@@ -398,8 +401,36 @@ struct VmNetwork {
     _endpoint: Option<crate::bridge::Endpoint>,
 }
 
-fn vm_network(vm: &Vm, mac: &str, from_image: bool) -> Result<VmNetwork, VmError> {
+fn vm_network(vm: &Vm, config: &store::VmConfig, from_image: bool) -> Result<VmNetwork, VmError> {
     use crate::{bridge, dhcp};
+    let mac = config.mac_address.as_str();
+    let client_mac = dhcp::parse_mac(mac)
+        .ok_or_else(|| VmError::Invalid(format!("invalid MAC address in config.json: {mac}")))?;
+    if let Some(wanted) = config.network_mode.strip_prefix("bridged") {
+        // Lume's bridged mode: the VM is a machine on the host's LAN, addressed by the
+        // LAN's DHCP server; cabin watches that exchange on the VM's tap to learn the
+        // address.
+        let wanted = wanted.strip_prefix(':').filter(|w| !w.is_empty());
+        let host_bridge =
+            bridge::host_bridge(wanted).map_err(|e| VmError::Invalid(e.to_string()))?;
+        let (tap_fd, tap) =
+            bridge::tap_on_host_bridge(&format!("cbb{}", &rundir::new_id()[..10]), &host_bridge)
+                .map_err(|e| VmError::Invalid(e.to_string()))?;
+        let reachable = Arc::new(Mutex::new(None));
+        let leased = reachable.clone();
+        let watch = dhcp::Server::start(&tap, dhcp::Role::Watch { client_mac }, move |a| {
+            *leased.lock().expect("not poisoned") = Some(a.to_string());
+        })
+        .map_err(|e| VmError::Io(format!("watching the VM's DHCP: {e}")))?;
+        return Ok(VmNetwork {
+            backend: NetBackend::Tap(Some(Arc::new(tap_fd))),
+            address: None,
+            reachable_ip: reachable,
+            ssh_forward: None,
+            _dhcp: Some(watch),
+            _endpoint: None,
+        });
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         let _ = bridge::reconcile();
@@ -430,7 +461,7 @@ fn vm_network(vm: &Vm, mac: &str, from_image: bool) -> Result<VmNetwork, VmError
                 };
                 let leased = reachable.clone();
                 Some(
-                    dhcp::Server::start(&ep.record.tap, lease, move |a| {
+                    dhcp::Server::start(&ep.record.tap, dhcp::Role::Serve(lease), move |a| {
                         *leased.lock().expect("not poisoned") = Some(a.to_string());
                     })
                     .map_err(|e| VmError::Io(format!("starting the VM's DHCP server: {e}")))?,
@@ -440,12 +471,12 @@ fn vm_network(vm: &Vm, mac: &str, from_image: bool) -> Result<VmNetwork, VmError
         };
         return Ok(VmNetwork {
             backend: NetBackend::Tap(Some(ep.tap.clone())),
-            address: GuestAddress {
+            address: Some(GuestAddress {
                 address: ip,
                 prefix: bridge::PREFIX,
                 gateway: bridge::GATEWAY,
                 dns: cfg.dns,
-            },
+            }),
             reachable_ip: reachable,
             ssh_forward: None,
             _dhcp: dhcp,
@@ -466,12 +497,12 @@ fn vm_network(vm: &Vm, mac: &str, from_image: bool) -> Result<VmNetwork, VmError
     Ok(VmNetwork {
         ssh_forward: forwards.first().map(|f| f.host_port),
         backend: NetBackend::User { forwards },
-        address: GuestAddress {
+        address: Some(GuestAddress {
             address: user_net::GUEST,
             prefix: user_net::PREFIX,
             gateway: user_net::GATEWAY,
             dns: vec![user_net::DNS.to_string()],
-        },
+        }),
         reachable_ip: Arc::new(Mutex::new(None)),
         _dhcp: None,
         _endpoint: None,
