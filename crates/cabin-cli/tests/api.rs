@@ -771,6 +771,8 @@ fn bad_requests_get_lumes_errors() {
     assert!(bad("name", json!("../evil")).starts_with("Invalid VM name"));
     assert!(bad("network", json!("host")).starts_with("Invalid network mode: host"));
     assert!(bad("ipsw", json!("latest")).contains("macOS VMs only"));
+    // cabin's own field: a VM made from an image in cabin's store.
+    assert!(bad("image", json!("nope:1")).starts_with("image not found: nope:1"));
     assert_eq!(
         bad("storage", json!("nowhere")),
         "Storage location not found: nowhere"
