@@ -734,6 +734,50 @@ fn a_vm_made_from_a_debian_image_boots_its_own_init_and_answers_on_its_ip() {
     assert_ne!(lines[1], machine_id, "{out}");
     assert_eq!(lines[2], "kept", "{out}");
     ok(d, &["stop", "deb-copy"]);
+
+    // Rootless: QEMU's user network; no address to report, SSH through a port
+    // forwarded from 127.0.0.1. (The same VM, its files handed to an unprivileged user.)
+    let st = Command::new("chown")
+        .args(["-R", "nobody:nogroup"])
+        .arg(d)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "env"])
+            .arg(format!("HOME={}", d.display()))
+            .arg(format!("CABIN_DATA_DIR={}", d.display()))
+            .args(["CABIN_ACCEL=tcg", env!("CARGO_BIN_EXE_cabin"), "vm"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = as_nobody(&["run", "deb-copy", "--detach"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let get = || -> serde_json::Value {
+        serde_json::from_slice::<serde_json::Value>(
+            &as_nobody(&["get", "deb-copy", "-f", "json"]).stdout,
+        )
+        .unwrap()[0]
+            .clone()
+    };
+    wait_for("SSH through the forward", Duration::from_secs(240), || {
+        get()["sshAvailable"] == true
+    });
+    assert_eq!(get()["ipAddress"], serde_json::Value::Null);
+    let o = as_nobody(&[
+        "ssh",
+        "deb-copy",
+        "--",
+        "ip -4 -o addr show eth0; cat /proc/1/comm",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("inet 10.0.2.15/24"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("systemd"), "{}", stdout(&o));
+    let o = as_nobody(&["stop", "deb-copy"]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 /// An installer ISO made with grub-mkrescue around cabin's VM kernel, in `w`. Its
