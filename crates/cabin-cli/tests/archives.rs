@@ -118,11 +118,7 @@ fn a_debian_root_filesystem_runs_its_own_programs() {
         eprintln!("skipped: debootstrap needs root");
         return;
     }
-    let o = Command::new(workspace_root().join("scripts/make-debian-rootfs.sh"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "debootstrap: {}", stderr(&o));
-    let rootfs = stdout(&o).trim().to_string();
+    let rootfs = debian_rootfs(&[]);
     let data = tempfile::tempdir().unwrap();
     let d = data.path();
     let o = image(d, &["import", &rootfs, "debian:bookworm", "--cmd", "bash"]);

@@ -586,12 +586,7 @@ fn a_vm_made_from_a_debian_image_boots_its_own_init_and_answers_on_its_ip() {
         eprintln!("skipped: debootstrap and the bridge need root");
         return;
     }
-    let o = Command::new(workspace_root().join("scripts/make-debian-rootfs.sh"))
-        .arg("--system")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "debootstrap: {}", stderr(&o));
-    let rootfs = stdout(&o).trim().to_string();
+    let rootfs = debian_rootfs(&["--system"]);
     let data = tempfile::tempdir().unwrap();
     let d = data.path();
     let o = cabin_in(d)
@@ -780,6 +775,22 @@ fn a_vm_made_from_a_debian_image_boots_its_own_init_and_answers_on_its_ip() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// Creates a small VM (1 CPU, 512 MB, a 10 GB disk) with `extra` options.
+fn create_small(d: &Path, name: &str, extra: &[&str]) {
+    let mut args = vec![
+        "create",
+        name,
+        "--cpu",
+        "1",
+        "--memory",
+        "512MB",
+        "--disk-size",
+        "10GB",
+    ];
+    args.extend_from_slice(extra);
+    ok(d, &args);
+}
+
 /// An installer ISO made with grub-mkrescue around cabin's VM kernel, in `w`. Its
 /// initramfs says which firmware started it, takes an address with DHCP as an
 /// installer would, serves a page there, and powers off when /cgi-bin/off is fetched.
@@ -953,19 +964,7 @@ fn an_installer_iso_built_with_grub_boots_under_uefi() {
     let data = tempfile::tempdir().unwrap();
     let d = data.path();
     let _stop = StopVms(d, &["installer"]);
-    ok(
-        d,
-        &[
-            "create",
-            "installer",
-            "--cpu",
-            "1",
-            "--memory",
-            "512MB",
-            "--disk-size",
-            "10GB",
-        ],
-    );
+    create_small(d, "installer", &[]);
     boot_installer(d, "installer", &iso, "10.89.0.");
 }
 
@@ -1035,21 +1034,7 @@ fn a_bridged_vm_is_a_machine_on_the_hosts_lan() {
     assert!(o.status.success(), "the bridge is looked for at run time");
     let o = vm_in(d, &["run", "nolan", "--detach"]);
     expect_error(&o, 1, "nosuchbr0 is not a bridge on this host");
-    ok(
-        d,
-        &[
-            "create",
-            "onlan",
-            "--network",
-            &format!("bridged:{lan}"),
-            "--cpu",
-            "1",
-            "--memory",
-            "512MB",
-            "--disk-size",
-            "10GB",
-        ],
-    );
+    create_small(d, "onlan", &["--network", &format!("bridged:{lan}")]);
     boot_installer(d, "onlan", &iso, "192.168.231.");
 }
 

@@ -50,6 +50,17 @@ pub fn busybox_rootfs() -> &'static Path {
     })
 }
 
+/// A Debian root file system made (once, then cached) by the project's debootstrap
+/// script with `args` (e.g. `--system`); its path. Needs root.
+pub fn debian_rootfs(args: &[&str]) -> String {
+    let o = Command::new(workspace_root().join("scripts/make-debian-rootfs.sh"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "debootstrap: {}", stderr(&o));
+    stdout(&o).trim().to_string()
+}
+
 /// A data directory shared by the tests of one binary (the rootfs image is built once).
 pub fn shared_data_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
