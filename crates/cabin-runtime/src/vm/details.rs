@@ -55,7 +55,7 @@ pub fn details(vm: &Vm) -> Result<VmDetails, store::VmError> {
         provisioning_operation: None,
         vnc_url: session.as_ref().and_then(|s| s.url.clone()),
         ip_address: session.as_ref().and_then(|s| s.ip_address.clone()),
-        ssh_available: session.as_ref().map(ssh_answers),
+        ssh_available: session.as_ref().map(|s| s.ssh_available),
         location_name: vm.location_name.clone(),
         // Lume's API always reports null here.
         shared_directories: None,
@@ -66,33 +66,6 @@ pub fn details(vm: &Vm) -> Result<VmDetails, store::VmError> {
             None => vm.start_error().map(|e| e.message),
         },
     })
-}
-
-/// How long `ssh_available` waits for a guest's SSH server to greet.
-const SSH_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
-
-/// Whether an SSH server greets at the running VM's SSH address (Lume probes the port;
-/// cabin waits for the `SSH-` greeting, since a forwarded port on 127.0.0.1 accepts
-/// connections whether or not the guest listens).
-fn ssh_answers(session: &store::Session) -> bool {
-    use std::io::Read;
-    use std::net::{TcpStream, ToSocketAddrs};
-    let Some((host, port)) = session.ssh_address() else {
-        return false;
-    };
-    let Some(addr) = (host.as_str(), port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-    else {
-        return false;
-    };
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, SSH_PROBE_TIMEOUT) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(SSH_PROBE_TIMEOUT));
-    let mut greeting = [0u8; 4];
-    s.read_exact(&mut greeting).is_ok() && &greeting == b"SSH-"
 }
 
 /// Pretty JSON the way Lume's CLI prints it (Swift's encoder: `"key" : value`).

@@ -300,6 +300,7 @@ async fn run_vm(
             started_at: crate::containers::now_unix(),
             ip_address: net.reachable_ip.lock().expect("not poisoned").clone(),
             ssh_port: net.ssh_forward,
+            ssh_available: false,
         };
         write_session(vm, &session)?;
         *started = true;
@@ -308,6 +309,7 @@ async fn run_vm(
         let mut term = signal(SignalKind::terminate()).map_err(|e| VmError::Io(e.to_string()))?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| VmError::Io(e.to_string()))?;
         let mut session = session;
+        let mut next_probe = Instant::now();
         let exited = async {
             loop {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -316,8 +318,20 @@ async fn run_vm(
                 bound_console_log(&console_log);
                 // The guest took its address (DHCP): report it.
                 let ip = net.reachable_ip.lock().expect("not poisoned").clone();
-                if ip != session.ip_address {
-                    session.ip_address = ip;
+                let mut changed = ip != session.ip_address;
+                session.ip_address = ip;
+                // Whether its SSH server answers, found here, so that listing VMs
+                // never waits on a guest.
+                if Instant::now() >= next_probe {
+                    next_probe = Instant::now() + SSH_PROBE_INTERVAL;
+                    let probe = session.clone();
+                    let answers = tokio::task::spawn_blocking(move || ssh_answers(&probe))
+                        .await
+                        .unwrap_or(false);
+                    changed |= answers != session.ssh_available;
+                    session.ssh_available = answers;
+                }
+                if changed {
                     let _ = write_session(vm, &session);
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -350,6 +364,35 @@ async fn run_vm(
     let _ = run_dir.remove();
     drop(lock);
     result
+}
+
+/// How often the runner checks whether the guest's SSH server answers.
+const SSH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long that check waits for the server's greeting.
+const SSH_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Whether an SSH server greets at the VM's SSH address (Lume probes the port; cabin
+/// waits for the `SSH-` greeting, since a forwarded port on 127.0.0.1 accepts
+/// connections whether or not the guest listens).
+fn ssh_answers(session: &Session) -> bool {
+    use std::io::Read;
+    use std::net::{TcpStream, ToSocketAddrs};
+    let Some((host, port)) = session.ssh_address() else {
+        return false;
+    };
+    let Some(addr) = (host.as_str(), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+    else {
+        return false;
+    };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, SSH_PROBE_TIMEOUT) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(SSH_PROBE_TIMEOUT));
+    let mut greeting = [0u8; 4];
+    s.read_exact(&mut greeting).is_ok() && &greeting == b"SSH-"
 }
 
 fn write_session(vm: &Vm, session: &Session) -> Result<(), VmError> {

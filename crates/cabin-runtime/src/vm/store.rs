@@ -71,6 +71,9 @@ pub struct Session {
     /// The port on 127.0.0.1 forwarded to the guest's SSH port (rootless networks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_port: Option<u16>,
+    /// The guest's SSH server answered the runner's last check.
+    #[serde(default)]
+    pub ssh_available: bool,
 }
 
 impl Session {
