@@ -695,6 +695,7 @@ fn a_vm_made_from_a_debian_image_boots_its_own_init_and_answers_on_its_ip() {
 
     // A clone keeps the disk and boots with its own name and machine id.
     ok(d, &["clone", "deb", "deb-copy"]);
+    ok(d, &["set", "deb-copy", "--disk-size", "14GB"]);
     // ... on the VNC port asked for.
     let o = vm_in(d, &["run", "deb-copy", "--detach", "--vnc-port", "80"]);
     expect_error(&o, 1, "invalid VNC port 80");
@@ -722,12 +723,18 @@ fn a_vm_made_from_a_debian_image_boots_its_own_init_and_answers_on_its_ip() {
     let out = ssh_ok(
         d,
         "deb-copy",
-        "hostname; cat /etc/machine-id; cat /root/mark",
+        "hostname; cat /etc/machine-id; cat /root/mark; df -B1M --output=size / | tail -1",
     );
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "deb-copy", "{out}");
     assert_ne!(lines[1], machine_id, "{out}");
     assert_eq!(lines[2], "kept", "{out}");
+    // The disk was grown before this boot: the root file system grew with it.
+    let mib: u64 = lines[3].trim().parse().unwrap();
+    assert!(
+        mib > 13 * 1024,
+        "root file system of {mib} MiB after growing to 14GB"
+    );
     ok(d, &["stop", "deb-copy"]);
 
     // Rootless: QEMU's user network; no address to report, SSH through a port
