@@ -235,8 +235,14 @@ enum Failure {
 }
 
 impl Ctx<'_> {
-    /// Fetches `part`'s blob and writes it at `offset`; returns the bytes written.
-    async fn write_part(&self, part: &Part, number: usize, offset: u64) -> Result<u64, LumeError> {
+    /// Fetches `part`'s blob and writes it at `offset`; returns the bytes written and
+    /// whether any was not zero.
+    async fn write_part(
+        &self,
+        part: &Part,
+        number: usize,
+        offset: u64,
+    ) -> Result<(u64, bool), LumeError> {
         let mut attempt = 0;
         loop {
             match self.write_part_once(part, number, offset).await {
@@ -265,7 +271,7 @@ impl Ctx<'_> {
         part: &Part,
         number: usize,
         offset: u64,
-    ) -> Result<u64, Failure> {
+    ) -> Result<(u64, bool), Failure> {
         let image = self.image;
         let stream = match self
             .client
@@ -289,7 +295,7 @@ impl Ctx<'_> {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let disk = self.disk.clone();
         let codec = part.codec;
-        let writer = tokio::task::spawn_blocking(move || -> io::Result<(u64, String)> {
+        let writer = tokio::task::spawn_blocking(move || -> io::Result<(u64, bool, String)> {
             let reader = ChannelReader {
                 rx,
                 cur: bytes::Bytes::new(),
@@ -310,8 +316,8 @@ impl Ctx<'_> {
             };
             io::copy(&mut decoded, &mut out)?;
             let digest = format!("sha256:{}", hex(&out.h.finalize()));
-            let n = out.w.finish()?;
-            Ok((n, digest))
+            let (n, data) = out.w.finish()?;
+            Ok((n, data, digest))
         });
         let mut compressed = Sha256::new();
         let mut got = 0u64;
@@ -357,7 +363,7 @@ impl Ctx<'_> {
         if let Some(f) = broken {
             return punch(f);
         }
-        let (written, udigest) = match result {
+        let (written, had_data, udigest) = match result {
             Ok(v) => v,
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
                 return punch(Failure::Retry(e.to_string()))
@@ -415,7 +421,7 @@ impl Ctx<'_> {
                 )));
             }
         }
-        Ok(written)
+        Ok((written, had_data))
     }
 }
 
@@ -525,14 +531,18 @@ pub async fn pull_manifest_into(
             let journal = &journal_lock;
             async move {
                 let first = pending[0];
-                ctx.write_part(p, *i, first).await?;
+                let (_, had_data) = ctx.write_part(p, *i, first).await?;
                 for &o in &pending[1..] {
                     let disk = ctx.disk.clone();
                     let len = p.size.unwrap_or(0);
-                    tokio::task::spawn_blocking(move || sparse::copy_within(&disk, first, o, len))
-                        .await
-                        .map_err(|e| LumeError::Io(e.to_string()))?
-                        .map_err(|e| io_error("copying a repeated disk part", e))?;
+                    // An all-zero part (most often) is a hole at each of its offsets.
+                    tokio::task::spawn_blocking(move || match had_data {
+                        true => sparse::copy_within(&disk, first, o, len),
+                        false => sparse::zero_range(&disk, o, len),
+                    })
+                    .await
+                    .map_err(|e| LumeError::Io(e.to_string()))?
+                    .map_err(|e| io_error("copying a repeated disk part", e))?;
                 }
                 let disk = ctx.disk.clone();
                 tokio::task::spawn_blocking(move || disk.sync_data())
@@ -555,7 +565,7 @@ pub async fn pull_manifest_into(
         // Sizes unknown: one part after the other, each where the last ended.
         let mut offset = 0u64;
         for (i, p) in plan.parts.iter().enumerate() {
-            let n = ctx.write_part(p, i, offset).await?;
+            let (n, _) = ctx.write_part(p, i, offset).await?;
             offset += n;
             written_parts += 1;
         }

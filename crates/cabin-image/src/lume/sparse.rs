@@ -46,6 +46,8 @@ pub struct SparseWriter<'a> {
     buf: Vec<u8>,
     /// Zero blocks are written too (where the range could not be punched).
     write_zeros: bool,
+    /// Some byte written was not zero.
+    data: bool,
 }
 
 impl<'a> SparseWriter<'a> {
@@ -59,6 +61,7 @@ impl<'a> SparseWriter<'a> {
             written: 0,
             buf: Vec::with_capacity(BUFFER),
             write_zeros: !punched,
+            data: false,
         })
     }
 
@@ -66,19 +69,26 @@ impl<'a> SparseWriter<'a> {
         self.written
     }
 
+    /// Whether any byte so far was not zero (false: the whole part is a hole).
+    pub fn had_data(&self) -> bool {
+        self.data
+    }
+
     fn flush_buffer(&mut self) -> io::Result<()> {
         let base = self.start + self.written - self.buf.len() as u64;
         let mut i = 0;
         while i < self.buf.len() {
             let run_start = i;
-            let data = |b: &[u8]| self.write_zeros || b.iter().any(|&x| x != 0);
-            let first = data(&self.buf[i..(i + BLOCK).min(self.buf.len())]);
+            let nonzero = |b: &[u8]| b.iter().any(|&x| x != 0);
+            let first = nonzero(&self.buf[i..(i + BLOCK).min(self.buf.len())]);
             i = (i + BLOCK).min(self.buf.len());
-            while i < self.buf.len() && data(&self.buf[i..(i + BLOCK).min(self.buf.len())]) == first
+            while i < self.buf.len()
+                && nonzero(&self.buf[i..(i + BLOCK).min(self.buf.len())]) == first
             {
                 i = (i + BLOCK).min(self.buf.len());
             }
-            if first {
+            self.data |= first;
+            if first || self.write_zeros {
                 self.file
                     .write_all_at(&self.buf[run_start..i], base + run_start as u64)?;
             }
@@ -87,10 +97,11 @@ impl<'a> SparseWriter<'a> {
         Ok(())
     }
 
-    /// Writes what is buffered; returns the bytes written in all.
-    pub fn finish(mut self) -> io::Result<u64> {
+    /// Writes what is buffered; returns the bytes written in all, and whether any was
+    /// not zero.
+    pub fn finish(mut self) -> io::Result<(u64, bool)> {
         self.flush_buffer()?;
-        Ok(self.written)
+        Ok((self.written, self.data))
     }
 }
 
@@ -118,6 +129,22 @@ impl Write for SparseWriter<'_> {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Makes `to..to+len` of `file` read as zeros: a hole, or written zeros where the file
+/// system cannot punch.
+pub fn zero_range(file: &File, to: u64, len: u64) -> io::Result<()> {
+    if punch_hole(file, to, len)? {
+        return Ok(());
+    }
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let n = ((len - at) as usize).min(zeros.len());
+        file.write_all_at(&zeros[..n], to + at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// Copies `len` bytes at `from` to `to` within one file, holes kept (a blob listed at
@@ -163,7 +190,7 @@ mod tests {
             w.write_all(piece).unwrap();
         }
         assert!(w.write_all(&[0]).is_err(), "nothing past the part's end");
-        assert_eq!(w.finish().unwrap(), 32 << 20);
+        assert_eq!(w.finish().unwrap(), (32 << 20, true));
         let mut back = vec![0u8; 32 << 20];
         f.read_exact_at(&mut back, 16 << 20).unwrap();
         assert!(back == part, "content as written, stale bytes gone");
