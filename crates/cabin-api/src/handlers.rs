@@ -31,11 +31,13 @@ pub struct App {
     pub paths: Paths,
     /// The cabin binary, run as `cabin vm run NAME ...` to run a VM in the background.
     pub exe: PathBuf,
-    pub log: Log,
+    pub log: std::sync::Arc<Log>,
     /// VM directories whose start this server is seeing through.
     starting: Mutex<HashSet<PathBuf>>,
     /// Serialises this server's read-change-write of the settings file.
     settings_lock: Mutex<()>,
+    /// Pulls started with `POST /lume/pull/start`, by VM name.
+    pub pulls: crate::vm_images::Pulls,
 }
 
 impl App {
@@ -43,13 +45,14 @@ impl App {
         App {
             paths,
             exe,
-            log: Log::default(),
+            log: Default::default(),
             starting: Mutex::new(HashSet::new()),
             settings_lock: Mutex::new(()),
+            pulls: Default::default(),
         }
     }
 
-    fn settings(&self) -> Result<Settings, ApiError> {
+    pub(crate) fn settings(&self) -> Result<Settings, ApiError> {
         Ok(Settings::load(&self.paths)?)
     }
 
@@ -105,26 +108,11 @@ pub fn handle(app: &App, route: Route, req: &Request) -> Result<Reply, ApiError>
         Route::Ipsw => Err(ApiError::new(
             "macOS restore images (IPSW) do not apply on Linux: cabin runs linux VMs",
         )),
-        Route::Pull | Route::PullStart => {
-            let p: wire::Pull = wire::body(req.body)?;
-            Err(ApiError::new(format!(
-                "Pulling VM images is not supported yet ({}): cabin cannot read Lume's registry images; create a VM (POST /lume/vms) and install it from an ISO with cabin vm run --mount",
-                p.image
-            )))
-        }
-        Route::Push => {
-            let p: wire::Push = wire::body(req.body)?;
-            Err(ApiError::new(format!(
-                "Pushing VM images is not supported yet ({} as {}): cabin cannot write Lume's registry images",
-                p.name, p.image_name
-            )))
-        }
-        // cabin keeps no cache of VM images: there is nothing to remove.
-        Route::Prune => Ok(Reply::message(
-            StatusCode::OK,
-            "Successfully removed cached images",
-        )),
-        Route::Images => Ok(Reply::ok(&Vec::<()>::new())),
+        Route::Pull => crate::vm_images::pull(app, req, false),
+        Route::PullStart => crate::vm_images::pull(app, req, true),
+        Route::Push => crate::vm_images::push(app, req),
+        Route::Prune => crate::vm_images::prune(app),
+        Route::Images => crate::vm_images::images(app),
         Route::GetConfig => get_config(app),
         Route::SetConfig => set_config(app, req),
         Route::ListLocations => {
@@ -191,6 +179,9 @@ fn list_vms(app: &App, req: &Request) -> Result<Reply, ApiError> {
 }
 
 fn get_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
+    if let Some(r) = crate::vm_images::pull_status(app, req.name()) {
+        return r;
+    }
     let s = app.settings()?;
     let storage = req.query("storage");
     let vm = store::find(&s, req.name(), storage.as_deref())?;

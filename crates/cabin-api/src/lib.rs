@@ -8,6 +8,7 @@
 mod handlers;
 mod log;
 pub mod routes;
+mod vm_images;
 mod wire;
 
 use std::path::PathBuf;

@@ -140,7 +140,7 @@ pub const INVALID_BODY: &str = "Invalid request body";
 // Fields marked `accepted` are Lume's, decoded (so a wrong type is refused as Lume
 // refuses it) but of no use to cabin: backups guard Lume's macOS disk resizes (a linux
 // disk only grows its file), there is no local display window on Linux, the clipboard
-// is not shared yet, and pull, push and setup are refused.
+// is not shared yet, and setup is refused.
 
 /// A required body: missing or undecodable is Lume's "Invalid request body".
 pub fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -250,13 +250,9 @@ pub struct SetupVm {
 #[serde(rename_all = "camelCase")]
 pub struct Pull {
     pub image: String,
-    #[allow(dead_code)] // accepted
     pub name: Option<String>,
-    #[allow(dead_code)] // accepted
     pub registry: Option<String>,
-    #[allow(dead_code)] // accepted
     pub organization: Option<String>,
-    #[allow(dead_code)] // accepted
     pub storage: Option<String>,
 }
 
@@ -265,17 +261,11 @@ pub struct Pull {
 pub struct Push {
     pub name: String,
     pub image_name: String,
-    #[allow(dead_code)] // accepted
     pub tags: Vec<String>,
-    #[allow(dead_code)] // accepted
     pub registry: Option<String>,
-    #[allow(dead_code)] // accepted
     pub organization: Option<String>,
-    #[allow(dead_code)] // accepted
     pub storage: Option<String>,
-    #[allow(dead_code)] // accepted
     pub chunk_size_mb: Option<u64>,
-    #[allow(dead_code)] // accepted
     pub single_layer: Option<bool>,
 }
 

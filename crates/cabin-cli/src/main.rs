@@ -14,6 +14,7 @@ mod run;
 mod sizes;
 mod terminal;
 mod vm_cmd;
+mod vm_image_cmd;
 mod volume_cmd;
 
 use std::time::Instant;

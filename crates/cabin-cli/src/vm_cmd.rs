@@ -62,6 +62,17 @@ pub enum VmCommand {
     /// Log in to a running VM with SSH, or run CMD there (VMs made with --image accept
     /// cabin's own key for root).
     Ssh(SshArgs),
+    /// Push a stopped VM to an OCI registry in Lume's format.
+    Push(crate::vm_image_cmd::PushArgs),
+    /// Pull a VM image (Lume's format) from an OCI registry into a new VM.
+    Pull(crate::vm_image_cmd::PullArgs),
+    /// VM images in the local cache.
+    Images {
+        #[arg(short, long, default_value = "text")]
+        format: String,
+    },
+    /// Remove every cached VM image.
+    Prune,
 }
 
 #[derive(Debug, Args)]
@@ -417,6 +428,10 @@ pub async fn run(cmd: VmCommand) -> i32 {
                 Err(e) => fail(e),
             }
         }
+        VmCommand::Push(a) => crate::vm_image_cmd::push(&paths, &s, a).await,
+        VmCommand::Pull(a) => crate::vm_image_cmd::pull(&paths, &s, a).await,
+        VmCommand::Images { format } => crate::vm_image_cmd::images(&s, &format),
+        VmCommand::Prune => crate::vm_image_cmd::prune(&s),
         VmCommand::Logs(a) => {
             let vm = match store::find(&s, &a.name, a.storage.as_deref()) {
                 Ok(v) => v,

@@ -94,6 +94,24 @@ pub fn options_for(
     Ok(opts)
 }
 
+/// Lume's credentials from the environment for ghcr.io: `GITHUB_USERNAME` (or
+/// `GHCR_USERNAME`) and `GITHUB_TOKEN` (or `GHCR_TOKEN`).
+pub fn ghcr_env_auth(registry: &str) -> Option<(String, String)> {
+    if registry != "ghcr.io" {
+        return None;
+    }
+    let var = |a: &str, b: &str| {
+        std::env::var(a)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| std::env::var(b).ok().filter(|v| !v.is_empty()))
+    };
+    Some((
+        var("GITHUB_USERNAME", "GHCR_USERNAME")?,
+        var("GITHUB_TOKEN", "GHCR_TOKEN")?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

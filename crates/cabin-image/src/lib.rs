@@ -5,6 +5,7 @@
 //! - [`store`]: the content-addressed image store (blobs, names, disks).
 //! - [`image`]: images in it: import, resolve, the ready-to-use disk, removal.
 //! - [`pull`], [`push`], [`registry`]: images to and from OCI registries.
+//! - [`lume`]: full VM images in Lume's OCI format (push, pull, legacy LZ4).
 //! - [`archive`]: save and load images as tar archives (OCI layout, docker save).
 //! - [`layer`]: applying OCI layers to a directory safely.
 //! - [`cpio`]: the newc archive format the guest's initramfs is written in.
@@ -16,6 +17,7 @@ pub mod cpio;
 pub mod credentials;
 pub mod image;
 pub mod layer;
+pub mod lume;
 pub mod pull;
 pub mod push;
 pub mod qcow2;

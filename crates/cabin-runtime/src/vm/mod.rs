@@ -8,3 +8,4 @@ pub mod runner;
 pub mod settings;
 pub mod sizes;
 pub mod store;
+pub mod transfer;

@@ -1,0 +1,272 @@
+//! Lume's image routes: `POST /lume/vms/push` (in the background), `POST /lume/pull`
+//! (synchronous), `POST /lume/pull/start` (in the background, its progress shown by
+//! `GET /lume/vms/:name` as `status: "pulling"` and `downloadProgress`), `GET
+//! /lume/images`, `POST /lume/prune`. Progress lives in this server's memory, as in
+//! Lume.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::http::StatusCode;
+use cabin_image::registry::{Progress, ProgressHook};
+use cabin_runtime::vm::store;
+use cabin_runtime::vm::transfer::{self, ImageRef, PullRequest, PushRequest};
+use serde::Serialize;
+
+use crate::handlers::{App, Request};
+use crate::wire::{self, ApiError, Fields, Reply};
+
+/// Byte counts of one transfer.
+#[derive(Default)]
+pub struct Counter {
+    total: AtomicU64,
+    done: AtomicU64,
+}
+
+impl Progress for Counter {
+    fn start(&self, _: &str, total: u64, done: u64) {
+        self.total.store(total, Ordering::Relaxed);
+        self.done.store(done, Ordering::Relaxed);
+    }
+    fn advance(&self, _: &str, bytes: u64) {
+        self.done.fetch_add(bytes, Ordering::Relaxed);
+    }
+    fn finish(&self, _: &str) {
+        self.done
+            .store(self.total.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+impl Counter {
+    /// 0 to 100, from compressed bytes (as Lume computes it).
+    pub fn percent(&self) -> f64 {
+        let (t, d) = (
+            self.total.load(Ordering::Relaxed),
+            self.done.load(Ordering::Relaxed),
+        );
+        if t == 0 {
+            0.0
+        } else {
+            (d as f64 * 100.0 / t as f64).min(100.0)
+        }
+    }
+}
+
+/// A pull this server started in the background.
+pub enum PullState {
+    Running(Arc<Counter>),
+    Failed(String),
+}
+
+pub type Pulls = Arc<Mutex<HashMap<String, PullState>>>;
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Pulling<'a> {
+    name: &'a str,
+    status: &'static str,
+    download_progress: f64,
+}
+
+/// What `GET /lume/vms/:name` says about a background pull of `name`, if there is one.
+pub fn pull_status(app: &App, name: &str) -> Option<Result<Reply, ApiError>> {
+    let pulls = app.pulls.lock().unwrap();
+    match pulls.get(name)? {
+        PullState::Running(c) => Some(Ok(Reply::ok(&Pulling {
+            name,
+            status: "pulling",
+            download_progress: c.percent(),
+        }))),
+        PullState::Failed(e) => Some(Err(ApiError::new(format!("Pull failed for '{name}': {e}")))),
+    }
+}
+
+fn storage(s: &Option<String>) -> Option<&str> {
+    s.as_deref().filter(|s| !s.is_empty())
+}
+
+fn registry_and_org(r: &Option<String>, o: &Option<String>) -> (String, String) {
+    (
+        r.clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| transfer::DEFAULT_REGISTRY.into()),
+        o.clone()
+            .unwrap_or_else(|| transfer::DEFAULT_ORGANIZATION.into()),
+    )
+}
+
+pub fn push(app: &App, req: &Request) -> Result<Reply, ApiError> {
+    let p: wire::Push = wire::body(req.body)?;
+    let (registry, org) = registry_and_org(&p.registry, &p.organization);
+    let Some(first) = p.tags.first() else {
+        return Err(ApiError::new("At least one tag is required to push"));
+    };
+    let image = ImageRef::parse(&format!("{}:{first}", p.image_name), &registry, &org)?;
+    let s = app.settings()?;
+    let vm = store::find(&s, &p.name, storage(&p.storage))?;
+    if vm.is_running() {
+        return Err(ApiError::new(format!(
+            "{}; stop it before pushing",
+            store::VmError::Running(vm.name.clone())
+        )));
+    }
+    let opts = transfer::registry_options(&app.paths, &registry)?;
+    let log = app.log.clone();
+    let more: Vec<String> = p.tags[1..].to_vec();
+    let chunk = p.chunk_size_mb.unwrap_or(512);
+    let single = p.single_layer.unwrap_or(false);
+    let (name, image_name) = (p.name.clone(), p.image_name.clone());
+    in_background(move || async move {
+        let req = PushRequest {
+            vm: &vm,
+            image: &image,
+            additional_tags: &more,
+            chunk_size_mb: chunk,
+            single_layer: single,
+        };
+        match transfer::push(&req, opts).await {
+            Ok(r) => log.info(&format!(
+                "Push complete name={} image={image} digest={} uploaded={} skipped={}",
+                vm.name, r.manifest_digest, r.uploaded, r.skipped
+            )),
+            Err(e) => log.error(&format!("Push failed name={} image={image}: {e}", vm.name)),
+        }
+    });
+    app.log
+        .info(&format!("Push initiated name={name} image={image_name}"));
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Started<'a> {
+        message: &'static str,
+        name: &'a str,
+        image_name: &'a str,
+        tags: &'a [String],
+    }
+    Ok(Reply::json(
+        StatusCode::ACCEPTED,
+        &Started {
+            message: "Push initiated in background",
+            name: &name,
+            image_name: &image_name,
+            tags: &p.tags,
+        },
+    ))
+}
+
+/// `POST /lume/pull` (wait) and `POST /lume/pull/start` (background).
+pub fn pull(app: &App, req: &Request, background: bool) -> Result<Reply, ApiError> {
+    let p: wire::Pull = wire::body(req.body)?;
+    let (registry, org) = registry_and_org(&p.registry, &p.organization);
+    let image = ImageRef::parse(&p.image, &registry, &org)?;
+    let name = p.name.clone().filter(|n| !n.is_empty());
+    // pull/start reports `name ?? image-without-tag`, and polling uses that name:
+    // the VM gets it too.
+    let vm_name = match (&name, background) {
+        (Some(n), _) => n.clone(),
+        (None, true) => image.name.clone(),
+        (None, false) => format!("{}_{}", image.name, image.tag),
+    };
+    let s = app.settings()?;
+    let mut opts = transfer::registry_options(&app.paths, &registry)?;
+    let store_name = store::normalize_name(&vm_name)?;
+    if store::find(&s, &store_name, storage(&p.storage)).is_ok() {
+        return Err(store::VmError::Exists(store_name).into());
+    }
+    let st = p.storage.clone().filter(|s| !s.is_empty());
+    if !background {
+        let r = tokio::runtime::Handle::current().block_on(transfer::pull(
+            &s,
+            &PullRequest {
+                image: &image,
+                name: Some(&vm_name),
+                storage: st.as_deref(),
+                cache: false,
+            },
+            opts,
+        ))?;
+        app.log
+            .info(&format!("Image pulled image={image} name={}", r.vm.name));
+        return Ok(Reply::ok(&Fields(&[
+            ("message", "Image pulled successfully"),
+            ("image", &p.image),
+            ("name", name.as_deref().unwrap_or("default")),
+        ])));
+    }
+    let counter = Arc::new(Counter::default());
+    {
+        let mut pulls = app.pulls.lock().unwrap();
+        if matches!(pulls.get(&store_name), Some(PullState::Running(_))) {
+            return Err(ApiError::new(format!(
+                "A pull of {store_name} is already under way"
+            )));
+        }
+        pulls.insert(store_name.clone(), PullState::Running(counter.clone()));
+    }
+    opts.progress = ProgressHook(Some(counter));
+    let (pulls, log) = (app.pulls.clone(), app.log.clone());
+    let key = store_name.clone();
+    let reported = name.clone().unwrap_or_else(|| image.name.clone());
+    in_background(move || async move {
+        let r = transfer::pull(
+            &s,
+            &PullRequest {
+                image: &image,
+                name: Some(&vm_name),
+                storage: st.as_deref(),
+                cache: false,
+            },
+            opts,
+        )
+        .await;
+        let mut pulls = pulls.lock().unwrap();
+        match r {
+            Ok(o) => {
+                pulls.remove(&key);
+                log.info(&format!("Image pulled image={image} name={}", o.vm.name));
+            }
+            Err(e) => {
+                log.error(&format!("Pull failed image={image} name={key}: {e}"));
+                pulls.insert(key, PullState::Failed(e.to_string()));
+            }
+        }
+    });
+    Ok(Reply::json(
+        StatusCode::ACCEPTED,
+        &Fields(&[
+            ("message", "Pull started"),
+            ("name", &reported),
+            ("image", &p.image),
+        ]),
+    ))
+}
+
+/// Runs a transfer on a thread of its own (its futures hold non-Send borrows across
+/// awaits, so they get a current-thread runtime rather than the server's).
+fn in_background<F, Fut>(make: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    std::thread::spawn(move || {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(make()),
+            Err(e) => eprintln!("cabin serve: no runtime for a transfer: {e}"),
+        }
+    });
+}
+
+pub fn images(app: &App) -> Result<Reply, ApiError> {
+    Ok(Reply::ok(&transfer::images(&app.settings()?)))
+}
+
+pub fn prune(app: &App) -> Result<Reply, ApiError> {
+    transfer::prune(&app.settings()?)?;
+    Ok(Reply::message(
+        StatusCode::OK,
+        "Successfully removed cached images",
+    ))
+}

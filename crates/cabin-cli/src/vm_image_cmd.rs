@@ -1,0 +1,182 @@
+//! `cabin vm push`, `vm pull`, `vm images`, `vm prune`: full VMs to and from OCI
+//! registries in Lume's format (`cabin_runtime::vm::transfer`).
+
+use cabin_runtime::vm::settings::Settings;
+use cabin_runtime::vm::store;
+use cabin_runtime::vm::transfer::{self, ImageRef, PullRequest, PushRequest};
+use cabin_runtime::Paths;
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The VM to push (stopped).
+    name: String,
+    /// IMAGE:TAG
+    image: String,
+    /// More tags for the same image.
+    #[arg(long, num_args = 1..)]
+    additional_tags: Vec<String>,
+    #[arg(long, default_value = transfer::DEFAULT_REGISTRY)]
+    registry: String,
+    #[arg(long, default_value = transfer::DEFAULT_ORGANIZATION)]
+    organization: String,
+    #[arg(long)]
+    storage: Option<String>,
+    /// Uncompressed MiB per disk chunk.
+    #[arg(long, default_value_t = 512)]
+    chunk_size_mb: u64,
+    /// The disk as one layer (`disk.img`) instead of chunks.
+    #[arg(long)]
+    single_layer: bool,
+    /// Chunks compressed and uploaded at once.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Plain HTTP with this registry (always for localhost and 127.0.0.0/8).
+    #[arg(long)]
+    insecure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// IMAGE:TAG
+    image: String,
+    /// The new VM's name (default IMAGE_TAG).
+    name: Option<String>,
+    #[arg(long, default_value = transfer::DEFAULT_REGISTRY)]
+    registry: String,
+    #[arg(long, default_value = transfer::DEFAULT_ORGANIZATION)]
+    organization: String,
+    #[arg(long)]
+    storage: Option<String>,
+    /// Chunks downloaded and written at once.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Keep the image in the cache so that more VMs from it are clones, not downloads
+    /// (always on with the setting cachingEnabled).
+    #[arg(long)]
+    cache: bool,
+    #[arg(long)]
+    insecure: bool,
+}
+
+fn fail(e: impl std::fmt::Display) -> i32 {
+    eprintln!("cabin: {e}");
+    1
+}
+
+fn log_info(msg: &str) {
+    println!("[{}] INFO: {msg}", cabin_image::timestamp::now());
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+pub async fn push(paths: &Paths, s: &Settings, a: PushArgs) -> i32 {
+    let image = match ImageRef::parse(&a.image, &a.registry, &a.organization) {
+        Ok(i) => i,
+        Err(e) => return fail(e),
+    };
+    let vm = match store::find(s, &a.name, a.storage.as_deref()) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let mut opts = match transfer::registry_options(paths, &a.registry) {
+        Ok(o) => o,
+        Err(e) => return fail(e),
+    };
+    opts.parallel = a.parallel.clamp(1, 64);
+    opts.insecure = a.insecure;
+    opts.progress = crate::progress::hook();
+    let started = std::time::Instant::now();
+    let req = PushRequest {
+        vm: &vm,
+        image: &image,
+        additional_tags: &a.additional_tags,
+        chunk_size_mb: a.chunk_size_mb,
+        single_layer: a.single_layer,
+    };
+    match transfer::push(&req, opts).await {
+        Ok(r) => {
+            log_info(&format!(
+                "Push complete name={} image={image} digest={} chunks={} uploaded={} ({}) skipped={} seconds={:.1}",
+                vm.name,
+                r.manifest_digest,
+                r.chunks,
+                r.uploaded,
+                mib(r.uploaded_bytes),
+                r.skipped,
+                started.elapsed().as_secs_f64()
+            ));
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
+pub async fn pull(paths: &Paths, s: &Settings, a: PullArgs) -> i32 {
+    let image = match ImageRef::parse(&a.image, &a.registry, &a.organization) {
+        Ok(i) => i,
+        Err(e) => return fail(e),
+    };
+    let mut opts = match transfer::registry_options(paths, &a.registry) {
+        Ok(o) => o,
+        Err(e) => return fail(e),
+    };
+    opts.parallel = a.parallel.clamp(1, 64);
+    opts.insecure = a.insecure;
+    opts.progress = crate::progress::hook();
+    let started = std::time::Instant::now();
+    let req = PullRequest {
+        image: &image,
+        name: a.name.as_deref(),
+        storage: a.storage.as_deref(),
+        cache: a.cache,
+    };
+    match transfer::pull(s, &req, opts).await {
+        Ok(o) => {
+            let how = match &o.pulled {
+                Some(p) => format!(
+                    "fetched={} parts_written={} parts_resumed={}",
+                    mib(p.fetched_bytes),
+                    p.parts_written,
+                    p.parts_resumed
+                ),
+                None => "fetched=0 (cloned from the cache)".into(),
+            };
+            log_info(&format!(
+                "Pull complete image={image} name={} location={} digest={} {how} seconds={:.1}",
+                o.vm.name,
+                o.vm.location_name,
+                o.manifest_digest,
+                started.elapsed().as_secs_f64()
+            ));
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
+pub fn images(s: &Settings, format: &str) -> i32 {
+    let list = transfer::images(s);
+    match format {
+        "json" => println!("{}", cabin_runtime::vm::details::lume_pretty(&list)),
+        "text" => {
+            for i in &list {
+                println!("{}:{}", i.repository, i.image_id);
+            }
+        }
+        other => return fail(format!("unknown format {other:?}: use json or text")),
+    }
+    0
+}
+
+pub fn prune(s: &Settings) -> i32 {
+    match transfer::prune(s) {
+        Ok(()) => {
+            log_info("Successfully removed cached images");
+            0
+        }
+        Err(e) => fail(e),
+    }
+}

@@ -1,0 +1,554 @@
+//! An image's disk layers as a plan of parts to write, checked before a byte is
+//! fetched: every digest well formed, parts that tile the disk exactly (no overlap, no
+//! gap, nothing past its end), sizes within bounds.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::manifest::{Descriptor, Manifest, MAX_CONFIG_BYTES, MAX_NVRAM_BYTES};
+use super::{media, LumeError};
+
+/// Largest disk accepted (64 TiB).
+pub const MAX_DISK_BYTES: u64 = 64 << 40;
+/// Most layers accepted in one manifest.
+pub const MAX_LAYERS: usize = 65_536;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Gzip,
+    /// Apple's `bv41` block stream.
+    Lz4,
+    Raw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Lume v0.3.0 and later: gzip chunks placed at offsets.
+    Oci,
+    /// Lume v0.2.x (LZ4 chunks) and older fallbacks: layers concatenated in order.
+    Legacy,
+}
+
+/// One disk layer, to be decompressed and written at `offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub digest: String,
+    pub compressed_size: u64,
+    pub codec: Codec,
+    pub offset: u64,
+    /// Uncompressed bytes. None only in a legacy image without size annotations (then
+    /// parts are written one after the other and offsets found as they go).
+    pub size: Option<u64>,
+    pub uncompressed_digest: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub format: Format,
+    pub disk_size: u64,
+    pub parts: Vec<Part>,
+    pub nvram: Option<Descriptor>,
+    pub config: Descriptor,
+    /// Offsets are known for every part (false: write them in order, one at a time).
+    pub offsets_known: bool,
+}
+
+pub fn check_digest(image: &str, d: &str) -> Result<(), LumeError> {
+    let ok = d.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(LumeError::invalid(
+            image,
+            format!("{d:?} is not a sha256 digest"),
+        ))
+    }
+}
+
+fn num(image: &str, l: &Descriptor, key: &str) -> Result<Option<u64>, LumeError> {
+    l.annotation(key)
+        .map(|v| {
+            v.trim().parse::<u64>().map_err(|_| {
+                LumeError::invalid(
+                    image,
+                    format!(
+                        "layer {}: annotation {key} = {v:?} is not a number",
+                        l.digest
+                    ),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// The codec of a disk layer by media type, None for a layer that is not the disk.
+fn disk_codec(mt: &str, has_config: bool) -> Option<Codec> {
+    let base = mt.split(';').next().unwrap_or(mt).trim();
+    match base {
+        media::DISK | media::FALLBACK_DISK_GZIP => Some(Codec::Gzip),
+        media::LEGACY_DISK_LZ4 => Some(Codec::Lz4),
+        media::FALLBACK_DISK_TAR => Some(Codec::Raw),
+        media::LEGACY_NVRAM if !has_config => Some(Codec::Raw),
+        _ => None,
+    }
+}
+
+/// The order of pre-v0.2.0 split parts (`...;part.number=N`), else manifest order.
+fn split_part_number(mt: &str) -> Option<u64> {
+    mt.split(';')
+        .filter_map(|p| p.trim().strip_prefix("part.number="))
+        .next()
+        .and_then(|n| n.parse().ok())
+}
+
+pub fn plan(
+    image: &str,
+    m: &Manifest,
+    legacy_config_disk_size: Option<u64>,
+) -> Result<Plan, LumeError> {
+    if m.layers.len() > MAX_LAYERS {
+        return Err(LumeError::invalid(
+            image,
+            format!("{} layers (at most {MAX_LAYERS})", m.layers.len()),
+        ));
+    }
+    check_digest(image, &m.config.digest)?;
+    if m.config.size > MAX_CONFIG_BYTES {
+        return Err(LumeError::invalid(
+            image,
+            "the config blob is larger than 1 MiB",
+        ));
+    }
+    for l in &m.layers {
+        check_digest(image, &l.digest)?;
+    }
+    let format = if m.is_oci_format() {
+        Format::Oci
+    } else {
+        Format::Legacy
+    };
+    let has_config = !m.config.digest.is_empty();
+    let mut nvram = None;
+    let mut disk: Vec<&Descriptor> = Vec::new();
+    for l in &m.layers {
+        let mt = l.media_type.as_str();
+        let is_nvram = match format {
+            Format::Oci => mt == media::NVRAM,
+            Format::Legacy => mt == media::LEGACY_NVRAM && has_config,
+        };
+        if is_nvram {
+            if nvram.is_some() {
+                return Err(LumeError::invalid(image, "more than one NVRAM layer"));
+            }
+            if l.size > MAX_NVRAM_BYTES {
+                return Err(LumeError::invalid(
+                    image,
+                    "the NVRAM layer is larger than 128 MiB",
+                ));
+            }
+            nvram = Some(l.clone());
+        } else if let Some(codec) = disk_codec(mt, has_config) {
+            if format == Format::Oci && codec != Codec::Gzip {
+                return Err(LumeError::invalid(
+                    image,
+                    format!("disk layer media type {mt} in an OCI-format image"),
+                ));
+            }
+            disk.push(l);
+        } else if mt == media::EMPTY || mt == media::LEGACY_CONFIG {
+            // Lume's legacy format repeats its config as a layer; empty blobs carry nothing.
+        } else {
+            return Err(LumeError::invalid(
+                image,
+                format!("unknown layer media type {mt}"),
+            ));
+        }
+    }
+    if disk.is_empty() {
+        return Err(LumeError::invalid(image, "it has no disk layers"));
+    }
+    let too_big = |what: &str, n: u64| -> Result<(), LumeError> {
+        if n > MAX_DISK_BYTES {
+            return Err(LumeError::invalid(
+                image,
+                format!("{what} {n} bytes is more than 64 TiB"),
+            ));
+        }
+        Ok(())
+    };
+    let mut parts = Vec::with_capacity(disk.len());
+    let (disk_size, offsets_known) = match format {
+        Format::Oci => {
+            let declared = m
+                .annotation(media::TOTAL_UNCOMPRESSED_SIZE)
+                .map(|v| {
+                    v.trim().parse::<u64>().map_err(|_| {
+                        LumeError::invalid(
+                            image,
+                            format!("{} = {v:?} is not a number", media::TOTAL_UNCOMPRESSED_SIZE),
+                        )
+                    })
+                })
+                .transpose()?;
+            let single = disk.len() == 1 && disk[0].annotation(media::PART_OFFSET).is_none();
+            let mut numbers = HashSet::new();
+            for l in &disk {
+                let size = match num(image, l, media::UNCOMPRESSED_SIZE)?.or(num(
+                    image,
+                    l,
+                    media::CHUNK_SIZE,
+                )?) {
+                    Some(s) => s,
+                    None => {
+                        return Err(LumeError::invalid(
+                            image,
+                            format!("disk layer {} has no uncompressed size", l.digest),
+                        ))
+                    }
+                };
+                too_big("a disk part of", size)?;
+                let offset = if single {
+                    0
+                } else {
+                    let n = num(image, l, media::PART_NUMBER)?;
+                    if let Some(n) = n {
+                        if !numbers.insert(n) {
+                            return Err(LumeError::invalid(
+                                image,
+                                format!("disk part number {n} appears twice"),
+                            ));
+                        }
+                    }
+                    num(image, l, media::PART_OFFSET)?.ok_or_else(|| {
+                        LumeError::invalid(
+                            image,
+                            format!("disk layer {} has no part offset", l.digest),
+                        )
+                    })?
+                };
+                let ud = l.annotation(media::UNCOMPRESSED_DIGEST).map(str::to_string);
+                if let Some(d) = &ud {
+                    check_digest(image, d)?;
+                }
+                parts.push(Part {
+                    digest: l.digest.clone(),
+                    compressed_size: l.size,
+                    codec: Codec::Gzip,
+                    offset,
+                    size: Some(size),
+                    uncompressed_digest: ud,
+                });
+            }
+            parts.sort_by_key(|p| p.offset);
+            let mut end = 0u64;
+            for p in &parts {
+                let size = p.size.unwrap_or(0);
+                if p.offset < end {
+                    return Err(LumeError::invalid(
+                        image,
+                        format!("disk parts overlap at offset {}", p.offset),
+                    ));
+                }
+                if p.offset > end {
+                    return Err(LumeError::invalid(
+                        image,
+                        format!(
+                            "the disk parts leave a gap from offset {end} to {}",
+                            p.offset
+                        ),
+                    ));
+                }
+                end = p
+                    .offset
+                    .checked_add(size)
+                    .ok_or_else(|| LumeError::invalid(image, "part offsets overflow"))?;
+                too_big("a disk of", end)?;
+            }
+            if let Some(d) = declared {
+                if end > d {
+                    return Err(LumeError::invalid(
+                        image,
+                        format!("the disk parts end at {end}, past the declared disk size {d}"),
+                    ));
+                }
+                if end < d {
+                    return Err(LumeError::invalid(
+                        image,
+                        format!("the disk parts end at {end}, leaving a gap before the declared disk size {d}"),
+                    ));
+                }
+            }
+            (end, true)
+        }
+        Format::Legacy => {
+            let mut ordered = disk.clone();
+            if ordered
+                .iter()
+                .all(|l| split_part_number(&l.media_type).is_some())
+            {
+                ordered.sort_by_key(|l| split_part_number(&l.media_type));
+            }
+            let mut offset = Some(0u64);
+            for l in &ordered {
+                let size = num(image, l, media::LEGACY_UNCOMPRESSED_SIZE)?.or(num(
+                    image,
+                    l,
+                    media::UNCOMPRESSED_SIZE,
+                )?);
+                let codec = disk_codec(&l.media_type, has_config).expect("a disk layer");
+                let size = if codec == Codec::Raw {
+                    Some(size.unwrap_or(l.size))
+                } else {
+                    size
+                };
+                let ud = l
+                    .annotation(media::LEGACY_UNCOMPRESSED_DIGEST)
+                    .or(l.annotation(media::UNCOMPRESSED_DIGEST))
+                    .map(str::to_string);
+                if let Some(d) = &ud {
+                    check_digest(image, d)?;
+                }
+                parts.push(Part {
+                    digest: l.digest.clone(),
+                    compressed_size: l.size,
+                    codec,
+                    offset: offset.unwrap_or(0),
+                    size,
+                    uncompressed_digest: ud,
+                });
+                offset = match (offset, size) {
+                    (Some(o), Some(s)) => Some(
+                        o.checked_add(s)
+                            .ok_or_else(|| LumeError::invalid(image, "part sizes overflow"))?,
+                    ),
+                    _ => None,
+                };
+            }
+            let declared = m
+                .annotation(media::LEGACY_DISK_SIZE)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .or(m
+                    .config
+                    .annotation(media::LEGACY_CONFIG_DISK_SIZE)
+                    .and_then(|v| v.trim().parse().ok()))
+                .or(legacy_config_disk_size);
+            let size = match (declared, offset) {
+                (Some(d), Some(end)) if end > d => {
+                    return Err(LumeError::invalid(
+                        image,
+                        format!(
+                            "the disk parts add up to {end} bytes, past the declared disk size {d}"
+                        ),
+                    ))
+                }
+                (Some(d), _) => d,
+                (None, Some(end)) => end,
+                (None, None) => {
+                    return Err(LumeError::invalid(
+                        image,
+                        "neither the disk's size nor its parts' sizes are given",
+                    ))
+                }
+            };
+            too_big("a disk of", size)?;
+            (size, offset.is_some())
+        }
+    };
+    // One blob listed at several offsets must mean the same bytes at each.
+    let mut by_digest: BTreeMap<&str, (Option<u64>, &Option<String>)> = BTreeMap::new();
+    for p in &parts {
+        let entry = by_digest
+            .entry(&p.digest)
+            .or_insert((p.size, &p.uncompressed_digest));
+        if entry.0 != p.size || entry.1 != &p.uncompressed_digest {
+            return Err(LumeError::invalid(
+                image,
+                format!(
+                    "blob {} is listed with different uncompressed sizes or digests",
+                    p.digest
+                ),
+            ));
+        }
+    }
+    Ok(Plan {
+        format,
+        disk_size,
+        parts,
+        nvram,
+        config: m.config.clone(),
+        offsets_known,
+    })
+}
+
+impl Plan {
+    /// The parts grouped by blob, each blob once with every offset it goes to.
+    pub fn groups(&self) -> Vec<(&Part, Vec<u64>)> {
+        let mut out: Vec<(&Part, Vec<u64>)> = Vec::new();
+        let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+        for p in &self.parts {
+            match index.get(p.digest.as_str()) {
+                Some(&i) => out[i].1.push(p.offset),
+                None => {
+                    index.insert(&p.digest, out.len());
+                    out.push((p, vec![p.offset]));
+                }
+            }
+        }
+        out
+    }
+
+    /// Compressed bytes to fetch (each blob once, NVRAM included).
+    pub fn transfer_bytes(&self) -> u64 {
+        self.groups()
+            .iter()
+            .map(|(p, _)| p.compressed_size)
+            .sum::<u64>()
+            + self.nvram.as_ref().map_or(0, |n| n.size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    fn chunk(c: char, number: u64, offset: u64, size: u64) -> Descriptor {
+        Descriptor {
+            annotations: [
+                (media::PART_NUMBER, number.to_string()),
+                (media::PART_OFFSET, offset.to_string()),
+                (media::UNCOMPRESSED_SIZE, size.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            digest: d(c),
+            media_type: media::DISK.into(),
+            size: 10,
+        }
+    }
+
+    fn manifest(layers: Vec<Descriptor>, total: Option<u64>) -> Manifest {
+        Manifest {
+            annotations: total
+                .map(|t| (media::TOTAL_UNCOMPRESSED_SIZE.to_string(), t.to_string()))
+                .into_iter()
+                .collect(),
+            config: Descriptor {
+                annotations: BTreeMap::new(),
+                digest: d('c'),
+                media_type: media::CONFIG.into(),
+                size: 10,
+            },
+            layers,
+            media_type: None,
+            schema_version: 2,
+        }
+    }
+
+    #[test]
+    fn chunks_must_tile_the_disk() {
+        let ok = manifest(
+            vec![
+                chunk('a', 0, 0, 100),
+                chunk('b', 1, 100, 100),
+                chunk('a', 2, 200, 100),
+            ],
+            Some(300),
+        );
+        let p = plan("i", &ok, None).unwrap();
+        assert_eq!(
+            (p.format, p.disk_size, p.parts.len()),
+            (Format::Oci, 300, 3)
+        );
+        let groups = p.groups();
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].1, vec![0, 200]);
+        assert_eq!(p.transfer_bytes(), 20);
+
+        let err = |m: Manifest| plan("i", &m, None).unwrap_err().to_string();
+        assert!(err(manifest(
+            vec![chunk('a', 0, 0, 100), chunk('b', 1, 50, 100)],
+            None
+        ))
+        .contains("overlap"));
+        assert!(err(manifest(
+            vec![chunk('a', 0, 0, 100), chunk('b', 1, 150, 100)],
+            None
+        ))
+        .contains("gap"));
+        assert!(err(manifest(vec![chunk('a', 0, 0, 100)], Some(50)))
+            .contains("past the declared disk size"));
+        assert!(err(manifest(vec![chunk('a', 0, 0, 100)], Some(500)))
+            .contains("gap before the declared"));
+        assert!(err(manifest(
+            vec![chunk('a', 0, 0, 100), chunk('b', 0, 100, 100)],
+            None
+        ))
+        .contains("twice"));
+        assert!(err(manifest(
+            vec![chunk('a', 0, 0, 100), chunk('a', 1, 100, 50)],
+            None
+        ))
+        .contains("different"));
+        assert!(err(manifest(vec![chunk('a', 0, 0, 1 << 50)], None)).contains("64 TiB"));
+        let mut bad = chunk('a', 0, 0, 100);
+        bad.digest = "sha256:../../etc".into();
+        assert!(err(manifest(vec![bad], None)).contains("not a sha256 digest"));
+        let mut nosize = chunk('a', 0, 0, 100);
+        nosize.annotations.remove(media::UNCOMPRESSED_SIZE);
+        assert!(err(manifest(vec![nosize], None)).contains("no uncompressed size"));
+    }
+
+    #[test]
+    fn legacy_layers_are_concatenated_in_order() {
+        let lz = |c: char, size: Option<u64>| Descriptor {
+            annotations: size
+                .map(|s| (media::LEGACY_UNCOMPRESSED_SIZE.to_string(), s.to_string()))
+                .into_iter()
+                .collect(),
+            digest: d(c),
+            media_type: media::LEGACY_DISK_LZ4.into(),
+            size: 5,
+        };
+        let mut m = manifest(vec![lz('a', Some(10)), lz('b', Some(6))], None);
+        m.config.media_type = media::LEGACY_CONFIG.into();
+        m.layers.insert(
+            0,
+            Descriptor {
+                annotations: BTreeMap::new(),
+                digest: d('c'),
+                media_type: media::LEGACY_CONFIG.into(),
+                size: 10,
+            },
+        );
+        m.layers.push(Descriptor {
+            annotations: BTreeMap::new(),
+            digest: d('e'),
+            media_type: media::LEGACY_NVRAM.into(),
+            size: 3,
+        });
+        let p = plan("i", &m, Some(32)).unwrap();
+        assert_eq!(p.format, Format::Legacy);
+        assert_eq!(p.disk_size, 32);
+        assert!(p.offsets_known);
+        assert_eq!(
+            p.parts.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            [0, 10]
+        );
+        assert_eq!(p.nvram.unwrap().digest, d('e'));
+        assert!(plan("i", &m, Some(12))
+            .unwrap_err()
+            .to_string()
+            .contains("past the declared"));
+        m.layers[1] = lz('a', None);
+        let p = plan("i", &m, Some(32)).unwrap();
+        assert!(!p.offsets_known);
+    }
+}

@@ -1,0 +1,62 @@
+//! Full VM images in Lume's OCI format, so that VMs move between cabin and Lume through
+//! any OCI registry. Nothing here knows about the VM store: a push reads a disk, an
+//! NVRAM file and a VM description; a pull writes a disk and an NVRAM file into a
+//! directory it is given.
+//!
+//! - [`media`]: Lume's media types and annotation keys (the strings are the format).
+//! - [`manifest`]: building a manifest and config blob; reading an image's description.
+//! - [`layout`]: a manifest's disk layers as a validated plan of parts to write.
+//! - [`gzip`]: deterministic gzip compression of disk slices.
+//! - [`lz4`]: Apple's `bv41` LZ4 block stream (Lume's legacy format).
+//! - [`sparse`]: writing decompressed data with all-zero blocks left as holes.
+//! - [`journal`]: the parts of an interrupted pull that are already written.
+//! - [`push`], [`pull`]: the transfers, against a registry.
+
+pub mod gzip;
+pub mod journal;
+pub mod layout;
+pub mod lz4;
+pub mod manifest;
+pub mod media;
+pub mod pull;
+pub mod push;
+pub mod sparse;
+
+/// What went wrong with a VM image transfer, worded for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum LumeError {
+    /// The image's data is not a valid Lume image (hostile or broken).
+    #[error("invalid VM image {image}: {detail}")]
+    Invalid { image: String, detail: String },
+    /// The registry refused or failed.
+    #[error("registry error for {image}: {detail}")]
+    Registry { image: String, detail: String },
+    /// A local file could not be read or written.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl LumeError {
+    pub fn invalid(image: &str, detail: impl std::fmt::Display) -> LumeError {
+        LumeError::Invalid {
+            image: image.to_string(),
+            detail: detail.to_string(),
+        }
+    }
+    pub fn registry(image: &str, detail: impl std::fmt::Display) -> LumeError {
+        LumeError::Registry {
+            image: image.to_string(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// An I/O error as the user sees it, with a hint for a full disk.
+pub fn io_error(what: impl std::fmt::Display, e: std::io::Error) -> LumeError {
+    let hint = if e.raw_os_error() == Some(libc::ENOSPC) {
+        "; the disk is full: free some space there or use another storage location (--storage), then pull again (it resumes)"
+    } else {
+        ""
+    };
+    LumeError::Io(format!("{what}: {e}{hint}"))
+}

@@ -1,0 +1,587 @@
+//! Pulling a VM image (Lume's OCI format, its legacy LZ4 format and the fallbacks Lume
+//! accepts) into a directory: `disk.img` (sparse), `nvram.bin`, and a journal of the
+//! parts written, so that a pull run again after an interruption fetches only the rest.
+//!
+//! Every blob is fetched once however many offsets list it, several at a time; its
+//! bytes are checked against its digest, its decompressed bytes against the declared
+//! size and uncompressed digest. Decompressed data goes straight to its place in the
+//! (staging) disk; a part that fails a check is punched out again and never recorded
+//! as written, and the caller moves the directory into place only when every part is.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use oci_client::{Client, Reference, RegistryOperation};
+use sha2::{Digest, Sha256};
+
+use super::journal::Journal;
+use super::layout::{self, Codec, Format, Part, Plan};
+use super::manifest::{self, Manifest, VmDescription, MAX_CONFIG_BYTES};
+use super::push::reference;
+use super::sparse::{self, SparseWriter};
+use super::{io_error, lz4::Lz4Decoder, media, LumeError};
+use crate::registry::{auth_of, classify, client_for, Fault, RegistryOptions};
+use crate::store::hex;
+
+pub const DISK: &str = "disk.img";
+pub const NVRAM: &str = "nvram.bin";
+pub const JOURNAL: &str = "pull-journal";
+
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub manifest_digest: String,
+    pub vm: VmDescription,
+    pub format: Format,
+    /// The image had an NVRAM layer (written to `nvram.bin`).
+    pub has_nvram: bool,
+    /// Compressed bytes fetched by this pull.
+    pub fetched_bytes: u64,
+    /// Parts written by this pull, and parts an earlier pull had written.
+    pub parts_written: usize,
+    pub parts_resumed: usize,
+}
+
+fn retryable(e: &oci_client::errors::OciDistributionError) -> bool {
+    matches!(classify(e), Fault::Transient | Fault::RateLimited)
+}
+
+fn registry_err(image: &str, e: &oci_client::errors::OciDistributionError) -> LumeError {
+    let hint = match classify(e) {
+        Fault::Credentials => " (the registry wants credentials: cabin login, or GITHUB_USERNAME/GITHUB_TOKEN for ghcr.io)",
+        Fault::NotFound => " (no such image or tag in the registry)",
+        Fault::Transient => " (is the registry reachable?)",
+        _ => "",
+    };
+    LumeError::registry(image, format!("{e}{hint}"))
+}
+
+async fn backoff(attempt: u32) {
+    tokio::time::sleep(Duration::from_millis(500 << attempt.min(5))).await;
+}
+
+/// Fetches and parses the manifest of `repository:tag`; returns it with its digest.
+pub async fn fetch_manifest(
+    client: &Client,
+    r: &Reference,
+    image: &str,
+    opts: &RegistryOptions,
+) -> Result<(Manifest, String), LumeError> {
+    let mut attempt = 0;
+    let (bytes, _) = loop {
+        match client
+            .pull_manifest_raw(
+                r,
+                &auth_of(opts),
+                &[
+                    media::MANIFEST,
+                    "application/vnd.docker.distribution.manifest.v2+json",
+                ],
+            )
+            .await
+        {
+            Ok(v) => break v,
+            Err(e) if attempt < opts.retries && retryable(&e) => {
+                backoff(attempt).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(registry_err(image, &e)),
+        }
+    };
+    let digest = format!("sha256:{}", crate::store::sha256_hex(&bytes));
+    if let Some(want) = r.digest() {
+        if want != digest {
+            return Err(LumeError::invalid(
+                image,
+                format!("the manifest's digest is {digest}, not {want}"),
+            ));
+        }
+    }
+    Ok((Manifest::parse(image, &bytes)?, digest))
+}
+
+/// A client authorised to pull `repository:tag`.
+pub async fn client(
+    repository: &str,
+    tag: &str,
+    opts: &RegistryOptions,
+) -> Result<(Client, Reference), LumeError> {
+    let r = reference(repository, tag)?;
+    let client = client_for(&r, opts.insecure);
+    // Lume goes on anonymously when no token is to be had for a pull.
+    if client
+        .auth(&r, &auth_of(opts), RegistryOperation::Pull)
+        .await
+        .is_err()
+    {
+        let _ = client
+            .auth(
+                &r,
+                &oci_client::secrets::RegistryAuth::Anonymous,
+                RegistryOperation::Pull,
+            )
+            .await;
+    }
+    Ok((client, r))
+}
+
+/// Fetches a small blob whole, bounded and checked against its digest.
+async fn small_blob(
+    client: &Client,
+    r: &Reference,
+    image: &str,
+    digest: &str,
+    limit: u64,
+    opts: &RegistryOptions,
+) -> Result<Vec<u8>, LumeError> {
+    let mut attempt = 0;
+    loop {
+        let got: Result<Vec<u8>, String> = async {
+            let s = client.pull_blob_stream(r, digest).await.map_err(|e| {
+                if retryable(&e) {
+                    format!("retry:{e}")
+                } else {
+                    registry_err(image, &e).to_string()
+                }
+            })?;
+            let mut body = s.stream;
+            let mut out = Vec::new();
+            while let Some(b) = body.next().await {
+                let b = b.map_err(|e| format!("retry:{e}"))?;
+                out.extend_from_slice(&b);
+                if out.len() as u64 > limit {
+                    return Err(format!("blob {digest} is larger than {limit} bytes"));
+                }
+            }
+            Ok(out)
+        }
+        .await;
+        match got {
+            Ok(b) => {
+                let actual = format!("sha256:{}", crate::store::sha256_hex(&b));
+                if actual != digest {
+                    return Err(LumeError::invalid(
+                        image,
+                        format!("blob {digest} does not match its digest (got {actual})"),
+                    ));
+                }
+                return Ok(b);
+            }
+            Err(e) if e.starts_with("retry:") && attempt < opts.retries => {
+                backoff(attempt).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(LumeError::registry(image, e.trim_start_matches("retry:"))),
+        }
+    }
+}
+
+/// Reads what the async side sends over a channel; a broken transfer is an error of
+/// kind `ConnectionAborted`.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
+    cur: bytes::Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        self.cur = self.cur.slice(n..);
+        Ok(n)
+    }
+}
+
+/// Hashes what passes to the sparse writer.
+struct Hashed<'a> {
+    w: SparseWriter<'a>,
+    h: Sha256,
+}
+
+impl Write for Hashed<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = self.w.write(b)?;
+        self.h.update(&b[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Ctx<'a> {
+    client: &'a Client,
+    r: &'a Reference,
+    image: &'a str,
+    opts: &'a RegistryOptions,
+    disk: Arc<File>,
+    disk_size: u64,
+    fetched: Mutex<u64>,
+}
+
+enum Failure {
+    Retry(String),
+    Fatal(LumeError),
+}
+
+impl Ctx<'_> {
+    /// Fetches `part`'s blob and writes it at `offset`; returns the bytes written and
+    /// whether any was not zero.
+    async fn write_part(
+        &self,
+        part: &Part,
+        number: usize,
+        offset: u64,
+    ) -> Result<(u64, bool), LumeError> {
+        let mut attempt = 0;
+        loop {
+            match self.write_part_once(part, number, offset).await {
+                Ok(n) => return Ok(n),
+                Err(Failure::Retry(e)) if attempt < self.opts.retries => {
+                    let _ = e;
+                    backoff(attempt).await;
+                    attempt += 1;
+                }
+                Err(Failure::Retry(e)) => {
+                    return Err(LumeError::registry(
+                        self.image,
+                        format!(
+                            "fetching disk part {number} ({}) failed: {e}; pull again to resume",
+                            part.digest
+                        ),
+                    ))
+                }
+                Err(Failure::Fatal(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn write_part_once(
+        &self,
+        part: &Part,
+        number: usize,
+        offset: u64,
+    ) -> Result<(u64, bool), Failure> {
+        let image = self.image;
+        let stream = match self
+            .client
+            .pull_blob_stream(self.r, part.digest.as_str())
+            .await
+        {
+            Ok(s) => s,
+            Err(e) if retryable(&e) => return Err(Failure::Retry(e.to_string())),
+            Err(e) => return Err(Failure::Fatal(registry_err(image, &e))),
+        };
+        let end = match part.size {
+            Some(s) => offset + s,
+            None => self.disk_size,
+        };
+        if end > self.disk_size {
+            return Err(Failure::Fatal(LumeError::invalid(
+                image,
+                format!("disk part {number} ends past the disk"),
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let disk = self.disk.clone();
+        let codec = part.codec;
+        let writer = tokio::task::spawn_blocking(move || -> io::Result<(u64, bool, String)> {
+            let reader = ChannelReader {
+                rx,
+                cur: bytes::Bytes::new(),
+            };
+            let mut decoded: Box<dyn Read> = match codec {
+                Codec::Gzip => Box::new(flate2::read::GzDecoder::new(
+                    io::BufReader::with_capacity(1 << 20, reader),
+                )),
+                Codec::Lz4 => Box::new(Lz4Decoder::new(io::BufReader::with_capacity(
+                    1 << 20,
+                    reader,
+                ))),
+                Codec::Raw => Box::new(reader),
+            };
+            let mut out = Hashed {
+                w: SparseWriter::new(&disk, offset, end)?,
+                h: Sha256::new(),
+            };
+            io::copy(&mut decoded, &mut out)?;
+            let digest = format!("sha256:{}", hex(&out.h.finalize()));
+            let (n, data) = out.w.finish()?;
+            Ok((n, data, digest))
+        });
+        let mut compressed = Sha256::new();
+        let mut got = 0u64;
+        let mut body = stream.stream;
+        let mut broken = None;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(b) => {
+                    got += b.len() as u64;
+                    if got > part.compressed_size {
+                        broken = Some(Failure::Fatal(LumeError::invalid(
+                            image,
+                            format!(
+                                "blob {} is larger than the {} bytes its manifest says",
+                                part.digest, part.compressed_size
+                            ),
+                        )));
+                        break;
+                    }
+                    compressed.update(&b);
+                    self.opts.progress.advance("disk.img", b.len() as u64);
+                    *self.fetched.lock().unwrap() += b.len() as u64;
+                    if tx.send(Ok(b)).await.is_err() {
+                        break; // the decoder stopped: its error says why
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string())).await;
+                    broken = Some(Failure::Retry(e.to_string()));
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        drop(body);
+        let result = writer
+            .await
+            .map_err(|e| Failure::Fatal(LumeError::Io(format!("writing the disk: {e}"))))?;
+        let punch = |why: Failure| {
+            let _ = sparse::punch_hole(&self.disk, offset, end - offset);
+            Err(why)
+        };
+        if let Some(f) = broken {
+            return punch(f);
+        }
+        let (written, had_data, udigest) = match result {
+            Ok(v) => v,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
+                return punch(Failure::Retry(e.to_string()))
+            }
+            Err(e) if e.raw_os_error().is_some() => {
+                return punch(Failure::Fatal(io_error(
+                    format!("writing disk part {number}"),
+                    e,
+                )))
+            }
+            Err(e) => {
+                let what = match codec {
+                    Codec::Gzip => "gzip",
+                    Codec::Lz4 => "LZ4",
+                    Codec::Raw => "raw",
+                };
+                return punch(Failure::Fatal(LumeError::invalid(
+                    image,
+                    format!(
+                        "disk part {number} ({}) is not a valid {what} stream: {e}",
+                        part.digest
+                    ),
+                )));
+            }
+        };
+        if got < part.compressed_size {
+            return punch(Failure::Retry(format!(
+                "the registry sent {got} of {} bytes",
+                part.compressed_size
+            )));
+        }
+        let actual = format!("sha256:{}", hex(&compressed.finalize()));
+        if actual != part.digest {
+            return punch(Failure::Fatal(LumeError::invalid(
+                image,
+                format!(
+                    "blob {} does not match its digest (got {actual}); nothing of it was kept",
+                    part.digest
+                ),
+            )));
+        }
+        if let Some(size) = part.size {
+            if written != size {
+                return punch(Failure::Fatal(LumeError::invalid(
+                    image,
+                    format!("disk part {number} decompresses to {written} bytes, not the {size} its manifest declares"),
+                )));
+            }
+        }
+        if let Some(want) = &part.uncompressed_digest {
+            if *want != udigest {
+                return punch(Failure::Fatal(LumeError::invalid(
+                    image,
+                    format!("disk part {number} decompresses to {udigest}, not the {want} its manifest declares; nothing of it was kept"),
+                )));
+            }
+        }
+        Ok((written, had_data))
+    }
+}
+
+/// Pulls `repository:tag` into `dir` (created if missing), resuming what an earlier
+/// pull of the same manifest left there.
+pub async fn pull_into(
+    dir: &Path,
+    repository: &str,
+    tag: &str,
+    opts: &RegistryOptions,
+) -> Result<Pulled, LumeError> {
+    let image = format!("{repository}:{tag}");
+    let (client, r) = client(repository, tag, opts).await?;
+    let (m, manifest_digest) = fetch_manifest(&client, &r, &image, opts).await?;
+    pull_manifest_into(dir, &client, &r, &image, &m, &manifest_digest, opts).await
+}
+
+pub async fn pull_manifest_into(
+    dir: &Path,
+    client: &Client,
+    r: &Reference,
+    image: &str,
+    m: &Manifest,
+    manifest_digest: &str,
+    opts: &RegistryOptions,
+) -> Result<Pulled, LumeError> {
+    layout::check_digest(image, &m.config.digest)?;
+    if m.config.size > MAX_CONFIG_BYTES {
+        return Err(LumeError::invalid(
+            image,
+            "the config blob is larger than 1 MiB",
+        ));
+    }
+    let config = small_blob(client, r, image, &m.config.digest, MAX_CONFIG_BYTES, opts).await?;
+    let plan: Plan = layout::plan(image, m, manifest::legacy_config_disk_size(&config))?;
+    let vm = match plan.format {
+        Format::Oci => manifest::describe_oci(image, m, &config, plan.disk_size)?,
+        Format::Legacy => manifest::describe_legacy(image, &config, plan.disk_size)?,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io_error(format!("creating {}", dir.display()), e))?;
+    let mut journal = Journal::open(&dir.join(JOURNAL), manifest_digest)
+        .map_err(|e| io_error("opening the pull journal", e))?;
+    let disk_path: PathBuf = dir.join(DISK);
+    let disk = File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&disk_path)
+        .map_err(|e| io_error(format!("creating {}", disk_path.display()), e))?;
+    if journal.entries() == 0 {
+        disk.set_len(0)
+            .map_err(|e| io_error("sizing disk.img", e))?;
+    }
+    disk.set_len(plan.disk_size)
+        .map_err(|e| io_error("sizing disk.img", e))?;
+
+    let mut has_nvram = false;
+    if let Some(n) = &plan.nvram {
+        let b = small_blob(client, r, image, &n.digest, manifest::MAX_NVRAM_BYTES, opts).await?;
+        let tmp = dir.join(".nvram.bin.tmp");
+        std::fs::write(&tmp, &b)
+            .and_then(|()| std::fs::rename(&tmp, dir.join(NVRAM)))
+            .map_err(|e| io_error("writing nvram.bin", e))?;
+        has_nvram = true;
+    }
+
+    let ctx = Ctx {
+        client,
+        r,
+        image,
+        opts,
+        disk: Arc::new(disk),
+        disk_size: plan.disk_size,
+        fetched: Mutex::new(0),
+    };
+    let progress = &opts.progress;
+    let groups = plan.groups();
+    let total: u64 = groups.iter().map(|(p, _)| p.compressed_size).sum();
+    let mut resumed = 0;
+    let mut todo = Vec::new();
+    let mut already = 0;
+    for (i, (p, offsets)) in groups.iter().enumerate() {
+        let pending: Vec<u64> = offsets
+            .iter()
+            .copied()
+            .filter(|o| !journal.is_done(&p.digest, *o))
+            .collect();
+        resumed += offsets.len() - pending.len();
+        if pending.is_empty() || !plan.offsets_known {
+            already += if pending.is_empty() {
+                p.compressed_size
+            } else {
+                0
+            };
+        }
+        if !pending.is_empty() {
+            todo.push((i, *p, pending));
+        }
+    }
+    progress.start("disk.img", total, already);
+    let journal_lock = Mutex::new(&mut journal);
+    let mut written_parts = 0usize;
+    if plan.offsets_known {
+        let done: Vec<usize> = futures::stream::iter(todo.iter().map(|(i, p, pending)| {
+            let ctx = &ctx;
+            let journal = &journal_lock;
+            async move {
+                let first = pending[0];
+                let (_, had_data) = ctx.write_part(p, *i, first).await?;
+                for &o in &pending[1..] {
+                    let disk = ctx.disk.clone();
+                    let len = p.size.unwrap_or(0);
+                    // An all-zero part (most often) is a hole at each of its offsets.
+                    tokio::task::spawn_blocking(move || match had_data {
+                        true => sparse::copy_within(&disk, first, o, len),
+                        false => sparse::zero_range(&disk, o, len),
+                    })
+                    .await
+                    .map_err(|e| LumeError::Io(e.to_string()))?
+                    .map_err(|e| io_error("copying a repeated disk part", e))?;
+                }
+                let disk = ctx.disk.clone();
+                tokio::task::spawn_blocking(move || disk.sync_data())
+                    .await
+                    .map_err(|e| LumeError::Io(e.to_string()))?
+                    .map_err(|e| io_error("flushing disk.img", e))?;
+                let mut j = journal.lock().unwrap();
+                for &o in pending {
+                    j.record(&p.digest, o)
+                        .map_err(|e| io_error("recording progress in the pull journal", e))?;
+                }
+                Ok::<usize, LumeError>(pending.len())
+            }
+        }))
+        .buffer_unordered(opts.parallel.max(1))
+        .try_collect()
+        .await?;
+        written_parts = done.iter().sum();
+    } else {
+        // Sizes unknown: one part after the other, each where the last ended.
+        let mut offset = 0u64;
+        for (i, p) in plan.parts.iter().enumerate() {
+            let (n, _) = ctx.write_part(p, i, offset).await?;
+            offset += n;
+            written_parts += 1;
+        }
+        ctx.disk
+            .sync_data()
+            .map_err(|e| io_error("flushing disk.img", e))?;
+    }
+    progress.finish("disk.img");
+    let fetched = *ctx.fetched.lock().unwrap();
+    Ok(Pulled {
+        manifest_digest: manifest_digest.to_string(),
+        vm,
+        format: plan.format,
+        has_nvram,
+        fetched_bytes: fetched,
+        parts_written: written_parts,
+        parts_resumed: resumed,
+    })
+}

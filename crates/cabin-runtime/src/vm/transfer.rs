@@ -1,0 +1,511 @@
+//! VM images to and from OCI registries in Lume's format, against the VM store: a
+//! stopped VM pushed from its directory; an image pulled into a hidden staging
+//! directory (`<location>/.<name>.pulling/`) that becomes the VM directory by one
+//! rename once disk, NVRAM and config are complete, so a half-pulled VM is never
+//! listed. An interrupted pull leaves its staging directory and journal: the same pull
+//! run again resumes there. With caching on (Lume's `cachingEnabled`, or asked for
+//! per pull) the image is pulled once into the cache and each VM made from it is a
+//! clone (copy-on-write where the file system can).
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use cabin_image::credentials::{ghcr_env_auth, Credentials};
+use cabin_image::lume::manifest::VmDescription;
+use cabin_image::lume::pull::{self, Pulled};
+use cabin_image::lume::push::{self, PushOptions, PushReport};
+use cabin_image::lume::LumeError;
+use cabin_image::registry::RegistryOptions;
+use serde::{Deserialize, Serialize};
+
+use super::settings::{expand, Settings};
+use super::store::{self, Vm, VmConfig, VmError, CONFIG, DISK, NVRAM};
+use crate::Paths;
+
+pub const DEFAULT_REGISTRY: &str = "ghcr.io";
+pub const DEFAULT_ORGANIZATION: &str = "trycua";
+/// Lume writes the digest of the manifest a VM was pulled from here.
+pub const MANIFEST_DIGEST: &str = ".manifest-digest";
+const PUSH_WORK: &str = ".lume_oci_push_cache";
+const LOCK: &str = "lock";
+
+/// `IMAGE:TAG` in `REGISTRY/ORGANIZATION`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    pub registry: String,
+    pub organization: String,
+    pub name: String,
+    pub tag: String,
+}
+
+fn valid_component(s: &str, slash: bool) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || b"._-".contains(&b)
+                || (slash && b == b'/')
+        })
+        && !s.starts_with(['.', '-', '/'])
+        && !s.contains("..")
+}
+
+impl ImageRef {
+    /// Parses `image[:tag]` (tag `latest` when absent) for `registry`/`organization`.
+    pub fn parse(image: &str, registry: &str, organization: &str) -> Result<ImageRef, VmError> {
+        let (name, tag) = image.rsplit_once(':').unwrap_or((image, "latest"));
+        let tag_ok = !tag.is_empty()
+            && tag.len() <= 128
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !valid_component(name, false) || !tag_ok {
+            return Err(VmError::Invalid(format!(
+                "Invalid image reference {image:?}: use NAME:TAG with a lower-case name (letters, digits, '.', '_', '-')"
+            )));
+        }
+        if !organization.is_empty() && !valid_component(organization, true) {
+            return Err(VmError::Invalid(format!(
+                "Invalid organization {organization:?}: lower-case letters, digits, '.', '_', '-'"
+            )));
+        }
+        if registry.is_empty() || registry.contains('/') || registry.len() > 255 {
+            return Err(VmError::Invalid(format!(
+                "Invalid registry {registry:?}: give a host[:port]"
+            )));
+        }
+        Ok(ImageRef {
+            registry: registry.to_string(),
+            organization: organization.to_string(),
+            name: name.to_string(),
+            tag: tag.to_string(),
+        })
+    }
+
+    /// `registry/organization/name`.
+    pub fn repository(&self) -> String {
+        if self.organization.is_empty() {
+            format!("{}/{}", self.registry, self.name)
+        } else {
+            format!("{}/{}/{}", self.registry, self.organization, self.name)
+        }
+    }
+}
+
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.repository(), self.tag)
+    }
+}
+
+fn lume_err(e: LumeError) -> VmError {
+    match e {
+        LumeError::Io(m) => VmError::Io(m),
+        other => VmError::Invalid(other.to_string()),
+    }
+}
+
+fn io(what: impl std::fmt::Display) -> impl Fn(std::io::Error) -> VmError {
+    move |e| lume_err(cabin_image::lume::io_error(&what, e))
+}
+
+/// Registry options for `registry`: credentials saved by `cabin login`, else Lume's
+/// environment variables for ghcr.io.
+pub fn registry_options(paths: &Paths, registry: &str) -> Result<RegistryOptions, VmError> {
+    let saved = Credentials::at(paths.credentials())
+        .get(registry)
+        .map_err(|e| VmError::Io(format!("reading saved credentials: {e}")))?;
+    Ok(RegistryOptions {
+        auth: saved
+            .map(|c| (c.username, c.password))
+            .or_else(|| ghcr_env_auth(registry)),
+        ..RegistryOptions::default()
+    })
+}
+
+/// What the VM image is to describe, from a VM's config.
+fn description(c: &VmConfig) -> VmDescription {
+    VmDescription {
+        os: c.os.clone(),
+        cpu_count: c.cpu_count,
+        memory_size: c.memory_size,
+        disk_size: c.disk_size,
+        display: c.display.clone(),
+        network_mode: c.network_mode.clone(),
+        hardware_model: c.hardware_model.clone(),
+        machine_identifier: c.machine_identifier.clone(),
+    }
+}
+
+pub struct PushRequest<'a> {
+    pub vm: &'a Vm,
+    pub image: &'a ImageRef,
+    pub additional_tags: &'a [String],
+    pub chunk_size_mb: u64,
+    pub single_layer: bool,
+}
+
+/// Pushes a stopped VM.
+pub async fn push(req: &PushRequest<'_>, opts: RegistryOptions) -> Result<PushReport, VmError> {
+    let vm = req.vm;
+    if vm.is_running() {
+        return Err(VmError::Invalid(format!(
+            "{}; stop it before pushing (its disk is changing)",
+            VmError::Running(vm.name.clone())
+        )));
+    }
+    let config = vm.config()?;
+    let mut tags = vec![req.image.tag.clone()];
+    for t in req.additional_tags {
+        ImageRef::parse(&format!("{}:{t}", req.image.name), &req.image.registry, "")?;
+        if !tags.contains(t) {
+            tags.push(t.clone());
+        }
+    }
+    let popts = PushOptions {
+        registry: opts,
+        chunk_size: req.chunk_size_mb.saturating_mul(1 << 20),
+        single_layer: req.single_layer,
+        work_dir: vm.dir.join(PUSH_WORK),
+    };
+    let r = push::push(
+        &vm.disk(),
+        &vm.dir.join(NVRAM),
+        &description(&config),
+        &req.image.repository(),
+        &tags,
+        &popts,
+    )
+    .await;
+    let _ = fs::remove_dir_all(vm.dir.join(PUSH_WORK));
+    r.map_err(lume_err)
+}
+
+pub struct PullRequest<'a> {
+    pub image: &'a ImageRef,
+    /// The VM's name (default `<image>_<tag>`, as Lume's CLI names it).
+    pub name: Option<&'a str>,
+    pub storage: Option<&'a str>,
+    /// Pull into the image cache and clone from there (also when the settings say
+    /// `cachingEnabled`).
+    pub cache: bool,
+}
+
+pub struct PullOutcome {
+    pub vm: Vm,
+    /// None when the VM was cloned from the cache without a download.
+    pub pulled: Option<Pulled>,
+    pub manifest_digest: String,
+}
+
+/// The VM name a pull makes.
+pub fn pull_name(req: &PullRequest) -> Result<String, VmError> {
+    store::normalize_name(
+        &req.name
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{}_{}", req.image.name, req.image.tag)),
+    )
+}
+
+/// A held flock on `<dir>/lock` (created with the directory).
+struct DirLock(#[allow(dead_code)] fs::File);
+
+fn lock_dir(dir: &Path, what: &str) -> Result<DirLock, VmError> {
+    fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let f = fs::File::create(dir.join(LOCK)).map_err(io("creating the pull's lock"))?;
+    // SAFETY: flock on a descriptor we own; released when it closes.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(VmError::Invalid(format!(
+            "a pull of {what} is already under way in another process"
+        )));
+    }
+    Ok(DirLock(f))
+}
+
+/// Where a pull of `name` into `parent` is staged.
+pub fn staging_dir(parent: &Path, name: &str) -> PathBuf {
+    parent.join(format!(".{name}.pulling"))
+}
+
+/// Makes `dir` (holding a pulled disk.img and maybe nvram.bin) a complete VM directory:
+/// config.json with a fresh MAC address, the UEFI variable store if the image had none,
+/// `.manifest-digest`; the pull's own files removed.
+fn complete(dir: &Path, pulled: &Pulled) -> Result<(), VmError> {
+    let d = &pulled.vm;
+    let config = VmConfig {
+        os: d.os.clone(),
+        cpu_count: d.cpu_count,
+        memory_size: d.memory_size,
+        disk_size: d.disk_size,
+        mac_address: store::random_mac(),
+        display: d.display.clone(),
+        hardware_model: d.hardware_model.clone(),
+        machine_identifier: d
+            .machine_identifier
+            .clone()
+            .or_else(|| Some(store::random_machine_id())),
+        network_mode: d.network_mode.clone(),
+    };
+    if !pulled.has_nvram {
+        fs::copy(store::OVMF_VARS, dir.join(NVRAM)).map_err(io(format!(
+            "the image has no NVRAM and the UEFI variable store template {} could not be copied (apt-get install ovmf)",
+            store::OVMF_VARS
+        )))?;
+    }
+    fs::write(dir.join(MANIFEST_DIGEST), &pulled.manifest_digest)
+        .map_err(io("writing .manifest-digest"))?;
+    let tmp = dir.join(".config.json.tmp");
+    fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(&config).expect("serialisable"),
+    )
+    .and_then(|()| fs::rename(&tmp, dir.join(CONFIG)))
+    .map_err(io("writing config.json"))?;
+    let _ = fs::remove_file(dir.join(pull::JOURNAL));
+    Ok(())
+}
+
+/// Renames a complete staging directory into place (never over an existing VM).
+fn place(stage: &Path, dest: &Path, name: &str) -> Result<(), VmError> {
+    let _ = fs::remove_file(stage.join(LOCK));
+    if dest.exists() {
+        return Err(VmError::Exists(name.to_string()));
+    }
+    fs::rename(stage, dest).map_err(io("moving the pulled VM into place"))
+}
+
+/// Metadata of a cached image (`metadata.json`, as Lume's cache keeps it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheMetadata {
+    pub image: String,
+    pub manifest_id: String,
+    pub timestamp: String,
+}
+
+fn cache_root(settings: &Settings) -> PathBuf {
+    expand(&settings.cache_directory)
+}
+
+fn cache_image_dir(settings: &Settings, image: &ImageRef) -> PathBuf {
+    let mut d = cache_root(settings).join(image.registry.replace(':', "_"));
+    if !image.organization.is_empty() {
+        d = d.join(&image.organization);
+    }
+    d.join(&image.name)
+}
+
+/// Pulls an image into a new VM.
+pub async fn pull(
+    settings: &Settings,
+    req: &PullRequest<'_>,
+    opts: RegistryOptions,
+) -> Result<PullOutcome, VmError> {
+    let name = pull_name(req)?;
+    if store::find(settings, &name, req.storage).is_ok() {
+        return Err(VmError::Exists(name));
+    }
+    let (location_name, parent) = settings.resolve(req.storage).map_err(VmError::Invalid)?;
+    let dest = parent.join(&name);
+    let image = req.image.to_string();
+    let repo = req.image.repository();
+    let (client, r) = pull::client(&repo, &req.image.tag, &opts)
+        .await
+        .map_err(lume_err)?;
+    let (manifest, digest) = pull::fetch_manifest(&client, &r, &image, &opts)
+        .await
+        .map_err(lume_err)?;
+    let stage = staging_dir(&parent, &name);
+    let _lock = lock_dir(&stage, &name)?;
+    let vm = Vm {
+        name: name.clone(),
+        location_name,
+        dir: dest.clone(),
+    };
+    if !(req.cache || settings.caching_enabled) {
+        let pulled =
+            pull::pull_manifest_into(&stage, &client, &r, &image, &manifest, &digest, &opts)
+                .await
+                .map_err(|e| failed(e, &stage))?;
+        complete(&stage, &pulled)?;
+        place(&stage, &dest, &name)?;
+        return Ok(PullOutcome {
+            vm,
+            pulled: Some(pulled),
+            manifest_digest: digest,
+        });
+    }
+    // Through the cache: the image once, then a clone per VM.
+    let image_dir = cache_image_dir(settings, req.image);
+    let hex = digest.trim_start_matches("sha256:").to_string();
+    let entry = image_dir.join(&hex);
+    let mut pulled = None;
+    if !entry.join(CONFIG).is_file() {
+        let cstage = image_dir.join(format!(".{hex}.pulling"));
+        let _clock = lock_dir(&cstage, &image)?;
+        let p = pull::pull_manifest_into(&cstage, &client, &r, &image, &manifest, &digest, &opts)
+            .await
+            .map_err(|e| failed(e, &cstage))?;
+        complete(&cstage, &p)?;
+        let meta = CacheMetadata {
+            image: image.clone(),
+            manifest_id: digest.clone(),
+            timestamp: cabin_image::timestamp::now(),
+        };
+        fs::write(
+            cstage.join("metadata.json"),
+            serde_json::to_vec(&meta).expect("json"),
+        )
+        .map_err(io("writing the cache's metadata.json"))?;
+        let _ = fs::remove_file(cstage.join(LOCK));
+        if fs::rename(&cstage, &entry).is_err() && !entry.join(CONFIG).is_file() {
+            return Err(VmError::Io(format!(
+                "moving {} into the cache failed",
+                image
+            )));
+        }
+        // Older pulls of the same image go (Lume keeps the newest only).
+        if let Ok(entries) = fs::read_dir(&image_dir) {
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n != hex && !n.starts_with('.') {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        pulled = Some(p);
+    }
+    let made = (|| {
+        let _ = fs::remove_file(stage.join(DISK));
+        store::copy_disk(&entry.join(DISK), &stage.join(DISK))?;
+        fs::copy(entry.join(NVRAM), stage.join(NVRAM)).map_err(io("copying nvram.bin"))?;
+        let cached = Vm {
+            name: name.clone(),
+            location_name: String::new(),
+            dir: entry.clone(),
+        };
+        let mut c = cached.config()?;
+        c.mac_address = store::random_mac();
+        fs::write(
+            stage.join(CONFIG),
+            serde_json::to_vec_pretty(&c).expect("json"),
+        )
+        .map_err(io("writing config.json"))?;
+        fs::write(stage.join(MANIFEST_DIGEST), &digest).map_err(io("writing .manifest-digest"))?;
+        let _ = fs::remove_file(stage.join(pull::JOURNAL));
+        Ok(())
+    })();
+    if let Err(e) = made {
+        let _ = fs::remove_dir_all(&stage);
+        return Err(e);
+    }
+    place(&stage, &dest, &name)?;
+    Ok(PullOutcome {
+        vm,
+        pulled,
+        manifest_digest: digest,
+    })
+}
+
+/// A failed pull: an invalid image leaves nothing behind; a registry or disk failure
+/// keeps what was fetched, for the same pull to resume from.
+fn failed(e: LumeError, stage: &Path) -> VmError {
+    let note = format!(
+        " (what was fetched is kept in {} and the same pull resumes from it; delete that directory to free its space)",
+        stage.display()
+    );
+    match e {
+        LumeError::Invalid { .. } => {
+            let _ = fs::remove_dir_all(stage);
+            lume_err(e)
+        }
+        LumeError::Io(m) => VmError::Io(m + &note),
+        other => VmError::Invalid(other.to_string() + &note),
+    }
+}
+
+/// A cached image, for `vm images` and `GET /lume/images`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedImage {
+    pub repository: String,
+    pub image_id: String,
+}
+
+/// The images in the cache (complete entries only), sorted.
+pub fn images(settings: &Settings) -> Vec<CachedImage> {
+    let mut out = Vec::new();
+    let mut stack = vec![cache_root(settings)];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if e.file_name().to_string_lossy().starts_with('.') || !p.is_dir() {
+                continue;
+            }
+            let meta = p.join("metadata.json");
+            match fs::read(&meta)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<CacheMetadata>(&b).ok())
+            {
+                Some(m) if p.join(CONFIG).is_file() => {
+                    let repo = m
+                        .image
+                        .rsplit_once('/')
+                        .map_or(m.image.as_str(), |(_, r)| r);
+                    out.push(CachedImage {
+                        repository: repo.to_string(),
+                        image_id: m
+                            .manifest_id
+                            .trim_start_matches("sha256:")
+                            .chars()
+                            .take(12)
+                            .collect(),
+                    });
+                }
+                _ if stack.len() < 64 => stack.push(p),
+                _ => {}
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.repository, &a.image_id).cmp(&(&b.repository, &b.image_id)));
+    out
+}
+
+/// Removes every cached image (Lume's `prune`).
+pub fn prune(settings: &Settings) -> Result<(), VmError> {
+    let root = cache_root(settings);
+    match fs::remove_dir_all(&root) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(VmError::Io(format!("removing {}: {e}", root.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references() {
+        let r = ImageRef::parse("ubuntu-noble:24.04", "127.0.0.1:5000", "cabin").unwrap();
+        assert_eq!(r.to_string(), "127.0.0.1:5000/cabin/ubuntu-noble:24.04");
+        let r = ImageRef::parse("x", "ghcr.io", "").unwrap();
+        assert_eq!(r.to_string(), "ghcr.io/x:latest");
+        for bad in ["", "Up:1", "a:", "../a:1", "a b:1"] {
+            assert!(ImageRef::parse(bad, "ghcr.io", "o").is_err(), "{bad}");
+        }
+        assert!(ImageRef::parse("a:1", "ghcr.io", "../x").is_err());
+        let req = PullRequest {
+            image: &ImageRef::parse("ubuntu:latest", "r", "o").unwrap(),
+            name: None,
+            storage: None,
+            cache: false,
+        };
+        assert_eq!(pull_name(&req).unwrap(), "ubuntu_latest");
+    }
+}
