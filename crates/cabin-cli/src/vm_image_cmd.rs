@@ -72,6 +72,20 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
 }
 
+/// The registry options of a push or pull, with a progress bar.
+fn options(
+    paths: &Paths,
+    registry: &str,
+    parallel: usize,
+    insecure: bool,
+) -> Result<cabin_image::registry::RegistryOptions, String> {
+    let mut opts = transfer::registry_options(paths, registry).map_err(|e| e.to_string())?;
+    opts.parallel = parallel.clamp(1, 64);
+    opts.insecure = insecure;
+    opts.progress = crate::progress::hook();
+    Ok(opts)
+}
+
 pub async fn push(paths: &Paths, s: &Settings, a: PushArgs) -> i32 {
     let image = match ImageRef::parse(&a.image, &a.registry, &a.organization) {
         Ok(i) => i,
@@ -81,13 +95,10 @@ pub async fn push(paths: &Paths, s: &Settings, a: PushArgs) -> i32 {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
-    let mut opts = match transfer::registry_options(paths, &a.registry) {
+    let opts = match options(paths, &a.registry, a.parallel, a.insecure) {
         Ok(o) => o,
         Err(e) => return fail(e),
     };
-    opts.parallel = a.parallel.clamp(1, 64);
-    opts.insecure = a.insecure;
-    opts.progress = crate::progress::hook();
     let started = std::time::Instant::now();
     let req = PushRequest {
         vm: &vm,
@@ -119,13 +130,10 @@ pub async fn pull(paths: &Paths, s: &Settings, a: PullArgs) -> i32 {
         Ok(i) => i,
         Err(e) => return fail(e),
     };
-    let mut opts = match transfer::registry_options(paths, &a.registry) {
+    let opts = match options(paths, &a.registry, a.parallel, a.insecure) {
         Ok(o) => o,
         Err(e) => return fail(e),
     };
-    opts.parallel = a.parallel.clamp(1, 64);
-    opts.insecure = a.insecure;
-    opts.progress = crate::progress::hook();
     let started = std::time::Instant::now();
     let req = PullRequest {
         image: &image,

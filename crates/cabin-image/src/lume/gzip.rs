@@ -52,6 +52,21 @@ pub fn compress_slice<W: Write>(
     len: u64,
     out: W,
 ) -> io::Result<Compressed> {
+    compress_with(len, out, |buf, at| disk.read_exact_at(buf, offset + at))
+}
+
+/// Compresses `len` zero bytes (a slice that is all hole) into `out`.
+pub fn compress_zeros<W: Write>(len: u64, out: W) -> io::Result<Compressed> {
+    compress_with(len, out, |_, _| Ok(()))
+}
+
+/// Compresses `len` bytes into `out`, 1 MiB at a time, each piece filled (from a
+/// zeroed buffer) by `fill(piece, position)`; both digests computed on the way.
+fn compress_with<W: Write>(
+    len: u64,
+    out: W,
+    mut fill: impl FnMut(&mut [u8], u64) -> io::Result<()>,
+) -> io::Result<Compressed> {
     let mut enc = encoder(Hashing {
         inner: out,
         hash: Sha256::new(),
@@ -62,33 +77,7 @@ pub fn compress_slice<W: Write>(
     let mut at = 0u64;
     while at < len {
         let n = ((len - at) as usize).min(buf.len());
-        disk.read_exact_at(&mut buf[..n], offset + at)?;
-        raw.update(&buf[..n]);
-        enc.write_all(&buf[..n])?;
-        at += n as u64;
-    }
-    let mut h = enc.finish()?;
-    h.flush()?;
-    Ok(Compressed {
-        digest: format!("sha256:{}", hex(&h.hash.finalize())),
-        size: h.bytes,
-        uncompressed_digest: format!("sha256:{}", hex(&raw.finalize())),
-        uncompressed_size: len,
-    })
-}
-
-/// Compresses `len` zero bytes (a slice that is all hole) into `out`.
-pub fn compress_zeros<W: Write>(len: u64, out: W) -> io::Result<Compressed> {
-    let mut enc = encoder(Hashing {
-        inner: out,
-        hash: Sha256::new(),
-        bytes: 0,
-    });
-    let mut raw = Sha256::new();
-    let buf = vec![0u8; 1 << 20];
-    let mut at = 0u64;
-    while at < len {
-        let n = ((len - at) as usize).min(buf.len());
+        fill(&mut buf[..n], at)?;
         raw.update(&buf[..n]);
         enc.write_all(&buf[..n])?;
         at += n as u64;
