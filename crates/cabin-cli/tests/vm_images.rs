@@ -16,21 +16,6 @@ use serde_json::{json, Value};
 
 const ORG: &str = "cabin";
 
-fn vm(data: &Path, args: &[&str]) -> Output {
-    cabin_in(data).arg("vm").args(args).output().unwrap()
-}
-
-fn vm_ok(data: &Path, args: &[&str]) -> String {
-    let o = vm(data, args);
-    assert!(
-        o.status.success(),
-        "vm {args:?}: {}{}",
-        stdout(&o),
-        stderr(&o)
-    );
-    stdout(&o)
-}
-
 fn vms_dir(data: &Path) -> PathBuf {
     data.join("vms")
 }
@@ -204,7 +189,7 @@ fn pull(data: &Path, reg: &Registry, image: &str, name: &str, extra: &[&str]) ->
         ORG,
     ];
     args.extend_from_slice(extra);
-    vm(data, &args)
+    vm_in(data, &args)
 }
 
 fn field(line: &str, key: &str) -> String {
@@ -400,7 +385,7 @@ fn push_and_pull_round_trip_a_sparse_10gb_disk_in_lumes_format() {
     assert!(one["layers"][1]["annotations"]
         .get("org.trycua.lume.part.offset")
         .is_none());
-    let o = vm(
+    let o = vm_in(
         &data,
         &[
             "pull",

@@ -10,16 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::vm_ok as ok;
 use common::*;
-
-fn vm_in(data: &Path, args: &[&str]) -> std::process::Output {
-    cabin_in(data)
-        .env("CABIN_ACCEL", "tcg")
-        .arg("vm")
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 /// Stops the named VMs of a data directory when the test ends, passed or failed, so
 /// that no VM outlives it.
@@ -31,17 +23,6 @@ impl Drop for StopVms<'_> {
             let _ = vm_in(self.0, &["stop", name]);
         }
     }
-}
-
-fn ok(data: &Path, args: &[&str]) -> String {
-    let o = vm_in(data, args);
-    assert!(
-        o.status.success(),
-        "vm {args:?}: {}{}",
-        stdout(&o),
-        stderr(&o)
-    );
-    stdout(&o)
 }
 
 fn details(data: &Path, name: &str) -> serde_json::Value {

@@ -100,6 +100,23 @@ pub fn cabin_in(data_dir: &Path) -> Command {
     c
 }
 
+/// `cabin vm ARGS...` in `data_dir`.
+pub fn vm_in(data_dir: &Path, args: &[&str]) -> Output {
+    cabin_in(data_dir).arg("vm").args(args).output().unwrap()
+}
+
+/// `cabin vm ARGS...` in `data_dir`, which must succeed; its output.
+pub fn vm_ok(data_dir: &Path, args: &[&str]) -> String {
+    let o = vm_in(data_dir, args);
+    assert!(
+        o.status.success(),
+        "vm {args:?}: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
 /// `cabin` in the shared data directory, whose VMs resume from its boot snapshot.
 pub fn cabin() -> Command {
     let mut c = cabin_in(shared_data_dir());

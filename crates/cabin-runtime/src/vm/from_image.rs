@@ -204,9 +204,7 @@ pub fn provision(
 /// A failure to make the disk, with what to do when the storage location is full.
 fn with_space_hint(message: String) -> VmError {
     if message.contains("No space left on device") || message.contains("not enough free space") {
-        VmError::Io(format!(
-            "{message}; free some space there or use another storage location (--storage)"
-        ))
+        VmError::Io(format!("{message}{}", super::store::NO_SPACE_HINT))
     } else {
         VmError::Io(message)
     }

@@ -122,10 +122,14 @@ pub enum VmError {
     Io(String),
 }
 
+/// What to do when a storage location is full, appended to the error.
+pub(super) const NO_SPACE_HINT: &str =
+    "; free some space there or use another storage location (--storage)";
+
 fn io_err(what: impl std::fmt::Display) -> impl Fn(io::Error) -> VmError {
     move |e| {
         let hint = if e.raw_os_error() == Some(libc::ENOSPC) {
-            "; free some space there or use another storage location (--storage)"
+            NO_SPACE_HINT
         } else {
             ""
         };
