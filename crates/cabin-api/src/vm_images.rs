@@ -127,8 +127,8 @@ pub fn push(app: &App, req: &Request) -> Result<Reply, ApiError> {
         };
         match transfer::push(&req, opts).await {
             Ok(r) => log.info(&format!(
-                "Push complete name={} image={image} digest={} uploaded={} skipped={}",
-                vm.name, r.manifest_digest, r.uploaded, r.skipped
+                "Push complete name={} image={image} digest={} uploaded={} skipped={} resumed={}",
+                vm.name, r.manifest_digest, r.uploaded, r.skipped, r.resumed
             )),
             Err(e) => log.error(&format!("Push failed name={} image={image}: {e}", vm.name)),
         }
@@ -154,6 +154,29 @@ pub fn push(app: &App, req: &Request) -> Result<Reply, ApiError> {
     ))
 }
 
+/// A pull as the API asks for it, owned so that it can move to a thread of its own.
+struct PullJob {
+    settings: cabin_runtime::vm::settings::Settings,
+    image: ImageRef,
+    vm_name: String,
+    storage: Option<String>,
+}
+
+impl PullJob {
+    async fn run(
+        &self,
+        opts: cabin_image::registry::RegistryOptions,
+    ) -> Result<transfer::PullOutcome, store::VmError> {
+        let req = PullRequest {
+            image: &self.image,
+            name: Some(&self.vm_name),
+            storage: self.storage.as_deref(),
+            cache: false,
+        };
+        transfer::pull(&self.settings, &req, opts).await
+    }
+}
+
 /// `POST /lume/pull` (wait) and `POST /lume/pull/start` (background).
 pub fn pull(app: &App, req: &Request, background: bool) -> Result<Reply, ApiError> {
     let p: wire::Pull = wire::body(req.body)?;
@@ -173,20 +196,18 @@ pub fn pull(app: &App, req: &Request, background: bool) -> Result<Reply, ApiErro
     if store::find(&s, &store_name, storage(&p.storage)).is_ok() {
         return Err(store::VmError::Exists(store_name).into());
     }
-    let st = p.storage.clone().filter(|s| !s.is_empty());
+    let job = PullJob {
+        settings: s,
+        image,
+        vm_name,
+        storage: p.storage.clone().filter(|s| !s.is_empty()),
+    };
     if !background {
-        let r = tokio::runtime::Handle::current().block_on(transfer::pull(
-            &s,
-            &PullRequest {
-                image: &image,
-                name: Some(&vm_name),
-                storage: st.as_deref(),
-                cache: false,
-            },
-            opts,
-        ))?;
-        app.log
-            .info(&format!("Image pulled image={image} name={}", r.vm.name));
+        let r = tokio::runtime::Handle::current().block_on(job.run(opts))?;
+        app.log.info(&format!(
+            "Image pulled image={} name={}",
+            job.image, r.vm.name
+        ));
         return Ok(Reply::ok(&Fields(&[
             ("message", "Image pulled successfully"),
             ("image", &p.image),
@@ -206,19 +227,10 @@ pub fn pull(app: &App, req: &Request, background: bool) -> Result<Reply, ApiErro
     opts.progress = ProgressHook(Some(counter));
     let (pulls, log) = (app.pulls.clone(), app.log.clone());
     let key = store_name.clone();
-    let reported = name.clone().unwrap_or_else(|| image.name.clone());
+    let reported = name.clone().unwrap_or_else(|| job.image.name.clone());
     in_background(move || async move {
-        let r = transfer::pull(
-            &s,
-            &PullRequest {
-                image: &image,
-                name: Some(&vm_name),
-                storage: st.as_deref(),
-                cache: false,
-            },
-            opts,
-        )
-        .await;
+        let r = job.run(opts).await;
+        let image = &job.image;
         let mut pulls = pulls.lock().unwrap();
         match r {
             Ok(o) => {

@@ -110,13 +110,14 @@ pub async fn push(paths: &Paths, s: &Settings, a: PushArgs) -> i32 {
     match transfer::push(&req, opts).await {
         Ok(r) => {
             log_info(&format!(
-                "Push complete name={} image={image} digest={} chunks={} uploaded={} ({}) skipped={} seconds={:.1}",
+                "Push complete name={} image={image} digest={} chunks={} uploaded={} ({}) skipped={} resumed={} seconds={:.1}",
                 vm.name,
                 r.manifest_digest,
                 r.chunks,
                 r.uploaded,
                 mib(r.uploaded_bytes),
                 r.skipped,
+                r.resumed,
                 started.elapsed().as_secs_f64()
             ));
             0

@@ -1,41 +1,41 @@
-//! The record of an interrupted pull: which blob has been written at which offset of
-//! the disk (flushed first), for one manifest. A second pull of the same image reads it
-//! and fetches only the rest; a pull of another manifest starts it afresh.
+//! The record of an interrupted transfer, so that running it again does only the rest:
+//! one line per finished piece of work, appended and flushed once the work itself is
+//! durable, under a header naming what the record is about (a pull: the manifest's
+//! digest; a push: the disk's identity and the chunking). A record about something
+//! else is started afresh; a torn last line (a crash while writing it) is dropped, so
+//! that piece is simply done again.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-const HEADER: &str = "cabin lume pull journal v1";
 const MAX_BYTES: u64 = 32 << 20;
 
 pub struct Journal {
     file: File,
-    done: HashSet<(String, u64)>,
+    lines: Vec<String>,
+    seen: HashSet<String>,
 }
 
 impl Journal {
-    /// Opens the journal at `path` for `manifest_digest`, keeping its entries only if
-    /// they are for that manifest.
-    pub fn open(path: &Path, manifest_digest: &str) -> io::Result<Journal> {
-        let header = format!("{HEADER} {manifest_digest}\n");
+    /// Opens the journal at `path` for `kind` (e.g. "pull") about `key`, keeping its
+    /// entries only if they are about the same thing.
+    pub fn open(path: &Path, kind: &str, key: &str) -> io::Result<Journal> {
+        let header = format!("cabin lume {kind} journal v1 {key}\n");
         let mut text = String::new();
         if let Ok(f) = File::open(path) {
             f.take(MAX_BYTES).read_to_string(&mut text).ok();
         }
-        let mut done = HashSet::new();
+        let mut lines = Vec::new();
         let valid = text.starts_with(&header);
         if valid {
-            // A torn last line (no newline) is dropped: that part is written again.
             for line in text[header.len()..].split_inclusive('\n') {
                 let Some(line) = line.strip_suffix('\n') else {
                     break;
                 };
-                if let Some((d, off)) = line.split_once(' ') {
-                    if let Ok(off) = off.parse() {
-                        done.insert((d.to_string(), off));
-                    }
+                if !line.is_empty() {
+                    lines.push(line.to_string());
                 }
             }
         }
@@ -52,23 +52,30 @@ impl Journal {
             f
         };
         file.sync_data()?;
-        Ok(Journal { file, done })
+        let seen = lines.iter().cloned().collect();
+        Ok(Journal { file, lines, seen })
     }
 
-    pub fn is_done(&self, digest: &str, offset: u64) -> bool {
-        self.done.contains(&(digest.to_string(), offset))
+    /// The entries recorded so far, oldest first.
+    pub fn lines(&self) -> &[String] {
+        &self.lines
+    }
+
+    pub fn contains(&self, line: &str) -> bool {
+        self.seen.contains(line)
     }
 
     pub fn entries(&self) -> usize {
-        self.done.len()
+        self.lines.len()
     }
 
-    /// Records a part as written; the caller has flushed the disk first.
-    pub fn record(&mut self, digest: &str, offset: u64) -> io::Result<()> {
-        self.file
-            .write_all(format!("{digest} {offset}\n").as_bytes())?;
+    /// Records a piece of work as done; the caller has made the work durable first.
+    pub fn record(&mut self, line: &str) -> io::Result<()> {
+        debug_assert!(!line.contains('\n'));
+        self.file.write_all(format!("{line}\n").as_bytes())?;
         self.file.sync_data()?;
-        self.done.insert((digest.to_string(), offset));
+        self.lines.push(line.to_string());
+        self.seen.insert(line.to_string());
         Ok(())
     }
 }
@@ -78,12 +85,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entries_survive_for_the_same_manifest_only() {
+    fn entries_survive_for_the_same_key_only() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("journal");
-        let mut j = Journal::open(&p, "sha256:m1").unwrap();
-        j.record("sha256:a", 0).unwrap();
-        j.record("sha256:a", 512).unwrap();
+        let mut j = Journal::open(&p, "pull", "sha256:m1").unwrap();
+        j.record("sha256:a 0").unwrap();
+        j.record("sha256:a 512").unwrap();
         drop(j);
         // A torn line from a crash is ignored.
         OpenOptions::new()
@@ -92,15 +99,16 @@ mod tests {
             .unwrap()
             .write_all(b"sha256:b 10")
             .unwrap();
-        let mut j = Journal::open(&p, "sha256:m1").unwrap();
-        assert!(j.is_done("sha256:a", 512) && j.is_done("sha256:a", 0));
-        assert!(!j.is_done("sha256:b", 10));
-        assert_eq!(j.entries(), 2);
-        j.record("sha256:c", 7).unwrap();
-        assert!(Journal::open(&p, "sha256:m1")
+        let mut j = Journal::open(&p, "pull", "sha256:m1").unwrap();
+        assert!(j.contains("sha256:a 512") && j.contains("sha256:a 0"));
+        assert!(!j.contains("sha256:b 10"));
+        assert_eq!(j.lines(), ["sha256:a 0", "sha256:a 512"]);
+        j.record("sha256:c 7").unwrap();
+        assert!(Journal::open(&p, "pull", "sha256:m1")
             .unwrap()
-            .is_done("sha256:c", 7));
-        let other = Journal::open(&p, "sha256:m2").unwrap();
-        assert_eq!(other.entries(), 0);
+            .contains("sha256:c 7"));
+        assert_eq!(Journal::open(&p, "pull", "sha256:m2").unwrap().entries(), 0);
+        // The same key of another kind of transfer is another record.
+        assert_eq!(Journal::open(&p, "push", "sha256:m2").unwrap().entries(), 0);
     }
 }

@@ -9,7 +9,7 @@
 //! - [`gzip`]: deterministic gzip compression of disk slices.
 //! - [`lz4`]: Apple's `bv41` LZ4 block stream (Lume's legacy format).
 //! - [`sparse`]: writing decompressed data with all-zero blocks left as holes.
-//! - [`journal`]: the parts of an interrupted pull that are already written.
+//! - [`journal`]: what an interrupted pull or push had already done.
 //! - [`push`], [`pull`]: the transfers, against a registry.
 
 pub mod gzip;
@@ -54,7 +54,7 @@ impl LumeError {
 /// An I/O error as the user sees it, with a hint for a full disk.
 pub fn io_error(what: impl std::fmt::Display, e: std::io::Error) -> LumeError {
     let hint = if e.raw_os_error() == Some(libc::ENOSPC) {
-        "; the disk is full: free some space there or use another storage location (--storage), then pull again (it resumes)"
+        "; the disk is full: free some space there or use another storage location (--storage), then run it again (it resumes where it stopped)"
     } else {
         ""
     };

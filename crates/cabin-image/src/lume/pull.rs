@@ -462,7 +462,7 @@ pub async fn pull_manifest_into(
         Format::Legacy => manifest::describe_legacy(image, &config, plan.disk_size)?,
     };
     std::fs::create_dir_all(dir).map_err(|e| io_error(format!("creating {}", dir.display()), e))?;
-    let mut journal = Journal::open(&dir.join(JOURNAL), manifest_digest)
+    let mut journal = Journal::open(&dir.join(JOURNAL), "pull", manifest_digest)
         .map_err(|e| io_error("opening the pull journal", e))?;
     let disk_path: PathBuf = dir.join(DISK);
     let disk = File::options()
@@ -508,7 +508,7 @@ pub async fn pull_manifest_into(
         let pending: Vec<u64> = offsets
             .iter()
             .copied()
-            .filter(|o| !journal.is_done(&p.digest, *o))
+            .filter(|o| !journal.contains(&format!("{} {o}", p.digest)))
             .collect();
         resumed += offsets.len() - pending.len();
         if pending.is_empty() || !plan.offsets_known {
@@ -551,7 +551,7 @@ pub async fn pull_manifest_into(
                     .map_err(|e| io_error("flushing disk.img", e))?;
                 let mut j = journal.lock().unwrap();
                 for &o in pending {
-                    j.record(&p.digest, o)
+                    j.record(&format!("{} {o}", p.digest))
                         .map_err(|e| io_error("recording progress in the pull journal", e))?;
                 }
                 Ok::<usize, LumeError>(pending.len())

@@ -1,13 +1,18 @@
 //! Pushing a VM in Lume's OCI format: the config blob, the NVRAM layer, and the disk
 //! as gzip chunks compressed and uploaded several at a time. A chunk that is all hole
 //! is compressed once per size; a blob is uploaded once however many offsets list it;
-//! a blob the registry has is skipped. As compression is deterministic, an interrupted
-//! push run again uploads only what did not make it.
+//! a blob the registry has is skipped. An interrupted push run again resumes: a journal
+//! in the work directory names each chunk already uploaded with its digest, so those
+//! chunks are neither compressed nor sent again (as long as the disk is unchanged:
+//! the journal is keyed by the disk's identity, size and modification time); the rest
+//! are compressed (deterministically) and uploaded unless the registry has them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::BufWriter;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +22,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::OnceCell;
 
 use super::gzip::{self, Compressed};
+use super::journal::Journal;
 use super::manifest::{self, Descriptor, Manifest, VmDescription, MAX_NVRAM_BYTES};
 use super::{io_error, media, LumeError};
 use crate::registry::{auth_of, classify, client_for, Fault, RegistryOptions};
@@ -44,7 +50,13 @@ pub struct PushReport {
     pub uploaded_bytes: u64,
     /// Blobs the registry already had.
     pub skipped: usize,
+    /// Chunks an interrupted push had uploaded, taken from its journal without being
+    /// compressed again.
+    pub resumed: usize,
 }
+
+/// The push journal in the work directory (kept when a push fails, for the next run).
+pub const JOURNAL: &str = "push-journal";
 
 pub const MIN_CHUNK: u64 = 1 << 20;
 pub const MAX_CHUNK: u64 = 4 << 30;
@@ -58,6 +70,52 @@ struct Shared {
     uploads: Mutex<HashMap<String, Arc<OnceCell<Option<u64>>>>>,
     /// The compressed form of an all-hole chunk, per length.
     holes: Mutex<HashMap<u64, Arc<OnceCell<Compressed>>>>,
+    /// Chunks an earlier run of this push uploaded (from the journal), by index.
+    done_before: HashMap<usize, Compressed>,
+    journal: Mutex<Journal>,
+    resumed: AtomicUsize,
+}
+
+/// What the journal records of a chunk: `INDEX DIGEST SIZE UNCOMPRESSED-DIGEST
+/// UNCOMPRESSED-SIZE`.
+fn journal_line(index: usize, c: &Compressed) -> String {
+    format!(
+        "{index} {} {} {} {}",
+        c.digest, c.size, c.uncompressed_digest, c.uncompressed_size
+    )
+}
+
+fn parse_journal_line(line: &str) -> Option<(usize, Compressed)> {
+    let mut w = line.split(' ');
+    let index = w.next()?.parse().ok()?;
+    let digest = w.next()?.to_string();
+    let size = w.next()?.parse().ok()?;
+    let uncompressed_digest = w.next()?.to_string();
+    let uncompressed_size = w.next()?.parse().ok()?;
+    let valid = |d: &str| d.len() == 71 && d.starts_with("sha256:");
+    (valid(&digest) && valid(&uncompressed_digest) && w.next().is_none()).then_some((
+        index,
+        Compressed {
+            digest,
+            size,
+            uncompressed_digest,
+            uncompressed_size,
+        },
+    ))
+}
+
+/// What a journal is about: this very disk content, cut this way. A disk written since
+/// (its modification time or size moved) starts a fresh journal.
+fn journal_key(disk: &File, chunk: u64) -> std::io::Result<String> {
+    let m = disk.metadata()?;
+    Ok(format!(
+        "disk={}:{} size={} mtime={}.{:09} chunk={chunk}",
+        m.dev(),
+        m.ino(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec()
+    ))
 }
 
 fn retryable(e: &oci_client::errors::OciDistributionError) -> bool {
@@ -145,6 +203,37 @@ impl Shared {
 
     /// Compresses chunk `index` (`offset`, `len`) and uploads it.
     async fn chunk(
+        &self,
+        disk: &Arc<File>,
+        index: usize,
+        offset: u64,
+        len: u64,
+    ) -> Result<Compressed, LumeError> {
+        if let Some(c) = self.done_before.get(&index) {
+            if c.uncompressed_size == len && self.registry_has(&c.digest).await {
+                self.resumed.fetch_add(1, Ordering::Relaxed);
+                return Ok(c.clone());
+            }
+        }
+        let c = self.compress_and_upload(disk, index, offset, len).await?;
+        self.journal
+            .lock()
+            .unwrap()
+            .record(&journal_line(index, &c))
+            .map_err(|e| io_error("recording progress in the push journal", e))?;
+        Ok(c)
+    }
+
+    /// Whether the registry holds `digest` (a failed check counts as no: the chunk is
+    /// then compressed and its upload tried, which reports the registry's error).
+    async fn registry_has(&self, digest: &str) -> bool {
+        self.client
+            .blob_exists(&self.reference, digest)
+            .await
+            .unwrap_or(false)
+    }
+
+    async fn compress_and_upload(
         &self,
         disk: &Arc<File>,
         index: usize,
@@ -247,6 +336,16 @@ pub async fn push(
         .map_err(|e| registry_err(&image, &e))?;
     std::fs::create_dir_all(&opts.work_dir)
         .map_err(|e| io_error(format!("creating {}", opts.work_dir.display()), e))?;
+    // Compressed chunks a killed push left behind are made again (or not needed).
+    for e in std::fs::read_dir(&opts.work_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with("chunk-") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     let disk = File::open(disk_path)
         .map_err(|e| io_error(format!("opening {}", disk_path.display()), e))?;
     let disk_size = disk
@@ -261,6 +360,20 @@ pub async fn push(
             "nvram.bin is larger than 128 MiB",
         ));
     }
+    let chunk = if opts.single_layer {
+        disk_size.max(1)
+    } else {
+        opts.chunk_size
+    };
+    let journal_path = opts.work_dir.join(JOURNAL);
+    let journal = journal_key(&disk, chunk)
+        .and_then(|key| Journal::open(&journal_path, "push", &key))
+        .map_err(|e| io_error("opening the push journal", e))?;
+    let done_before = journal
+        .lines()
+        .iter()
+        .filter_map(|l| parse_journal_line(l))
+        .collect();
     let shared = Shared {
         client,
         reference: r,
@@ -268,6 +381,9 @@ pub async fn push(
         opts: opts.clone(),
         uploads: Mutex::default(),
         holes: Mutex::default(),
+        done_before,
+        journal: Mutex::new(journal),
+        resumed: AtomicUsize::new(0),
     };
     let mut vm = vm.clone();
     vm.disk_size = disk_size;
@@ -281,11 +397,6 @@ pub async fn push(
         .upload(&nvram_digest, nvram.len() as u64, Source::Bytes(&nvram))
         .await?;
 
-    let chunk = if opts.single_layer {
-        disk_size.max(1)
-    } else {
-        opts.chunk_size
-    };
     let slices: Vec<(usize, u64, u64)> = (0..disk_size.div_ceil(chunk).max(1))
         .map(|i| {
             let off = i * chunk;
@@ -374,6 +485,9 @@ pub async fn push(
             .await
             .map_err(|e| registry_err(&format!("{repository}:{tag}"), &e))?;
     }
+    // Done: the journal has served (it would only be consulted by a push of this same
+    // disk, which finds its blobs in the registry anyway).
+    let _ = std::fs::remove_file(&journal_path);
     let _ = std::fs::remove_dir(&opts.work_dir);
     let uploads: Vec<Option<u64>> = shared
         .uploads
@@ -388,5 +502,6 @@ pub async fn push(
         uploaded: uploads.iter().filter(|u| u.is_some()).count(),
         uploaded_bytes: uploads.iter().flatten().sum(),
         skipped: uploads.iter().filter(|u| u.is_none()).count(),
+        resumed: shared.resumed.load(Ordering::Relaxed),
     })
 }

@@ -179,8 +179,17 @@ pub async fn push(req: &PushRequest<'_>, opts: RegistryOptions) -> Result<PushRe
         &popts,
     )
     .await;
-    let _ = fs::remove_dir_all(vm.dir.join(PUSH_WORK));
-    r.map_err(lume_err)
+    match r {
+        Ok(report) => {
+            let _ = fs::remove_dir_all(vm.dir.join(PUSH_WORK));
+            Ok(report)
+        }
+        // The work directory keeps the journal of what was uploaded.
+        Err(e @ LumeError::Registry { .. }) => Err(VmError::Invalid(format!(
+            "{e}; push again to resume (chunks already uploaded are not sent again)"
+        ))),
+        Err(e) => Err(lume_err(e)),
+    }
 }
 
 pub struct PullRequest<'a> {
