@@ -402,3 +402,54 @@ fn push_and_pull_round_trip_a_sparse_10gb_disk_in_lumes_format() {
         sha256(&small.join("disk.img"))
     );
 }
+
+#[test]
+fn a_cached_image_makes_more_vms_without_a_second_download() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = start_registry(&t.path().join("reg"), |_| String::new());
+    let data = t.path().join("data");
+    let src = make_vm(&data, "src", 256 << 20);
+    write_at(&src.join("disk.img"), 0, &pattern(7, 6 << 20));
+    write_at(&src.join("disk.img"), 200 << 20, &pattern(8, 2 << 20));
+    push(&data, &reg, "src", "cached:v1", &["--chunk-size-mb", "4"]);
+
+    let o = pull(&data, &reg, "cached:v1", "first", &["--cache"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(!stdout(&o).contains("fetched=0 "), "{}", stdout(&o));
+    let gets = blob_gets(&reg);
+    let o = pull(&data, &reg, "cached:v1", "second", &["--cache"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("fetched=0 (cloned from the cache)"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(blob_gets(&reg), gets, "no blob fetched for the second VM");
+    let want = sha256(&src.join("disk.img"));
+    let (first, second) = (vms_dir(&data).join("first"), vms_dir(&data).join("second"));
+    for vm in [&first, &second] {
+        assert_eq!(sha256(&vm.join("disk.img")), want);
+        assert!(allocated(&vm.join("disk.img")) < 32 << 20, "holes kept");
+    }
+    assert_ne!(config(&first)["macAddress"], config(&second)["macAddress"]);
+
+    // `vm images` lists the cached image (Lume's shape); prune empties the cache and
+    // leaves the VMs made from it whole.
+    let list: Value = serde_json::from_str(&vm_ok(&data, &["images", "-f", "json"])).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["repository"], "cached:v1");
+    assert_eq!(list[0]["imageId"].as_str().unwrap().len(), 12);
+    assert!(vm_ok(&data, &["prune"]).contains("Successfully removed cached images"));
+    assert_eq!(vm_ok(&data, &["images", "-f", "json"]).trim(), "[]");
+    assert_eq!(sha256(&second.join("disk.img")), want);
+    // With the cache gone, a cached pull downloads again.
+    let o = pull(&data, &reg, "cached:v1", "third", &["--cache"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(blob_gets(&reg) > gets);
+    assert!(
+        hidden(&vms_dir(&data)).is_empty(),
+        "{:?}",
+        hidden(&vms_dir(&data))
+    );
+}

@@ -353,10 +353,17 @@ pub async fn pull(
     let mut pulled = None;
     if !entry.join(CONFIG).is_file() {
         let cstage = image_dir.join(format!(".{hex}.pulling"));
-        let _clock = lock_dir(&cstage, &image)?;
+        // The VM's own staging directory holds nothing but its lock until the image
+        // is in the cache: it goes if that fails (the cache's staging stays to resume).
+        let _clock = lock_dir(&cstage, &image).inspect_err(|_| {
+            let _ = fs::remove_dir_all(&stage);
+        })?;
         let p = pull::pull_manifest_into(&cstage, &client, &r, &image, &manifest, &digest, &opts)
             .await
-            .map_err(|e| failed(e, &cstage))?;
+            .map_err(|e| {
+                let _ = fs::remove_dir_all(&stage);
+                failed(e, &cstage)
+            })?;
         complete(&cstage, &p)?;
         let meta = CacheMetadata {
             image: image.clone(),
