@@ -562,16 +562,42 @@ pub async fn pull_manifest_into(
         .await?;
         written_parts = done.iter().sum();
     } else {
-        // Sizes unknown: one part after the other, each where the last ended.
+        // Sizes unknown: one part after the other, each where the last ended. The
+        // journal records where each part ended (`seq INDEX DIGEST END`), so a resumed
+        // pull knows where the next one starts.
         let mut offset = 0u64;
+        let ends: std::collections::HashMap<String, u64> = journal_lock
+            .lock()
+            .unwrap()
+            .lines()
+            .iter()
+            .filter_map(|l| {
+                let (head, end) = l.rsplit_once(' ')?;
+                Some((head.strip_prefix("seq ")?.to_string(), end.parse().ok()?))
+            })
+            .collect();
+        let mut resuming = true;
         for (i, p) in plan.parts.iter().enumerate() {
+            let key = format!("{i} {}", p.digest);
+            if let (true, Some(&end)) = (resuming, ends.get(&key)) {
+                offset = end;
+                resumed += 1;
+                progress.advance("disk.img", p.compressed_size);
+                continue;
+            }
+            resuming = false;
             let (n, _) = ctx.write_part(p, i, offset).await?;
             offset += n;
             written_parts += 1;
+            ctx.disk
+                .sync_data()
+                .map_err(|e| io_error("flushing disk.img", e))?;
+            journal_lock
+                .lock()
+                .unwrap()
+                .record(&format!("seq {key} {offset}"))
+                .map_err(|e| io_error("recording progress in the pull journal", e))?;
         }
-        ctx.disk
-            .sync_data()
-            .map_err(|e| io_error("flushing disk.img", e))?;
     }
     progress.finish("disk.img");
     let fetched = *ctx.fetched.lock().unwrap();
