@@ -453,3 +453,207 @@ fn a_cached_image_makes_more_vms_without_a_second_download() {
         hidden(&vms_dir(&data))
     );
 }
+
+/// Requests of `method` to `path_part` the registry has answered so far.
+fn answered(reg: &Registry, method: &str, path_part: &str) -> usize {
+    std::fs::read_to_string(&reg.log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            l.contains(&format!("http.request.method={method} "))
+                && l.contains(path_part)
+                && l.contains("response completed")
+        })
+        .count()
+}
+
+/// A VM whose 64 MiB disk has 48 chunks of 1 MiB with distinct data and 16 holes.
+fn many_chunk_vm(data: &Path, name: &str) -> PathBuf {
+    let dir = make_vm(data, name, 64 << 20);
+    for i in 0..64u64 {
+        if i % 4 != 3 {
+            write_at(&dir.join("disk.img"), i << 20, &pattern(100 + i, 1 << 20));
+        }
+    }
+    dir
+}
+
+/// Starts `cabin vm ARGS` in the background, lets it run until `progressed` holds, then
+/// freezes the registry (every transfer hangs where it is), kills cabin with SIGKILL
+/// and thaws the registry: a transfer killed midway, at a point the test chooses.
+fn kill_midway(data: &Path, reg: &Registry, args: &[&str], progressed: impl Fn() -> bool) {
+    let mut cmd = cabin_in(data);
+    cmd.arg("vm")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = spawn_for_test_process(cmd).unwrap();
+    let start = std::time::Instant::now();
+    while !progressed() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "cabin finished before the test could interrupt it"
+        );
+        assert!(start.elapsed() < std::time::Duration::from_secs(120));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    reg.freeze();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    reg.thaw();
+}
+
+fn journal_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_pull_killed_midway_resumes_and_fetches_only_the_missing_chunks() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = start_registry(&t.path().join("reg"), |_| String::new());
+    let data = t.path().join("data");
+    let src = many_chunk_vm(&data, "src");
+    push(&data, &reg, "src", "resume:v1", &["--chunk-size-mb", "1"]);
+    let m = skopeo_raw(&reg, "resume:v1");
+    let disk_blobs: HashSet<String> = m["layers"].as_array().unwrap()[1..]
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(disk_blobs.len(), 49, "48 data chunks and one hole");
+
+    let before = blob_gets(&reg);
+    let args = [
+        "pull",
+        "resume:v1",
+        "copy",
+        "--registry",
+        &reg.addr,
+        "--organization",
+        ORG,
+        "--parallel",
+        "1",
+    ];
+    // Config, NVRAM, then disk chunks one at a time: stop after about a dozen.
+    kill_midway(&data, &reg, &args, || blob_gets(&reg) - before >= 14);
+
+    let stage = vms_dir(&data).join(".copy.pulling");
+    assert!(!vms_dir(&data).join("copy").exists());
+    assert!(!vm_ok(&data, &["ls"]).contains("copy"));
+    let done = journal_lines(&stage.join("pull-journal"));
+    assert!(
+        !done.is_empty() && done.len() < 64,
+        "a partial journal: {done:?}"
+    );
+    let done_blobs: HashSet<String> = done
+        .iter()
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect();
+    // (The hole's blob lists 16 offsets, recorded together once all are written.)
+    let hole_done = done.len() - done_blobs.len() + 1 == 16;
+    let done_data = done_blobs.len() - usize::from(hole_done);
+
+    let before = blob_gets(&reg);
+    let o = pull(&data, &reg, "resume:v1", "copy", &[]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let line = stdout(&o);
+    assert_eq!(
+        field(&line, "parts_resumed"),
+        done.len().to_string(),
+        "{line}"
+    );
+    assert_eq!(
+        field(&line, "parts_written"),
+        (64 - done.len()).to_string(),
+        "{line}"
+    );
+    // Config and NVRAM again, then only the blobs not written before.
+    assert_eq!(
+        blob_gets(&reg) - before,
+        2 + 49 - done_data - usize::from(hole_done),
+        "only what was missing is fetched"
+    );
+    let copy = vms_dir(&data).join("copy");
+    assert_eq!(
+        sha256(&copy.join("disk.img")),
+        sha256(&src.join("disk.img"))
+    );
+    assert!(allocated(&copy.join("disk.img")) <= allocated(&src.join("disk.img")) + (1 << 20));
+    assert!(!copy.join("pull-journal").exists() && !copy.join("lock").exists());
+    assert!(
+        hidden(&vms_dir(&data)).is_empty(),
+        "{:?}",
+        hidden(&vms_dir(&data))
+    );
+}
+
+#[test]
+fn an_interrupted_push_resumes_without_compressing_or_sending_chunks_again() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = start_registry(&t.path().join("reg"), |_| String::new());
+    let data = t.path().join("data");
+    let src = many_chunk_vm(&data, "src");
+    let blobs_stored = || {
+        std::fs::read_dir(reg.storage.join("docker/registry/v2/blobs/sha256"))
+            .map(|d| {
+                d.flatten()
+                    .flat_map(|d| std::fs::read_dir(d.path()).unwrap())
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let args = [
+        "push",
+        "src",
+        "pushed:v1",
+        "--registry",
+        &reg.addr,
+        "--organization",
+        ORG,
+        "--chunk-size-mb",
+        "1",
+        "--parallel",
+        "1",
+    ];
+    // Config and NVRAM first, then the chunks in order.
+    kill_midway(&data, &reg, &args, || {
+        answered(&reg, "PUT", "/blobs/uploads/") >= 12
+    });
+
+    let work = src.join(".lume_oci_push_cache");
+    let done = journal_lines(&work.join("push-journal"));
+    assert!(!done.is_empty() && done.len() < 64, "{done:?}");
+    let o = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}/{ORG}/pushed:v1", reg.addr))
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "no manifest after an interrupted push");
+    let stored = blobs_stored();
+
+    let puts = answered(&reg, "PUT", "/blobs/uploads/");
+    let out = push(&data, &reg, "src", "pushed:v1", &["--chunk-size-mb", "1"]);
+    let line = out.lines().find(|l| l.contains("Push complete")).unwrap();
+    assert_eq!(field(line, "resumed"), done.len().to_string(), "{line}");
+    // Config, NVRAM and 49 disk blobs in all; those stored already are not sent again.
+    let uploaded: usize = field(line, "uploaded").parse().unwrap();
+    assert_eq!(
+        uploaded,
+        51 - stored,
+        "{line} stored={stored} done={done:?}"
+    );
+    assert_eq!(answered(&reg, "PUT", "/blobs/uploads/") - puts, uploaded);
+    assert!(!work.exists(), "a finished push removes its work directory");
+    // What was pushed in two goes pulls back whole.
+    let o = pull(&data, &reg, "pushed:v1", "back", &[]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(
+        sha256(&vms_dir(&data).join("back/disk.img")),
+        sha256(&src.join("disk.img"))
+    );
+}

@@ -166,7 +166,21 @@ pub struct Registry {
     pub addr: String,
     pub storage: PathBuf,
     pub log: PathBuf,
-    _child: std::process::Child,
+    process: std::process::Child,
+}
+
+impl Registry {
+    /// Freezes the registry (SIGSTOP): its connections stay open and every request
+    /// hangs, as on a stalled network, until [`Registry::thaw`].
+    pub fn freeze(&self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.process.id() as i32, libc::SIGSTOP) };
+    }
+
+    pub fn thaw(&self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.process.id() as i32, libc::SIGCONT) };
+    }
 }
 
 /// Starts Debian's docker-registry with storage in `dir` and `extra_config` (YAML, e.g.
@@ -187,13 +201,20 @@ pub fn start_registry(dir: &Path, extra_config: impl FnOnce(&str) -> String) -> 
     let config_path = dir.join("config.yml");
     std::fs::write(&config_path, config).unwrap();
     let log = dir.join("registry.log");
+    // Both streams append: the access log (stdout) and the request log (stderr) would
+    // otherwise overwrite each other's lines.
+    let append = || {
+        std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap()
+    };
     let mut cmd = Command::new("docker-registry");
     cmd.arg("serve")
         .arg(&config_path)
-        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .stderr(Stdio::from(
-            std::fs::File::options().append(true).open(&log).unwrap(),
-        ));
+        .stdout(Stdio::from(append()))
+        .stderr(Stdio::from(append()));
     let child = spawn_for_test_process(cmd)
         .expect("docker-registry is installed (apt-get install docker-registry)");
     wait_for("the registry to listen", Duration::from_secs(20), || {
@@ -203,7 +224,7 @@ pub fn start_registry(dir: &Path, extra_config: impl FnOnce(&str) -> String) -> 
         addr,
         storage: dir.join("storage"),
         log,
-        _child: child,
+        process: child,
     }
 }
 
