@@ -1113,3 +1113,129 @@ fn pylume_drives_cabin_serve() {
             .unwrap_or("")
     );
 }
+
+#[test]
+fn vm_images_are_pushed_pulled_and_cached_through_the_api() {
+    use common::vm_disks::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = start_registry(&tmp.path().join("reg"), |_| String::new());
+    let data = tmp.path().join("data");
+    let srv = Server::start(&data, &[]);
+    let src = make_vm(&data, "src", 640 << 20);
+    // 40 chunks of distinct data among holes.
+    for i in 0..40u64 {
+        write_at(&src.join("disk.img"), i * (16 << 20), &pattern(i, 1 << 20));
+    }
+
+    // Push in the background: 202 at once, the image in the registry soon after.
+    let r = srv.post(
+        "/lume/vms/push",
+        &json!({"name": "src", "imageName": "api-img", "tags": ["v1", "latest"],
+                "registry": reg.addr, "organization": "cabin", "chunkSizeMb": 16})
+        .to_string(),
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(
+        r.json(),
+        json!({"message": "Push initiated in background", "name": "src",
+               "imageName": "api-img", "tags": ["v1", "latest"]})
+    );
+    wait_for("the push to finish", Duration::from_secs(120), || {
+        let log = srv.log_text();
+        assert!(!log.contains("Push failed"), "{log}");
+        log.contains("Push complete name=src")
+    });
+    let port: u16 = reg.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let tags = http(port, "GET", "/v2/cabin/api-img/tags/list", None).json();
+    assert_eq!(tags["tags"], json!(["latest", "v1"]), "{tags}");
+
+    // Pull in the background, frozen midway: the VM shows as pulling with its progress.
+    let gets = reg.blob_gets();
+    let r = srv.post(
+        "/lume/pull/start",
+        &json!({"image": "api-img:v1", "name": "copy", "registry": reg.addr,
+                "organization": "cabin"})
+        .to_string(),
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(
+        r.json(),
+        json!({"message": "Pull started", "name": "copy", "image": "api-img:v1"})
+    );
+    wait_for("some chunks to arrive", Duration::from_secs(60), || {
+        reg.blob_gets() - gets >= 12
+    });
+    reg.freeze();
+    let v = srv.get("/lume/vms/copy").json();
+    reg.thaw();
+    assert_eq!(
+        keys(&v),
+        sorted(&["name", "status", "downloadProgress"]),
+        "{v}"
+    );
+    assert_eq!(
+        (&v["name"], &v["status"]),
+        (&json!("copy"), &json!("pulling"))
+    );
+    let progress = v["downloadProgress"].as_f64().unwrap();
+    assert!(progress > 0.0 && progress < 100.0, "{v}");
+    wait_for("the pull to finish", Duration::from_secs(120), || {
+        let r = srv.get("/lume/vms/copy");
+        assert_eq!(r.status, 200, "{r:?}");
+        r.json()["status"] == "stopped"
+    });
+    let v = srv.get("/lume/vms/copy").json();
+    assert_eq!(keys(&v), sorted(VM_KEYS));
+    assert_eq!(v["diskSize"]["total"], 640u64 << 20, "{v}");
+    let same = std::process::Command::new("cmp")
+        .arg(src.join("disk.img"))
+        .arg(vms_dir(&data).join("copy/disk.img"))
+        .status()
+        .unwrap();
+    assert!(same.success(), "the pulled disk differs");
+
+    // A failed background pull is reported on the name it would have had.
+    let r = srv.post(
+        "/lume/pull/start",
+        &json!({"image": "api-img:missing", "name": "nope", "registry": reg.addr,
+                "organization": "cabin"})
+        .to_string(),
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    let mut message = String::new();
+    wait_for("the pull to fail", Duration::from_secs(60), || {
+        let r = srv.get("/lume/vms/nope");
+        if r.status == 400 {
+            message = r.error();
+        }
+        !message.is_empty()
+    });
+    assert!(message.starts_with("Pull failed for 'nope': "), "{message}");
+    assert!(message.contains("api-img:missing"), "{message}");
+
+    // With caching on, a synchronous pull fills the cache; images lists it; prune
+    // empties it and leaves the VM.
+    let r = srv.post("/lume/config", r#"{"cachingEnabled":true}"#);
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = srv.post(
+        "/lume/pull",
+        &json!({"image": "api-img:latest", "name": "cached", "registry": reg.addr,
+                "organization": "cabin"})
+        .to_string(),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.json(),
+        json!({"message": "Image pulled successfully", "image": "api-img:latest",
+               "name": "cached"})
+    );
+    let images = srv.get("/lume/images").json();
+    let list = images.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{images}");
+    assert_eq!(list[0]["repository"], "api-img:latest");
+    assert_eq!(list[0]["imageId"].as_str().unwrap().len(), 12);
+    let r = srv.post("/lume/prune", "");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(srv.get("/lume/images").body, "[]");
+    assert_eq!(srv.get("/lume/vms/cached").json()["status"], "stopped");
+}

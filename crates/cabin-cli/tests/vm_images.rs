@@ -1,133 +1,20 @@
-//! Full VM images through an OCI registry in Lume's format (`cabin vm push`, `vm pull`,
-//! the API's pull/push routes), against Debian's docker-registry on 127.0.0.1: round
-//! trips checked by hash and allocated size, what `skopeo inspect` reads, resumed
-//! pulls, Lume's legacy LZ4 format assembled here from its description, and every
-//! kind of bad image, each refused with nothing left behind.
+//! Full VM images through an OCI registry in Lume's format (`cabin vm push`, `vm pull`),
+//! against Debian's docker-registry on 127.0.0.1: round trips checked by hash and
+//! allocated size, what `skopeo inspect` reads, the image cache, and pulls and pushes
+//! killed midway that resume with only what was missing. Bad images and registry
+//! faults: tests/vm_image_faults.rs; the API's routes: tests/api.rs.
 
 mod common;
 
 use std::collections::HashSet;
-use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::vm_disks::*;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const ORG: &str = "cabin";
-
-fn vms_dir(data: &Path) -> PathBuf {
-    data.join("vms")
-}
-
-/// Compressible bytes that differ with `seed`.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 64);
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut i = 0u64;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(format!("seed {seed} line {i} value {:x}\n", x % 4096).as_bytes());
-        i += 1;
-    }
-    out.truncate(len);
-    out
-}
-
-fn write_at(path: &Path, offset: u64, data: &[u8]) {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .write_all_at(data, offset)
-        .unwrap();
-}
-
-/// The sha256 of a disk's content, read without its holes: its size, then each
-/// non-zero 4 KiB block with its offset (equal for two files exactly when their bytes
-/// are, and quick on a 10 GB disk holding a few MB).
-fn sha256(path: &Path) -> String {
-    use std::io::Write;
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path).unwrap();
-    let len = f.metadata().unwrap().len() as i64;
-    let mut child = Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut sink = std::io::BufWriter::new(child.stdin.take().unwrap());
-    sink.write_all(&len.to_le_bytes()).unwrap();
-    let mut pos = 0i64;
-    let mut buf = vec![0u8; 4096];
-    while pos < len {
-        // SAFETY: lseek on our descriptor; reads are positional.
-        let data = unsafe { libc::lseek(f.as_raw_fd(), pos, libc::SEEK_DATA) };
-        if data < 0 {
-            break;
-        }
-        // SAFETY: as above.
-        let end = unsafe { libc::lseek(f.as_raw_fd(), data, libc::SEEK_HOLE) }.min(len);
-        let mut at = data / 4096 * 4096;
-        while at < end {
-            let n = f.read_at(&mut buf, at as u64).unwrap();
-            if buf[..n].iter().any(|&b| b != 0) {
-                sink.write_all(&at.to_le_bytes()).unwrap();
-                sink.write_all(&buf[..n]).unwrap();
-            }
-            at += 4096;
-        }
-        pos = end;
-    }
-    drop(sink);
-    let o = child.wait_with_output().unwrap();
-    stdout(&o).split_whitespace().next().unwrap().to_string()
-}
-
-fn allocated(path: &Path) -> u64 {
-    std::fs::metadata(path).unwrap().blocks() * 512
-}
-
-fn config(dir: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap()
-}
-
-/// Creates a VM and gives its disk `size` bytes (create's minimum is 10 GB; the
-/// smaller disks keep the tests quick).
-fn make_vm(data: &Path, name: &str, size: u64) -> PathBuf {
-    vm_ok(
-        data,
-        &[
-            "create",
-            name,
-            "--cpu",
-            "2",
-            "--memory",
-            "2GB",
-            "--disk-size",
-            "10GB",
-        ],
-    );
-    let dir = vms_dir(data).join(name);
-    if size != 10 << 30 {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("disk.img"))
-            .unwrap()
-            .set_len(size)
-            .unwrap();
-        let mut c = config(&dir);
-        c["diskSize"] = json!(size);
-        std::fs::write(
-            dir.join("config.json"),
-            serde_json::to_vec_pretty(&c).unwrap(),
-        )
-        .unwrap();
-    }
-    dir
-}
 
 fn skopeo_raw(reg: &Registry, image: &str) -> Value {
     let o = Command::new("skopeo")
@@ -137,19 +24,6 @@ fn skopeo_raw(reg: &Registry, image: &str) -> Value {
         .unwrap();
     assert!(o.status.success(), "skopeo: {}", stderr(&o));
     serde_json::from_slice(&o.stdout).unwrap()
-}
-
-/// Blob GETs the registry has answered so far.
-fn blob_gets(reg: &Registry) -> usize {
-    std::fs::read_to_string(&reg.log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| {
-            l.contains("http.request.method=GET")
-                && l.contains("/blobs/sha256:")
-                && l.contains("response")
-        })
-        .count()
 }
 
 /// Hidden directories (staging, pulls) left in a location.
@@ -323,11 +197,11 @@ fn push_and_pull_round_trip_a_sparse_10gb_disk_in_lumes_format() {
     assert_eq!(m2["layers"], m["layers"]);
 
     // Pull: the same bytes, the same holes, a new MAC.
-    let gets_before = blob_gets(&reg);
+    let gets_before = reg.blob_gets();
     let o = pull(&data, &reg, "linux-test:v1", "copy", &[]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(
-        blob_gets(&reg) - gets_before <= digests.len() + 2,
+        reg.blob_gets() - gets_before <= digests.len() + 2,
         "each blob fetched once"
     );
     let copy = vms_dir(&data).join("copy");
@@ -346,7 +220,7 @@ fn push_and_pull_round_trip_a_sparse_10gb_disk_in_lumes_format() {
         std::fs::read(copy.join("nvram.bin")).unwrap(),
         std::fs::read(src.join("nvram.bin")).unwrap()
     );
-    let (cs, cc) = (config(&src), config(&copy));
+    let (cs, cc) = (vm_config(&src), vm_config(&copy));
     for k in [
         "os",
         "cpuCount",
@@ -416,7 +290,7 @@ fn a_cached_image_makes_more_vms_without_a_second_download() {
     let o = pull(&data, &reg, "cached:v1", "first", &["--cache"]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(!stdout(&o).contains("fetched=0 "), "{}", stdout(&o));
-    let gets = blob_gets(&reg);
+    let gets = reg.blob_gets();
     let o = pull(&data, &reg, "cached:v1", "second", &["--cache"]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(
@@ -424,14 +298,17 @@ fn a_cached_image_makes_more_vms_without_a_second_download() {
         "{}",
         stdout(&o)
     );
-    assert_eq!(blob_gets(&reg), gets, "no blob fetched for the second VM");
+    assert_eq!(reg.blob_gets(), gets, "no blob fetched for the second VM");
     let want = sha256(&src.join("disk.img"));
     let (first, second) = (vms_dir(&data).join("first"), vms_dir(&data).join("second"));
     for vm in [&first, &second] {
         assert_eq!(sha256(&vm.join("disk.img")), want);
         assert!(allocated(&vm.join("disk.img")) < 32 << 20, "holes kept");
     }
-    assert_ne!(config(&first)["macAddress"], config(&second)["macAddress"]);
+    assert_ne!(
+        vm_config(&first)["macAddress"],
+        vm_config(&second)["macAddress"]
+    );
 
     // `vm images` lists the cached image (Lume's shape); prune empties the cache and
     // leaves the VMs made from it whole.
@@ -446,25 +323,12 @@ fn a_cached_image_makes_more_vms_without_a_second_download() {
     // With the cache gone, a cached pull downloads again.
     let o = pull(&data, &reg, "cached:v1", "third", &["--cache"]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-    assert!(blob_gets(&reg) > gets);
+    assert!(reg.blob_gets() > gets);
     assert!(
         hidden(&vms_dir(&data)).is_empty(),
         "{:?}",
         hidden(&vms_dir(&data))
     );
-}
-
-/// Requests of `method` to `path_part` the registry has answered so far.
-fn answered(reg: &Registry, method: &str, path_part: &str) -> usize {
-    std::fs::read_to_string(&reg.log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| {
-            l.contains(&format!("http.request.method={method} "))
-                && l.contains(path_part)
-                && l.contains("response completed")
-        })
-        .count()
 }
 
 /// A VM whose 64 MiB disk has 48 chunks of 1 MiB with distinct data and 16 holes.
@@ -527,7 +391,7 @@ fn a_pull_killed_midway_resumes_and_fetches_only_the_missing_chunks() {
         .collect();
     assert_eq!(disk_blobs.len(), 49, "48 data chunks and one hole");
 
-    let before = blob_gets(&reg);
+    let before = reg.blob_gets();
     let args = [
         "pull",
         "resume:v1",
@@ -540,7 +404,7 @@ fn a_pull_killed_midway_resumes_and_fetches_only_the_missing_chunks() {
         "1",
     ];
     // Config, NVRAM, then disk chunks one at a time: stop after about a dozen.
-    kill_midway(&data, &reg, &args, || blob_gets(&reg) - before >= 14);
+    kill_midway(&data, &reg, &args, || reg.blob_gets() - before >= 14);
 
     let stage = vms_dir(&data).join(".copy.pulling");
     assert!(!vms_dir(&data).join("copy").exists());
@@ -558,7 +422,7 @@ fn a_pull_killed_midway_resumes_and_fetches_only_the_missing_chunks() {
     let hole_done = done.len() - done_blobs.len() + 1 == 16;
     let done_data = done_blobs.len() - usize::from(hole_done);
 
-    let before = blob_gets(&reg);
+    let before = reg.blob_gets();
     let o = pull(&data, &reg, "resume:v1", "copy", &[]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     let line = stdout(&o);
@@ -574,7 +438,7 @@ fn a_pull_killed_midway_resumes_and_fetches_only_the_missing_chunks() {
     );
     // Config and NVRAM again, then only the blobs not written before.
     assert_eq!(
-        blob_gets(&reg) - before,
+        reg.blob_gets() - before,
         2 + 49 - done_data - usize::from(hole_done),
         "only what was missing is fetched"
     );
@@ -622,7 +486,7 @@ fn an_interrupted_push_resumes_without_compressing_or_sending_chunks_again() {
     ];
     // Config and NVRAM first, then the chunks in order.
     kill_midway(&data, &reg, &args, || {
-        answered(&reg, "PUT", "/blobs/uploads/") >= 12
+        reg.answered("PUT", "/blobs/uploads/") >= 12
     });
 
     let work = src.join(".lume_oci_push_cache");
@@ -636,7 +500,7 @@ fn an_interrupted_push_resumes_without_compressing_or_sending_chunks_again() {
     assert!(!o.status.success(), "no manifest after an interrupted push");
     let stored = blobs_stored();
 
-    let puts = answered(&reg, "PUT", "/blobs/uploads/");
+    let puts = reg.answered("PUT", "/blobs/uploads/");
     let out = push(&data, &reg, "src", "pushed:v1", &["--chunk-size-mb", "1"]);
     let line = out.lines().find(|l| l.contains("Push complete")).unwrap();
     assert_eq!(field(line, "resumed"), done.len().to_string(), "{line}");
@@ -647,7 +511,7 @@ fn an_interrupted_push_resumes_without_compressing_or_sending_chunks_again() {
         51 - stored,
         "{line} stored={stored} done={done:?}"
     );
-    assert_eq!(answered(&reg, "PUT", "/blobs/uploads/") - puts, uploaded);
+    assert_eq!(reg.answered("PUT", "/blobs/uploads/") - puts, uploaded);
     assert!(!work.exists(), "a finished push removes its work directory");
     // What was pushed in two goes pulls back whole.
     let o = pull(&data, &reg, "pushed:v1", "back", &[]);

@@ -2,6 +2,8 @@
 //! boots real VMs with QEMU (under TCG on hosts where KVM cannot run a guest).
 #![allow(dead_code)]
 
+pub mod vm_disks;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -180,6 +182,24 @@ impl Registry {
     pub fn thaw(&self) {
         // SAFETY: as above.
         unsafe { libc::kill(self.process.id() as i32, libc::SIGCONT) };
+    }
+
+    /// Requests of `method` whose path holds `path_part` the registry has answered.
+    pub fn answered(&self, method: &str, path_part: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("http.request.method={method} "))
+                    && l.contains(path_part)
+                    && l.contains("response completed")
+            })
+            .count()
+    }
+
+    /// Blob downloads answered so far.
+    pub fn blob_gets(&self) -> usize {
+        self.answered("GET", "/blobs/sha256:")
     }
 }
 
