@@ -2,18 +2,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
+use common::terminal::{tmux, Tmux};
 use common::*;
-
-fn tmux(args: &[&str]) -> String {
-    let o = Command::new("tmux")
-        .args(args)
-        .output()
-        .expect("tmux is installed");
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 #[test]
 fn interactive_terminal_works_like_docker_run_it() {
@@ -99,59 +91,6 @@ fn interactive_terminal_works_like_docker_run_it() {
         screen().contains("EXITED=7")
     });
     t(&["kill-server"]);
-}
-
-/// A tmux session of its own running `cmd`, for one test.
-struct Tmux {
-    socket: String,
-    session: String,
-}
-
-impl Tmux {
-    fn start(name: &str, cmd: &str) -> Tmux {
-        let t = Tmux {
-            socket: format!("cabin-test-{name}-{}", std::process::id()),
-            session: format!("cabin-{name}"),
-        };
-        t.run(&[
-            "new-session",
-            "-d",
-            "-s",
-            &t.session,
-            "-x",
-            "100",
-            "-y",
-            "30",
-            cmd,
-        ]);
-        t
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let mut full = vec!["-L", self.socket.as_str()];
-        full.extend_from_slice(args);
-        tmux(&full)
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", self.session.as_str()];
-        args.extend_from_slice(keys);
-        self.run(&args);
-    }
-
-    fn screen(&self) -> String {
-        self.run(&["capture-pane", "-p", "-t", &self.session])
-    }
-
-    fn wait_for(&self, what: &str, mut cond: impl FnMut(&str) -> bool) {
-        wait_for(what, Duration::from_secs(60), || cond(&self.screen()));
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        self.run(&["kill-server"]);
-    }
 }
 
 #[test]

@@ -521,3 +521,42 @@ fn an_interrupted_push_resumes_without_compressing_or_sending_chunks_again() {
         sha256(&src.join("disk.img"))
     );
 }
+
+#[test]
+fn push_and_pull_show_a_progress_bar_with_speed_and_eta_on_a_terminal() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = start_registry(&t.path().join("reg"), |_| String::new());
+    let data = t.path().join("data");
+    many_chunk_vm(&data, "src");
+    let cabin = format!(
+        "env CABIN_DATA_DIR={} {} vm",
+        data.display(),
+        env!("CARGO_BIN_EXE_cabin")
+    );
+    let at = format!("--registry {} --organization {ORG}", reg.addr);
+    let term = common::terminal::Tmux::start(
+        "vm-bars",
+        &format!(
+            "{cabin} push src bars:1 {at} --chunk-size-mb 1; echo PUSH-DONE; \
+             {cabin} pull bars:1 copy {at}; echo PULL-DONE; sleep 60"
+        ),
+    );
+    term.wait_for("the push and the pull", |s| s.contains("PULL-DONE"));
+    let screen = term.screen();
+    let bars: Vec<&str> = screen
+        .lines()
+        .filter(|l| l.starts_with("disk.img ["))
+        .collect();
+    assert_eq!(bars.len(), 2, "one bar each for push and pull:\n{screen}");
+    for bar in bars {
+        assert!(bar.contains("[====="), "a full bar: {bar}");
+        assert!(bar.contains("/s") && bar.contains("eta"), "{bar}");
+    }
+    assert!(screen.contains("Push complete") && screen.contains("Pull complete"));
+
+    // Piped, the same commands print no terminal codes.
+    let o = pull(&data, &reg, "bars:1", "piped", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let all = stdout(&o) + &stderr(&o);
+    assert!(!all.contains('\x1b') && !all.contains('\r'), "{all:?}");
+}
