@@ -560,3 +560,48 @@ fn push_and_pull_show_a_progress_bar_with_speed_and_eta_on_a_terminal() {
     let all = stdout(&o) + &stderr(&o);
     assert!(!all.contains('\x1b') && !all.contains('\r'), "{all:?}");
 }
+
+#[test]
+fn a_registry_wanting_credentials_refuses_clearly_until_cabin_login() {
+    let t = tempfile::tempdir().unwrap();
+    let regdir = t.path().join("reg");
+    let auth = htpasswd_auth(&regdir, "tester", "s3cret");
+    let reg = start_registry(&regdir, |_| auth);
+    let data = t.path().join("data");
+    let src = make_vm(&data, "src", 32 << 20);
+    write_at(&src.join("disk.img"), 0, &pattern(9, 1 << 20));
+    let args = [
+        "push",
+        "src",
+        "private:1",
+        "--registry",
+        &reg.addr,
+        "--organization",
+        ORG,
+    ];
+    let o = vm_in(&data, &args);
+    expect_error(&o, 1, "wants credentials with push rights: cabin login");
+    assert!(
+        !stderr(&o).contains("resume"),
+        "nothing to resume: {}",
+        stderr(&o)
+    );
+    assert!(!src.join(".lume_oci_push_cache").exists());
+    let o = pull(&data, &reg, "private:1", "copy", &[]);
+    expect_error(&o, 1, "wants credentials");
+    assert!(
+        hidden(&vms_dir(&data)).is_empty(),
+        "{:?}",
+        hidden(&vms_dir(&data))
+    );
+
+    let o = login(&data, &reg.addr, "tester", "s3cret");
+    assert!(o.status.success(), "{}", stderr(&o));
+    vm_ok(&data, &args);
+    let o = pull(&data, &reg, "private:1", "copy", &[]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(
+        sha256(&vms_dir(&data).join("copy/disk.img")),
+        sha256(&src.join("disk.img"))
+    );
+}

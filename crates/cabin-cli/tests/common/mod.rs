@@ -204,6 +204,34 @@ impl Registry {
     }
 }
 
+/// A registry configuration section wanting `user`'s `password` (htpasswd, bcrypt),
+/// with the password file in `dir`: pass it to [`start_registry`].
+pub fn htpasswd_auth(dir: &Path, user: &str, password: &str) -> String {
+    let o = Command::new("htpasswd")
+        .args(["-Bbn", user, password])
+        .output()
+        .expect("htpasswd is installed (apt-get install apache2-utils)");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("htpasswd"), &o.stdout).unwrap();
+    format!(
+        "auth:\n  htpasswd:\n    realm: cabin-test\n    path: {}\n",
+        dir.join("htpasswd").display()
+    )
+}
+
+/// `cabin login REGISTRY -u USER --password-stdin` with `password` on its input.
+pub fn login(data: &Path, registry: &str, user: &str, password: &str) -> Output {
+    use std::io::Write;
+    let mut c = cabin_in(data);
+    c.args(["login", registry, "-u", user, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// Starts Debian's docker-registry with storage in `dir` and `extra_config` (YAML, e.g.
 /// an `auth:` section) appended to its configuration.
 pub fn start_registry(dir: &Path, extra_config: impl FnOnce(&str) -> String) -> Registry {

@@ -184,12 +184,25 @@ pub async fn push(req: &PushRequest<'_>, opts: RegistryOptions) -> Result<PushRe
             let _ = fs::remove_dir_all(vm.dir.join(PUSH_WORK));
             Ok(report)
         }
-        // The work directory keeps the journal of what was uploaded.
-        Err(e @ LumeError::Registry { .. }) => Err(VmError::Invalid(format!(
-            "{e}; push again to resume (chunks already uploaded are not sent again)"
-        ))),
-        Err(e) => Err(lume_err(e)),
+        // The work directory keeps the journal of what was uploaded, if anything was.
+        Err(e @ LumeError::Registry { .. }) if journal_has_entries(&vm.dir) => {
+            Err(VmError::Invalid(format!(
+                "{e}; push again to resume (chunks already uploaded are not sent again)"
+            )))
+        }
+        Err(e) => {
+            if !journal_has_entries(&vm.dir) {
+                let _ = fs::remove_dir_all(vm.dir.join(PUSH_WORK));
+            }
+            Err(lume_err(e))
+        }
     }
+}
+
+/// Whether an interrupted push of the VM in `dir` recorded any uploaded chunk.
+fn journal_has_entries(dir: &Path) -> bool {
+    fs::read_to_string(dir.join(PUSH_WORK).join(push::JOURNAL))
+        .is_ok_and(|j| j.lines().nth(1).is_some())
 }
 
 pub struct PullRequest<'a> {
