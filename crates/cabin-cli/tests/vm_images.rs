@@ -346,6 +346,17 @@ fn many_chunk_vm(data: &Path, name: &str) -> PathBuf {
 /// freezes the registry (every transfer hangs where it is), kills cabin with SIGKILL
 /// and thaws the registry: a transfer killed midway, at a point the test chooses.
 fn kill_midway(data: &Path, reg: &Registry, args: &[&str], progressed: impl Fn() -> bool) {
+    kill_midway_and(data, reg, args, progressed, || {});
+}
+
+/// [`kill_midway`], running `while_frozen` while the transfer hangs.
+fn kill_midway_and(
+    data: &Path,
+    reg: &Registry,
+    args: &[&str],
+    progressed: impl Fn() -> bool,
+    while_frozen: impl FnOnce(),
+) {
     let mut cmd = cabin_in(data);
     cmd.arg("vm")
         .args(args)
@@ -363,6 +374,7 @@ fn kill_midway(data: &Path, reg: &Registry, args: &[&str], progressed: impl Fn()
     }
     reg.freeze();
     std::thread::sleep(std::time::Duration::from_millis(300));
+    while_frozen();
     child.kill().unwrap();
     child.wait().unwrap();
     reg.thaw();
@@ -404,7 +416,21 @@ fn a_pull_killed_midway_resumes_and_fetches_only_the_missing_chunks() {
         "1",
     ];
     // Config, NVRAM, then disk chunks one at a time: stop after about a dozen.
-    kill_midway(&data, &reg, &args, || reg.blob_gets() - before >= 14);
+    kill_midway_and(
+        &data,
+        &reg,
+        &args,
+        || reg.blob_gets() - before >= 14,
+        || {
+            // The same pull from another process meanwhile is refused, not mixed in.
+            let o = pull(&data, &reg, "resume:v1", "copy", &[]);
+            expect_error(
+                &o,
+                1,
+                "a pull of copy is already under way in another process",
+            );
+        },
+    );
 
     let stage = vms_dir(&data).join(".copy.pulling");
     assert!(!vms_dir(&data).join("copy").exists());

@@ -333,14 +333,22 @@ pub async fn pull(
     let dest = parent.join(&name);
     let image = req.image.to_string();
     let repo = req.image.repository();
-    let (client, r) = pull::client(&repo, &req.image.tag, &opts)
-        .await
-        .map_err(lume_err)?;
-    let (manifest, digest) = pull::fetch_manifest(&client, &r, &image, &opts)
-        .await
-        .map_err(lume_err)?;
+    // The name is taken first, so that a second pull of it fails at once.
     let stage = staging_dir(&parent, &name);
     let _lock = lock_dir(&stage, &name)?;
+    let fetched = async {
+        let (client, r) = pull::client(&repo, &req.image.tag, &opts).await?;
+        let (manifest, digest) = pull::fetch_manifest(&client, &r, &image, &opts).await?;
+        Ok::<_, LumeError>((client, r, manifest, digest))
+    }
+    .await;
+    let (client, r, manifest, digest) = fetched.map_err(|e| {
+        // Nothing fetched yet: a staging directory holding only its lock goes.
+        if !stage.join(pull::JOURNAL).exists() {
+            let _ = fs::remove_dir_all(&stage);
+        }
+        lume_err(e)
+    })?;
     let vm = Vm {
         name: name.clone(),
         location_name,
