@@ -631,3 +631,44 @@ fn a_registry_wanting_credentials_refuses_clearly_until_cabin_login() {
         sha256(&src.join("disk.img"))
     );
 }
+
+#[test]
+fn a_registry_dying_mid_push_is_a_clear_error_and_the_push_resumes_once_it_is_back() {
+    let t = tempfile::tempdir().unwrap();
+    let mut reg = start_registry(&t.path().join("reg"), |_| String::new());
+    let data = t.path().join("data");
+    let src = many_chunk_vm(&data, "src");
+    let mut cmd = cabin_in(&data);
+    cmd.args(["vm", "push", "src", "dying:v1", "--registry", &reg.addr])
+        .args([
+            "--organization",
+            ORG,
+            "--chunk-size-mb",
+            "1",
+            "--parallel",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = spawn_for_test_process(cmd).unwrap();
+    wait_for("some uploads", std::time::Duration::from_secs(60), || {
+        reg.answered("PUT", "/blobs/uploads/") >= 12
+    });
+    reg.kill();
+    let o = child.wait_with_output().unwrap();
+    expect_error(&o, 1, "(is the registry reachable?)");
+    expect_error(&o, 1, "push again to resume");
+    assert!(src.join(".lume_oci_push_cache/push-journal").is_file());
+
+    reg.restart();
+    let out = push(&data, &reg, "src", "dying:v1", &["--chunk-size-mb", "1"]);
+    let line = out.lines().find(|l| l.contains("Push complete")).unwrap();
+    let resumed: usize = field(line, "resumed").parse().unwrap();
+    assert!(resumed >= 8, "{line}");
+    let o = pull(&data, &reg, "dying:v1", "back", &[]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(
+        sha256(&vms_dir(&data).join("back/disk.img")),
+        sha256(&src.join("disk.img"))
+    );
+}

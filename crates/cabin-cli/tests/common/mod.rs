@@ -169,6 +169,7 @@ pub struct Registry {
     pub addr: String,
     pub storage: PathBuf,
     pub log: PathBuf,
+    config: PathBuf,
     process: std::process::Child,
 }
 
@@ -183,6 +184,17 @@ impl Registry {
     pub fn thaw(&self) {
         // SAFETY: as above.
         unsafe { libc::kill(self.process.id() as i32, libc::SIGCONT) };
+    }
+
+    /// Kills the registry (SIGKILL): a registry failing in the middle of transfers.
+    pub fn kill(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+
+    /// Starts it again on the same address and storage.
+    pub fn restart(&mut self) {
+        self.process = serve_registry(&self.config, &self.log, &self.addr);
     }
 
     /// Requests of `method` whose path holds `path_part` the registry has answered.
@@ -250,31 +262,38 @@ pub fn start_registry(dir: &Path, extra_config: impl FnOnce(&str) -> String) -> 
     let config_path = dir.join("config.yml");
     std::fs::write(&config_path, config).unwrap();
     let log = dir.join("registry.log");
+    let process = serve_registry(&config_path, &log, &addr);
+    Registry {
+        addr,
+        storage: dir.join("storage"),
+        log,
+        config: config_path,
+        process,
+    }
+}
+
+/// Runs docker-registry with `config` until it listens on `addr`.
+fn serve_registry(config: &Path, log: &Path, addr: &str) -> std::process::Child {
     // Both streams append: the access log (stdout) and the request log (stderr) would
     // otherwise overwrite each other's lines.
     let append = || {
         std::fs::File::options()
             .create(true)
             .append(true)
-            .open(&log)
+            .open(log)
             .unwrap()
     };
     let mut cmd = Command::new("docker-registry");
     cmd.arg("serve")
-        .arg(&config_path)
+        .arg(config)
         .stdout(Stdio::from(append()))
         .stderr(Stdio::from(append()));
     let child = spawn_for_test_process(cmd)
         .expect("docker-registry is installed (apt-get install docker-registry)");
     wait_for("the registry to listen", Duration::from_secs(20), || {
-        std::net::TcpStream::connect(&addr).is_ok()
+        std::net::TcpStream::connect(addr).is_ok()
     });
-    Registry {
-        addr,
-        storage: dir.join("storage"),
-        log,
-        process: child,
-    }
+    child
 }
 
 /// Spawns `cmd` so that it dies with the test process. The parent-death signal follows
