@@ -1150,13 +1150,12 @@ fn vm_images_are_pushed_pulled_and_cached_through_the_api() {
     assert_eq!(tags["tags"], json!(["latest", "v1"]), "{tags}");
 
     // Pull in the background, frozen midway: the VM shows as pulling with its progress.
+    let pull_body = |image: &str, name: &str| {
+        json!({"image": image, "name": name, "registry": reg.addr, "organization": "cabin"})
+            .to_string()
+    };
     let gets = reg.blob_gets();
-    let r = srv.post(
-        "/lume/pull/start",
-        &json!({"image": "api-img:v1", "name": "copy", "registry": reg.addr,
-                "organization": "cabin"})
-        .to_string(),
-    );
+    let r = srv.post("/lume/pull/start", &pull_body("api-img:v1", "copy"));
     assert_eq!(r.status, 202, "{r:?}");
     assert_eq!(
         r.json(),
@@ -1195,12 +1194,7 @@ fn vm_images_are_pushed_pulled_and_cached_through_the_api() {
     assert!(same.success(), "the pulled disk differs");
 
     // A failed background pull is reported on the name it would have had.
-    let r = srv.post(
-        "/lume/pull/start",
-        &json!({"image": "api-img:missing", "name": "nope", "registry": reg.addr,
-                "organization": "cabin"})
-        .to_string(),
-    );
+    let r = srv.post("/lume/pull/start", &pull_body("api-img:missing", "nope"));
     assert_eq!(r.status, 202, "{r:?}");
     let mut message = String::new();
     wait_for("the pull to fail", Duration::from_secs(60), || {
@@ -1217,12 +1211,7 @@ fn vm_images_are_pushed_pulled_and_cached_through_the_api() {
     // empties it and leaves the VM.
     let r = srv.post("/lume/config", r#"{"cachingEnabled":true}"#);
     assert_eq!(r.status, 200, "{r:?}");
-    let r = srv.post(
-        "/lume/pull",
-        &json!({"image": "api-img:latest", "name": "cached", "registry": reg.addr,
-                "organization": "cabin"})
-        .to_string(),
-    );
+    let r = srv.post("/lume/pull", &pull_body("api-img:latest", "cached"));
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(
         r.json(),

@@ -16,6 +16,25 @@ use serde_json::Value;
 
 const ORG: &str = "cabin";
 
+/// A temporary directory with a registry (`reg/`) and a cabin data directory path
+/// (`data/`).
+fn fresh() -> (tempfile::TempDir, Registry, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let reg = start_registry(&t.path().join("reg"), |_| String::new());
+    let data = t.path().join("data");
+    (t, reg, data)
+}
+
+/// Pulls `image` as VM `name` and checks that its disk holds what `src`'s does.
+fn pulls_back_whole(data: &Path, reg: &Registry, image: &str, name: &str, src: &Path) {
+    let o = pull(data, reg, image, name, &[]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(
+        sha256(&vms_dir(data).join(name).join("disk.img")),
+        sha256(&src.join("disk.img"))
+    );
+}
+
 fn skopeo_raw(reg: &Registry, image: &str) -> Value {
     let o = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
@@ -75,9 +94,7 @@ fn field(line: &str, key: &str) -> String {
 
 #[test]
 fn push_and_pull_round_trip_a_sparse_10gb_disk_in_lumes_format() {
-    let t = tempfile::tempdir().unwrap();
-    let reg = start_registry(&t.path().join("reg"), |_| String::new());
-    let data = t.path().join("data");
+    let (_t, reg, data) = fresh();
     let src = make_vm(&data, "src", 10 << 30);
     let disk = src.join("disk.img");
     let chunk = 16u64 << 20;
@@ -279,9 +296,7 @@ fn push_and_pull_round_trip_a_sparse_10gb_disk_in_lumes_format() {
 
 #[test]
 fn a_cached_image_makes_more_vms_without_a_second_download() {
-    let t = tempfile::tempdir().unwrap();
-    let reg = start_registry(&t.path().join("reg"), |_| String::new());
-    let data = t.path().join("data");
+    let (_t, reg, data) = fresh();
     let src = make_vm(&data, "src", 256 << 20);
     write_at(&src.join("disk.img"), 0, &pattern(7, 6 << 20));
     write_at(&src.join("disk.img"), 200 << 20, &pattern(8, 2 << 20));
@@ -391,9 +406,7 @@ fn journal_lines(path: &Path) -> Vec<String> {
 
 #[test]
 fn a_pull_killed_midway_resumes_and_fetches_only_the_missing_chunks() {
-    let t = tempfile::tempdir().unwrap();
-    let reg = start_registry(&t.path().join("reg"), |_| String::new());
-    let data = t.path().join("data");
+    let (_t, reg, data) = fresh();
     let src = many_chunk_vm(&data, "src");
     push(&data, &reg, "src", "resume:v1", &["--chunk-size-mb", "1"]);
     let m = skopeo_raw(&reg, "resume:v1");
@@ -484,9 +497,7 @@ fn a_pull_killed_midway_resumes_and_fetches_only_the_missing_chunks() {
 
 #[test]
 fn an_interrupted_push_resumes_without_compressing_or_sending_chunks_again() {
-    let t = tempfile::tempdir().unwrap();
-    let reg = start_registry(&t.path().join("reg"), |_| String::new());
-    let data = t.path().join("data");
+    let (_t, reg, data) = fresh();
     let src = many_chunk_vm(&data, "src");
     let blobs_stored = || {
         std::fs::read_dir(reg.storage.join("docker/registry/v2/blobs/sha256"))
@@ -540,19 +551,12 @@ fn an_interrupted_push_resumes_without_compressing_or_sending_chunks_again() {
     assert_eq!(reg.answered("PUT", "/blobs/uploads/") - puts, uploaded);
     assert!(!work.exists(), "a finished push removes its work directory");
     // What was pushed in two goes pulls back whole.
-    let o = pull(&data, &reg, "pushed:v1", "back", &[]);
-    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-    assert_eq!(
-        sha256(&vms_dir(&data).join("back/disk.img")),
-        sha256(&src.join("disk.img"))
-    );
+    pulls_back_whole(&data, &reg, "pushed:v1", "back", &src);
 }
 
 #[test]
 fn push_and_pull_show_a_progress_bar_with_speed_and_eta_on_a_terminal() {
-    let t = tempfile::tempdir().unwrap();
-    let reg = start_registry(&t.path().join("reg"), |_| String::new());
-    let data = t.path().join("data");
+    let (_t, reg, data) = fresh();
     many_chunk_vm(&data, "src");
     let cabin = format!(
         "env CABIN_DATA_DIR={} {} vm",
@@ -624,19 +628,12 @@ fn a_registry_wanting_credentials_refuses_clearly_until_cabin_login() {
     let o = login(&data, &reg.addr, "tester", "s3cret");
     assert!(o.status.success(), "{}", stderr(&o));
     vm_ok(&data, &args);
-    let o = pull(&data, &reg, "private:1", "copy", &[]);
-    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-    assert_eq!(
-        sha256(&vms_dir(&data).join("copy/disk.img")),
-        sha256(&src.join("disk.img"))
-    );
+    pulls_back_whole(&data, &reg, "private:1", "copy", &src);
 }
 
 #[test]
 fn a_registry_dying_mid_push_is_a_clear_error_and_the_push_resumes_once_it_is_back() {
-    let t = tempfile::tempdir().unwrap();
-    let mut reg = start_registry(&t.path().join("reg"), |_| String::new());
-    let data = t.path().join("data");
+    let (_t, mut reg, data) = fresh();
     let src = many_chunk_vm(&data, "src");
     let mut cmd = cabin_in(&data);
     cmd.args(["vm", "push", "src", "dying:v1", "--registry", &reg.addr])
@@ -665,10 +662,5 @@ fn a_registry_dying_mid_push_is_a_clear_error_and_the_push_resumes_once_it_is_ba
     let line = out.lines().find(|l| l.contains("Push complete")).unwrap();
     let resumed: usize = field(line, "resumed").parse().unwrap();
     assert!(resumed >= 8, "{line}");
-    let o = pull(&data, &reg, "dying:v1", "back", &[]);
-    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-    assert_eq!(
-        sha256(&vms_dir(&data).join("back/disk.img")),
-        sha256(&src.join("disk.img"))
-    );
+    pulls_back_whole(&data, &reg, "dying:v1", "back", &src);
 }
