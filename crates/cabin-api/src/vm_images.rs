@@ -124,6 +124,7 @@ pub fn push(app: &App, req: &Request) -> Result<Reply, ApiError> {
             additional_tags: &more,
             chunk_size_mb: chunk,
             single_layer: single,
+            dry_run: false,
         };
         match transfer::push(&req, opts).await {
             Ok(r) => log.info(&format!(

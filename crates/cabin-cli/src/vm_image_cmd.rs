@@ -31,6 +31,10 @@ pub struct PushArgs {
     /// Chunks compressed and uploaded at once.
     #[arg(long, default_value_t = 4)]
     parallel: usize,
+    /// Compress the disk and print the manifest that would be pushed; contact no
+    /// registry.
+    #[arg(long)]
+    dry_run: bool,
     /// Plain HTTP with this registry (always for localhost and 127.0.0.0/8).
     #[arg(long)]
     insecure: bool,
@@ -106,8 +110,20 @@ pub async fn push(paths: &Paths, s: &Settings, a: PushArgs) -> i32 {
         additional_tags: &a.additional_tags,
         chunk_size_mb: a.chunk_size_mb,
         single_layer: a.single_layer,
+        dry_run: a.dry_run,
     };
     match transfer::push(&req, opts).await {
+        Ok(r) if a.dry_run => {
+            println!("{}", r.manifest);
+            log_info(&format!(
+                "Dry run complete name={} image={image} digest={} chunks={} seconds={:.1} (nothing was sent)",
+                vm.name,
+                r.manifest_digest,
+                r.chunks,
+                started.elapsed().as_secs_f64()
+            ));
+            0
+        }
         Ok(r) => {
             log_info(&format!(
                 "Push complete name={} image={image} digest={} chunks={} uploaded={} ({}) skipped={} resumed={} seconds={:.1}",

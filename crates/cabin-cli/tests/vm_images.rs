@@ -664,3 +664,34 @@ fn a_registry_dying_mid_push_is_a_clear_error_and_the_push_resumes_once_it_is_ba
     assert!(resumed >= 8, "{line}");
     pulls_back_whole(&data, &reg, "dying:v1", "back", &src);
 }
+
+#[test]
+fn a_dry_run_push_describes_the_image_without_contacting_any_registry() {
+    let (_t, reg, data) = fresh();
+    let src = many_chunk_vm(&data, "src");
+    let dry = vm_ok(
+        &data,
+        &[
+            "push",
+            "src",
+            "dry:v1",
+            "--registry",
+            "127.0.0.1:1",
+            "--organization",
+            ORG,
+            "--chunk-size-mb",
+            "1",
+            "--dry-run",
+        ],
+    );
+    assert!(
+        dry.contains("Dry run complete") && dry.contains("chunks=64"),
+        "{dry}"
+    );
+    let json_end = dry.rfind("\n[").unwrap();
+    let planned: Value = serde_json::from_str(&dry[..json_end]).unwrap();
+    assert!(!src.join(".lume_oci_push_cache").exists());
+    // The real push lists exactly the layers the dry run described.
+    push(&data, &reg, "src", "dry:v1", &["--chunk-size-mb", "1"]);
+    assert_eq!(skopeo_raw(&reg, "dry:v1")["layers"], planned["layers"]);
+}

@@ -38,6 +38,8 @@ pub struct PushOptions {
     pub single_layer: bool,
     /// Where compressed chunks wait for their upload (removed as they go).
     pub work_dir: PathBuf,
+    /// Compress and describe everything, contact no registry (Lume's `--dry-run`).
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,6 +55,8 @@ pub struct PushReport {
     /// Chunks an interrupted push had uploaded, taken from its journal without being
     /// compressed again.
     pub resumed: usize,
+    /// The manifest pushed (or, in a dry run, that would have been).
+    pub manifest: String,
 }
 
 /// The push journal in the work directory (kept when a push fails, for the next run).
@@ -72,7 +76,8 @@ struct Shared {
     holes: Mutex<HashMap<u64, Arc<OnceCell<Compressed>>>>,
     /// Chunks an earlier run of this push uploaded (from the journal), by index.
     done_before: HashMap<usize, Compressed>,
-    journal: Mutex<Journal>,
+    /// None in a dry run: nothing is uploaded, so nothing is recorded.
+    journal: Option<Mutex<Journal>>,
     resumed: AtomicUsize,
 }
 
@@ -141,6 +146,9 @@ impl Shared {
         size: u64,
         source: Source<'_>,
     ) -> Result<Option<u64>, LumeError> {
+        if self.opts.dry_run {
+            return Ok(None);
+        }
         let cell = self
             .uploads
             .lock()
@@ -216,11 +224,12 @@ impl Shared {
             }
         }
         let c = self.compress_and_upload(disk, index, offset, len).await?;
-        self.journal
-            .lock()
-            .unwrap()
-            .record(&journal_line(index, &c))
-            .map_err(|e| io_error("recording progress in the push journal", e))?;
+        if let Some(j) = &self.journal {
+            j.lock()
+                .unwrap()
+                .record(&journal_line(index, &c))
+                .map_err(|e| io_error("recording progress in the push journal", e))?;
+        }
         Ok(c)
     }
 
@@ -330,10 +339,12 @@ pub async fn push(
     }
     let r = reference(repository, first)?;
     let client = client_for(&r, opts.registry.insecure);
-    client
-        .auth(&r, &auth_of(&opts.registry), RegistryOperation::Push)
-        .await
-        .map_err(|e| registry_err(&image, &e))?;
+    if !opts.dry_run {
+        client
+            .auth(&r, &auth_of(&opts.registry), RegistryOperation::Push)
+            .await
+            .map_err(|e| registry_err(&image, &e))?;
+    }
     std::fs::create_dir_all(&opts.work_dir)
         .map_err(|e| io_error(format!("creating {}", opts.work_dir.display()), e))?;
     // Compressed chunks a killed push left behind are made again (or not needed).
@@ -366,12 +377,17 @@ pub async fn push(
         opts.chunk_size
     };
     let journal_path = opts.work_dir.join(JOURNAL);
-    let journal = journal_key(&disk, chunk)
-        .and_then(|key| Journal::open(&journal_path, "push", &key))
-        .map_err(|e| io_error("opening the push journal", e))?;
+    let journal = match opts.dry_run {
+        true => None,
+        false => Some(
+            journal_key(&disk, chunk)
+                .and_then(|key| Journal::open(&journal_path, "push", &key))
+                .map_err(|e| io_error("opening the push journal", e))?,
+        ),
+    };
     let done_before = journal
-        .lines()
         .iter()
+        .flat_map(|j| j.lines())
         .filter_map(|l| parse_journal_line(l))
         .collect();
     let shared = Shared {
@@ -382,7 +398,7 @@ pub async fn push(
         uploads: Mutex::default(),
         holes: Mutex::default(),
         done_before,
-        journal: Mutex::new(journal),
+        journal: journal.map(Mutex::new),
         resumed: AtomicUsize::new(0),
     };
     let mut vm = vm.clone();
@@ -473,7 +489,7 @@ pub async fn push(
         schema_version: 2,
     };
     let bytes = m.to_bytes();
-    for tag in tags {
+    for tag in tags.iter().filter(|_| !opts.dry_run) {
         let r = reference(repository, tag)?;
         shared
             .client
@@ -503,5 +519,6 @@ pub async fn push(
         uploaded_bytes: uploads.iter().flatten().sum(),
         skipped: uploads.iter().filter(|u| u.is_none()).count(),
         resumed: shared.resumed.load(Ordering::Relaxed),
+        manifest: String::from_utf8_lossy(&bytes).into_owned(),
     })
 }

@@ -145,6 +145,8 @@ pub struct PushRequest<'a> {
     pub additional_tags: &'a [String],
     pub chunk_size_mb: u64,
     pub single_layer: bool,
+    /// Compress and describe the image without contacting the registry.
+    pub dry_run: bool,
 }
 
 /// Pushes a stopped VM.
@@ -169,6 +171,7 @@ pub async fn push(req: &PushRequest<'_>, opts: RegistryOptions) -> Result<PushRe
         chunk_size: req.chunk_size_mb.saturating_mul(1 << 20),
         single_layer: req.single_layer,
         work_dir: vm.dir.join(PUSH_WORK),
+        dry_run: req.dry_run,
     };
     let r = push::push(
         &vm.disk(),
