@@ -3,12 +3,12 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use common::fault_proxy::{Action, FaultProxy, Rule, MANIFESTS};
 use common::*;
 use serde_json::{json, Value};
 
@@ -35,17 +35,7 @@ fn start(user: Option<(&str, &str)>) -> Registry {
     remove_at_exit(dir.clone());
     let auth = match user {
         None => String::new(),
-        Some((u, p)) => {
-            let o = Command::new("htpasswd")
-                .args(["-Bbn", u, p])
-                .output()
-                .expect("htpasswd is installed (apt-get install apache2-utils)");
-            std::fs::write(dir.join("htpasswd"), &o.stdout).unwrap();
-            format!(
-                "auth:\n  htpasswd:\n    realm: cabin-test\n    path: {}\n",
-                dir.join("htpasswd").display()
-            )
-        }
+        Some((u, p)) => htpasswd_auth(&dir, u, p),
     };
     start_registry(&dir, |_| auth)
 }
@@ -373,17 +363,7 @@ fn login_saves_checked_credentials_that_pull_and_push_use() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("wants credentials"), "{}", stderr(&o));
 
-    let login = |password: &str| {
-        let mut c = cabin_in(d);
-        c.args(["login", &reg.addr, "-u", "tester", "--password-stdin"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        use std::io::Write;
-        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let login = |password: &str| login(d, &reg.addr, "tester", password);
     let o = login("wrong");
     assert_eq!(o.status.code(), Some(1));
     assert!(
@@ -426,111 +406,34 @@ fn login_saves_checked_credentials_that_pull_and_push_use() {
     );
 }
 
-/// A proxy in front of the registry that misbehaves on purpose: the first manifest
-/// request gets a 503, and the first GET of `cut_blob` is cut off after half its body.
-/// Every request it forwards is recorded (request line, and "range" when it asks for
-/// one). Each connection carries one request (it adds `Connection: close`), so every
-/// request passes through its eyes.
-fn fault_proxy(
-    upstream: String,
-    cut_blob: String,
-) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    misbehaving_proxy(upstream, cut_blob, "flaky")
+/// A proxy in front of the registry that misbehaves on purpose (common/fault_proxy.rs):
+/// the first manifest request gets a 503, and the first GET of `cut_blob` is cut off
+/// after half its body.
+fn fault_proxy(upstream: &str, cut_blob: &str) -> FaultProxy {
+    FaultProxy::start(
+        upstream,
+        vec![
+            Rule::on(&[], MANIFESTS, Action::status(503)).times(1),
+            Rule::on(&["GET"], cut_blob, Action::CutHalf).times(1),
+        ],
+    )
 }
 
-/// The proxy behind [`fault_proxy`]; `mode` "flaky" is the 503-then-cut behaviour,
-/// "429"/"403" answer every manifest request with that status, "garbage" answers it
-/// with a body that is not JSON (and no digest header to give it away).
-fn misbehaving_proxy(
-    upstream: String,
-    cut_blob: String,
-    mode: &'static str,
-) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    use std::io::{Read, Write};
-    use std::sync::{Arc, Mutex};
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let events = Arc::new(Mutex::new(Vec::<String>::new()));
-    let state = Arc::new(Mutex::new((false, false))); // (503 sent, blob cut)
-    let ev = events.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let (upstream, cut_blob, ev, state) = (
-                upstream.clone(),
-                cut_blob.clone(),
-                ev.clone(),
-                state.clone(),
-            );
-            std::thread::spawn(move || {
-                let mut client = conn;
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
-                    if client.read(&mut byte).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let text = String::from_utf8_lossy(&head).to_string();
-                let first = text.lines().next().unwrap_or("").to_string();
-                let has_range = text.to_lowercase().contains("\r\nrange:");
-                if first.contains("/manifests/") {
-                    let answer: Option<(&str, &str)> = match mode {
-                        "429" => Some(("429", "HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")),
-                        "403" => Some(("403", "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")),
-                        "garbage" => Some(("garbage", "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{not json")),
-                        _ => {
-                            let mut st = state.lock().unwrap();
-                            let first_time = !st.0;
-                            st.0 = true;
-                            first_time.then_some(("503", "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
-                        }
-                    };
-                    if let Some((event, response)) = answer {
-                        ev.lock().unwrap().push(event.into());
-                        let _ = client.write_all(response.as_bytes());
-                        return;
-                    }
-                }
-                ev.lock()
-                    .unwrap()
-                    .push(format!("{first}{}", if has_range { " range" } else { "" }));
-                let mut rewritten: String = text
-                    .trim_end_matches("\r\n")
-                    .split("\r\n")
-                    .filter(|l| !l.to_lowercase().starts_with("connection:"))
-                    .map(|l| format!("{l}\r\n"))
-                    .collect();
-                rewritten.push_str("Connection: close\r\n\r\n");
-                let Ok(mut up) = std::net::TcpStream::connect(&upstream) else {
-                    return;
-                };
-                let _ = up.write_all(rewritten.as_bytes());
-                let cut = first.starts_with("GET") && first.contains(&cut_blob) && {
-                    let mut st = state.lock().unwrap();
-                    let cut_now = !st.1;
-                    st.1 = true;
-                    cut_now
-                };
-                if cut {
-                    let mut resp = Vec::new();
-                    let _ = up.read_to_end(&mut resp);
-                    let body_at = resp
-                        .windows(4)
-                        .position(|w| w == b"\r\n\r\n")
-                        .map(|p| p + 4)
-                        .unwrap_or(0);
-                    let half = body_at + (resp.len() - body_at) / 2;
-                    let _ = client.write_all(&resp[..half]);
-                    ev.lock().unwrap().push("cut".into());
-                    let _ = client.shutdown(std::net::Shutdown::Both);
-                    return;
-                }
-                let _ = std::io::copy(&mut up, &mut client);
-            });
-        }
-    });
-    (addr, events)
+/// A proxy answering every manifest request itself: "429"/"403" with that status,
+/// "garbage" with a body that is not JSON (and no digest header to give it away).
+fn misbehaving_proxy(upstream: &str, mode: &str) -> FaultProxy {
+    let action = match mode {
+        "garbage" => Action::Reply {
+            status: 200,
+            headers: vec![(
+                "Content-Type".into(),
+                "application/vnd.oci.image.manifest.v1+json".into(),
+            )],
+            body: b"{not json".to_vec(),
+        },
+        status => Action::status(status.parse().unwrap()),
+    };
+    FaultProxy::start(upstream, vec![Rule::on(&[], MANIFESTS, action)])
 }
 
 #[test]
@@ -540,34 +443,36 @@ fn a_503_and_a_connection_cut_mid_blob_are_retried_and_resumed() {
     let d = data.path();
     let (layout, digest) = published(reg, d, "faulty");
     let layer = first_layer(&layout, &digest);
-    let (proxy, events) = fault_proxy(reg.addr.clone(), layer.clone());
-    let o = image_cmd(d, &["pull", &format!("{proxy}/cabin/faulty:1")]);
+    let proxy = fault_proxy(&reg.addr, &layer);
+    let o = image_cmd(d, &["pull", &format!("{}/cabin/faulty:1", proxy.addr)]);
     assert!(
         o.status.success(),
         "{}\nproxy saw: {:?}",
         stderr(&o),
-        events.lock().unwrap()
+        proxy.seen()
     );
-    let seen = events.lock().unwrap().clone();
+    let seen = proxy.seen();
     let refused = seen
         .iter()
-        .position(|e| e == "503")
+        .position(|e| e.action == "503")
         .expect("a 503 was served");
     assert!(
-        seen[refused..].iter().any(|e| e.contains("/manifests/1")),
+        seen[refused + 1..]
+            .iter()
+            .any(|e| e.path.contains("/manifests/1") && e.action == "pass"),
         "the manifest was asked for again after the 503: {seen:?}"
     );
-    assert!(seen.iter().any(|e| e == "cut"), "{seen:?}");
-    let gets: Vec<&String> = seen
+    assert_eq!(proxy.count_action("cut"), 1, "{seen:?}");
+    let gets: Vec<_> = seen
         .iter()
-        .filter(|e| e.starts_with("GET") && e.contains(&layer))
+        .filter(|e| e.method == "GET" && e.path.contains(&layer))
         .collect();
     assert!(
         gets.len() >= 2,
         "the cut blob was asked for again: {seen:?}"
     );
     assert!(
-        gets.last().unwrap().ends_with(" range"),
+        gets.last().unwrap().range,
         "and resumed with a Range request: {seen:?}"
     );
     let full = std::fs::read(layout.join("blobs/sha256").join(&layer[7..])).unwrap();
@@ -729,11 +634,12 @@ fn rate_limits_refusals_and_garbage_manifests_are_clear_errors() {
         ("403", "wants credentials"),
         ("garbage", "invalid manifest: not JSON"),
     ] {
-        let (proxy, events) = misbehaving_proxy(reg.addr.clone(), String::new(), mode);
-        let o = image_cmd(d, &["pull", &format!("{proxy}/cabin/misbehave:1")]);
+        let proxy = misbehaving_proxy(&reg.addr, mode);
+        let o = image_cmd(d, &["pull", &format!("{}/cabin/misbehave:1", proxy.addr)]);
         assert_eq!(o.status.code(), Some(1), "{mode}");
         assert!(stderr(&o).contains(expected), "{mode}: {}", stderr(&o));
-        let answered = events.lock().unwrap().iter().filter(|e| *e == mode).count();
+        let label = if mode == "garbage" { "200" } else { mode };
+        let answered = proxy.count_action(label);
         if mode == "429" {
             assert!(answered > 1, "a rate limit is retried before giving up");
         } else {

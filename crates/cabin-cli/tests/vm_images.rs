@@ -8,26 +8,16 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::vm_disks::*;
+use common::vm_transfer::*;
 use common::*;
 use serde_json::Value;
 
-const ORG: &str = "cabin";
-
-/// A temporary directory with a registry (`reg/`) and a cabin data directory path
-/// (`data/`).
-fn fresh() -> (tempfile::TempDir, Registry, PathBuf) {
-    let t = tempfile::tempdir().unwrap();
-    let reg = start_registry(&t.path().join("reg"), |_| String::new());
-    let data = t.path().join("data");
-    (t, reg, data)
-}
-
 /// Pulls `image` as VM `name` and checks that its disk holds what `src`'s does.
 fn pulls_back_whole(data: &Path, reg: &Registry, image: &str, name: &str, src: &Path) {
-    let o = pull(data, reg, image, name, &[]);
+    let o = pull(data, &reg.addr, image, name, &[]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert_eq!(
         sha256(&vms_dir(data).join(name).join("disk.img")),
@@ -45,18 +35,6 @@ fn skopeo_raw(reg: &Registry, image: &str) -> Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
-/// Hidden directories (staging, pulls) left in a location.
-fn hidden(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn push(data: &Path, reg: &Registry, name: &str, image: &str, extra: &[&str]) -> String {
     let mut args = vec![
         "push",
@@ -69,27 +47,6 @@ fn push(data: &Path, reg: &Registry, name: &str, image: &str, extra: &[&str]) ->
     ];
     args.extend_from_slice(extra);
     vm_ok(data, &args)
-}
-
-fn pull(data: &Path, reg: &Registry, image: &str, name: &str, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "pull",
-        image,
-        name,
-        "--registry",
-        &reg.addr,
-        "--organization",
-        ORG,
-    ];
-    args.extend_from_slice(extra);
-    vm_in(data, &args)
-}
-
-fn field(line: &str, key: &str) -> String {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("no {key}= in {line}"))
-        .to_string()
 }
 
 #[test]
@@ -215,7 +172,7 @@ fn push_and_pull_round_trip_a_sparse_10gb_disk_in_lumes_format() {
 
     // Pull: the same bytes, the same holes, a new MAC.
     let gets_before = reg.blob_gets();
-    let o = pull(&data, &reg, "linux-test:v1", "copy", &[]);
+    let o = pull(&data, &reg.addr, "linux-test:v1", "copy", &[]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(
         reg.blob_gets() - gets_before <= digests.len() + 2,
@@ -260,7 +217,7 @@ fn push_and_pull_round_trip_a_sparse_10gb_disk_in_lumes_format() {
     assert!(ls.contains("copy") && ls.contains("stopped"), "{ls}");
 
     // The default name is IMAGE_TAG; a taken name is refused before any transfer.
-    let o = pull(&data, &reg, "linux-test:v1", "copy", &[]);
+    let o = pull(&data, &reg.addr, "linux-test:v1", "copy", &[]);
     expect_error(&o, 1, "Virtual machine already exists with name: copy");
     // Single-layer images pull too (a small disk: one gzip stream of the whole disk is
     // slow in a debug build).
@@ -302,11 +259,11 @@ fn a_cached_image_makes_more_vms_without_a_second_download() {
     write_at(&src.join("disk.img"), 200 << 20, &pattern(8, 2 << 20));
     push(&data, &reg, "src", "cached:v1", &["--chunk-size-mb", "4"]);
 
-    let o = pull(&data, &reg, "cached:v1", "first", &["--cache"]);
+    let o = pull(&data, &reg.addr, "cached:v1", "first", &["--cache"]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(!stdout(&o).contains("fetched=0 "), "{}", stdout(&o));
     let gets = reg.blob_gets();
-    let o = pull(&data, &reg, "cached:v1", "second", &["--cache"]);
+    let o = pull(&data, &reg.addr, "cached:v1", "second", &["--cache"]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(
         stdout(&o).contains("fetched=0 (cloned from the cache)"),
@@ -336,7 +293,7 @@ fn a_cached_image_makes_more_vms_without_a_second_download() {
     assert_eq!(vm_ok(&data, &["images", "-f", "json"]).trim(), "[]");
     assert_eq!(sha256(&second.join("disk.img")), want);
     // With the cache gone, a cached pull downloads again.
-    let o = pull(&data, &reg, "cached:v1", "third", &["--cache"]);
+    let o = pull(&data, &reg.addr, "cached:v1", "third", &["--cache"]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(reg.blob_gets() > gets);
     assert!(
@@ -436,7 +393,7 @@ fn a_pull_killed_midway_resumes_and_fetches_only_the_missing_chunks() {
         || reg.blob_gets() - before >= 14,
         || {
             // The same pull from another process meanwhile is refused, not mixed in.
-            let o = pull(&data, &reg, "resume:v1", "copy", &[]);
+            let o = pull(&data, &reg.addr, "resume:v1", "copy", &[]);
             expect_error(
                 &o,
                 1,
@@ -462,7 +419,7 @@ fn a_pull_killed_midway_resumes_and_fetches_only_the_missing_chunks() {
     let done_data = done_blobs.len() - usize::from(hole_done);
 
     let before = reg.blob_gets();
-    let o = pull(&data, &reg, "resume:v1", "copy", &[]);
+    let o = pull(&data, &reg.addr, "resume:v1", "copy", &[]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     let line = stdout(&o);
     assert_eq!(
@@ -585,7 +542,7 @@ fn push_and_pull_show_a_progress_bar_with_speed_and_eta_on_a_terminal() {
     assert!(screen.contains("Push complete") && screen.contains("Pull complete"));
 
     // Piped, the same commands print no terminal codes.
-    let o = pull(&data, &reg, "bars:1", "piped", &[]);
+    let o = pull(&data, &reg.addr, "bars:1", "piped", &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let all = stdout(&o) + &stderr(&o);
     assert!(!all.contains('\x1b') && !all.contains('\r'), "{all:?}");
@@ -617,7 +574,7 @@ fn a_registry_wanting_credentials_refuses_clearly_until_cabin_login() {
         stderr(&o)
     );
     assert!(!src.join(".lume_oci_push_cache").exists());
-    let o = pull(&data, &reg, "private:1", "copy", &[]);
+    let o = pull(&data, &reg.addr, "private:1", "copy", &[]);
     expect_error(&o, 1, "wants credentials");
     assert!(
         hidden(&vms_dir(&data)).is_empty(),

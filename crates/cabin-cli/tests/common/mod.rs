@@ -2,8 +2,10 @@
 //! boots real VMs with QEMU (under TCG on hosts where KVM cannot run a guest).
 #![allow(dead_code)]
 
+pub mod fault_proxy;
 pub mod terminal;
 pub mod vm_disks;
+pub mod vm_transfer;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

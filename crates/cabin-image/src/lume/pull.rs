@@ -150,7 +150,12 @@ async fn small_blob(
             let mut body = s.stream;
             let mut out = Vec::new();
             while let Some(b) = body.next().await {
-                let b = b.map_err(|e| format!("retry:{e}"))?;
+                let b = match b {
+                    Ok(b) => b,
+                    // All of it came, and the check below says what is wrong.
+                    Err(e) if is_digest_mismatch(&e) => break,
+                    Err(e) => return Err(format!("retry:{e}")),
+                };
                 out.extend_from_slice(&b);
                 if out.len() as u64 > limit {
                     return Err(format!("blob {digest} is larger than {limit} bytes"));
@@ -177,6 +182,14 @@ async fn small_blob(
             Err(e) => return Err(LumeError::registry(image, e.trim_start_matches("retry:"))),
         }
     }
+}
+
+/// oci_client's own check at the end of a blob's stream: all its bytes came, and they
+/// do not hash to its digest.
+fn is_digest_mismatch(e: &io::Error) -> bool {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<oci_client::errors::DigestError>())
+        .is_some_and(|d| matches!(d, oci_client::errors::DigestError::VerificationError { .. }))
 }
 
 /// Reads what the async side sends over a channel; a broken transfer is an error of
@@ -323,6 +336,7 @@ impl Ctx<'_> {
         let mut got = 0u64;
         let mut body = stream.stream;
         let mut broken = None;
+        let mut decoder_stopped = false;
         while let Some(chunk) = body.next().await {
             match chunk {
                 Ok(b) => {
@@ -340,10 +354,14 @@ impl Ctx<'_> {
                     compressed.update(&b);
                     self.opts.progress.advance("disk.img", b.len() as u64);
                     *self.fetched.lock().unwrap() += b.len() as u64;
-                    if tx.send(Ok(b)).await.is_err() {
-                        break; // the decoder stopped: its error says why
+                    // When the decoder stops, its error says why, unless the blob
+                    // does not match its digest either (corrupted on its way): the
+                    // rest is read to tell.
+                    if !decoder_stopped && tx.send(Ok(b)).await.is_err() {
+                        decoder_stopped = true;
                     }
                 }
+                Err(e) if is_digest_mismatch(&e) => break, // checked below
                 Err(e) => {
                     let _ = tx.send(Err(e.to_string())).await;
                     broken = Some(Failure::Retry(e.to_string()));
@@ -363,10 +381,26 @@ impl Ctx<'_> {
         if let Some(f) = broken {
             return punch(f);
         }
+        let actual = format!("sha256:{}", hex(&compressed.finalize()));
+        if got == part.compressed_size && actual != part.digest {
+            return punch(Failure::Fatal(LumeError::invalid(
+                image,
+                format!(
+                    "blob {} does not match its digest (got {actual}); nothing of it was kept",
+                    part.digest
+                ),
+            )));
+        }
         let (written, had_data, udigest) = match result {
             Ok(v) => v,
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
                 return punch(Failure::Retry(e.to_string()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::FileTooLarge && e.raw_os_error().is_none() => {
+                return punch(Failure::Fatal(LumeError::invalid(
+                    image,
+                    format!("disk part {number} ({}) {e}", part.digest),
+                )))
             }
             Err(e) if e.raw_os_error().is_some() => {
                 return punch(Failure::Fatal(io_error(
@@ -395,7 +429,6 @@ impl Ctx<'_> {
                 part.compressed_size
             )));
         }
-        let actual = format!("sha256:{}", hex(&compressed.finalize()));
         if actual != part.digest {
             return punch(Failure::Fatal(LumeError::invalid(
                 image,

@@ -110,9 +110,9 @@ impl Write for SparseWriter<'_> {
         let room = self.end - self.start - self.written;
         if data.len() as u64 > room {
             return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
+                io::ErrorKind::FileTooLarge,
                 format!(
-                    "the part decompresses to more than the {} bytes its manifest declares",
+                    "decompresses to more than the {} bytes its manifest declares",
                     self.end - self.start
                 ),
             ));
