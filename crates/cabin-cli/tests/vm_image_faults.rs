@@ -704,6 +704,7 @@ fn a_registry_failing_mid_pull_is_a_clear_error_and_a_second_pull_resumes() {
             proxy.addr
         ),
     );
+    expect_error(&o, 1, " failed: the download broke off after 1000 of ");
     expect_error(&o, 1, "pull again to resume (what was fetched is kept in ");
     expect_error(&o, 1, "/vms/.mid.pulling and the same pull resumes from it");
     assert!(proxy.count_action("cut") > 1, "retried: {:?}", proxy.seen());
@@ -848,6 +849,7 @@ fn blob_uploads_failing_for_good_midway_stop_a_push_that_resumes_later() {
             "1",
         ],
     );
+    expect_error(&o, 1, "(the registry failed with HTTP 500; try again later)");
     expect_error(&o, 1, "push again to resume");
     assert!(proxy.count_action("500") > 1, "retried: {:?}", proxy.seen());
     assert!(

@@ -51,6 +51,46 @@ impl LumeError {
     }
 }
 
+/// Whether a registry failure is worth another try.
+pub(crate) fn retryable(e: &oci_client::errors::OciDistributionError) -> bool {
+    use crate::registry::{classify, Fault};
+    matches!(classify(e), Fault::Transient | Fault::RateLimited)
+}
+
+/// Which way a transfer goes, for the advice on a registry failure.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Pull,
+    Push,
+}
+
+/// A registry failure as the user sees it, with what it most likely means.
+pub(crate) fn registry_err(
+    image: &str,
+    e: &oci_client::errors::OciDistributionError,
+    direction: Direction,
+) -> LumeError {
+    use crate::registry::{classify, Fault};
+    use oci_client::errors::OciDistributionError as E;
+    let answered = match e {
+        E::ServerError { code, .. } => Some(*code),
+        E::RequestError(r) => r.status().map(|s| s.as_u16()),
+        _ => None,
+    };
+    let hint = match (classify(e), direction) {
+        (Fault::Credentials, Direction::Pull) => " (the registry wants credentials: cabin login, or GITHUB_USERNAME/GITHUB_TOKEN for ghcr.io)".to_string(),
+        (Fault::Credentials, Direction::Push) => " (the registry wants credentials with push rights: cabin login, or GITHUB_USERNAME/GITHUB_TOKEN for ghcr.io)".to_string(),
+        (Fault::NotFound, Direction::Pull) => " (no such image or tag in the registry)".to_string(),
+        (Fault::RateLimited, _) => " (the registry is rate-limiting; try again later)".to_string(),
+        (Fault::Transient, _) => match answered {
+            Some(code) => format!(" (the registry failed with HTTP {code}; try again later)"),
+            None => " (is the registry reachable?)".to_string(),
+        },
+        _ => String::new(),
+    };
+    LumeError::registry(image, format!("{e}{hint}"))
+}
+
 /// An I/O error as the user sees it, with a hint for a full disk.
 pub fn io_error(what: impl std::fmt::Display, e: std::io::Error) -> LumeError {
     let hint = if e.raw_os_error() == Some(libc::ENOSPC) {

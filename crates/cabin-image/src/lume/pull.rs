@@ -23,8 +23,8 @@ use super::layout::{self, Codec, Format, Part, Plan};
 use super::manifest::{self, Manifest, VmDescription, MAX_CONFIG_BYTES};
 use super::push::reference;
 use super::sparse::{self, SparseWriter};
-use super::{io_error, lz4::Lz4Decoder, media, LumeError};
-use crate::registry::{auth_of, classify, client_for, Fault, RegistryOptions};
+use super::{io_error, lz4::Lz4Decoder, media, retryable, LumeError};
+use crate::registry::{auth_of, client_for, RegistryOptions};
 use crate::store::hex;
 
 pub const DISK: &str = "disk.img";
@@ -45,18 +45,8 @@ pub struct Pulled {
     pub parts_resumed: usize,
 }
 
-fn retryable(e: &oci_client::errors::OciDistributionError) -> bool {
-    matches!(classify(e), Fault::Transient | Fault::RateLimited)
-}
-
 fn registry_err(image: &str, e: &oci_client::errors::OciDistributionError) -> LumeError {
-    let hint = match classify(e) {
-        Fault::Credentials => " (the registry wants credentials: cabin login, or GITHUB_USERNAME/GITHUB_TOKEN for ghcr.io)",
-        Fault::NotFound => " (no such image or tag in the registry)",
-        Fault::Transient => " (is the registry reachable?)",
-        _ => "",
-    };
-    LumeError::registry(image, format!("{e}{hint}"))
+    super::registry_err(image, e, super::Direction::Pull)
 }
 
 async fn backoff(attempt: u32) {
@@ -364,7 +354,10 @@ impl Ctx<'_> {
                 Err(e) if is_digest_mismatch(&e) => break, // checked below
                 Err(e) => {
                     let _ = tx.send(Err(e.to_string())).await;
-                    broken = Some(Failure::Retry(e.to_string()));
+                    broken = Some(Failure::Retry(format!(
+                        "the download broke off after {got} of {} bytes ({e})",
+                        part.compressed_size
+                    )));
                     break;
                 }
             }

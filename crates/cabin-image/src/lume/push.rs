@@ -24,8 +24,8 @@ use tokio::sync::OnceCell;
 use super::gzip::{self, Compressed};
 use super::journal::Journal;
 use super::manifest::{self, Descriptor, Manifest, VmDescription, MAX_NVRAM_BYTES};
-use super::{io_error, media, LumeError};
-use crate::registry::{auth_of, classify, client_for, Fault, RegistryOptions};
+use super::{io_error, media, retryable, LumeError};
+use crate::registry::{auth_of, client_for, RegistryOptions};
 use crate::store::sha256_hex;
 
 /// What a push is asked to do beyond the registry options.
@@ -123,19 +123,8 @@ fn journal_key(disk: &File, chunk: u64) -> std::io::Result<String> {
     ))
 }
 
-fn retryable(e: &oci_client::errors::OciDistributionError) -> bool {
-    matches!(classify(e), Fault::Transient | Fault::RateLimited)
-}
-
 fn registry_err(image: &str, e: &oci_client::errors::OciDistributionError) -> LumeError {
-    let hint = match classify(e) {
-        Fault::Credentials => {
-            " (the registry wants credentials with push rights: cabin login, or GITHUB_USERNAME/GITHUB_TOKEN for ghcr.io)"
-        }
-        Fault::Transient => " (is the registry reachable?)",
-        _ => "",
-    };
-    LumeError::registry(image, format!("{e}{hint}"))
+    super::registry_err(image, e, super::Direction::Push)
 }
 
 impl Shared {
