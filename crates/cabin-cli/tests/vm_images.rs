@@ -75,6 +75,9 @@ fn push_and_pull_round_trip_a_sparse_10gb_disk_in_lumes_format() {
     let line = out.lines().find(|l| l.contains("Push complete")).unwrap();
     assert_eq!(field(line, "chunks"), "640");
     let first_uploaded: usize = field(line, "uploaded").parse().unwrap();
+    // As Lume uploads: one streamed PUT per blob, no PATCH per piece.
+    assert_eq!(reg.answered("PUT", "/blobs/uploads/"), first_uploaded);
+    assert_eq!(reg.answered("PATCH", "/blobs/uploads/"), 0);
 
     // What a registry client reads: Lume's media types and annotations.
     let m = skopeo_raw(&reg, "linux-test:v1");

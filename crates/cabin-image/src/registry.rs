@@ -87,6 +87,20 @@ fn is_local(registry: &str) -> bool {
 }
 
 pub fn client_for(reference: &Reference, insecure: bool) -> Client {
+    Client::new(config_for(reference, insecure))
+}
+
+/// A client whose blob uploads are one `PUT` each, streamed (as Lume uploads VM image
+/// blobs), rather than a `PATCH` per piece read: a 500 MB chunk is two requests, not
+/// hundreds of round trips.
+pub fn monolithic_client_for(reference: &Reference, insecure: bool) -> Client {
+    Client::new(ClientConfig {
+        use_monolithic_push: true,
+        ..config_for(reference, insecure)
+    })
+}
+
+fn config_for(reference: &Reference, insecure: bool) -> ClientConfig {
     // oci-client brings no TLS crypto provider of its own; ring is ours.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let registry = reference.resolve_registry().to_string();
@@ -97,12 +111,12 @@ pub fn client_for(reference: &Reference, insecure: bool) -> Client {
     } else {
         ClientProtocol::Https
     };
-    Client::new(ClientConfig {
+    ClientConfig {
         protocol,
         read_timeout: Some(Duration::from_secs(60)),
         connect_timeout: Some(Duration::from_secs(10)),
         ..Default::default()
-    })
+    }
 }
 
 pub fn auth_of(opts: &RegistryOptions) -> RegistryAuth {

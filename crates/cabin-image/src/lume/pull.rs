@@ -38,7 +38,7 @@ pub struct Pulled {
     pub format: Format,
     /// The image had an NVRAM layer (written to `nvram.bin`).
     pub has_nvram: bool,
-    /// Compressed bytes fetched by this pull.
+    /// Bytes fetched by this pull: config, NVRAM and compressed disk parts.
     pub fetched_bytes: u64,
     /// Parts written by this pull, and parts an earlier pull had written.
     pub parts_written: usize,
@@ -506,8 +506,10 @@ pub async fn pull_manifest_into(
         .map_err(|e| io_error("sizing disk.img", e))?;
 
     let mut has_nvram = false;
+    let mut small_fetched = config.len() as u64;
     if let Some(n) = &plan.nvram {
         let b = small_blob(client, r, image, &n.digest, manifest::MAX_NVRAM_BYTES, opts).await?;
+        small_fetched += b.len() as u64;
         let tmp = dir.join(".nvram.bin.tmp");
         std::fs::write(&tmp, &b)
             .and_then(|()| std::fs::rename(&tmp, dir.join(NVRAM)))
@@ -522,7 +524,7 @@ pub async fn pull_manifest_into(
         opts,
         disk: Arc::new(disk),
         disk_size: plan.disk_size,
-        fetched: Mutex::new(0),
+        fetched: Mutex::new(small_fetched),
     };
     let progress = &opts.progress;
     let groups = plan.groups();

@@ -25,7 +25,7 @@ use super::gzip::{self, Compressed};
 use super::journal::Journal;
 use super::manifest::{self, Descriptor, Manifest, VmDescription, MAX_NVRAM_BYTES};
 use super::{io_error, media, retryable, LumeError};
-use crate::registry::{auth_of, client_for, RegistryOptions};
+use crate::registry::{auth_of, monolithic_client_for, RegistryOptions};
 use crate::store::sha256_hex;
 
 /// What a push is asked to do beyond the registry options.
@@ -327,7 +327,7 @@ pub async fn push(
         ));
     }
     let r = reference(repository, first)?;
-    let client = client_for(&r, opts.registry.insecure);
+    let client = monolithic_client_for(&r, opts.registry.insecure);
     if !opts.dry_run {
         client
             .auth(&r, &auth_of(&opts.registry), RegistryOperation::Push)
