@@ -849,7 +849,11 @@ fn blob_uploads_failing_for_good_midway_stop_a_push_that_resumes_later() {
             "1",
         ],
     );
-    expect_error(&o, 1, "(the registry failed with HTTP 500; try again later)");
+    expect_error(
+        &o,
+        1,
+        "(the registry failed with HTTP 500; try again later)",
+    );
     expect_error(&o, 1, "push again to resume");
     assert!(proxy.count_action("500") > 1, "retried: {:?}", proxy.seen());
     assert!(
