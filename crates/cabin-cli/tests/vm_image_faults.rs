@@ -833,22 +833,7 @@ fn blob_uploads_failing_for_good_midway_stop_a_push_that_resumes_later() {
         &reg.addr,
         vec![Rule::on(&["POST", "PATCH", "PUT"], UPLOADS, Action::status(500)).after(12)],
     );
-    let o = vm_in(
-        &data,
-        &[
-            "push",
-            "src",
-            "up:1",
-            "--registry",
-            &proxy.addr,
-            "--organization",
-            ORG,
-            "--chunk-size-mb",
-            "1",
-            "--parallel",
-            "1",
-        ],
-    );
+    let o = vm_in(&data, &one_by_one_push_args("src", "up:1", &proxy.addr));
     expect_error(
         &o,
         1,

@@ -468,19 +468,7 @@ fn an_interrupted_push_resumes_without_compressing_or_sending_chunks_again() {
             })
             .unwrap_or(0)
     };
-    let args = [
-        "push",
-        "src",
-        "pushed:v1",
-        "--registry",
-        &reg.addr,
-        "--organization",
-        ORG,
-        "--chunk-size-mb",
-        "1",
-        "--parallel",
-        "1",
-    ];
+    let args = one_by_one_push_args("src", "pushed:v1", &reg.addr);
     // Config and NVRAM first, then the chunks in order.
     kill_midway(&data, &reg, &args, || {
         reg.answered("PUT", "/blobs/uploads/") >= 12
@@ -596,15 +584,8 @@ fn a_registry_dying_mid_push_is_a_clear_error_and_the_push_resumes_once_it_is_ba
     let (_t, mut reg, data) = fresh();
     let src = many_chunk_vm(&data, "src");
     let mut cmd = cabin_in(&data);
-    cmd.args(["vm", "push", "src", "dying:v1", "--registry", &reg.addr])
-        .args([
-            "--organization",
-            ORG,
-            "--chunk-size-mb",
-            "1",
-            "--parallel",
-            "1",
-        ])
+    cmd.arg("vm")
+        .args(one_by_one_push_args("src", "dying:v1", &reg.addr))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = spawn_for_test_process(cmd).unwrap();

@@ -33,6 +33,24 @@ pub fn pull(data: &Path, addr: &str, image: &str, name: &str, extra: &[&str]) ->
     vm_in(data, &args)
 }
 
+/// `vm push NAME IMAGE` to `addr` in 1 MiB chunks, one at a time: a push slow and
+/// fine-grained enough to be interrupted at a chosen point.
+pub fn one_by_one_push_args<'a>(name: &'a str, image: &'a str, addr: &'a str) -> Vec<&'a str> {
+    vec![
+        "push",
+        name,
+        image,
+        "--registry",
+        addr,
+        "--organization",
+        ORG,
+        "--chunk-size-mb",
+        "1",
+        "--parallel",
+        "1",
+    ]
+}
+
 /// Hidden directories (staging, pulls) left in a location.
 pub fn hidden(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
