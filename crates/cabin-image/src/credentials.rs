@@ -137,4 +137,40 @@ mod tests {
         assert!(!c.remove("r:5000").unwrap());
         assert_eq!(c.get("r:5000").unwrap(), None);
     }
+
+    #[test]
+    fn lumes_github_variables_give_ghcr_credentials_only() {
+        // The only test that touches these variables.
+        for v in [
+            "GITHUB_USERNAME",
+            "GITHUB_TOKEN",
+            "GHCR_USERNAME",
+            "GHCR_TOKEN",
+        ] {
+            std::env::remove_var(v);
+        }
+        assert_eq!(ghcr_env_auth("ghcr.io"), None);
+        std::env::set_var("GHCR_USERNAME", "octo");
+        std::env::set_var("GHCR_TOKEN", "t1");
+        assert_eq!(
+            ghcr_env_auth("ghcr.io"),
+            Some(("octo".to_string(), "t1".to_string()))
+        );
+        // GITHUB_* first; an empty one falls back to GHCR_*; never for another registry.
+        std::env::set_var("GITHUB_USERNAME", "cat");
+        std::env::set_var("GITHUB_TOKEN", "");
+        assert_eq!(
+            ghcr_env_auth("ghcr.io"),
+            Some(("cat".to_string(), "t1".to_string()))
+        );
+        assert_eq!(ghcr_env_auth("127.0.0.1:5000"), None);
+        for v in [
+            "GITHUB_USERNAME",
+            "GITHUB_TOKEN",
+            "GHCR_USERNAME",
+            "GHCR_TOKEN",
+        ] {
+            std::env::remove_var(v);
+        }
+    }
 }
