@@ -141,14 +141,18 @@ mod tests {
     #[test]
     fn lumes_github_variables_give_ghcr_credentials_only() {
         // The only test that touches these variables.
-        for v in [
+        const VARS: [&str; 4] = [
             "GITHUB_USERNAME",
             "GITHUB_TOKEN",
             "GHCR_USERNAME",
             "GHCR_TOKEN",
-        ] {
-            std::env::remove_var(v);
-        }
+        ];
+        let clear = || {
+            for v in VARS {
+                std::env::remove_var(v);
+            }
+        };
+        clear();
         assert_eq!(ghcr_env_auth("ghcr.io"), None);
         std::env::set_var("GHCR_USERNAME", "octo");
         std::env::set_var("GHCR_TOKEN", "t1");
@@ -164,13 +168,6 @@ mod tests {
             Some(("cat".to_string(), "t1".to_string()))
         );
         assert_eq!(ghcr_env_auth("127.0.0.1:5000"), None);
-        for v in [
-            "GITHUB_USERNAME",
-            "GITHUB_TOKEN",
-            "GHCR_USERNAME",
-            "GHCR_TOKEN",
-        ] {
-            std::env::remove_var(v);
-        }
+        clear();
     }
 }
