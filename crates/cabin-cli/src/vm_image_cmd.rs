@@ -76,31 +76,37 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
 }
 
-/// The registry options of a push or pull, with a progress bar.
-fn options(
+/// The image a push or pull names, and its registry options with a progress bar.
+fn image_and_options(
     paths: &Paths,
+    image: &str,
     registry: &str,
+    organization: &str,
     parallel: usize,
     insecure: bool,
-) -> Result<cabin_image::registry::RegistryOptions, String> {
+) -> Result<(ImageRef, cabin_image::registry::RegistryOptions), String> {
+    let image = ImageRef::parse(image, registry, organization).map_err(|e| e.to_string())?;
     let mut opts = transfer::registry_options(paths, registry).map_err(|e| e.to_string())?;
     opts.parallel = parallel.clamp(1, 64);
     opts.insecure = insecure;
     opts.progress = crate::progress::hook();
-    Ok(opts)
+    Ok((image, opts))
 }
 
 pub async fn push(paths: &Paths, s: &Settings, a: PushArgs) -> i32 {
-    let image = match ImageRef::parse(&a.image, &a.registry, &a.organization) {
-        Ok(i) => i,
+    let (image, opts) = match image_and_options(
+        paths,
+        &a.image,
+        &a.registry,
+        &a.organization,
+        a.parallel,
+        a.insecure,
+    ) {
+        Ok(v) => v,
         Err(e) => return fail(e),
     };
     let vm = match store::find(s, &a.name, a.storage.as_deref()) {
         Ok(v) => v,
-        Err(e) => return fail(e),
-    };
-    let opts = match options(paths, &a.registry, a.parallel, a.insecure) {
-        Ok(o) => o,
         Err(e) => return fail(e),
     };
     let started = std::time::Instant::now();
@@ -143,12 +149,15 @@ pub async fn push(paths: &Paths, s: &Settings, a: PushArgs) -> i32 {
 }
 
 pub async fn pull(paths: &Paths, s: &Settings, a: PullArgs) -> i32 {
-    let image = match ImageRef::parse(&a.image, &a.registry, &a.organization) {
-        Ok(i) => i,
-        Err(e) => return fail(e),
-    };
-    let opts = match options(paths, &a.registry, a.parallel, a.insecure) {
-        Ok(o) => o,
+    let (image, opts) = match image_and_options(
+        paths,
+        &a.image,
+        &a.registry,
+        &a.organization,
+        a.parallel,
+        a.insecure,
+    ) {
+        Ok(v) => v,
         Err(e) => return fail(e),
     };
     let started = std::time::Instant::now();
