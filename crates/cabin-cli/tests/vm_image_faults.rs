@@ -735,7 +735,15 @@ fn a_full_storage_location_is_a_clear_error_and_the_pull_resumes_once_there_is_r
     assert!(o.status.success(), "{}", stderr(&o));
     let raw = distinct_parts(12);
     oci_image(&reg.addr, "full:1", &raw, |_| {});
-    let o = pull(&data, &reg.addr, "full:1", "full", &["--storage", "small"]);
+    // One part at a time, so that the parts before the one that finds the disk full
+    // are finished and journaled whatever the machine's load.
+    let o = pull(
+        &data,
+        &reg.addr,
+        "full:1",
+        "full",
+        &["--storage", "small", "--parallel", "1"],
+    );
     expect_error(&o, 1, "writing disk part ");
     expect_error(&o, 1, "No space left on device");
     expect_error(
