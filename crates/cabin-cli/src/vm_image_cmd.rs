@@ -7,6 +7,21 @@ use cabin_runtime::vm::transfer::{self, ImageRef, PullRequest, PushRequest};
 use cabin_runtime::Paths;
 use clap::Args;
 
+/// Where an image lives and how it travels: the options push and pull share.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    #[arg(long, default_value = transfer::DEFAULT_REGISTRY)]
+    registry: String,
+    #[arg(long, default_value = transfer::DEFAULT_ORGANIZATION)]
+    organization: String,
+    /// Chunks compressed and uploaded, or downloaded and written, at once.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Plain HTTP with this registry (always for localhost and 127.0.0.0/8).
+    #[arg(long)]
+    insecure: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct PushArgs {
     /// The VM to push (stopped).
@@ -16,10 +31,8 @@ pub struct PushArgs {
     /// More tags for the same image.
     #[arg(long, num_args = 1..)]
     additional_tags: Vec<String>,
-    #[arg(long, default_value = transfer::DEFAULT_REGISTRY)]
-    registry: String,
-    #[arg(long, default_value = transfer::DEFAULT_ORGANIZATION)]
-    organization: String,
+    #[command(flatten)]
+    at: RegistryArgs,
     #[arg(long)]
     storage: Option<String>,
     /// Uncompressed MiB per disk chunk.
@@ -28,16 +41,10 @@ pub struct PushArgs {
     /// The disk as one layer (`disk.img`) instead of chunks.
     #[arg(long)]
     single_layer: bool,
-    /// Chunks compressed and uploaded at once.
-    #[arg(long, default_value_t = 4)]
-    parallel: usize,
     /// Compress the disk and print the manifest that would be pushed; contact no
     /// registry.
     #[arg(long)]
     dry_run: bool,
-    /// Plain HTTP with this registry (always for localhost and 127.0.0.0/8).
-    #[arg(long)]
-    insecure: bool,
 }
 
 #[derive(Debug, Args)]
@@ -46,21 +53,14 @@ pub struct PullArgs {
     image: String,
     /// The new VM's name (default IMAGE_TAG).
     name: Option<String>,
-    #[arg(long, default_value = transfer::DEFAULT_REGISTRY)]
-    registry: String,
-    #[arg(long, default_value = transfer::DEFAULT_ORGANIZATION)]
-    organization: String,
+    #[command(flatten)]
+    at: RegistryArgs,
     #[arg(long)]
     storage: Option<String>,
-    /// Chunks downloaded and written at once.
-    #[arg(long, default_value_t = 4)]
-    parallel: usize,
     /// Keep the image in the cache so that more VMs from it are clones, not downloads
     /// (always on with the setting cachingEnabled).
     #[arg(long)]
     cache: bool,
-    #[arg(long)]
-    insecure: bool,
 }
 
 fn fail(e: impl std::fmt::Display) -> i32 {
@@ -80,28 +80,19 @@ fn mib(b: u64) -> String {
 fn image_and_options(
     paths: &Paths,
     image: &str,
-    registry: &str,
-    organization: &str,
-    parallel: usize,
-    insecure: bool,
+    at: &RegistryArgs,
 ) -> Result<(ImageRef, cabin_image::registry::RegistryOptions), String> {
-    let image = ImageRef::parse(image, registry, organization).map_err(|e| e.to_string())?;
-    let mut opts = transfer::registry_options(paths, registry).map_err(|e| e.to_string())?;
-    opts.parallel = parallel.clamp(1, 64);
-    opts.insecure = insecure;
+    let image =
+        ImageRef::parse(image, &at.registry, &at.organization).map_err(|e| e.to_string())?;
+    let mut opts = transfer::registry_options(paths, &at.registry).map_err(|e| e.to_string())?;
+    opts.parallel = at.parallel.clamp(1, 64);
+    opts.insecure = at.insecure;
     opts.progress = crate::progress::hook();
     Ok((image, opts))
 }
 
 pub async fn push(paths: &Paths, s: &Settings, a: PushArgs) -> i32 {
-    let (image, opts) = match image_and_options(
-        paths,
-        &a.image,
-        &a.registry,
-        &a.organization,
-        a.parallel,
-        a.insecure,
-    ) {
+    let (image, opts) = match image_and_options(paths, &a.image, &a.at) {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
@@ -149,14 +140,7 @@ pub async fn push(paths: &Paths, s: &Settings, a: PushArgs) -> i32 {
 }
 
 pub async fn pull(paths: &Paths, s: &Settings, a: PullArgs) -> i32 {
-    let (image, opts) = match image_and_options(
-        paths,
-        &a.image,
-        &a.registry,
-        &a.organization,
-        a.parallel,
-        a.insecure,
-    ) {
+    let (image, opts) = match image_and_options(paths, &a.image, &a.at) {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
