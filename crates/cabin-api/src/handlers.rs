@@ -2,6 +2,7 @@
 //! Lume's shapes and messages. They block (files, flocks, waiting for a VM), so the
 //! server runs them on tokio's blocking threads.
 
+use cabin_base::sync::Locked;
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,6 @@ use axum::http::StatusCode;
 use cabin_runtime::vm::details;
 use cabin_runtime::vm::runner::{self, Started};
 use cabin_runtime::vm::settings::Settings;
-use cabin_runtime::vm::sizes::parse_size;
 use cabin_runtime::vm::store::{self, CreateOptions, VmError};
 use cabin_runtime::Paths;
 
@@ -61,7 +61,7 @@ impl App {
         &self,
         change: impl FnOnce(&mut Settings) -> Result<(), String>,
     ) -> Result<(), ApiError> {
-        let _guard = self.settings_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.settings_lock.locked();
         let mut s = self.settings()?;
         change(&mut s)?;
         Ok(s.save(&self.paths)?)
@@ -86,6 +86,11 @@ impl Request<'_> {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.into_owned())
     }
+}
+
+fn lume_size(s: &str) -> Result<u64, ApiError> {
+    cabin_base::sizes::parse_size(s, cabin_base::sizes::Dialect::Lume)
+        .map_err(|e| ApiError::new(e.to_string()))
 }
 
 /// A `storage` value: absent, null and "" all mean "every location" (or the default
@@ -217,8 +222,8 @@ fn create_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
     let opts = CreateOptions {
         os,
         cpu: c.cpu,
-        memory: parse_size(&c.memory)?,
-        disk_size: parse_size(&c.disk_size)?,
+        memory: lume_size(&c.memory)?,
+        disk_size: lume_size(&c.disk_size)?,
         display: c.display.clone(),
         network: c.network.clone().unwrap_or_else(|| "nat".into()),
     };
@@ -268,8 +273,8 @@ fn set_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
     let c: wire::SetVm = wire::body(req.body)?;
     let s = app.settings()?;
     let vm = store::find(&s, req.name(), storage(&c.storage))?;
-    let memory = c.memory.as_deref().map(parse_size).transpose()?;
-    let disk = c.disk_size.as_deref().map(parse_size).transpose()?;
+    let memory = c.memory.as_deref().map(lume_size).transpose()?;
+    let disk = c.disk_size.as_deref().map(lume_size).transpose()?;
     if c.dry_run == Some(true) {
         store::check_set(&vm, c.cpu, memory, disk, c.display.as_deref())?;
     } else {
@@ -291,7 +296,7 @@ struct Starting<'a> {
 
 impl Drop for Starting<'_> {
     fn drop(&mut self) {
-        let mut set = self.app.starting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut set = self.app.starting.locked();
         set.remove(&self.dir);
     }
 }
@@ -337,7 +342,7 @@ fn run_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
     }
 
     let _starting = {
-        let mut set = app.starting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut set = app.starting.locked();
         if vm.is_running() || !set.insert(vm.dir.clone()) {
             return Err(VmError::Running(vm.name.clone()).into());
         }
@@ -448,7 +453,7 @@ fn set_config(app: &App, req: &Request) -> Result<Reply, ApiError> {
             s.set_home_directory(home)?;
         }
         if let Some(cache) = &c.cache_directory {
-            if !cabin_runtime::vm::settings::expand(cache).is_absolute() {
+            if !s.expand(cache).is_absolute() {
                 return Err(format!(
                     "Invalid cache directory: {cache}: give an absolute path"
                 ));

@@ -23,13 +23,13 @@ fn keep(q: &Mutex<VecDeque<String>>, line: String) {
 
 impl Log {
     pub fn info(&self, msg: &str) {
-        let line = format!("[{}] INFO: {msg}", cabin_image::timestamp::now());
+        let line = format!("[{}] INFO: {msg}", cabin_base::time::now_rfc3339());
         println!("{line}");
         keep(&self.info, line);
     }
 
     pub fn error(&self, msg: &str) {
-        let line = format!("[{}] ERROR: {msg}", cabin_image::timestamp::now());
+        let line = format!("[{}] ERROR: {msg}", cabin_base::time::now_rfc3339());
         println!("{line}");
         keep(&self.error, line);
     }

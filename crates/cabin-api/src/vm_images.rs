@@ -4,6 +4,7 @@
 //! /lume/images`, `POST /lume/prune`. Progress lives in this server's memory, as in
 //! Lume.
 
+use cabin_base::sync::Locked;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,7 +72,7 @@ struct Pulling<'a> {
 
 /// What `GET /lume/vms/:name` says about a background pull of `name`, if there is one.
 pub fn pull_status(app: &App, name: &str) -> Option<Result<Reply, ApiError>> {
-    let pulls = app.pulls.lock().unwrap();
+    let pulls = app.pulls.locked();
     match pulls.get(name)? {
         PullState::Running(c) => Some(Ok(Reply::ok(&Pulling {
             name,
@@ -217,7 +218,7 @@ pub fn pull(app: &App, req: &Request, background: bool) -> Result<Reply, ApiErro
     }
     let counter = Arc::new(Counter::default());
     {
-        let mut pulls = app.pulls.lock().unwrap();
+        let mut pulls = app.pulls.locked();
         if matches!(pulls.get(&store_name), Some(PullState::Running(_))) {
             return Err(ApiError::new(format!(
                 "A pull of {store_name} is already under way"
@@ -232,7 +233,7 @@ pub fn pull(app: &App, req: &Request, background: bool) -> Result<Reply, ApiErro
     in_background(move || async move {
         let r = job.run(opts).await;
         let image = &job.image;
-        let mut pulls = pulls.lock().unwrap();
+        let mut pulls = pulls.locked();
         match r {
             Ok(o) => {
                 pulls.remove(&key);

@@ -485,7 +485,7 @@ pub async fn logs(args: LogsArgs) -> i32 {
                 &mut out
             };
             if args.timestamps {
-                let _ = write!(w, "{} ", cabin_image::timestamp::rfc3339(e.time, true));
+                let _ = write!(w, "{} ", cabin_base::time::rfc3339(e.time, true));
             }
             let _ = w.write_all(e.log.as_bytes());
         }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use cabin_runtime::ContainerConfig;
 use clap::Args;
 
-use crate::sizes::parse_size;
+use cabin_base::sizes::{parse_size, Dialect};
 
 #[derive(Debug, Clone, Args)]
 pub struct MachineArgs {
@@ -45,7 +45,7 @@ impl MachineArgs {
             c.cpus = Some(cpus);
         }
         if let Some(m) = &self.memory {
-            let bytes = parse_size(m)?;
+            let bytes = parse_size(m, Dialect::Docker).map_err(|e| e.to_string())?;
             if bytes < 6 << 20 {
                 return Err(format!("invalid --memory {m}: the minimum is 6m"));
             }

@@ -11,7 +11,7 @@ mod prepare;
 mod process_args;
 mod progress;
 mod run;
-mod sizes;
+
 mod terminal;
 mod vm_cmd;
 mod vm_image_cmd;
@@ -154,7 +154,7 @@ fn main() {
     let cli = Cli::parse();
     // Whatever a killed cabin left behind (run directories, a QEMU that outlived it) is
     // cleaned up by the next cabin command, whichever it is.
-    cabin_runtime::rundir::reap_stale(&Paths::from_env());
+    cabin_vmm::rundir::reap_stale(&Paths::from_env().run_root());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

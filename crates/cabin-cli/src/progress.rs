@@ -1,5 +1,6 @@
 //! Progress bars for blob transfers, on a terminal only: piped output stays clean.
 
+use cabin_base::sync::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -31,17 +32,17 @@ impl Progress for Bars {
                 .collect::<String>(),
         );
         bar.set_position(done);
-        self.bars.lock().unwrap().insert(digest.to_string(), bar);
+        self.bars.locked().insert(digest.to_string(), bar);
     }
 
     fn advance(&self, digest: &str, bytes: u64) {
-        if let Some(b) = self.bars.lock().unwrap().get(digest) {
+        if let Some(b) = self.bars.locked().get(digest) {
             b.inc(bytes);
         }
     }
 
     fn finish(&self, digest: &str) {
-        if let Some(b) = self.bars.lock().unwrap().get(digest) {
+        if let Some(b) = self.bars.locked().get(digest) {
             b.finish();
         }
     }

@@ -7,7 +7,6 @@ use cabin_runtime::vm::details::{self, lume_pretty};
 use cabin_runtime::vm::from_image;
 use cabin_runtime::vm::runner::{self, RunOptions, Started};
 use cabin_runtime::vm::settings::Settings;
-use cabin_runtime::vm::sizes::parse_size;
 use cabin_runtime::vm::store::{self, CreateOptions, Vm, VmError};
 use cabin_runtime::{AccelRequest, Paths};
 use clap::{Args, Subcommand};
@@ -206,13 +205,17 @@ fn fail(e: impl std::fmt::Display) -> i32 {
     1
 }
 
+fn lume_size(s: &str) -> Result<u64, cabin_base::sizes::SizeError> {
+    cabin_base::sizes::parse_size(s, cabin_base::sizes::Dialect::Lume)
+}
+
 fn settings(paths: &Paths) -> Result<Settings, String> {
     Settings::load(paths)
 }
 
 /// Lume's log line format: `[<ISO8601>] INFO: <msg> k=v`.
 fn log_info(msg: &str) {
-    println!("[{}] INFO: {msg}", cabin_image::timestamp::now());
+    println!("[{}] INFO: {msg}", cabin_base::time::now_rfc3339());
 }
 
 fn text_table(list: &[details::VmDetails]) -> String {
@@ -280,7 +283,7 @@ pub async fn run(cmd: VmCommand) -> i32 {
     };
     match cmd {
         VmCommand::Create(a) => {
-            let sizes = parse_size(&a.memory).and_then(|m| Ok((m, parse_size(&a.disk_size)?)));
+            let sizes = lume_size(&a.memory).and_then(|m| Ok((m, lume_size(&a.disk_size)?)));
             let (memory, disk_size) = match sizes {
                 Ok(v) => v,
                 Err(e) => return fail(e),
@@ -363,11 +366,11 @@ pub async fn run(cmd: VmCommand) -> i32 {
                 Ok(v) => v,
                 Err(e) => return fail(e),
             };
-            let memory = match a.memory.as_deref().map(parse_size).transpose() {
+            let memory = match a.memory.as_deref().map(lume_size).transpose() {
                 Ok(m) => m,
                 Err(e) => return fail(e),
             };
-            let disk = match a.disk_size.as_deref().map(parse_size).transpose() {
+            let disk = match a.disk_size.as_deref().map(lume_size).transpose() {
                 Ok(d) => d,
                 Err(e) => return fail(e),
             };

@@ -69,7 +69,7 @@ fn fail(e: impl std::fmt::Display) -> i32 {
 }
 
 fn log_info(msg: &str) {
-    println!("[{}] INFO: {msg}", cabin_image::timestamp::now());
+    println!("[{}] INFO: {msg}", cabin_base::time::now_rfc3339());
 }
 
 fn mib(b: u64) -> String {

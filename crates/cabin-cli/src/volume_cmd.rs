@@ -77,7 +77,10 @@ pub fn run(cmd: VolumeCommand) -> i32 {
     let volumes = Volumes::open(&paths);
     match cmd {
         VolumeCommand::Create { name, size } => {
-            let size = match size.map(|s| crate::sizes::parse_size(&s)).transpose() {
+            let size = match size
+                .map(|s| cabin_base::sizes::parse_size(&s, cabin_base::sizes::Dialect::Docker))
+                .transpose()
+            {
                 Ok(s) => s.unwrap_or(DEFAULT_VOLUME_BYTES),
                 Err(e) => return fail(e),
             };

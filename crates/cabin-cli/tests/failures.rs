@@ -112,6 +112,11 @@ fn guest_kernel_panic_is_reported_with_the_console() {
     assert!(err.contains("the VM stopped unexpectedly"), "{err}");
     assert!(err.contains("last lines of the guest console"), "{err}");
     assert!(err.contains("Kernel panic"), "{err}");
+    // The panic's own line, however long the call trace printed after it.
+    assert!(
+        err.contains("the guest kernel panicked: Kernel panic - not syncing: "),
+        "{err}"
+    );
     assert_clean(data.path());
 }
 

@@ -317,7 +317,7 @@ pub fn import(
     } else {
         layer_from_tarball(store, src)?
     };
-    let now = crate::timestamp::now();
+    let now = cabin_base::time::now_rfc3339();
     let mut env = vec![DEFAULT_PATH.to_string()];
     env.extend(cfg.env.iter().cloned());
     let mut config = json!({

@@ -8,12 +8,13 @@
 //! Sizes and entry counts are bounded, which stops decompression bombs.
 
 use std::collections::HashSet;
-use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{self, BufReader, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+
+use cabin_base::confined::{check, clear_dir, cstr, remove_at, Leaf, Links, Root};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
@@ -50,52 +51,6 @@ impl Default for Limits {
     }
 }
 
-const RESOLVE_IN_ROOT: u64 = 0x10;
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
-fn cstr(b: &[u8]) -> io::Result<CString> {
-    CString::new(b).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
-}
-
-fn openat2(dir: RawFd, path: &[u8], flags: i32) -> io::Result<OwnedFd> {
-    let c = cstr(if path.is_empty() { b"." } else { path })?;
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-    };
-    // SAFETY: valid descriptor, NUL-terminated path, open_how of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir,
-            c.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just gave us this descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-fn check(r: libc::c_int) -> io::Result<()> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 /// The entry's path as components relative to the root, or an escape error. Leading "/"
 /// and "./" are dropped; ".." is refused outright rather than clamped.
 fn clean_path(raw: &Path) -> Result<PathBuf, LayerError> {
@@ -113,89 +68,20 @@ fn clean_path(raw: &Path) -> Result<PathBuf, LayerError> {
 }
 
 struct Applier {
-    root: OwnedFd,
+    root: Root,
     as_root: bool,
     /// Paths this layer created: an opaque marker hides lower layers only.
     created: HashSet<PathBuf>,
 }
 
 impl Applier {
+    /// The directory that holds `rel`, opened: missing ones are created (0755), each
+    /// one resolved inside the root.
     fn parent_dir(&self, rel: &Path) -> io::Result<OwnedFd> {
         let parent = rel.parent().unwrap_or(Path::new(""));
-        // Missing parents are created (0755), each one resolved inside the root.
-        let mut cur = PathBuf::new();
-        for c in parent.components() {
-            cur.push(c);
-            match openat2(
-                self.root.as_raw_fd(),
-                cur.as_os_str().as_bytes(),
-                libc::O_PATH | libc::O_DIRECTORY,
-            ) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    let up = self.parent_dir(&cur)?;
-                    let name = cstr(cur.file_name().unwrap_or_default().as_bytes())?;
-                    // SAFETY: mkdirat relative to a directory we hold.
-                    let r = unsafe { libc::mkdirat(up.as_raw_fd(), name.as_ptr(), 0o755) };
-                    if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        openat2(
-            self.root.as_raw_fd(),
-            parent.as_os_str().as_bytes(),
-            libc::O_PATH | libc::O_DIRECTORY,
-        )
-    }
-
-    /// Removes `name` in `dir` whatever it is (a directory with its contents).
-    fn remove(&self, dir: RawFd, name: &CString) -> io::Result<()> {
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fstatat without following the final symlink.
-        if unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } < 0 {
-            let e = io::Error::last_os_error();
-            return if e.raw_os_error() == Some(libc::ENOENT) {
-                Ok(())
-            } else {
-                Err(e)
-            };
-        }
-        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-            // SAFETY: opening a directory (not following symlinks) below one we hold.
-            let fd = unsafe {
-                libc::openat(
-                    dir,
-                    name.as_ptr(),
-                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                )
-            };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: we own fd.
-            let sub = unsafe { OwnedFd::from_raw_fd(fd) };
-            self.clear_dir(sub.as_raw_fd(), &|_| true)?;
-            // SAFETY: removing an (now empty) directory entry.
-            check(unsafe { libc::unlinkat(dir, name.as_ptr(), libc::AT_REMOVEDIR) })
-        } else {
-            // SAFETY: removing a non-directory entry.
-            check(unsafe { libc::unlinkat(dir, name.as_ptr(), 0) })
-        }
-    }
-
-    fn clear_dir(&self, dir: RawFd, keep_if: &dyn Fn(&OsStr) -> bool) -> io::Result<()> {
-        let names: Vec<CString> = std::fs::read_dir(format!("/proc/self/fd/{dir}"))?
-            .filter_map(|e| e.ok())
-            .filter(|e| keep_if(&e.file_name()))
-            .map(|e| cstr(e.file_name().as_bytes()))
-            .collect::<io::Result<_>>()?;
-        for n in names {
-            self.remove(dir, &n)?;
-        }
-        Ok(())
+        self.root
+            .make_path(parent, Leaf::Dir, 0o755)
+            .map(OwnedFd::from)
     }
 
     fn apply_entry<R: Read>(&mut self, entry: &mut tar::Entry<R>) -> Result<(), LayerError> {
@@ -219,13 +105,12 @@ impl Applier {
         if name_bytes == b".wh..wh..opq" {
             let dir_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
             let created = &self.created;
-            self.clear_dir(parent.as_raw_fd(), &|n| !created.contains(&dir_rel.join(n)))
-                .map_err(err)?;
+            clear_dir(parent.as_fd(), &|n| !created.contains(&dir_rel.join(n))).map_err(err)?;
             return Ok(());
         }
         if let Some(hidden) = name_bytes.strip_prefix(b".wh.") {
             let hidden = cstr(hidden).map_err(err)?;
-            self.remove(parent.as_raw_fd(), &hidden).map_err(err)?;
+            remove_at(parent.as_fd(), &hidden).map_err(err)?;
             return Ok(());
         }
 
@@ -241,7 +126,7 @@ impl Applier {
             unsafe { libc::fstatat(pfd, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } == 0;
         let existing_dir = exists && st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         if exists && !(kind.is_dir() && existing_dir) {
-            self.remove(pfd, &name).map_err(err)?;
+            remove_at(parent.as_fd(), &name).map_err(err)?;
         }
         // SAFETY (for the block below): *at calls relative to the parent we hold, on the
         // final component only, never following it.
@@ -285,12 +170,10 @@ impl Applier {
                         .ok_or_else(|| err(io::Error::other("hard link without a target")))?;
                     let target_rel = clean_path(&target)?;
                     // The target is resolved inside the root and must not be a directory.
-                    let tfd = openat2(
-                        self.root.as_raw_fd(),
-                        target_rel.as_os_str().as_bytes(),
-                        libc::O_PATH | libc::O_NOFOLLOW,
-                    )
-                    .map_err(err)?;
+                    let tfd = self
+                        .root
+                        .open_in(&target_rel, libc::O_PATH | libc::O_NOFOLLOW)
+                        .map_err(err)?;
                     let proc_path = cstr(format!("/proc/self/fd/{}", tfd.as_raw_fd()).as_bytes())
                         .map_err(err)?;
                     check(libc::linkat(
@@ -471,9 +354,8 @@ pub fn apply_tar(
     reader: impl Read,
     limits: Limits,
 ) -> Result<(String, u64), LayerError> {
-    let root_fd: OwnedFd = File::open(root)?.into();
     let mut applier = Applier {
-        root: root_fd,
+        root: Root::open(root, Links::InRoot)?,
         // SAFETY: geteuid has no side effects.
         as_root: unsafe { libc::geteuid() } == 0,
         created: HashSet::new(),

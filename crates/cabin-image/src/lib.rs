@@ -10,7 +10,6 @@
 //! - [`layer`]: applying OCI layers to a directory safely.
 //! - [`cpio`]: the newc archive format the guest's initramfs is written in.
 //! - [`qcow2`]: empty qcow2 overlays, the containers' writable layers.
-//! - [`timestamp`]: RFC 3339 time stamps.
 
 pub mod archive;
 pub mod cpio;
@@ -24,4 +23,3 @@ pub mod qcow2;
 pub mod registry;
 pub mod rootfs;
 pub mod store;
-pub mod timestamp;

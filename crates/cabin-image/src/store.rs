@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -268,19 +267,9 @@ impl Store {
         f: impl FnOnce(&mut BTreeMap<String, String>) -> T,
     ) -> Result<T, StoreError> {
         let lock_path = self.root.join("refs.lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        // SAFETY: flock on a descriptor we own; released when `lock` closes.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(StoreError::Io {
-                path: lock_path,
-                source: io::Error::last_os_error(),
-            });
-        }
+        let _lock =
+            cabin_base::lock::lock_path_waiting(&lock_path, cabin_base::lock::Mode::Exclusive)
+                .map_err(io_err(&lock_path))?;
         let mut refs = self.refs()?;
         let out = f(&mut refs);
         let path = self.refs_path();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use cabin_proto::v1::{Resources, StartProcessRequest};
 
-use crate::inroot::{self, ExecLookup, Root};
+use crate::inroot::{self, ExecLookup};
 use crate::launch::{self, ChildFailure, ChildSetup};
 use crate::users;
 
@@ -41,8 +41,10 @@ pub fn pidfd(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-fn cstr(p: impl AsRef<Path>) -> CString {
-    CString::new(p.as_ref().as_os_str().as_bytes()).expect("paths from init have no NUL")
+/// A path or string as a C string: one with a NUL byte (from the host's request) is an
+/// error, never a panic.
+fn cstr(p: impl AsRef<Path>) -> io::Result<CString> {
+    cabin_base::confined::cstr(p.as_ref().as_os_str().as_bytes())
 }
 
 pub fn mount(
@@ -52,8 +54,8 @@ pub fn mount(
     flags: libc::c_ulong,
     data: &str,
 ) -> io::Result<()> {
-    let (s, t, f) = (cstr(source), cstr(target), cstr(fstype));
-    let d = cstr(data);
+    let (s, t, f) = (cstr(source)?, cstr(target)?, cstr(fstype)?);
+    let d = cstr(data)?;
     // SAFETY: NUL-terminated strings that outlive the call.
     let r = unsafe {
         libc::mount(
@@ -79,7 +81,7 @@ pub fn mount(
 }
 
 fn mknod(path: &Path, major: u32, minor: u32) -> io::Result<()> {
-    let p = cstr(path);
+    let p = cstr(path)?;
     // SAFETY: valid path; creating a character device node.
     let r = unsafe {
         libc::mknod(
@@ -353,7 +355,7 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 fn open_pty(rootfs: &Path, rows: u16, cols: u16, owner: u32) -> io::Result<(OwnedFd, OwnedFd)> {
     // The pty comes from the container's own devpts instance, so that inside the
     // container `tty` names a device that exists there.
-    let ptmx = cstr(rootfs.join("dev/pts/ptmx"));
+    let ptmx = cstr(rootfs.join("dev/pts/ptmx"))?;
     // SAFETY: plain open of a path we own.
     let master = unsafe {
         libc::open(
@@ -661,15 +663,15 @@ impl ChildSetup for ChildPlan {
     }
 }
 
-fn cwd_prefixes(cwd: &str) -> Vec<CString> {
+fn cwd_prefixes(cwd: &str) -> io::Result<Vec<CString>> {
     let mut out = Vec::new();
     let mut acc = String::new();
     for part in cwd.split('/').filter(|p| !p.is_empty() && *p != ".") {
         acc.push('/');
         acc.push_str(part);
-        out.push(cstr(&acc));
+        out.push(cstr(&acc)?);
     }
-    out
+    Ok(out)
 }
 
 /// Starts the container's first process. The caller registers the returned pid with the
@@ -686,9 +688,13 @@ pub fn start_process(
     if req.args.is_empty() {
         return Err(StartError::InvalidSpec("no command given".into()));
     }
-    let root = Root::open(&ctr.rootfs).map_err(|e| setup("open the root filesystem", e))?;
-    let passwd = root.read_text("/etc/passwd", 4 << 20).unwrap_or_default();
-    let group = root.read_text("/etc/group", 4 << 20).unwrap_or_default();
+    let root = inroot::open(&ctr.rootfs).map_err(|e| setup("open the root filesystem", e))?;
+    let passwd = root
+        .read_text(Path::new("/etc/passwd"), 4 << 20)
+        .unwrap_or_default();
+    let group = root
+        .read_text(Path::new("/etc/group"), 4 << 20)
+        .unwrap_or_default();
     let id = users::resolve(&req.user, &passwd, &group)
         .map_err(|e| StartError::InvalidSpec(e.to_string()))?;
 
@@ -747,22 +753,27 @@ pub fn start_process(
     let cgroup_dir =
         std::fs::File::open(&ctr.cgroup).map_err(|e| setup("open the container's cgroup", e))?;
     let rootfs = &ctr.rootfs;
+    let bad = |e: io::Error| StartError::InvalidSpec(e.to_string());
+    let in_root = |p: &str| cstr(rootfs.join(p)).map_err(bad);
     let plan = ChildPlan {
         tty: req.tty,
         join: join.is_some(),
         loopback_up: join.is_none() && ctr.own_network,
-        rootfs: cstr(rootfs),
-        proc_dir: cstr(rootfs.join("proc")),
-        mqueue_dir: cstr(rootfs.join("dev/mqueue")),
-        cgroup_dir: cstr(rootfs.join("sys/fs/cgroup")),
-        masked: MASKED_PATHS.iter().map(|p| cstr(rootfs.join(p))).collect(),
+        rootfs: cstr(rootfs).map_err(bad)?,
+        proc_dir: in_root("proc")?,
+        mqueue_dir: in_root("dev/mqueue")?,
+        cgroup_dir: in_root("sys/fs/cgroup")?,
+        masked: MASKED_PATHS
+            .iter()
+            .map(|p| in_root(p))
+            .collect::<Result<_, _>>()?,
         readonly: READONLY_PATHS
             .iter()
-            .map(|p| cstr(rootfs.join(p)))
-            .collect(),
-        dev_null: cstr("/dev/null"),
+            .map(|p| in_root(p))
+            .collect::<Result<_, _>>()?,
+        dev_null: c"/dev/null".into(),
         hostname: ctr.hostname.as_bytes().to_vec(),
-        cwd_prefixes: cwd_prefixes(cwd),
+        cwd_prefixes: cwd_prefixes(cwd).map_err(bad)?,
         rlimits,
         cap_last,
         uid: id.uid,
@@ -773,7 +784,9 @@ pub fn start_process(
     let mut envp = Vec::with_capacity(env.len());
     for kv in &env {
         match kv.split_once('=') {
-            Some((k, _)) if !k.is_empty() && !kv.contains('\0') => envp.push(cstr(kv)),
+            Some((k, _)) if !k.is_empty() => envp.push(cstr(kv).map_err(|_| {
+                StartError::InvalidSpec(format!("invalid environment entry {kv:?}"))
+            })?),
             _ => {
                 return Err(StartError::InvalidSpec(format!(
                     "invalid environment entry {kv:?}"
@@ -796,14 +809,14 @@ pub fn start_process(
         let fd = crate::pid1::binary().ok_or_else(|| {
             StartError::Setup("--init: cabin-init cannot find its own binary".into())
         })?;
-        let mut reaper_argv = vec![cstr(crate::pid1::ARGV0), cstr("--")];
+        let mut reaper_argv = vec![cstr(crate::pid1::ARGV0).map_err(bad)?, c"--".into()];
         reaper_argv.extend(argv);
         // A container's PID 1 drops the signals it does not block and has no handler
         // for: the reaper starts with all of them blocked, so that none sent early is
         // lost (a stop right after the start).
         launch::Program::from_fd(fd, reaper_argv, envp).with_signals_blocked()
     } else {
-        launch::Program::new(cstr(&program), argv, envp)
+        launch::Program::new(cstr(&program).map_err(bad)?, argv, envp)
     };
 
     // The child's ends are dropped (closed) in init once it has exec'd; init keeps the
@@ -889,11 +902,16 @@ mod tests {
     #[test]
     fn working_directory_prefixes_are_created_in_order() {
         let got: Vec<String> = cwd_prefixes("/srv//app/./data/")
+            .unwrap()
             .into_iter()
             .map(|c| c.into_string().unwrap())
             .collect();
         assert_eq!(got, ["/srv", "/srv/app", "/srv/app/data"]);
-        assert!(cwd_prefixes("/").is_empty());
+        assert!(cwd_prefixes("/").unwrap().is_empty());
+        assert!(
+            cwd_prefixes("/a\0b").is_err(),
+            "a NUL byte is an error, not a panic"
+        );
     }
 
     #[test]

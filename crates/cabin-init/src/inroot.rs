@@ -2,140 +2,32 @@
 //! absolute symlinks and `..` stay inside the root (openat2 with RESOLVE_IN_ROOT), so an
 //! image can never make init read or trust a file of the guest itself.
 
-use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Component, Path};
 
-const RESOLVE_IN_ROOT: u64 = 0x10;
+use cabin_base::confined::Links;
+pub use cabin_base::confined::{Leaf, Root};
 
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
+/// The container's root file system at `path`, its links kept inside it.
+pub fn open(path: &Path) -> io::Result<Root> {
+    Root::open(path, Links::InRoot)
 }
 
-pub struct Root {
-    dir: OwnedFd,
-}
-
-impl Root {
-    pub fn open(path: &Path) -> io::Result<Root> {
-        let dir = File::open(path)?;
-        Ok(Root { dir: dir.into() })
+/// Makes sure `path` exists inside the root, creating missing directories (and, for
+/// `Leaf::File`, an empty file) as the container would see them, and returns it opened
+/// with O_PATH: mounting on `/proc/self/fd/N` then lands exactly there, however the
+/// image's symlinks point.
+pub fn mount_point(root: &Root, path: &str, kind: Leaf) -> io::Result<File> {
+    let path = Path::new(path);
+    if !path.components().any(|c| matches!(c, Component::Normal(_))) {
+        return Err(io::Error::other(format!(
+            "{:?}: cannot mount over the container's root",
+            path.display()
+        )));
     }
-
-    fn open_in(&self, path: &str, flags: i32) -> io::Result<File> {
-        let c = CString::new(path).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let how = OpenHow {
-            flags: (flags | libc::O_CLOEXEC) as u64,
-            mode: 0,
-            resolve: RESOLVE_IN_ROOT,
-        };
-        // SAFETY: valid dirfd, NUL-terminated path and an open_how of the size we pass.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                self.dir.as_raw_fd(),
-                c.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the kernel just gave us this descriptor.
-        Ok(unsafe { File::from_raw_fd(fd as i32) })
-    }
-
-    /// Reads a small text file (at most `limit` bytes; more is an error, not a truncation).
-    pub fn read_text(&self, path: &str, limit: u64) -> io::Result<String> {
-        let file = self.open_in(path, libc::O_RDONLY)?;
-        let mut text = String::new();
-        file.take(limit + 1).read_to_string(&mut text)?;
-        if text.len() as u64 > limit {
-            return Err(io::Error::other(format!(
-                "{path} is larger than {limit} bytes"
-            )));
-        }
-        Ok(text)
-    }
-
-    fn stat(&self, path: &str) -> io::Result<std::fs::Metadata> {
-        self.open_in(path, libc::O_PATH)?.metadata()
-    }
-
-    /// Makes sure `path` exists inside the root, creating missing directories (and, for
-    /// `MountPoint::File`, an empty file) as the container would see them, and returns
-    /// it opened with O_PATH: mounting on `/proc/self/fd/N` then lands exactly there,
-    /// however the image's symlinks point.
-    pub fn mount_point(&self, path: &str, kind: MountPoint) -> io::Result<File> {
-        let parts: Vec<&str> = path
-            .split('/')
-            .filter(|p| !p.is_empty() && *p != ".")
-            .collect();
-        if parts.is_empty() {
-            return Err(io::Error::other(format!(
-                "{path:?}: cannot mount over the container's root"
-            )));
-        }
-        let mut dir = self.open_in("/", libc::O_PATH | libc::O_DIRECTORY)?;
-        for (i, name) in parts.iter().enumerate() {
-            let last = i + 1 == parts.len();
-            let sofar = format!("/{}", parts[..=i].join("/"));
-            let want_dir = !last || kind == MountPoint::Dir;
-            let flags = libc::O_PATH | if want_dir { libc::O_DIRECTORY } else { 0 };
-            match self.open_in(&sofar, flags) {
-                Ok(f) => dir = f,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    // The name alone, relative to the directory resolved so far: nothing
-                    // in it can lead elsewhere.
-                    let c = CString::new(*name)
-                        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-                    // SAFETY: a directory descriptor and a NUL-terminated single name.
-                    let r = unsafe {
-                        if want_dir {
-                            libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o755)
-                        } else {
-                            let fd = libc::openat(
-                                dir.as_raw_fd(),
-                                c.as_ptr(),
-                                libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                                0o644,
-                            );
-                            if fd >= 0 {
-                                libc::close(fd);
-                            }
-                            fd.min(0)
-                        }
-                    };
-                    if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
-                        let e = io::Error::last_os_error();
-                        return Err(io::Error::new(e.kind(), format!("creating {sofar}: {e}")));
-                    }
-                    dir = self.open_in(&sofar, flags)?;
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("{sofar} exists in the container and is not a directory"),
-                    ))
-                }
-                Err(e) => return Err(io::Error::new(e.kind(), format!("{sofar}: {e}"))),
-            }
-        }
-        Ok(dir)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MountPoint {
-    Dir,
-    File,
+    root.make_path(path, kind, 0o755)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -166,7 +58,12 @@ pub fn find_executable(root: &Root, arg0: &str, path_var: &str, cwd: &str) -> Ex
     };
     let mut not_executable = None;
     for c in candidates {
-        let Ok(meta) = root.stat(&c) else { continue };
+        let Ok(meta) = root
+            .open_in(Path::new(&c), libc::O_PATH)
+            .and_then(|f| f.metadata())
+        else {
+            continue;
+        };
         if !meta.is_file() {
             continue;
         }
@@ -213,20 +110,20 @@ mod tests {
         std::fs::create_dir(t.path().join("elsewhere")).unwrap();
         symlink("/elsewhere", t.path().join("data")).unwrap();
         symlink("/nowhere", t.path().join("dangling")).unwrap();
-        let root = Root::open(t.path()).unwrap();
-        let f = root.mount_point("/data/sub/dir", MountPoint::Dir).unwrap();
+        let root = open(t.path()).unwrap();
+        let f = mount_point(&root, "/data/sub/dir", Leaf::Dir).unwrap();
         assert!(f.metadata().unwrap().is_dir());
         assert!(t.path().join("elsewhere/sub/dir").is_dir());
         assert!(
             !std::path::Path::new("/elsewhere").exists(),
             "nothing created outside"
         );
-        assert!(root.mount_point("/dangling/x", MountPoint::Dir).is_err());
-        let file = root.mount_point("/etc/hosts", MountPoint::File).unwrap();
+        assert!(mount_point(&root, "/dangling/x", Leaf::Dir).is_err());
+        let file = mount_point(&root, "/etc/hosts", Leaf::File).unwrap();
         assert!(file.metadata().unwrap().is_file());
         assert!(t.path().join("etc/hosts").is_file());
-        assert!(root.mount_point("/bin/tool/x", MountPoint::Dir).is_err());
-        assert!(root.mount_point("/", MountPoint::Dir).is_err());
+        assert!(mount_point(&root, "/bin/tool/x", Leaf::Dir).is_err());
+        assert!(mount_point(&root, "/", Leaf::Dir).is_err());
     }
 
     mod tempdir {
@@ -256,7 +153,7 @@ mod tests {
     #[test]
     fn searches_path_and_follows_symlinks_inside_root() {
         let t = tree();
-        let root = Root::open(t.path()).unwrap();
+        let root = open(t.path()).unwrap();
         let path = "/usr/bin:/bin";
         assert_eq!(
             find_executable(&root, "tool", path, "/"),
@@ -294,11 +191,14 @@ mod tests {
         let t = tree();
         std::fs::create_dir_all(t.path().join("etc")).unwrap();
         std::fs::write(t.path().join("etc/big"), vec![b'a'; 100]).unwrap();
-        let root = Root::open(t.path()).unwrap();
-        assert!(root.read_text("/etc/big", 10).is_err());
-        assert_eq!(root.read_text("/etc/big", 100).unwrap().len(), 100);
+        let root = open(t.path()).unwrap();
+        assert!(root.read_text(Path::new("/etc/big"), 10).is_err());
+        assert_eq!(
+            root.read_text(Path::new("/etc/big"), 100).unwrap().len(),
+            100
+        );
         assert!(root
-            .read_text("/../../../../etc/hostname-not-there", 10)
+            .read_text(Path::new("/../../../../etc/hostname-not-there"), 10)
             .is_err());
     }
 }

@@ -3,6 +3,7 @@
 //! It mounts the kernel's filesystems, finds the virtio-serial port the host talks to,
 //! and serves the agent protocol on it. It touches no disk until the host asks.
 
+mod block;
 mod clock;
 mod container;
 mod copy;

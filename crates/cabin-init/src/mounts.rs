@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use cabin_proto::v1::ContainerMount;
 
 use crate::container::mount;
-use crate::inroot::{MountPoint, Root};
+use crate::inroot::{mount_point, Leaf, Root};
 
 /// Largest size of a 9p message: bigger means fewer round trips for large files.
 const NINEP_MSIZE: u32 = 512 * 1024;
@@ -55,8 +55,7 @@ pub fn etc_files(root: &Root, etc_dir: &Path, files: &[(&str, String)]) -> io::R
     for (name, contents) in files {
         let src = etc_dir.join(name);
         std::fs::write(&src, contents)?;
-        let target = root
-            .mount_point(&format!("/etc/{name}"), MountPoint::File)
+        let target = mount_point(root, &format!("/etc/{name}"), Leaf::File)
             .map_err(|e| io::Error::new(e.kind(), format!("/etc/{name}: {e}")))?;
         bind(&src, &target, false)?;
     }
@@ -86,7 +85,7 @@ pub fn attach(root: &Root, staging: &Path, mounts: &[ContainerMount]) -> io::Res
         }
         let ro = if m.read_only { libc::MS_RDONLY } else { 0 };
         if m.source == "tmpfs" {
-            let target = root.mount_point(&m.target, MountPoint::Dir).map_err(what)?;
+            let target = mount_point(root, &m.target, Leaf::Dir).map_err(what)?;
             let mut data = String::from("mode=1777");
             if !m.options.is_empty() {
                 if m.options.contains(['\0', '\n']) {
@@ -118,8 +117,8 @@ pub fn attach(root: &Root, staging: &Path, mounts: &[ContainerMount]) -> io::Res
             )
             .map_err(what)?;
         } else if let Some(serial) = m.source.strip_prefix("blk:") {
-            let dev = crate::service::block_device_by_serial(serial).map_err(what)?;
-            crate::service::flush_buffers(&dev).map_err(what)?;
+            let dev = crate::block::block_device_by_serial(serial).map_err(what)?;
+            crate::block::flush_buffers(&dev).map_err(what)?;
             mount(&dev.to_string_lossy(), &dir, "ext4", ro, "").map_err(what)?;
         } else {
             return Err(io::Error::other(format!(
@@ -127,7 +126,7 @@ pub fn attach(root: &Root, staging: &Path, mounts: &[ContainerMount]) -> io::Res
                 m.source
             )));
         }
-        let target = root.mount_point(&m.target, MountPoint::Dir).map_err(what)?;
+        let target = mount_point(root, &m.target, Leaf::Dir).map_err(what)?;
         bind(&dir, &target, m.read_only).map_err(what)?;
     }
     Ok(())

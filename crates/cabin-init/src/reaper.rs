@@ -1,6 +1,7 @@
 //! PID 1 reaps every child: the processes it started (whose exit statuses the host waits
 //! for) and orphans the kernel re-parents to it when a container's PID namespace ends.
 
+use cabin_base::sync::Locked;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -25,7 +26,7 @@ impl Reaper {
     /// `.await` separates the spawn from this call.
     pub fn watch(&self, pid: i32) -> ExitWatch {
         let (tx, rx) = watch::channel(None);
-        self.watched.lock().unwrap().insert(pid, tx);
+        self.watched.locked().insert(pid, tx);
         rx
     }
 
@@ -46,7 +47,7 @@ impl Reaper {
             } else {
                 continue;
             };
-            if let Some(tx) = self.watched.lock().unwrap().remove(&pid) {
+            if let Some(tx) = self.watched.locked().remove(&pid) {
                 let _ = tx.send(Some(exit));
             }
         }

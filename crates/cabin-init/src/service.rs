@@ -1,5 +1,6 @@
 //! The agent's gRPC service: what the host can ask of the guest.
 
+use cabin_base::sync::Locked;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -22,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::block::{block_device_by_serial, flush_buffers, set_read_ahead};
 use crate::clock;
 use crate::container::{self, Container, StartError, Stdio3};
 use crate::entropy;
@@ -67,8 +69,7 @@ impl AgentService {
 
     fn container(&self, id: &str) -> Result<Arc<Container>, Status> {
         self.containers
-            .lock()
-            .unwrap()
+            .locked()
             .get(id)
             .cloned()
             .ok_or_else(|| Status::not_found(format!("no container {id}")))
@@ -77,8 +78,7 @@ impl AgentService {
     fn process(&self, r: Option<&ProcessRef>) -> Result<Arc<Process>, Status> {
         let r = r.ok_or_else(|| Status::invalid_argument("no process named"))?;
         self.processes
-            .lock()
-            .unwrap()
+            .locked()
             .get(&(r.container_id.clone(), r.process_id.clone()))
             .cloned()
             .ok_or_else(|| {
@@ -112,48 +112,6 @@ fn split_mount_options(options: &[String], read_only: bool) -> (libc::c_ulong, S
         }
     }
     (flags, data.join(","))
-}
-
-/// Read-ahead for disks cabin attaches. The kernel's 128 KiB default means a dozen
-/// round trips to the host to fault in a 2 MB binary; each costs far more than the extra
-/// data, which comes from the host's page cache (about 10 ms less for busybox under TCG).
-const READ_AHEAD_KIB: &str = "2048";
-
-pub(crate) fn set_read_ahead(dev: &Path) {
-    if let Some(name) = dev.file_name() {
-        let knob = Path::new("/sys/block")
-            .join(name)
-            .join("queue/read_ahead_kb");
-        // Only a speed-up: a kernel without the knob keeps its default.
-        let _ = std::fs::write(knob, READ_AHEAD_KIB);
-    }
-}
-
-pub(crate) fn flush_buffers(dev: &Path) -> io::Result<()> {
-    let f = std::fs::File::open(dev)?;
-    // SAFETY: BLKFLSBUF takes no argument; the descriptor is ours.
-    if unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), BLKFLSBUF, 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// _IO(0x12, 97) from linux/fs.h.
-const BLKFLSBUF: libc::c_ulong = 0x1261;
-
-/// Finds /dev/vdX for the virtio block device with the given serial.
-pub(crate) fn block_device_by_serial(serial: &str) -> io::Result<PathBuf> {
-    for entry in std::fs::read_dir("/sys/block")? {
-        let entry = entry?;
-        let s = std::fs::read_to_string(entry.path().join("serial")).unwrap_or_default();
-        if s.trim_end() == serial {
-            return Ok(Path::new("/dev").join(entry.file_name()));
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("no block device with serial {serial:?}"),
-    ))
 }
 
 async fn read_pty(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
@@ -300,12 +258,7 @@ impl Agent for AgentService {
         {
             return Err(Status::invalid_argument("invalid container id"));
         }
-        if self
-            .containers
-            .lock()
-            .unwrap()
-            .contains_key(&req.container_id)
-        {
+        if self.containers.locked().contains_key(&req.container_id) {
             return Err(Status::already_exists("container exists"));
         }
         let rootfs = PathBuf::from(&req.rootfs);
@@ -328,8 +281,8 @@ impl Agent for AgentService {
             }
             None => None,
         };
-        let root = crate::inroot::Root::open(&rootfs)
-            .map_err(|e| io_status("open the root filesystem", e))?;
+        let root =
+            crate::inroot::open(&rootfs).map_err(|e| io_status("open the root filesystem", e))?;
         let dns = req
             .network
             .as_ref()
@@ -359,7 +312,7 @@ impl Agent for AgentService {
             container::create_cgroup(&req.container_id, &req.resources.unwrap_or_default())
                 .map_err(|e| io_status("create the cgroup", e))?;
         crate::trace::mark("cgroup created");
-        self.containers.lock().unwrap().insert(
+        self.containers.locked().insert(
             req.container_id,
             Arc::new(Container {
                 rootfs,
@@ -381,13 +334,12 @@ impl Agent for AgentService {
         let req = req.into_inner();
         let ctr = self
             .containers
-            .lock()
-            .unwrap()
+            .locked()
             .get(&req.container_id)
             .cloned()
             .ok_or_else(|| Status::not_found(format!("no container {}", req.container_id)))?;
         let key = (req.container_id.clone(), req.process_id.clone());
-        if self.processes.lock().unwrap().contains_key(&key) {
+        if self.processes.locked().contains_key(&key) {
             return Err(Status::already_exists("process exists"));
         }
         crate::trace::mark("start process");
@@ -444,7 +396,7 @@ impl Agent for AgentService {
                 )
             }
         };
-        self.processes.lock().unwrap().insert(
+        self.processes.locked().insert(
             key,
             Arc::new(Process {
                 pid: started.pid,
@@ -470,8 +422,7 @@ impl Agent for AgentService {
         let proc = self.process(Some(&req.into_inner()))?;
         let output = proc
             .output
-            .lock()
-            .unwrap()
+            .locked()
             .take()
             .ok_or_else(|| Status::failed_precondition("the output is already being read"))?;
         let (tx, rx) = mpsc::channel(16);
@@ -598,8 +549,7 @@ impl Agent for AgentService {
         let id = req.into_inner().container_id;
         let ctr = self
             .containers
-            .lock()
-            .unwrap()
+            .locked()
             .get(&id)
             .cloned()
             .ok_or_else(|| Status::not_found(format!("no container {id}")))?;

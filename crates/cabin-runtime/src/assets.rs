@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use cabin_image::cpio::CpioWriter;
 use sha2::{Digest, Sha256};
 
-use crate::paths::{self, Paths};
+use crate::paths::Paths;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AssetError {
@@ -39,8 +39,8 @@ pub fn locate_kernel(explicit: Option<&Path>, paths: &Paths) -> Result<PathBuf, 
         };
     }
     let candidates = [
-        paths.data.join("kernel/vmlinux"),
-        paths::cache_home().join("kernel/current/vmlinux"),
+        paths.kernels().join("vmlinux"),
+        paths.kernel_builds().join("current/vmlinux"),
     ];
     for c in &candidates {
         if c.is_file() {
@@ -68,8 +68,8 @@ pub fn locate_vm_kernel(paths: &Paths) -> Result<PathBuf, AssetError> {
         };
     }
     let candidates = [
-        paths.data.join("kernel/bzImage-vm"),
-        paths::cache_home().join("kernel/current-vm/bzImage"),
+        paths.kernels().join("bzImage-vm"),
+        paths.kernel_builds().join("current-vm/bzImage"),
     ];
     candidates
         .iter()

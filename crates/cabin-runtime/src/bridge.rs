@@ -17,10 +17,11 @@
 use std::fs;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use cabin_base::lock::{lock_file, Mode, Wait};
 use cabin_vmm::{PortForward, Protocol};
 use serde::{Deserialize, Serialize};
 
@@ -72,10 +73,9 @@ fn setup_err(what: &str) -> impl Fn(io::Error) -> BridgeError + '_ {
     move |e| BridgeError::Setup(format!("{what}: {e}"))
 }
 
-fn flock(f: &fs::File, block: bool) -> bool {
-    let op = libc::LOCK_EX | if block { 0 } else { libc::LOCK_NB };
-    // SAFETY: flock on a descriptor we own.
-    unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
+/// Takes `f`'s exclusive lock: true when taken (always, waiting, with `wait`).
+fn flock(f: &fs::File, wait: Wait) -> io::Result<bool> {
+    lock_file(f, Mode::Exclusive, wait)
 }
 
 /// Runs a host networking command (`ip`, `nft`), feeding `input` on stdin.
@@ -184,7 +184,7 @@ impl State {
             .write(true)
             .open(dir.join("lock"))
             .map_err(setup_err("opening the bridge lock"))?;
-        flock(&lock, true);
+        flock(&lock, Wait::Block).map_err(setup_err("locking the bridge state"))?;
         Ok(State {
             dir: dir.to_path_buf(),
             _lock: lock,
@@ -208,7 +208,7 @@ impl State {
             let Ok(f) = fs::OpenOptions::new().read(true).write(true).open(&path) else {
                 continue;
             };
-            if flock(&f, false) {
+            if flock(&f, Wait::NoWait).unwrap_or(false) {
                 // Nobody holds it: its owner is gone.
                 let _ = fs::remove_file(&path);
                 removed = true;
@@ -378,9 +378,8 @@ fn attach_in(
         .write(true)
         .open(&path)
         .map_err(setup_err("writing the endpoint"))?;
-    flock(&held, true);
-    let written = serde_json::to_vec(&record)
-        .map_err(io::Error::other)
+    let written = flock(&held, Wait::Block)
+        .and_then(|_| serde_json::to_vec(&record).map_err(io::Error::other))
         .and_then(|b| (&held).write_all(&b));
     if let Err(e) = written {
         let _ = fs::remove_file(&path);
@@ -577,7 +576,7 @@ mod tests {
         };
         let alive = write(&rec(2));
         let held = fs::File::open(&alive).unwrap();
-        assert!(flock(&held, false));
+        assert!(flock(&held, Wait::NoWait).unwrap());
         let dead = write(&rec(3));
         let live = state.live_endpoints();
         assert_eq!(live, vec![rec(2)]);

@@ -14,6 +14,7 @@ use cabin_proto::v1::{
     CreateContainerRequest, ExitStatus, HelloRequest, HelloResponse, MountRequest, ProcessRef,
     Resources, Rlimit, StartProcessRequest, TtySize,
 };
+use cabin_vmm::console::ConsoleExcerpt;
 use cabin_vmm::qemu::{Qemu, QemuVm};
 use cabin_vmm::{
     accel, AccelChoice, AccelRequest, DiskFormat, DiskSpec, MicroVmSpec, PortForward, RunningVm,
@@ -26,10 +27,10 @@ use crate::attachments::{self, Attachments, Devices};
 use crate::network::NetworkMode;
 use crate::paths::Paths;
 use crate::root::{self, RootSource};
-use crate::rundir::{self, RunDir};
 use crate::snapshot;
 use crate::timings::Timings;
 use crate::volumes::MountSpec;
+use cabin_vmm::rundir::RunDir;
 
 /// Guest memory on top of the container's own limit: kernel, init, page cache.
 pub const VM_MEMORY_OVERHEAD_MIB: u64 = 96;
@@ -138,24 +139,15 @@ pub enum RunError {
     NotFound(String),
     #[error("{0}")]
     NotExecutable(String),
-    #[error("{message}{}", console_section(.console))]
-    Vm { message: String, console: String },
+    #[error("{message}{console}")]
+    Vm {
+        message: String,
+        console: ConsoleExcerpt,
+    },
     #[error("{0}")]
     Agent(String),
     #[error("{0}")]
     Deadline(String),
-}
-
-fn console_section(console: &str) -> String {
-    let tail: Vec<&str> = console.trim_end().lines().rev().take(15).collect();
-    if tail.is_empty() {
-        return String::new();
-    }
-    let lines: Vec<&str> = tail.into_iter().rev().collect();
-    format!(
-        "\nlast lines of the guest console:\n  {}",
-        lines.join("\n  ")
-    )
 }
 
 impl RunError {
@@ -458,7 +450,7 @@ impl ContainerVm {
         }
         RunError::Vm {
             message,
-            console: self.vm.console_tail(4096),
+            console: self.vm.console_excerpt(),
         }
     }
 
@@ -514,8 +506,9 @@ impl ContainerVm {
         )
         .map_err(RunError::Setup)?;
         timings.mark_with("root filesystem image", root.note);
-        let id = rundir::new_id();
-        let run_dir = RunDir::create(paths, &id)
+        let id =
+            cabin_base::random::id().map_err(|e| RunError::Setup(format!("naming the VM: {e}")))?;
+        let run_dir = RunDir::create(&paths.run_root(), &id)
             .map_err(|e| RunError::Setup(format!("creating the VM's run directory: {e}")))?;
         let overlay = match &cfg.layer {
             Some(kept) => {
@@ -749,7 +742,7 @@ impl ContainerVm {
         let hello = match hello {
             Ok(h) => h,
             Err(RunError::Deadline(m)) => {
-                let console = self.vm.console_tail(4096);
+                let console = self.vm.console_excerpt();
                 return Err(RunError::Vm {
                     message: format!(
                         "{m} (boot deadline {} s; raise it with --boot-timeout); the VM was stopped",
@@ -908,10 +901,12 @@ mod tests {
     fn vm_errors_carry_the_console_tail() {
         let e = RunError::Vm {
             message: "boom".into(),
-            console: "a\nKernel panic - not syncing: x\n".into(),
+            console: ConsoleExcerpt::of("a\nKernel panic - not syncing: x\nCall Trace:\n"),
         };
         let s = e.to_string();
-        assert!(s.starts_with("boom\nlast lines of the guest console:"));
-        assert!(s.contains("Kernel panic"));
+        assert!(
+            s.starts_with("boom\nthe guest kernel panicked: Kernel panic - not syncing: x\nlast lines of the guest console:\n  a\n"),
+            "{s}"
+        );
     }
 }

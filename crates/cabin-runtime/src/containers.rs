@@ -15,14 +15,15 @@
 //!   record that cannot be read is reported as such and can still be removed.
 
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::io;
+use std::path::PathBuf;
 
+use cabin_base::files::{create_private_dir, read_bounded, write_atomic};
+use cabin_base::lock::{self, Lock, Mode, Wait};
+pub use cabin_base::time::now_unix;
 use serde::{Deserialize, Serialize};
 
-use crate::paths::{create_private_dir, Paths};
+use crate::paths::Paths;
 
 /// Records are small; anything larger is not one of ours.
 const MAX_RECORD_BYTES: u64 = 1 << 20;
@@ -110,13 +111,6 @@ pub enum StoreError {
     },
 }
 
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-}
-
 /// Docker's rule for names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, bounded here.
 pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -129,34 +123,13 @@ fn valid_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// A lock held until dropped (the descriptor closes).
-pub struct Lock(#[allow(dead_code)] fs::File);
-
-fn flock(path: &Path, block: bool) -> io::Result<Option<Lock>> {
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)?;
-    let op = libc::LOCK_EX | if block { 0 } else { libc::LOCK_NB };
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Ok(None);
-        }
-        return Err(e);
-    }
-    Ok(Some(Lock(f)))
-}
-
 pub struct Store {
     dir: PathBuf,
 }
 
 impl Store {
     pub fn open(paths: &Paths) -> Result<Store, StoreError> {
-        let dir = paths.data.join("containers");
+        let dir = paths.containers();
         create_private_dir(&dir).map_err(|source| StoreError::Io {
             dir: dir.clone(),
             source,
@@ -176,9 +149,7 @@ impl Store {
     }
 
     fn store_lock(&self) -> Result<Lock, StoreError> {
-        flock(&self.dir.join(".lock"), true)
-            .map_err(|e| self.io(e))?
-            .ok_or_else(|| self.io(io::Error::other("store lock")))
+        lock::lock_path_waiting(&self.dir.join(".lock"), Mode::Exclusive).map_err(|e| self.io(e))
     }
 
     /// Adds a container with a fresh ID; `name` (or a generated one) must be free.
@@ -189,7 +160,7 @@ impl Store {
             .into_iter()
             .filter_map(|id| self.load(&id).ok().map(|r| (r.name, r.id)))
             .collect();
-        record.id = crate::rundir::new_id();
+        record.id = cabin_base::random::id().map_err(|e| self.io(e))?;
         record.name = match name {
             Some(n) if !valid_name(n) => return Err(StoreError::InvalidName(n.to_string())),
             Some(n) => {
@@ -212,15 +183,8 @@ impl Store {
     /// Writes a container's record crash-safely (see the module comment).
     pub fn save(&self, record: &Record) -> Result<(), StoreError> {
         let dir = self.container_dir(&record.id);
-        let write = || -> io::Result<()> {
-            let tmp = dir.join(format!(".state-{}.json", std::process::id()));
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(record)?)?;
-            f.sync_all()?;
-            fs::rename(&tmp, dir.join("state.json"))?;
-            fs::File::open(&dir)?.sync_all()
-        };
-        write().map_err(|e| self.io(e))
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| self.io(e.into()))?;
+        write_atomic(&dir.join("state.json"), &bytes, 0o600).map_err(|e| self.io(e))
     }
 
     /// A container's record as stored (see [`Store::reconcile`] for its real state).
@@ -233,20 +197,16 @@ impl Store {
             id: id.to_string(),
             detail,
         };
-        let f = match fs::File::open(&path) {
-            Ok(f) => f,
+        let bytes = match read_bounded(&path, MAX_RECORD_BYTES) {
+            Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StoreError::NotFound(id.to_string()))
             }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(unreadable("larger than 1 MiB".into()))
+            }
             Err(e) => return Err(unreadable(e.to_string())),
         };
-        let mut bytes = Vec::new();
-        f.take(MAX_RECORD_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| unreadable(e.to_string()))?;
-        if bytes.len() as u64 > MAX_RECORD_BYTES {
-            return Err(unreadable("larger than 1 MiB".into()));
-        }
         let r: Record = serde_json::from_slice(&bytes).map_err(|e| unreadable(e.to_string()))?;
         if r.id != id {
             return Err(unreadable(format!("it names container {:?}", r.id)));
@@ -293,7 +253,12 @@ impl Store {
     /// Takes the supervisor lock of a container: `Some` for the one process that will
     /// own its VM, `None` if a live supervisor already holds it.
     pub fn lock_supervisor(&self, id: &str) -> Result<Option<Lock>, StoreError> {
-        flock(&self.container_dir(id).join("supervisor.lock"), false).map_err(|e| self.io(e))
+        lock::lock_path(
+            &self.container_dir(id).join("supervisor.lock"),
+            Mode::Exclusive,
+            Wait::NoWait,
+        )
+        .map_err(|e| self.io(e))
     }
 
     /// The record with the truth about liveness: a "running" container whose supervisor
@@ -303,8 +268,11 @@ impl Store {
         if let Status::Running { .. } = r.status {
             // Reconcilers take turns: one holding the supervisor lock for its probe
             // would look like a live supervisor to another.
-            let _turn = flock(&self.container_dir(id).join("reconcile.lock"), true)
-                .map_err(|e| self.io(e))?;
+            let _turn = lock::lock_path_waiting(
+                &self.container_dir(id).join("reconcile.lock"),
+                Mode::Exclusive,
+            )
+            .map_err(|e| self.io(e))?;
             r = self.load(id)?;
             if !matches!(r.status, Status::Running { .. }) {
                 return Ok(r);
@@ -456,7 +424,7 @@ mod tests {
         assert!(fs::read_dir(&dir)
             .unwrap()
             .flatten()
-            .all(|e| !e.file_name().to_string_lossy().starts_with(".state-")));
+            .all(|e| !e.file_name().to_string_lossy().ends_with(".tmp")));
 
         fs::write(dir.join("state.json"), b"{\"id\": \"trunc").unwrap();
         assert!(matches!(s.load(&a.id), Err(StoreError::Unreadable { .. })));

@@ -12,7 +12,6 @@
 //!   published ports; [`volumes`]: host folders, named volumes, tmpfs mounts;
 //!   [`attachments`]: what a VM gets of them.
 //! - [`agent`]: the gRPC client for cabin-init.
-//! - [`rundir`]: per-VM private directories and the clean-up of abandoned ones.
 //! - [`snapshot`]: saved idle VMs that containers resume from instead of booting.
 //! - [`vm`]: full VMs managed like Lume's (store, settings, sizes).
 //! - [`paths`], [`timings`], [`system`].
@@ -30,7 +29,6 @@ pub mod dhcp;
 pub mod network;
 pub mod paths;
 pub mod root;
-pub mod rundir;
 pub mod snapshot;
 pub mod supervisor;
 pub mod system;

@@ -16,7 +16,6 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +24,10 @@ use cabin_vmm::qemu::{self, Qemu};
 use cabin_vmm::{DiskFormat, DiskSpec, MicroVmSpec, NetBackend, RunningVm, VmBackend};
 use sha2::{Digest, Sha256};
 
-use crate::paths::{create_private_dir, Paths};
-use crate::rundir::{self, RunDir};
+use cabin_base::files::create_private_dir;
+
+use crate::paths::Paths;
+use cabin_vmm::rundir::RunDir;
 
 /// The virtual size of every container's disk device (sparse; the file system inside
 /// is as large as its image). Images larger than this boot without a snapshot.
@@ -140,22 +141,21 @@ pub async fn build(paths: &Paths, qemu: &Qemu, spec: &MicroVmSpec) -> io::Result
     }
     let dir = paths.snapshots();
     create_private_dir(&dir)?;
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(format!("{key}.lock")))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    let Some(_lock) = cabin_base::lock::lock_path(
+        &dir.join(format!("{key}.lock")),
+        cabin_base::lock::Mode::Exclusive,
+        cabin_base::lock::Wait::NoWait,
+    )?
+    else {
         return Ok(Built::InProgress);
-    }
+    };
     if let Some(p) = find(paths, &key) {
         return Ok(Built::AlreadyThere(p));
     }
     remove_partial(&dir);
     prune_stale(&dir);
 
-    let run_dir = RunDir::create(paths, &rundir::new_id())?;
+    let run_dir = RunDir::create(&paths.run_root(), &cabin_base::random::id()?)?;
     let result = boot_and_save(qemu, spec, &run_dir.path, &dir, &key).await;
     let _ = run_dir.remove();
     result.map(Built::Built)
@@ -220,11 +220,11 @@ async fn boot_and_save(
     .await;
     let _ = vm.kill().await;
     saved.map_err(|e| {
-        let console = vm.console_tail(2048);
-        if console.trim().is_empty() {
+        let console = vm.console_excerpt();
+        if console.is_empty() {
             e
         } else {
-            io::Error::new(e.kind(), format!("{e}; guest console:\n{console}"))
+            io::Error::new(e.kind(), format!("{e}{console}"))
         }
     })
 }

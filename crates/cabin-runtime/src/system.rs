@@ -131,12 +131,12 @@ pub fn disk_usage(paths: &Paths) -> Vec<Usage> {
                 .and_then(|s| s.ids())
                 .map(|ids| ids.len() as u64)
                 .unwrap_or(0),
-            bytes: allocated(&paths.data.join("containers")).1,
+            bytes: allocated(&paths.containers()).1,
         },
         Usage {
             what: "volumes",
             count: crate::volumes::Volumes::open(paths).list().len() as u64,
-            bytes: allocated(&paths.data.join("volumes")).1,
+            bytes: allocated(&paths.volumes()).1,
         },
     ]
 }

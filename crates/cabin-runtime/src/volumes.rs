@@ -8,14 +8,16 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
 use crate::containers::valid_name;
-use crate::paths::{create_private_dir, Paths};
+use cabin_base::files::create_private_dir;
+use cabin_base::lock::{self, Lock, Mode, Wait};
+
+use crate::paths::Paths;
 
 /// Size of a new volume's file system unless told otherwise (sparse: it costs what is
 /// written).
@@ -261,7 +263,7 @@ pub struct Volumes {
 /// A volume attached to a running VM: the disk and the lock that keeps it to one.
 pub struct AttachedVolume {
     pub disk: PathBuf,
-    _lock: fs::File,
+    _lock: Lock,
 }
 
 const INFO: &str = "volume.json";
@@ -270,7 +272,7 @@ const DISK: &str = "disk.ext4";
 impl Volumes {
     pub fn open(paths: &Paths) -> Volumes {
         Volumes {
-            dir: paths.data.join("volumes"),
+            dir: paths.volumes(),
         }
     }
 
@@ -338,7 +340,7 @@ impl Volumes {
             }
             let info = VolumeInfo {
                 name: name.to_string(),
-                created_unix: crate::containers::now_unix(),
+                created_unix: cabin_base::time::now_unix(),
                 size_bytes: size,
             };
             fs::write(
@@ -402,16 +404,13 @@ impl Volumes {
         v
     }
 
-    fn lock(&self, name: &str) -> Result<Option<fs::File>, VolumeError> {
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.dir.join(name).join("in-use.lock"))
-            .map_err(Self::io(name))?;
-        // SAFETY: flock on a descriptor we own.
-        let got = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-        Ok(got.then_some(f))
+    fn lock(&self, name: &str) -> Result<Option<Lock>, VolumeError> {
+        lock::lock_path(
+            &self.dir.join(name).join("in-use.lock"),
+            Mode::Exclusive,
+            Wait::NoWait,
+        )
+        .map_err(Self::io(name))
     }
 
     pub fn in_use(&self, name: &str) -> bool {

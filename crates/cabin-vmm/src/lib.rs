@@ -2,9 +2,11 @@
 //! ([`qemu::Qemu`]), and another VMM slots in by implementing the same two traits.
 
 pub mod accel;
+pub mod console;
 pub mod full;
 pub mod qemu;
 pub mod qmp;
+pub mod rundir;
 
 use std::future::Future;
 use std::io;
@@ -122,6 +124,11 @@ pub trait RunningVm {
     /// The guest's console output so far (for error messages), at most `max` bytes from
     /// the end.
     fn console_tail(&self, max: usize) -> String;
+    /// What the console's end says about how the guest died (its panic line, its last
+    /// lines), for error messages.
+    fn console_excerpt(&self) -> console::ConsoleExcerpt {
+        console::ConsoleExcerpt::of(&self.console_tail(console::SEARCHED_BYTES))
+    }
     /// Waits for the VMM to exit.
     fn wait(&mut self) -> impl Future<Output = io::Result<VmExit>>;
     /// Ends the VM: asks the VMM to quit, kills it after `grace`.

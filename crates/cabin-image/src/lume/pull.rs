@@ -8,6 +8,7 @@
 //! (staging) disk; a part that fails a check is punched out again and never recorded
 //! as written, and the caller moves the directory into place only when every part is.
 
+use cabin_base::sync::Locked;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -343,7 +344,7 @@ impl Ctx<'_> {
                     }
                     compressed.update(&b);
                     self.opts.progress.advance("disk.img", b.len() as u64);
-                    *self.fetched.lock().unwrap() += b.len() as u64;
+                    *self.fetched.locked() += b.len() as u64;
                     // When the decoder stops, its error says why, unless the blob
                     // does not match its digest either (corrupted on its way): the
                     // rest is read to tell.
@@ -577,7 +578,7 @@ pub async fn pull_manifest_into(
                     .await
                     .map_err(|e| LumeError::Io(e.to_string()))?
                     .map_err(|e| io_error("flushing disk.img", e))?;
-                let mut j = journal.lock().unwrap();
+                let mut j = journal.locked();
                 for &o in pending {
                     j.record(&format!("{} {o}", p.digest))
                         .map_err(|e| io_error("recording progress in the pull journal", e))?;
@@ -595,8 +596,7 @@ pub async fn pull_manifest_into(
         // pull knows where the next one starts.
         let mut offset = 0u64;
         let ends: std::collections::HashMap<String, u64> = journal_lock
-            .lock()
-            .unwrap()
+            .locked()
             .lines()
             .iter()
             .filter_map(|l| {
@@ -621,14 +621,13 @@ pub async fn pull_manifest_into(
                 .sync_data()
                 .map_err(|e| io_error("flushing disk.img", e))?;
             journal_lock
-                .lock()
-                .unwrap()
+                .locked()
                 .record(&format!("seq {key} {offset}"))
                 .map_err(|e| io_error("recording progress in the pull journal", e))?;
         }
     }
     progress.finish("disk.img");
-    let fetched = *ctx.fetched.lock().unwrap();
+    let fetched = *ctx.fetched.locked();
     Ok(Pulled {
         manifest_digest: manifest_digest.to_string(),
         vm,

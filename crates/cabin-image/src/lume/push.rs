@@ -7,6 +7,7 @@
 //! the journal is keyed by the disk's identity, size and modification time); the rest
 //! are compressed (deterministically) and uploaded unless the registry has them.
 
+use cabin_base::sync::Locked;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::BufWriter;
@@ -140,8 +141,7 @@ impl Shared {
         }
         let cell = self
             .uploads
-            .lock()
-            .unwrap()
+            .locked()
             .entry(digest.to_string())
             .or_default()
             .clone();
@@ -214,8 +214,7 @@ impl Shared {
         }
         let c = self.compress_and_upload(disk, index, offset, len).await?;
         if let Some(j) = &self.journal {
-            j.lock()
-                .unwrap()
+            j.locked()
                 .record(&journal_line(index, &c))
                 .map_err(|e| io_error("recording progress in the push journal", e))?;
         }
@@ -246,7 +245,7 @@ impl Shared {
         };
         let tmp = self.opts.work_dir.join(format!("chunk-{index}.gz"));
         if hole {
-            let cell = self.holes.lock().unwrap().entry(len).or_default().clone();
+            let cell = self.holes.locked().entry(len).or_default().clone();
             let c = cell
                 .get_or_try_init(|| async {
                     let c = compress(tmp.clone(), None, offset, len).await?;
@@ -461,7 +460,7 @@ pub async fn push(
         });
     }
     let mut annotations = manifest::vm_annotations(&vm);
-    annotations.insert(media::UPLOAD_TIME.into(), crate::timestamp::now());
+    annotations.insert(media::UPLOAD_TIME.into(), cabin_base::time::now_rfc3339());
     if !opts.single_layer {
         annotations.insert(media::TOTAL_UNCOMPRESSED_SIZE.into(), disk_size.to_string());
     }
@@ -496,8 +495,7 @@ pub async fn push(
     let _ = std::fs::remove_dir(&opts.work_dir);
     let uploads: Vec<Option<u64>> = shared
         .uploads
-        .lock()
-        .unwrap()
+        .locked()
         .values()
         .filter_map(|c| c.get().copied())
         .collect();

@@ -17,11 +17,11 @@
 //! symbolic links, so a link cannot point a write at the host.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use cabin_base::confined::{Leaf, Links, Root};
 use serde::{Deserialize, Serialize};
 
 use super::store::VmError;
@@ -256,112 +256,61 @@ WantedBy=multi-user.target
 ";
 
 fn add_cabin_files(paths: &Paths, root: &Path) -> io::Result<()> {
-    write_in_root(
-        root,
-        "etc/fstab",
-        format!("LABEL={ROOT_LABEL} / ext4 defaults,x-systemd.growfs 0 1\n").as_bytes(),
-        0o644,
-    )?;
-    // The host name comes from the kernel command line (the VM's name, which a clone
-    // changes); debootstrap leaves the building host's name here.
-    replaceable(root, "etc/hostname")?;
-    link_in_root(root, "etc/resolv.conf", "/proc/net/pnp")?;
-    if let Some(key) = ssh_public_key(paths)? {
-        dir_in_root(root, "root/.ssh", 0o700)?;
-        write_in_root(root, "root/.ssh/authorized_keys", key.as_bytes(), 0o600)?;
-    }
-    write_in_root(
-        root,
-        "usr/local/lib/cabin/mount-shares",
-        MOUNT_SHARES.as_bytes(),
-        0o755,
-    )?;
-    if fs::symlink_metadata(root.join("etc/systemd/system")).is_ok() {
-        write_in_root(
-            root,
-            "etc/systemd/system/cabin-shares.service",
-            MOUNT_SHARES_UNIT.as_bytes(),
+    // The image is the user's, not cabin's: its links are never followed, so a link
+    // where cabin writes is replaced and one on the way is an error.
+    let tree = Root::open(root, Links::Refuse)?;
+    let not_a_dir = |e: io::Error| {
+        if e.kind() == io::ErrorKind::NotADirectory {
+            io::Error::new(e.kind(), format!("the image's {e}"))
+        } else {
+            e
+        }
+    };
+    let add = || -> io::Result<()> {
+        tree.replace_file(
+            Path::new("etc/fstab"),
+            format!("LABEL={ROOT_LABEL} / ext4 defaults,x-systemd.growfs 0 1\n").as_bytes(),
             0o644,
         )?;
-        link_in_root(
-            root,
-            "etc/systemd/system/multi-user.target.wants/cabin-shares.service",
-            "/etc/systemd/system/cabin-shares.service",
-        )?;
-    }
-    Ok(())
-}
-
-/// Makes the directories of `rel` (relative to `root`) that are missing. Every existing
-/// one must be a real directory: a link could lead out of the tree.
-fn dir_in_root(root: &Path, rel: &str, mode: u32) -> io::Result<PathBuf> {
-    let mut at = root.to_path_buf();
-    for part in Path::new(rel).components() {
-        let std::path::Component::Normal(part) = part else {
-            return Err(io::Error::other(format!(
-                "{rel}: not a plain relative path"
-            )));
-        };
-        at.push(part);
-        match fs::symlink_metadata(&at) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(io::Error::other(format!(
-                    "the image's {} is not a directory",
-                    at.strip_prefix(root).unwrap_or(&at).display()
-                )))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&at)?;
-                fs::set_permissions(&at, fs::Permissions::from_mode(mode))?;
-            }
-            Err(e) => return Err(e),
+        // The host name comes from the kernel command line (the VM's name, which a
+        // clone changes); debootstrap leaves the building host's name here.
+        tree.remove(Path::new("etc/hostname"))?;
+        tree.replace_with_symlink(Path::new("etc/resolv.conf"), "/proc/net/pnp")?;
+        if let Some(key) = ssh_public_key(paths)? {
+            tree.make_path(Path::new("root/.ssh"), Leaf::Dir, 0o700)?;
+            tree.replace_file(
+                Path::new("root/.ssh/authorized_keys"),
+                key.as_bytes(),
+                0o600,
+            )?;
         }
-    }
-    Ok(at)
-}
-
-/// Replaces whatever is at `rel` with a file holding `data`.
-fn write_in_root(root: &Path, rel: &str, data: &[u8], mode: u32) -> io::Result<()> {
-    let path = replaceable(root, rel)?;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)?;
-    f.write_all(data)?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-}
-
-/// Replaces whatever is at `rel` with a symbolic link to `target`.
-fn link_in_root(root: &Path, rel: &str, target: &str) -> io::Result<()> {
-    let path = replaceable(root, rel)?;
-    std::os::unix::fs::symlink(target, path)
-}
-
-/// The host path of `rel` in `root`, its parent directories made, nothing left there.
-fn replaceable(root: &Path, rel: &str) -> io::Result<PathBuf> {
-    let rel_path = Path::new(rel);
-    let parent = rel_path.parent().and_then(|p| p.to_str()).unwrap_or("");
-    let dir = if parent.is_empty() {
-        root.to_path_buf()
-    } else {
-        dir_in_root(root, parent, 0o755)?
+        tree.replace_file(
+            Path::new("usr/local/lib/cabin/mount-shares"),
+            MOUNT_SHARES.as_bytes(),
+            0o755,
+        )?;
+        if tree
+            .open_in(Path::new("etc/systemd/system"), libc::O_PATH)
+            .is_ok()
+        {
+            tree.replace_file(
+                Path::new("etc/systemd/system/cabin-shares.service"),
+                MOUNT_SHARES_UNIT.as_bytes(),
+                0o644,
+            )?;
+            tree.replace_with_symlink(
+                Path::new("etc/systemd/system/multi-user.target.wants/cabin-shares.service"),
+                "/etc/systemd/system/cabin-shares.service",
+            )?;
+        }
+        Ok(())
     };
-    let path = dir.join(rel_path.file_name().expect("a file name"));
-    match fs::symlink_metadata(&path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(&path)?,
-        Ok(_) => fs::remove_file(&path)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    Ok(path)
+    add().map_err(not_a_dir)
 }
 
 /// cabin's SSH key pair for VMs made from images, made on first use with ssh-keygen.
 pub fn ssh_key(paths: &Paths) -> PathBuf {
-    paths.data.join("ssh/id_ed25519")
+    paths.ssh_key()
 }
 
 /// The public half of cabin's SSH key, made if missing; None without ssh-keygen.
@@ -370,7 +319,7 @@ fn ssh_public_key(paths: &Paths) -> io::Result<Option<String>> {
     let public = key.with_extension("pub");
     if !public.is_file() {
         let dir = key.parent().expect("a parent");
-        crate::paths::create_private_dir(dir)?;
+        cabin_base::files::create_private_dir(dir)?;
         let _ = fs::remove_file(&key);
         let made = Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-C", "cabin", "-f"])
@@ -434,23 +383,28 @@ mod tests {
         let outside = t.path().join("outside");
         fs::create_dir_all(root.join("usr")).unwrap();
         fs::create_dir_all(&outside).unwrap();
-        // A hostile image: /etc leads out of the tree, /root/.ssh too.
+        let paths = Paths::at(t.path().join("data"));
+        // A hostile image: /etc leads out of the tree.
         std::os::unix::fs::symlink(&outside, root.join("etc")).unwrap();
-        let e = write_in_root(&root, "etc/hostname", b"x", 0o644).unwrap_err();
+        let e = add_cabin_files(&paths, &root).unwrap_err();
         assert!(e.to_string().contains("etc is not a directory"), "{e}");
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
         fs::remove_file(root.join("etc")).unwrap();
         fs::create_dir(root.join("etc")).unwrap();
-        // A link in the file's own place is replaced, not written through.
-        std::os::unix::fs::symlink(outside.join("victim"), root.join("etc/hostname")).unwrap();
-        write_in_root(&root, "etc/hostname", b"web\n", 0o644).unwrap();
+        // A link in a file's own place is replaced, not written through.
+        std::os::unix::fs::symlink(outside.join("victim"), root.join("etc/fstab")).unwrap();
+        add_cabin_files(&paths, &root).unwrap();
         assert!(!outside.join("victim").exists());
-        assert_eq!(fs::read(root.join("etc/hostname")).unwrap(), b"web\n");
-        assert!(dir_in_root(&root, "../x", 0o755).is_err());
+        assert!(fs::read_to_string(root.join("etc/fstab"))
+            .unwrap()
+            .contains("x-systemd.growfs"));
+        let tree = Root::open(&root, Links::Refuse).unwrap();
+        assert!(tree.make_path(Path::new("../x"), Leaf::Dir, 0o755).is_err());
     }
 
     #[test]
     fn machine_ids_follow_the_identifier() {
-        let id = super::super::store::random_machine_id();
+        let id = super::super::store::random_machine_id().unwrap();
         let hex = systemd_machine_id(&id).unwrap();
         assert_eq!(hex.len(), 32);
         assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));

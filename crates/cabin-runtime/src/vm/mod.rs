@@ -6,6 +6,5 @@ pub mod details;
 pub mod from_image;
 pub mod runner;
 pub mod settings;
-pub mod sizes;
 pub mod store;
 pub mod transfer;

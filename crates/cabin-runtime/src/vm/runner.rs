@@ -8,11 +8,11 @@
 //! the runner as a process of its own with `spawn_runner` and wait for it with
 //! `wait_started`.
 
+use cabin_base::sync::Locked;
 use std::ffi::OsString;
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,8 +27,11 @@ use super::from_image::{self, DirectBoot, GuestAddress};
 use super::store::{self, Session, SharedDir, Vm, VmError};
 use crate::container_vm::choose_accel;
 use crate::paths::Paths;
-use crate::rundir::{self, RunDir};
 use crate::AccelRequest;
+use cabin_base::lock::{lock_file, Mode, Wait};
+use cabin_base::random;
+use cabin_base::spawn;
+use cabin_vmm::rundir::RunDir;
 
 /// How long a guest has to power off after the ACPI button before it is killed.
 pub const POWEROFF_GRACE: Duration = Duration::from_secs(5);
@@ -49,7 +52,7 @@ pub struct RunOptions {
 }
 
 /// Lume's "VNC password": four words, e.g. `fig-november-north-eight`.
-pub fn passphrase() -> String {
+pub fn passphrase() -> Result<String, VmError> {
     const WORDS: &[&str] = &[
         "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
         "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra",
@@ -58,13 +61,11 @@ pub fn passphrase() -> String {
         "amber", "violet", "silver", "north", "south", "east", "west", "one", "two", "three",
         "four", "five", "six", "seven", "eight",
     ];
-    let mut b = [0u8; 4];
-    // SAFETY: fills our buffer.
-    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    b.iter()
+    let b = random::bytes::<4>().map_err(|e| VmError::Io(e.to_string()))?;
+    Ok(b.iter()
         .map(|x| WORDS[*x as usize % WORDS.len()])
         .collect::<Vec<_>>()
-        .join("-")
+        .join("-"))
 }
 
 /// 9p tags for shared folders: the folder's name (as Lume names its entries), made
@@ -118,8 +119,9 @@ fn lock_running(vm: &Vm) -> Result<fs::File, VmError> {
         .map_err(|e| VmError::Io(format!("opening {}'s config.json: {e}", vm.name)))?;
     // A `ls` probing with a shared lock holds it for a moment: try a few times.
     for _ in 0..20 {
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        if lock_file(&f, Mode::Exclusive, Wait::NoWait)
+            .map_err(|e| VmError::Io(format!("locking {}'s config.json: {e}", vm.name)))?
+        {
             return Ok(f);
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -203,7 +205,8 @@ async fn run_vm(
             )));
         }
     }
-    let (w, h) = super::sizes::parse_display(&config.display).map_err(VmError::Invalid)?;
+    let (w, h) = cabin_base::sizes::parse_display(&config.display)
+        .map_err(|e| VmError::Invalid(e.to_string()))?;
     let vnc = match (opts.vnc, opts.vnc_port) {
         (false, _) => Vnc::Off,
         (true, None | Some(0)) => Vnc::Auto,
@@ -217,7 +220,8 @@ async fn run_vm(
     };
     let qemu = Qemu::locate().map_err(|e| VmError::Io(e.to_string()))?;
     let accel = choose_accel(opts.accel);
-    let run_dir = RunDir::create(paths, &rundir::new_id())
+    let run_dir = random::id()
+        .and_then(|id| RunDir::create(&paths.run_root(), &id))
         .map_err(|e| VmError::Io(format!("creating the VM's run directory: {e}")))?;
     // The console of this run only, read by `vm logs` while the VM runs and after.
     let console_log = vm.dir.join(CONSOLE_LOG);
@@ -272,7 +276,10 @@ async fn run_vm(
         let mut qmp = connect_qmp(&run_dir.path.join("qmp.sock"), &mut child).await?;
         let mut url = None;
         if vnc != Vnc::Off {
-            let password = opts.vnc_password.clone().unwrap_or_else(passphrase);
+            let password = match opts.vnc_password.clone() {
+                Some(p) => p,
+                None => passphrase()?,
+            };
             qmp.execute(
                 "set_password",
                 Some(json!({"protocol": "vnc", "password": password})),
@@ -297,8 +304,8 @@ async fn run_vm(
                 })
                 .collect(),
             pid: std::process::id(),
-            started_at: crate::containers::now_unix(),
-            ip_address: net.reachable_ip.lock().expect("not poisoned").clone(),
+            started_at: cabin_base::time::now_unix(),
+            ip_address: net.reachable_ip.locked().clone(),
             ssh_port: net.ssh_forward,
             ssh_available: false,
         };
@@ -317,7 +324,7 @@ async fn run_vm(
                 }
                 bound_console_log(&console_log);
                 // The guest took its address (DHCP): report it.
-                let ip = net.reachable_ip.lock().expect("not poisoned").clone();
+                let ip = net.reachable_ip.locked().clone();
                 let mut changed = ip != session.ip_address;
                 session.ip_address = ip;
                 // Whether its SSH server answers, found here, so that listing VMs
@@ -444,6 +451,10 @@ struct VmNetwork {
     _endpoint: Option<crate::bridge::Endpoint>,
 }
 
+fn new_id() -> Result<String, VmError> {
+    random::id().map_err(|e| VmError::Io(e.to_string()))
+}
+
 fn vm_network(vm: &Vm, config: &store::VmConfig, from_image: bool) -> Result<VmNetwork, VmError> {
     use crate::{bridge, dhcp};
     let mac = config.mac_address.as_str();
@@ -457,12 +468,12 @@ fn vm_network(vm: &Vm, config: &store::VmConfig, from_image: bool) -> Result<VmN
         let host_bridge =
             bridge::host_bridge(wanted).map_err(|e| VmError::Invalid(e.to_string()))?;
         let (tap_fd, tap) =
-            bridge::tap_on_host_bridge(&format!("cbb{}", &rundir::new_id()[..10]), &host_bridge)
+            bridge::tap_on_host_bridge(&format!("cbb{}", &new_id()?[..10]), &host_bridge)
                 .map_err(|e| VmError::Invalid(e.to_string()))?;
         let reachable = Arc::new(Mutex::new(None));
         let leased = reachable.clone();
         let watch = dhcp::Server::start(&tap, dhcp::Role::Watch { client_mac }, move |a| {
-            *leased.lock().expect("not poisoned") = Some(a.to_string());
+            *leased.locked() = Some(a.to_string());
         })
         .map_err(|e| VmError::Io(format!("watching the VM's DHCP: {e}")))?;
         return Ok(VmNetwork {
@@ -479,7 +490,7 @@ fn vm_network(vm: &Vm, config: &store::VmConfig, from_image: bool) -> Result<VmN
         let _ = bridge::reconcile();
         // The endpoint's id names its tap device: random, since VMs of different
         // storage locations or data directories may share a name.
-        let id = format!("v{}", &rundir::new_id()[..11]);
+        let id = format!("v{}", &new_id()?[..11]);
         let ep = bridge::attach(&id, vec![vm.name.clone()], &[])
             .map_err(|e| VmError::Io(format!("joining the bridge: {e}")))?;
         let cfg = ep.guest_config();
@@ -505,7 +516,7 @@ fn vm_network(vm: &Vm, config: &store::VmConfig, from_image: bool) -> Result<VmN
                 let leased = reachable.clone();
                 Some(
                     dhcp::Server::start(&ep.record.tap, dhcp::Role::Serve(lease), move |a| {
-                        *leased.lock().expect("not poisoned") = Some(a.to_string());
+                        *leased.locked() = Some(a.to_string());
                     })
                     .map_err(|e| VmError::Io(format!("starting the VM's DHCP server: {e}")))?,
                 )
@@ -586,24 +597,13 @@ pub const RUN_LOG: &str = "run.log";
 /// stays out of a terminal's job control, with its output in the VM's `run.log`. An
 /// earlier start error is cleared: this attempt supersedes it.
 pub fn spawn_runner(vm: &Vm, exe: &Path, args: &[OsString]) -> Result<Child, VmError> {
-    use std::os::unix::process::CommandExt;
     let log_path = vm.dir.join(RUN_LOG);
     let log = fs::File::create(&log_path)
         .map_err(|e| VmError::Io(format!("creating {}: {e}", log_path.display())))?;
-    let log2 = log
-        .try_clone()
-        .map_err(|e| VmError::Io(format!("duplicating {}: {e}", log_path.display())))?;
     vm.clear_start_error();
     let mut cmd = Command::new(exe);
-    cmd.args(args).stdin(Stdio::null()).stdout(log).stderr(log2);
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    cmd.spawn()
+    cmd.args(args);
+    spawn::detached(cmd, spawn::Output::File(log))
         .map_err(|e| VmError::Io(format!("starting {}: {e}", exe.display())))
 }
 
@@ -683,7 +683,7 @@ mod tests {
 
     #[test]
     fn passphrases_and_share_tags() {
-        let p = passphrase();
+        let p = passphrase().unwrap();
         assert_eq!(p.split('-').count(), 4, "{p}");
         let tags = share_tags(&[
             ("/home/me/code".into(), false),

@@ -25,13 +25,16 @@ pub struct Settings {
     pub cache_directory: String,
     #[serde(default)]
     pub caching_enabled: bool,
+    /// What `~` means in the paths above.
+    #[serde(skip)]
+    home: PathBuf,
 }
 
 pub const HOME: &str = "home";
 pub const EPHEMERAL: &str = "ephemeral";
 
 fn file(paths: &Paths) -> PathBuf {
-    paths.data.join("vm-settings.json")
+    paths.vm_settings()
 }
 
 /// Lume's rule for location names.
@@ -43,36 +46,38 @@ pub fn valid_location_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// A location's path with `~` expanded.
-pub fn expand(path: &str) -> PathBuf {
-    match path.strip_prefix("~/") {
-        Some(rest) => crate::paths::home().join(rest),
-        None if path == "~" => crate::paths::home(),
-        None => PathBuf::from(path),
-    }
-}
-
 impl Settings {
+    /// A location's path with `~` expanded.
+    pub fn expand(&self, path: &str) -> PathBuf {
+        Paths::new("/", "/", self.home.clone()).expand_home(path)
+    }
+
     pub fn defaults(paths: &Paths) -> Settings {
         Settings {
             vm_locations: vec![Location {
                 name: HOME.into(),
-                path: paths.data.join("vms").to_string_lossy().into_owned(),
+                path: paths.vms().to_string_lossy().into_owned(),
             }],
             default_location_name: HOME.into(),
-            cache_directory: paths.data.join("vm-cache").to_string_lossy().into_owned(),
+            cache_directory: paths.vm_image_cache().to_string_lossy().into_owned(),
             caching_enabled: false,
+            home: paths.home.clone(),
         }
     }
 
     pub fn load(paths: &Paths) -> Result<Settings, String> {
         match fs::read(file(paths)) {
-            Ok(b) if b.len() < 1 << 20 => serde_json::from_slice(&b).map_err(|e| {
-                format!(
-                    "the VM settings {} are unreadable ({e}); fix or remove the file",
-                    file(paths).display()
-                )
-            }),
+            Ok(b) if b.len() < 1 << 20 => serde_json::from_slice(&b)
+                .map(|s: Settings| Settings {
+                    home: paths.home.clone(),
+                    ..s
+                })
+                .map_err(|e| {
+                    format!(
+                        "the VM settings {} are unreadable ({e}); fix or remove the file",
+                        file(paths).display()
+                    )
+                }),
             Ok(_) => Err(format!("{} is too large", file(paths).display())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Settings::defaults(paths)),
             Err(e) => Err(format!("reading {}: {e}", file(paths).display())),
@@ -82,7 +87,7 @@ impl Settings {
     /// Writes the settings whole (temporary file, then rename).
     pub fn save(&self, paths: &Paths) -> Result<(), String> {
         let target = file(paths);
-        crate::paths::create_private_dir(&paths.data).map_err(|e| e.to_string())?;
+        cabin_base::files::create_private_dir(&paths.data).map_err(|e| e.to_string())?;
         let tmp = target.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(self).expect("serialisable");
         fs::write(&tmp, text)
@@ -103,7 +108,7 @@ impl Settings {
         if self.location(name).is_some() {
             return Err(format!("Storage location already exists: {name}"));
         }
-        let dir = expand(path);
+        let dir = self.expand(path);
         if !dir.is_absolute() {
             return Err(format!(
                 "Invalid storage path: {path}: give an absolute path"
@@ -135,7 +140,7 @@ impl Settings {
     /// Lume's `homeDirectory` setting: moves the default location to `path` (an absolute
     /// directory, created if missing). The VMs already there stay where they are.
     pub fn set_home_directory(&mut self, path: &str) -> Result<(), String> {
-        let dir = expand(path);
+        let dir = self.expand(path);
         if !dir.is_absolute() {
             return Err(format!(
                 "Invalid home directory: {path}: give an absolute path"
@@ -175,13 +180,13 @@ impl Settings {
                         self.default_location_name
                     )
                 })?;
-                Ok((l.name.clone(), expand(&l.path)))
+                Ok((l.name.clone(), self.expand(&l.path)))
             }
             Some(EPHEMERAL) => Ok((EPHEMERAL.into(), std::env::temp_dir())),
-            Some(s) if s.contains('/') || s.contains('\\') => Ok((s.into(), expand(s))),
+            Some(s) if s.contains('/') || s.contains('\\') => Ok((s.into(), self.expand(s))),
             Some(name) => self
                 .location(name)
-                .map(|l| (l.name.clone(), expand(&l.path)))
+                .map(|l| (l.name.clone(), self.expand(&l.path)))
                 .ok_or_else(|| format!("Storage location not found: {name}")),
         }
     }
@@ -194,7 +199,7 @@ impl Settings {
         }
         for l in &self.vm_locations {
             if l.name != self.default_location_name {
-                out.push((l.name.clone(), expand(&l.path)));
+                out.push((l.name.clone(), self.expand(&l.path)));
             }
         }
         out

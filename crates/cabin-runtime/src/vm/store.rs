@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::settings::Settings;
-use super::sizes;
+use cabin_base::sizes::parse_display;
 
 pub const CONFIG: &str = "config.json";
 pub const DISK: &str = "disk.img";
@@ -155,27 +155,22 @@ pub fn normalize_name(name: &str) -> Result<String, VmError> {
 }
 
 /// A random locally administered unicast MAC address.
-pub fn random_mac() -> String {
-    let mut b = [0u8; 6];
-    getrandom(&mut b);
+pub fn random_mac() -> Result<String, VmError> {
+    let mut b = random_bytes::<6>()?;
     b[0] = (b[0] & 0xfe) | 0x02;
-    b.iter()
+    Ok(b.iter()
         .map(|x| format!("{x:02x}"))
         .collect::<Vec<_>>()
-        .join(":")
+        .join(":"))
 }
 
 /// A new machine identity (the guest's SMBIOS UUID), base64 as Lume stores it.
-pub fn random_machine_id() -> String {
-    let mut b = [0u8; 16];
-    getrandom(&mut b);
-    base64(&b)
+pub fn random_machine_id() -> Result<String, VmError> {
+    Ok(base64(&random_bytes::<16>()?))
 }
 
-fn getrandom(buf: &mut [u8]) {
-    // SAFETY: fills our buffer.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    assert_eq!(n, buf.len() as isize, "getrandom");
+fn random_bytes<const N: usize>() -> Result<[u8; N], VmError> {
+    cabin_base::random::bytes::<N>().map_err(|e| VmError::Io(e.to_string()))
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -252,12 +247,8 @@ impl Vm {
 
     /// Whether a process holds the VM's lock (runs it).
     pub fn is_running(&self) -> bool {
-        let Ok(f) = fs::File::open(self.dir.join(CONFIG)) else {
-            return false;
-        };
-        // SAFETY: flock on a descriptor we own; a shared probe conflicts only with the
-        // runner's exclusive lock, and is released when `f` closes.
-        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+        // A shared probe conflicts only with the runner's exclusive lock.
+        cabin_base::lock::is_held(&self.dir.join(CONFIG)).unwrap_or(false)
     }
 
     /// The running VM's session, if it runs.
@@ -283,7 +274,7 @@ impl Vm {
     pub fn record_start_error(&self, message: &str) {
         let e = StartError {
             message: message.to_string(),
-            at: crate::containers::now_unix(),
+            at: cabin_base::time::now_unix(),
         };
         let tmp = self.dir.join(".start-error.json.tmp");
         let _ = fs::write(&tmp, serde_json::to_vec(&e).expect("serialisable"))
@@ -335,7 +326,7 @@ impl CreateOptions {
                 "disk size must be at least 10GB for linux VMs".into(),
             ));
         }
-        sizes::parse_display(&self.display).map_err(VmError::Invalid)?;
+        parse_display(&self.display).map_err(|e| VmError::Invalid(e.to_string()))?;
         parse_network(&self.network)?;
         Ok(())
     }
@@ -467,10 +458,10 @@ pub fn create_with(
                 cpu_count: opts.cpu,
                 memory_size: opts.memory,
                 disk_size: opts.disk_size,
-                mac_address: random_mac(),
+                mac_address: random_mac()?,
                 display: opts.display.clone(),
                 hardware_model: None,
-                machine_identifier: Some(random_machine_id()),
+                machine_identifier: Some(random_machine_id()?),
                 network_mode: opts.network.clone(),
             },
         )
@@ -545,7 +536,7 @@ pub fn check_set(
         c.memory_size = m;
     }
     if let Some(d) = display {
-        sizes::parse_display(d).map_err(VmError::Invalid)?;
+        parse_display(d).map_err(|e| VmError::Invalid(e.to_string()))?;
         c.display = d.to_string();
     }
     if let Some(size) = disk_size {
@@ -600,8 +591,8 @@ pub fn clone(
             }
         }
         let mut c = src.config()?;
-        c.mac_address = random_mac();
-        c.machine_identifier = Some(random_machine_id());
+        c.mac_address = random_mac()?;
+        c.machine_identifier = Some(random_machine_id()?);
         write_config(&stage, &c)
     })();
     let dest = parent.join(&new_name);
@@ -724,14 +715,14 @@ mod tests {
         for bad in ["", "../x", "a/b", ".hidden", "-x", "a b"] {
             assert!(normalize_name(bad).is_err(), "{bad}");
         }
-        let mac = random_mac();
+        let mac = random_mac().unwrap();
         assert_eq!(mac.len(), 17);
         let first = u8::from_str_radix(&mac[..2], 16).unwrap();
         assert_eq!(first & 0x03, 0x02, "locally administered unicast: {mac}");
-        assert_ne!(mac, random_mac());
+        assert_ne!(mac, random_mac().unwrap());
         assert_eq!(base64(b"\x00\x01\x02"), "AAEC");
         assert_eq!(base64(b"ab"), "YWI=");
-        let id = random_machine_id();
+        let id = random_machine_id().unwrap();
         assert_eq!(machine_uuid(&id).unwrap().len(), 36);
         assert!(parse_network("bridged:eth0").is_ok());
         assert!(parse_network("host").is_err());

@@ -8,7 +8,6 @@
 //! clone (copy-on-write where the file system can).
 
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use cabin_image::credentials::{ghcr_env_auth, Credentials};
@@ -19,9 +18,10 @@ use cabin_image::lume::LumeError;
 use cabin_image::registry::RegistryOptions;
 use serde::{Deserialize, Serialize};
 
-use super::settings::{expand, Settings};
+use super::settings::Settings;
 use super::store::{self, Vm, VmConfig, VmError, CONFIG, DISK, NVRAM};
 use crate::Paths;
+use cabin_base::lock::{self, Mode, Wait};
 
 pub const DEFAULT_REGISTRY: &str = "ghcr.io";
 pub const DEFAULT_ORGANIZATION: &str = "trycua";
@@ -235,18 +235,17 @@ pub fn pull_name(req: &PullRequest) -> Result<String, VmError> {
 }
 
 /// A held flock on `<dir>/lock` (created with the directory).
-struct DirLock(#[allow(dead_code)] fs::File);
+struct DirLock(#[allow(dead_code)] lock::Lock);
 
 fn lock_dir(dir: &Path, what: &str) -> Result<DirLock, VmError> {
     fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-    let f = fs::File::create(dir.join(LOCK)).map_err(io("creating the pull's lock"))?;
-    // SAFETY: flock on a descriptor we own; released when it closes.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(VmError::Invalid(format!(
+    match lock::lock_path(&dir.join(LOCK), Mode::Exclusive, Wait::NoWait) {
+        Ok(Some(l)) => Ok(DirLock(l)),
+        Ok(None) => Err(VmError::Invalid(format!(
             "a pull of {what} is already under way in another process"
-        )));
+        ))),
+        Err(e) => Err(io("locking the pull")(e)),
     }
-    Ok(DirLock(f))
 }
 
 /// Where a pull of `name` into `parent` is staged.
@@ -264,13 +263,15 @@ fn complete(dir: &Path, pulled: &Pulled) -> Result<(), VmError> {
         cpu_count: d.cpu_count,
         memory_size: d.memory_size,
         disk_size: d.disk_size,
-        mac_address: store::random_mac(),
+        mac_address: store::random_mac()?,
         display: d.display.clone(),
         hardware_model: d.hardware_model.clone(),
         machine_identifier: d
             .machine_identifier
             .clone()
-            .or_else(|| Some(store::random_machine_id())),
+            .map(Ok)
+            .unwrap_or_else(store::random_machine_id)
+            .map(Some)?,
         network_mode: d.network_mode.clone(),
     };
     if !pulled.has_nvram {
@@ -311,7 +312,7 @@ pub struct CacheMetadata {
 }
 
 fn cache_root(settings: &Settings) -> PathBuf {
-    expand(&settings.cache_directory)
+    settings.expand(&settings.cache_directory)
 }
 
 fn cache_image_dir(settings: &Settings, image: &ImageRef) -> PathBuf {
@@ -392,7 +393,7 @@ pub async fn pull(
         let meta = CacheMetadata {
             image: image.clone(),
             manifest_id: digest.clone(),
-            timestamp: cabin_image::timestamp::now(),
+            timestamp: cabin_base::time::now_rfc3339(),
         };
         fs::write(
             cstage.join("metadata.json"),
@@ -427,7 +428,7 @@ pub async fn pull(
             dir: entry.clone(),
         };
         let mut c = cached.config()?;
-        c.mac_address = store::random_mac();
+        c.mac_address = store::random_mac()?;
         fs::write(
             stage.join(CONFIG),
             serde_json::to_vec_pretty(&c).expect("json"),

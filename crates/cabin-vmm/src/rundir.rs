@@ -1,13 +1,13 @@
-//! A VM's private run directory, owned by the process holding its lock. Whatever a killed
-//! cabin left behind (a directory nobody holds, maybe a QEMU that outlived it) is removed
-//! by the next cabin command.
+//! A VM's private run directory (sockets, console log, QEMU's pid), owned by the process
+//! holding its lock. Whatever a killed cabin left behind (a directory nobody holds, maybe
+//! a QEMU that outlived it) is removed by the next cabin command.
 
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use crate::paths::{create_private_dir, Paths};
+use cabin_base::files::create_private_dir;
+use cabin_base::lock::{lock_file, Mode, Wait};
 
 /// Run directories being created (see RunDir::create).
 const STAGING_PREFIX: &str = ".new-";
@@ -18,31 +18,17 @@ pub struct RunDir {
 }
 
 fn try_lock(file: &fs::File) -> bool {
-    // SAFETY: flock on a descriptor we own.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
-}
-
-pub fn new_id() -> String {
-    let mut b = [0u8; 16];
-    // SAFETY: getrandom into our buffer.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
-        // Never expected; fall back to something unique enough for a local directory.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        b[..8].copy_from_slice(&(t.as_nanos() as u64).to_le_bytes());
-        b[8..12].copy_from_slice(&std::process::id().to_le_bytes());
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    lock_file(file, Mode::Exclusive, Wait::NoWait).unwrap_or(false)
 }
 
 impl RunDir {
-    pub fn create(paths: &Paths, id: &str) -> io::Result<RunDir> {
+    /// Creates the run directory of VM `id` under `run_root` (a short name: unix socket
+    /// paths must stay under 108 bytes), locked by the returned value.
+    pub fn create(run_root: &Path, id: &str) -> io::Result<RunDir> {
         // Unix socket paths are limited to 107 bytes; a short directory name keeps them
         // inside the limit for ordinary data directories.
         let short = &id[..12.min(id.len())];
-        let path = paths.run_root().join(short);
+        let path = run_root.join(short);
         let socket = path.join("agent.sock");
         if socket.as_os_str().len() > 107 {
             return Err(io::Error::other(format!(
@@ -50,11 +36,11 @@ impl RunDir {
                 socket.display()
             )));
         }
-        create_private_dir(&paths.run_root())?;
+        create_private_dir(run_root)?;
         // The directory appears under its name already locked: made and locked under a
         // hidden name, then renamed. Otherwise another cabin's reap_stale could find it
         // between the lock file's creation and its flock, take the lock and delete it.
-        let staging = paths.run_root().join(format!("{STAGING_PREFIX}{short}"));
+        let staging = run_root.join(format!("{STAGING_PREFIX}{short}"));
         create_private_dir(&staging)?;
         let lock = fs::OpenOptions::new()
             .create(true)
@@ -110,9 +96,10 @@ fn kill_if_ours(pid: i32, dir: &Path) {
     }
 }
 
-/// Removes run directories whose owner is gone. Returns how many were removed.
-pub fn reap_stale(paths: &Paths) -> usize {
-    let Ok(entries) = fs::read_dir(paths.run_root()) else {
+/// Removes the run directories under `run_root` whose owner is gone. Returns how many
+/// were removed.
+pub fn reap_stale(run_root: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(run_root) else {
         return 0;
     };
     let mut removed = 0;
@@ -153,18 +140,19 @@ pub fn reap_stale(paths: &Paths) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cabin_base::random::id;
 
     #[test]
     fn held_directories_survive_and_abandoned_ones_are_reaped() {
         let t = tempfile::tempdir().unwrap();
-        let paths = Paths::at(t.path());
-        let held = RunDir::create(&paths, &new_id()).unwrap();
+        let root = t.path().join("run");
+        let held = RunDir::create(&root, &id().unwrap()).unwrap();
         // An abandoned directory: the lock file exists but nobody holds it.
-        let abandoned = paths.run_root().join("abandoned");
+        let abandoned = root.join("abandoned");
         fs::create_dir_all(&abandoned).unwrap();
         fs::write(abandoned.join("lock"), "").unwrap();
         fs::write(abandoned.join("vmm.pid"), "2147483646").unwrap();
-        assert_eq!(reap_stale(&paths), 1);
+        assert_eq!(reap_stale(&root), 1);
         assert!(held.path.exists());
         assert!(!abandoned.exists());
         let p = held.path.clone();
@@ -175,18 +163,16 @@ mod tests {
     #[test]
     fn directories_being_created_are_left_alone() {
         let t = tempfile::tempdir().unwrap();
-        let paths = Paths::at(t.path());
+        let root = t.path().join("run");
         // What another cabin's create looks like between making its lock file and
         // locking it: an unheld lock, under the staging name.
-        let staging = paths
-            .run_root()
-            .join(format!("{STAGING_PREFIX}0123456789ab"));
+        let staging = root.join(format!("{STAGING_PREFIX}0123456789ab"));
         fs::create_dir_all(&staging).unwrap();
         fs::write(staging.join("lock"), "").unwrap();
-        assert_eq!(reap_stale(&paths), 0);
+        assert_eq!(reap_stale(&root), 0);
         assert!(staging.exists());
         // A finished create shows up under its own name, held.
-        let made = RunDir::create(&paths, &new_id()).unwrap();
+        let made = RunDir::create(&root, &id().unwrap()).unwrap();
         assert!(made.path.join("lock").exists());
         assert!(!made
             .path
@@ -194,15 +180,7 @@ mod tests {
             .unwrap()
             .to_string_lossy()
             .starts_with(STAGING_PREFIX));
-        assert_eq!(reap_stale(&paths), 0);
+        assert_eq!(reap_stale(&root), 0);
         assert!(made.path.exists());
-    }
-
-    #[test]
-    fn ids_are_unique_hex() {
-        let (a, b) = (new_id(), new_id());
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 32);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
     }
 }
