@@ -1,4 +1,4 @@
-//! One function per route, each a thin layer over `cabin_runtime::vm`, answering with
+//! One function per route, each a thin layer over `cabin_machines`, answering with
 //! Lume's shapes and messages. They block (files, flocks, waiting for a VM), so the
 //! server runs them on tokio's blocking threads.
 
@@ -10,11 +10,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use cabin_runtime::vm::details;
-use cabin_runtime::vm::runner::{self, Started};
-use cabin_runtime::vm::settings::Settings;
-use cabin_runtime::vm::store::{self, CreateOptions, VmError};
-use cabin_runtime::Paths;
+use cabin_base::Paths;
+use cabin_machines::details;
+use cabin_machines::runner::{self, Started};
+use cabin_machines::settings::Settings;
+use cabin_machines::store::{self, CreateOptions, VmError};
 
 use crate::log::Log;
 use crate::routes::Route;
@@ -230,7 +230,7 @@ fn create_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
     let s = app.settings()?;
     let vm = match &c.image {
         None => store::create(&s, &c.name, storage(&c.storage), &opts)?,
-        Some(image) => cabin_runtime::vm::from_image::create(
+        Some(image) => cabin_machines::from_image::create(
             &s,
             &app.paths,
             &c.name,

@@ -19,7 +19,7 @@ use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use cabin_runtime::Paths;
+use cabin_base::Paths;
 
 use handlers::{App, Request};
 use routes::{Match, Route};

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
 use cabin_image::registry::{Progress, ProgressHook};
-use cabin_runtime::vm::store;
-use cabin_runtime::vm::transfer::{self, ImageRef, PullRequest, PushRequest};
+use cabin_machines::store;
+use cabin_machines::transfer::{self, ImageRef, PullRequest, PushRequest};
 use serde::Serialize;
 
 use crate::handlers::{App, Request};
@@ -158,7 +158,7 @@ pub fn push(app: &App, req: &Request) -> Result<Reply, ApiError> {
 
 /// A pull as the API asks for it, owned so that it can move to a thread of its own.
 struct PullJob {
-    settings: cabin_runtime::vm::settings::Settings,
+    settings: cabin_machines::settings::Settings,
     image: ImageRef,
     vm_name: String,
     storage: Option<String>,

@@ -5,7 +5,7 @@
 use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use cabin_runtime::vm::store::VmError;
+use cabin_machines::store::VmError;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -287,7 +287,7 @@ pub struct AddLocation {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LumeSettings<'a> {
-    pub vm_locations: &'a [cabin_runtime::vm::settings::Location],
+    pub vm_locations: &'a [cabin_machines::settings::Location],
     pub default_location_name: &'a str,
     pub cache_directory: &'a str,
     pub caching_enabled: bool,

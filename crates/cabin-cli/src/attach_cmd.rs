@@ -4,10 +4,10 @@
 use std::io::Write;
 use std::time::Duration;
 
-use cabin_runtime::attach::{self, Detached};
-use cabin_runtime::container_log;
-use cabin_runtime::containers::{Status, Store};
-use cabin_runtime::supervisor::{self, Control};
+use cabin_containers::attach::{self, Detached};
+use cabin_containers::log;
+use cabin_containers::store::{Status, Store};
+use cabin_containers::supervisor::{self, Control};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::containers_cmd::{fail, launch, resolve, wait_exited, StartArgs};
@@ -24,7 +24,7 @@ fn print(stderr: bool, data: &[u8]) {
 
 /// What the log has from `offset` on (a run that ended before cabin could attach).
 fn print_log_from(dir: &std::path::Path, offset: u64) {
-    if let Ok((entries, _)) = container_log::read_from(dir, offset) {
+    if let Ok((entries, _)) = log::read_from(dir, offset) {
         for e in entries {
             print(e.stream == "stderr", e.log.as_bytes());
         }
@@ -47,7 +47,7 @@ pub async fn start_attached(store: &Store, args: &StartArgs) -> i32 {
     }
     let dir = store.container_dir(&record.id);
     // Where this run's output will begin, should it end before cabin attaches.
-    let log_start = container_log::end(&dir);
+    let log_start = log::end(&dir);
     if !matches!(record.status, Status::Running { .. }) {
         match launch(store, &record, Duration::from_secs(60)).await {
             Err(code) => return code,

@@ -1,9 +1,9 @@
 //! Options that connect a container to the outside: its network, published ports and
 //! mounts (shared by `cabin run` and `cabin create`).
 
-use cabin_runtime::network::{self, NetworkMode};
-use cabin_runtime::volumes;
-use cabin_runtime::ContainerConfig;
+use cabin_containers::volumes;
+use cabin_containers::ContainerConfig;
+use cabin_net::{ports as network, NetworkMode};
 use clap::Args;
 
 #[derive(Debug, Args)]

@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use cabin_runtime::container_log;
-use cabin_runtime::containers::{now_unix, Record, Status, Store, StoreError};
-use cabin_runtime::supervisor::{self, Control, RestartPolicy};
-use cabin_runtime::{ContainerConfig, Paths, RootSource};
+use cabin_containers::log;
+use cabin_containers::store::{now_unix, Record, Status, Store, StoreError};
+use cabin_containers::supervisor::{self, Control, RestartPolicy};
+use cabin_containers::{ContainerConfig, Paths, RootSource};
 use clap::{Args, Parser};
 
 use crate::run::RunArgs;
@@ -83,7 +83,7 @@ fn create_record(
             .mounts
             .iter()
             .filter_map(|m| match m {
-                cabin_runtime::volumes::MountSpec::Volume { name, .. } => Some(name.clone()),
+                cabin_containers::volumes::MountSpec::Volume { name, .. } => Some(name.clone()),
                 _ => None,
             })
             .collect(),
@@ -288,9 +288,7 @@ pub async fn supervise(id: &str) -> i32 {
         .get_or_insert_with(|| id[..12.min(id.len())].to_string());
     cfg.layer = Some(dir.join(LAYER_FILE));
     // As after a foreground run: the next container of this shape should resume.
-    if cabin_runtime::snapshot::enabled()
-        && !cabin_runtime::container_vm::has_snapshot(&paths, &cfg)
-    {
+    if cabin_containers::snapshot::enabled() && !cabin_containers::vm::has_snapshot(&paths, &cfg) {
         crate::prepare::start_in_background(&args.machine, &cfg);
     }
     let policy = match args.restart.parse::<RestartPolicy>() {
@@ -472,7 +470,7 @@ pub async fn logs(args: LogsArgs) -> i32 {
         Err(code) => return code,
     };
     let dir = store.container_dir(&record.id);
-    let print = |entries: &[container_log::Entry]| {
+    let print = |entries: &[log::Entry]| {
         use std::io::Write;
         let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
         for e in entries {
@@ -491,7 +489,7 @@ pub async fn logs(args: LogsArgs) -> i32 {
         }
         let _ = out.flush();
     };
-    let (mut entries, mut offset) = match container_log::read_all(&dir) {
+    let (mut entries, mut offset) = match log::read_all(&dir) {
         Ok(x) => x,
         Err(e) => return fail(format!("reading the log of {}: {e}", record.name)),
     };
@@ -508,7 +506,7 @@ pub async fn logs(args: LogsArgs) -> i32 {
             Ok(r) => !matches!(r.status, Status::Exited { .. }),
             Err(_) => false,
         };
-        match container_log::read_from(&dir, offset) {
+        match log::read_from(&dir, offset) {
             Ok((new, next)) => {
                 print(&new);
                 offset = next;

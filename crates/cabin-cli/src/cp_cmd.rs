@@ -1,8 +1,8 @@
 //! `cabin cp`: files between the host and a running container, as docker cp copies
-//! them. The work is cabin-runtime's (copy.rs); this parses the two operands.
+//! them. The work is cabin-containers' (copy.rs); this parses the two operands.
 
-use cabin_runtime::containers::Status;
-use cabin_runtime::copy::{self, HostDest, HostSource};
+use cabin_containers::copy::{self, HostDest, HostSource};
+use cabin_containers::store::Status;
 use clap::Args;
 
 #[derive(Debug, Args)]

@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 
+use cabin_containers::Paths;
 use cabin_image::archive;
 use cabin_image::credentials::{options_for, Credential, Credentials};
 use cabin_image::image::{self, ImportConfig};
 use cabin_image::pull::{self, PullOptions};
 use cabin_image::push;
 use cabin_image::store::Store;
-use cabin_runtime::Paths;
 use clap::Subcommand;
 use serde_json::json;
 

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use cabin_runtime::ContainerConfig;
+use cabin_containers::ContainerConfig;
 use clap::Args;
 
 use cabin_base::sizes::{parse_size, Dialect};
@@ -52,13 +52,13 @@ impl MachineArgs {
             c.memory_bytes = Some(bytes);
         }
         c.kernel = self.kernel.clone();
-        let choice = cabin_runtime::container_vm::choose_accel(self.accel.parse()?);
+        let choice = cabin_vmm::accel::choose(self.accel.parse()?);
         if announce_tcg {
-            if let Some(notice) = cabin_runtime::container_vm::tcg_notice(&choice) {
+            if let Some(notice) = choice.tcg_notice() {
                 eprintln!("cabin: {notice}");
             }
         }
-        c.accel = cabin_runtime::AccelRequest::Force(choice.accel);
+        c.accel = cabin_containers::AccelRequest::Force(choice.accel);
         c.extra_kernel_args = self.kernel_args.clone().unwrap_or_default();
         Ok(())
     }
@@ -75,7 +75,7 @@ impl MachineArgs {
         if let Some(k) = &self.kernel {
             a.extend(["--kernel".to_string(), k.to_string_lossy().into_owned()]);
         }
-        if let cabin_runtime::AccelRequest::Force(accel) = c.accel {
+        if let cabin_containers::AccelRequest::Force(accel) = c.accel {
             a.extend(["--accel".to_string(), accel.to_string()]);
         }
         a.extend(["--kernel-args".to_string(), c.extra_kernel_args.clone()]);

@@ -1,4 +1,4 @@
-//! `cabin`: containers in lightweight VMs. A thin command-line layer over cabin-runtime.
+//! `cabin`: containers in lightweight VMs. A thin command-line layer over the cabin libraries.
 
 mod attach_cmd;
 mod connect_args;
@@ -19,7 +19,7 @@ mod volume_cmd;
 
 use std::time::Instant;
 
-use cabin_runtime::Paths;
+use cabin_containers::Paths;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -143,6 +143,10 @@ enum SystemCommand {
         /// Output format: text or json.
         #[arg(long, default_value = "text")]
         format: String,
+        /// The accelerator to report on: auto (KVM where it can run a guest, else TCG),
+        /// kvm or tcg.
+        #[arg(long, default_value = "auto", env = "CABIN_ACCEL", hide = true)]
+        accel: String,
     },
     /// Build the boot snapshot containers of this shape resume from (cabin run starts
     /// this in the background when it finds none).
@@ -220,8 +224,8 @@ fn main() {
             Command::Config { command } => vm_cmd::config(command),
             Command::Serve { port } => serve(port).await,
             Command::System {
-                command: SystemCommand::Info { format },
-            } => system_info(&format),
+                command: SystemCommand::Info { format, accel },
+            } => system_info(&format, &accel),
             Command::System {
                 command: SystemCommand::Df { format },
             } => system_df(&format),
@@ -257,7 +261,7 @@ async fn serve(port: u16) -> i32 {
 }
 
 fn system_df(format: &str) -> i32 {
-    let usage = cabin_runtime::system::disk_usage(&Paths::from_env());
+    let usage = cabin_containers::system::disk_usage(&Paths::from_env());
     match format {
         "json" => {
             let v: Vec<_> = usage
@@ -285,9 +289,16 @@ fn system_df(format: &str) -> i32 {
     0
 }
 
-fn system_info(format: &str) -> i32 {
+fn system_info(format: &str, accel: &str) -> i32 {
     let paths = Paths::from_env();
-    let info = cabin_runtime::system::info(&paths, Default::default());
+    let accel = match accel.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("cabin: {e}");
+            return 125;
+        }
+    };
+    let info = cabin_containers::system::info(&paths, accel);
     match format {
         "json" => {
             let map: serde_json::Map<String, serde_json::Value> = info

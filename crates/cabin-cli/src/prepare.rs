@@ -1,10 +1,10 @@
 //! `cabin system prepare`: build the boot snapshot that containers resume from, and the
 //! background start of the same after a run found none.
 
-use cabin_runtime::container_vm::prepare_snapshot;
-use cabin_runtime::snapshot::{self, Built};
-use cabin_runtime::volumes::MountSpec;
-use cabin_runtime::{ContainerConfig, Paths, RootSource};
+use cabin_containers::snapshot::{self, Built};
+use cabin_containers::vm::prepare_snapshot;
+use cabin_containers::volumes::MountSpec;
+use cabin_containers::{ContainerConfig, Paths, RootSource};
 use clap::Args;
 
 use crate::machine_args::MachineArgs;

@@ -5,8 +5,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use cabin_containers::{agent, ContainerConfig, ContainerVm, Paths, RootSource, RunError};
 use cabin_proto::v1::{output_chunk, ResizeTtyRequest, SignalRequest, TtySize};
-use cabin_runtime::{agent, ContainerConfig, ContainerVm, Paths, RootSource, RunError};
 use clap::Args;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::StreamExt;
@@ -382,10 +382,10 @@ async fn attach(
     if status.oom_killed {
         eprintln!(
             "cabin: the container ran out of memory{} and its process was killed",
-            cabin_runtime::container_vm::memory_limit_note(cfg)
+            cabin_containers::vm::memory_limit_note(cfg)
         );
     }
-    cabin_runtime::container_vm::exit_code(&status)
+    cabin_containers::vm::exit_code(&status)
 }
 
 #[cfg(test)]

@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cabin_runtime::vm::details::{self, lume_pretty};
-use cabin_runtime::vm::from_image;
-use cabin_runtime::vm::runner::{self, RunOptions, Started};
-use cabin_runtime::vm::settings::Settings;
-use cabin_runtime::vm::store::{self, CreateOptions, Vm, VmError};
-use cabin_runtime::{AccelRequest, Paths};
+use cabin_containers::{AccelRequest, Paths};
+use cabin_machines::details::{self, lume_pretty};
+use cabin_machines::from_image;
+use cabin_machines::runner::{self, RunOptions, Started};
+use cabin_machines::settings::Settings;
+use cabin_machines::store::{self, CreateOptions, Vm, VmError};
 use clap::{Args, Subcommand};
 
 #[derive(Debug, Subcommand)]

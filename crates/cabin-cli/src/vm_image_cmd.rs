@@ -1,10 +1,10 @@
 //! `cabin vm push`, `vm pull`, `vm images`, `vm prune`: full VMs to and from OCI
-//! registries in Lume's format (`cabin_runtime::vm::transfer`).
+//! registries in Lume's format (`cabin_machines::transfer`).
 
-use cabin_runtime::vm::settings::Settings;
-use cabin_runtime::vm::store;
-use cabin_runtime::vm::transfer::{self, ImageRef, PullRequest, PushRequest};
-use cabin_runtime::Paths;
+use cabin_containers::Paths;
+use cabin_machines::settings::Settings;
+use cabin_machines::store;
+use cabin_machines::transfer::{self, ImageRef, PullRequest, PushRequest};
 use clap::Args;
 
 /// Where an image lives and how it travels: the options push and pull share.
@@ -178,7 +178,7 @@ pub async fn pull(paths: &Paths, s: &Settings, a: PullArgs) -> i32 {
 pub fn images(s: &Settings, format: &str) -> i32 {
     let list = transfer::images(s);
     match format {
-        "json" => println!("{}", cabin_runtime::vm::details::lume_pretty(&list)),
+        "json" => println!("{}", cabin_machines::details::lume_pretty(&list)),
         "text" => {
             for i in &list {
                 println!("{}:{}", i.repository, i.image_id);

@@ -1,9 +1,9 @@
 //! `cabin volume create|ls|inspect|rm|prune`: named volumes (sparse ext4 disks that
 //! outlive their containers).
 
-use cabin_runtime::containers::Store;
-use cabin_runtime::volumes::{VolumeError, VolumeInfo, Volumes, DEFAULT_VOLUME_BYTES};
-use cabin_runtime::Paths;
+use cabin_containers::store::Store;
+use cabin_containers::volumes::{VolumeError, VolumeInfo, Volumes, DEFAULT_VOLUME_BYTES};
+use cabin_containers::Paths;
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]

@@ -63,6 +63,24 @@ pub struct AccelChoice {
 const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
 const KVM_API_VERSION: i32 = 12;
 
+/// Whether this host can run VMs, and with which accelerator, for `request` as the user
+/// made it (a front end reads the flag or `CABIN_ACCEL`).
+pub fn choose(request: AccelRequest) -> AccelChoice {
+    decide(request, &HostProbe::read())
+}
+
+impl AccelChoice {
+    /// The one-line notice owed to the user when cabin fell back to TCG on its own.
+    pub fn tcg_notice(&self) -> Option<String> {
+        (self.accel == Accel::Tcg && !self.explicit).then(|| {
+            format!(
+                "{}; using QEMU's software emulation (TCG), which is much slower (set CABIN_ACCEL=tcg to silence this)",
+                self.reason
+            )
+        })
+    }
+}
+
 impl HostProbe {
     pub fn read() -> HostProbe {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

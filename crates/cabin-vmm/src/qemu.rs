@@ -178,7 +178,7 @@ pub fn command_line(spec: &MicroVmSpec) -> Vec<String> {
 const AGENT_PORT_ID: &str = "agentport";
 
 /// The name cabin-init looks for; kept in step with cabin_proto::PORT_NAME by a test in
-/// cabin-runtime (this crate does not depend on the protocol).
+/// cabin-containers (this crate does not depend on the protocol).
 pub const AGENT_PORT_NAME: &str = "cabin.agent";
 
 /// Accelerator and CPU model, QEMU's seccomp sandbox (no spawning, no privilege

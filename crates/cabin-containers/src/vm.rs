@@ -24,12 +24,12 @@ use cabin_vmm::{
 use crate::agent::{self, Agent};
 use crate::assets;
 use crate::attachments::{self, Attachments, Devices};
-use crate::network::NetworkMode;
-use crate::paths::Paths;
 use crate::root::{self, RootSource};
 use crate::snapshot;
 use crate::timings::Timings;
 use crate::volumes::MountSpec;
+use cabin_base::Paths;
+use cabin_net::NetworkMode;
 use cabin_vmm::rundir::RunDir;
 
 /// Guest memory on top of the container's own limit: kernel, init, page cache.
@@ -214,28 +214,6 @@ pub fn memory_limit_note(cfg: &ContainerConfig) -> String {
         .unwrap_or_default()
 }
 
-/// Whether the host can run VMs, and with which accelerator.
-pub fn choose_accel(request: AccelRequest) -> AccelChoice {
-    let request = match request {
-        AccelRequest::Auto => std::env::var("CABIN_ACCEL")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(AccelRequest::Auto),
-        r => r,
-    };
-    accel::decide(request, &accel::HostProbe::read())
-}
-
-/// The one-line notice owed to the user when cabin fell back to TCG on its own.
-pub fn tcg_notice(choice: &AccelChoice) -> Option<String> {
-    (choice.accel == cabin_vmm::Accel::Tcg && !choice.explicit).then(|| {
-        format!(
-            "{}; using QEMU's software emulation (TCG), which is much slower (set CABIN_ACCEL=tcg to silence this)",
-            choice.reason
-        )
-    })
-}
-
 pub struct ContainerVm {
     pub id: String,
     vm: QemuVm,
@@ -290,7 +268,7 @@ impl Machine {
             qemu,
             kernel,
             initrd,
-            accel: choose_accel(cfg.accel),
+            accel: accel::choose(cfg.accel),
         })
     }
 
@@ -783,7 +761,7 @@ impl ContainerVm {
         let Some(ep) = self.attachments.as_ref().and_then(|a| a.endpoint.as_ref()) else {
             return;
         };
-        let state = crate::bridge::PeerWatch::new(ep);
+        let state = cabin_net::bridge::PeerWatch::new(ep);
         let mut agent = self.agent.clone();
         let id = self.id.clone();
         self.peers_watch = Some(tokio::spawn(async move {

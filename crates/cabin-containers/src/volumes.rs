@@ -13,11 +13,11 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-use crate::containers::valid_name;
+use crate::store::valid_name;
 use cabin_base::files::create_private_dir;
 use cabin_base::lock::{self, Lock, Mode, Wait};
 
-use crate::paths::Paths;
+use cabin_base::Paths;
 
 /// Size of a new volume's file system unless told otherwise (sparse: it costs what is
 /// written).

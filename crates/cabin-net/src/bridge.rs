@@ -25,7 +25,8 @@ use cabin_base::lock::{lock_file, Mode, Wait};
 use cabin_vmm::{PortForward, Protocol};
 use serde::{Deserialize, Serialize};
 
-use crate::network::{self, PortReservations};
+use crate::ports::{self, PortReservations};
+use crate::tap;
 
 pub const BRIDGE: &str = "cabin0";
 pub const SUBNET: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 0);
@@ -309,7 +310,7 @@ pub fn tap_on_host_bridge(
             "bridged networking needs root (it adds a tap device to a host bridge); use nat".into(),
         ));
     }
-    let (fd, tap) = network::open_tap(pattern).map_err(setup_err("creating a tap device"))?;
+    let (fd, tap) = tap::open_tap(pattern).map_err(setup_err("creating a tap device"))?;
     host_command(
         "ip",
         &["link", "set", &tap, "master", bridge_if, "up"],
@@ -337,7 +338,7 @@ fn attach_in(
     if unsafe { libc::geteuid() } != 0 {
         return Err(BridgeError::NotRoot);
     }
-    let reservations = network::reserve_ports(ports).map_err(BridgeError::Setup)?;
+    let reservations = ports::reserve_ports(ports).map_err(BridgeError::Setup)?;
     let state = State::lock(dir)?;
     let mut live = state.live_endpoints();
     let ip = (2..255u8)
@@ -348,7 +349,7 @@ fn attach_in(
                 "no free address left on {BRIDGE} ({SUBNET}/{PREFIX}): stop some bridged containers"
             ))
         })?;
-    let (tap_fd, tap) = network::open_tap(&format!(
+    let (tap_fd, tap) = tap::open_tap(&format!(
         "cb{}",
         &container_id[..container_id.len().min(12)]
     ))
@@ -517,7 +518,7 @@ pub fn describe_ports(r: &EndpointRecord) -> Vec<String> {
     r.ports
         .iter()
         .map(|(proto, ip, hp, cp)| {
-            network::describe(&PortForward {
+            ports::describe(&PortForward {
                 protocol: if proto == "udp" {
                     Protocol::Udp
                 } else {

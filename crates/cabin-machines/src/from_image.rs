@@ -24,13 +24,14 @@ use std::process::Command;
 use cabin_base::confined::{Leaf, Links, Root};
 use serde::{Deserialize, Serialize};
 
-use super::store::VmError;
-use crate::paths::Paths;
+use cabin_base::Paths;
+
+use crate::store::VmError;
 
 /// How a VM made from an image boots (cabin's own file in the VM's directory).
-pub const BOOT: &str = "cabin-boot.json";
+pub use crate::store::BOOT;
 /// The kernel it boots, copied into the VM's directory.
-pub const KERNEL: &str = "vmlinuz";
+pub use crate::store::KERNEL;
 /// The file-system label of its root.
 pub const ROOT_LABEL: &str = "cabin-root";
 /// Where the guest finds the run's shared folders.
@@ -126,19 +127,19 @@ pub fn kernel_command_line(
 
 /// The machine id systemd gets (32 hex digits) for Lume's base64 machine identifier.
 pub fn systemd_machine_id(identifier: &str) -> Option<String> {
-    super::store::machine_uuid(identifier).map(|u| u.replace('-', ""))
+    crate::store::machine_uuid(identifier).map(|u| u.replace('-', ""))
 }
 
 /// Creates the VM `name` from the image `reference` (`vm create --image`).
 pub fn create(
-    settings: &super::settings::Settings,
+    settings: &crate::settings::Settings,
     paths: &Paths,
     name: &str,
     storage: Option<&str>,
-    opts: &super::store::CreateOptions,
+    opts: &crate::store::CreateOptions,
     reference: &str,
-) -> Result<super::store::Vm, VmError> {
-    super::store::create_with(settings, name, storage, opts, |stage| {
+) -> Result<crate::store::Vm, VmError> {
+    crate::store::create_with(settings, name, storage, opts, |stage| {
         provision(paths, stage, reference, opts.disk_size)
     })
 }
@@ -153,7 +154,7 @@ pub fn provision(
     disk_size: u64,
 ) -> Result<(), VmError> {
     use cabin_image::{image, store::Store};
-    let kernel = crate::assets::locate_vm_kernel(paths).map_err(|e| VmError::Io(e.to_string()))?;
+    let kernel = crate::kernel::locate(paths).map_err(|e| VmError::Io(e.to_string()))?;
     let store = Store::open(paths.image_store()).map_err(|e| VmError::Io(e.to_string()))?;
     let img = image::resolve(&store, reference).map_err(|e| {
         VmError::Invalid(match e {
@@ -179,7 +180,7 @@ pub fn provision(
             .map_err(|e| with_space_hint(format!("adding cabin's files to the VM's disk: {e}")))?;
         cabin_image::rootfs::build_system_disk(
             &root,
-            &stage.join(super::store::DISK),
+            &stage.join(crate::store::DISK),
             disk_size,
             ROOT_LABEL,
         )
@@ -204,7 +205,7 @@ pub fn provision(
 /// A failure to make the disk, with what to do when the storage location is full.
 fn with_space_hint(message: String) -> VmError {
     if message.contains("No space left on device") || message.contains("not enough free space") {
-        VmError::Io(format!("{message}{}", super::store::NO_SPACE_HINT))
+        VmError::Io(format!("{message}{}", crate::store::NO_SPACE_HINT))
     } else {
         VmError::Io(message)
     }
@@ -404,7 +405,7 @@ mod tests {
 
     #[test]
     fn machine_ids_follow_the_identifier() {
-        let id = super::super::store::random_machine_id().unwrap();
+        let id = crate::store::random_machine_id().unwrap();
         let hex = systemd_machine_id(&id).unwrap();
         assert_eq!(hex.len(), 32);
         assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));

@@ -14,10 +14,10 @@ use cabin_proto::v1::{ContainerMount, HostEntry, NetworkConfig};
 use cabin_vmm::qemu::user_net;
 use cabin_vmm::{DiskFormat, DiskSpec, NetBackend, ShareSpec};
 
-use crate::bridge::{self, Endpoint};
-use crate::network::{self, NetworkMode};
 use crate::volumes::{self, AttachedVolume, MountSpec, Volumes};
 use crate::{ContainerConfig, Paths, RunError};
+use cabin_net::bridge::{self, Endpoint};
+use cabin_net::{ports, NetworkMode};
 
 /// The devices a container's VM gets besides its root disk.
 pub struct Devices {
@@ -142,12 +142,12 @@ impl Attachments {
             }
         }
         let mut publish = cfg.publish.clone();
-        network::choose_free_ports(&mut publish).map_err(RunError::Setup)?;
-        let ports: Vec<String> = publish.iter().map(network::describe).collect();
+        ports::choose_free_ports(&mut publish).map_err(RunError::Setup)?;
+        let ports: Vec<String> = publish.iter().map(ports::describe).collect();
         let (network, hosts, endpoint) = match cfg.network {
             NetworkMode::User => {
                 // QEMU binds the ports itself: this only checks that it will be able to.
-                drop(network::reserve_ports(&publish).map_err(RunError::Setup)?);
+                drop(ports::reserve_ports(&publish).map_err(RunError::Setup)?);
                 devices.nic = Some(NetBackend::User { forwards: publish });
                 let net = NetworkConfig {
                     mac: String::new(),

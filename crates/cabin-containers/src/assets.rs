@@ -7,14 +7,12 @@ use std::path::{Path, PathBuf};
 use cabin_image::cpio::CpioWriter;
 use sha2::{Digest, Sha256};
 
-use crate::paths::Paths;
+use cabin_base::Paths;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AssetError {
     #[error("no guest kernel found (looked at {looked}); build it with `scripts/build-kernel.sh`, or point CABIN_KERNEL (or --kernel) at one")]
     NoKernel { looked: String },
-    #[error("no kernel for full VMs found (looked at {looked}); build it with `scripts/build-kernel.sh vm`, or point CABIN_VM_KERNEL at one")]
-    NoVmKernel { looked: String },
     #[error("the guest kernel {0} does not exist")]
     KernelMissing(PathBuf),
     #[error("cabin-init (the guest's init) was not found (looked at {looked}); build it with `scripts/build-init.sh`, or point CABIN_INIT at it")]
@@ -54,34 +52,6 @@ pub fn locate_kernel(explicit: Option<&Path>, paths: &Paths) -> Result<PathBuf, 
             .collect::<Vec<_>>()
             .join(", "),
     })
-}
-
-/// Finds the kernel that VMs made from images boot (a bzImage with ACPI, PCI and the
-/// EFI stub: `scripts/build-kernel.sh vm`): `CABIN_VM_KERNEL`, else the data
-/// directory's `kernel/bzImage-vm`, else the build cache's `current-vm` kernel.
-pub fn locate_vm_kernel(paths: &Paths) -> Result<PathBuf, AssetError> {
-    if let Some(p) = std::env::var_os("CABIN_VM_KERNEL").map(PathBuf::from) {
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(AssetError::KernelMissing(p))
-        };
-    }
-    let candidates = [
-        paths.kernels().join("bzImage-vm"),
-        paths.kernel_builds().join("current-vm/bzImage"),
-    ];
-    candidates
-        .iter()
-        .find(|c| c.is_file())
-        .cloned()
-        .ok_or_else(|| AssetError::NoVmKernel {
-            looked: candidates
-                .iter()
-                .map(|c| c.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
 }
 
 /// Finds cabin-init: `CABIN_INIT`, else beside the cabin executable (an installed

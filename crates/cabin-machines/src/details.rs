@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use super::store::{self, Vm};
+use crate::store::{self, Vm};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DiskSize {

@@ -18,10 +18,10 @@ use cabin_image::lume::LumeError;
 use cabin_image::registry::RegistryOptions;
 use serde::{Deserialize, Serialize};
 
-use super::settings::Settings;
-use super::store::{self, Vm, VmConfig, VmError, CONFIG, DISK, NVRAM};
-use crate::Paths;
+use crate::settings::Settings;
+use crate::store::{self, Vm, VmConfig, VmError, CONFIG, DISK, NVRAM};
 use cabin_base::lock::{self, Mode, Wait};
+use cabin_base::Paths;
 
 pub const DEFAULT_REGISTRY: &str = "ghcr.io";
 pub const DEFAULT_ORGANIZATION: &str = "trycua";

@@ -4,6 +4,7 @@
 
 pub mod details;
 pub mod from_image;
+pub mod kernel;
 pub mod runner;
 pub mod settings;
 pub mod store;

@@ -21,7 +21,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use crate::agent::{self, Agent};
-use crate::container_log::{self, LogWriter};
+use crate::log::{self, LogWriter};
 use crate::supervisor::{control_socket, frame, Control};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -177,7 +177,7 @@ pub async fn attach(
         match kind {
             frame::LOGGED if payload.len() == 16 => {
                 let (from, to) = (u64_at(&payload, 0), u64_at(&payload, 8));
-                let logged = container_log::read_between(container_dir, from, to)
+                let logged = log::read_between(container_dir, from, to)
                     .map_err(|e| format!("reading the container's log: {e}"))?;
                 for e in logged {
                     out(e.stream == "stderr", e.log.as_bytes());

@@ -23,7 +23,7 @@ use cabin_base::lock::{self, Lock, Mode, Wait};
 pub use cabin_base::time::now_unix;
 use serde::{Deserialize, Serialize};
 
-use crate::paths::Paths;
+use cabin_base::Paths;
 
 /// Records are small; anything larger is not one of ours.
 const MAX_RECORD_BYTES: u64 = 1 << 20;

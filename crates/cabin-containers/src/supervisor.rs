@@ -20,9 +20,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::StreamExt;
 
-use crate::container_log::LogWriter;
-use crate::container_vm::{exit_code, memory_limit_note, ProcessSettings};
-use crate::containers::{now_unix, Status, Store};
+use crate::log::LogWriter;
+use crate::store::{now_unix, Status, Store};
+use crate::vm::{exit_code, memory_limit_note, ProcessSettings};
 use crate::{agent, ContainerConfig, ContainerVm, Paths};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -481,7 +481,7 @@ async fn run_once(
     paths: &Paths,
     cfg: &ContainerConfig,
     store: &Store,
-    record: &mut crate::containers::Record,
+    record: &mut crate::store::Record,
     log: &mut LogWriter,
     listener: &UnixListener,
     attached: &mut crate::attach::Attached,
@@ -503,7 +503,7 @@ async fn run_once(
         started_unix: now_unix(),
     };
     let (ip_address, ports) = vm.network_info();
-    record.network = Some(crate::containers::NetworkInfo {
+    record.network = Some(crate::store::NetworkInfo {
         mode: cfg.network.as_str().to_string(),
         ip_address,
         ports,

@@ -23,11 +23,11 @@ use cabin_vmm::{NetBackend, ShareSpec};
 use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::from_image::{self, DirectBoot, GuestAddress};
-use super::store::{self, Session, SharedDir, Vm, VmError};
-use crate::container_vm::choose_accel;
-use crate::paths::Paths;
-use crate::AccelRequest;
+use cabin_base::Paths;
+use cabin_vmm::AccelRequest;
+
+use crate::from_image::{self, DirectBoot, GuestAddress};
+use crate::store::{self, Session, SharedDir, Vm, VmError};
 use cabin_base::lock::{lock_file, Mode, Wait};
 use cabin_base::random;
 use cabin_base::spawn;
@@ -219,7 +219,7 @@ async fn run_vm(
         }
     };
     let qemu = Qemu::locate().map_err(|e| VmError::Io(e.to_string()))?;
-    let accel = choose_accel(opts.accel);
+    let accel = cabin_vmm::accel::choose(opts.accel);
     let run_dir = random::id()
         .and_then(|id| RunDir::create(&paths.run_root(), &id))
         .map_err(|e| VmError::Io(format!("creating the VM's run directory: {e}")))?;
@@ -446,9 +446,9 @@ struct VmNetwork {
     /// The host port forwarded to the guest's port 22 (user-mode network only).
     ssh_forward: Option<u16>,
     /// Answers the guest's DHCP while the VM runs.
-    _dhcp: Option<crate::dhcp::Server>,
+    _dhcp: Option<cabin_net::dhcp::Server>,
     /// Keeps the VM on the bridge for as long as it runs.
-    _endpoint: Option<crate::bridge::Endpoint>,
+    _endpoint: Option<cabin_net::bridge::Endpoint>,
 }
 
 fn new_id() -> Result<String, VmError> {
@@ -456,7 +456,7 @@ fn new_id() -> Result<String, VmError> {
 }
 
 fn vm_network(vm: &Vm, config: &store::VmConfig, from_image: bool) -> Result<VmNetwork, VmError> {
-    use crate::{bridge, dhcp};
+    use cabin_net::{bridge, dhcp};
     let mac = config.mac_address.as_str();
     let client_mac = dhcp::parse_mac(mac)
         .ok_or_else(|| VmError::Invalid(format!("invalid MAC address in config.json: {mac}")))?;
@@ -546,7 +546,7 @@ fn vm_network(vm: &Vm, config: &store::VmConfig, from_image: bool) -> Result<VmN
             host_port: 0,
             guest_port: 22,
         });
-        crate::network::choose_free_ports(&mut forwards).map_err(VmError::Io)?;
+        cabin_net::ports::choose_free_ports(&mut forwards).map_err(VmError::Io)?;
     }
     Ok(VmNetwork {
         ssh_forward: forwards.first().map(|f| f.host_port),

@@ -1,52 +1,12 @@
-//! A container's network: which mode (`--network`), its published ports (`-p`), and
-//! what its VM gets for each mode.
-//!
-//! - `user` (the default): QEMU's user-mode network stack. No privileges and no change
-//!   to the host's configuration; outbound connections and DNS go through the host's
-//!   own sockets; published ports are QEMU host forwards. Every VM has the same private
-//!   address and is alone on its network.
-//! - `bridge` (root only): a tap device per VM on the host bridge `cabin0`, an address
-//!   per container, NAT for outbound traffic and published ports through nftables;
-//!   containers reach each other by address and by name (see [`crate::bridge`]).
-//! - `none`: no network card; the container has only a loopback interface.
+//! Published ports (`-p`): docker's syntax, free host ports chosen for `-p PORT`, and
+//! the host addresses held while a container lives, so that a port already taken is
+//! refused with a clear message before any VM starts.
 
 use std::io;
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use cabin_vmm::{PortForward, Protocol};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum NetworkMode {
-    #[default]
-    User,
-    Bridge,
-    None,
-}
-
-impl std::str::FromStr for NetworkMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "user" | "slirp" | "default" => Ok(NetworkMode::User),
-            "bridge" => Ok(NetworkMode::Bridge),
-            "none" => Ok(NetworkMode::None),
-            _ => Err(format!(
-                "unknown network {s:?}: use user (the default: no privileges needed), bridge (root: an address per container) or none"
-            )),
-        }
-    }
-}
-
-impl NetworkMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NetworkMode::User => "user",
-            NetworkMode::Bridge => "bridge",
-            NetworkMode::None => "none",
-        }
-    }
-}
 
 /// Parses docker's `-p [HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp]` (and `CTRPORT` alone:
 /// host port 0, any free one, see [`choose_free_ports`]).
@@ -169,60 +129,6 @@ pub fn reserve_ports(forwards: &[PortForward]) -> Result<PortReservations, Strin
         }
     }
     Ok(PortReservations(held))
-}
-
-/// Opens a tap device (the kernel names it from `pattern`, e.g. "cabin%d"); it goes away
-/// when its last descriptor closes, so a dead VM leaves no device behind.
-pub fn open_tap(pattern: &str) -> io::Result<(OwnedFd, String)> {
-    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-    const IFF_TAP: libc::c_short = 0x0002;
-    const IFF_NO_PI: libc::c_short = 0x1000;
-    const IFF_VNET_HDR: libc::c_short = 0x4000;
-    // SAFETY: open(2) of a fixed path; the descriptor is ours.
-    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("opening /dev/net/tun: {e}"),
-        ));
-    }
-    // SAFETY: just opened.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ifreq is plain old data.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(pattern.bytes()) {
-        *d = s as libc::c_char;
-    }
-    // QEMU's tap backend expects virtio-net headers on the device when it can use them.
-    req.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-    // SAFETY: TUNSETIFF reads and fills the ifreq.
-    if unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            TUNSETIFF as _,
-            &mut req,
-        )
-    } < 0
-    {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("creating a tap device: {e}"),
-        ));
-    }
-    let name: Vec<u8> = req
-        .ifr_name
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    Ok((fd, String::from_utf8_lossy(&name).into_owned()))
-}
-
-/// A tap device attached to nothing, for building the boot snapshot of bridged VMs.
-pub fn detached_tap() -> io::Result<OwnedFd> {
-    open_tap("cabinsnap%d").map(|(fd, _)| fd)
 }
 
 #[cfg(test)]

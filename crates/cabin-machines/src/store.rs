@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::settings::Settings;
+use crate::settings::Settings;
 use cabin_base::sizes::parse_display;
 
 pub const CONFIG: &str = "config.json";
@@ -25,6 +25,9 @@ pub const NVRAM: &str = "nvram.bin";
 pub const SESSION: &str = "sessions.json";
 /// Why the VM's last start failed (cabin's own file; Lume has none).
 pub const START_ERROR: &str = ".start-error.json";
+/// A VM made from an image: how it boots (`from_image::DirectBoot`), and its kernel.
+pub const BOOT: &str = "cabin-boot.json";
+pub const KERNEL: &str = "vmlinuz";
 
 /// The UEFI firmware and the template of its variable store (Debian's `ovmf`).
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -584,7 +587,7 @@ pub fn clone(
         copy_disk(&src.disk(), &stage.join(DISK))?;
         fs::copy(src.dir.join(NVRAM), stage.join(NVRAM)).map_err(io_err("copying nvram.bin"))?;
         // A VM made from an image boots its own kernel.
-        for extra in [super::from_image::BOOT, super::from_image::KERNEL] {
+        for extra in [BOOT, KERNEL] {
             if src.dir.join(extra).is_file() {
                 fs::copy(src.dir.join(extra), stage.join(extra))
                     .map_err(io_err(format!("copying {extra}")))?;
@@ -735,7 +738,7 @@ mod tests {
             return;
         }
         let t = tempfile::tempdir().unwrap();
-        let paths = crate::Paths::at(t.path());
+        let paths = cabin_base::Paths::at(t.path());
         let s = Settings::defaults(&paths);
         let vm = create(&s, "web", None, &opts()).unwrap();
         assert_eq!(vm.dir, t.path().join("vms/web"));

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use cabin_image::{image, rootfs, store::Store};
 
-use crate::container_vm::RunError;
-use crate::paths::Paths;
+use crate::vm::RunError;
+use cabin_base::Paths;
 
 #[derive(Debug, Clone)]
 pub enum RootSource {

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use cabin_base::files::create_private_dir;
 
-use crate::paths::Paths;
+use cabin_base::Paths;
 use cabin_vmm::rundir::RunDir;
 
 /// The virtual size of every container's disk device (sparse; the file system inside
@@ -186,7 +186,7 @@ async fn boot_and_save(
     }
     if let Some(NetBackend::Tap(_)) = &template.nic {
         template.nic = Some(NetBackend::Tap(Some(Arc::new(
-            crate::network::detached_tap()?,
+            cabin_net::tap::detached_tap()?,
         ))));
     }
     for (i, s) in template.shares.iter_mut().enumerate() {

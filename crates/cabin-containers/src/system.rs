@@ -5,8 +5,7 @@
 pub struct Info(pub Vec<(&'static str, String)>);
 
 use crate::assets;
-use crate::container_vm::choose_accel;
-use crate::paths::Paths;
+use cabin_base::Paths;
 use cabin_vmm::qemu::Qemu;
 use cabin_vmm::AccelRequest;
 
@@ -23,7 +22,7 @@ pub fn info(paths: &Paths, accel: AccelRequest) -> Info {
         }
         Err(e) => out.push(("qemu", format!("missing: {e}"))),
     }
-    let a = choose_accel(accel);
+    let a = cabin_vmm::accel::choose(accel);
     out.push(("accelerator", a.accel.to_string()));
     out.push(("accelerator reason", a.reason));
     out.push((
@@ -127,7 +126,7 @@ pub fn disk_usage(paths: &Paths) -> Vec<Usage> {
         },
         Usage {
             what: "containers (kept layers)",
-            count: crate::containers::Store::open(paths)
+            count: crate::store::Store::open(paths)
                 .and_then(|s| s.ids())
                 .map(|ids| ids.len() as u64)
                 .unwrap_or(0),

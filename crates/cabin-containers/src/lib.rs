@@ -1,0 +1,36 @@
+//! Containers, each in its own VM: everything between a front end's request and the
+//! VMM.
+//!
+//! - [`vm`]: one container in its own VM, boot to teardown.
+//! - [`store`]: the container state store (records, names, supervisor liveness).
+//! - [`copy`]: `cabin cp`, files between the host and a running container.
+//! - [`supervisor`]: the process that owns a detached container's VM; [`log`] its
+//!   output, time-stamped and rotated; [`attach`] clients of its process's I/O.
+//! - [`root`]: the container's root filesystem (directory or image) and the image's
+//!   defaults for the process.
+//! - [`assets`]: the guest kernel and the initramfs with cabin-init.
+//! - [`attachments`]: what a container's VM is attached to (network, shared folders,
+//!   volumes); [`volumes`]: host folders, named volumes, tmpfs mounts.
+//! - [`agent`]: the gRPC client for cabin-init.
+//! - [`snapshot`]: saved idle VMs that containers resume from instead of booting.
+//! - [`timings`], [`system`].
+
+pub mod agent;
+pub mod assets;
+pub mod attach;
+pub mod attachments;
+pub mod copy;
+pub mod log;
+pub mod root;
+pub mod snapshot;
+pub mod store;
+pub mod supervisor;
+pub mod system;
+pub mod timings;
+pub mod vm;
+pub mod volumes;
+
+pub use cabin_base::Paths;
+pub use cabin_vmm::AccelRequest;
+pub use root::RootSource;
+pub use vm::{ContainerConfig, ContainerVm, RunError};

@@ -1,0 +1,42 @@
+//! The kernel that VMs made from images boot (`vm create --image`): a bzImage with ACPI,
+//! PCI and the EFI stub, built by `scripts/build-kernel.sh vm`.
+
+use std::path::PathBuf;
+
+use cabin_base::Paths;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("no kernel for full VMs found (looked at {looked}); build it with `scripts/build-kernel.sh vm`, or point CABIN_VM_KERNEL at one")]
+    NotFound { looked: String },
+    #[error("the guest kernel {0} does not exist")]
+    Missing(PathBuf),
+}
+
+/// Finds the kernel that VMs made from images boot (a bzImage with ACPI, PCI and the
+/// EFI stub: `scripts/build-kernel.sh vm`): `CABIN_VM_KERNEL`, else the data
+/// directory's `kernel/bzImage-vm`, else the build cache's `current-vm` kernel.
+pub fn locate(paths: &Paths) -> Result<PathBuf, KernelError> {
+    if let Some(p) = std::env::var_os("CABIN_VM_KERNEL").map(PathBuf::from) {
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(KernelError::Missing(p))
+        };
+    }
+    let candidates = [
+        paths.kernels().join("bzImage-vm"),
+        paths.kernel_builds().join("current-vm/bzImage"),
+    ];
+    candidates
+        .iter()
+        .find(|c| c.is_file())
+        .cloned()
+        .ok_or_else(|| KernelError::NotFound {
+            looked: candidates
+                .iter()
+                .map(|c| c.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}

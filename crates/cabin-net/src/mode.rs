@@ -1,0 +1,42 @@
+//! A container's network mode (`--network`) and what its VM gets for each.
+//!
+//! - `user` (the default): QEMU's user-mode network stack. No privileges and no change
+//!   to the host's configuration; outbound connections and DNS go through the host's
+//!   own sockets; published ports are QEMU host forwards. Every VM has the same private
+//!   address and is alone on its network.
+//! - `bridge` (root only): a tap device per VM on the host bridge `cabin0`, an address
+//!   per container, NAT for outbound traffic and published ports through nftables;
+//!   containers reach each other by address and by name (see [`crate::bridge`]).
+//! - `none`: no network card; the container has only a loopback interface.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetworkMode {
+    #[default]
+    User,
+    Bridge,
+    None,
+}
+
+impl std::str::FromStr for NetworkMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "user" | "slirp" | "default" => Ok(NetworkMode::User),
+            "bridge" => Ok(NetworkMode::Bridge),
+            "none" => Ok(NetworkMode::None),
+            _ => Err(format!(
+                "unknown network {s:?}: use user (the default: no privileges needed), bridge (root: an address per container) or none"
+            )),
+        }
+    }
+}
+
+impl NetworkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::User => "user",
+            NetworkMode::Bridge => "bridge",
+            NetworkMode::None => "none",
+        }
+    }
+}
