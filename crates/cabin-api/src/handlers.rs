@@ -4,17 +4,17 @@
 
 use cabin_base::sync::Locked;
 use std::collections::HashSet;
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use cabin_base::Paths;
+use cabin_base::Host;
 use cabin_machines::details;
 use cabin_machines::runner::{self, Started};
 use cabin_machines::settings::Settings;
 use cabin_machines::store::{self, CreateOptions, VmError};
+use cabin_vmm::AccelRequest;
 
 use crate::log::Log;
 use crate::routes::Route;
@@ -28,9 +28,10 @@ pub const START_WAIT: Duration = Duration::from_secs(10);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct App {
-    pub paths: Paths,
-    /// The cabin binary, run as `cabin vm run NAME ...` to run a VM in the background.
-    pub exe: PathBuf,
+    /// What the server read of its environment at start-up.
+    pub host: Host,
+    /// The accelerator VMs started through the API ask for.
+    pub accel: AccelRequest,
     pub log: std::sync::Arc<Log>,
     /// VM directories whose start this server is seeing through.
     starting: Mutex<HashSet<PathBuf>>,
@@ -41,10 +42,10 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(paths: Paths, exe: PathBuf) -> App {
+    pub fn new(host: Host, accel: AccelRequest) -> App {
         App {
-            paths,
-            exe,
+            host,
+            accel,
             log: Default::default(),
             starting: Mutex::new(HashSet::new()),
             settings_lock: Mutex::new(()),
@@ -53,18 +54,18 @@ impl App {
     }
 
     pub(crate) fn settings(&self) -> Result<Settings, ApiError> {
-        Ok(Settings::load(&self.paths)?)
+        Ok(Settings::load(&self.host.paths)?)
     }
 
     /// Loads the settings, applies `change` and saves them.
     fn change_settings(
         &self,
-        change: impl FnOnce(&mut Settings) -> Result<(), String>,
+        change: impl FnOnce(&mut Settings) -> Result<(), ApiError>,
     ) -> Result<(), ApiError> {
         let _guard = self.settings_lock.locked();
         let mut s = self.settings()?;
         change(&mut s)?;
-        Ok(s.save(&self.paths)?)
+        Ok(s.save(&self.host.paths)?)
     }
 }
 
@@ -127,7 +128,7 @@ pub fn handle(app: &App, route: Route, req: &Request) -> Result<Reply, ApiError>
         }
         Route::AddLocation => {
             let a: wire::AddLocation = wire::body(req.body)?;
-            app.change_settings(|s| s.add_location(&a.name, &a.path))?;
+            app.change_settings(|s| Ok(s.add_location(&a.name, &a.path)?))?;
             app.log
                 .info(&format!("Location added name={} path={}", a.name, a.path));
             Ok(Reply::ok(&Fields(&[
@@ -137,7 +138,7 @@ pub fn handle(app: &App, route: Route, req: &Request) -> Result<Reply, ApiError>
             ])))
         }
         Route::RemoveLocation => {
-            app.change_settings(|s| s.remove_location(req.name()))?;
+            app.change_settings(|s| Ok(s.remove_location(req.name())?))?;
             app.log
                 .info(&format!("Location removed name={}", req.name()));
             Ok(Reply::message(
@@ -146,7 +147,7 @@ pub fn handle(app: &App, route: Route, req: &Request) -> Result<Reply, ApiError>
             ))
         }
         Route::DefaultLocation => {
-            app.change_settings(|s| s.set_default(req.name()))?;
+            app.change_settings(|s| Ok(s.set_default(req.name())?))?;
             app.log
                 .info(&format!("Default location set name={}", req.name()));
             Ok(Reply::message(
@@ -232,7 +233,7 @@ fn create_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
         None => store::create(&s, &c.name, storage(&c.storage), &opts)?,
         Some(image) => cabin_machines::from_image::create(
             &s,
-            &app.paths,
+            &app.host,
             &c.name,
             storage(&c.storage),
             &opts,
@@ -351,22 +352,13 @@ fn run_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
             dir: vm.dir.clone(),
         }
     };
-    let mut args: Vec<OsString> = vec![
-        "vm".into(),
-        "run".into(),
-        vm.name.clone().into(),
-        "--storage".into(),
-        vm.location_name.clone().into(),
-        "--vnc".into(),
-        vnc.into(),
-    ];
-    for (path, ro) in &shares {
-        let mut spec = path.clone().into_os_string();
-        spec.push(if *ro { ":ro" } else { ":rw" });
-        args.push("--shared-dir".into());
-        args.push(spec);
-    }
-    let mut child = runner::spawn_runner(&vm, &app.exe, &args)?;
+    let opts = runner::RunOptions {
+        shared_dirs: shares,
+        vnc: vnc == "enabled",
+        accel: app.accel,
+        ..Default::default()
+    };
+    let mut child = runner::start_detached(&app.host, &vm, &opts)?;
     match runner::wait_started(&vm, &mut child, START_WAIT) {
         Started::Running(session) => {
             app.log.info(&format!(
@@ -374,11 +366,11 @@ fn run_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
                 vm.name,
                 session.url.as_deref().unwrap_or("disabled")
             ));
-            runner::reap_in_background(vm.clone(), child);
+            runner::reap_in_background(vm.clone(), child, true);
         }
         Started::Starting => {
             app.log.info(&format!("VM starting name={}", vm.name));
-            runner::reap_in_background(vm.clone(), child);
+            runner::reap_in_background(vm.clone(), child, false);
         }
         Started::Failed(why) => {
             if !vm.is_running() && vm.start_error().is_none() {
@@ -454,9 +446,9 @@ fn set_config(app: &App, req: &Request) -> Result<Reply, ApiError> {
         }
         if let Some(cache) = &c.cache_directory {
             if !s.expand(cache).is_absolute() {
-                return Err(format!(
+                return Err(ApiError::new(format!(
                     "Invalid cache directory: {cache}: give an absolute path"
-                ));
+                )));
             }
             s.cache_directory = cache.clone();
         }

@@ -11,7 +11,6 @@ pub mod routes;
 mod vm_images;
 mod wire;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -19,7 +18,8 @@ use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use cabin_base::Paths;
+use cabin_base::Host;
+use cabin_vmm::AccelRequest;
 
 use handlers::{App, Request};
 use routes::{Match, Route};
@@ -30,9 +30,10 @@ pub const DEFAULT_PORT: u16 = 7777;
 pub struct Options {
     /// 0 picks a free port (the log line says which).
     pub port: u16,
-    pub paths: Paths,
-    /// The cabin binary (runs VMs in the background as `cabin vm run NAME`).
-    pub exe: PathBuf,
+    /// What the front end read of its environment.
+    pub host: Host,
+    /// The accelerator VMs started through the API ask for.
+    pub accel: AccelRequest,
 }
 
 /// Serves until SIGTERM or SIGINT. VMs started through the API run on (each in a
@@ -48,7 +49,7 @@ pub async fn serve(opts: Options) -> Result<(), String> {
             }
         })?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-    let app = Arc::new(App::new(opts.paths, opts.exe));
+    let app = Arc::new(App::new(opts.host, opts.accel));
     let router = Router::new().fallback(dispatch).with_state(app.clone());
     app.log.info(&format!("Server started port={port}"));
     axum::serve(listener, router)

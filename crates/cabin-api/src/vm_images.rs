@@ -112,7 +112,7 @@ pub fn push(app: &App, req: &Request) -> Result<Reply, ApiError> {
             store::VmError::Running(vm.name.clone())
         )));
     }
-    let opts = transfer::registry_options(&app.paths, &registry)?;
+    let opts = transfer::registry_options(&app.host, &registry)?;
     let log = app.log.clone();
     let more: Vec<String> = p.tags[1..].to_vec();
     let chunk = p.chunk_size_mb.unwrap_or(512);
@@ -193,7 +193,7 @@ pub fn pull(app: &App, req: &Request, background: bool) -> Result<Reply, ApiErro
         (None, false) => format!("{}_{}", image.name, image.tag),
     };
     let s = app.settings()?;
-    let mut opts = transfer::registry_options(&app.paths, &registry)?;
+    let mut opts = transfer::registry_options(&app.host, &registry)?;
     let store_name = store::normalize_name(&vm_name)?;
     if store::find(&s, &store_name, storage(&p.storage)).is_ok() {
         return Err(store::VmError::Exists(store_name).into());

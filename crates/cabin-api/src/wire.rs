@@ -5,6 +5,7 @@
 use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use cabin_machines::settings::SettingsError;
 use cabin_machines::store::VmError;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -123,9 +124,29 @@ impl ApiError {
     }
 }
 
+/// Lume's wording of a VM error, as its API answers it: the one place where the
+/// library's errors become wire messages.
+pub fn lume_message(e: &VmError) -> String {
+    match e {
+        VmError::NotFound(name) => format!("Virtual machine not found: {name}"),
+        VmError::Exists(name) => format!("Virtual machine already exists with name: {name}"),
+        VmError::Running(name) => format!("Virtual machine already running: {name}"),
+        VmError::NotRunning(name) => format!("Virtual machine is not running: {name}"),
+        // Storage-location errors are worded as Lume's already; the rest are cabin's
+        // own failures, which Lume's clients show as they are.
+        other => other.to_string(),
+    }
+}
+
 impl From<VmError> for ApiError {
     fn from(e: VmError) -> ApiError {
-        ApiError(e.to_string())
+        ApiError(lume_message(&e))
+    }
+}
+
+impl From<SettingsError> for ApiError {
+    fn from(e: SettingsError) -> ApiError {
+        ApiError::from(VmError::from(e))
     }
 }
 

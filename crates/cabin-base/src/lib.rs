@@ -23,4 +23,4 @@ pub mod spawn;
 pub mod sync;
 pub mod time;
 
-pub use paths::Paths;
+pub use paths::{Host, Paths};

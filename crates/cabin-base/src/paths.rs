@@ -197,9 +197,7 @@ impl Host {
             ),
             keep_console: path("CABIN_KEEP_CONSOLE"),
             cabin: path("CABIN_BIN"),
-            ghcr_credentials: text("GITHUB_USERNAME")
-                .or_else(|| text("GHCR_USERNAME"))
-                .zip(text("GITHUB_TOKEN").or_else(|| text("GHCR_TOKEN"))),
+            ghcr_credentials: ghcr_credentials(text),
         }
     }
 
@@ -218,6 +216,13 @@ impl Host {
             std::env::split_paths(&path),
         )
     }
+}
+
+/// Lume's credentials for ghcr.io from `var` (the environment): `GITHUB_USERNAME` (or
+/// `GHCR_USERNAME`) and `GITHUB_TOKEN` (or `GHCR_TOKEN`), empty values skipped.
+fn ghcr_credentials(var: impl Fn(&str) -> Option<String>) -> Option<(String, String)> {
+    let either = |a: &str, b: &str| var(a).or_else(|| var(b));
+    either("GITHUB_USERNAME", "GHCR_USERNAME").zip(either("GITHUB_TOKEN", "GHCR_TOKEN"))
 }
 
 /// The name of cabin's binary.
@@ -274,6 +279,35 @@ mod tests {
         assert_eq!(p.expand_home("~/vms"), PathBuf::from("/home/u/vms"));
         assert_eq!(p.expand_home("~"), PathBuf::from("/home/u"));
         assert_eq!(p.expand_home("/srv/vms"), PathBuf::from("/srv/vms"));
+    }
+
+    #[test]
+    fn lumes_github_variables_give_ghcr_credentials_github_first() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, v)| *k == name && !v.is_empty())
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(ghcr_credentials(env(&[])), None);
+        let ghcr = &[("GHCR_USERNAME", "octo"), ("GHCR_TOKEN", "t1")];
+        assert_eq!(
+            ghcr_credentials(env(ghcr)),
+            Some(("octo".to_string(), "t1".to_string()))
+        );
+        // GITHUB_* first; an empty one falls back to GHCR_*.
+        let both = &[
+            ("GHCR_USERNAME", "octo"),
+            ("GHCR_TOKEN", "t1"),
+            ("GITHUB_USERNAME", "cat"),
+            ("GITHUB_TOKEN", ""),
+        ];
+        assert_eq!(
+            ghcr_credentials(env(both)),
+            Some(("cat".to_string(), "t1".to_string()))
+        );
+        assert_eq!(ghcr_credentials(env(&[("GHCR_USERNAME", "octo")])), None);
     }
 
     #[test]

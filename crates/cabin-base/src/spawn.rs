@@ -3,10 +3,13 @@
 //! terminal, out of the starter's job control, untouched by a Ctrl-C meant for it), with
 //! stdin from /dev/null and its output where the caller says.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+
+use crate::paths::Host;
 
 /// Where a detached process's stdout and stderr go.
 pub enum Output {
@@ -36,6 +39,18 @@ pub fn detached(mut cmd: Command, output: Output) -> io::Result<Child> {
         });
     }
     cmd.spawn()
+}
+
+/// Starts `cabin ARGS...` (the binary [`Host::cabin_binary`] finds) detached: the way
+/// the libraries start their helper processes, whoever calls them.
+pub fn cabin_helper(
+    host: &Host,
+    args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+    output: Output,
+) -> io::Result<Child> {
+    let mut cmd = Command::new(host.cabin_binary()?);
+    cmd.args(args);
+    detached(cmd, output)
 }
 
 #[cfg(test)]

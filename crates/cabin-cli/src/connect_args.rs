@@ -2,9 +2,11 @@
 //! mounts (shared by `cabin run` and `cabin create`).
 
 use cabin_containers::volumes;
-use cabin_containers::ContainerConfig;
-use cabin_net::{ports as network, NetworkMode};
+use cabin_containers::ContainerSpec;
+use cabin_net::{ports, NetworkMode};
 use clap::Args;
+
+use crate::report::Failure;
 
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
@@ -29,15 +31,15 @@ pub struct ConnectArgs {
 }
 
 impl ConnectArgs {
-    pub fn apply(&self, c: &mut ContainerConfig) -> Result<(), String> {
+    pub fn apply(&self, c: &mut ContainerSpec) -> Result<(), Failure> {
         c.network = self.network.parse::<NetworkMode>()?;
         c.publish = self
             .publish
             .iter()
-            .map(|p| network::parse_publish(p))
+            .map(|p| ports::parse_publish(p))
             .collect::<Result<_, _>>()?;
         if c.network == NetworkMode::None && !c.publish.is_empty() {
-            return Err("--network none cannot publish ports (-p)".into());
+            return Err(Failure::new("--network none cannot publish ports (-p)"));
         }
         for v in &self.volumes {
             c.mounts.push(volumes::parse_volume_flag(v)?);
@@ -50,7 +52,7 @@ impl ConnectArgs {
         }
         for (i, m) in c.mounts.iter().enumerate() {
             if c.mounts[..i].iter().any(|o| o.target() == m.target()) {
-                return Err(format!("{} is mounted twice", m.target()));
+                return Err(Failure::new(format!("{} is mounted twice", m.target())));
             }
         }
         Ok(())

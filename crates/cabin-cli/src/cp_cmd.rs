@@ -1,9 +1,11 @@
 //! `cabin cp`: files between the host and a running container, as docker cp copies
 //! them. The work is cabin-containers' (copy.rs); this parses the two operands.
 
-use cabin_containers::copy::{self, HostDest, HostSource};
-use cabin_containers::store::Status;
+use cabin_containers::copy::{HostDest, HostSource};
+use cabin_containers::{Containers, Host};
 use clap::Args;
+
+use crate::report::Failure;
 
 #[derive(Debug, Args)]
 pub struct CpArgs {
@@ -55,48 +57,41 @@ fn contents_only(path: &str) -> (String, bool) {
     }
 }
 
-pub async fn cp(args: CpArgs) -> i32 {
-    let fail = |e: String| {
-        eprintln!("cabin: {e}");
-        1
-    };
+/// `cabin cp`.
+pub async fn cp(host: &Host, args: CpArgs) -> Result<i32, Failure> {
     let (src, dest) = (operand(&args.src), operand(&args.dest));
-    let name = match (&src, &dest) {
+    let containers = Containers::open(host)?;
+    match (src, dest) {
         (Operand::Container { .. }, Operand::Container { .. }) => {
-            return fail("copying between containers is not supported".into())
+            Err("copying between containers is not supported".into())
         }
         (Operand::Host(_), Operand::Host(_)) => {
-            return fail("one of the two paths must be in a container: CONTAINER:PATH".into())
+            Err("one of the two paths must be in a container: CONTAINER:PATH".into())
         }
-        (Operand::Container { name, .. }, _) | (_, Operand::Container { name, .. }) => name,
-    };
-    let Some(store) = crate::containers_cmd::open_store() else {
-        return 125;
-    };
-    let record = match crate::containers_cmd::resolve(&store, name) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    if !matches!(record.status, Status::Running { .. }) {
-        return fail(format!("container {} is not running", record.name));
-    }
-    let dir = store.container_dir(&record.id);
-    let result = match (src, dest) {
-        (Operand::Container { path, .. }, Operand::Host(to)) => {
+        (Operand::Container { name, path }, Operand::Host(to)) => {
             let (path, contents_only) = contents_only(&path);
             let dest = if to == "-" {
-                HostDest::Stdout
+                HostDest::Archive(Box::new(std::io::stdout()))
             } else {
                 HostDest::Path {
                     path: to.into(),
                     contents_only,
                 }
             };
-            copy::copy_out(&dir, &path, args.follow_link, dest).await
+            let copied = containers
+                .copy_out(&name, &path, args.follow_link, dest)
+                .await?;
+            if copied.skipped_special > 0 {
+                eprintln!(
+                    "cabin: skipped {} device nodes and pipes (they are not copied to the host)",
+                    copied.skipped_special
+                );
+            }
+            Ok(0)
         }
-        (Operand::Host(from), Operand::Container { path, .. }) => {
+        (Operand::Host(from), Operand::Container { name, path }) => {
             let source = if from == "-" {
-                HostSource::Stdin
+                HostSource::Archive(Box::new(std::io::stdin()))
             } else {
                 let (from, contents_only) = contents_only(&from);
                 HostSource::Path {
@@ -105,13 +100,9 @@ pub async fn cp(args: CpArgs) -> i32 {
                     follow_link: args.follow_link,
                 }
             };
-            copy::copy_in(&dir, source, &path).await
+            containers.copy_in(&name, source, &path).await?;
+            Ok(0)
         }
-        _ => unreachable!("one side is a container, the other the host"),
-    };
-    match result {
-        Ok(()) => 0,
-        Err(e) => fail(e),
     }
 }
 

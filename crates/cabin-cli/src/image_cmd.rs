@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use cabin_containers::Paths;
+use cabin_containers::{Host, Paths};
 use cabin_image::archive;
 use cabin_image::credentials::{options_for, Credential, Credentials};
 use cabin_image::image::{self, ImportConfig};
@@ -77,9 +77,9 @@ pub enum ImageCommand {
         /// Only the ids.
         #[arg(short, long)]
         quiet: bool,
-        /// Output format: table or json.
-        #[arg(long, default_value = "table")]
-        format: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: crate::report::TableFormat,
     },
     /// Show an image's manifest and configuration as JSON.
     Inspect {
@@ -100,17 +100,18 @@ pub enum ImageCommand {
     Prune,
 }
 
-fn store() -> Result<Store, String> {
-    Store::open(Paths::from_env().image_store()).map_err(|e| e.to_string())
+fn store(paths: &Paths) -> Result<Store, String> {
+    Store::open(paths.image_store()).map_err(|e| e.to_string())
 }
 
 /// Options for a pull or push of `reference`: saved credentials, progress bars.
 fn transfer_options(
+    paths: &Paths,
     reference: &str,
     insecure: bool,
     parallel: usize,
 ) -> Result<PullOptions, String> {
-    let creds = Credentials::at(Paths::from_env().credentials());
+    let creds = Credentials::at(paths.credentials());
     let opts = PullOptions {
         insecure,
         parallel,
@@ -121,7 +122,13 @@ fn transfer_options(
 }
 
 /// `cabin login`: checks the credentials with the registry, then saves them.
-pub async fn login(registry: &str, username: &str, password: &str, insecure: bool) -> i32 {
+pub async fn login(
+    host: &Host,
+    registry: &str,
+    username: &str,
+    password: &str,
+    insecure: bool,
+) -> i32 {
     let opts = PullOptions {
         insecure,
         auth: Some((username.to_string(), password.to_string())),
@@ -131,7 +138,7 @@ pub async fn login(registry: &str, username: &str, password: &str, insecure: boo
         eprintln!("cabin: {e}");
         return 1;
     }
-    let creds = Credentials::at(Paths::from_env().credentials());
+    let creds = Credentials::at(host.paths.credentials());
     let saved = creds.set(
         registry,
         Credential {
@@ -151,8 +158,8 @@ pub async fn login(registry: &str, username: &str, password: &str, insecure: boo
     }
 }
 
-pub fn logout(registry: &str) -> i32 {
-    match Credentials::at(Paths::from_env().credentials()).remove(registry) {
+pub fn logout(host: &Host, registry: &str) -> i32 {
+    match Credentials::at(host.paths.credentials()).remove(registry) {
         Ok(true) => {
             println!("Removing login credentials for {registry}");
             0
@@ -183,8 +190,8 @@ fn human(bytes: u64) -> String {
     }
 }
 
-pub async fn run(cmd: ImageCommand) -> i32 {
-    match execute(cmd).await {
+pub async fn run(host: &Host, cmd: ImageCommand) -> i32 {
+    match execute(&host.paths, cmd).await {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("cabin: {e}");
@@ -193,15 +200,15 @@ pub async fn run(cmd: ImageCommand) -> i32 {
     }
 }
 
-async fn execute(cmd: ImageCommand) -> Result<(), String> {
-    let store = store()?;
+async fn execute(paths: &Paths, cmd: ImageCommand) -> Result<(), String> {
+    let store = store(paths)?;
     match cmd {
         ImageCommand::Pull {
             reference,
             insecure,
             parallel,
         } => {
-            let opts = transfer_options(&reference, insecure, parallel)?;
+            let opts = transfer_options(paths, &reference, insecure, parallel)?;
             let img = pull::pull(&store, &reference, &opts)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -232,7 +239,7 @@ async fn execute(cmd: ImageCommand) -> Result<(), String> {
             parallel,
         } => {
             let dest = destination.unwrap_or_else(|| source.clone());
-            let opts = transfer_options(&dest, insecure, parallel)?;
+            let opts = transfer_options(paths, &dest, insecure, parallel)?;
             let report = push::push(&store, &source, &dest, &opts)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -269,13 +276,13 @@ async fn execute(cmd: ImageCommand) -> Result<(), String> {
                     created,
                 ));
             }
-            match (quiet, format.as_str()) {
+            match (quiet, format) {
                 (true, _) => {
                     for r in rows {
                         println!("{}", r.2);
                     }
                 }
-                (false, "json") => {
+                (false, crate::report::TableFormat::Json) => {
                     let v: Vec<_> = rows
                         .iter()
                         .map(|(n, d, id, size, created)| {
@@ -284,14 +291,11 @@ async fn execute(cmd: ImageCommand) -> Result<(), String> {
                         .collect();
                     println!("{}", serde_json::Value::Array(v));
                 }
-                (false, "table") => {
+                (false, crate::report::TableFormat::Table) => {
                     println!("{:<40} {:<14} {:>10}  CREATED", "NAME", "ID", "SIZE");
                     for (n, _, id, size, created) in rows {
                         println!("{n:<40} {id:<14} {:>10}  {created}", human(size));
                     }
-                }
-                (false, other) => {
-                    return Err(format!("unknown format {other:?}: use table or json"))
                 }
             }
         }

@@ -3,10 +3,30 @@
 
 use std::path::PathBuf;
 
-use cabin_containers::ContainerConfig;
-use clap::Args;
-
 use cabin_base::sizes::{parse_size, Dialect};
+use cabin_containers::ContainerSpec;
+use cabin_vmm::{Accel, AccelRequest};
+use clap::{Args, ValueEnum};
+
+use crate::report::Failure;
+
+/// `--accel`: KVM where it can run a guest, else TCG; or one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AccelFlag {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl From<AccelFlag> for AccelRequest {
+    fn from(f: AccelFlag) -> AccelRequest {
+        match f {
+            AccelFlag::Auto => AccelRequest::Auto,
+            AccelFlag::Kvm => AccelRequest::Force(Accel::Kvm),
+            AccelFlag::Tcg => AccelRequest::Force(Accel::Tcg),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct MachineArgs {
@@ -20,65 +40,42 @@ pub struct MachineArgs {
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
     /// Accelerator: auto (KVM where it can run a guest, else TCG), kvm or tcg.
-    #[arg(
-        long,
-        value_name = "auto|kvm|tcg",
-        default_value = "auto",
-        env = "CABIN_ACCEL"
-    )]
-    pub accel: String,
+    #[arg(long, value_enum, default_value = "auto", env = "CABIN_ACCEL")]
+    pub accel: AccelFlag,
     /// Extra guest kernel arguments (for debugging guests).
     #[arg(long, value_name = "ARGS", hide = true, env = "CABIN_KERNEL_ARGS")]
     pub kernel_args: Option<String>,
 }
 
 impl MachineArgs {
-    /// Validates the options into `c`. The accelerator is decided here, once, so that
-    /// the user hears about a fall-back to TCG (when `announce_tcg`) before the boot.
-    pub fn apply(&self, c: &mut ContainerConfig, announce_tcg: bool) -> Result<(), String> {
+    /// Validates the options into `c`. When `announce_tcg`, the user hears about a
+    /// fall-back to TCG before the boot.
+    pub fn apply(&self, c: &mut ContainerSpec, announce_tcg: bool) -> Result<(), Failure> {
         if let Some(cpus) = self.cpus {
             if !(cpus > 0.0 && cpus <= 64.0) {
-                return Err(format!(
+                return Err(Failure::new(format!(
                     "invalid --cpus {cpus}: use a number from 0.01 to 64"
-                ));
+                )));
             }
             c.cpus = Some(cpus);
         }
         if let Some(m) = &self.memory {
-            let bytes = parse_size(m, Dialect::Docker).map_err(|e| e.to_string())?;
+            let bytes = parse_size(m, Dialect::Docker)?;
             if bytes < 6 << 20 {
-                return Err(format!("invalid --memory {m}: the minimum is 6m"));
+                return Err(Failure::new(format!(
+                    "invalid --memory {m}: the minimum is 6m"
+                )));
             }
             c.memory_bytes = Some(bytes);
         }
         c.kernel = self.kernel.clone();
-        let choice = cabin_vmm::accel::choose(self.accel.parse()?);
+        c.accel = self.accel.into();
         if announce_tcg {
-            if let Some(notice) = choice.tcg_notice() {
+            if let Some(notice) = cabin_vmm::accel::choose(c.accel).tcg_notice() {
                 eprintln!("cabin: {notice}");
             }
         }
-        c.accel = cabin_containers::AccelRequest::Force(choice.accel);
         c.extra_kernel_args = self.kernel_args.clone().unwrap_or_default();
         Ok(())
-    }
-
-    /// The same options as command-line arguments, with the accelerator as decided.
-    pub fn to_args(&self, c: &ContainerConfig) -> Vec<String> {
-        let mut a = Vec::new();
-        if let Some(cpus) = self.cpus {
-            a.extend(["--cpus".to_string(), cpus.to_string()]);
-        }
-        if let Some(m) = &self.memory {
-            a.extend(["--memory".to_string(), m.clone()]);
-        }
-        if let Some(k) = &self.kernel {
-            a.extend(["--kernel".to_string(), k.to_string_lossy().into_owned()]);
-        }
-        if let cabin_containers::AccelRequest::Force(accel) = c.accel {
-            a.extend(["--accel".to_string(), accel.to_string()]);
-        }
-        a.extend(["--kernel-args".to_string(), c.extra_kernel_args.clone()]);
-        a
     }
 }

@@ -1,17 +1,15 @@
 //! `cabin`: containers in lightweight VMs. A thin command-line layer over the cabin libraries.
 
-mod attach_cmd;
 mod connect_args;
 mod containers_cmd;
 mod cp_cmd;
-mod detached;
 mod image_cmd;
 mod machine_args;
 mod prepare;
 mod process_args;
 mod progress;
+mod report;
 mod run;
-
 mod terminal;
 mod vm_cmd;
 mod vm_image_cmd;
@@ -19,8 +17,9 @@ mod volume_cmd;
 
 use std::time::Instant;
 
-use cabin_containers::Paths;
+use cabin_containers::Host;
 use clap::{Parser, Subcommand};
+use report::{finish, Failure, Family, TableFormat, TextFormat};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -103,6 +102,10 @@ enum Command {
         /// The port (0: any free one; the "Server started port=N" line says which).
         #[arg(long, default_value_t = cabin_api::DEFAULT_PORT)]
         port: u16,
+        /// The accelerator of the VMs it runs: auto (KVM where it can run a guest, else
+        /// TCG), kvm or tcg.
+        #[arg(long, value_enum, default_value = "auto", env = "CABIN_ACCEL")]
+        accel: machine_args::AccelFlag,
     },
     /// Settings: storage locations for VMs.
     Config {
@@ -134,19 +137,25 @@ enum ContainerCommand {
 enum SystemCommand {
     /// Disk space used by images, image disks, partial downloads, running VMs.
     Df {
-        /// Output format: table or json.
-        #[arg(long, default_value = "table")]
-        format: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableFormat,
     },
     /// What cabin found on this host: QEMU, the accelerator and why, the guest kernel.
     Info {
-        /// Output format: text or json.
-        #[arg(long, default_value = "text")]
-        format: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: TextFormat,
         /// The accelerator to report on: auto (KVM where it can run a guest, else TCG),
         /// kvm or tcg.
-        #[arg(long, default_value = "auto", env = "CABIN_ACCEL", hide = true)]
-        accel: String,
+        #[arg(
+            long,
+            value_enum,
+            default_value = "auto",
+            env = "CABIN_ACCEL",
+            hide = true
+        )]
+        accel: machine_args::AccelFlag,
     },
     /// Build the boot snapshot containers of this shape resume from (cabin run starts
     /// this in the background when it finds none).
@@ -156,9 +165,11 @@ enum SystemCommand {
 fn main() {
     let started = Instant::now();
     let cli = Cli::parse();
+    // What cabin takes from its environment, read here once.
+    let host = Host::from_env();
     // Whatever a killed cabin left behind (run directories, a QEMU that outlived it) is
     // cleaned up by the next cabin command, whichever it is.
-    cabin_vmm::rundir::reap_stale(&Paths::from_env().run_root());
+    cabin_vmm::rundir::reap_stale(&host.paths.run_root());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -171,106 +182,102 @@ fn main() {
     };
     // One thread runs everything (QEMU is spawned from it, and its parent-death signal
     // is tied to the spawning thread).
-    let code = runtime.block_on(async move {
-        match cli.command {
-            Command::Run(args) => run::run(*args, started).await,
-            Command::Image { command } => image_cmd::run(command).await,
-            Command::Login {
-                registry,
-                username,
-                password,
-                password_stdin,
-                insecure,
-            } => {
-                let password = match (password, password_stdin) {
-                    (Some(p), _) => p,
-                    (None, true) => {
-                        let mut p = String::new();
-                        if std::io::stdin().read_line(&mut p).is_err() {
-                            eprintln!("cabin: cannot read the password from standard input");
-                            std::process::exit(1);
-                        }
-                        p.trim_end_matches(['\n', '\r']).to_string()
-                    }
-                    (None, false) => {
-                        eprintln!("cabin: give the password with --password-stdin (or --password)");
-                        std::process::exit(1);
-                    }
-                };
-                image_cmd::login(&registry, &username, &password, insecure).await
-            }
-            Command::Logout { registry } => image_cmd::logout(&registry),
-            Command::Create(args) => run::create(*args).await,
-            Command::Start(a) => containers_cmd::start(a).await,
-            Command::Restart(a) => containers_cmd::restart(a).await,
-            Command::Ps(a) => containers_cmd::ps(a),
-            Command::Logs(a) => containers_cmd::logs(a).await,
-            Command::Stop(a) => containers_cmd::stop(a).await,
-            Command::Kill(a) => containers_cmd::kill(a).await,
-            Command::Rm(a) => containers_cmd::rm(a).await,
-            Command::Wait(a) => containers_cmd::wait(a).await,
-            Command::Inspect(a) => containers_cmd::inspect(a),
-            Command::Stats(a) => containers_cmd::stats(a).await,
-            Command::Exec(a) => containers_cmd::exec(a).await,
-            Command::Cp(a) => cp_cmd::cp(a).await,
-            Command::Container {
-                command: ContainerCommand::Supervise { id },
-            } => containers_cmd::supervise(&id).await,
-            Command::Container {
-                command: ContainerCommand::Prune,
-            } => containers_cmd::prune(),
-            Command::Volume { command } => volume_cmd::run(command),
-            Command::Vm { command } => vm_cmd::run(command).await,
-            Command::Config { command } => vm_cmd::config(command),
-            Command::Serve { port } => serve(port).await,
-            Command::System {
-                command: SystemCommand::Info { format, accel },
-            } => system_info(&format, &accel),
-            Command::System {
-                command: SystemCommand::Df { format },
-            } => system_df(&format),
-            Command::System {
-                command: SystemCommand::Prepare(args),
-            } => prepare::run(args).await,
-        }
-    });
+    let code = runtime.block_on(dispatch(&host, cli.command, started));
     // Exit without waiting for a blocking stdin read to finish.
     std::process::exit(code);
 }
 
-async fn serve(port: u16) -> i32 {
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => {
-            eprintln!("cabin: cannot find the cabin binary: {e}");
-            return 1;
+/// Runs the command; its exit code.
+async fn dispatch(host: &Host, command: Command, started: Instant) -> i32 {
+    use Family::{Admin, Process};
+    match command {
+        Command::Run(args) => finish(Process, run::run(host, *args, started).await),
+        Command::Create(args) => finish(Process, run::create(host, *args).await),
+        Command::Start(a) => finish(Process, containers_cmd::start(host, a).await),
+        Command::Restart(a) => finish(Process, containers_cmd::restart(host, a).await),
+        Command::Exec(a) => finish(Process, containers_cmd::exec(host, a).await),
+        Command::Stats(a) => finish(Process, containers_cmd::stats(host, a).await),
+        Command::Ps(a) => finish(Admin, containers_cmd::ps(host, a).await),
+        Command::Logs(a) => finish(Admin, containers_cmd::logs(host, a).await),
+        Command::Stop(a) => finish(Admin, containers_cmd::stop(host, a).await),
+        Command::Kill(a) => finish(Admin, containers_cmd::kill(host, a).await),
+        Command::Rm(a) => finish(Admin, containers_cmd::rm(host, a).await),
+        Command::Wait(a) => finish(Admin, containers_cmd::wait(host, a).await),
+        Command::Inspect(a) => finish(Admin, containers_cmd::inspect(host, a).await),
+        Command::Cp(a) => finish(Admin, cp_cmd::cp(host, a).await),
+        Command::Container {
+            command: ContainerCommand::Supervise { id },
+        } => finish(Admin, containers_cmd::supervise(host, &id).await),
+        Command::Container {
+            command: ContainerCommand::Prune,
+        } => finish(Admin, containers_cmd::prune(host).await),
+        Command::Volume { command } => finish(Admin, volume_cmd::run(host, command).await),
+        Command::Image { command } => image_cmd::run(host, command).await,
+        Command::Login {
+            registry,
+            username,
+            password,
+            password_stdin,
+            insecure,
+        } => {
+            let password = match (password, password_stdin) {
+                (Some(p), _) => p,
+                (None, true) => {
+                    let mut p = String::new();
+                    if std::io::stdin().read_line(&mut p).is_err() {
+                        return finish(
+                            Admin,
+                            Err("cannot read the password from standard input".into()),
+                        );
+                    }
+                    p.trim_end_matches(['\n', '\r']).to_string()
+                }
+                (None, false) => {
+                    return finish(
+                        Admin,
+                        Err("give the password with --password-stdin (or --password)".into()),
+                    )
+                }
+            };
+            image_cmd::login(host, &registry, &username, &password, insecure).await
         }
-    };
-    let opts = cabin_api::Options {
-        port,
-        paths: Paths::from_env(),
-        exe,
-    };
-    match cabin_api::serve(opts).await {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("cabin: {e}");
-            1
-        }
+        Command::Logout { registry } => image_cmd::logout(host, &registry),
+        Command::Vm { command } => finish(Admin, vm_cmd::run(host, command).await),
+        Command::Config { command } => finish(Admin, vm_cmd::config(host, command)),
+        Command::Serve { port, accel } => finish(Admin, serve(host, port, accel).await),
+        Command::System {
+            command: SystemCommand::Info { format, accel },
+        } => system_info(host, format, accel),
+        Command::System {
+            command: SystemCommand::Df { format },
+        } => system_df(host, format),
+        Command::System {
+            command: SystemCommand::Prepare(args),
+        } => finish(Admin, prepare::run(host, args).await),
     }
 }
 
-fn system_df(format: &str) -> i32 {
-    let usage = cabin_containers::system::disk_usage(&Paths::from_env());
+async fn serve(host: &Host, port: u16, accel: machine_args::AccelFlag) -> Result<i32, Failure> {
+    let opts = cabin_api::Options {
+        port,
+        host: host.clone(),
+        accel: accel.into(),
+    };
+    cabin_api::serve(opts).await.map_err(Failure::new)?;
+    Ok(0)
+}
+
+fn system_df(host: &Host, format: TableFormat) -> i32 {
+    let usage = cabin_containers::system::disk_usage(&host.paths);
     match format {
-        "json" => {
+        TableFormat::Json => {
             let v: Vec<_> = usage
                 .iter()
                 .map(|u| serde_json::json!({"type": u.what, "count": u.count, "bytes": u.bytes}))
                 .collect();
             println!("{}", serde_json::Value::Array(v));
         }
-        "table" => {
+        TableFormat::Table => {
             println!("{:<26} {:>6} {:>12}", "TYPE", "COUNT", "SIZE");
             for u in usage {
                 println!(
@@ -281,26 +288,14 @@ fn system_df(format: &str) -> i32 {
                 );
             }
         }
-        other => {
-            eprintln!("cabin: unknown format {other:?}: use table or json");
-            return 125;
-        }
     }
     0
 }
 
-fn system_info(format: &str, accel: &str) -> i32 {
-    let paths = Paths::from_env();
-    let accel = match accel.parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("cabin: {e}");
-            return 125;
-        }
-    };
-    let info = cabin_containers::system::info(&paths, accel);
+fn system_info(host: &Host, format: TextFormat, accel: machine_args::AccelFlag) -> i32 {
+    let info = cabin_containers::system::info(host, accel.into());
     match format {
-        "json" => {
+        TextFormat::Json => {
             let map: serde_json::Map<String, serde_json::Value> = info
                 .0
                 .into_iter()
@@ -308,15 +303,41 @@ fn system_info(format: &str, accel: &str) -> i32 {
                 .collect();
             println!("{}", serde_json::Value::Object(map));
         }
-        "text" => {
+        TextFormat::Text => {
             for (k, v) in info.0 {
                 println!("{:<20} {v}", format!("{k}:"));
             }
         }
-        other => {
-            eprintln!("cabin: unknown format {other:?}: use text or json");
-            return 125;
-        }
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The helper commands the libraries start must parse as this binary's commands.
+    #[test]
+    fn the_libraries_helper_commands_are_commands_of_cabin() {
+        let parse = |args: Vec<String>| {
+            Cli::try_parse_from(std::iter::once("cabin".to_string()).chain(args)).map(|c| c.command)
+        };
+        let id = "0123456789abcdef0123456789abcdef";
+        assert!(matches!(
+            parse(cabin_containers::containers::supervise_args(id).to_vec()),
+            Ok(Command::Container {
+                command: ContainerCommand::Supervise { id: got }
+            }) if got == id
+        ));
+        let shape = cabin_containers::vm::VmShape::of(&cabin_containers::ContainerSpec::new(
+            cabin_containers::RootSource::Dir("/".into()),
+            vec![],
+        ));
+        assert!(matches!(
+            parse(cabin_containers::vm::prepare_args(&shape)),
+            Ok(Command::System {
+                command: SystemCommand::Prepare(_)
+            })
+        ));
+    }
 }

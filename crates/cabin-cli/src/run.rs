@@ -1,20 +1,21 @@
 //! `cabin run`: boot the container's VM, attach the user's terminal or pipes to its
 //! process, forward signals, and leave with the process's exit status.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cabin_containers::{agent, ContainerConfig, ContainerVm, Paths, RootSource, RunError};
-use cabin_proto::v1::{output_chunk, ResizeTtyRequest, SignalRequest, TtySize};
+use cabin_containers::containers::CreateOptions;
+use cabin_containers::process::{Output, Stream};
+use cabin_containers::spec::{RestartPolicy, Rlimit};
+use cabin_containers::{ContainerSpec, ContainerVm, Containers, Host, RootSource};
 use clap::Args;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio_stream::StreamExt;
 
 use crate::connect_args::ConnectArgs;
 use crate::machine_args::MachineArgs;
 use crate::process_args::ProcessArgs;
-use crate::terminal;
+use crate::report::{self, Failure};
+use crate::terminal::{self, Signals};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -40,7 +41,7 @@ pub struct RunArgs {
     /// Run a small init as the container's PID 1, with the command as its child: it
     /// passes signals on (SIGTERM works without a handler) and reaps orphaned processes.
     #[arg(long)]
-    init: bool,
+    pub init: bool,
     /// Read environment variables from a file (KEY=VALUE or KEY per line; # comments).
     #[arg(long, value_name = "FILE")]
     env_file: Vec<PathBuf>,
@@ -83,7 +84,7 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-fn parse_ulimit(s: &str) -> Result<(String, u64, u64), String> {
+fn parse_ulimit(s: &str) -> Result<Rlimit, String> {
     let bad = || format!("invalid --ulimit {s:?}: use NAME=SOFT[:HARD], e.g. nofile=1024:4096");
     let (name, vals) = s.split_once('=').ok_or_else(bad)?;
     let num = |v: &str| -> Result<u64, String> {
@@ -102,7 +103,11 @@ fn parse_ulimit(s: &str) -> Result<(String, u64, u64), String> {
             "invalid --ulimit {s:?}: the soft limit is above the hard one"
         ));
     }
-    Ok((name.to_string(), soft, hard))
+    Ok(Rlimit {
+        name: name.to_string(),
+        soft,
+        hard,
+    })
 }
 
 /// docker's --env-file format: one KEY=VALUE (or KEY, taken from the host) per line,
@@ -129,20 +134,28 @@ fn read_env_file(path: &std::path::Path) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-pub fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
+/// A path given on the command line, made absolute against the current directory, so
+/// that it means the same to a supervisor started elsewhere.
+fn absolute(p: &std::path::Path) -> Result<PathBuf, Failure> {
+    std::path::absolute(p).map_err(|e| Failure::new(format!("{}: {e}", p.display())))
+}
+
+/// The container the options describe. `announce_tcg`: say so when cabin falls back to
+/// TCG by itself.
+pub fn spec(args: &RunArgs, announce_tcg: bool) -> Result<ContainerSpec, Failure> {
     let (root, command) = match &args.rootfs {
         Some(dir) => {
             if args.command.is_empty() {
                 return Err("give the command to run after --rootfs DIR".into());
             }
-            (RootSource::Dir(dir.clone()), args.command.clone())
+            (RootSource::Dir(absolute(dir)?), args.command.clone())
         }
         None => match args.command.split_first() {
             Some((image, cmd)) => (RootSource::Image(image.clone()), cmd.to_vec()),
             None => return Err("give an image to run (or --rootfs DIR) and a command".into()),
         },
     };
-    let mut c = ContainerConfig::new(root, command);
+    let mut c = ContainerSpec::new(root, command);
     c.entrypoint = args.entrypoint.as_ref().map(|e| vec![e.clone()]);
     // As docker: files first, then -e, so that -e wins.
     let mut env = Vec::new();
@@ -166,70 +179,69 @@ pub fn config(args: &RunArgs) -> Result<ContainerConfig, String> {
         .iter()
         .map(|u| parse_ulimit(u))
         .collect::<Result<_, _>>()?;
-    args.machine.apply(&mut c, true)?;
+    args.machine.apply(&mut c, announce_tcg)?;
+    if let Some(k) = &c.kernel {
+        c.kernel = Some(absolute(k)?);
+    }
     c.boot_timeout = Duration::from_secs(args.boot_timeout.max(1));
+    c.restart = args.restart.parse::<RestartPolicy>()?;
     if c.tty {
-        c.tty_size = terminal::size(0).or(terminal::size(1)).or(Some((24, 80)));
+        c.tty_size = Some(terminal::size_or_default());
     }
     Ok(c)
 }
 
-pub(crate) const FORWARDED_SIGNALS: &[libc::c_int] = &[
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-];
-
-/// `cabin create`: the container is recorded with the options of `cabin run`.
-pub async fn create(args: RunArgs) -> i32 {
-    match config(&args) {
-        Ok(cfg) => crate::containers_cmd::create(&Paths::from_env(), &args, &cfg),
-        Err(e) => {
-            eprintln!("cabin: {e}");
-            125
+/// `--name`, `--label`, `--rm` for a container that is kept.
+fn create_options(args: &RunArgs) -> Result<CreateOptions, Failure> {
+    let mut labels = Vec::new();
+    for l in &args.labels {
+        match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => labels.push((k.to_string(), v.to_string())),
+            _ => return Err(Failure::new(format!("invalid label {l:?}: use KEY=VALUE"))),
         }
     }
+    Ok(CreateOptions {
+        name: args.name.clone(),
+        labels,
+        auto_remove: args.rm,
+    })
+}
+
+/// `cabin create`: records the container with the options of `cabin run`; prints its ID.
+pub async fn create(host: &Host, args: RunArgs) -> Result<i32, Failure> {
+    let spec = spec(&args, true)?;
+    let record = Containers::open(host)?
+        .create(&spec, create_options(&args)?)
+        .await?;
+    println!("{}", record.id);
+    Ok(0)
 }
 
 /// Runs the container; returns the exit status for `cabin run`.
-pub async fn run(args: RunArgs, started: Instant) -> i32 {
-    let cfg = match config(&args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("cabin: {e}");
-            return 125;
-        }
-    };
-    let paths = Paths::from_env();
+pub async fn run(host: &Host, args: RunArgs, started: Instant) -> Result<i32, Failure> {
+    let mut cfg = spec(&args, true)?;
     if args.detach {
-        return crate::containers_cmd::run_detached(&paths, &args, &cfg).await;
+        let containers = Containers::open(host)?;
+        let record = containers.create(&cfg, create_options(&args)?).await?;
+        return report::started(&record.id, containers.start(&record.id).await?);
     }
     if args.name.is_some() || args.restart != "no" || !args.labels.is_empty() {
-        eprintln!(
-            "cabin: --name, --restart and --label need -d: containers run in the foreground are not kept"
+        return Err(
+            "--name, --restart and --label need -d: containers run in the foreground are not kept"
+                .into(),
         );
-        return 125;
     }
+    // Decided once: the notice above came from this decision.
+    cfg.accel = cabin_vmm::AccelRequest::Force(cabin_vmm::accel::choose(cfg.accel).accel);
     // Signals that arrive while the VM boots must not kill cabin before it can tear the
     // VM down, so the handlers are installed first.
-    let mut signals = Vec::new();
-    for &num in FORWARDED_SIGNALS {
-        match signal(SignalKind::from_raw(num)) {
-            Ok(s) => signals.push((num, s)),
-            Err(e) => eprintln!("cabin: cannot forward signal {num}: {e}"),
-        }
-    }
+    let mut signals = Signals::install();
+    let notify = |m: &str| eprintln!("cabin: {m}");
     let mut vm = tokio::select! {
-        r = ContainerVm::boot(&paths, &cfg, started) => match r {
-            Ok(vm) => vm,
-            Err(e) => return report(e),
-        },
-        n = first_signal(&mut signals) => {
+        r = ContainerVm::boot(host, &cfg, started, &notify) => r?,
+        n = signals.next() => {
             eprintln!("cabin: interrupted while starting the VM");
-            return 128 + n;
+            return Ok(128 + n);
         }
     };
     if let Some(notice) = &vm.boot_notice {
@@ -239,45 +251,9 @@ pub async fn run(args: RunArgs, started: Instant) -> i32 {
     let missing_snapshot = vm.missing_snapshot;
     teardown_and_report(vm, args.timings).await;
     if missing_snapshot {
-        crate::prepare::start_in_background(&args.machine, &cfg);
+        cabin_containers::vm::prepare_in_background(host, &cfg);
     }
     code
-}
-
-pub(crate) async fn first_signal(
-    signals: &mut [(libc::c_int, tokio::signal::unix::Signal)],
-) -> i32 {
-    let futs = signals.iter_mut().map(|(n, s)| {
-        let n = *n;
-        Box::pin(async move {
-            s.recv().await;
-            n
-        })
-    });
-    futures_select_all(futs).await
-}
-
-async fn futures_select_all<F: std::future::Future<Output = i32> + Unpin>(
-    futs: impl Iterator<Item = F>,
-) -> i32 {
-    let mut futs: Vec<F> = futs.collect();
-    if futs.is_empty() {
-        return std::future::pending().await;
-    }
-    std::future::poll_fn(|cx| {
-        for f in futs.iter_mut() {
-            if let std::task::Poll::Ready(n) = std::pin::Pin::new(f).poll(cx) {
-                return std::task::Poll::Ready(n);
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
-}
-
-fn report(e: RunError) -> i32 {
-    eprintln!("cabin: {e}");
-    e.exit_code()
 }
 
 async fn teardown_and_report(vm: ContainerVm, timings: bool) {
@@ -294,90 +270,55 @@ async fn teardown_and_report(vm: ContainerVm, timings: bool) {
     }
 }
 
+/// The user's terminal (or pipes) connected to the container's process until it ends.
 async fn attach(
     vm: &mut ContainerVm,
-    cfg: &ContainerConfig,
-    signals: &mut [(libc::c_int, tokio::signal::unix::Signal)],
-) -> i32 {
-    let agent = vm.agent();
-    let proc_ref = vm.process_ref();
+    cfg: &ContainerSpec,
+    signals: &mut Signals,
+) -> Result<i32, Failure> {
     let _raw = if cfg.tty && terminal::is_tty(0) {
         terminal::RawMode::enter()
     } else {
         None
     };
-
-    // Output: copy until the guest closes the stream.
-    let mut a = agent.clone();
-    let r = proc_ref.clone();
-    let output = tokio::spawn(async move {
-        let mut stream = match a.read_output(r).await {
-            Ok(s) => s.into_inner(),
-            Err(e) => return Err(e.message().to_string()),
-        };
-        let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-        while let Some(chunk) = stream.next().await {
-            let Ok(chunk) = chunk else { break };
-            let w: &mut dyn Write = if chunk.stream == output_chunk::Stream::Stderr as i32 {
-                &mut err
-            } else {
-                &mut out
-            };
-            if w.write_all(&chunk.data).and_then(|_| w.flush()).is_err() {
-                break;
-            }
+    // Output: copied until the guest closes it.
+    let mut output = vm.output();
+    let printer = tokio::spawn(async move {
+        while let Some(Output { stream, data }) = output.recv().await {
+            terminal::print_output(stream == Stream::Stderr, &data);
         }
-        Ok(())
     });
-
     // Input: with -i, stdin to the process until end of file.
     if cfg.stdin {
-        let (tx, done) = agent::stdin_writer(&agent, proc_ref.clone());
+        let (tx, done) = vm.stdin();
+        let pump = terminal::forward_stdin(tx);
         tokio::spawn(async move {
-            terminal::pump_stdin(|b| {
-                let tx = tx.clone();
-                async move { tx.send(b).await.is_ok() }
-            })
-            .await;
-            drop(tx);
+            let _ = pump.await;
             let _ = done.await;
         });
     }
-
     // Signals to the process, window size changes to its terminal.
+    let controls = vm.controls();
     let mut winch = signal(SignalKind::window_change()).ok();
     let wait = vm.wait();
     tokio::pin!(wait);
     let status = loop {
         tokio::select! {
             s = &mut wait => break s,
-            n = first_signal(signals) => {
-                let mut a = agent.clone();
-                let req = SignalRequest { process: Some(proc_ref.clone()), signal: n };
-                let _ = agent::call("Signal", cabin_proto::CALL_TIMEOUT, a.signal(req)).await;
+            n = signals.next() => {
+                let _ = controls.signal(n).await;
             }
             Some(()) = async { match winch.as_mut() { Some(w) => w.recv().await, None => None } } => {
                 if let Some((rows, cols)) = terminal::size(0) {
-                    let mut a = agent.clone();
-                    let req = ResizeTtyRequest {
-                        process: Some(proc_ref.clone()),
-                        size: Some(TtySize { rows: rows as u32, cols: cols as u32 }),
-                    };
-                    let _ = agent::call("ResizeTty", cabin_proto::CALL_TIMEOUT, a.resize_tty(req)).await;
+                    let _ = controls.resize(rows, cols).await;
                 }
             }
         }
     };
-    let status = match status {
-        Ok(s) => s,
-        Err(e) => {
-            drop(_raw);
-            return report(e);
-        }
-    };
+    let status = status?;
     // The process is gone; whatever it wrote is already on its way. Bound the wait in
     // case something in the guest still holds its output open.
-    let _ = tokio::time::timeout(Duration::from_secs(5), output).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), printer).await;
     drop(_raw);
     if status.oom_killed {
         eprintln!(
@@ -385,7 +326,7 @@ async fn attach(
             cabin_containers::vm::memory_limit_note(cfg)
         );
     }
-    cabin_containers::vm::exit_code(&status)
+    Ok(cabin_containers::process::exit_code(&status))
 }
 
 #[cfg(test)]
@@ -410,10 +351,14 @@ mod tests {
     fn ulimits_parse() {
         assert_eq!(
             parse_ulimit("nofile=1024:4096").unwrap(),
-            ("nofile".into(), 1024, 4096)
+            Rlimit {
+                name: "nofile".into(),
+                soft: 1024,
+                hard: 4096
+            }
         );
-        assert_eq!(parse_ulimit("core=0").unwrap(), ("core".into(), 0, 0));
-        assert_eq!(parse_ulimit("nproc=unlimited").unwrap().2, u64::MAX);
+        assert_eq!(parse_ulimit("core=0").unwrap().hard, 0);
+        assert_eq!(parse_ulimit("nproc=unlimited").unwrap().hard, u64::MAX);
         assert!(parse_ulimit("nofile").is_err());
         assert!(parse_ulimit("nofile=10:5").is_err());
     }

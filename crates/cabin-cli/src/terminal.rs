@@ -70,3 +70,75 @@ where
         }
     }
 }
+
+/// The signals `cabin run` and `cabin start -a` pass on to the container's process.
+pub const FORWARDED_SIGNALS: &[libc::c_int] = &[
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// cabin's handlers for [`FORWARDED_SIGNALS`]: installed before a VM boots, so that a
+/// signal during the boot cannot kill cabin before it tears the VM down.
+pub struct Signals(Vec<(libc::c_int, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    pub fn install() -> Signals {
+        let mut all = Vec::new();
+        for &num in FORWARDED_SIGNALS {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(num)) {
+                Ok(s) => all.push((num, s)),
+                Err(e) => eprintln!("cabin: cannot forward signal {num}: {e}"),
+            }
+        }
+        Signals(all)
+    }
+
+    /// The next signal that arrives.
+    pub async fn next(&mut self) -> libc::c_int {
+        if self.0.is_empty() {
+            return std::future::pending().await;
+        }
+        std::future::poll_fn(|cx| {
+            for (n, s) in self.0.iter_mut() {
+                if s.poll_recv(cx).is_ready() {
+                    return std::task::Poll::Ready(*n);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
+/// The terminal's size now: stdin's, else stdout's, else 24x80.
+pub fn size_or_default() -> (u16, u16) {
+    size(0).or(size(1)).unwrap_or((24, 80))
+}
+
+/// Sends cabin's standard input to `input` until end of file (then drops it: the
+/// process's end of input).
+pub fn forward_stdin(input: tokio::sync::mpsc::Sender<Vec<u8>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        pump_stdin(|b| {
+            let tx = input.clone();
+            async move { tx.send(b).await.is_ok() }
+        })
+        .await;
+    })
+}
+
+/// Writes a chunk of a process's output to cabin's stdout or stderr at once.
+pub fn print_output(stderr: bool, data: &[u8]) {
+    use std::io::Write;
+    let _ = if stderr {
+        let mut e = std::io::stderr();
+        e.write_all(data).and_then(|_| e.flush())
+    } else {
+        let mut o = std::io::stdout();
+        o.write_all(data).and_then(|_| o.flush())
+    };
+}

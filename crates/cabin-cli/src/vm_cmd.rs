@@ -3,13 +3,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cabin_containers::{AccelRequest, Paths};
+use cabin_containers::Host;
 use cabin_machines::details::{self, lume_pretty};
 use cabin_machines::from_image;
 use cabin_machines::runner::{self, RunOptions, Started};
 use cabin_machines::settings::Settings;
-use cabin_machines::store::{self, CreateOptions, Vm, VmError};
-use clap::{Args, Subcommand};
+use cabin_machines::store::Session;
+use cabin_machines::store::{self, CreateOptions, VmError};
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::machine_args::AccelFlag;
+use crate::report::{log_info, Failure, TextFormat};
 
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
@@ -23,17 +27,17 @@ pub enum VmCommand {
     /// List VMs.
     #[command(alias = "list")]
     Ls {
-        /// Output format: json or text.
-        #[arg(short, long, default_value = "text")]
-        format: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "text")]
+        format: TextFormat,
         #[arg(long)]
         storage: Option<String>,
     },
     /// A VM's details.
     Get {
         name: String,
-        #[arg(short, long, default_value = "text")]
-        format: String,
+        #[arg(short, long, value_enum, default_value = "text")]
+        format: TextFormat,
         #[arg(long)]
         storage: Option<String>,
     },
@@ -67,11 +71,22 @@ pub enum VmCommand {
     Pull(crate::vm_image_cmd::PullArgs),
     /// VM images in the local cache.
     Images {
-        #[arg(short, long, default_value = "text")]
-        format: String,
+        #[arg(short, long, value_enum, default_value = "text")]
+        format: TextFormat,
     },
     /// Remove every cached VM image.
     Prune,
+    /// Run the VM in DIR with the options a background start left there (started by
+    /// `vm run --detach` and `cabin serve`).
+    #[command(hide = true)]
+    Runner { dir: PathBuf },
+}
+
+/// `--vnc`: Lume's VNC policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VncMode {
+    Enabled,
+    Disabled,
 }
 
 #[derive(Debug, Args)]
@@ -140,9 +155,9 @@ pub struct RunArgs {
     /// No local display window (there is none on Linux anyway); VNC stays on.
     #[arg(short = 'd', long)]
     no_display: bool,
-    /// enabled or disabled.
-    #[arg(long, default_value = "enabled")]
-    vnc: String,
+    /// Lume's VNC policy.
+    #[arg(long, value_enum, default_value = "enabled")]
+    vnc: VncMode,
     /// The VNC port on 127.0.0.1 (5900 and up; 0: the first free one).
     #[arg(long, default_value_t = 0)]
     vnc_port: u16,
@@ -155,8 +170,8 @@ pub struct RunArgs {
     #[arg(long)]
     detach: bool,
     /// auto (KVM where it can run a guest, else TCG), kvm or tcg.
-    #[arg(long, default_value = "auto", env = "CABIN_ACCEL")]
-    accel: String,
+    #[arg(long, value_enum, default_value = "auto", env = "CABIN_ACCEL")]
+    accel: AccelFlag,
 }
 
 #[derive(Debug, Args)]
@@ -200,22 +215,8 @@ pub enum StorageCommand {
     },
 }
 
-fn fail(e: impl std::fmt::Display) -> i32 {
-    eprintln!("cabin: {e}");
-    1
-}
-
 fn lume_size(s: &str) -> Result<u64, cabin_base::sizes::SizeError> {
     cabin_base::sizes::parse_size(s, cabin_base::sizes::Dialect::Lume)
-}
-
-fn settings(paths: &Paths) -> Result<Settings, String> {
-    Settings::load(paths)
-}
-
-/// Lume's log line format: `[<ISO8601>] INFO: <msg> k=v`.
-fn log_info(msg: &str) {
-    println!("[{}] INFO: {msg}", cabin_base::time::now_rfc3339());
 }
 
 fn text_table(list: &[details::VmDetails]) -> String {
@@ -275,140 +276,94 @@ fn shared_dir(spec: &str) -> Result<(PathBuf, bool), String> {
     }
 }
 
-pub async fn run(cmd: VmCommand) -> i32 {
-    let paths = Paths::from_env();
-    let s = match settings(&paths) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
+fn print_details(list: &[details::VmDetails], format: TextFormat) {
+    match format {
+        TextFormat::Json => println!("{}", lume_pretty(&list)),
+        TextFormat::Text => print!("{}", text_table(list)),
+    }
+}
+
+pub async fn run(host: &Host, cmd: VmCommand) -> Result<i32, Failure> {
+    let s = Settings::load(&host.paths)?;
     match cmd {
         VmCommand::Create(a) => {
-            let sizes = lume_size(&a.memory).and_then(|m| Ok((m, lume_size(&a.disk_size)?)));
-            let (memory, disk_size) = match sizes {
-                Ok(v) => v,
-                Err(e) => return fail(e),
-            };
             let opts = CreateOptions {
                 os: a.os,
                 cpu: a.cpu,
-                memory,
-                disk_size,
+                memory: lume_size(&a.memory)?,
+                disk_size: lume_size(&a.disk_size)?,
                 display: a.display,
                 network: a.network,
             };
-            let made = match &a.image {
-                None => store::create(&s, &a.name, a.storage.as_deref(), &opts),
+            let vm = match &a.image {
+                None => store::create(&s, &a.name, a.storage.as_deref(), &opts)?,
                 Some(image) => {
-                    from_image::create(&s, &paths, &a.name, a.storage.as_deref(), &opts, image)
+                    from_image::create(&s, host, &a.name, a.storage.as_deref(), &opts, image)?
                 }
             };
-            match made {
-                Ok(vm) => {
-                    log_info(&format!(
-                        "VM created name={} location={}",
-                        vm.name, vm.location_name
-                    ));
-                    0
-                }
-                Err(e) => fail(e),
-            }
+            log_info(&format!(
+                "VM created name={} location={}",
+                vm.name, vm.location_name
+            ));
         }
-        VmCommand::Run(a) => run_vm(&paths, &s, a).await,
+        VmCommand::Run(a) => return run_vm(host, &s, a).await,
+        VmCommand::Runner { dir } => {
+            let name = dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            runner::run_recorded(host, &dir, |session| {
+                announce_started(session);
+                log_info(&format!("VM started name={name}"));
+            })
+            .await?;
+            log_info(&format!("VM stopped name={name}"));
+        }
         VmCommand::Stop(a) => {
-            let vm = match store::find(&s, &a.name, a.storage.as_deref()) {
-                Ok(v) => v,
-                Err(e) => return fail(e),
-            };
-            match runner::stop(&vm, Duration::from_secs(15)) {
-                Ok(()) => {
-                    log_info(&format!("VM stopped name={}", vm.name));
-                    0
-                }
-                Err(e) => fail(e),
-            }
+            let vm = store::find(&s, &a.name, a.storage.as_deref())?;
+            runner::stop(&vm, Duration::from_secs(15))?;
+            log_info(&format!("VM stopped name={}", vm.name));
         }
         VmCommand::Ls { format, storage } => {
-            let vms = match store::list(&s, storage.as_deref()) {
-                Ok(v) => v,
-                Err(e) => return fail(e),
-            };
-            let list: Vec<_> = vms
+            let list: Vec<_> = store::list(&s, storage.as_deref())?
                 .iter()
                 .filter_map(|v| details::details(v).ok())
                 .collect();
-            match format.as_str() {
-                "json" => println!("{}", lume_pretty(&list)),
-                "text" => print!("{}", text_table(&list)),
-                other => return fail(format!("unknown format {other:?}: use json or text")),
-            }
-            0
+            print_details(&list, format);
         }
         VmCommand::Get {
             name,
             format,
             storage,
         } => {
-            let d = match store::find(&s, &name, storage.as_deref())
-                .and_then(|v| details::details(&v))
-            {
-                Ok(d) => d,
-                Err(e) => return fail(e),
-            };
-            match format.as_str() {
-                "json" => println!("{}", lume_pretty(&[d])),
-                "text" => print!("{}", text_table(&[d])),
-                other => return fail(format!("unknown format {other:?}: use json or text")),
-            }
-            0
+            let d = details::details(&store::find(&s, &name, storage.as_deref())?)?;
+            print_details(&[d], format);
         }
         VmCommand::Set(a) => {
-            let vm = match store::find(&s, &a.name, a.storage.as_deref()) {
-                Ok(v) => v,
-                Err(e) => return fail(e),
-            };
-            let memory = match a.memory.as_deref().map(lume_size).transpose() {
-                Ok(m) => m,
-                Err(e) => return fail(e),
-            };
-            let disk = match a.disk_size.as_deref().map(lume_size).transpose() {
-                Ok(d) => d,
-                Err(e) => return fail(e),
-            };
-            match store::set(&vm, a.cpu, memory, disk, a.display.as_deref()) {
-                Ok(_) => {
-                    log_info(&format!("VM settings updated name={}", vm.name));
-                    0
-                }
-                Err(e) => fail(e),
-            }
+            let vm = store::find(&s, &a.name, a.storage.as_deref())?;
+            let memory = a.memory.as_deref().map(lume_size).transpose()?;
+            let disk = a.disk_size.as_deref().map(lume_size).transpose()?;
+            store::set(&vm, a.cpu, memory, disk, a.display.as_deref())?;
+            log_info(&format!("VM settings updated name={}", vm.name));
         }
         VmCommand::Delete {
             name,
             force,
             storage,
         } => {
-            let vm = match store::find(&s, &name, storage.as_deref()) {
-                Ok(v) => v,
-                Err(e) => return fail(e),
-            };
+            let vm = store::find(&s, &name, storage.as_deref())?;
             if vm.is_running() {
                 if !force {
-                    return fail(format!(
+                    return Err(Failure::new(format!(
                         "{}; stop it first or use --force",
                         VmError::Running(vm.name.clone())
-                    ));
+                    )));
                 }
-                if let Err(e) = runner::stop(&vm, Duration::from_secs(15)) {
-                    return fail(e);
-                }
+                runner::stop(&vm, Duration::from_secs(15))?;
             }
-            match store::delete(&vm) {
-                Ok(()) => {
-                    log_info(&format!("VM deleted name={}", vm.name));
-                    0
-                }
-                Err(e) => fail(e),
-            }
+            store::delete(&vm)?;
+            log_info(&format!("VM deleted name={}", vm.name));
         }
         VmCommand::Clone {
             name,
@@ -416,66 +371,60 @@ pub async fn run(cmd: VmCommand) -> i32 {
             source_storage,
             dest_storage,
         } => {
-            let src = match store::find(&s, &name, source_storage.as_deref()) {
-                Ok(v) => v,
-                Err(e) => return fail(e),
-            };
-            match store::clone(&s, &src, &new_name, dest_storage.as_deref()) {
-                Ok(vm) => {
-                    log_info(&format!(
-                        "VM cloned source={} destination={}",
-                        src.name, vm.name
-                    ));
-                    0
-                }
-                Err(e) => fail(e),
-            }
+            let src = store::find(&s, &name, source_storage.as_deref())?;
+            let vm = store::clone(&s, &src, &new_name, dest_storage.as_deref())?;
+            log_info(&format!(
+                "VM cloned source={} destination={}",
+                src.name, vm.name
+            ));
         }
-        VmCommand::Push(a) => crate::vm_image_cmd::push(&paths, &s, a).await,
-        VmCommand::Pull(a) => crate::vm_image_cmd::pull(&paths, &s, a).await,
-        VmCommand::Images { format } => crate::vm_image_cmd::images(&s, &format),
-        VmCommand::Prune => crate::vm_image_cmd::prune(&s),
+        VmCommand::Push(a) => return crate::vm_image_cmd::push(host, &s, a).await,
+        VmCommand::Pull(a) => return crate::vm_image_cmd::pull(host, &s, a).await,
+        VmCommand::Images { format } => return crate::vm_image_cmd::images(&s, format),
+        VmCommand::Prune => return crate::vm_image_cmd::prune(&s),
         VmCommand::Logs(a) => {
-            let vm = match store::find(&s, &a.name, a.storage.as_deref()) {
-                Ok(v) => v,
-                Err(e) => return fail(e),
+            let vm = store::find(&s, &a.name, a.storage.as_deref())?;
+            let Ok(b) = std::fs::read(vm.dir.join(runner::CONSOLE_LOG)) else {
+                return Err(Failure::new(format!(
+                    "{} has no console output yet",
+                    vm.name
+                )));
             };
-            match std::fs::read(vm.dir.join(runner::CONSOLE_LOG)) {
-                Ok(b) => {
-                    use std::io::Write;
-                    let _ = std::io::stdout().write_all(&b);
-                    0
-                }
-                Err(_) => fail(format!("{} has no console output yet", vm.name)),
-            }
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&b);
         }
-        VmCommand::Ssh(a) => ssh(&paths, &s, a),
+        VmCommand::Ssh(a) => return ssh(host, &s, a),
+    }
+    Ok(0)
+}
+
+/// Lume's log line for a VM's VNC display.
+fn announce_started(session: &Session) {
+    if let Some(url) = &session.url {
+        log_info(&format!("VNC server started local={url}"));
     }
 }
 
 /// `vm ssh`: runs the system's ssh client in this process's place, so that terminals,
 /// signals and exit codes behave as ssh's own.
-fn ssh(paths: &Paths, s: &Settings, a: SshArgs) -> i32 {
+fn ssh(host: &Host, s: &Settings, a: SshArgs) -> Result<i32, Failure> {
     use std::os::unix::process::CommandExt;
-    let vm = match store::find(s, &a.name, a.storage.as_deref()) {
-        Ok(v) => v,
-        Err(e) => return fail(e),
-    };
+    let vm = store::find(s, &a.name, a.storage.as_deref())?;
     let Some(session) = vm.session() else {
-        return fail(VmError::NotRunning(vm.name.clone()));
+        return Err(VmError::NotRunning(vm.name.clone()).into());
     };
-    let Some((host, port)) = session.ssh_address() else {
-        return fail(format!(
+    let Some((address, port)) = session.ssh_address() else {
+        return Err(Failure::new(format!(
             "{} has no address cabin knows of (only VMs made with --image get one); reach it through its VNC display",
             vm.name
-        ));
+        )));
     };
     let from_image = matches!(from_image::DirectBoot::read(&vm.dir), Ok(Some(_)));
     let user = a
         .user
         .unwrap_or_else(|| if from_image { "root" } else { "lume" }.into());
     let mut cmd = std::process::Command::new("ssh");
-    let key = from_image::ssh_key(paths);
+    let key = host.paths.ssh_key();
     if key.is_file() {
         cmd.arg("-i").arg(&key);
     }
@@ -494,102 +443,66 @@ fn ssh(paths: &Paths, s: &Settings, a: SshArgs) -> i32 {
     if a.timeout > 0 {
         cmd.args(["-o", &format!("ConnectTimeout={}", a.timeout)]);
     }
-    cmd.arg(format!("{user}@{host}"));
+    cmd.arg(format!("{user}@{address}"));
     if !a.command.is_empty() {
         cmd.arg("--").args(&a.command);
     }
     let e = cmd.exec();
-    fail(if e.kind() == std::io::ErrorKind::NotFound {
+    Err(Failure::new(if e.kind() == std::io::ErrorKind::NotFound {
         "ssh is missing: install it with apt-get install openssh-client".to_string()
     } else {
         format!("running ssh: {e}")
-    })
+    }))
 }
 
-async fn run_vm(paths: &Paths, s: &Settings, a: RunArgs) -> i32 {
-    let vm = match store::find(s, &a.name, a.storage.as_deref()) {
-        Ok(v) => v,
-        Err(e) => return fail(e),
-    };
-    let shared: Vec<(PathBuf, bool)> = match a.shared_dirs.iter().map(|d| shared_dir(d)).collect() {
-        Ok(v) => v,
-        Err(e) => return fail(e),
-    };
-    let vnc = match a.vnc.as_str() {
-        "enabled" => true,
-        "disabled" => false,
-        other => return fail(format!("invalid --vnc {other:?}: enabled or disabled")),
-    };
-    let accel: AccelRequest = match a.accel.parse() {
-        Ok(x) => x,
-        Err(e) => return fail(e),
-    };
+async fn run_vm(host: &Host, s: &Settings, a: RunArgs) -> Result<i32, Failure> {
+    let vm = store::find(s, &a.name, a.storage.as_deref())?;
+    let shared_dirs = a
+        .shared_dirs
+        .iter()
+        .map(|d| shared_dir(d))
+        .collect::<Result<Vec<_>, _>>()?;
     if vm.is_running() {
-        return fail(VmError::Running(vm.name.clone()));
+        return Err(VmError::Running(vm.name.clone()).into());
     }
     let _ = a.no_display;
-    if a.detach {
-        return detach(&vm, &a);
-    }
     let opts = RunOptions {
-        shared_dirs: shared,
-        iso: a.mount,
-        disks: a.disks,
-        vnc,
+        shared_dirs,
+        iso: a.mount.as_deref().map(std::path::absolute).transpose()?,
+        disks: a
+            .disks
+            .iter()
+            .map(std::path::absolute)
+            .collect::<Result<_, _>>()?,
+        vnc: a.vnc == VncMode::Enabled,
         vnc_port: Some(a.vnc_port),
         vnc_password: a.vnc_password,
-        accel,
+        accel: a.accel.into(),
     };
-    let r = runner::run(paths, &vm, &opts, |session| {
-        if let Some(url) = &session.url {
-            log_info(&format!("VNC server started local={url}"));
-        }
+    if a.detach {
+        // The same run in a process of its own; back once the VM runs.
+        let mut child = runner::start_detached(host, &vm, &opts)?;
+        return match runner::wait_started(&vm, &mut child, Duration::from_secs(60)) {
+            Started::Running(session) => {
+                announce_started(&session);
+                log_info(&format!("VM started in the background name={}", a.name));
+                Ok(0)
+            }
+            Started::Failed(why) => Err(Failure::new(format!("the VM did not start: {why}"))),
+            Started::Starting => Err("the VM did not start within 60 s; see its run.log".into()),
+        };
+    }
+    runner::run(host, &vm, &opts, |session| {
+        announce_started(session);
         log_info(&format!("VM started name={}", vm.name));
     })
-    .await;
-    match r {
-        Ok(()) => {
-            log_info(&format!("VM stopped name={}", vm.name));
-            0
-        }
-        Err(e) => fail(e),
-    }
+    .await?;
+    log_info(&format!("VM stopped name={}", vm.name));
+    Ok(0)
 }
 
-/// `vm run --detach`: the same command without --detach as the VM's background runner
-/// (`runner::spawn_runner`); returns once the VM runs, or with the reason it did not.
-fn detach(vm: &Vm, a: &RunArgs) -> i32 {
-    let args: Vec<std::ffi::OsString> = std::env::args_os()
-        .skip(1)
-        .filter(|x| x != "--detach")
-        .collect();
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => return fail(e),
-    };
-    let mut child = match runner::spawn_runner(vm, &exe, &args) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
-    match runner::wait_started(vm, &mut child, Duration::from_secs(60)) {
-        Started::Running(session) => {
-            if let Some(url) = &session.url {
-                log_info(&format!("VNC server started local={url}"));
-            }
-            log_info(&format!("VM started in the background name={}", a.name));
-            0
-        }
-        Started::Failed(why) => fail(format!("the VM did not start: {why}")),
-        Started::Starting => fail("the VM did not start within 60 s; see its run.log"),
-    }
-}
-
-pub fn config(cmd: ConfigCommand) -> i32 {
-    let paths = Paths::from_env();
-    let mut s = match settings(&paths) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
+pub fn config(host: &Host, cmd: ConfigCommand) -> Result<i32, Failure> {
+    let mut s = Settings::load(&host.paths)?;
     let ConfigCommand::Storage { command } = cmd;
     let changed = match command {
         StorageCommand::List => {
@@ -601,14 +514,13 @@ pub fn config(cmd: ConfigCommand) -> i32 {
                 };
                 println!("{}\t{}{mark}", l.name, l.path);
             }
-            return 0;
+            return Ok(0);
         }
         StorageCommand::Add { name, path } => s.add_location(&name, &path),
         StorageCommand::Remove { name } => s.remove_location(&name),
         StorageCommand::Default { name } => s.set_default(&name),
     };
-    match changed.and_then(|()| s.save(&paths)) {
-        Ok(()) => 0,
-        Err(e) => fail(e),
-    }
+    changed?;
+    s.save(&host.paths)?;
+    Ok(0)
 }

@@ -1,11 +1,13 @@
 //! `cabin vm push`, `vm pull`, `vm images`, `vm prune`: full VMs to and from OCI
 //! registries in Lume's format (`cabin_machines::transfer`).
 
-use cabin_containers::Paths;
+use cabin_containers::Host;
 use cabin_machines::settings::Settings;
 use cabin_machines::store;
 use cabin_machines::transfer::{self, ImageRef, PullRequest, PushRequest};
 use clap::Args;
+
+use crate::report::{log_info, Failure, TextFormat};
 
 /// Where an image lives and how it travels: the options push and pull share.
 #[derive(Debug, Args)]
@@ -63,43 +65,27 @@ pub struct PullArgs {
     cache: bool,
 }
 
-fn fail(e: impl std::fmt::Display) -> i32 {
-    eprintln!("cabin: {e}");
-    1
-}
-
-fn log_info(msg: &str) {
-    println!("[{}] INFO: {msg}", cabin_base::time::now_rfc3339());
-}
-
 fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
 }
 
 /// The image a push or pull names, and its registry options with a progress bar.
 fn image_and_options(
-    paths: &Paths,
+    host: &Host,
     image: &str,
     at: &RegistryArgs,
-) -> Result<(ImageRef, cabin_image::registry::RegistryOptions), String> {
-    let image =
-        ImageRef::parse(image, &at.registry, &at.organization).map_err(|e| e.to_string())?;
-    let mut opts = transfer::registry_options(paths, &at.registry).map_err(|e| e.to_string())?;
+) -> Result<(ImageRef, cabin_image::registry::RegistryOptions), Failure> {
+    let image = ImageRef::parse(image, &at.registry, &at.organization)?;
+    let mut opts = transfer::registry_options(host, &at.registry)?;
     opts.parallel = at.parallel.clamp(1, 64);
     opts.insecure = at.insecure;
     opts.progress = crate::progress::hook();
     Ok((image, opts))
 }
 
-pub async fn push(paths: &Paths, s: &Settings, a: PushArgs) -> i32 {
-    let (image, opts) = match image_and_options(paths, &a.image, &a.at) {
-        Ok(v) => v,
-        Err(e) => return fail(e),
-    };
-    let vm = match store::find(s, &a.name, a.storage.as_deref()) {
-        Ok(v) => v,
-        Err(e) => return fail(e),
-    };
+pub async fn push(host: &Host, s: &Settings, a: PushArgs) -> Result<i32, Failure> {
+    let (image, opts) = image_and_options(host, &a.image, &a.at)?;
+    let vm = store::find(s, &a.name, a.storage.as_deref())?;
     let started = std::time::Instant::now();
     let req = PushRequest {
         vm: &vm,
@@ -109,41 +95,34 @@ pub async fn push(paths: &Paths, s: &Settings, a: PushArgs) -> i32 {
         single_layer: a.single_layer,
         dry_run: a.dry_run,
     };
-    match transfer::push(&req, opts).await {
-        Ok(r) if a.dry_run => {
-            println!("{}", r.manifest);
-            log_info(&format!(
-                "Dry run complete name={} image={image} digest={} chunks={} seconds={:.1} (nothing was sent)",
-                vm.name,
-                r.manifest_digest,
-                r.chunks,
-                started.elapsed().as_secs_f64()
-            ));
-            0
-        }
-        Ok(r) => {
-            log_info(&format!(
-                "Push complete name={} image={image} digest={} chunks={} uploaded={} ({}) skipped={} resumed={} seconds={:.1}",
-                vm.name,
-                r.manifest_digest,
-                r.chunks,
-                r.uploaded,
-                mib(r.uploaded_bytes),
-                r.skipped,
-                r.resumed,
-                started.elapsed().as_secs_f64()
-            ));
-            0
-        }
-        Err(e) => fail(e),
+    let r = transfer::push(&req, opts).await?;
+    if a.dry_run {
+        println!("{}", r.manifest);
+        log_info(&format!(
+            "Dry run complete name={} image={image} digest={} chunks={} seconds={:.1} (nothing was sent)",
+            vm.name,
+            r.manifest_digest,
+            r.chunks,
+            started.elapsed().as_secs_f64()
+        ));
+    } else {
+        log_info(&format!(
+            "Push complete name={} image={image} digest={} chunks={} uploaded={} ({}) skipped={} resumed={} seconds={:.1}",
+            vm.name,
+            r.manifest_digest,
+            r.chunks,
+            r.uploaded,
+            mib(r.uploaded_bytes),
+            r.skipped,
+            r.resumed,
+            started.elapsed().as_secs_f64()
+        ));
     }
+    Ok(0)
 }
 
-pub async fn pull(paths: &Paths, s: &Settings, a: PullArgs) -> i32 {
-    let (image, opts) = match image_and_options(paths, &a.image, &a.at) {
-        Ok(v) => v,
-        Err(e) => return fail(e),
-    };
+pub async fn pull(host: &Host, s: &Settings, a: PullArgs) -> Result<i32, Failure> {
+    let (image, opts) = image_and_options(host, &a.image, &a.at)?;
     let started = std::time::Instant::now();
     let req = PullRequest {
         image: &image,
@@ -151,50 +130,41 @@ pub async fn pull(paths: &Paths, s: &Settings, a: PullArgs) -> i32 {
         storage: a.storage.as_deref(),
         cache: a.cache,
     };
-    match transfer::pull(s, &req, opts).await {
-        Ok(o) => {
-            let how = match &o.pulled {
-                Some(p) => format!(
-                    "fetched={} parts_written={} parts_resumed={}",
-                    mib(p.fetched_bytes),
-                    p.parts_written,
-                    p.parts_resumed
-                ),
-                None => "fetched=0 (cloned from the cache)".into(),
-            };
-            log_info(&format!(
-                "Pull complete image={image} name={} location={} digest={} {how} seconds={:.1}",
-                o.vm.name,
-                o.vm.location_name,
-                o.manifest_digest,
-                started.elapsed().as_secs_f64()
-            ));
-            0
-        }
-        Err(e) => fail(e),
-    }
+    let o = transfer::pull(s, &req, opts).await?;
+    let how = match &o.pulled {
+        Some(p) => format!(
+            "fetched={} parts_written={} parts_resumed={}",
+            mib(p.fetched_bytes),
+            p.parts_written,
+            p.parts_resumed
+        ),
+        None => "fetched=0 (cloned from the cache)".into(),
+    };
+    log_info(&format!(
+        "Pull complete image={image} name={} location={} digest={} {how} seconds={:.1}",
+        o.vm.name,
+        o.vm.location_name,
+        o.manifest_digest,
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(0)
 }
 
-pub fn images(s: &Settings, format: &str) -> i32 {
+pub fn images(s: &Settings, format: TextFormat) -> Result<i32, Failure> {
     let list = transfer::images(s);
     match format {
-        "json" => println!("{}", cabin_machines::details::lume_pretty(&list)),
-        "text" => {
+        TextFormat::Json => println!("{}", cabin_machines::details::lume_pretty(&list)),
+        TextFormat::Text => {
             for i in &list {
                 println!("{}:{}", i.repository, i.image_id);
             }
         }
-        other => return fail(format!("unknown format {other:?}: use json or text")),
     }
-    0
+    Ok(0)
 }
 
-pub fn prune(s: &Settings) -> i32 {
-    match transfer::prune(s) {
-        Ok(()) => {
-            log_info("Successfully removed cached images");
-            0
-        }
-        Err(e) => fail(e),
-    }
+pub fn prune(s: &Settings) -> Result<i32, Failure> {
+    transfer::prune(s)?;
+    log_info("Successfully removed cached images");
+    Ok(0)
 }

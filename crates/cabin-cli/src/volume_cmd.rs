@@ -1,10 +1,11 @@
 //! `cabin volume create|ls|inspect|rm|prune`: named volumes (sparse ext4 disks that
 //! outlive their containers).
 
-use cabin_containers::store::Store;
-use cabin_containers::volumes::{VolumeError, VolumeInfo, Volumes, DEFAULT_VOLUME_BYTES};
-use cabin_containers::Paths;
+use cabin_containers::volumes::{VolumeInfo, Volumes, DEFAULT_VOLUME_BYTES};
+use cabin_containers::{Containers, Host};
 use clap::Subcommand;
+
+use crate::report::{Failure, Family, TableFormat};
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
@@ -21,9 +22,9 @@ pub enum VolumeCommand {
         /// Only names.
         #[arg(short, long)]
         quiet: bool,
-        /// Output format: table or json.
-        #[arg(long, default_value = "table")]
-        format: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableFormat,
     },
     /// Volumes' details as JSON.
     Inspect {
@@ -39,27 +40,6 @@ pub enum VolumeCommand {
     Prune,
 }
 
-fn fail(e: impl std::fmt::Display) -> i32 {
-    eprintln!("cabin: {e}");
-    125
-}
-
-/// Containers (any state) that mount each volume: a volume they name cannot go.
-fn users(paths: &Paths) -> Vec<(String, String)> {
-    let Ok(store) = Store::open(paths) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for id in store.ids().unwrap_or_default() {
-        if let Ok(r) = store.load(&id) {
-            for v in r.volumes {
-                out.push((v, r.name.clone()));
-            }
-        }
-    }
-    out
-}
-
 fn json(v: &Volumes, info: &VolumeInfo) -> serde_json::Value {
     serde_json::json!({
         "Name": info.name,
@@ -72,38 +52,29 @@ fn json(v: &Volumes, info: &VolumeInfo) -> serde_json::Value {
     })
 }
 
-pub fn run(cmd: VolumeCommand) -> i32 {
-    let paths = Paths::from_env();
-    let volumes = Volumes::open(&paths);
+pub async fn run(host: &Host, cmd: VolumeCommand) -> Result<i32, Failure> {
+    let containers = Containers::open(host)?;
+    let volumes = containers.volumes();
     match cmd {
         VolumeCommand::Create { name, size } => {
-            let size = match size
-                .map(|s| cabin_base::sizes::parse_size(&s, cabin_base::sizes::Dialect::Docker))
-                .transpose()
-            {
-                Ok(s) => s.unwrap_or(DEFAULT_VOLUME_BYTES),
-                Err(e) => return fail(e),
+            let size = match size {
+                Some(s) => cabin_base::sizes::parse_size(&s, cabin_base::sizes::Dialect::Docker)?,
+                None => DEFAULT_VOLUME_BYTES,
             };
             if size < (8 << 20) {
-                return fail("a volume must be at least 8 MiB");
+                return Err("a volume must be at least 8 MiB".into());
             }
-            match volumes.create(&name, size) {
-                Ok(info) => {
-                    println!("{}", info.name);
-                    0
-                }
-                Err(e) => fail(e),
-            }
+            println!("{}", volumes.create(&name, size)?.name);
         }
         VolumeCommand::Ls { quiet, format } => {
             let list = volumes.list();
-            match (quiet, format.as_str()) {
+            match (quiet, format) {
                 (true, _) => list.iter().for_each(|v| println!("{}", v.name)),
-                (false, "json") => {
+                (false, TableFormat::Json) => {
                     let all: Vec<_> = list.iter().map(|i| json(&volumes, i)).collect();
                     println!("{}", serde_json::Value::Array(all));
                 }
-                (false, "table") => {
+                (false, TableFormat::Table) => {
                     println!("{:<30} {:>10} {:<8}", "NAME", "SIZE", "IN USE");
                     for v in &list {
                         println!(
@@ -114,11 +85,7 @@ pub fn run(cmd: VolumeCommand) -> i32 {
                         );
                     }
                 }
-                (false, other) => {
-                    return fail(format!("unknown format {other:?}: use table or json"))
-                }
             }
-            0
         }
         VolumeCommand::Inspect { names } => {
             let mut out = Vec::new();
@@ -126,53 +93,29 @@ pub fn run(cmd: VolumeCommand) -> i32 {
             for n in names {
                 match volumes.inspect(&n) {
                     Ok(info) => out.push(json(&volumes, &info)),
-                    Err(e) => code = fail(e),
+                    Err(e) => code = crate::report::exit_code(Family::Admin, e.into()),
                 }
             }
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-            code
+            return Ok(code);
         }
         VolumeCommand::Rm { names } => {
-            let users = users(&paths);
             let mut code = 0;
             for n in names {
-                let by: Vec<&str> = users
-                    .iter()
-                    .filter(|(v, _)| *v == n)
-                    .map(|(_, c)| c.as_str())
-                    .collect();
-                if !by.is_empty() {
-                    code = fail(format!(
-                        "volume {n} is used by container(s) {}; remove them first (cabin rm)",
-                        by.join(", ")
-                    ));
-                    continue;
-                }
-                match volumes.remove(&n) {
+                match containers.remove_volume(&n).await {
                     Ok(()) => println!("{n}"),
-                    Err(e) => code = fail(e),
+                    Err(e) => code = crate::report::exit_code(Family::Admin, e.into()),
                 }
             }
-            code
+            return Ok(code);
         }
         VolumeCommand::Prune => {
-            let users = users(&paths);
-            let mut freed = 0u64;
-            for v in volumes.list() {
-                if users.iter().any(|(u, _)| *u == v.name) {
-                    continue;
-                }
-                match volumes.remove(&v.name) {
-                    Ok(()) => {
-                        println!("{}", v.name);
-                        freed += 1;
-                    }
-                    Err(VolumeError::InUse(_)) => {}
-                    Err(e) => eprintln!("cabin: {e}"),
-                }
+            let removed = containers.prune_volumes().await?;
+            for v in &removed {
+                println!("{v}");
             }
-            eprintln!("removed {freed} volume(s)");
-            0
+            eprintln!("removed {} volume(s)", removed.len());
         }
     }
+    Ok(0)
 }

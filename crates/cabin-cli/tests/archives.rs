@@ -114,6 +114,7 @@ fn a_tampered_archive_is_refused() {
 
 #[test]
 fn a_debian_root_filesystem_runs_its_own_programs() {
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: debootstrap needs root");
         return;

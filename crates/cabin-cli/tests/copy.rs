@@ -116,6 +116,7 @@ fn a_tree_goes_in_and_comes_back_with_its_modes_times_and_links() {
     assert!(o.status.success(), "{}", stderr(&o));
     let t = tempfile::tempdir().unwrap();
     let tree = host_tree(t.path());
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         // Copied in, files belong to root whoever owns them on the host.
         std::os::unix::fs::lchown(tree.join("private"), Some(1000), Some(1000)).unwrap();

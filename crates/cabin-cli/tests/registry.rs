@@ -481,6 +481,7 @@ fn a_503_and_a_connection_cut_mid_blob_are_retried_and_resumed() {
 
 #[test]
 fn a_full_disk_during_pull_is_clear_and_a_retry_after_making_room_succeeds() {
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: mounting a small tmpfs needs root");
         return;

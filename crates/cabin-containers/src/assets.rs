@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use cabin_image::cpio::CpioWriter;
 use sha2::{Digest, Sha256};
 
-use cabin_base::Paths;
+use cabin_base::{Host, Paths};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AssetError {
@@ -23,12 +23,13 @@ pub enum AssetError {
     Initramfs { dir: PathBuf, source: io::Error },
 }
 
-/// Finds the guest kernel: the explicit choice, else `CABIN_KERNEL`, else the data
-/// directory's `kernel/vmlinux`, else the build cache's `current` kernel.
-pub fn locate_kernel(explicit: Option<&Path>, paths: &Paths) -> Result<PathBuf, AssetError> {
+/// Finds the guest kernel: the explicit choice, else the host's (`CABIN_KERNEL`), else
+/// the data directory's `kernel/vmlinux`, else the build cache's `current` kernel.
+pub fn locate_kernel(explicit: Option<&Path>, host: &Host) -> Result<PathBuf, AssetError> {
+    let paths = &host.paths;
     if let Some(p) = explicit
         .map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("CABIN_KERNEL").map(PathBuf::from))
+        .or_else(|| host.kernel.clone())
     {
         return if p.is_file() {
             Ok(p)
@@ -54,10 +55,10 @@ pub fn locate_kernel(explicit: Option<&Path>, paths: &Paths) -> Result<PathBuf, 
     })
 }
 
-/// Finds cabin-init: `CABIN_INIT`, else beside the cabin executable (an installed
-/// layout), else in the source tree's static build output.
-pub fn locate_init() -> Result<PathBuf, AssetError> {
-    if let Some(p) = std::env::var_os("CABIN_INIT").map(PathBuf::from) {
+/// Finds cabin-init: the host's (`CABIN_INIT`), else beside the running program (an
+/// installed layout), else in the source tree's static build output.
+pub fn locate_init(host: &Host) -> Result<PathBuf, AssetError> {
+    if let Some(p) = host.init.clone() {
         return check_static(p);
     }
     let exe_dir = std::env::current_exe()
@@ -244,8 +245,8 @@ mod tests {
     #[test]
     fn explicit_kernel_must_exist() {
         let t = tempfile::tempdir().unwrap();
-        let paths = Paths::at(t.path());
-        let e = locate_kernel(Some(Path::new("/nonexistent/vmlinux")), &paths).unwrap_err();
+        let host = Host::with_paths(Paths::at(t.path()));
+        let e = locate_kernel(Some(Path::new("/nonexistent/vmlinux")), &host).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/vmlinux"));
     }
 }

@@ -14,8 +14,9 @@ use cabin_proto::v1::{ContainerMount, HostEntry, NetworkConfig};
 use cabin_vmm::qemu::user_net;
 use cabin_vmm::{DiskFormat, DiskSpec, NetBackend, ShareSpec};
 
+use crate::vm::Notify;
 use crate::volumes::{self, AttachedVolume, MountSpec, Volumes};
-use crate::{ContainerConfig, Paths, RunError};
+use crate::{ContainerSpec, Paths, RunError};
 use cabin_net::bridge::{self, Endpoint};
 use cabin_net::{ports, NetworkMode};
 
@@ -39,7 +40,7 @@ fn volume_disk(i: usize, path: PathBuf) -> DiskSpec {
 
 /// The devices of a VM for `cfg`, with placeholders for what only a start provides:
 /// enough to find (or build) its boot snapshot.
-pub fn shape(cfg: &ContainerConfig) -> Devices {
+pub fn shape(cfg: &ContainerSpec) -> Devices {
     let nic = match cfg.network {
         NetworkMode::User => Some(NetBackend::User {
             forwards: Vec::new(),
@@ -81,8 +82,9 @@ pub struct Attachments {
 impl Attachments {
     pub fn acquire(
         paths: &Paths,
-        cfg: &ContainerConfig,
+        cfg: &ContainerSpec,
         id: &str,
+        notify: Notify<'_>,
     ) -> Result<Attachments, RunError> {
         let mut devices = shape(cfg);
         let mut mounts = Vec::new();
@@ -96,7 +98,7 @@ impl Attachments {
                     target,
                     read_only,
                 } => {
-                    let dir = volumes::check_host_dir(source).map_err(RunError::Setup)?;
+                    let dir = volumes::check_host_dir(source)?;
                     let share = &mut devices.shares[share_i];
                     share.path = dir;
                     mounts.push(ContainerMount {
@@ -112,9 +114,7 @@ impl Attachments {
                     target,
                     read_only,
                 } => {
-                    let v = store
-                        .attach(name)
-                        .map_err(|e| RunError::Setup(e.to_string()))?;
+                    let v = store.attach(name)?;
                     let disk = &mut devices.disks[disk_i];
                     disk.path = v.disk.clone();
                     held.push(v);
@@ -138,16 +138,16 @@ impl Attachments {
             // Bridged containers reconcile as they join; the others tidy up after a
             // crash that left the bridge behind.
             if let Err(e) = bridge::reconcile() {
-                eprintln!("cabin: tidying up the host bridge: {e}");
+                notify(&format!("tidying up the host bridge: {e}"));
             }
         }
         let mut publish = cfg.publish.clone();
-        ports::choose_free_ports(&mut publish).map_err(RunError::Setup)?;
+        ports::choose_free_ports(&mut publish)?;
         let ports: Vec<String> = publish.iter().map(ports::describe).collect();
         let (network, hosts, endpoint) = match cfg.network {
             NetworkMode::User => {
                 // QEMU binds the ports itself: this only checks that it will be able to.
-                drop(ports::reserve_ports(&publish).map_err(RunError::Setup)?);
+                drop(ports::reserve_ports(&publish)?);
                 devices.nic = Some(NetBackend::User { forwards: publish });
                 let net = NetworkConfig {
                     mac: String::new(),
@@ -164,8 +164,7 @@ impl Attachments {
                 names.extend(cfg.name.clone());
                 names.push(cfg.hostname_for(id));
                 names.dedup();
-                let ep = bridge::attach(id, names, &publish)
-                    .map_err(|e| RunError::Setup(e.to_string()))?;
+                let ep = bridge::attach(id, names, &publish)?;
                 devices.nic = Some(NetBackend::Tap(Some(Arc::clone(&ep.tap))));
                 (Some(ep.guest_config()), ep.peers(), Some(ep))
             }

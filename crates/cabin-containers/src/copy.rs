@@ -1,12 +1,12 @@
 //! `cabin cp`: files between the host and a running detached container, as tar
 //! archives (see cabin-archive) that travel host ⇄ supervisor ⇄ guest.
 //!
-//! The CLI connects to the container's supervisor (the one holder of the VM's agent
-//! connection) with a [`Control::CopyOut`](crate::supervisor::Control) or `CopyIn`
-//! request; the connection then carries frames (see [`crate::supervisor::frame`]): the
-//! archive in `ARCHIVE` frames, `ARCHIVE_END` from the host when it has sent all of it,
-//! and `DONE` or `ERROR` from the supervisor. In the guest the archive is read or
-//! written inside the container's own view of its files (cabin-init's copy.rs).
+//! The client connects to the container's supervisor (the one holder of the VM's agent
+//! connection) with a [`Request::CopyOut`](crate::control::Request) or `CopyIn`; the
+//! connection then carries frames (see [`crate::control`]): the archive in `Archive`
+//! frames, `ArchiveEnd` from the host when it has sent all of it, and `Done` or `Error`
+//! from the supervisor. In the guest the archive is read or written inside the
+//! container's own view of its files (cabin-init's copy.rs).
 //!
 //! What comes out of the guest is treated as hostile: it is extracted with
 //! cabin_archive::place, which refuses unsafe paths and writing through links, drops
@@ -16,44 +16,18 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use cabin_proto::v1::{CopyInChunk, CopyInTarget};
-use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
 use crate::agent::{self, Agent};
-use crate::supervisor::{control_socket, frame, Control};
-
-/// Frame kinds of a copy connection.
-pub const ARCHIVE: u8 = 16;
-pub const ARCHIVE_END: u8 = 17;
-pub const DONE: u8 = 18;
-/// The copy failed: a message.
-pub const ERROR: u8 = 19;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CopyOutRequest {
-    /// Absolute, in the container.
-    pub path: String,
-    pub follow_link: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CopyInRequest {
-    /// Absolute, in the container.
-    pub path: String,
-    /// The archive's one top-level directory's contents go into `path`.
-    pub contents_only: bool,
-    /// The archive (anyone's) is extracted as it is into the directory `path`.
-    pub extract: bool,
-}
+use crate::control::{self, CopyInRequest, CopyOutRequest, Frame, FrameError, Incoming, Request};
 
 // The supervisor's side.
 
 async fn send_error(wr: &mut OwnedWriteHalf, message: &str) {
-    let _ = frame::write(wr, ERROR, message.as_bytes()).await;
+    let _ = control::write_frame(wr, &Frame::Error(message.to_string())).await;
 }
 
 /// Streams a container path's archive from the guest to the client on `conn`.
@@ -78,14 +52,17 @@ pub async fn relay_out(
             Ok(chunk) => {
                 // A client that went away ends the call (the stream is dropped), and
                 // with it the guest's work.
-                if frame::write(&mut wr, ARCHIVE, &chunk.data).await.is_err() {
+                if control::write_frame(&mut wr, &Frame::Archive(chunk.data))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
             Err(e) => return send_error(&mut wr, e.message()).await,
         }
     }
-    let _ = frame::write(&mut wr, DONE, &[]).await;
+    let _ = control::write_frame(&mut wr, &Frame::Done).await;
 }
 
 /// Feeds the client's archive on `conn` to the guest; answers DONE or ERROR.
@@ -117,11 +94,11 @@ pub async fn relay_in(
     let result = loop {
         tokio::select! {
             r = &mut call => break r,
-            f = frame::read(&mut rd), if tx.is_some() => {
-                let sender = tx.as_ref().expect("checked by the guard");
+            f = control::read_frame(&mut rd), if tx.is_some() => {
+                let Some(sender) = tx.as_ref() else { continue };
                 let chunk = match f {
-                    Ok(Some((ARCHIVE, data))) => CopyInChunk { target: None, data, end: false },
-                    Ok(Some((ARCHIVE_END, _))) => CopyInChunk { target: None, data: Vec::new(), end: true },
+                    Ok(Incoming::Frame(Frame::Archive(data))) => CopyInChunk { target: None, data, end: false },
+                    Ok(Incoming::Frame(Frame::ArchiveEnd)) => CopyInChunk { target: None, data: Vec::new(), end: true },
                     // The client went away or broke the protocol: the stream ends
                     // without `end`, and the guest places nothing.
                     _ => {
@@ -138,7 +115,7 @@ pub async fn relay_in(
     };
     match result {
         Ok(_) => {
-            let _ = frame::write(&mut wr, DONE, &[]).await;
+            let _ = control::write_frame(&mut wr, &Frame::Done).await;
         }
         Err(e) => send_error(&mut wr, e.message()).await,
     }
@@ -148,8 +125,8 @@ pub async fn relay_in(
 
 /// Where a copy out of a container goes.
 pub enum HostDest {
-    /// The archive itself, to standard output (`cabin cp CONTAINER:PATH -`).
-    Stdout,
+    /// The archive itself (`cabin cp CONTAINER:PATH -`, a server's response body).
+    Archive(Box<dyn Write + Send>),
     Path {
         path: PathBuf,
         /// The source path ended in `/.`: its contents, not itself.
@@ -159,8 +136,8 @@ pub enum HostDest {
 
 /// Where a copy into a container comes from.
 pub enum HostSource {
-    /// A tar archive on standard input (`cabin cp - CONTAINER:DIR`).
-    Stdin,
+    /// A tar archive (`cabin cp - CONTAINER:DIR`, a server's request body).
+    Archive(Box<dyn Read + Send>),
     Path {
         path: PathBuf,
         contents_only: bool,
@@ -168,48 +145,53 @@ pub enum HostSource {
     },
 }
 
-async fn connect(container_dir: &Path, req: &Control) -> Result<UnixStream, String> {
-    let mut conn = UnixStream::connect(control_socket(container_dir))
-        .await
-        .map_err(|e| format!("cannot reach the container's supervisor: {e}"))?;
-    let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
-    line.push(b'\n');
-    conn.write_all(&line).await.map_err(|e| e.to_string())?;
-    Ok(conn)
+/// What a finished copy out of a container left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Copied {
+    /// Device nodes and pipes, which are not copied to the host.
+    pub skipped_special: u64,
 }
 
-/// The next frame, or the supervisor's refusal (a JSON line, e.g. while the container
-/// restarts).
-async fn next_frame(rd: &mut OwnedReadHalf) -> Result<(u8, Vec<u8>), String> {
-    let mut kind = [0u8; 1];
-    match rd.read_exact(&mut kind).await {
-        Ok(_) => {}
-        Err(_) => return Err("the container's supervisor ended the copy".into()),
-    }
-    if kind[0] == b'{' {
-        let mut line = String::from("{");
-        let _ = tokio::io::BufReader::new(rd.take(4096))
-            .read_line(&mut line)
-            .await;
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        return Err(v["error"]
-            .as_str()
-            .unwrap_or("the supervisor refused the copy")
-            .to_string());
-    }
-    let mut len = [0u8; 4];
-    rd.read_exact(&mut len)
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("cannot reach the container's supervisor: {0}")]
+    Unreachable(io::Error),
+    /// The guest or the supervisor said why, in these words.
+    #[error("{0}")]
+    Failed(String),
+    #[error("the container's supervisor ended the copy")]
+    Ended,
+    #[error("reading from the supervisor: {0}")]
+    Protocol(#[from] FrameError),
+    #[error("{0}")]
+    Archive(#[from] cabin_archive::Error),
+    #[error("no such file or directory: {}", .0.display())]
+    SourceMissing(PathBuf),
+    #[error("{} is not a directory", .0.display())]
+    SourceNotDirectory(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Source { path: PathBuf, source: io::Error },
+    #[error("reading the archive: {0}")]
+    ReadArchive(io::Error),
+    #[error("writing the archive: {0}")]
+    WriteArchive(io::Error),
+    #[error("the extraction failed: {0}")]
+    Extraction(String),
+}
+
+async fn connect(container_dir: &Path, req: &Request) -> Result<UnixStream, CopyError> {
+    control::connect(container_dir, req)
         .await
-        .map_err(|e| format!("reading from the supervisor: {e}"))?;
-    let len = u32::from_be_bytes(len);
-    if len > frame::MAX {
-        return Err("the supervisor sent a frame too large".into());
+        .map_err(CopyError::Unreachable)
+}
+
+/// The next frame: a refusal or the end of the connection is an error.
+async fn next_frame(rd: &mut (impl tokio::io::AsyncReadExt + Unpin)) -> Result<Frame, CopyError> {
+    match control::read_frame(rd).await? {
+        Incoming::Frame(f) => Ok(f),
+        Incoming::Refused(why) => Err(CopyError::Failed(why)),
+        Incoming::End => Err(CopyError::Ended),
     }
-    let mut payload = vec![0u8; len as usize];
-    rd.read_exact(&mut payload)
-        .await
-        .map_err(|e| format!("reading from the supervisor: {e}"))?;
-    Ok((kind[0], payload))
 }
 
 /// A blocking reader of chunks sent from async code; an `Err` chunk is a read error.
@@ -253,35 +235,43 @@ impl Write for ChannelWriter {
     }
 }
 
-/// `cabin cp CONTAINER:SRC DEST`: copies `src` out of the running container whose
-/// directory is `container_dir`.
+/// Copies `src` out of the running container whose directory is `container_dir`.
 pub async fn copy_out(
     container_dir: &Path,
     src: &str,
     follow_link: bool,
     dest: HostDest,
-) -> Result<(), String> {
-    let req = Control::CopyOut(CopyOutRequest {
+) -> Result<Copied, CopyError> {
+    let req = Request::CopyOut(CopyOutRequest {
         path: src.to_string(),
         follow_link,
     });
     let (mut rd, _wr) = connect(container_dir, &req).await?.into_split();
-    let HostDest::Path {
-        path,
-        contents_only,
-    } = dest
-    else {
-        let mut out = io::stdout().lock();
-        loop {
+    let (path, contents_only) = match dest {
+        HostDest::Path {
+            path,
+            contents_only,
+        } => (path, contents_only),
+        HostDest::Archive(mut out) => loop {
             match next_frame(&mut rd).await? {
-                (ARCHIVE, data) => out
-                    .write_all(&data)
-                    .map_err(|e| format!("writing to standard output: {e}"))?,
-                (DONE, _) => return out.flush().map_err(|e| e.to_string()),
-                (ERROR, m) => return Err(String::from_utf8_lossy(&m).into_owned()),
+                Frame::Archive(data) => {
+                    // The writer blocks (a pipe, a socket): off the async threads.
+                    out = tokio::task::spawn_blocking(move || {
+                        let mut out = out;
+                        out.write_all(&data).map(|()| out)
+                    })
+                    .await
+                    .map_err(|e| CopyError::WriteArchive(io::Error::other(e)))?
+                    .map_err(CopyError::WriteArchive)?;
+                }
+                Frame::Done => {
+                    out.flush().map_err(CopyError::WriteArchive)?;
+                    return Ok(Copied::default());
+                }
+                Frame::Error(m) => return Err(CopyError::Failed(m)),
                 _ => {}
             }
-        }
+        },
     };
     // The guest names the archive's entry after the path it was asked for; a guest
     // that names it otherwise is refused (see UnpackOptions::top).
@@ -302,17 +292,17 @@ pub async fn copy_out(
     let mut guest_error = None;
     loop {
         let (chunk, last) = match next_frame(&mut rd).await {
-            Ok((ARCHIVE, data)) => (Ok(data), false),
-            Ok((DONE, _)) => break,
-            Ok((ERROR, m)) => {
-                let m = String::from_utf8_lossy(&m).into_owned();
-                guest_error = Some(m.clone());
+            Ok(Frame::Archive(data)) => (Ok(data), false),
+            Ok(Frame::Done) => break,
+            Ok(Frame::Error(m)) => {
+                guest_error = Some(CopyError::Failed(m.clone()));
                 (Err(m), true)
             }
             Ok(_) => continue,
             Err(e) => {
-                guest_error = Some(e.clone());
-                (Err(e), true)
+                let m = e.to_string();
+                guest_error = Some(e);
+                (Err(m), true)
             }
         };
         // A send fails once extraction has stopped (it failed): its error says why.
@@ -323,40 +313,31 @@ pub async fn copy_out(
     drop(tx);
     let placed = extract
         .await
-        .map_err(|e| format!("the extraction failed: {e}"))?;
+        .map_err(|e| CopyError::Extraction(e.to_string()))?;
     match (placed, guest_error) {
         (_, Some(e)) => Err(e),
-        (Ok(done), None) => {
-            if done.skipped_special > 0 {
-                eprintln!(
-                    "cabin: skipped {} device nodes and pipes (they are not copied to the host)",
-                    done.skipped_special
-                );
-            }
-            Ok(())
-        }
-        (Err(e), None) => Err(e.message),
+        (Ok(done), None) => Ok(Copied {
+            skipped_special: done.skipped_special,
+        }),
+        (Err(e), None) => Err(CopyError::Archive(e)),
     }
 }
 
-/// `cabin cp SRC CONTAINER:DEST`: copies into the running container whose directory is
-/// `container_dir`; its files belong to root there.
-pub async fn copy_in(container_dir: &Path, src: HostSource, dest: &str) -> Result<(), String> {
+/// Copies into the running container whose directory is `container_dir`; its files
+/// belong to root there.
+pub async fn copy_in(container_dir: &Path, src: HostSource, dest: &str) -> Result<(), CopyError> {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(8);
     let (req, producer) = match src {
-        HostSource::Stdin => {
+        HostSource::Archive(mut input) => {
             let req = CopyInRequest {
                 path: dest.to_string(),
                 contents_only: false,
                 extract: true,
             };
-            let producer = tokio::task::spawn_blocking(move || -> Result<(), String> {
-                let mut stdin = io::stdin().lock();
+            let producer = tokio::task::spawn_blocking(move || -> Result<(), CopyError> {
                 let mut buf = vec![0u8; cabin_proto::CHUNK_BYTES];
                 loop {
-                    let n = stdin
-                        .read(&mut buf)
-                        .map_err(|e| format!("reading standard input: {e}"))?;
+                    let n = input.read(&mut buf).map_err(CopyError::ReadArchive)?;
                     if n == 0 {
                         return Ok(());
                     }
@@ -379,11 +360,11 @@ pub async fn copy_in(container_dir: &Path, src: HostSource, dest: &str) -> Resul
             };
             match meta {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(format!("no such file or directory: {}", path.display()))
+                    return Err(CopyError::SourceMissing(path))
                 }
-                Err(e) => return Err(format!("{}: {e}", path.display())),
+                Err(source) => return Err(CopyError::Source { path, source }),
                 Ok(m) if contents_only && !m.is_dir() => {
-                    return Err(format!("{} is not a directory", path.display()))
+                    return Err(CopyError::SourceNotDirectory(path))
                 }
                 Ok(_) => {}
             }
@@ -400,17 +381,17 @@ pub async fn copy_in(container_dir: &Path, src: HostSource, dest: &str) -> Resul
                 contents_only,
                 extract: false,
             };
-            let producer = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let producer = tokio::task::spawn_blocking(move || -> Result<(), CopyError> {
                 let out = io::BufWriter::with_capacity(cabin_proto::CHUNK_BYTES, ChannelWriter(tx));
                 let opts = cabin_archive::PackOptions {
                     follow_top: follow_link,
                 };
-                cabin_archive::pack(&path, &top, opts, out).map_err(|e| e.message)
+                cabin_archive::pack(&path, &top, opts, out).map_err(CopyError::Archive)
             });
             (req, producer)
         }
     };
-    let (mut rd, mut wr) = connect(container_dir, &Control::CopyIn(req))
+    let (mut rd, mut wr) = connect(container_dir, &Request::CopyIn(req))
         .await?
         .into_split();
     // The archive is sent by a task of its own, so that the frames coming back are
@@ -419,21 +400,27 @@ pub async fn copy_in(container_dir: &Path, src: HostSource, dest: &str) -> Resul
     let sender = tokio::spawn(async move {
         while let Some(data) = rx.recv().await {
             // A failed write means the supervisor hung up; its last frame says why.
-            if frame::write(&mut wr, ARCHIVE, &data).await.is_err() {
+            if control::write_frame(&mut wr, &Frame::Archive(data))
+                .await
+                .is_err()
+            {
                 return Ok(());
             }
         }
         // Only a complete archive is marked complete: when the source failed half-way
         // the connection closes without the mark, and the container is left as it was.
-        producer.await.map_err(|e| e.to_string()).and_then(|r| r)?;
-        let _ = frame::write(&mut wr, ARCHIVE_END, &[]).await;
+        producer
+            .await
+            .map_err(|e| CopyError::Extraction(e.to_string()))
+            .and_then(|r| r)?;
+        let _ = control::write_frame(&mut wr, &Frame::ArchiveEnd).await;
         // Held open until the answer has come.
-        std::future::pending::<Result<(), String>>().await
+        std::future::pending::<Result<(), CopyError>>().await
     });
     let answer = loop {
         match next_frame(&mut rd).await {
-            Ok((DONE, _)) => break Ok(()),
-            Ok((ERROR, m)) => break Err(String::from_utf8_lossy(&m).into_owned()),
+            Ok(Frame::Done) => break Ok(()),
+            Ok(Frame::Error(m)) => break Err(CopyError::Failed(m)),
             Ok(_) => continue,
             Err(e) => break Err(e),
         }

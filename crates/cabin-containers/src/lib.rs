@@ -1,8 +1,12 @@
 //! Containers, each in its own VM: everything between a front end's request and the
 //! VMM.
 //!
+//! - [`Containers`] ([`containers`]): the typed lifecycle every front end calls.
+//! - [`spec`]: what a container is made of, its versioned record.
 //! - [`vm`]: one container in its own VM, boot to teardown.
 //! - [`store`]: the container state store (records, names, supervisor liveness).
+//! - [`control`]: the protocol between a supervisor and its clients; [`exec`] and
+//!   [`process`]: a container's processes, their I/O and how they ended.
 //! - [`copy`]: `cabin cp`, files between the host and a running container.
 //! - [`supervisor`]: the process that owns a detached container's VM; [`log`] its
 //!   output, time-stamped and rotated; [`attach`] clients of its process's I/O.
@@ -19,10 +23,15 @@ pub mod agent;
 pub mod assets;
 pub mod attach;
 pub mod attachments;
+pub mod containers;
+pub mod control;
 pub mod copy;
+pub mod exec;
 pub mod log;
+pub mod process;
 pub mod root;
 pub mod snapshot;
+pub mod spec;
 pub mod store;
 pub mod supervisor;
 pub mod system;
@@ -30,7 +39,9 @@ pub mod timings;
 pub mod vm;
 pub mod volumes;
 
-pub use cabin_base::Paths;
+pub use cabin_base::{Host, Paths};
 pub use cabin_vmm::AccelRequest;
+pub use containers::{ContainerError, Containers};
 pub use root::RootSource;
-pub use vm::{ContainerConfig, ContainerVm, RunError};
+pub use spec::ContainerSpec;
+pub use vm::{ContainerVm, RunError};

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 
 use cabin_image::{image, rootfs, store::Store};
 
-use crate::vm::RunError;
+use crate::vm::{Notify, RunError};
 use cabin_base::Paths;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RootSource {
     /// A root filesystem directory on the host.
     Dir(PathBuf),
@@ -34,7 +35,13 @@ pub struct ResolvedRoot {
     pub defaults: ProcessDefaults,
 }
 
-pub async fn resolve(paths: &Paths, source: &RootSource) -> Result<ResolvedRoot, RunError> {
+/// The root file system `source` names, as a disk; `notify` hears what the user should
+/// know on the way (an image being pulled).
+pub async fn resolve(
+    paths: &Paths,
+    source: &RootSource,
+    notify: Notify<'_>,
+) -> Result<ResolvedRoot, RunError> {
     match source {
         RootSource::Dir(dir) => {
             let img = rootfs::ensure_image(dir, &paths.rootfs_cache())?;
@@ -50,19 +57,19 @@ pub async fn resolve(paths: &Paths, source: &RootSource) -> Result<ResolvedRoot,
             // name without a registry).
             let img = match image::resolve(&store, name) {
                 Err(image::ImageError::NotFound(_)) => {
-                    eprintln!("cabin: {name} is not here; pulling it");
+                    notify(&format!("{name} is not here; pulling it"));
                     let creds = cabin_image::credentials::Credentials::at(paths.credentials());
                     let opts =
                         cabin_image::credentials::options_for(name, &creds, Default::default())
-                            .map_err(|e| {
-                                RunError::Setup(format!("reading saved credentials: {e}"))
+                            .map_err(|source| RunError::Io {
+                                what: "reading saved credentials".into(),
+                                source,
                             })?;
                     cabin_image::pull::pull(&store, name, &opts)
                         .await
-                        .map_err(|e| {
-                            RunError::Setup(format!(
-                                "no such image: {name} (not here, and pulling it failed: {e})"
-                            ))
+                        .map_err(|source| RunError::Pull {
+                            name: name.clone(),
+                            source,
                         })?
                 }
                 r => r?,
@@ -92,6 +99,10 @@ pub async fn resolve(paths: &Paths, source: &RootSource) -> Result<ResolvedRoot,
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no command given, and the image names none (no Entrypoint or Cmd)")]
+pub struct NoCommand;
+
 /// The process to run: docker's rules. `--entrypoint` replaces the image's entrypoint
 /// and drops its Cmd; a command given by the user replaces the image's Cmd; `-e` adds to
 /// and overrides the image's Env; `-w` and `-u` override WorkingDir and User.
@@ -102,7 +113,7 @@ pub fn merge(
     env: &[String],
     cwd: &str,
     user: &str,
-) -> Result<(Vec<String>, Vec<String>, String, String), String> {
+) -> Result<(Vec<String>, Vec<String>, String, String), NoCommand> {
     let (ep, default_cmd): (Vec<String>, &[String]) = match entrypoint {
         Some(e) => (e.iter().filter(|s| !s.is_empty()).cloned().collect(), &[]),
         None => (d.entrypoint.clone(), &d.cmd),
@@ -110,7 +121,7 @@ pub fn merge(
     let mut args = ep;
     args.extend_from_slice(if cmd.is_empty() { default_cmd } else { cmd });
     if args.is_empty() {
-        return Err("no command given, and the image names none (no Entrypoint or Cmd)".into());
+        return Err(NoCommand);
     }
     let mut all_env = d.env.clone();
     all_env.extend(env.iter().cloned());

@@ -36,14 +36,6 @@ pub const DISK_BYTES: u64 = 1 << 40;
 /// How long a template VM may take to boot before the build gives up.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Whether runs use and build snapshots: yes unless `CABIN_SNAPSHOTS=off`.
-pub fn enabled() -> bool {
-    !matches!(
-        std::env::var("CABIN_SNAPSHOTS").as_deref(),
-        Ok("off" | "0" | "no" | "false")
-    )
-}
-
 /// A file's path and, if it exists, its size, modification time and inode: what tells
 /// a rebuilt kernel, init or QEMU from the one a snapshot was made with.
 fn identity(path: &Path) -> String {

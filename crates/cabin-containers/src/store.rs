@@ -123,6 +123,7 @@ fn valid_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+#[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
 }

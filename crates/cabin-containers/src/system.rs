@@ -5,14 +5,15 @@
 pub struct Info(pub Vec<(&'static str, String)>);
 
 use crate::assets;
-use cabin_base::Paths;
+use cabin_base::{Host, Paths};
 use cabin_vmm::qemu::Qemu;
 use cabin_vmm::AccelRequest;
 
-pub fn info(paths: &Paths, accel: AccelRequest) -> Info {
+pub fn info(host: &Host, accel: AccelRequest) -> Info {
+    let paths = &host.paths;
     let mut out = Vec::new();
     out.push(("cabin version", env!("CARGO_PKG_VERSION").to_string()));
-    match Qemu::locate() {
+    match Qemu::locate(host.qemu.as_deref()) {
         Ok(q) => {
             out.push(("qemu", q.binary.display().to_string()));
             out.push((
@@ -27,14 +28,14 @@ pub fn info(paths: &Paths, accel: AccelRequest) -> Info {
     out.push(("accelerator reason", a.reason));
     out.push((
         "guest kernel",
-        match assets::locate_kernel(None, paths) {
+        match assets::locate_kernel(None, host) {
             Ok(k) => k.display().to_string(),
             Err(e) => format!("missing: {e}"),
         },
     ));
     out.push((
         "guest init",
-        match assets::locate_init() {
+        match assets::locate_init(host) {
             Ok(i) => i.display().to_string(),
             Err(e) => format!("missing: {e}"),
         },

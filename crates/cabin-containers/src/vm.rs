@@ -17,95 +17,28 @@ use cabin_proto::v1::{
 use cabin_vmm::console::ConsoleExcerpt;
 use cabin_vmm::qemu::{Qemu, QemuVm};
 use cabin_vmm::{
-    accel, AccelChoice, AccelRequest, DiskFormat, DiskSpec, MicroVmSpec, PortForward, RunningVm,
-    VmBackend, VmExit,
+    accel, AccelChoice, AccelRequest, DiskFormat, DiskSpec, MicroVmSpec, RunningVm, VmBackend,
+    VmExit,
 };
+
+use cabin_base::Host;
+use cabin_net::NetworkMode;
+use cabin_vmm::rundir::RunDir;
 
 use crate::agent::{self, Agent};
 use crate::assets;
 use crate::attachments::{self, Attachments, Devices};
 use crate::root::{self, RootSource};
 use crate::snapshot;
+use crate::spec::ContainerSpec;
 use crate::timings::Timings;
 use crate::volumes::MountSpec;
-use cabin_base::Paths;
-use cabin_net::NetworkMode;
-use cabin_vmm::rundir::RunDir;
 
 /// Guest memory on top of the container's own limit: kernel, init, page cache.
 pub const VM_MEMORY_OVERHEAD_MIB: u64 = 96;
 pub const DEFAULT_VM_MEMORY_MIB: u64 = 512;
 
-#[derive(Debug, Clone)]
-pub struct ContainerConfig {
-    pub root: RootSource,
-    /// Replaces the image's entrypoint (and drops its Cmd), as docker's --entrypoint.
-    pub entrypoint: Option<Vec<String>>,
-    /// The command; empty means the image's Cmd.
-    pub args: Vec<String>,
-    pub env: Vec<String>,
-    pub cwd: String,
-    pub user: String,
-    pub tty: bool,
-    pub tty_size: Option<(u16, u16)>,
-    pub stdin: bool,
-    /// A reaper runs as PID 1 with the command as its child (docker's --init).
-    pub init: bool,
-    pub hostname: Option<String>,
-    /// Mount the root filesystem read-only (docker's --read-only).
-    pub read_only: bool,
-    /// CPUs as docker's --cpus: the VM gets ceil(cpus) vCPUs, the cgroup the exact quota.
-    pub cpus: Option<f64>,
-    pub memory_bytes: Option<u64>,
-    pub pids_limit: Option<u64>,
-    pub rlimits: Vec<(String, u64, u64)>,
-    pub kernel: Option<PathBuf>,
-    pub accel: AccelRequest,
-    pub boot_timeout: Duration,
-    pub extra_kernel_args: String,
-    /// The container's name, for its peers on a bridge network.
-    pub name: Option<String>,
-    pub network: NetworkMode,
-    /// Published ports (`-p`).
-    pub publish: Vec<PortForward>,
-    /// Host folders, volumes and tmpfs mounts, in order.
-    pub mounts: Vec<MountSpec>,
-    /// Keep the container's writable layer in this file from one start to the next
-    /// (containers in the store); None: a layer that dies with the VM.
-    pub layer: Option<PathBuf>,
-}
-
-impl ContainerConfig {
-    pub fn new(root: RootSource, args: Vec<String>) -> Self {
-        ContainerConfig {
-            root,
-            entrypoint: None,
-            args,
-            env: Vec::new(),
-            cwd: String::new(),
-            user: String::new(),
-            tty: false,
-            tty_size: None,
-            stdin: false,
-            init: false,
-            hostname: None,
-            read_only: false,
-            cpus: None,
-            memory_bytes: None,
-            pids_limit: None,
-            rlimits: Vec::new(),
-            kernel: None,
-            accel: AccelRequest::Auto,
-            boot_timeout: Duration::from_secs(60),
-            extra_kernel_args: String::new(),
-            name: None,
-            network: NetworkMode::default(),
-            publish: Vec::new(),
-            mounts: Vec::new(),
-            layer: None,
-        }
-    }
-
+impl ContainerSpec {
     /// The container's hostname: the one asked for, else the start of the VM's ID.
     pub fn hostname_for(&self, vm_id: &str) -> String {
         self.hostname
@@ -127,8 +60,29 @@ impl ContainerConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The run cannot be set up as asked (and what to do about it).
     #[error("{0}")]
     Setup(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Mount(#[from] crate::volumes::MountSpecError),
+    #[error(transparent)]
+    Volume(#[from] crate::volumes::VolumeError),
+    #[error(transparent)]
+    Publish(#[from] cabin_net::ports::PublishError),
+    #[error(transparent)]
+    Bridge(#[from] cabin_net::bridge::BridgeError),
+    #[error(transparent)]
+    NoCommand(#[from] root::NoCommand),
+    #[error("no such image: {name} (not here, and pulling it failed: {source})")]
+    Pull {
+        name: String,
+        source: cabin_image::image::ImageError,
+    },
     #[error(transparent)]
     Assets(#[from] assets::AssetError),
     #[error(transparent)]
@@ -148,6 +102,16 @@ pub enum RunError {
     Agent(String),
     #[error("{0}")]
     Deadline(String),
+}
+
+/// Where what a user should hear on the way goes (the CLI prints it, a supervisor
+/// writes it to the container's log).
+pub type Notify<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
+/// Wraps an I/O error with what was being done.
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Io { what, source }
 }
 
 impl RunError {
@@ -198,17 +162,8 @@ fn check_host_memory(vm_mib: u64, meminfo: &str) -> Result<(), RunError> {
     Ok(())
 }
 
-/// The shell's exit code for a finished process: 128+N when signal N killed it.
-pub fn exit_code(status: &ExitStatus) -> i32 {
-    if status.signal > 0 {
-        128 + status.signal
-    } else {
-        status.code
-    }
-}
-
 /// " (limit N MiB)" for messages about an OOM kill, empty without a limit.
-pub fn memory_limit_note(cfg: &ContainerConfig) -> String {
+pub fn memory_limit_note(cfg: &ContainerSpec) -> String {
     cfg.memory_bytes
         .map(|b| format!(" (limit {} MiB)", b >> 20))
         .unwrap_or_default()
@@ -236,8 +191,10 @@ pub struct ContainerVm {
     attachments: Option<Attachments>,
     /// Keeps the container's /etc/hosts in step with its peers on a bridge.
     peers_watch: Option<tokio::task::JoinHandle<()>>,
-    /// Its writable layer outlives the VM (ContainerConfig::layer).
+    /// Its writable layer outlives the VM (ContainerSpec::layer).
     keeps_layer: bool,
+    /// Where to copy the guest console at teardown (a developers' aid, see `Host`).
+    keep_console: Option<PathBuf>,
 }
 
 /// The environment (the image's, the options', HOSTNAME), working directory and user a
@@ -259,11 +216,11 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn resolve(paths: &Paths, cfg: &ContainerConfig) -> Result<Machine, RunError> {
-        let qemu = Qemu::locate().map_err(|e| RunError::Setup(e.to_string()))?;
-        let kernel = assets::locate_kernel(cfg.kernel.as_deref(), paths)?;
-        let init = assets::locate_init()?;
-        let initrd = assets::initramfs(&init, paths)?;
+    pub fn resolve(host: &Host, cfg: &ContainerSpec) -> Result<Machine, RunError> {
+        let qemu = Qemu::locate(host.qemu.as_deref()).map_err(io_err("finding QEMU"))?;
+        let kernel = assets::locate_kernel(cfg.kernel.as_deref(), host)?;
+        let init = assets::locate_init(host)?;
+        let initrd = assets::initramfs(&init, &host.paths)?;
         Ok(Machine {
             qemu,
             kernel,
@@ -275,7 +232,7 @@ impl Machine {
     /// The VM for `cfg`, with its root disk at `disk` (a qcow2 overlay) and `devices`.
     pub fn spec(
         &self,
-        cfg: &ContainerConfig,
+        cfg: &ContainerSpec,
         run_dir: &Path,
         disk: PathBuf,
         devices: Devices,
@@ -305,55 +262,137 @@ impl Machine {
     }
 }
 
+/// What decides which boot snapshot fits a container: the VM's shape. Sent to the
+/// background builder (`cabin system prepare --shape JSON`) as it is.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VmShape {
+    pub cpus: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub kernel: Option<PathBuf>,
+    pub accel: AccelRequest,
+    pub extra_kernel_args: String,
+    pub network: NetworkMode,
+    /// How many shared host folders (each is a device of the VM).
+    pub shares: usize,
+    /// How many volumes.
+    pub volumes: usize,
+}
+
+impl VmShape {
+    /// The shape of `spec`'s VM.
+    pub fn of(spec: &ContainerSpec) -> VmShape {
+        let count = |f: fn(&MountSpec) -> bool| spec.mounts.iter().filter(|m| f(m)).count();
+        VmShape {
+            cpus: spec.cpus,
+            memory_bytes: spec.memory_bytes,
+            kernel: spec.kernel.clone(),
+            accel: spec.accel,
+            extra_kernel_args: spec.extra_kernel_args.clone(),
+            network: spec.network,
+            shares: count(|m| matches!(m, MountSpec::Bind { .. })),
+            volumes: count(|m| matches!(m, MountSpec::Volume { .. })),
+        }
+    }
+
+    /// A container of this shape (mounts are placeholders: only their number counts).
+    pub fn spec(&self) -> ContainerSpec {
+        let mut c = ContainerSpec::new(RootSource::Dir("/".into()), Vec::new());
+        c.cpus = self.cpus;
+        c.memory_bytes = self.memory_bytes;
+        c.kernel = self.kernel.clone();
+        c.accel = self.accel;
+        c.extra_kernel_args = self.extra_kernel_args.clone();
+        c.network = self.network;
+        for i in 0..self.shares {
+            c.mounts.push(MountSpec::Bind {
+                source: "/".into(),
+                target: format!("/share{i}"),
+                read_only: false,
+            });
+        }
+        for i in 0..self.volumes {
+            c.mounts.push(MountSpec::Volume {
+                name: format!("v{i}"),
+                target: format!("/volume{i}"),
+                read_only: false,
+            });
+        }
+        c
+    }
+}
+
 /// Whether a boot snapshot fits containers configured like `cfg`.
-pub fn has_snapshot(paths: &Paths, cfg: &ContainerConfig) -> bool {
-    Machine::resolve(paths, cfg).is_ok_and(|m| {
+pub fn has_snapshot(host: &Host, cfg: &ContainerSpec) -> bool {
+    Machine::resolve(host, cfg).is_ok_and(|m| {
         let spec = m.spec(
             cfg,
             Path::new("/unused"),
             PathBuf::from("/unused"),
             attachments::shape(cfg),
         );
-        snapshot::find(paths, &snapshot::key(&m.qemu, &spec)).is_some()
+        snapshot::find(&host.paths, &snapshot::key(&m.qemu, &spec)).is_some()
     })
 }
 
-/// Builds the boot snapshot for containers configured like `cfg` (`cabin system
-/// prepare`), unless it exists or another process is building it.
-pub async fn prepare_snapshot(
-    paths: &Paths,
-    cfg: &ContainerConfig,
-) -> Result<snapshot::Built, RunError> {
-    let machine = Machine::resolve(paths, cfg)?;
+/// Builds the boot snapshot for containers of `shape` (`cabin system prepare`), unless
+/// it exists or another process is building it.
+pub async fn prepare_snapshot(host: &Host, shape: &VmShape) -> Result<snapshot::Built, RunError> {
+    let cfg = shape.spec();
+    let machine = Machine::resolve(host, &cfg)?;
     let spec = machine.spec(
-        cfg,
+        &cfg,
         Path::new("/unused"),
         PathBuf::from("/unused"),
-        attachments::shape(cfg),
+        attachments::shape(&cfg),
     );
-    snapshot::build(paths, &machine.qemu, &spec)
+    snapshot::build(&host.paths, &machine.qemu, &spec)
         .await
-        .map_err(|e| RunError::Setup(format!("building the boot snapshot: {e}")))
+        .map_err(io_err("building the boot snapshot"))
 }
 
-fn status_error(e: tonic::Status) -> RunError {
-    match e.code() {
-        tonic::Code::DeadlineExceeded => RunError::Deadline(e.message().to_string()),
-        tonic::Code::NotFound => RunError::NotFound(e.message().to_string()),
-        tonic::Code::PermissionDenied => RunError::NotExecutable(e.message().to_string()),
-        _ => RunError::Agent(e.message().to_string()),
+/// The helper command that builds `shape`'s boot snapshot.
+pub fn prepare_args(shape: &VmShape) -> Vec<String> {
+    vec![
+        "system".into(),
+        "prepare".into(),
+        "--quiet".into(),
+        "--shape".into(),
+        serde_json::to_string(shape).unwrap_or_default(),
+    ]
+}
+
+/// Starts building the boot snapshot containers like `cfg` resume from, in a process of
+/// its own, unless snapshots are off or it is there. Best effort: a failure only costs
+/// the next run its speed.
+pub fn prepare_in_background(host: &Host, cfg: &ContainerSpec) {
+    if !host.snapshots || has_snapshot(host, cfg) {
+        return;
+    }
+    let _ = cabin_base::spawn::cabin_helper(
+        host,
+        prepare_args(&VmShape::of(cfg)),
+        cabin_base::spawn::Output::Discard,
+    );
+}
+
+/// What a failed agent call means, with docker's exit codes for a process that could
+/// not start (see [`RunError::exit_code`]).
+impl From<tonic::Status> for RunError {
+    fn from(e: tonic::Status) -> RunError {
+        match e.code() {
+            tonic::Code::DeadlineExceeded => RunError::Deadline(e.message().to_string()),
+            tonic::Code::NotFound => RunError::NotFound(e.message().to_string()),
+            tonic::Code::PermissionDenied => RunError::NotExecutable(e.message().to_string()),
+            _ => RunError::Agent(e.message().to_string()),
+        }
     }
 }
 
 /// 64 bytes from the host's kernel for the guest's (see cabin-init's entropy.rs).
-fn fresh_entropy() -> Vec<u8> {
-    let mut b = vec![0u8; 64];
-    // SAFETY: getrandom into our buffer.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
-        b.clear();
-    }
-    b
+fn fresh_entropy() -> Result<Vec<u8>, RunError> {
+    cabin_base::random::bytes::<64>()
+        .map(|b| b.to_vec())
+        .map_err(io_err("entropy for the guest"))
 }
 
 /// A container's kept writable layer: made on its first start (under a temporary name,
@@ -383,7 +422,7 @@ fn keep_layer(base: &Path, layer: &Path) -> Result<(), RunError> {
     create_overlay(base, &partial)?;
     std::fs::write(&identity_file, disk_identity(base))
         .and_then(|()| std::fs::rename(&partial, layer))
-        .map_err(|e| RunError::Setup(format!("keeping the container's writable layer: {e}")))
+        .map_err(io_err("keeping the container's writable layer"))
 }
 
 fn disk_identity(p: &Path) -> String {
@@ -395,16 +434,13 @@ fn disk_identity(p: &Path) -> String {
 
 fn create_overlay(base: &Path, overlay: &Path) -> Result<(), RunError> {
     let base_size = std::fs::metadata(base)
-        .map_err(|e| RunError::Setup(format!("reading {}: {e}", base.display())))?
+        .map_err(io_err(format!("reading {}", base.display())))?
         .len();
     // Every container disk looks the same to the guest, so that a boot snapshot fits any
     // of them (snapshot.rs); the file system inside keeps its own size.
     let size = base_size.max(snapshot::DISK_BYTES);
-    cabin_image::qcow2::create_overlay(base, size, overlay).map_err(|e| {
-        RunError::Setup(format!(
-            "creating the container's writable layer failed: {e}"
-        ))
-    })
+    cabin_image::qcow2::create_overlay(base, size, overlay)
+        .map_err(io_err("creating the container's writable layer"))
 }
 
 impl ContainerVm {
@@ -417,6 +453,30 @@ impl ContainerVm {
 
     pub fn agent(&self) -> Agent {
         self.agent.clone()
+    }
+
+    /// The container's process's output, chunk by chunk, until it and everything
+    /// holding its output are gone.
+    pub fn output(&self) -> tokio::sync::mpsc::Receiver<crate::process::Output> {
+        crate::process::output(&self.agent, self.process_ref())
+    }
+
+    /// The process's stdin (it must have been started with `stdin`): bytes sent reach it
+    /// in order; dropping the sender ends its input, and the task finishes once the
+    /// guest has taken everything.
+    pub fn stdin(
+        &self,
+    ) -> (
+        tokio::sync::mpsc::Sender<Vec<u8>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        agent::stdin_writer(&self.agent, self.process_ref())
+    }
+
+    /// A handle that signals the process and resizes its terminal while something else
+    /// waits for it.
+    pub fn controls(&self) -> crate::process::Controls {
+        crate::process::Controls::new(self.agent.clone(), self.process_ref())
     }
 
     fn vm_error(&mut self, exit: VmExit) -> RunError {
@@ -442,7 +502,7 @@ impl ContainerVm {
         let result = tokio::select! {
             r = fut => r,
             exit = self.vm.wait() => {
-                let exit = exit.map_err(|e| RunError::Setup(format!("waiting for QEMU: {e}")))?;
+                let exit = exit.map_err(io_err("waiting for QEMU"))?;
                 return Err(self.vm_error(exit));
             }
         };
@@ -459,21 +519,23 @@ impl ContainerVm {
                         return Err(self.vm_error(exit));
                     }
                 }
-                Err(status_error(status))
+                Err(RunError::from(status))
             }
         }
     }
 
     pub async fn boot(
-        paths: &Paths,
-        cfg: &ContainerConfig,
+        host: &Host,
+        cfg: &ContainerSpec,
         started: Instant,
+        notify: Notify<'_>,
     ) -> Result<ContainerVm, RunError> {
+        let paths = &host.paths;
         let mut timings = Timings::start_at(started);
         check_host_memory(cfg.vm_memory_mib(), &host_memory())?;
-        let machine = Machine::resolve(paths, cfg)?;
+        let machine = Machine::resolve(host, cfg)?;
         timings.mark("boot assets");
-        let root = root::resolve(paths, &cfg.root).await?;
+        let root = root::resolve(paths, &cfg.root, notify).await?;
         let (args, image_env, cwd, user) = root::merge(
             &root.defaults,
             cfg.entrypoint.as_deref(),
@@ -481,13 +543,11 @@ impl ContainerVm {
             &cfg.env,
             &cfg.cwd,
             &cfg.user,
-        )
-        .map_err(RunError::Setup)?;
+        )?;
         timings.mark_with("root filesystem image", root.note);
-        let id =
-            cabin_base::random::id().map_err(|e| RunError::Setup(format!("naming the VM: {e}")))?;
+        let id = cabin_base::random::id().map_err(io_err("naming the VM"))?;
         let run_dir = RunDir::create(&paths.run_root(), &id)
-            .map_err(|e| RunError::Setup(format!("creating the VM's run directory: {e}")))?;
+            .map_err(io_err("creating the VM's run directory"))?;
         let overlay = match &cfg.layer {
             Some(kept) => {
                 keep_layer(&root.disk, kept)?;
@@ -499,7 +559,7 @@ impl ContainerVm {
                 overlay
             }
         };
-        let mut attached = Attachments::acquire(paths, cfg, &id)?;
+        let mut attached = Attachments::acquire(paths, cfg, &id, notify)?;
         let devices = std::mem::replace(
             &mut attached.devices,
             Devices {
@@ -511,7 +571,7 @@ impl ContainerVm {
         let mut spec = machine.spec(cfg, &run_dir.path, overlay, devices);
         let key = snapshot::key(&machine.qemu, &spec);
         let mut missing_snapshot = false;
-        if snapshot::enabled() {
+        if host.snapshots {
             spec.restore = snapshot::find(paths, &key);
             missing_snapshot = spec.restore.is_none();
         }
@@ -520,6 +580,7 @@ impl ContainerVm {
         let mut me = ContainerVm::launch(&machine, &spec, run_dir, timings, id.clone())?;
         me.attachments = Some(attached);
         me.keeps_layer = cfg.layer.is_some();
+        me.keep_console = host.keep_console.clone();
         let mut boot_notice = None;
         let hello = match (me.greet(cfg.boot_timeout).await, spec.restore.take()) {
             (Ok(h), _) => h,
@@ -541,6 +602,7 @@ impl ContainerVm {
                 me = ContainerVm::launch(&machine, &spec, run_dir, timings, id.clone())?;
                 me.attachments = attached;
                 me.keeps_layer = cfg.layer.is_some();
+                me.keep_console = host.keep_console.clone();
                 me.greet(cfg.boot_timeout).await?
             }
             (Err(e), None) => return Err(e),
@@ -643,10 +705,10 @@ impl ContainerVm {
                     rlimits: cfg
                         .rlimits
                         .iter()
-                        .map(|(r, s, h)| Rlimit {
-                            resource: r.clone(),
-                            soft: *s,
-                            hard: *h,
+                        .map(|r| Rlimit {
+                            resource: r.name.clone(),
+                            soft: r.soft,
+                            hard: r.hard,
                         })
                         .collect(),
                     stdin: cfg.stdin,
@@ -669,13 +731,10 @@ impl ContainerVm {
         timings: Timings,
         id: String,
     ) -> Result<ContainerVm, RunError> {
-        let vm = machine
-            .qemu
-            .start(spec)
-            .map_err(|e| RunError::Setup(e.to_string()))?;
+        let vm = machine.qemu.start(spec).map_err(io_err("starting QEMU"))?;
         run_dir
             .record_vmm_pid(vm.pid())
-            .map_err(|e| RunError::Setup(format!("recording QEMU's pid: {e}")))?;
+            .map_err(io_err("recording QEMU's pid"))?;
         let agent = agent::connect(vm.agent_socket());
         let mut me = ContainerVm {
             id,
@@ -693,6 +752,7 @@ impl ContainerVm {
             attachments: None,
             peers_watch: None,
             keeps_layer: false,
+            keep_console: None,
         };
         me.timings.mark("QEMU spawned");
         Ok(me)
@@ -713,7 +773,7 @@ impl ContainerVm {
                 a.hello(HelloRequest {
                     protocol_version: cabin_proto::PROTOCOL_VERSION,
                     host_time_unix_nanos: host_now,
-                    entropy: fresh_entropy(),
+                    entropy: fresh_entropy()?,
                 }),
             ))
             .await;
@@ -821,7 +881,7 @@ impl ContainerVm {
         }
         if let Some(rd) = self.run_dir.take() {
             // Developers' aid (bench/trace.sh): keep the guest console of the last run.
-            if let Some(keep) = std::env::var_os("CABIN_KEEP_CONSOLE") {
+            if let Some(keep) = &self.keep_console {
                 let _ = std::fs::copy(rd.path.join("console.log"), keep);
             }
             let _ = rd.remove();
@@ -838,7 +898,7 @@ mod tests {
 
     #[test]
     fn vm_is_sized_for_the_container() {
-        let mut c = ContainerConfig::new(RootSource::Dir("/x".into()), vec!["true".into()]);
+        let mut c = ContainerSpec::new(RootSource::Dir("/x".into()), vec!["true".into()]);
         assert_eq!((c.vcpus(), c.vm_memory_mib()), (1, DEFAULT_VM_MEMORY_MIB));
         c.cpus = Some(1.5);
         c.memory_bytes = Some(256 << 20);

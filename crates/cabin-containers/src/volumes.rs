@@ -54,33 +54,54 @@ impl MountSpec {
     }
 }
 
-fn check_target(spec: &str, target: &str) -> Result<(), String> {
+/// A mount the user wrote that cannot be: what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MountSpecError {
+    #[error("invalid mount {spec:?}: {why}")]
+    Invalid { spec: String, why: String },
+    #[error(
+        "invalid tmpfs options in {spec:?}: {option:?} (allowed: size, mode, nr_inodes, uid, gid)"
+    )]
+    TmpfsOption { spec: String, option: String },
+    #[error("cannot share {}: it is not a directory (cabin shares host directories; share the folder that holds it)", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("cannot share {}: no such directory on the host; create it first", .0.display())]
+    NoSuchDirectory(PathBuf),
+    #[error("cannot share {}: {detail}", path.display())]
+    Unshareable { path: PathBuf, detail: String },
+}
+
+fn invalid(spec: &str, why: impl Into<String>) -> MountSpecError {
+    MountSpecError::Invalid {
+        spec: spec.to_string(),
+        why: why.into(),
+    }
+}
+
+fn check_target(spec: &str, target: &str) -> Result<(), MountSpecError> {
     if !target.starts_with('/') {
-        return Err(format!(
-            "invalid mount {spec:?}: the container path {target:?} must be absolute"
+        return Err(invalid(
+            spec,
+            format!("the container path {target:?} must be absolute"),
         ));
     }
     if target.split('/').all(|c| c.is_empty() || c == ".") {
-        return Err(format!(
-            "invalid mount {spec:?}: cannot mount over the container's root"
-        ));
+        return Err(invalid(spec, "cannot mount over the container's root"));
     }
     if target.contains(['\0', '\n']) {
-        return Err(format!(
-            "invalid mount {spec:?}: bad characters in the path"
-        ));
+        return Err(invalid(spec, "bad characters in the path"));
     }
     Ok(())
 }
 
 /// A host path as given: absolute, or relative to the current directory (`./data`).
-fn host_path(spec: &str, source: &str) -> Result<PathBuf, String> {
+fn host_path(spec: &str, source: &str) -> Result<PathBuf, MountSpecError> {
     let p = Path::new(source);
     let abs = if p.is_absolute() {
         p.to_path_buf()
     } else {
         std::env::current_dir()
-            .map_err(|e| format!("invalid mount {spec:?}: {e}"))?
+            .map_err(|e| invalid(spec, format!("{e}")))?
             .join(p)
     };
     Ok(abs)
@@ -91,7 +112,7 @@ fn source_kind(
     source: &str,
     target: &str,
     read_only: bool,
-) -> Result<MountSpec, String> {
+) -> Result<MountSpec, MountSpecError> {
     check_target(spec, target)?;
     if source.starts_with('/') || source.starts_with('.') {
         Ok(MountSpec::Bind {
@@ -106,39 +127,44 @@ fn source_kind(
             read_only,
         })
     } else {
-        Err(format!(
-            "invalid mount {spec:?}: {source:?} is neither a host path (absolute or starting with .) nor a volume name"
+        Err(invalid(
+            spec,
+            format!(
+                "{source:?} is neither a host path (absolute or starting with .) nor a volume name"
+            ),
         ))
     }
 }
 
 /// docker's `-v SOURCE:TARGET[:ro|:rw]`.
-pub fn parse_volume_flag(spec: &str) -> Result<MountSpec, String> {
+pub fn parse_volume_flag(spec: &str) -> Result<MountSpec, MountSpecError> {
     let parts: Vec<&str> = spec.split(':').collect();
     let (source, target, read_only) = match parts.as_slice() {
         [s, t] => (*s, *t, false),
         [s, t, "ro"] => (*s, *t, true),
         [s, t, "rw"] => (*s, *t, false),
         [_, _, o] => {
-            return Err(format!(
-                "invalid mount {spec:?}: unknown option {o:?} (use ro or rw)"
+            return Err(invalid(
+                spec,
+                format!("unknown option {o:?} (use ro or rw)"),
             ))
         }
         [_] => {
-            return Err(format!(
-                "invalid mount {spec:?}: give SOURCE:TARGET (a host directory or volume name, and a container path)"
+            return Err(invalid(
+                spec,
+                "give SOURCE:TARGET (a host directory or volume name, and a container path)",
             ))
         }
-        _ => return Err(format!("invalid mount {spec:?}: too many ':'")),
+        _ => return Err(invalid(spec, "too many ':'")),
     };
     if source.is_empty() {
-        return Err(format!("invalid mount {spec:?}: empty source"));
+        return Err(invalid(spec, "empty source"));
     }
     source_kind(spec, source, target, read_only)
 }
 
 /// docker's `--tmpfs PATH[:OPTIONS]`.
-pub fn parse_tmpfs_flag(spec: &str) -> Result<MountSpec, String> {
+pub fn parse_tmpfs_flag(spec: &str) -> Result<MountSpec, MountSpecError> {
     let (target, options) = spec.split_once(':').unwrap_or((spec, ""));
     check_target(spec, target)?;
     check_tmpfs_options(spec, options)?;
@@ -148,20 +174,21 @@ pub fn parse_tmpfs_flag(spec: &str) -> Result<MountSpec, String> {
     })
 }
 
-fn check_tmpfs_options(spec: &str, options: &str) -> Result<(), String> {
+fn check_tmpfs_options(spec: &str, options: &str) -> Result<(), MountSpecError> {
     for o in options.split(',').filter(|o| !o.is_empty()) {
         let key = o.split('=').next().unwrap_or("");
         if !["size", "mode", "nr_inodes", "uid", "gid"].contains(&key) {
-            return Err(format!(
-                "invalid tmpfs options in {spec:?}: {o:?} (allowed: size, mode, nr_inodes, uid, gid)"
-            ));
+            return Err(MountSpecError::TmpfsOption {
+                spec: spec.to_string(),
+                option: o.to_string(),
+            });
         }
     }
     Ok(())
 }
 
 /// docker's `--mount type=bind|volume|tmpfs,source=...,target=...[,readonly]`.
-pub fn parse_mount_flag(spec: &str) -> Result<MountSpec, String> {
+pub fn parse_mount_flag(spec: &str) -> Result<MountSpec, MountSpecError> {
     let mut kind = "volume";
     let (mut source, mut target) = (None, None);
     let mut read_only = false;
@@ -179,10 +206,10 @@ pub fn parse_mount_flag(spec: &str) -> Result<MountSpec, String> {
             ("readonly" | "ro", Some("false" | "0")) => read_only = false,
             ("tmpfs-size", Some(v)) => tmpfs.push(format!("size={v}")),
             ("tmpfs-mode", Some(v)) => tmpfs.push(format!("mode={v}")),
-            _ => return Err(format!("invalid mount {spec:?}: unknown field {field:?}")),
+            _ => return Err(invalid(spec, format!("unknown field {field:?}"))),
         }
     }
-    let target = target.ok_or_else(|| format!("invalid mount {spec:?}: no target"))?;
+    let target = target.ok_or_else(|| invalid(spec, "no target"))?;
     match kind {
         "tmpfs" => {
             check_target(spec, target)?;
@@ -194,7 +221,7 @@ pub fn parse_mount_flag(spec: &str) -> Result<MountSpec, String> {
             })
         }
         "bind" => {
-            let source = source.ok_or_else(|| format!("invalid mount {spec:?}: no source"))?;
+            let source = source.ok_or_else(|| invalid(spec, "no source"))?;
             check_target(spec, target)?;
             Ok(MountSpec::Bind {
                 source: host_path(spec, source)?,
@@ -203,34 +230,34 @@ pub fn parse_mount_flag(spec: &str) -> Result<MountSpec, String> {
             })
         }
         "volume" => {
-            let source = source.ok_or_else(|| format!("invalid mount {spec:?}: no source"))?;
+            let source = source.ok_or_else(|| invalid(spec, "no source"))?;
             if !valid_name(source) {
-                return Err(format!(
-                    "invalid mount {spec:?}: invalid volume name {source:?}"
-                ));
+                return Err(invalid(spec, format!("invalid volume name {source:?}")));
             }
             source_kind(spec, source, target, read_only)
         }
-        other => Err(format!(
-            "invalid mount {spec:?}: unknown type {other:?} (use bind, volume or tmpfs)"
+        other => Err(invalid(
+            spec,
+            format!("unknown type {other:?} (use bind, volume or tmpfs)"),
         )),
     }
 }
 
 /// Checks a host folder to be shared: it must exist and be a directory.
-pub fn check_host_dir(source: &Path) -> Result<PathBuf, String> {
+pub fn check_host_dir(source: &Path) -> Result<PathBuf, MountSpecError> {
     match fs::metadata(source) {
-        Ok(m) if m.is_dir() => fs::canonicalize(source)
-            .map_err(|e| format!("cannot share {}: {e}", source.display())),
-        Ok(_) => Err(format!(
-            "cannot share {}: it is not a directory (cabin shares host directories; share the folder that holds it)",
-            source.display()
-        )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(format!(
-            "cannot share {}: no such directory on the host; create it first",
-            source.display()
-        )),
-        Err(e) => Err(format!("cannot share {}: {e}", source.display())),
+        Ok(m) if m.is_dir() => fs::canonicalize(source).map_err(|e| MountSpecError::Unshareable {
+            path: source.to_path_buf(),
+            detail: e.to_string(),
+        }),
+        Ok(_) => Err(MountSpecError::NotADirectory(source.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(MountSpecError::NoSuchDirectory(source.to_path_buf()))
+        }
+        Err(e) => Err(MountSpecError::Unshareable {
+            path: source.to_path_buf(),
+            detail: e.to_string(),
+        }),
     }
 }
 
@@ -532,9 +559,13 @@ mod tests {
         assert!(check_host_dir(t.path()).is_ok());
         let f = t.path().join("file");
         fs::write(&f, "x").unwrap();
-        assert!(check_host_dir(&f).unwrap_err().contains("not a directory"));
+        assert!(check_host_dir(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("not a directory"));
         assert!(check_host_dir(&t.path().join("nope"))
             .unwrap_err()
+            .to_string()
             .contains("no such directory on the host"));
     }
 

@@ -94,24 +94,6 @@ pub fn options_for(
     Ok(opts)
 }
 
-/// Lume's credentials from the environment for ghcr.io: `GITHUB_USERNAME` (or
-/// `GHCR_USERNAME`) and `GITHUB_TOKEN` (or `GHCR_TOKEN`).
-pub fn ghcr_env_auth(registry: &str) -> Option<(String, String)> {
-    if registry != "ghcr.io" {
-        return None;
-    }
-    let var = |a: &str, b: &str| {
-        std::env::var(a)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .or_else(|| std::env::var(b).ok().filter(|v| !v.is_empty()))
-    };
-    Some((
-        var("GITHUB_USERNAME", "GHCR_USERNAME")?,
-        var("GITHUB_TOKEN", "GHCR_TOKEN")?,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,38 +118,5 @@ mod tests {
         assert!(c.remove("r:5000").unwrap());
         assert!(!c.remove("r:5000").unwrap());
         assert_eq!(c.get("r:5000").unwrap(), None);
-    }
-
-    #[test]
-    fn lumes_github_variables_give_ghcr_credentials_only() {
-        // The only test that touches these variables.
-        const VARS: [&str; 4] = [
-            "GITHUB_USERNAME",
-            "GITHUB_TOKEN",
-            "GHCR_USERNAME",
-            "GHCR_TOKEN",
-        ];
-        let clear = || {
-            for v in VARS {
-                std::env::remove_var(v);
-            }
-        };
-        clear();
-        assert_eq!(ghcr_env_auth("ghcr.io"), None);
-        std::env::set_var("GHCR_USERNAME", "octo");
-        std::env::set_var("GHCR_TOKEN", "t1");
-        assert_eq!(
-            ghcr_env_auth("ghcr.io"),
-            Some(("octo".to_string(), "t1".to_string()))
-        );
-        // GITHUB_* first; an empty one falls back to GHCR_*; never for another registry.
-        std::env::set_var("GITHUB_USERNAME", "cat");
-        std::env::set_var("GITHUB_TOKEN", "");
-        assert_eq!(
-            ghcr_env_auth("ghcr.io"),
-            Some(("cat".to_string(), "t1".to_string()))
-        );
-        assert_eq!(ghcr_env_auth("127.0.0.1:5000"), None);
-        clear();
     }
 }

@@ -120,6 +120,7 @@ impl Applier {
         let mode = header.mode().unwrap_or(0o644) & 0o7777;
         let pfd = parent.as_raw_fd();
         // Whatever is there goes, except a directory that stays a directory.
+        // SAFETY: a zeroed stat is a valid buffer for fstatat to fill.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: fstatat without following the final symlink.
         let exists =
@@ -128,8 +129,9 @@ impl Applier {
         if exists && !(kind.is_dir() && existing_dir) {
             remove_at(parent.as_fd(), &name).map_err(err)?;
         }
-        // SAFETY (for the block below): *at calls relative to the parent we hold, on the
-        // final component only, never following it.
+        // SAFETY: the calls below are *at calls relative to the parent directory we hold,
+        // on the final component only (a NUL-terminated name), never following it, into
+        // buffers we own.
         unsafe {
             match kind {
                 tar::EntryType::Directory => {
@@ -468,6 +470,7 @@ mod tests {
     }
 
     fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() == 0 }
     }
 

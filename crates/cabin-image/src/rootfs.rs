@@ -129,6 +129,7 @@ fn hex(b: &[u8]) -> String {
 
 fn free_bytes(dir: &Path) -> io::Result<u64> {
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: a zeroed statvfs is a valid buffer for statvfs to fill.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: statvfs into a struct we own.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {

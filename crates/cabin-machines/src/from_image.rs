@@ -24,9 +24,9 @@ use std::process::Command;
 use cabin_base::confined::{Leaf, Links, Root};
 use serde::{Deserialize, Serialize};
 
-use cabin_base::Paths;
+use cabin_base::{Host, Paths};
 
-use crate::store::VmError;
+use crate::store::{io_err, VmError};
 
 /// How a VM made from an image boots (cabin's own file in the VM's directory).
 pub use crate::store::BOOT;
@@ -53,10 +53,10 @@ impl DirectBoot {
         match fs::read(&p) {
             Ok(b) if b.len() <= 64 * 1024 => serde_json::from_slice(&b)
                 .map(Some)
-                .map_err(|e| VmError::Io(format!("{} is damaged: {e}", p.display()))),
-            Ok(_) => Err(VmError::Io(format!("{} is too large", p.display()))),
+                .map_err(|e| VmError::Failed(format!("{} is damaged: {e}", p.display()))),
+            Ok(_) => Err(VmError::Failed(format!("{} is too large", p.display()))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(VmError::Io(format!("reading {}: {e}", p.display()))),
+            Err(e) => Err(VmError::Failed(format!("reading {}: {e}", p.display()))),
         }
     }
 
@@ -65,7 +65,7 @@ impl DirectBoot {
             dir.join(BOOT),
             serde_json::to_vec_pretty(self).expect("serialisable"),
         )
-        .map_err(|e| VmError::Io(format!("writing {BOOT}: {e}")))
+        .map_err(io_err(format!("writing {BOOT}")))
     }
 }
 
@@ -133,14 +133,14 @@ pub fn systemd_machine_id(identifier: &str) -> Option<String> {
 /// Creates the VM `name` from the image `reference` (`vm create --image`).
 pub fn create(
     settings: &crate::settings::Settings,
-    paths: &Paths,
+    host: &Host,
     name: &str,
     storage: Option<&str>,
     opts: &crate::store::CreateOptions,
     reference: &str,
 ) -> Result<crate::store::Vm, VmError> {
     crate::store::create_with(settings, name, storage, opts, |stage| {
-        provision(paths, stage, reference, opts.disk_size)
+        provision(host, stage, reference, opts.disk_size)
     })
 }
 
@@ -148,14 +148,15 @@ pub fn create(
 /// image `reference` (from cabin's image store) with cabin's additions, the kernel, and
 /// `cabin-boot.json`.
 pub fn provision(
-    paths: &Paths,
+    host: &Host,
     stage: &Path,
     reference: &str,
     disk_size: u64,
 ) -> Result<(), VmError> {
     use cabin_image::{image, store::Store};
-    let kernel = crate::kernel::locate(paths).map_err(|e| VmError::Io(e.to_string()))?;
-    let store = Store::open(paths.image_store()).map_err(|e| VmError::Io(e.to_string()))?;
+    let paths = &host.paths;
+    let kernel = crate::kernel::locate(host).map_err(|e| VmError::Failed(e.to_string()))?;
+    let store = Store::open(paths.image_store()).map_err(|e| VmError::Failed(e.to_string()))?;
     let img = image::resolve(&store, reference).map_err(|e| {
         VmError::Invalid(match e {
             image::ImageError::NotFound(_) => format!(
@@ -165,7 +166,8 @@ pub fn provision(
         })
     })?;
     let root = stage.join(".rootfs");
-    fs::create_dir(&root).map_err(|e| VmError::Io(format!("creating {}: {e}", root.display())))?;
+    fs::create_dir(&root)
+        .map_err(|e| VmError::Failed(format!("creating {}: {e}", root.display())))?;
     let result = (|| {
         let budget = cabin_image::layer::Limits::default().max_bytes;
         image::unpack(&store, &img, &root, budget).map_err(|e| {
@@ -205,9 +207,9 @@ pub fn provision(
 /// A failure to make the disk, with what to do when the storage location is full.
 fn with_space_hint(message: String) -> VmError {
     if message.contains("No space left on device") || message.contains("not enough free space") {
-        VmError::Io(format!("{message}{}", crate::store::NO_SPACE_HINT))
+        VmError::Failed(format!("{message}{}", crate::store::NO_SPACE_HINT))
     } else {
-        VmError::Io(message)
+        VmError::Failed(message)
     }
 }
 
@@ -262,7 +264,12 @@ fn add_cabin_files(paths: &Paths, root: &Path) -> io::Result<()> {
     let tree = Root::open(root, Links::Refuse)?;
     let not_a_dir = |e: io::Error| {
         if e.kind() == io::ErrorKind::NotADirectory {
-            io::Error::new(e.kind(), format!("the image's {e}"))
+            // "/etc is not a directory" names the image's own path.
+            let what = e.to_string();
+            io::Error::new(
+                e.kind(),
+                format!("the image's {}", what.trim_start_matches('/')),
+            )
         } else {
             e
         }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use cabin_base::Paths;
+use cabin_base::Host;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -14,10 +14,11 @@ pub enum KernelError {
 }
 
 /// Finds the kernel that VMs made from images boot (a bzImage with ACPI, PCI and the
-/// EFI stub: `scripts/build-kernel.sh vm`): `CABIN_VM_KERNEL`, else the data
-/// directory's `kernel/bzImage-vm`, else the build cache's `current-vm` kernel.
-pub fn locate(paths: &Paths) -> Result<PathBuf, KernelError> {
-    if let Some(p) = std::env::var_os("CABIN_VM_KERNEL").map(PathBuf::from) {
+/// EFI stub: `scripts/build-kernel.sh vm`): the host's (`CABIN_VM_KERNEL`), else the
+/// data directory's `kernel/bzImage-vm`, else the build cache's `current-vm` kernel.
+pub fn locate(host: &Host) -> Result<PathBuf, KernelError> {
+    let paths = &host.paths;
+    if let Some(p) = host.vm_kernel.clone() {
         return if p.is_file() {
             Ok(p)
         } else {

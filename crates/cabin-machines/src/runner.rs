@@ -5,14 +5,15 @@
 //! A start that fails is recorded in the VM's directory (`Vm::start_error`).
 //!
 //! Front ends that run VMs in the background (`vm run --detach`, the HTTP API) start
-//! the runner as a process of its own with `spawn_runner` and wait for it with
-//! `wait_started`.
+//! the runner as a process of its own with [`start_detached`], which leaves it the
+//! options as a typed record (`.run.json` in the VM's directory), and wait for it with
+//! [`wait_started`], which judges the start by the records the runner writes (its
+//! session, its start error), never by what it prints.
 
-use cabin_base::sync::Locked;
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,20 +24,19 @@ use cabin_vmm::{NetBackend, ShareSpec};
 use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 
-use cabin_base::Paths;
+use cabin_base::lock::{lock_file, Mode, Wait};
+use cabin_base::sync::Locked;
+use cabin_base::{random, spawn, Host};
 use cabin_vmm::AccelRequest;
 
 use crate::from_image::{self, DirectBoot, GuestAddress};
-use crate::store::{self, Session, SharedDir, Vm, VmError};
-use cabin_base::lock::{lock_file, Mode, Wait};
-use cabin_base::random;
-use cabin_base::spawn;
+use crate::store::{self, io_err, Session, SharedDir, Vm, VmError};
 use cabin_vmm::rundir::RunDir;
 
 /// How long a guest has to power off after the ACPI button before it is killed.
 pub const POWEROFF_GRACE: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunOptions {
     /// Host directories shared into the guest, read-only when the flag says so.
     pub shared_dirs: Vec<(PathBuf, bool)>,
@@ -61,7 +61,7 @@ pub fn passphrase() -> Result<String, VmError> {
         "amber", "violet", "silver", "north", "south", "east", "west", "one", "two", "three",
         "four", "five", "six", "seven", "eight",
     ];
-    let b = random::bytes::<4>().map_err(|e| VmError::Io(e.to_string()))?;
+    let b = random::bytes::<4>().map_err(|e| VmError::Failed(e.to_string()))?;
     Ok(b.iter()
         .map(|x| WORDS[*x as usize % WORDS.len()])
         .collect::<Vec<_>>()
@@ -116,11 +116,11 @@ pub fn check_shared_dir(p: &std::path::Path) -> Result<PathBuf, VmError> {
 
 fn lock_running(vm: &Vm) -> Result<fs::File, VmError> {
     let f = fs::File::open(vm.dir.join(store::CONFIG))
-        .map_err(|e| VmError::Io(format!("opening {}'s config.json: {e}", vm.name)))?;
+        .map_err(|e| VmError::Failed(format!("opening {}'s config.json: {e}", vm.name)))?;
     // A `ls` probing with a shared lock holds it for a moment: try a few times.
     for _ in 0..20 {
         if lock_file(&f, Mode::Exclusive, Wait::NoWait)
-            .map_err(|e| VmError::Io(format!("locking {}'s config.json: {e}", vm.name)))?
+            .map_err(|e| VmError::Failed(format!("locking {}'s config.json: {e}", vm.name)))?
         {
             return Ok(f);
         }
@@ -136,9 +136,7 @@ async fn connect_qmp(
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(s) = tokio::net::UnixStream::connect(path).await {
-            return Qmp::handshake(s)
-                .await
-                .map_err(|e| VmError::Io(format!("QMP: {e}")));
+            return Qmp::handshake(s).await.map_err(io_err("QMP"));
         }
         if let Ok(Some(st)) = child.try_wait() {
             let mut err = String::new();
@@ -146,10 +144,15 @@ async fn connect_qmp(
                 use std::io::Read;
                 let _ = e.take(8192).read_to_string(&mut err);
             }
-            return Err(VmError::Io(format!("QEMU exited ({st}): {}", err.trim())));
+            return Err(VmError::Failed(format!(
+                "QEMU exited ({st}): {}",
+                err.trim()
+            )));
         }
         if Instant::now() > deadline {
-            return Err(VmError::Io("QEMU did not open its monitor in time".into()));
+            return Err(VmError::Failed(
+                "QEMU did not open its monitor in time".into(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -160,13 +163,13 @@ async fn connect_qmp(
 /// recorded as the VM's start error (but not "already running": that one is about
 /// another run, which goes on); the first successful start clears it.
 pub async fn run(
-    paths: &Paths,
+    host: &Host,
     vm: &Vm,
     opts: &RunOptions,
     ready: impl FnOnce(&Session),
 ) -> Result<(), VmError> {
     let mut started = false;
-    let result = run_vm(paths, vm, opts, ready, &mut started).await;
+    let result = run_vm(host, vm, opts, ready, &mut started).await;
     if let Err(e) = &result {
         if !started && !matches!(e, VmError::Running(_)) {
             vm.record_start_error(&e.to_string());
@@ -176,7 +179,7 @@ pub async fn run(
 }
 
 async fn run_vm(
-    paths: &Paths,
+    host: &Host,
     vm: &Vm,
     opts: &RunOptions,
     ready: impl FnOnce(&Session),
@@ -218,14 +221,14 @@ async fn run_vm(
             )))
         }
     };
-    let qemu = Qemu::locate().map_err(|e| VmError::Io(e.to_string()))?;
+    let qemu = Qemu::locate(host.qemu.as_deref()).map_err(|e| VmError::Failed(e.to_string()))?;
     let accel = cabin_vmm::accel::choose(opts.accel);
     let run_dir = random::id()
-        .and_then(|id| RunDir::create(&paths.run_root(), &id))
-        .map_err(|e| VmError::Io(format!("creating the VM's run directory: {e}")))?;
+        .and_then(|id| RunDir::create(&host.paths.run_root(), &id))
+        .map_err(io_err("creating the VM's run directory"))?;
     // The console of this run only, read by `vm logs` while the VM runs and after.
     let console_log = vm.dir.join(CONSOLE_LOG);
-    fs::write(&console_log, b"").map_err(|e| VmError::Io(format!("creating console.log: {e}")))?;
+    fs::write(&console_log, b"").map_err(io_err("creating console.log"))?;
     let direct = DirectBoot::read(&vm.dir)?;
     let net = vm_network(vm, &config, direct.is_some())?;
     let boot = match &direct {
@@ -271,7 +274,7 @@ async fn run_vm(
         run_dir: run_dir.path.clone(),
         console_log: console_log.clone(),
     };
-    let mut child = full::spawn(&qemu.binary, &spec).map_err(|e| VmError::Io(e.to_string()))?;
+    let mut child = full::spawn(&qemu.binary, &spec).map_err(|e| VmError::Failed(e.to_string()))?;
     let result = async {
         let mut qmp = connect_qmp(&run_dir.path.join("qmp.sock"), &mut child).await?;
         let mut url = None;
@@ -285,11 +288,11 @@ async fn run_vm(
                 Some(json!({"protocol": "vnc", "password": password})),
             )
             .await
-            .map_err(|e| VmError::Io(format!("setting the VNC password: {e}")))?;
+            .map_err(io_err("setting the VNC password"))?;
             let info = qmp
                 .execute("query-vnc", None)
                 .await
-                .map_err(|e| VmError::Io(format!("query-vnc: {e}")))?;
+                .map_err(io_err("query-vnc"))?;
             let port = info["service"].as_str().unwrap_or("0").to_string();
             url = Some(format!("vnc://:{password}@127.0.0.1:{port}"));
         }
@@ -313,8 +316,10 @@ async fn run_vm(
         *started = true;
         vm.clear_start_error();
         ready(&session);
-        let mut term = signal(SignalKind::terminate()).map_err(|e| VmError::Io(e.to_string()))?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| VmError::Io(e.to_string()))?;
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| VmError::Failed(e.to_string()))?;
+        let mut int =
+            signal(SignalKind::interrupt()).map_err(|e| VmError::Failed(e.to_string()))?;
         let mut session = session;
         let mut next_probe = Instant::now();
         let exited = async {
@@ -406,7 +411,7 @@ fn write_session(vm: &Vm, session: &Session) -> Result<(), VmError> {
     let tmp = vm.dir.join(".sessions.json.tmp");
     fs::write(&tmp, serde_json::to_vec(session).expect("serialisable"))
         .and_then(|()| fs::rename(&tmp, vm.dir.join(store::SESSION)))
-        .map_err(|e| VmError::Io(format!("writing sessions.json: {e}")))
+        .map_err(io_err("writing sessions.json"))
 }
 
 /// The VM's serial console log, in its directory.
@@ -452,7 +457,7 @@ struct VmNetwork {
 }
 
 fn new_id() -> Result<String, VmError> {
-    random::id().map_err(|e| VmError::Io(e.to_string()))
+    random::id().map_err(|e| VmError::Failed(e.to_string()))
 }
 
 fn vm_network(vm: &Vm, config: &store::VmConfig, from_image: bool) -> Result<VmNetwork, VmError> {
@@ -475,7 +480,7 @@ fn vm_network(vm: &Vm, config: &store::VmConfig, from_image: bool) -> Result<VmN
         let watch = dhcp::Server::start(&tap, dhcp::Role::Watch { client_mac }, move |a| {
             *leased.locked() = Some(a.to_string());
         })
-        .map_err(|e| VmError::Io(format!("watching the VM's DHCP: {e}")))?;
+        .map_err(io_err("watching the VM's DHCP"))?;
         return Ok(VmNetwork {
             backend: NetBackend::Tap(Some(Arc::new(tap_fd))),
             address: None,
@@ -491,8 +496,7 @@ fn vm_network(vm: &Vm, config: &store::VmConfig, from_image: bool) -> Result<VmN
         // The endpoint's id names its tap device: random, since VMs of different
         // storage locations or data directories may share a name.
         let id = format!("v{}", &new_id()?[..11]);
-        let ep = bridge::attach(&id, vec![vm.name.clone()], &[])
-            .map_err(|e| VmError::Io(format!("joining the bridge: {e}")))?;
+        let ep = bridge::attach(&id, vec![vm.name.clone()], &[])?;
         let cfg = ep.guest_config();
         let ip = ep.record.ip;
         let reachable = Arc::new(Mutex::new(from_image.then(|| ip.to_string())));
@@ -518,7 +522,7 @@ fn vm_network(vm: &Vm, config: &store::VmConfig, from_image: bool) -> Result<VmN
                     dhcp::Server::start(&ep.record.tap, dhcp::Role::Serve(lease), move |a| {
                         *leased.locked() = Some(a.to_string());
                     })
-                    .map_err(|e| VmError::Io(format!("starting the VM's DHCP server: {e}")))?,
+                    .map_err(io_err("starting the VM's DHCP server"))?,
                 )
             }
             None => None,
@@ -546,7 +550,7 @@ fn vm_network(vm: &Vm, config: &store::VmConfig, from_image: bool) -> Result<VmN
             host_port: 0,
             guest_port: 22,
         });
-        cabin_net::ports::choose_free_ports(&mut forwards).map_err(VmError::Io)?;
+        cabin_net::ports::choose_free_ports(&mut forwards)?;
     }
     Ok(VmNetwork {
         ssh_forward: forwards.first().map(|f| f.host_port),
@@ -591,20 +595,93 @@ pub fn stop(vm: &Vm, timeout: Duration) -> Result<(), VmError> {
 
 /// The log of a VM's background runner (its stdout and stderr).
 pub const RUN_LOG: &str = "run.log";
+/// The options of a background run, for its runner.
+pub const RUN_RECORD: &str = ".run.json";
+/// The version of [`RUN_RECORD`] this cabin writes and reads.
+pub const RUN_RECORD_VERSION: u32 = 1;
 
-/// Starts `exe ARGS` (a front end's command that runs `vm` in the foreground) as the
-/// VM's background runner: in a session of its own, so that it outlives its parent and
-/// stays out of a terminal's job control, with its output in the VM's `run.log`. An
-/// earlier start error is cleared: this attempt supersedes it.
-pub fn spawn_runner(vm: &Vm, exe: &Path, args: &[OsString]) -> Result<Child, VmError> {
+/// What a background runner is told: which VM, with which options.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct RunRecord {
+    version: u32,
+    name: String,
+    location_name: String,
+    options: RunOptions,
+}
+
+/// The helper command a VM's background runner runs as.
+pub fn runner_args(vm_dir: &Path) -> Vec<OsString> {
+    vec!["vm".into(), "runner".into(), vm_dir.as_os_str().to_owned()]
+}
+
+/// Starts a runner for `vm` with `opts` in a process of its own (see the module
+/// comment), its output in the VM's `run.log`. An earlier start error is cleared: this
+/// attempt supersedes it.
+pub fn start_detached(host: &Host, vm: &Vm, opts: &RunOptions) -> Result<Child, VmError> {
+    let record = RunRecord {
+        version: RUN_RECORD_VERSION,
+        name: vm.name.clone(),
+        location_name: vm.location_name.clone(),
+        options: opts.clone(),
+    };
+    let bytes = serde_json::to_vec_pretty(&record)
+        .map_err(|e| io_err("writing the run's options")(e.into()))?;
+    cabin_base::files::write_atomic(&vm.dir.join(RUN_RECORD), &bytes, 0o600)
+        .map_err(io_err("writing the run's options"))?;
     let log_path = vm.dir.join(RUN_LOG);
-    let log = fs::File::create(&log_path)
-        .map_err(|e| VmError::Io(format!("creating {}: {e}", log_path.display())))?;
+    let log =
+        fs::File::create(&log_path).map_err(io_err(format!("creating {}", log_path.display())))?;
     vm.clear_start_error();
-    let mut cmd = Command::new(exe);
-    cmd.args(args);
-    spawn::detached(cmd, spawn::Output::File(log))
-        .map_err(|e| VmError::Io(format!("starting {}: {e}", exe.display())))
+    spawn::cabin_helper(host, runner_args(&vm.dir), spawn::Output::File(log))
+        .map_err(io_err("starting the VM's runner"))
+}
+
+/// The work of a background runner (`cabin vm runner DIR`): runs the VM in `vm_dir`
+/// with the options [`start_detached`] left it. A failure before the VM runs is
+/// recorded as its start error, as [`run`]'s are.
+pub async fn run_recorded(
+    host: &Host,
+    vm_dir: &Path,
+    ready: impl FnOnce(&Session),
+) -> Result<(), VmError> {
+    let read = || -> Result<RunRecord, VmError> {
+        let bytes = cabin_base::files::read_bounded(&vm_dir.join(RUN_RECORD), 1 << 20).map_err(
+            io_err(format!("reading {}", vm_dir.join(RUN_RECORD).display())),
+        )?;
+        let record: RunRecord = serde_json::from_slice(&bytes).map_err(|e| {
+            VmError::Invalid(format!(
+                "the options of this run ({RUN_RECORD}) are unreadable: {e}"
+            ))
+        })?;
+        if record.version != RUN_RECORD_VERSION {
+            return Err(VmError::Invalid(format!(
+                "the options of this run were written by another cabin (record version {}, this one reads {RUN_RECORD_VERSION})",
+                record.version
+            )));
+        }
+        Ok(record)
+    };
+    let record = match read() {
+        Ok(r) => r,
+        Err(e) => {
+            let unknown = Vm {
+                name: vm_dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                location_name: String::new(),
+                dir: vm_dir.to_path_buf(),
+            };
+            unknown.record_start_error(&e.to_string());
+            return Err(e);
+        }
+    };
+    let vm = Vm {
+        name: record.name,
+        location_name: record.location_name,
+        dir: vm_dir.to_path_buf(),
+    };
+    run(host, &vm, &record.options, ready).await
 }
 
 /// How a background start went.
@@ -618,9 +695,9 @@ pub enum Started {
     Starting,
 }
 
-/// Waits up to `timeout` for the runner `child` (from `spawn_runner`) to publish the
+/// Waits up to `timeout` for the runner `child` (from [`start_detached`]) to publish the
 /// VM's session, or to exit before that (the start failed: the reason is the start
-/// error it recorded, else the last thing it said).
+/// error it recorded).
 pub fn wait_started(vm: &Vm, child: &mut Child, timeout: Duration) -> Started {
     let deadline = Instant::now() + timeout;
     loop {
@@ -637,41 +714,43 @@ pub fn wait_started(vm: &Vm, child: &mut Child, timeout: Duration) -> Started {
     }
 }
 
-/// Why a runner that exited with `status` did not start its VM.
+/// Why a runner that exited with `status` did not start its VM: the start error it
+/// recorded; else that another process runs the VM; else how it ended.
 fn runner_failure(vm: &Vm, status: std::process::ExitStatus) -> String {
     if let Some(e) = vm.start_error() {
         return e.message;
     }
-    let log = fs::read_to_string(vm.dir.join(RUN_LOG)).unwrap_or_default();
-    let lines: Vec<&str> = log
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    if let Some(said) = lines.iter().rev().find_map(|l| l.strip_prefix("cabin: ")) {
-        return said.to_string();
+    if vm.is_running() {
+        return VmError::Running(vm.name.clone()).to_string();
     }
-    match lines.last() {
-        Some(last) => format!("the VM's process exited ({status}): {last}"),
-        None => format!("the VM's process exited ({status})"),
-    }
+    format!(
+        "the VM's process exited ({status}) before the VM ran; its output is in {}",
+        vm.dir.join(RUN_LOG).display()
+    )
 }
 
 /// Reaps a background runner when it ends, on a thread of its own. A runner that did
 /// not get to record its own failure (killed by a signal or crashed before its VM
 /// started) has it recorded here, so that the VM's details say why it is not running.
-pub fn reap_in_background(vm: Vm, mut child: Child) {
+/// `started`: the VM was already seen running.
+pub fn reap_in_background(vm: Vm, mut child: Child, mut started: bool) {
     std::thread::spawn(move || {
-        let Ok(status) = child.wait() else {
-            return;
+        let status = loop {
+            if !started {
+                started = vm.session().is_some_and(|s| s.pid == child.id());
+            }
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+                Err(_) => return,
+            }
         };
         // Exit status 1 is cabin reporting an error it has dealt with (a start
-        // failure is recorded by `run` itself).
-        if status.success() || status.code() == Some(1) {
+        // failure is recorded by the runner itself).
+        if started || status.success() || status.code() == Some(1) {
             return;
         }
-        let log = fs::read_to_string(vm.dir.join(RUN_LOG)).unwrap_or_default();
-        if !log.contains("INFO: VM started") && vm.start_error().is_none() {
+        if vm.start_error().is_none() {
             vm.record_start_error(&runner_failure(&vm, status));
         }
     });

@@ -30,6 +30,35 @@ pub struct Settings {
     home: PathBuf,
 }
 
+/// What is wrong with a settings change or the settings file.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("the VM settings {} are unreadable ({detail}); fix or remove the file", path.display())]
+    Unreadable { path: PathBuf, detail: String },
+    #[error("{} is too large", .0.display())]
+    TooLarge(PathBuf),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("Invalid location name: {0}: use letters, digits, '_' and '-'")]
+    InvalidName(String),
+    #[error("Storage location already exists: {0}")]
+    Exists(String),
+    #[error("Storage location not found: {0}")]
+    NotFound(String),
+    #[error("Cannot remove the default storage location: {0}")]
+    RemoveDefault(String),
+    #[error("Invalid storage path: {0}: give an absolute path")]
+    RelativePath(String),
+    #[error("Invalid storage path: {path}: {source}")]
+    UnusablePath { path: String, source: io::Error },
+    #[error("Invalid home directory: {0}: give an absolute path")]
+    RelativeHome(String),
+    #[error("Invalid home directory: {path}: {source}")]
+    UnusableHome { path: String, source: io::Error },
+    #[error("the default storage location {0} is not defined")]
+    NoDefault(String),
+}
+
 pub const HOME: &str = "home";
 pub const EPHEMERAL: &str = "ephemeral";
 
@@ -65,56 +94,57 @@ impl Settings {
         }
     }
 
-    pub fn load(paths: &Paths) -> Result<Settings, String> {
+    pub fn load(paths: &Paths) -> Result<Settings, SettingsError> {
         match fs::read(file(paths)) {
             Ok(b) if b.len() < 1 << 20 => serde_json::from_slice(&b)
                 .map(|s: Settings| Settings {
                     home: paths.home.clone(),
                     ..s
                 })
-                .map_err(|e| {
-                    format!(
-                        "the VM settings {} are unreadable ({e}); fix or remove the file",
-                        file(paths).display()
-                    )
+                .map_err(|e| SettingsError::Unreadable {
+                    path: file(paths),
+                    detail: e.to_string(),
                 }),
-            Ok(_) => Err(format!("{} is too large", file(paths).display())),
+            Ok(_) => Err(SettingsError::TooLarge(file(paths))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Settings::defaults(paths)),
-            Err(e) => Err(format!("reading {}: {e}", file(paths).display())),
+            Err(source) => Err(SettingsError::Io {
+                what: format!("reading {}", file(paths).display()),
+                source,
+            }),
         }
     }
 
     /// Writes the settings whole (temporary file, then rename).
-    pub fn save(&self, paths: &Paths) -> Result<(), String> {
+    pub fn save(&self, paths: &Paths) -> Result<(), SettingsError> {
         let target = file(paths);
-        cabin_base::files::create_private_dir(&paths.data).map_err(|e| e.to_string())?;
-        let tmp = target.with_extension("json.tmp");
-        let text = serde_json::to_vec_pretty(self).expect("serialisable");
-        fs::write(&tmp, text)
-            .and_then(|()| fs::rename(&tmp, &target))
-            .map_err(|e| format!("saving {}: {e}", target.display()))
+        let saving = |source| SettingsError::Io {
+            what: format!("saving {}", target.display()),
+            source,
+        };
+        cabin_base::files::create_private_dir(&paths.data).map_err(saving)?;
+        let text = serde_json::to_vec_pretty(self).map_err(|e| saving(e.into()))?;
+        cabin_base::files::write_atomic(&target, &text, 0o600).map_err(saving)
     }
 
     pub fn location(&self, name: &str) -> Option<&Location> {
         self.vm_locations.iter().find(|l| l.name == name)
     }
 
-    pub fn add_location(&mut self, name: &str, path: &str) -> Result<(), String> {
+    pub fn add_location(&mut self, name: &str, path: &str) -> Result<(), SettingsError> {
         if !valid_location_name(name) {
-            return Err(format!(
-                "Invalid location name: {name}: use letters, digits, '_' and '-'"
-            ));
+            return Err(SettingsError::InvalidName(name.to_string()));
         }
         if self.location(name).is_some() {
-            return Err(format!("Storage location already exists: {name}"));
+            return Err(SettingsError::Exists(name.to_string()));
         }
         let dir = self.expand(path);
         if !dir.is_absolute() {
-            return Err(format!(
-                "Invalid storage path: {path}: give an absolute path"
-            ));
+            return Err(SettingsError::RelativePath(path.to_string()));
         }
-        fs::create_dir_all(&dir).map_err(|e| format!("Invalid storage path: {path}: {e}"))?;
+        fs::create_dir_all(&dir).map_err(|source| SettingsError::UnusablePath {
+            path: path.to_string(),
+            source,
+        })?;
         self.vm_locations.push(Location {
             name: name.into(),
             path: path.into(),
@@ -123,30 +153,29 @@ impl Settings {
         Ok(())
     }
 
-    pub fn remove_location(&mut self, name: &str) -> Result<(), String> {
+    pub fn remove_location(&mut self, name: &str) -> Result<(), SettingsError> {
         if name == self.default_location_name {
-            return Err(format!(
-                "Cannot remove the default storage location: {name}"
-            ));
+            return Err(SettingsError::RemoveDefault(name.to_string()));
         }
         let before = self.vm_locations.len();
         self.vm_locations.retain(|l| l.name != name);
         if self.vm_locations.len() == before {
-            return Err(format!("Storage location not found: {name}"));
+            return Err(SettingsError::NotFound(name.to_string()));
         }
         Ok(())
     }
 
     /// Lume's `homeDirectory` setting: moves the default location to `path` (an absolute
     /// directory, created if missing). The VMs already there stay where they are.
-    pub fn set_home_directory(&mut self, path: &str) -> Result<(), String> {
+    pub fn set_home_directory(&mut self, path: &str) -> Result<(), SettingsError> {
         let dir = self.expand(path);
         if !dir.is_absolute() {
-            return Err(format!(
-                "Invalid home directory: {path}: give an absolute path"
-            ));
+            return Err(SettingsError::RelativeHome(path.to_string()));
         }
-        fs::create_dir_all(&dir).map_err(|e| format!("Invalid home directory: {path}: {e}"))?;
+        fs::create_dir_all(&dir).map_err(|source| SettingsError::UnusableHome {
+            path: path.to_string(),
+            source,
+        })?;
         let default = self.default_location_name.clone();
         match self.vm_locations.iter_mut().find(|l| l.name == default) {
             Some(l) => l.path = path.into(),
@@ -161,9 +190,9 @@ impl Settings {
         Ok(())
     }
 
-    pub fn set_default(&mut self, name: &str) -> Result<(), String> {
+    pub fn set_default(&mut self, name: &str) -> Result<(), SettingsError> {
         if self.location(name).is_none() {
-            return Err(format!("Storage location not found: {name}"));
+            return Err(SettingsError::NotFound(name.to_string()));
         }
         self.default_location_name = name.into();
         Ok(())
@@ -171,15 +200,12 @@ impl Settings {
 
     /// Where `--storage` points: (the name shown as `locationName`, the directory that
     /// holds VM directories). None means the default location.
-    pub fn resolve(&self, storage: Option<&str>) -> Result<(String, PathBuf), String> {
+    pub fn resolve(&self, storage: Option<&str>) -> Result<(String, PathBuf), SettingsError> {
         match storage {
             None | Some("") => {
-                let l = self.location(&self.default_location_name).ok_or_else(|| {
-                    format!(
-                        "the default storage location {} is not defined",
-                        self.default_location_name
-                    )
-                })?;
+                let l = self
+                    .location(&self.default_location_name)
+                    .ok_or_else(|| SettingsError::NoDefault(self.default_location_name.clone()))?;
                 Ok((l.name.clone(), self.expand(&l.path)))
             }
             Some(EPHEMERAL) => Ok((EPHEMERAL.into(), std::env::temp_dir())),
@@ -187,7 +213,7 @@ impl Settings {
             Some(name) => self
                 .location(name)
                 .map(|l| (l.name.clone(), self.expand(&l.path)))
-                .ok_or_else(|| format!("Storage location not found: {name}")),
+                .ok_or_else(|| SettingsError::NotFound(name.to_string())),
         }
     }
 
@@ -230,6 +256,7 @@ mod tests {
         assert!(s
             .resolve(Some("nope"))
             .unwrap_err()
+            .to_string()
             .contains("not found: nope"));
         let extra = t.path().join("fast");
         s.add_location("fast", extra.to_str().unwrap()).unwrap();
@@ -239,7 +266,11 @@ mod tests {
         assert!(s.add_location("rel", "relative/dir").is_err());
         s.set_default("fast").unwrap();
         assert_eq!(s.search_order()[0].0, "fast");
-        assert!(s.remove_location("fast").unwrap_err().contains("default"));
+        assert!(s
+            .remove_location("fast")
+            .unwrap_err()
+            .to_string()
+            .contains("default"));
         s.set_default("home").unwrap();
         s.remove_location("fast").unwrap();
         let moved = t.path().join("moved");

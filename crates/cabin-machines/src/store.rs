@@ -119,24 +119,40 @@ pub enum VmError {
     Running(String),
     #[error("Virtual machine is not running: {0}")]
     NotRunning(String),
+    /// The request cannot be carried out as it is: why, and what to do.
     #[error("{0}")]
     Invalid(String),
+    /// Something on the way failed (QEMU, its monitor, a registry): what it said.
     #[error("{0}")]
-    Io(String),
+    Failed(String),
+    #[error("{what}: {source}{}", no_space_hint(source))]
+    Io { what: String, source: io::Error },
+    #[error(transparent)]
+    Settings(#[from] crate::settings::SettingsError),
+    #[error("joining the bridge: {0}")]
+    Bridge(#[from] cabin_net::bridge::BridgeError),
+    #[error(transparent)]
+    Publish(#[from] cabin_net::ports::PublishError),
+}
+
+/// What to do about a full disk, when the error is one.
+fn no_space_hint(e: &io::Error) -> &'static str {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        NO_SPACE_HINT
+    } else {
+        ""
+    }
 }
 
 /// What to do when a storage location is full, appended to the error.
 pub(super) const NO_SPACE_HINT: &str =
     "; free some space there or use another storage location (--storage)";
 
-fn io_err(what: impl std::fmt::Display) -> impl Fn(io::Error) -> VmError {
-    move |e| {
-        let hint = if e.raw_os_error() == Some(libc::ENOSPC) {
-            NO_SPACE_HINT
-        } else {
-            ""
-        };
-        VmError::Io(format!("{what}: {e}{hint}"))
+/// Wraps an I/O error with what was being done (a full disk says what to do).
+pub fn io_err(what: impl std::fmt::Display) -> impl Fn(io::Error) -> VmError {
+    move |source| VmError::Io {
+        what: what.to_string(),
+        source,
     }
 }
 
@@ -173,7 +189,7 @@ pub fn random_machine_id() -> Result<String, VmError> {
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], VmError> {
-    cabin_base::random::bytes::<N>().map_err(|e| VmError::Io(e.to_string()))
+    cabin_base::random::bytes::<N>().map_err(|e| VmError::Failed(e.to_string()))
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -236,7 +252,7 @@ impl Vm {
             .and_then(|f| f.take(1 << 20).read_to_string(&mut text))
             .map_err(io_err(format!("reading {}'s config.json", self.name)))?;
         serde_json::from_str(&text).map_err(|e| {
-            VmError::Io(format!(
+            VmError::Failed(format!(
                 "{}'s config.json is unreadable ({e}); fix it or delete the VM",
                 self.name
             ))
@@ -350,7 +366,7 @@ pub fn parse_network(s: &str) -> Result<(), VmError> {
 pub fn find(settings: &Settings, name: &str, storage: Option<&str>) -> Result<Vm, VmError> {
     let name = normalize_name(name)?;
     let places = match storage {
-        Some(s) if !s.is_empty() => vec![settings.resolve(Some(s)).map_err(VmError::Invalid)?],
+        Some(s) if !s.is_empty() => vec![settings.resolve(Some(s))?],
         _ => settings.search_order(),
     };
     for (location_name, dir) in places {
@@ -369,7 +385,7 @@ pub fn find(settings: &Settings, name: &str, storage: Option<&str>) -> Result<Vm
 /// Every VM of every location (or of `storage`), sorted by name.
 pub fn list(settings: &Settings, storage: Option<&str>) -> Result<Vec<Vm>, VmError> {
     let places = match storage {
-        Some(s) if !s.is_empty() => vec![settings.resolve(Some(s)).map_err(VmError::Invalid)?],
+        Some(s) if !s.is_empty() => vec![settings.resolve(Some(s))?],
         _ => settings.search_order(),
     };
     let mut out: Vec<Vm> = Vec::new();
@@ -411,7 +427,7 @@ fn new_vm_dir(
     if find(settings, name, storage).is_ok() {
         return Err(VmError::Exists(name.to_string()));
     }
-    let (location_name, parent) = settings.resolve(storage).map_err(VmError::Invalid)?;
+    let (location_name, parent) = settings.resolve(storage)?;
     fs::create_dir_all(&parent).map_err(io_err(format!("creating {}", parent.display())))?;
     let stage = staging(&parent, name);
     let _ = fs::remove_dir_all(&stage);
@@ -448,7 +464,7 @@ pub fn create_with(
         fs::create_dir(&stage).map_err(io_err("creating the VM directory"))?;
         fill(&stage)?;
         if !Path::new(OVMF_VARS).is_file() {
-            return Err(VmError::Io(format!(
+            return Err(VmError::Failed(format!(
                 "the UEFI firmware is missing ({OVMF_VARS}): install it with apt-get install ovmf"
             )));
         }
@@ -490,7 +506,7 @@ fn place(made: Result<(), VmError>, stage: &Path, dest: &Path, name: &str) -> Re
     }
     fs::rename(stage, dest).map_err(|e| {
         let _ = fs::remove_dir_all(stage);
-        VmError::Io(format!("moving the new VM into place: {e}"))
+        VmError::Failed(format!("moving the new VM into place: {e}"))
     })
 }
 
@@ -656,7 +672,7 @@ pub fn copy_disk(src: &Path, dst: &Path) -> Result<(), VmError> {
                         copy_range(&from, &to, off_in, end)?;
                         break;
                     }
-                    _ => return Err(VmError::Io(format!("copying the disk: {e}"))),
+                    _ => return Err(VmError::Failed(format!("copying the disk: {e}"))),
                 }
             }
             if n == 0 {

@@ -10,7 +10,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use cabin_image::credentials::{ghcr_env_auth, Credentials};
+use cabin_image::credentials::Credentials;
 use cabin_image::lume::manifest::VmDescription;
 use cabin_image::lume::pull::{self, Pulled};
 use cabin_image::lume::push::{self, PushOptions, PushReport};
@@ -19,9 +19,9 @@ use cabin_image::registry::RegistryOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::settings::Settings;
-use crate::store::{self, Vm, VmConfig, VmError, CONFIG, DISK, NVRAM};
+use crate::store::{self, io_err, Vm, VmConfig, VmError, CONFIG, DISK, NVRAM};
 use cabin_base::lock::{self, Mode, Wait};
-use cabin_base::Paths;
+use cabin_base::Host;
 
 pub const DEFAULT_REGISTRY: &str = "ghcr.io";
 pub const DEFAULT_ORGANIZATION: &str = "trycua";
@@ -102,7 +102,7 @@ impl std::fmt::Display for ImageRef {
 
 fn lume_err(e: LumeError) -> VmError {
     match e {
-        LumeError::Io(m) => VmError::Io(m),
+        LumeError::Io(m) => VmError::Failed(m),
         other => VmError::Invalid(other.to_string()),
     }
 }
@@ -111,16 +111,18 @@ fn io(what: impl std::fmt::Display) -> impl Fn(std::io::Error) -> VmError {
     move |e| lume_err(cabin_image::lume::io_error(&what, e))
 }
 
-/// Registry options for `registry`: credentials saved by `cabin login`, else Lume's
-/// environment variables for ghcr.io.
-pub fn registry_options(paths: &Paths, registry: &str) -> Result<RegistryOptions, VmError> {
-    let saved = Credentials::at(paths.credentials())
+/// Registry options for `registry`: credentials saved by `cabin login`, else (for
+/// ghcr.io) Lume's environment variables as the host read them.
+pub fn registry_options(host: &Host, registry: &str) -> Result<RegistryOptions, VmError> {
+    let saved = Credentials::at(host.paths.credentials())
         .get(registry)
-        .map_err(|e| VmError::Io(format!("reading saved credentials: {e}")))?;
+        .map_err(io_err("reading saved credentials"))?;
     Ok(RegistryOptions {
-        auth: saved
-            .map(|c| (c.username, c.password))
-            .or_else(|| ghcr_env_auth(registry)),
+        auth: saved.map(|c| (c.username, c.password)).or_else(|| {
+            (registry == "ghcr.io")
+                .then(|| host.ghcr_credentials.clone())
+                .flatten()
+        }),
         ..RegistryOptions::default()
     })
 }
@@ -333,7 +335,7 @@ pub async fn pull(
     if store::find(settings, &name, req.storage).is_ok() {
         return Err(VmError::Exists(name));
     }
-    let (location_name, parent) = settings.resolve(req.storage).map_err(VmError::Invalid)?;
+    let (location_name, parent) = settings.resolve(req.storage)?;
     let dest = parent.join(&name);
     let image = req.image.to_string();
     let repo = req.image.repository();
@@ -402,7 +404,7 @@ pub async fn pull(
         .map_err(io("writing the cache's metadata.json"))?;
         let _ = fs::remove_file(cstage.join(LOCK));
         if fs::rename(&cstage, &entry).is_err() && !entry.join(CONFIG).is_file() {
-            return Err(VmError::Io(format!(
+            return Err(VmError::Failed(format!(
                 "moving {} into the cache failed",
                 image
             )));
@@ -462,7 +464,7 @@ fn failed(e: LumeError, stage: &Path) -> VmError {
             let _ = fs::remove_dir_all(stage);
             lume_err(e)
         }
-        LumeError::Io(m) => VmError::Io(m + &note),
+        LumeError::Io(m) => VmError::Failed(m + &note),
         other => VmError::Invalid(other.to_string() + &note),
     }
 }
@@ -523,7 +525,7 @@ pub fn prune(settings: &Settings) -> Result<(), VmError> {
     match fs::remove_dir_all(&root) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(VmError::Io(format!("removing {}: {e}", root.display()))),
+        Err(e) => Err(VmError::Failed(format!("removing {}: {e}", root.display()))),
     }
 }
 

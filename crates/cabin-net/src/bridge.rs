@@ -66,12 +66,22 @@ pub struct Endpoint {
 pub enum BridgeError {
     #[error("--network bridge needs root (it creates a host bridge and firewall rules); run as root or use the default user-mode network")]
     NotRoot,
+    /// The host is not set up for what was asked (and what to do about it).
     #[error("{0}")]
     Setup(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("{command}: {stderr}")]
+    Command { command: String, stderr: String },
+    #[error(transparent)]
+    Publish(#[from] ports::PublishError),
 }
 
 fn setup_err(what: &str) -> impl Fn(io::Error) -> BridgeError + '_ {
-    move |e| BridgeError::Setup(format!("{what}: {e}"))
+    move |source| BridgeError::Io {
+        what: what.to_string(),
+        source,
+    }
 }
 
 /// Takes `f`'s exclusive lock: true when taken (always, waiting, with `wait`).
@@ -90,13 +100,16 @@ fn host_command(program: &str, args: &[&str], input: Option<&str>) -> Result<(),
         })
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| {
+    let mut child = cmd.spawn().map_err(|source| {
         let hint = match program {
             "nft" => " (install it: apt-get install nftables)",
             "ip" => " (install it: apt-get install iproute2)",
             _ => "",
         };
-        BridgeError::Setup(format!("running {program}: {e}{hint}"))
+        BridgeError::Io {
+            what: format!("running {program}{hint}"),
+            source,
+        }
     })?;
     if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
         stdin
@@ -107,11 +120,10 @@ fn host_command(program: &str, args: &[&str], input: Option<&str>) -> Result<(),
         .wait_with_output()
         .map_err(setup_err("waiting for a host command"))?;
     if !out.status.success() {
-        return Err(BridgeError::Setup(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(BridgeError::Command {
+            command: format!("{program} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }
@@ -338,7 +350,7 @@ fn attach_in(
     if unsafe { libc::geteuid() } != 0 {
         return Err(BridgeError::NotRoot);
     }
-    let reservations = ports::reserve_ports(ports).map_err(BridgeError::Setup)?;
+    let reservations = ports::reserve_ports(ports)?;
     let state = State::lock(dir)?;
     let mut live = state.live_endpoints();
     let ip = (2..255u8)
@@ -353,7 +365,7 @@ fn attach_in(
         "cb{}",
         &container_id[..container_id.len().min(12)]
     ))
-    .map_err(|e| BridgeError::Setup(e.to_string()))?;
+    .map_err(setup_err("creating a tap device"))?;
     let record = EndpointRecord {
         container_id: container_id.to_string(),
         names,
@@ -382,9 +394,12 @@ fn attach_in(
     let written = flock(&held, Wait::Block)
         .and_then(|_| serde_json::to_vec(&record).map_err(io::Error::other))
         .and_then(|b| (&held).write_all(&b));
-    if let Err(e) = written {
+    if let Err(source) = written {
         let _ = fs::remove_file(&path);
-        return Err(BridgeError::Setup(format!("writing the endpoint: {e}")));
+        return Err(BridgeError::Io {
+            what: "writing the endpoint".into(),
+            source,
+        });
     }
     live.push(record.clone());
     let applied = state

@@ -9,7 +9,8 @@
 //!   containers reach each other by address and by name (see [`crate::bridge`]).
 //! - `none`: no network card; the container has only a loopback interface.
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     #[default]
     User,
@@ -17,16 +18,18 @@ pub enum NetworkMode {
     None,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown network {0:?}: use user (the default: no privileges needed), bridge (root: an address per container) or none")]
+pub struct NetworkModeError(pub String);
+
 impl std::str::FromStr for NetworkMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = NetworkModeError;
+    fn from_str(s: &str) -> Result<Self, NetworkModeError> {
         match s {
             "user" | "slirp" | "default" => Ok(NetworkMode::User),
             "bridge" => Ok(NetworkMode::Bridge),
             "none" => Ok(NetworkMode::None),
-            _ => Err(format!(
-                "unknown network {s:?}: use user (the default: no privileges needed), bridge (root: an address per container) or none"
-            )),
+            _ => Err(NetworkModeError(s.to_string())),
         }
     }
 }

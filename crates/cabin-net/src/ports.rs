@@ -8,11 +8,33 @@ use std::os::fd::OwnedFd;
 
 use cabin_vmm::{PortForward, Protocol};
 
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("invalid port mapping {spec:?}: {why}; use [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp], e.g. 8080:80")]
+    Invalid { spec: String, why: String },
+    #[error("finding a free port on {ip} for {guest_port}: {source}")]
+    NoFreePort {
+        ip: Ipv4Addr,
+        guest_port: u16,
+        source: io::Error,
+    },
+    #[error("port {port}/{protocol} is published twice")]
+    Twice { port: u16, protocol: &'static str },
+    #[error("cannot publish {}: port {} of {} is already in use on the host; choose another host port (-p OTHER:{})", describe(.0), .0.host_port, .0.host_ip, .0.guest_port)]
+    InUse(PortForward),
+    #[error("cannot publish {}: {source}", describe(forward))]
+    Bind {
+        forward: PortForward,
+        source: io::Error,
+    },
+}
+
 /// Parses docker's `-p [HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp]` (and `CTRPORT` alone:
 /// host port 0, any free one, see [`choose_free_ports`]).
-pub fn parse_publish(spec: &str) -> Result<PortForward, String> {
-    let bad = |why: &str| {
-        format!("invalid port mapping {spec:?}: {why}; use [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp], e.g. 8080:80")
+pub fn parse_publish(spec: &str) -> Result<PortForward, PublishError> {
+    let bad = |why: &str| PublishError::Invalid {
+        spec: spec.to_string(),
+        why: why.to_string(),
     };
     let (ports, protocol) = match spec.rsplit_once('/') {
         Some((p, "tcp")) => (p, Protocol::Tcp),
@@ -28,7 +50,7 @@ pub fn parse_publish(spec: &str) -> Result<PortForward, String> {
         [ip, host, guest] => (Some(*ip), *host, *guest),
         _ => return Err(bad("too many ':'")),
     };
-    let port = |s: &str, which: &str| -> Result<u16, String> {
+    let port = |s: &str, which: &str| -> Result<u16, PublishError> {
         if s.is_empty() && which == "host" {
             return Ok(0);
         }
@@ -54,18 +76,17 @@ pub fn parse_publish(spec: &str) -> Result<PortForward, String> {
 }
 
 /// Gives every published port without a host port (`-p 80`) a free one of the host's.
-pub fn choose_free_ports(forwards: &mut [PortForward]) -> Result<(), String> {
+pub fn choose_free_ports(forwards: &mut [PortForward]) -> Result<(), PublishError> {
     for f in forwards.iter_mut().filter(|f| f.host_port == 0) {
         let addr = (f.host_ip, 0);
         let port = match f.protocol {
             Protocol::Tcp => TcpListener::bind(addr).and_then(|l| l.local_addr()),
             Protocol::Udp => UdpSocket::bind(addr).and_then(|s| s.local_addr()),
         }
-        .map_err(|e| {
-            format!(
-                "finding a free port on {} for {}: {e}",
-                f.host_ip, f.guest_port
-            )
+        .map_err(|source| PublishError::NoFreePort {
+            ip: f.host_ip,
+            guest_port: f.guest_port,
+            source,
         })?
         .port();
         f.host_port = port;
@@ -91,18 +112,17 @@ pub struct PortReservations(#[allow(dead_code)] Vec<OwnedFd>);
 
 /// Binds every published port (user-mode forwards bind their own sockets in QEMU, so
 /// for those this is only the check; bridge mode keeps the reservations).
-pub fn reserve_ports(forwards: &[PortForward]) -> Result<PortReservations, String> {
+pub fn reserve_ports(forwards: &[PortForward]) -> Result<PortReservations, PublishError> {
     let mut held = Vec::new();
     for (i, f) in forwards.iter().enumerate() {
         if forwards[..i]
             .iter()
             .any(|g| g.host_port == f.host_port && g.protocol == f.protocol)
         {
-            return Err(format!(
-                "port {}/{} is published twice",
-                f.host_port,
-                f.protocol.as_str()
-            ));
+            return Err(PublishError::Twice {
+                port: f.host_port,
+                protocol: f.protocol.as_str(),
+            });
         }
         let addr = (f.host_ip, f.host_port);
         let fd: Result<OwnedFd, io::Error> = match f.protocol {
@@ -111,20 +131,12 @@ pub fn reserve_ports(forwards: &[PortForward]) -> Result<PortReservations, Strin
         };
         match fd {
             Ok(fd) => held.push(fd),
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                return Err(format!(
-                    "cannot publish {}: port {} of {} is already in use on the host; choose another host port (-p OTHER:{})",
-                    describe(f),
-                    f.host_port,
-                    f.host_ip,
-                    f.guest_port
-                ))
-            }
-            Err(e) => {
-                return Err(format!(
-                    "cannot publish {}: {e}",
-                    describe(f)
-                ))
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(PublishError::InUse(*f)),
+            Err(source) => {
+                return Err(PublishError::Bind {
+                    forward: *f,
+                    source,
+                })
             }
         }
     }
@@ -165,7 +177,7 @@ mod tests {
             "::1:80:80",
             "70000:80",
         ] {
-            let e = parse_publish(bad).unwrap_err();
+            let e = parse_publish(bad).unwrap_err().to_string();
             assert!(e.contains("invalid port mapping"), "{bad}: {e}");
         }
     }
@@ -176,7 +188,8 @@ mod tests {
         let port = taken.local_addr().unwrap().port();
         let e = reserve_ports(&[parse_publish(&format!("{port}:80")).unwrap()])
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(
             e.contains(&format!("port {port} of 127.0.0.1 is already in use")),
             "{e}"
@@ -188,6 +201,7 @@ mod tests {
         assert!(reserve_ports(&twice)
             .err()
             .unwrap()
+            .to_string()
             .contains("published twice"));
     }
 }

@@ -27,6 +27,29 @@ pub enum AccelRequest {
     Force(Accel),
 }
 
+impl fmt::Display for AccelRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AccelRequest::Auto => f.write_str("auto"),
+            AccelRequest::Force(a) => a.fmt(f),
+        }
+    }
+}
+
+/// As the user writes it: `"auto"`, `"kvm"` or `"tcg"`.
+impl serde::Serialize for AccelRequest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for AccelRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for AccelRequest {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

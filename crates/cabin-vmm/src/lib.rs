@@ -46,7 +46,8 @@ pub enum NetBackend {
     Tap(Option<Arc<OwnedFd>>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -62,7 +63,7 @@ impl Protocol {
 }
 
 /// A host port whose connections go to a port of the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PortForward {
     pub protocol: Protocol,
     pub host_ip: Ipv4Addr,

@@ -22,10 +22,11 @@ pub struct Qemu {
 }
 
 impl Qemu {
-    /// Finds QEMU: `CABIN_QEMU`, else `qemu-system-x86_64` on PATH.
-    pub fn locate() -> io::Result<Qemu> {
-        if let Some(p) = std::env::var_os("CABIN_QEMU") {
-            let p = PathBuf::from(p);
+    /// Finds QEMU: the one named (`CABIN_QEMU`, read by the front end), else
+    /// `qemu-system-x86_64` on PATH.
+    pub fn locate(named: Option<&std::path::Path>) -> io::Result<Qemu> {
+        if let Some(p) = named {
+            let p = p.to_path_buf();
             if p.is_file() {
                 return Ok(Qemu { binary: p });
             }

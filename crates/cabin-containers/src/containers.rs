@@ -1,0 +1,672 @@
+//! The typed lifecycle of containers that live on: what every front end calls (the CLI
+//! today, the web console, the Docker API and the containerd shim next). Create, start,
+//! stop, kill, wait, restart, remove, prune, list and inspect; exec, attach, logs, stats
+//! and copies. A container is named by its name, its ID or a unique prefix of its ID,
+//! as docker names them.
+//!
+//! Each running container belongs to its supervisor (a `cabin container supervise ID`
+//! process, started by [`Containers::start`]), which owns its VM; everything here talks
+//! to it over its control socket (see [`crate::control`]). Every method is async and
+//! keeps blocking work (files, locks) off the caller's async threads, so long-lived
+//! servers can call them as the CLI does. (A container run in the foreground, which
+//! lives and dies with its caller, is a [`crate::ContainerVm`] instead.)
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use cabin_base::spawn::{cabin_helper, Output};
+use cabin_base::Host;
+use tokio::io::AsyncRead;
+
+use crate::attach::{self, AttachError, Detached};
+use crate::control::{self, CallError, ExecRequest, Reply, Request, Stats};
+use crate::copy::{self, Copied, CopyError, HostDest, HostSource};
+use crate::exec::{ExecError, ExecSession};
+use crate::log::{self, Entry};
+use crate::spec::{self, ContainerSpec, SpecError};
+use crate::store::{now_unix, Record, Status, Store, StoreError};
+use crate::volumes::{MountSpec, VolumeError, Volumes};
+
+/// How long a start may take beyond the container's own boot deadline.
+const START_SLACK: Duration = Duration::from_secs(30);
+/// How long a stopping container's VM gets after SIGKILL before giving up on it.
+const STOP_SLACK: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("container {0} is not running")]
+    NotRunning(String),
+    #[error("container {0} is running: stop it first (cabin stop {0}) or use rm -f")]
+    Running(String),
+    #[error("container {0}: its record is unreadable; use rm -f")]
+    UnreadableRecord(String),
+    #[error("-t cannot be combined with -d or create yet: cabin cannot attach to a container's terminal")]
+    DetachedTerminal,
+    #[error("invalid label {0:?}: use KEY=VALUE")]
+    InvalidLabel(String),
+    #[error("starting the container's supervisor: {0}")]
+    Spawn(io::Error),
+    #[error("container {0} did not start in time; see cabin logs {0}")]
+    StartTimeout(String),
+    #[error("container {0} did not stop; not removed")]
+    DidNotStop(String),
+    #[error("container {0} was removed while waiting")]
+    Removed(String),
+    #[error("container {0} was created without -i: its standard input is closed")]
+    NoStdin(String),
+    #[error("container {name}: {source}")]
+    Supervisor { name: String, source: CallError },
+    #[error("container {name}: the supervisor's answer has no statistics")]
+    NoStats { name: String },
+    /// An exec'd process that did not start keeps its message as it is (with docker's
+    /// 126 or 127 as its exit code).
+    #[error("{source}")]
+    ExecNotStarted { source: ExecError },
+    #[error("container {name}: {source}")]
+    Exec { name: String, source: ExecError },
+    #[error("container {name}: {source}")]
+    Attach { name: String, source: AttachError },
+    #[error(transparent)]
+    Copy(#[from] CopyError),
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error("volume {volume} is used by container(s) {containers}; remove them first (cabin rm)")]
+    VolumeUsed { volume: String, containers: String },
+    #[error("reading the log of {name}: {source}")]
+    Log { name: String, source: io::Error },
+    #[error("the container work was cut short: {0}")]
+    Task(String),
+}
+
+impl ContainerError {
+    /// The exit code a failed exec reports (docker's 126 and 127 for a command that is
+    /// not executable or not found), when this is one.
+    pub fn exec_code(&self) -> Option<i32> {
+        match self {
+            ContainerError::ExecNotStarted {
+                source: ExecError::NotStarted { code, .. },
+            } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// What a container is created with besides its spec.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// A name (docker's rule); a free one is made up otherwise.
+    pub name: Option<String>,
+    pub labels: Vec<(String, String)>,
+    /// Remove the container when it exits (`--rm`).
+    pub auto_remove: bool,
+}
+
+/// How a start went.
+#[derive(Debug, Clone)]
+pub enum Started {
+    /// It runs.
+    Running(Record),
+    /// It ran and has already ended (or never started: the record says why).
+    Exited(Record),
+    /// It ran, ended, and was removed (`--rm`).
+    Removed,
+}
+
+/// Which logs to read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogOptions {
+    /// Keep reading new output until the container exits.
+    pub follow: bool,
+    /// Only the last this many entries of what is there now.
+    pub tail: Option<usize>,
+    /// Only entries from this time on (Unix nanoseconds).
+    pub since_unix_nanos: Option<u64>,
+}
+
+/// The containers of a data directory.
+#[derive(Clone)]
+pub struct Containers {
+    host: Host,
+    store: Store,
+}
+
+fn running(r: &Record) -> bool {
+    matches!(r.status, Status::Running { .. })
+}
+
+impl Containers {
+    /// The containers of `host`'s data directory (created if missing).
+    pub fn open(host: &Host) -> Result<Containers, ContainerError> {
+        Ok(Containers {
+            host: host.clone(),
+            store: Store::open(&host.paths)?,
+        })
+    }
+
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// Runs store work on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, ContainerError> + Send + 'static,
+    ) -> Result<T, ContainerError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| ContainerError::Task(e.to_string()))?
+    }
+
+    /// The container `name` names, with the truth about whether it runs.
+    pub async fn get(&self, name: &str) -> Result<Record, ContainerError> {
+        let name = name.to_string();
+        self.blocking(move |s| Ok(s.reconcile(&s.resolve(&name)?)?))
+            .await
+    }
+
+    /// Every container, newest first, and the errors of those whose records cannot be
+    /// read.
+    pub async fn list(&self) -> Result<(Vec<Record>, Vec<StoreError>), ContainerError> {
+        self.blocking(|s| {
+            let mut rows = Vec::new();
+            let mut errors = Vec::new();
+            for id in s.ids()? {
+                match s.reconcile(&id) {
+                    Ok(r) => rows.push(r),
+                    Err(e) => errors.push(e),
+                }
+            }
+            rows.sort_by_key(|r| std::cmp::Reverse(r.created_unix));
+            Ok((rows, errors))
+        })
+        .await
+    }
+
+    /// Records a container made of `spec` without starting it.
+    pub async fn create(
+        &self,
+        spec: &ContainerSpec,
+        opts: CreateOptions,
+    ) -> Result<Record, ContainerError> {
+        if spec.tty {
+            return Err(ContainerError::DetachedTerminal);
+        }
+        if let Some((k, v)) = opts.labels.iter().find(|(k, _)| k.is_empty()) {
+            return Err(ContainerError::InvalidLabel(format!("{k}={v}")));
+        }
+        let record = Record {
+            id: String::new(),
+            name: String::new(),
+            root: match &spec.root {
+                crate::RootSource::Dir(d) => d.display().to_string(),
+                crate::RootSource::Image(i) => i.clone(),
+            },
+            command: spec.args.clone(),
+            created_unix: now_unix(),
+            status: Status::Created,
+            auto_remove: opts.auto_remove,
+            labels: opts.labels,
+            restart_count: 0,
+            network: None,
+            volumes: spec
+                .mounts
+                .iter()
+                .filter_map(|m| match m {
+                    MountSpec::Volume { name, .. } => Some(name.clone()),
+                    _ => None,
+                })
+                .collect(),
+            init: spec.init,
+            stdin: spec.stdin,
+        };
+        let spec = spec.clone();
+        self.blocking(move |s| {
+            let record = s.create(record, opts.name.as_deref())?;
+            if let Err(e) = spec::write(&s.container_dir(&record.id), &record.id, &spec) {
+                let _ = s.remove(&record.id);
+                return Err(e.into());
+            }
+            Ok(record)
+        })
+        .await
+    }
+
+    /// What container `name` is made of.
+    pub async fn spec(&self, name: &str) -> Result<ContainerSpec, ContainerError> {
+        let name = name.to_string();
+        self.blocking(move |s| {
+            let id = s.resolve(&name)?;
+            Ok(spec::read(&s.container_dir(&id), &id)?)
+        })
+        .await
+    }
+
+    /// Starts container `name` (created, or exited) and waits until it runs or has
+    /// already ended. A running one is left as it is.
+    pub async fn start(&self, name: &str) -> Result<Started, ContainerError> {
+        let record = self.get(name).await?;
+        if running(&record) {
+            return Ok(Started::Running(record));
+        }
+        // Refused here, before any process is started for it.
+        let spec = self.spec(&record.id).await?;
+        let mut fresh = record.clone();
+        fresh.status = Status::Created;
+        self.blocking(move |s| Ok(s.save(&fresh)?)).await?;
+        cabin_helper(&self.host, supervise_args(&record.id), Output::Discard)
+            .map_err(ContainerError::Spawn)?;
+        let deadline = Instant::now() + spec.boot_timeout + START_SLACK;
+        loop {
+            let id = record.id.clone();
+            match self.blocking(move |s| Ok(s.reconcile(&id)?)).await {
+                Ok(r) if matches!(r.status, Status::Created) => {}
+                Ok(r) if running(&r) => return Ok(Started::Running(r)),
+                Ok(r) => return Ok(Started::Exited(r)),
+                Err(ContainerError::Store(StoreError::NotFound(_))) => return Ok(Started::Removed),
+                Err(e) => return Err(e),
+            }
+            if Instant::now() > deadline {
+                return Err(ContainerError::StartTimeout(record.name));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends `req` to the supervisor of `record`, which must be running.
+    async fn call(&self, record: &Record, req: &Request) -> Result<Reply, ContainerError> {
+        if !running(record) {
+            return Err(ContainerError::NotRunning(record.name.clone()));
+        }
+        control::call(&self.store.container_dir(&record.id), req)
+            .await
+            .map_err(|source| ContainerError::Supervisor {
+                name: record.name.clone(),
+                source,
+            })
+    }
+
+    /// Stops container `name`: SIGTERM, SIGKILL after `timeout`, then its VM; returns
+    /// once it has exited (or at once, if it was not running).
+    pub async fn stop(&self, name: &str, timeout: Duration) -> Result<Record, ContainerError> {
+        let record = self.get(name).await?;
+        if !running(&record) {
+            return Ok(record);
+        }
+        self.call(&record, &Request::Stop(timeout.as_secs()))
+            .await?;
+        // SIGKILL after `timeout`, the VM itself a few seconds later: bounded.
+        Ok(self
+            .wait_for_exit(&record.id, Some(timeout + STOP_SLACK))
+            .await
+            .unwrap_or(record))
+    }
+
+    /// Stops container `name` if it runs and starts it again.
+    pub async fn restart(&self, name: &str, timeout: Duration) -> Result<Started, ContainerError> {
+        self.stop(name, timeout).await?;
+        self.start(name).await
+    }
+
+    /// Sends signal `signal` to container `name`'s process.
+    pub async fn kill(&self, name: &str, signal: i32) -> Result<(), ContainerError> {
+        let record = self.get(name).await?;
+        self.call(&record, &Request::Signal(signal)).await.map(drop)
+    }
+
+    /// Waits until container `id` has exited; its record then, or None if it was removed
+    /// meanwhile or `limit` passed.
+    async fn wait_for_exit(&self, id: &str, limit: Option<Duration>) -> Option<Record> {
+        let deadline = limit.map(|l| Instant::now() + l);
+        loop {
+            let owned = id.to_string();
+            match self.blocking(move |s| Ok(s.reconcile(&owned)?)).await {
+                Ok(r) if matches!(r.status, Status::Exited { .. }) => return Some(r),
+                Ok(_) => {}
+                Err(_) => return None, // removed (--rm)
+            }
+            if deadline.is_some_and(|d| Instant::now() > d) {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until container `name` has exited; its record then.
+    pub async fn wait(&self, name: &str) -> Result<Record, ContainerError> {
+        let record = self.get(name).await?;
+        self.wait_for_exit(&record.id, None)
+            .await
+            .ok_or(ContainerError::Removed(record.name))
+    }
+
+    /// Removes container `name`; a running one only with `force` (it is stopped at once
+    /// first), and one whose record is unreadable only with `force` too.
+    pub async fn remove(&self, name: &str, force: bool) -> Result<(), ContainerError> {
+        let owned = name.to_string();
+        let id = self.blocking(move |s| Ok(s.resolve(&owned)?)).await?;
+        let owned = id.clone();
+        match self.blocking(move |s| Ok(s.reconcile(&owned)?)).await {
+            Ok(r) if running(&r) => {
+                if !force {
+                    return Err(ContainerError::Running(r.name));
+                }
+                let _ = self.call(&r, &Request::Stop(0)).await;
+                let stopped = self.wait_for_exit(&id, Some(STOP_SLACK)).await.is_some();
+                let owned = id.clone();
+                let gone = self.blocking(move |s| Ok(s.load(&owned).is_err())).await?;
+                if !stopped && !gone {
+                    return Err(ContainerError::DidNotStop(r.name));
+                }
+            }
+            // Unreadable records can still be removed (that is what rm -f is for).
+            Err(ContainerError::Store(StoreError::Unreadable { .. })) if !force => {
+                return Err(ContainerError::UnreadableRecord(name.to_string()))
+            }
+            _ => {}
+        }
+        self.blocking(move |s| match s.remove(&id) {
+            Ok(()) | Err(StoreError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        })
+        .await
+    }
+
+    /// Removes every container that is not running; their IDs.
+    pub async fn prune(&self) -> Result<Vec<String>, ContainerError> {
+        self.blocking(|s| {
+            let mut removed = Vec::new();
+            for id in s.ids()? {
+                let gone = match s.reconcile(&id) {
+                    Ok(r) => !running(&r),
+                    Err(StoreError::Unreadable { .. }) => true,
+                    Err(_) => false,
+                };
+                if gone && s.remove(&id).is_ok() {
+                    removed.push(id);
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    /// Runs another process in running container `name`; returns once it runs.
+    pub async fn exec(&self, name: &str, req: ExecRequest) -> Result<ExecSession, ContainerError> {
+        let record = self.get(name).await?;
+        if !running(&record) {
+            return Err(ContainerError::NotRunning(record.name));
+        }
+        ExecSession::start(&self.store.container_dir(&record.id), req)
+            .await
+            .map_err(|source| match source {
+                ExecError::NotStarted { .. } => ContainerError::ExecNotStarted { source },
+                source => ContainerError::Exec {
+                    name: record.name,
+                    source,
+                },
+            })
+    }
+
+    /// Container `name`'s resource use now.
+    pub async fn stats(&self, name: &str) -> Result<Stats, ContainerError> {
+        let record = self.get(name).await?;
+        match self.call(&record, &Request::Stats).await? {
+            Reply::Stats { stats, .. } => Ok(stats),
+            _ => Err(ContainerError::NoStats { name: record.name }),
+        }
+    }
+
+    /// Starts container `name` if it is not running and stays with its current run
+    /// (`start -a`): `out` gets its output from the start of the run (stderr flag,
+    /// bytes), `stdin` goes to it (the container must have been created with it), and
+    /// the result is the run's exit code, with the reason when cabin or its VM ended it.
+    pub async fn attach(
+        &self,
+        name: &str,
+        stdin: Option<Box<dyn AsyncRead + Unpin + Send>>,
+        out: &mut (dyn FnMut(bool, &[u8]) + Send),
+    ) -> Result<Exit, ContainerError> {
+        let record = self.get(name).await?;
+        if stdin.is_some() && !record.stdin {
+            return Err(ContainerError::NoStdin(record.name));
+        }
+        let dir = self.store.container_dir(&record.id);
+        // Where this run's output will begin, should it end before the attachment.
+        let log_start = log::end(&dir);
+        let print_log = |out: &mut (dyn FnMut(bool, &[u8]) + Send)| {
+            if let Ok((entries, _)) = log::read_from(&dir, log_start) {
+                for e in entries {
+                    out(e.stream == "stderr", e.log.as_bytes());
+                }
+            }
+        };
+        if !running(&record) {
+            match self.start(name).await? {
+                Started::Removed => return Ok(Exit::default()), // --rm, gone with its log
+                Started::Exited(r) => {
+                    print_log(out);
+                    return Ok(Exit::of(&r));
+                }
+                Started::Running(_) => {}
+            }
+        }
+        let attached = attach::attach(&dir, stdin, out).await;
+        match attached {
+            Ok(Detached::Exited(code)) => Ok(Exit { code, reason: None }),
+            Ok(Detached::Lost { attached }) => {
+                // The run ended before the attachment was taken, or the supervisor went
+                // away: the record and the log have the rest.
+                let Some(r) = self.wait_for_exit(&record.id, None).await else {
+                    return Ok(Exit::default());
+                };
+                if !attached {
+                    print_log(out);
+                }
+                Ok(Exit::of(&r))
+            }
+            Err(source) => Err(ContainerError::Attach {
+                name: record.name,
+                source,
+            }),
+        }
+    }
+
+    /// Container `name`'s output as it was kept.
+    pub async fn logs(&self, name: &str, opts: LogOptions) -> Result<Logs, ContainerError> {
+        let record = self.get(name).await?;
+        Ok(Logs {
+            containers: self.clone(),
+            record,
+            opts,
+            offset: None,
+            done: false,
+        })
+    }
+
+    /// Copies `src` (absolute, in the container) out of running container `name`.
+    pub async fn copy_out(
+        &self,
+        name: &str,
+        src: &str,
+        follow_link: bool,
+        dest: HostDest,
+    ) -> Result<Copied, ContainerError> {
+        let record = self.get(name).await?;
+        if !running(&record) {
+            return Err(ContainerError::NotRunning(record.name));
+        }
+        let dir = self.store.container_dir(&record.id);
+        Ok(copy::copy_out(&dir, src, follow_link, dest).await?)
+    }
+
+    /// Copies into running container `name` at `dest` (absolute, in the container).
+    pub async fn copy_in(
+        &self,
+        name: &str,
+        src: HostSource,
+        dest: &str,
+    ) -> Result<(), ContainerError> {
+        let record = self.get(name).await?;
+        if !running(&record) {
+            return Err(ContainerError::NotRunning(record.name));
+        }
+        let dir = self.store.container_dir(&record.id);
+        Ok(copy::copy_in(&dir, src, dest).await?)
+    }
+}
+
+impl Containers {
+    /// The named volumes of this data directory.
+    pub fn volumes(&self) -> Volumes {
+        Volumes::open(&self.host.paths)
+    }
+
+    /// Which containers (in any state) mount each volume, as (volume, container name):
+    /// a volume a container names cannot go while the container exists.
+    pub async fn volume_users(&self) -> Result<Vec<(String, String)>, ContainerError> {
+        self.blocking(|s| {
+            let mut out = Vec::new();
+            for id in s.ids()? {
+                if let Ok(r) = s.load(&id) {
+                    out.extend(r.volumes.into_iter().map(|v| (v, r.name.clone())));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Removes volume `name`, unless a container names it or one runs with it.
+    pub async fn remove_volume(&self, name: &str) -> Result<(), ContainerError> {
+        let users: Vec<String> = self
+            .volume_users()
+            .await?
+            .into_iter()
+            .filter(|(v, _)| v == name)
+            .map(|(_, c)| c)
+            .collect();
+        if !users.is_empty() {
+            return Err(ContainerError::VolumeUsed {
+                volume: name.to_string(),
+                containers: users.join(", "),
+            });
+        }
+        let volumes = self.volumes();
+        let name = name.to_string();
+        self.blocking(move |_| Ok(volumes.remove(&name)?)).await
+    }
+
+    /// Removes every volume no container names or uses; their names.
+    pub async fn prune_volumes(&self) -> Result<Vec<String>, ContainerError> {
+        let users = self.volume_users().await?;
+        let volumes = self.volumes();
+        self.blocking(move |_| {
+            let mut removed = Vec::new();
+            for v in volumes.list() {
+                if users.iter().any(|(u, _)| *u == v.name) {
+                    continue;
+                }
+                match volumes.remove(&v.name) {
+                    Ok(()) => removed.push(v.name),
+                    Err(VolumeError::InUse(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+}
+
+/// How a container's run ended, as a client sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exit {
+    pub code: i32,
+    /// Why, when it was not the process's own doing.
+    pub reason: Option<String>,
+}
+
+impl Exit {
+    fn of(r: &Record) -> Exit {
+        match &r.status {
+            Status::Exited { code, reason, .. } => Exit {
+                code: *code,
+                reason: reason.clone(),
+            },
+            _ => Exit::default(),
+        }
+    }
+}
+
+/// A container's log being read (see [`Containers::logs`]).
+pub struct Logs {
+    containers: Containers,
+    record: Record,
+    opts: LogOptions,
+    /// Where the live log has been read to; None before the first batch.
+    offset: Option<u64>,
+    done: bool,
+}
+
+impl Logs {
+    /// The next entries: what is there at first, then (following) what comes, until the
+    /// container has exited and all of it was read; None then.
+    pub async fn next(&mut self) -> Result<Option<Vec<Entry>>, ContainerError> {
+        if self.done {
+            return Ok(None);
+        }
+        let dir = self.containers.store.container_dir(&self.record.id);
+        let since = self.opts.since_unix_nanos;
+        let keep = move |mut entries: Vec<Entry>| {
+            if let Some(s) = since {
+                entries.retain(|e| e.time >= s);
+            }
+            entries
+        };
+        let log_err = |source| ContainerError::Log {
+            name: self.record.name.clone(),
+            source,
+        };
+        let Some(offset) = self.offset else {
+            let (mut entries, offset) = log::read_all(&dir).map_err(log_err)?;
+            if let Some(n) = self.opts.tail {
+                let skip = entries.len().saturating_sub(n);
+                entries.drain(..skip);
+            }
+            self.offset = Some(offset);
+            self.done = !self.opts.follow;
+            return Ok(Some(keep(entries)));
+        };
+        loop {
+            let id = self.record.id.clone();
+            let exited = !matches!(
+                self.containers
+                    .blocking(move |s| Ok(s.reconcile(&id)?))
+                    .await,
+                Ok(Record {
+                    status: Status::Running { .. } | Status::Created,
+                    ..
+                })
+            );
+            let (new, next) = log::read_from(&dir, offset).map_err(log_err)?;
+            self.offset = Some(next);
+            if exited {
+                self.done = true;
+            }
+            if !new.is_empty() || exited {
+                return Ok(Some(keep(new)));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The helper command a container's supervisor runs as.
+pub fn supervise_args(id: &str) -> [String; 3] {
+    ["container".into(), "supervise".into(), id.to_string()]
+}

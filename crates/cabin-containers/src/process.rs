@@ -1,0 +1,131 @@
+//! A process in a container as the host drives it through cabin-init: its output as one
+//! stream of chunks, its stdin, signals, its terminal's size, and how it ended, for the
+//! foreground run, the supervisor and exec alike.
+
+use std::time::Duration;
+
+use cabin_proto::v1::{
+    output_chunk, ExitStatus, ProcessRef, ResizeTtyRequest, SignalRequest, TtySize,
+};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+use crate::agent::{self, Agent};
+
+/// Which of a process's outputs a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A chunk of a process's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub stream: Stream,
+    pub data: Vec<u8>,
+}
+
+/// How many output chunks wait for a slow reader before the guest is held back.
+const OUTPUT_BACKLOG: usize = 64;
+
+/// The process's output, chunk by chunk, until the guest closes it (the process and
+/// everything holding its output are gone) or the receiver is dropped.
+pub fn output(agent: &Agent, process: ProcessRef) -> mpsc::Receiver<Output> {
+    let (tx, rx) = mpsc::channel(OUTPUT_BACKLOG);
+    let mut a = agent.clone();
+    tokio::spawn(async move {
+        let Ok(s) = a.read_output(process).await else {
+            return;
+        };
+        let mut stream = s.into_inner();
+        while let Some(Ok(chunk)) = stream.next().await {
+            let stream = if chunk.stream == output_chunk::Stream::Stderr as i32 {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            };
+            if tx
+                .send(Output {
+                    stream,
+                    data: chunk.data,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The shell's exit code for a finished process: 128+N when signal N killed it.
+pub fn exit_code(status: &ExitStatus) -> i32 {
+    if status.signal > 0 {
+        128 + status.signal
+    } else {
+        status.code
+    }
+}
+
+/// Sends signal `n` to the process; a guest that does not take it within `deadline` is
+/// an error (it is hung), not a wait.
+pub async fn signal(
+    agent: &Agent,
+    process: &ProcessRef,
+    n: i32,
+    deadline: Duration,
+) -> Result<(), tonic::Status> {
+    let mut a = agent.clone();
+    let req = SignalRequest {
+        process: Some(process.clone()),
+        signal: n,
+    };
+    agent::call("Signal", deadline, a.signal(req))
+        .await
+        .map(drop)
+}
+
+/// Tells the process's terminal its new size.
+pub async fn resize(
+    agent: &Agent,
+    process: &ProcessRef,
+    rows: u16,
+    cols: u16,
+) -> Result<(), tonic::Status> {
+    let mut a = agent.clone();
+    let req = ResizeTtyRequest {
+        process: Some(process.clone()),
+        size: Some(TtySize {
+            rows: rows as u32,
+            cols: cols as u32,
+        }),
+    };
+    agent::call("ResizeTty", cabin_proto::CALL_TIMEOUT, a.resize_tty(req))
+        .await
+        .map(drop)
+}
+
+/// Signals and terminal sizes for one process.
+#[derive(Clone)]
+pub struct Controls {
+    agent: Agent,
+    process: ProcessRef,
+}
+
+impl Controls {
+    pub fn new(agent: Agent, process: ProcessRef) -> Controls {
+        Controls { agent, process }
+    }
+
+    /// Sends signal `n` to the process.
+    pub async fn signal(&self, n: i32) -> Result<(), tonic::Status> {
+        signal(&self.agent, &self.process, n, cabin_proto::CALL_TIMEOUT).await
+    }
+
+    /// Tells the process's terminal its new size.
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<(), tonic::Status> {
+        resize(&self.agent, &self.process, rows, cols).await
+    }
+}

@@ -1,0 +1,375 @@
+//! What a container is made of, as the user asked for it: its [`ContainerSpec`], kept
+//! as a versioned JSON record beside its state (`<data>/containers/<id>/config.json`),
+//! written when the container is created and read by its supervisor at every start.
+//! Nothing in it is a command line: renaming a flag of the CLI changes nothing here.
+//!
+//! The record carries a top-level `"version"`. A record of a newer version is refused
+//! (this cabin cannot know what its fields mean), and a container made by a cabin
+//! before these records (its options were a saved command line, `run-args.json`) is
+//! refused with what to do; neither is ever misread.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cabin_base::files::{read_bounded, write_atomic};
+use cabin_net::NetworkMode;
+use cabin_vmm::{AccelRequest, PortForward};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::root::RootSource;
+use crate::volumes::MountSpec;
+
+/// The version of `config.json` this cabin writes and reads.
+pub const SPEC_VERSION: u32 = 1;
+/// The record's file in the container's directory.
+pub const SPEC_FILE: &str = "config.json";
+/// What the cabin before versioned records kept instead.
+const LEGACY_ARGS_FILE: &str = "run-args.json";
+const MAX_SPEC_BYTES: u64 = 1 << 20;
+
+/// A resource limit (`--ulimit NAME=SOFT[:HARD]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub name: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// When a container's process ends, whether the supervisor starts it again (docker's
+/// `--restart`). A container stopped with `cabin stop` is never restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    #[default]
+    No,
+    /// After a non-zero exit, at most this many times (None: without limit).
+    OnFailure(Option<u32>),
+    Always,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid restart policy {0:?}: use no, on-failure[:N] or always")]
+pub struct RestartPolicyError(pub String);
+
+impl std::str::FromStr for RestartPolicy {
+    type Err = RestartPolicyError;
+    fn from_str(s: &str) -> Result<Self, RestartPolicyError> {
+        let bad = || RestartPolicyError(s.to_string());
+        match s.split_once(':') {
+            None => match s {
+                "no" => Ok(RestartPolicy::No),
+                "on-failure" => Ok(RestartPolicy::OnFailure(None)),
+                "always" | "unless-stopped" => Ok(RestartPolicy::Always),
+                _ => Err(bad()),
+            },
+            Some(("on-failure", n)) => n
+                .parse()
+                .map(|n| RestartPolicy::OnFailure(Some(n)))
+                .map_err(|_| bad()),
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RestartPolicy::No => f.write_str("no"),
+            RestartPolicy::OnFailure(None) => f.write_str("on-failure"),
+            RestartPolicy::OnFailure(Some(n)) => write!(f, "on-failure:{n}"),
+            RestartPolicy::Always => f.write_str("always"),
+        }
+    }
+}
+
+impl Serialize for RestartPolicy {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RestartPolicy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl RestartPolicy {
+    pub fn wants_restart(self, code: i32, restarts: u32) -> bool {
+        match self {
+            RestartPolicy::No => false,
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure(max) => code != 0 && max.is_none_or(|m| restarts < m),
+        }
+    }
+}
+
+/// Whole seconds on the wire.
+mod seconds {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
+    }
+}
+
+/// Everything a container is made of. Paths in it are absolute (a front end resolves
+/// relative ones where the user gave them), so it means the same wherever it is read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub root: RootSource,
+    /// Replaces the image's entrypoint (and drops its Cmd), as docker's --entrypoint.
+    pub entrypoint: Option<Vec<String>>,
+    /// The command; empty means the image's Cmd.
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub tty: bool,
+    pub stdin: bool,
+    /// A reaper runs as PID 1 with the command as its child (docker's --init).
+    pub init: bool,
+    pub hostname: Option<String>,
+    /// Mount the root filesystem read-only (docker's --read-only).
+    pub read_only: bool,
+    /// CPUs as docker's --cpus: the VM gets ceil(cpus) vCPUs, the cgroup the exact quota.
+    pub cpus: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub pids_limit: Option<u64>,
+    pub rlimits: Vec<Rlimit>,
+    /// A guest kernel other than cabin's.
+    pub kernel: Option<PathBuf>,
+    pub accel: AccelRequest,
+    #[serde(with = "seconds")]
+    pub boot_timeout: Duration,
+    pub extra_kernel_args: String,
+    pub network: NetworkMode,
+    /// Published ports (`-p`); a host port 0 is any free one, chosen at each start.
+    pub publish: Vec<PortForward>,
+    /// Host folders, volumes and tmpfs mounts, in order.
+    pub mounts: Vec<MountSpec>,
+    pub restart: RestartPolicy,
+    /// The terminal's size at the start (`-t`), for a process run in the foreground.
+    #[serde(skip)]
+    pub tty_size: Option<(u16, u16)>,
+    /// The container's name, for its peers on a bridge network (its record has it).
+    #[serde(skip)]
+    pub name: Option<String>,
+    /// Keep the container's writable layer in this file from one start to the next
+    /// (containers in the store); None: a layer that dies with the VM.
+    #[serde(skip)]
+    pub layer: Option<PathBuf>,
+}
+
+impl ContainerSpec {
+    pub fn new(root: RootSource, args: Vec<String>) -> Self {
+        ContainerSpec {
+            root,
+            entrypoint: None,
+            args,
+            env: Vec::new(),
+            cwd: String::new(),
+            user: String::new(),
+            tty: false,
+            stdin: false,
+            init: false,
+            hostname: None,
+            read_only: false,
+            cpus: None,
+            memory_bytes: None,
+            pids_limit: None,
+            rlimits: Vec::new(),
+            kernel: None,
+            accel: AccelRequest::Auto,
+            boot_timeout: Duration::from_secs(60),
+            extra_kernel_args: String::new(),
+            network: NetworkMode::default(),
+            publish: Vec::new(),
+            mounts: Vec::new(),
+            restart: RestartPolicy::No,
+            tty_size: None,
+            name: None,
+            layer: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("container {id} was made by an earlier cabin, which kept its options as a command line; it cannot be started by this one: remove it (cabin rm {id}) and create it again")]
+    Legacy { id: String },
+    #[error("container {id}'s record was written by a newer cabin (version {version}; this one reads {SPEC_VERSION}): upgrade cabin to start it")]
+    Newer { id: String, version: u32 },
+    #[error(
+        "container {id} has no record of its options ({SPEC_FILE}); remove it (cabin rm {id})"
+    )]
+    Missing { id: String },
+    #[error("container {id}'s record of its options is unreadable ({detail}); remove it (cabin rm {id})")]
+    Unreadable { id: String, detail: String },
+    #[error("saving container {id}'s options: {source}")]
+    Write { id: String, source: io::Error },
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    version: u32,
+    #[serde(flatten)]
+    spec: &'a ContainerSpec,
+}
+
+#[derive(Deserialize)]
+struct Version {
+    version: Option<u32>,
+}
+
+/// Writes `spec` as container `id`'s record in `dir`, crash-safely.
+pub fn write(dir: &Path, id: &str, spec: &ContainerSpec) -> Result<(), SpecError> {
+    let bytes = serde_json::to_vec_pretty(&Record {
+        version: SPEC_VERSION,
+        spec,
+    })
+    .map_err(|e| SpecError::Write {
+        id: id.to_string(),
+        source: e.into(),
+    })?;
+    write_atomic(&dir.join(SPEC_FILE), &bytes, 0o600).map_err(|source| SpecError::Write {
+        id: id.to_string(),
+        source,
+    })
+}
+
+/// Reads container `id`'s record from `dir` (see the module comment for what is
+/// refused).
+pub fn read(dir: &Path, id: &str) -> Result<ContainerSpec, SpecError> {
+    let unreadable = |detail: String| SpecError::Unreadable {
+        id: id.to_string(),
+        detail,
+    };
+    let bytes = match read_bounded(&dir.join(SPEC_FILE), MAX_SPEC_BYTES) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(if dir.join(LEGACY_ARGS_FILE).exists() {
+                SpecError::Legacy { id: id.to_string() }
+            } else {
+                SpecError::Missing { id: id.to_string() }
+            })
+        }
+        Err(e) => return Err(unreadable(e.to_string())),
+    };
+    match serde_json::from_slice::<Version>(&bytes) {
+        Ok(Version {
+            version: Some(SPEC_VERSION),
+        }) => {}
+        Ok(Version {
+            version: Some(version),
+        }) if version > SPEC_VERSION => {
+            return Err(SpecError::Newer {
+                id: id.to_string(),
+                version,
+            })
+        }
+        Ok(Version { version }) => return Err(unreadable(format!("unknown version {version:?}"))),
+        Err(e) => return Err(unreadable(e.to_string())),
+    }
+    serde_json::from_slice(&bytes).map_err(|e| unreadable(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ContainerSpec {
+        let mut s = ContainerSpec::new(
+            RootSource::Image("busybox:latest".into()),
+            vec!["sh".into(), "-c".into(), "echo hi".into()],
+        );
+        s.env = vec!["A=1".into()];
+        s.memory_bytes = Some(64 << 20);
+        s.accel = AccelRequest::Force(cabin_vmm::Accel::Tcg);
+        s.network = NetworkMode::Bridge;
+        s.publish = vec![cabin_net::ports::parse_publish("8080:80/udp").unwrap()];
+        s.mounts = vec![MountSpec::Tmpfs {
+            target: "/scratch".into(),
+            options: "size=8m".into(),
+        }];
+        s.rlimits = vec![Rlimit {
+            name: "nofile".into(),
+            soft: 1024,
+            hard: 4096,
+        }];
+        s.restart = RestartPolicy::OnFailure(Some(3));
+        s
+    }
+
+    #[test]
+    fn a_spec_round_trips_through_its_versioned_record() {
+        let t = tempfile::tempdir().unwrap();
+        let mut s = spec();
+        write(t.path(), "c1", &s).unwrap();
+        let text = std::fs::read_to_string(t.path().join(SPEC_FILE)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["version"], SPEC_VERSION);
+        assert_eq!(v["restart"], "on-failure:3");
+        assert_eq!(v["root"]["image"], "busybox:latest");
+        // What only a run has is not kept.
+        s.tty_size = Some((24, 80));
+        s.layer = Some("/x".into());
+        s.name = Some("web".into());
+        let back = read(t.path(), "c1").unwrap();
+        assert_eq!(back, spec());
+    }
+
+    #[test]
+    fn old_newer_and_damaged_records_are_refused_with_what_to_do() {
+        let t = tempfile::tempdir().unwrap();
+        let e = read(t.path(), "c1").unwrap_err();
+        assert!(matches!(e, SpecError::Missing { .. }), "{e}");
+        std::fs::write(t.path().join(LEGACY_ARGS_FILE), r#"["run","busybox"]"#).unwrap();
+        let e = read(t.path(), "c1").unwrap_err().to_string();
+        assert!(
+            e.contains("earlier cabin") && e.contains("cabin rm c1"),
+            "{e}"
+        );
+        let mut newer = serde_json::to_value(Record {
+            version: SPEC_VERSION,
+            spec: &spec(),
+        })
+        .unwrap();
+        newer["version"] = 2.into();
+        std::fs::write(t.path().join(SPEC_FILE), newer.to_string()).unwrap();
+        let e = read(t.path(), "c1").unwrap_err().to_string();
+        assert!(e.contains("newer cabin (version 2"), "{e}");
+        std::fs::write(t.path().join(SPEC_FILE), r#"{"root":{"image":"x"}}"#).unwrap();
+        let e = read(t.path(), "c1").unwrap_err().to_string();
+        assert!(e.contains("unknown version None"), "{e}");
+        std::fs::write(t.path().join(SPEC_FILE), r#"{"version":1,"root":7}"#).unwrap();
+        let e = read(t.path(), "c1").unwrap_err().to_string();
+        assert!(e.contains("unreadable"), "{e}");
+    }
+
+    #[test]
+    fn restart_policies_parse_print_and_decide() {
+        let p = |s: &str| s.parse::<RestartPolicy>();
+        assert_eq!(p("no"), Ok(RestartPolicy::No));
+        assert_eq!(p("always"), Ok(RestartPolicy::Always));
+        assert_eq!(p("on-failure"), Ok(RestartPolicy::OnFailure(None)));
+        assert_eq!(p("on-failure:3"), Ok(RestartPolicy::OnFailure(Some(3))));
+        assert!(p("on-failure:x").is_err() && p("sometimes").is_err() && p("no:1").is_err());
+        for s in ["no", "always", "on-failure", "on-failure:3"] {
+            assert_eq!(p(s).unwrap().to_string(), s);
+        }
+        assert!(!RestartPolicy::No.wants_restart(1, 0));
+        assert!(RestartPolicy::Always.wants_restart(0, 100));
+        let twice = RestartPolicy::OnFailure(Some(2));
+        assert!(!twice.wants_restart(0, 0));
+        assert!(twice.wants_restart(1, 1));
+        assert!(!twice.wants_restart(1, 2));
+    }
+}
