@@ -3,20 +3,15 @@
 //! server runs them on tokio's blocking threads.
 
 use cabin_base::sync::Locked;
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use cabin_base::Host;
 use cabin_machines::details;
 use cabin_machines::runner::{self, Started};
-use cabin_machines::settings::Settings;
 use cabin_machines::store::{self, CreateOptions, VmError};
-use cabin_vmm::AccelRequest;
 
-use crate::log::Log;
+use crate::app::{App, Request};
 use crate::routes::Route;
 use crate::wire::{self, ApiError, Fields, Reply};
 
@@ -26,68 +21,6 @@ pub const START_WAIT: Duration = Duration::from_secs(10);
 /// How long `stop` gives a VM (ACPI power-off, then the runner pulls the plug after
 /// `runner::POWEROFF_GRACE`) before killing its runner.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub struct App {
-    /// What the server read of its environment at start-up.
-    pub host: Host,
-    /// The accelerator VMs started through the API ask for.
-    pub accel: AccelRequest,
-    pub log: std::sync::Arc<Log>,
-    /// VM directories whose start this server is seeing through.
-    starting: Mutex<HashSet<PathBuf>>,
-    /// Serialises this server's read-change-write of the settings file.
-    settings_lock: Mutex<()>,
-    /// Pulls started with `POST /lume/pull/start`, by VM name.
-    pub pulls: crate::vm_images::Pulls,
-}
-
-impl App {
-    pub fn new(host: Host, accel: AccelRequest) -> App {
-        App {
-            host,
-            accel,
-            log: Default::default(),
-            starting: Mutex::new(HashSet::new()),
-            settings_lock: Mutex::new(()),
-            pulls: Default::default(),
-        }
-    }
-
-    pub(crate) fn settings(&self) -> Result<Settings, ApiError> {
-        Ok(Settings::load(&self.host.paths)?)
-    }
-
-    /// Loads the settings, applies `change` and saves them.
-    fn change_settings(
-        &self,
-        change: impl FnOnce(&mut Settings) -> Result<(), ApiError>,
-    ) -> Result<(), ApiError> {
-        let _guard = self.settings_lock.locked();
-        let mut s = self.settings()?;
-        change(&mut s)?;
-        Ok(s.save(&self.host.paths)?)
-    }
-}
-
-/// A request as a handler sees it.
-pub struct Request<'a> {
-    pub param: Option<String>,
-    pub query: Option<&'a str>,
-    pub body: &'a [u8],
-}
-
-impl Request<'_> {
-    fn name(&self) -> &str {
-        self.param.as_deref().unwrap_or_default()
-    }
-
-    fn query(&self, key: &str) -> Option<String> {
-        let q = self.query?;
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.into_owned())
-    }
-}
 
 fn lume_size(s: &str) -> Result<u64, ApiError> {
     cabin_base::sizes::parse_size(s, cabin_base::sizes::Dialect::Lume)

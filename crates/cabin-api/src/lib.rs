@@ -5,6 +5,7 @@
 //! a failed start instead of a 202; `stop` answers once the VM is down, without
 //! Lume's extra 5 s sleep).
 
+mod app;
 mod handlers;
 mod log;
 pub mod routes;
@@ -21,7 +22,7 @@ use axum::Router;
 use cabin_base::Host;
 use cabin_vmm::AccelRequest;
 
-use handlers::{App, Request};
+use app::{App, Request};
 use routes::{Match, Route};
 use wire::Reply;
 
@@ -36,26 +37,46 @@ pub struct Options {
     pub accel: AccelRequest,
 }
 
+/// Why the server could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("Port {0} is already in use by another process")]
+    PortInUse(u16),
+    #[error("cannot listen on 127.0.0.1:{port}: {source}")]
+    Listen { port: u16, source: std::io::Error },
+    #[error("serving: {0}")]
+    Serving(std::io::Error),
+}
+
 /// Serves until SIGTERM or SIGINT. VMs started through the API run on (each in a
 /// process of its own) after the server stops.
-pub async fn serve(opts: Options) -> Result<(), String> {
+pub async fn serve(opts: Options) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.port))
         .await
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AddrInUse {
-                format!("Port {} is already in use by another process", opts.port)
+        .map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                ServeError::PortInUse(opts.port)
             } else {
-                format!("cannot listen on 127.0.0.1:{}: {e}", opts.port)
+                ServeError::Listen {
+                    port: opts.port,
+                    source,
+                }
             }
         })?;
-    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let port = listener
+        .local_addr()
+        .map_err(|source| ServeError::Listen {
+            port: opts.port,
+            source,
+        })?
+        .port();
     let app = Arc::new(App::new(opts.host, opts.accel));
     let router = Router::new().fallback(dispatch).with_state(app.clone());
     app.log.info(&format!("Server started port={port}"));
     axum::serve(listener, router)
         .with_graceful_shutdown(stop_signal())
         .await
-        .map_err(|e| format!("serving: {e}"))?;
+        .map_err(ServeError::Serving)?;
     app.log.info("Server stopped");
     Ok(())
 }

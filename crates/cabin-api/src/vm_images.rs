@@ -5,62 +5,16 @@
 //! Lume.
 
 use cabin_base::sync::Locked;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::http::StatusCode;
-use cabin_image::registry::{Progress, ProgressHook};
+use cabin_image::registry::ProgressHook;
 use cabin_machines::store;
 use cabin_machines::transfer::{self, ImageRef, PullRequest, PushRequest};
 use serde::Serialize;
 
-use crate::handlers::{App, Request};
+use crate::app::{App, Counter, PullState, Request};
 use crate::wire::{self, ApiError, Fields, Reply};
-
-/// Byte counts of one transfer.
-#[derive(Default)]
-pub struct Counter {
-    total: AtomicU64,
-    done: AtomicU64,
-}
-
-impl Progress for Counter {
-    fn start(&self, _: &str, total: u64, done: u64) {
-        self.total.store(total, Ordering::Relaxed);
-        self.done.store(done, Ordering::Relaxed);
-    }
-    fn advance(&self, _: &str, bytes: u64) {
-        self.done.fetch_add(bytes, Ordering::Relaxed);
-    }
-    fn finish(&self, _: &str) {
-        self.done
-            .store(self.total.load(Ordering::Relaxed), Ordering::Relaxed);
-    }
-}
-
-impl Counter {
-    /// 0 to 100, from compressed bytes (as Lume computes it).
-    pub fn percent(&self) -> f64 {
-        let (t, d) = (
-            self.total.load(Ordering::Relaxed),
-            self.done.load(Ordering::Relaxed),
-        );
-        if t == 0 {
-            0.0
-        } else {
-            (d as f64 * 100.0 / t as f64).min(100.0)
-        }
-    }
-}
-
-/// A pull this server started in the background.
-pub enum PullState {
-    Running(Arc<Counter>),
-    Failed(String),
-}
-
-pub type Pulls = Arc<Mutex<HashMap<String, PullState>>>;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -225,6 +225,40 @@ fn ghcr_credentials(var: impl Fn(&str) -> Option<String>) -> Option<(String, Str
     either("GITHUB_USERNAME", "GHCR_USERNAME").zip(either("GITHUB_TOKEN", "GHCR_TOKEN"))
 }
 
+/// Why [`locate`] found nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unlocated {
+    /// The file named does not exist.
+    NamedMissing(PathBuf),
+    /// None of these (listed, comma-separated) exists.
+    NoneOf(String),
+}
+
+/// A file cabin runs (a kernel, its init): the one `named`, which must exist; else the
+/// first of `candidates` that does.
+pub fn locate(named: Option<PathBuf>, candidates: &[PathBuf]) -> Result<PathBuf, Unlocated> {
+    if let Some(p) = named {
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Unlocated::NamedMissing(p))
+        };
+    }
+    candidates
+        .iter()
+        .find(|c| c.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            Unlocated::NoneOf(
+                candidates
+                    .iter()
+                    .map(|c| c.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        })
+}
+
 /// The name of cabin's binary.
 pub const CABIN: &str = "cabin";
 
@@ -308,6 +342,23 @@ mod tests {
             Some(("cat".to_string(), "t1".to_string()))
         );
         assert_eq!(ghcr_credentials(env(&[("GHCR_USERNAME", "octo")])), None);
+    }
+
+    #[test]
+    fn files_are_located_by_name_or_as_the_first_candidate_there() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        std::fs::write(&b, "").unwrap();
+        assert_eq!(locate(None, &[a.clone(), b.clone()]), Ok(b.clone()));
+        assert_eq!(locate(Some(b.clone()), &[]), Ok(b.clone()));
+        assert_eq!(
+            locate(Some(a.clone()), std::slice::from_ref(&b)),
+            Err(Unlocated::NamedMissing(a.clone()))
+        );
+        assert_eq!(
+            locate(None, std::slice::from_ref(&a)),
+            Err(Unlocated::NoneOf(a.display().to_string()))
+        );
     }
 
     #[test]

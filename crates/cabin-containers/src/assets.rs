@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use cabin_image::cpio::CpioWriter;
 use sha2::{Digest, Sha256};
 
+use cabin_base::paths::{locate, Unlocated};
 use cabin_base::{Host, Paths};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,31 +28,16 @@ pub enum AssetError {
 /// the data directory's `kernel/vmlinux`, else the build cache's `current` kernel.
 pub fn locate_kernel(explicit: Option<&Path>, host: &Host) -> Result<PathBuf, AssetError> {
     let paths = &host.paths;
-    if let Some(p) = explicit
+    let named = explicit
         .map(Path::to_path_buf)
-        .or_else(|| host.kernel.clone())
-    {
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(AssetError::KernelMissing(p))
-        };
-    }
+        .or_else(|| host.kernel.clone());
     let candidates = [
         paths.kernels().join("vmlinux"),
         paths.kernel_builds().join("current/vmlinux"),
     ];
-    for c in &candidates {
-        if c.is_file() {
-            return Ok(c.clone());
-        }
-    }
-    Err(AssetError::NoKernel {
-        looked: candidates
-            .iter()
-            .map(|c| c.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
+    locate(named, &candidates).map_err(|u| match u {
+        Unlocated::NamedMissing(p) => AssetError::KernelMissing(p),
+        Unlocated::NoneOf(looked) => AssetError::NoKernel { looked },
     })
 }
 

@@ -14,9 +14,9 @@ use cabin_proto::v1::{ContainerMount, HostEntry, NetworkConfig};
 use cabin_vmm::qemu::user_net;
 use cabin_vmm::{DiskFormat, DiskSpec, NetBackend, ShareSpec};
 
-use crate::vm::Notify;
+use crate::error::{Notify, RunError};
 use crate::volumes::{self, AttachedVolume, MountSpec, Volumes};
-use crate::{ContainerSpec, Paths, RunError};
+use crate::{ContainerSpec, Paths};
 use cabin_net::bridge::{self, Endpoint};
 use cabin_net::{ports, NetworkMode};
 

@@ -13,8 +13,9 @@ use tokio::sync::mpsc;
 
 use crate::agent::{self, Agent};
 use crate::control::{self, ExecRequest, Frame, Incoming, Request};
+use crate::error::RunError;
 use crate::process::{self, Output, Stream};
-use crate::vm::{ProcessSettings, RunError};
+use crate::vm::ProcessSettings;
 
 /// Fills in what an exec leaves to the container, as docker does: the variables its
 /// process started with (and TERM with a terminal) under the exec's own, its working

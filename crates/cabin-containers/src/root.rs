@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use cabin_image::{image, rootfs, store::Store};
 
-use crate::vm::{Notify, RunError};
+use crate::error::{NoCommand, Notify, RunError};
 use cabin_base::Paths;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -98,10 +98,6 @@ pub async fn resolve(
         }
     }
 }
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("no command given, and the image names none (no Entrypoint or Cmd)")]
-pub struct NoCommand;
 
 /// The process to run: docker's rules. `--entrypoint` replaces the image's entrypoint
 /// and drops its Cmd; a command given by the user replaces the image's Cmd; `-e` adds to

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use cabin_base::paths::Unlocated;
 use cabin_base::Host;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,26 +19,12 @@ pub enum KernelError {
 /// data directory's `kernel/bzImage-vm`, else the build cache's `current-vm` kernel.
 pub fn locate(host: &Host) -> Result<PathBuf, KernelError> {
     let paths = &host.paths;
-    if let Some(p) = host.vm_kernel.clone() {
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(KernelError::Missing(p))
-        };
-    }
     let candidates = [
         paths.kernels().join("bzImage-vm"),
         paths.kernel_builds().join("current-vm/bzImage"),
     ];
-    candidates
-        .iter()
-        .find(|c| c.is_file())
-        .cloned()
-        .ok_or_else(|| KernelError::NotFound {
-            looked: candidates
-                .iter()
-                .map(|c| c.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+    cabin_base::paths::locate(host.vm_kernel.clone(), &candidates).map_err(|u| match u {
+        Unlocated::NamedMissing(p) => KernelError::Missing(p),
+        Unlocated::NoneOf(looked) => KernelError::NotFound { looked },
+    })
 }
