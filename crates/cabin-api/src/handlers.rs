@@ -171,6 +171,7 @@ fn create_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
             storage(&c.storage),
             &opts,
             image,
+            &|m: &str| app.log.error(m),
         )?,
     };
     app.log.info(&format!(

@@ -132,8 +132,16 @@ pub fn lume_message(e: &VmError) -> String {
         VmError::Exists(name) => format!("Virtual machine already exists with name: {name}"),
         VmError::Running(name) => format!("Virtual machine already running: {name}"),
         VmError::NotRunning(name) => format!("Virtual machine is not running: {name}"),
-        // Storage-location errors are worded as Lume's already; the rest are cabin's
-        // own failures, which Lume's clients show as they are.
+        VmError::Settings(SettingsError::NotFound(name)) => {
+            format!("Storage location not found: {name}")
+        }
+        VmError::Settings(SettingsError::Exists(name)) => {
+            format!("Storage location already exists: {name}")
+        }
+        VmError::Settings(SettingsError::RemoveDefault(name)) => {
+            format!("Cannot remove the default storage location: {name}")
+        }
+        // cabin's own failures, which Lume's clients show as they are.
         other => other.to_string(),
     }
 }
@@ -341,6 +349,26 @@ pub struct HostStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vm_errors_become_lumes_messages_in_one_place() {
+        assert_eq!(
+            lume_message(&VmError::NotFound("web".into())),
+            "Virtual machine not found: web"
+        );
+        assert_eq!(
+            lume_message(&VmError::Running("web".into())),
+            "Virtual machine already running: web"
+        );
+        assert_eq!(
+            lume_message(&SettingsError::NotFound("ssd".into()).into()),
+            "Storage location not found: ssd"
+        );
+        assert_eq!(
+            ApiError::from(SettingsError::RemoveDefault("home".into())).0,
+            "Cannot remove the default storage location: home"
+        );
+    }
 
     #[test]
     fn json_is_compact_and_escapes_slashes_like_swift() {

@@ -339,5 +339,16 @@ mod tests {
                 command: SystemCommand::Prepare(_)
             })
         ));
+        let dir = std::path::Path::new("/srv/vms/web");
+        let runner: Vec<String> = cabin_machines::runner::runner_args(dir)
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(matches!(
+            parse(runner),
+            Ok(Command::Vm {
+                command: vm_cmd::VmCommand::Runner { dir: got }
+            }) if got == dir
+        ));
     }
 }

@@ -298,7 +298,16 @@ pub async fn run(host: &Host, cmd: VmCommand) -> Result<i32, Failure> {
             let vm = match &a.image {
                 None => store::create(&s, &a.name, a.storage.as_deref(), &opts)?,
                 Some(image) => {
-                    from_image::create(&s, host, &a.name, a.storage.as_deref(), &opts, image)?
+                    let notify = |m: &str| eprintln!("cabin: {m}");
+                    from_image::create(
+                        &s,
+                        host,
+                        &a.name,
+                        a.storage.as_deref(),
+                        &opts,
+                        image,
+                        &notify,
+                    )?
                 }
             };
             log_info(&format!(

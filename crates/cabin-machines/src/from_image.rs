@@ -130,6 +130,9 @@ pub fn systemd_machine_id(identifier: &str) -> Option<String> {
     crate::store::machine_uuid(identifier).map(|u| u.replace('-', ""))
 }
 
+/// Where what the user should hear on the way goes (the CLI prints it, the API logs it).
+pub type Notify<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
 /// Creates the VM `name` from the image `reference` (`vm create --image`).
 pub fn create(
     settings: &crate::settings::Settings,
@@ -138,9 +141,10 @@ pub fn create(
     storage: Option<&str>,
     opts: &crate::store::CreateOptions,
     reference: &str,
+    notify: Notify<'_>,
 ) -> Result<crate::store::Vm, VmError> {
     crate::store::create_with(settings, name, storage, opts, |stage| {
-        provision(host, stage, reference, opts.disk_size)
+        provision(host, stage, reference, opts.disk_size, notify)
     })
 }
 
@@ -152,6 +156,7 @@ pub fn provision(
     stage: &Path,
     reference: &str,
     disk_size: u64,
+    notify: Notify<'_>,
 ) -> Result<(), VmError> {
     use cabin_image::{image, store::Store};
     let paths = &host.paths;
@@ -178,7 +183,7 @@ pub fn provision(
                 "{reference} has no init (/sbin/init): a VM boots its image's own init; use a system image, e.g. Debian with systemd-sysv"
             )));
         }
-        add_cabin_files(paths, &root)
+        add_cabin_files(paths, &root, notify)
             .map_err(|e| with_space_hint(format!("adding cabin's files to the VM's disk: {e}")))?;
         cabin_image::rootfs::build_system_disk(
             &root,
@@ -258,7 +263,7 @@ ExecStart=/usr/local/lib/cabin/mount-shares
 WantedBy=multi-user.target
 ";
 
-fn add_cabin_files(paths: &Paths, root: &Path) -> io::Result<()> {
+fn add_cabin_files(paths: &Paths, root: &Path, notify: Notify<'_>) -> io::Result<()> {
     // The image is the user's, not cabin's: its links are never followed, so a link
     // where cabin writes is replaced and one on the way is an error.
     let tree = Root::open(root, Links::Refuse)?;
@@ -284,7 +289,7 @@ fn add_cabin_files(paths: &Paths, root: &Path) -> io::Result<()> {
         // clone changes); debootstrap leaves the building host's name here.
         tree.remove(Path::new("etc/hostname"))?;
         tree.replace_with_symlink(Path::new("etc/resolv.conf"), "/proc/net/pnp")?;
-        if let Some(key) = ssh_public_key(paths)? {
+        if let Some(key) = ssh_public_key(paths, notify)? {
             tree.make_path(Path::new("root/.ssh"), Leaf::Dir, 0o700)?;
             tree.replace_file(
                 Path::new("root/.ssh/authorized_keys"),
@@ -322,7 +327,7 @@ pub fn ssh_key(paths: &Paths) -> PathBuf {
 }
 
 /// The public half of cabin's SSH key, made if missing; None without ssh-keygen.
-fn ssh_public_key(paths: &Paths) -> io::Result<Option<String>> {
+fn ssh_public_key(paths: &Paths, notify: Notify<'_>) -> io::Result<Option<String>> {
     let key = ssh_key(paths);
     let public = key.with_extension("pub");
     if !public.is_file() {
@@ -335,7 +340,7 @@ fn ssh_public_key(paths: &Paths) -> io::Result<Option<String>> {
             .output();
         match made {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                eprintln!("cabin: ssh-keygen is missing (apt-get install openssh-client): the VM gets no SSH key, so `cabin vm ssh` cannot log in");
+                notify("ssh-keygen is missing (apt-get install openssh-client): the VM gets no SSH key, so `cabin vm ssh` cannot log in");
                 return Ok(None);
             }
             Err(e) => return Err(e),
@@ -394,14 +399,14 @@ mod tests {
         let paths = Paths::at(t.path().join("data"));
         // A hostile image: /etc leads out of the tree.
         std::os::unix::fs::symlink(&outside, root.join("etc")).unwrap();
-        let e = add_cabin_files(&paths, &root).unwrap_err();
+        let e = add_cabin_files(&paths, &root, &|_| {}).unwrap_err();
         assert!(e.to_string().contains("etc is not a directory"), "{e}");
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
         fs::remove_file(root.join("etc")).unwrap();
         fs::create_dir(root.join("etc")).unwrap();
         // A link in a file's own place is replaced, not written through.
         std::os::unix::fs::symlink(outside.join("victim"), root.join("etc/fstab")).unwrap();
-        add_cabin_files(&paths, &root).unwrap();
+        add_cabin_files(&paths, &root, &|_| {}).unwrap();
         assert!(!outside.join("victim").exists());
         assert!(fs::read_to_string(root.join("etc/fstab"))
             .unwrap()

@@ -760,6 +760,47 @@ pub fn reap_in_background(vm: Vm, mut child: Child, mut started: bool) {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_background_runner_reads_its_typed_record_and_refuses_a_bad_one_as_a_start_error() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("vm1");
+        fs::create_dir(&dir).unwrap();
+        let vm = Vm {
+            name: "vm1".into(),
+            location_name: "home".into(),
+            dir: dir.clone(),
+        };
+        let opts = RunOptions {
+            shared_dirs: vec![("/srv".into(), true)],
+            vnc: true,
+            vnc_port: Some(5901),
+            accel: AccelRequest::Force(cabin_vmm::Accel::Tcg),
+            ..Default::default()
+        };
+        let record = RunRecord {
+            version: RUN_RECORD_VERSION,
+            name: vm.name.clone(),
+            location_name: vm.location_name.clone(),
+            options: opts.clone(),
+        };
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(text.contains(r#""accel":"tcg""#), "{text}");
+        let back: RunRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, record);
+        let host = Host::with_paths(cabin_base::Paths::at(t.path().join("data")));
+        // A record from another cabin: refused, and said where the start error goes.
+        let mut other = serde_json::to_value(&record).unwrap();
+        other["version"] = 9.into();
+        fs::write(dir.join(RUN_RECORD), other.to_string()).unwrap();
+        let e = run_recorded(&host, &dir, |_| {}).await.unwrap_err();
+        assert!(e.to_string().contains("record version 9"), "{e}");
+        assert_eq!(vm.start_error().unwrap().message, e.to_string());
+        fs::write(dir.join(RUN_RECORD), b"{").unwrap();
+        let e = run_recorded(&host, &dir, |_| {}).await.unwrap_err();
+        assert!(e.to_string().contains("are unreadable"), "{e}");
+        assert_eq!(runner_args(&dir)[..2], ["vm", "runner"]);
+    }
+
     #[test]
     fn passphrases_and_share_tags() {
         let p = passphrase().unwrap();
