@@ -163,26 +163,31 @@ pub enum FrameKind {
     Error = 19,
 }
 
+impl FrameKind {
+    const ALL: [FrameKind; 13] = [
+        FrameKind::Stdin,
+        FrameKind::StdinEof,
+        FrameKind::Stdout,
+        FrameKind::Stderr,
+        FrameKind::Exit,
+        FrameKind::Failed,
+        FrameKind::Started,
+        FrameKind::Resize,
+        FrameKind::Logged,
+        FrameKind::Archive,
+        FrameKind::ArchiveEnd,
+        FrameKind::Done,
+        FrameKind::Error,
+    ];
+}
+
 impl TryFrom<u8> for FrameKind {
     type Error = FrameError;
     fn try_from(b: u8) -> Result<FrameKind, FrameError> {
-        use FrameKind::*;
-        Ok(match b {
-            0 => Stdin,
-            1 => Stdout,
-            2 => Stderr,
-            3 => Exit,
-            4 => Failed,
-            5 => StdinEof,
-            6 => Started,
-            7 => Resize,
-            8 => Logged,
-            16 => Archive,
-            17 => ArchiveEnd,
-            18 => Done,
-            19 => FrameKind::Error,
-            other => return Err(FrameError::UnknownKind(other)),
-        })
+        FrameKind::ALL
+            .into_iter()
+            .find(|k| *k as u8 == b)
+            .ok_or(FrameError::UnknownKind(b))
     }
 }
 
@@ -490,6 +495,17 @@ mod tests {
             Frame::Done,
             Frame::Error("no such file".into()),
         ]
+    }
+
+    #[test]
+    fn every_kind_byte_names_one_kind() {
+        for k in FrameKind::ALL {
+            assert_eq!(FrameKind::try_from(k as u8).unwrap(), k);
+        }
+        let known = (0..=255u8)
+            .filter(|b| FrameKind::try_from(*b).is_ok())
+            .count();
+        assert_eq!(known, FrameKind::ALL.len());
     }
 
     #[tokio::test]
