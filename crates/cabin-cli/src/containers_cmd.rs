@@ -300,30 +300,9 @@ pub struct KillArgs {
     containers: Vec<String>,
 }
 
-fn parse_signal(s: &str) -> Option<i32> {
-    if let Ok(n) = s.parse::<i32>() {
-        return (1..=64).contains(&n).then_some(n);
-    }
-    let name = s.to_ascii_uppercase();
-    let name = name.strip_prefix("SIG").unwrap_or(&name);
-    Some(match name {
-        "HUP" => libc::SIGHUP,
-        "INT" => libc::SIGINT,
-        "QUIT" => libc::SIGQUIT,
-        "KILL" => libc::SIGKILL,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        "TERM" => libc::SIGTERM,
-        "STOP" => libc::SIGSTOP,
-        "CONT" => libc::SIGCONT,
-        "WINCH" => libc::SIGWINCH,
-        _ => return None,
-    })
-}
-
 /// `cabin kill`.
 pub async fn kill(host: &Host, args: KillArgs) -> Result<i32, Failure> {
-    let Some(sig) = parse_signal(&args.signal) else {
+    let Some(sig) = cabin_containers::process::signal_number(&args.signal) else {
         return Err(Failure::new(format!("unknown signal {:?}", args.signal)));
     };
     let containers = Containers::open(host)?;
@@ -543,19 +522,5 @@ pub async fn stats(host: &Host, args: StatsArgs) -> Result<i32, Failure> {
         if args.no_stream {
             return Ok(0);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signals_parse_by_name_and_number() {
-        assert_eq!(parse_signal("TERM"), Some(libc::SIGTERM));
-        assert_eq!(parse_signal("sigkill"), Some(libc::SIGKILL));
-        assert_eq!(parse_signal("15"), Some(15));
-        assert_eq!(parse_signal("0"), None);
-        assert_eq!(parse_signal("BOGUS"), None);
     }
 }

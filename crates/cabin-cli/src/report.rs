@@ -107,18 +107,18 @@ pub fn started(id: &str, started: cabin_containers::containers::Started) -> Resu
     use cabin_containers::containers::Started;
     use cabin_containers::store::Status;
     println!("{id}");
-    match started {
+    let (code, reason) = match started {
         Started::Exited(r) => match r.status {
-            Status::Exited { code, reason, .. } => {
-                if let Some(reason) = reason {
-                    eprintln!("cabin: {reason}");
-                }
-                Ok(if code >= 125 { code } else { 0 })
-            }
-            _ => Ok(0),
+            Status::Exited { code, reason, .. } => (code, reason),
+            _ => (0, None),
         },
-        Started::Running(_) | Started::Removed => Ok(0),
+        Started::Removed(Some(exit)) => (exit.code, exit.reason),
+        Started::Running(_) | Started::Removed(None) => (0, None),
+    };
+    if let Some(reason) = reason {
+        eprintln!("cabin: {reason}");
     }
+    Ok(if code >= 125 { code } else { 0 })
 }
 
 /// Output formats of listings.

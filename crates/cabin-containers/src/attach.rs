@@ -38,6 +38,8 @@ struct Client {
 pub struct Attached {
     run_start: u64,
     clients: Vec<Client>,
+    /// Clients' stdin, for the process once it runs.
+    pending_stdin: Vec<tokio::net::unix::OwnedReadHalf>,
 }
 
 impl Attached {
@@ -46,16 +48,18 @@ impl Attached {
         self.run_start = log_size;
     }
 
-    /// Attaches a client. `stdin` is the process's open stdin, None when it has none
-    /// (the container was not created with -i).
+    /// Attaches a client: from now on it gets the output live, and what the log holds
+    /// of the current run first. `stdin_open`: the container's process has an open
+    /// stdin (it was created with -i); a client's stdin waits in `pending_stdin` until
+    /// [`Attached::connect_stdin`] (a client may attach while the VM still boots).
     pub fn add(
         &mut self,
         conn: UnixStream,
         req: AttachRequest,
         log: &mut LogWriter,
-        stdin: Option<(&Agent, &ProcessRef)>,
+        stdin_open: bool,
     ) {
-        let (mut rd, mut wr) = conn.into_split();
+        let (rd, mut wr) = conn.into_split();
         let (tx, mut rx) = mpsc::channel::<Frame>(CLIENT_BACKLOG);
         let writer = tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
@@ -64,18 +68,14 @@ impl Attached {
                 }
             }
         });
-        let stdin = match (req.stdin, stdin) {
-            (false, _) => None,
-            (true, Some(s)) => Some(s),
-            (true, None) => {
-                let _ = tx.try_send(Frame::Failed {
-                    code: 1,
-                    message: "the container was created without -i: its standard input is closed"
-                        .into(),
-                });
-                return;
-            }
-        };
+        if req.stdin && !stdin_open {
+            let _ = tx.try_send(Frame::Failed {
+                code: 1,
+                message: "the container was created without -i: its standard input is closed"
+                    .into(),
+            });
+            return;
+        }
         // What is logged so far is the client's to read; from here on output comes live.
         let _ = log.flush();
         let logged = Frame::Logged {
@@ -85,7 +85,15 @@ impl Attached {
         if tx.try_send(logged).is_err() {
             return;
         }
-        if let Some((agent, process)) = stdin {
+        if req.stdin {
+            self.pending_stdin.push(rd);
+        }
+        self.clients.push(Client { frames: tx, writer });
+    }
+
+    /// Sends the waiting clients' stdin to the process (once it runs).
+    pub fn connect_stdin(&mut self, agent: &Agent, process: &ProcessRef) {
+        for mut rd in self.pending_stdin.drain(..) {
             let (input, done) = agent::stdin_writer(agent, process.clone());
             tokio::spawn(async move {
                 while let Ok(Incoming::Frame(Frame::Stdin(data))) =
@@ -100,7 +108,6 @@ impl Attached {
                 let _ = done.await;
             });
         }
-        self.clients.push(Client { frames: tx, writer });
     }
 
     /// Output of the process, for every attached client.
@@ -145,13 +152,25 @@ pub async fn attach(
     stdin: Option<Box<dyn AsyncRead + Unpin + Send>>,
     out: &mut dyn FnMut(bool, &[u8]),
 ) -> Result<Detached, AttachError> {
-    let req = Request::Attach(AttachRequest {
-        stdin: stdin.is_some(),
-    });
-    let lost = Ok(Detached::Lost { attached: false });
-    let Ok(conn) = control::connect(container_dir, &req).await else {
-        return lost;
-    };
+    match request(container_dir, stdin.is_some()).await {
+        Ok(conn) => stream(conn, container_dir, stdin, out).await,
+        Err(_) => Ok(Detached::Lost { attached: false }),
+    }
+}
+
+/// Asks the supervisor of the container in `container_dir` for an attachment (an error
+/// when there is no supervisor listening, yet or any more).
+pub async fn request(container_dir: &Path, stdin: bool) -> std::io::Result<UnixStream> {
+    control::connect(container_dir, &Request::Attach(AttachRequest { stdin })).await
+}
+
+/// Follows an attachment [`request`] made: see [`attach`].
+pub async fn stream(
+    conn: UnixStream,
+    container_dir: &Path,
+    stdin: Option<Box<dyn AsyncRead + Unpin + Send>>,
+    out: &mut dyn FnMut(bool, &[u8]),
+) -> Result<Detached, AttachError> {
     let (mut rd, wr) = conn.into_split();
     // Both go to the stdin pump once the supervisor has answered.
     let mut pump = stdin.map(|input| (input, wr));

@@ -73,8 +73,8 @@ pub struct Attachments {
     pub network: Option<NetworkConfig>,
     pub mounts: Vec<ContainerMount>,
     pub hosts: Vec<HostEntry>,
-    /// Published ports, docker style, for inspect.
-    pub ports: Vec<String>,
+    /// Published ports, with the host ports chosen for `-p PORT`.
+    pub published: Vec<cabin_vmm::PortForward>,
     pub endpoint: Option<Endpoint>,
     volumes: Vec<AttachedVolume>,
 }
@@ -143,7 +143,8 @@ impl Attachments {
         }
         let mut publish = cfg.publish.clone();
         ports::choose_free_ports(&mut publish)?;
-        let ports: Vec<String> = publish.iter().map(ports::describe).collect();
+        let published = publish.clone();
+
         let (network, hosts, endpoint) = match cfg.network {
             NetworkMode::User => {
                 // QEMU binds the ports itself: this only checks that it will be able to.
@@ -182,7 +183,7 @@ impl Attachments {
             network,
             mounts,
             hosts,
-            ports,
+            published,
             endpoint,
             volumes: held,
         })

@@ -112,7 +112,16 @@ pub enum Started {
     Running(Record),
     /// It ran and has already ended (or never started: the record says why).
     Exited(Record),
-    /// It ran, ended, and was removed (`--rm`).
+    /// It ran (or failed to start), ended, and was removed (`--rm`): how it ended, when
+    /// that is known.
+    Removed(Option<crate::store::RemovedExit>),
+}
+
+/// What [`Containers::wait_until`] waits for (docker's `condition`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitFor {
+    NotRunning,
+    NextExit,
     Removed,
 }
 
@@ -267,7 +276,9 @@ impl Containers {
                 Ok(r) if matches!(r.status, Status::Created) => {}
                 Ok(r) if running(&r) => return Ok(Started::Running(r)),
                 Ok(r) => return Ok(Started::Exited(r)),
-                Err(ContainerError::Store(StoreError::NotFound(_))) => return Ok(Started::Removed),
+                Err(ContainerError::Store(StoreError::NotFound(_))) => {
+                    return Ok(Started::Removed(self.store.removed_exit(&record.id)))
+                }
                 Err(e) => return Err(e),
             }
             if Instant::now() > deadline {
@@ -435,9 +446,77 @@ impl Containers {
         if stdin.is_some() && !record.stdin {
             return Err(ContainerError::NoStdin(record.name));
         }
+        if running(&record) {
+            return self.follow(&record.id, stdin, out).await;
+        }
+        // Attached while it starts, so that not a byte of the run is missed.
+        let next = self.next_run(&record.id).await?;
+        let starter = self.clone();
+        let id = record.id.clone();
+        let mut start = tokio::spawn(async move { starter.start(&id).await });
+        let follow = self.follow_run(next, stdin, out);
+        tokio::pin!(follow);
+        let mut started = false;
+        loop {
+            tokio::select! {
+                exit = &mut follow => return exit,
+                s = &mut start, if !started => {
+                    started = true;
+                    match s {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(e),
+                        Err(e) => return Err(ContainerError::Task(e.to_string())),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stays with container `name`'s current run (it runs): `out` gets its output from
+    /// the start of the run, then live, `stdin` goes to its process.
+    pub async fn follow(
+        &self,
+        name: &str,
+        stdin: Option<Box<dyn AsyncRead + Unpin + Send>>,
+        out: &mut (dyn FnMut(bool, &[u8]) + Send),
+    ) -> Result<Exit, ContainerError> {
+        let record = self.get(name).await?;
+        let next = NextRun {
+            log_start: self.log_end(&record.id).await?,
+            before: Status::Created,
+            record,
+        };
+        self.follow_run(next, stdin, out).await
+    }
+
+    /// Container `name`'s next run, to follow from its start with
+    /// [`Containers::follow_run`]: take it before the run starts.
+    pub async fn next_run(&self, name: &str) -> Result<NextRun, ContainerError> {
+        let record = self.get(name).await?;
+        Ok(NextRun {
+            log_start: self.log_end(&record.id).await?,
+            before: record.status.clone(),
+            record,
+        })
+    }
+
+    /// Stays with the run `next` names, from its start (attaching as soon as its
+    /// supervisor listens, while its VM boots) to its end: `out` gets its output, `stdin`
+    /// goes to its process. A run that ended before the attachment (or was removed,
+    /// `--rm`) is read from its log. The result is the run's exit code, with the reason
+    /// when cabin or its VM ended it.
+    pub async fn follow_run(
+        &self,
+        next: NextRun,
+        stdin: Option<Box<dyn AsyncRead + Unpin + Send>>,
+        out: &mut (dyn FnMut(bool, &[u8]) + Send),
+    ) -> Result<Exit, ContainerError> {
+        let NextRun {
+            record,
+            log_start,
+            before,
+        } = next;
         let dir = self.store.container_dir(&record.id);
-        // Where this run's output will begin, should it end before the attachment.
-        let log_start = log::end(&dir);
         let print_log = |out: &mut (dyn FnMut(bool, &[u8]) + Send)| {
             if let Ok((entries, _)) = log::read_from(&dir, log_start) {
                 for e in entries {
@@ -445,34 +524,92 @@ impl Containers {
                 }
             }
         };
-        if !running(&record) {
-            match self.start(name).await? {
-                Started::Removed => return Ok(Exit::default()), // --rm, gone with its log
-                Started::Exited(r) => {
+        let removed = || {
+            self.store
+                .removed_exit(&record.id)
+                .map(|e| Exit {
+                    code: e.code,
+                    reason: e.reason,
+                })
+                .unwrap_or_default()
+        };
+        let conn = loop {
+            if let Ok(conn) = attach::request(&dir, stdin.is_some()).await {
+                break conn;
+            }
+            let id = record.id.clone();
+            match self.blocking(move |s| Ok(s.reconcile(&id)?)).await {
+                // The run ended before its supervisor could be reached.
+                Ok(r) if matches!(r.status, Status::Exited { .. }) && r.status != before => {
                     print_log(out);
                     return Ok(Exit::of(&r));
                 }
-                Started::Running(_) => {}
+                Ok(_) => {}
+                Err(ContainerError::Store(StoreError::NotFound(_))) => return Ok(removed()),
+                Err(e) => return Err(e),
             }
-        }
-        let attached = attach::attach(&dir, stdin, out).await;
-        match attached {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        match attach::stream(conn, &dir, stdin, out).await {
             Ok(Detached::Exited(code)) => Ok(Exit { code, reason: None }),
             Ok(Detached::Lost { attached }) => {
-                // The run ended before the attachment was taken, or the supervisor went
-                // away: the record and the log have the rest.
-                let Some(r) = self.wait_for_exit(&record.id, None).await else {
-                    return Ok(Exit::default());
-                };
+                // The supervisor went away, or refused: the record and the log have the
+                // rest.
+                let r = self.wait_for_exit(&record.id, None).await;
                 if !attached {
                     print_log(out);
                 }
-                Ok(Exit::of(&r))
+                Ok(r.as_ref().map(Exit::of).unwrap_or_else(removed))
             }
             Err(source) => Err(ContainerError::Attach {
                 name: record.name,
                 source,
             }),
+        }
+    }
+
+    /// Where container `name`'s log ends now: a run started after this call writes its
+    /// output from there.
+    pub async fn log_end(&self, name: &str) -> Result<u64, ContainerError> {
+        let name = name.to_string();
+        self.blocking(move |s| Ok(log::end(&s.container_dir(&s.resolve(&name)?))))
+            .await
+    }
+
+    /// Waits for container `name` as docker's `wait?condition=` does; its exit code.
+    /// `NotRunning`: at once when it is not running. `NextExit`: the end of its next
+    /// (or current) run. `Removed`: its removal (`--rm`), with the code its last run
+    /// ended with.
+    pub async fn wait_until(&self, name: &str, condition: WaitFor) -> Result<i32, ContainerError> {
+        let record = self.get(name).await?;
+        let id = record.id.clone();
+        let code = |r: &Record| match r.status {
+            Status::Exited { code, .. } => code,
+            _ => 0,
+        };
+        let before = record.status.clone();
+        let mut last = code(&record);
+        loop {
+            let owned = id.clone();
+            match self.blocking(move |s| Ok(s.reconcile(&owned)?)).await {
+                Ok(r) => {
+                    let exited = matches!(r.status, Status::Exited { .. });
+                    last = code(&r);
+                    let done = match condition {
+                        WaitFor::NotRunning => !running(&r),
+                        WaitFor::NextExit => exited && r.status != before,
+                        WaitFor::Removed => false,
+                    };
+                    if done {
+                        return Ok(last);
+                    }
+                }
+                Err(ContainerError::Store(StoreError::NotFound(_))) => {
+                    return Ok(self.store.removed_exit(&id).map_or(last, |e| e.code));
+                }
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -601,6 +738,16 @@ impl Exit {
             _ => Exit::default(),
         }
     }
+}
+
+/// A container's next run, as [`Containers::next_run`] found it before it started.
+#[derive(Debug, Clone)]
+pub struct NextRun {
+    record: Record,
+    /// Where its log ended.
+    log_start: u64,
+    /// Its status then: the run has ended once the status is another exit.
+    before: Status,
 }
 
 /// A container's log being read (see [`Containers::logs`]).

@@ -107,6 +107,37 @@ pub async fn resize(
         .map(drop)
 }
 
+/// A signal by its number (1 to 64) or name (`TERM`, `SIGTERM`, `term`), as `kill -s`
+/// and docker's API take them.
+pub fn signal_number(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = s.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    Some(match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        "WINCH" => libc::SIGWINCH,
+        "ALRM" => libc::SIGALRM,
+        "PIPE" => libc::SIGPIPE,
+        "ABRT" => libc::SIGABRT,
+        "TSTP" => libc::SIGTSTP,
+        "TTIN" => libc::SIGTTIN,
+        "TTOU" => libc::SIGTTOU,
+        "URG" => libc::SIGURG,
+        "CHLD" => libc::SIGCHLD,
+        _ => return None,
+    })
+}
+
 /// Signals and terminal sizes for one process.
 #[derive(Clone)]
 pub struct Controls {
@@ -127,5 +158,20 @@ impl Controls {
     /// Tells the process's terminal its new size.
     pub async fn resize(&self, rows: u16, cols: u16) -> Result<(), tonic::Status> {
         resize(&self.agent, &self.process, rows, cols).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_by_name_and_number() {
+        assert_eq!(signal_number("TERM"), Some(libc::SIGTERM));
+        assert_eq!(signal_number("sigkill"), Some(libc::SIGKILL));
+        assert_eq!(signal_number("WINCH"), Some(libc::SIGWINCH));
+        assert_eq!(signal_number("15"), Some(15));
+        assert_eq!(signal_number("0"), None);
+        assert_eq!(signal_number("BOGUS"), None);
     }
 }

@@ -25,6 +25,16 @@ use serde::{Deserialize, Serialize};
 
 use cabin_base::Paths;
 
+/// How a container removed at its end (`--rm`) ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedExit {
+    pub code: i32,
+    pub reason: Option<String>,
+}
+
+/// Where the exit codes of removed (`--rm`) containers wait for their waiters.
+const REMOVED_EXITS: &str = ".removed";
+
 /// Records are small; anything larger is not one of ours.
 const MAX_RECORD_BYTES: u64 = 1 << 20;
 
@@ -89,6 +99,9 @@ pub struct NetworkInfo {
     /// Published ports, docker style: "127.0.0.1:8080->80/tcp".
     #[serde(default)]
     pub ports: Vec<String>,
+    /// The same, as the host and guest ports they join.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<cabin_vmm::PortForward>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +169,7 @@ impl Store {
     /// Adds a container with a fresh ID; `name` (or a generated one) must be free.
     pub fn create(&self, mut record: Record, name: Option<&str>) -> Result<Record, StoreError> {
         let _guard = self.store_lock()?;
+        self.prune_removed_exits();
         let taken: Vec<(String, String)> = self
             .ids()?
             .into_iter()
@@ -292,6 +306,43 @@ impl Store {
             }
         }
         Ok(r)
+    }
+
+    /// Keeps the exit code of container `id`, which is about to be removed (`--rm`), for
+    /// whoever waits for its removal (docker's `wait?condition=removed`): the record
+    /// goes with the directory, the code stays an hour.
+    pub fn record_removed_exit(&self, id: &str, exit: &RemovedExit) -> Result<(), StoreError> {
+        let dir = self.dir.join(REMOVED_EXITS);
+        create_private_dir(&dir).map_err(|e| self.io(e))?;
+        let bytes = serde_json::to_vec(exit).map_err(|e| self.io(e.into()))?;
+        write_atomic(&dir.join(id), &bytes, 0o600).map_err(|e| self.io(e))
+    }
+
+    /// How container `id` ended, recorded when it was removed, if that was recent.
+    pub fn removed_exit(&self, id: &str) -> Option<RemovedExit> {
+        if !valid_id(id) {
+            return None;
+        }
+        let bytes = read_bounded(&self.dir.join(REMOVED_EXITS).join(id), 64 << 10).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Forgets the removed containers' exit codes older than an hour.
+    fn prune_removed_exits(&self) {
+        let Ok(entries) = fs::read_dir(self.dir.join(REMOVED_EXITS)) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > 3600);
+            if old {
+                let _ = fs::remove_file(e.path());
+            }
+        }
     }
 
     /// Deletes a container's directory (record, log, anything left); the caller has

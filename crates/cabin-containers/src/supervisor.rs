@@ -146,6 +146,14 @@ pub async fn supervise(host: &Host, id: &str) -> Result<(), SuperviseError> {
     record.network = None;
     let _ = store.save(&record);
     if record.auto_remove {
+        let exit = crate::store::RemovedExit {
+            code: ended.code,
+            reason: match &record.status {
+                Status::Exited { reason, .. } => reason.clone(),
+                _ => None,
+            },
+        };
+        let _ = store.record_removed_exit(&record.id, &exit);
         let _ = store.remove(&record.id);
     }
     // The container is settled: the clients attached to it may go on to the next
@@ -227,7 +235,29 @@ async fn run_once(
     // What the user should hear about the start goes to the container's log.
     let notes = std::sync::Mutex::new(Vec::<String>::new());
     let notify = |m: &str| notes.locked().push(m.to_string());
-    let booted = ContainerVm::boot(host, cfg, Instant::now(), &notify).await;
+    // Requests are taken while the VM boots: a client attached now gets the run's
+    // output from its very start (a `docker run` attaches before it starts); the other
+    // requests wait for the VM, in order.
+    attached.run_started(log.size());
+    let (requests, mut pending) =
+        tokio::sync::mpsc::unbounded_channel::<(UnixStream, Option<Request>)>();
+    let booted = {
+        let boot = ContainerVm::boot(host, cfg, Instant::now(), &notify);
+        tokio::pin!(boot);
+        loop {
+            tokio::select! {
+                b = &mut boot => break b,
+                Ok((mut conn, _)) = listener.accept() => {
+                    match control::read_request(&mut conn).await {
+                        Some(Request::Attach(a)) => attached.add(conn, a, log, cfg.stdin),
+                        req => {
+                            let _ = requests.send((conn, req));
+                        }
+                    }
+                }
+            }
+        }
+    };
     for note in notes.locked().drain(..) {
         let _ = log.note(&note);
     }
@@ -235,6 +265,9 @@ async fn run_once(
         Ok(vm) => vm,
         Err(e) => {
             let _ = log.note(&e.to_string());
+            for (conn, _) in std::iter::from_fn(|| pending.try_recv().ok()) {
+                reply(conn, Reply::failed(e.to_string())).await;
+            }
             return Ok(Ended {
                 code: e.exit_code(),
                 reason: Some(e.to_string()),
@@ -247,11 +280,12 @@ async fn run_once(
         supervisor_pid: std::process::id(),
         started_unix: now_unix(),
     };
-    let (ip_address, ports) = vm.network_info();
+    let (ip_address, published) = vm.network_info();
     record.network = Some(crate::store::NetworkInfo {
         mode: cfg.network.as_str().to_string(),
         ip_address,
-        ports,
+        ports: published.iter().map(cabin_net::ports::describe).collect(),
+        published,
     });
     if let Err(e) = store.save(record) {
         vm.teardown().await;
@@ -261,6 +295,7 @@ async fn run_once(
     let proc_ref = vm.process_ref();
     let started = vm.process.clone();
     attached.run_started(log.size());
+    attached.connect_stdin(&agent, &proc_ref);
     let mut out_rx = process::output(&agent, proc_ref.clone());
     // Short: a guest that does not take a signal at once is hung, and the supervisor's
     // loop (logs, other requests, the stop escalation) must go on.
@@ -283,8 +318,12 @@ async fn run_once(
                     attached.output(stderr, &data);
                 }
                 Ok((mut conn, _)) = listener.accept() => {
+                    let req = control::read_request(&mut conn).await;
+                    let _ = requests.send((conn, req));
+                }
+                Some((conn, req)) = pending.recv() => {
                     let id = proc_ref.container_id.clone();
-                    match control::read_request(&mut conn).await {
+                    match req {
                         Some(Request::Stats) => reply(conn, stats(&agent, &id).await).await,
                         Some(Request::Exec(x)) => {
                             execs += 1;
@@ -302,8 +341,8 @@ async fn run_once(
                             tokio::spawn(crate::copy::relay_in(agent.clone(), id, c, conn));
                         }
                         Some(Request::Attach(a)) => {
-                            let stdin = cfg.stdin.then_some((&agent, &proc_ref));
-                            attached.add(conn, a, log, stdin);
+                            attached.add(conn, a, log, cfg.stdin);
+                            attached.connect_stdin(&agent, &proc_ref);
                         }
                         Some(Request::Signal(n)) => {
                             let answer = match signal(n).await {

@@ -728,9 +728,9 @@ impl ContainerVm {
     }
 
     /// The container's own address (bridge network), and its published ports.
-    pub fn network_info(&self) -> (Option<String>, Vec<String>) {
+    pub fn network_info(&self) -> (Option<String>, Vec<cabin_vmm::PortForward>) {
         match &self.attachments {
-            Some(a) => (a.ip(), a.ports.clone()),
+            Some(a) => (a.ip(), a.published.clone()),
             None => (None, Vec::new()),
         }
     }
