@@ -255,10 +255,15 @@ fn build_into(dir: &Path, summary: &TreeSummary, dest: &Path) -> Result<(), Root
             }
         });
     }
-    fs::rename(&tmp, dest).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        cache_err(e)
-    })
+    // Put in place only if no other build (another process, the same content) got
+    // there first: the first one stays, so a disk a container's writable layer was made
+    // on is never swapped for an identical copy under it (its identity would change).
+    let placed = match fs::hard_link(&tmp, dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        r => r,
+    };
+    let _ = fs::remove_file(&tmp);
+    placed.map_err(cache_err)
 }
 
 enum BuildFailure {
@@ -478,6 +483,25 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn a_build_that_finishes_second_leaves_the_first_disk_in_place() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("src"), t.path().join("cache/disk.ext4"));
+        sample(&src);
+        build_image(&src, &dest).unwrap();
+        let first = fs::metadata(&dest).unwrap();
+        // Another process built the same content meanwhile and puts it in place last.
+        build_image(&src, &dest).unwrap();
+        let after = fs::metadata(&dest).unwrap();
+        assert_eq!(
+            (first.ino(), first.mtime_nsec()),
+            (after.ino(), after.mtime_nsec())
+        );
+        let leftovers = fs::read_dir(dest.parent().unwrap()).unwrap().count();
+        assert_eq!(leftovers, 1, "the second build's file is removed");
     }
 
     #[test]
