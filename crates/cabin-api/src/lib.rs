@@ -81,7 +81,8 @@ pub async fn serve(opts: Options) -> Result<(), ServeError> {
     Ok(())
 }
 
-async fn stop_signal() {
+/// Completes at SIGTERM or SIGINT (each caller hears them).
+pub async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

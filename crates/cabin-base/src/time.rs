@@ -41,6 +41,26 @@ pub fn rfc3339(unix_nanos: u64, fraction: bool) -> String {
     }
 }
 
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|offset)` as Unix seconds (the fraction and offset
+/// are dropped: OCI configs write UTC); None when it is not such a time.
+pub fn unix_seconds(rfc3339: &str) -> Option<u64> {
+    let b = rfc3339.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let p = |a: usize, e: usize| rfc3339.get(a..e).and_then(|s| s.parse::<i64>().ok());
+    let (y, m, d) = (p(0, 4)?, p(5, 7)?, p(8, 10)?);
+    let (h, mi, s) = (p(11, 13)?, p(14, 16)?, p(17, 19)?);
+    // Days from the civil date (the inverse of `rfc3339`'s).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86400 + h * 3600 + mi * 60 + s).ok()
+}
+
 /// The current time, to the second.
 pub fn now_rfc3339() -> String {
     rfc3339(now_unix() * 1_000_000_000, false)
@@ -68,6 +88,17 @@ pub struct DurationError(pub String);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_read_back_as_they_were_written() {
+        for secs in [0u64, 951_782_400, 1_700_000_000, 4_102_444_800] {
+            let text = rfc3339(secs * 1_000_000_000 + 5, true);
+            assert_eq!(unix_seconds(&text), Some(secs), "{text}");
+        }
+        assert_eq!(unix_seconds("2023-11-14T22:13:20Z"), Some(1_700_000_000));
+        assert_eq!(unix_seconds(""), None);
+        assert_eq!(unix_seconds("garbage that is long enough"), None);
+    }
 
     #[test]
     fn known_instants_format_as_rfc3339() {

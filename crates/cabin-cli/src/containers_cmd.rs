@@ -166,27 +166,6 @@ pub struct PsArgs {
     format: TableFormat,
 }
 
-fn status_text(s: &Status) -> String {
-    let ago = |t: u64| {
-        let d = now_unix().saturating_sub(t);
-        match d {
-            0..=59 => format!("{d} seconds"),
-            60..=3599 => format!("{} minutes", d / 60),
-            3600..=86399 => format!("{} hours", d / 3600),
-            _ => format!("{} days", d / 86400),
-        }
-    };
-    match s {
-        Status::Created => "Created".into(),
-        Status::Running { started_unix, .. } => format!("Up {}", ago(*started_unix)),
-        Status::Exited {
-            code,
-            finished_unix,
-            ..
-        } => format!("Exited ({code}) {} ago", ago(*finished_unix)),
-    }
-}
-
 /// `cabin ps`.
 pub async fn ps(host: &Host, args: PsArgs) -> Result<i32, Failure> {
     let (all, unreadable) = Containers::open(host)?.list().await?;
@@ -231,7 +210,7 @@ pub async fn ps(host: &Host, args: PsArgs) -> Result<i32, Failure> {
                 &r.id[..12],
                 root,
                 command,
-                status_text(&r.status),
+                r.status.describe(now_unix()),
                 ports,
                 r.name
             );

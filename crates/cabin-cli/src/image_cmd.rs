@@ -262,20 +262,11 @@ async fn execute(paths: &Paths, cmd: ImageCommand) -> Result<(), String> {
             }
         }
         ImageCommand::Ls { quiet, format } => {
-            let refs = store.refs().map_err(|e| e.to_string())?;
-            let mut rows = Vec::new();
-            for (name, digest) in &refs {
-                let img = image::resolve(&store, name).map_err(|e| e.to_string())?;
-                let size: u64 = img.manifest.layers().iter().map(|l| l.size()).sum();
-                let created = img.config.created().clone().unwrap_or_default();
-                rows.push((
-                    name.clone(),
-                    digest.clone(),
-                    img.id().to_string(),
-                    size,
-                    created,
-                ));
-            }
+            let rows: Vec<_> = image::list(&store)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|l| (l.name, l.manifest_digest, l.id, l.size, l.created))
+                .collect();
             match (quiet, format) {
                 (true, _) => {
                     for r in rows {

@@ -106,6 +106,10 @@ enum Command {
         /// TCG), kvm or tcg.
         #[arg(long, value_enum, default_value = "auto", env = "CABIN_ACCEL")]
         accel: machine_args::AccelFlag,
+        /// Also serve the Docker Engine API on a unix socket at PATH (mode 0660), for
+        /// the docker CLI (DOCKER_HOST=unix://PATH), docker-compose and Docker SDKs.
+        #[arg(long, value_name = "PATH")]
+        docker_socket: Option<std::path::PathBuf>,
     },
     /// Settings: storage locations for VMs.
     Config {
@@ -244,7 +248,11 @@ async fn dispatch(host: &Host, command: Command, started: Instant) -> i32 {
         Command::Logout { registry } => image_cmd::logout(host, &registry),
         Command::Vm { command } => finish(Admin, vm_cmd::run(host, command).await),
         Command::Config { command } => finish(Admin, vm_cmd::config(host, command)),
-        Command::Serve { port, accel } => finish(Admin, serve(host, port, accel).await),
+        Command::Serve {
+            port,
+            accel,
+            docker_socket,
+        } => finish(Admin, serve(host, port, accel, docker_socket).await),
         Command::System {
             command: SystemCommand::Info { format, accel },
         } => system_info(host, format, accel),
@@ -257,13 +265,48 @@ async fn dispatch(host: &Host, command: Command, started: Instant) -> i32 {
     }
 }
 
-async fn serve(host: &Host, port: u16, accel: machine_args::AccelFlag) -> Result<i32, Failure> {
+async fn serve(
+    host: &Host,
+    port: u16,
+    accel: machine_args::AccelFlag,
+    docker_socket: Option<std::path::PathBuf>,
+) -> Result<i32, Failure> {
     let opts = cabin_api::Options {
         port,
         host: host.clone(),
         accel: accel.into(),
     };
-    cabin_api::serve(opts).await.map_err(Failure::new)?;
+    let docker = match docker_socket {
+        None => None,
+        Some(socket) => {
+            let socket = std::path::absolute(&socket)
+                .map_err(|e| Failure::new(format!("{}: {e}", socket.display())))?;
+            let listener = cabin_docker::bind(&socket).await.map_err(Failure::new)?;
+            report::log_info(&format!(
+                "Docker API started socket={} (DOCKER_HOST=unix://{})",
+                socket.display(),
+                socket.display()
+            ));
+            let opts = cabin_docker::Options {
+                socket,
+                host: host.clone(),
+                accel: accel.into(),
+            };
+            Some(cabin_docker::serve(
+                opts,
+                listener,
+                cabin_api::stop_signal(),
+            ))
+        }
+    };
+    let lume = async { cabin_api::serve(opts).await.map_err(Failure::new) };
+    match docker {
+        None => lume.await?,
+        Some(docker) => {
+            let docker = async { docker.await.map_err(Failure::new) };
+            tokio::try_join!(lume, docker)?;
+        }
+    }
     Ok(0)
 }
 

@@ -150,7 +150,7 @@ pub enum Detached {
 pub async fn attach(
     container_dir: &Path,
     stdin: Option<Box<dyn AsyncRead + Unpin + Send>>,
-    out: &mut dyn FnMut(bool, &[u8]),
+    out: &mut (dyn FnMut(bool, &[u8]) + Send),
 ) -> Result<Detached, AttachError> {
     match request(container_dir, stdin.is_some()).await {
         Ok(conn) => stream(conn, container_dir, stdin, out).await,
@@ -169,7 +169,7 @@ pub async fn stream(
     conn: UnixStream,
     container_dir: &Path,
     stdin: Option<Box<dyn AsyncRead + Unpin + Send>>,
-    out: &mut dyn FnMut(bool, &[u8]),
+    out: &mut (dyn FnMut(bool, &[u8]) + Send),
 ) -> Result<Detached, AttachError> {
     let (mut rd, wr) = conn.into_split();
     // Both go to the stdin pump once the supervisor has answered.

@@ -582,6 +582,17 @@ impl Containers {
     /// ended with.
     pub async fn wait_until(&self, name: &str, condition: WaitFor) -> Result<i32, ContainerError> {
         let record = self.get(name).await?;
+        self.wait_after(record, condition).await
+    }
+
+    /// As [`Containers::wait_until`], from `record` as it was read (with
+    /// [`Containers::get`]) when the waiter arrived: a server reads it before it answers
+    /// the waiter's headers, so that a run started after them is never missed.
+    pub async fn wait_after(
+        &self,
+        record: Record,
+        condition: WaitFor,
+    ) -> Result<i32, ContainerError> {
         let id = record.id.clone();
         let code = |r: &Record| match r.status {
             Status::Exited { code, .. } => code,

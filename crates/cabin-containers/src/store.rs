@@ -58,6 +58,31 @@ pub enum Status {
     },
 }
 
+impl Status {
+    /// How long ago, as docker's `ps` says it ("Up 5 seconds", "Exited (0) 2 minutes
+    /// ago", "Created").
+    pub fn describe(&self, now_unix: u64) -> String {
+        let ago = |t: u64| {
+            let d = now_unix.saturating_sub(t);
+            match d {
+                0..=59 => format!("{d} seconds"),
+                60..=3599 => format!("{} minutes", d / 60),
+                3600..=86399 => format!("{} hours", d / 3600),
+                _ => format!("{} days", d / 86400),
+            }
+        };
+        match self {
+            Status::Created => "Created".into(),
+            Status::Running { started_unix, .. } => format!("Up {}", ago(*started_unix)),
+            Status::Exited {
+                code,
+                finished_unix,
+                ..
+            } => format!("Exited ({code}) {} ago", ago(*finished_unix)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub id: String,

@@ -415,6 +415,36 @@ pub fn resolve(store: &Store, what: &str) -> Result<Image, ImageError> {
     Err(ImageError::NotFound(what.to_string()))
 }
 
+/// An image as listings show it: one row per name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its name, `registry/repository:tag`.
+    pub name: String,
+    pub manifest_digest: String,
+    /// Docker's short id (see [`Image::id`]).
+    pub id: String,
+    /// Its layers' compressed size, in bytes.
+    pub size: u64,
+    /// When it was built, as its config says (RFC 3339), if it says.
+    pub created: String,
+}
+
+/// Every named image in the store, by name.
+pub fn list(store: &Store) -> Result<Vec<Listed>, ImageError> {
+    let mut rows = Vec::new();
+    for name in store.refs()?.keys() {
+        let img = resolve(store, name)?;
+        rows.push(Listed {
+            name: name.clone(),
+            size: img.manifest.layers().iter().map(|l| l.size()).sum(),
+            created: img.config.created().clone().unwrap_or_default(),
+            id: img.id().to_string(),
+            manifest_digest: img.manifest_digest,
+        });
+    }
+    Ok(rows)
+}
+
 /// The image's root filesystem as an ext4 disk, built from its layers on first use and
 /// kept (one per manifest). Returns the path and whether this call built it.
 pub fn ensure_disk(store: &Store, image: &Image) -> Result<(PathBuf, bool), ImageError> {

@@ -1,0 +1,510 @@
+//! The Docker Engine API (`cabin serve --docker-socket`), driven by the real docker CLI
+//! (/usr/local/bin/docker on these machines) and by raw HTTP for what the CLI never
+//! sends: containers in real VMs, images pulled from a real registry.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// A `cabin serve` with the Docker socket, on a data directory of its own that holds
+/// the busybox image as `local/bb`; killed when dropped.
+struct Server {
+    dir: PathBuf,
+    socket: PathBuf,
+    process: Child,
+}
+
+impl Server {
+    fn start(tag: &str) -> Server {
+        let dir = std::env::temp_dir().join(format!("cabin-docker-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let data = dir.join("data");
+        let o = cabin_in(&data)
+            .args(["image", "import"])
+            .arg(busybox_rootfs())
+            .arg("local/bb")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "import: {}", stderr(&o));
+        let socket = dir.join("docker.sock");
+        let process = serve(&data, &socket);
+        Server {
+            dir,
+            socket,
+            process,
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The docker CLI pointed at this server.
+    fn docker(&self, args: &[&str]) -> Output {
+        self.docker_cmd(args).output().unwrap()
+    }
+
+    fn docker_cmd(&self, args: &[&str]) -> Command {
+        assert!(
+            Path::new(DOCKER).exists(),
+            "the docker CLI is expected at {DOCKER}"
+        );
+        let mut c = Command::new(DOCKER);
+        c.env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
+            .env("DOCKER_CONFIG", self.dir.join("docker-config"))
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// The docker CLI, which must succeed; its stdout.
+    fn docker_ok(&self, args: &[&str]) -> String {
+        let o = self.docker(args);
+        assert!(
+            o.status.success(),
+            "docker {args:?}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        stdout(&o)
+    }
+
+    /// One raw HTTP/1.1 request; the whole answer (the server closes after it).
+    fn http(&self, head: &str, body: &[u8]) -> String {
+        let mut s = UnixStream::connect(&self.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "{head} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        let _ = s.write_all(body);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Containers first (their supervisors outlive the server), then the server.
+        let ids = stdout(&self.docker(&["ps", "-aq"]));
+        for id in ids.split_whitespace() {
+            let _ = self.docker(&["rm", "-f", id]);
+        }
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const DOCKER: &str = "/usr/local/bin/docker";
+
+/// `cabin serve --port 0 --docker-socket SOCKET` on `data`, once the socket answers.
+fn serve(data: &Path, socket: &Path) -> Child {
+    let mut cmd = cabin_in(data);
+    cmd.args(["serve", "--port", "0", "--docker-socket"])
+        .arg(socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = spawn_for_test_process(cmd).unwrap();
+    wait_for("the Docker socket", Duration::from_secs(20), || {
+        UnixStream::connect(socket).is_ok()
+    });
+    child
+}
+
+#[test]
+fn docker_run_streams_the_output_takes_stdin_and_exits_with_the_process_code() {
+    let s = Server::start("run");
+    let o = s.docker(&[
+        "run",
+        "--rm",
+        "local/bb",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "out\n");
+    assert_eq!(stderr(&o), "err\n");
+
+    // Piped input arrives (with its end) before the container starts.
+    let mut c = s.docker_cmd(&[
+        "run",
+        "-i",
+        "--rm",
+        "local/bb",
+        "sh",
+        "-c",
+        "cat; echo done",
+    ]);
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"typed\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "typed\ndone\n");
+
+    // docker's exit codes for a command that cannot run: its wording decides them.
+    let o = s.docker(&["run", "--rm", "local/bb", "nosuch"]);
+    assert_eq!(o.status.code(), Some(127), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("executable file not found"),
+        "{}",
+        stderr(&o)
+    );
+    let o = s.docker(&["run", "--rm", "local/bb", "/etc/passwd"]);
+    assert_eq!(o.status.code(), Some(126), "{}", stderr(&o));
+
+    // --rm containers are gone, failed or not.
+    assert_eq!(s.docker_ok(&["ps", "-aq"]), "");
+    // Environment, working directory, user and entrypoint, as docker sets them.
+    let out = s.docker_ok(&[
+        "run",
+        "--rm",
+        "-e",
+        "A=1",
+        "-w",
+        "/tmp",
+        "-u",
+        "1000",
+        "--entrypoint",
+        "sh",
+        "local/bb",
+        "-c",
+        "echo $A $(pwd) $(id -u)",
+    ]);
+    assert_eq!(out, "1 /tmp 1000\n");
+}
+
+#[test]
+fn detached_containers_are_listed_inspected_logged_exec_d_stopped_and_removed() {
+    let s = Server::start("detached");
+    let id = s.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--label",
+        "tier=front",
+        "-p",
+        "127.0.0.1::80",
+        "local/bb",
+        "sh",
+        "-c",
+        "echo started; exec sleep 1000",
+    ]);
+    let id = id.trim();
+    assert_eq!(id.len(), 32, "{id}");
+    let ps = s.docker_ok(&[
+        "ps",
+        "--format",
+        "{{.ID}} {{.Names}} {{.Status}} {{.Ports}}",
+    ]);
+    assert!(ps.starts_with(&format!("{} web Up ", &id[..12])), "{ps}");
+    assert!(ps.contains("127.0.0.1:") && ps.contains("->80/tcp"), "{ps}");
+    assert_eq!(
+        s.docker_ok(&["ps", "-q", "--filter", "label=tier=front"])
+            .trim(),
+        &id[..12]
+    );
+    assert_eq!(
+        s.docker_ok(&["ps", "-q", "--filter", "label=tier=back"]),
+        ""
+    );
+    // One namespace: the cabin CLI sees the container the API made.
+    let o = cabin_in(&s.data()).args(["ps"]).output().unwrap();
+    assert!(stdout(&o).contains("web"), "{}", stdout(&o));
+
+    let f = "{{.State.Status}} {{.State.Running}} {{.Name}} {{.Config.Image}} {{.HostConfig.RestartPolicy.Name}}";
+    assert_eq!(
+        s.docker_ok(&["inspect", "-f", f, "web"]).trim(),
+        "running true /web local/bb no"
+    );
+    eventually("the container's first line", || {
+        s.docker_ok(&["logs", "web"]) == "started\n"
+    });
+    let o = s.docker(&["exec", "web", "sh", "-c", "echo in; echo err >&2; exit 4"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert_eq!(
+        (stdout(&o).as_str(), stderr(&o).as_str()),
+        ("in\n", "err\n")
+    );
+    let o = s.docker(&["exec", "web", "nosuch"]);
+    assert_eq!(o.status.code(), Some(127), "{}", stderr(&o));
+
+    // `wait` answers once it has stopped, with what kill made of it.
+    let mut wait = s.docker_cmd(&["wait", "web"]);
+    let waiting = wait.stdout(Stdio::piped()).spawn().unwrap();
+    s.docker_ok(&["kill", "web"]);
+    let o = waiting.wait_with_output().unwrap();
+    assert_eq!(stdout(&o).trim(), "137");
+    assert_eq!(
+        s.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            "web"
+        ])
+        .trim(),
+        "exited 137"
+    );
+    // Stopping a stopped container is no error (304); kill is (409).
+    s.docker_ok(&["stop", "web"]);
+    let o = s.docker(&["kill", "web"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is not running"), "{}", stderr(&o));
+    // Started again, it runs its command again.
+    s.docker_ok(&["start", "web"]);
+    eventually("the second run's line", || {
+        s.docker_ok(&["logs", "web"]) == "started\nstarted\n"
+    });
+    let o = s.docker(&["rm", "web"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("container is running"),
+        "{}",
+        stderr(&o)
+    );
+    s.docker_ok(&["rm", "-f", "web"]);
+    let o = s.docker(&["rm", "web"]);
+    assert!(
+        stderr(&o).contains("No such container: web"),
+        "{}",
+        stderr(&o)
+    );
+    let o = s.docker(&["inspect", "web"]);
+    assert!(stderr(&o).contains("No such object: web"), "{}", stderr(&o));
+}
+
+#[test]
+fn logs_follow_until_the_container_stops_with_timestamps_and_tail() {
+    let s = Server::start("logs");
+    s.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ticker",
+        "local/bb",
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo line$i; done; echo oops >&2; sleep 3; echo last",
+    ]);
+    let o = s.docker(&["logs", "-f", "ticker"]);
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), "line1\nline2\nline3\nlast\n");
+    assert_eq!(stderr(&o), "oops\n");
+    assert_eq!(s.docker_ok(&["logs", "--tail", "1", "ticker"]), "last\n");
+    let stamped = s.docker_ok(&["logs", "-t", "ticker"]);
+    let first = stamped.lines().next().unwrap();
+    // 2026-12-03T14:24:42.123456789Z line1
+    assert!(
+        first.len() > 31 && first.as_bytes()[10] == b'T' && first.ends_with("Z line1"),
+        "{first}"
+    );
+}
+
+#[test]
+fn images_are_pulled_from_a_registry_listed_inspected_and_removed_as_docker_answers() {
+    let s = Server::start("images");
+    let reg_dir = s.dir.join("registry");
+    let registry = start_registry(&reg_dir, |_| String::new());
+    let remote = format!("{}/bb:1", registry.addr);
+    let o = cabin_in(&s.data())
+        .args(["image", "push", "local/bb", &remote])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "push: {}", stderr(&o));
+    let o = cabin_in(&s.data())
+        .args(["image", "rm", "local/bb"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // `run` of an image that is not here: 404, the CLI pulls through the API, runs.
+    let o = s.docker(&["run", "--rm", &remote, "echo", "pulled"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "pulled\n");
+    assert!(
+        stderr(&o).contains("Unable to find image"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("Status: Downloaded newer image"),
+        "{}",
+        stderr(&o)
+    );
+
+    let images = s.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert_eq!(images.trim(), remote);
+    let inspected = s.docker_ok(&["image", "inspect", "-f", "{{.Os}} {{.RepoTags}}", &remote]);
+    assert_eq!(inspected.trim(), format!("linux [{remote}]"));
+
+    // In use by a container: refused (409) unless forced.
+    s.docker_ok(&["create", "--name", "user", &remote, "true"]);
+    let o = s.docker(&["rmi", &remote]);
+    assert!(stderr(&o).contains("must force"), "{}", stderr(&o));
+    s.docker_ok(&["rm", "user"]);
+    let out = s.docker_ok(&["rmi", &remote]);
+    assert!(
+        out.contains("Untagged") && out.contains("Deleted: sha256:"),
+        "{out}"
+    );
+    assert_eq!(s.docker_ok(&["images", "-q"]), "");
+
+    // A registry without the image: the pull's error, not a hang.
+    let o = s.docker(&["pull", &format!("{}/nothing:1", registry.addr)]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let o = s.docker(&["rmi", "nothing"]);
+    assert!(
+        stderr(&o).contains("No such image: nothing"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn the_socket_of_a_live_server_is_refused_and_a_stale_one_replaced() {
+    let mut s = Server::start("socket");
+    let mode = std::fs::metadata(&s.socket).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o660
+    );
+    let o = cabin_in(&s.data())
+        .args(["serve", "--port", "0", "--docker-socket"])
+        .arg(&s.socket)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("is the socket of a Docker API server that is running"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        s.docker(&["version"]).status.success(),
+        "the first server still serves"
+    );
+
+    // Killed outright, it leaves its socket behind: the next server takes its place.
+    s.process.kill().unwrap();
+    s.process.wait().unwrap();
+    assert!(s.socket.exists());
+    s.process = serve(&s.data(), &s.socket);
+    let v = s.docker_ok(&["version", "-f", "{{.Server.APIVersion}} {{.Server.Os}}"]);
+    assert_eq!(v.trim(), "1.44 linux");
+}
+
+#[test]
+fn bad_requests_get_dockers_errors_and_the_server_keeps_serving() {
+    let s = Server::start("bad");
+    // HEAD /_ping: no body, the version header the CLI negotiates with.
+    let r = s.http("HEAD /_ping", b"");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.to_ascii_lowercase().contains("api-version: 1.44"), "{r}");
+    assert!(r.ends_with("\r\n\r\n"), "{r:?}");
+    assert!(s.http("GET /v1.12/_ping", b"").ends_with("OK"));
+
+    let json_error = |r: &str, status: &str, needle: &str| {
+        assert!(r.starts_with(&format!("HTTP/1.1 {status}")), "{r}");
+        assert!(r.contains("content-type: application/json\r\n"), "{r}");
+        assert!(r.contains(needle), "{needle:?} in {r}");
+    };
+    json_error(
+        &s.http("POST /v1.44/containers/create", b"{not json"),
+        "400",
+        "invalid JSON in the request body",
+    );
+    json_error(
+        &s.http(
+            "POST /v1.44/containers/create",
+            br#"{"Image":"local/bb","HostConfig":{"NetworkMode":"host"}}"#,
+        ),
+        "400",
+        "own VM",
+    );
+    json_error(
+        &s.http(
+            "POST /v1.44/containers/create",
+            br#"{"Image":"nothing:here"}"#,
+        ),
+        "404",
+        "No such image: nothing:here",
+    );
+    json_error(
+        &s.http("POST /v1.44/build", b""),
+        "501",
+        "POST /v1.44/build",
+    );
+    json_error(
+        &s.http("GET /v1.44/containers/nope/json", b""),
+        "404",
+        "No such container: nope",
+    );
+    json_error(
+        &s.http("GET /v1.44/containers/json?filters=%7Bx", b""),
+        "400",
+        "invalid filters",
+    );
+    // An absurd body is refused, not read.
+    let big = vec![b' '; 3 << 20];
+    json_error(
+        &s.http("POST /v1.44/containers/create", &big),
+        "400",
+        "reading the request body",
+    );
+    // An attach whose client leaves mid-run: the server and the container carry on.
+    s.docker_ok(&[
+        "create",
+        "--name",
+        "chatty",
+        "local/bb",
+        "sh",
+        "-c",
+        "while true; do echo x; sleep 0.2; done",
+    ]);
+    let mut attach = UnixStream::connect(&s.socket).unwrap();
+    write!(
+        attach,
+        "POST /v1.44/containers/chatty/attach?stream=1&stdout=1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+    )
+    .unwrap();
+    s.docker_ok(&["start", "chatty"]);
+    let mut buf = [0u8; 64];
+    attach
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("\u{1}\0\0\0\0\0\0\u{2}x\n") {
+        let n = attach.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the stream ended early: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(attach);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        s.docker_ok(&["inspect", "-f", "{{.State.Running}}", "chatty"])
+            .trim(),
+        "true"
+    );
+    assert!(s
+        .docker_ok(&["ps", "--format", "{{.Names}}"])
+        .contains("chatty"));
+}

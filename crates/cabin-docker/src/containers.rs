@@ -1,0 +1,677 @@
+//! The container endpoints: list, create, inspect, start, stop, kill, restart, wait,
+//! attach, logs, resize and remove, each a call of `Containers` and a reply in
+//! Docker's shape.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cabin_base::time::{now_unix, rfc3339};
+use cabin_containers::containers::{LogOptions, Started, WaitFor};
+use cabin_containers::process::signal_number;
+use cabin_containers::spec::RestartPolicy;
+use cabin_containers::store::{Record, RemovedExit, Status};
+use cabin_containers::volumes::MountSpec;
+use cabin_containers::{ContainerSpec, RootSource};
+use cabin_image::image::{self, ImageError};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::create::{spec_of, CreateBody};
+use crate::error::{json, ApiError};
+use crate::stream::{Framing, Hijack, Out, Writer};
+use crate::{App, Query};
+
+/// The largest request body read (a create body is a few kilobytes).
+pub const MAX_BODY: usize = 1 << 20;
+/// Docker's default stop timeout.
+const STOP_TIMEOUT: u64 = 10;
+/// A time Docker shows for "never".
+const NEVER: &str = "0001-01-01T00:00:00Z";
+
+fn empty(status: StatusCode) -> Response {
+    status.into_response()
+}
+
+fn state_name(s: &Status) -> &'static str {
+    match s {
+        Status::Created => "created",
+        Status::Running { .. } => "running",
+        Status::Exited { .. } => "exited",
+    }
+}
+
+/// A request's JSON body, bounded; an empty body is the default.
+pub async fn body<T: serde::de::DeserializeOwned + Default>(req: Request) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON in the request body: {e}")))
+}
+
+/// Docker's filters: `{"key":["v",...]}` (or the older `{"key":{"v":true}}`).
+fn filters(q: &Query) -> Result<BTreeMap<String, Vec<String>>, ApiError> {
+    let Some(raw) = q.get("filters").filter(|f| !f.is_empty()) else {
+        return Ok(BTreeMap::new());
+    };
+    let v: BTreeMap<String, Value> = serde_json::from_str(raw)
+        .map_err(|e| ApiError::bad_request(format!("invalid filters {raw:?}: {e}")))?;
+    let mut out = BTreeMap::new();
+    for (k, v) in v {
+        let values = match v {
+            Value::Array(a) => a
+                .into_iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect(),
+            Value::Object(o) => o.into_iter().map(|(k, _)| k).collect(),
+            _ => return Err(ApiError::bad_request(format!("invalid filter {k:?}"))),
+        };
+        out.insert(k, values);
+    }
+    Ok(out)
+}
+
+fn matches_filters(r: &Record, f: &BTreeMap<String, Vec<String>>) -> Result<bool, ApiError> {
+    for (key, values) in f {
+        let any = |pred: &dyn Fn(&str) -> bool| values.iter().any(|v| pred(v));
+        let ok = match key.as_str() {
+            "status" => any(&|v| v == state_name(&r.status)),
+            "name" => any(&|v| r.name.contains(v.trim_start_matches('/'))),
+            "id" => any(&|v| r.id.starts_with(v)),
+            "label" => any(&|v| match v.split_once('=') {
+                Some((k, val)) => r.labels.iter().any(|(lk, lv)| lk == k && lv == val),
+                None => r.labels.iter().any(|(lk, _)| lk == v),
+            }),
+            "ancestor" => any(&|v| r.root == v),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                "invalid filter {other:?} (cabin filters on status, name, id, label and ancestor)"
+            )))
+            }
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn ports(r: &Record) -> Vec<Value> {
+    r.network
+        .iter()
+        .flat_map(|n| &n.published)
+        .map(|p| {
+            json!({"IP": p.host_ip.to_string(), "PrivatePort": p.guest_port,
+                   "PublicPort": p.host_port, "Type": p.protocol.as_str()})
+        })
+        .collect()
+}
+
+fn labels(r: &Record) -> BTreeMap<&str, &str> {
+    r.labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+/// `GET /containers/json`: newest first; running ones unless `all`.
+pub async fn list(app: &Arc<App>, q: &Query) -> Result<Response, ApiError> {
+    let f = filters(q)?;
+    let all = q.flag("all");
+    let limit = q.number::<i64>("limit")?.filter(|l| *l > 0);
+    let (records, _) = app.containers.list().await?;
+    let now = now_unix();
+    let mut rows = Vec::new();
+    for r in records {
+        let shown = all || matches!(r.status, Status::Running { .. }) || f.contains_key("status");
+        if !shown || !matches_filters(&r, &f)? {
+            continue;
+        }
+        if limit.is_some_and(|l| rows.len() as i64 >= l) {
+            break;
+        }
+        rows.push(json!({
+            "Id": r.id,
+            "Names": [format!("/{}", r.name)],
+            "Image": r.root,
+            "ImageID": "",
+            "Command": r.command.join(" "),
+            "Created": r.created_unix,
+            "State": state_name(&r.status),
+            "Status": r.status.describe(now),
+            "Ports": ports(&r),
+            "Labels": labels(&r),
+            "Mounts": [],
+            "HostConfig": {"NetworkMode": r.network.as_ref().map_or("default", |n| n.mode.as_str())},
+            "NetworkSettings": {"Networks": {}},
+        }));
+    }
+    Ok(json(StatusCode::OK, &Value::Array(rows)))
+}
+
+/// `POST /containers/create[?name=]`: 201 with the ID; 404 when the image is not here
+/// (the CLI pulls it then and asks again).
+pub async fn create(app: &Arc<App>, q: &Query, req: Request) -> Result<Response, ApiError> {
+    let b: CreateBody = body(req).await?;
+    let (spec, opts) = spec_of(&b, q.get("name"), app.accel)?;
+    if spec.tty {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "containers with a terminal (-t) are not served by cabin's Docker API yet; run without -t",
+        ));
+    }
+    if let RootSource::Image(name) = &spec.root {
+        let store_dir = app.host.paths.image_store();
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || {
+            let store = cabin_image::store::Store::open(store_dir).map_err(ImageError::from)?;
+            image::resolve(&store, &name).map(drop)
+        })
+        .await
+        .map_err(ApiError::internal)??;
+    }
+    let record = app.containers.create(&spec, opts).await?;
+    Ok(json(
+        StatusCode::CREATED,
+        &json!({"Id": record.id, "Warnings": []}),
+    ))
+}
+
+fn time_or_never(unix: Option<u64>) -> String {
+    unix.map_or_else(|| NEVER.to_string(), |t| rfc3339(t * 1_000_000_000, false))
+}
+
+fn port_key(p: &cabin_vmm::PortForward) -> String {
+    format!("{}/{}", p.guest_port, p.protocol.as_str())
+}
+
+/// Docker's inspect of one container.
+fn inspect_json(r: &Record, spec: Option<&ContainerSpec>, image_id: &str) -> Value {
+    let (running, code, reason, started, finished, pid) = match &r.status {
+        Status::Created => (false, 0, None, None, None, 0),
+        Status::Running {
+            supervisor_pid,
+            started_unix,
+        } => (true, 0, None, Some(*started_unix), None, *supervisor_pid),
+        Status::Exited {
+            code,
+            reason,
+            finished_unix,
+        } => (false, *code, reason.clone(), None, Some(*finished_unix), 0),
+    };
+    let oom = reason
+        .as_deref()
+        .is_some_and(|r| r.contains("out of memory"));
+    let default_spec;
+    let spec = match spec {
+        Some(s) => s,
+        None => {
+            default_spec = ContainerSpec::new(RootSource::Image(r.root.clone()), r.command.clone());
+            &default_spec
+        }
+    };
+    let mut bindings: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for p in &spec.publish {
+        bindings.entry(port_key(p)).or_default().push(json!({
+            "HostIp": p.host_ip.to_string(),
+            "HostPort": if p.host_port == 0 { String::new() } else { p.host_port.to_string() },
+        }));
+    }
+    let mut live: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for p in r.network.iter().flat_map(|n| &n.published) {
+        live.entry(port_key(p)).or_default().push(json!({
+            "HostIp": p.host_ip.to_string(), "HostPort": p.host_port.to_string(),
+        }));
+    }
+    let exposed: BTreeMap<String, Value> = spec
+        .publish
+        .iter()
+        .map(|p| (port_key(p), json!({})))
+        .collect();
+    let mounts: Vec<Value> = spec
+        .mounts
+        .iter()
+        .map(|m| match m {
+            MountSpec::Bind {
+                source,
+                target,
+                read_only,
+            } => json!({"Type": "bind", "Source": source, "Destination": target,
+                        "Mode": if *read_only { "ro" } else { "" }, "RW": !read_only,
+                        "Propagation": "rprivate"}),
+            MountSpec::Volume {
+                name,
+                target,
+                read_only,
+            } => json!({"Type": "volume", "Name": name, "Source": "", "Destination": target,
+                        "Driver": "local", "Mode": "", "RW": !read_only}),
+            MountSpec::Tmpfs { target, .. } => {
+                json!({"Type": "tmpfs", "Source": "", "Destination": target, "Mode": "", "RW": true})
+            }
+        })
+        .collect();
+    let binds: Vec<String> = spec
+        .mounts
+        .iter()
+        .filter_map(|m| match m {
+            MountSpec::Bind {
+                source,
+                target,
+                read_only,
+            } => Some(format!(
+                "{}:{target}{}",
+                source.display(),
+                if *read_only { ":ro" } else { "" }
+            )),
+            _ => None,
+        })
+        .collect();
+    let (restart_name, restart_max) = match spec.restart {
+        RestartPolicy::No => ("no", 0),
+        RestartPolicy::OnFailure(n) => ("on-failure", n.unwrap_or(0)),
+        RestartPolicy::Always => ("always", 0),
+    };
+    let network_mode = match spec.network {
+        cabin_net::NetworkMode::User => "default",
+        cabin_net::NetworkMode::Bridge => "bridge",
+        cabin_net::NetworkMode::None => "none",
+    };
+    let ip = r
+        .network
+        .as_ref()
+        .and_then(|n| n.ip_address.clone())
+        .unwrap_or_default();
+    json!({
+        "Id": r.id,
+        "Created": rfc3339(r.created_unix * 1_000_000_000, false),
+        "Path": r.command.first().cloned().unwrap_or_default(),
+        "Args": r.command.iter().skip(1).collect::<Vec<_>>(),
+        "State": {
+            "Status": state_name(&r.status),
+            "Running": running,
+            "Paused": false,
+            "Restarting": false,
+            "OOMKilled": oom,
+            "Dead": false,
+            "Pid": pid,
+            "ExitCode": code,
+            "Error": reason.unwrap_or_default(),
+            "StartedAt": time_or_never(started),
+            "FinishedAt": time_or_never(finished),
+        },
+        "Image": image_id,
+        "Name": format!("/{}", r.name),
+        "RestartCount": r.restart_count,
+        "Driver": "cabin",
+        "Platform": "linux",
+        "HostConfig": {
+            "Binds": binds,
+            "NetworkMode": network_mode,
+            "PortBindings": bindings,
+            "RestartPolicy": {"Name": restart_name, "MaximumRetryCount": restart_max},
+            "AutoRemove": r.auto_remove,
+            "ReadonlyRootfs": spec.read_only,
+            "Memory": spec.memory_bytes.unwrap_or(0),
+            "NanoCpus": spec.cpus.map_or(0, |c| (c * 1e9) as i64),
+            "PidsLimit": spec.pids_limit,
+            "Init": spec.init,
+            "Runtime": "cabin",
+        },
+        "Mounts": mounts,
+        "Config": {
+            "Hostname": spec.hostname.clone().unwrap_or_default(),
+            "User": spec.user,
+            "Env": spec.env,
+            "Cmd": spec.args,
+            "Entrypoint": spec.entrypoint,
+            "Image": r.root,
+            "WorkingDir": spec.cwd,
+            "Labels": labels(r),
+            "Tty": spec.tty,
+            "OpenStdin": spec.stdin,
+            "StdinOnce": false,
+            "AttachStdin": false,
+            "AttachStdout": false,
+            "AttachStderr": false,
+            "ExposedPorts": exposed,
+        },
+        "NetworkSettings": {
+            "Ports": live,
+            "IPAddress": ip,
+            "Networks": {},
+        },
+    })
+}
+
+/// The ID of the image `name` names, as `sha256:...` (empty when it is not there).
+async fn image_id(app: &App, name: &str) -> String {
+    let dir = app.host.paths.image_store();
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || {
+        let store = cabin_image::store::Store::open(dir).ok()?;
+        image::resolve(&store, &name)
+            .ok()
+            .map(|i| i.manifest_digest)
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
+/// `GET /containers/{id}/json`.
+pub async fn inspect(app: &Arc<App>, id: &str) -> Result<Response, ApiError> {
+    let r = app.containers.get(id).await?;
+    let spec = app.containers.spec(&r.id).await.ok();
+    let image = image_id(app, &r.root).await;
+    Ok(json(
+        StatusCode::OK,
+        &inspect_json(&r, spec.as_ref(), &image),
+    ))
+}
+
+/// A start that did not run the process, as Docker's error (its wording decides the
+/// CLI's exit code: 127 for a command not found, 126 not executable, else 125).
+fn start_failure(code: i32, reason: Option<String>) -> Result<(), ApiError> {
+    match reason {
+        Some(reason) if code >= 125 => Err(ApiError::internal(reason)),
+        _ => Ok(()),
+    }
+}
+
+/// `POST /containers/{id}/start`: 204; 304 when it runs already.
+pub async fn start(app: &Arc<App>, id: &str) -> Result<Response, ApiError> {
+    let r = app.containers.get(id).await?;
+    if matches!(r.status, Status::Running { .. }) {
+        return Ok(empty(StatusCode::NOT_MODIFIED));
+    }
+    match app.containers.start(&r.id).await? {
+        Started::Running(_) | Started::Removed(None) => {}
+        Started::Exited(r) => {
+            if let Status::Exited { code, reason, .. } = r.status {
+                start_failure(code, reason)?;
+            }
+        }
+        Started::Removed(Some(RemovedExit { code, reason })) => start_failure(code, reason)?,
+    }
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+fn timeout(q: &Query) -> Result<Duration, ApiError> {
+    let t = q.number::<i64>("t")?.unwrap_or(STOP_TIMEOUT as i64);
+    Ok(Duration::from_secs(t.max(0) as u64))
+}
+
+/// `POST /containers/{id}/stop[?t=]`: 204 once it has stopped; 304 when it was not
+/// running.
+pub async fn stop(app: &Arc<App>, id: &str, q: &Query) -> Result<Response, ApiError> {
+    let r = app.containers.get(id).await?;
+    if !matches!(r.status, Status::Running { .. }) {
+        return Ok(empty(StatusCode::NOT_MODIFIED));
+    }
+    app.containers.stop(&r.id, timeout(q)?).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+/// `POST /containers/{id}/restart[?t=]`.
+pub async fn restart(app: &Arc<App>, id: &str, q: &Query) -> Result<Response, ApiError> {
+    app.containers.restart(id, timeout(q)?).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+/// `POST /containers/{id}/kill[?signal=]`: SIGKILL unless another is named (by name,
+/// with or without SIG, or number).
+pub async fn kill(app: &Arc<App>, id: &str, q: &Query) -> Result<Response, ApiError> {
+    let signal = match q.get("signal").filter(|s| !s.is_empty()) {
+        None => libc::SIGKILL,
+        Some(s) => {
+            signal_number(s).ok_or_else(|| ApiError::bad_request(format!("invalid signal: {s}")))?
+        }
+    };
+    app.containers.kill(id, signal).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+/// `POST /containers/{id}/wait[?condition=]`: the headers at once (the CLI starts the
+/// container only once it has them), `{"StatusCode":N}` when the condition is met.
+pub async fn wait(app: &Arc<App>, id: &str, q: &Query) -> Result<Response, ApiError> {
+    let condition = match q.get("condition").unwrap_or("") {
+        "" | "not-running" => WaitFor::NotRunning,
+        "next-exit" => WaitFor::NextExit,
+        "removed" => WaitFor::Removed,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "invalid condition {other:?}: use not-running, next-exit or removed"
+            )))
+        }
+    };
+    // Read before the headers go: a run started after them is the one waited for.
+    let record = app.containers.get(id).await?;
+    let containers = app.containers.clone();
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    tokio::spawn(async move {
+        let waited = containers.wait_after(record, condition);
+        let body = tokio::select! {
+            r = waited => match r {
+                Ok(code) => json!({"StatusCode": code, "Error": null}),
+                Err(e) => json!({"StatusCode": -1, "Error": {"Message": e.to_string()}}),
+            },
+            // The client went away (`docker run -d` always leaves its wait).
+            _ = tx.closed() => return,
+        };
+        let _ = tx.send(Ok(Bytes::from(format!("{body}\n")))).await;
+    });
+    let mut r = Response::new(Body::from_stream(ReceiverStream::new(rx)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}
+
+/// `POST /containers/{id}/attach?stream=1&stdout=1&stderr=1[&stdin=1]`: the connection
+/// becomes the run's output (from its start: an attach before `start` misses nothing)
+/// and its stdin; it is closed when the run ends.
+pub async fn attach(
+    app: &Arc<App>,
+    id: &str,
+    q: &Query,
+    mut req: Request,
+) -> Result<Response, ApiError> {
+    let r = app.containers.get(id).await?;
+    let spec = app.containers.spec(&r.id).await?;
+    let framing = Framing::of(spec.tty);
+    let hijack = Hijack::of(&mut req, framing)?;
+    let (want_out, want_err) = (q.flag("stdout"), q.flag("stderr"));
+    let use_stdin = q.flag("stdin") && r.stdin;
+    // Taken before the reply: `start` comes after it, and this run is the one followed.
+    let next = if matches!(r.status, Status::Running { .. }) {
+        None
+    } else {
+        Some(app.containers.next_run(&r.id).await?)
+    };
+    let reply = hijack.response();
+    let containers = app.containers.clone();
+    let id = r.id.clone();
+    tokio::spawn(async move {
+        let Some((rd, wr)) = hijack.conn().await else {
+            return;
+        };
+        let (writer, written) = Writer::start(wr, framing);
+        let mut out = |stderr: bool, data: &[u8]| {
+            if (stderr && want_err) || (!stderr && want_out) {
+                writer.send(Out::of(stderr), data);
+            }
+        };
+        // Without stdin the CLI half-closes its side at once: that end says nothing
+        // about its leaving, so the run is followed to its end either way.
+        let stdin: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>> =
+            if use_stdin { Some(Box::new(rd)) } else { None };
+        let _ = match next {
+            Some(next) => containers.follow_run(next, stdin, &mut out).await,
+            None => containers.follow(&id, stdin, &mut out).await,
+        };
+        drop(writer);
+        let _ = written.await;
+    });
+    Ok(reply)
+}
+
+/// `POST /containers/{id}/resize`: accepted (cabin's Docker API has no terminals yet).
+pub async fn resize(app: &Arc<App>, id: &str) -> Result<Response, ApiError> {
+    app.containers.get(id).await?;
+    Ok(empty(StatusCode::OK))
+}
+
+/// Docker's `since`: Unix seconds, possibly with a fraction.
+fn since_nanos(q: &Query) -> Result<Option<u64>, ApiError> {
+    let Some(s) = q.get("since").filter(|s| !s.is_empty() && *s != "0") else {
+        return Ok(None);
+    };
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: u64 = secs
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid since {s:?}")))?;
+    let frac: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+    let nanos: u64 = frac.parse().unwrap_or(0);
+    Ok(Some(secs * 1_000_000_000 + nanos))
+}
+
+/// `GET /containers/{id}/logs`: what was kept, in Docker's frames (raw with a
+/// terminal); `follow`: then what comes, until the container stops.
+pub async fn logs(app: &Arc<App>, id: &str, q: &Query) -> Result<Response, ApiError> {
+    let tail = match q.get("tail") {
+        None | Some("" | "all") => None,
+        Some(n) => Some(n.parse::<i64>().map_err(|_| {
+            ApiError::bad_request(format!("invalid tail {n:?}: use a number or all"))
+        })?),
+    };
+    let opts = LogOptions {
+        follow: q.flag("follow"),
+        tail: tail.map(|t| t.max(0) as usize),
+        since_unix_nanos: since_nanos(q)?,
+    };
+    let (want_out, want_err, stamps) = (q.flag("stdout"), q.flag("stderr"), q.flag("timestamps"));
+    let r = app.containers.get(id).await?;
+    let tty = app.containers.spec(&r.id).await.is_ok_and(|s| s.tty);
+    let framing = Framing::of(tty);
+    let mut logs = app.containers.logs(&r.id, opts).await?;
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    tokio::spawn(async move {
+        loop {
+            let entries = match logs.next().await {
+                Ok(Some(e)) => e,
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            };
+            let mut chunk = Vec::new();
+            for e in entries {
+                let stderr = e.stream == "stderr";
+                if !(stderr && want_err || !stderr && want_out) {
+                    continue;
+                }
+                let line = if stamps {
+                    format!("{} {}", rfc3339(e.time, true), e.log)
+                } else {
+                    e.log
+                };
+                chunk.extend(framing.encode(Out::of(stderr), line.as_bytes()));
+            }
+            if !chunk.is_empty() && tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+                return; // the client left
+            }
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(ReceiverStream::new(rx)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(framing.content_type()),
+    );
+    Ok(resp)
+}
+
+/// `DELETE /containers/{id}[?force=1]`: 204; 409 when it runs and `force` is not given.
+pub async fn remove(app: &Arc<App>, id: &str, q: &Query) -> Result<Response, ApiError> {
+    app.containers.remove(id, q.flag("force")).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(status: Status) -> Record {
+        Record {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            name: "web".into(),
+            root: "alpine".into(),
+            command: vec!["echo".into(), "hi".into()],
+            created_unix: 1_700_000_000,
+            status,
+            auto_remove: false,
+            labels: vec![("app".into(), "x".into())],
+            restart_count: 0,
+            init: false,
+            stdin: false,
+            volumes: vec![],
+            network: None,
+        }
+    }
+
+    #[test]
+    fn inspect_has_what_the_clis_templates_and_logs_read() {
+        let r = record(Status::Exited {
+            code: 3,
+            reason: None,
+            finished_unix: 1_700_000_100,
+        });
+        let v = inspect_json(&r, None, "sha256:abc");
+        assert_eq!(v["State"]["Status"], "exited");
+        assert_eq!(v["State"]["ExitCode"], 3);
+        assert_eq!(v["State"]["FinishedAt"], "2023-11-14T22:15:00Z");
+        assert_eq!(v["State"]["StartedAt"], NEVER);
+        assert_eq!(v["Name"], "/web");
+        assert_eq!(v["Config"]["Tty"], false);
+        assert_eq!(v["Config"]["Image"], "alpine");
+        assert_eq!(v["Path"], "echo");
+        assert_eq!(v["Created"], "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn filters_take_both_of_dockers_shapes_and_refuse_unknown_keys() {
+        let q = |f: &str| Query(vec![("filters".into(), f.into())]);
+        let r = record(Status::Created);
+        let f = filters(&q(r#"{"status":["created"],"label":["app=x"]}"#)).unwrap();
+        assert!(matches_filters(&r, &f).unwrap());
+        let f = filters(&q(r#"{"name":{"we":true}}"#)).unwrap();
+        assert!(matches_filters(&r, &f).unwrap());
+        let f = filters(&q(r#"{"status":["running"]}"#)).unwrap();
+        assert!(!matches_filters(&r, &f).unwrap());
+        let f = filters(&q(r#"{"label":["app=y"]}"#)).unwrap();
+        assert!(!matches_filters(&r, &f).unwrap());
+        let f = filters(&q(r#"{"colour":["red"]}"#)).unwrap();
+        assert!(matches_filters(&r, &f).is_err());
+        assert!(filters(&q("{not json")).is_err());
+    }
+
+    #[test]
+    fn since_takes_seconds_with_a_fraction() {
+        let q = |s: &str| Query(vec![("since".into(), s.into())]);
+        assert_eq!(since_nanos(&q("12")).unwrap(), Some(12_000_000_000));
+        assert_eq!(since_nanos(&q("12.5")).unwrap(), Some(12_500_000_000));
+        assert_eq!(since_nanos(&q("0")).unwrap(), None);
+        assert!(since_nanos(&q("x")).is_err());
+    }
+}

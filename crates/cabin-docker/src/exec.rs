@@ -1,0 +1,306 @@
+//! The exec endpoints: create (remembered here, as Docker does, until started), start
+//! (the connection becomes the process's stdio), resize and inspect (its exit code,
+//! recorded before its stream is closed: the CLI asks the moment the stream ends).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use cabin_base::random;
+use cabin_containers::control::ExecRequest;
+use cabin_containers::exec::{ExecEvent, ExecSession};
+use cabin_containers::process::Stream;
+use cabin_containers::store::Status;
+use cabin_containers::ContainerError;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+
+use crate::containers::body;
+use crate::error::{json, ApiError};
+use crate::stream::{Framing, Hijack, Out, Writer};
+use crate::App;
+
+/// Execs remembered at once; the oldest finished ones are forgotten first.
+const MAX_EXECS: usize = 1024;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct CreateBody {
+    cmd: Option<Vec<String>>,
+    env: Option<Vec<String>>,
+    working_dir: Option<String>,
+    user: Option<String>,
+    tty: Option<bool>,
+    attach_stdin: Option<bool>,
+    attach_stdout: Option<bool>,
+    attach_stderr: Option<bool>,
+    privileged: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct StartBody {
+    detach: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Created,
+    Running,
+    Exited(i32),
+}
+
+#[derive(Debug, Clone)]
+struct Exec {
+    container: String,
+    req: ExecRequest,
+    stdout: bool,
+    stderr: bool,
+    state: State,
+    /// Order of creation, for forgetting the oldest.
+    serial: u64,
+}
+
+/// The execs of this server.
+#[derive(Default)]
+pub struct Execs {
+    inner: Mutex<(HashMap<String, Exec>, u64)>,
+}
+
+impl Execs {
+    fn insert(&self, id: String, mut exec: Exec) {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, serial) = &mut *guard;
+        *serial += 1;
+        exec.serial = *serial;
+        if map.len() >= MAX_EXECS {
+            let oldest = map
+                .iter()
+                .filter(|(_, e)| matches!(e.state, State::Exited(_)))
+                .min_by_key(|(_, e)| e.serial)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                map.remove(&k);
+            }
+        }
+        map.insert(id, exec);
+    }
+
+    fn get(&self, id: &str) -> Result<Exec, ApiError> {
+        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        guard.0.get(id).cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("No such exec instance: {id}"),
+            )
+        })
+    }
+
+    fn set(&self, id: &str, state: State) {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = guard.0.get_mut(id) {
+            e.state = state;
+        }
+    }
+}
+
+/// `POST /containers/{id}/exec`: 201 with the exec's ID; 409 when it is not running.
+pub async fn create(app: &Arc<App>, id: &str, req: Request) -> Result<Response, ApiError> {
+    let b: CreateBody = body(req).await?;
+    let r = app.containers.get(id).await?;
+    if !matches!(r.status, Status::Running { .. }) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("container {} is not running", r.id),
+        ));
+    }
+    if b.privileged == Some(true) {
+        return Err(ApiError::bad_request(
+            "privileged execs are not supported: the container's VM is its own machine",
+        ));
+    }
+    if b.tty == Some(true) {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "exec with a terminal (-t) is not served by cabin's Docker API yet; run without -t",
+        ));
+    }
+    let args = b.cmd.unwrap_or_default();
+    if args.is_empty() {
+        return Err(ApiError::bad_request("no command given: set Cmd"));
+    }
+    let exec_id = random::id().map_err(ApiError::internal)?;
+    app.execs.insert(
+        exec_id.clone(),
+        Exec {
+            container: r.id,
+            req: ExecRequest {
+                args,
+                env: b.env.unwrap_or_default(),
+                cwd: b.working_dir.unwrap_or_default(),
+                user: b.user.unwrap_or_default(),
+                stdin: b.attach_stdin.unwrap_or(false),
+                tty: None,
+            },
+            stdout: b.attach_stdout.unwrap_or(true),
+            stderr: b.attach_stderr.unwrap_or(true),
+            state: State::Created,
+            serial: 0,
+        },
+    );
+    Ok(json(StatusCode::CREATED, &json!({"Id": exec_id})))
+}
+
+/// Relays `session`'s output to `writer` (and `stdin` to it) until it ends; its exit
+/// code (-1 when the relay was lost).
+async fn relay(
+    mut session: ExecSession,
+    stdin: Option<tokio::io::ReadHalf<crate::stream::Conn>>,
+    writer: Option<&Writer>,
+    (want_out, want_err): (bool, bool),
+) -> i32 {
+    let pump = match (session.stdin(), stdin) {
+        (Some(tx), Some(mut rd)) => Some(tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if tx.send(buf[..n].to_vec()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        })),
+        _ => None,
+    };
+    let code = loop {
+        match session.next().await {
+            Ok(ExecEvent::Output(o)) => {
+                let stderr = o.stream == Stream::Stderr;
+                if let Some(w) = writer.filter(|_| if stderr { want_err } else { want_out }) {
+                    w.send(Out::of(stderr), &o.data);
+                }
+            }
+            Ok(ExecEvent::Exited(code)) => break code,
+            Err(_) => break -1,
+        }
+    };
+    if let Some(p) = pump {
+        p.abort();
+    }
+    code
+}
+
+/// `POST /exec/{id}/start`: the connection becomes the process's stdio (Docker's
+/// frames), closed when it ends; with `Detach`, a plain 200 and it runs on.
+pub async fn start(app: &Arc<App>, id: &str, mut req: Request) -> Result<Response, ApiError> {
+    let exec = app.execs.get(id)?;
+    if exec.state != State::Created {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("exec {id} has already been started"),
+        ));
+    }
+    let hijack = Hijack::of(&mut req, Framing::Multiplexed).ok();
+    let b: StartBody = body(req).await?;
+    let detach = b.detach.unwrap_or(false);
+    if !detach && hijack.is_none() {
+        return Err(ApiError::bad_request(
+            "exec start takes over the connection: send Connection: Upgrade and Upgrade: tcp, or Detach",
+        ));
+    }
+    app.execs.set(id, State::Running);
+    let started = app.containers.exec(&exec.container, exec.req.clone()).await;
+    let session = match started {
+        Ok(s) => Ok(s),
+        // A command that could not start: its message on stderr and docker's 126/127 as
+        // its exit code, as Docker reports it.
+        Err(e @ ContainerError::ExecNotStarted { .. }) => Err(e),
+        Err(e) => {
+            app.execs.set(id, State::Created);
+            return Err(e.into());
+        }
+    };
+    let wants = (exec.stdout, exec.stderr);
+    let app = app.clone();
+    let id = id.to_string();
+    if detach {
+        tokio::spawn(async move {
+            let code = match session {
+                Ok(s) => relay(s, None, None, wants).await,
+                Err(e) => e.exec_code().unwrap_or(126),
+            };
+            app.execs.set(&id, State::Exited(code));
+        });
+        return Ok(StatusCode::OK.into_response());
+    }
+    let Some(hijack) = hijack else {
+        return Err(ApiError::bad_request("exec start needs Upgrade: tcp")); // (checked above)
+    };
+    let reply = hijack.response();
+    tokio::spawn(async move {
+        let Some((rd, wr)) = hijack.conn().await else {
+            if let Ok(s) = session {
+                let code = relay(s, None, None, wants).await;
+                app.execs.set(&id, State::Exited(code));
+            }
+            return;
+        };
+        let (writer, written) = Writer::start(wr, Framing::Multiplexed);
+        let code = match session {
+            Ok(s) => relay(s, exec.req.stdin.then_some(rd), Some(&writer), wants).await,
+            Err(e) => {
+                writer.send(Out::Stderr, format!("{e}\n").as_bytes());
+                e.exec_code().unwrap_or(126)
+            }
+        };
+        // Before the stream closes: the CLI asks for the code the moment it does.
+        app.execs.set(&id, State::Exited(code));
+        drop(writer);
+        let _ = written.await;
+    });
+    Ok(reply)
+}
+
+/// `POST /exec/{id}/resize`: accepted (cabin's Docker API has no exec terminals yet).
+pub async fn resize(app: &Arc<App>, id: &str, _q: &crate::Query) -> Result<Response, ApiError> {
+    app.execs.get(id)?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `GET /exec/{id}/json`.
+pub fn inspect(app: &Arc<App>, id: &str) -> Result<Response, ApiError> {
+    let e = app.execs.get(id)?;
+    let (running, code) = match e.state {
+        State::Created => (false, None),
+        State::Running => (true, None),
+        State::Exited(c) => (false, Some(c)),
+    };
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "ID": id,
+            "ContainerID": e.container,
+            "Running": running,
+            "ExitCode": code,
+            "Pid": 0,
+            "OpenStdin": e.req.stdin,
+            "OpenStdout": e.stdout,
+            "OpenStderr": e.stderr,
+            "CanRemove": false,
+            "DetachKeys": "",
+            "ProcessConfig": {
+                "tty": false,
+                "entrypoint": e.req.args.first(),
+                "arguments": e.req.args.iter().skip(1).collect::<Vec<_>>(),
+                "privileged": false,
+                "user": e.req.user,
+            },
+        }),
+    ))
+}

@@ -1,0 +1,177 @@
+//! Which endpoint a request names. Docker's paths carry an optional `/vX.Y` prefix
+//! (any version is served the same) and what the user typed: a container by name, ID
+//! or ID prefix, an image by a name with its registry, slashes and tag
+//! (`/images/ghcr.io/a/b:1/json`), matched greedily.
+
+use axum::http::Method;
+
+/// What is done to one container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerOp {
+    Inspect,
+    Start,
+    Stop,
+    Kill,
+    Restart,
+    Wait,
+    Attach,
+    Resize,
+    Logs,
+    Exec,
+    Remove,
+}
+
+/// What is done to one exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecOp {
+    Start,
+    Resize,
+    Inspect,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Ping,
+    Version,
+    Info,
+    ContainerList,
+    ContainerCreate,
+    Container(String, ContainerOp),
+    Exec(String, ExecOp),
+    ImageList,
+    ImageCreate,
+    ImageInspect(String),
+    ImageRemove(String),
+    /// An inspect of another kind of object (`docker inspect NAME` tries images,
+    /// networks, volumes and plugins in turn): cabin has none by that name.
+    NoSuch(&'static str, String),
+    /// A known endpoint cabin does not serve yet, or an unknown one.
+    Unsupported,
+}
+
+/// The path without its `/vX.Y` prefix, as segments (percent-decoded).
+fn segments(path: &str) -> Vec<String> {
+    let mut parts: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let versioned = parts.first().is_some_and(|p| {
+        p.strip_prefix('v')
+            .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+    });
+    if versioned {
+        parts.remove(0);
+    }
+    parts
+}
+
+/// The route of `method` on `path`.
+pub fn find(method: &Method, path: &str) -> Route {
+    let parts = segments(path);
+    let p: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let m = method.as_str();
+    let get = m == "GET" || m == "HEAD";
+    match (m, p.as_slice()) {
+        (_, ["_ping"]) if get => Route::Ping,
+        ("GET", ["version"]) => Route::Version,
+        ("GET", ["info"]) => Route::Info,
+        ("GET", ["containers", "json"]) => Route::ContainerList,
+        ("POST", ["containers", "create"]) => Route::ContainerCreate,
+        ("DELETE", ["containers", id]) => Route::Container(id.to_string(), ContainerOp::Remove),
+        (_, ["containers", id, op]) => {
+            let op = match (m, *op) {
+                ("GET", "json") => ContainerOp::Inspect,
+                ("POST", "start") => ContainerOp::Start,
+                ("POST", "stop") => ContainerOp::Stop,
+                ("POST", "kill") => ContainerOp::Kill,
+                ("POST", "restart") => ContainerOp::Restart,
+                ("POST", "wait") => ContainerOp::Wait,
+                ("POST", "attach") => ContainerOp::Attach,
+                ("POST", "resize") => ContainerOp::Resize,
+                ("GET", "logs") => ContainerOp::Logs,
+                ("POST", "exec") => ContainerOp::Exec,
+                _ => return Route::Unsupported,
+            };
+            Route::Container(id.to_string(), op)
+        }
+        (_, ["exec", id, op]) => {
+            let op = match (m, *op) {
+                ("POST", "start") => ExecOp::Start,
+                ("POST", "resize") => ExecOp::Resize,
+                ("GET", "json") => ExecOp::Inspect,
+                _ => return Route::Unsupported,
+            };
+            Route::Exec(id.to_string(), op)
+        }
+        ("GET", ["images", "json"]) => Route::ImageList,
+        ("POST", ["images", "create"]) => Route::ImageCreate,
+        ("GET", ["images", name @ .., "json"]) if !name.is_empty() => {
+            Route::ImageInspect(name.join("/"))
+        }
+        ("DELETE", ["images", name @ ..]) if !name.is_empty() => Route::ImageRemove(name.join("/")),
+        ("GET", ["networks", name]) => Route::NoSuch("network", name.to_string()),
+        ("GET", ["volumes", name]) => Route::NoSuch("volume", name.to_string()),
+        ("GET", ["plugins", name, "json"]) => Route::NoSuch("plugin", name.to_string()),
+        _ => Route::Unsupported,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_version_prefix_and_none_name_the_same_endpoint() {
+        for p in ["/_ping", "/v1.44/_ping", "/v1.50/_ping", "/v1.12/_ping"] {
+            assert_eq!(find(&Method::HEAD, p), Route::Ping, "{p}");
+        }
+        assert_eq!(
+            find(&Method::POST, "/v1.44/containers/web/start"),
+            Route::Container("web".into(), ContainerOp::Start)
+        );
+        assert_eq!(
+            find(&Method::DELETE, "/containers/0123abc"),
+            Route::Container("0123abc".into(), ContainerOp::Remove)
+        );
+        assert_eq!(find(&Method::GET, "/v1.44/version"), Route::Version);
+        // A container named like a version is a container.
+        assert_eq!(
+            find(&Method::GET, "/v1.44/containers/v1/json"),
+            Route::Container("v1".into(), ContainerOp::Inspect)
+        );
+    }
+
+    #[test]
+    fn image_names_keep_their_registry_slashes_and_tag() {
+        assert_eq!(
+            find(&Method::GET, "/v1.44/images/ghcr.io/a/b:1/json"),
+            Route::ImageInspect("ghcr.io/a/b:1".into())
+        );
+        assert_eq!(
+            find(&Method::DELETE, "/v1.44/images/127.0.0.1:5000/busybox:x"),
+            Route::ImageRemove("127.0.0.1:5000/busybox:x".into())
+        );
+        assert_eq!(
+            find(&Method::GET, "/images/sha256%3Aabc/json"),
+            Route::ImageInspect("sha256:abc".into())
+        );
+    }
+
+    #[test]
+    fn what_cabin_does_not_serve_is_unsupported_not_a_container() {
+        assert_eq!(find(&Method::POST, "/v1.44/build"), Route::Unsupported);
+        assert_eq!(
+            find(&Method::GET, "/v1.44/containers/web/top"),
+            Route::Unsupported
+        );
+        assert_eq!(
+            find(&Method::GET, "/v1.44/networks/x"),
+            Route::NoSuch("network", "x".into())
+        );
+    }
+}
