@@ -207,9 +207,22 @@ fn create_options(args: &RunArgs) -> Result<CreateOptions, Failure> {
     })
 }
 
+/// A kept container with a terminal: the library runs it (the Docker API attaches to
+/// it), but this CLI's `start -a` relays output, not a terminal, so it refuses.
+fn refuse_kept_terminal(spec: &ContainerSpec) -> Result<(), Failure> {
+    if spec.tty {
+        return Err(
+            "-t cannot be combined with -d or create yet: cabin cannot attach to a container's terminal"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// `cabin create`: records the container with the options of `cabin run`; prints its ID.
 pub async fn create(host: &Host, args: RunArgs) -> Result<i32, Failure> {
     let spec = spec(&args, true)?;
+    refuse_kept_terminal(&spec)?;
     let record = Containers::open(host)?
         .create(&spec, create_options(&args)?)
         .await?;
@@ -221,6 +234,7 @@ pub async fn create(host: &Host, args: RunArgs) -> Result<i32, Failure> {
 pub async fn run(host: &Host, args: RunArgs, started: Instant) -> Result<i32, Failure> {
     let mut cfg = spec(&args, true)?;
     if args.detach {
+        refuse_kept_terminal(&cfg)?;
         let containers = Containers::open(host)?;
         let record = containers.create(&cfg, create_options(&args)?).await?;
         return report::started(&record.id, containers.start(&record.id).await?);

@@ -985,53 +985,6 @@ fn failed_starts_are_reported_not_hidden_behind_a_202() {
     assert_eq!(cli[0]["startError"], e, "the CLI sees it too");
 }
 
-/// A Python that imports pylume 0.2.1 (Lume's Python client, from PyPI), installed
-/// once into target/test-python. Err says why there is none.
-fn pylume_python() -> Result<PathBuf, String> {
-    let dir = workspace_root().join("target/test-python/pylume-0.2.1");
-    let python = dir.join("bin/python");
-    let imports = |py: &Path| {
-        std::process::Command::new(py)
-            .args(["-c", "import pylume"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if imports(&python) {
-        return Ok(python);
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    let o = std::process::Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&dir)
-        .output()
-        .map_err(|e| format!("python3: {e}"))?;
-    if !o.status.success() {
-        return Err(format!(
-            "python3 -m venv failed (Debian needs python3-venv, which scripts/setup.sh installs): {}",
-            stderr(&o)
-        ));
-    }
-    let o = std::process::Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "pylume==0.2.1",
-        ])
-        .output()
-        .map_err(|e| format!("pip: {e}"))?;
-    if !o.status.success() || !imports(&python) {
-        return Err(format!(
-            "pip install pylume==0.2.1 failed: {}{}",
-            stdout(&o),
-            stderr(&o)
-        ));
-    }
-    Ok(python)
-}
-
 const PYLUME_SCRIPT: &str = r#"
 import asyncio, sys
 from pylume import PyLume, VMConfig, VMRunOpts, VMUpdateOpts, SharedDirectory, LumeConfigError
@@ -1076,7 +1029,7 @@ asyncio.run(main())
 
 #[test]
 fn pylume_drives_cabin_serve() {
-    let python = match pylume_python() {
+    let python = match python_with("pylume==0.2.1", "pylume") {
         Ok(p) => p,
         Err(why) => {
             eprintln!("SKIPPED pylume_drives_cabin_serve: pylume cannot be installed: {why}");

@@ -508,3 +508,112 @@ fn bad_requests_get_dockers_errors_and_the_server_keeps_serving() {
         .docker_ok(&["ps", "--format", "{{.Names}}"])
         .contains("chatty"));
 }
+
+#[test]
+fn terminals_take_keys_and_window_sizes_in_run_and_exec() {
+    use common::terminal::Tmux;
+    let s = Server::start("tty");
+    let env = format!(
+        "env DOCKER_HOST=unix://{} DOCKER_CONFIG={}",
+        s.socket.display(),
+        s.dir.join("docker-config").display()
+    );
+    // docker run -it: the terminal's size from the start, then each change of it.
+    let t = Tmux::start(
+        "docker-run-it",
+        &format!("{env} {DOCKER} run -it --name term local/bb sh; echo EXIT=$?; sleep 1000"),
+    );
+    t.wait_for("the shell's prompt", |s| s.contains("/ #"));
+    t.keys(&["stty size; echo $TERM", "Enter"]);
+    t.wait_for("the first size", |s| s.contains("30 100\nxterm"));
+    t.run(&["resize-window", "-t", &t.session, "-x", "132", "-y", "40"]);
+    t.keys(&["stty size", "Enter"]);
+    t.wait_for("the new size", |s| s.contains("40 132"));
+
+    // docker exec -it into it, from a terminal of another size.
+    let e = Tmux::start(
+        "docker-exec-it",
+        &format!("{env} {DOCKER} exec -it term sh; echo EXIT=$?; sleep 1000"),
+    );
+    e.wait_for("the exec's prompt", |s| s.contains("/ #"));
+    e.run(&["resize-window", "-t", &e.session, "-x", "90", "-y", "25"]);
+    e.keys(&["stty size; tty", "Enter"]);
+    e.wait_for("the exec's size", |s| s.contains("25 90\n/dev/pts/"));
+    e.keys(&["exit 5", "Enter"]);
+    e.wait_for("the exec's exit code", |s| s.contains("EXIT=5"));
+
+    t.keys(&["exit 3", "Enter"]);
+    t.wait_for("the run's exit code", |s| s.contains("EXIT=3"));
+    // What the terminal showed is the container's log, raw.
+    let logs = s.docker_ok(&["logs", "term"]);
+    assert!(logs.contains("40 132\r\n"), "{logs:?}");
+}
+
+const DOCKER_PY_SCRIPT: &str = r#"
+import sys, time
+import docker
+
+client = docker.DockerClient(base_url="unix://" + sys.argv[1], version="auto")
+assert client.ping()
+assert client.version()["ApiVersion"] == "1.44"
+
+# run in the foreground: its stdout, as bytes.
+out = client.containers.run("local/bb", ["sh", "-c", "echo hello; echo err >&2"], remove=True)
+assert out == b"hello\n", out
+try:
+    client.containers.run("local/bb", ["sh", "-c", "exit 7"], remove=True)
+    raise SystemExit("a failing container must raise ContainerError")
+except docker.errors.ContainerError as e:
+    assert e.exit_status == 7, e
+
+ct = client.containers.run(
+    "local/bb", ["sh", "-c", "echo ready; exec sleep 1000"], detach=True,
+    name="py", labels={"suite": "docker-py"}, environment={"X": "1"},
+)
+for _ in range(300):
+    if b"ready" in ct.logs():
+        break
+    time.sleep(0.1)
+assert ct.logs() == b"ready\n", ct.logs()
+ct.reload()
+assert ct.status == "running" and ct.name == "py" and ct.labels == {"suite": "docker-py"}
+code, output = ct.exec_run(["sh", "-c", "echo $X; exit 2"])
+assert (code, output) == (2, b"1\n"), (code, output)
+assert [c.name for c in client.containers.list(filters={"label": "suite=docker-py"})] == ["py"]
+assert client.containers.list(filters={"label": "suite=other"}) == []
+ct.kill()
+assert ct.wait()["StatusCode"] == 137
+ct.remove()
+try:
+    client.containers.get("py")
+    raise SystemExit("a removed container must be NotFound")
+except docker.errors.NotFound:
+    pass
+assert "local/bb:latest" in client.images.get("local/bb").tags
+try:
+    client.images.get("nothing:here")
+    raise SystemExit("a missing image must be ImageNotFound")
+except docker.errors.ImageNotFound:
+    pass
+print("ok")
+"#;
+
+#[test]
+fn the_docker_python_sdk_runs_execs_lists_and_removes_containers() {
+    let python = python_with("docker==7.1.0", "docker")
+        .unwrap_or_else(|why| panic!("the docker SDK (PyPI) is needed: {why}"));
+    let s = Server::start("docker-py");
+    let script = s.dir.join("sdk.py");
+    std::fs::write(&script, DOCKER_PY_SCRIPT).unwrap();
+    let o = Command::new(python)
+        .arg(&script)
+        .arg(&s.socket)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && stdout(&o) == "ok\n",
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+}

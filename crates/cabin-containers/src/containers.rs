@@ -44,8 +44,6 @@ pub enum ContainerError {
     Running(String),
     #[error("container {0}: its record is unreadable; use rm -f")]
     UnreadableRecord(String),
-    #[error("-t cannot be combined with -d or create yet: cabin cannot attach to a container's terminal")]
-    DetachedTerminal,
     #[error("invalid label {0:?}: use KEY=VALUE")]
     InvalidLabel(String),
     #[error("starting the container's supervisor: {0}")]
@@ -202,9 +200,6 @@ impl Containers {
         spec: &ContainerSpec,
         opts: CreateOptions,
     ) -> Result<Record, ContainerError> {
-        if spec.tty {
-            return Err(ContainerError::DetachedTerminal);
-        }
         if let Some((k, v)) = opts.labels.iter().find(|(k, _)| k.is_empty()) {
             return Err(ContainerError::InvalidLabel(format!("{k}={v}")));
         }
@@ -421,6 +416,14 @@ impl Containers {
                     source,
                 },
             })
+    }
+
+    /// Tells the terminal of running container `name` (made with one) its new size.
+    pub async fn resize(&self, name: &str, rows: u16, cols: u16) -> Result<(), ContainerError> {
+        let record = self.get(name).await?;
+        self.call(&record, &Request::Resize { rows, cols })
+            .await
+            .map(drop)
     }
 
     /// Container `name`'s resource use now.

@@ -45,6 +45,8 @@ pub enum Request {
     CopyIn(CopyInRequest),
     /// The process's output from the start of its run, its stdin: frames.
     Attach(AttachRequest),
+    /// The new size of the process's terminal (a container made with one).
+    Resize { rows: u16, cols: u16 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -588,6 +590,13 @@ mod tests {
         assert_eq!(j(&Request::Signal(15)), r#"{"signal":15}"#);
         assert_eq!(j(&Request::Stop(10)), r#"{"stop":10}"#);
         assert_eq!(j(&Request::Stats), r#""stats""#);
+        assert_eq!(
+            j(&Request::Resize {
+                rows: 30,
+                cols: 100
+            }),
+            r#"{"resize":{"rows":30,"cols":100}}"#
+        );
         assert_eq!(
             j(&Request::Attach(AttachRequest { stdin: true })),
             r#"{"attach":{"stdin":true}}"#

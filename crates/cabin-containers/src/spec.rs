@@ -156,8 +156,8 @@ pub struct ContainerSpec {
     /// Host folders, volumes and tmpfs mounts, in order.
     pub mounts: Vec<MountSpec>,
     pub restart: RestartPolicy,
-    /// The terminal's size at the start (`-t`), for a process run in the foreground.
-    #[serde(skip)]
+    /// The terminal's size at the start (`-t`): rows and columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty_size: Option<(u16, u16)>,
     /// The container's name, for its peers on a bridge network (its record has it).
     #[serde(skip)]

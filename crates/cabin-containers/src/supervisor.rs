@@ -351,6 +351,17 @@ async fn run_once(
                             };
                             reply(conn, answer).await;
                         }
+                        Some(Request::Resize { rows, cols }) => {
+                            let answer = if !cfg.tty {
+                                Reply::failed("the container has no terminal (it was not made with -t)")
+                            } else {
+                                match process::resize(&agent, &proc_ref, rows, cols).await {
+                                    Ok(()) => Reply::done(),
+                                    Err(e) => Reply::failed(e.message()),
+                                }
+                            };
+                            reply(conn, answer).await;
+                        }
                         Some(Request::Stop(secs)) => {
                             stopped = true;
                             // A guest that does not take SIGTERM gets the rest of the

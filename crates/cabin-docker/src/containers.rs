@@ -163,12 +163,6 @@ pub async fn list(app: &Arc<App>, q: &Query) -> Result<Response, ApiError> {
 pub async fn create(app: &Arc<App>, q: &Query, req: Request) -> Result<Response, ApiError> {
     let b: CreateBody = body(req).await?;
     let (spec, opts) = spec_of(&b, q.get("name"), app.accel)?;
-    if spec.tty {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "containers with a terminal (-t) are not served by cabin's Docker API yet; run without -t",
-        ));
-    }
     if let RootSource::Image(name) = &spec.root {
         let store_dir = app.host.paths.image_store();
         let name = name.clone();
@@ -325,6 +319,9 @@ fn inspect_json(r: &Record, spec: Option<&ContainerSpec>, image_id: &str) -> Val
             "PidsLimit": spec.pids_limit,
             "Init": spec.init,
             "Runtime": "cabin",
+            // cabin keeps output as docker's json-file driver does (SDKs read logs
+            // only from drivers they know).
+            "LogConfig": {"Type": "json-file", "Config": {}},
         },
         "Mounts": mounts,
         "Config": {
@@ -526,9 +523,21 @@ pub async fn attach(
     Ok(reply)
 }
 
-/// `POST /containers/{id}/resize`: accepted (cabin's Docker API has no terminals yet).
-pub async fn resize(app: &Arc<App>, id: &str) -> Result<Response, ApiError> {
-    app.containers.get(id).await?;
+/// The `h` and `w` of a resize.
+pub fn size(q: &Query) -> Result<(u16, u16), ApiError> {
+    match (q.number::<u16>("h")?, q.number::<u16>("w")?) {
+        (Some(h), Some(w)) if h > 0 && w > 0 => Ok((h, w)),
+        _ => Err(ApiError::bad_request(
+            "give the terminal's size as h (rows) and w (columns), both above 0",
+        )),
+    }
+}
+
+/// `POST /containers/{id}/resize?h=&w=`: the container's terminal takes the size (one
+/// asked for while its VM boots is applied once it runs).
+pub async fn resize(app: &Arc<App>, id: &str, q: &Query) -> Result<Response, ApiError> {
+    let (rows, cols) = size(q)?;
+    app.containers.resize(id, rows, cols).await?;
     Ok(empty(StatusCode::OK))
 }
 

@@ -51,6 +51,8 @@ pub struct HostConfig {
     pub network_mode: Option<String>,
     pub tmpfs: Option<BTreeMap<String, String>>,
     pub privileged: Option<bool>,
+    /// The client's terminal, `[rows, cols]` (`[0, 0]` when it has none).
+    pub console_size: Option<[u16; 2]>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -166,6 +168,9 @@ pub fn spec_of(
             ));
         }
         auto_remove = h.auto_remove.unwrap_or(false);
+        if let Some([rows, cols]) = h.console_size.filter(|[r, c]| *r > 0 && *c > 0) {
+            c.tty_size = c.tty.then_some((rows, cols));
+        }
         c.read_only = h.readonly_rootfs.unwrap_or(false);
         c.init = h.init.unwrap_or(false);
         c.memory_bytes = h.memory.filter(|m| *m > 0).map(|m| m as u64);
@@ -315,7 +320,7 @@ mod tests {
             "RestartPolicy":{"Name":"on-failure","MaximumRetryCount":3},"Memory":268435456,
             "NanoCpus":1500000000,"PidsLimit":null,"Ulimits":[{"Name":"nofile","Soft":10,"Hard":20}],
             "PortBindings":{"80/tcp":[{"HostIp":"","HostPort":"8080"}]},"Tmpfs":{"/run":"size=1m"},
-            "Init":true,"ReadonlyRootfs":true,"MemorySwappiness":-1,"ConsoleSize":[0,0]},
+            "Init":true,"ReadonlyRootfs":true,"MemorySwappiness":-1,"ConsoleSize":[30,100]},
             "NetworkingConfig":{"EndpointsConfig":{"default":{}}}}"#,
         )
         .unwrap();
@@ -326,6 +331,7 @@ mod tests {
         assert_eq!((c.cwd.as_str(), c.user.as_str()), ("/w", "1:2"));
         assert_eq!(c.hostname.as_deref(), Some("h"));
         assert!(c.stdin && c.init && c.read_only && !c.tty);
+        assert_eq!(c.tty_size, None, "no terminal, no size");
         assert_eq!(c.memory_bytes, Some(256 << 20));
         assert_eq!(c.cpus, Some(1.5));
         assert_eq!(c.pids_limit, None);
@@ -351,6 +357,17 @@ mod tests {
         let (c, _) = parse(r#"{"Image":"a","Entrypoint":[""],"Cmd":"sh -c true"}"#).unwrap();
         assert_eq!(c.entrypoint, Some(vec![String::new()]));
         assert_eq!(c.args, ["sh", "-c", "true"]);
+    }
+
+    #[test]
+    fn a_terminal_starts_at_the_clients_size() {
+        let (c, _) =
+            parse(r#"{"Image":"a","Tty":true,"HostConfig":{"ConsoleSize":[30,100]}}"#).unwrap();
+        assert!(c.tty);
+        assert_eq!(c.tty_size, Some((30, 100)));
+        let (c, _) =
+            parse(r#"{"Image":"a","Tty":true,"HostConfig":{"ConsoleSize":[0,0]}}"#).unwrap();
+        assert_eq!(c.tty_size, None);
     }
 
     #[test]

@@ -79,8 +79,7 @@ impl From<ContainerError> for ApiError {
             ContainerError::Store(StoreError::Ambiguous(..))
             | ContainerError::Store(StoreError::InvalidName(_))
             | ContainerError::InvalidLabel(_)
-            | ContainerError::NoStdin(_)
-            | ContainerError::DetachedTerminal => StatusCode::BAD_REQUEST,
+            | ContainerError::NoStdin(_) => StatusCode::BAD_REQUEST,
             ContainerError::VolumeUsed { .. } | ContainerError::UnreadableRecord(_) => {
                 StatusCode::CONFLICT
             }

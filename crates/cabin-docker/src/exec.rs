@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use cabin_base::random;
 use cabin_containers::control::ExecRequest;
-use cabin_containers::exec::{ExecEvent, ExecSession};
+use cabin_containers::exec::{ExecEvent, ExecSession, Resizer};
 use cabin_containers::process::Stream;
 use cabin_containers::store::Status;
 use cabin_containers::ContainerError;
@@ -38,6 +38,8 @@ struct CreateBody {
     attach_stdout: Option<bool>,
     attach_stderr: Option<bool>,
     privileged: Option<bool>,
+    /// The client's terminal, `[rows, cols]`.
+    console_size: Option<[u16; 2]>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,7 +55,7 @@ enum State {
     Exited(i32),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Exec {
     container: String,
     req: ExecRequest,
@@ -62,6 +64,8 @@ struct Exec {
     state: State,
     /// Order of creation, for forgetting the oldest.
     serial: u64,
+    /// Resizes its terminal once it runs (with one).
+    resizer: Option<Resizer>,
 }
 
 /// The execs of this server.
@@ -100,9 +104,13 @@ impl Execs {
     }
 
     fn set(&self, id: &str, state: State) {
+        self.update(id, |e| e.state = state);
+    }
+
+    fn update(&self, id: &str, f: impl FnOnce(&mut Exec)) {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = guard.0.get_mut(id) {
-            e.state = state;
+            f(e);
         }
     }
 }
@@ -122,12 +130,6 @@ pub async fn create(app: &Arc<App>, id: &str, req: Request) -> Result<Response, 
             "privileged execs are not supported: the container's VM is its own machine",
         ));
     }
-    if b.tty == Some(true) {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "exec with a terminal (-t) is not served by cabin's Docker API yet; run without -t",
-        ));
-    }
     let args = b.cmd.unwrap_or_default();
     if args.is_empty() {
         return Err(ApiError::bad_request("no command given: set Cmd"));
@@ -143,12 +145,17 @@ pub async fn create(app: &Arc<App>, id: &str, req: Request) -> Result<Response, 
                 cwd: b.working_dir.unwrap_or_default(),
                 user: b.user.unwrap_or_default(),
                 stdin: b.attach_stdin.unwrap_or(false),
-                tty: None,
+                // Docker's default size until the client says (a resize follows).
+                tty: (b.tty == Some(true)).then_some(match b.console_size {
+                    Some([rows, cols]) if rows > 0 && cols > 0 => (rows, cols),
+                    _ => (24, 80),
+                }),
             },
             stdout: b.attach_stdout.unwrap_or(true),
             stderr: b.attach_stderr.unwrap_or(true),
             state: State::Created,
             serial: 0,
+            resizer: None,
         },
     );
     Ok(json(StatusCode::CREATED, &json!({"Id": exec_id})))
@@ -206,7 +213,8 @@ pub async fn start(app: &Arc<App>, id: &str, mut req: Request) -> Result<Respons
             format!("exec {id} has already been started"),
         ));
     }
-    let hijack = Hijack::of(&mut req, Framing::Multiplexed).ok();
+    let framing = Framing::of(exec.req.tty.is_some());
+    let hijack = Hijack::of(&mut req, framing).ok();
     let b: StartBody = body(req).await?;
     let detach = b.detach.unwrap_or(false);
     if !detach && hijack.is_none() {
@@ -217,7 +225,11 @@ pub async fn start(app: &Arc<App>, id: &str, mut req: Request) -> Result<Respons
     app.execs.set(id, State::Running);
     let started = app.containers.exec(&exec.container, exec.req.clone()).await;
     let session = match started {
-        Ok(s) => Ok(s),
+        Ok(s) => {
+            let resizer = exec.req.tty.is_some().then(|| s.resizer());
+            app.execs.update(id, |e| e.resizer = resizer);
+            Ok(s)
+        }
         // A command that could not start: its message on stderr and docker's 126/127 as
         // its exit code, as Docker reports it.
         Err(e @ ContainerError::ExecNotStarted { .. }) => Err(e),
@@ -251,7 +263,7 @@ pub async fn start(app: &Arc<App>, id: &str, mut req: Request) -> Result<Respons
             }
             return;
         };
-        let (writer, written) = Writer::start(wr, Framing::Multiplexed);
+        let (writer, written) = Writer::start(wr, framing);
         let code = match session {
             Ok(s) => relay(s, exec.req.stdin.then_some(rd), Some(&writer), wants).await,
             Err(e) => {
@@ -267,9 +279,22 @@ pub async fn start(app: &Arc<App>, id: &str, mut req: Request) -> Result<Respons
     Ok(reply)
 }
 
-/// `POST /exec/{id}/resize`: accepted (cabin's Docker API has no exec terminals yet).
-pub async fn resize(app: &Arc<App>, id: &str, _q: &crate::Query) -> Result<Response, ApiError> {
-    app.execs.get(id)?;
+/// `POST /exec/{id}/resize?h=&w=`: its terminal takes the size (before it starts: it
+/// starts at that size).
+pub async fn resize(app: &Arc<App>, id: &str, q: &crate::Query) -> Result<Response, ApiError> {
+    let (rows, cols) = crate::containers::size(q)?;
+    let exec = app.execs.get(id)?;
+    if exec.req.tty.is_none() {
+        return Err(ApiError::bad_request(format!(
+            "exec {id} has no terminal (it was not made with Tty)"
+        )));
+    }
+    match exec.resizer {
+        Some(r) => {
+            r.resize(rows, cols).await;
+        }
+        None => app.execs.update(id, |e| e.req.tty = Some((rows, cols))),
+    }
     Ok(StatusCode::OK.into_response())
 }
 
@@ -295,7 +320,7 @@ pub fn inspect(app: &Arc<App>, id: &str) -> Result<Response, ApiError> {
             "CanRemove": false,
             "DetachKeys": "",
             "ProcessConfig": {
-                "tty": false,
+                "tty": e.req.tty.is_some(),
                 "entrypoint": e.req.args.first(),
                 "arguments": e.req.args.iter().skip(1).collect::<Vec<_>>(),
                 "privileged": false,

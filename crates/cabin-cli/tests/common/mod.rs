@@ -479,3 +479,53 @@ pub fn small_tmpfs(dir: &Path, size: &str) -> Option<Unmount> {
     assert!(st.success(), "mounting a tmpfs on {}", dir.display());
     Some(Unmount(dir.to_path_buf()))
 }
+
+/// A Python that imports `import`, with `package` (`name==version`, from PyPI)
+/// installed once into its own venv under target/test-python. Err says why there is
+/// none.
+pub fn python_with(package: &str, import: &str) -> Result<PathBuf, String> {
+    let dir = workspace_root()
+        .join("target/test-python")
+        .join(package.replace("==", "-"));
+    let python = dir.join("bin/python");
+    let imports = |py: &Path| {
+        Command::new(py)
+            .args(["-c", &format!("import {import}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if imports(&python) {
+        return Ok(python);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&dir)
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "python3 -m venv failed (Debian needs python3-venv, which scripts/setup.sh installs): {}",
+            stderr(&o)
+        ));
+    }
+    let o = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            package,
+        ])
+        .output()
+        .map_err(|e| format!("pip: {e}"))?;
+    if !o.status.success() || !imports(&python) {
+        return Err(format!(
+            "pip install {package} failed: {}{}",
+            stdout(&o),
+            stderr(&o)
+        ));
+    }
+    Ok(python)
+}
