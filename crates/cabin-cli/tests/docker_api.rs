@@ -617,3 +617,47 @@ fn the_docker_python_sdk_runs_execs_lists_and_removes_containers() {
         stderr(&o)
     );
 }
+
+#[test]
+fn docker_cp_copies_files_and_trees_both_ways() {
+    let s = Server::start("cp");
+    s.docker_ok(&["run", "-d", "--name", "box", "local/bb", "sleep", "1000"]);
+    let out = s.dir.join("out");
+    std::fs::create_dir(&out).unwrap();
+    // Out: a file into a directory, a tree under a new name.
+    s.docker_ok(&["cp", "box:/etc/passwd", out.to_str().unwrap()]);
+    let passwd = std::fs::read_to_string(out.join("passwd")).unwrap();
+    assert!(passwd.starts_with("root:"), "{passwd}");
+    s.docker_ok(&["cp", "box:/etc", out.join("etc-copy").to_str().unwrap()]);
+    assert!(out.join("etc-copy/passwd").is_file());
+    // In: a file into a directory and under a new name, a tree.
+    let input = s.dir.join("in.txt");
+    std::fs::write(&input, "from the host\n").unwrap();
+    s.docker_ok(&["cp", input.to_str().unwrap(), "box:/tmp/"]);
+    s.docker_ok(&["cp", input.to_str().unwrap(), "box:/tmp/renamed.txt"]);
+    let tree = s.dir.join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("sub/f"), "deep\n").unwrap();
+    s.docker_ok(&["cp", tree.to_str().unwrap(), "box:/srv"]);
+    assert_eq!(
+        s.docker_ok(&[
+            "exec",
+            "box",
+            "cat",
+            "/tmp/in.txt",
+            "/tmp/renamed.txt",
+            "/srv/sub/f"
+        ]),
+        "from the host\nfrom the host\ndeep\n"
+    );
+    // What is not there: Docker's 404 wording, and nothing made.
+    let o = s.docker(&["cp", "box:/nonexistent", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("Could not find the file /nonexistent in container box"),
+        "{}",
+        stderr(&o)
+    );
+    let o = s.docker(&["cp", input.to_str().unwrap(), "box:/no/such/dir/x"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+}

@@ -9,11 +9,13 @@
 //! - `system`: ping, version, info. `containers`: the container endpoints, `create`
 //!   the mapping of Docker's create body onto a container spec, `exec` the exec
 //!   endpoints, `images` the image endpoints.
-//! - `stream`: hijacked connections (attach, exec) and Docker's stream framing.
+//! - `stream`: hijacked connections (attach, exec) and Docker's stream framing;
+//!   `archive`: `docker cp`'s archives.
 //!
 //! What the docker CLI really sends and depends on is recorded in
 //! `shared/reference/docker-api.md`; the tests drive the real CLI.
 
+mod archive;
 mod containers;
 mod create;
 mod error;
@@ -168,6 +170,9 @@ async fn handle(app: &Arc<App>, route: Route, req: Request) -> Result<Response, 
             ContainerOp::Logs => containers::logs(app, &id, &query).await,
             ContainerOp::Remove => containers::remove(app, &id, &query).await,
             ContainerOp::Exec => exec::create(app, &id, req).await,
+            ContainerOp::ArchiveStat => archive::get(app, &id, &query, true).await,
+            ContainerOp::ArchiveGet => archive::get(app, &id, &query, false).await,
+            ContainerOp::ArchivePut => archive::put(app, &id, &query, req).await,
         },
         Route::Exec(id, op) => match op {
             ExecOp::Start => exec::start(app, &id, req).await,

@@ -19,6 +19,10 @@ pub enum ContainerOp {
     Logs,
     Exec,
     Remove,
+    /// `docker cp`: the stat of a path (HEAD), its archive (GET), an archive put (PUT).
+    ArchiveStat,
+    ArchiveGet,
+    ArchivePut,
 }
 
 /// What is done to one exec.
@@ -95,6 +99,9 @@ pub fn find(method: &Method, path: &str) -> Route {
                 ("POST", "resize") => ContainerOp::Resize,
                 ("GET", "logs") => ContainerOp::Logs,
                 ("POST", "exec") => ContainerOp::Exec,
+                ("HEAD", "archive") => ContainerOp::ArchiveStat,
+                ("GET", "archive") => ContainerOp::ArchiveGet,
+                ("PUT", "archive") => ContainerOp::ArchivePut,
                 _ => return Route::Unsupported,
             };
             Route::Container(id.to_string(), op)
@@ -139,6 +146,10 @@ mod tests {
             Route::Container("0123abc".into(), ContainerOp::Remove)
         );
         assert_eq!(find(&Method::GET, "/v1.44/version"), Route::Version);
+        assert_eq!(
+            find(&Method::HEAD, "/v1.44/containers/web/archive"),
+            Route::Container("web".into(), ContainerOp::ArchiveStat)
+        );
         // A container named like a version is a container.
         assert_eq!(
             find(&Method::GET, "/v1.44/containers/v1/json"),
