@@ -61,9 +61,6 @@ pub async fn run(host: &Host, cmd: VolumeCommand) -> Result<i32, Failure> {
                 Some(s) => cabin_base::sizes::parse_size(&s, cabin_base::sizes::Dialect::Docker)?,
                 None => DEFAULT_VOLUME_BYTES,
             };
-            if size < (8 << 20) {
-                return Err("a volume must be at least 8 MiB".into());
-            }
             println!("{}", volumes.create(&name, size)?.name);
         }
         VolumeCommand::Ls { quiet, format } => {

@@ -661,3 +661,101 @@ fn docker_cp_copies_files_and_trees_both_ways() {
     let o = s.docker(&["cp", input.to_str().unwrap(), "box:/no/such/dir/x"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
 }
+
+#[test]
+fn volumes_stats_tags_and_prunes_answer_as_docker_does() {
+    let s = Server::start("volumes");
+    assert_eq!(s.docker_ok(&["volume", "create", "keep"]), "keep\n");
+    s.docker_ok(&["volume", "create", "-o", "size=100m", "small"]);
+    let f = "{{.Name}} {{.Driver}} {{.Options.size}}";
+    assert_eq!(
+        s.docker_ok(&["volume", "inspect", "-f", f, "small"]).trim(),
+        "small local 104857600"
+    );
+    // A volume outlives its containers.
+    s.docker_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "keep:/data",
+        "local/bb",
+        "sh",
+        "-c",
+        "echo kept > /data/f",
+    ]);
+    assert_eq!(
+        s.docker_ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "keep:/data",
+            "local/bb",
+            "cat",
+            "/data/f"
+        ]),
+        "kept\n"
+    );
+    // `-v /path`: an anonymous volume, removed with the container by `rm -v`.
+    s.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "busy",
+        "-v",
+        "/anon",
+        "local/bb",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    let names = s.docker_ok(&["volume", "ls", "-q"]);
+    let anon: Vec<&str> = names.lines().filter(|n| n.len() == 32).collect();
+    assert_eq!(anon.len(), 1, "{names}");
+    let o = s.docker(&["volume", "rm", anon[0]]);
+    assert!(
+        stderr(&o).contains("is used by container"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Statistics: one busy vCPU is about 100%, the VM's memory is the limit.
+    let stats = s.docker_ok(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.Name}} {{.CPUPerc}} {{.MemUsage}} {{.PIDs}}",
+        "busy",
+    ]);
+    let fields: Vec<&str> = stats.split_whitespace().collect();
+    assert_eq!(fields[0], "busy", "{stats}");
+    let cpu: f64 = fields[1].trim_end_matches('%').parse().unwrap();
+    assert!((50.0..=110.0).contains(&cpu), "a spinning shell: {stats}");
+    assert!(
+        fields[4].ends_with("MiB") && !fields[4].starts_with('0'),
+        "{stats}"
+    );
+
+    s.docker_ok(&["rm", "-f", "-v", "busy"]);
+    let names = s.docker_ok(&["volume", "ls", "-q"]);
+    assert!(!names.contains(anon[0]), "{names}");
+    let o = s.docker(&["volume", "rm", "nope"]);
+    assert!(
+        stderr(&o).contains("get nope: no such volume"),
+        "{}",
+        stderr(&o)
+    );
+    // Prune: anonymous volumes only, unless -a; named ones stay.
+    s.docker_ok(&["volume", "prune", "-f"]);
+    assert_eq!(s.docker_ok(&["volume", "ls", "-q"]), "keep\nsmall\n");
+    s.docker_ok(&["volume", "prune", "-a", "-f"]);
+    assert_eq!(s.docker_ok(&["volume", "ls", "-q"]), "");
+
+    // Tags, and container prune.
+    s.docker_ok(&["tag", "local/bb", "mine/bb:2"]);
+    let tags = s.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert_eq!(tags, "local/bb:latest\nmine/bb:2\n");
+    s.docker_ok(&["create", "--name", "idle", "local/bb", "true"]);
+    let pruned = s.docker_ok(&["container", "prune", "-f"]);
+    assert!(pruned.contains("Deleted Containers:"), "{pruned}");
+    assert_eq!(s.docker_ok(&["ps", "-aq"]), "");
+}

@@ -46,11 +46,14 @@ impl ContainerSpec {
             .unwrap_or_else(|| vm_id[..12.min(vm_id.len())].to_string())
     }
 
-    fn vcpus(&self) -> u32 {
+    /// The VM's vCPUs: docker's --cpus rounded up, one by default.
+    pub fn vcpus(&self) -> u32 {
         self.cpus.map(|c| c.ceil().max(1.0) as u32).unwrap_or(1)
     }
 
-    fn vm_memory_mib(&self) -> u64 {
+    /// The VM's memory: the container's limit and the guest's own overhead, or the
+    /// default.
+    pub fn vm_memory_mib(&self) -> u64 {
         match self.memory_bytes {
             Some(b) => (b >> 20) + VM_MEMORY_OVERHEAD_MIB,
             None => DEFAULT_VM_MEMORY_MIB,

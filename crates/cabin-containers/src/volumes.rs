@@ -22,6 +22,8 @@ use cabin_base::Paths;
 /// Size of a new volume's file system unless told otherwise (sparse: it costs what is
 /// written).
 pub const DEFAULT_VOLUME_BYTES: u64 = 64 << 30;
+/// The smallest volume (an ext4 file system with its journal needs room).
+pub const MIN_VOLUME_BYTES: u64 = 8 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -277,6 +279,8 @@ pub enum VolumeError {
     InvalidName(String),
     #[error("volume {0} is in use by a running container; stop it first")]
     InUse(String),
+    #[error("a volume must be at least 8 MiB")]
+    TooSmall,
     #[error("mkfs.ext4 is missing: install it with `apt-get install e2fsprogs`")]
     NoMkfs,
     #[error("volume {name}: {detail}")]
@@ -326,6 +330,9 @@ impl Volumes {
         }
         if self.exists(name) {
             return self.inspect(name);
+        }
+        if size < MIN_VOLUME_BYTES {
+            return Err(VolumeError::TooSmall);
         }
         create_private_dir(&self.dir).map_err(Self::io(name))?;
         let staging = self.dir.join(format!(".new-{name}-{}", std::process::id()));

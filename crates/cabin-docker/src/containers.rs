@@ -12,6 +12,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cabin_base::time::{now_unix, rfc3339};
 use cabin_containers::containers::{LogOptions, Started, WaitFor};
+use cabin_containers::control::Stats;
 use cabin_containers::process::signal_number;
 use cabin_containers::spec::RestartPolicy;
 use cabin_containers::store::{Record, RemovedExit, Status};
@@ -59,7 +60,7 @@ pub async fn body<T: serde::de::DeserializeOwned + Default>(req: Request) -> Res
 }
 
 /// Docker's filters: `{"key":["v",...]}` (or the older `{"key":{"v":true}}`).
-fn filters(q: &Query) -> Result<BTreeMap<String, Vec<String>>, ApiError> {
+pub fn filters(q: &Query) -> Result<BTreeMap<String, Vec<String>>, ApiError> {
     let Some(raw) = q.get("filters").filter(|f| !f.is_empty()) else {
         return Ok(BTreeMap::new());
     };
@@ -611,9 +612,137 @@ pub async fn logs(app: &Arc<App>, id: &str, q: &Query) -> Result<Response, ApiEr
     Ok(resp)
 }
 
-/// `DELETE /containers/{id}[?force=1]`: 204; 409 when it runs and `force` is not given.
+/// `POST /containers/prune`: every container that is not running goes.
+pub async fn prune(app: &Arc<App>) -> Result<Response, ApiError> {
+    let removed = app.containers.prune().await?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({"ContainersDeleted": removed, "SpaceReclaimed": 0}),
+    ))
+}
+
+/// Docker's CPU figures of a sample: the guest's time since boot times its vCPUs is the
+/// "system" time, so that the CLI's share (container delta / system delta × CPUs)
+/// comes out as the share of one vCPU, as Docker's does of one host CPU.
+fn cpu_json(s: Option<&Stats>, vcpus: u32) -> Value {
+    let (total, system) = s.map_or((0, 0), |s| {
+        (
+            s.cpu_usage_micros * 1000,
+            s.sampled_boottime_nanos * u64::from(vcpus),
+        )
+    });
+    json!({
+        "cpu_usage": {"total_usage": total, "usage_in_kernelmode": 0, "usage_in_usermode": 0},
+        "system_cpu_usage": system,
+        "online_cpus": if s.is_some() { vcpus } else { 0 },
+        "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0},
+    })
+}
+
+/// What the statistics are read against: the VM's vCPUs, and its memory (the limit of a
+/// container without one of its own).
+#[derive(Clone, Copy)]
+struct Shape {
+    vcpus: u32,
+    memory_bytes: u64,
+}
+
+fn stats_json(r: &Record, now: Option<&Stats>, before: Option<&Stats>, shape: Shape) -> Value {
+    let vcpus = shape.vcpus;
+    let stamp = |s: Option<&Stats>| {
+        s.map_or_else(
+            || NEVER.to_string(),
+            |_| rfc3339(cabin_base::time::now_unix_nanos(), true),
+        )
+    };
+    json!({
+        "read": stamp(now),
+        "preread": if before.is_some() { stamp(before) } else { NEVER.to_string() },
+        "id": r.id,
+        "name": format!("/{}", r.name),
+        "pids_stats": {"current": now.map_or(0, |s| s.pids)},
+        "cpu_stats": cpu_json(now, vcpus),
+        "precpu_stats": cpu_json(before, vcpus),
+        "memory_stats": {
+            "usage": now.map_or(0, |s| s.memory_bytes),
+            "limit": now.map_or(0, |s| match s.memory_limit_bytes {
+                0 => shape.memory_bytes,
+                l => l.min(shape.memory_bytes),
+            }),
+            "stats": {},
+        },
+        "blkio_stats": {},
+        "networks": {},
+        "num_procs": 0,
+        "storage_stats": {},
+    })
+}
+
+/// `GET /containers/{id}/stats[?stream=0][&one-shot=1]`: a sample a second (with the
+/// one before, for the CPU share) until the container stops; with `stream=0` one
+/// sample, taken a second after another unless `one-shot`.
+pub async fn stats(app: &Arc<App>, id: &str, q: &Query) -> Result<Response, ApiError> {
+    let r = app.containers.get(id).await?;
+    let spec = app.containers.spec(&r.id).await?;
+    let shape = Shape {
+        vcpus: spec.vcpus(),
+        memory_bytes: spec.vm_memory_mib() << 20,
+    };
+    let stream = !matches!(q.get("stream"), Some("0" | "false" | "False"));
+    let one_shot = q.flag("one-shot");
+    let containers = app.containers.clone();
+    let sample = move |id: String| {
+        let containers = containers.clone();
+        async move { containers.stats(&id).await.ok() }
+    };
+    if !stream {
+        let first = sample(r.id.clone()).await;
+        let (before, now) = if one_shot || first.is_none() {
+            (None, first)
+        } else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            (first, sample(r.id.clone()).await)
+        };
+        return Ok(json(
+            StatusCode::OK,
+            &stats_json(&r, now.as_ref(), before.as_ref(), shape),
+        ));
+    }
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    tokio::spawn(async move {
+        let mut before: Option<Stats> = None;
+        loop {
+            let now = sample(r.id.clone()).await;
+            let line = stats_json(&r, now.as_ref(), before.as_ref(), shape);
+            if tx.send(Ok(Bytes::from(format!("{line}\n")))).await.is_err() || now.is_none() {
+                return; // the client left, or the container stopped
+            }
+            before = now;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(ReceiverStream::new(rx)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+/// `DELETE /containers/{id}[?force=1][&v=1]`: 204; 409 when it runs and `force` is not
+/// given.
 pub async fn remove(app: &Arc<App>, id: &str, q: &Query) -> Result<Response, ApiError> {
+    let volumes = match app.containers.get(id).await {
+        Ok(r) => r.volumes,
+        Err(_) => Vec::new(), // (an unreadable record can still go, with force)
+    };
     app.containers.remove(id, q.flag("force")).await?;
+    // `rm -v`: its anonymous volumes go with it (named ones stay, as with Docker).
+    if q.flag("v") {
+        for v in volumes.iter().filter(|v| crate::volumes::anonymous(v)) {
+            let _ = app.containers.remove_volume(v).await;
+        }
+    }
     Ok(empty(StatusCode::NO_CONTENT))
 }
 

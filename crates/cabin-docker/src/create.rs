@@ -30,6 +30,8 @@ pub struct CreateBody {
     pub tty: Option<bool>,
     pub open_stdin: Option<bool>,
     pub exposed_ports: Option<BTreeMap<String, Value>>,
+    /// Paths that get an anonymous volume unless something is mounted there.
+    pub volumes: Option<BTreeMap<String, Value>>,
     pub host_config: Option<HostConfig>,
 }
 
@@ -256,6 +258,14 @@ pub fn spec_of(
             }
         }
     }
+    for target in body.volumes.iter().flatten().map(|(t, _)| t) {
+        if c.mounts.iter().any(|m| m.target() == target) {
+            continue;
+        }
+        let name = cabin_base::random::id().map_err(ApiError::internal)?;
+        c.mounts
+            .push(parse_volume_flag(&format!("{name}:{target}")).map_err(bad)?);
+    }
     let labels = body
         .labels
         .iter()
@@ -368,6 +378,19 @@ mod tests {
         let (c, _) =
             parse(r#"{"Image":"a","Tty":true,"HostConfig":{"ConsoleSize":[0,0]}}"#).unwrap();
         assert_eq!(c.tty_size, None);
+    }
+
+    #[test]
+    fn declared_volumes_without_a_mount_get_an_anonymous_one() {
+        let (c, _) = parse(
+            r#"{"Image":"a","Volumes":{"/data":{},"/cfg":{}},"HostConfig":{"Binds":["/tmp:/cfg"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.mounts.len(), 2);
+        assert!(matches!(&c.mounts[0], MountSpec::Bind { target, .. } if target == "/cfg"));
+        assert!(
+            matches!(&c.mounts[1], MountSpec::Volume { name, target, .. } if target == "/data" && name.len() == 32)
+        );
     }
 
     #[test]

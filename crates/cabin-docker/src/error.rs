@@ -7,6 +7,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cabin_containers::store::StoreError;
+use cabin_containers::volumes::VolumeError;
 use cabin_containers::ContainerError;
 use cabin_image::image::ImageError;
 
@@ -80,9 +81,18 @@ impl From<ContainerError> for ApiError {
             | ContainerError::Store(StoreError::InvalidName(_))
             | ContainerError::InvalidLabel(_)
             | ContainerError::NoStdin(_) => StatusCode::BAD_REQUEST,
-            ContainerError::VolumeUsed { .. } | ContainerError::UnreadableRecord(_) => {
-                StatusCode::CONFLICT
+            ContainerError::Volume(VolumeError::NotFound(name)) => {
+                return ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("get {name}: no such volume"),
+                )
             }
+            ContainerError::Volume(VolumeError::InvalidName(_) | VolumeError::TooSmall) => {
+                StatusCode::BAD_REQUEST
+            }
+            ContainerError::VolumeUsed { .. }
+            | ContainerError::Volume(VolumeError::InUse(_))
+            | ContainerError::UnreadableRecord(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())

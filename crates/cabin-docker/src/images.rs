@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use cabin_base::time::unix_seconds;
 use cabin_image::image::{self, Image, ImageError};
@@ -163,6 +163,30 @@ pub async fn remove(app: &Arc<App>, name: &str, q: &Query) -> Result<Response, A
         out.push(json!({"Deleted": removed}));
     }
     Ok(json(StatusCode::OK, &Value::Array(out)))
+}
+
+/// `POST /images/{name}/tag?repo=R&tag=T`: 201.
+pub async fn tag(app: &Arc<App>, name: &str, q: &Query) -> Result<Response, ApiError> {
+    let repo = q
+        .get("repo")
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| ApiError::bad_request("give the new name as repo (and tag)"))?;
+    let target = match q.get("tag").filter(|t| !t.is_empty()) {
+        Some(t) => format!("{repo}:{t}"),
+        None => repo.to_string(),
+    };
+    let source = name.to_string();
+    blocking(app, move |s| image::tag(s, &source, &target)).await?;
+    Ok(StatusCode::CREATED.into_response())
+}
+
+/// `POST /images/prune`: what no named image uses goes (cabin keeps no unnamed images).
+pub async fn prune(app: &Arc<App>) -> Result<Response, ApiError> {
+    let freed = blocking(app, image::prune).await?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({"ImagesDeleted": null, "SpaceReclaimed": freed}),
+    ))
 }
 
 /// The login in Docker's `X-Registry-Auth` header (base64url JSON), if it has one.

@@ -8,7 +8,7 @@
 //! - `error`: Docker's error replies (the status codes its clients act on).
 //! - `system`: ping, version, info. `containers`: the container endpoints, `create`
 //!   the mapping of Docker's create body onto a container spec, `exec` the exec
-//!   endpoints, `images` the image endpoints.
+//!   endpoints, `images` the image endpoints, `volumes` the volume endpoints.
 //! - `stream`: hijacked connections (attach, exec) and Docker's stream framing;
 //!   `archive`: `docker cp`'s archives.
 //!
@@ -24,6 +24,7 @@ mod images;
 pub mod routes;
 mod stream;
 mod system;
+mod volumes;
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -168,6 +169,7 @@ async fn handle(app: &Arc<App>, route: Route, req: Request) -> Result<Response, 
             ContainerOp::Attach => containers::attach(app, &id, &query, req).await,
             ContainerOp::Resize => containers::resize(app, &id, &query).await,
             ContainerOp::Logs => containers::logs(app, &id, &query).await,
+            ContainerOp::Stats => containers::stats(app, &id, &query).await,
             ContainerOp::Remove => containers::remove(app, &id, &query).await,
             ContainerOp::Exec => exec::create(app, &id, req).await,
             ContainerOp::ArchiveStat => archive::get(app, &id, &query, true).await,
@@ -183,6 +185,14 @@ async fn handle(app: &Arc<App>, route: Route, req: Request) -> Result<Response, 
         Route::ImageCreate => images::pull(app, &query, req.headers()).await,
         Route::ImageInspect(name) => images::inspect(app, &name).await,
         Route::ImageRemove(name) => images::remove(app, &name, &query).await,
+        Route::ImageTag(name) => images::tag(app, &name, &query).await,
+        Route::ImagePrune => images::prune(app).await,
+        Route::ContainerPrune => containers::prune(app).await,
+        Route::VolumeList => volumes::list(app, &query).await,
+        Route::VolumeCreate => volumes::create(app, req).await,
+        Route::VolumeInspect(name) => volumes::inspect(app, &name).await,
+        Route::VolumeRemove(name) => volumes::remove(app, &name, &query).await,
+        Route::VolumePrune => volumes::prune(app, &query).await,
         Route::NoSuch(kind, name) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("{kind} {name} not found"),

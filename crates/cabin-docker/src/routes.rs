@@ -19,6 +19,8 @@ pub enum ContainerOp {
     Logs,
     Exec,
     Remove,
+    /// Resource use, once or every second.
+    Stats,
     /// `docker cp`: the stat of a path (HEAD), its archive (GET), an archive put (PUT).
     ArchiveStat,
     ArchiveGet,
@@ -46,6 +48,14 @@ pub enum Route {
     ImageCreate,
     ImageInspect(String),
     ImageRemove(String),
+    ImageTag(String),
+    ImagePrune,
+    ContainerPrune,
+    VolumeList,
+    VolumeCreate,
+    VolumeInspect(String),
+    VolumeRemove(String),
+    VolumePrune,
     /// An inspect of another kind of object (`docker inspect NAME` tries images,
     /// networks, volumes and plugins in turn): cabin has none by that name.
     NoSuch(&'static str, String),
@@ -86,6 +96,16 @@ pub fn find(method: &Method, path: &str) -> Route {
         ("GET", ["info"]) => Route::Info,
         ("GET", ["containers", "json"]) => Route::ContainerList,
         ("POST", ["containers", "create"]) => Route::ContainerCreate,
+        ("POST", ["containers", "prune"]) => Route::ContainerPrune,
+        ("POST", ["images", "prune"]) => Route::ImagePrune,
+        ("POST", ["images", name @ .., "tag"]) if !name.is_empty() => {
+            Route::ImageTag(name.join("/"))
+        }
+        ("GET", ["volumes"]) => Route::VolumeList,
+        ("POST", ["volumes", "create"]) => Route::VolumeCreate,
+        ("POST", ["volumes", "prune"]) => Route::VolumePrune,
+        ("GET", ["volumes", name]) => Route::VolumeInspect(name.to_string()),
+        ("DELETE", ["volumes", name]) => Route::VolumeRemove(name.to_string()),
         ("DELETE", ["containers", id]) => Route::Container(id.to_string(), ContainerOp::Remove),
         (_, ["containers", id, op]) => {
             let op = match (m, *op) {
@@ -98,6 +118,7 @@ pub fn find(method: &Method, path: &str) -> Route {
                 ("POST", "attach") => ContainerOp::Attach,
                 ("POST", "resize") => ContainerOp::Resize,
                 ("GET", "logs") => ContainerOp::Logs,
+                ("GET", "stats") => ContainerOp::Stats,
                 ("POST", "exec") => ContainerOp::Exec,
                 ("HEAD", "archive") => ContainerOp::ArchiveStat,
                 ("GET", "archive") => ContainerOp::ArchiveGet,
@@ -122,7 +143,6 @@ pub fn find(method: &Method, path: &str) -> Route {
         }
         ("DELETE", ["images", name @ ..]) if !name.is_empty() => Route::ImageRemove(name.join("/")),
         ("GET", ["networks", name]) => Route::NoSuch("network", name.to_string()),
-        ("GET", ["volumes", name]) => Route::NoSuch("volume", name.to_string()),
         ("GET", ["plugins", name, "json"]) => Route::NoSuch("plugin", name.to_string()),
         _ => Route::Unsupported,
     }
@@ -183,6 +203,14 @@ mod tests {
         assert_eq!(
             find(&Method::GET, "/v1.44/networks/x"),
             Route::NoSuch("network", "x".into())
+        );
+        assert_eq!(
+            find(&Method::POST, "/v1.44/images/a/b:1/tag"),
+            Route::ImageTag("a/b:1".into())
+        );
+        assert_eq!(
+            find(&Method::POST, "/v1.44/containers/prune"),
+            Route::ContainerPrune
         );
     }
 }
