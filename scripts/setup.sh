@@ -17,7 +17,8 @@ packages=(
   debootstrap                         # tests: a real Debian root filesystem
   tmux cpio file curl                 # tests: terminals, archive checks, HTTP to containers
   docker-registry skopeo apache2-utils openssl   # tests: a real registry (htpasswd, tokens), an independent OCI client
-  python3-venv                        # tests: pylume (Lume's Python client, from PyPI) against cabin serve
+  python3-venv                        # tests: pylume and the docker SDK (PyPI) against cabin serve
+  docker.io                           # bench/docker.sh: Docker's engine with runc, the baseline (private socket)
   grub-efi-amd64-bin grub-common xorriso mtools   # tests: a UEFI-bootable installer ISO (grub-mkrescue)
   dnsmasq-base                        # tests: a LAN's DHCP server for bridged VMs
 )

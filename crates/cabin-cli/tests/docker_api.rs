@@ -759,3 +759,49 @@ fn volumes_stats_tags_and_prunes_answer_as_docker_does() {
     assert!(pruned.contains("Deleted Containers:"), "{pruned}");
     assert_eq!(s.docker_ok(&["ps", "-aq"]), "");
 }
+
+const TESTCONTAINERS_SCRIPT: &str = r#"
+import sys, urllib.request
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.waiting_utils import wait_for_logs
+
+serve = "mkdir -p /www && echo hello-from-cabin > /www/index.html && echo serving && exec httpd -f -p 8080 -h /www"
+with DockerContainer("local/bb").with_command(["sh", "-c", serve]).with_exposed_ports(8080) as c:
+    wait_for_logs(c, "serving", timeout=120)
+    host = c.get_container_host_ip()
+    port = c.get_exposed_port(8080)
+    body = urllib.request.urlopen(f"http://{host}:{port}/", timeout=30).read()
+    assert body == b"hello-from-cabin\n", body
+    print(host, port)
+print("ok")
+"#;
+
+#[test]
+fn testcontainers_starts_a_container_waits_for_its_log_and_reaches_its_port() {
+    let python = python_with("testcontainers==4.15.0", "testcontainers")
+        .unwrap_or_else(|why| panic!("testcontainers (PyPI) is needed: {why}"));
+    let s = Server::start("testcontainers");
+    let script = s.dir.join("tc.py");
+    std::fs::write(&script, TESTCONTAINERS_SCRIPT).unwrap();
+    let o = Command::new(python)
+        .arg(&script)
+        .env("DOCKER_HOST", format!("unix://{}", s.socket.display()))
+        // Its reaper is an image from Docker Hub, out of reach here; the container is
+        // removed by the `with` block all the same.
+        .env("TESTCONTAINERS_RYUK_DISABLED", "true")
+        // These machines are containers themselves (/.dockerenv), which would make
+        // testcontainers look for the container through a gateway as in
+        // Docker-in-Docker; cabin publishes on this host, as on any other.
+        .env("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert!(
+        o.status.success() && out.ends_with("ok\n"),
+        "{out}{}",
+        stderr(&o)
+    );
+    assert!(out.starts_with("localhost "), "{out}");
+    // Gone with its `with` block.
+    assert_eq!(s.docker_ok(&["ps", "-aq"]), "");
+}

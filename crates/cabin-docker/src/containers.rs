@@ -19,6 +19,7 @@ use cabin_containers::store::{Record, RemovedExit, Status};
 use cabin_containers::volumes::MountSpec;
 use cabin_containers::{ContainerSpec, RootSource};
 use cabin_image::image::{self, ImageError};
+use cabin_net::NetworkMode;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -106,6 +107,29 @@ fn matches_filters(r: &Record, f: &BTreeMap<String, Vec<String>>) -> Result<bool
     Ok(true)
 }
 
+/// Docker's `HostConfig.NetworkMode` for cabin's network modes: the default (user-mode
+/// NAT, ports published on the host) is Docker's `default`.
+fn network_mode(mode: NetworkMode) -> &'static str {
+    match mode {
+        NetworkMode::User => "default",
+        NetworkMode::Bridge => "bridge",
+        NetworkMode::None => "none",
+    }
+}
+
+/// `NetworkSettings.Networks`: one entry, under the name Docker gives the network of
+/// that mode (SDKs look it up by `HostConfig.NetworkMode`, `default` meaning `bridge`).
+fn networks(mode: NetworkMode, ip: &str) -> Value {
+    let name = match mode {
+        NetworkMode::User | NetworkMode::Bridge => "bridge",
+        NetworkMode::None => "none",
+    };
+    json!({ name: {
+        "IPAddress": ip, "IPPrefixLen": if ip.is_empty() { 0 } else { 24 }, "Gateway": "",
+        "MacAddress": "", "NetworkID": name, "EndpointID": "", "Aliases": null,
+    }})
+}
+
 fn ports(r: &Record) -> Vec<Value> {
     r.network
         .iter()
@@ -140,6 +164,16 @@ pub async fn list(app: &Arc<App>, q: &Query) -> Result<Response, ApiError> {
         if limit.is_some_and(|l| rows.len() as i64 >= l) {
             break;
         }
+        let mode = r
+            .network
+            .as_ref()
+            .and_then(|n| n.mode.parse().ok())
+            .unwrap_or_default();
+        let ip = r
+            .network
+            .as_ref()
+            .and_then(|n| n.ip_address.as_deref())
+            .unwrap_or("");
         rows.push(json!({
             "Id": r.id,
             "Names": [format!("/{}", r.name)],
@@ -152,8 +186,8 @@ pub async fn list(app: &Arc<App>, q: &Query) -> Result<Response, ApiError> {
             "Ports": ports(&r),
             "Labels": labels(&r),
             "Mounts": [],
-            "HostConfig": {"NetworkMode": r.network.as_ref().map_or("default", |n| n.mode.as_str())},
-            "NetworkSettings": {"Networks": {}},
+            "HostConfig": {"NetworkMode": network_mode(mode)},
+            "NetworkSettings": {"Networks": networks(mode, ip)},
         }));
     }
     Ok(json(StatusCode::OK, &Value::Array(rows)))
@@ -275,11 +309,7 @@ fn inspect_json(r: &Record, spec: Option<&ContainerSpec>, image_id: &str) -> Val
         RestartPolicy::OnFailure(n) => ("on-failure", n.unwrap_or(0)),
         RestartPolicy::Always => ("always", 0),
     };
-    let network_mode = match spec.network {
-        cabin_net::NetworkMode::User => "default",
-        cabin_net::NetworkMode::Bridge => "bridge",
-        cabin_net::NetworkMode::None => "none",
-    };
+    let network_mode = network_mode(spec.network);
     let ip = r
         .network
         .as_ref()
@@ -345,7 +375,7 @@ fn inspect_json(r: &Record, spec: Option<&ContainerSpec>, image_id: &str) -> Val
         "NetworkSettings": {
             "Ports": live,
             "IPAddress": ip,
-            "Networks": {},
+            "Networks": networks(spec.network, &ip),
         },
     })
 }
