@@ -19,8 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
+use crate::app::App;
 use crate::error::ApiError;
-use crate::{App, Query};
+use crate::request::Query;
 
 /// How much of an archive's start is read to find its first entry's header (a long
 /// name or PAX records come before it).

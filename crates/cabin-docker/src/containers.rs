@@ -24,13 +24,12 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::app::App;
 use crate::create::{spec_of, CreateBody};
 use crate::error::{json, ApiError};
+use crate::request::{body, filters, Query};
 use crate::stream::{Framing, Hijack, Out, Writer};
-use crate::{App, Query};
 
-/// The largest request body read (a create body is a few kilobytes).
-pub const MAX_BODY: usize = 1 << 20;
 /// Docker's default stop timeout.
 const STOP_TIMEOUT: u64 = 10;
 /// A time Docker shows for "never".
@@ -46,40 +45,6 @@ fn state_name(s: &Status) -> &'static str {
         Status::Running { .. } => "running",
         Status::Exited { .. } => "exited",
     }
-}
-
-/// A request's JSON body, bounded; an empty body is the default.
-pub async fn body<T: serde::de::DeserializeOwned + Default>(req: Request) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
-        .await
-        .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON in the request body: {e}")))
-}
-
-/// Docker's filters: `{"key":["v",...]}` (or the older `{"key":{"v":true}}`).
-pub fn filters(q: &Query) -> Result<BTreeMap<String, Vec<String>>, ApiError> {
-    let Some(raw) = q.get("filters").filter(|f| !f.is_empty()) else {
-        return Ok(BTreeMap::new());
-    };
-    let v: BTreeMap<String, Value> = serde_json::from_str(raw)
-        .map_err(|e| ApiError::bad_request(format!("invalid filters {raw:?}: {e}")))?;
-    let mut out = BTreeMap::new();
-    for (k, v) in v {
-        let values = match v {
-            Value::Array(a) => a
-                .into_iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect(),
-            Value::Object(o) => o.into_iter().map(|(k, _)| k).collect(),
-            _ => return Err(ApiError::bad_request(format!("invalid filter {k:?}"))),
-        };
-        out.insert(k, values);
-    }
-    Ok(out)
 }
 
 fn matches_filters(r: &Record, f: &BTreeMap<String, Vec<String>>) -> Result<bool, ApiError> {

@@ -2,15 +2,14 @@
 //! (the connection becomes the process's stdio), resize and inspect (its exit code,
 //! recorded before its stream is closed: the CLI asks the moment the stream ends).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use cabin_base::random;
 use cabin_containers::control::ExecRequest;
-use cabin_containers::exec::{ExecEvent, ExecSession, Resizer};
+use cabin_containers::exec::{ExecEvent, ExecSession};
 use cabin_containers::process::Stream;
 use cabin_containers::store::Status;
 use cabin_containers::ContainerError;
@@ -18,13 +17,11 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 
-use crate::containers::body;
+use crate::app::App;
 use crate::error::{json, ApiError};
+use crate::execs::{Exec, State};
+use crate::request::body;
 use crate::stream::{Framing, Hijack, Out, Writer};
-use crate::App;
-
-/// Execs remembered at once; the oldest finished ones are forgotten first.
-const MAX_EXECS: usize = 1024;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
@@ -46,73 +43,6 @@ struct CreateBody {
 #[serde(rename_all = "PascalCase", default)]
 struct StartBody {
     detach: Option<bool>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Created,
-    Running,
-    Exited(i32),
-}
-
-#[derive(Clone)]
-struct Exec {
-    container: String,
-    req: ExecRequest,
-    stdout: bool,
-    stderr: bool,
-    state: State,
-    /// Order of creation, for forgetting the oldest.
-    serial: u64,
-    /// Resizes its terminal once it runs (with one).
-    resizer: Option<Resizer>,
-}
-
-/// The execs of this server.
-#[derive(Default)]
-pub struct Execs {
-    inner: Mutex<(HashMap<String, Exec>, u64)>,
-}
-
-impl Execs {
-    fn insert(&self, id: String, mut exec: Exec) {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, serial) = &mut *guard;
-        *serial += 1;
-        exec.serial = *serial;
-        if map.len() >= MAX_EXECS {
-            let oldest = map
-                .iter()
-                .filter(|(_, e)| matches!(e.state, State::Exited(_)))
-                .min_by_key(|(_, e)| e.serial)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                map.remove(&k);
-            }
-        }
-        map.insert(id, exec);
-    }
-
-    fn get(&self, id: &str) -> Result<Exec, ApiError> {
-        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        guard.0.get(id).cloned().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("No such exec instance: {id}"),
-            )
-        })
-    }
-
-    fn set(&self, id: &str, state: State) {
-        self.update(id, |e| e.state = state);
-    }
-
-    fn update(&self, id: &str, f: impl FnOnce(&mut Exec)) {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = guard.0.get_mut(id) {
-            f(e);
-        }
-    }
 }
 
 /// `POST /containers/{id}/exec`: 201 with the exec's ID; 409 when it is not running.
@@ -281,7 +211,11 @@ pub async fn start(app: &Arc<App>, id: &str, mut req: Request) -> Result<Respons
 
 /// `POST /exec/{id}/resize?h=&w=`: its terminal takes the size (before it starts: it
 /// starts at that size).
-pub async fn resize(app: &Arc<App>, id: &str, q: &crate::Query) -> Result<Response, ApiError> {
+pub async fn resize(
+    app: &Arc<App>,
+    id: &str,
+    q: &crate::request::Query,
+) -> Result<Response, ApiError> {
     let (rows, cols) = crate::containers::size(q)?;
     let exec = app.execs.get(id)?;
     if exec.req.tty.is_none() {

@@ -17,8 +17,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::app::App;
 use crate::error::{json, ApiError};
-use crate::{App, Query};
+use crate::request::Query;
 
 /// How many progress lines wait for a slow client; more are dropped (the final lines
 /// never are).

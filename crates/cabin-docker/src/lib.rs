@@ -5,22 +5,27 @@
 //! Containers made here and with the `cabin` CLI are the same containers.
 //!
 //! - [`routes`]: which endpoint a request names.
-//! - `error`: Docker's error replies (the status codes its clients act on).
+//! - `error`: Docker's error replies (the status codes its clients act on); `request`:
+//!   what handlers read of a request (query, bounded JSON body, filters); `app`: what
+//!   they share.
 //! - `system`: ping, version, info. `containers`: the container endpoints, `create`
 //!   the mapping of Docker's create body onto a container spec, `exec` the exec
-//!   endpoints, `images` the image endpoints, `volumes` the volume endpoints.
+//!   endpoints (`execs` their registry), `images` the image endpoints, `volumes` the volume endpoints.
 //! - `stream`: hijacked connections (attach, exec) and Docker's stream framing;
 //!   `archive`: `docker cp`'s archives.
 //!
 //! What the docker CLI really sends and depends on is recorded in
 //! `shared/reference/docker-api.md`; the tests drive the real CLI.
 
+mod app;
 mod archive;
 mod containers;
 mod create;
 mod error;
 mod exec;
+mod execs;
 mod images;
+mod request;
 pub mod routes;
 mod stream;
 mod system;
@@ -38,7 +43,9 @@ use axum::Router;
 use cabin_base::Host;
 use cabin_containers::{AccelRequest, Containers};
 
+use app::App;
 use error::ApiError;
+use request::Query;
 use routes::{ContainerOp, ExecOp, Route};
 
 /// The API version cabin speaks: the docker CLI v28 and v29 both accept it, and it is
@@ -69,14 +76,6 @@ pub enum ServeError {
     Store(#[from] cabin_containers::ContainerError),
     #[error("serving the Docker API: {0}")]
     Serving(io::Error),
-}
-
-/// What every handler shares.
-pub(crate) struct App {
-    pub containers: Containers,
-    pub host: Host,
-    pub accel: AccelRequest,
-    pub execs: exec::Execs,
 }
 
 /// Binds the socket at `path`: a stale one (no server answers on it) is replaced, a
@@ -115,7 +114,7 @@ pub async fn serve(
         containers: Containers::open(&opts.host)?,
         host: opts.host,
         accel: opts.accel,
-        execs: exec::Execs::default(),
+        execs: execs::Execs::default(),
     });
     let router = Router::new().fallback(dispatch).with_state(app);
     let served = axum::serve(listener, router)
@@ -205,45 +204,5 @@ async fn handle(app: &Arc<App>, route: Route, req: Request) -> Result<Response, 
                 req.uri().path()
             ),
         )),
-    }
-}
-
-/// A request's query string.
-pub(crate) struct Query(Vec<(String, String)>);
-
-impl Query {
-    fn parse(q: Option<&str>) -> Query {
-        Query(
-            form_urlencoded::parse(q.unwrap_or("").as_bytes())
-                .into_owned()
-                .collect(),
-        )
-    }
-
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Docker's booleans: `1`, `true` and `True` are true.
-    pub fn flag(&self, key: &str) -> bool {
-        matches!(self.get(key), Some("1" | "true" | "True"))
-    }
-
-    /// A number, or a 400 naming the parameter.
-    pub fn number<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, ApiError> {
-        self.get(key)
-            .filter(|v| !v.is_empty())
-            .map(|v| {
-                v.parse().map_err(|_| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        format!("invalid value for {key}: {v:?} is not a number"),
-                    )
-                })
-            })
-            .transpose()
     }
 }

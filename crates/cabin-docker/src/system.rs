@@ -9,8 +9,9 @@ use axum::response::{IntoResponse, Response};
 use cabin_containers::store::Status;
 use serde_json::json;
 
+use crate::app::App;
 use crate::error::{json, ApiError};
-use crate::{App, API_VERSION, MIN_API_VERSION};
+use crate::{API_VERSION, MIN_API_VERSION};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 

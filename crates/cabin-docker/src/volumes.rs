@@ -12,9 +12,10 @@ use cabin_containers::volumes::{VolumeInfo, DEFAULT_VOLUME_BYTES};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::containers::{body, filters};
+use crate::app::App;
 use crate::error::{json, ApiError};
-use crate::{App, Query};
+use crate::request::Query;
+use crate::request::{body, filters};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]

@@ -1,0 +1,87 @@
+//! What handlers read of a request: its query string (Docker's flags, numbers and
+//! filters) and its JSON body, bounded.
+
+use std::collections::BTreeMap;
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// The largest request body read (a create body is a few kilobytes).
+pub const MAX_BODY: usize = 1 << 20;
+
+/// A request's query string.
+pub struct Query(pub Vec<(String, String)>);
+
+impl Query {
+    pub fn parse(q: Option<&str>) -> Query {
+        Query(
+            form_urlencoded::parse(q.unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Docker's booleans: `1`, `true` and `True` are true.
+    pub fn flag(&self, key: &str) -> bool {
+        matches!(self.get(key), Some("1" | "true" | "True"))
+    }
+
+    /// A number, or a 400 naming the parameter.
+    pub fn number<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, ApiError> {
+        self.get(key)
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid value for {key}: {v:?} is not a number"),
+                    )
+                })
+            })
+            .transpose()
+    }
+}
+
+/// A request's JSON body, bounded; an empty body is the default.
+pub async fn body<T: serde::de::DeserializeOwned + Default>(req: Request) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON in the request body: {e}")))
+}
+
+/// Docker's filters: `{"key":["v",...]}` (or the older `{"key":{"v":true}}`).
+pub fn filters(q: &Query) -> Result<BTreeMap<String, Vec<String>>, ApiError> {
+    let Some(raw) = q.get("filters").filter(|f| !f.is_empty()) else {
+        return Ok(BTreeMap::new());
+    };
+    let v: BTreeMap<String, Value> = serde_json::from_str(raw)
+        .map_err(|e| ApiError::bad_request(format!("invalid filters {raw:?}: {e}")))?;
+    let mut out = BTreeMap::new();
+    for (k, v) in v {
+        let values = match v {
+            Value::Array(a) => a
+                .into_iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect(),
+            Value::Object(o) => o.into_iter().map(|(k, _)| k).collect(),
+            _ => return Err(ApiError::bad_request(format!("invalid filter {k:?}"))),
+        };
+        out.insert(k, values);
+    }
+    Ok(out)
+}
