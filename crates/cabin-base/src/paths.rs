@@ -262,6 +262,19 @@ pub fn locate(named: Option<PathBuf>, candidates: &[PathBuf]) -> Result<PathBuf,
 /// The name of cabin's binary.
 pub const CABIN: &str = "cabin";
 
+/// Where an installed cabin keeps what it runs in its guests (`scripts/install.sh`):
+/// `PREFIX/lib/cabin` beside `PREFIX/bin`, the running program's directory.
+pub fn installed_lib_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(installed_lib_dir_of(&exe))
+}
+
+/// [`installed_lib_dir`] of the program at `exe`.
+pub fn installed_lib_dir_of(exe: &Path) -> PathBuf {
+    let bin = exe.parent().unwrap_or(Path::new("/"));
+    bin.parent().unwrap_or(bin).join("lib/cabin")
+}
+
 /// [`Host::cabin_binary`]'s rule, with its inputs given.
 pub fn cabin_binary_by_rule(
     named: Option<&Path>,
@@ -302,6 +315,15 @@ pub fn cabin_binary_by_rule(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_installed_cabin_finds_its_guest_files_under_lib_beside_bin() {
+        assert_eq!(
+            installed_lib_dir_of(Path::new("/opt/cabin/bin/cabin")),
+            Path::new("/opt/cabin/lib/cabin")
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -25,24 +25,24 @@ pub enum AssetError {
 }
 
 /// Finds the guest kernel: the explicit choice, else the host's (`CABIN_KERNEL`), else
-/// the data directory's `kernel/vmlinux`, else the build cache's `current` kernel.
+/// the data directory's `kernel/vmlinux`, else an installed layout's
+/// `lib/cabin/vmlinux`, else the build cache's `current` kernel.
 pub fn locate_kernel(explicit: Option<&Path>, host: &Host) -> Result<PathBuf, AssetError> {
     let paths = &host.paths;
     let named = explicit
         .map(Path::to_path_buf)
         .or_else(|| host.kernel.clone());
-    let candidates = [
-        paths.kernels().join("vmlinux"),
-        paths.kernel_builds().join("current/vmlinux"),
-    ];
+    let mut candidates = vec![paths.kernels().join("vmlinux")];
+    candidates.extend(cabin_base::paths::installed_lib_dir().map(|d| d.join("vmlinux")));
+    candidates.push(paths.kernel_builds().join("current/vmlinux"));
     locate(named, &candidates).map_err(|u| match u {
         Unlocated::NamedMissing(p) => AssetError::KernelMissing(p),
         Unlocated::NoneOf(looked) => AssetError::NoKernel { looked },
     })
 }
 
-/// Finds cabin-init: the host's (`CABIN_INIT`), else beside the running program (an
-/// installed layout), else in the source tree's static build output.
+/// Finds cabin-init: the host's (`CABIN_INIT`), else beside the running program or in
+/// its installed layout's `lib/cabin`, else in the source tree's static build output.
 pub fn locate_init(host: &Host) -> Result<PathBuf, AssetError> {
     if let Some(p) = host.init.clone() {
         return check_static(p);
@@ -51,7 +51,10 @@ pub fn locate_init(host: &Host) -> Result<PathBuf, AssetError> {
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf))
         .unwrap_or_default();
-    let mut candidates = vec![exe_dir.join("cabin-init")];
+    let mut candidates = vec![
+        exe_dir.join("cabin-init"),
+        cabin_base::paths::installed_lib_dir_of(&exe_dir.join("cabin")).join("cabin-init"),
+    ];
     // target/{debug,release}/cabin -> target/x86_64-unknown-linux-gnu/release/cabin-init
     if let Some(target) = exe_dir.parent() {
         candidates.push(target.join("x86_64-unknown-linux-gnu/release/cabin-init"));

@@ -19,10 +19,9 @@ pub enum KernelError {
 /// data directory's `kernel/bzImage-vm`, else the build cache's `current-vm` kernel.
 pub fn locate(host: &Host) -> Result<PathBuf, KernelError> {
     let paths = &host.paths;
-    let candidates = [
-        paths.kernels().join("bzImage-vm"),
-        paths.kernel_builds().join("current-vm/bzImage"),
-    ];
+    let mut candidates = vec![paths.kernels().join("bzImage-vm")];
+    candidates.extend(cabin_base::paths::installed_lib_dir().map(|d| d.join("bzImage-vm")));
+    candidates.push(paths.kernel_builds().join("current-vm/bzImage"));
     cabin_base::paths::locate(host.vm_kernel.clone(), &candidates).map_err(|u| match u {
         Unlocated::NamedMissing(p) => KernelError::Missing(p),
         Unlocated::NoneOf(looked) => KernelError::NotFound { looked },
