@@ -630,11 +630,20 @@ impl Containers {
     /// Container `name`'s output as it was kept.
     pub async fn logs(&self, name: &str, opts: LogOptions) -> Result<Logs, ContainerError> {
         let record = self.get(name).await?;
+        // Opened now: what the container writes from here is read even if it is
+        // removed before the reader gets to it.
+        let dir = self.store.container_dir(&record.id);
+        let follower =
+            log::LogFollower::open(&dir, false).map_err(|source| ContainerError::Log {
+                name: record.name.clone(),
+                source,
+            })?;
         Ok(Logs {
             containers: self.clone(),
             record,
             opts,
-            offset: None,
+            follower,
+            started: false,
             done: false,
         })
     }
@@ -769,19 +778,19 @@ pub struct Logs {
     containers: Containers,
     record: Record,
     opts: LogOptions,
-    /// Where the live log has been read to; None before the first batch.
-    offset: Option<u64>,
+    follower: log::LogFollower,
+    /// The first batch (what was there) has been given.
+    started: bool,
     done: bool,
 }
 
 impl Logs {
     /// The next entries: what is there at first, then (following) what comes, until the
-    /// container has exited and all of it was read; None then.
+    /// container has exited (or was removed) and all of it was read; None then.
     pub async fn next(&mut self) -> Result<Option<Vec<Entry>>, ContainerError> {
         if self.done {
             return Ok(None);
         }
-        let dir = self.containers.store.container_dir(&self.record.id);
         let since = self.opts.since_unix_nanos;
         let keep = move |mut entries: Vec<Entry>| {
             if let Some(s) = since {
@@ -789,22 +798,24 @@ impl Logs {
             }
             entries
         };
-        let log_err = |source| ContainerError::Log {
-            name: self.record.name.clone(),
-            source,
-        };
-        let Some(offset) = self.offset else {
-            let (mut entries, offset) = log::read_all(&dir).map_err(log_err)?;
+        let name = self.record.name.clone();
+        let log_err = |source| ContainerError::Log { name, source };
+        if !self.started {
+            self.started = true;
+            let dir = self.containers.store.container_dir(&self.record.id);
+            let mut entries = log::read_rotated(&dir);
+            entries.extend(self.follower.read_new().map_err(log_err)?);
             if let Some(n) = self.opts.tail {
                 let skip = entries.len().saturating_sub(n);
                 entries.drain(..skip);
             }
-            self.offset = Some(offset);
             self.done = !self.opts.follow;
             return Ok(Some(keep(entries)));
-        };
+        }
         loop {
             let id = self.record.id.clone();
+            // Asked before the log is read: whatever the run wrote before it ended is in
+            // the file by then.
             let exited = !matches!(
                 self.containers
                     .blocking(move |s| Ok(s.reconcile(&id)?))
@@ -814,8 +825,10 @@ impl Logs {
                     ..
                 })
             );
-            let (new, next) = log::read_from(&dir, offset).map_err(log_err)?;
-            self.offset = Some(next);
+            let new = self.follower.read_new().map_err(|source| ContainerError::Log {
+                name: self.record.name.clone(),
+                source,
+            })?;
             if exited {
                 self.done = true;
             }

@@ -129,17 +129,34 @@ impl LogWriter {
 /// Reads entries from `offset` of the live log (a follower keeps its offset); lines that
 /// do not parse (a torn last line, damage) are skipped. Returns the new offset.
 pub fn read_from(container_dir: &Path, offset: u64) -> io::Result<(Vec<Entry>, u64)> {
-    use std::io::Seek;
-    let mut f = match fs::File::open(path(container_dir)) {
+    let f = match fs::File::open(path(container_dir)) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(e) => return Err(e),
     };
     let len = f.metadata()?.len();
     // Rotated since the last read: start over in the new file.
-    let offset = if offset > len { 0 } else { offset };
+    read_entries(&f, if offset > len { 0 } else { offset })
+}
+
+/// The entries of the rotated (older) file, if there is one.
+pub fn read_rotated(container_dir: &Path) -> Vec<Entry> {
+    let rotated = path(container_dir).with_extension("jsonl.1");
+    fs::read(rotated)
+        .map(|text| {
+            text.split(|&b| b == b'\n')
+                .filter_map(|l| serde_json::from_slice::<Entry>(l).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Complete entries of `f` from `offset`; the offset after the last complete line.
+fn read_entries(f: &fs::File, offset: u64) -> io::Result<(Vec<Entry>, u64)> {
+    use std::io::{Read, Seek};
+    let mut f = f;
     f.seek(io::SeekFrom::Start(offset))?;
-    let mut reader = io::BufReader::new(f);
+    let mut reader = io::BufReader::new(f.take(u64::MAX));
     let mut entries = Vec::new();
     let mut pos = offset;
     let mut line = Vec::new();
@@ -155,6 +172,69 @@ pub fn read_from(container_dir: &Path, offset: u64) -> io::Result<(Vec<Entry>, u
         }
     }
     Ok((entries, pos))
+}
+
+/// A reader that follows a container's log from where it ended when the reader was
+/// opened. It holds the live file open, so that what was written before the container
+/// was removed (`--rm`, a client's `rm` right after its `wait`) can still be read, and
+/// it moves on to the new live file when the log rotates.
+pub struct LogFollower {
+    dir: PathBuf,
+    file: Option<fs::File>,
+    offset: u64,
+}
+
+impl LogFollower {
+    /// Follows the log of the container whose directory is `container_dir` from its
+    /// end now (`at_end`) or its start.
+    pub fn open(container_dir: &Path, at_end: bool) -> io::Result<LogFollower> {
+        let file = match fs::File::open(path(container_dir)) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let offset = match (&file, at_end) {
+            (Some(f), true) => f.metadata()?.len(),
+            _ => 0,
+        };
+        Ok(LogFollower {
+            dir: container_dir.to_path_buf(),
+            file,
+            offset,
+        })
+    }
+
+    /// The entries written since the last call.
+    pub fn read_new(&mut self) -> io::Result<Vec<Entry>> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        loop {
+            if let Some(f) = &self.file {
+                let (entries, offset) = read_entries(f, self.offset)?;
+                self.offset = offset;
+                out.extend(entries);
+            }
+            // The live file now: another one after a rotation (go on there), none after
+            // the container's removal (what was held is all there is).
+            let live = match fs::File::open(path(&self.dir)) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+                Err(e) => return Err(e),
+            };
+            let same = match &self.file {
+                Some(held) => {
+                    let (a, b) = (held.metadata()?, live.metadata()?);
+                    (a.dev(), a.ino()) == (b.dev(), b.ino())
+                }
+                None => false,
+            };
+            if same {
+                return Ok(out);
+            }
+            self.file = Some(live);
+            self.offset = 0;
+        }
+    }
 }
 
 /// The entries of the live log between two offsets (whole entries that start at or
@@ -188,14 +268,7 @@ pub fn end(container_dir: &Path) -> u64 {
 
 /// Every entry: the rotated file's, then the live one's.
 pub fn read_all(container_dir: &Path) -> io::Result<(Vec<Entry>, u64)> {
-    let mut all = Vec::new();
-    let rotated = path(container_dir).with_extension("jsonl.1");
-    if let Ok(text) = fs::read(&rotated) {
-        all.extend(
-            text.split(|&b| b == b'\n')
-                .filter_map(|l| serde_json::from_slice::<Entry>(l).ok()),
-        );
-    }
+    let mut all = read_rotated(container_dir);
     let (live, offset) = read_from(container_dir, 0)?;
     all.extend(live);
     Ok((all, offset))
@@ -260,5 +333,36 @@ mod tests {
             .unwrap()
             .len();
         assert!(live <= ROTATE_BYTES && old <= ROTATE_BYTES, "{live} {old}");
+    }
+}
+
+#[cfg(test)]
+mod follower_tests {
+    use super::*;
+
+    #[test]
+    fn a_follower_reads_on_through_rotation_and_after_its_container_is_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("c");
+        fs::create_dir(&dir).unwrap();
+        let mut w = LogWriter::open(&dir).unwrap();
+        w.write(false, b"before\n").unwrap();
+        w.flush().unwrap();
+        let mut f = LogFollower::open(&dir, true).unwrap();
+        assert!(f.read_new().unwrap().is_empty(), "from the end");
+        w.write(false, b"one\n").unwrap();
+        w.flush().unwrap();
+        w.rotate().unwrap();
+        w.write(true, b"two\n").unwrap();
+        w.flush().unwrap();
+        let got: Vec<String> = f.read_new().unwrap().into_iter().map(|e| e.log).collect();
+        assert_eq!(got, ["one\n", "two\n"]);
+        w.write(false, b"three\n").unwrap();
+        w.flush().unwrap();
+        drop(w);
+        fs::remove_dir_all(&dir).unwrap();
+        let got: Vec<String> = f.read_new().unwrap().into_iter().map(|e| e.log).collect();
+        assert_eq!(got, ["three\n"], "the held file is read after the removal");
+        assert!(f.read_new().unwrap().is_empty());
     }
 }
