@@ -99,6 +99,11 @@ impl Paths {
         self.data.join("volumes")
     }
 
+    /// User-defined networks' records.
+    pub fn networks(&self) -> PathBuf {
+        self.data.join("networks")
+    }
+
     /// Kernels placed in the data directory by hand (before the build cache's).
     pub fn kernels(&self) -> PathBuf {
         self.data.join("kernel")

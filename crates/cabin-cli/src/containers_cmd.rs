@@ -1,5 +1,5 @@
 //! Containers that live on: `start` (and `start -a`), `restart`, `ps`, `logs`, `stop`,
-//! `kill`, `rm`, `wait`, `inspect`, `exec`, `stats`, `container prune`, and the hidden
+//! `kill`, `rm`, `rename`, `top`, `wait`, `inspect`, `exec`, `stats`, `container prune`, and the hidden
 //! `container supervise ID`. Each parses, calls `cabin_containers::Containers` and
 //! prints.
 
@@ -133,6 +133,47 @@ pub async fn restart(host: &Host, args: StopArgs) -> Result<i32, Failure> {
         }
     })
     .await)
+}
+
+#[derive(Debug, Args)]
+pub struct RenameArgs {
+    pub container: String,
+    pub new_name: String,
+}
+
+/// `cabin rename CONTAINER NEW_NAME`.
+pub async fn rename(host: &Host, args: RenameArgs) -> Result<i32, Failure> {
+    Containers::open(host)?
+        .rename(&args.container, &args.new_name)
+        .await?;
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    pub container: String,
+}
+
+/// `cabin top CONTAINER`: its processes, as `ps -ef` lists them.
+pub async fn top(host: &Host, args: TopArgs) -> Result<i32, Failure> {
+    use cabin_containers::control::Process;
+    let processes = Containers::open(host)?.top(&args.container).await?;
+    let mut rows = vec![Process::TITLES.map(String::from).to_vec()];
+    rows.extend(processes.iter().map(Process::columns));
+    let widths: Vec<usize> = (0..Process::TITLES.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for r in &rows {
+        let last = r.len() - 1;
+        let mut line: Vec<String> = r[..last]
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        line.push(r[last].clone());
+        println!("{}", line.join("  "));
+    }
+    Ok(0)
 }
 
 /// `cabin container prune`: removes every container that is not running.

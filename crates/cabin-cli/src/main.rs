@@ -76,6 +76,10 @@ enum Command {
     Kill(containers_cmd::KillArgs),
     /// Remove containers.
     Rm(containers_cmd::RmArgs),
+    /// Rename a container.
+    Rename(containers_cmd::RenameArgs),
+    /// The processes of a running container.
+    Top(containers_cmd::TopArgs),
     /// Wait for containers to exit and print their exit codes.
     Wait(containers_cmd::NamesArgs),
     /// Run a command in a running container.
@@ -206,6 +210,8 @@ async fn dispatch(host: &Host, command: Command, started: Instant) -> i32 {
         Command::Stop(a) => finish(Admin, containers_cmd::stop(host, a).await),
         Command::Kill(a) => finish(Admin, containers_cmd::kill(host, a).await),
         Command::Rm(a) => finish(Admin, containers_cmd::rm(host, a).await),
+        Command::Rename(a) => finish(Admin, containers_cmd::rename(host, a).await),
+        Command::Top(a) => finish(Admin, containers_cmd::top(host, a).await),
         Command::Wait(a) => finish(Admin, containers_cmd::wait(host, a).await),
         Command::Inspect(a) => finish(Admin, containers_cmd::inspect(host, a).await),
         Command::Cp(a) => finish(Admin, cp_cmd::cp(host, a).await),
@@ -299,6 +305,17 @@ async fn serve(
             ))
         }
     };
+    // Containers lost with a killed service or a restarted host come back, as their
+    // restart policies say, while the servers already answer.
+    let containers = cabin_containers::Containers::open(host)?;
+    tokio::spawn(async move {
+        for (name, started) in containers.revive().await.unwrap_or_default() {
+            match started {
+                Ok(_) => report::log_info(&format!("restarted container={name} (restart policy)")),
+                Err(e) => report::log_info(&format!("could not restart container={name}: {e}")),
+            }
+        }
+    });
     let lume = async { cabin_api::serve(opts).await.map_err(Failure::new) };
     match docker {
         None => lume.await?,

@@ -821,3 +821,147 @@ fn testcontainers_starts_a_container_waits_for_its_log_and_reaches_its_port() {
     // Gone with its `with` block.
     assert_eq!(s.docker_ok(&["ps", "-aq"]), "");
 }
+
+#[test]
+fn events_tell_container_lifecycles_and_image_tags_with_filters_and_since() {
+    let s = Server::start("events");
+    let since = cabin_base_now().to_string();
+    let o = s.docker(&[
+        "run", "--rm", "--name", "ev", "local/bb", "sh", "-c", "exit 4",
+    ]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    s.docker_ok(&[
+        "create", "--name", "ev2", "--label", "k=v", "local/bb", "true",
+    ]);
+    s.docker_ok(&["rm", "ev2"]);
+    s.docker_ok(&["tag", "local/bb", "ev/bb:1"]);
+    s.docker_ok(&["rmi", "ev/bb:1"]);
+    let events = |filter: &str, format: &str| {
+        let until = (cabin_base_now() + 1).to_string();
+        s.docker_ok(&[
+            "events", "--since", &since, "--until", &until, "--filter", filter, "--format", format,
+        ])
+    };
+    let want = "create ev \nstart ev \ndie ev 4\ndestroy ev \ncreate ev2 \ndestroy ev2 \n";
+    let f = "{{.Action}} {{.Actor.Attributes.name}} {{index .Actor.Attributes \"exitCode\"}}";
+    eventually("the container events", || {
+        events("type=container", f) == want
+    });
+    assert_eq!(events("label=k=v", "{{.Action}}"), "create\ndestroy\n");
+    assert_eq!(
+        events("type=image", "{{.Action}} {{.Actor.ID}}"),
+        "tag ev/bb:1\nuntag ev/bb:1\n"
+    );
+    let o = s.docker(&["events", "--filter", "colour=red", "--until", &since]);
+    assert!(stderr(&o).contains("invalid filter"), "{}", stderr(&o));
+}
+
+fn cabin_base_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn top_rename_and_restart_policies_that_outlive_a_killed_service() {
+    let mut s = Server::start("top");
+    let id = s.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "t1",
+        "--restart",
+        "always",
+        "local/bb",
+        "sleep",
+        "1000",
+    ]);
+    let id = id.trim();
+    let top = s.docker_ok(&["top", "t1"]);
+    let mut lines = top.lines();
+    let titles: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        titles,
+        ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+    );
+    assert!(
+        lines.any(|l| l.starts_with("root") && l.ends_with("sleep 1000")),
+        "{top}"
+    );
+    let o = s.docker(&["top", "t1", "-o", "pid"]);
+    assert!(stderr(&o).contains("no ps options"), "{}", stderr(&o));
+
+    s.docker_ok(&["rename", "t1", "t2"]);
+    s.docker_ok(&["create", "--name", "t3", "local/bb", "true"]);
+    let o = s.docker(&["rename", "t2", "t3"]);
+    assert!(stderr(&o).contains("already in use"), "{}", stderr(&o));
+    let o = s.docker(&["rename", "t2", "bad/name"]);
+    assert!(
+        stderr(&o).contains("invalid container name"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        s.docker_ok(&["ps", "-a", "--format", "{{.Names}}"]),
+        "t3\nt2\n"
+    );
+    // `docker system df`: one image, used by both containers, one of them running.
+    let df = s.docker_ok(&["system", "df"]);
+    let row = |kind: &str| -> Vec<String> {
+        let line = df.lines().find(|l| l.starts_with(kind)).unwrap_or("");
+        line[kind.len()..]
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(row("Images")[..2], ["1", "1"], "{df}");
+    assert_eq!(row("Containers")[..2], ["2", "1"], "{df}");
+    assert_eq!(row("Local Volumes")[..2], ["0", "0"], "{df}");
+    assert_eq!(row("Build Cache")[..2], ["0", "0"], "{df}");
+    // Builds are not there yet: a clear 501, never a hang.
+    let ctx = s.dir.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM local/bb\n").unwrap();
+    let o = s
+        .docker_cmd(&["build", "-q", ctx.to_str().unwrap()])
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("cannot build images yet"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The service and the container's supervisor are killed (a crash, a reboot): when
+    // the service starts again, the `always` container comes back.
+    let record = s.data().join("containers").join(id).join("state.json");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let supervisor = state["supervisor_pid"].as_u64().unwrap() as i32;
+    s.process.kill().unwrap();
+    s.process.wait().unwrap();
+    // SAFETY: kill(2) on a pid this test's own container supervisor holds.
+    assert_eq!(unsafe { libc::kill(supervisor, libc::SIGKILL) }, 0);
+    eventually("the supervisor to be gone", || {
+        // Gone, or a zombie nobody reaped yet.
+        std::fs::read_to_string(format!("/proc/{supervisor}/stat"))
+            .map(|s| {
+                s.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('Z'))
+            })
+            .unwrap_or(true)
+    });
+    s.process = serve(&s.data(), &s.socket);
+    eventually("the container to run again", || {
+        s.docker_ok(&["inspect", "-f", "{{.State.Status}}", "t2"]) == "running\n"
+    });
+    assert!(s.docker_ok(&["top", "t2"]).contains("sleep 1000"));
+    // A container stopped by its user stays stopped.
+    assert_eq!(
+        s.docker_ok(&["inspect", "-f", "{{.State.Status}}", "t3"]),
+        "created\n"
+    );
+}

@@ -18,6 +18,7 @@ use crate::error::{Notify, RunError};
 use crate::volumes::{self, AttachedVolume, MountSpec, Volumes};
 use crate::{ContainerSpec, Paths};
 use cabin_net::bridge::{self, Endpoint};
+use cabin_net::networks::Networks;
 use cabin_net::{ports, NetworkMode};
 
 /// The devices a container's VM gets besides its root disk.
@@ -164,8 +165,21 @@ impl Attachments {
                 let mut names = Vec::new();
                 names.extend(cfg.name.clone());
                 names.push(cfg.hostname_for(id));
-                names.dedup();
-                let ep = bridge::attach(id, names, &publish)?;
+                let net = match &cfg.user_network {
+                    None => bridge::Net::default_bridge(),
+                    Some(u) => {
+                        let networks = Networks::open(paths);
+                        let record = networks.get(&u.name)?;
+                        networks.claim(&record)?;
+                        // Docker's: its aliases, and the start of its ID.
+                        names.extend(u.aliases.iter().cloned());
+                        names.push(id[..12.min(id.len())].to_string());
+                        record.net()
+                    }
+                };
+                let mut seen = std::collections::HashSet::new();
+                names.retain(|n| seen.insert(n.clone()));
+                let ep = bridge::attach_to(&net, id, names, &publish)?;
                 devices.nic = Some(NetBackend::Tap(Some(Arc::clone(&ep.tap))));
                 (Some(ep.guest_config()), ep.peers(), Some(ep))
             }

@@ -23,9 +23,10 @@ use crate::control::{self, CallError, ExecRequest, Reply, Request, Stats};
 use crate::copy::{self, Copied, CopyError, HostDest, HostSource};
 use crate::exec::{ExecError, ExecSession};
 use crate::log::{self, Entry};
-use crate::spec::{self, ContainerSpec, SpecError};
+use crate::spec::{self, ContainerSpec, SpecError, UserNetwork};
 use crate::store::{now_unix, Record, Status, Store, StoreError};
 use crate::volumes::{MountSpec, VolumeError, Volumes};
+use cabin_net::NetworkMode;
 
 /// How long a start may take beyond the container's own boot deadline.
 const START_SLACK: Duration = Duration::from_secs(30);
@@ -44,6 +45,12 @@ pub enum ContainerError {
     Running(String),
     #[error("container {0}: its record is unreadable; use rm -f")]
     UnreadableRecord(String),
+    #[error("container {0} is running: cabin puts a container on its network when it starts; stop it, connect it, start it again")]
+    RunningNetworkChange(String),
+    #[error("container {name} is on network {network}: cabin puts a container on one network; disconnect it from {network} first")]
+    OneNetwork { name: String, network: String },
+    #[error(transparent)]
+    Network(#[from] cabin_net::networks::NetworkError),
     #[error("invalid label {0:?}: use KEY=VALUE")]
     InvalidLabel(String),
     #[error("starting the container's supervisor: {0}")]
@@ -58,8 +65,8 @@ pub enum ContainerError {
     NoStdin(String),
     #[error("container {name}: {source}")]
     Supervisor { name: String, source: CallError },
-    #[error("container {name}: the supervisor's answer has no statistics")]
-    NoStats { name: String },
+    #[error("container {name}: the supervisor's answer has no {wanted}")]
+    UnexpectedReply { name: String, wanted: &'static str },
     /// An exec'd process that did not start keeps its message as it is (with docker's
     /// 126 or 127 as its exit code).
     #[error("{source}")]
@@ -217,6 +224,7 @@ impl Containers {
             labels: opts.labels,
             restart_count: 0,
             network: None,
+            lost: false,
             volumes: spec
                 .mounts
                 .iter()
@@ -261,6 +269,7 @@ impl Containers {
         let spec = self.spec(&record.id).await?;
         let mut fresh = record.clone();
         fresh.status = Status::Created;
+        fresh.lost = false;
         self.blocking(move |s| Ok(s.save(&fresh)?)).await?;
         cabin_helper(&self.host, supervise_args(&record.id), Output::Discard)
             .map_err(ContainerError::Spawn)?;
@@ -281,6 +290,98 @@ impl Containers {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Puts container `name`, which must not be running, on the user-defined network
+    /// `network` from its next start (docker's `network connect`); it may be on one
+    /// network at a time.
+    pub async fn connect(&self, name: &str, network: UserNetwork) -> Result<(), ContainerError> {
+        let networks = cabin_net::networks::Networks::open(&self.host.paths);
+        let network = UserNetwork {
+            name: networks.get(&network.name)?.name,
+            ..network
+        };
+        self.change_network(name, move |spec, record| match &spec.user_network {
+            Some(u) if u.name != network.name => Err(ContainerError::OneNetwork {
+                name: record.name.clone(),
+                network: u.name.clone(),
+            }),
+            _ => {
+                spec.network = NetworkMode::Bridge;
+                spec.user_network = Some(network);
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    /// Takes container `name`, which must not be running, off the user-defined network
+    /// `network` (back on the default network from its next start).
+    pub async fn disconnect(&self, name: &str, network: &str) -> Result<(), ContainerError> {
+        let networks = cabin_net::networks::Networks::open(&self.host.paths);
+        let network = networks.get(network)?.name;
+        self.change_network(name, move |spec, record| match &spec.user_network {
+            Some(u) if u.name == network => {
+                spec.network = NetworkMode::default();
+                spec.user_network = None;
+                Ok(())
+            }
+            _ => Err(ContainerError::Network(
+                cabin_net::networks::NetworkError::NotConnected {
+                    container: record.name.clone(),
+                    network,
+                },
+            )),
+        })
+        .await
+    }
+
+    async fn change_network(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut ContainerSpec, &Record) -> Result<(), ContainerError> + Send + 'static,
+    ) -> Result<(), ContainerError> {
+        let record = self.get(name).await?;
+        if running(&record) {
+            return Err(ContainerError::RunningNetworkChange(record.name));
+        }
+        self.blocking(move |s| {
+            let dir = s.container_dir(&record.id);
+            let mut spec = spec::read(&dir, &record.id)?;
+            change(&mut spec, &record)?;
+            spec::write(&dir, &record.id, &spec)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Gives container `name` the name `new_name` (free, and valid as docker's are).
+    /// A running container keeps the names its peers on a bridge know until it starts
+    /// again.
+    pub async fn rename(&self, name: &str, new_name: &str) -> Result<Record, ContainerError> {
+        let (name, new_name) = (name.to_string(), new_name.to_string());
+        self.blocking(move |s| Ok(s.rename(&s.resolve(&name)?, &new_name)?))
+            .await
+    }
+
+    /// Starts again the containers whose restart policy wants it after they were lost
+    /// with their supervisors (a killed service, a host that restarted), as Docker's
+    /// daemon does when it starts: `always` (and `unless-stopped`) ones, and
+    /// `on-failure` ones within their count. What each start gave, by name.
+    pub async fn revive(
+        &self,
+    ) -> Result<Vec<(String, Result<Started, ContainerError>)>, ContainerError> {
+        let (records, _) = self.list().await?;
+        let mut out = Vec::new();
+        for r in records.into_iter().filter(|r| r.lost && !r.auto_remove) {
+            let Ok(spec) = self.spec(&r.id).await else {
+                continue;
+            };
+            if spec.restart.wants_restart(137, r.restart_count) {
+                out.push((r.name.clone(), self.start(&r.id).await));
+            }
+        }
+        Ok(out)
     }
 
     /// Sends `req` to the supervisor of `record`, which must be running.
@@ -426,12 +527,38 @@ impl Containers {
             .map(drop)
     }
 
+    /// The bytes container `id`'s own files (its record, log, kept disk) take on disk.
+    pub fn disk_bytes(&self, id: &str) -> u64 {
+        crate::system::allocated_bytes(&self.store.container_dir(id))
+    }
+
+    /// Container `name`'s processes now.
+    pub async fn top(&self, name: &str) -> Result<Vec<crate::control::Process>, ContainerError> {
+        let record = self.get(name).await?;
+        match self.call(&record, &Request::Top).await? {
+            Reply::Processes { processes, .. } => Ok(processes),
+            _ => Err(ContainerError::UnexpectedReply {
+                name: record.name,
+                wanted: "process list",
+            }),
+        }
+    }
+
+    /// Follows what happens to containers (created, started, died, destroyed) from
+    /// now on, whoever makes it happen.
+    pub fn events(&self) -> Result<crate::events::Watcher, ContainerError> {
+        Ok(self.store.watch()?)
+    }
+
     /// Container `name`'s resource use now.
     pub async fn stats(&self, name: &str) -> Result<Stats, ContainerError> {
         let record = self.get(name).await?;
         match self.call(&record, &Request::Stats).await? {
             Reply::Stats { stats, .. } => Ok(stats),
-            _ => Err(ContainerError::NoStats { name: record.name }),
+            _ => Err(ContainerError::UnexpectedReply {
+                name: record.name,
+                wanted: "statistics",
+            }),
         }
     }
 
@@ -825,10 +952,13 @@ impl Logs {
                     ..
                 })
             );
-            let new = self.follower.read_new().map_err(|source| ContainerError::Log {
-                name: self.record.name.clone(),
-                source,
-            })?;
+            let new = self
+                .follower
+                .read_new()
+                .map_err(|source| ContainerError::Log {
+                    name: self.record.name.clone(),
+                    source,
+                })?;
             if exited {
                 self.done = true;
             }

@@ -37,6 +37,8 @@ pub enum Request {
     Stop(u64),
     /// The container's resource use (answered with [`Reply::Stats`]).
     Stats,
+    /// The container's processes (answered with [`Reply::Processes`]).
+    Top,
     /// Run another process in the container; frames follow.
     Exec(ExecRequest),
     /// `cabin cp` out of the container: the archive comes back in frames.
@@ -97,6 +99,50 @@ pub struct Stats {
     pub sampled_boottime_nanos: u64,
 }
 
+/// One process of a container (`top`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    /// Its terminal ("pts/0"), empty without one.
+    pub tty: String,
+    /// CPU time used, microseconds.
+    pub cpu_micros: u64,
+    /// When it started, Unix seconds (from the guest's clocks).
+    pub started_unix: u64,
+    pub command: String,
+}
+
+impl Process {
+    /// The column titles of [`Process::columns`], as `ps -ef` (and `docker top`) has them.
+    pub const TITLES: [&'static str; 8] =
+        ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"];
+
+    /// The process as a row of `ps -ef` (times in UTC).
+    pub fn columns(&self) -> Vec<String> {
+        let cpu = self.cpu_micros / 1_000_000;
+        let day = self.started_unix % 86_400;
+        vec![
+            match self.uid {
+                0 => "root".to_string(),
+                n => n.to_string(),
+            },
+            self.pid.to_string(),
+            self.ppid.to_string(),
+            "0".into(),
+            format!("{:02}:{:02}", day / 3600, day % 3600 / 60),
+            if self.tty.is_empty() {
+                "?".into()
+            } else {
+                self.tty.clone()
+            },
+            format!("{:02}:{:02}:{:02}", cpu / 3600, cpu % 3600 / 60, cpu % 60),
+            self.command.clone(),
+        ]
+    }
+}
+
 impl Stats {
     /// CPU use between `earlier` and this sample, 1.0 being one vCPU busy all along.
     pub fn cpu_since(&self, earlier: &Stats) -> f64 {
@@ -119,6 +165,7 @@ impl Stats {
 pub enum Reply {
     Failed { error: String },
     Stats { ok: bool, stats: Stats },
+    Processes { ok: bool, processes: Vec<Process> },
     Done { ok: bool },
 }
 
@@ -585,11 +632,36 @@ mod tests {
     }
 
     #[test]
+    fn a_process_reads_as_a_row_of_ps_ef() {
+        let p = Process {
+            pid: 7,
+            ppid: 1,
+            uid: 0,
+            tty: String::new(),
+            cpu_micros: 3_723_000_000,
+            started_unix: 86_400 * 3 + 13 * 3600 + 5 * 60 + 9,
+            command: "sleep 100".into(),
+        };
+        assert_eq!(
+            p.columns(),
+            ["root", "7", "1", "0", "13:05", "?", "01:02:03", "sleep 100"]
+        );
+        let q = Process {
+            uid: 1000,
+            tty: "pts/0".into(),
+            ..p
+        };
+        assert_eq!(q.columns()[0], "1000");
+        assert_eq!(q.columns()[5], "pts/0");
+    }
+
+    #[test]
     fn requests_and_replies_keep_their_wire_shape() {
         let j = |r: &Request| serde_json::to_string(r).unwrap();
         assert_eq!(j(&Request::Signal(15)), r#"{"signal":15}"#);
         assert_eq!(j(&Request::Stop(10)), r#"{"stop":10}"#);
         assert_eq!(j(&Request::Stats), r#""stats""#);
+        assert_eq!(j(&Request::Top), r#""top""#);
         assert_eq!(
             j(&Request::Resize {
                 rows: 30,
@@ -609,6 +681,10 @@ mod tests {
         // A stats answer that lost a field is no stats answer (never zeros).
         let drifted = r#"{"ok":true,"stats":{"memory_bytes":1}}"#;
         assert!(!matches!(r(drifted), Ok(Reply::Stats { .. })));
+        let top = r#"{"ok":true,"processes":[{"pid":1,"ppid":0,"uid":0,"tty":"","cpu_micros":5,"started_unix":7,"command":"sh"}]}"#;
+        assert!(
+            matches!(r(top).unwrap(), Reply::Processes { processes, .. } if processes[0].command == "sh")
+        );
         assert_eq!(
             serde_json::to_string(&Reply::done()).unwrap(),
             r#"{"ok":true}"#

@@ -31,6 +31,8 @@ pub enum RunError {
     #[error(transparent)]
     Bridge(#[from] cabin_net::bridge::BridgeError),
     #[error(transparent)]
+    Network(#[from] cabin_net::networks::NetworkError),
+    #[error(transparent)]
     NoCommand(#[from] NoCommand),
     #[error("no such image: {name} (not here, and pulling it failed: {source})")]
     Pull {

@@ -17,6 +17,8 @@
 //!   volumes); [`volumes`]: host folders, named volumes, tmpfs mounts.
 //! - [`agent`]: the gRPC client for cabin-init.
 //! - [`snapshot`]: saved idle VMs that containers resume from instead of booting.
+//! - [`events`]: what happens to containers (created, started, died, destroyed), as a
+//!   [`events::Watcher`] sees it from one look at the store to the next.
 //! - [`timings`], [`system`].
 
 pub mod agent;
@@ -27,6 +29,7 @@ pub mod containers;
 pub mod control;
 pub mod copy;
 pub mod error;
+pub mod events;
 pub mod exec;
 pub mod log;
 pub mod process;

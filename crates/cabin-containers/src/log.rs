@@ -152,7 +152,10 @@ pub fn read_rotated(container_dir: &Path) -> Vec<Entry> {
 }
 
 /// Complete entries of `f` from `offset`; the offset after the last complete line.
-fn read_entries(f: &fs::File, offset: u64) -> io::Result<(Vec<Entry>, u64)> {
+fn read_entries<T: serde::de::DeserializeOwned>(
+    f: &fs::File,
+    offset: u64,
+) -> io::Result<(Vec<T>, u64)> {
     use std::io::{Read, Seek};
     let mut f = f;
     f.seek(io::SeekFrom::Start(offset))?;
@@ -167,28 +170,40 @@ fn read_entries(f: &fs::File, offset: u64) -> io::Result<(Vec<Entry>, u64)> {
             break; // the end, or a line still being written
         }
         pos += n as u64;
-        if let Ok(e) = serde_json::from_slice::<Entry>(&line) {
+        if let Ok(e) = serde_json::from_slice::<T>(&line) {
             entries.push(e);
         }
     }
     Ok((entries, pos))
 }
 
-/// A reader that follows a container's log from where it ended when the reader was
-/// opened. It holds the live file open, so that what was written before the container
-/// was removed (`--rm`, a client's `rm` right after its `wait`) can still be read, and
-/// it moves on to the new live file when the log rotates.
-pub struct LogFollower {
-    dir: PathBuf,
+/// A reader that follows a file of JSON lines (a container's log, the container events
+/// journal) from where it ended when the reader was opened. It holds the live file
+/// open, so that what was written before the file was removed (a container's log after
+/// `--rm`, a client's `rm` right after its `wait`) can still be read, and it moves on to
+/// the new live file when the writer rotates it.
+pub struct Follower<T> {
+    path: PathBuf,
     file: Option<fs::File>,
     offset: u64,
+    _entries: std::marker::PhantomData<fn() -> T>,
 }
+
+/// Follows a container's log.
+pub type LogFollower = Follower<Entry>;
 
 impl LogFollower {
     /// Follows the log of the container whose directory is `container_dir` from its
     /// end now (`at_end`) or its start.
     pub fn open(container_dir: &Path, at_end: bool) -> io::Result<LogFollower> {
-        let file = match fs::File::open(path(container_dir)) {
+        Follower::open_path(&path(container_dir), at_end)
+    }
+}
+
+impl<T: serde::de::DeserializeOwned> Follower<T> {
+    /// Follows the file at `path` from its end now (`at_end`) or its start.
+    pub fn open_path(path: &Path, at_end: bool) -> io::Result<Follower<T>> {
+        let file = match fs::File::open(path) {
             Ok(f) => Some(f),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
@@ -197,15 +212,16 @@ impl LogFollower {
             (Some(f), true) => f.metadata()?.len(),
             _ => 0,
         };
-        Ok(LogFollower {
-            dir: container_dir.to_path_buf(),
+        Ok(Follower {
+            path: path.to_path_buf(),
             file,
             offset,
+            _entries: std::marker::PhantomData,
         })
     }
 
     /// The entries written since the last call.
-    pub fn read_new(&mut self) -> io::Result<Vec<Entry>> {
+    pub fn read_new(&mut self) -> io::Result<Vec<T>> {
         use std::os::unix::fs::MetadataExt;
         let mut out = Vec::new();
         loop {
@@ -215,8 +231,8 @@ impl LogFollower {
                 out.extend(entries);
             }
             // The live file now: another one after a rotation (go on there), none after
-            // the container's removal (what was held is all there is).
-            let live = match fs::File::open(path(&self.dir)) {
+            // a removal (what was held is all there is).
+            let live = match fs::File::open(&self.path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
                 Err(e) => return Err(e),

@@ -120,6 +120,15 @@ mod seconds {
     }
 }
 
+/// A user-defined network a container joins, and the extra names (aliases) its peers
+/// there may call it by (docker's `--network-alias`, compose's service names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNetwork {
+    pub name: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
 /// Everything a container is made of. Paths in it are absolute (a front end resolves
 /// relative ones where the user gave them), so it means the same wherever it is read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,6 +160,9 @@ pub struct ContainerSpec {
     pub boot_timeout: Duration,
     pub extra_kernel_args: String,
     pub network: NetworkMode,
+    /// With `network` bridge: a user-defined network to join instead of `cabin0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_network: Option<UserNetwork>,
     /// Published ports (`-p`); a host port 0 is any free one, chosen at each start.
     pub publish: Vec<PortForward>,
     /// Host folders, volumes and tmpfs mounts, in order.
@@ -191,6 +203,7 @@ impl ContainerSpec {
             boot_timeout: Duration::from_secs(60),
             extra_kernel_args: String::new(),
             network: NetworkMode::default(),
+            user_network: None,
             publish: Vec::new(),
             mounts: Vec::new(),
             restart: RestartPolicy::No,

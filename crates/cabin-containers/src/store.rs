@@ -11,6 +11,8 @@
 //!   it lives. A record that says "running" while nobody holds that lock belongs to a
 //!   supervisor that was killed or a host that rebooted; [`Store::reconcile`] marks it
 //!   exited with that reason.
+//! - Events: every save that changes a container's state, and every removal, is
+//!   written to the events journal (see [`crate::events`]) as it happens.
 //! - Hostile or damaged files: records are bounded in size and parsed strictly; a
 //!   record that cannot be read is reported as such and can still be removed.
 
@@ -24,6 +26,8 @@ pub use cabin_base::time::now_unix;
 use serde::{Deserialize, Serialize};
 
 use cabin_base::Paths;
+
+use crate::events::{self, Action, Event};
 
 /// How a container removed at its end (`--rm`) ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +85,35 @@ impl Status {
             } => format!("Exited ({code}) {} ago", ago(*finished_unix)),
         }
     }
+
+    /// What happened to take a container from `before` (None: it is new) to `self`.
+    pub fn changes_from(&self, before: Option<&Status>) -> Vec<Action> {
+        match (before, self) {
+            (None, Status::Created) => vec![Action::Create],
+            (None, Status::Running { .. }) => vec![Action::Create, Action::Start],
+            (None, Status::Exited { code, .. }) => {
+                vec![Action::Create, Action::Start, Action::Die(*code)]
+            }
+            // Started again by its restart policy (the death was told as it happened).
+            (
+                Some(Status::Running {
+                    started_unix: a, ..
+                }),
+                Status::Running {
+                    started_unix: b, ..
+                },
+            ) if a != b => vec![Action::Start],
+            (Some(Status::Running { .. }), Status::Exited { code, .. }) => {
+                vec![Action::Die(*code)]
+            }
+            (Some(Status::Created | Status::Exited { .. }), Status::Running { .. }) => {
+                vec![Action::Start]
+            }
+            // Failed to start: it never ran.
+            (Some(Status::Created), Status::Exited { code, .. }) => vec![Action::Die(*code)],
+            _ => Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,11 +146,21 @@ pub struct Record {
     /// Its network while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkInfo>,
+    /// It was running when its supervisor died (killed, or the host restarted), not
+    /// stopped by anyone: its restart policy brings it back when the service starts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lost: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkInfo {
     pub mode: String,
+    /// The user-defined network it is on (mode bridge), by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Its gateway there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
     /// Its own address (bridge network).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_address: Option<String>,
@@ -195,23 +238,10 @@ impl Store {
     pub fn create(&self, mut record: Record, name: Option<&str>) -> Result<Record, StoreError> {
         let _guard = self.store_lock()?;
         self.prune_removed_exits();
-        let taken: Vec<(String, String)> = self
-            .ids()?
-            .into_iter()
-            .filter_map(|id| self.load(&id).ok().map(|r| (r.name, r.id)))
-            .collect();
+        let taken = self.names()?;
         record.id = cabin_base::random::id().map_err(|e| self.io(e))?;
         record.name = match name {
-            Some(n) if !valid_name(n) => return Err(StoreError::InvalidName(n.to_string())),
-            Some(n) => {
-                if let Some((_, id)) = taken.iter().find(|(t, _)| t == n) {
-                    return Err(StoreError::NameInUse {
-                        name: n.to_string(),
-                        id: id[..12].to_string(),
-                    });
-                }
-                n.to_string()
-            }
+            Some(n) => free_name(&taken, n)?,
             None => generated_name(&record.id, |n| taken.iter().any(|(t, _)| t == n)),
         };
         let dir = self.container_dir(&record.id);
@@ -220,11 +250,58 @@ impl Store {
         Ok(record)
     }
 
+    /// Every container's (name, ID); the caller holds the store lock.
+    fn names(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .ids()?
+            .into_iter()
+            .filter_map(|id| self.load(&id).ok().map(|r| (r.name, r.id)))
+            .collect())
+    }
+
+    /// Gives container `id` the name `name`, which must be free.
+    pub fn rename(&self, id: &str, name: &str) -> Result<Record, StoreError> {
+        let _guard = self.store_lock()?;
+        let mut r = self.load(id)?;
+        if r.name == name {
+            return Ok(r);
+        }
+        r.name = free_name(&self.names()?, name)?;
+        self.save(&r)?;
+        Ok(r)
+    }
+
     /// Writes a container's record crash-safely (see the module comment).
     pub fn save(&self, record: &Record) -> Result<(), StoreError> {
+        let before = self.load(&record.id).ok().map(|r| r.status);
         let dir = self.container_dir(&record.id);
         let bytes = serde_json::to_vec_pretty(record).map_err(|e| self.io(e.into()))?;
-        write_atomic(&dir.join("state.json"), &bytes, 0o600).map_err(|e| self.io(e))
+        write_atomic(&dir.join("state.json"), &bytes, 0o600).map_err(|e| self.io(e))?;
+        let actions = record.status.changes_from(before.as_ref());
+        self.journal(record, &actions);
+        Ok(())
+    }
+
+    /// Writes what happened to `record` to the events journal (best effort).
+    pub fn journal(&self, record: &Record, actions: &[Action]) {
+        let time_nanos = cabin_base::time::now_unix_nanos();
+        let events: Vec<Event> = actions
+            .iter()
+            .map(|&action| Event {
+                action,
+                time_nanos,
+                id: record.id.clone(),
+                name: record.name.clone(),
+                image: record.root.clone(),
+                labels: record.labels.clone(),
+            })
+            .collect();
+        let _ = events::append(&events::journal(&self.dir), &events);
+    }
+
+    /// Follows the events of this store's containers from now on.
+    pub fn watch(&self) -> Result<events::Watcher, StoreError> {
+        events::Watcher::open(&events::journal(&self.dir)).map_err(|e| self.io(e))
     }
 
     /// A container's record as stored (see [`Store::reconcile`] for its real state).
@@ -319,6 +396,7 @@ impl Store {
             }
             if let Some(_lock) = self.lock_supervisor(id)? {
                 r.network = None;
+                r.lost = true;
                 r.status = Status::Exited {
                     code: 137,
                     reason: Some(
@@ -377,12 +455,38 @@ impl Store {
             return Err(StoreError::NotFound(id.to_string()));
         }
         let _guard = self.store_lock()?;
+        let before = self.load(id).ok();
         match fs::remove_dir_all(self.container_dir(id)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(StoreError::NotFound(id.to_string()))
             }
-            r => r.map_err(|e| self.io(e)),
+            Err(e) => Err(self.io(e)),
+            Ok(()) => {
+                if let Some(r) = before {
+                    let actions = match r.status {
+                        // Removed while it ran (its owner killed it, or died).
+                        Status::Running { .. } => vec![Action::Die(137), Action::Destroy],
+                        _ => vec![Action::Destroy],
+                    };
+                    self.journal(&r, &actions);
+                }
+                Ok(())
+            }
         }
+    }
+}
+
+/// `name`, if it is valid and not among `taken` (name, ID).
+fn free_name(taken: &[(String, String)], name: &str) -> Result<String, StoreError> {
+    if !valid_name(name) {
+        return Err(StoreError::InvalidName(name.to_string()));
+    }
+    match taken.iter().find(|(t, _)| t == name) {
+        Some((_, id)) => Err(StoreError::NameInUse {
+            name: name.to_string(),
+            id: id[..12].to_string(),
+        }),
+        None => Ok(name.to_string()),
     }
 }
 
@@ -430,6 +534,7 @@ mod tests {
             stdin: false,
             network: None,
             volumes: vec![],
+            lost: false,
         }
     }
 
@@ -437,6 +542,76 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let s = Store::open(&Paths::at(t.path())).unwrap();
         (t, s)
+    }
+
+    #[test]
+    fn every_change_saved_and_every_removal_is_journaled_in_order() {
+        let (_t, s) = store();
+        let mut w = s.watch().unwrap();
+        let mut a = s.create(record(), Some("a")).unwrap();
+        a.status = Status::Running {
+            supervisor_pid: 1,
+            started_unix: 5,
+        };
+        s.save(&a).unwrap();
+        s.save(&a).unwrap(); // no change, no event
+        a.status = Status::Exited {
+            code: 3,
+            reason: None,
+            finished_unix: 6,
+        };
+        s.save(&a).unwrap();
+        s.remove(&a.id).unwrap();
+        // Created and removed at once, running when removed: nothing is missed.
+        let mut b = s.create(record(), Some("b")).unwrap();
+        b.status = Status::Running {
+            supervisor_pid: 1,
+            started_unix: 7,
+        };
+        s.save(&b).unwrap();
+        s.remove(&b.id).unwrap();
+        let seen: Vec<(String, Action)> = w
+            .changes()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.action))
+            .collect();
+        let want = [
+            ("a", Action::Create),
+            ("a", Action::Start),
+            ("a", Action::Die(3)),
+            ("a", Action::Destroy),
+            ("b", Action::Create),
+            ("b", Action::Start),
+            ("b", Action::Die(137)),
+            ("b", Action::Destroy),
+        ];
+        assert_eq!(seen, want.map(|(n, a)| (n.to_string(), a)));
+    }
+
+    #[test]
+    fn status_changes_are_the_actions_between_them() {
+        let running = |at| Status::Running {
+            supervisor_pid: 1,
+            started_unix: at,
+        };
+        let exited = |code| Status::Exited {
+            code,
+            reason: None,
+            finished_unix: 9,
+        };
+        assert_eq!(
+            exited(2).changes_from(None),
+            [Action::Create, Action::Start, Action::Die(2)]
+        );
+        assert_eq!(running(2).changes_from(Some(&running(1))), [Action::Start]);
+        assert_eq!(running(1).changes_from(Some(&running(1))), []);
+        assert_eq!(running(1).changes_from(Some(&exited(0))), [Action::Start]);
+        assert_eq!(
+            exited(1).changes_from(Some(&Status::Created)),
+            [Action::Die(1)]
+        );
+        assert_eq!(exited(1).changes_from(Some(&exited(1))), []);
     }
 
     #[test]

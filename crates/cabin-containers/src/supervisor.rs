@@ -125,6 +125,7 @@ pub async fn supervise(host: &Host, id: &str) -> Result<(), SuperviseError> {
             break ended;
         }
         // Docker's back-off: 100 ms, doubling, capped; a stop during it ends the loop.
+        store.journal(&record, &[crate::events::Action::Die(ended.code)]);
         record.restart_count += 1;
         let _ = store.save(&record);
         let _ = log.note(&format!(
@@ -222,6 +223,40 @@ async fn stats(agent: &crate::agent::Agent, container_id: &str) -> Reply {
     }
 }
 
+async fn top(agent: &crate::agent::Agent, container_id: &str) -> Reply {
+    let mut a = agent.clone();
+    let r = ContainerRef {
+        container_id: container_id.to_string(),
+    };
+    match agent::call("Processes", cabin_proto::CALL_TIMEOUT, a.processes(r)).await {
+        Ok(list) => {
+            // The guest's boot clock, turned into the host's wall clock.
+            let now = cabin_base::time::now_unix_nanos();
+            let processes = list
+                .processes
+                .into_iter()
+                .map(|p| control::Process {
+                    pid: p.pid,
+                    ppid: p.ppid,
+                    uid: p.uid,
+                    tty: p.tty,
+                    cpu_micros: p.cpu_micros,
+                    started_unix: now.saturating_sub(
+                        list.sampled_boottime_nanos
+                            .saturating_sub(p.start_boottime_nanos),
+                    ) / 1_000_000_000,
+                    command: p.command,
+                })
+                .collect();
+            Reply::Processes {
+                ok: true,
+                processes,
+            }
+        }
+        Err(e) => Reply::failed(e.message()),
+    }
+}
+
 /// Boots the container's VM, runs its process to the end, tears the VM down.
 async fn run_once(
     host: &Host,
@@ -283,6 +318,8 @@ async fn run_once(
     let (ip_address, published) = vm.network_info();
     record.network = Some(crate::store::NetworkInfo {
         mode: cfg.network.as_str().to_string(),
+        network: cfg.user_network.as_ref().map(|u| u.name.clone()),
+        gateway: vm.gateway(),
         ip_address,
         ports: published.iter().map(cabin_net::ports::describe).collect(),
         published,
@@ -325,6 +362,7 @@ async fn run_once(
                     let id = proc_ref.container_id.clone();
                     match req {
                         Some(Request::Stats) => reply(conn, stats(&agent, &id).await).await,
+                        Some(Request::Top) => reply(conn, top(&agent, &id).await).await,
                         Some(Request::Exec(x)) => {
                             execs += 1;
                             let process = ProcessRef {

@@ -70,6 +70,11 @@ fn allocated(path: &std::path::Path) -> (u64, u64) {
     total
 }
 
+/// The bytes `path` (a file, or a directory and all below it) takes on disk.
+pub fn allocated_bytes(path: &std::path::Path) -> u64 {
+    allocated(path).1
+}
+
 fn entries(path: &std::path::Path) -> u64 {
     std::fs::read_dir(path)
         .map(|d| d.count() as u64)

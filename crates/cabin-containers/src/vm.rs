@@ -738,6 +738,12 @@ impl ContainerVm {
         }
     }
 
+    /// Its gateway on a bridge network.
+    pub fn gateway(&self) -> Option<String> {
+        let ep = self.attachments.as_ref()?.endpoint.as_ref()?;
+        Some(ep.net().gateway().to_string())
+    }
+
     /// On a bridge, peers come and go: whenever the set changes, the container's
     /// /etc/hosts gets the new list (checked once a second; a stat of one directory).
     fn watch_peers(&mut self) {

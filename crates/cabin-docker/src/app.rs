@@ -3,7 +3,7 @@
 use cabin_base::Host;
 use cabin_containers::{AccelRequest, Containers};
 
-use crate::execs;
+use crate::{events, execs};
 
 /// What every handler shares.
 pub struct App {
@@ -11,4 +11,5 @@ pub struct App {
     pub host: Host,
     pub accel: AccelRequest,
     pub execs: execs::Execs,
+    pub events: events::Events,
 }

@@ -12,7 +12,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cabin_base::time::{now_unix, rfc3339};
 use cabin_containers::containers::{LogOptions, Started, WaitFor};
-use cabin_containers::control::Stats;
+use cabin_containers::control::{Process, Stats};
 use cabin_containers::process::signal_number;
 use cabin_containers::spec::RestartPolicy;
 use cabin_containers::store::{Record, RemovedExit, Status};
@@ -35,7 +35,7 @@ const STOP_TIMEOUT: u64 = 10;
 /// A time Docker shows for "never".
 const NEVER: &str = "0001-01-01T00:00:00Z";
 
-fn empty(status: StatusCode) -> Response {
+pub fn empty(status: StatusCode) -> Response {
     status.into_response()
 }
 
@@ -74,25 +74,48 @@ fn matches_filters(r: &Record, f: &BTreeMap<String, Vec<String>>) -> Result<bool
 
 /// Docker's `HostConfig.NetworkMode` for cabin's network modes: the default (user-mode
 /// NAT, ports published on the host) is Docker's `default`.
-fn network_mode(mode: NetworkMode) -> &'static str {
-    match mode {
-        NetworkMode::User => "default",
-        NetworkMode::Bridge => "bridge",
-        NetworkMode::None => "none",
-    }
+/// A container's network as Docker shows it.
+struct NetView<'a> {
+    mode: NetworkMode,
+    /// A user-defined network's name and the aliases asked for there.
+    user: Option<(&'a str, &'a [String])>,
+    ip: &'a str,
+    gateway: &'a str,
 }
 
-/// `NetworkSettings.Networks`: one entry, under the name Docker gives the network of
-/// that mode (SDKs look it up by `HostConfig.NetworkMode`, `default` meaning `bridge`).
-fn networks(mode: NetworkMode, ip: &str) -> Value {
-    let name = match mode {
-        NetworkMode::User | NetworkMode::Bridge => "bridge",
-        NetworkMode::None => "none",
-    };
-    json!({ name: {
-        "IPAddress": ip, "IPPrefixLen": if ip.is_empty() { 0 } else { 24 }, "Gateway": "",
-        "MacAddress": "", "NetworkID": name, "EndpointID": "", "Aliases": null,
-    }})
+impl NetView<'_> {
+    /// `HostConfig.NetworkMode`.
+    fn mode(&self) -> &str {
+        match (self.user, self.mode) {
+            (Some((name, _)), _) => name,
+            (None, NetworkMode::User) => "default",
+            (None, NetworkMode::Bridge) => "bridge",
+            (None, NetworkMode::None) => "none",
+        }
+    }
+
+    /// `NetworkSettings.Networks`: one entry, under the name Docker gives the network
+    /// (SDKs look it up by `HostConfig.NetworkMode`, `default` meaning `bridge`). On a
+    /// user-defined network its aliases include the start of its ID, as Docker's do
+    /// (compose checks for it).
+    fn networks(&self, container_id: &str) -> Value {
+        let name = match (self.user, self.mode) {
+            (Some((name, _)), _) => name,
+            (None, NetworkMode::User | NetworkMode::Bridge) => "bridge",
+            (None, NetworkMode::None) => "none",
+        };
+        let aliases = self.user.map(|(_, a)| {
+            let mut a = a.to_vec();
+            a.push(container_id[..12.min(container_id.len())].to_string());
+            a
+        });
+        let ip = self.ip;
+        json!({ name: {
+            "IPAddress": ip, "IPPrefixLen": if ip.is_empty() { 0 } else { 24 },
+            "Gateway": self.gateway, "MacAddress": "", "NetworkID": name, "EndpointID": "",
+            "Aliases": aliases,
+        }})
+    }
 }
 
 fn ports(r: &Record) -> Vec<Value> {
@@ -129,33 +152,37 @@ pub async fn list(app: &Arc<App>, q: &Query) -> Result<Response, ApiError> {
         if limit.is_some_and(|l| rows.len() as i64 >= l) {
             break;
         }
-        let mode = r
-            .network
-            .as_ref()
-            .and_then(|n| n.mode.parse().ok())
-            .unwrap_or_default();
-        let ip = r
-            .network
-            .as_ref()
-            .and_then(|n| n.ip_address.as_deref())
-            .unwrap_or("");
-        rows.push(json!({
-            "Id": r.id,
-            "Names": [format!("/{}", r.name)],
-            "Image": r.root,
-            "ImageID": "",
-            "Command": r.command.join(" "),
-            "Created": r.created_unix,
-            "State": state_name(&r.status),
-            "Status": r.status.describe(now),
-            "Ports": ports(&r),
-            "Labels": labels(&r),
-            "Mounts": [],
-            "HostConfig": {"NetworkMode": network_mode(mode)},
-            "NetworkSettings": {"Networks": networks(mode, ip)},
-        }));
+        rows.push(summary(&r, now));
     }
     Ok(json(StatusCode::OK, &Value::Array(rows)))
+}
+
+/// A container as `GET /containers/json` lists it.
+pub fn summary(r: &Record, now: u64) -> Value {
+    let n = r.network.as_ref();
+    let view = NetView {
+        mode: n.and_then(|n| n.mode.parse().ok()).unwrap_or_default(),
+        user: n
+            .and_then(|n| n.network.as_deref())
+            .map(|name| (name, &[][..])),
+        ip: n.and_then(|n| n.ip_address.as_deref()).unwrap_or(""),
+        gateway: n.and_then(|n| n.gateway.as_deref()).unwrap_or(""),
+    };
+    json!({
+        "Id": r.id,
+        "Names": [format!("/{}", r.name)],
+        "Image": r.root,
+        "ImageID": "",
+        "Command": r.command.join(" "),
+        "Created": r.created_unix,
+        "State": state_name(&r.status),
+        "Status": r.status.describe(now),
+        "Ports": ports(r),
+        "Labels": labels(r),
+        "Mounts": [],
+        "HostConfig": {"NetworkMode": view.mode()},
+        "NetworkSettings": {"Networks": view.networks(&r.id)},
+    })
 }
 
 /// `POST /containers/create[?name=]`: 201 with the ID; 404 when the image is not here
@@ -163,6 +190,16 @@ pub async fn list(app: &Arc<App>, q: &Query) -> Result<Response, ApiError> {
 pub async fn create(app: &Arc<App>, q: &Query, req: Request) -> Result<Response, ApiError> {
     let b: CreateBody = body(req).await?;
     let (spec, opts) = spec_of(&b, q.get("name"), app.accel)?;
+    let mut spec = spec;
+    if let Some(u) = spec.user_network.as_mut() {
+        // The network must be there (its name as recorded, when given by ID).
+        let networks = cabin_net::networks::Networks::open(&app.host.paths);
+        let wanted = u.name.clone();
+        u.name = tokio::task::spawn_blocking(move || networks.get(&wanted))
+            .await
+            .map_err(ApiError::internal)??
+            .name;
+    }
     if let RootSource::Image(name) = &spec.root {
         let store_dir = app.host.paths.image_store();
         let name = name.clone();
@@ -274,12 +311,18 @@ fn inspect_json(r: &Record, spec: Option<&ContainerSpec>, image_id: &str) -> Val
         RestartPolicy::OnFailure(n) => ("on-failure", n.unwrap_or(0)),
         RestartPolicy::Always => ("always", 0),
     };
-    let network_mode = network_mode(spec.network);
-    let ip = r
-        .network
-        .as_ref()
-        .and_then(|n| n.ip_address.clone())
-        .unwrap_or_default();
+    let n = r.network.as_ref();
+    let ip = n.and_then(|n| n.ip_address.clone()).unwrap_or_default();
+    let view = NetView {
+        mode: spec.network,
+        user: spec
+            .user_network
+            .as_ref()
+            .map(|u| (u.name.as_str(), u.aliases.as_slice())),
+        ip: &ip,
+        gateway: n.and_then(|n| n.gateway.as_deref()).unwrap_or(""),
+    };
+    let network_mode = view.mode();
     json!({
         "Id": r.id,
         "Created": rfc3339(r.created_unix * 1_000_000_000, false),
@@ -340,7 +383,7 @@ fn inspect_json(r: &Record, spec: Option<&ContainerSpec>, image_id: &str) -> Val
         "NetworkSettings": {
             "Ports": live,
             "IPAddress": ip,
-            "Networks": networks(spec.network, &ip),
+            "Networks": view.networks(&r.id),
         },
     })
 }
@@ -741,6 +784,34 @@ pub async fn remove(app: &Arc<App>, id: &str, q: &Query) -> Result<Response, Api
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
+/// `GET /containers/{id}/top[?ps_args=]`: the container's processes as `ps -ef` lists
+/// them (other `ps` options are refused: there is no `ps` of the host to give them to).
+pub async fn top(app: &Arc<App>, id: &str, q: &Query) -> Result<Response, ApiError> {
+    let args = q.get("ps_args").unwrap_or("").trim();
+    if !["", "-ef", "ef", "-e", "aux"].contains(&args) {
+        return Err(ApiError::bad_request(format!(
+            "cabin lists a container's processes as ps -ef does; it takes no ps options ({args:?})"
+        )));
+    }
+    let processes = app.containers.top(id).await?;
+    let rows: Vec<Vec<String>> = processes.iter().map(|p| p.columns()).collect();
+    Ok(json(
+        StatusCode::OK,
+        &json!({"Titles": Process::TITLES, "Processes": rows}),
+    ))
+}
+
+/// `POST /containers/{id}/rename?name=NEW`.
+pub async fn rename(app: &Arc<App>, id: &str, q: &Query) -> Result<Response, ApiError> {
+    let name = q.get("name").unwrap_or("");
+    let name = name.strip_prefix('/').unwrap_or(name);
+    if name.is_empty() {
+        return Err(ApiError::bad_request("rename needs a new name (name=...)"));
+    }
+    app.containers.rename(id, name).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -760,6 +831,7 @@ mod tests {
             stdin: false,
             volumes: vec![],
             network: None,
+            lost: false,
         }
     }
 

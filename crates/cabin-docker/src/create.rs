@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use cabin_containers::containers::CreateOptions;
-use cabin_containers::spec::{RestartPolicy, Rlimit};
+use cabin_containers::spec::{RestartPolicy, Rlimit, UserNetwork};
 use cabin_containers::volumes::{parse_mount_flag, parse_tmpfs_flag, parse_volume_flag};
 use cabin_containers::{AccelRequest, ContainerSpec, RootSource};
 use cabin_net::NetworkMode;
@@ -33,6 +33,21 @@ pub struct CreateBody {
     /// Paths that get an anonymous volume unless something is mounted there.
     pub volumes: Option<BTreeMap<String, Value>>,
     pub host_config: Option<HostConfig>,
+    pub networking_config: Option<NetworkingConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkingConfig {
+    pub endpoints_config: Option<BTreeMap<String, Option<EndpointConfig>>>,
+}
+
+/// A container's settings on one network (also the body's part of
+/// `POST /networks/{id}/connect`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EndpointConfig {
+    pub aliases: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,10 +224,20 @@ pub fn spec_of(
                 ))
             }
             other => {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::NOT_IMPLEMENTED,
-                    format!("network {other:?}: cabin's Docker API has no user-defined networks yet; use the default network"),
-                ))
+                // A user-defined network (that it exists is checked by the caller).
+                let aliases = body
+                    .networking_config
+                    .as_ref()
+                    .and_then(|n| n.endpoints_config.as_ref())
+                    .and_then(|e| e.get(other))
+                    .and_then(|e| e.as_ref())
+                    .and_then(|e| e.aliases.clone())
+                    .unwrap_or_default();
+                c.user_network = Some(UserNetwork {
+                    name: other.to_string(),
+                    aliases,
+                });
+                NetworkMode::Bridge
             }
         };
         for b in h.binds.iter().flatten() {
@@ -404,14 +429,29 @@ mod tests {
     }
 
     #[test]
+    fn a_user_network_is_joined_with_its_aliases() {
+        let (c, _) = parse(
+            r#"{"Image":"a","HostConfig":{"NetworkMode":"proj_default"},
+                "NetworkingConfig":{"EndpointsConfig":{"proj_default":{"Aliases":["web"]}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.network, NetworkMode::Bridge);
+        let u = c.user_network.unwrap();
+        assert_eq!(
+            (u.name.as_str(), u.aliases),
+            ("proj_default", vec!["web".to_string()])
+        );
+        let (c, _) = parse(r#"{"Image":"a","HostConfig":{"NetworkMode":"n"}}"#).unwrap();
+        assert_eq!(c.user_network.unwrap().aliases, Vec::<String>::new());
+    }
+
+    #[test]
     fn what_a_vm_cannot_be_is_refused_with_the_reason() {
         let e = parse(r#"{"Image":"a","HostConfig":{"NetworkMode":"host"}}"#).unwrap_err();
         assert_eq!(e.status, 400);
         assert!(e.message.contains("own VM"), "{}", e.message);
         let e = parse(r#"{"Image":"a","HostConfig":{"Privileged":true}}"#).unwrap_err();
         assert_eq!(e.status, 400);
-        let e = parse(r#"{"Image":"a","HostConfig":{"NetworkMode":"mynet"}}"#).unwrap_err();
-        assert_eq!(e.status, 501);
         let e = parse(r#"{"Cmd":["x"]}"#).unwrap_err();
         assert!(e.message.contains("no image"), "{}", e.message);
         let e = parse(r#"{"Image":"a","HostConfig":{"PortBindings":{"0/tcp":[{}]}}}"#).unwrap_err();

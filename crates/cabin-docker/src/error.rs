@@ -52,6 +52,10 @@ impl IntoResponse for ApiError {
 
 impl From<ContainerError> for ApiError {
     fn from(e: ContainerError) -> ApiError {
+        let e = match e {
+            ContainerError::Network(n) => return n.into(),
+            e => e,
+        };
         let status = match &e {
             ContainerError::Store(StoreError::NotFound(name)) => {
                 return ApiError::new(
@@ -89,6 +93,9 @@ impl From<ContainerError> for ApiError {
             }
             ContainerError::Volume(VolumeError::InvalidName(_) | VolumeError::TooSmall) => {
                 StatusCode::BAD_REQUEST
+            }
+            ContainerError::RunningNetworkChange(_) | ContainerError::OneNetwork { .. } => {
+                StatusCode::CONFLICT
             }
             ContainerError::VolumeUsed { .. }
             | ContainerError::Volume(VolumeError::InUse(_))

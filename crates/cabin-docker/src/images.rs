@@ -43,6 +43,11 @@ async fn blocking<T: Send + 'static>(
 
 /// `GET /images/json`: one entry per image, with all its names.
 pub async fn list(app: &Arc<App>) -> Result<Response, ApiError> {
+    Ok(json(StatusCode::OK, &Value::Array(summaries(app).await?)))
+}
+
+/// The images as `GET /images/json` lists them: one per manifest, with all its names.
+pub async fn summaries(app: &Arc<App>) -> Result<Vec<Value>, ApiError> {
     let rows = blocking(app, image::list).await?;
     let mut by_digest: Vec<(String, Vec<String>, u64, String)> = Vec::new();
     for l in rows {
@@ -77,7 +82,7 @@ pub async fn list(app: &Arc<App>) -> Result<Response, ApiError> {
             })
         })
         .collect();
-    Ok(json(StatusCode::OK, &Value::Array(out)))
+    Ok(out)
 }
 
 fn inspect_json(img: &Image) -> Value {
@@ -159,9 +164,11 @@ pub async fn remove(app: &Arc<App>, name: &str, q: &Query) -> Result<Response, A
     let mut out = Vec::new();
     if !img.reference.is_empty() {
         out.push(json!({"Untagged": img.reference}));
+        app.events.image("untag", &img.reference);
     }
     if !other_names {
         out.push(json!({"Deleted": removed}));
+        app.events.image("delete", &removed);
     }
     Ok(json(StatusCode::OK, &Value::Array(out)))
 }
@@ -177,7 +184,8 @@ pub async fn tag(app: &Arc<App>, name: &str, q: &Query) -> Result<Response, ApiE
         None => repo.to_string(),
     };
     let source = name.to_string();
-    blocking(app, move |s| image::tag(s, &source, &target)).await?;
+    let tagged = blocking(app, move |s| image::tag(s, &source, &target)).await?;
+    app.events.image("tag", &tagged);
     Ok(StatusCode::CREATED.into_response())
 }
 
@@ -294,6 +302,7 @@ pub async fn pull(app: &Arc<App>, q: &Query, headers: &HeaderMap) -> Result<Resp
         None => (name.clone(), "latest".to_string()),
     };
     let first = line(json!({"status": format!("Pulling from {repo}"), "id": tag}));
+    let app = app.clone();
     tokio::spawn(async move {
         let _ = tx.send(first).await;
         // (The pull's future is not Send: it runs on a blocking thread of its own.)
@@ -306,10 +315,13 @@ pub async fn pull(app: &Arc<App>, q: &Query, headers: &HeaderMap) -> Result<Resp
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
         let last = match pulled {
-            Ok(img) => vec![
-                line(json!({"status": format!("Digest: {}", img.manifest_digest)})),
-                line(json!({"status": format!("Status: Downloaded newer image for {name}")})),
-            ],
+            Ok(img) => {
+                app.events.image("pull", &name);
+                vec![
+                    line(json!({"status": format!("Digest: {}", img.manifest_digest)})),
+                    line(json!({"status": format!("Status: Downloaded newer image for {name}")})),
+                ]
+            }
             Err(m) => vec![line(json!({"errorDetail": {"message": m}, "error": m}))],
         };
         for l in last {

@@ -10,7 +10,9 @@
 //!   they share.
 //! - `system`: ping, version, info. `containers`: the container endpoints, `create`
 //!   the mapping of Docker's create body onto a container spec, `exec` the exec
-//!   endpoints (`execs` their registry), `images` the image endpoints, `volumes` the volume endpoints.
+//!   endpoints (`execs` their registry), `images` the image endpoints, `volumes` the
+//!   volume endpoints, `networks` the network endpoints.
+//! - `events`: `/events`, from the store's changes and the image endpoints.
 //! - `stream`: hijacked connections (attach, exec) and Docker's stream framing;
 //!   `archive`: `docker cp`'s archives.
 //!
@@ -22,9 +24,11 @@ mod archive;
 mod containers;
 mod create;
 mod error;
+mod events;
 mod exec;
 mod execs;
 mod images;
+mod networks;
 mod request;
 pub mod routes;
 mod stream;
@@ -46,7 +50,7 @@ use cabin_containers::{AccelRequest, Containers};
 use app::App;
 use error::ApiError;
 use request::Query;
-use routes::{ContainerOp, ExecOp, Route};
+use routes::{ContainerOp, ExecOp, NetworkOp, Route};
 
 /// The API version cabin speaks: the docker CLI v28 and v29 both accept it, and it is
 /// recent enough that `docker run` waits with `/wait` (not `/events`).
@@ -115,7 +119,9 @@ pub async fn serve(
         host: opts.host,
         accel: opts.accel,
         execs: execs::Execs::default(),
+        events: events::Events::default(),
     });
+    events::watch(&app.containers, app.clone())?;
     let router = Router::new().fallback(dispatch).with_state(app);
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
@@ -156,6 +162,8 @@ async fn handle(app: &Arc<App>, route: Route, req: Request) -> Result<Response, 
         Route::Ping => Ok(system::ping()),
         Route::Version => Ok(system::version(app).into_response()),
         Route::Info => system::info(app).await,
+        Route::Events => events::stream(app, &query).await,
+        Route::DiskUsage => system::df(app).await,
         Route::ContainerList => containers::list(app, &query).await,
         Route::ContainerCreate => containers::create(app, &query, req).await,
         Route::Container(id, op) => match op {
@@ -174,6 +182,8 @@ async fn handle(app: &Arc<App>, route: Route, req: Request) -> Result<Response, 
             ContainerOp::ArchiveStat => archive::get(app, &id, &query, true).await,
             ContainerOp::ArchiveGet => archive::get(app, &id, &query, false).await,
             ContainerOp::ArchivePut => archive::put(app, &id, &query, req).await,
+            ContainerOp::Rename => containers::rename(app, &id, &query).await,
+            ContainerOp::Top => containers::top(app, &id, &query).await,
         },
         Route::Exec(id, op) => match op {
             ExecOp::Start => exec::start(app, &id, req).await,
@@ -192,10 +202,20 @@ async fn handle(app: &Arc<App>, route: Route, req: Request) -> Result<Response, 
         Route::VolumeInspect(name) => volumes::inspect(app, &name).await,
         Route::VolumeRemove(name) => volumes::remove(app, &name, &query).await,
         Route::VolumePrune => volumes::prune(app, &query).await,
+        Route::NetworkList => networks::list(app, &query).await,
+        Route::NetworkCreate => networks::create(app, req).await,
+        Route::NetworkPrune => networks::prune(app).await,
+        Route::Network(name, op) => match op {
+            NetworkOp::Inspect => networks::inspect(app, &name).await,
+            NetworkOp::Remove => networks::remove(app, &name).await,
+            NetworkOp::Connect => networks::connect(app, &name, req, true).await,
+            NetworkOp::Disconnect => networks::connect(app, &name, req, false).await,
+        },
         Route::NoSuch(kind, name) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("{kind} {name} not found"),
         )),
+        Route::Missing(why) => Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, why)),
         Route::Unsupported => Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             format!(

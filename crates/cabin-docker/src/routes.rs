@@ -25,6 +25,17 @@ pub enum ContainerOp {
     ArchiveStat,
     ArchiveGet,
     ArchivePut,
+    Rename,
+    Top,
+}
+
+/// What is done to one network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkOp {
+    Inspect,
+    Remove,
+    Connect,
+    Disconnect,
 }
 
 /// What is done to one exec.
@@ -40,6 +51,9 @@ pub enum Route {
     Ping,
     Version,
     Info,
+    Events,
+    /// `docker system df`.
+    DiskUsage,
     ContainerList,
     ContainerCreate,
     Container(String, ContainerOp),
@@ -56,9 +70,15 @@ pub enum Route {
     VolumeInspect(String),
     VolumeRemove(String),
     VolumePrune,
+    NetworkList,
+    NetworkCreate,
+    NetworkPrune,
+    Network(String, NetworkOp),
     /// An inspect of another kind of object (`docker inspect NAME` tries images,
     /// networks, volumes and plugins in turn): cabin has none by that name.
     NoSuch(&'static str, String),
+    /// An endpoint of Docker's that cabin does not have, and why (a 501 that says so).
+    Missing(&'static str),
     /// A known endpoint cabin does not serve yet, or an unknown one.
     Unsupported,
 }
@@ -94,6 +114,8 @@ pub fn find(method: &Method, path: &str) -> Route {
         (_, ["_ping"]) if get => Route::Ping,
         ("GET", ["version"]) => Route::Version,
         ("GET", ["info"]) => Route::Info,
+        ("GET", ["events"]) => Route::Events,
+        ("GET", ["system", "df"]) => Route::DiskUsage,
         ("GET", ["containers", "json"]) => Route::ContainerList,
         ("POST", ["containers", "create"]) => Route::ContainerCreate,
         ("POST", ["containers", "prune"]) => Route::ContainerPrune,
@@ -123,6 +145,8 @@ pub fn find(method: &Method, path: &str) -> Route {
                 ("HEAD", "archive") => ContainerOp::ArchiveStat,
                 ("GET", "archive") => ContainerOp::ArchiveGet,
                 ("PUT", "archive") => ContainerOp::ArchivePut,
+                ("POST", "rename") => ContainerOp::Rename,
+                ("GET", "top") => ContainerOp::Top,
                 _ => return Route::Unsupported,
             };
             Route::Container(id.to_string(), op)
@@ -142,8 +166,29 @@ pub fn find(method: &Method, path: &str) -> Route {
             Route::ImageInspect(name.join("/"))
         }
         ("DELETE", ["images", name @ ..]) if !name.is_empty() => Route::ImageRemove(name.join("/")),
-        ("GET", ["networks", name]) => Route::NoSuch("network", name.to_string()),
+        ("GET", ["networks"]) => Route::NetworkList,
+        ("POST", ["networks", "create"]) => Route::NetworkCreate,
+        ("POST", ["networks", "prune"]) => Route::NetworkPrune,
+        ("GET", ["networks", name]) => Route::Network(name.to_string(), NetworkOp::Inspect),
+        ("DELETE", ["networks", name]) => Route::Network(name.to_string(), NetworkOp::Remove),
+        ("POST", ["networks", name, "connect"]) => {
+            Route::Network(name.to_string(), NetworkOp::Connect)
+        }
+        ("POST", ["networks", name, "disconnect"]) => {
+            Route::Network(name.to_string(), NetworkOp::Disconnect)
+        }
+        ("POST", ["build"]) | ("POST", ["build", "prune"]) | ("POST", ["session"]) => Route::Missing(
+            "cabin cannot build images yet (docker build and compose's build: come in a later release); build with docker or buildah, push to a registry and pull or run the image from there",
+        ),
+        ("GET", ["images", "search"]) => Route::Missing(
+            "cabin does not search registries; find images on the registry's own site, then pull them by name",
+        ),
+        (_, ["swarm", ..]) | (_, ["services", ..]) | (_, ["nodes", ..]) | (_, ["secrets", ..])
+        | (_, ["configs", ..]) | (_, ["tasks", ..]) => {
+            Route::Missing("cabin is not a swarm manager: swarm, services, nodes, secrets, configs and tasks are not there")
+        }
         ("GET", ["plugins", name, "json"]) => Route::NoSuch("plugin", name.to_string()),
+        (_, ["plugins", ..]) => Route::Missing("cabin has no plugins"),
         _ => Route::Unsupported,
     }
 }
@@ -195,14 +240,28 @@ mod tests {
 
     #[test]
     fn what_cabin_does_not_serve_is_unsupported_not_a_container() {
-        assert_eq!(find(&Method::POST, "/v1.44/build"), Route::Unsupported);
+        assert!(
+            matches!(find(&Method::POST, "/v1.44/build"), Route::Missing(m) if m.contains("build"))
+        );
+        assert!(matches!(
+            find(&Method::GET, "/images/search"),
+            Route::Missing(_)
+        ));
         assert_eq!(
             find(&Method::GET, "/v1.44/containers/web/top"),
             Route::Unsupported
         );
         assert_eq!(
             find(&Method::GET, "/v1.44/networks/x"),
-            Route::NoSuch("network", "x".into())
+            Route::Network("x".into(), NetworkOp::Inspect)
+        );
+        assert_eq!(
+            find(&Method::POST, "/v1.41/networks/proj_default/connect"),
+            Route::Network("proj_default".into(), NetworkOp::Connect)
+        );
+        assert_eq!(
+            find(&Method::POST, "/networks/create"),
+            Route::NetworkCreate
         );
         assert_eq!(
             find(&Method::POST, "/v1.44/images/a/b:1/tag"),

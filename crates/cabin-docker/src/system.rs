@@ -1,6 +1,6 @@
 //! `/_ping`, `/version` and `/info`: what the docker CLI asks before anything else, and
 //! `docker version` / `docker info`, with cabin's own facts (accelerator, runtime,
-//! guest kernel).
+//! guest kernel); `/system/df` for `docker system df`.
 
 use std::sync::Arc;
 
@@ -149,6 +149,68 @@ pub async fn info(app: &Arc<App>) -> Result<Response, ApiError> {
                 format!("cabin.guest-kernel={}", fact("guest kernel")),
             ],
             "Warnings": warnings,
+        }),
+    ))
+}
+
+/// `GET /system/df`: images (with how many containers use each), containers (with the
+/// bytes their own files take) and volumes (with their disks' allocated bytes and how
+/// many containers mount them); cabin keeps no build cache.
+pub async fn df(app: &Arc<App>) -> Result<Response, ApiError> {
+    let (records, _) = app.containers.list().await?;
+    let mut images = crate::images::summaries(app).await?;
+    let bare = |n: &str| n.strip_suffix(":latest").unwrap_or(n).to_string();
+    for i in &mut images {
+        let names: Vec<String> = i["RepoTags"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|n| n.as_str()).map(bare).collect())
+            .unwrap_or_default();
+        let users = records
+            .iter()
+            .filter(|r| names.contains(&bare(&r.root)))
+            .count();
+        i["Containers"] = json!(users);
+    }
+    let layers: u64 = images.iter().filter_map(|i| i["Size"].as_u64()).sum();
+    let a = app.clone();
+    let containers = tokio::task::spawn_blocking(move || {
+        let now = cabin_base::time::now_unix();
+        records
+            .iter()
+            .map(|r| {
+                let mut v = crate::containers::summary(r, now);
+                v["SizeRw"] = json!(a.containers.disk_bytes(&r.id));
+                v["SizeRootFs"] = json!(0);
+                v
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let users = app.containers.volume_users().await?;
+    let volumes = app.containers.volumes();
+    let volumes = tokio::task::spawn_blocking(move || {
+        volumes
+            .list()
+            .iter()
+            .map(|v| {
+                let refs = users.iter().filter(|(name, _)| *name == v.name).count();
+                let size = cabin_containers::system::allocated_bytes(&volumes.disk(&v.name));
+                json!({
+                    "Name": v.name, "Driver": "local", "Scope": "local", "Labels": {},
+                    "Mountpoint": volumes.disk(&v.name),
+                    "UsageData": {"Size": size, "RefCount": refs},
+                })
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "LayersSize": layers, "Images": images, "Containers": containers,
+            "Volumes": volumes, "BuildCache": [],
         }),
     ))
 }

@@ -16,6 +16,7 @@ mod pid1;
 mod port;
 mod reaper;
 mod service;
+mod top;
 mod trace;
 mod users;
 

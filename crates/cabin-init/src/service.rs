@@ -12,8 +12,8 @@ use cabin_proto::v1::agent_server::Agent;
 use cabin_proto::v1::{
     output_chunk, ContainerRef, ContainerStats, CopyInChunk, CopyOutRequest,
     CreateContainerRequest, Empty, ExitStatus, HelloRequest, HelloResponse, InputChunk,
-    MountRequest, OutputChunk, ProcessRef, ResizeTtyRequest, SetHostsRequest, SetTimeRequest,
-    SignalRequest, StartProcessRequest, StartProcessResponse,
+    MountRequest, OutputChunk, ProcessList, ProcessRef, ResizeTtyRequest, SetHostsRequest,
+    SetTimeRequest, SignalRequest, StartProcessRequest, StartProcessResponse,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -554,6 +554,15 @@ impl Agent for AgentService {
             .cloned()
             .ok_or_else(|| Status::not_found(format!("no container {id}")))?;
         Ok(Response::new(container::stats(&ctr.cgroup)))
+    }
+
+    async fn processes(&self, req: Request<ContainerRef>) -> Result<Response<ProcessList>, Status> {
+        let ctr = self.container(&req.into_inner().container_id)?;
+        let cgroup = ctr.cgroup.clone();
+        let list = tokio::task::spawn_blocking(move || crate::top::processes(&cgroup))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(list))
     }
 
     async fn set_hosts(&self, req: Request<SetHostsRequest>) -> Result<Response<Empty>, Status> {

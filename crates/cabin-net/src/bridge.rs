@@ -1,6 +1,8 @@
 //! `--network bridge`: every container VM gets a tap device on the host bridge `cabin0`
 //! and an address of its own in [`SUBNET`]; nftables (one table, `ip cabin`) masquerades
-//! outbound traffic and forwards published ports (DNAT). Root only.
+//! outbound traffic and forwards published ports (DNAT). Root only. A user-defined
+//! network (see [`crate::networks`]) is another such bridge, with its own subnet, table
+//! and state: a [`Net`] says which.
 //!
 //! No daemon: each process that owns a VM (a `cabin run` or a supervisor) holds an
 //! [`Endpoint`]. State lives in [`STATE_DIR`] (under /run, so it goes away with a
@@ -21,7 +23,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use cabin_base::lock::{lock_file, Mode, Wait};
+use cabin_base::lock::{self, lock_file, Mode, Wait};
 use cabin_vmm::{PortForward, Protocol};
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +36,47 @@ pub const PREFIX: u8 = 24;
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 1);
 pub const STATE_DIR: &str = "/run/cabin/bridge";
 const TABLE: &str = "cabin";
+/// The host's IPv4 forwarding setting from before cabin's first bridge came.
+const FORWARDING_SAVED: &str = "/run/cabin/ip_forward.before";
+/// Where the state of user-defined networks' bridges lives, one directory each.
+pub const NETWORKS_STATE_DIR: &str = "/run/cabin/networks";
+
+/// One bridge network on the host: its interface, its /24, its nftables table and
+/// where its endpoints are recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Net {
+    pub bridge: String,
+    /// The subnet's first address (x.y.z.0); the gateway, the host, is x.y.z.1.
+    pub subnet: Ipv4Addr,
+    pub table: String,
+    pub state: PathBuf,
+}
+
+impl Net {
+    /// `cabin0`, the network of `--network bridge`.
+    pub fn default_bridge() -> Net {
+        Net {
+            bridge: BRIDGE.into(),
+            subnet: SUBNET,
+            table: TABLE.into(),
+            state: PathBuf::from(STATE_DIR),
+        }
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        let o = self.subnet.octets();
+        Ipv4Addr::new(o[0], o[1], o[2], 1)
+    }
+
+    fn host(&self, n: u8) -> Ipv4Addr {
+        let o = self.subnet.octets();
+        Ipv4Addr::new(o[0], o[1], o[2], n)
+    }
+
+    fn cidr(&self) -> String {
+        format!("{}/{PREFIX}", self.subnet)
+    }
+}
 
 /// Name servers containers use when the host's own are on its loopback (a local
 /// resolver the containers cannot reach), as docker does.
@@ -59,7 +102,7 @@ pub struct Endpoint {
     /// Held for the endpoint's life: tells the others it is alive.
     _held: fs::File,
     _ports: PortReservations,
-    state: PathBuf,
+    net: Net,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,8 +176,9 @@ fn sysctl_path(name: &str) -> PathBuf {
 }
 
 /// The table for the endpoints alive now.
-fn ruleset(endpoints: &[EndpointRecord]) -> String {
-    let subnet = format!("{SUBNET}/{PREFIX}");
+fn ruleset(net: &Net, endpoints: &[EndpointRecord]) -> String {
+    let subnet = net.cidr();
+    let (table, bridge) = (&net.table, &net.bridge);
     let mut dnat = String::new();
     for e in endpoints {
         for (proto, host_ip, host_port, ctr_port) in &e.ports {
@@ -150,18 +194,18 @@ fn ruleset(endpoints: &[EndpointRecord]) -> String {
         }
     }
     format!(
-        "table ip {TABLE}\n\
-         delete table ip {TABLE}\n\
-         table ip {TABLE} {{\n\
+        "table ip {table}\n\
+         delete table ip {table}\n\
+         table ip {table} {{\n\
          \x20 chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{dnat}  }}\n\
          \x20 chain output {{\n    type nat hook output priority -100; policy accept;\n{dnat}  }}\n\
          \x20 chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n\
          \x20   ip saddr {subnet} ip daddr != {subnet} masquerade\n\
          \x20   ip saddr 127.0.0.0/8 ip daddr {subnet} masquerade\n  }}\n\
          \x20 chain forward {{\n    type filter hook forward priority filter; policy accept;\n\
-         \x20   iifname \"{BRIDGE}\" accept\n\
-         \x20   oifname \"{BRIDGE}\" ct state established,related accept\n\
-         \x20   oifname \"{BRIDGE}\" ip daddr {subnet} ct status dnat accept\n  }}\n\
+         \x20   iifname \"{bridge}\" accept\n\
+         \x20   oifname \"{bridge}\" ct state established,related accept\n\
+         \x20   oifname \"{bridge}\" ip daddr {subnet} ct status dnat accept\n  }}\n\
          }}\n"
     )
 }
@@ -184,11 +228,13 @@ fn host_dns() -> Vec<String> {
 
 struct State {
     dir: PathBuf,
+    net: Net,
     _lock: fs::File,
 }
 
 impl State {
-    fn lock(dir: &Path) -> Result<State, BridgeError> {
+    fn lock(net: &Net) -> Result<State, BridgeError> {
+        let dir = &net.state;
         fs::create_dir_all(dir.join("endpoints"))
             .map_err(setup_err("creating the bridge state"))?;
         let lock = fs::OpenOptions::new()
@@ -200,6 +246,7 @@ impl State {
         flock(&lock, Wait::Block).map_err(setup_err("locking the bridge state"))?;
         Ok(State {
             dir: dir.to_path_buf(),
+            net: net.clone(),
             _lock: lock,
         })
     }
@@ -241,40 +288,54 @@ impl State {
     /// Brings the host in line with `endpoints`: bridge, forwarding and rules, or none
     /// of them when no endpoint is left.
     fn apply(&self, endpoints: &[EndpointRecord]) -> Result<(), BridgeError> {
-        let saved_forwarding = self.dir.join("ip_forward.before");
+        // One host setting for all of cabin's bridges: saved by the first to come, put
+        // back by the last to go.
+        let saved_forwarding = Path::new(FORWARDING_SAVED);
+        let bridge = self.net.bridge.as_str();
+        let _turn =
+            lock::lock_path_waiting(&saved_forwarding.with_extension("lock"), Mode::Exclusive)
+                .map_err(setup_err("locking the forwarding setting"))?;
         if endpoints.is_empty() {
-            let _ = host_command("nft", &["delete", "table", "ip", TABLE], None);
-            let _ = host_command("ip", &["link", "del", BRIDGE], None);
-            if let Ok(before) = fs::read_to_string(&saved_forwarding) {
+            let _ = host_command("nft", &["delete", "table", "ip", &self.net.table], None);
+            let _ = host_command("ip", &["link", "del", bridge], None);
+            let others = fs::read_dir("/sys/class/net")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n == BRIDGE || n.starts_with(crate::networks::BRIDGE_PREFIX)
+                });
+            if others {
+                return Ok(());
+            }
+            if let Ok(before) = fs::read_to_string(saved_forwarding) {
                 let _ = fs::write(sysctl_path("net.ipv4.ip_forward"), before.trim());
-                let _ = fs::remove_file(&saved_forwarding);
+                let _ = fs::remove_file(saved_forwarding);
             }
             return Ok(());
         }
-        if !Path::new("/sys/class/net").join(BRIDGE).exists() {
-            host_command("ip", &["link", "add", BRIDGE, "type", "bridge"], None)?;
-            host_command(
-                "ip",
-                &["addr", "add", &format!("{GATEWAY}/{PREFIX}"), "dev", BRIDGE],
-                None,
-            )?;
-            host_command("ip", &["link", "set", BRIDGE, "up"], None)?;
+        if !Path::new("/sys/class/net").join(bridge).exists() {
+            host_command("ip", &["link", "add", bridge, "type", "bridge"], None)?;
+            let gateway = format!("{}/{PREFIX}", self.net.gateway());
+            host_command("ip", &["addr", "add", &gateway, "dev", bridge], None)?;
+            host_command("ip", &["link", "set", bridge, "up"], None)?;
         }
         if !saved_forwarding.exists() {
             let before = fs::read_to_string(sysctl_path("net.ipv4.ip_forward"))
                 .map_err(setup_err("reading net.ipv4.ip_forward"))?;
-            fs::write(&saved_forwarding, before).map_err(setup_err("saving ip_forward"))?;
+            fs::write(saved_forwarding, before).map_err(setup_err("saving ip_forward"))?;
         }
         fs::write(sysctl_path("net.ipv4.ip_forward"), "1")
             .map_err(setup_err("enabling IPv4 forwarding"))?;
         // Published ports on 127.0.0.1 reach the containers through DNAT, which routes
         // packets from the loopback address out of the bridge.
         fs::write(
-            sysctl_path(&format!("net.ipv4.conf.{BRIDGE}.route_localnet")),
+            sysctl_path(&format!("net.ipv4.conf.{bridge}.route_localnet")),
             "1",
         )
         .map_err(setup_err("enabling route_localnet on the bridge"))?;
-        host_command("nft", &["-f", "-"], Some(&ruleset(endpoints)))
+        host_command("nft", &["-f", "-"], Some(&ruleset(&self.net, endpoints)))
     }
 }
 
@@ -298,7 +359,7 @@ pub fn host_bridge(name: Option<&str>) -> Result<String, BridgeError> {
                 .map_err(setup_err("listing the host's interfaces"))?
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != BRIDGE && is_bridge(n))
+                .filter(|n| n != BRIDGE && !n.starts_with(crate::networks::BRIDGE_PREFIX) && is_bridge(n))
                 .collect();
             names.sort();
             names.into_iter().next().ok_or_else(|| {
@@ -331,17 +392,19 @@ pub fn tap_on_host_bridge(
     Ok((fd, tap))
 }
 
-/// Joins the bridge: an address, a tap device on the bridge, the published ports.
+/// Joins the default bridge: an address, a tap device on the bridge, the published
+/// ports.
 pub fn attach(
     container_id: &str,
     names: Vec<String>,
     ports: &[PortForward],
 ) -> Result<Endpoint, BridgeError> {
-    attach_in(Path::new(STATE_DIR), container_id, names, ports)
+    attach_to(&Net::default_bridge(), container_id, names, ports)
 }
 
-fn attach_in(
-    dir: &Path,
+/// Joins the bridge network `net`.
+pub fn attach_to(
+    net: &Net,
     container_id: &str,
     names: Vec<String>,
     ports: &[PortForward],
@@ -351,14 +414,17 @@ fn attach_in(
         return Err(BridgeError::NotRoot);
     }
     let reservations = ports::reserve_ports(ports)?;
-    let state = State::lock(dir)?;
+    let state = State::lock(net)?;
+    let dir = &net.state;
     let mut live = state.live_endpoints();
     let ip = (2..255u8)
-        .map(|n| Ipv4Addr::new(10, 89, 0, n))
+        .map(|n| net.host(n))
         .find(|ip| live.iter().all(|e| e.ip != *ip))
         .ok_or_else(|| {
             BridgeError::Setup(format!(
-                "no free address left on {BRIDGE} ({SUBNET}/{PREFIX}): stop some bridged containers"
+                "no free address left on {} ({}): stop some of its containers",
+                net.bridge,
+                net.cidr()
             ))
         })?;
     let (tap_fd, tap) = tap::open_tap(&format!(
@@ -402,9 +468,13 @@ fn attach_in(
         });
     }
     live.push(record.clone());
-    let applied = state
-        .apply(&live)
-        .and_then(|()| host_command("ip", &["link", "set", &tap, "master", BRIDGE, "up"], None));
+    let applied = state.apply(&live).and_then(|()| {
+        host_command(
+            "ip",
+            &["link", "set", &tap, "master", &net.bridge, "up"],
+            None,
+        )
+    });
     if let Err(e) = applied {
         drop(held);
         let _ = fs::remove_file(&path);
@@ -417,7 +487,7 @@ fn attach_in(
         tap: std::sync::Arc::new(tap_fd),
         _held: held,
         _ports: reservations,
-        state: dir.to_path_buf(),
+        net: net.clone(),
     })
 }
 
@@ -427,14 +497,19 @@ impl Endpoint {
         cabin_proto::v1::NetworkConfig {
             mac: self.record.mac.clone(),
             address: format!("{}/{PREFIX}", self.record.ip),
-            gateway: GATEWAY.to_string(),
+            gateway: self.net.gateway().to_string(),
             dns: host_dns(),
         }
     }
 
     /// The other containers on the bridge, for /etc/hosts.
     pub fn peers(&self) -> Vec<cabin_proto::v1::HostEntry> {
-        peers_in(&self.state, &self.record.container_id)
+        peers_in(&self.net.state, &self.record.container_id)
+    }
+
+    /// The network it is on.
+    pub fn net(&self) -> &Net {
+        &self.net
     }
 }
 
@@ -447,7 +522,7 @@ pub struct PeerWatch {
 impl PeerWatch {
     pub fn new(ep: &Endpoint) -> PeerWatch {
         PeerWatch {
-            dir: ep.state.clone(),
+            dir: ep.net.state.clone(),
             me: ep.record.container_id.clone(),
         }
     }
@@ -491,11 +566,12 @@ fn peers_in(dir: &Path, me: &str) -> Vec<cabin_proto::v1::HostEntry> {
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
-        let Ok(state) = State::lock(&self.state) else {
+        let Ok(state) = State::lock(&self.net) else {
             return;
         };
         let _ = fs::remove_file(
-            self.state
+            self.net
+                .state
                 .join("endpoints")
                 .join(format!("{}.json", self.record.ip)),
         );
@@ -517,15 +593,51 @@ impl Drop for Endpoint {
 /// is no bridge; changes nothing while every endpoint is alive.
 pub fn reconcile() -> Result<(), BridgeError> {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || !Path::new("/sys/class/net").join(BRIDGE).exists() {
+    if unsafe { libc::geteuid() } != 0 {
         return Ok(());
     }
-    let state = State::lock(Path::new(STATE_DIR))?;
+    reconcile_net(&Net::default_bridge())?;
+    for net in crate::networks::live_nets() {
+        reconcile_net(&net)?;
+    }
+    Ok(())
+}
+
+fn reconcile_net(net: &Net) -> Result<(), BridgeError> {
+    if !Path::new("/sys/class/net").join(&net.bridge).exists() {
+        return Ok(());
+    }
+    let state = State::lock(net)?;
     let (live, removed) = state.sweep();
     if removed || live.is_empty() {
         state.apply(&live)?;
     }
     Ok(())
+}
+
+/// The /24 of the endpoints recorded in `state` (a network's state directory).
+pub(crate) fn endpoints_subnet(state: &Path) -> Option<Ipv4Addr> {
+    fs::read_dir(state.join("endpoints"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| fs::read(e.path()).ok())
+        .filter_map(|b| serde_json::from_slice::<EndpointRecord>(&b).ok())
+        .map(|r| {
+            let o = r.ip.octets();
+            Ipv4Addr::new(o[0], o[1], o[2], 0)
+        })
+        .next()
+}
+
+/// The endpoints alive on `net` now (the containers attached to it).
+pub fn endpoints(net: &Net) -> Vec<EndpointRecord> {
+    if !net.state.join("endpoints").is_dir() {
+        return Vec::new();
+    }
+    match State::lock(net) {
+        Ok(state) => state.live_endpoints(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// The published port descriptions of a record, docker style.
@@ -564,7 +676,7 @@ mod tests {
                 ("udp".into(), Ipv4Addr::UNSPECIFIED, 5353, 53),
             ],
         };
-        let r = ruleset(std::slice::from_ref(&e));
+        let r = ruleset(&Net::default_bridge(), std::slice::from_ref(&e));
         assert!(r.starts_with("table ip cabin\ndelete table ip cabin\n"));
         assert!(r.contains("ip daddr 127.0.0.1 tcp dport 8080 dnat to 10.89.0.2:80"));
         assert!(r.contains("fib daddr type local udp dport 5353 dnat to 10.89.0.2:53"));
@@ -576,7 +688,11 @@ mod tests {
     #[test]
     fn dead_owners_endpoints_are_dropped_and_peers_listed() {
         let t = tempfile::tempdir().unwrap();
-        let state = State::lock(t.path()).unwrap();
+        let net = Net {
+            state: t.path().to_path_buf(),
+            ..Net::default_bridge()
+        };
+        let state = State::lock(&net).unwrap();
         let rec = |n: u8| EndpointRecord {
             container_id: format!("{n:032}"),
             names: vec![format!("c{n}")],

@@ -5,12 +5,14 @@
 //! - [`tap`]: tap devices.
 //! - [`bridge`]: the host bridge `cabin0`, its addresses, NAT and published ports
 //!   (nftables), and peers' names.
+//! - [`networks`]: user-defined networks, each a bridge of its own.
 //! - [`dhcp`]: a DHCP server that answers one VM on its tap, or watches a LAN's
 //!   server answer it.
 
 pub mod bridge;
 pub mod dhcp;
 pub mod mode;
+pub mod networks;
 pub mod ports;
 pub mod tap;
 

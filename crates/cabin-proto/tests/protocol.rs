@@ -85,6 +85,9 @@ impl Agent for Echo {
     async fn stats(&self, _: Request<ContainerRef>) -> Result<Response<ContainerStats>, Status> {
         unused()
     }
+    async fn processes(&self, _: Request<ContainerRef>) -> Result<Response<ProcessList>, Status> {
+        unused()
+    }
     async fn set_hosts(&self, _: Request<SetHostsRequest>) -> Result<Response<Empty>, Status> {
         unused()
     }
