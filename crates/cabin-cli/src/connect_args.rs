@@ -1,6 +1,7 @@
 //! Options that connect a container to the outside: its network, published ports and
 //! mounts (shared by `cabin run` and `cabin create`).
 
+use cabin_containers::spec::UserNetwork;
 use cabin_containers::volumes;
 use cabin_containers::ContainerSpec;
 use cabin_net::{ports, NetworkMode};
@@ -11,9 +12,13 @@ use crate::report::Failure;
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
     /// Network: user (default; no privileges, QEMU's user-mode stack), bridge (root:
-    /// an address per container on the host bridge cabin0, reachable by name) or none.
-    #[arg(long, value_name = "MODE", default_value = "user")]
+    /// an address per container on the host bridge cabin0, reachable by name), none,
+    /// or the name of a network made with `cabin network create` (root).
+    #[arg(long, value_name = "MODE|NAME", default_value = "user")]
     pub network: String,
+    /// Another name the container's peers on its user-defined network may call it.
+    #[arg(long = "network-alias", value_name = "ALIAS")]
+    pub network_aliases: Vec<String>,
     /// Publish a container port on the host: [HOSTIP:][HOSTPORT:]CTRPORT[/tcp|/udp]
     /// (HOSTIP defaults to 127.0.0.1; without HOSTPORT, any free port, shown by inspect).
     #[arg(short = 'p', long = "publish", value_name = "PORTS")]
@@ -32,7 +37,26 @@ pub struct ConnectArgs {
 
 impl ConnectArgs {
     pub fn apply(&self, c: &mut ContainerSpec) -> Result<(), Failure> {
-        c.network = self.network.parse::<NetworkMode>()?;
+        match self.network.parse::<NetworkMode>() {
+            Ok(mode) => {
+                if !self.network_aliases.is_empty() {
+                    return Err(Failure::new(
+                        "--network-alias needs a user-defined network (cabin network create)",
+                    ));
+                }
+                c.network = mode;
+            }
+            // A network's name (whether it exists is checked when the container is
+            // made or started).
+            Err(_) if cabin_containers::store::valid_name(&self.network) => {
+                c.network = NetworkMode::Bridge;
+                c.user_network = Some(UserNetwork {
+                    name: self.network.clone(),
+                    aliases: self.network_aliases.clone(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
         c.publish = self
             .publish
             .iter()

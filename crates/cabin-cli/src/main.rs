@@ -5,6 +5,7 @@ mod containers_cmd;
 mod cp_cmd;
 mod image_cmd;
 mod machine_args;
+mod network_cmd;
 mod prepare;
 mod process_args;
 mod progress;
@@ -125,6 +126,11 @@ enum Command {
         #[command(subcommand)]
         command: volume_cmd::VolumeCommand,
     },
+    /// Manage user-defined networks.
+    Network {
+        #[command(subcommand)]
+        command: network_cmd::NetworkCommand,
+    },
     /// Host-wide information and maintenance.
     System {
         #[command(subcommand)]
@@ -222,6 +228,7 @@ async fn dispatch(host: &Host, command: Command, started: Instant) -> i32 {
             command: ContainerCommand::Prune,
         } => finish(Admin, containers_cmd::prune(host).await),
         Command::Volume { command } => finish(Admin, volume_cmd::run(host, command).await),
+        Command::Network { command } => finish(Admin, network_cmd::run(host, command).await),
         Command::Image { command } => image_cmd::run(host, command).await,
         Command::Login {
             registry,

@@ -81,6 +81,7 @@ plain_failures!(
     cabin_containers::volumes::MountSpecError,
     cabin_net::ports::PublishError,
     cabin_net::mode::NetworkModeError,
+    cabin_net::networks::NetworkError,
     cabin_base::sizes::SizeError,
     cabin_base::time::DurationError,
     cabin_machines::store::VmError,

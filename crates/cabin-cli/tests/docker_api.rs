@@ -965,3 +965,231 @@ fn top_rename_and_restart_policies_that_outlive_a_killed_service() {
         "created\n"
     );
 }
+
+#[test]
+fn user_networks_let_containers_find_each_other_by_name_and_alias() {
+    let s = Server::start("net");
+    let id = s.docker_ok(&["network", "create", "--label", "k=v", "n1"]);
+    assert_eq!(id.trim().len(), 32);
+    assert_eq!(
+        s.docker_ok(&[
+            "network",
+            "ls",
+            "--filter",
+            "label=k=v",
+            "--format",
+            "{{.Name}}"
+        ]),
+        "n1\n"
+    );
+    let subnet = s.docker_ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{range .IPAM.Config}}{{.Subnet}}{{end}}",
+        "n1",
+    ]);
+    assert!(
+        subnet.starts_with("10.89.") && subnet.trim().ends_with(".0/24"),
+        "{subnet}"
+    );
+    for (args, says) in [
+        (&["network", "create", "n1"][..], "already exists"),
+        (&["network", "create", "host"][..], "network mode"),
+        (
+            &["network", "create", "-d", "overlay", "ov"][..],
+            "driver bridge",
+        ),
+        (&["network", "rm", "bridge"][..], "pre-defined"),
+        (
+            &["run", "--rm", "--network", "nowhere", "local/bb", "true"][..],
+            "network nowhere not found",
+        ),
+    ] {
+        let o = s.docker(args);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+    let a = s.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "a",
+        "--network",
+        "n1",
+        "--network-alias",
+        "web",
+        "local/bb",
+        "sleep",
+        "1000",
+    ]);
+    let a = a.trim();
+    // Another container on n1 reaches `a` by name, alias and short ID; a container on
+    // the default network cannot.
+    let o = s.docker_ok(&[
+        "run", "--rm", "--network", "n1", "local/bb", "sh", "-c",
+        &format!("ping -c1 -W5 a >/dev/null && ping -c1 -W5 web >/dev/null && ping -c1 -W5 {} >/dev/null && echo reached", &a[..12]),
+    ]);
+    assert_eq!(o, "reached\n");
+    let o = s.docker(&["run", "--rm", "local/bb", "ping", "-c1", "-W2", "web"]);
+    assert!(!o.status.success());
+    // The same network from cabin's own CLI: one namespace.
+    let cabin = |args: &[&str]| cabin_in(&s.data()).args(args).output().unwrap();
+    assert_eq!(
+        stdout(&cabin(&["network", "ls", "-q"])),
+        "n1
+"
+    );
+    let o = cabin(&[
+        "run",
+        "--rm",
+        "--network",
+        "n1",
+        "local/bb",
+        "ping",
+        "-c1",
+        "-W5",
+        "web",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cabin(&["network", "rm", "n1"]);
+    assert!(
+        stderr(&o).contains("has containers attached (a)"),
+        "{}",
+        stderr(&o)
+    );
+    // Seen from the network and from the container.
+    let members = s.docker_ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{range $id, $c := .Containers}}{{$id}} {{$c.Name}}{{end}}",
+        "n1",
+    ]);
+    assert_eq!(members, format!("{a} a\n"));
+    let aliases = s.docker_ok(&[
+        "inspect", "-f", "{{.HostConfig.NetworkMode}} {{range .NetworkSettings.Networks}}{{.Aliases}} {{.Gateway}}{{end}}", "a",
+    ]);
+    assert!(
+        aliases.starts_with(&format!("n1 [web {}] 10.89.", &a[..12])),
+        "{aliases}"
+    );
+    let o = s.docker(&["network", "rm", "n1"]);
+    assert!(
+        stderr(&o).contains("has containers attached (a)"),
+        "{}",
+        stderr(&o)
+    );
+    // A container that is not running is moved between networks for its next start.
+    s.docker_ok(&[
+        "create", "--name", "b", "local/bb", "ping", "-c1", "-W5", "a",
+    ]);
+    s.docker_ok(&["network", "connect", "--alias", "bee", "n1", "b"]);
+    let o = s.docker(&["start", "-a", "b"]);
+    assert!(
+        o.status.success() && stdout(&o).contains("1 packets received"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let o = s.docker(&["network", "connect", "n1", "a"]);
+    assert!(stderr(&o).contains("is running"), "{}", stderr(&o));
+    s.docker_ok(&["network", "disconnect", "n1", "b"]);
+    assert_eq!(
+        s.docker_ok(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", "b"]),
+        "default\n"
+    );
+    s.docker_ok(&["rm", "-f", "a", "b"]);
+    s.docker_ok(&["network", "create", "unused"]);
+    assert_eq!(
+        s.docker_ok(&["network", "prune", "-f"]),
+        "Deleted Networks:\nn1\nunused\n\n"
+    );
+    assert_eq!(
+        s.docker_ok(&["network", "ls", "--format", "{{.Name}}"]),
+        "bridge\nnone\n"
+    );
+}
+
+#[test]
+fn docker_compose_runs_a_project_whose_services_reach_each_other_by_name() {
+    let s = Server::start("compose");
+    let project = s.dir.join("proj");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(
+        project.join("docker-compose.yml"),
+        r#"version: "3.8"
+services:
+  db:
+    image: local/bb
+    command: ["sh", "-c", "mkdir -p /www && echo hello-from-db > /www/index.html && echo db ready && httpd -f -p 8080 -h /www"]
+  web:
+    image: local/bb
+    command: ["sh", "-c", "echo web up; sleep 1000"]
+    depends_on: [db]
+    volumes:
+      - data:/data
+volumes:
+  data: {}
+"#,
+    )
+    .unwrap();
+    let compose = |args: &[&str]| {
+        let o = Command::new("docker-compose")
+            .current_dir(&project)
+            .env("DOCKER_HOST", format!("unix://{}", s.socket.display()))
+            .env("DOCKER_CONFIG", s.dir.join("docker-config"))
+            .args(["--no-ansi", "-p", "proj"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("docker-compose (Debian's docker-compose package) runs");
+        assert!(
+            o.status.success(),
+            "docker-compose {args:?}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        stdout(&o)
+    };
+    compose(&["up", "-d"]);
+    let ps = compose(&["ps"]);
+    for name in ["proj_db_1", "proj_web_1"] {
+        assert!(
+            ps.lines().filter(|l| l.starts_with(name)).count() == 1
+                && ps.lines().any(|l| l.starts_with(name) && l.contains(" Up")),
+            "{ps}"
+        );
+    }
+    // web reaches db by its service name, on the project's network.
+    eventually("db to answer web", || {
+        let o = Command::new("docker-compose")
+            .current_dir(&project)
+            .env("DOCKER_HOST", format!("unix://{}", s.socket.display()))
+            .args([
+                "--no-ansi",
+                "-p",
+                "proj",
+                "exec",
+                "-T",
+                "web",
+                "wget",
+                "-qO-",
+                "http://db:8080/",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        stdout(&o) == "hello-from-db\n"
+    });
+    assert!(compose(&["logs", "--no-color", "db"]).contains("db ready"));
+    assert!(s
+        .docker_ok(&["network", "ls", "--format", "{{.Name}}"])
+        .contains("proj_default"));
+    compose(&["down", "-v"]);
+    assert_eq!(s.docker_ok(&["ps", "-aq"]), "");
+    assert!(!s
+        .docker_ok(&["network", "ls", "--format", "{{.Name}}"])
+        .contains("proj_default"));
+    assert_eq!(s.docker_ok(&["volume", "ls", "-q"]), "");
+}

@@ -171,15 +171,20 @@ impl Attachments {
                         let networks = Networks::open(paths);
                         let record = networks.get(&u.name)?;
                         networks.claim(&record)?;
-                        // Docker's: its aliases, and the start of its ID.
+                        // Docker's: its aliases too (its hostname is, by default,
+                        // the start of its ID).
                         names.extend(u.aliases.iter().cloned());
-                        names.push(id[..12.min(id.len())].to_string());
                         record.net()
                     }
                 };
                 let mut seen = std::collections::HashSet::new();
                 names.retain(|n| seen.insert(n.clone()));
-                let ep = bridge::attach_to(&net, id, names, &publish)?;
+                let ep = bridge::attach_to(
+                    &net,
+                    cfg.container_id.as_deref().unwrap_or(id),
+                    names,
+                    &publish,
+                )?;
                 devices.nic = Some(NetBackend::Tap(Some(Arc::clone(&ep.tap))));
                 (Some(ep.guest_config()), ep.peers(), Some(ep))
             }

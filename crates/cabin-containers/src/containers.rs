@@ -236,8 +236,13 @@ impl Containers {
             init: spec.init,
             stdin: spec.stdin,
         };
-        let spec = spec.clone();
+        let mut spec = spec.clone();
+        let networks = cabin_net::networks::Networks::open(&self.host.paths);
         self.blocking(move |s| {
+            // The network must be there; its name is kept as recorded (given by ID).
+            if let Some(u) = spec.user_network.as_mut() {
+                u.name = networks.get(&u.name)?.name;
+            }
             let record = s.create(record, opts.name.as_deref())?;
             if let Err(e) = spec::write(&s.container_dir(&record.id), &record.id, &spec) {
                 let _ = s.remove(&record.id);
@@ -332,6 +337,28 @@ impl Containers {
                     network,
                 },
             )),
+        })
+        .await
+    }
+
+    /// Removes the user-defined networks no container is attached to or set to join;
+    /// their names.
+    pub async fn prune_networks(&self) -> Result<Vec<String>, ContainerError> {
+        let networks = cabin_net::networks::Networks::open(&self.host.paths);
+        self.blocking(move |s| {
+            let mut wanted = Vec::new();
+            for id in s.ids()? {
+                if let Ok(spec) = spec::read(&s.container_dir(&id), &id) {
+                    wanted.extend(spec.user_network.map(|u| u.name));
+                }
+            }
+            let mut removed = Vec::new();
+            for r in networks.list() {
+                if !wanted.contains(&r.name) && networks.remove(&r.id).is_ok() {
+                    removed.push(r.name);
+                }
+            }
+            Ok(removed)
         })
         .await
     }

@@ -174,6 +174,9 @@ pub struct ContainerSpec {
     /// The container's name, for its peers on a bridge network (its record has it).
     #[serde(skip)]
     pub name: Option<String>,
+    /// The container's ID in the store, for its network endpoint (its record has it).
+    #[serde(skip)]
+    pub container_id: Option<String>,
     /// Keep the container's writable layer in this file from one start to the next
     /// (containers in the store); None: a layer that dies with the VM.
     #[serde(skip)]
@@ -209,6 +212,7 @@ impl ContainerSpec {
             restart: RestartPolicy::No,
             tty_size: None,
             name: None,
+            container_id: None,
             layer: None,
         }
     }

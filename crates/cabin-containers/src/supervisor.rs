@@ -177,6 +177,7 @@ fn running_spec(
         .get_or_insert_with(|| id[..12.min(id.len())].to_string());
     spec.layer = Some(dir.join(LAYER_FILE));
     spec.name = Some(name.to_string());
+    spec.container_id = Some(id.to_string());
     spec
 }
 

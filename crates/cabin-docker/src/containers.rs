@@ -11,7 +11,7 @@ use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cabin_base::time::{now_unix, rfc3339};
-use cabin_containers::containers::{LogOptions, Started, WaitFor};
+use cabin_containers::containers::{ContainerError, LogOptions, Started, WaitFor};
 use cabin_containers::control::{Process, Stats};
 use cabin_containers::process::signal_number;
 use cabin_containers::spec::RestartPolicy;
@@ -27,7 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::app::App;
 use crate::create::{spec_of, CreateBody};
 use crate::error::{json, ApiError};
-use crate::request::{body, filters, Query};
+use crate::request::{body, filters, labels_match, Query};
 use crate::stream::{Framing, Hijack, Out, Writer};
 
 /// Docker's default stop timeout.
@@ -54,9 +54,11 @@ fn matches_filters(r: &Record, f: &BTreeMap<String, Vec<String>>) -> Result<bool
             "status" => any(&|v| v == state_name(&r.status)),
             "name" => any(&|v| r.name.contains(v.trim_start_matches('/'))),
             "id" => any(&|v| r.id.starts_with(v)),
-            "label" => any(&|v| match v.split_once('=') {
-                Some((k, val)) => r.labels.iter().any(|(lk, lv)| lk == k && lv == val),
-                None => r.labels.iter().any(|(lk, _)| lk == v),
+            "label" => labels_match(values, |k| {
+                r.labels
+                    .iter()
+                    .find(|(lk, _)| lk == k)
+                    .map(|(_, v)| v.as_str())
             }),
             "ancestor" => any(&|v| r.root == v),
             other => {
@@ -72,8 +74,6 @@ fn matches_filters(r: &Record, f: &BTreeMap<String, Vec<String>>) -> Result<bool
     Ok(true)
 }
 
-/// Docker's `HostConfig.NetworkMode` for cabin's network modes: the default (user-mode
-/// NAT, ports published on the host) is Docker's `default`.
 /// A container's network as Docker shows it.
 struct NetView<'a> {
     mode: NetworkMode,
@@ -190,16 +190,6 @@ pub fn summary(r: &Record, now: u64) -> Value {
 pub async fn create(app: &Arc<App>, q: &Query, req: Request) -> Result<Response, ApiError> {
     let b: CreateBody = body(req).await?;
     let (spec, opts) = spec_of(&b, q.get("name"), app.accel)?;
-    let mut spec = spec;
-    if let Some(u) = spec.user_network.as_mut() {
-        // The network must be there (its name as recorded, when given by ID).
-        let networks = cabin_net::networks::Networks::open(&app.host.paths);
-        let wanted = u.name.clone();
-        u.name = tokio::task::spawn_blocking(move || networks.get(&wanted))
-            .await
-            .map_err(ApiError::internal)??
-            .name;
-    }
     if let RootSource::Image(name) = &spec.root {
         let store_dir = app.host.paths.image_store();
         let name = name.clone();
@@ -210,7 +200,16 @@ pub async fn create(app: &Arc<App>, q: &Query, req: Request) -> Result<Response,
         .await
         .map_err(ApiError::internal)??;
     }
-    let record = app.containers.create(&spec, opts).await?;
+    // A missing network is a bad request, not a 404: the CLI would take that for a
+    // missing image and pull it.
+    let record = app
+        .containers
+        .create(&spec, opts)
+        .await
+        .map_err(|e| match e {
+            ContainerError::Network(n) => ApiError::bad_request(n.to_string()),
+            e => e.into(),
+        })?;
     Ok(json(
         StatusCode::CREATED,
         &json!({"Id": record.id, "Warnings": []}),

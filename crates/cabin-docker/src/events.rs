@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::request::{filters, Query};
+use crate::request::{filters, labels_match, Query};
 
 /// Events kept for clients that ask for the past (`since`).
 const KEPT: usize = 1024;
@@ -138,6 +138,9 @@ fn wanted(v: &Value, f: &std::collections::BTreeMap<String, Vec<String>>) -> boo
     let s = |k: &str| v[k].as_str().unwrap_or("");
     let attr = |k: &str| v["Actor"]["Attributes"][k].as_str().unwrap_or("");
     f.iter().all(|(key, values)| {
+        if key == "label" {
+            return labels_match(values, |k| v["Actor"]["Attributes"][k].as_str());
+        }
         values.iter().any(|want| match key.as_str() {
             "type" => s("Type") == want,
             "event" => s("Action") == want,
@@ -146,10 +149,6 @@ fn wanted(v: &Value, f: &std::collections::BTreeMap<String, Vec<String>>) -> boo
                     && (s("id").starts_with(want.as_str()) || attr("name") == want)
             }
             "image" => attr("image") == want || (s("Type") == "image" && s("id") == want),
-            "label" => match want.split_once('=') {
-                Some((k, val)) => attr(k) == val,
-                None => !v["Actor"]["Attributes"][want.as_str()].is_null(),
-            },
             _ => true,
         })
     })

@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 use crate::app::App;
 use crate::create::EndpointConfig;
 use crate::error::{json, ApiError};
-use crate::request::{body, filters, Query};
+use crate::request::{body, filters, labels_match, Query};
 
 /// The networks every host has, as (name, ID).
 const BUILTIN: [(&str, &str); 2] = [
@@ -118,16 +118,15 @@ fn record_json(r: &NetworkRecord, with_containers: bool) -> Value {
 fn wanted(v: &Value, f: &BTreeMap<String, Vec<String>>, builtin: bool) -> bool {
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
     f.iter().all(|(key, values)| {
+        if key == "label" {
+            return labels_match(values, |k| v["Labels"][k].as_str());
+        }
         values.iter().any(|want| match key.as_str() {
             "name" => s("Name").contains(want.as_str()),
             "id" => s("Id").starts_with(want.as_str()),
             "driver" => s("Driver") == *want,
             "scope" => want == "local",
             "type" => (want == "builtin") == builtin,
-            "label" => match want.split_once('=') {
-                Some((k, val)) => v["Labels"][k].as_str() == Some(val),
-                None => !v["Labels"][want.as_str()].is_null(),
-            },
             _ => false,
         })
     })
@@ -264,24 +263,7 @@ pub async fn remove(app: &Arc<App>, name: &str) -> Result<Response, ApiError> {
 /// `POST /networks/prune`: removes the user-defined networks no container is attached
 /// to and no container is set to join.
 pub async fn prune(app: &Arc<App>) -> Result<Response, ApiError> {
-    let (records, _) = app.containers.list().await?;
-    let mut wanted = Vec::new();
-    for r in &records {
-        if let Ok(spec) = app.containers.spec(&r.id).await {
-            wanted.extend(spec.user_network.map(|u| u.name));
-        }
-    }
-    let networks = Networks::open(&app.host.paths);
-    let removed = blocking(move || {
-        let mut removed = Vec::new();
-        for r in networks.list() {
-            if !wanted.contains(&r.name) && networks.remove(&r.id).is_ok() {
-                removed.push(r.name);
-            }
-        }
-        Ok(removed)
-    })
-    .await?;
+    let removed = app.containers.prune_networks().await?;
     Ok(json(StatusCode::OK, &json!({"NetworksDeleted": removed})))
 }
 

@@ -85,3 +85,29 @@ pub fn filters(q: &Query) -> Result<BTreeMap<String, Vec<String>>, ApiError> {
     }
     Ok(out)
 }
+
+/// Docker's `label` filter: every value given (`KEY` or `KEY=VALUE`) must hold (unlike
+/// the other filters, whose values are alternatives); `get` looks a label up.
+pub fn labels_match<'a>(values: &[String], get: impl Fn(&str) -> Option<&'a str>) -> bool {
+    values.iter().all(|want| match want.split_once('=') {
+        Some((k, v)) => get(k) == Some(v),
+        None => get(want).is_some(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_label_filter_must_hold() {
+        let labels = [("project", "p"), ("service", "web")];
+        let get = |k: &str| labels.iter().find(|(lk, _)| *lk == k).map(|(_, v)| *v);
+        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(labels_match(&f(&["project=p", "service=web"]), get));
+        assert!(labels_match(&f(&["project", "service=web"]), get));
+        assert!(!labels_match(&f(&["project=p", "service=db"]), get));
+        assert!(!labels_match(&f(&["other"]), get));
+        assert!(labels_match(&f(&[]), get));
+    }
+}
