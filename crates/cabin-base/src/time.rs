@@ -85,9 +85,52 @@ pub fn parse_duration(s: &str) -> Result<u64, DurationError> {
 #[error("invalid duration {0:?}: use a number of seconds, or one with s, m, h or d (e.g. 10m)")]
 pub struct DurationError(pub String);
 
+/// A duration as docker's `--health-interval` and friends take it (Go's form): one or
+/// more numbers, perhaps with a fraction, each with its unit (ms, s, m, h), as `500ms`,
+/// `1.5s` or `1m30s`.
+pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, DurationError> {
+    let bad = || DurationError(s.to_string());
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let n_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let n: f64 = rest[..n_end].parse().map_err(|_| bad())?;
+        let after = &rest[n_end..];
+        let u_end = after
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let unit = match &after[..u_end] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += n * unit;
+        rest = &after[u_end..];
+    }
+    std::time::Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_durations_parse_with_their_units() {
+        use std::time::Duration;
+        assert_eq!(parse_go_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_go_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_go_duration("1m30s"), Ok(Duration::from_secs(90)));
+        for bad in ["", "5", "1x", "s", "1.2.3s"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn times_read_back_as_they_were_written() {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cabin_containers::containers::CreateOptions;
+use cabin_containers::health::{HealthCheck, HealthTest};
 use cabin_containers::process::{Output, Stream};
 use cabin_containers::spec::{RestartPolicy, Rlimit};
 use cabin_containers::{ContainerSpec, ContainerVm, Containers, Host, RootSource};
@@ -52,6 +53,25 @@ pub struct RunArgs {
     pub machine: MachineArgs,
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// A command that tells whether the container is healthy (run with /bin/sh -c in it
+    /// every --health-interval; exit 0 is healthy); replaces the image's HEALTHCHECK.
+    #[arg(long, value_name = "COMMAND")]
+    health_cmd: Option<String>,
+    /// Time between health checks (e.g. 30s, 500ms).
+    #[arg(long, value_name = "DURATION")]
+    health_interval: Option<String>,
+    /// Longest a health check may take.
+    #[arg(long, value_name = "DURATION")]
+    health_timeout: Option<String>,
+    /// Failures in a row that make the container unhealthy.
+    #[arg(long, value_name = "N")]
+    health_retries: Option<u32>,
+    /// Time after the start when failures do not count yet.
+    #[arg(long, value_name = "DURATION")]
+    health_start_period: Option<String>,
+    /// Turn off the image's HEALTHCHECK.
+    #[arg(long, conflicts_with = "health_cmd")]
+    no_healthcheck: bool,
     /// Largest number of processes in the container.
     #[arg(long, value_name = "N")]
     pids_limit: Option<u64>,
@@ -185,6 +205,7 @@ pub fn spec(args: &RunArgs, announce_tcg: bool) -> Result<ContainerSpec, Failure
     }
     c.boot_timeout = Duration::from_secs(args.boot_timeout.max(1));
     c.restart = args.restart.parse::<RestartPolicy>()?;
+    c.healthcheck = healthcheck(args)?;
     if c.tty {
         c.tty_size = Some(terminal::size_or_default());
     }
@@ -219,6 +240,44 @@ fn refuse_kept_terminal(spec: &ContainerSpec) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The health check the flags ask for (None: the image's).
+fn healthcheck(args: &RunArgs) -> Result<Option<HealthCheck>, Failure> {
+    if args.no_healthcheck {
+        return Ok(Some(HealthCheck::new(HealthTest::Exec(
+            vec!["NONE".into()],
+        ))));
+    }
+    let timing = args.health_interval.is_some()
+        || args.health_timeout.is_some()
+        || args.health_retries.is_some()
+        || args.health_start_period.is_some();
+    let Some(cmd) = &args.health_cmd else {
+        if timing {
+            return Err("--health-interval, --health-timeout, --health-retries and --health-start-period need --health-cmd".into());
+        }
+        return Ok(None);
+    };
+    let mut c = HealthCheck::new(HealthTest::Shell(cmd.clone()));
+    let duration = |v: &Option<String>| {
+        v.as_deref()
+            .map(cabin_base::time::parse_go_duration)
+            .transpose()
+    };
+    if let Some(d) = duration(&args.health_interval)? {
+        c.interval = d.max(Duration::from_millis(1));
+    }
+    if let Some(d) = duration(&args.health_timeout)? {
+        c.timeout = d.max(Duration::from_millis(1));
+    }
+    if let Some(d) = duration(&args.health_start_period)? {
+        c.start_period = d;
+    }
+    if let Some(n) = args.health_retries {
+        c.retries = n.max(1);
+    }
+    Ok(Some(c))
+}
+
 /// `cabin create`: records the container with the options of `cabin run`; prints its ID.
 pub async fn create(host: &Host, args: RunArgs) -> Result<i32, Failure> {
     let spec = spec(&args, true)?;
@@ -239,9 +298,13 @@ pub async fn run(host: &Host, args: RunArgs, started: Instant) -> Result<i32, Fa
         let record = containers.create(&cfg, create_options(&args)?).await?;
         return report::started(&record.id, containers.start(&record.id).await?);
     }
-    if args.name.is_some() || args.restart != "no" || !args.labels.is_empty() {
+    if args.name.is_some()
+        || args.restart != "no"
+        || !args.labels.is_empty()
+        || args.health_cmd.is_some()
+    {
         return Err(
-            "--name, --restart and --label need -d: containers run in the foreground are not kept"
+            "--name, --restart, --label and --health-cmd need -d: containers run in the foreground are not kept"
                 .into(),
         );
     }

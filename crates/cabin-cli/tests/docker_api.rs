@@ -1118,15 +1118,21 @@ fn docker_compose_runs_a_project_whose_services_reach_each_other_by_name() {
     std::fs::create_dir_all(&project).unwrap();
     std::fs::write(
         project.join("docker-compose.yml"),
-        r#"version: "3.8"
+        r#"version: "2.4"
 services:
   db:
     image: local/bb
     command: ["sh", "-c", "mkdir -p /www && echo hello-from-db > /www/index.html && echo db ready && httpd -f -p 8080 -h /www"]
+    healthcheck:
+      test: ["CMD-SHELL", "wget -qO- http://127.0.0.1:8080/ >/dev/null"]
+      interval: 1s
+      retries: 30
   web:
     image: local/bb
     command: ["sh", "-c", "echo web up; sleep 1000"]
-    depends_on: [db]
+    depends_on:
+      db:
+        condition: service_healthy
     volumes:
       - data:/data
 volumes:
@@ -1152,7 +1158,12 @@ volumes:
         );
         stdout(&o)
     };
+    // `up` creates web only once db's health check passes.
     compose(&["up", "-d"]);
+    assert_eq!(
+        s.docker_ok(&["inspect", "-f", "{{.State.Health.Status}}", "proj_db_1"]),
+        "healthy\n"
+    );
     let ps = compose(&["ps"]);
     for name in ["proj_db_1", "proj_web_1"] {
         assert!(
@@ -1192,4 +1203,93 @@ volumes:
         .docker_ok(&["network", "ls", "--format", "{{.Name}}"])
         .contains("proj_default"));
     assert_eq!(s.docker_ok(&["volume", "ls", "-q"]), "");
+}
+
+#[test]
+fn health_checks_run_in_the_container_and_show_in_ps_inspect_and_events() {
+    let s = Server::start("health");
+    let since = cabin_base_now().to_string();
+    s.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "h",
+        "--health-cmd",
+        "test -f /tmp/ok",
+        "--health-interval",
+        "500ms",
+        "--health-retries",
+        "2",
+        "local/bb",
+        "sh",
+        "-c",
+        "sleep 4; touch /tmp/ok; sleep 1000",
+    ]);
+    let status = || s.docker_ok(&["inspect", "-f", "{{.State.Health.Status}}", "h"]);
+    eventually("h to be unhealthy", || status() == "unhealthy\n");
+    assert!(s
+        .docker_ok(&["ps", "--format", "{{.Status}}"])
+        .contains("(unhealthy)"));
+    eventually("h to be healthy", || status() == "healthy\n");
+    assert_eq!(
+        s.docker_ok(&["ps", "--filter", "health=healthy", "--format", "{{.Names}}"]),
+        "h\n"
+    );
+    assert_eq!(
+        s.docker_ok(&["ps", "--filter", "health=unhealthy", "-q"]),
+        ""
+    );
+    let probes = s.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{range .State.Health.Log}}{{.ExitCode}}{{end}} {{json .Config.Healthcheck.Test}}",
+        "h",
+    ]);
+    assert!(probes.contains("10"), "a failure, then a success: {probes}");
+    assert!(
+        probes.ends_with("[\"CMD-SHELL\",\"test -f /tmp/ok\"]\n"),
+        "{probes}"
+    );
+    let until = (cabin_base_now() + 1).to_string();
+    let events = s.docker_ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        "container=h",
+        "--filter",
+        "type=container",
+        "--format",
+        "{{.Action}}",
+    ]);
+    let health: Vec<&str> = events
+        .lines()
+        .filter(|l| l.starts_with("health_status"))
+        .collect();
+    assert_eq!(
+        health,
+        [
+            "health_status: starting",
+            "health_status: unhealthy",
+            "health_status: healthy"
+        ],
+        "{events}"
+    );
+    // Without a check there is no Health; a bad check is refused at create.
+    s.docker_ok(&["create", "--name", "plain", "local/bb", "true"]);
+    assert_eq!(
+        s.docker_ok(&["inspect", "-f", "{{json .State.Health}}", "plain"]),
+        "null\n"
+    );
+    let o = s.docker(&[
+        "create",
+        "--health-cmd",
+        "true",
+        "--health-interval",
+        "1ns",
+        "local/bb",
+    ]);
+    assert!(stderr(&o).contains("at least 1ms"), "{}", stderr(&o));
 }

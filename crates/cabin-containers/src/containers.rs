@@ -559,6 +559,12 @@ impl Containers {
         crate::system::allocated_bytes(&self.store.container_dir(id))
     }
 
+    /// Container `id`'s health as its check last found it (None: it has no check, or
+    /// it never ran).
+    pub fn health(&self, id: &str) -> Option<crate::health::Health> {
+        crate::health::read(&self.store.container_dir(id))
+    }
+
     /// Container `name`'s processes now.
     pub async fn top(&self, name: &str) -> Result<Vec<crate::control::Process>, ContainerError> {
         let record = self.get(name).await?;

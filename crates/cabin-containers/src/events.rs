@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use cabin_base::lock::{self, Mode};
 use serde::{Deserialize, Serialize};
 
+use crate::health::HealthStatus;
 use crate::log::Follower;
 
 /// The live journal is rotated beyond this size.
@@ -31,6 +32,8 @@ pub enum Action {
     /// Its process ended, with this exit code.
     Die(i32),
     Destroy,
+    /// Its health check says this now.
+    Health(HealthStatus),
 }
 
 impl Action {
@@ -41,6 +44,9 @@ impl Action {
             Action::Start => "start",
             Action::Die(_) => "die",
             Action::Destroy => "destroy",
+            Action::Health(HealthStatus::Starting) => "health_status: starting",
+            Action::Health(HealthStatus::Healthy) => "health_status: healthy",
+            Action::Health(HealthStatus::Unhealthy) => "health_status: unhealthy",
         }
     }
 }
@@ -152,6 +158,7 @@ mod tests {
             Action::Start,
             Action::Die(-1),
             Action::Destroy,
+            Action::Health(HealthStatus::Healthy),
         ]
         .into_iter()
         .map(|action| Event { action, ..event(7) })

@@ -19,6 +19,7 @@
 //! - [`snapshot`]: saved idle VMs that containers resume from instead of booting.
 //! - [`events`]: what happens to containers (created, started, died, destroyed), as a
 //!   [`events::Watcher`] sees it from one look at the store to the next.
+//! - [`health`]: health checks, run in the container by its supervisor.
 //! - [`timings`], [`system`].
 
 pub mod agent;
@@ -31,6 +32,7 @@ pub mod copy;
 pub mod error;
 pub mod events;
 pub mod exec;
+pub mod health;
 pub mod log;
 pub mod process;
 pub mod root;

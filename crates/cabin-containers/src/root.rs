@@ -26,6 +26,8 @@ pub struct ProcessDefaults {
     pub env: Vec<String>,
     pub working_dir: String,
     pub user: String,
+    /// The image's HEALTHCHECK.
+    pub healthcheck: Option<crate::health::HealthCheck>,
 }
 
 pub struct ResolvedRoot {
@@ -76,6 +78,7 @@ pub async fn resolve(
             };
             let (disk, built) = image::ensure_disk(&store, &img)?;
             let c = img.config.config().clone().unwrap_or_default();
+            let healthcheck = image_healthcheck(&store, &img);
             Ok(ResolvedRoot {
                 disk,
                 note: format!(
@@ -93,10 +96,48 @@ pub async fn resolve(
                     env: c.env().clone().unwrap_or_default(),
                     working_dir: c.working_dir().clone().unwrap_or_default(),
                     user: c.user().clone().unwrap_or_default(),
+                    healthcheck,
                 },
             })
         }
     }
+}
+
+/// The image's HEALTHCHECK: Docker keeps it in its config (`config.Healthcheck`), which
+/// the OCI types do not carry, so it is read from the config as stored. A check that
+/// cannot be read is no check.
+fn image_healthcheck(
+    store: &cabin_image::store::Store,
+    img: &cabin_image::image::Image,
+) -> Option<crate::health::HealthCheck> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Check {
+        #[serde(default)]
+        test: Vec<String>,
+        #[serde(default)]
+        interval: i64,
+        #[serde(default)]
+        timeout: i64,
+        #[serde(default)]
+        start_period: i64,
+        #[serde(default)]
+        retries: i64,
+    }
+    let raw = store
+        .read_blob(img.manifest.config().digest().as_ref(), 1 << 20)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    let c: Check = serde_json::from_value(v.get("config")?.get("Healthcheck")?.clone()).ok()?;
+    crate::health::HealthCheck::from_docker(
+        &c.test,
+        c.interval,
+        c.timeout,
+        c.start_period,
+        c.retries,
+    )
+    .ok()
+    .flatten()
 }
 
 /// The process to run: docker's rules. `--entrypoint` replaces the image's entrypoint
@@ -142,6 +183,50 @@ mod tests {
         v.iter().map(|x| x.to_string()).collect()
     }
 
+    #[test]
+    fn an_images_healthcheck_is_read_from_its_stored_config() {
+        let t = tempfile::tempdir().unwrap();
+        let store = cabin_image::store::Store::open(t.path()).unwrap();
+        let stored = |healthcheck: serde_json::Value| {
+            let config = serde_json::json!({
+                "architecture": "amd64", "os": "linux",
+                "config": {"Cmd": ["sh"], "Healthcheck": healthcheck},
+                "rootfs": {"type": "layers", "diff_ids": []},
+            });
+            let bytes = serde_json::to_vec(&config).unwrap();
+            let digest = store.put_bytes(&bytes).unwrap();
+            let manifest = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": digest, "size": bytes.len()},
+                "layers": [],
+            });
+            let m = store
+                .put_bytes(&serde_json::to_vec(&manifest).unwrap())
+                .unwrap();
+            cabin_image::image::load(&store, "x", &m).unwrap()
+        };
+        let img = stored(serde_json::json!({
+            "Test": ["CMD-SHELL", "curl -f http://localhost/"], "Interval": 5_000_000_000u64,
+            "Retries": 4,
+        }));
+        let c = image_healthcheck(&store, &img).unwrap();
+        assert_eq!(
+            c.test,
+            crate::health::HealthTest::Shell("curl -f http://localhost/".into())
+        );
+        assert_eq!((c.interval.as_secs(), c.retries), (5, 4));
+        assert_eq!(
+            image_healthcheck(&store, &stored(serde_json::json!(null))),
+            None
+        );
+        assert_eq!(
+            image_healthcheck(&store, &stored(serde_json::json!({"Test": ["BOGUS"]}))),
+            None
+        );
+    }
+
     fn image() -> ProcessDefaults {
         ProcessDefaults {
             entrypoint: s(&["/entry"]),
@@ -149,6 +234,7 @@ mod tests {
             env: s(&["PATH=/bin", "MODE=prod"]),
             working_dir: "/app".into(),
             user: "app".into(),
+            healthcheck: None,
         }
     }
 

@@ -120,6 +120,21 @@ mod seconds {
     }
 }
 
+/// Durations as seconds with a fraction (health check timings are often below one).
+pub(crate) mod seconds_f64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A user-defined network a container joins, and the extra names (aliases) its peers
 /// there may call it by (docker's `--network-alias`, compose's service names).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +178,10 @@ pub struct ContainerSpec {
     /// With `network` bridge: a user-defined network to join instead of `cabin0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_network: Option<UserNetwork>,
+    /// Its health check (`--health-cmd`, or the image's HEALTHCHECK); None: the image's
+    /// if it has one. `HealthTest::Exec(["NONE"])` turns the image's off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<crate::health::HealthCheck>,
     /// Published ports (`-p`); a host port 0 is any free one, chosen at each start.
     pub publish: Vec<PortForward>,
     /// Host folders, volumes and tmpfs mounts, in order.
@@ -207,6 +226,7 @@ impl ContainerSpec {
             extra_kernel_args: String::new(),
             network: NetworkMode::default(),
             user_network: None,
+            healthcheck: None,
             publish: Vec::new(),
             mounts: Vec::new(),
             restart: RestartPolicy::No,

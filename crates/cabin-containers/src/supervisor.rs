@@ -335,6 +335,19 @@ async fn run_once(
     attached.run_started(log.size());
     attached.connect_stdin(&agent, &proc_ref);
     let mut out_rx = process::output(&agent, proc_ref.clone());
+    // Its health check runs for as long as its process does.
+    let health = vm.healthcheck.clone().map(|check| {
+        let (store, r) = (store.clone(), record.clone());
+        tokio::spawn(crate::health::run(
+            agent.clone(),
+            proc_ref.container_id.clone(),
+            started.env.clone(),
+            started.user.clone(),
+            check,
+            store.container_dir(&record.id),
+            move |status| store.journal(&r, &[crate::events::Action::Health(status)]),
+        ))
+    });
     // Short: a guest that does not take a signal at once is hung, and the supervisor's
     // loop (logs, other requests, the stop escalation) must go on.
     let signal = |n: i32| process::signal(&agent, &proc_ref, n, SIGNAL_TIMEOUT);
@@ -429,6 +442,9 @@ async fn run_once(
             }
         }
     };
+    if let Some(h) = health {
+        h.abort();
+    }
     let (code, reason) = match outcome {
         Some(Ok(status)) => {
             // Whatever the process wrote last is on its way; bounded wait.

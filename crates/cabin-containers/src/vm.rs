@@ -122,6 +122,8 @@ pub struct ContainerVm {
     pub boot_notice: Option<String>,
     /// What the container's process started with besides its command.
     pub process: ProcessSettings,
+    /// Its health check: the spec's, else the image's (none when turned off).
+    pub healthcheck: Option<crate::health::HealthCheck>,
     exited: Option<VmExit>,
     /// Network endpoint, volume locks: released after the VM is gone.
     attachments: Option<Attachments>,
@@ -459,6 +461,7 @@ impl ContainerVm {
         let machine = Machine::resolve(host, cfg)?;
         timings.mark("boot assets");
         let root = root::resolve(paths, &cfg.root, notify).await?;
+        let image_healthcheck = root.defaults.healthcheck.clone();
         let (args, image_env, cwd, user) = root::merge(
             &root.defaults,
             cfg.entrypoint.as_deref(),
@@ -605,6 +608,11 @@ impl ContainerVm {
             cwd: cwd.clone(),
             user: user.clone(),
         };
+        me.healthcheck = match &cfg.healthcheck {
+            Some(c) if c.disabled() => None,
+            Some(c) => Some(c.clone()),
+            None => image_healthcheck,
+        };
         if cfg.tty {
             // Before the image's and the user's variables, which may set their own.
             env.insert(1, "TERM=xterm".into());
@@ -671,6 +679,7 @@ impl ContainerVm {
             missing_snapshot: false,
             boot_notice: None,
             process: ProcessSettings::default(),
+            healthcheck: None,
             exited: None,
             attachments: None,
             peers_watch: None,

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use cabin_base::time::{now_unix, rfc3339};
 use cabin_containers::containers::{ContainerError, LogOptions, Started, WaitFor};
 use cabin_containers::control::{Process, Stats};
+use cabin_containers::health::{Health, HealthCheck, HealthStatus, HealthTest};
 use cabin_containers::process::signal_number;
 use cabin_containers::spec::RestartPolicy;
 use cabin_containers::store::{Record, RemovedExit, Status};
@@ -47,7 +48,19 @@ fn state_name(s: &Status) -> &'static str {
     }
 }
 
-fn matches_filters(r: &Record, f: &BTreeMap<String, Vec<String>>) -> Result<bool, ApiError> {
+/// A running container's health status, if it has a check.
+fn health_of(app: &App, r: &Record) -> Option<HealthStatus> {
+    matches!(r.status, Status::Running { .. })
+        .then(|| app.containers.health(&r.id))
+        .flatten()
+        .map(|h| h.status)
+}
+
+fn matches_filters(
+    r: &Record,
+    health: Option<HealthStatus>,
+    f: &BTreeMap<String, Vec<String>>,
+) -> Result<bool, ApiError> {
     for (key, values) in f {
         let any = |pred: &dyn Fn(&str) -> bool| values.iter().any(|v| pred(v));
         let ok = match key.as_str() {
@@ -61,9 +74,10 @@ fn matches_filters(r: &Record, f: &BTreeMap<String, Vec<String>>) -> Result<bool
                     .map(|(_, v)| v.as_str())
             }),
             "ancestor" => any(&|v| r.root == v),
+            "health" => any(&|v| v == health.map_or("none", HealthStatus::as_str)),
             other => {
                 return Err(ApiError::bad_request(format!(
-                "invalid filter {other:?} (cabin filters on status, name, id, label and ancestor)"
+                "invalid filter {other:?} (cabin filters on status, name, id, label, ancestor and health)"
             )))
             }
         };
@@ -146,19 +160,20 @@ pub async fn list(app: &Arc<App>, q: &Query) -> Result<Response, ApiError> {
     let mut rows = Vec::new();
     for r in records {
         let shown = all || matches!(r.status, Status::Running { .. }) || f.contains_key("status");
-        if !shown || !matches_filters(&r, &f)? {
+        let health = health_of(app, &r);
+        if !shown || !matches_filters(&r, health, &f)? {
             continue;
         }
         if limit.is_some_and(|l| rows.len() as i64 >= l) {
             break;
         }
-        rows.push(summary(&r, now));
+        rows.push(summary(&r, health, now));
     }
     Ok(json(StatusCode::OK, &Value::Array(rows)))
 }
 
 /// A container as `GET /containers/json` lists it.
-pub fn summary(r: &Record, now: u64) -> Value {
+pub fn summary(r: &Record, health: Option<HealthStatus>, now: u64) -> Value {
     let n = r.network.as_ref();
     let view = NetView {
         mode: n.and_then(|n| n.mode.parse().ok()).unwrap_or_default(),
@@ -176,7 +191,11 @@ pub fn summary(r: &Record, now: u64) -> Value {
         "Command": r.command.join(" "),
         "Created": r.created_unix,
         "State": state_name(&r.status),
-        "Status": r.status.describe(now),
+        "Status": match health {
+            None => r.status.describe(now),
+            Some(HealthStatus::Starting) => format!("{} (health: starting)", r.status.describe(now)),
+            Some(h) => format!("{} ({})", r.status.describe(now), h.as_str()),
+        },
         "Ports": ports(r),
         "Labels": labels(r),
         "Mounts": [],
@@ -225,7 +244,42 @@ fn port_key(p: &cabin_vmm::PortForward) -> String {
 }
 
 /// Docker's inspect of one container.
-fn inspect_json(r: &Record, spec: Option<&ContainerSpec>, image_id: &str) -> Value {
+/// Docker's `State.Health`.
+fn health_json(h: &Health) -> Value {
+    let log: Vec<Value> = h
+        .log
+        .iter()
+        .map(|p| {
+            json!({
+                "Start": rfc3339(p.start_unix_nanos, true), "End": rfc3339(p.end_unix_nanos, true),
+                "ExitCode": p.exit_code, "Output": p.output,
+            })
+        })
+        .collect();
+    json!({"Status": h.status.as_str(), "FailingStreak": h.failing_streak, "Log": log})
+}
+
+/// Docker's `Config.Healthcheck` (durations in nanoseconds).
+fn healthcheck_json(c: &HealthCheck) -> Value {
+    let test: Vec<String> = match &c.test {
+        HealthTest::Shell(line) => vec!["CMD-SHELL".into(), line.clone()],
+        HealthTest::Exec(args) if c.disabled() => args.clone(),
+        HealthTest::Exec(args) => std::iter::once("CMD".to_string())
+            .chain(args.iter().cloned())
+            .collect(),
+    };
+    json!({
+        "Test": test, "Interval": c.interval.as_nanos() as u64, "Timeout": c.timeout.as_nanos() as u64,
+        "StartPeriod": c.start_period.as_nanos() as u64, "Retries": c.retries,
+    })
+}
+
+fn inspect_json(
+    r: &Record,
+    spec: Option<&ContainerSpec>,
+    image_id: &str,
+    health: Option<&Health>,
+) -> Value {
     let (running, code, reason, started, finished, pid) = match &r.status {
         Status::Created => (false, 0, None, None, None, 0),
         Status::Running {
@@ -322,7 +376,7 @@ fn inspect_json(r: &Record, spec: Option<&ContainerSpec>, image_id: &str) -> Val
         gateway: n.and_then(|n| n.gateway.as_deref()).unwrap_or(""),
     };
     let network_mode = view.mode();
-    json!({
+    let mut v = json!({
         "Id": r.id,
         "Created": rfc3339(r.created_unix * 1_000_000_000, false),
         "Path": r.command.first().cloned().unwrap_or_default(),
@@ -378,13 +432,18 @@ fn inspect_json(r: &Record, spec: Option<&ContainerSpec>, image_id: &str) -> Val
             "AttachStdout": false,
             "AttachStderr": false,
             "ExposedPorts": exposed,
+            "Healthcheck": spec.healthcheck.as_ref().map(healthcheck_json),
         },
         "NetworkSettings": {
             "Ports": live,
             "IPAddress": ip,
             "Networks": view.networks(&r.id),
         },
-    })
+    });
+    if let Some(h) = health {
+        v["State"]["Health"] = health_json(h);
+    }
+    v
 }
 
 /// The ID of the image `name` names, as `sha256:...` (empty when it is not there).
@@ -410,7 +469,12 @@ pub async fn inspect(app: &Arc<App>, id: &str) -> Result<Response, ApiError> {
     let image = image_id(app, &r.root).await;
     Ok(json(
         StatusCode::OK,
-        &inspect_json(&r, spec.as_ref(), &image),
+        &inspect_json(
+            &r,
+            spec.as_ref(),
+            &image,
+            app.containers.health(&r.id).as_ref(),
+        ),
     ))
 }
 
@@ -841,7 +905,7 @@ mod tests {
             reason: None,
             finished_unix: 1_700_000_100,
         });
-        let v = inspect_json(&r, None, "sha256:abc");
+        let v = inspect_json(&r, None, "sha256:abc", None);
         assert_eq!(v["State"]["Status"], "exited");
         assert_eq!(v["State"]["ExitCode"], 3);
         assert_eq!(v["State"]["FinishedAt"], "2023-11-14T22:15:00Z");
@@ -858,15 +922,15 @@ mod tests {
         let q = |f: &str| Query(vec![("filters".into(), f.into())]);
         let r = record(Status::Created);
         let f = filters(&q(r#"{"status":["created"],"label":["app=x"]}"#)).unwrap();
-        assert!(matches_filters(&r, &f).unwrap());
+        assert!(matches_filters(&r, None, &f).unwrap());
         let f = filters(&q(r#"{"name":{"we":true}}"#)).unwrap();
-        assert!(matches_filters(&r, &f).unwrap());
+        assert!(matches_filters(&r, None, &f).unwrap());
         let f = filters(&q(r#"{"status":["running"]}"#)).unwrap();
-        assert!(!matches_filters(&r, &f).unwrap());
+        assert!(!matches_filters(&r, None, &f).unwrap());
         let f = filters(&q(r#"{"label":["app=y"]}"#)).unwrap();
-        assert!(!matches_filters(&r, &f).unwrap());
+        assert!(!matches_filters(&r, None, &f).unwrap());
         let f = filters(&q(r#"{"colour":["red"]}"#)).unwrap();
-        assert!(matches_filters(&r, &f).is_err());
+        assert!(matches_filters(&r, None, &f).is_err());
         assert!(filters(&q("{not json")).is_err());
     }
 

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use cabin_containers::containers::CreateOptions;
+use cabin_containers::health::HealthCheck;
 use cabin_containers::spec::{RestartPolicy, Rlimit, UserNetwork};
 use cabin_containers::volumes::{parse_mount_flag, parse_tmpfs_flag, parse_volume_flag};
 use cabin_containers::{AccelRequest, ContainerSpec, RootSource};
@@ -34,6 +35,18 @@ pub struct CreateBody {
     pub volumes: Option<BTreeMap<String, Value>>,
     pub host_config: Option<HostConfig>,
     pub networking_config: Option<NetworkingConfig>,
+    pub healthcheck: Option<Healthcheck>,
+}
+
+/// Docker's health check: durations in nanoseconds, 0 for the default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Healthcheck {
+    pub test: Option<Vec<String>>,
+    pub interval: Option<i64>,
+    pub timeout: Option<i64>,
+    pub start_period: Option<i64>,
+    pub retries: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +186,16 @@ pub fn spec_of(
     c.stdin = body.open_stdin.unwrap_or(false);
     c.tty = body.tty.unwrap_or(false);
     c.accel = accel;
+    if let Some(h) = &body.healthcheck {
+        c.healthcheck = HealthCheck::from_docker(
+            h.test.as_deref().unwrap_or_default(),
+            h.interval.unwrap_or(0),
+            h.timeout.unwrap_or(0),
+            h.start_period.unwrap_or(0),
+            h.retries.unwrap_or(0),
+        )
+        .map_err(bad)?;
+    }
     let name = name
         .map(|n| n.trim_start_matches('/'))
         .filter(|n| !n.is_empty());

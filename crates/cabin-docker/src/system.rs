@@ -178,7 +178,7 @@ pub async fn df(app: &Arc<App>) -> Result<Response, ApiError> {
         records
             .iter()
             .map(|r| {
-                let mut v = crate::containers::summary(r, now);
+                let mut v = crate::containers::summary(r, None, now);
                 v["SizeRw"] = json!(a.containers.disk_bytes(&r.id));
                 v["SizeRootFs"] = json!(0);
                 v
