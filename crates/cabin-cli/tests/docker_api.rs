@@ -447,7 +447,12 @@ fn bad_requests_get_dockers_errors_and_the_server_keeps_serving() {
     json_error(
         &s.http("POST /v1.44/build", b""),
         "501",
-        "POST /v1.44/build",
+        "cannot build images yet",
+    );
+    json_error(
+        &s.http("GET /v1.44/containers/web/changes", b""),
+        "501",
+        "GET /v1.44/containers/web/changes",
     );
     json_error(
         &s.http("GET /v1.44/containers/nope/json", b""),
@@ -1292,4 +1297,68 @@ fn health_checks_run_in_the_container_and_show_in_ps_inspect_and_events() {
         "local/bb",
     ]);
     assert!(stderr(&o).contains("at least 1ms"), "{}", stderr(&o));
+}
+
+#[test]
+fn images_are_saved_loaded_and_pushed_after_a_login_with_their_history() {
+    let s = Server::start("transfer");
+    let regdir = s.dir.join("registry");
+    let auth = htpasswd_auth(&regdir, "tester", "s3cret");
+    let reg = start_registry(&regdir, |_| auth);
+    let history = s.docker_ok(&[
+        "history",
+        "--no-trunc",
+        "--format",
+        "{{.CreatedBy}}",
+        "local/bb",
+    ]);
+    assert!(history.contains("cabin image import"), "{history}");
+
+    // docker save, rmi, docker load: the same image back.
+    let id = s.docker_ok(&["inspect", "-f", "{{.Id}}", "local/bb"]);
+    let tar = s.dir.join("bb.tar");
+    s.docker_ok(&["save", "-o", tar.to_str().unwrap(), "local/bb"]);
+    s.docker_ok(&["rmi", "local/bb"]);
+    assert_eq!(s.docker_ok(&["images", "-q"]), "");
+    let loaded = s.docker_ok(&["load", "-i", tar.to_str().unwrap()]);
+    assert!(loaded.contains("Loaded image: local/bb:latest"), "{loaded}");
+    assert_eq!(s.docker_ok(&["inspect", "-f", "{{.Id}}", "local/bb"]), id);
+    // A damaged archive is refused and stores nothing.
+    let bad = s.dir.join("bad.tar");
+    std::fs::write(&bad, vec![7u8; 4096]).unwrap();
+    let o = s.docker(&["load", "-i", bad.to_str().unwrap()]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert_eq!(s.docker_ok(&["images", "-q"]).lines().count(), 1);
+
+    // Push: refused without a login, done with one (docker login checks it here).
+    let target = format!("{}/pushed/bb:1", reg.addr);
+    s.docker_ok(&["tag", "local/bb", &target]);
+    let o = s.docker(&["push", &target]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let login = |password: &str| {
+        let mut c = s.docker_cmd(&["login", &reg.addr, "-u", "tester", "--password-stdin"]);
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let o = login("wrong");
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let o = login("s3cret");
+    assert!(
+        stdout(&o).contains("Login Succeeded"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let pushed = s.docker_ok(&["push", &target]);
+    assert!(pushed.contains("1: digest: sha256:"), "{pushed}");
+    // The registry has it: it comes back after the local copy is gone.
+    s.docker_ok(&["rmi", &target]);
+    s.docker_ok(&["pull", &target]);
+    assert_eq!(s.docker_ok(&["inspect", "-f", "{{.Id}}", &target]), id);
 }

@@ -161,7 +161,7 @@ fn network_none_leaves_only_the_loopback() {
     let o = run(&["--network", "wifi"], &["true"]);
     assert_eq!(o.status.code(), Some(125));
     assert!(
-        stderr(&o).contains("unknown network \"wifi\""),
+        stderr(&o).contains("network wifi not found (use user, bridge, none"),
         "{}",
         stderr(&o)
     );

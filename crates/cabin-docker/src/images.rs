@@ -129,6 +129,61 @@ pub async fn inspect(app: &Arc<App>, name: &str) -> Result<Response, ApiError> {
     Ok(json(StatusCode::OK, &inspect_json(&img)))
 }
 
+/// `GET /images/{name}/history`: the config's history, newest first; each step that
+/// made a layer has that layer's size, the newest carries the image's ID and names.
+pub async fn history(app: &Arc<App>, name: &str) -> Result<Response, ApiError> {
+    let name = name.to_string();
+    let (img, names) = blocking(app, move |s| {
+        let img = image::resolve(s, &name)?;
+        let names: Vec<String> = image::list(s)?
+            .into_iter()
+            .filter(|l| l.manifest_digest == img.manifest_digest)
+            .map(|l| l.name)
+            .collect();
+        Ok((img, names))
+    })
+    .await?;
+    Ok(json(
+        StatusCode::OK,
+        &Value::Array(history_json(&img, names)),
+    ))
+}
+
+fn history_json(img: &Image, names: Vec<String>) -> Vec<Value> {
+    let mut layers = img.manifest.layers().iter().map(|l| l.size());
+    let empty = Vec::new();
+    let steps = img.config.history().as_ref().unwrap_or(&empty);
+    let mut out: Vec<Value> = steps
+        .iter()
+        .map(|h| {
+            let size = if h.empty_layer().unwrap_or(false) {
+                0
+            } else {
+                layers.next().unwrap_or(0)
+            };
+            json!({
+                "Id": "<missing>",
+                "Created": h.created().as_deref().and_then(unix_seconds).unwrap_or(0),
+                "CreatedBy": h.created_by().clone().unwrap_or_default(),
+                "Tags": null,
+                "Size": size,
+                "Comment": h.comment().clone().unwrap_or_default(),
+            })
+        })
+        .collect();
+    if out.is_empty() {
+        out.push(
+            json!({"Id": "", "Created": 0, "CreatedBy": "", "Tags": null,
+                        "Size": img.manifest.layers().iter().map(|l| l.size()).sum::<u64>(),
+                        "Comment": ""}),
+        );
+    }
+    out.reverse();
+    out[0]["Id"] = json!(img.manifest_digest);
+    out[0]["Tags"] = json!(names);
+    out
+}
+
 /// `DELETE /images/{name}[?force=1]`: the name goes (and what nothing else uses); 409
 /// while a container is made of it, unless forced.
 pub async fn remove(app: &Arc<App>, name: &str, q: &Query) -> Result<Response, ApiError> {
@@ -199,7 +254,7 @@ pub async fn prune(app: &Arc<App>) -> Result<Response, ApiError> {
 }
 
 /// The login in Docker's `X-Registry-Auth` header (base64url JSON), if it has one.
-fn auth_of(headers: &HeaderMap) -> Result<Option<(String, String)>, ApiError> {
+pub(crate) fn auth_of(headers: &HeaderMap) -> Result<Option<(String, String)>, ApiError> {
     let Some(v) = headers.get("x-registry-auth") else {
         return Ok(None);
     };
@@ -218,21 +273,23 @@ fn auth_of(headers: &HeaderMap) -> Result<Option<(String, String)>, ApiError> {
     Ok((!user.is_empty()).then_some((user, password)))
 }
 
-/// Docker's progress lines for a pull: per blob, its size and how much has come, at
-/// most five lines a second each.
+/// Docker's progress lines for a pull or a push: per blob, its size and how much has
+/// gone, at most five lines a second each.
 struct Lines {
     tx: mpsc::Sender<Bytes>,
+    /// What a blob under way and a finished one are said to be.
+    words: (&'static str, &'static str),
     /// Per blob: its size, what has come, when it was last told.
     blobs: Mutex<HashMap<String, (u64, u64, Instant)>>,
 }
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
-fn line(v: Value) -> Bytes {
+pub(crate) fn line(v: Value) -> Bytes {
     Bytes::from(format!("{v}\r\n"))
 }
 
-fn short(digest: &str) -> &str {
+pub(crate) fn short(digest: &str) -> &str {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
     &hex[..hex.len().min(12)]
 }
@@ -240,7 +297,7 @@ fn short(digest: &str) -> &str {
 impl Lines {
     fn tell(&self, digest: &str, total: u64, current: u64) {
         let _ = self.tx.try_send(line(json!({
-            "status": "Downloading", "id": short(digest),
+            "status": self.words.0, "id": short(digest),
             "progressDetail": {"current": current, "total": total},
         })));
     }
@@ -263,9 +320,9 @@ impl Progress for Lines {
         }
     }
     fn finish(&self, digest: &str) {
-        let _ = self.tx.try_send(line(
-            json!({"status": "Pull complete", "id": short(digest)}),
-        ));
+        let _ = self
+            .tx
+            .try_send(line(json!({"status": self.words.1, "id": short(digest)})));
     }
 }
 
@@ -291,37 +348,67 @@ pub async fn pull(app: &Arc<App>, q: &Query, headers: &HeaderMap) -> Result<Resp
     if auth.is_some() {
         opts.auth = auth;
     }
-    let (tx, rx) = mpsc::channel::<Bytes>(PROGRESS_BACKLOG);
-    opts.progress = ProgressHook(Some(Arc::new(Lines {
-        tx: tx.clone(),
-        blobs: Mutex::default(),
-    })));
-    let store_dir = app.host.paths.image_store();
     let (repo, tag) = match name.rsplit_once(':') {
         Some((r, t)) => (r.to_string(), t.to_string()),
         None => (name.clone(), "latest".to_string()),
     };
     let first = line(json!({"status": format!("Pulling from {repo}"), "id": tag}));
-    let app = app.clone();
+    let app2 = app.clone();
+    Ok(registry_stream(
+        app,
+        vec![first],
+        opts,
+        ("Downloading", "Pull complete"),
+        move |store, opts, rt| {
+            let img = rt
+                .block_on(cabin_image::pull::pull(&store, &reference, &opts))
+                .map_err(|e| e.to_string())?;
+            app2.events.image("pull", &name);
+            Ok(vec![
+                line(json!({"status": format!("Digest: {}", img.manifest_digest)})),
+                line(json!({"status": format!("Status: Downloaded newer image for {name}")})),
+            ])
+        },
+    ))
+}
+
+/// A registry transfer's answer: `first`, then its progress as Docker's JSON lines,
+/// then the lines `run` ends with, or its failure as the last line (the status is sent
+/// before the transfer ends). `run` goes on a blocking thread of its own (the
+/// transfers' futures are not Send) with a handle to block on them.
+pub(crate) fn registry_stream(
+    app: &App,
+    first: Vec<Bytes>,
+    mut opts: cabin_image::registry::RegistryOptions,
+    words: (&'static str, &'static str),
+    run: impl FnOnce(
+            Store,
+            cabin_image::registry::RegistryOptions,
+            tokio::runtime::Handle,
+        ) -> Result<Vec<Bytes>, String>
+        + Send
+        + 'static,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(PROGRESS_BACKLOG);
+    opts.progress = ProgressHook(Some(Arc::new(Lines {
+        tx: tx.clone(),
+        words,
+        blobs: Mutex::default(),
+    })));
+    let store_dir = app.host.paths.image_store();
     tokio::spawn(async move {
-        let _ = tx.send(first).await;
-        // (The pull's future is not Send: it runs on a blocking thread of its own.)
+        for l in first {
+            let _ = tx.send(l).await;
+        }
         let rt = tokio::runtime::Handle::current();
-        let pulled = tokio::task::spawn_blocking(move || {
+        let done = tokio::task::spawn_blocking(move || {
             let store = Store::open(store_dir).map_err(|e| e.to_string())?;
-            rt.block_on(cabin_image::pull::pull(&store, &reference, &opts))
-                .map_err(|e| e.to_string())
+            run(store, opts, rt)
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
-        let last = match pulled {
-            Ok(img) => {
-                app.events.image("pull", &name);
-                vec![
-                    line(json!({"status": format!("Digest: {}", img.manifest_digest)})),
-                    line(json!({"status": format!("Status: Downloaded newer image for {name}")})),
-                ]
-            }
+        let last = match done {
+            Ok(lines) => lines,
             Err(m) => vec![line(json!({"errorDetail": {"message": m}, "error": m}))],
         };
         for l in last {
@@ -336,7 +423,7 @@ pub async fn pull(app: &Arc<App>, q: &Query, headers: &HeaderMap) -> Result<Resp
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Ok(r)
+    r
 }
 
 #[cfg(test)]

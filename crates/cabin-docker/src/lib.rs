@@ -13,6 +13,7 @@
 //!   endpoints (`execs` their registry), `images` the image endpoints, `volumes` the
 //!   volume endpoints, `networks` the network endpoints.
 //! - `events`: `/events`, from the store's changes and the image endpoints.
+//! - `transfer`: push, login checks, `docker save` and `docker load`.
 //! - `stream`: hijacked connections (attach, exec) and Docker's stream framing;
 //!   `archive`: `docker cp`'s archives.
 //!
@@ -33,6 +34,7 @@ mod request;
 pub mod routes;
 mod stream;
 mod system;
+mod transfer;
 mod volumes;
 
 use std::io;
@@ -195,6 +197,11 @@ async fn handle(app: &Arc<App>, route: Route, req: Request) -> Result<Response, 
         Route::ImageInspect(name) => images::inspect(app, &name).await,
         Route::ImageRemove(name) => images::remove(app, &name, &query).await,
         Route::ImageTag(name) => images::tag(app, &name, &query).await,
+        Route::ImageHistory(name) => images::history(app, &name).await,
+        Route::ImagePush(name) => transfer::push(app, &name, &query, req.headers()).await,
+        Route::ImageSave(name) => transfer::save(app, name.as_deref(), &query).await,
+        Route::ImageLoad => transfer::load(app, req).await,
+        Route::Auth => transfer::auth(req).await,
         Route::ImagePrune => images::prune(app).await,
         Route::ContainerPrune => containers::prune(app).await,
         Route::VolumeList => volumes::list(app, &query).await,

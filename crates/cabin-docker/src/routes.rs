@@ -63,6 +63,12 @@ pub enum Route {
     ImageInspect(String),
     ImageRemove(String),
     ImageTag(String),
+    ImageHistory(String),
+    ImagePush(String),
+    /// `docker save`: one image by name, or those of the `names` query.
+    ImageSave(Option<String>),
+    ImageLoad,
+    Auth,
     ImagePrune,
     ContainerPrune,
     VolumeList,
@@ -120,6 +126,18 @@ pub fn find(method: &Method, path: &str) -> Route {
         ("POST", ["containers", "create"]) => Route::ContainerCreate,
         ("POST", ["containers", "prune"]) => Route::ContainerPrune,
         ("POST", ["images", "prune"]) => Route::ImagePrune,
+        ("POST", ["auth"]) => Route::Auth,
+        ("GET", ["images", "get"]) => Route::ImageSave(None),
+        ("POST", ["images", "load"]) => Route::ImageLoad,
+        ("GET", ["images", name @ .., "history"]) if !name.is_empty() => {
+            Route::ImageHistory(name.join("/"))
+        }
+        ("GET", ["images", name @ .., "get"]) if !name.is_empty() => {
+            Route::ImageSave(Some(name.join("/")))
+        }
+        ("POST", ["images", name @ .., "push"]) if !name.is_empty() => {
+            Route::ImagePush(name.join("/"))
+        }
         ("POST", ["images", name @ .., "tag"]) if !name.is_empty() => {
             Route::ImageTag(name.join("/"))
         }
@@ -150,6 +168,11 @@ pub fn find(method: &Method, path: &str) -> Route {
                 _ => return Route::Unsupported,
             };
             Route::Container(id.to_string(), op)
+        }
+        // `docker inspect NAME` asks for a container first, whatever NAME is: an image's
+        // name with slashes is no container (a 404, and the CLI goes on to images).
+        (_, ["containers", id @ .., _]) if id.len() > 1 => {
+            Route::NoSuch("container", id.join("/"))
         }
         (_, ["exec", id, op]) => {
             let op = match (m, *op) {
@@ -248,7 +271,7 @@ mod tests {
             Route::Missing(_)
         ));
         assert_eq!(
-            find(&Method::GET, "/v1.44/containers/web/top"),
+            find(&Method::GET, "/v1.44/containers/web/changes"),
             Route::Unsupported
         );
         assert_eq!(
@@ -258,6 +281,22 @@ mod tests {
         assert_eq!(
             find(&Method::POST, "/v1.41/networks/proj_default/connect"),
             Route::Network("proj_default".into(), NetworkOp::Connect)
+        );
+        assert_eq!(
+            find(&Method::POST, "/v1.44/images/127.0.0.1:5000/a/b/push"),
+            Route::ImagePush("127.0.0.1:5000/a/b".into())
+        );
+        assert_eq!(
+            find(&Method::GET, "/v1.44/images/get"),
+            Route::ImageSave(None)
+        );
+        assert_eq!(
+            find(&Method::GET, "/v1.44/containers/local/bb/json"),
+            Route::NoSuch("container", "local/bb".into())
+        );
+        assert_eq!(
+            find(&Method::GET, "/images/a:1/history"),
+            Route::ImageHistory("a:1".into())
         );
         assert_eq!(
             find(&Method::POST, "/networks/create"),

@@ -65,7 +65,7 @@ impl NetworkRecord {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
-    #[error("network {0} not found")]
+    #[error("network {0} not found (use user, bridge, none, or a network made with `cabin network create`)")]
     NotFound(String),
     #[error("network with name {0} already exists")]
     Exists(String),
