@@ -1362,3 +1362,259 @@ fn images_are_saved_loaded_and_pushed_after_a_login_with_their_history() {
     s.docker_ok(&["pull", &target]);
     assert_eq!(s.docker_ok(&["inspect", "-f", "{{.Id}}", &target]), id);
 }
+
+/// Debian's dockerd (with runc) on a private socket, as the reference: no iptables,
+/// no bridge (its containers use `--network none`), its own data and exec roots.
+struct Dockerd {
+    dir: PathBuf,
+    socket: PathBuf,
+    process: Child,
+}
+
+impl Dockerd {
+    fn start(dir: &Path) -> Dockerd {
+        std::fs::create_dir_all(dir).unwrap();
+        let socket = dir.join("dockerd.sock");
+        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+        let mut cmd = Command::new("dockerd");
+        cmd.arg("--host")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--data-root")
+            .arg(dir.join("root"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("dockerd.pid"))
+            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .stdout(Stdio::null())
+            .stderr(log);
+        let process = spawn_for_test_process(cmd)
+            .expect("Debian's dockerd runs (scripts/setup.sh installs docker.io)");
+        let d = Dockerd {
+            dir: dir.to_path_buf(),
+            socket,
+            process,
+        };
+        wait_for("dockerd", Duration::from_secs(60), || {
+            d.cmd(&["version"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        d
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(DOCKER);
+        c.env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
+            .env("DOCKER_CONFIG", self.dir.join("docker-config"))
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // SIGTERM: dockerd stops its containers and its containerd, then itself.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.process.id() as i32, libc::SIGTERM) };
+        let _ = self.process.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// In the differential script: the step prints a new ID.
+const ID: &str = "<an ID>";
+
+#[test]
+fn the_same_docker_cli_script_gives_the_same_answers_from_dockerd_and_cabin() {
+    let s = Server::start("diff");
+    let d = Dockerd::start(&s.dir.join("dockerd"));
+    // The same root filesystem as an image in both.
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(busybox_rootfs())
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = d
+        .cmd(&["import", "-", "local/bb"])
+        .stdin(tar.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        tar.wait().unwrap().success() && o.status.success(),
+        "{}",
+        stderr(&o)
+    );
+    let host_file = s.dir.join("in.txt");
+    std::fs::write(&host_file, "from the host\n").unwrap();
+    let steps: Vec<(Vec<String>, Option<&str>)> = {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let n = ["--network", "none"];
+        let run = |rest: &[&str]| {
+            let mut a = v(&["run", "--rm"]);
+            a.extend(v(&n));
+            a.extend(v(rest));
+            a
+        };
+        vec![
+            (
+                run(&["local/bb", "sh", "-c", "echo out; echo err >&2; exit 3"]),
+                Some("err"),
+            ),
+            (
+                run(&[
+                    "-e",
+                    "A=1",
+                    "-w",
+                    "/tmp",
+                    "-u",
+                    "1000:1000",
+                    "local/bb",
+                    "sh",
+                    "-c",
+                    "echo $A $(pwd) $(id -u):$(id -g)",
+                ]),
+                None,
+            ),
+            (run(&["local/bb", "no-such-command"]), None),
+            (run(&["local/bb", "/etc"]), None),
+            (run(&["--entrypoint", "echo", "local/bb", "a", "b"]), None),
+            (
+                run(&["--read-only", "local/bb", "touch", "/x"]),
+                Some("Read-only file system"),
+            ),
+            (run(&["--hostname", "h1", "local/bb", "hostname"]), None),
+            (
+                v(&[
+                    "create",
+                    "--name",
+                    "d1",
+                    "--network",
+                    "none",
+                    "--label",
+                    "k=v",
+                    "local/bb",
+                    "sh",
+                    "-c",
+                    "echo hi; exit 5",
+                ]),
+                Some(ID),
+            ),
+            (v(&["start", "-a", "d1"]), None),
+            (v(&["wait", "d1"]), None),
+            (
+                v(&[
+                    "inspect",
+                    "-f",
+                    "{{.State.Status}} {{.State.ExitCode}} {{.Config.Labels.k}} {{.Name}}",
+                    "d1",
+                ]),
+                None,
+            ),
+            (v(&["logs", "d1"]), None),
+            (
+                v(&[
+                    "ps",
+                    "-a",
+                    "--filter",
+                    "label=k=v",
+                    "--format",
+                    "{{.Names}} {{.State}}",
+                ]),
+                None,
+            ),
+            (
+                v(&[
+                    "run",
+                    "-d",
+                    "--name",
+                    "d2",
+                    "--network",
+                    "none",
+                    "local/bb",
+                    "sleep",
+                    "1000",
+                ]),
+                Some(ID),
+            ),
+            (v(&["exec", "d2", "sh", "-c", "exit 7"]), None),
+            (v(&["exec", "-e", "X=y", "d2", "sh", "-c", "echo $X"]), None),
+            (
+                v(&["cp", host_file.to_str().unwrap(), "d2:/tmp/in.txt"]),
+                None,
+            ),
+            (v(&["exec", "d2", "cat", "/tmp/in.txt"]), None),
+            (v(&["kill", "d2"]), None),
+            (v(&["wait", "d2"]), None),
+            (
+                v(&[
+                    "inspect",
+                    "-f",
+                    "{{.State.Running}} {{.State.ExitCode}}",
+                    "d2",
+                ]),
+                None,
+            ),
+            (v(&["start", "d2"]), None),
+            (v(&["stop", "-t", "1", "d2"]), None),
+            (v(&["rm", "d1", "d2"]), None),
+            (v(&["ps", "-a", "--format", "{{.Names}}"]), None),
+            (v(&["rm", "nope"]), Some("No such container: nope")),
+            (v(&["volume", "create", "v1"]), None),
+            (
+                run(&[
+                    "-v",
+                    "v1:/data",
+                    "local/bb",
+                    "sh",
+                    "-c",
+                    "echo kept > /data/f",
+                ]),
+                None,
+            ),
+            (run(&["-v", "v1:/data", "local/bb", "cat", "/data/f"]), None),
+            (v(&["volume", "rm", "v1"]), None),
+            (v(&["volume", "ls", "-q"]), None),
+            (
+                v(&["rename", "nope", "other"]),
+                Some("No such container: nope"),
+            ),
+        ]
+    };
+    for (args, says) in &steps {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let theirs = d.cmd(&args).output().unwrap();
+        let ours = s.docker(&args);
+        let what = format!(
+            "docker {args:?}\n dockerd: {:?} {:?} {:?}\n cabin:   {:?} {:?} {:?}",
+            theirs.status.code(),
+            stdout(&theirs),
+            stderr(&theirs),
+            ours.status.code(),
+            stdout(&ours),
+            stderr(&ours)
+        );
+        assert_eq!(theirs.status.code(), ours.status.code(), "{what}");
+        if *says == Some(ID) {
+            // IDs differ by nature (and in length: cabin's have 32 hex digits).
+            let id = |o: &Output| {
+                let t = stdout(o);
+                t.ends_with('\n')
+                    && t.trim().len() >= 32
+                    && t.trim().bytes().all(|b| b.is_ascii_hexdigit())
+            };
+            assert!(id(&theirs) && id(&ours), "{what}");
+            continue;
+        }
+        assert_eq!(stdout(&theirs), stdout(&ours), "{what}");
+        if let Some(needle) = says {
+            assert!(
+                stderr(&theirs).contains(needle) && stderr(&ours).contains(needle),
+                "{what}"
+            );
+        }
+    }
+}

@@ -64,10 +64,9 @@ pub fn find_executable(root: &Root, arg0: &str, path_var: &str, cwd: &str) -> Ex
         else {
             continue;
         };
-        if !meta.is_file() {
-            continue;
-        }
-        if meta.permissions().mode() & 0o111 != 0 {
+        // As execve: a directory (or anything but a file) cannot run, permission
+        // denied, like a file without an execute bit.
+        if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
             return ExecLookup::Found(c);
         }
         not_executable.get_or_insert(c);
@@ -181,8 +180,8 @@ mod tests {
         );
         assert_eq!(
             find_executable(&root, "/bin", path, "/"),
-            ExecLookup::NotFound,
-            "a directory is not a program"
+            ExecLookup::NotExecutable("/bin".into()),
+            "a directory cannot run: permission denied (126), as docker says"
         );
     }
 
