@@ -1618,3 +1618,101 @@ fn the_same_docker_cli_script_gives_the_same_answers_from_dockerd_and_cabin() {
         }
     }
 }
+
+#[test]
+fn clients_that_vanish_and_vms_that_die_leave_the_server_serving_and_nothing_behind() {
+    use std::io::BufRead;
+    let s = Server::start("vanish");
+    let id = s.docker_ok(&["run", "-d", "--name", "c", "local/bb", "sleep", "1000"]);
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", s.process.id()))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(s.docker_ok(&["exec", "c", "echo", "warm"]), "warm\n");
+    assert_eq!(s.docker_ok(&["logs", "c"]), "");
+    let before = fds();
+    // Clients killed in the middle of an exec with output, an exec reading its stdin, an
+    // attach and a followed log.
+    let started = |args: &[&str], input: Option<&str>, first_line: Option<&str>| {
+        let mut child = s
+            .docker_cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        if let Some(text) = input {
+            writeln!(child.stdin.as_ref().unwrap(), "{text}").unwrap();
+        }
+        match first_line {
+            Some(want) => {
+                let mut line = String::new();
+                std::io::BufReader::new(child.stdout.as_mut().unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                assert_eq!(line.trim_end(), want, "{args:?}");
+            }
+            None => std::thread::sleep(Duration::from_millis(700)),
+        }
+        child
+    };
+    let clients = [
+        started(
+            &[
+                "exec",
+                "c",
+                "sh",
+                "-c",
+                "while :; do echo x; sleep 0.1; done",
+            ],
+            None,
+            Some("x"),
+        ),
+        started(&["exec", "-i", "c", "cat"], Some("hello"), Some("hello")),
+        started(&["attach", "c"], None, None),
+        started(&["logs", "-f", "c"], None, None),
+    ];
+    for mut c in clients {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    assert_eq!(s.docker_ok(&["exec", "c", "echo", "still"]), "still\n");
+    eventually("the server to let go of the vanished clients", || {
+        fds() <= before
+    });
+
+    // The VM dies under the running container: it is exited, and the rest goes on.
+    let record = s
+        .data()
+        .join("containers")
+        .join(id.trim())
+        .join("state.json");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let supervisor = state["supervisor_pid"].as_u64().unwrap();
+    let children =
+        std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
+    let qemu: i32 = children
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("qemu"))
+        })
+        .expect("the supervisor runs QEMU");
+    // SAFETY: kill(2) on the QEMU of this test's own container.
+    assert_eq!(unsafe { libc::kill(qemu, libc::SIGKILL) }, 0);
+    eventually("c to have exited", || {
+        s.docker_ok(&["inspect", "-f", "{{.State.Status}}", "c"]) == "exited\n"
+    });
+    let state = s.docker_ok(&["inspect", "-f", "{{.State.ExitCode}} {{.State.Error}}", "c"]);
+    assert!(!state.starts_with("0 "), "{state}");
+    assert_eq!(
+        s.docker_ok(&["run", "--rm", "local/bb", "echo", "fine"]),
+        "fine\n"
+    );
+    s.docker_ok(&["rm", "c"]);
+    eventually("the server to hold no more than at the start", || {
+        fds() <= before
+    });
+}

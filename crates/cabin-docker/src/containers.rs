@@ -590,6 +590,7 @@ pub async fn attach(
     let spec = app.containers.spec(&r.id).await?;
     let framing = Framing::of(spec.tty);
     let hijack = Hijack::of(&mut req, framing)?;
+    let fd = hijack.fd();
     let (want_out, want_err) = (q.flag("stdout"), q.flag("stderr"));
     let use_stdin = q.flag("stdin") && r.stdin;
     // Taken before the reply: `start` comes after it, and this run is the one followed.
@@ -605,7 +606,8 @@ pub async fn attach(
         let Some((rd, wr)) = hijack.conn().await else {
             return;
         };
-        let (writer, written) = Writer::start(wr, framing);
+        let (writer, written) = Writer::start(wr, framing, fd);
+        let mut gone = writer.gone();
         let mut out = |stderr: bool, data: &[u8]| {
             if (stderr && want_err) || (!stderr && want_out) {
                 writer.send(Out::of(stderr), data);
@@ -615,10 +617,17 @@ pub async fn attach(
         // about its leaving, so the run is followed to its end either way.
         let stdin: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>> =
             if use_stdin { Some(Box::new(rd)) } else { None };
-        let _ = match next {
-            Some(next) => containers.follow_run(next, stdin, &mut out).await,
-            None => containers.follow(&id, stdin, &mut out).await,
+        let followed = async {
+            match next {
+                Some(next) => containers.follow_run(next, stdin, &mut out).await,
+                None => containers.follow(&id, stdin, &mut out).await,
+            }
         };
+        // A client that left is let go of (and its hold on the supervisor with it).
+        tokio::select! {
+            _ = followed => {}
+            _ = gone.wait_for(|g| *g) => {}
+        }
         drop(writer);
         let _ = written.await;
     });
@@ -679,7 +688,12 @@ pub async fn logs(app: &Arc<App>, id: &str, q: &Query) -> Result<Response, ApiEr
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
         loop {
-            let entries = match logs.next().await {
+            // A follower of a quiet container would otherwise not see its client leave.
+            let next = tokio::select! {
+                n = logs.next() => n,
+                _ = tx.closed() => return,
+            };
+            let entries = match next {
                 Ok(Some(e)) => e,
                 Ok(None) => return,
                 Err(e) => {

@@ -185,6 +185,7 @@ pub async fn start(app: &Arc<App>, id: &str, mut req: Request) -> Result<Respons
         return Err(ApiError::bad_request("exec start needs Upgrade: tcp")); // (checked above)
     };
     let reply = hijack.response();
+    let fd = hijack.fd();
     tokio::spawn(async move {
         let Some((rd, wr)) = hijack.conn().await else {
             if let Ok(s) = session {
@@ -193,9 +194,18 @@ pub async fn start(app: &Arc<App>, id: &str, mut req: Request) -> Result<Respons
             }
             return;
         };
-        let (writer, written) = Writer::start(wr, framing);
+        let (writer, written) = Writer::start(wr, framing, fd);
+        let mut gone = writer.gone();
         let code = match session {
-            Ok(s) => relay(s, exec.req.stdin.then_some(rd), Some(&writer), wants).await,
+            Ok(s) => {
+                let relayed = relay(s, exec.req.stdin.then_some(rd), Some(&writer), wants);
+                // A client that left is let go of: the process runs on in the
+                // container, as Docker's do, and no one waits for it here.
+                tokio::select! {
+                    code = relayed => code,
+                    _ = gone.wait_for(|g| *g) => return,
+                }
+            }
             Err(e) => {
                 writer.send(Out::Stderr, format!("{e}\n").as_bytes());
                 e.exec_code().unwrap_or(126)

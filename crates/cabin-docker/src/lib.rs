@@ -125,6 +125,7 @@ pub async fn serve(
     });
     events::watch(&app.containers, app.clone())?;
     let router = Router::new().fallback(dispatch).with_state(app);
+    let router = router.into_make_service_with_connect_info::<stream::ConnFd>();
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

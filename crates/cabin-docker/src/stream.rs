@@ -4,6 +4,7 @@
 //! frames (`[stream, 0, 0, 0, length as u32 big-endian]`, 1 stdout, 2 stderr), which
 //! logs use too inside an ordinary reply.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -85,6 +86,36 @@ impl Framing {
 pub struct Hijack {
     upgrade: hyper::upgrade::OnUpgrade,
     framing: Framing,
+    fd: Option<RawFd>,
+}
+
+/// The descriptor of a request's connection (recorded when it was accepted), to tell
+/// when a hijacked client has hung up.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnFd(pub RawFd);
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
+    > for ConnFd
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> ConnFd {
+        ConnFd(stream.io().as_raw_fd())
+    }
+}
+
+/// Whether the peer of the socket `fd` has closed it entirely (not only its writing
+/// side, which a client does when its stdin ends).
+fn hung_up(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting; the descriptor belongs to a connection the
+    // caller still holds, so it cannot have been closed and reused.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
 }
 
 impl Hijack {
@@ -100,10 +131,20 @@ impl Hijack {
                 "this endpoint takes over the connection: send Connection: Upgrade and Upgrade: tcp",
             ));
         }
+        let fd = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<ConnFd>>()
+            .map(|c| c.0 .0);
         Ok(Hijack {
             upgrade: hyper::upgrade::on(req),
             framing,
+            fd,
         })
+    }
+
+    /// The connection's descriptor, for [`Writer::start`].
+    pub fn fd(&self) -> Option<RawFd> {
+        self.fd
     }
 
     pub fn response(&self) -> Response {
@@ -128,6 +169,8 @@ impl Hijack {
 
 /// How much output may wait for a client that does not read before it is cut off.
 const MAX_BACKLOG: usize = 64 << 20;
+/// How often a quiet connection is checked for a client that hung up.
+const HANGUP_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Output for a hijacked connection: the callbacks of the library push into it, one
 /// writer task sends it, and the connection's write side is shut (the client's
@@ -137,23 +180,40 @@ pub struct Writer {
     tx: mpsc::UnboundedSender<Vec<u8>>,
     framing: Framing,
     backlog: Arc<AtomicUsize>,
+    gone: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Writer {
-    /// Starts the writer task on `wr`; it ends when every [`Writer`] is dropped, or the
-    /// client goes away.
+    /// Starts the writer task on `wr` (the connection `fd`, when known, is watched for
+    /// a client that hangs up); it ends when every [`Writer`] is dropped, or the client
+    /// goes away, which [`Writer::gone`] tells.
     pub fn start(
         mut wr: WriteHalf<Conn>,
         framing: Framing,
+        fd: Option<RawFd>,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let backlog = Arc::new(AtomicUsize::new(0));
         let pending = backlog.clone();
+        let (gone_tx, gone) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
-            while let Some(data) = rx.recv().await {
+            let mut check = tokio::time::interval(HANGUP_CHECK);
+            loop {
+                let data = tokio::select! {
+                    d = rx.recv() => d,
+                    _ = check.tick() => {
+                        if fd.is_some_and(hung_up) {
+                            let _ = gone_tx.send(true);
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                let Some(data) = data else { break };
                 if pending.load(Ordering::Relaxed) > MAX_BACKLOG
                     || wr.write_all(&data).await.is_err()
                 {
+                    let _ = gone_tx.send(true);
                     return;
                 }
                 pending.fetch_sub(data.len(), Ordering::Relaxed);
@@ -166,9 +226,16 @@ impl Writer {
                 tx,
                 framing,
                 backlog,
+                gone,
             },
             task,
         )
+    }
+
+    /// Becomes true when the client has gone away (hung up, stopped reading, or its
+    /// connection failed).
+    pub fn gone(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.gone.clone()
     }
 
     pub fn send(&self, out: Out, data: &[u8]) {
