@@ -841,18 +841,30 @@ fn events_tell_container_lifecycles_and_image_tags_with_filters_and_since() {
     s.docker_ok(&["rm", "ev2"]);
     s.docker_ok(&["tag", "local/bb", "ev/bb:1"]);
     s.docker_ok(&["rmi", "ev/bb:1"]);
+    s.docker_ok(&["run", "-d", "--name", "ev3", "local/bb", "sleep", "1000"]);
+    s.docker_ok(&["stop", "-t", "1", "ev3"]);
+    s.docker_ok(&["start", "ev3"]);
+    s.docker_ok(&["kill", "ev3"]);
+    s.docker_ok(&["wait", "ev3"]);
+    s.docker_ok(&["rm", "ev3"]);
     let events = |filter: &str, format: &str| {
         let until = (cabin_base_now() + 1).to_string();
         s.docker_ok(&[
             "events", "--since", &since, "--until", &until, "--filter", filter, "--format", format,
         ])
     };
-    let want = "create ev \nstart ev \ndie ev 4\ndestroy ev \ncreate ev2 \ndestroy ev2 \n";
+    let want = "create ev \nstart ev \ndie ev 4\ndestroy ev \n";
     let f = "{{.Action}} {{.Actor.Attributes.name}} {{index .Actor.Attributes \"exitCode\"}}";
-    eventually("the container events", || {
-        events("type=container", f) == want
-    });
+    eventually("the container events", || events("container=ev", f) == want);
     assert_eq!(events("label=k=v", "{{.Action}}"), "create\ndestroy\n");
+    // stop is a kill (SIGTERM), the death, then the stop; kill is SIGKILL by default.
+    assert_eq!(
+        events(
+            "container=ev3",
+            "{{.Action}} {{index .Actor.Attributes \"signal\"}}"
+        ),
+        "create \nstart \nkill 15\ndie \nstop \nstart \nkill 9\ndie \ndestroy \n"
+    );
     assert_eq!(
         events("type=image", "{{.Action}} {{.Actor.ID}}"),
         "tag ev/bb:1\nuntag ev/bb:1\n"
@@ -1581,6 +1593,26 @@ fn the_same_docker_cli_script_gives_the_same_answers_from_dockerd_and_cabin() {
             (
                 v(&["rename", "nope", "other"]),
                 Some("No such container: nope"),
+            ),
+            (
+                run(&["--init", "local/bb", "sh", "-c", "test $$ != 1 && echo not-pid-1"]),
+                None,
+            ),
+            (
+                run(&[
+                    "--mount", "type=volume,source=v2,target=/m", "--mount",
+                    "type=tmpfs,target=/t", "--tmpfs", "/scratch", "local/bb", "sh", "-c",
+                    "echo a > /m/f && echo b > /t/f && echo c > /scratch/f && cat /m/f /t/f /scratch/f",
+                ]),
+                None,
+            ),
+            (v(&["volume", "rm", "v2"]), None),
+            (
+                run(&[
+                    "-v", &format!("{}:/h:ro", s.dir.display()), "local/bb", "sh", "-c",
+                    "cat /h/in.txt; echo no > /h/x",
+                ]),
+                Some("Read-only file system"),
             ),
         ]
     };

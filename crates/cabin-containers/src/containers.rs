@@ -21,6 +21,7 @@ use tokio::io::AsyncRead;
 use crate::attach::{self, AttachError, Detached};
 use crate::control::{self, CallError, ExecRequest, Reply, Request, Stats};
 use crate::copy::{self, Copied, CopyError, HostDest, HostSource};
+use crate::events::Action;
 use crate::exec::{ExecError, ExecSession};
 use crate::log::{self, Entry};
 use crate::spec::{self, ContainerSpec, SpecError, UserNetwork};
@@ -431,13 +432,16 @@ impl Containers {
         if !running(&record) {
             return Ok(record);
         }
+        // Told first: the death it causes may be journaled before this call returns.
+        self.store.journal(&record, &[Action::Kill(libc::SIGTERM)]);
         self.call(&record, &Request::Stop(timeout.as_secs()))
             .await?;
         // SIGKILL after `timeout`, the VM itself a few seconds later: bounded.
-        Ok(self
+        let stopped = self
             .wait_for_exit(&record.id, Some(timeout + STOP_SLACK))
-            .await
-            .unwrap_or(record))
+            .await;
+        self.store.journal(&record, &[Action::Stop]);
+        Ok(stopped.unwrap_or(record))
     }
 
     /// Stops container `name` if it runs and starts it again.
@@ -449,6 +453,9 @@ impl Containers {
     /// Sends signal `signal` to container `name`'s process.
     pub async fn kill(&self, name: &str, signal: i32) -> Result<(), ContainerError> {
         let record = self.get(name).await?;
+        if running(&record) {
+            self.store.journal(&record, &[Action::Kill(signal)]);
+        }
         self.call(&record, &Request::Signal(signal)).await.map(drop)
     }
 

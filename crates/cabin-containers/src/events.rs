@@ -34,6 +34,10 @@ pub enum Action {
     Destroy,
     /// Its health check says this now.
     Health(HealthStatus),
+    /// A signal was sent to its process (by `kill`, or first by `stop`).
+    Kill(i32),
+    /// It was stopped (after its death, which `Die` told).
+    Stop,
 }
 
 impl Action {
@@ -47,6 +51,8 @@ impl Action {
             Action::Health(HealthStatus::Starting) => "health_status: starting",
             Action::Health(HealthStatus::Healthy) => "health_status: healthy",
             Action::Health(HealthStatus::Unhealthy) => "health_status: unhealthy",
+            Action::Kill(_) => "kill",
+            Action::Stop => "stop",
         }
     }
 }
@@ -159,6 +165,8 @@ mod tests {
             Action::Die(-1),
             Action::Destroy,
             Action::Health(HealthStatus::Healthy),
+            Action::Kill(15),
+            Action::Stop,
         ]
         .into_iter()
         .map(|action| Event { action, ..event(7) })

@@ -86,8 +86,14 @@ impl Events {
         }
         attributes.insert("image".into(), json!(e.image));
         attributes.insert("name".into(), json!(e.name));
-        if let Action::Die(code) = e.action {
-            attributes.insert("exitCode".into(), json!(code.to_string()));
+        match e.action {
+            Action::Die(code) => {
+                attributes.insert("exitCode".into(), json!(code.to_string()));
+            }
+            Action::Kill(signal) => {
+                attributes.insert("signal".into(), json!(signal.to_string()));
+            }
+            _ => {}
         }
         let action = e.action.as_str();
         self.publish(
