@@ -11,5 +11,5 @@ pub struct App {
     pub host: Host,
     pub accel: AccelRequest,
     pub execs: execs::Execs,
-    pub events: events::Events,
+    pub events: std::sync::Arc<events::Events>,
 }

@@ -17,7 +17,6 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::app::App;
 use crate::error::ApiError;
 use crate::request::{filters, labels_match, Query};
 
@@ -108,7 +107,7 @@ impl Events {
 
 /// Follows the containers' events journal for the server's lifetime, publishing what
 /// happens. Opened before the server answers: nothing done through it is missed.
-pub fn watch(containers: &Containers, app: Arc<App>) -> Result<(), ContainerError> {
+pub fn watch(containers: &Containers, events: Arc<Events>) -> Result<(), ContainerError> {
     let mut watcher = containers.events()?;
     tokio::spawn(async move {
         loop {
@@ -116,7 +115,7 @@ pub fn watch(containers: &Containers, app: Arc<App>) -> Result<(), ContainerErro
             // A read that failed is tried again at the next look, from where it was.
             if let Ok(changes) = watcher.changes() {
                 for e in &changes {
-                    app.events.container(e);
+                    events.container(e);
                 }
             }
         }
@@ -162,7 +161,7 @@ fn wanted(v: &Value, f: &std::collections::BTreeMap<String, Vec<String>>) -> boo
 
 /// `GET /events[?since=&until=&filters=]`: the kept events from `since`, then the live
 /// ones, until `until` (forever without it).
-pub async fn stream(app: &Arc<App>, q: &Query) -> Result<Response, ApiError> {
+pub async fn stream(events: &Events, q: &Query) -> Result<Response, ApiError> {
     let f = filters(q)?;
     for key in f.keys() {
         if !["type", "event", "container", "image", "label"].contains(&key.as_str()) {
@@ -174,11 +173,11 @@ pub async fn stream(app: &Arc<App>, q: &Query) -> Result<Response, ApiError> {
     let since = instant(q, "since")?;
     let until = instant(q, "until")?;
     // Subscribed before the kept ones are read: nothing falls between the two.
-    let mut live = app.events.live.subscribe();
+    let mut live = events.live.subscribe();
     let past: Vec<Published> = match since {
         None => Vec::new(),
         Some(t) => {
-            let kept = app.events.kept.lock().unwrap_or_else(|p| p.into_inner());
+            let kept = events.kept.lock().unwrap_or_else(|p| p.into_inner());
             kept.0
                 .iter()
                 .filter(|p| p.time_nanos >= t)

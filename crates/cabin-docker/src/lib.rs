@@ -121,9 +121,9 @@ pub async fn serve(
         host: opts.host,
         accel: opts.accel,
         execs: execs::Execs::default(),
-        events: events::Events::default(),
+        events: Arc::new(events::Events::default()),
     });
-    events::watch(&app.containers, app.clone())?;
+    events::watch(&app.containers, app.events.clone())?;
     let router = Router::new().fallback(dispatch).with_state(app);
     let router = router.into_make_service_with_connect_info::<stream::ConnFd>();
     let served = axum::serve(listener, router)
@@ -165,7 +165,7 @@ async fn handle(app: &Arc<App>, route: Route, req: Request) -> Result<Response, 
         Route::Ping => Ok(system::ping()),
         Route::Version => Ok(system::version(app).into_response()),
         Route::Info => system::info(app).await,
-        Route::Events => events::stream(app, &query).await,
+        Route::Events => events::stream(&app.events, &query).await,
         Route::DiskUsage => system::df(app).await,
         Route::ContainerList => containers::list(app, &query).await,
         Route::ContainerCreate => containers::create(app, &query, req).await,

@@ -38,6 +38,8 @@ pub const STATE_DIR: &str = "/run/cabin/bridge";
 const TABLE: &str = "cabin";
 /// The host's IPv4 forwarding setting from before cabin's first bridge came.
 const FORWARDING_SAVED: &str = "/run/cabin/ip_forward.before";
+/// The host interface names of user-defined networks start with this.
+pub const BRIDGE_PREFIX: &str = "cbr-";
 /// Where the state of user-defined networks' bridges lives, one directory each.
 pub const NETWORKS_STATE_DIR: &str = "/run/cabin/networks";
 
@@ -304,7 +306,7 @@ impl State {
                 .flatten()
                 .any(|e| {
                     let n = e.file_name().to_string_lossy().into_owned();
-                    n == BRIDGE || n.starts_with(crate::networks::BRIDGE_PREFIX)
+                    n == BRIDGE || n.starts_with(BRIDGE_PREFIX)
                 });
             if others {
                 return Ok(());
@@ -359,7 +361,7 @@ pub fn host_bridge(name: Option<&str>) -> Result<String, BridgeError> {
                 .map_err(setup_err("listing the host's interfaces"))?
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != BRIDGE && !n.starts_with(crate::networks::BRIDGE_PREFIX) && is_bridge(n))
+                .filter(|n| n != BRIDGE && !n.starts_with(BRIDGE_PREFIX) && is_bridge(n))
                 .collect();
             names.sort();
             names.into_iter().next().ok_or_else(|| {
@@ -597,7 +599,7 @@ pub fn reconcile() -> Result<(), BridgeError> {
         return Ok(());
     }
     reconcile_net(&Net::default_bridge())?;
-    for net in crate::networks::live_nets() {
+    for net in live_nets() {
         reconcile_net(&net)?;
     }
     Ok(())
@@ -615,8 +617,34 @@ fn reconcile_net(net: &Net) -> Result<(), BridgeError> {
     Ok(())
 }
 
+/// The bridge networks of every user-defined network with state on this host (for
+/// tidying up after crashes).
+fn live_nets() -> Vec<Net> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(NETWORKS_STATE_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        // The subnet is the one its endpoints are in; with none, the bridge's own.
+        let bridge = format!("{BRIDGE_PREFIX}{}", &id[..11]);
+        let subnet = endpoints_subnet(&e.path()).unwrap_or(Ipv4Addr::UNSPECIFIED);
+        out.push(Net {
+            bridge,
+            subnet,
+            table: format!("cabin_{}", &id[..12]),
+            state: e.path(),
+        });
+    }
+    out
+}
+
 /// The /24 of the endpoints recorded in `state` (a network's state directory).
-pub(crate) fn endpoints_subnet(state: &Path) -> Option<Ipv4Addr> {
+fn endpoints_subnet(state: &Path) -> Option<Ipv4Addr> {
     fs::read_dir(state.join("endpoints"))
         .ok()?
         .flatten()

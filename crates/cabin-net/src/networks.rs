@@ -23,10 +23,8 @@ use cabin_base::lock::{self, Mode};
 use cabin_base::Paths;
 use serde::{Deserialize, Serialize};
 
-use crate::bridge::{self, Net, NETWORKS_STATE_DIR};
+use crate::bridge::{self, Net, BRIDGE_PREFIX, NETWORKS_STATE_DIR};
 
-/// The host interface names of user-defined networks start with this.
-pub const BRIDGE_PREFIX: &str = "cbr-";
 /// Subnet claims, one file per subnet.
 pub const CLAIMS_DIR: &str = "/run/cabin/subnets";
 /// Names that mean a network mode, not a network.
@@ -310,32 +308,6 @@ fn host_addresses() -> Vec<Ipv4Addr> {
             words.next()?.split('/').next()?.parse().ok()
         })
         .collect()
-}
-
-/// The bridge networks of every user-defined network with state on this host (for
-/// tidying up after crashes).
-pub(crate) fn live_nets() -> Vec<Net> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(NETWORKS_STATE_DIR)
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let id = e.file_name().to_string_lossy().into_owned();
-        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            continue;
-        }
-        // The subnet is the one its endpoints are in; with none, the bridge's own.
-        let bridge = format!("{BRIDGE_PREFIX}{}", &id[..11]);
-        let subnet = bridge::endpoints_subnet(&e.path()).unwrap_or(Ipv4Addr::UNSPECIFIED);
-        out.push(Net {
-            bridge,
-            subnet,
-            table: format!("cabin_{}", &id[..12]),
-            state: e.path(),
-        });
-    }
-    out
 }
 
 #[cfg(test)]
