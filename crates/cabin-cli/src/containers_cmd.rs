@@ -209,7 +209,8 @@ pub struct PsArgs {
 
 /// `cabin ps`.
 pub async fn ps(host: &Host, args: PsArgs) -> Result<i32, Failure> {
-    let (all, unreadable) = Containers::open(host)?.list().await?;
+    let containers = Containers::open(host)?;
+    let (all, unreadable) = containers.list().await?;
     for e in unreadable {
         eprintln!("cabin: {e}");
     }
@@ -251,7 +252,12 @@ pub async fn ps(host: &Host, args: PsArgs) -> Result<i32, Failure> {
                 &r.id[..12],
                 root,
                 command,
-                r.status.describe(now_unix()),
+                cabin_containers::health::describe(
+                    r.status.describe(now_unix()),
+                    matches!(r.status, Status::Running { .. })
+                        .then(|| containers.health(&r.id).map(|h| h.status))
+                        .flatten()
+                ),
                 ports,
                 r.name
             );

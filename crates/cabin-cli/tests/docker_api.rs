@@ -1256,6 +1256,8 @@ fn health_checks_run_in_the_container_and_show_in_ps_inspect_and_events() {
         s.docker_ok(&["ps", "--filter", "health=unhealthy", "-q"]),
         ""
     );
+    let o = cabin_in(&s.data()).args(["ps"]).output().unwrap();
+    assert!(stdout(&o).contains("(healthy)"), "{}", stdout(&o));
     let probes = s.docker_ok(&[
         "inspect",
         "-f",

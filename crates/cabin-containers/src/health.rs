@@ -141,6 +141,16 @@ impl HealthStatus {
     }
 }
 
+/// A container's status line with its health, as `docker ps` shows it: "Up 2 minutes
+/// (healthy)", "Up 3 seconds (health: starting)".
+pub fn describe(status: String, health: Option<HealthStatus>) -> String {
+    match health {
+        None => status,
+        Some(HealthStatus::Starting) => format!("{status} (health: starting)"),
+        Some(h) => format!("{status} ({})", h.as_str()),
+    }
+}
+
 /// One probe: when it ran, how it ended, what it printed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Probe {
@@ -341,6 +351,20 @@ mod tests {
             h.record(probe(0), true);
         }
         assert_eq!(h.log.len(), KEPT_PROBES);
+    }
+
+    #[test]
+    fn the_status_line_tells_the_health() {
+        let up = || "Up 5 seconds".to_string();
+        assert_eq!(describe(up(), None), "Up 5 seconds");
+        assert_eq!(
+            describe(up(), Some(HealthStatus::Starting)),
+            "Up 5 seconds (health: starting)"
+        );
+        assert_eq!(
+            describe(up(), Some(HealthStatus::Unhealthy)),
+            "Up 5 seconds (unhealthy)"
+        );
     }
 
     #[test]

@@ -191,11 +191,7 @@ pub fn summary(r: &Record, health: Option<HealthStatus>, now: u64) -> Value {
         "Command": r.command.join(" "),
         "Created": r.created_unix,
         "State": state_name(&r.status),
-        "Status": match health {
-            None => r.status.describe(now),
-            Some(HealthStatus::Starting) => format!("{} (health: starting)", r.status.describe(now)),
-            Some(h) => format!("{} ({})", r.status.describe(now), h.as_str()),
-        },
+        "Status": cabin_containers::health::describe(r.status.describe(now), health),
         "Ports": ports(r),
         "Labels": labels(r),
         "Mounts": [],
