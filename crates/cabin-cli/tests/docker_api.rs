@@ -847,6 +847,27 @@ fn events_tell_container_lifecycles_and_image_tags_with_filters_and_since() {
     s.docker_ok(&["kill", "ev3"]);
     s.docker_ok(&["wait", "ev3"]);
     s.docker_ok(&["rm", "ev3"]);
+    // A restart by the policy is a die and a start, however quick.
+    s.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ev4",
+        "--restart",
+        "on-failure:1",
+        "local/bb",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    eventually("ev4 to have given up", || {
+        s.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.RestartCount}}",
+            "ev4",
+        ]) == "exited 1\n"
+    });
     let events = |filter: &str, format: &str| {
         let until = (cabin_base_now() + 1).to_string();
         s.docker_ok(&[
@@ -857,6 +878,13 @@ fn events_tell_container_lifecycles_and_image_tags_with_filters_and_since() {
     let f = "{{.Action}} {{.Actor.Attributes.name}} {{index .Actor.Attributes \"exitCode\"}}";
     eventually("the container events", || events("container=ev", f) == want);
     assert_eq!(events("label=k=v", "{{.Action}}"), "create\ndestroy\n");
+    assert_eq!(
+        events(
+            "container=ev4",
+            "{{.Action}} {{index .Actor.Attributes \"exitCode\"}}"
+        ),
+        "create \nstart \ndie 3\nstart \ndie 3\n"
+    );
     // stop is a kill (SIGTERM), the death, then the stop; kill is SIGKILL by default.
     assert_eq!(
         events(
@@ -1050,6 +1078,40 @@ fn user_networks_let_containers_find_each_other_by_name_and_alias() {
     assert_eq!(o, "reached\n");
     let o = s.docker(&["run", "--rm", "local/bb", "ping", "-c1", "-W2", "web"]);
     assert!(!o.status.success());
+    // Nor can a container of another network, even by address (while one on n1 can).
+    let ip = s.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        "a",
+    ]);
+    let ip = ip.trim();
+    assert!(ip.starts_with("10.89."), "{ip}");
+    s.docker_ok(&["network", "create", "n2"]);
+    let o = s.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "n2",
+        "local/bb",
+        "ping",
+        "-c1",
+        "-W2",
+        ip,
+    ]);
+    assert!(!o.status.success(), "n2 reached n1: {}", stdout(&o));
+    s.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "n1",
+        "local/bb",
+        "ping",
+        "-c1",
+        "-W5",
+        ip,
+    ]);
+    s.docker_ok(&["network", "rm", "n2"]);
     // The same network from cabin's own CLI: one namespace.
     let cabin = |args: &[&str]| cabin_in(&s.data()).args(args).output().unwrap();
     assert_eq!(

@@ -260,6 +260,7 @@ async fn probe(
     let start_unix_nanos = now_unix_nanos();
     let process = ProcessRef {
         container_id: container_id.to_string(),
+        // cabin-init forgets processes named so once their end is told.
         process_id: format!("health-{n}"),
     };
     let ended = |exit_code: i32, output: String| Probe {
@@ -309,6 +310,10 @@ async fn probe(
         Err(_) => {
             let _ =
                 process::signal(agent, &process, libc::SIGKILL, cabin_proto::CALL_TIMEOUT).await;
+            // Waited for, so that the guest forgets it.
+            let _ =
+                tokio::time::timeout(cabin_proto::CALL_TIMEOUT, a.clone().wait(process.clone()))
+                    .await;
             ended(
                 -1,
                 format!(

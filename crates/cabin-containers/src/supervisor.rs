@@ -312,6 +312,8 @@ async fn run_once(
             });
         }
     };
+    // Running already: this is a restart by the container's policy.
+    let restarted = matches!(record.status, Status::Running { .. });
     record.status = Status::Running {
         supervisor_pid: std::process::id(),
         started_unix: now_unix(),
@@ -328,6 +330,9 @@ async fn run_once(
     if let Err(e) = store.save(record) {
         vm.teardown().await;
         return Err(e);
+    }
+    if restarted {
+        store.journal(record, &[crate::events::Action::Start]);
     }
     let agent = vm.agent();
     let proc_ref = vm.process_ref();

@@ -611,7 +611,7 @@ impl ContainerVm {
         me.healthcheck = match &cfg.healthcheck {
             Some(c) if c.disabled() => None,
             Some(c) => Some(c.clone()),
-            None => image_healthcheck,
+            None => image_healthcheck.filter(|c| !c.disabled()),
         };
         if cfg.tty {
             // Before the image's and the user's variables, which may set their own.

@@ -648,18 +648,9 @@ pub async fn resize(app: &Arc<App>, id: &str, q: &Query) -> Result<Response, Api
     Ok(empty(StatusCode::OK))
 }
 
-/// Docker's `since`: Unix seconds, possibly with a fraction.
+/// Docker's `since` for logs: `0` is from the start, as none.
 fn since_nanos(q: &Query) -> Result<Option<u64>, ApiError> {
-    let Some(s) = q.get("since").filter(|s| !s.is_empty() && *s != "0") else {
-        return Ok(None);
-    };
-    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
-    let secs: u64 = secs
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("invalid since {s:?}")))?;
-    let frac: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
-    let nanos: u64 = frac.parse().unwrap_or(0);
-    Ok(Some(secs * 1_000_000_000 + nanos))
+    Ok(q.instant("since")?.filter(|n| *n > 0))
 }
 
 /// `GET /containers/{id}/logs`: what was kept, in Docker's frames (raw with a

@@ -123,21 +123,6 @@ pub fn watch(containers: &Containers, events: Arc<Events>) -> Result<(), Contain
     Ok(())
 }
 
-/// Docker's `since`/`until`: Unix seconds, perhaps with a fraction, as nanoseconds.
-fn instant(q: &Query, key: &str) -> Result<Option<u64>, ApiError> {
-    let Some(v) = q.get(key).filter(|v| !v.is_empty()) else {
-        return Ok(None);
-    };
-    let (secs, frac) = v.split_once('.').unwrap_or((v, ""));
-    let secs: u64 = secs
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("invalid {key} {v:?}: give Unix seconds")))?;
-    let frac: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
-    Ok(Some(
-        secs * 1_000_000_000 + frac.parse::<u64>().unwrap_or(0),
-    ))
-}
-
 /// Whether `v` passes Docker's event filters.
 fn wanted(v: &Value, f: &std::collections::BTreeMap<String, Vec<String>>) -> bool {
     let s = |k: &str| v[k].as_str().unwrap_or("");
@@ -148,7 +133,8 @@ fn wanted(v: &Value, f: &std::collections::BTreeMap<String, Vec<String>>) -> boo
         }
         values.iter().any(|want| match key.as_str() {
             "type" => s("Type") == want,
-            "event" => s("Action") == want,
+            // Docker's loose match: `health_status` is every `health_status: ...`.
+            "event" => s("Action") == want || s("Action").split(':').next() == Some(want.as_str()),
             "container" => {
                 s("Type") == "container"
                     && (s("id").starts_with(want.as_str()) || attr("name") == want)
@@ -170,8 +156,8 @@ pub async fn stream(events: &Events, q: &Query) -> Result<Response, ApiError> {
             )));
         }
     }
-    let since = instant(q, "since")?;
-    let until = instant(q, "until")?;
+    let since = q.instant("since")?;
+    let until = q.instant("until")?;
     // Subscribed before the kept ones are read: nothing falls between the two.
     let mut live = events.live.subscribe();
     let past: Vec<Published> = match since {

@@ -152,26 +152,12 @@ pub async fn start(app: &Arc<App>, id: &str, mut req: Request) -> Result<Respons
             "exec start takes over the connection: send Connection: Upgrade and Upgrade: tcp, or Detach",
         ));
     }
-    app.execs.set(id, State::Running);
-    let started = app.containers.exec(&exec.container, exec.req.clone()).await;
-    let session = match started {
-        Ok(s) => {
-            let resizer = exec.req.tty.is_some().then(|| s.resizer());
-            app.execs.update(id, |e| e.resizer = resizer);
-            Ok(s)
-        }
-        // A command that could not start: its message on stderr and docker's 126/127 as
-        // its exit code, as Docker reports it.
-        Err(e @ ContainerError::ExecNotStarted { .. }) => Err(e),
-        Err(e) => {
-            app.execs.set(id, State::Created);
-            return Err(e.into());
-        }
-    };
     let wants = (exec.stdout, exec.stderr);
     let app = app.clone();
     let id = id.to_string();
-    if detach {
+    let Some(hijack) = hijack.filter(|_| !detach) else {
+        app.execs.set(&id, State::Running);
+        let session = started_session(&app, &id, &exec).await?;
         tokio::spawn(async move {
             let code = match session {
                 Ok(s) => relay(s, None, None, wants).await,
@@ -180,14 +166,32 @@ pub async fn start(app: &Arc<App>, id: &str, mut req: Request) -> Result<Respons
             app.execs.set(&id, State::Exited(code));
         });
         return Ok(StatusCode::OK.into_response());
-    }
-    let Some(hijack) = hijack else {
-        return Err(ApiError::bad_request("exec start needs Upgrade: tcp")); // (checked above)
     };
+    // As Docker: the process starts once the connection is taken over, so that its
+    // first output cannot reach a client still reading the reply's headers (clients
+    // that read them through a buffer, as docker-py does, would lose it).
+    app.containers.get(&exec.container).await.and_then(|r| {
+        if matches!(r.status, cabin_containers::store::Status::Running { .. }) {
+            Ok(())
+        } else {
+            Err(ContainerError::NotRunning(r.name))
+        }
+    })?;
+    app.execs.set(&id, State::Running);
     let reply = hijack.response();
     let fd = hijack.fd();
     tokio::spawn(async move {
-        let Some((rd, wr)) = hijack.conn().await else {
+        let conn = hijack.conn().await;
+        // Its size may have come since (a resize before the start).
+        let exec = app.execs.get(&id).unwrap_or(exec);
+        let session = match started_session(&app, &id, &exec).await {
+            Ok(s) => s,
+            Err(e) => Err(ContainerError::Supervisor {
+                name: exec.container.clone(),
+                source: cabin_containers::control::CallError::Refused(e.message),
+            }),
+        };
+        let Some((rd, wr)) = conn else {
             if let Ok(s) = session {
                 let code = relay(s, None, None, wants).await;
                 app.execs.set(&id, State::Exited(code));
@@ -217,6 +221,28 @@ pub async fn start(app: &Arc<App>, id: &str, mut req: Request) -> Result<Respons
         let _ = written.await;
     });
     Ok(reply)
+}
+
+/// Starts exec `id`'s process: the session, or the start's failure as Docker reports a
+/// command that could not run (its message, 126 or 127); any other failure is the
+/// caller's error to tell.
+async fn started_session(
+    app: &App,
+    id: &str,
+    exec: &Exec,
+) -> Result<Result<ExecSession, ContainerError>, ApiError> {
+    match app.containers.exec(&exec.container, exec.req.clone()).await {
+        Ok(s) => {
+            let resizer = exec.req.tty.is_some().then(|| s.resizer());
+            app.execs.update(id, |e| e.resizer = resizer);
+            Ok(Ok(s))
+        }
+        Err(e @ ContainerError::ExecNotStarted { .. }) => Ok(Err(e)),
+        Err(e) => {
+            app.execs.set(id, State::Created);
+            Err(e.into())
+        }
+    }
 }
 
 /// `POST /exec/{id}/resize?h=&w=`: its terminal takes the size (before it starts: it

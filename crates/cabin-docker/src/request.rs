@@ -36,6 +36,27 @@ impl Query {
         matches!(self.get(key), Some("1" | "true" | "True"))
     }
 
+    /// Docker's time stamps (`since`, `until`): Unix seconds, perhaps with a fraction,
+    /// as nanoseconds; a 400 naming the parameter for anything else (or a time beyond
+    /// what nanoseconds hold).
+    pub fn instant(&self, key: &str) -> Result<Option<u64>, ApiError> {
+        let Some(v) = self.get(key).filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        let bad = || ApiError::bad_request(format!("invalid {key} {v:?}: give Unix seconds"));
+        let (secs, frac) = v.split_once('.').unwrap_or((v, ""));
+        let secs: u64 = secs.parse().map_err(|_| bad())?;
+        if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let frac: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+        let frac: u64 = frac.parse().map_err(|_| bad())?;
+        secs.checked_mul(1_000_000_000)
+            .and_then(|n| n.checked_add(frac))
+            .map(Some)
+            .ok_or_else(bad)
+    }
+
     /// A number, or a 400 naming the parameter.
     pub fn number<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, ApiError> {
         self.get(key)
@@ -98,6 +119,23 @@ pub fn labels_match<'a>(values: &[String], get: impl Fn(&str) -> Option<&'a str>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_stamps_are_seconds_with_a_fraction_and_bounded() {
+        let q = |v: &str| Query(vec![("since".into(), v.into())]);
+        assert_eq!(q("12").instant("since").unwrap(), Some(12_000_000_000));
+        assert_eq!(q("12.5").instant("since").unwrap(), Some(12_500_000_000));
+        assert_eq!(q("").instant("since").unwrap(), None);
+        for bad in [
+            "x",
+            "1.x",
+            "99999999999999999999",
+            "18446744073709551615",
+            "1.0000000001",
+        ] {
+            assert!(q(bad).instant("since").is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn every_label_filter_must_hold() {

@@ -126,14 +126,30 @@ pub async fn auth(req: Request) -> Result<Response, ApiError> {
     }
 }
 
-/// A staged archive in the image store's temporary directory.
-fn staged(app: &App, what: &str) -> Result<std::path::PathBuf, ApiError> {
+/// A staged archive in the image store's temporary directory, removed when dropped
+/// (also when the client leaves and the handler is cancelled).
+struct Staged(std::path::PathBuf);
+
+impl std::ops::Deref for Staged {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn staged(app: &App, what: &str) -> Result<Staged, ApiError> {
     let dir = cabin_image::store::Store::open(app.host.paths.image_store())
         .map_err(ImageError::from)?
         .tmp_dir();
     std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
     let id = cabin_base::random::id().map_err(ApiError::internal)?;
-    Ok(dir.join(format!("{what}-{id}.tar")))
+    Ok(Staged(dir.join(format!("{what}-{id}.tar"))))
 }
 
 /// `GET /images/get?names=A&names=B` and `GET /images/{name}/get`: the images as one
@@ -153,18 +169,17 @@ pub async fn save(app: &Arc<App>, name: Option<&str>, q: &Query) -> Result<Respo
     }
     let path = staged(app, "save")?;
     let dir = app.host.paths.image_store();
-    let out = path.clone();
-    tokio::task::spawn_blocking(move || {
+    // The staged file goes with the blocking work, which runs on if the client leaves.
+    let path = tokio::task::spawn_blocking(move || {
         let store = cabin_image::store::Store::open(dir).map_err(ImageError::from)?;
-        archive::save(&store, &names, &out)
+        archive::save(&store, &names, &path).map(|()| path)
     })
     .await
     .map_err(ApiError::internal)??;
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(ApiError::internal);
-    let _ = std::fs::remove_file(&path);
-    let mut file = file?;
+    // Open, it can go from the directory at once.
+    let file = tokio::fs::File::open(&*path).await;
+    drop(path);
+    let mut file = file.map_err(ApiError::internal)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     tokio::spawn(async move {
         loop {
@@ -195,7 +210,7 @@ pub async fn save(app: &Arc<App>, name: Option<&str>, q: &Query) -> Result<Respo
 pub async fn load(app: &Arc<App>, req: Request) -> Result<Response, ApiError> {
     let path = staged(app, "load")?;
     let received = async {
-        let mut f = tokio::fs::File::create(&path).await?;
+        let mut f = tokio::fs::File::create(&*path).await?;
         let mut stream = req.into_body().into_data_stream();
         let mut total = 0u64;
         while let Some(chunk) = stream.next().await {
@@ -213,19 +228,16 @@ pub async fn load(app: &Arc<App>, req: Request) -> Result<Response, ApiError> {
     }
     .await;
     if let Err(e) = received {
-        let _ = std::fs::remove_file(&path);
         return Err(ApiError::bad_request(format!("receiving the archive: {e}")));
     }
     let dir = app.host.paths.image_store();
-    let input = path.clone();
     let loaded = tokio::task::spawn_blocking(move || {
         let store = cabin_image::store::Store::open(dir).map_err(ImageError::from)?;
-        archive::load(&store, &input)
+        archive::load(&store, &path)
     })
     .await
-    .map_err(ApiError::internal);
-    let _ = std::fs::remove_file(&path);
-    let loaded = loaded?.map_err(|e| ApiError::bad_request(e.to_string()))?;
+    .map_err(ApiError::internal)?
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let mut out = String::new();
     for (name, digest) in &loaded {
         let said = if name.is_empty() {

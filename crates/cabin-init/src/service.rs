@@ -50,6 +50,9 @@ struct Process {
     cgroup: PathBuf,
 }
 
+/// The process IDs the host gives health probes (cabin-containers' health checks).
+const HEALTH_PROBE_PREFIX: &str = "health-";
+
 pub struct AgentService {
     init_started: u64,
     reaper: Arc<Reaper>,
@@ -524,8 +527,16 @@ impl Agent for AgentService {
     }
 
     async fn wait(&self, req: Request<ProcessRef>) -> Result<Response<ExitStatus>, Status> {
-        let proc = self.process(Some(&req.into_inner()))?;
+        let r = req.into_inner();
+        let proc = self.process(Some(&r))?;
         let exit = reaper::wait(proc.exit.clone()).await;
+        // A health probe is forgotten once its end is told: one runs every interval
+        // for the container's life, and nothing asks about it again.
+        if r.process_id.starts_with(HEALTH_PROBE_PREFIX) {
+            self.processes
+                .locked()
+                .remove(&(r.container_id.clone(), r.process_id.clone()));
+        }
         crate::trace::mark("exit seen");
         let (code, signal) = match exit {
             Exit::Code(c) => (c, 0),

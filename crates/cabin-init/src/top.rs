@@ -1,7 +1,7 @@
 //! The processes of a container (`docker top`, `cabin top`): its cgroup says which
 //! they are, /proc what they are. Read in the guest, where the container's processes
-//! are, and bounded: a process's command line is cut at [`MAX_COMMAND`] bytes and at
-//! most [`MAX_PROCESSES`] are listed.
+//! are, and bounded: a process's command line is cut at [`MAX_COMMAND`] bytes, at most
+//! [`MAX_PROCESSES`] are listed, and the list stops at [`MAX_LIST_BYTES`].
 
 use std::path::Path;
 
@@ -11,6 +11,9 @@ use cabin_proto::v1::{ProcessInfo, ProcessList};
 const MAX_COMMAND: usize = 4096;
 /// A container with more processes is listed in part.
 const MAX_PROCESSES: usize = 4096;
+/// The list stops before its command lines pass this many bytes: the answer must fit
+/// in one message of the agent's protocol (and the host's control frames), 1 MiB.
+const MAX_LIST_BYTES: usize = 512 << 10;
 
 /// The processes in `cgroup` now.
 pub fn processes(cgroup: &Path) -> ProcessList {
@@ -25,10 +28,18 @@ pub fn processes(cgroup: &Path) -> ProcessList {
         .filter_map(|l| l.trim().parse().ok())
         .take(MAX_PROCESSES)
         .collect();
-    let mut processes: Vec<ProcessInfo> = pids
-        .into_iter()
-        .filter_map(|pid| process(Path::new(&format!("/proc/{pid}")), pid, ticks))
-        .collect();
+    let mut processes: Vec<ProcessInfo> = Vec::new();
+    let mut bytes = 0;
+    for pid in pids {
+        let Some(p) = process(Path::new(&format!("/proc/{pid}")), pid, ticks) else {
+            continue;
+        };
+        bytes += p.command.len() + p.tty.len() + 64;
+        if bytes > MAX_LIST_BYTES {
+            break;
+        }
+        processes.push(p);
+    }
     processes.sort_by_key(|p| p.pid);
     ProcessList {
         processes,

@@ -205,6 +205,8 @@ fn ruleset(net: &Net, endpoints: &[EndpointRecord]) -> String {
          \x20   ip saddr {subnet} ip daddr != {subnet} masquerade\n\
          \x20   ip saddr 127.0.0.0/8 ip daddr {subnet} masquerade\n  }}\n\
          \x20 chain forward {{\n    type filter hook forward priority filter; policy accept;\n\
+         \x20   iifname \"{bridge}\" oifname != \"{bridge}\" oifname \"{BRIDGE_PREFIX}*\" drop\n\
+         \x20   iifname \"{bridge}\" oifname != \"{bridge}\" oifname \"{BRIDGE}\" drop\n\
          \x20   iifname \"{bridge}\" accept\n\
          \x20   oifname \"{bridge}\" ct state established,related accept\n\
          \x20   oifname \"{bridge}\" ip daddr {subnet} ct status dnat accept\n  }}\n\
@@ -657,6 +659,26 @@ fn endpoints_subnet(state: &Path) -> Option<Ipv4Addr> {
         .next()
 }
 
+/// Takes network `net` off the host (its rules, its bridge, its state) unless
+/// containers are attached to it: those are returned, and nothing is done. The state
+/// lock is held throughout, so that no container joins in between.
+pub fn retire(net: &Net) -> Result<Vec<EndpointRecord>, BridgeError> {
+    if !net.state.exists() {
+        return Ok(Vec::new());
+    }
+    let state = State::lock(net)?;
+    let live = state.live_endpoints();
+    if !live.is_empty() {
+        return Ok(live);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        state.apply(&[])?;
+    }
+    let _ = fs::remove_dir_all(&net.state);
+    Ok(Vec::new())
+}
+
 /// The endpoints alive on `net` now (the containers attached to it).
 pub fn endpoints(net: &Net) -> Vec<EndpointRecord> {
     if !net.state.join("endpoints").is_dir() {
@@ -709,6 +731,13 @@ mod tests {
         assert!(r.contains("ip daddr 127.0.0.1 tcp dport 8080 dnat to 10.89.0.2:80"));
         assert!(r.contains("fib daddr type local udp dport 5353 dnat to 10.89.0.2:53"));
         assert!(r.contains("ip saddr 10.89.0.0/24 ip daddr != 10.89.0.0/24 masquerade"));
+        // Networks do not reach each other: nothing goes from one of cabin's bridges to
+        // another, before anything is accepted.
+        let isolated = r.find("iifname \"cabin0\" oifname != \"cabin0\" oifname \"cbr-*\" drop");
+        assert!(
+            isolated.is_some_and(|i| i < r.find("iifname \"cabin0\" accept").unwrap()),
+            "{r}"
+        );
         assert_eq!(e.mac, "52:54:00:59:00:02");
         assert_eq!(describe_ports(&e)[0], "127.0.0.1:8080->80/tcp");
     }

@@ -77,6 +77,8 @@ pub enum NetworkError {
     InUse { name: String, containers: String },
     #[error("container {container} is not connected to network {network}")]
     NotConnected { container: String, network: String },
+    #[error(transparent)]
+    Bridge(#[from] bridge::BridgeError),
     #[error("no free subnet left in 10.89.0.0/16 for another network: remove unused networks (cabin network prune)")]
     NoSubnet,
     #[error("network {name}'s subnet {subnet}/24 is held by another network on this host (another data directory's): remove and create the network again")]
@@ -140,7 +142,12 @@ impl Networks {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
             .filter_map(|e| read_bounded(&e.path(), MAX_RECORD_BYTES).ok())
             .filter_map(|b| serde_json::from_slice::<NetworkRecord>(&b).ok())
-            .filter(|r| r.version <= RECORD_VERSION && r.id.len() == 32 && valid_name(&r.name))
+            .filter(|r| {
+                r.version <= RECORD_VERSION
+                    && r.id.len() == 32
+                    && r.id.bytes().all(|b| b.is_ascii_hexdigit())
+                    && valid_name(&r.name)
+            })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
@@ -205,7 +212,7 @@ impl Networks {
     /// Removes network `what`, which must have no containers attached.
     pub fn remove(&self, what: &str) -> Result<NetworkRecord, NetworkError> {
         let r = self.get(what)?;
-        let attached = bridge::endpoints(&r.net());
+        let attached = bridge::retire(&r.net())?;
         if !attached.is_empty() {
             let names: Vec<String> = attached
                 .iter()
@@ -226,7 +233,6 @@ impl Networks {
         if self.read_claim(r.subnet).is_some_and(|c| c.id == r.id) {
             let _ = fs::remove_file(self.claim_path(r.subnet));
         }
-        let _ = fs::remove_dir_all(r.net().state);
         Ok(r)
     }
 
