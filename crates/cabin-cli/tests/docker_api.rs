@@ -1114,11 +1114,7 @@ fn user_networks_let_containers_find_each_other_by_name_and_alias() {
     s.docker_ok(&["network", "rm", "n2"]);
     // The same network from cabin's own CLI: one namespace.
     let cabin = |args: &[&str]| cabin_in(&s.data()).args(args).output().unwrap();
-    assert_eq!(
-        stdout(&cabin(&["network", "ls", "-q"])),
-        "n1
-"
-    );
+    assert_eq!(stdout(&cabin(&["network", "ls", "-q"])), "n1\n");
     let o = cabin(&[
         "run",
         "--rm",
