@@ -254,9 +254,7 @@ pub async fn ps(host: &Host, args: PsArgs) -> Result<i32, Failure> {
                 command,
                 cabin_containers::health::describe(
                     r.status.describe(now_unix()),
-                    matches!(r.status, Status::Running { .. })
-                        .then(|| containers.health(&r.id).map(|h| h.status))
-                        .flatten()
+                    containers.health_status(r)
                 ),
                 ports,
                 r.name

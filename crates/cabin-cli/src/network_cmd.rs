@@ -64,13 +64,7 @@ pub async fn run(host: &Host, cmd: NetworkCommand) -> Result<i32, Failure> {
     let networks = Networks::open(&host.paths);
     match cmd {
         NetworkCommand::Create { name, labels } => {
-            let labels = labels
-                .iter()
-                .map(|l| match l.split_once('=') {
-                    Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                    _ => Err(Failure::new(format!("invalid label {l:?}: use KEY=VALUE"))),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let labels = crate::run::parse_labels(&labels)?;
             println!("{}", networks.create(&name, labels)?.id);
         }
         NetworkCommand::Ls { quiet, format } => {

@@ -214,18 +214,22 @@ pub fn spec(args: &RunArgs, announce_tcg: bool) -> Result<ContainerSpec, Failure
 
 /// `--name`, `--label`, `--rm` for a container that is kept.
 fn create_options(args: &RunArgs) -> Result<CreateOptions, Failure> {
-    let mut labels = Vec::new();
-    for l in &args.labels {
-        match l.split_once('=') {
-            Some((k, v)) if !k.is_empty() => labels.push((k.to_string(), v.to_string())),
-            _ => return Err(Failure::new(format!("invalid label {l:?}: use KEY=VALUE"))),
-        }
-    }
     Ok(CreateOptions {
         name: args.name.clone(),
-        labels,
+        labels: parse_labels(&args.labels)?,
         auto_remove: args.rm,
     })
+}
+
+/// `--label KEY=VALUE` options (containers', networks').
+pub fn parse_labels(labels: &[String]) -> Result<Vec<(String, String)>, Failure> {
+    labels
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(Failure::new(format!("invalid label {l:?}: use KEY=VALUE"))),
+        })
+        .collect()
 }
 
 /// A kept container with a terminal: the library runs it (the Docker API attaches to

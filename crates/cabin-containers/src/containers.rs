@@ -572,6 +572,15 @@ impl Containers {
         crate::health::read(&self.store.container_dir(id))
     }
 
+    /// What a running container's health check says now (None: it is not running, or
+    /// has no check).
+    pub fn health_status(&self, r: &Record) -> Option<crate::health::HealthStatus> {
+        running(r)
+            .then(|| self.health(&r.id))
+            .flatten()
+            .map(|h| h.status)
+    }
+
     /// Container `name`'s processes now.
     pub async fn top(&self, name: &str) -> Result<Vec<crate::control::Process>, ContainerError> {
         let record = self.get(name).await?;

@@ -19,7 +19,7 @@ use cabin_containers::spec::RestartPolicy;
 use cabin_containers::store::{Record, RemovedExit, Status};
 use cabin_containers::volumes::MountSpec;
 use cabin_containers::{ContainerSpec, RootSource};
-use cabin_image::image::{self, ImageError};
+use cabin_image::image;
 use cabin_net::NetworkMode;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -46,14 +46,6 @@ fn state_name(s: &Status) -> &'static str {
         Status::Running { .. } => "running",
         Status::Exited { .. } => "exited",
     }
-}
-
-/// A running container's health status, if it has a check.
-fn health_of(app: &App, r: &Record) -> Option<HealthStatus> {
-    matches!(r.status, Status::Running { .. })
-        .then(|| app.containers.health(&r.id))
-        .flatten()
-        .map(|h| h.status)
 }
 
 fn matches_filters(
@@ -160,7 +152,7 @@ pub async fn list(app: &Arc<App>, q: &Query) -> Result<Response, ApiError> {
     let mut rows = Vec::new();
     for r in records {
         let shown = all || matches!(r.status, Status::Running { .. }) || f.contains_key("status");
-        let health = health_of(app, &r);
+        let health = app.containers.health_status(&r);
         if !shown || !matches_filters(&r, health, &f)? {
             continue;
         }
@@ -206,14 +198,8 @@ pub async fn create(app: &Arc<App>, q: &Query, req: Request) -> Result<Response,
     let b: CreateBody = body(req).await?;
     let (spec, opts) = spec_of(&b, q.get("name"), app.accel)?;
     if let RootSource::Image(name) = &spec.root {
-        let store_dir = app.host.paths.image_store();
         let name = name.clone();
-        tokio::task::spawn_blocking(move || {
-            let store = cabin_image::store::Store::open(store_dir).map_err(ImageError::from)?;
-            image::resolve(&store, &name).map(drop)
-        })
-        .await
-        .map_err(ApiError::internal)??;
+        crate::images::with_store(app, move |s| image::resolve(s, &name).map(drop)).await?;
     }
     // A missing network is a bad request, not a 404: the CLI would take that for a
     // missing image and pull it.

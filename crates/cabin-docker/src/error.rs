@@ -35,6 +35,16 @@ impl ApiError {
 }
 
 /// A JSON reply with Docker's exact content type.
+/// Runs blocking work (the store, the file system, host commands) off the server's
+/// threads; a task that panicked is a 500.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+}
+
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response {
     let mut r = (status, value.to_string()).into_response();
     r.headers_mut().insert(

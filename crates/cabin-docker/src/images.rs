@@ -27,18 +27,33 @@ const PROGRESS_BACKLOG: usize = 64;
 /// An `X-Registry-Auth` header larger than this is not a login.
 const MAX_AUTH_HEADER: usize = 16 << 10;
 
-async fn blocking<T: Send + 'static>(
+/// Runs `f` on the image store, off the server's threads.
+pub(crate) async fn with_store<T: Send + 'static>(
     app: &App,
     f: impl FnOnce(&Store) -> Result<T, ImageError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let dir = app.host.paths.image_store();
-    tokio::task::spawn_blocking(move || {
+    crate::error::blocking(move || {
         let store = Store::open(dir).map_err(ImageError::from)?;
-        f(&store)
+        Ok(f(&store)?)
     })
     .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::from)
+}
+
+/// The registry options for `reference`: `cabin login`'s credentials, or the client's
+/// `X-Registry-Auth` when it sends one.
+pub(crate) fn registry_options(
+    app: &App,
+    reference: &str,
+    headers: &HeaderMap,
+) -> Result<cabin_image::registry::RegistryOptions, ApiError> {
+    let creds = cabin_image::credentials::Credentials::at(app.host.paths.credentials());
+    let mut opts = cabin_image::credentials::options_for(reference, &creds, Default::default())
+        .map_err(|e| ApiError::internal(format!("reading saved credentials: {e}")))?;
+    if let Some(auth) = auth_of(headers)? {
+        opts.auth = Some(auth);
+    }
+    Ok(opts)
 }
 
 /// `GET /images/json`: one entry per image, with all its names.
@@ -48,7 +63,7 @@ pub async fn list(app: &Arc<App>) -> Result<Response, ApiError> {
 
 /// The images as `GET /images/json` lists them: one per manifest, with all its names.
 pub async fn summaries(app: &Arc<App>) -> Result<Vec<Value>, ApiError> {
-    let rows = blocking(app, image::list).await?;
+    let rows = with_store(app, image::list).await?;
     let mut by_digest: Vec<(String, Vec<String>, u64, String)> = Vec::new();
     for l in rows {
         match by_digest.iter_mut().find(|(d, ..)| *d == l.manifest_digest) {
@@ -125,7 +140,7 @@ fn inspect_json(img: &Image) -> Value {
 /// `GET /images/{name}/json`.
 pub async fn inspect(app: &Arc<App>, name: &str) -> Result<Response, ApiError> {
     let name = name.to_string();
-    let img = blocking(app, move |s| image::resolve(s, &name)).await?;
+    let img = with_store(app, move |s| image::resolve(s, &name)).await?;
     Ok(json(StatusCode::OK, &inspect_json(&img)))
 }
 
@@ -133,7 +148,7 @@ pub async fn inspect(app: &Arc<App>, name: &str) -> Result<Response, ApiError> {
 /// made a layer has that layer's size, the newest carries the image's ID and names.
 pub async fn history(app: &Arc<App>, name: &str) -> Result<Response, ApiError> {
     let name = name.to_string();
-    let (img, names) = blocking(app, move |s| {
+    let (img, names) = with_store(app, move |s| {
         let img = image::resolve(s, &name)?;
         let names: Vec<String> = image::list(s)?
             .into_iter()
@@ -188,9 +203,9 @@ fn history_json(img: &Image, names: Vec<String>) -> Vec<Value> {
 /// while a container is made of it, unless forced.
 pub async fn remove(app: &Arc<App>, name: &str, q: &Query) -> Result<Response, ApiError> {
     let owned = name.to_string();
-    let img = blocking(app, move |s| image::resolve(s, &owned)).await?;
+    let img = with_store(app, move |s| image::resolve(s, &owned)).await?;
     let digest = img.manifest_digest.clone();
-    let other_names = blocking(app, move |s| {
+    let other_names = with_store(app, move |s| {
         Ok(s.refs()?.values().filter(|d| **d == digest).count() > 1)
     })
     .await?;
@@ -199,7 +214,7 @@ pub async fn remove(app: &Arc<App>, name: &str, q: &Query) -> Result<Response, A
         let (records, _) = app.containers.list().await?;
         for r in records {
             let owned = r.root.clone();
-            let same = blocking(app, move |s| Ok(image::resolve(s, &owned).ok()))
+            let same = with_store(app, move |s| Ok(image::resolve(s, &owned).ok()))
                 .await?
                 .is_some_and(|i| i.manifest_digest == img.manifest_digest);
             if same {
@@ -215,7 +230,7 @@ pub async fn remove(app: &Arc<App>, name: &str, q: &Query) -> Result<Response, A
         }
     }
     let owned = name.to_string();
-    let removed = blocking(app, move |s| image::remove(s, &owned)).await?;
+    let removed = with_store(app, move |s| image::remove(s, &owned)).await?;
     let mut out = Vec::new();
     if !img.reference.is_empty() {
         out.push(json!({"Untagged": img.reference}));
@@ -239,14 +254,14 @@ pub async fn tag(app: &Arc<App>, name: &str, q: &Query) -> Result<Response, ApiE
         None => repo.to_string(),
     };
     let source = name.to_string();
-    let tagged = blocking(app, move |s| image::tag(s, &source, &target)).await?;
+    let tagged = with_store(app, move |s| image::tag(s, &source, &target)).await?;
     app.events.image("tag", &tagged);
     Ok(StatusCode::CREATED.into_response())
 }
 
 /// `POST /images/prune`: what no named image uses goes (cabin keeps no unnamed images).
 pub async fn prune(app: &Arc<App>) -> Result<Response, ApiError> {
-    let freed = blocking(app, image::prune).await?;
+    let freed = with_store(app, image::prune).await?;
     Ok(json(
         StatusCode::OK,
         &json!({"ImagesDeleted": null, "SpaceReclaimed": freed}),
@@ -254,7 +269,7 @@ pub async fn prune(app: &Arc<App>) -> Result<Response, ApiError> {
 }
 
 /// The login in Docker's `X-Registry-Auth` header (base64url JSON), if it has one.
-pub(crate) fn auth_of(headers: &HeaderMap) -> Result<Option<(String, String)>, ApiError> {
+fn auth_of(headers: &HeaderMap) -> Result<Option<(String, String)>, ApiError> {
     let Some(v) = headers.get("x-registry-auth") else {
         return Ok(None);
     };
@@ -341,13 +356,7 @@ pub async fn pull(app: &Arc<App>, q: &Query, headers: &HeaderMap) -> Result<Resp
         None => from.to_string(),
     };
     let name = image::normalize_reference(&reference).map_err(ApiError::from)?;
-    let auth = auth_of(headers)?;
-    let creds = cabin_image::credentials::Credentials::at(app.host.paths.credentials());
-    let mut opts = cabin_image::credentials::options_for(&name, &creds, Default::default())
-        .map_err(|e| ApiError::internal(format!("reading saved credentials: {e}")))?;
-    if auth.is_some() {
-        opts.auth = auth;
-    }
+    let opts = registry_options(app, &name, headers)?;
     let (repo, tag) = match name.rsplit_once(':') {
         Some((r, t)) => (r.to_string(), t.to_string()),
         None => (name.clone(), "latest".to_string()),

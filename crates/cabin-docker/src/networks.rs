@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 
 use crate::app::App;
 use crate::create::EndpointConfig;
-use crate::error::{json, ApiError};
+use crate::error::{blocking, json, ApiError};
 use crate::request::{body, filters, labels_match, Query};
 
 /// The networks every host has, as (name, ID).
@@ -43,14 +43,6 @@ impl From<NetworkError> for ApiError {
         };
         ApiError::new(status, e.to_string())
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(ApiError::internal)?
 }
 
 /// The containers attached to `net` now, as Docker lists them in a network.

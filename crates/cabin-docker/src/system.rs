@@ -44,7 +44,8 @@ fn arch() -> &'static str {
 
 /// `GET /version`.
 pub fn version(_app: &App) -> Response {
-    let details = json!({
+    // The engine's details are the reply's own facts too.
+    let mut v = json!({
         "ApiVersion": API_VERSION,
         "MinAPIVersion": MIN_API_VERSION,
         "Os": "linux",
@@ -53,24 +54,13 @@ pub fn version(_app: &App) -> Response {
         "GitCommit": "",
         "GoVersion": "",
         "BuildTime": "",
-        "Experimental": "false",
     });
-    json(
-        StatusCode::OK,
-        &json!({
-            "Platform": {"Name": "cabin (a VM per container)"},
-            "Version": VERSION,
-            "ApiVersion": API_VERSION,
-            "MinAPIVersion": MIN_API_VERSION,
-            "Os": "linux",
-            "Arch": arch(),
-            "KernelVersion": kernel_version(),
-            "GitCommit": "",
-            "GoVersion": "",
-            "BuildTime": "",
-            "Components": [{"Name": "Engine", "Version": VERSION, "Details": details}],
-        }),
-    )
+    let mut details = v.clone();
+    details["Experimental"] = json!("false");
+    v["Platform"] = json!({"Name": "cabin (a VM per container)"});
+    v["Version"] = json!(VERSION);
+    v["Components"] = json!([{"Name": "Engine", "Version": VERSION, "Details": details}]);
+    json(StatusCode::OK, &v)
 }
 
 fn mem_total() -> u64 {

@@ -24,7 +24,7 @@ use tokio_stream::StreamExt;
 
 use crate::app::App;
 use crate::error::{json, ApiError};
-use crate::images::{auth_of, line, registry_stream};
+use crate::images::{line, registry_options, registry_stream, with_store};
 use crate::request::{body, Query};
 
 /// The largest archive `docker load` may send.
@@ -43,21 +43,10 @@ pub async fn push(
         None => name.to_string(),
     };
     let reference = image::normalize_reference(&reference)?;
-    let creds = cabin_image::credentials::Credentials::at(app.host.paths.credentials());
-    let mut opts = cabin_image::credentials::options_for(&reference, &creds, Default::default())
-        .map_err(|e| ApiError::internal(format!("reading saved credentials: {e}")))?;
-    if let Some(auth) = auth_of(headers)? {
-        opts.auth = Some(auth);
-    }
+    let opts = registry_options(app, &reference, headers)?;
     // Refused before the stream starts: the image must be here.
     let owned = reference.clone();
-    let dir = app.host.paths.image_store();
-    tokio::task::spawn_blocking(move || {
-        let store = cabin_image::store::Store::open(dir).map_err(ImageError::from)?;
-        image::resolve(&store, &owned).map(drop)
-    })
-    .await
-    .map_err(ApiError::internal)??;
+    with_store(app, move |s| image::resolve(s, &owned).map(drop)).await?;
     let repo = reference
         .rsplit_once(':')
         .map_or(reference.as_str(), |(r, _)| r);
@@ -168,14 +157,8 @@ pub async fn save(app: &Arc<App>, name: Option<&str>, q: &Query) -> Result<Respo
         return Err(ApiError::bad_request("name the images to save (names=...)"));
     }
     let path = staged(app, "save")?;
-    let dir = app.host.paths.image_store();
     // The staged file goes with the blocking work, which runs on if the client leaves.
-    let path = tokio::task::spawn_blocking(move || {
-        let store = cabin_image::store::Store::open(dir).map_err(ImageError::from)?;
-        archive::save(&store, &names, &path).map(|()| path)
-    })
-    .await
-    .map_err(ApiError::internal)??;
+    let path = with_store(app, move |s| archive::save(s, &names, &path).map(|()| path)).await?;
     // Open, it can go from the directory at once.
     let file = tokio::fs::File::open(&*path).await;
     drop(path);

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::app::App;
-use crate::error::{json, ApiError};
+use crate::error::{blocking, json, ApiError};
 use crate::request::Query;
 use crate::request::{body, filters};
 
@@ -36,14 +36,6 @@ fn volume_json(app: &App, v: &VolumeInfo) -> Value {
         "Options": {"size": v.size_bytes.to_string()},
         "UsageData": null,
     })
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(ApiError::internal)?
 }
 
 /// `GET /volumes`.
