@@ -964,10 +964,12 @@ fn top_rename_and_restart_policies_that_outlive_a_killed_service() {
     assert_eq!(row("Containers")[..2], ["2", "1"], "{df}");
     assert_eq!(row("Local Volumes")[..2], ["0", "0"], "{df}");
     assert_eq!(row("Build Cache")[..2], ["0", "0"], "{df}");
-    // Builds are not there yet: a clear 501, never a hang.
+    // Builds are not there yet: a clear 501, never a hang, and never a broken pipe
+    // while the CLI is still sending a context larger than the socket's buffers.
     let ctx = s.dir.join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::write(ctx.join("Dockerfile"), "FROM local/bb\n").unwrap();
+    std::fs::write(ctx.join("weight"), vec![7u8; 16 << 20]).unwrap();
     let o = s
         .docker_cmd(&["build", "-q", ctx.to_str().unwrap()])
         .env("DOCKER_BUILDKIT", "0")

@@ -219,18 +219,49 @@ async fn handle(app: &Arc<App>, route: Route, req: Request) -> Result<Response, 
             NetworkOp::Connect => networks::connect(app, &name, req, true).await,
             NetworkOp::Disconnect => networks::connect(app, &name, req, false).await,
         },
-        Route::NoSuch(kind, name) => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("{kind} {name} not found"),
-        )),
-        Route::Missing(why) => Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, why)),
-        Route::Unsupported => Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            format!(
+        Route::NoSuch(kind, name) => {
+            discard_body(req).await;
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("{kind} {name} not found"),
+            ))
+        }
+        Route::Missing(why) => {
+            discard_body(req).await;
+            Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, why))
+        }
+        Route::Unsupported => {
+            let why = format!(
                 "cabin does not serve {} {} yet",
                 req.method(),
                 req.uri().path()
-            ),
-        )),
+            );
+            discard_body(req).await;
+            Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, why))
+        }
     }
+}
+
+/// How much of an unserved request's body is read and thrown away before the answer.
+const DISCARD_LIMIT: u64 = 256 << 20;
+/// How long an unserved request's body may take to arrive.
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads and drops the body of a request cabin will not serve, so that a client still
+/// writing (`docker build` streams its whole context before it reads a reply) sees the
+/// error instead of a broken pipe. Bounded in bytes and time: past either, the answer
+/// goes out and the connection closes.
+async fn discard_body(req: Request) {
+    use tokio_stream::StreamExt;
+    let mut body = req.into_body().into_data_stream();
+    let mut seen = 0u64;
+    let _ = tokio::time::timeout(DISCARD_TIME, async {
+        while let Some(Ok(chunk)) = body.next().await {
+            seen += chunk.len() as u64;
+            if seen > DISCARD_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
 }
