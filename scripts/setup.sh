@@ -22,7 +22,11 @@ packages=(
   docker-compose                      # tests: Debian's docker-compose (1.29) against cabin's Docker API
   grub-efi-amd64-bin grub-common xorriso mtools   # tests: a UEFI-bootable installer ISO (grub-mkrescue)
   dnsmasq-base                        # tests: a LAN's DHCP server for bridged VMs
+  chromium                            # tests: the web console in a real (headless) browser
 )
+# The web console's libraries (noVNC, xterm.js) come from the npm registry, pinned by
+# web/package-lock.json; Node.js and npm install them (any recent Node; Debian's will do).
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -32,6 +36,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! cmp -s web/package-lock.json web/node_modules/.cabin-installed-lock 2>/dev/null; then
+  say "installing the web console's libraries from the npm registry (web/package-lock.json)"
+  npm ci --prefix web --no-audit --no-fund --loglevel=error >/dev/null
+  cp web/package-lock.json web/node_modules/.cabin-installed-lock
 fi
 
 say "building cabin-init (static guest init)"

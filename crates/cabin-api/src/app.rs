@@ -1,8 +1,7 @@
 //! The server's state (what it read at start-up, its log, the starts and pulls it is
 //! seeing through) and a request as a handler sees it.
 
-use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -21,8 +20,6 @@ pub struct App {
     /// The accelerator VMs started through the API ask for.
     pub accel: AccelRequest,
     pub log: std::sync::Arc<Log>,
-    /// VM directories whose start this server is seeing through.
-    pub(crate) starting: Mutex<HashSet<PathBuf>>,
     /// Serialises this server's read-change-write of the settings file.
     settings_lock: Mutex<()>,
     /// Pulls started with `POST /lume/pull/start`, by VM name.
@@ -35,7 +32,6 @@ impl App {
             host,
             accel,
             log: Default::default(),
-            starting: Mutex::new(HashSet::new()),
             settings_lock: Mutex::new(()),
             pulls: Default::default(),
         }

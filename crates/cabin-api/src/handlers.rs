@@ -2,14 +2,13 @@
 //! Lume's shapes and messages. They block (files, flocks, waiting for a VM), so the
 //! server runs them on tokio's blocking threads.
 
-use cabin_base::sync::Locked;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use cabin_machines::details;
-use cabin_machines::runner::{self, Started};
-use cabin_machines::store::{self, CreateOptions, VmError};
+use cabin_machines::runner::{self, Launched};
+use cabin_machines::store::{self, CreateOptions};
 
 use crate::app::{App, Request};
 use crate::routes::Route;
@@ -223,19 +222,6 @@ fn set_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
     ))
 }
 
-/// Forgets a VM's start when it is settled, however the handler leaves.
-struct Starting<'a> {
-    app: &'a App,
-    dir: PathBuf,
-}
-
-impl Drop for Starting<'_> {
-    fn drop(&mut self) {
-        let mut set = self.app.starting.locked();
-        set.remove(&self.dir);
-    }
-}
-
 fn run_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
     let r: wire::RunVm = wire::optional_body(req.body)?;
     let s = app.settings()?;
@@ -276,42 +262,19 @@ fn run_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
         ));
     }
 
-    let _starting = {
-        let mut set = app.starting.locked();
-        if vm.is_running() || !set.insert(vm.dir.clone()) {
-            return Err(VmError::Running(vm.name.clone()).into());
-        }
-        Starting {
-            app,
-            dir: vm.dir.clone(),
-        }
-    };
     let opts = runner::RunOptions {
         shared_dirs: shares,
         vnc: vnc == "enabled",
         accel: app.accel,
         ..Default::default()
     };
-    let mut child = runner::start_detached(&app.host, &vm, &opts)?;
-    match runner::wait_started(&vm, &mut child, START_WAIT) {
-        Started::Running(session) => {
-            app.log.info(&format!(
-                "VM started name={} vnc={}",
-                vm.name,
-                session.url.as_deref().unwrap_or("disabled")
-            ));
-            runner::reap_in_background(vm.clone(), child, true);
-        }
-        Started::Starting => {
-            app.log.info(&format!("VM starting name={}", vm.name));
-            runner::reap_in_background(vm.clone(), child, false);
-        }
-        Started::Failed(why) => {
-            if !vm.is_running() && vm.start_error().is_none() {
-                vm.record_start_error(&why);
-            }
-            return Err(ApiError::new(why));
-        }
+    match runner::launch(&app.host, &vm, &opts, START_WAIT)? {
+        Launched::Running(session) => app.log.info(&format!(
+            "VM started name={} vnc={}",
+            vm.name,
+            session.url.as_deref().unwrap_or("disabled")
+        )),
+        Launched::Starting => app.log.info(&format!("VM starting name={}", vm.name)),
     }
     Ok(Reply::json(
         StatusCode::ACCEPTED,

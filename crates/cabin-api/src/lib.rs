@@ -6,6 +6,7 @@
 //! Lume's extra 5 s sleep).
 
 mod app;
+pub mod guard;
 mod handlers;
 mod log;
 pub mod routes;
@@ -29,12 +30,24 @@ use wire::Reply;
 pub const DEFAULT_PORT: u16 = 7777;
 
 pub struct Options {
+    /// The address to listen on: 127.0.0.1 unless the user says otherwise.
+    pub listen: std::net::IpAddr,
     /// 0 picks a free port (the log line says which).
     pub port: u16,
+    /// The console's session token (see `guard`).
+    pub token: String,
+    /// The web console, served beside Lume's API behind the same guard.
+    pub console: Option<Console>,
     /// What the front end read of its environment.
     pub host: Host,
     /// The accelerator VMs started through the API ask for.
     pub accel: AccelRequest,
+}
+
+/// The web console's routes and which paths are its own (they need a session).
+pub struct Console {
+    pub router: Router,
+    pub is_console: fn(&str) -> bool,
 }
 
 /// Why the server could not serve.
@@ -42,8 +55,12 @@ pub struct Options {
 pub enum ServeError {
     #[error("Port {0} is already in use by another process")]
     PortInUse(u16),
-    #[error("cannot listen on 127.0.0.1:{port}: {source}")]
-    Listen { port: u16, source: std::io::Error },
+    #[error("cannot listen on {listen}:{port}: {source}")]
+    Listen {
+        listen: std::net::IpAddr,
+        port: u16,
+        source: std::io::Error,
+    },
     #[error("serving: {0}")]
     Serving(std::io::Error),
 }
@@ -51,27 +68,48 @@ pub enum ServeError {
 /// Serves until SIGTERM or SIGINT. VMs started through the API run on (each in a
 /// process of its own) after the server stops.
 pub async fn serve(opts: Options) -> Result<(), ServeError> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.port))
-        .await
-        .map_err(|source| {
-            if source.kind() == std::io::ErrorKind::AddrInUse {
-                ServeError::PortInUse(opts.port)
-            } else {
-                ServeError::Listen {
-                    port: opts.port,
-                    source,
-                }
+    let listen = opts.listen;
+    let listen_error = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            ServeError::PortInUse(opts.port)
+        } else {
+            ServeError::Listen {
+                listen,
+                port: opts.port,
+                source,
             }
-        })?;
-    let port = listener
-        .local_addr()
-        .map_err(|source| ServeError::Listen {
-            port: opts.port,
-            source,
-        })?
-        .port();
+        }
+    };
+    let listener = tokio::net::TcpListener::bind((listen, opts.port))
+        .await
+        .map_err(listen_error)?;
+    let port = listener.local_addr().map_err(listen_error)?.port();
     let app = Arc::new(App::new(opts.host, opts.accel));
-    let router = Router::new().fallback(dispatch).with_state(app.clone());
+    let lume = Router::new().fallback(dispatch).with_state(app.clone());
+    let console_at = opts.console.is_some();
+    let (router, is_console) = match opts.console {
+        Some(c) => (c.router.merge(lume), c.is_console),
+        None => (lume, (|_: &str| false) as fn(&str) -> bool),
+    };
+    let guard = Arc::new(guard::Guard::new(
+        opts.token.clone(),
+        listen,
+        port,
+        !listen.is_loopback(),
+        is_console,
+    ));
+    let router = router.layer(axum::middleware::from_fn_with_state(guard, guard::check));
+    if console_at {
+        // Printed, not logged: the token stays out of `GET /lume/logs`.
+        let shown = if listen.is_unspecified() {
+            "127.0.0.1".to_string()
+        } else if listen.is_ipv6() {
+            format!("[{listen}]")
+        } else {
+            listen.to_string()
+        };
+        println!("Console: http://{shown}:{port}/?token={}", opts.token);
+    }
     app.log.info(&format!("Server started port={port}"));
     axum::serve(listener, router)
         .with_graceful_shutdown(stop_signal())

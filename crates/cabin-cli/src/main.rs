@@ -115,6 +115,14 @@ enum Command {
         /// the docker CLI (DOCKER_HOST=unix://PATH), docker-compose and Docker SDKs.
         #[arg(long, value_name = "PATH")]
         docker_socket: Option<std::path::PathBuf>,
+        /// The address to listen on. Beyond 127.0.0.1 everything, the console's token
+        /// included, travels in clear text, and Lume's API asks for the token too.
+        #[arg(long, default_value = "127.0.0.1", value_name = "ADDRESS")]
+        listen: std::net::IpAddr,
+        /// Read the console's session token from FILE instead of making a new one at
+        /// each start (16 to 256 characters of A-Z a-z 0-9 - _).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<std::path::PathBuf>,
     },
     /// Settings: storage locations for VMs.
     Config {
@@ -265,7 +273,22 @@ async fn dispatch(host: &Host, command: Command, started: Instant) -> i32 {
             port,
             accel,
             docker_socket,
-        } => finish(Admin, serve(host, port, accel, docker_socket).await),
+            listen,
+            token_file,
+        } => finish(
+            Admin,
+            serve(
+                host,
+                ServeArgs {
+                    port,
+                    accel,
+                    docker_socket,
+                    listen,
+                    token_file,
+                },
+            )
+            .await,
+        ),
         Command::System {
             command: SystemCommand::Info { format, accel },
         } => system_info(host, format, accel),
@@ -278,14 +301,49 @@ async fn dispatch(host: &Host, command: Command, started: Instant) -> i32 {
     }
 }
 
-async fn serve(
-    host: &Host,
+struct ServeArgs {
     port: u16,
     accel: machine_args::AccelFlag,
     docker_socket: Option<std::path::PathBuf>,
-) -> Result<i32, Failure> {
-    let opts = cabin_api::Options {
+    listen: std::net::IpAddr,
+    token_file: Option<std::path::PathBuf>,
+}
+
+/// The console's session token: the file's (trimmed), or a new one.
+fn console_token(file: Option<&std::path::Path>) -> Result<String, Failure> {
+    let Some(file) = file else {
+        return cabin_api::guard::new_token()
+            .map_err(|e| Failure::new(format!("making the console's token: {e}")));
+    };
+    let text = cabin_base::files::read_bounded(file, 4096)
+        .map_err(|e| Failure::new(format!("{}: {e}", file.display())))?;
+    let token = String::from_utf8_lossy(&text).trim().to_string();
+    if !cabin_api::guard::valid_token(&token) {
+        return Err(Failure::new(format!(
+            "{}: a token is 16 to 256 characters of A-Z a-z 0-9 - _",
+            file.display()
+        )));
+    }
+    Ok(token)
+}
+
+async fn serve(host: &Host, args: ServeArgs) -> Result<i32, Failure> {
+    let ServeArgs {
         port,
+        accel,
+        docker_socket,
+        listen,
+        token_file,
+    } = args;
+    let console = cabin_console::Console::new(host.clone(), accel.into())?;
+    let opts = cabin_api::Options {
+        listen,
+        port,
+        token: console_token(token_file.as_deref())?,
+        console: Some(cabin_api::Console {
+            router: cabin_console::router(console),
+            is_console: cabin_console::is_console_path,
+        }),
         host: host.clone(),
         accel: accel.into(),
     };

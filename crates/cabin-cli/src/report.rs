@@ -73,6 +73,7 @@ macro_rules! plain_failures {
 
 plain_failures!(
     String,
+    cabin_console::ConsoleError,
     &str,
     std::io::Error,
     cabin_containers::store::StoreError,

@@ -51,23 +51,6 @@ pub struct RunOptions {
     pub accel: AccelRequest,
 }
 
-/// Lume's "VNC password": four words, e.g. `fig-november-north-eight`.
-pub fn passphrase() -> Result<String, VmError> {
-    const WORDS: &[&str] = &[
-        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
-        "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra",
-        "tango", "uniform", "victor", "whiskey", "yankee", "zulu", "apple", "banana", "cherry",
-        "fig", "grape", "lemon", "mango", "olive", "peach", "pear", "plum", "red", "blue", "green",
-        "amber", "violet", "silver", "north", "south", "east", "west", "one", "two", "three",
-        "four", "five", "six", "seven", "eight",
-    ];
-    let b = random::bytes::<4>().map_err(|e| VmError::Failed(e.to_string()))?;
-    Ok(b.iter()
-        .map(|x| WORDS[*x as usize % WORDS.len()])
-        .collect::<Vec<_>>()
-        .join("-"))
-}
-
 /// 9p tags for shared folders: the folder's name (as Lume names its entries), made
 /// unique; at most 31 bytes.
 fn share_tags(dirs: &[(PathBuf, bool)]) -> Vec<String> {
@@ -281,7 +264,9 @@ async fn run_vm(
         if vnc != Vnc::Off {
             let password = match opts.vnc_password.clone() {
                 Some(p) => p,
-                None => passphrase()?,
+                // Not Lume's four words: QEMU checks only the first 8 characters,
+                // which left about 11 bits; 8 random letters and digits.
+                None => cabin_vmm::vnc::password().map_err(io_err("making a VNC password"))?,
             };
             qmp.execute(
                 "set_password",
@@ -311,6 +296,7 @@ async fn run_vm(
             ip_address: net.reachable_ip.locked().clone(),
             ssh_port: net.ssh_forward,
             ssh_available: false,
+            serial_socket: Some(full::serial_socket(&run_dir.path)),
         };
         write_session(vm, &session)?;
         *started = true;
@@ -756,6 +742,62 @@ pub fn reap_in_background(vm: Vm, mut child: Child, mut started: bool) {
     });
 }
 
+/// How a [`launch`] went, when the VM did not fail to start.
+pub enum Launched {
+    /// The VM runs: its session.
+    Running(Session),
+    /// Still starting after the wait; its runner goes on in the background.
+    Starting,
+}
+
+/// VM directories whose start this process is seeing through: a second start of the
+/// same VM while the first has not published its session is refused, whichever front
+/// end asks.
+static LAUNCHING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Starts `vm` in a background runner and waits up to `wait` for it to run: the one
+/// start sequence of the Lume API and the web console. A failed start is recorded
+/// as the VM's start error (its details say why) and returned; the runner is reaped
+/// in the background either way.
+pub fn launch(
+    host: &Host,
+    vm: &Vm,
+    opts: &RunOptions,
+    wait: Duration,
+) -> Result<Launched, VmError> {
+    struct Forget(PathBuf);
+    impl Drop for Forget {
+        fn drop(&mut self) {
+            LAUNCHING.locked().retain(|d| d != &self.0);
+        }
+    }
+    let _forget = {
+        let mut set = LAUNCHING.locked();
+        if vm.is_running() || set.contains(&vm.dir) {
+            return Err(VmError::Running(vm.name.clone()));
+        }
+        set.push(vm.dir.clone());
+        Forget(vm.dir.clone())
+    };
+    let mut child = start_detached(host, vm, opts)?;
+    match wait_started(vm, &mut child, wait) {
+        Started::Running(session) => {
+            reap_in_background(vm.clone(), child, true);
+            Ok(Launched::Running(session))
+        }
+        Started::Starting => {
+            reap_in_background(vm.clone(), child, false);
+            Ok(Launched::Starting)
+        }
+        Started::Failed(why) => {
+            if !vm.is_running() && vm.start_error().is_none() {
+                vm.record_start_error(&why);
+            }
+            Err(VmError::Failed(why))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -802,9 +844,7 @@ mod tests {
     }
 
     #[test]
-    fn passphrases_and_share_tags() {
-        let p = passphrase().unwrap();
-        assert_eq!(p.split('-').count(), 4, "{p}");
+    fn share_tags_are_folder_names_made_unique() {
         let tags = share_tags(&[
             ("/home/me/code".into(), false),
             ("/srv/code".into(), true),

@@ -77,9 +77,21 @@ pub struct Session {
     /// The guest's SSH server answered the runner's last check.
     #[serde(default)]
     pub ssh_available: bool,
+    /// The serial console's socket (one terminal at a time); absent in sessions of
+    /// VMs started by cabin before it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_socket: Option<PathBuf>,
 }
 
 impl Session {
+    /// The VNC server's port on 127.0.0.1 and its password, from the session's URL.
+    pub fn vnc(&self) -> Option<(u16, String)> {
+        let rest = self.url.as_deref()?.strip_prefix("vnc://:")?;
+        let (password, address) = rest.rsplit_once('@')?;
+        let port = address.rsplit_once(':')?.1.parse().ok()?;
+        Some((port, password.to_string()))
+    }
+
     /// Where the guest's SSH server is reached from the host: its address on the
     /// bridge, or the forwarded port on 127.0.0.1.
     pub fn ssh_address(&self) -> Option<(String, u16)> {
@@ -716,6 +728,25 @@ pub fn disk_usage(p: &Path) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sessions_vnc_url_gives_its_port_and_password() {
+        let mut s = Session {
+            url: Some("vnc://:Ab3dE6gH@127.0.0.1:5903".into()),
+            shared_directories: vec![],
+            pid: 1,
+            started_at: 0,
+            ip_address: None,
+            ssh_port: None,
+            ssh_available: false,
+            serial_socket: None,
+        };
+        assert_eq!(s.vnc(), Some((5903, "Ab3dE6gH".to_string())));
+        s.url = Some("vnc://127.0.0.1:5903".into());
+        assert_eq!(s.vnc(), None);
+        s.url = None;
+        assert_eq!(s.vnc(), None);
+    }
 
     fn opts() -> CreateOptions {
         CreateOptions {

@@ -64,6 +64,17 @@ const TAP_FD: i32 = 3;
 
 use crate::qemu::qemu_escape as escape;
 
+/// The unix socket of a full VM's serial console, in its run directory: one terminal at
+/// a time reads what the guest writes and types into it.
+pub fn serial_socket(run_dir: &std::path::Path) -> PathBuf {
+    run_dir.join("serial.sock")
+}
+
+/// The unix socket of a full VM's second QMP monitor (the runner holds the first).
+pub fn monitor_socket(run_dir: &std::path::Path) -> PathBuf {
+    run_dir.join("monitor.sock")
+}
+
 /// The QEMU command line for a full VM (without the binary).
 pub fn command_line(spec: &FullVmSpec) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
@@ -160,10 +171,14 @@ pub fn command_line(spec: &FullVmSpec) -> Vec<String> {
     push(&["-device", "virtio-rng-pci", "-device", "virtio-balloon-pci"]);
     let shares = crate::qemu::share_args(&spec.shares, "virtio-9p-pci");
     push(&shares.iter().map(String::as_str).collect::<Vec<_>>());
+    // The serial console is a socket a terminal attaches to (the web console), and
+    // everything the guest writes is also appended to the console log (`vm logs`),
+    // whether or not a terminal is attached.
     push(&[
         "-chardev",
         &format!(
-            "file,id=serial,append=on,path={}",
+            "socket,id=serial,path={},server=on,wait=off,logfile={},logappend=on",
+            escape(&serial_socket(&spec.run_dir).to_string_lossy()),
             escape(&spec.console_log.to_string_lossy())
         ),
         "-serial",
@@ -178,6 +193,18 @@ pub fn command_line(spec: &FullVmSpec) -> Vec<String> {
         ),
         "-mon",
         "chardev=qmp,mode=control",
+    ]);
+    // A second QMP monitor, which the runner leaves free: for other processes that ask
+    // the VM something while it runs (a screendump of what it shows, its status).
+    let monitor = monitor_socket(&spec.run_dir);
+    push(&[
+        "-chardev",
+        &format!(
+            "socket,id=monitor,path={},server=on,wait=off",
+            escape(&monitor.to_string_lossy())
+        ),
+        "-mon",
+        "chardev=monitor,mode=control",
     ]);
     a
 }
@@ -232,7 +259,11 @@ mod tests {
         assert!(a.contains("-vnc 127.0.0.1:0,to=99,password=on"));
         assert!(a.contains("virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56"));
         assert!(a.contains("-uuid 00000000-0000-0000-0000-000000000001"));
-        assert!(a.contains("file,id=serial,append=on,path=/vms/web/console.log"));
+        assert!(a.contains(
+            "socket,id=serial,path=/run/x/serial.sock,server=on,wait=off,\
+             logfile=/vms/web/console.log,logappend=on"
+        ));
+        assert!(a.contains("socket,id=monitor,path=/run/x/monitor.sock,server=on,wait=off"));
 
         let direct = FullVmSpec {
             boot: Boot::Kernel {

@@ -7,6 +7,7 @@ pub mod full;
 pub mod qemu;
 pub mod qmp;
 pub mod rundir;
+pub mod vnc;
 
 use std::future::Future;
 use std::io;
