@@ -102,6 +102,25 @@ async function refresh() {
     return row([name, cell(c.image), cell(b), cell(c.ports.join(", ")), cell(c.id),
       cell(button(running ? "Stop" : "Start", "containers", c.name, running ? "stop" : "start"))]);
   }) : [empty(6, "No containers. Run one with cabin run or docker run.")]));
+  const transfers = document.querySelector("#transfers tbody");
+  transfers.replaceChildren(...state.transfers.map((t) => {
+    const progress = document.createElement("span");
+    if (t.error) {
+      progress.className = "error";
+      progress.textContent = `failed: ${t.error}`;
+    } else {
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      const fill = document.createElement("span");
+      fill.style.width = `${t.percent.toFixed(1)}%`;
+      bar.append(fill);
+      progress.append(bar, `${t.percent.toFixed(0)}%`);
+    }
+    const name = cell(t.vm);
+    name.dataset.transfer = t.vm;
+    return row([name, cell(t.direction), cell(t.image), cell(progress)]);
+  }));
+  document.getElementById("transfers-section").hidden = state.transfers.length === 0;
   const problems = document.getElementById("problems");
   problems.replaceChildren(...state.problems.map((p) => Object.assign(document.createElement("li"), { textContent: p })));
   document.getElementById("problems-section").hidden = state.problems.length === 0;

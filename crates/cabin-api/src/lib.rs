@@ -42,6 +42,8 @@ pub struct Options {
     pub host: Host,
     /// The accelerator VMs started through the API ask for.
     pub accel: AccelRequest,
+    /// The server's VM image transfers, which the console shows too.
+    pub transfers: Arc<cabin_machines::activity::Transfers>,
 }
 
 /// The web console's routes and which paths are its own (they need a session).
@@ -84,7 +86,7 @@ pub async fn serve(opts: Options) -> Result<(), ServeError> {
         .await
         .map_err(listen_error)?;
     let port = listener.local_addr().map_err(listen_error)?.port();
-    let app = Arc::new(App::new(opts.host, opts.accel));
+    let app = Arc::new(App::new(opts.host, opts.accel, opts.transfers));
     let lume = Router::new().fallback(dispatch).with_state(app.clone());
     let console_at = opts.console.is_some();
     let (router, is_console) = match opts.console {

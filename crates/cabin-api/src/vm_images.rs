@@ -2,10 +2,7 @@
 //! (synchronous), `POST /lume/pull/start` (in the background, its progress shown by
 //! `GET /lume/vms/:name` as `status: "pulling"` and `downloadProgress`), `GET
 //! /lume/images`, `POST /lume/prune`. Progress lives in this server's memory, as in
-//! Lume.
-
-use cabin_base::sync::Locked;
-use std::sync::Arc;
+//! Lume (`cabin_machines::activity`, shared with the web console).
 
 use axum::http::StatusCode;
 use cabin_image::registry::ProgressHook;
@@ -13,8 +10,9 @@ use cabin_machines::store;
 use cabin_machines::transfer::{self, ImageRef, PullRequest, PushRequest};
 use serde::Serialize;
 
-use crate::app::{App, Counter, PullState, Request};
+use crate::app::{App, Request};
 use crate::wire::{self, ApiError, Fields, Reply};
+use cabin_machines::activity::Direction;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -26,14 +24,17 @@ struct Pulling<'a> {
 
 /// What `GET /lume/vms/:name` says about a background pull of `name`, if there is one.
 pub fn pull_status(app: &App, name: &str) -> Option<Result<Reply, ApiError>> {
-    let pulls = app.pulls.locked();
-    match pulls.get(name)? {
-        PullState::Running(c) => Some(Ok(Reply::ok(&Pulling {
+    let t = app
+        .transfers
+        .get(name)
+        .filter(|t| t.direction == Direction::Pull)?;
+    match t.error {
+        None => Some(Ok(Reply::ok(&Pulling {
             name,
             status: "pulling",
-            download_progress: c.percent(),
+            download_progress: t.percent,
         }))),
-        PullState::Failed(e) => Some(Err(ApiError::new(format!("Pull failed for '{name}': {e}")))),
+        Some(e) => Some(Err(ApiError::new(format!("Pull failed for '{name}': {e}")))),
     }
 }
 
@@ -66,8 +67,12 @@ pub fn push(app: &App, req: &Request) -> Result<Reply, ApiError> {
             store::VmError::Running(vm.name.clone())
         )));
     }
-    let opts = transfer::registry_options(&app.host, &registry)?;
-    let log = app.log.clone();
+    let mut opts = transfer::registry_options(&app.host, &registry)?;
+    let counter = app
+        .transfers
+        .begin(&vm.name, Direction::Push, &image.to_string())?;
+    opts.progress = ProgressHook(Some(counter));
+    let (log, transfers) = (app.log.clone(), app.transfers.clone());
     let more: Vec<String> = p.tags[1..].to_vec();
     let chunk = p.chunk_size_mb.unwrap_or(512);
     let single = p.single_layer.unwrap_or(false);
@@ -82,11 +87,17 @@ pub fn push(app: &App, req: &Request) -> Result<Reply, ApiError> {
             dry_run: false,
         };
         match transfer::push(&req, opts).await {
-            Ok(r) => log.info(&format!(
-                "Push complete name={} image={image} digest={} uploaded={} skipped={} resumed={}",
-                vm.name, r.manifest_digest, r.uploaded, r.skipped, r.resumed
-            )),
-            Err(e) => log.error(&format!("Push failed name={} image={image}: {e}", vm.name)),
+            Ok(r) => {
+                transfers.end(&vm.name, Ok(()));
+                log.info(&format!(
+                    "Push complete name={} image={image} digest={} uploaded={} skipped={} resumed={}",
+                    vm.name, r.manifest_digest, r.uploaded, r.skipped, r.resumed
+                ))
+            }
+            Err(e) => {
+                transfers.end(&vm.name, Err(e.to_string()));
+                log.error(&format!("Push failed name={} image={image}: {e}", vm.name))
+            }
         }
     });
     app.log
@@ -170,32 +181,24 @@ pub fn pull(app: &App, req: &Request, background: bool) -> Result<Reply, ApiErro
             ("name", name.as_deref().unwrap_or("default")),
         ])));
     }
-    let counter = Arc::new(Counter::default());
-    {
-        let mut pulls = app.pulls.locked();
-        if matches!(pulls.get(&store_name), Some(PullState::Running(_))) {
-            return Err(ApiError::new(format!(
-                "A pull of {store_name} is already under way"
-            )));
-        }
-        pulls.insert(store_name.clone(), PullState::Running(counter.clone()));
-    }
+    let counter = app
+        .transfers
+        .begin(&store_name, Direction::Pull, &job.image.to_string())?;
     opts.progress = ProgressHook(Some(counter));
-    let (pulls, log) = (app.pulls.clone(), app.log.clone());
+    let (transfers, log) = (app.transfers.clone(), app.log.clone());
     let key = store_name.clone();
     let reported = name.clone().unwrap_or_else(|| job.image.name.clone());
     in_background(move || async move {
         let r = job.run(opts).await;
         let image = &job.image;
-        let mut pulls = pulls.locked();
         match r {
             Ok(o) => {
-                pulls.remove(&key);
+                transfers.end(&key, Ok(()));
                 log.info(&format!("Image pulled image={image} name={}", o.vm.name));
             }
             Err(e) => {
                 log.error(&format!("Pull failed image={image} name={key}: {e}"));
-                pulls.insert(key, PullState::Failed(e.to_string()));
+                transfers.end(&key, Err(e.to_string()));
             }
         }
     });

@@ -335,8 +335,10 @@ async fn serve(host: &Host, args: ServeArgs) -> Result<i32, Failure> {
         listen,
         token_file,
     } = args;
-    let console = cabin_console::Console::new(host.clone(), accel.into())?;
+    let transfers = std::sync::Arc::new(cabin_machines::activity::Transfers::default());
+    let console = cabin_console::Console::new(host.clone(), accel.into(), transfers.clone())?;
     let opts = cabin_api::Options {
+        transfers,
         listen,
         port,
         token: console_token(token_file.as_deref())?,

@@ -147,6 +147,26 @@ fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Rep
     }
 }
 
+fn post_json(port: u16, path: &str, body: &str) -> Reply {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    Reply {
+        status: head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
@@ -313,6 +333,30 @@ fn the_console_needs_its_token_and_refuses_other_names_and_origins() {
     let r = c.api("POST", "/api/containers/nothing/stop");
     assert_eq!(r.status, 404, "{}", r.body);
     assert!(r.body.contains("no such container"), "{}", r.body);
+    // A pull started through Lume's API shows on the dashboard, here with why it failed.
+    let r = post_json(
+        c.port,
+        "/lume/pull/start",
+        r#"{"image":"nothing:1","registry":"127.0.0.1:1","organization":"o"}"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let start = Instant::now();
+    let transfer = loop {
+        let state = c.api("GET", "/api/state").json();
+        let t = state["transfers"][0].clone();
+        if !t["error"].is_null() {
+            break t;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{state}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(transfer["vm"], "nothing", "{transfer}");
+    assert_eq!(transfer["direction"], "pull", "{transfer}");
+    assert!(
+        transfer["image"].as_str().unwrap().contains("nothing:1"),
+        "{transfer}"
+    );
+
     // The token stays out of the log Lume's API serves.
     let r = c.request("GET", "/lume/logs", &[]);
     assert!(!r.body.contains(&c.token), "{}", r.body);

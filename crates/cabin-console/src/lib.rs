@@ -21,6 +21,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use cabin_base::Host;
 use cabin_containers::Containers;
+use cabin_machines::activity::Transfers;
 use cabin_vmm::AccelRequest;
 
 pub use error::ConsoleError;
@@ -31,15 +32,22 @@ pub struct Console {
     accel: AccelRequest,
     containers: Containers,
     serial: serial::Hubs,
+    /// The server's VM image pulls and pushes (started through Lume's API).
+    transfers: Arc<Transfers>,
 }
 
 impl Console {
-    pub fn new(host: Host, accel: AccelRequest) -> Result<Console, ConsoleError> {
+    pub fn new(
+        host: Host,
+        accel: AccelRequest,
+        transfers: Arc<Transfers>,
+    ) -> Result<Console, ConsoleError> {
         Ok(Console {
             containers: Containers::open(&host)?,
             host,
             accel,
             serial: Default::default(),
+            transfers,
         })
     }
 }

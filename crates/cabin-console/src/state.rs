@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::Json;
 use cabin_containers::store::{Record, Status};
+use cabin_machines::activity::TransferStatus;
 use cabin_machines::details::{self, VmDetails};
 use cabin_machines::settings::Settings;
 use cabin_machines::store::{self, Vm, VmError};
@@ -18,6 +19,8 @@ use crate::{Console, ConsoleError};
 pub(crate) struct Dashboard {
     vms: Vec<VmRow>,
     containers: Vec<ContainerRow>,
+    /// VM image pulls and pushes under way (or failed) in this server.
+    transfers: Vec<TransferStatus>,
     /// Records that could not be read, each with why (the page lists them).
     problems: Vec<String>,
 }
@@ -104,6 +107,7 @@ pub(crate) async fn state(
     Ok(Json(Dashboard {
         vms: vms.0,
         containers: records.iter().map(ContainerRow::from).collect(),
+        transfers: console.transfers.list(),
         problems,
     }))
 }

@@ -2,6 +2,7 @@
 //! firmware and displays, stored as Lume stores them (see `store`), in locations
 //! configured as Lume's (see `settings`).
 
+pub mod activity;
 pub mod details;
 pub mod from_image;
 pub mod kernel;
