@@ -112,7 +112,7 @@ fn a_port_published_without_a_host_port_gets_a_free_one() {
 }
 
 #[test]
-fn user_mode_containers_reach_the_host_and_get_its_dns_forwarder() {
+fn user_mode_containers_reach_the_host_as_host_docker_internal_and_get_its_dns_forwarder() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = std::thread::spawn(move || {
@@ -122,18 +122,26 @@ fn user_mode_containers_reach_the_host_and_get_its_dns_forwarder() {
         let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nfrom-host");
         String::from_utf8_lossy(&req[..n]).into_owned()
     });
-    // 10.0.2.2 is the host as QEMU's user-mode network shows it.
-    let url = format!("http://10.0.2.2:{port}/probe");
+    // host.docker.internal is the host, as Docker's host-gateway names it: 10.0.2.2 on
+    // QEMU's user-mode network, which reaches the host's loopback.
+    let url = format!("http://host.docker.internal:{port}/probe");
     let o = run(
         &[],
         &[
             "sh",
             "-c",
-            &format!("cat /etc/resolv.conf; ip -4 -o addr show eth0; wget -q -O- {url}"),
+            &format!(
+                "cat /etc/resolv.conf; ip -4 -o addr show eth0; grep host.docker /etc/hosts; \
+                 wget -q -O- {url}"
+            ),
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
+    assert!(
+        out.contains("10.0.2.2\thost.docker.internal host.containers.internal"),
+        "{out}"
+    );
     assert!(out.contains("nameserver 10.0.2.3"), "{out}");
     assert!(out.contains("inet 10.0.2.15/24"), "{out}");
     assert!(out.ends_with("from-host"), "{out}");
@@ -263,6 +271,16 @@ fn bridged_containers_get_addresses_names_and_ports_and_leave_no_trace() {
     eventually("br-web to learn br-db's name", || {
         cabin_ok(&["exec", "br-web", "cat", "/etc/hosts"]).contains(&format!("{db_ip}\tbr-db"))
     });
+    // The host, on the bridge, keeps its name through that rewrite.
+    let gateway = inspect("br-web")["network"]["gateway"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cabin_ok(&["exec", "br-web", "cat", "/etc/hosts"])
+            .contains(&format!("{gateway}\thost.docker.internal")),
+        "host.docker.internal is the bridge's gateway {gateway}"
+    );
     assert!(
         cabin_ok(&["exec", "br-web", "ping", "-c", "1", "-W", "5", "br-db"])
             .contains("1 packets received")

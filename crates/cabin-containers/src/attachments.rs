@@ -157,7 +157,8 @@ impl Attachments {
                     gateway: user_net::GATEWAY.to_string(),
                     dns: vec![user_net::DNS.to_string()],
                 };
-                (Some(net), Vec::new(), None)
+                let hosts = with_host_gateway(Vec::new(), &user_net::GATEWAY.to_string());
+                (Some(net), hosts, None)
             }
             NetworkMode::Bridge => {
                 // What peers may call it: its name and its hostname (by default the
@@ -186,7 +187,8 @@ impl Attachments {
                     &publish,
                 )?;
                 devices.nic = Some(NetBackend::Tap(Some(Arc::clone(&ep.tap))));
-                (Some(ep.guest_config()), ep.peers(), Some(ep))
+                let hosts = with_host_gateway(ep.peers(), &ep.net().gateway().to_string());
+                (Some(ep.guest_config()), hosts, Some(ep))
             }
             NetworkMode::None => {
                 if !cfg.publish.is_empty() {
@@ -216,4 +218,19 @@ impl Attachments {
     pub fn ip(&self) -> Option<String> {
         self.endpoint.as_ref().map(|e| e.record.ip.to_string())
     }
+}
+
+/// The names a container calls the host by, as Docker's `host-gateway` gives them.
+pub const HOST_NAMES: [&str; 2] = ["host.docker.internal", "host.containers.internal"];
+
+/// A container's /etc/hosts entries: its peers, and the host at `gateway` (the user-mode
+/// network's host address, which reaches the host's loopback, or the bridge's address
+/// on the host).
+pub fn with_host_gateway(mut peers: Vec<HostEntry>, gateway: &str) -> Vec<HostEntry> {
+    peers.retain(|p| !p.names.iter().any(|n| HOST_NAMES.contains(&n.as_str())));
+    peers.push(HostEntry {
+        ip: gateway.to_string(),
+        names: HOST_NAMES.iter().map(|n| n.to_string()).collect(),
+    });
+    peers
 }

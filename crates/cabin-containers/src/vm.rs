@@ -760,6 +760,7 @@ impl ContainerVm {
             return;
         };
         let state = cabin_net::bridge::PeerWatch::new(ep);
+        let gateway = ep.net().gateway().to_string();
         let mut agent = self.agent.clone();
         let id = self.id.clone();
         self.peers_watch = Some(tokio::spawn(async move {
@@ -774,7 +775,7 @@ impl ContainerVm {
                 let _ = agent
                     .set_hosts(cabin_proto::v1::SetHostsRequest {
                         container_id: id.clone(),
-                        hosts: state.peers(),
+                        hosts: crate::attachments::with_host_gateway(state.peers(), &gateway),
                     })
                     .await;
             }
