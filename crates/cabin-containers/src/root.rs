@@ -160,8 +160,14 @@ pub fn merge(
     if args.is_empty() {
         return Err(NoCommand);
     }
-    let mut all_env = d.env.clone();
-    all_env.extend(env.iter().cloned());
+    // A variable given again replaces the earlier one (the image's, or an earlier
+    // -e): a process reading its environment sees the first of two, not the last.
+    let mut all_env: Vec<String> = Vec::new();
+    for e in d.env.iter().chain(env) {
+        let key = e.split('=').next().unwrap_or_default();
+        all_env.retain(|x| x.split('=').next() != Some(key));
+        all_env.push(e.clone());
+    }
     let cwd = if cwd.is_empty() {
         d.working_dir.clone()
     } else {
@@ -264,7 +270,7 @@ mod tests {
     fn options_override_env_cwd_user() {
         let (_, env, cwd, user) =
             merge(&image(), None, &[], &s(&["MODE=dev"]), "/tmp", "0:0").unwrap();
-        assert_eq!(env.last().unwrap(), "MODE=dev");
+        assert_eq!(env, s(&["PATH=/bin", "MODE=dev"]), "replaced, not added");
         assert_eq!((cwd.as_str(), user.as_str()), ("/tmp", "0:0"));
     }
 
