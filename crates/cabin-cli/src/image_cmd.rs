@@ -20,9 +20,16 @@ pub enum ImageCommand {
         source: PathBuf,
         /// NAME[:TAG] for the image.
         name: String,
-        /// Default command (repeat for each argument; default /bin/sh).
+        /// Default command (repeat for each argument; default /bin/sh, or none with an
+        /// entrypoint).
         #[arg(long = "cmd", value_name = "ARG", allow_hyphen_values = true)]
         cmd: Vec<String>,
+        /// The program every container runs (repeat for each argument).
+        #[arg(long = "entrypoint", value_name = "ARG", allow_hyphen_values = true)]
+        entrypoint: Vec<String>,
+        /// A port the image listens on, PORT[/tcp|udp] (repeat for each).
+        #[arg(long = "expose", value_name = "PORT")]
+        expose: Vec<String>,
         /// Environment variable for every container of the image (KEY=VALUE).
         #[arg(short, long = "env", value_name = "KEY=VALUE")]
         env: Vec<String>,
@@ -219,12 +226,16 @@ async fn execute(paths: &Paths, cmd: ImageCommand) -> Result<(), String> {
             source,
             name,
             cmd,
+            entrypoint,
+            expose,
             env,
             workdir,
             user,
         } => {
             let cfg = ImportConfig {
                 cmd,
+                entrypoint,
+                exposed_ports: expose,
                 env,
                 working_dir: workdir,
                 user,

@@ -294,9 +294,13 @@ fn layer_from_tarball(
 #[derive(Debug, Clone, Default)]
 pub struct ImportConfig {
     pub cmd: Vec<String>,
+    /// Empty: none (the command runs as it is).
+    pub entrypoint: Vec<String>,
     pub env: Vec<String>,
     pub working_dir: Option<String>,
     pub user: Option<String>,
+    /// Ports the image says it listens on, `PORT/PROTO`.
+    pub exposed_ports: Vec<String>,
 }
 
 /// Imports a root filesystem (a directory, or a tar/tar.gz file) as a one-layer image.
@@ -307,6 +311,16 @@ pub fn import(
     cfg: &ImportConfig,
 ) -> Result<Image, ImageError> {
     let reference = normalize_reference(reference)?;
+    for p in &cfg.exposed_ports {
+        let (port, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+        if port.parse::<u16>().map_or(true, |n| n == 0) || !matches!(proto, "tcp" | "udp") {
+            return Err(ImageError::Invalid {
+                image: reference.clone(),
+                what: "exposed port",
+                detail: format!("{p:?} is not PORT[/tcp|udp]"),
+            });
+        }
+    }
     let meta = fs::metadata(src).map_err(|source| ImageError::Import {
         path: src.to_path_buf(),
         source,
@@ -324,7 +338,15 @@ pub fn import(
         "created": now,
         "architecture": "amd64",
         "os": "linux",
-        "config": { "Env": env, "Cmd": if cfg.cmd.is_empty() { vec!["/bin/sh".to_string()] } else { cfg.cmd.clone() } },
+        "config": {
+            "Env": env,
+            // A shell by default, unless an entrypoint is the program.
+            "Cmd": if cfg.cmd.is_empty() && cfg.entrypoint.is_empty() {
+                vec!["/bin/sh".to_string()]
+            } else {
+                cfg.cmd.clone()
+            },
+        },
         "rootfs": { "type": "layers", "diff_ids": [diff_id] },
         "history": [ { "created": now, "created_by": format!("cabin image import {}", src.display()) } ],
     });
@@ -333,6 +355,24 @@ pub fn import(
     }
     if let Some(u) = &cfg.user {
         config["config"]["User"] = json!(u);
+    }
+    if !cfg.entrypoint.is_empty() {
+        config["config"]["Entrypoint"] = json!(cfg.entrypoint);
+    }
+    if !cfg.exposed_ports.is_empty() {
+        let ports: serde_json::Map<String, serde_json::Value> = cfg
+            .exposed_ports
+            .iter()
+            .map(|p| {
+                let p = if p.contains('/') {
+                    p.clone()
+                } else {
+                    format!("{p}/tcp")
+                };
+                (p, json!({}))
+            })
+            .collect();
+        config["config"]["ExposedPorts"] = serde_json::Value::Object(ports);
     }
     let config_bytes = serde_json::to_vec(&config).expect("json serialises");
     let config_digest = store.put_bytes(&config_bytes)?;
