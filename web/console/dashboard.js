@@ -27,7 +27,7 @@ function badge(state) {
 
 const busy = new Set();
 
-function button(label, kind, name, action) {
+function button(label, kind, name, action, storage) {
   const b = document.createElement("button");
   b.textContent = label;
   b.dataset.action = action;
@@ -37,7 +37,8 @@ function button(label, kind, name, action) {
     busy.add(key);
     b.disabled = true;
     try {
-      await api("POST", `/api/${kind}/${encodeURIComponent(name)}/${action}`);
+      const query = storage ? `?storage=${encodeURIComponent(storage)}` : "";
+      await api("POST", `/api/${kind}/${encodeURIComponent(name)}/${action}${query}`);
     } catch (e) {
       notice(`${label} ${name}: ${e.message}`);
     } finally {
@@ -83,8 +84,8 @@ async function refresh() {
   const vms = document.querySelector("#vms tbody");
   vms.replaceChildren(...(state.vms.length ? state.vms.map((v) => {
     const running = v.status === "running";
-    const actions = cell(button(running ? "Stop" : "Start", "vms", v.name, running ? "stop" : "start"));
-    const name = cell(link(`/vm/${encodeURIComponent(v.name)}`, v.name));
+    const actions = cell(button(running ? "Stop" : "Start", "vms", v.name, running ? "stop" : "start", v.locationName));
+    const name = cell(link(`/vm/${encodeURIComponent(v.name)}?storage=${encodeURIComponent(v.locationName)}`, v.name));
     name.dataset.vm = v.name;
     const status = cell(badge(v.status));
     if (v.startError) status.append(" ", Object.assign(document.createElement("span"), { className: "error", textContent: v.startError }));

@@ -8,6 +8,9 @@ const name = decodeURIComponent(window.location.pathname.replace(/^\/vm\//, ""))
 document.getElementById("name").textContent = name;
 document.title = `cabin: ${name}`;
 const enc = encodeURIComponent(name);
+// The VM's storage location (from the dashboard's link), passed on to every request.
+const storage = new URLSearchParams(window.location.search).get("storage");
+const q = storage ? `?storage=${encodeURIComponent(storage)}` : "";
 
 function setStatus(id, text, state) {
   const el = document.getElementById(id);
@@ -19,7 +22,7 @@ let rfb = null;
 function connectScreen() {
   const target = document.getElementById("screen");
   target.replaceChildren();
-  rfb = new RFB(target, wsUrl(`/ws/vm/${enc}/screen`), { shared: true });
+  rfb = new RFB(target, wsUrl(`/ws/vm/${enc}/screen${q}`), { shared: true });
   rfb.scaleViewport = document.getElementById("scale").checked;
   rfb.focusOnClick = true;
   rfb.addEventListener("connect", () => {
@@ -28,7 +31,7 @@ function connectScreen() {
   });
   rfb.addEventListener("disconnect", async (e) => {
     document.body.dataset.screen = "disconnected";
-    const why = e.detail.clean ? "disconnected" : await whyRefused(`/ws/vm/${enc}/screen`);
+    const why = e.detail.clean ? "disconnected" : await whyRefused(`/ws/vm/${enc}/screen${q}`);
     setStatus("screen-status", why, "failed");
   });
   window.cabinRfb = rfb;
@@ -78,7 +81,7 @@ window.cabinTypeText = (text) => typeText(text);
 async function loadState() {
   try {
     const s = await api("GET", "/api/state");
-    const vm = s.vms.find((v) => v.name === name);
+    const vm = s.vms.find((v) => v.name === name && (!storage || v.locationName === storage));
     const state = vm ? vm.status : "not found";
     const el = document.getElementById("state");
     el.textContent = state;
@@ -88,7 +91,7 @@ async function loadState() {
     power.onclick = async () => {
       power.disabled = true;
       try {
-        await api("POST", `/api/vms/${enc}/${state === "running" ? "stop" : "start"}`);
+        await api("POST", `/api/vms/${enc}/${state === "running" ? "stop" : "start"}${q}`);
         if (state !== "running") setTimeout(() => { connectScreen(); connectSerial(); }, 500);
       } catch (e) { notice(e.message); }
       power.disabled = false;
@@ -104,9 +107,9 @@ async function loadState() {
 function connectSerial() {
   const el = document.getElementById("serial");
   el.replaceChildren();
-  const { term } = openTerminal(el, `/ws/vm/${enc}/serial`, {
+  const { term } = openTerminal(el, `/ws/vm/${enc}/serial${q}`, {
     onStatus: async (text, state) => {
-      if (state === "failed") text = await whyRefused(`/ws/vm/${enc}/serial`);
+      if (state === "failed") text = await whyRefused(`/ws/vm/${enc}/serial${q}`);
       setStatus("serial-status", text, state);
       document.body.dataset.serial = state;
     },

@@ -5,6 +5,7 @@
 //   node web/tests/console.mjs dashboard URL OUT
 //   node web/tests/console.mjs vm URL NAME OUT
 //   node web/tests/console.mjs container URL NAME OUT
+//   node web/tests/console.mjs lumier VIEWER-URL OUT      (Lumier's printed URL)
 //
 // URL is the Console line `cabin serve` printed (with its token); OUT a directory for
 // screenshots and the screen's pixels.
@@ -13,7 +14,7 @@ import { writeFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 
 const [mode, url, ...rest] = process.argv.slice(2);
-const base = new URL(url);
+const base = new URL(url.replace("://localhost:", "://127.0.0.1:"));
 const token = base.searchParams.get("token");
 const origin = base.origin;
 
@@ -114,6 +115,31 @@ try {
     result.logs = await terminalText("cabin_logs");
     result.size = await page.evaluate(() => [window.cabin_shell.rows, window.cabin_shell.cols]);
     await page.screenshot({ path: join(out, "console-container.png") });
+  } else if (mode === "lumier") {
+    const [out] = rest;
+    mkdirSync(out, { recursive: true });
+    // A wrong password first: refused by the viewer.
+    const wrong = new URL(base);
+    wrong.searchParams.set("password", "wrong123");
+    await page.goto(wrong.toString());
+    await page.waitForFunction(() => document.getElementById("status").textContent.includes("refused"), null, { timeout: 60000 });
+    result.wrong = await page.textContent("#status");
+    problems.length = 0; // the refusal's console message was the point
+    await page.goto(base.toString());
+    await page.waitForSelector("body[data-screen='connected']", { timeout: 60000 });
+    await page.waitForTimeout(2000);
+    result.size = await page.evaluate(() => {
+      const c = document.querySelector("#screen canvas");
+      return [c.width, c.height];
+    });
+    result.lit = await page.evaluate(() => {
+      const c = document.querySelector("#screen canvas");
+      const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+      let lit = 0;
+      for (let i = 0; i < d.length; i += 4) if (d[i] || d[i + 1] || d[i + 2]) lit++;
+      return lit;
+    });
+    await page.screenshot({ path: join(out, "lumier-viewer.png") });
   } else {
     throw new Error(`unknown mode ${mode}`);
   }

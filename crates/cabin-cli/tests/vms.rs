@@ -174,12 +174,6 @@ fn entries(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn test_output_dir() -> PathBuf {
-    let d = workspace_root().join("target/test-output");
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn a_vm_is_created_run_with_vnc_stopped_changed_cloned_and_deleted() {
     let data = tempfile::tempdir().unwrap();
@@ -271,7 +265,7 @@ fn a_vm_is_created_run_with_vnc_stopped_changed_cloned_and_deleted() {
         shot.0 > 640 && shot.2.iter().any(|&b| b != 0)
     });
     let (w, h, rgb) = shot;
-    let png = test_output_dir().join("vm-firmware-screen.png");
+    let png = common::web::test_output_dir().join("vm-firmware-screen.png");
     write_png(&png, w, h, &rgb);
     eprintln!("screen saved: {}", png.display());
 
@@ -664,7 +658,12 @@ fn a_vm_made_from_a_debian_image_boots_its_own_init_and_answers_on_its_ip() {
         stdout(&vm_in(d, &["logs", "deb"])).contains("deb login:")
     });
     let (w, h, rgb) = vnc_screenshot(info["vncUrl"].as_str().unwrap());
-    write_png(&test_output_dir().join("debian-vm.png"), w, h, &rgb);
+    write_png(
+        &common::web::test_output_dir().join("debian-vm.png"),
+        w,
+        h,
+        &rgb,
+    );
     assert!(
         rgb.chunks(3).any(|p| p != &rgb[..3]),
         "the screen shows something"

@@ -5,13 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::Json;
 use cabin_machines::runner::{self, Launched, RunOptions};
 use cabin_machines::store::VmError;
 use serde_json::{json, Value};
 
-use crate::state::find_vm;
+use crate::state::{find_vm, Storage};
 use crate::{Console, ConsoleError};
 
 /// How long a start waits for the VM to run before it answers "starting".
@@ -24,8 +24,9 @@ const CONTAINER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) async fn vm(
     State(console): State<Arc<Console>>,
     Path((name, action)): Path<(String, String)>,
+    Query(storage): Query<Storage>,
 ) -> Result<Json<Value>, ConsoleError> {
-    let vm = find_vm(&console, &name)?;
+    let vm = find_vm(&console, &name, &storage)?;
     let c = console.clone();
     let done = tokio::task::spawn_blocking(move || -> Result<&'static str, ConsoleError> {
         match action.as_str() {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 use axum::body::Bytes;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use cabin_base::sync::Locked;
 use cabin_machines::runner::CONSOLE_LOG;
@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::state::find_vm;
+use crate::state::{find_vm, Storage};
 use crate::ws::{self, FromBrowser};
 use crate::{Console, ConsoleError};
 
@@ -99,9 +99,10 @@ fn backlog(log: &FsPath) -> Vec<u8> {
 pub(crate) async fn serial(
     State(console): State<Arc<Console>>,
     Path(name): Path<String>,
+    Query(storage): Query<Storage>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ConsoleError> {
-    let vm = find_vm(&console, &name)?;
+    let vm = find_vm(&console, &name, &storage)?;
     let session = vm
         .session()
         .ok_or_else(|| cabin_machines::store::VmError::NotRunning(name.clone()))?;

@@ -77,10 +77,22 @@ impl From<&Record> for ContainerRow {
     }
 }
 
-/// Finds the VM `name` in the configured storage locations (the default first).
-pub(crate) fn find_vm(console: &Console, name: &str) -> Result<Vm, ConsoleError> {
+/// Which storage a request means (`?storage=`, as Lume's API takes it: a location's
+/// name, a path, or `ephemeral`); absent, every configured location.
+#[derive(serde::Deserialize, Default)]
+pub(crate) struct Storage {
+    storage: Option<String>,
+}
+
+/// Finds the VM `name` in `storage`, or in the configured locations (the default
+/// first).
+pub(crate) fn find_vm(
+    console: &Console,
+    name: &str,
+    storage: &Storage,
+) -> Result<Vm, ConsoleError> {
     let settings = Settings::load(&console.host.paths).map_err(VmError::from)?;
-    Ok(store::find(&settings, name, None)?)
+    Ok(store::find(&settings, name, storage.storage.as_deref())?)
 }
 
 pub(crate) async fn state(

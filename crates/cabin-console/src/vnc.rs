@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use cabin_vmm::vnc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::state::find_vm;
+use crate::state::{find_vm, Storage};
 use crate::{Console, ConsoleError};
 
 /// How much of the VNC server's output one websocket message carries at most.
@@ -22,9 +22,10 @@ const CHUNK: usize = 64 << 10;
 pub(crate) async fn screen(
     State(console): State<Arc<Console>>,
     Path(name): Path<String>,
+    Query(storage): Query<Storage>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ConsoleError> {
-    let vm = find_vm(&console, &name)?;
+    let vm = find_vm(&console, &name, &storage)?;
     let session = vm
         .session()
         .ok_or_else(|| cabin_machines::store::VmError::NotRunning(name.clone()))?;
@@ -52,53 +53,15 @@ pub(crate) async fn screen(
         .on_upgrade(move |socket| relay(socket, server)))
 }
 
-/// Bytes received from the browser, read across message boundaries during the
-/// handshake.
-struct Incoming {
-    buf: Vec<u8>,
-}
-
-impl Incoming {
-    async fn take(&mut self, ws: &mut WebSocket, n: usize) -> Option<Vec<u8>> {
-        while self.buf.len() < n {
-            match ws.recv().await? {
-                Ok(Message::Binary(b)) => self.buf.extend_from_slice(&b),
-                Ok(Message::Close(_)) | Err(_) => return None,
-                Ok(_) => {}
-            }
-            if self.buf.len() > crate::ws::MESSAGE_LIMIT {
-                return None;
-            }
-        }
-        let rest = self.buf.split_off(n);
-        Some(std::mem::replace(&mut self.buf, rest))
-    }
-}
-
 /// The browser's side of the handshake (version, no authentication, success), then the
 /// relay.
 async fn relay(mut ws: WebSocket, server: TcpStream) {
-    let mut incoming = Incoming { buf: Vec::new() };
-    let handshake = async {
-        ws.send(Message::Binary(vnc::VERSION.to_vec().into()))
-            .await
-            .ok()?;
-        let version = incoming.take(&mut ws, 12).await?;
-        if &version[..4] != b"RFB " {
-            return None;
-        }
-        // One security type: none.
-        ws.send(Message::Binary(vec![1u8, 1].into())).await.ok()?;
-        incoming.take(&mut ws, 1).await.filter(|c| c[0] == 1)?;
-        ws.send(Message::Binary(vec![0u8; 4].into())).await.ok()?;
-        Some(())
-    };
-    if handshake.await.is_none() {
+    let Some(rest) = cabin_web::rfb::greet(&mut ws, vnc::Offer::Open).await else {
         let _ = ws.send(Message::Close(None)).await;
         return;
-    }
+    };
     let (mut from_server, mut to_server) = server.into_split();
-    if !incoming.buf.is_empty() && to_server.write_all(&incoming.buf).await.is_err() {
+    if !rest.is_empty() && to_server.write_all(&rest).await.is_err() {
         return;
     }
     let mut buf = vec![0u8; CHUNK];

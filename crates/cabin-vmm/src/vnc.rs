@@ -1,8 +1,10 @@
-//! The client side of a VNC (RFB 3.8) handshake with QEMU's VNC server: version,
-//! security type and VNC authentication with the VM's password. The web console logs in
-//! here on the browser's behalf, so the browser never holds the password; after
-//! [`login`] the stream stands just before the client's `ClientInit`, and the rest of
-//! the protocol is relayed untouched.
+//! Both sides of a VNC (RFB 3.8) handshake, up to the client's `ClientInit`. The client
+//! side ([`login`]) logs in to QEMU's VNC server with the VM's password: the web console
+//! does it on the browser's behalf, so the browser never holds the password. The server
+//! side ([`ServerHandshake`], fed bytes as they arrive, whatever carries them) greets a
+//! browser: with no authentication (the console's own session is the check) or with
+//! the VM's password (the Lumier viewer). After either, the rest of the protocol is
+//! relayed untouched.
 
 use std::io;
 
@@ -57,7 +59,7 @@ where
         stream.write_all(&[SECURITY_VNC]).await?;
         let mut challenge = [0u8; 16];
         stream.read_exact(&mut challenge).await?;
-        stream.write_all(&response(password, &challenge)).await?;
+        stream.write_all(&answer(password, &challenge)).await?;
     } else if types.contains(&SECURITY_NONE) {
         stream.write_all(&[SECURITY_NONE]).await?;
     } else {
@@ -82,7 +84,7 @@ async fn reason<S: AsyncRead + Unpin>(stream: &mut S) -> Result<String, VncError
 
 /// VNC authentication's answer: the challenge encrypted with DES, keyed by the
 /// password's first 8 bytes with each byte's bits reversed (the protocol's quirk).
-fn response(password: &str, challenge: &[u8; 16]) -> [u8; 16] {
+pub fn answer(password: &str, challenge: &[u8; 16]) -> [u8; 16] {
     use des::cipher::{BlockEncrypt, KeyInit};
     let mut key = [0u8; 8];
     for (k, b) in key.iter_mut().zip(password.bytes()) {
@@ -112,6 +114,162 @@ pub fn password() -> io::Result<String> {
     Ok(out)
 }
 
+/// What the server side asks of a client.
+#[derive(Debug, Clone)]
+pub enum Offer {
+    /// No authentication.
+    Open,
+    /// VNC authentication with this password.
+    Password(String),
+}
+
+/// Where a [`ServerHandshake`] stands after some bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Send these bytes (maybe none) and wait for more.
+    Continue(Vec<u8>),
+    /// Send these bytes; the handshake is over, and `rest` (what the client sent past
+    /// it: the start of its `ClientInit`) belongs to the relay.
+    Done { send: Vec<u8>, rest: Vec<u8> },
+    /// Send these bytes (the refusal) and close: why.
+    Refused { send: Vec<u8>, why: String },
+}
+
+#[derive(Debug)]
+enum Stage {
+    Version,
+    Choice,
+    Answer([u8; 16]),
+    Over,
+}
+
+/// The server's side of the handshake, without I/O: [`ServerHandshake::greeting`] is
+/// sent first, then every received byte goes through [`ServerHandshake::feed`].
+#[derive(Debug)]
+pub struct ServerHandshake {
+    offer: Offer,
+    stage: Stage,
+    buf: Vec<u8>,
+}
+
+fn security_result(ok: bool, why: &str) -> Vec<u8> {
+    let mut out = if ok {
+        vec![0, 0, 0, 0]
+    } else {
+        vec![0, 0, 0, 1]
+    };
+    if !ok {
+        out.extend_from_slice(&(why.len() as u32).to_be_bytes());
+        out.extend_from_slice(why.as_bytes());
+    }
+    out
+}
+
+impl ServerHandshake {
+    pub fn new(offer: Offer) -> ServerHandshake {
+        ServerHandshake {
+            offer,
+            stage: Stage::Version,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The server speaks first: its version.
+    pub fn greeting(&self) -> Vec<u8> {
+        VERSION.to_vec()
+    }
+
+    pub fn feed(&mut self, data: &[u8]) -> Step {
+        self.buf.extend_from_slice(data);
+        let mut send = Vec::new();
+        loop {
+            let need = match self.stage {
+                Stage::Version => 12,
+                Stage::Choice => 1,
+                Stage::Answer(_) => 16,
+                Stage::Over => return Step::Continue(send),
+            };
+            if self.buf.len() < need {
+                return Step::Continue(send);
+            }
+            let rest = self.buf.split_off(need);
+            let got = std::mem::replace(&mut self.buf, rest);
+            match std::mem::replace(&mut self.stage, Stage::Over) {
+                Stage::Version => {
+                    if &got[..4] != b"RFB " {
+                        return Step::Refused {
+                            send,
+                            why: "the client does not speak RFB".into(),
+                        };
+                    }
+                    let kind = match self.offer {
+                        Offer::Open => SECURITY_NONE,
+                        Offer::Password(_) => SECURITY_VNC,
+                    };
+                    send.extend_from_slice(&[1, kind]);
+                    self.stage = Stage::Choice;
+                }
+                Stage::Choice => match (&self.offer, got[0]) {
+                    (Offer::Open, SECURITY_NONE) => {
+                        send.extend(security_result(true, ""));
+                        return Step::Done {
+                            send,
+                            rest: std::mem::take(&mut self.buf),
+                        };
+                    }
+                    (Offer::Password(_), SECURITY_VNC) => {
+                        let challenge = match cabin_base::random::bytes::<16>() {
+                            Ok(c) => c,
+                            Err(e) => {
+                                return Step::Refused {
+                                    send,
+                                    why: format!("no random challenge: {e}"),
+                                }
+                            }
+                        };
+                        send.extend_from_slice(&challenge);
+                        self.stage = Stage::Answer(challenge);
+                    }
+                    (_, other) => {
+                        send.extend(security_result(false, "Unsupported security type"));
+                        return Step::Refused {
+                            send,
+                            why: format!("the client chose security type {other}"),
+                        };
+                    }
+                },
+                Stage::Answer(challenge) => {
+                    let Offer::Password(password) = &self.offer else {
+                        unreachable!("only a password offer asks for an answer");
+                    };
+                    let mut answer_got = [0u8; 16];
+                    answer_got.copy_from_slice(&got);
+                    // Compared in time that does not depend on where they differ.
+                    let expected = answer(password, &challenge);
+                    let same = expected
+                        .iter()
+                        .zip(answer_got.iter())
+                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                        == 0;
+                    if !same {
+                        send.extend(security_result(false, "Authentication failed"));
+                        return Step::Refused {
+                            send,
+                            why: "a wrong VNC password".into(),
+                        };
+                    }
+                    send.extend(security_result(true, ""));
+                    return Step::Done {
+                        send,
+                        rest: std::mem::take(&mut self.buf),
+                    };
+                }
+                Stage::Over => unreachable!(),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,14 +279,14 @@ mod tests {
         // The end-to-end check against QEMU itself is the console's integration test;
         // here, the rules around the cipher.
         let c = [0u8; 16];
-        let a = response("", &c);
-        let b = response("\0\0\0\0\0\0\0\0", &c);
+        let a = answer("", &c);
+        let b = answer("\0\0\0\0\0\0\0\0", &c);
         assert_eq!(a, b, "a short password is padded with zeros");
         assert_eq!(a[..8], a[8..], "each block alone");
-        assert_ne!(response("abcdefgh", &c), response("abcdefgi", &c));
+        assert_ne!(answer("abcdefgh", &c), answer("abcdefgi", &c));
         assert_eq!(
-            response("abcdefgh", &c),
-            response("abcdefghXYZ", &c),
+            answer("abcdefgh", &c),
+            answer("abcdefghXYZ", &c),
             "only the first 8 bytes count"
         );
     }
@@ -160,9 +318,9 @@ mod tests {
             assert_eq!(server.read_u8().await.unwrap(), SECURITY_VNC);
             let challenge = [7u8; 16];
             server.write_all(&challenge).await.unwrap();
-            let mut answer = [0u8; 16];
-            server.read_exact(&mut answer).await.unwrap();
-            let good = answer == response("secret12", &challenge);
+            let mut got = [0u8; 16];
+            server.read_exact(&mut got).await.unwrap();
+            let good = got == answer("secret12", &challenge);
             if good {
                 server.write_u32(0).await.unwrap();
             } else {
@@ -182,5 +340,66 @@ mod tests {
             (done, _) => panic!("{password}: {done:?}"),
         }
         serve.await.unwrap();
+    }
+
+    /// A client's bytes for the handshake with `password` (None: no authentication),
+    /// fed in pieces of `chunk` bytes.
+    fn client_run(offer: Offer, password: Option<&str>, chunk: usize) -> (Vec<u8>, Step) {
+        let mut h = ServerHandshake::new(offer);
+        let mut from_server = h.greeting();
+        let mut to_server = VERSION.to_vec();
+        to_server.push(if password.is_some() {
+            SECURITY_VNC
+        } else {
+            SECURITY_NONE
+        });
+        let mut fed = 0;
+        // Feed the version and choice; the answer needs the challenge first.
+        while fed < to_server.len() {
+            let end = (fed + chunk).min(to_server.len());
+            let last = h.feed(&to_server[fed..end]);
+            fed = end;
+            match &last {
+                Step::Continue(b) => from_server.extend_from_slice(b),
+                Step::Done { send, .. } | Step::Refused { send, .. } => {
+                    from_server.extend_from_slice(send);
+                    return (from_server, last);
+                }
+            }
+        }
+        let challenge: [u8; 16] = from_server[from_server.len() - 16..].try_into().unwrap();
+        let mut reply = answer(password.unwrap(), &challenge).to_vec();
+        reply.push(1); // the start of ClientInit
+        let last = h.feed(&reply);
+        if let Step::Done { send, .. } | Step::Refused { send, .. } = &last {
+            from_server.extend_from_slice(send);
+        }
+        (from_server, last)
+    }
+
+    #[test]
+    fn the_server_side_greets_checks_the_password_and_hands_over_the_rest() {
+        let (sent, step) = client_run(Offer::Open, None, 5);
+        assert_eq!(&sent[..12], VERSION);
+        assert_eq!(&sent[12..], &[1, SECURITY_NONE, 0, 0, 0, 0]);
+        assert!(matches!(step, Step::Done { .. }), "{step:?}");
+
+        let (sent, step) = client_run(Offer::Password("Ab3dE6gH".into()), Some("Ab3dE6gH"), 1);
+        assert_eq!(&sent[12..14], &[1, SECURITY_VNC]);
+        match step {
+            Step::Done { send, rest } => {
+                assert_eq!(send, [0, 0, 0, 0]);
+                assert_eq!(rest, [1], "ClientInit's first byte is the relay's");
+            }
+            other => panic!("{other:?}"),
+        }
+        let (sent, step) = client_run(Offer::Password("Ab3dE6gH".into()), Some("wrong"), 64);
+        assert!(matches!(step, Step::Refused { .. }), "{step:?}");
+        assert!(sent.ends_with(b"Authentication failed"));
+        let mut h = ServerHandshake::new(Offer::Open);
+        assert!(matches!(
+            h.feed(b"GET / HTTP/1.1\r\n"),
+            Step::Refused { .. }
+        ));
     }
 }

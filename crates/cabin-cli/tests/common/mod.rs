@@ -6,6 +6,7 @@ pub mod fault_proxy;
 pub mod terminal;
 pub mod vm_disks;
 pub mod vm_transfer;
+pub mod web;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
