@@ -52,11 +52,12 @@ if [ -n "$binary" ]; then
   init="$PWD/target/x86_64-unknown-linux-gnu/release/cabin-init"
   [ -f "$init" ] || { echo "install: $init is missing: run scripts/setup.sh first" >&2; exit 1; }
 else
-  scripts/setup.sh --release
+  scripts/setup.sh --release --vm-kernel
   binary=target/release/cabin
   init=$(scripts/build-init.sh 2>/dev/null)
 fi
-# (Cached: these only print where the kernels are, once setup.sh has built them.)
+# (Cached: these only print where the kernels are once built; the VM kernel is built
+# here when no VM was made from an image yet.)
 container_kernel=$(scripts/build-kernel.sh container)
 vm_kernel=$(scripts/build-kernel.sh vm)
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what cabin needs on a Debian 12 host and builds it: Debian packages (only the
 # missing ones), the static guest init, the guest kernel (cached), and cabin itself.
-#   scripts/setup.sh [--release]    (--release also builds the optimised cabin binary)
+#   scripts/setup.sh [--release] [--vm-kernel]
+#     --release    also builds the optimised cabin binary
+#     --vm-kernel  also builds the kernel for full VMs now (otherwise the first
+#                  `cabin vm create --image` builds it, saying so)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -46,10 +49,21 @@ fi
 
 say "building cabin-init (static guest init)"
 scripts/build-init.sh >/dev/null
-say "building the guest kernels (cached after the first build, which takes about 5 minutes each)"
+release=0; vm_kernel=0
+for arg in "$@"; do
+  case "$arg" in
+    --release) release=1 ;;
+    --vm-kernel) vm_kernel=1 ;;
+    *) echo "setup.sh: unknown option $arg (--release, --vm-kernel)" >&2; exit 2 ;;
+  esac
+done
+say "building the guest kernel for containers (cached after the first build, which takes about 5 minutes)"
 scripts/build-kernel.sh container >/dev/null
-scripts/build-kernel.sh vm >/dev/null
-if [ "${1:-}" = "--release" ]; then
+if [ "$vm_kernel" = 1 ]; then
+  say "building the guest kernel for full VMs (cached after the first build, about 5 minutes)"
+  scripts/build-kernel.sh vm >/dev/null
+fi
+if [ "$release" = 1 ]; then
   say "building cabin"
   cargo build --release --locked -p cabin-cli
 fi

@@ -3,7 +3,7 @@
 # The integration tests boot real VMs (under TCG where KVM cannot run a guest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --vm-kernel
 printf '\033[1m==> cargo fmt --check, clippy\033[0m\n' >&2
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

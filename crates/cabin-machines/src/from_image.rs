@@ -160,7 +160,8 @@ pub fn provision(
 ) -> Result<(), VmError> {
     use cabin_image::{image, store::Store};
     let paths = &host.paths;
-    let kernel = crate::kernel::locate(host).map_err(|e| VmError::Failed(e.to_string()))?;
+    let kernel = crate::kernel::locate_or_build(host, notify)
+        .map_err(|e| VmError::Failed(e.to_string()))?;
     let store = Store::open(paths.image_store()).map_err(|e| VmError::Failed(e.to_string()))?;
     let img = image::resolve(&store, reference).map_err(|e| {
         VmError::Invalid(match e {
