@@ -23,7 +23,8 @@ packages=(
   python3-venv                        # tests: pylume and the docker SDK (PyPI) against cabin serve
   docker.io                           # bench/docker.sh: Docker's engine with runc, the baseline (private socket)
   docker-compose                      # tests: Debian's docker-compose (1.29) against cabin's Docker API
-  grub-efi-amd64-bin grub-common xorriso mtools   # tests: a UEFI-bootable installer ISO (grub-mkrescue)
+  grub-efi-amd64-bin grub-common mtools   # VMs made from images: a disk with its own boot loader (EFI partition)
+  xorriso                             # tests: a UEFI-bootable installer ISO (grub-mkrescue)
   dnsmasq-base                        # tests: a LAN's DHCP server for bridged VMs
   chromium                            # tests: the web console in a real (headless) browser
 )

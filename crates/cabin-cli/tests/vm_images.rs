@@ -636,3 +636,124 @@ fn a_dry_run_push_describes_the_image_without_contacting_any_registry() {
     push(&data, &reg, "src", "dry:v1", &["--chunk-size-mb", "1"]);
     assert_eq!(skopeo_raw(&reg, "dry:v1")["layers"], planned["layers"]);
 }
+
+/// Types `command` on the VM's serial console (its socket) and reads until a whole
+/// line that is `marker` followed by digits (not the echo of what was typed); that
+/// line.
+fn serial_answer(socket: &Path, command: &str, marker: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut seen = String::new();
+    s.write_all(format!("\n{command}\n").as_bytes()).unwrap();
+    loop {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = s.read(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        // Whole lines only: the last one may still be arriving.
+        let complete = &seen[..seen.rfind('\n').unwrap_or(0)];
+        let answer = complete.lines().find(|l| {
+            l.trim()
+                .strip_prefix(marker)
+                .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()))
+        });
+        if let Some(line) = answer {
+            return line.trim().to_string();
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "no {marker} on the serial console: {seen}"
+        );
+    }
+}
+
+#[test]
+fn a_vm_made_from_an_image_boots_on_its_own_once_pushed_and_pulled_and_grows_its_root() {
+    let w = tempfile::tempdir().unwrap();
+    let data = w.path().join("data");
+    let reg = start_registry(&w.path().join("registry"), |_| String::new());
+    let root = common::web::bootable_busybox(&w.path().join("rootfs"));
+    let o = cabin_in(&data)
+        .args(["image", "import", root.to_str().unwrap(), "local/bbvm"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    vm_ok(
+        &data,
+        &[
+            "create",
+            "maker",
+            "--image",
+            "local/bbvm",
+            "--disk-size",
+            "10GB",
+            "--memory",
+            "256MB",
+            "--cpu",
+            "1",
+        ],
+    );
+    push(&data, &reg, "maker", "standalone:1", &[]);
+    let o = pull(&data, &reg.addr, "standalone:1", "copy", &[]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let dir = vms_dir(&data).join("copy");
+    // Neither cabin's boot record nor the kernel beside the disk travelled: the disk
+    // alone boots (UEFI, its own boot loader and kernel).
+    assert!(!dir.join("cabin-boot.json").exists());
+    assert!(!dir.join("vmlinuz").exists());
+    vm_ok(&data, &["set", "copy", "--disk-size", "11GB"]);
+    struct Stop<'a>(&'a Path);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = vm_in(self.0, &["stop", "copy"]);
+        }
+    }
+    let _stop = Stop(&data);
+    vm_ok(&data, &["run", "copy", "--detach"]);
+    wait_for(
+        "the copy to boot its image's init",
+        std::time::Duration::from_secs(180),
+        || stdout(&vm_in(&data, &["logs", "copy"])).contains("console-test-vm ready"),
+    );
+    let log = stdout(&vm_in(&data, &["logs", "copy"]));
+    assert!(
+        log.contains("root=/dev/vda2"),
+        "its own command line: {log}"
+    );
+    let details = || -> Value {
+        let v: Value = serde_json::from_str(&vm_ok(&data, &["get", "copy", "-f", "json"])).unwrap();
+        if v.is_array() {
+            v[0].clone()
+        } else {
+            v
+        }
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // On cabin's bridge its DHCP request is answered, and the address reported.
+        wait_for(
+            "the copy's address",
+            std::time::Duration::from_secs(60),
+            || details()["ipAddress"].is_string(),
+        );
+        let ip = details()["ipAddress"].as_str().unwrap().to_string();
+        assert!(ip.starts_with("10.89."), "{ip}");
+    }
+    // The root partition grew with the disk (11 GB, less the ESP and the tables).
+    let session: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("sessions.json")).unwrap()).unwrap();
+    let socket = PathBuf::from(session["serialSocket"].as_str().unwrap());
+    let line = serial_answer(
+        &socket,
+        "echo vda2=$(awk '$4==\"vda2\"{print $3}' /proc/partitions)",
+        "vda2=",
+    );
+    let kib: u64 = line
+        .trim_start_matches("vda2=")
+        .parse()
+        .unwrap_or_else(|_| panic!("{line}"));
+    assert_eq!(kib, ((11u64 << 30) / 512 - 33 - 133_120) / 2, "{line}");
+}

@@ -14,6 +14,7 @@
 pub mod archive;
 pub mod cpio;
 pub mod credentials;
+pub mod gpt;
 pub mod image;
 pub mod layer;
 pub mod lume;

@@ -293,32 +293,55 @@ fn build(dir: &Path, out: &Path, size: u64, inodes: u64) -> Result<(), BuildFail
     add_mount_points(dir, out)
 }
 
-/// Formats `out` (made a sparse file of `size` bytes) as the root file system of a full
-/// VM holding the tree `dir`: ext4 with a journal (the VM writes to it for its whole
-/// life), labelled `label`, every table initialised lazily so that the file stays
-/// sparse. The kernel initialises the rest in the guest.
+/// Makes `out` (a sparse file of `size` bytes) a self-contained bootable disk holding
+/// the tree `dir`: a GPT (`gpt`), the EFI system partition copied from `esp` (a FAT
+/// image of `gpt::ESP_SECTORS` sectors at most: the boot loader and the kernel), and
+/// the root partition formatted in place as ext4 with a journal (the VM writes to it
+/// for its whole life), labelled `label`, every table initialised lazily so that the
+/// file stays sparse. The kernel initialises the rest in the guest.
 pub fn build_system_disk(
     dir: &Path,
     out: &Path,
     size: u64,
     label: &str,
+    esp: &Path,
 ) -> Result<(), RootfsError> {
     let failed = |detail: String| RootfsError::Build {
         dir: dir.to_path_buf(),
         detail,
     };
-    mkfs(
-        dir,
-        out,
-        size,
-        &[
-            "-L",
-            label,
-            "-E",
-            "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
-        ],
-    )
-    .map_err(|e| match e {
+    let root = (|| -> io::Result<crate::gpt::Root> {
+        let mut f = fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(out)?;
+        f.set_len(size)?;
+        let root = crate::gpt::create(&mut f)?;
+        let esp_bytes = fs::read(esp)?;
+        if esp_bytes.len() as u64 > crate::gpt::ESP_SECTORS * crate::gpt::SECTOR {
+            return Err(io::Error::other(
+                "the EFI system partition's image is too large",
+            ));
+        }
+        use std::os::unix::fs::FileExt;
+        // Only what is not zero: the disk stays sparse.
+        let base = crate::gpt::ESP_FIRST * crate::gpt::SECTOR;
+        for (i, block) in esp_bytes.chunks(64 << 10).enumerate() {
+            if block.iter().any(|b| *b != 0) {
+                f.write_all_at(block, base + (i as u64) * (64 << 10))?;
+            }
+        }
+        f.sync_all()?;
+        Ok(root)
+    })()
+    .map_err(|e| failed(format!("laying out the disk: {e}")))?;
+    let offset = format!(
+        "offset={},lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+        root.offset
+    );
+    mkfs_at(dir, out, Some(root.bytes), &["-L", label, "-E", &offset]).map_err(|e| match e {
         BuildFailure::Missing => RootfsError::MkfsMissing,
         BuildFailure::Failed(d) if d.contains("No space left") => {
             let free = free_bytes(out.parent().unwrap_or(Path::new("."))).unwrap_or(0);
@@ -337,12 +360,27 @@ fn mkfs(dir: &Path, out: &Path, size: u64, options: &[&str]) -> Result<(), Build
     f.set_len(size)
         .map_err(|e| BuildFailure::Failed(e.to_string()))?;
     drop(f);
-    let result = Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
+    mkfs_at(dir, out, None, options)
+}
+
+/// mkfs.ext4 on `out` as it is: the whole file, or `fs_bytes` of it (with an
+/// `offset=` among the options).
+fn mkfs_at(
+    dir: &Path,
+    out: &Path,
+    fs_bytes: Option<u64>,
+    options: &[&str],
+) -> Result<(), BuildFailure> {
+    let mut cmd = Command::new("mkfs.ext4");
+    cmd.args(["-q", "-F"])
         .args(options)
         .arg("-d")
         .arg(dir)
-        .arg(out)
+        .arg(out);
+    if let Some(b) = fs_bytes {
+        cmd.arg(format!("{}k", b / 1024));
+    }
+    let result = cmd
         .env(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

@@ -1,8 +1,12 @@
 //! VMs made from OCI images (`vm create --image`): the image's root file system becomes
-//! the VM's own disk (journaled ext4 filling `disk.img`), and the VM boots cabin's VM
-//! kernel directly into the image's own init (systemd, for a Debian image). The kernel
-//! is copied into the VM's directory, so the VM does not change when cabin's kernel is
-//! rebuilt, and `cabin-boot.json` records how to boot it.
+//! the VM's own disk, a self-contained bootable one: a GPT with an EFI system partition
+//! (GRUB as `\EFI\BOOT\BOOTX64.EFI` and cabin's VM kernel) and a root partition
+//! (journaled ext4) filling the rest. Under cabin the VM boots the kernel directly into
+//! the image's own init (systemd, for a Debian image), with its identity and address on
+//! the command line; the kernel is copied into the VM's directory, so the VM does not
+//! change when cabin's kernel is rebuilt, and `cabin-boot.json` records how to boot it.
+//! Copied elsewhere (pushed and pulled, where neither file travels), the disk boots
+//! under UEFI on its own and takes its address by DHCP.
 //!
 //! What cabin adds to the image, so that the VM is usable at once:
 //! - `/etc/fstab` mounting the root read-write after its check, growing it to the disk
@@ -45,7 +49,37 @@ pub struct DirectBoot {
     pub image_digest: String,
     /// The kernel's file name in the VM's directory.
     pub kernel: String,
+    /// The root file system's device: the second partition of a self-contained disk,
+    /// the whole disk for VMs made before disks had a partition table.
+    #[serde(default = "whole_disk")]
+    pub root: String,
 }
+
+fn whole_disk() -> String {
+    "/dev/vda".into()
+}
+
+/// Where the root file system of a self-contained disk is, in the guest.
+pub const ROOT_DEVICE: &str = "/dev/vda2";
+
+/// The kernel command line the disk's own boot loader passes (a copy of the VM
+/// somewhere cabin did not make it): no identity and no address, which the image's
+/// own network set-up takes by DHCP.
+const STANDALONE_COMMAND_LINE: &str =
+    "root=/dev/vda2 rootfstype=ext4 ro console=tty0 console=ttyS0 net.ifnames=0";
+
+/// systemd-networkd's DHCP on eth0, for boots without an address on the kernel command
+/// line (a pulled copy); under cabin the kernel has configured eth0 already.
+const DHCP_NETWORK: &str = "\
+# cabin: the address by DHCP when the kernel was not given one (a copy of this VM
+# booted by its own boot loader).
+[Match]
+Name=eth0
+KernelCommandLine=!ip
+
+[Network]
+DHCP=ipv4
+";
 
 impl DirectBoot {
     pub fn read(vm_dir: &Path) -> Result<Option<DirectBoot>, VmError> {
@@ -81,6 +115,7 @@ pub struct GuestAddress {
 /// The kernel command line of a VM made from an image; without an address, the kernel
 /// asks the network's DHCP server for one.
 pub fn kernel_command_line(
+    root: &str,
     hostname: &str,
     machine_id: Option<&str>,
     net: Option<&GuestAddress>,
@@ -103,7 +138,7 @@ pub fn kernel_command_line(
         None => format!("ip=::::{hostname}:eth0:dhcp"),
     };
     let mut args = vec![
-        "root=/dev/vda".to_string(),
+        format!("root={root}"),
         "rootfstype=ext4".into(),
         "ro".into(),
         // The last console is /dev/console: systemd's messages and a login prompt go to
@@ -160,8 +195,8 @@ pub fn provision(
 ) -> Result<(), VmError> {
     use cabin_image::{image, store::Store};
     let paths = &host.paths;
-    let kernel = crate::kernel::locate_or_build(host, notify)
-        .map_err(|e| VmError::Failed(e.to_string()))?;
+    let kernel =
+        crate::kernel::locate_or_build(host, notify).map_err(|e| VmError::Failed(e.to_string()))?;
     let store = Store::open(paths.image_store()).map_err(|e| VmError::Failed(e.to_string()))?;
     let img = image::resolve(&store, reference).map_err(|e| {
         VmError::Invalid(match e {
@@ -186,13 +221,17 @@ pub fn provision(
         }
         add_cabin_files(paths, &root, notify)
             .map_err(|e| with_space_hint(format!("adding cabin's files to the VM's disk: {e}")))?;
-        cabin_image::rootfs::build_system_disk(
+        let esp = build_esp(&kernel, stage)?;
+        let built = cabin_image::rootfs::build_system_disk(
             &root,
             &stage.join(crate::store::DISK),
             disk_size,
             ROOT_LABEL,
+            &esp,
         )
-        .map_err(|e| with_space_hint(e.to_string()))
+        .map_err(|e| with_space_hint(e.to_string()));
+        let _ = fs::remove_file(&esp);
+        built
     })();
     let _ = fs::remove_dir_all(&root);
     result?;
@@ -206,8 +245,116 @@ pub fn provision(
         },
         image_digest: img.manifest_digest.clone(),
         kernel: KERNEL.into(),
+        root: ROOT_DEVICE.into(),
     }
     .write(stage)
+}
+
+/// Runs one of the boot-disk tools (GRUB's, mtools).
+fn tool(program: &str, args: &[&std::ffi::OsStr], package: &str) -> Result<(), VmError> {
+    let o = Command::new(program).args(args).output().map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            VmError::Failed(format!(
+                "{program} is missing: a VM made from an image gets a bootable disk; install it with: apt-get install {package}"
+            ))
+        } else {
+            VmError::Failed(format!("{program}: {e}"))
+        }
+    })?;
+    if !o.status.success() {
+        return Err(VmError::Failed(format!(
+            "{program} failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// The EFI system partition's image, in `stage`: FAT holding GRUB as the removable-media
+/// boot loader (its configuration built in) and the kernel.
+fn build_esp(kernel: &Path, stage: &Path) -> Result<PathBuf, VmError> {
+    let cfg = stage.join(".grub.cfg");
+    let efi = stage.join(".BOOTX64.EFI");
+    let esp = stage.join(".esp.img");
+    let io = |what: &'static str| move |e: io::Error| VmError::Failed(format!("{what}: {e}"));
+    fs::write(
+        &cfg,
+        format!(
+            "set timeout=0\nsearch --no-floppy --file --set=root /vmlinuz\nlinux /vmlinuz {STANDALONE_COMMAND_LINE}\nboot\n"
+        ),
+    )
+    .map_err(io("writing the boot loader's configuration"))?;
+    let os = |s: &Path| s.as_os_str().to_owned();
+    let grub_cfg = format!("boot/grub/grub.cfg={}", cfg.display());
+    let result = (|| {
+        tool(
+            "grub-mkstandalone",
+            &[
+                "-O".as_ref(),
+                "x86_64-efi".as_ref(),
+                "-o".as_ref(),
+                os(&efi).as_os_str(),
+                "--modules=part_gpt fat ext2 linux search normal configfile".as_ref(),
+                "--locales=".as_ref(),
+                "--fonts=".as_ref(),
+                "--themes=".as_ref(),
+                grub_cfg.as_ref(),
+            ],
+            "grub-efi-amd64-bin grub-common",
+        )?;
+        fs::File::create(&esp)
+            .and_then(|f| f.set_len(cabin_image::gpt::ESP_SECTORS * cabin_image::gpt::SECTOR))
+            .map_err(io("making the EFI system partition"))?;
+        let image = os(&esp);
+        let i = image.as_os_str();
+        tool(
+            "mformat",
+            &[
+                "-i".as_ref(),
+                i,
+                "-F".as_ref(),
+                "-v".as_ref(),
+                "CABIN-EFI".as_ref(),
+                "::".as_ref(),
+            ],
+            "mtools",
+        )?;
+        tool(
+            "mmd",
+            &["-i".as_ref(), i, "::/EFI".as_ref(), "::/EFI/BOOT".as_ref()],
+            "mtools",
+        )?;
+        tool(
+            "mcopy",
+            &[
+                "-i".as_ref(),
+                i,
+                os(&efi).as_os_str(),
+                "::/EFI/BOOT/BOOTX64.EFI".as_ref(),
+            ],
+            "mtools",
+        )?;
+        tool(
+            "mcopy",
+            &[
+                "-i".as_ref(),
+                i,
+                os(kernel).as_os_str(),
+                "::/vmlinuz".as_ref(),
+            ],
+            "mtools",
+        )?;
+        Ok(())
+    })();
+    let _ = fs::remove_file(&cfg);
+    let _ = fs::remove_file(&efi);
+    match result {
+        Ok(()) => Ok(esp),
+        Err(e) => {
+            let _ = fs::remove_file(&esp);
+            Err(e)
+        }
+    }
 }
 
 /// A failure to make the disk, with what to do when the storage location is full.
@@ -316,6 +463,32 @@ fn add_cabin_files(paths: &Paths, root: &Path, notify: Notify<'_>) -> io::Result
                 Path::new("etc/systemd/system/multi-user.target.wants/cabin-shares.service"),
                 "/etc/systemd/system/cabin-shares.service",
             )?;
+            // A copy booted elsewhere takes its address by DHCP (systemd-networkd,
+            // when the image has it).
+            let networkd = ["lib", "usr/lib"].iter().find(|l| {
+                tree.open_in(
+                    &Path::new(l).join("systemd/system/systemd-networkd.service"),
+                    libc::O_PATH,
+                )
+                .is_ok()
+            });
+            if let Some(lib) = networkd {
+                tree.make_path(Path::new("etc/systemd/network"), Leaf::Dir, 0o755)?;
+                tree.replace_file(
+                    Path::new("etc/systemd/network/80-cabin-dhcp.network"),
+                    DHCP_NETWORK.as_bytes(),
+                    0o644,
+                )?;
+                for (link, unit) in [
+                    ("multi-user.target.wants", "systemd-networkd.service"),
+                    ("sockets.target.wants", "systemd-networkd.socket"),
+                ] {
+                    tree.replace_with_symlink(
+                        &Path::new("etc/systemd/system").join(link).join(unit),
+                        &format!("/{lib}/systemd/system/{unit}"),
+                    )?;
+                }
+            }
         }
         Ok(())
     };
@@ -370,13 +543,14 @@ mod tests {
             dns: vec!["192.0.2.53".into()],
         };
         let line = kernel_command_line(
+            ROOT_DEVICE,
             "web",
             Some("0123456789abcdef0123456789abcdef"),
             Some(&net),
             &[("code".into(), false), ("data".into(), true)],
         );
         assert!(
-            line.starts_with("root=/dev/vda rootfstype=ext4 ro "),
+            line.starts_with("root=/dev/vda2 rootfstype=ext4 ro "),
             "{line}"
         );
         assert!(

@@ -222,6 +222,7 @@ async fn run_vm(
         Some(d) => Boot::Kernel {
             kernel: vm.dir.join(&d.kernel),
             command_line: from_image::kernel_command_line(
+                &d.root,
                 &vm.name,
                 config
                     .machine_identifier

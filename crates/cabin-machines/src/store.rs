@@ -532,10 +532,17 @@ pub fn set(
 ) -> Result<VmConfig, VmError> {
     let c = check_set(vm, cpu, memory, disk_size, display)?;
     if let Some(size) = disk_size {
+        // A self-contained disk's root partition grows with it (its file system
+        // follows at the guest's next boot); any other disk is the guest's to use.
         fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .open(vm.disk())
-            .and_then(|f| f.set_len(size))
+            .and_then(|mut f| {
+                f.set_len(size)?;
+                cabin_image::gpt::grow(&mut f)?;
+                f.sync_all()
+            })
             .map_err(io_err("growing disk.img"))?;
     }
     vm.save_config(&c)?;

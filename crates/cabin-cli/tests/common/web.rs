@@ -220,7 +220,9 @@ pub fn next_binary(ws: &mut tungstenite::WebSocket<TcpStream>) -> Vec<u8> {
 }
 
 /// A busybox root file system that boots as a VM: busybox's init with a shell on the
-/// serial console (ttyS0) and one on the screen (tty1).
+/// serial console (ttyS0) and one on the screen (tty1); booted without an address on
+/// its kernel command line (a copy booted by its own boot loader), it asks for one by
+/// DHCP.
 pub fn bootable_busybox(dest: &Path) -> PathBuf {
     let root = busybox_copy(dest);
     for d in ["proc", "sys", "dev"] {
@@ -230,6 +232,8 @@ pub fn bootable_busybox(dest: &Path) -> PathBuf {
     std::fs::write(
         root.join("etc/inittab"),
         "::sysinit:/bin/mount -t proc proc /proc\n\
+         ::sysinit:/bin/sh -c 'grep -q \" ip=\" /proc/cmdline || \
+         { ip link set eth0 up; udhcpc -i eth0 -n -q -s /bin/true -t 10 -T 2; }'\n\
          ::sysinit:/bin/echo console-test-vm ready\n\
          ::respawn:-/bin/sh\n\
          tty1::respawn:-/bin/sh\n",
