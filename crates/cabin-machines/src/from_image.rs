@@ -165,8 +165,7 @@ pub fn systemd_machine_id(identifier: &str) -> Option<String> {
     crate::store::machine_uuid(identifier).map(|u| u.replace('-', ""))
 }
 
-/// Where what the user should hear on the way goes (the CLI prints it, the API logs it).
-pub type Notify<'a> = &'a (dyn Fn(&str) + Send + Sync);
+pub use crate::Notify;
 
 /// Creates the VM `name` from the image `reference` (`vm create --image`).
 pub fn create(

@@ -46,10 +46,7 @@ fn build_script() -> Option<PathBuf> {
 
 /// Finds the kernel, or, in a source tree where it was never built, builds it (about 5
 /// minutes, once; `notify` says so first): a first run builds only what it uses.
-pub fn locate_or_build(
-    host: &Host,
-    notify: crate::from_image::Notify<'_>,
-) -> Result<PathBuf, KernelError> {
+pub fn locate_or_build(host: &Host, notify: crate::Notify<'_>) -> Result<PathBuf, KernelError> {
     let looked = match locate(host) {
         Err(KernelError::NotFound { looked }) => looked,
         other => return other,

@@ -10,3 +10,6 @@ pub mod runner;
 pub mod settings;
 pub mod store;
 pub mod transfer;
+
+/// Where what the user should hear on the way goes (the CLI prints it, the API logs it).
+pub type Notify<'a> = &'a (dyn Fn(&str) + Send + Sync);
