@@ -259,6 +259,23 @@ impl Root {
         check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })
     }
 
+    /// Gives `rel` (resolved inside the tree, never through a final link) to `uid` and
+    /// `gid`.
+    pub fn chown(&self, rel: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        let f = self.open_in(rel, libc::O_PATH | libc::O_NOFOLLOW)?;
+        // SAFETY: a descriptor we hold, an empty NUL-terminated path with AT_EMPTY_PATH
+        // (the descriptor itself is changed).
+        check(unsafe {
+            libc::fchownat(
+                f.as_raw_fd(),
+                c"".as_ptr(),
+                uid,
+                gid,
+                libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+    }
+
     /// Removes whatever is at `rel` (a directory with its contents); nothing there is
     /// no error.
     pub fn remove(&self, rel: &Path) -> io::Result<()> {

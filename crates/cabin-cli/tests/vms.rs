@@ -647,6 +647,15 @@ fn a_vm_made_from_a_debian_image_boots_its_own_init_and_answers_on_its_ip() {
         stderr(&o)
     );
     assert!(!share_dir.join("new").exists());
+    // Lume's conventional account, with sudo, reachable with cabin's key too.
+    let o = vm_in(d, &["ssh", "-u", "lume", "deb", "--", "id -un; id -Gn"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o);
+    assert!(id.starts_with("lume\n"), "{id}");
+    assert!(
+        id.lines().nth(1).unwrap().split(' ').any(|g| g == "sudo"),
+        "{id}"
+    );
     // The host reaches the guest on that address: the SSH server greets there.
     let mut s = TcpStream::connect((ip.as_str(), 22)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -15,6 +15,9 @@
 //! - `/etc/resolv.conf` pointing at `/proc/net/pnp`, where the kernel writes the name
 //!   servers it was given with the VM's address on its command line;
 //! - cabin's SSH key in `/root/.ssh/authorized_keys` (for `vm ssh`);
+//! - Lume's conventional account, `lume` with the password `lume` (change it with
+//!   `passwd` in the guest), allowed sudo, with cabin's key too, unless the image has a
+//!   `lume` of its own: Lumier's scripts log in with it, as on Lume's images;
 //! - a unit mounting the shared folders of each run at `/mnt/shared/<name>`.
 //!
 //! The image is hostile input: every addition is written without following the image's
@@ -436,7 +439,8 @@ fn add_cabin_files(paths: &Paths, root: &Path, notify: Notify<'_>) -> io::Result
         // clone changes); debootstrap leaves the building host's name here.
         tree.remove(Path::new("etc/hostname"))?;
         tree.replace_with_symlink(Path::new("etc/resolv.conf"), "/proc/net/pnp")?;
-        if let Some(key) = ssh_public_key(paths, notify)? {
+        let key = ssh_public_key(paths, notify)?;
+        if let Some(key) = &key {
             tree.make_path(Path::new("root/.ssh"), Leaf::Dir, 0o700)?;
             tree.replace_file(
                 Path::new("root/.ssh/authorized_keys"),
@@ -444,6 +448,7 @@ fn add_cabin_files(paths: &Paths, root: &Path, notify: Notify<'_>) -> io::Result
                 0o600,
             )?;
         }
+        add_lume_account(&tree, key.as_deref())?;
         tree.replace_file(
             Path::new("usr/local/lib/cabin/mount-shares"),
             MOUNT_SHARES.as_bytes(),
@@ -492,6 +497,116 @@ fn add_cabin_files(paths: &Paths, root: &Path, notify: Notify<'_>) -> io::Result
         Ok(())
     };
     add().map_err(not_a_dir)
+}
+
+/// The password `lume`, as crypt(3) SHA-512 (a fixed salt: the password is public).
+const LUME_PASSWORD_HASH: &str =
+    "$6$cabinlumeacct$jGsd6fLjIuAj69PlqHoCPxspRmWQ0dOL73ArJg6dawKHavN.eF5ynbeYij0ejxjjqgocR.3NX9mLlR8q63aWe1";
+
+/// The largest account file of an image that cabin edits.
+const ACCOUNTS_LIMIT: u64 = 1 << 20;
+
+/// Adds Lume's `lume` account (see the module's doc) to an image that has
+/// `/etc/passwd` and no `lume` yet.
+fn add_lume_account(tree: &Root, key: Option<&str>) -> io::Result<()> {
+    let text = |p: &str| match tree.read_text(Path::new(p), ACCOUNTS_LIMIT) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    };
+    let Some(passwd) = text("etc/passwd")? else {
+        return Ok(());
+    };
+    if passwd.lines().any(|l| l.starts_with("lume:")) {
+        return Ok(());
+    }
+    let group = text("etc/group")?.unwrap_or_default();
+    let taken: std::collections::HashSet<u32> = passwd
+        .lines()
+        .chain(group.lines())
+        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+        .collect();
+    let id = (1000..60000).find(|i| !taken.contains(i)).unwrap_or(1000);
+    let shell = if tree.open_in(Path::new("bin/bash"), libc::O_PATH).is_ok() {
+        "/bin/bash"
+    } else {
+        "/bin/sh"
+    };
+    let shadow = text("etc/shadow")?;
+    let field = if shadow.is_some() {
+        "x"
+    } else {
+        LUME_PASSWORD_HASH
+    };
+    let line = |text: &str, add: &str| {
+        let mut t = text.to_string();
+        if !t.is_empty() && !t.ends_with('\n') {
+            t.push('\n');
+        }
+        t.push_str(add);
+        t
+    };
+    tree.replace_file(
+        Path::new("etc/passwd"),
+        line(
+            &passwd,
+            &format!("lume:{field}:{id}:{id}:Lume:/home/lume:{shell}\n"),
+        )
+        .as_bytes(),
+        0o644,
+    )?;
+    // Its own group, and the administrators' (Debian's sudo, others' wheel).
+    let mut groups: Vec<String> = group
+        .lines()
+        .map(|l| {
+            let admin = l.starts_with("sudo:") || l.starts_with("wheel:");
+            match (admin, l.split(':').nth(3)) {
+                (true, Some("")) => format!("{l}lume"),
+                (true, Some(_)) => format!("{l},lume"),
+                _ => l.to_string(),
+            }
+        })
+        .collect();
+    groups.push(format!("lume:x:{id}:"));
+    tree.replace_file(
+        Path::new("etc/group"),
+        format!("{}\n", groups.join("\n")).as_bytes(),
+        0o644,
+    )?;
+    if let Some(shadow) = shadow {
+        tree.replace_file(
+            Path::new("etc/shadow"),
+            line(
+                &shadow,
+                &format!("lume:{LUME_PASSWORD_HASH}:19000:0:99999:7:::\n"),
+            )
+            .as_bytes(),
+            0o640,
+        )?;
+    }
+    if tree
+        .open_in(Path::new("etc/sudoers.d"), libc::O_PATH | libc::O_DIRECTORY)
+        .is_ok()
+    {
+        tree.replace_file(
+            Path::new("etc/sudoers.d/lume"),
+            b"lume ALL=(ALL:ALL) ALL\n",
+            0o440,
+        )?;
+    }
+    tree.make_path(Path::new("home/lume"), Leaf::Dir, 0o755)?;
+    tree.chown(Path::new("home/lume"), id, id)?;
+    if let Some(key) = key {
+        tree.make_path(Path::new("home/lume/.ssh"), Leaf::Dir, 0o700)?;
+        tree.replace_file(
+            Path::new("home/lume/.ssh/authorized_keys"),
+            key.as_bytes(),
+            0o600,
+        )?;
+        tree.chown(Path::new("home/lume/.ssh"), id, id)?;
+        tree.chown(Path::new("home/lume/.ssh/authorized_keys"), id, id)?;
+    }
+    Ok(())
 }
 
 /// cabin's SSH key pair for VMs made from images, made on first use with ssh-keygen.
@@ -561,6 +676,43 @@ mod tests {
             line.ends_with("cabin.share=code cabin.share=data:ro"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn images_get_lumes_account_unless_they_have_one() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        std::fs::create_dir_all(r.join("etc/sudoers.d")).unwrap();
+        std::fs::create_dir_all(r.join("bin")).unwrap();
+        std::fs::write(r.join("bin/bash"), "").unwrap();
+        std::fs::write(
+            r.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/sh",
+        )
+        .unwrap();
+        std::fs::write(r.join("etc/group"), "root:x:0:\nsudo:x:27:\nuser:x:1000:\n").unwrap();
+        std::fs::write(r.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+        let tree = Root::open(r, Links::Refuse).unwrap();
+        add_lume_account(&tree, Some("ssh-ed25519 AAAA cabin\n")).unwrap();
+        let read = |p: &str| std::fs::read_to_string(r.join(p)).unwrap();
+        assert!(read("etc/passwd").ends_with("\nlume:x:1001:1001:Lume:/home/lume:/bin/bash\n"));
+        assert!(read("etc/group").contains("sudo:x:27:lume\n"));
+        assert!(read("etc/group").ends_with("lume:x:1001:\n"));
+        assert!(read("etc/shadow").contains(&format!("lume:{LUME_PASSWORD_HASH}:")));
+        assert_eq!(read("etc/sudoers.d/lume"), "lume ALL=(ALL:ALL) ALL\n");
+        assert_eq!(
+            read("home/lume/.ssh/authorized_keys"),
+            "ssh-ed25519 AAAA cabin\n"
+        );
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!(std::fs::metadata(r.join("home/lume")).unwrap().uid(), 1001);
+        }
+        // A second time (or an image with its own lume): nothing changes.
+        let before = read("etc/passwd");
+        add_lume_account(&tree, None).unwrap();
+        assert_eq!(read("etc/passwd"), before);
     }
 
     #[test]
