@@ -170,8 +170,11 @@ pub fn pack(src: &Path, top: &OsStr, opts: PackOptions, out: impl Write) -> Resu
         }
         Err(e) => return Err(Error::io(src.display(), e)),
     };
+    let mut builder = Builder::new(out);
+    // Plain entries only: the docker CLI (Go's archive/tar) cannot read GNU sparse ones.
+    builder.sparse(false);
     let mut p = Packer {
-        out: Builder::new(out),
+        out: builder,
         seen: HashMap::new(),
     };
     p.add(src, Path::new(top), &meta, opts.follow_top, None)?;

@@ -35,6 +35,8 @@ pub fn save(store: &Store, names: &[String], out: &Path) -> Result<(), ImageErro
     let tmp = out.with_extension(format!("partial-{}", std::process::id()));
     let write = || -> io::Result<()> {
         let mut tar = tar::Builder::new(io::BufWriter::new(fs::File::create(&tmp)?));
+        // Plain entries only: `docker load` refuses GNU sparse ones.
+        tar.sparse(false);
         let add = |tar: &mut tar::Builder<_>, name: &str, data: &[u8]| -> io::Result<()> {
             let mut h = tar::Header::new_ustar();
             h.set_size(data.len() as u64);

@@ -247,6 +247,9 @@ fn layer_from_dir(store: &Store, dir: &Path) -> Result<(String, u64, String), Im
     });
     builder.follow_symlinks(false);
     builder.mode(tar::HeaderMode::Complete);
+    // Plain entries only: Docker (and Go's archive/tar users) cannot read GNU sparse
+    // ones, which the tar crate would write for files with holes.
+    builder.sparse(false);
     append_tree(&mut builder, dir, Path::new("")).map_err(import_err)?;
     let hashing = builder.into_inner().map_err(import_err)?;
     let diff_id = format!("sha256:{}", hex(&hashing.hasher.finalize()));
@@ -735,5 +738,58 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stdout)
         );
+    }
+
+    #[test]
+    fn a_file_with_holes_is_a_plain_entry_that_docker_can_read() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path().join("store")).unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        // 8 MB with a hole in the middle and data at both ends.
+        let f = fs::File::create(src.join("holey")).unwrap();
+        f.set_len(8 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"start", 0).unwrap();
+        f.write_all_at(b"end", (8 << 20) - 3).unwrap();
+        drop(f);
+        let cfg = ImportConfig {
+            entrypoint: vec!["/holey".into()],
+            exposed_ports: vec!["8006".into()],
+            ..Default::default()
+        };
+        let img = import(&store, &src, "holes:1", &cfg).unwrap();
+        let layer = &img.manifest.layers()[0];
+        let blob = store.read_blob(layer.digest().as_ref(), 64 << 20).unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&blob[..]));
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.header().entry_type();
+            assert!(
+                kind == tar::EntryType::Regular || kind == tar::EntryType::Directory,
+                "{:?} is {kind:?}",
+                entry.path().unwrap()
+            );
+        }
+        let config = store
+            .read_blob(img.manifest.config().digest().as_ref(), 1 << 20)
+            .unwrap();
+        let config: serde_json::Value = serde_json::from_slice(&config).unwrap();
+        assert_eq!(
+            config["config"]["Entrypoint"],
+            serde_json::json!(["/holey"])
+        );
+        assert_eq!(
+            config["config"]["Cmd"],
+            serde_json::json!([]),
+            "no shell by default"
+        );
+        assert!(config["config"]["ExposedPorts"]["8006/tcp"].is_object());
+        let bad = ImportConfig {
+            exposed_ports: vec!["80/sctp".into()],
+            ..Default::default()
+        };
+        let e = import(&store, &src, "holes:2", &bad).unwrap_err();
+        assert!(e.to_string().contains("PORT[/tcp|udp]"), "{e}");
     }
 }
