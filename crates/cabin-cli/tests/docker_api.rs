@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use common::dockerd::*;
 use common::*;
 
 /// A `cabin serve` with the Docker socket, on a data directory of its own that holds
@@ -105,8 +106,6 @@ impl Drop for Server {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
-
-const DOCKER: &str = "/usr/local/bin/docker";
 
 /// `cabin serve --port 0 --docker-socket SOCKET` on `data`, once the socket answers.
 fn serve(data: &Path, socket: &Path) -> Child {
@@ -1435,66 +1434,6 @@ fn images_are_saved_loaded_and_pushed_after_a_login_with_their_history() {
     s.docker_ok(&["rmi", &target]);
     s.docker_ok(&["pull", &target]);
     assert_eq!(s.docker_ok(&["inspect", "-f", "{{.Id}}", &target]), id);
-}
-
-/// Debian's dockerd (with runc) on a private socket, as the reference: no iptables,
-/// no bridge (its containers use `--network none`), its own data and exec roots.
-struct Dockerd {
-    dir: PathBuf,
-    socket: PathBuf,
-    process: Child,
-}
-
-impl Dockerd {
-    fn start(dir: &Path) -> Dockerd {
-        std::fs::create_dir_all(dir).unwrap();
-        let socket = dir.join("dockerd.sock");
-        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
-        let mut cmd = Command::new("dockerd");
-        cmd.arg("--host")
-            .arg(format!("unix://{}", socket.display()))
-            .arg("--data-root")
-            .arg(dir.join("root"))
-            .arg("--exec-root")
-            .arg(dir.join("exec"))
-            .arg("--pidfile")
-            .arg(dir.join("dockerd.pid"))
-            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
-            .stdout(Stdio::null())
-            .stderr(log);
-        let process = spawn_for_test_process(cmd)
-            .expect("Debian's dockerd runs (scripts/setup.sh installs docker.io)");
-        let d = Dockerd {
-            dir: dir.to_path_buf(),
-            socket,
-            process,
-        };
-        wait_for("dockerd", Duration::from_secs(60), || {
-            d.cmd(&["version"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-        d
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(DOCKER);
-        c.env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
-            .env("DOCKER_CONFIG", self.dir.join("docker-config"))
-            .args(args)
-            .stdin(Stdio::null());
-        c
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        // SIGTERM: dockerd stops its containers and its containerd, then itself.
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.process.id() as i32, libc::SIGTERM) };
-        let _ = self.process.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// In the differential script: the step prints a new ID.

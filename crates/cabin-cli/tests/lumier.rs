@@ -1,7 +1,9 @@
 //! Lumier's contract on cabin: the image made by `scripts/make-lumier-image.sh` runs
 //! Docker-style under `cabin run`, drives `cabin serve` through Lume's API from inside
 //! its container (host.docker.internal), shows the VM in Chromium on the published
-//! port 8006, stops the VM when the container stops, and finds it again next time.
+//! port 8006, stops the VM when the container stops, and finds it again next time; the
+//! same image, saved by cabin and loaded into Debian's Docker engine, does the same
+//! there.
 
 mod common;
 
@@ -9,6 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::dockerd::*;
 use common::web::*;
 use common::*;
 
@@ -217,6 +220,73 @@ fn the_lumier_image_runs_a_vm_docker_style_and_shows_it_on_port_8006() {
     let o = cabin_in(d).args(["stop", "lumier-desk"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     log_until(d, "lumier-desk", "VM desk stopped");
+
+    // The same image under Debian's Docker engine (on the host's network, where
+    // host.docker.internal is the loopback).
+    let docker = Dockerd::start(&d.join("dockerd"));
+    let tar = d.join("lumier.tar");
+    let o = cabin_in(d)
+        .args([
+            "image",
+            "save",
+            "-o",
+            tar.to_str().unwrap(),
+            "cabin-lumier:latest",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = docker
+        .cmd(&["load", "-i", tar.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut args = vec![
+        "run".to_string(),
+        "-d".into(),
+        "--name".into(),
+        "lumier-docker".into(),
+        "--network".into(),
+        "host".into(),
+        "--add-host".into(),
+        "host.docker.internal:127.0.0.1".into(),
+    ];
+    for e in env(&[]) {
+        args.push("-e".into());
+        args.push(e);
+    }
+    args.push("cabin-lumier:latest".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = docker.cmd(&args).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let docker_log = |needle: &str| -> String {
+        let start = Instant::now();
+        loop {
+            let o = docker.cmd(&["logs", "lumier-docker"]).output().unwrap();
+            let both = format!("{}{}", stdout(&o), stderr(&o));
+            if both.contains(needle) {
+                return both;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(180),
+                "no {needle:?} from Docker's container:\n{both}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let log = docker_log("vnc.html?password=");
+    assert!(log.contains("Found VM desk: starting it again"), "{log}");
+    let v = browser(&["lumier", &printed_url(&log, 8006), out.to_str().unwrap()]);
+    assert!(v["lit"].as_u64().unwrap() > 1000, "{v:#}");
+    let o = docker
+        .cmd(&["stop", "-t", "60", "lumier-docker"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    docker_log("VM desk stopped");
+    assert_eq!(details()["status"], "stopped");
+    let _ = docker.cmd(&["rm", "-f", "lumier-docker"]).output();
+    drop(docker);
 
     // Bad input: each a clear message, nothing made.
     let (code, log) = failing_run(d, &env(&["VERSION=not-an-image".into()]));
