@@ -92,8 +92,17 @@ export function openTerminal(el, path, { input = true, convertEol = false, onSta
   term.onResize(({ cols, rows }) => {
     if (ws.readyState === WebSocket.OPEN) ws.send(frame("1", JSON.stringify({ cols, rows })));
   });
-  new ResizeObserver(() => fit.fit()).observe(el);
-  return { term, ws };
+  const observer = new ResizeObserver(() => fit.fit());
+  observer.observe(el);
+  // Ends this terminal: the socket (the other side hangs up a shell), the observer and
+  // the terminal itself.
+  const close = () => {
+    observer.disconnect();
+    ws.onclose = null;
+    ws.close();
+    term.dispose();
+  };
+  return { term, ws, close };
 }
 
 // The reason a failed websocket was refused: the same URL over plain HTTP answers

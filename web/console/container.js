@@ -14,10 +14,13 @@ function setStatus(id, text, state) {
   document.body.dataset[id.replace("-status", "")] = state;
 }
 
+const open = {};
+
 function connect(kind, input) {
+  if (open[kind]) open[kind].close();
   const el = document.getElementById(kind);
   el.replaceChildren();
-  const { term } = openTerminal(el, `/ws/container/${enc}/${kind}`, {
+  open[kind] = openTerminal(el, `/ws/container/${enc}/${kind}`, {
     input,
     convertEol: !input,
     onStatus: async (text, state) => {
@@ -25,6 +28,7 @@ function connect(kind, input) {
       setStatus(`${kind}-status`, text, state);
     },
   });
+  const { term } = open[kind];
   if (input) term.focus();
   window[`cabin_${kind}`] = term;
 }

@@ -104,17 +104,19 @@ async function loadState() {
   }
 }
 
+let serial = null;
 function connectSerial() {
+  if (serial) serial.close();
   const el = document.getElementById("serial");
   el.replaceChildren();
-  const { term } = openTerminal(el, `/ws/vm/${enc}/serial${q}`, {
+  serial = openTerminal(el, `/ws/vm/${enc}/serial${q}`, {
     onStatus: async (text, state) => {
       if (state === "failed") text = await whyRefused(`/ws/vm/${enc}/serial${q}`);
       setStatus("serial-status", text, state);
       document.body.dataset.serial = state;
     },
   });
-  window.cabinSerial = term;
+  window.cabinSerial = serial.term;
 }
 
 loadState().then((vm) => {

@@ -1,7 +1,8 @@
 //! What every request on `cabin serve`'s TCP listener must show before a route sees it.
 //!
 //! - `Host` names this server: 127.0.0.1, `localhost`, `::1`, `host.docker.internal`
-//!   (containers reaching the host) or the address it listens on (any address literal
+//!   or `host.containers.internal` (containers reaching the host) or the address it
+//!   listens on (any address literal
 //!   when it listens on all of them). A web page that rebinds its own DNS name to
 //!   127.0.0.1 sends its name, and is refused.
 //! - An `Origin`, when a browser sends one, is this server's own (`http://` and the
@@ -51,9 +52,15 @@ impl Guard {
 
     fn host_allowed(&self, host: &str) -> bool {
         let name = host_name(host);
-        if ["127.0.0.1", "localhost", "::1", "host.docker.internal"]
-            .iter()
-            .any(|n| name.eq_ignore_ascii_case(n))
+        if [
+            "127.0.0.1",
+            "localhost",
+            "::1",
+            "host.docker.internal",
+            "host.containers.internal",
+        ]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
         {
             return true;
         }
@@ -88,15 +95,18 @@ fn query_token(query: Option<&str>) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-fn cookie_value(req: &Request, name: &str) -> Option<String> {
+/// Every value the request's cookies give `name` (another page on localhost may have
+/// set one of the same name for a narrower path: any of them may be the session).
+fn cookie_values(req: &Request, name: &str) -> Vec<String> {
     req.headers()
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
+        .filter(|(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
+        .collect()
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {
@@ -146,12 +156,12 @@ pub async fn check(State(guard): State<Arc<Guard>>, req: Request, next: Next) ->
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
-    let cookie = cookie_value(&req, &guard.cookie);
+    let cookies = cookie_values(&req, &guard.cookie);
     let query_ok = from_query
         .as_deref()
         .is_some_and(|t| guard.token_matches(t));
     let ok = query_ok
-        || cookie.as_deref().is_some_and(|t| guard.token_matches(t))
+        || cookies.iter().any(|t| guard.token_matches(t))
         || (lume && bearer.as_deref().is_some_and(|t| guard.token_matches(t)));
     if !ok {
         let message = if lume {

@@ -32,8 +32,9 @@ pub(crate) async fn screen(
     let (port, password) = session
         .vnc()
         .ok_or_else(|| ConsoleError::NoScreen(name.clone()))?;
-    let upgrade = upgrade.map_err(|_| ConsoleError::NotWebsocket)?;
-    // Logged in before the upgrade: a failure is an HTTP answer the page can show.
+    // Logged in before the upgrade: a failure is an HTTP answer the page can show (and
+    // a plain GET of this address, which the page makes to learn why a websocket
+    // failed, gets it too).
     let mut server = TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|source| ConsoleError::Unreachable {
@@ -47,6 +48,7 @@ pub(crate) async fn screen(
             name: name.clone(),
             source,
         })?;
+    let upgrade = upgrade.map_err(|_| ConsoleError::NotWebsocket)?;
     Ok(upgrade
         .protocols(["binary"])
         .max_message_size(crate::ws::MESSAGE_LIMIT)

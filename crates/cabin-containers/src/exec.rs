@@ -42,6 +42,7 @@ pub fn completed(mut req: ExecRequest, started: &ProcessSettings) -> ExecRequest
 /// Runs one exec'd process and relays its stdio and exit code over `conn`.
 pub async fn relay(mut agent: Agent, process: ProcessRef, req: ExecRequest, conn: UnixStream) {
     let (mut rd, mut wr) = conn.into_split();
+    let tty = req.tty.is_some();
     let start = StartProcessRequest {
         container_id: process.container_id.clone(),
         process_id: process.process_id.clone(),
@@ -103,6 +104,12 @@ pub async fn relay(mut agent: Agent, process: ProcessRef, req: ExecRequest, conn
                 }
                 _ => {}
             }
+        }
+        // The client has gone. A terminal's input never ends by itself, so its process
+        // is hung up on, as a closed SSH session's shell is (a process that already
+        // ended makes this a no-op).
+        if tty {
+            let _ = process::signal(&a, &p, libc::SIGHUP, std::time::Duration::from_secs(5)).await;
         }
         drop(tx);
         if let Some(done) = done {

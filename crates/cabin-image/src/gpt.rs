@@ -84,25 +84,58 @@ pub fn create(disk: &mut File) -> io::Result<Root> {
 
 fn root_of(gpt: &GPT) -> io::Result<Root> {
     let p = &gpt[2];
-    if !p.is_used() || p.partition_type_guid != LINUX_TYPE || p.starting_lba != ROOT_FIRST {
-        return Err(io::Error::new(
+    let not_ours = || {
+        io::Error::new(
             io::ErrorKind::InvalidData,
             "the disk's second partition is not cabin's root partition",
-        ));
+        )
+    };
+    if !p.is_used() || p.partition_type_guid != LINUX_TYPE || p.starting_lba != ROOT_FIRST {
+        return Err(not_ours());
     }
+    let sectors = p
+        .ending_lba
+        .checked_sub(p.starting_lba)
+        .ok_or_else(not_ours)?
+        + 1;
     Ok(Root {
         offset: p.starting_lba * gpt.sector_size,
-        bytes: (p.ending_lba + 1 - p.starting_lba) * gpt.sector_size,
+        bytes: sectors * gpt.sector_size,
     })
+}
+
+/// Reads the table, if the disk has one of cabin's shape: a header at LBA 1 that
+/// announces 128 entries of 128 bytes. Anything else (no table, or a header from a
+/// hostile image asking for billions of entries) is None before the library reads it.
+fn read_table(disk: &mut File) -> io::Result<Option<GPT>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut header = [0u8; 92];
+    disk.seek(SeekFrom::Start(SECTOR))?;
+    if let Err(e) = disk.read_exact(&mut header) {
+        return match e.kind() {
+            io::ErrorKind::UnexpectedEof => Ok(None),
+            _ => Err(e),
+        };
+    }
+    let entries = u32::from_le_bytes(header[80..84].try_into().expect("4 bytes"));
+    let size = u32::from_le_bytes(header[84..88].try_into().expect("4 bytes"));
+    if &header[..8] != b"EFI PART" || entries != 128 || size != 128 {
+        return Ok(None);
+    }
+    disk.seek(SeekFrom::Start(0))?;
+    match GPT::find_from(disk) {
+        Ok(gpt) => Ok(Some(gpt)),
+        Err(gptman::Error::Io(e)) => Err(e),
+        Err(_) => Ok(None),
+    }
 }
 
 /// The root partition of a disk cabin laid out; None for a disk without a GPT (a file
 /// system on the whole disk, as VMs made by older cabins have).
 pub fn root(disk: &mut File) -> io::Result<Option<Root>> {
-    match GPT::find_from(disk) {
-        Ok(gpt) => root_of(&gpt).map(Some),
-        Err(gptman::Error::Io(e)) => Err(e),
-        Err(_) => Ok(None),
+    match read_table(disk)? {
+        Some(gpt) => root_of(&gpt).map(Some),
+        None => Ok(None),
     }
 }
 
@@ -111,10 +144,8 @@ pub fn root(disk: &mut File) -> io::Result<Option<Root>> {
 /// False, and nothing touched, for a disk cabin did not lay out (the guest's own
 /// tools grow those).
 pub fn grow(disk: &mut File) -> io::Result<bool> {
-    let mut gpt = match GPT::find_from(disk) {
-        Ok(gpt) => gpt,
-        Err(gptman::Error::Io(e)) => return Err(e),
-        Err(_) => return Ok(false),
+    let Some(mut gpt) = read_table(disk)? else {
+        return Ok(false);
     };
     if root_of(&gpt).is_err() || gpt.iter().any(|(i, p)| i > 2 && p.is_used()) {
         return Ok(false);
@@ -176,5 +207,25 @@ mod tests {
         assert!(!grow(&mut f).unwrap());
         f.set_len(8 << 20).unwrap();
         assert!(create(&mut f).is_err());
+    }
+
+    #[test]
+    fn a_header_asking_for_billions_of_entries_is_not_read() {
+        let t = tempfile::tempdir().unwrap();
+        let mut f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(t.path().join("disk.img"))
+            .unwrap();
+        f.set_len(1 << 30).unwrap();
+        create(&mut f).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&u32::MAX.to_le_bytes(), SECTOR + 80)
+            .unwrap();
+        assert_eq!(root(&mut f).unwrap(), None);
+        f.set_len(2 << 30).unwrap();
+        assert!(!grow(&mut f).unwrap(), "left alone");
     }
 }

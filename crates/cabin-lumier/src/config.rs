@@ -55,7 +55,7 @@ impl Image {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub vm_name: String,
     /// None: the VM must already be in its storage.
@@ -73,6 +73,25 @@ pub struct Config {
     /// cabin serve's console token: the screen then comes through its websocket.
     pub token: Option<String>,
     pub debug: bool,
+}
+
+/// What LUMIER_DEBUG prints: everything but the token.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("vm_name", &self.vm_name)
+            .field("version", &self.version)
+            .field("cpu", &self.cpu)
+            .field("memory_mb", &self.memory_mb)
+            .field("display", &self.display)
+            .field("storage", &self.storage)
+            .field("shared_path", &self.shared_path)
+            .field("api", &self.api)
+            .field("api_host", &self.api_host)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .field("debug", &self.debug)
+            .finish()
+    }
 }
 
 pub const EPHEMERAL: &str = "ephemeral";
@@ -215,6 +234,15 @@ mod tests {
         assert_eq!(c.api.to_string(), "10.0.2.2:7777");
         assert_eq!(c.api_host, "10.0.2.2:7777");
         assert!(c.version.is_none());
+        let with_token = Config::from(env(&[
+            ("LUME_API_HOST", "10.0.2.2"),
+            ("CABIN_TOKEN", "s3cr3t-token"),
+        ]))
+        .unwrap();
+        assert!(
+            !format!("{with_token:?}").contains("s3cr3t"),
+            "the token is never printed"
+        );
         let e =
             Config::from(env(&[("LUME_API_HOST", "10.0.2.2"), ("RAM_SIZE", "lots")])).unwrap_err();
         assert!(

@@ -65,6 +65,10 @@ fn whole_disk() -> String {
 /// Where the root file system of a self-contained disk is, in the guest.
 pub const ROOT_DEVICE: &str = "/dev/vda2";
 
+/// The EFI system partition's label: the boot loader finds its kernel there, never on
+/// the image's own root (which may have a `/vmlinuz` of its own).
+const ESP_LABEL: &str = "CABIN-EFI";
+
 /// The kernel command line the disk's own boot loader passes (a copy of the VM
 /// somewhere cabin did not make it): no identity and no address, which the image's
 /// own network set-up takes by DHCP.
@@ -282,7 +286,7 @@ fn build_esp(kernel: &Path, stage: &Path) -> Result<PathBuf, VmError> {
     fs::write(
         &cfg,
         format!(
-            "set timeout=0\nsearch --no-floppy --file --set=root /vmlinuz\nlinux /vmlinuz {STANDALONE_COMMAND_LINE}\nboot\n"
+            "set timeout=0\nsearch --no-floppy --label --set=root {ESP_LABEL}\nlinux /vmlinuz {STANDALONE_COMMAND_LINE}\nboot\n"
         ),
     )
     .map_err(io("writing the boot loader's configuration"))?;
@@ -316,7 +320,7 @@ fn build_esp(kernel: &Path, stage: &Path) -> Result<PathBuf, VmError> {
                 i,
                 "-F".as_ref(),
                 "-v".as_ref(),
-                "CABIN-EFI".as_ref(),
+                ESP_LABEL.as_ref(),
                 "::".as_ref(),
             ],
             "mtools",
@@ -567,7 +571,9 @@ fn add_lume_account(tree: &Root, key: Option<&str>) -> io::Result<()> {
             }
         })
         .collect();
-    groups.push(format!("lume:x:{id}:"));
+    if !group.lines().any(|l| l.starts_with("lume:")) {
+        groups.push(format!("lume:x:{id}:"));
+    }
     tree.replace_file(
         Path::new("etc/group"),
         format!("{}\n", groups.join("\n")).as_bytes(),

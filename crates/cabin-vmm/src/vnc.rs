@@ -17,13 +17,19 @@ pub const VERSION: &[u8; 12] = b"RFB 003.008\n";
 const SECURITY_NONE: u8 = 1;
 const SECURITY_VNC: u8 = 2;
 
+/// RFB 3.7 and 3.8 share the handshake this module speaks (3.7 without a reason on
+/// failure, which clients of it do not read); 3.3 does not.
+fn speaks_38(version: &[u8]) -> bool {
+    version == b"RFB 003.008\n" || version == b"RFB 003.007\n"
+}
+
 /// The longest failure reason read from a server.
 const REASON_LIMIT: u32 = 4096;
 
 /// Why a VNC login failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VncError {
-    #[error("the VNC server speaks {0:?}, not RFB 3.8")]
+    #[error("the VNC server speaks {0:?}, not RFB 3.7 or 3.8")]
     Version(String),
     #[error("the VNC server refused the connection: {0}")]
     Refused(String),
@@ -35,15 +41,27 @@ pub enum VncError {
     Io(#[from] io::Error),
 }
 
+/// How long a VNC server has to let a client in.
+const LOGIN_TIME: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Logs in to the VNC server on `stream` with `password` (QEMU's VNC authentication
 /// uses its first 8 bytes).
 pub async fn login<S>(stream: &mut S, password: &str) -> Result<(), VncError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    tokio::time::timeout(LOGIN_TIME, login_now(stream, password))
+        .await
+        .map_err(|_| VncError::Io(io::Error::new(io::ErrorKind::TimedOut, "no answer in 20 s")))?
+}
+
+async fn login_now<S>(stream: &mut S, password: &str) -> Result<(), VncError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut version = [0u8; 12];
     stream.read_exact(&mut version).await?;
-    if &version[..4] != b"RFB " {
+    if !speaks_38(&version) {
         return Err(VncError::Version(
             String::from_utf8_lossy(&version).trim_end().to_string(),
         ));
@@ -196,10 +214,10 @@ impl ServerHandshake {
             let got = std::mem::replace(&mut self.buf, rest);
             match std::mem::replace(&mut self.stage, Stage::Over) {
                 Stage::Version => {
-                    if &got[..4] != b"RFB " {
+                    if !speaks_38(&got) {
                         return Step::Refused {
                             send,
-                            why: "the client does not speak RFB".into(),
+                            why: "the client does not speak RFB 3.7 or 3.8".into(),
                         };
                     }
                     let kind = match self.offer {

@@ -7,11 +7,20 @@ use cabin_vmm::vnc::{Offer, ServerHandshake, Step};
 
 /// The most a browser may send before the handshake is over.
 const HANDSHAKE_LIMIT: usize = 4096;
+/// How long a browser has to finish the handshake.
+const HANDSHAKE_TIME: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The server's side of a VNC handshake with a browser on `ws`, in binary messages;
 /// what the browser sent past it (the start of its `ClientInit`), or None when it
 /// failed or left.
 pub async fn greet(ws: &mut WebSocket, offer: Offer) -> Option<Vec<u8>> {
+    tokio::time::timeout(HANDSHAKE_TIME, handshake(ws, offer))
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn handshake(ws: &mut WebSocket, offer: Offer) -> Option<Vec<u8>> {
     let mut h = ServerHandshake::new(offer);
     ws.send(Message::Binary(h.greeting().into())).await.ok()?;
     let mut received = 0usize;
