@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::state::{find_vm, Storage};
+use crate::state::{running_vm, Storage};
 use crate::ws::{self, FromBrowser};
 use crate::{Console, ConsoleError};
 
@@ -102,10 +102,7 @@ pub(crate) async fn serial(
     Query(storage): Query<Storage>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ConsoleError> {
-    let vm = find_vm(&console, &name, &storage)?;
-    let session = vm
-        .session()
-        .ok_or_else(|| cabin_machines::store::VmError::NotRunning(name.clone()))?;
+    let (vm, session) = running_vm(&console, &name, &storage)?;
     let socket = session
         .serial_socket
         .ok_or_else(|| ConsoleError::NoSerial(name.clone()))?;

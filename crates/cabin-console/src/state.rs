@@ -95,6 +95,19 @@ pub(crate) fn find_vm(
     Ok(store::find(&settings, name, storage.storage.as_deref())?)
 }
 
+/// The VM `name` in `storage` and the session of its run; not running is an error.
+pub(crate) fn running_vm(
+    console: &Console,
+    name: &str,
+    storage: &Storage,
+) -> Result<(Vm, cabin_machines::store::Session), ConsoleError> {
+    let vm = find_vm(console, name, storage)?;
+    let session = vm
+        .session()
+        .ok_or_else(|| VmError::NotRunning(name.to_string()))?;
+    Ok((vm, session))
+}
+
 pub(crate) async fn state(
     State(console): State<Arc<Console>>,
 ) -> Result<Json<Dashboard>, ConsoleError> {

@@ -13,7 +13,7 @@ use cabin_vmm::vnc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::state::{find_vm, Storage};
+use crate::state::{running_vm, Storage};
 use crate::{Console, ConsoleError};
 
 /// How much of the VNC server's output one websocket message carries at most.
@@ -25,10 +25,7 @@ pub(crate) async fn screen(
     Query(storage): Query<Storage>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ConsoleError> {
-    let vm = find_vm(&console, &name, &storage)?;
-    let session = vm
-        .session()
-        .ok_or_else(|| cabin_machines::store::VmError::NotRunning(name.clone()))?;
+    let (_, session) = running_vm(&console, &name, &storage)?;
     let (port, password) = session
         .vnc()
         .ok_or_else(|| ConsoleError::NoScreen(name.clone()))?;

@@ -160,17 +160,21 @@ pub fn grow(disk: &mut File) -> io::Result<bool> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_disk_gets_an_esp_and_a_root_that_grows_with_it() {
-        let t = tempfile::tempdir().unwrap();
-        let path = t.path().join("disk.img");
-        let mut f = File::options()
+    /// An empty disk file in `dir`, open for reading and writing.
+    fn new_disk(dir: &std::path::Path) -> File {
+        File::options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&path)
-            .unwrap();
+            .open(dir.join("disk.img"))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_disk_gets_an_esp_and_a_root_that_grows_with_it() {
+        let t = tempfile::tempdir().unwrap();
+        let mut f = new_disk(t.path());
         f.set_len(1 << 30).unwrap();
         let r = create(&mut f).unwrap();
         assert_eq!(r.offset, 65 << 20);
@@ -194,14 +198,7 @@ mod tests {
     #[test]
     fn a_whole_disk_file_system_has_no_table_and_small_disks_are_refused() {
         let t = tempfile::tempdir().unwrap();
-        let path = t.path().join("disk.img");
-        let mut f = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        let mut f = new_disk(t.path());
         f.set_len(256 << 20).unwrap();
         assert_eq!(root(&mut f).unwrap(), None);
         assert!(!grow(&mut f).unwrap());
@@ -212,13 +209,7 @@ mod tests {
     #[test]
     fn a_header_asking_for_billions_of_entries_is_not_read() {
         let t = tempfile::tempdir().unwrap();
-        let mut f = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(t.path().join("disk.img"))
-            .unwrap();
+        let mut f = new_disk(t.path());
         f.set_len(1 << 30).unwrap();
         create(&mut f).unwrap();
         use std::os::unix::fs::FileExt;
