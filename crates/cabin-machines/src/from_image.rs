@@ -13,7 +13,9 @@
 //!   (`x-systemd.growfs`, so `vm set --disk-size` takes effect at the next boot);
 //! - no `/etc/hostname`: the VM's name is on its kernel command line;
 //! - `/etc/resolv.conf` pointing at `/proc/net/pnp`, where the kernel writes the name
-//!   servers it was given with the VM's address on its command line;
+//!   servers it was given with the VM's address on its command line; with systemd's
+//!   networkd, at a file a small service writes from there or from the DHCP lease
+//!   (which also names the host in a copy booted by its own loader);
 //! - cabin's SSH key in `/root/.ssh/authorized_keys` (for `vm ssh`);
 //! - Lume's conventional account, `lume` with the password `lume` (change it with
 //!   `passwd` in the guest), allowed sudo, with cabin's key too, unless the image has a
@@ -387,18 +389,23 @@ fn has_init(root: &Path) -> bool {
 }
 
 const MOUNT_SHARES: &str = r#"#!/bin/sh
-# Mounts the folders cabin shares with this VM: each cabin.share=NAME[:ro] on the
-# kernel command line is a virtio-9p share tagged NAME, mounted at /mnt/shared/NAME.
+# Mounts the folders cabin shares with this VM: each virtio-9p device's tag NAME at
+# /mnt/shared/NAME. Read-only where the kernel command line says cabin.share=NAME:ro
+# (a VM booted by its own loader has no such word; QEMU refuses writes to a read-only
+# share all the same).
+ro=" "
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
-    cabin.share=*)
-      spec=${arg#cabin.share=}
-      tag=${spec%%:*}
-      opts=trans=virtio,version=9p2000.L,msize=262144,cache=none
-      case "$spec" in *:ro) opts=$opts,ro ;; esac
-      mkdir -p "/mnt/shared/$tag" && mount -t 9p -o "$opts" "$tag" "/mnt/shared/$tag"
-      ;;
+    cabin.share=*:ro) spec=${arg#cabin.share=}; ro="$ro${spec%:ro} " ;;
   esac
+done
+for f in /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; do
+  [ -r "$f" ] || continue
+  tag=$(tr -d '\000' < "$f")
+  case "$tag" in ""|.|..|*/*) continue ;; esac
+  opts=trans=virtio,version=9p2000.L,msize=262144,cache=none
+  case "$ro" in *" $tag "*) opts=$opts,ro ;; esac
+  mkdir -p "/mnt/shared/$tag" && mount -t 9p -o "$opts" "$tag" "/mnt/shared/$tag"
 done
 exit 0
 "#;
@@ -412,6 +419,52 @@ Before=multi-user.target
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=/usr/local/lib/cabin/mount-shares
+
+[Install]
+WantedBy=multi-user.target
+";
+
+const NETWORK_IDENTITY: &str = r#"#!/bin/sh
+# Writes /run/cabin/resolv.conf, where /etc/resolv.conf points: the name servers this
+# boot was given, by cabin on the kernel command line (the kernel lists them in
+# /proc/net/pnp, and the host name is on the command line too) or by DHCP
+# (systemd-networkd's lease, whose host name is set here: networkd may not set it
+# itself without polkit), whichever comes first.
+mkdir -p /run/cabin
+put() { cat > /run/cabin/resolv.conf.new && mv /run/cabin/resolv.conf.new /run/cabin/resolv.conf; }
+i=0
+while [ $i -lt 240 ]; do
+  if grep -q '^nameserver' /proc/net/pnp 2>/dev/null; then
+    grep '^nameserver' /proc/net/pnp | put
+    exit 0
+  fi
+  for lease in /run/systemd/netif/leases/*; do
+    [ -f "$lease" ] || continue
+    servers=$(sed -n 's/^DNS=//p' "$lease")
+    name=$(sed -n 's/^HOSTNAME=//p' "$lease")
+    [ -n "$servers$name" ] || continue
+    [ -z "$servers" ] || for s in $servers; do echo "nameserver $s"; done | put
+    case "$name" in
+      ""|-*|*[!A-Za-z0-9.-]*) ;;
+      *) [ -s /etc/hostname ] || echo "$name" > /proc/sys/kernel/hostname ;;
+    esac
+    exit 0
+  done
+  sleep 0.5
+  i=$((i + 1))
+done
+echo "cabin: no name servers from the kernel command line or DHCP in 2 minutes" >&2
+exit 0
+"#;
+
+const NETWORK_IDENTITY_UNIT: &str = "[Unit]
+Description=Name servers and host name from cabin or DHCP
+DefaultDependencies=no
+After=local-fs.target
+
+[Service]
+Type=simple
+ExecStart=/usr/local/lib/cabin/network-identity
 
 [Install]
 WantedBy=multi-user.target
@@ -481,6 +534,26 @@ fn add_cabin_files(paths: &Paths, root: &Path, notify: Notify<'_>) -> io::Result
                 .is_ok()
             });
             if let Some(lib) = networkd {
+                // networkd does not write resolv.conf itself (systemd-resolved would):
+                // a small service takes the name servers, and the host name, from
+                // either source.
+                tree.replace_file(
+                    Path::new("usr/local/lib/cabin/network-identity"),
+                    NETWORK_IDENTITY.as_bytes(),
+                    0o755,
+                )?;
+                tree.replace_file(
+                    Path::new("etc/systemd/system/cabin-network-identity.service"),
+                    NETWORK_IDENTITY_UNIT.as_bytes(),
+                    0o644,
+                )?;
+                tree.replace_with_symlink(
+                    Path::new(
+                        "etc/systemd/system/multi-user.target.wants/cabin-network-identity.service",
+                    ),
+                    "/etc/systemd/system/cabin-network-identity.service",
+                )?;
+                tree.replace_with_symlink(Path::new("etc/resolv.conf"), "/run/cabin/resolv.conf")?;
                 tree.make_path(Path::new("etc/systemd/network"), Leaf::Dir, 0o755)?;
                 tree.replace_file(
                     Path::new("etc/systemd/network/80-cabin-dhcp.network"),
