@@ -32,6 +32,9 @@ pub const DEFAULT_PORT: u16 = 7777;
 pub struct Options {
     /// The address to listen on: 127.0.0.1 unless the user says otherwise.
     pub listen: std::net::IpAddr,
+    /// Beyond the loopback, serve Lume's API without the token anyway (for Lume's
+    /// clients that cannot send one): anyone who reaches the port drives the VMs.
+    pub lume_api_open_to_the_network: bool,
     /// 0 picks a free port (the log line says which).
     pub port: u16,
     /// The console's session token (see `guard`).
@@ -97,7 +100,7 @@ pub async fn serve(opts: Options) -> Result<(), ServeError> {
         opts.token.clone(),
         listen,
         port,
-        !listen.is_loopback(),
+        !listen.is_loopback() && !opts.lume_api_open_to_the_network,
         is_console,
     ));
     let router = router.layer(axum::middleware::from_fn_with_state(guard, guard::check));

@@ -123,6 +123,11 @@ enum Command {
         /// each start (16 to 256 characters of A-Z a-z 0-9 - _).
         #[arg(long, value_name = "FILE")]
         token_file: Option<std::path::PathBuf>,
+        /// With --listen beyond the loopback, serve Lume's API without the token (for
+        /// Lume clients that cannot send one): anyone who reaches the port can then
+        /// create, run and delete VMs. The console keeps its token.
+        #[arg(long, requires = "listen")]
+        unauthenticated_lume_api_on_the_network: bool,
     },
     /// Settings: storage locations for VMs.
     Config {
@@ -275,6 +280,7 @@ async fn dispatch(host: &Host, command: Command, started: Instant) -> i32 {
             docker_socket,
             listen,
             token_file,
+            unauthenticated_lume_api_on_the_network,
         } => finish(
             Admin,
             serve(
@@ -285,6 +291,7 @@ async fn dispatch(host: &Host, command: Command, started: Instant) -> i32 {
                     docker_socket,
                     listen,
                     token_file,
+                    unauthenticated_lume_api: unauthenticated_lume_api_on_the_network,
                 },
             )
             .await,
@@ -307,6 +314,7 @@ struct ServeArgs {
     docker_socket: Option<std::path::PathBuf>,
     listen: std::net::IpAddr,
     token_file: Option<std::path::PathBuf>,
+    unauthenticated_lume_api: bool,
 }
 
 /// The console's session token: the file's (trimmed), or a new one.
@@ -334,12 +342,14 @@ async fn serve(host: &Host, args: ServeArgs) -> Result<i32, Failure> {
         docker_socket,
         listen,
         token_file,
+        unauthenticated_lume_api,
     } = args;
     let transfers = std::sync::Arc::new(cabin_machines::activity::Transfers::default());
     let console = cabin_console::Console::new(host.clone(), accel.into(), transfers.clone())?;
     let opts = cabin_api::Options {
         transfers,
         listen,
+        lume_api_open_to_the_network: unauthenticated_lume_api,
         port,
         token: console_token(token_file.as_deref())?,
         console: Some(cabin_api::Console {

@@ -186,6 +186,23 @@ fn the_console_needs_its_token_and_refuses_other_names_and_origins() {
     let r = c3.request("GET", "/lume/vms", &[("Authorization", &bearer)]);
     assert_eq!(r.status, 200, "{}", r.body);
     let _ = std::fs::read_to_string(&c3.log);
+    drop(c3);
+
+    // ... unless the user opts out by a flag that names the risk; the console keeps
+    // its token all the same.
+    let d4 = data.path().join("fourth");
+    let c4 = Console::start(
+        &d4,
+        &[
+            "--listen",
+            "0.0.0.0",
+            "--unauthenticated-lume-api-on-the-network",
+        ],
+    );
+    let r = c4.request("GET", "/lume/vms", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = c4.request("GET", "/", &[]);
+    assert_eq!(r.status, 401, "{}", r.body);
 }
 
 /// The VM's screen as QEMU has it (QMP `screendump`, PPM): width, height, RGB.
