@@ -3,7 +3,8 @@
 //! its container (host.docker.internal), shows the VM in Chromium on the published
 //! port 8006, stops the VM when the container stops, and finds it again next time; the
 //! same image, saved by cabin and loaded into Debian's Docker engine, does the same
-//! there.
+//! there. A Debian VM made by cabin, pushed to a registry, is pulled by Lumier, boots
+//! on its own under UEFI and runs the shared folder's on-logon hook over SSH.
 
 mod common;
 
@@ -36,6 +37,11 @@ fn free_port() -> u16 {
 
 /// Waits until the container's log contains `needle`; the log.
 fn log_until(data: &Path, name: &str, needle: &str) -> String {
+    log_within(data, name, needle, Duration::from_secs(180))
+}
+
+/// Waits up to `limit` for the container's log to contain `needle`; the log.
+fn log_within(data: &Path, name: &str, needle: &str, limit: Duration) -> String {
     let start = Instant::now();
     loop {
         let o = cabin_in(data).args(["logs", name]).output().unwrap();
@@ -44,7 +50,7 @@ fn log_until(data: &Path, name: &str, needle: &str) -> String {
             return both;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(180),
+            start.elapsed() < limit,
             "{name} never logged {needle:?}:\n{both}"
         );
         std::thread::sleep(Duration::from_millis(500));
@@ -288,6 +294,92 @@ fn the_lumier_image_runs_a_vm_docker_style_and_shows_it_on_port_8006() {
     let _ = docker.cmd(&["rm", "-f", "lumier-docker"]).output();
     drop(docker);
 
+    // On Docker's bridge: a second cabin serve listens on the bridge's address, where
+    // Lume's API asks for the token; the container reaches it at host-gateway and
+    // passes the token it is given, and the screen comes through the console's
+    // websocket, so the VM's VNC port stays on the loopback.
+    let bridge = Bridge::create("cabinlumt0", "172.31.251.1");
+    let docker = Dockerd::start_on(&d.join("dockerd-bridge"), &bridge);
+    let o = docker
+        .cmd(&["load", "-i", tar.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let wide = Console::start(d, &["--listen", &bridge.gateway]);
+    let wrong = failing_run(
+        d,
+        &[
+            "VM_NAME=desk".into(),
+            format!("LUME_API_HOST={}", bridge.gateway),
+            format!("LUME_API_PORT={}", wide.port),
+            "CABIN_TOKEN=not-the-token-at-all".into(),
+        ],
+    );
+    assert_eq!(wrong.0, 1, "{}", wrong.1);
+    assert!(
+        wrong.1.contains("Lume's API needs the token"),
+        "{}",
+        wrong.1
+    );
+    let bridge_port = free_port();
+    let mut args = vec![
+        "run".to_string(),
+        "-d".into(),
+        "--name".into(),
+        "lumier-bridge".into(),
+        "-p".into(),
+        format!("{bridge_port}:8006"),
+        "--add-host".into(),
+        "host.docker.internal:host-gateway".into(),
+        "-e".into(),
+        format!("CABIN_TOKEN={}", wide.token),
+    ];
+    for e in env(&[format!("LUME_API_PORT={}", wide.port)]) {
+        args.push("-e".into());
+        args.push(e);
+    }
+    args.push("cabin-lumier:latest".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = docker.cmd(&args).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bridge_log = |needle: &str| -> String {
+        let start = Instant::now();
+        loop {
+            let o = docker.cmd(&["logs", "lumier-bridge"]).output().unwrap();
+            let both = format!("{}{}", stdout(&o), stderr(&o));
+            if both.contains(needle) {
+                return both;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(180),
+                "no {needle:?} from the container on Docker's bridge:\n{both}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let log = bridge_log("vnc.html?password=");
+    assert!(
+        log.contains(&format!("through the Lume API at {}:", bridge.gateway)),
+        "{log}"
+    );
+    let v = browser(&[
+        "lumier",
+        &printed_url(&log, bridge_port),
+        out.to_str().unwrap(),
+    ]);
+    assert!(v["lit"].as_u64().unwrap() > 1000, "{v:#}");
+    let o = docker
+        .cmd(&["stop", "-t", "60", "lumier-bridge"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    bridge_log("VM desk stopped");
+    assert_eq!(details()["status"], "stopped");
+    let _ = docker.cmd(&["rm", "-f", "lumier-bridge"]).output();
+    drop(docker);
+    drop(wide);
+    drop(bridge);
+
     // Bad input: each a clear message, nothing made.
     let (code, log) = failing_run(d, &env(&["VERSION=not-an-image".into()]));
     assert_eq!(code, 1, "{log}");
@@ -314,4 +406,189 @@ fn the_lumier_image_runs_a_vm_docker_style_and_shows_it_on_port_8006() {
     );
     let vms = vm_ok(d, &["ls", "-f", "json"]);
     assert!(!vms.contains("nowhere"), "{vms}");
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn lumier_pulls_a_debian_vm_that_boots_on_its_own_and_runs_the_on_logon_hook() {
+    if !is_root() {
+        eprintln!("skipped: debootstrap and the VMs' bridge need root");
+        return;
+    }
+    let rootfs = debian_rootfs(&["--system"]);
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    lumier_image(d);
+    let o = cabin_in(d)
+        .args(["image", "import", &rootfs, "debian-system:12"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A VM made from the image and pushed in Lume's format, then deleted here: what
+    // Lumier pulls is all there is.
+    vm_ok(
+        d,
+        &[
+            "create",
+            "made",
+            "--image",
+            "debian-system:12",
+            "--disk-size",
+            "10GB",
+        ],
+    );
+    let reg = start_registry(&d.join("reg"), |_| String::new());
+    vm_ok(
+        d,
+        &[
+            "push",
+            "made",
+            "debian:12",
+            "--registry",
+            &reg.addr,
+            "--organization",
+            "cabin",
+        ],
+    );
+    vm_ok(d, &["delete", "--force", "made"]);
+
+    let storage = d.join("vms-here");
+    let share = d.join("share");
+    std::fs::create_dir_all(&storage).unwrap();
+    std::fs::create_dir_all(share.join("lifecycle")).unwrap();
+    // The guest's `lume` writes as itself into the host's folder.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&share, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let hook = share.join("lifecycle/on-logon.sh");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\necho \"hook says hello as $(id -un)\"\n\
+         printf '%s %s %s\\n' \"$1\" \"$2\" \"$(id -un)\" > \"$2/from-the-guest\"\n",
+    )
+    .unwrap();
+    let serve = Console::start(d, &[]);
+    struct Cleanup<'a>(&'a Path);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = cabin_in(self.0).args(["rm", "-f", "lumier-deb"]).output();
+            let storage = self.0.join("vms-here");
+            let _ = vm_in(
+                self.0,
+                &["stop", "debdesk", "--storage", storage.to_str().unwrap()],
+            );
+        }
+    }
+    let _cleanup = Cleanup(d);
+    let web_port = free_port();
+    let run = || {
+        let o = cabin_in(d)
+            .args(["run", "-d", "--name", "lumier-deb", "-p"])
+            .arg(format!("{web_port}:8006"))
+            .arg("-v")
+            .arg(format!("{}:/shared", share.display()))
+            .args([
+                "-e",
+                "VM_NAME=debdesk",
+                "-e",
+                "RAM_SIZE=1024",
+                "-e",
+                "CPU_CORES=2",
+            ])
+            .arg("-e")
+            .arg(format!("VERSION={}/cabin/debian:12", reg.addr))
+            .arg("-e")
+            .arg(format!("HOST_STORAGE_PATH={}", storage.display()))
+            .arg("-e")
+            .arg(format!("HOST_SHARED_PATH={}", share.display()))
+            .arg("-e")
+            .arg(format!("LUME_API_PORT={}", serve.port))
+            .arg("cabin-lumier:latest")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+
+    let started = Instant::now();
+    run();
+    let log = log_within(
+        d,
+        "lumier-deb",
+        "vnc.html?password=",
+        Duration::from_secs(600),
+    );
+    eprintln!(
+        "pulled, booted under UEFI and addressed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(log.contains("Pulling"), "{log}");
+    let url = printed_url(&log, web_port);
+    let password = url
+        .split("password=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    let log = log_within(d, "lumier-deb", "On-logon hook", Duration::from_secs(400));
+    assert!(log.contains("On-logon hook finished"), "{log}");
+    assert!(
+        log.contains("hook says hello as lume"),
+        "the hook's output is logged: {log}"
+    );
+    let wrote = std::fs::read_to_string(share.join("from-the-guest")).unwrap();
+    assert_eq!(wrote, format!("{password} /mnt/shared/share lume\n"));
+    // The pulled VM booted its own system to a login prompt, took its name and name
+    // servers by DHCP, and mounted the shared folder.
+    let st = storage.to_str().unwrap();
+    let o = vm_in(
+        d,
+        &[
+            "ssh",
+            "debdesk",
+            "--storage",
+            st,
+            "--",
+            "hostname; sleep 1; grep -c ^nameserver /etc/resolv.conf; findmnt -no FSTYPE /mnt/shared/share",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "debdesk\n1\n9p\n");
+    wait_for("a login prompt", Duration::from_secs(120), || {
+        stdout(&vm_in(d, &["logs", "debdesk", "--storage", st])).contains(" login:")
+    });
+    let out = test_output_dir().join("lumier-debian");
+    let v = browser(&["lumier", &url, out.to_str().unwrap()]);
+    assert!(v["lit"].as_u64().unwrap() > 1000, "{v:#}");
+    let o = cabin_in(d).args(["stop", "lumier-deb"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    log_until(d, "lumier-deb", "VM debdesk stopped");
+
+    // Again, with a hook that fails: reported, and the VM keeps running.
+    std::fs::remove_file(share.join("from-the-guest")).unwrap();
+    std::fs::write(&hook, "echo about to fail; exit 3\n").unwrap();
+    let o = cabin_in(d).args(["rm", "lumier-deb"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    run();
+    let log = log_within(d, "lumier-deb", "On-logon hook", Duration::from_secs(600));
+    assert!(log.contains("Found VM debdesk: starting it again"), "{log}");
+    assert!(
+        log.contains("On-logon hook: the hook failed with exit code 3; the VM keeps running"),
+        "{log}"
+    );
+    assert!(log.contains("about to fail"), "{log}");
+    let vm: serde_json::Value = serde_json::from_str(&vm_ok(
+        d,
+        &["get", "debdesk", "-f", "json", "--storage", st],
+    ))
+    .unwrap();
+    let vm = if vm.is_array() { vm[0].clone() } else { vm };
+    assert_eq!(vm["status"], "running", "{vm}");
+    let o = cabin_in(d).args(["stop", "lumier-deb"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    log_until(d, "lumier-deb", "VM debdesk stopped");
 }

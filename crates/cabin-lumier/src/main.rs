@@ -7,6 +7,7 @@
 //! ephemeral; a VM in persistent storage is started again, disk and all, next time.
 
 mod config;
+mod hook;
 mod lume;
 mod viewer;
 
@@ -59,8 +60,15 @@ async fn stop_signal() {
     }
 }
 
-/// Gets the VM running as the environment asks; its VNC password and port.
-async fn start(config: &Config, api: &Lume, viewer: &Viewer) -> Result<(String, u16), LumierError> {
+/// A VM running with an address, as Lumier waits for it.
+struct Running {
+    ip: std::net::IpAddr,
+    vnc_password: String,
+    vnc_port: u16,
+}
+
+/// Gets the VM running as the environment asks.
+async fn start(config: &Config, api: &Lume, viewer: &Viewer) -> Result<Running, LumierError> {
     let name = &config.vm_name;
     viewer.stage(&format!(
         "Looking for VM {name} in storage {} through the Lume API at {}",
@@ -107,10 +115,15 @@ async fn start(config: &Config, api: &Lume, viewer: &Viewer) -> Result<(String, 
         let vm = api.get(name).await?.unwrap_or_default();
         let url = vm["vncUrl"].as_str().unwrap_or_default();
         let ip = vm["ipAddress"].as_str().unwrap_or_default();
-        if vm["status"] == "running" && !ip.is_empty() {
-            if let Some((password, port)) = parse_vnc_url(url) {
+        if vm["status"] == "running" {
+            if let (Ok(address), Some((vnc_password, vnc_port))) = (ip.parse(), parse_vnc_url(url))
+            {
                 viewer.stage(&format!("VM {name} is running at {ip}"));
-                return Ok((password, port));
+                return Ok(Running {
+                    ip: address,
+                    vnc_password,
+                    vnc_port,
+                });
             }
         }
         if Instant::now() > deadline {
@@ -127,6 +140,40 @@ async fn start(config: &Config, api: &Lume, viewer: &Viewer) -> Result<(String, 
             });
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Runs the shared folder's on-logon hook in the guest, if there is one, and says how
+/// it went; nothing here stops the container.
+async fn on_logon(config: Config, vm: Running) {
+    let name = &config.vm_name;
+    match hook::presence(
+        config.shared_path.as_deref(),
+        std::path::Path::new("/shared"),
+    ) {
+        hook::Presence::NoShare => return,
+        hook::Presence::NotMounted => {
+            println!(
+                "HOST_SHARED_PATH is set but /shared is not mounted in this container: \
+                 the on-logon hook is not looked for (add -v HOST_SHARED_PATH:/shared)"
+            );
+            return;
+        }
+        hook::Presence::Absent => {
+            println!("No {} in the shared folder: no hook to run", hook::HOOK);
+            return;
+        }
+        hook::Presence::Present => {}
+    }
+    println!(
+        "Waiting for VM {name} to accept SSH as {} at {}, to run the on-logon hook",
+        hook::USER,
+        vm.ip
+    );
+    let mut out = std::io::stdout();
+    match hook::run(vm.ip, &vm.vnc_password, config.debug, &mut out).await {
+        Ok(()) => println!("On-logon hook finished"),
+        Err(e) => println!("On-logon hook: {e}"),
     }
 }
 
@@ -177,7 +224,7 @@ async fn run() -> Result<(), LumierError> {
             return Ok(());
         }
     };
-    let (password, vnc_port) = match started {
+    let running = match started {
         Ok(v) => v,
         Err(e) => {
             viewer.failed(&e.to_string());
@@ -189,17 +236,21 @@ async fn run() -> Result<(), LumierError> {
             return Err(e);
         }
     };
+    let password = running.vnc_password.clone();
     viewer.ready(Screen {
         vm: config.vm_name.clone(),
         password: password.clone(),
-        vnc_port,
+        vnc_port: running.vnc_port,
         api: config.api,
         api_host: config.api_host.clone(),
         token: config.token.clone(),
         storage: config.storage.clone(),
     });
     println!("http://localhost:{PORT}/vnc.html?password={password}&autoconnect=true");
+    // The hook runs beside the viewer: the screen is there while the guest boots.
+    let hook = tokio::spawn(on_logon(config.clone(), running));
     stop.await;
+    hook.abort();
     finish(&config, &api).await;
     Ok(())
 }

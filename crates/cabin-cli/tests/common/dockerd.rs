@@ -11,8 +11,8 @@ use super::*;
 pub const DOCKER: &str = "/usr/local/bin/docker";
 
 /// Debian's dockerd (with runc) on a private socket, as the reference: no iptables,
-/// no bridge (its containers use `--network none` or the host's), its own data and exec
-/// roots.
+/// no bridge unless the test makes one (its containers use `--network none` or the
+/// host's), its own data and exec roots.
 pub struct Dockerd {
     pub dir: PathBuf,
     pub socket: PathBuf,
@@ -21,6 +21,17 @@ pub struct Dockerd {
 
 impl Dockerd {
     pub fn start(dir: &Path) -> Dockerd {
+        Dockerd::start_with(dir, &["--bridge=none"])
+    }
+
+    /// Its containers on `bridge` (made by the test: `Bridge`), still without
+    /// iptables: they reach the host at the bridge's address, and published ports go
+    /// through docker-proxy.
+    pub fn start_on(dir: &Path, bridge: &Bridge) -> Dockerd {
+        Dockerd::start_with(dir, &[&format!("--bridge={}", bridge.name)])
+    }
+
+    fn start_with(dir: &Path, network: &[&str]) -> Dockerd {
         std::fs::create_dir_all(dir).unwrap();
         let socket = dir.join("dockerd.sock");
         let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
@@ -33,7 +44,8 @@ impl Dockerd {
             .arg(dir.join("exec"))
             .arg("--pidfile")
             .arg(dir.join("dockerd.pid"))
-            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .args(["--iptables=false", "--ip6tables=false"])
+            .args(network)
             .stdout(Stdio::null())
             .stderr(log);
         let process = spawn_for_test_process(cmd)
@@ -68,5 +80,39 @@ impl Drop for Dockerd {
         unsafe { libc::kill(self.process.id() as i32, libc::SIGTERM) };
         let _ = self.process.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Linux bridge of the test's own, with the host's address on it; removed on drop.
+pub struct Bridge {
+    pub name: String,
+    /// The host's address on the bridge (Docker's `host-gateway` there).
+    pub gateway: String,
+}
+
+impl Bridge {
+    /// `name` (at most 15 bytes) with `gateway`/24 on it.
+    pub fn create(name: &str, gateway: &str) -> Bridge {
+        let ip = |args: &[&str]| {
+            let o = Command::new("ip").args(args).output().unwrap();
+            assert!(o.status.success(), "ip {args:?}: {}", stderr(&o));
+        };
+        let _ = Command::new("ip").args(["link", "del", name]).output();
+        ip(&["link", "add", name, "type", "bridge"]);
+        let b = Bridge {
+            name: name.into(),
+            gateway: gateway.into(),
+        };
+        ip(&["addr", "add", &format!("{gateway}/24"), "dev", name]);
+        ip(&["link", "set", name, "up"]);
+        b
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .output();
     }
 }
