@@ -1,6 +1,6 @@
 //! Container networks with real traffic: published ports answer curl on the host,
 //! containers reach the host and each other, and bridge mode leaves the host's network
-//! as it found it.
+//! as it found it, also on a host whose Docker engine drops forwarded traffic.
 
 mod common;
 
@@ -9,6 +9,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 
+use common::dockerd::Dockerd;
 use common::*;
 
 fn free_port() -> u16 {
@@ -175,6 +176,29 @@ fn network_none_leaves_only_the_loopback() {
     );
 }
 
+/// `br-web` on the bridge, publishing `publish`, serving `body`; its address.
+fn bridged_web_server(publish: &str, body: &str) -> String {
+    let o = run_detached(
+        &["--name", "br-web", "--network", "bridge", "-p", publish],
+        &["sh", "-c", &web_server(body)],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    inspect("br-web")["network"]["ip_address"]
+        .as_str()
+        .expect("a bridged container has an address")
+        .to_string()
+}
+
+/// `sh -c SCRIPT` in a busybox container on the bridge, removed after.
+fn bridged_shell(script: &str) -> std::process::Output {
+    cabin()
+        .args(["run", "--rm", "--network", "bridge", "--rootfs"])
+        .arg(busybox_rootfs())
+        .args(["sh", "-c", script])
+        .output()
+        .unwrap()
+}
+
 fn bridge_exists() -> bool {
     Path::new("/sys/class/net/cabin0").exists()
 }
@@ -210,22 +234,7 @@ fn bridged_containers_get_addresses_names_and_ports_and_leave_no_trace() {
     let forwarding_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     let _c = Cleanup(&["br-web", "br-db", "br-crash"]);
     let port = free_port();
-    let o = run_detached(
-        &[
-            "--name",
-            "br-web",
-            "--network",
-            "bridge",
-            "-p",
-            &format!("{port}:80"),
-        ],
-        &["sh", "-c", &web_server("hello-bridge")],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let ip = inspect("br-web")["network"]["ip_address"]
-        .as_str()
-        .expect("a bridged container has an address")
-        .to_string();
+    let ip = bridged_web_server(&format!("{port}:80"), "hello-bridge");
     assert!(ip.starts_with("10.89.0."), "{ip}");
     assert!(bridge_exists());
     let mut body = None;
@@ -244,16 +253,9 @@ fn bridged_containers_get_addresses_names_and_ports_and_leave_no_trace() {
         .contains(&format!("dport {port} dnat to {ip}:80")));
 
     // A second container reaches the first by name and by address.
-    let o = cabin()
-        .args(["run", "--rm", "--network", "bridge", "--rootfs"])
-        .arg(busybox_rootfs())
-        .args([
-            "sh",
-            "-c",
-            &format!("wget -q -O- http://br-web/ && wget -q -O- http://{ip}/"),
-        ])
-        .output()
-        .unwrap();
+    let o = bridged_shell(&format!(
+        "wget -q -O- http://br-web/ && wget -q -O- http://{ip}/"
+    ));
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "hello-bridge\nhello-bridge\n");
 
@@ -346,4 +348,217 @@ fn bridged_containers_get_addresses_names_and_ports_and_leave_no_trace() {
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
         forwarding_before
     );
+
+    // A host that runs Docker: dockerd sets the iptables FORWARD policy to DROP, and
+    // with br_netfilter traffic between two ports of cabin's bridge is forwarded
+    // traffic too. Containers still reach each other, the outside (a network
+    // namespace behind a veth, as a LAN would be) and are reached on published ports
+    // from there; Docker's rules stay as they were, and cabin's go with its bridge.
+    let _firewall = HostFirewall::save();
+    // As on a host that does not route: dockerd turns forwarding on and, doing so,
+    // sets the FORWARD policy to DROP.
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "0").unwrap();
+    let docker_dir = tempfile::tempdir().unwrap();
+    let docker = Dockerd::start_with_its_firewall(docker_dir.path());
+    let docker_rules = iptables_rules();
+    assert!(
+        docker_rules.contains(&"-P FORWARD DROP".to_string()),
+        "Docker's policy is in place: {docker_rules:?}"
+    );
+    let outside = Outside::start("172.31.252");
+    let pub_port = free_port();
+    let ip = bridged_web_server(&format!("0.0.0.0:{pub_port}:80"), "hello-beside-docker");
+    let o = bridged_shell(&format!(
+        "timeout 10 wget -q -O- http://br-web/ && timeout 10 wget -q -O- http://{ip}/ && \
+         timeout 10 wget -q -O- http://{}/",
+        outside.server
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "hello-beside-docker\nhello-beside-docker\nhello-from-the-lan\n"
+    );
+    let o = outside.curl(&format!("http://{}:{pub_port}/", outside.host));
+    assert_eq!(o.as_deref(), Some("hello-beside-docker\n"));
+    let with_cabin = iptables_rules();
+    assert!(
+        with_cabin
+            .iter()
+            .any(|r| r == "-A CABIN-FORWARD -i cabin0 -j ACCEPT"),
+        "{with_cabin:?}"
+    );
+    assert!(
+        docker_rules.iter().all(|r| with_cabin.contains(r)),
+        "Docker's rules are all still there: {with_cabin:?}"
+    );
+    cabin_ok(&["rm", "-f", "br-web"]);
+    eventually("the bridge to go beside Docker", || !bridge_exists());
+    assert_eq!(
+        iptables_rules(),
+        docker_rules,
+        "cabin's rules went with its bridge, Docker's stayed"
+    );
+    drop(outside);
+    drop(docker);
+}
+
+/// `iptables -S` of the filter table, one rule a line.
+fn iptables_rules() -> Vec<String> {
+    let o = Command::new("iptables")
+        .args(["-w", "-S"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o).lines().map(str::to_string).collect()
+}
+
+/// The host's firewall as it was: on drop, the nftables tables made since (Docker's
+/// iptables tables) are deleted, iptables' tables that were there are restored,
+/// docker0 is removed and forwarding set back, so the machine is left as found.
+struct HostFirewall {
+    tables: Vec<String>,
+    iptables: Vec<u8>,
+    forwarding: String,
+}
+
+impl HostFirewall {
+    fn save() -> HostFirewall {
+        let saved = Command::new("iptables-save").output().unwrap();
+        assert!(saved.status.success(), "{}", stderr(&saved));
+        HostFirewall {
+            tables: nft_tables(),
+            iptables: saved.stdout,
+            forwarding: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+        }
+    }
+}
+
+fn nft_tables() -> Vec<String> {
+    let o = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    stdout(&o).lines().map(str::to_string).collect()
+}
+
+impl Drop for HostFirewall {
+    fn drop(&mut self) {
+        for t in nft_tables() {
+            if !self.tables.contains(&t) {
+                let args: Vec<&str> = t.split_whitespace().collect();
+                if let ["table", family, name] = args[..] {
+                    let _ = Command::new("nft")
+                        .args(["delete", "table", family, name])
+                        .output();
+                }
+            }
+        }
+        if !self.iptables.is_empty() {
+            if let Ok(mut restore) = Command::new("iptables-restore")
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+            {
+                if let Some(mut input) = restore.stdin.take() {
+                    let _ = input.write_all(&self.iptables);
+                }
+                let _ = restore.wait();
+            }
+        }
+        let _ = Command::new("ip").args(["link", "del", "docker0"]).output();
+        let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", self.forwarding.trim());
+    }
+}
+
+/// A network beyond the host: a namespace behind a veth pair (the host at PREFIX.1,
+/// the namespace at PREFIX.2) with a web server in it.
+struct Outside {
+    host: String,
+    server: String,
+    /// The server's files, kept while it runs.
+    _www: tempfile::TempDir,
+    httpd: std::process::Child,
+}
+
+const OUTSIDE_NS: &str = "cabin-test-lan";
+
+impl Outside {
+    fn start(prefix: &str) -> Outside {
+        let ip = |args: &[&str]| {
+            let o = Command::new("ip").args(args).output().unwrap();
+            assert!(o.status.success(), "ip {args:?}: {}", stderr(&o));
+        };
+        Outside::remove();
+        ip(&["netns", "add", OUTSIDE_NS]);
+        ip(&[
+            "link",
+            "add",
+            "cabt-lan0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "cabt-lan1",
+            "netns",
+            OUTSIDE_NS,
+        ]);
+        let (host, server) = (format!("{prefix}.1"), format!("{prefix}.2"));
+        ip(&["addr", "add", &format!("{host}/24"), "dev", "cabt-lan0"]);
+        ip(&["link", "set", "cabt-lan0", "up"]);
+        let inside = |args: &[&str]| {
+            let mut a = vec!["netns", "exec", OUTSIDE_NS, "ip"];
+            a.extend_from_slice(args);
+            ip(&a);
+        };
+        inside(&["addr", "add", &format!("{server}/24"), "dev", "cabt-lan1"]);
+        inside(&["link", "set", "cabt-lan1", "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        let www = tempfile::tempdir().unwrap();
+        std::fs::write(www.path().join("index.html"), "hello-from-the-lan\n").unwrap();
+        let httpd = Command::new("ip")
+            .args(["netns", "exec", OUTSIDE_NS, "busybox", "httpd", "-f", "-p"])
+            .arg(format!("{server}:80"))
+            .arg("-h")
+            .arg(www.path())
+            .spawn()
+            .expect("busybox is installed (scripts/setup.sh)");
+        let o = Outside {
+            host,
+            server,
+            _www: www,
+            httpd,
+        };
+        eventually("the LAN's web server", || {
+            o.curl(&format!("http://{}/", o.server)).is_some()
+        });
+        o
+    }
+
+    /// The namespace and the veth pair, from this run or an earlier one.
+    fn remove() {
+        let _ = Command::new("ip")
+            .args(["netns", "del", OUTSIDE_NS])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", "cabt-lan0"])
+            .output();
+    }
+
+    /// `curl` from inside the namespace.
+    fn curl(&self, url: &str) -> Option<String> {
+        let o = Command::new("ip")
+            .args([
+                "netns", "exec", OUTSIDE_NS, "curl", "-s", "-f", "-m", "10", url,
+            ])
+            .output()
+            .unwrap();
+        o.status.success().then(|| stdout(&o))
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.httpd.kill();
+        let _ = self.httpd.wait();
+        Outside::remove();
+    }
 }

@@ -10,7 +10,9 @@
 //! its owner for as long as it lives, and one lock for changes. Every change rewrites
 //! the whole nftables table from the endpoints that are alive, in one transaction, so
 //! the rules can never drift from the containers; the last endpoint to leave removes
-//! the table and the bridge and restores the host's forwarding setting. An owner that
+//! the table and the bridge and restores the host's forwarding setting. Beside a
+//! firewall that drops forwarded traffic (Docker's), [`crate::firewall`] lets the
+//! bridge's traffic through. An owner that
 //! was killed leaves a file nobody holds: the next change drops it (and its rules).
 //!
 //! Containers find each other by name through /etc/hosts: owners watch the endpoint
@@ -27,6 +29,7 @@ use cabin_base::lock::{self, lock_file, Mode, Wait};
 use cabin_vmm::{PortForward, Protocol};
 use serde::{Deserialize, Serialize};
 
+use crate::firewall;
 use crate::ports::{self, PortReservations};
 use crate::tap;
 
@@ -120,6 +123,8 @@ pub enum BridgeError {
     Command { command: String, stderr: String },
     #[error(transparent)]
     Publish(#[from] ports::PublishError),
+    #[error(transparent)]
+    Firewall(#[from] firewall::FirewallError),
 }
 
 fn setup_err(what: &str) -> impl Fn(io::Error) -> BridgeError + '_ {
@@ -302,6 +307,7 @@ impl State {
         if endpoints.is_empty() {
             let _ = host_command("nft", &["delete", "table", "ip", &self.net.table], None);
             let _ = host_command("ip", &["link", "del", bridge], None);
+            firewall::withdraw(bridge);
             let others = fs::read_dir("/sys/class/net")
                 .into_iter()
                 .flatten()
@@ -339,7 +345,9 @@ impl State {
             "1",
         )
         .map_err(setup_err("enabling route_localnet on the bridge"))?;
-        host_command("nft", &["-f", "-"], Some(&ruleset(&self.net, endpoints)))
+        host_command("nft", &["-f", "-"], Some(&ruleset(&self.net, endpoints)))?;
+        firewall::allow(bridge)?;
+        Ok(())
     }
 }
 

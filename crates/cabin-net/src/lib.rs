@@ -6,11 +6,14 @@
 //! - [`bridge`]: the host bridge `cabin0`, its addresses, NAT and published ports
 //!   (nftables), and peers' names.
 //! - [`networks`]: user-defined networks, each a bridge of its own.
+//! - [`firewall`]: the bridges' traffic through an iptables firewall that drops
+//!   forwarded traffic (Docker's).
 //! - [`dhcp`]: a DHCP server that answers one VM on its tap, or watches a LAN's
 //!   server answer it.
 
 pub mod bridge;
 pub mod dhcp;
+pub mod firewall;
 pub mod mode;
 pub mod networks;
 pub mod ports;

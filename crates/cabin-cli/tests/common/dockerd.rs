@@ -21,14 +21,31 @@ pub struct Dockerd {
 
 impl Dockerd {
     pub fn start(dir: &Path) -> Dockerd {
-        Dockerd::start_with(dir, &["--bridge=none"])
+        Dockerd::start_with(
+            dir,
+            &["--iptables=false", "--ip6tables=false", "--bridge=none"],
+        )
+    }
+
+    /// As a developer's host runs it: its own bridge docker0 and its iptables rules
+    /// (the FORWARD policy DROP among them), which stay after it stops: the test puts
+    /// the host's firewall back.
+    pub fn start_with_its_firewall(dir: &Path) -> Dockerd {
+        Dockerd::start_with(dir, &[])
     }
 
     /// Its containers on `bridge` (made by the test: `Bridge`), still without
     /// iptables: they reach the host at the bridge's address, and published ports go
     /// through docker-proxy.
     pub fn start_on(dir: &Path, bridge: &Bridge) -> Dockerd {
-        Dockerd::start_with(dir, &[&format!("--bridge={}", bridge.name)])
+        Dockerd::start_with(
+            dir,
+            &[
+                "--iptables=false",
+                "--ip6tables=false",
+                &format!("--bridge={}", bridge.name),
+            ],
+        )
     }
 
     fn start_with(dir: &Path, network: &[&str]) -> Dockerd {
@@ -44,7 +61,6 @@ impl Dockerd {
             .arg(dir.join("exec"))
             .arg("--pidfile")
             .arg(dir.join("dockerd.pid"))
-            .args(["--iptables=false", "--ip6tables=false"])
             .args(network)
             .stdout(Stdio::null())
             .stderr(log);
