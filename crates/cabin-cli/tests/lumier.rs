@@ -592,3 +592,42 @@ fn lumier_pulls_a_debian_vm_that_boots_on_its_own_and_runs_the_on_logon_hook() {
     assert!(o.status.success(), "{}", stderr(&o));
     log_until(d, "lumier-deb", "VM debdesk stopped");
 }
+
+#[test]
+fn a_vm_that_never_gets_an_address_is_reported_and_stopped() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    lumier_image(d);
+    // No system on its disk: the firmware stops in its shell, with no address ever.
+    vm_ok(
+        d,
+        &[
+            "create",
+            "blank",
+            "--disk-size",
+            "10GB",
+            "--memory",
+            "256MB",
+        ],
+    );
+    let serve = Console::start(d, &[]);
+    let (code, log) = failing_run(
+        d,
+        &[
+            "VM_NAME=blank".into(),
+            format!("LUME_API_PORT={}", serve.port),
+            format!("HOST_STORAGE_PATH={}", d.join("vms").display()),
+            "RAM_SIZE=256".into(),
+            "CPU_CORES=1".into(),
+        ],
+    );
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains("VM blank did not run with an address within 90 s (it shows: status \"running\", address none, VNC on); it was stopped"),
+        "{log}"
+    );
+    let vm: serde_json::Value =
+        serde_json::from_str(&vm_ok(d, &["get", "blank", "-f", "json"])).unwrap();
+    let vm = if vm.is_array() { vm[0].clone() } else { vm };
+    assert_eq!(vm["status"], "stopped", "nothing left running: {vm}");
+}
