@@ -53,6 +53,15 @@ pub fn cabin_helper(
     detached(cmd, output)
 }
 
+/// Whether process `pid` exists (another user's counts): how cabin tells work in
+/// progress from what a killed process left.
+pub fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

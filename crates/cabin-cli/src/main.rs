@@ -1,5 +1,6 @@
 //! `cabin`: containers in lightweight VMs. A thin command-line layer over the cabin libraries.
 
+mod check_cmd;
 mod connect_args;
 mod containers_cmd;
 mod cp_cmd;
@@ -162,6 +163,14 @@ enum ContainerCommand {
 
 #[derive(Debug, Subcommand)]
 enum SystemCommand {
+    /// Check the image store and the VMs: blobs against their digests, names against
+    /// their manifests, half-made leftovers of killed commands. Exit 0 when consistent.
+    Check {
+        /// Remove what is corrupt, unreferenced or half made (never a VM or an image
+        /// that is only incomplete: for those it says what to do).
+        #[arg(long)]
+        repair: bool,
+    },
     /// Disk space used by images, image disks, partial downloads, running VMs.
     Df {
         /// Output format.
@@ -302,6 +311,9 @@ async fn dispatch(host: &Host, command: Command, started: Instant) -> i32 {
         Command::System {
             command: SystemCommand::Df { format },
         } => system_df(host, format),
+        Command::System {
+            command: SystemCommand::Check { repair },
+        } => finish(Admin, check_cmd::run(host, repair)),
         Command::System {
             command: SystemCommand::Prepare(args),
         } => finish(Admin, prepare::run(host, args).await),

@@ -1,5 +1,6 @@
 //! Images: import a root filesystem, run it by name with its defaults, reuse its disk,
-//! remove it; hostile archives fail cleanly.
+//! remove it; hostile archives fail cleanly; `cabin system check` finds damage and
+//! leftovers and repairs what is not the user's.
 
 mod common;
 
@@ -215,4 +216,125 @@ fn a_hostile_tarball_fails_to_unpack_and_leaves_the_store_consistent() {
         "no staging left"
     );
     assert!(run_dirs(d).is_empty());
+}
+
+/// `cabin system check ARGS`: its exit code and output.
+fn system_check(data: &Path, args: &[&str]) -> (i32, String) {
+    let o = cabin_in(data)
+        .args(["system", "check"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        format!("{}{}", stdout(&o), stderr(&o)),
+    )
+}
+
+#[test]
+fn system_check_finds_damage_and_leftovers_and_repairs_what_is_not_the_users() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let o = image(
+        d,
+        &["import", busybox_rootfs().to_str().unwrap(), "check:1"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cabin_in(d)
+        .args(["vm", "create", "broken", "--disk-size", "10GB"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (code, out) = system_check(d, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("The store is consistent"), "{out}");
+    assert!(out.contains("1 image names, 1 VMs"), "{out}");
+
+    // A damaged layer, a name of nothing, a broken VM record, and what killed commands
+    // left: an unfinished blob, a disk being built, a VM being created.
+    let store = d.join("images");
+    let refs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("refs.json")).unwrap()).unwrap();
+    let manifest_hex = refs["check:1"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(store.join("blobs/sha256").join(manifest_hex)).unwrap(),
+    )
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let layer_path = store
+        .join("blobs/sha256")
+        .join(layer.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&layer_path).unwrap();
+    bytes.push(0);
+    std::fs::write(&layer_path, bytes).unwrap();
+    let mut refs = refs.clone();
+    refs["ghost:1"] = format!("sha256:{}", "1".repeat(64)).into();
+    std::fs::write(store.join("refs.json"), refs.to_string()).unwrap();
+    std::fs::write(d.join("vms/broken/config.json"), "{half").unwrap();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    std::fs::write(store.join(format!("ingest/{dead}-1-0")), "half a blob").unwrap();
+    let partial = store.join(format!("ingest/partial-{}", "2".repeat(64)));
+    std::fs::write(&partial, "a download to resume").unwrap();
+    std::fs::write(store.join(format!("disks/.building-{dead}-1.ext4")), "").unwrap();
+    let staging = d.join(format!("vms/.desk.staging-{dead}"));
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(staging.join("disk.img"), "").unwrap();
+
+    let (code, out) = system_check(d, &[]);
+    assert_eq!(code, 1, "{out}");
+    for needle in [
+        &format!("blob {layer} is damaged"),
+        "image ghost:1 points at manifest",
+        "--repair would remove the name ghost:1",
+        &format!("ingest/{dead}-1-0 was left half made"),
+        &format!(".building-{dead}-1.ext4 was left half made"),
+        &format!(".desk.staging-{dead} was left half made by a vm create or clone"),
+        "VM broken:",
+        "cabin vm delete --force broken",
+        "6 problems left (cabin system check --repair fixes what it can)",
+    ] {
+        assert!(out.contains(needle), "{needle:?} in:\n{out}");
+    }
+    assert!(
+        !out.contains("partial-"),
+        "a partial download is not a problem: {out}"
+    );
+
+    // Repaired: all but the VM, which is the user's.
+    let (code, out) = system_check(d, &["--repair"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("repaired: remove the name ghost:1"), "{out}");
+    assert!(out.contains("1 problem left"), "{out}");
+    assert!(!staging.exists() && !layer_path.exists() && partial.exists());
+    assert!(
+        d.join("vms/broken/disk.img").exists(),
+        "the VM's disk stays"
+    );
+    // The image lost its damaged layer: said, with what to do.
+    let (code, out) = system_check(d, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "image check:1 is incomplete: layer {layer} is not in the store"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("pull or import check:1 again"), "{out}");
+    let o = image(d, &["rm", "check:1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cabin_in(d)
+        .args(["vm", "delete", "--force", "broken"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (code, out) = system_check(d, &[]);
+    assert_eq!(code, 0, "{out}");
 }

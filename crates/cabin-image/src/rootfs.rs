@@ -138,37 +138,43 @@ fn free_bytes(dir: &Path) -> io::Result<u64> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-fn is_process_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    pid > 0
-        && (unsafe { libc::kill(pid, 0) } == 0
-            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+/// What killed cabins left in `dir`: entries named `<prefix><pid>-...` whose process is
+/// gone (half-built images, staging directories, unfinished blobs).
+pub(crate) fn abandoned(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+                return false;
+            };
+            let pid = rest
+                .split('-')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            !cabin_base::spawn::process_alive(pid)
+        })
+        .map(|e| e.path())
+        .collect()
 }
 
-/// Removes what killed cabins left in `dir`: entries named `<prefix><pid>-...` whose
-/// process is gone (half-built images, staging directories).
+/// Removes a file, or a directory with what it holds.
+pub(crate) fn remove_any(path: &Path) -> io::Result<()> {
+    if path.is_dir() && !path.is_symlink() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    }
+}
+
+/// Removes what killed cabins left in `dir` (see [`abandoned`]).
 pub(crate) fn remove_abandoned(dir: &Path, prefix: &str) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
-            continue;
-        };
-        let pid = rest
-            .split('-')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        if !is_process_alive(pid) {
-            let path = e.path();
-            let _ = if path.is_dir() {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            };
-        }
+    for path in abandoned(dir, prefix) {
+        let _ = remove_any(&path);
     }
 }
 

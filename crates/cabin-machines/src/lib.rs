@@ -3,6 +3,7 @@
 //! configured as Lume's (see `settings`).
 
 pub mod activity;
+pub mod check;
 pub mod details;
 pub mod from_image;
 pub mod kernel;
