@@ -245,10 +245,24 @@ fn system_check_finds_damage_and_leftovers_and_repairs_what_is_not_the_users() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    let o = cabin_in(d)
+        .args(["create", "--name", "kept", "check:1", "true"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    let o = cabin_in(d)
+        .args(["volume", "create", "notes"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
     let (code, out) = system_check(d, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("The store is consistent"), "{out}");
-    assert!(out.contains("1 image names, 1 VMs"), "{out}");
+    assert!(
+        out.contains("1 image names, 1 VMs, 1 containers, 1 volumes"),
+        "{out}"
+    );
 
     // A damaged layer, a name of nothing, a broken VM record, and what killed commands
     // left: an unfinished blob, a disk being built, a VM being created.
@@ -287,6 +301,10 @@ fn system_check_finds_damage_and_leftovers_and_repairs_what_is_not_the_users() {
     let staging = d.join(format!("vms/.desk.staging-{dead}"));
     std::fs::create_dir_all(&staging).unwrap();
     std::fs::write(staging.join("disk.img"), "").unwrap();
+    std::fs::write(d.join("containers").join(&id).join("state.json"), "[]").unwrap();
+    std::fs::remove_file(d.join("volumes/notes/disk.ext4")).unwrap();
+    let volume_staging = d.join(format!("volumes/.new-more-{dead}"));
+    std::fs::create_dir_all(&volume_staging).unwrap();
 
     let (code, out) = system_check(d, &[]);
     assert_eq!(code, 1, "{out}");
@@ -299,7 +317,11 @@ fn system_check_finds_damage_and_leftovers_and_repairs_what_is_not_the_users() {
         &format!(".desk.staging-{dead} was left half made by a vm create or clone"),
         "VM broken:",
         "cabin vm delete --force broken",
-        "6 problems left (cabin system check --repair fixes what it can)",
+        &format!("container {id}: its record is unreadable"),
+        &format!("cabin rm -f {id}"),
+        "volume notes: its disk (disk.ext4) is missing",
+        &format!(".new-more-{dead} was left half made by a volume create"),
+        "9 problems left (cabin system check --repair fixes what it can)",
     ] {
         assert!(out.contains(needle), "{needle:?} in:\n{out}");
     }
@@ -308,12 +330,13 @@ fn system_check_finds_damage_and_leftovers_and_repairs_what_is_not_the_users() {
         "a partial download is not a problem: {out}"
     );
 
-    // Repaired: all but the VM, which is the user's.
+    // Repaired: all but the VM, the container and the volume, which are the user's.
     let (code, out) = system_check(d, &["--repair"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("repaired: remove the name ghost:1"), "{out}");
-    assert!(out.contains("1 problem left"), "{out}");
+    assert!(out.contains("3 problems left\n"), "{out}");
     assert!(!staging.exists() && !layer_path.exists() && partial.exists());
+    assert!(!volume_staging.exists());
     assert!(
         d.join("vms/broken/disk.img").exists(),
         "the VM's disk stays"
@@ -330,11 +353,14 @@ fn system_check_finds_damage_and_leftovers_and_repairs_what_is_not_the_users() {
     assert!(out.contains("pull or import check:1 again"), "{out}");
     let o = image(d, &["rm", "check:1"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = cabin_in(d)
-        .args(["vm", "delete", "--force", "broken"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    for args in [
+        &["vm", "delete", "--force", "broken"][..],
+        &["rm", "-f", &id],
+        &["volume", "rm", "notes"],
+    ] {
+        let o = cabin_in(d).args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    }
     let (code, out) = system_check(d, &[]);
     assert_eq!(code, 0, "{out}");
 }

@@ -4,7 +4,8 @@
 //! - [`Containers`] ([`containers`]): the typed lifecycle every front end calls.
 //! - [`spec`]: what a container is made of, its versioned record.
 //! - [`vm`]: one container in its own VM, boot to teardown.
-//! - [`store`]: the container state store (records, names, supervisor liveness).
+//! - [`store`]: the container state store (records, names, supervisor liveness);
+//!   [`check`]: its records and the volumes, for `cabin system check`.
 //! - [`control`]: the protocol between a supervisor and its clients; [`exec`] and
 //!   [`process`]: a container's processes, their I/O and how they ended.
 //! - [`copy`]: `cabin cp`, files between the host and a running container.
@@ -26,6 +27,7 @@ pub mod agent;
 pub mod assets;
 pub mod attach;
 pub mod attachments;
+pub mod check;
 pub mod containers;
 pub mod control;
 pub mod copy;

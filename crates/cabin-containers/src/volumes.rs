@@ -318,6 +318,40 @@ impl Volumes {
         self.dir.join(name).join(DISK)
     }
 
+    /// For `system check`: how many volumes there are, those whose record or disk is
+    /// missing or unreadable (with why), and what killed `volume create`s left
+    /// (`.new-NAME-PID`, its process gone).
+    pub fn damage(&self) -> (usize, Vec<(String, String)>, Vec<PathBuf>) {
+        let (mut count, mut damaged, mut abandoned) = (0, Vec::new(), Vec::new());
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return (0, damaged, abandoned);
+        };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(rest) = name.strip_prefix(".new-") {
+                let pid = rest.rsplit_once('-').and_then(|(_, p)| p.parse().ok());
+                if pid.is_some_and(|p| !cabin_base::spawn::process_alive(p)) {
+                    abandoned.push(e.path());
+                }
+                continue;
+            }
+            if name.starts_with('.') || !e.path().is_dir() {
+                continue;
+            }
+            count += 1;
+            match self.inspect(&name) {
+                Err(err) => damaged.push((name, err.to_string())),
+                Ok(_) if !self.disk(&name).is_file() => {
+                    damaged.push((name, "its disk (disk.ext4) is missing".into()))
+                }
+                Ok(_) => {}
+            }
+        }
+        (count, damaged, abandoned)
+    }
+
     pub fn exists(&self, name: &str) -> bool {
         self.dir.join(name).join(INFO).is_file()
     }

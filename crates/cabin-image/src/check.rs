@@ -234,32 +234,27 @@ pub fn check(store: &Store) -> Result<Report, StoreError> {
     Ok(report)
 }
 
+/// Carries out the repair of `problem` (nothing for one left to the user).
+pub fn repair_one(store: &Store, problem: &Problem) -> Result<(), StoreError> {
+    match problem.repair(store) {
+        Repair::Remove(path) => match remove_any(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(StoreError::Io { path, source: e })
+            }
+            _ => Ok(()),
+        },
+        Repair::Forget(name) => store.update_refs(|refs| {
+            refs.remove(&name);
+        }),
+        Repair::Manual(_) => Ok(()),
+    }
+}
+
 /// Carries out the repairs of `problems`; for each, what was done or why not.
 pub fn repair(store: &Store, problems: &[Problem]) -> Vec<(Repair, Result<(), StoreError>)> {
     problems
         .iter()
-        .map(|p| {
-            let r = p.repair(store);
-            let done = match &r {
-                Repair::Remove(path) => remove_any(path).or_else(|e| {
-                    if e.kind() == io::ErrorKind::NotFound {
-                        Ok(())
-                    } else {
-                        Err(StoreError::Io {
-                            path: path.clone(),
-                            source: e,
-                        })
-                    }
-                }),
-                Repair::Forget(name) => store
-                    .update_refs(|refs| {
-                        refs.remove(name);
-                    })
-                    .map(|_| ()),
-                Repair::Manual(_) => Ok(()),
-            };
-            (r, done)
-        })
+        .map(|p| (p.repair(store), repair_one(store, p)))
         .collect()
 }
 
