@@ -363,4 +363,19 @@ fn system_check_finds_damage_and_leftovers_and_repairs_what_is_not_the_users() {
     }
     let (code, out) = system_check(d, &[]);
     assert_eq!(code, 0, "{out}");
+
+    // The next vm create and volume create sweep what killed ones left, as image
+    // builds do theirs.
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::create_dir_all(&volume_staging).unwrap();
+    for args in [
+        &["vm", "create", "again", "--disk-size", "10GB"][..],
+        &["volume", "create", "again"],
+    ] {
+        let o = cabin_in(d).args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    }
+    assert!(!staging.exists() && !volume_staging.exists());
+    let (code, out) = system_check(d, &[]);
+    assert_eq!(code, 0, "{out}");
 }

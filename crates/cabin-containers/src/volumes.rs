@@ -291,6 +291,14 @@ pub struct Volumes {
     dir: PathBuf,
 }
 
+/// `.new-NAME-PID` of a `volume create` whose process is gone.
+fn abandoned_staging(name: &str) -> bool {
+    name.strip_prefix(".new-")
+        .and_then(|rest| rest.rsplit_once('-'))
+        .and_then(|(_, pid)| pid.parse().ok())
+        .is_some_and(|pid| !cabin_base::spawn::process_alive(pid))
+}
+
 /// A volume attached to a running VM: the disk and the lock that keeps it to one.
 pub struct AttachedVolume {
     pub disk: PathBuf,
@@ -330,9 +338,8 @@ impl Volumes {
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(rest) = name.strip_prefix(".new-") {
-                let pid = rest.rsplit_once('-').and_then(|(_, p)| p.parse().ok());
-                if pid.is_some_and(|p| !cabin_base::spawn::process_alive(p)) {
+            if name.starts_with(".new-") {
+                if abandoned_staging(&name) {
                     abandoned.push(e.path());
                 }
                 continue;
@@ -371,6 +378,12 @@ impl Volumes {
         create_private_dir(&self.dir).map_err(Self::io(name))?;
         let staging = self.dir.join(format!(".new-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&staging);
+        // What killed creates left goes now, as the image store's leftovers do.
+        for e in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            if abandoned_staging(&e.file_name().to_string_lossy()) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
         fs::create_dir(&staging).map_err(Self::io(name))?;
         let made = (|| {
             let disk = staging.join(DISK);

@@ -50,18 +50,6 @@ impl VmProblem {
     }
 }
 
-/// `.NAME.staging-PID` whose process is gone.
-fn abandoned_staging(name: &str) -> bool {
-    let Some(pid) = name
-        .strip_prefix('.')
-        .and_then(|n| n.rsplit_once(".staging-"))
-        .and_then(|(_, pid)| pid.parse::<i32>().ok())
-    else {
-        return false;
-    };
-    !cabin_base::spawn::process_alive(pid)
-}
-
 /// Checks every storage location cabin searches; how many VMs were looked at, and what
 /// is wrong.
 pub fn check(settings: &Settings) -> Result<(usize, Vec<VmProblem>), VmError> {
@@ -73,7 +61,7 @@ pub fn check(settings: &Settings) -> Result<(usize, Vec<VmProblem>), VmError> {
         let mut entries: Vec<_> = entries.flatten().collect();
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
-            if abandoned_staging(&e.file_name().to_string_lossy()) && e.path().is_dir() {
+            if store::abandoned_staging(&e.file_name().to_string_lossy()) && e.path().is_dir() {
                 problems.push(VmProblem::Abandoned(e.path()));
             }
         }
@@ -103,25 +91,5 @@ pub fn repair(problem: &VmProblem) -> std::io::Result<()> {
             _ => Ok(()),
         },
         _ => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_stagings_of_dead_processes_are_abandoned() {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id();
-        child.wait().unwrap();
-        assert!(abandoned_staging(&format!(".deb.staging-{dead}")));
-        assert!(abandoned_staging(&format!(".a.staging-b.staging-{dead}")));
-        assert!(!abandoned_staging(&format!(
-            ".deb.staging-{}",
-            std::process::id()
-        )));
-        assert!(!abandoned_staging(".deb.pulling"));
-        assert!(!abandoned_staging("deb"));
     }
 }

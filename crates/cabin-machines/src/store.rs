@@ -428,6 +428,18 @@ fn staging(parent: &Path, name: &str) -> PathBuf {
     parent.join(format!(".{name}.staging-{}", std::process::id()))
 }
 
+/// `.NAME.staging-PID` whose process is gone.
+pub fn abandoned_staging(name: &str) -> bool {
+    let Some(pid) = name
+        .strip_prefix('.')
+        .and_then(|n| n.rsplit_once(".staging-"))
+        .and_then(|(_, pid)| pid.parse::<i32>().ok())
+    else {
+        return false;
+    };
+    !cabin_base::spawn::process_alive(pid)
+}
+
 /// For a VM about to be made (created or cloned) as `name` in `storage`: its location's
 /// name, the directory it goes in, and an empty staging directory name there. Refuses a
 /// name that is taken anywhere it would be found.
@@ -443,6 +455,13 @@ fn new_vm_dir(
     fs::create_dir_all(&parent).map_err(io_err(format!("creating {}", parent.display())))?;
     let stage = staging(&parent, name);
     let _ = fs::remove_dir_all(&stage);
+    // What killed creates and clones left in this location goes now (with an image,
+    // gigabytes).
+    for e in fs::read_dir(&parent).into_iter().flatten().flatten() {
+        if abandoned_staging(&e.file_name().to_string_lossy()) && e.path().is_dir() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
     Ok((location_name, parent, stage))
 }
 
@@ -734,6 +753,21 @@ pub fn disk_usage(p: &Path) -> (u64, u64) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_stagings_of_dead_processes_are_abandoned() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        assert!(abandoned_staging(&format!(".deb.staging-{dead}")));
+        assert!(abandoned_staging(&format!(".a.staging-b.staging-{dead}")));
+        assert!(!abandoned_staging(&format!(
+            ".deb.staging-{}",
+            std::process::id()
+        )));
+        assert!(!abandoned_staging(".deb.pulling"));
+        assert!(!abandoned_staging("deb"));
+    }
+
     use super::*;
 
     #[test]
