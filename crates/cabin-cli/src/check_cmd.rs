@@ -1,6 +1,7 @@
-//! `cabin system check [--repair]`: the image store's, the VMs' and the containers'
-//! consistency, as the libraries judge it, printed one problem a line with what `--repair` does about it.
-//! Exits 0 when nothing is wrong (after the repairs, with `--repair`), 1 otherwise.
+//! `cabin system check [--repair]`: the consistency of the image store, the VMs, the
+//! containers and the volumes, as the libraries judge it, printed one problem at a time
+//! with what `--repair` does about it. Exits 0 when nothing is wrong (after the
+//! repairs, with `--repair`), 1 otherwise.
 
 use cabin_base::Host;
 use cabin_containers::check as containers;
