@@ -73,6 +73,23 @@ fn failing_run(data: &Path, env: &[String]) -> (i32, String) {
     )
 }
 
+/// Waits until the log of Docker's container `name` contains `needle`; the log.
+fn docker_log_until(docker: &Dockerd, name: &str, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let o = docker.cmd(&["logs", name]).output().unwrap();
+        let both = format!("{}{}", stdout(&o), stderr(&o));
+        if both.contains(needle) {
+            return both;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "no {needle:?} from Docker's container {name}:\n{both}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn printed_url(log: &str, web_port: u16) -> String {
     log.lines()
         .find(|l| l.starts_with("http://localhost:8006/vnc.html?password="))
@@ -265,21 +282,7 @@ fn the_lumier_image_runs_a_vm_docker_style_and_shows_it_on_port_8006() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = docker.cmd(&args).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let docker_log = |needle: &str| -> String {
-        let start = Instant::now();
-        loop {
-            let o = docker.cmd(&["logs", "lumier-docker"]).output().unwrap();
-            let both = format!("{}{}", stdout(&o), stderr(&o));
-            if both.contains(needle) {
-                return both;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(180),
-                "no {needle:?} from Docker's container:\n{both}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    };
+    let docker_log = |needle: &str| docker_log_until(&docker, "lumier-docker", needle);
     let log = docker_log("vnc.html?password=");
     assert!(log.contains("Found VM desk: starting it again"), "{log}");
     let v = browser(&["lumier", &printed_url(&log, 8006), out.to_str().unwrap()]);
@@ -342,21 +345,7 @@ fn the_lumier_image_runs_a_vm_docker_style_and_shows_it_on_port_8006() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = docker.cmd(&args).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let bridge_log = |needle: &str| -> String {
-        let start = Instant::now();
-        loop {
-            let o = docker.cmd(&["logs", "lumier-bridge"]).output().unwrap();
-            let both = format!("{}{}", stdout(&o), stderr(&o));
-            if both.contains(needle) {
-                return both;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(180),
-                "no {needle:?} from the container on Docker's bridge:\n{both}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    };
+    let bridge_log = |needle: &str| docker_log_until(&docker, "lumier-bridge", needle);
     let log = bridge_log("vnc.html?password=");
     assert!(
         log.contains(&format!("through the Lume API at {}:", bridge.gateway)),
@@ -406,11 +395,6 @@ fn the_lumier_image_runs_a_vm_docker_style_and_shows_it_on_port_8006() {
     );
     let vms = vm_ok(d, &["ls", "-f", "json"]);
     assert!(!vms.contains("nowhere"), "{vms}");
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 #[test]

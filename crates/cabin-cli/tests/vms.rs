@@ -542,11 +542,6 @@ fn a_vm_whose_qemu_dies_shows_as_stopped_and_runs_again() {
     assert!(stderr(&o).contains("Virtual machine not found: fragile"));
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// `vm ssh NAME -- SCRIPT`, which must succeed; its output.
 fn ssh_ok(data: &Path, name: &str, script: &str) -> String {
     ok(data, &["ssh", name, "--", script])

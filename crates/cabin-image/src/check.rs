@@ -250,14 +250,6 @@ pub fn repair_one(store: &Store, problem: &Problem) -> Result<(), StoreError> {
     }
 }
 
-/// Carries out the repairs of `problems`; for each, what was done or why not.
-pub fn repair(store: &Store, problems: &[Problem]) -> Vec<(Repair, Result<(), StoreError>)> {
-    problems
-        .iter()
-        .map(|p| (p.repair(store), repair_one(store, p)))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,8 +313,9 @@ mod tests {
         }));
         assert_eq!(r.problems.len(), 6, "{:#?}", r.problems);
 
-        for (what, done) in repair(&store, &r.problems) {
-            assert!(done.is_ok(), "{what}: {done:?}");
+        for p in &r.problems {
+            let done = repair_one(&store, p);
+            assert!(done.is_ok(), "{p}: {done:?}");
         }
         assert_eq!(check(&store).unwrap().problems, vec![]);
         assert!(store.has_blob(&good) && !store.has_blob(&bad));
@@ -339,7 +332,7 @@ mod tests {
         let r = check(&store).unwrap();
         assert!(matches!(r.problems[..], [Problem::CorruptNames { .. }]));
         assert!(matches!(r.problems[0].repair(&store), Repair::Manual(_)));
-        repair(&store, &r.problems);
+        repair_one(&store, &r.problems[0]).unwrap();
         assert!(dir.path().join("refs.json").exists());
     }
 }

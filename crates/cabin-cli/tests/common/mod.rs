@@ -531,3 +531,9 @@ pub fn python_with(package: &str, import: &str) -> Result<PathBuf, String> {
     }
     Ok(python)
 }
+
+/// Whether the tests run as root (bridges, taps, debootstrap need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
