@@ -9,3 +9,5 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 printf '\033[1m==> cargo test\033[0m\n' >&2
 cargo test --workspace --locked "$@"
+printf '\033[1m==> fuzzing every parser fed from outside, 20 s each\033[0m\n' >&2
+scripts/fuzz.sh 20

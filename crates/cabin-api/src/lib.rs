@@ -6,6 +6,8 @@
 //! Lume's extra 5 s sleep).
 
 mod app;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod guard;
 mod handlers;
 mod log;

@@ -99,6 +99,18 @@ pub struct Stats {
     pub sampled_boottime_nanos: u64,
 }
 
+impl From<cabin_proto::v1::ContainerStats> for Stats {
+    fn from(st: cabin_proto::v1::ContainerStats) -> Stats {
+        Stats {
+            memory_bytes: st.memory_bytes,
+            memory_limit_bytes: st.memory_limit_bytes,
+            cpu_usage_micros: st.cpu_usage_micros,
+            pids: st.pids,
+            sampled_boottime_nanos: st.sampled_boottime_nanos,
+        }
+    }
+}
+
 /// One process of a container (`top`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Process {
@@ -112,6 +124,29 @@ pub struct Process {
     /// When it started, Unix seconds (from the guest's clocks).
     pub started_unix: u64,
     pub command: String,
+}
+
+impl Process {
+    /// The processes a guest listed, with their start times turned from the guest's
+    /// boot clock into the host's wall clock (`now_nanos`). Times the guest got wrong
+    /// (a start after its own sampling) saturate instead of wrapping.
+    pub fn from_guest(list: cabin_proto::v1::ProcessList, now_nanos: u64) -> Vec<Process> {
+        let sampled = list.sampled_boottime_nanos;
+        list.processes
+            .into_iter()
+            .map(|p| Process {
+                pid: p.pid,
+                ppid: p.ppid,
+                uid: p.uid,
+                tty: p.tty,
+                cpu_micros: p.cpu_micros,
+                started_unix: now_nanos
+                    .saturating_sub(sampled.saturating_sub(p.start_boottime_nanos))
+                    / 1_000_000_000,
+                command: p.command,
+            })
+            .collect()
+    }
 }
 
 impl Process {

@@ -60,9 +60,13 @@ pub fn output(agent: &Agent, process: ProcessRef) -> mpsc::Receiver<Output> {
     rx
 }
 
-/// The shell's exit code for a finished process: 128+N when signal N killed it.
+/// Linux's highest signal number (SIGRTMAX).
+const MAX_SIGNAL: i32 = 64;
+
+/// The shell's exit code for a finished process: 128+N when signal N killed it. The
+/// guest reports both numbers; a signal Linux does not have is ignored, not added.
 pub fn exit_code(status: &ExitStatus) -> i32 {
-    if status.signal > 0 {
+    if (1..=MAX_SIGNAL).contains(&status.signal) {
         128 + status.signal
     } else {
         status.code
@@ -164,6 +168,20 @@ impl Controls {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_guest_reporting_an_impossible_signal_gets_its_exit_code_not_an_overflow() {
+        // Found by fuzz/fuzz_targets/guest_agent.rs: 128 + i32::MAX overflowed.
+        let status = |code, signal| ExitStatus {
+            code,
+            signal,
+            oom_killed: false,
+        };
+        assert_eq!(exit_code(&status(-1, 9)), 137);
+        assert_eq!(exit_code(&status(3, 0)), 3);
+        assert_eq!(exit_code(&status(-1, i32::MAX)), -1);
+        assert_eq!(exit_code(&status(5, -9)), 5);
+    }
 
     #[test]
     fn signals_parse_by_name_and_number() {

@@ -212,13 +212,7 @@ async fn stats(agent: &crate::agent::Agent, container_id: &str) -> Reply {
     match agent::call("Stats", cabin_proto::CALL_TIMEOUT, a.stats(r)).await {
         Ok(st) => Reply::Stats {
             ok: true,
-            stats: Stats {
-                memory_bytes: st.memory_bytes,
-                memory_limit_bytes: st.memory_limit_bytes,
-                cpu_usage_micros: st.cpu_usage_micros,
-                pids: st.pids,
-                sampled_boottime_nanos: st.sampled_boottime_nanos,
-            },
+            stats: Stats::from(st),
         },
         Err(e) => Reply::failed(e.message()),
     }
@@ -230,30 +224,10 @@ async fn top(agent: &crate::agent::Agent, container_id: &str) -> Reply {
         container_id: container_id.to_string(),
     };
     match agent::call("Processes", cabin_proto::CALL_TIMEOUT, a.processes(r)).await {
-        Ok(list) => {
-            // The guest's boot clock, turned into the host's wall clock.
-            let now = cabin_base::time::now_unix_nanos();
-            let processes = list
-                .processes
-                .into_iter()
-                .map(|p| control::Process {
-                    pid: p.pid,
-                    ppid: p.ppid,
-                    uid: p.uid,
-                    tty: p.tty,
-                    cpu_micros: p.cpu_micros,
-                    started_unix: now.saturating_sub(
-                        list.sampled_boottime_nanos
-                            .saturating_sub(p.start_boottime_nanos),
-                    ) / 1_000_000_000,
-                    command: p.command,
-                })
-                .collect();
-            Reply::Processes {
-                ok: true,
-                processes,
-            }
-        }
+        Ok(list) => Reply::Processes {
+            ok: true,
+            processes: control::Process::from_guest(list, cabin_base::time::now_unix_nanos()),
+        },
         Err(e) => Reply::failed(e.message()),
     }
 }

@@ -25,7 +25,7 @@ use crate::stream::{Framing, Hijack, Out, Writer};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-struct CreateBody {
+pub(crate) struct CreateBody {
     cmd: Option<Vec<String>>,
     env: Option<Vec<String>>,
     working_dir: Option<String>,
@@ -41,7 +41,7 @@ struct CreateBody {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-struct StartBody {
+pub(crate) struct StartBody {
     detach: Option<bool>,
 }
 

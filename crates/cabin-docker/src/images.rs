@@ -269,7 +269,7 @@ pub async fn prune(app: &Arc<App>) -> Result<Response, ApiError> {
 }
 
 /// The login in Docker's `X-Registry-Auth` header (base64url JSON), if it has one.
-fn auth_of(headers: &HeaderMap) -> Result<Option<(String, String)>, ApiError> {
+pub(crate) fn auth_of(headers: &HeaderMap) -> Result<Option<(String, String)>, ApiError> {
     let Some(v) = headers.get("x-registry-auth") else {
         return Ok(None);
     };

@@ -28,6 +28,8 @@ mod error;
 mod events;
 mod exec;
 mod execs;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod images;
 mod networks;
 mod request;

@@ -174,7 +174,7 @@ pub async fn inspect(app: &Arc<App>, name: &str) -> Result<Response, ApiError> {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-struct CreateBody {
+pub(crate) struct CreateBody {
     name: Option<String>,
     driver: Option<String>,
     internal: Option<bool>,
@@ -261,7 +261,7 @@ pub async fn prune(app: &Arc<App>) -> Result<Response, ApiError> {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-struct ConnectBody {
+pub(crate) struct ConnectBody {
     container: Option<String>,
     endpoint_config: Option<EndpointConfig>,
 }

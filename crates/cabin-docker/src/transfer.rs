@@ -77,7 +77,7 @@ pub async fn push(
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct AuthBody {
+pub(crate) struct AuthBody {
     username: String,
     password: String,
     serveraddress: String,

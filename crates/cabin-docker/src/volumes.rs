@@ -19,10 +19,10 @@ use crate::request::{body, filters};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-struct CreateBody {
+pub(crate) struct CreateBody {
     name: Option<String>,
     driver: Option<String>,
-    driver_opts: Option<BTreeMap<String, String>>,
+    pub(crate) driver_opts: Option<BTreeMap<String, String>>,
 }
 
 fn volume_json(app: &App, v: &VolumeInfo) -> Value {
