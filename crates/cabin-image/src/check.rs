@@ -207,30 +207,15 @@ pub fn check(store: &Store) -> Result<Report, StoreError> {
             }
         }
     }
-    // Half made by processes that are gone: blobs being written (`PID-...`; partial
-    // downloads are named `partial-*` and resume), disks being built, unpacking
-    // directories, name indexes being replaced.
+    // Half made by processes that are gone: blobs being written, name indexes being
+    // replaced, disks being built, unpacking directories.
     let root = store.root();
-    for (dir, prefix) in [
-        (root.join("ingest"), ""),
-        (root.join("disks"), ".building-"),
-        (store.tmp_dir(), "cabin-unpack-"),
-        (root.to_path_buf(), "refs.json."),
-    ] {
-        for path in abandoned(&dir, prefix) {
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
-            // `abandoned` with no prefix takes any name that does not start with a
-            // live pid: keep to the writers' `PID-...` names.
-            let writer_name = name
-                .split('-')
-                .next()
-                .is_some_and(|p| p.parse::<u32>().is_ok());
-            if prefix.is_empty() && !writer_name {
-                continue;
-            }
-            report.problems.push(Problem::Abandoned(path));
-        }
-    }
+    let mut left = store.abandoned_writes();
+    left.extend(abandoned(&root.join("disks"), ".building-"));
+    left.extend(abandoned(&store.tmp_dir(), "cabin-unpack-"));
+    report
+        .problems
+        .extend(left.into_iter().map(Problem::Abandoned));
     Ok(report)
 }
 
@@ -270,6 +255,25 @@ mod tests {
     }
 
     #[test]
+    fn a_writer_sweeps_what_killed_writers_left_and_keeps_resumable_downloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let pid = dead_pid();
+        let ingest = dir.path().join(format!("ingest/{pid}-abc-0"));
+        fs::write(&ingest, b"half").unwrap();
+        let refs = dir.path().join(format!("refs.json.{pid}"));
+        fs::write(&refs, b"{").unwrap();
+        let partial = store
+            .partial_path(&format!("sha256:{}", "1".repeat(64)))
+            .unwrap();
+        fs::write(&partial, b"resumable").unwrap();
+        assert_eq!(check(&store).unwrap().problems.len(), 2);
+        store.put_bytes(b"a new blob").unwrap();
+        assert!(!ingest.exists() && !refs.exists() && partial.exists());
+        assert!(check(&store).unwrap().problems.is_empty());
+    }
+
+    #[test]
     fn damaged_blobs_dead_writers_and_names_of_nothing_are_found_and_repaired() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -277,6 +281,11 @@ mod tests {
         let bad = store.put_bytes(b"will be damaged").unwrap();
         fs::write(store.blob_path(&bad).unwrap(), b"damaged").unwrap();
         fs::write(dir.path().join("blobs/sha256/notes.txt"), b"x").unwrap();
+        // Named first: writing the index sweeps what dead writers left.
+        let ghost = format!("sha256:{}", "0".repeat(64));
+        store
+            .update_refs(|r| r.insert("ghost:1".into(), ghost.clone()))
+            .unwrap();
         let pid = dead_pid();
         let ingest = dir.path().join(format!("ingest/{pid}-abc-0"));
         fs::write(&ingest, b"half").unwrap();
@@ -290,10 +299,6 @@ mod tests {
         fs::write(&building, b"").unwrap();
         let unpack = store.tmp_dir().join(format!("cabin-unpack-{pid}-y"));
         fs::create_dir_all(unpack.join("etc")).unwrap();
-        let ghost = format!("sha256:{}", "0".repeat(64));
-        store
-            .update_refs(|r| r.insert("ghost:1".into(), ghost.clone()))
-            .unwrap();
 
         let r = check(&store).unwrap();
         assert_eq!(r.blobs, 2);

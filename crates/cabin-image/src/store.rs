@@ -133,7 +133,35 @@ impl Store {
         self.blob_path(digest).map(|p| p.is_file()).unwrap_or(false)
     }
 
+    /// What writers that were killed left in the store: blobs half written
+    /// (`ingest/PID-...`; resumable downloads are `ingest/partial-*` and stay) and name
+    /// indexes half replaced (`refs.json.PID`), of processes that are gone.
+    pub fn abandoned_writes(&self) -> Vec<PathBuf> {
+        let writers = crate::rootfs::abandoned(&self.root.join("ingest"), "")
+            .into_iter()
+            .filter(|p| {
+                // Any name not starting with a live pid counts for `abandoned` without a
+                // prefix: keep to the writers' `PID-...` names.
+                let name = p.file_name().unwrap_or_default().to_string_lossy();
+                name.split('-')
+                    .next()
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+            });
+        writers
+            .chain(crate::rootfs::abandoned(&self.root, "refs.json."))
+            .collect()
+    }
+
+    /// Removes [`Store::abandoned_writes`]: every writer does before it writes, so that a
+    /// killed command's retry leaves the store as clean as an uninterrupted run.
+    fn sweep_abandoned_writes(&self) {
+        for path in self.abandoned_writes() {
+            let _ = fs::remove_file(path);
+        }
+    }
+
     pub fn blob_writer(&self) -> Result<BlobWriter, StoreError> {
+        self.sweep_abandoned_writes();
         let dir = self.root.join("ingest");
         let path = dir.join(format!(
             "{}-{}",
@@ -270,6 +298,7 @@ impl Store {
         let _lock =
             cabin_base::lock::lock_path_waiting(&lock_path, cabin_base::lock::Mode::Exclusive)
                 .map_err(io_err(&lock_path))?;
+        self.sweep_abandoned_writes();
         let mut refs = self.refs()?;
         let out = f(&mut refs);
         let path = self.refs_path();
