@@ -26,6 +26,9 @@ fn cabin_killed_at_random_moments_leaves_nothing_a_retry_or_the_store_check_trip
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no summary:\n{stdout}"));
-    assert!(kills >= 10, "only {kills} kills landed:\n{stdout}\n{stderr}");
+    assert!(
+        kills >= 10,
+        "only {kills} kills landed:\n{stdout}\n{stderr}"
+    );
     eprintln!("{stdout}");
 }
