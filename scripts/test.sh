@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --vm-kernel
+# The hostile guest init of tests/hostile_guest.rs (test-only, never installed).
+scripts/build-init.sh --features hostile --bin cabin-hostile-init >/dev/null
 printf '\033[1m==> cargo fmt --check, clippy\033[0m\n' >&2
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

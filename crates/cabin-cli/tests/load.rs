@@ -523,7 +523,10 @@ fn fifty_clients_get_every_answer_and_the_server_keeps_nothing_after_thousands_o
     for (p, (n, p50, p99)) in probes.iter().zip(per_probe(&probes, &r)) {
         let base = baseline
             .as_ref()
-            .and_then(|b| b.iter().find(|(path, _)| *path == p.path.replace("/v1.47", "")))
+            .and_then(|b| {
+                b.iter()
+                    .find(|(path, _)| *path == p.path.replace("/v1.47", ""))
+            })
             .map(|(_, (n, p50, p99))| format!("{n:>8} {:>10} {:>10}", ms(*p50), ms(*p99)))
             .unwrap_or_default();
         eprintln!(

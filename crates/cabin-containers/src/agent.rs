@@ -63,6 +63,26 @@ pub async fn call<T>(
     fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T, tonic::Status> {
     match tokio::time::timeout(deadline, fut).await {
+        Ok(Err(status)) if std::error::Error::source(&status).is_some() => {
+            // Not an answer of the guest's but the channel failing under it (garbage,
+            // a frame too large, a hang-up): say so, with the transport's own reasons.
+            let mut detail = status.message().to_string();
+            let mut last = detail.clone();
+            let mut source = std::error::Error::source(&status);
+            while let Some(e) = source {
+                // Layers often repeat their inner error's words: say each once.
+                let text = e.to_string();
+                if text != last {
+                    detail = format!("{detail}: {text}");
+                    last = text;
+                }
+                source = e.source();
+            }
+            Err(tonic::Status::new(
+                status.code(),
+                format!("the guest agent's channel failed during {what}, not in cabin's protocol ({detail})"),
+            ))
+        }
         Ok(r) => r.map(tonic::Response::into_inner),
         Err(_) => Err(tonic::Status::deadline_exceeded(format!(
             "the guest agent did not answer {what} within {} s",
