@@ -879,3 +879,56 @@ fn blob_uploads_failing_for_good_midway_stop_a_push_that_resumes_later() {
         sha256(&src.join("disk.img"))
     );
 }
+
+#[test]
+fn a_full_disk_during_vm_pull_is_clear_and_the_same_pull_resumes_once_there_is_room() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let (t, reg, _) = fresh();
+    let raw = distinct_parts(12);
+    oci_image(&reg.addr, "roomy:1", &raw, |_| {});
+    // The data directory on a 6 MiB tmpfs: the 12 MiB disk cannot fit.
+    let data = t.path().join("small");
+    std::fs::create_dir_all(&data).unwrap();
+    let mount = |opts: &str| {
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(&data)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    mount("size=6m");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(data.clone());
+
+    let o = pull(&data, &reg.addr, "roomy:1", "roomy", &["--parallel", "1"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    for want in [
+        "No space left on device",
+        "the disk is full",
+        "run it again (it resumes where it stopped)",
+    ] {
+        assert!(err.contains(want), "wanted {want:?} in {err}");
+    }
+    nothing_usable(&data, &vms_dir(&data), "roomy", true);
+    let check = cabin_in(&data).args(["system", "check"]).output().unwrap();
+    assert!(check.status.success(), "{}", stdout(&check));
+
+    // Room made: the same pull resumes what it had written and finishes.
+    mount("remount,size=64m");
+    let line = pulled_ok(&pull(&data, &reg.addr, "roomy:1", "roomy", &[]));
+    assert_ne!(field(&line, "parts_resumed"), "0", "{line}");
+    let disk = std::fs::read(vms_dir(&data).join("roomy/disk.img")).unwrap();
+    assert_eq!(disk, raw.concat());
+    let check = cabin_in(&data).args(["system", "check"]).output().unwrap();
+    assert!(check.status.success(), "{}", stdout(&check));
+}
