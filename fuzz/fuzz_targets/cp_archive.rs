@@ -5,23 +5,16 @@
 //! The first byte picks the call; nothing may be written outside the destination.
 #![no_main]
 
-use std::ffi::OsString;
-use std::sync::OnceLock;
-
 use cabin_archive::{extract_into, place, UnpackOptions};
 use cabin_fuzz::Scratch;
 use libfuzzer_sys::fuzz_target;
-
-fn scratch() -> &'static Scratch {
-    static S: OnceLock<Scratch> = OnceLock::new();
-    S.get_or_init(|| Scratch::new("cp_archive"))
-}
+use std::ffi::OsString;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, archive)) = data.split_first() else {
         return;
     };
-    let s = scratch();
+    let s = Scratch::shared("cp_archive");
     s.reset();
     let opts = UnpackOptions {
         keep_setid: mode & 0x10 != 0,

@@ -4,20 +4,13 @@
 //! nothing is written outside it.
 #![no_main]
 
-use std::sync::OnceLock;
-
 use cabin_fuzz::Scratch;
 use cabin_image::archive;
 use cabin_image::store::Store;
 use libfuzzer_sys::fuzz_target;
 
-fn scratch() -> &'static Scratch {
-    static S: OnceLock<Scratch> = OnceLock::new();
-    S.get_or_init(|| Scratch::new("image_archive"))
-}
-
 fuzz_target!(|data: &[u8]| {
-    let s = scratch();
+    let s = Scratch::shared("image_archive");
     s.reset();
     let input = s.file("input.tar");
     std::fs::write(&input, data).expect("scratch input");

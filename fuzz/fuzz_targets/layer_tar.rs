@@ -5,17 +5,10 @@
 //! Whatever the layer holds, nothing may be written outside the root.
 #![no_main]
 
-use std::io::Write;
-use std::sync::OnceLock;
-
 use cabin_fuzz::Scratch;
 use cabin_image::layer::{apply_layer_checked, Limits};
 use libfuzzer_sys::fuzz_target;
-
-fn scratch() -> &'static Scratch {
-    static S: OnceLock<Scratch> = OnceLock::new();
-    S.get_or_init(|| Scratch::new("layer_tar"))
-}
+use std::io::Write;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, tar)) = data.split_first() else {
@@ -30,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         2 => zstd::encode_all(tar, 1).expect("in memory"),
         _ => tar.to_vec(),
     };
-    let s = scratch();
+    let s = Scratch::shared("layer_tar");
     s.reset();
     let file = s.file("layer");
     std::fs::write(&file, &layer).expect("scratch layer");

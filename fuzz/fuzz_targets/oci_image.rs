@@ -4,17 +4,10 @@
 //! `\n@@@@\n`: reference, index, manifest, config.
 #![no_main]
 
-use std::sync::OnceLock;
-
 use cabin_fuzz::{parts, Scratch};
 use cabin_image::store::Store;
 use cabin_image::{image, pull};
 use libfuzzer_sys::fuzz_target;
-
-fn scratch() -> &'static Scratch {
-    static S: OnceLock<Scratch> = OnceLock::new();
-    S.get_or_init(|| Scratch::new("oci_image"))
-}
 
 fuzz_target!(|data: &[u8]| {
     let p = parts(data, 4);
@@ -24,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let reference = String::from_utf8_lossy(reference);
     let _ = image::normalize_reference(&reference);
     let _ = pull::choose_platform(index, &reference);
-    let s = scratch();
+    let s = Scratch::shared("oci_image");
     s.reset();
     let store = Store::open(&s.work).expect("store");
     let (Ok(_), Ok(manifest_digest)) = (store.put_bytes(config), store.put_bytes(manifest)) else {

@@ -47,6 +47,13 @@ impl Scratch {
         }
     }
 
+    /// The scratch directory of this process's one target (each target is a binary of
+    /// its own), made at the first call.
+    pub fn shared(target: &str) -> &'static Scratch {
+        static S: std::sync::OnceLock<Scratch> = std::sync::OnceLock::new();
+        S.get_or_init(|| Scratch::new(target))
+    }
+
     /// Empties the scratch directory and makes `work` and `outside` again.
     pub fn reset(&self) {
         make_writable(&self.base);

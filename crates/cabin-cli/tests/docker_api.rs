@@ -27,13 +27,7 @@ impl Server {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let data = dir.join("data");
-        let o = cabin_in(&data)
-            .args(["image", "import"])
-            .arg(busybox_rootfs())
-            .arg("local/bb")
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "import: {}", stderr(&o));
+        import_busybox(&data, "local/bb");
         let socket = dir.join("docker.sock");
         let process = serve(&data, &socket);
         Server {

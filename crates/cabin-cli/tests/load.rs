@@ -349,13 +349,7 @@ fn fifty_clients_get_every_answer_and_the_server_keeps_nothing_after_thousands_o
     let starts = env_number("CABIN_LOAD_STARTS", 2);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let o = cabin_in(&data)
-        .args(["image", "import"])
-        .arg(busybox_rootfs())
-        .arg("local/bb")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "import: {}", stderr(&o));
+    import_busybox(&data, "local/bb");
     let o = cabin_in(&data)
         .args(["create", "--name", "known", "local/bb", "true"])
         .output()

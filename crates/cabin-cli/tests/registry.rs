@@ -508,23 +508,7 @@ fn a_full_disk_during_pull_is_clear_and_a_retry_after_making_room_succeeds() {
         .success());
 
     let data = work.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let mount = |opts: &str| {
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
-            .arg(&data)
-            .status()
-            .unwrap();
-        assert!(st.success());
-    };
-    mount("size=8m");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(data.clone());
+    let _disk = SmallDisk::mount(&data, "8m");
     let o = image_cmd(&data, &["pull", &reference]);
     assert_eq!(o.status.code(), Some(1));
     assert!(

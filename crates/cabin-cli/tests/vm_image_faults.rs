@@ -891,23 +891,7 @@ fn a_full_disk_during_vm_pull_is_clear_and_the_same_pull_resumes_once_there_is_r
     oci_image(&reg.addr, "roomy:1", &raw, |_| {});
     // The data directory on a 6 MiB tmpfs: the 12 MiB disk cannot fit.
     let data = t.path().join("small");
-    std::fs::create_dir_all(&data).unwrap();
-    let mount = |opts: &str| {
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
-            .arg(&data)
-            .status()
-            .unwrap();
-        assert!(st.success());
-    };
-    mount("size=6m");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(data.clone());
+    let disk = SmallDisk::mount(&data, "6m");
 
     let o = pull(&data, &reg.addr, "roomy:1", "roomy", &["--parallel", "1"]);
     let err = stderr(&o);
@@ -924,7 +908,7 @@ fn a_full_disk_during_vm_pull_is_clear_and_the_same_pull_resumes_once_there_is_r
     assert!(check.status.success(), "{}", stdout(&check));
 
     // Room made: the same pull resumes what it had written and finishes.
-    mount("remount,size=64m");
+    disk.grow("64m");
     let line = pulled_ok(&pull(&data, &reg.addr, "roomy:1", "roomy", &[]));
     assert_ne!(field(&line, "parts_resumed"), "0", "{line}");
     let disk = std::fs::read(vms_dir(&data).join("roomy/disk.img")).unwrap();

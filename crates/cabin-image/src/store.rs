@@ -82,6 +82,8 @@ impl Write for HashSink<'_> {
 
 pub struct Store {
     root: PathBuf,
+    /// Set once this handle has swept what dead writers left (its first write).
+    swept: std::sync::Once,
 }
 
 /// Writes a blob while hashing it; it enters the store only through [`BlobWriter::commit`].
@@ -118,7 +120,10 @@ impl Store {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
-        Ok(Store { root })
+        Ok(Store {
+            root,
+            swept: std::sync::Once::new(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -152,12 +157,14 @@ impl Store {
             .collect()
     }
 
-    /// Removes [`Store::abandoned_writes`]: every writer does before it writes, so that a
+    /// Removes [`Store::abandoned_writes`], once per handle, before its first write: a
     /// killed command's retry leaves the store as clean as an uninterrupted run.
     fn sweep_abandoned_writes(&self) {
-        for path in self.abandoned_writes() {
-            let _ = fs::remove_file(path);
-        }
+        self.swept.call_once(|| {
+            for path in self.abandoned_writes() {
+                let _ = fs::remove_file(path);
+            }
+        });
     }
 
     pub fn blob_writer(&self) -> Result<BlobWriter, StoreError> {

@@ -537,3 +537,48 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// A small tmpfs mounted on a directory for the test's life (root only): a disk that
+/// fills up on purpose. Unmounted when dropped.
+pub struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` (mount's syntax: `8m`) on `dir`, made first.
+    pub fn mount(dir: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a tmpfs on {}", dir.display());
+        SmallDisk(dir.to_path_buf())
+    }
+
+    /// Makes room: the same tmpfs, now of `size`.
+    pub fn grow(&self, size: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success(), "remounting {}", self.0.display());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Imports the busybox tree into `data` as the image `name`.
+pub fn import_busybox(data: &Path, name: &str) {
+    let o = cabin_in(data)
+        .args(["image", "import"])
+        .arg(busybox_rootfs())
+        .arg(name)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "import: {}", stderr(&o));
+}
