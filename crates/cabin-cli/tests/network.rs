@@ -237,6 +237,20 @@ fn bridged_containers_get_addresses_names_and_ports_and_leave_no_trace() {
     let ip = bridged_web_server(&format!("{port}:80"), "hello-bridge");
     assert!(ip.starts_with("10.89.0."), "{ip}");
     assert!(bridge_exists());
+    // IPv4 only: neither the bridge nor its taps get a link-local address that comes
+    // and goes with each VM (browsers on the host drop connections on such changes).
+    if Path::new("/proc/sys/net/ipv6").exists() {
+        let ports: Vec<String> = std::fs::read_dir("/sys/class/net/cabin0/brif")
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!ports.is_empty());
+        for i in ports.iter().map(String::as_str).chain(["cabin0"]) {
+            let v = std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{i}/disable_ipv6"))
+                .unwrap();
+            assert_eq!(v.trim(), "1", "IPv6 on {i}");
+        }
+    }
     let mut body = None;
     eventually("the published port to answer", || {
         body = curl(&format!("http://127.0.0.1:{port}/"));

@@ -327,6 +327,7 @@ impl State {
         }
         if !Path::new("/sys/class/net").join(bridge).exists() {
             host_command("ip", &["link", "add", bridge, "type", "bridge"], None)?;
+            tap::without_ipv6(bridge);
             let gateway = format!("{}/{PREFIX}", self.net.gateway());
             host_command("ip", &["addr", "add", &gateway, "dev", bridge], None)?;
             host_command("ip", &["link", "set", bridge, "up"], None)?;

@@ -49,7 +49,25 @@ pub fn open_tap(pattern: &str) -> io::Result<(OwnedFd, String)> {
         .take_while(|&&c| c != 0)
         .map(|&c| c as u8)
         .collect();
-    Ok((fd, String::from_utf8_lossy(&name).into_owned()))
+    let name = String::from_utf8_lossy(&name).into_owned();
+    without_ipv6(&name);
+    Ok((fd, name))
+}
+
+/// Turns IPv6 off on one of cabin's own interfaces while it is still down. cabin's
+/// networks are IPv4: a tap is a bridge port and needs no address, and without this
+/// each VM start and stop adds and removes a link-local address on the host, which
+/// programs watching the host's addresses (browsers drop their connections with
+/// ERR_NETWORK_CHANGED) take for a network change. Best effort: a host without IPv6
+/// has no such setting.
+pub fn without_ipv6(interface: &str) {
+    if interface.is_empty() || interface.contains(['/', '.']) {
+        return;
+    }
+    let setting = std::path::Path::new("/proc/sys/net/ipv6/conf")
+        .join(interface)
+        .join("disable_ipv6");
+    let _ = std::fs::write(setting, "1");
 }
 
 /// A tap device attached to nothing, for building the boot snapshot of bridged VMs.

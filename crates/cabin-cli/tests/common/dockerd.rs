@@ -119,6 +119,8 @@ impl Bridge {
             name: name.into(),
             gateway: gateway.into(),
         };
+        // IPv4 only, as cabin's own bridges: no link-local address comes and goes.
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
         ip(&["addr", "add", &format!("{gateway}/24"), "dev", name]);
         ip(&["link", "set", name, "up"]);
         b
