@@ -348,7 +348,17 @@ fn a_vms_screen_and_serial_console_and_a_containers_shell_work_in_a_browser() {
         .parent()
         .unwrap()
         .to_path_buf();
-    let (qw, qh, rgb) = screendump(&run_dir.join("monitor.sock"), &d.join("screen.ppm"));
+    // QEMU runs as the VM's own user: it writes its screendump where anyone may.
+    let dump = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dump.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let (qw, qh, rgb) = screendump(
+        &run_dir.join("monitor.sock"),
+        &dump.path().join("screen.ppm"),
+    );
     assert_eq!((w, h), (qw, qh));
     let differing = (0..w * h)
         .filter(|i| (0..3).any(|k| (canvas[i * 4 + k] as i32 - rgb[i * 3 + k] as i32).abs() > 48))

@@ -149,8 +149,11 @@ pub fn initramfs(init: &Path, paths: &Paths) -> Result<PathBuf, AssetError> {
     let binary = fs::read(init).map_err(err)?;
     let tmp = dir.join(format!(".building-{}-{name}.cpio", std::process::id()));
     let write = || -> io::Result<()> {
-        let file = io::BufWriter::new(fs::File::create(&tmp)?);
-        let mut w = CpioWriter::new(file);
+        // Readable by anyone (it holds only cabin-init): a confined QEMU re-opens it
+        // through its descriptor, which checks the mode, whatever cabin's umask.
+        let file = fs::File::create(&tmp)?;
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        let mut w = CpioWriter::new(io::BufWriter::new(file));
         for d in ["dev", "proc", "sys", "run", "tmp"] {
             w.dir(d, 0o755)?;
         }

@@ -36,6 +36,7 @@ fn volume_disk(i: usize, path: PathBuf) -> DiskSpec {
         serial: format!("vol{i}"),
         // A volume keeps its data: guest flushes reach the host's disk.
         volatile: false,
+        backing: None,
     }
 }
 

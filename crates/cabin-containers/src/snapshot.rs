@@ -72,6 +72,7 @@ pub fn key(qemu: &Qemu, spec: &MicroVmSpec) -> String {
     for (i, d) in canonical.disks.iter_mut().enumerate() {
         d.path = PathBuf::from(format!("/disk{i}"));
         d.format = DiskFormat::Raw;
+        d.backing = None;
         // The host's caching of a disk is no part of the guest's state.
         d.volatile = true;
     }
@@ -170,6 +171,7 @@ async fn boot_and_save(
             path: placeholder,
             format: DiskFormat::Raw,
             volatile: true,
+            backing: None,
             ..d.clone()
         };
     }
@@ -286,6 +288,7 @@ mod tests {
                 read_only: false,
                 serial: "rootfs".into(),
                 volatile: true,
+                backing: None,
             }],
             nic: Some(NetBackend::User {
                 forwards: Vec::new(),

@@ -167,16 +167,19 @@ impl Machine {
         })
     }
 
-    /// The VM for `cfg`, with its root disk at `disk` (a qcow2 overlay) and `devices`.
+    /// The VM for `cfg`, with its root disk at `disk` (a qcow2 overlay on the image disk
+    /// `base`) and `devices`.
     pub fn spec(
         &self,
         cfg: &ContainerSpec,
         run_dir: &Path,
         disk: PathBuf,
+        base: PathBuf,
         devices: Devices,
     ) -> MicroVmSpec {
         let mut disks = vec![DiskSpec {
             path: disk,
+            backing: Some(base),
             format: DiskFormat::Qcow2,
             read_only: false,
             serial: "rootfs".into(),
@@ -266,6 +269,7 @@ pub fn has_snapshot(host: &Host, cfg: &ContainerSpec) -> bool {
             cfg,
             Path::new("/unused"),
             PathBuf::from("/unused"),
+            PathBuf::from("/unused"),
             attachments::shape(cfg),
         );
         snapshot::find(&host.paths, &snapshot::key(&m.qemu, &spec)).is_some()
@@ -280,6 +284,7 @@ pub async fn prepare_snapshot(host: &Host, shape: &VmShape) -> Result<snapshot::
     let spec = machine.spec(
         &cfg,
         Path::new("/unused"),
+        PathBuf::from("/unused"),
         PathBuf::from("/unused"),
         attachments::shape(&cfg),
     );
@@ -325,7 +330,9 @@ fn fresh_entropy() -> Result<Vec<u8>, RunError> {
 /// made on. A layer records its base's identity beside it: a base disk rebuilt at the
 /// same path (an image removed and pulled again) has other blocks in other places, and
 /// the old layer on top of it would be a corrupt file system.
-fn keep_layer(base: &Path, layer: &Path) -> Result<(), RunError> {
+/// Makes or checks the container's kept writable layer on `base`; returns the image
+/// disk the layer was made on (its qcow2 backing file).
+fn keep_layer(base: &Path, layer: &Path) -> Result<PathBuf, RunError> {
     let identity_file = layer.with_extension("base");
     if layer.exists() {
         let backing = cabin_image::qcow2::backing_file(layer).map_err(|e| {
@@ -336,7 +343,7 @@ fn keep_layer(base: &Path, layer: &Path) -> Result<(), RunError> {
         })?;
         let recorded = std::fs::read_to_string(&identity_file).unwrap_or_default();
         return match backing {
-            Some(b) if b.is_file() && disk_identity(&b) == recorded => Ok(()),
+            Some(b) if b.is_file() && disk_identity(&b) == recorded => Ok(b),
             b => Err(RunError::Setup(format!(
                 "the image disk this container was made on is gone from the store or was rebuilt ({}); its changes cannot be put back on it: remove the container (cabin rm) and run it again",
                 b.unwrap_or_default().display()
@@ -347,7 +354,8 @@ fn keep_layer(base: &Path, layer: &Path) -> Result<(), RunError> {
     create_overlay(base, &partial)?;
     std::fs::write(&identity_file, disk_identity(base))
         .and_then(|()| std::fs::rename(&partial, layer))
-        .map_err(io_err("keeping the container's writable layer"))
+        .map_err(io_err("keeping the container's writable layer"))?;
+    Ok(base.to_path_buf())
 }
 
 fn disk_identity(p: &Path) -> String {
@@ -474,15 +482,15 @@ impl ContainerVm {
         let id = cabin_base::random::id().map_err(io_err("naming the VM"))?;
         let run_dir = RunDir::create(&paths.run_root(), &id)
             .map_err(io_err("creating the VM's run directory"))?;
-        let overlay = match &cfg.layer {
+        let (overlay, base) = match &cfg.layer {
             Some(kept) => {
-                keep_layer(&root.disk, kept)?;
-                kept.clone()
+                let base = keep_layer(&root.disk, kept)?;
+                (kept.clone(), base)
             }
             None => {
                 let overlay = run_dir.path.join("rootfs.qcow2");
                 create_overlay(&root.disk, &overlay)?;
-                overlay
+                (overlay, root.disk.clone())
             }
         };
         let mut attached = Attachments::acquire(paths, cfg, &id, notify)?;
@@ -494,7 +502,7 @@ impl ContainerVm {
                 disks: Vec::new(),
             },
         );
-        let mut spec = machine.spec(cfg, &run_dir.path, overlay, devices);
+        let mut spec = machine.spec(cfg, &run_dir.path, overlay, base, devices);
         let key = snapshot::key(&machine.qemu, &spec);
         let mut missing_snapshot = false;
         if host.snapshots {

@@ -116,6 +116,9 @@ impl Drop for BlobWriter {
 impl Store {
     pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
         let root = root.into();
+        // The store is its owner's only: images may hold secrets, and no other user
+        // (a VM's own QEMU user included) reads them by path.
+        cabin_base::files::create_private_dir(&root).map_err(io_err(&root))?;
         for d in ["blobs/sha256", "ingest", "disks", "tmp"] {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(io_err(&p))?;

@@ -112,15 +112,24 @@ fn lock_running(vm: &Vm) -> Result<fs::File, VmError> {
     Err(VmError::Running(vm.name.clone()))
 }
 
+/// The runner's QMP connection. cabin bound the socket before QEMU started, so the
+/// connection is queued at once; QEMU greets once it is up, and a QEMU that fails to
+/// start closes it instead: then its own message says why.
 async fn connect_qmp(
     path: &std::path::Path,
     child: &mut std::process::Child,
 ) -> Result<Qmp, VmError> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(s) = tokio::net::UnixStream::connect(path).await {
-            return Qmp::handshake(s).await.map_err(io_err("QMP"));
-        }
+    let greeted = async {
+        let s = tokio::net::UnixStream::connect(path).await?;
+        Qmp::handshake(s).await
+    };
+    let failed = match tokio::time::timeout(Duration::from_secs(20), greeted).await {
+        Ok(Ok(qmp)) => return Ok(qmp),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "QEMU did not answer on its monitor in time".to_string(),
+    };
+    // The monitor closes as QEMU exits: give it a moment to be reaped.
+    for _ in 0..100 {
         if let Ok(Some(st)) = child.try_wait() {
             let mut err = String::new();
             if let Some(e) = child.stderr.as_mut() {
@@ -132,13 +141,9 @@ async fn connect_qmp(
                 err.trim()
             )));
         }
-        if Instant::now() > deadline {
-            return Err(VmError::Failed(
-                "QEMU did not open its monitor in time".into(),
-            ));
-        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Err(VmError::Failed(format!("QMP: {failed}")))
 }
 
 /// Runs `vm` until its guest powers off or the process is told to stop it. `ready` is
@@ -258,9 +263,15 @@ async fn run_vm(
         run_dir: run_dir.path.clone(),
         console_log: console_log.clone(),
     };
-    let mut child = full::spawn(&qemu.binary, &spec).map_err(|e| VmError::Failed(e.to_string()))?;
+    let full::FullVm {
+        mut child,
+        confinement,
+    } = full::spawn(&qemu.binary, &spec).map_err(|e| VmError::Failed(e.to_string()))?;
+    // A runner killed with SIGKILL takes QEMU with it (parent-death signal); the pid
+    // lets the next cabin command find a QEMU that outlived it anyway.
+    let _ = run_dir.record_vmm_pid(child.id());
     let result = async {
-        let mut qmp = connect_qmp(&run_dir.path.join("qmp.sock"), &mut child).await?;
+        let mut qmp = connect_qmp(&full::qmp_socket(&run_dir.path), &mut child).await?;
         let mut url = None;
         if vnc != Vnc::Off {
             let password = match opts.vnc_password.clone() {
@@ -356,6 +367,7 @@ async fn run_vm(
     .await;
     let _ = child.kill();
     let _ = child.wait();
+    drop(confinement);
     // Off the bridge before the VM shows as stopped: a start right after must find
     // its address and tap free.
     drop(net);

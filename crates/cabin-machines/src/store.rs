@@ -492,7 +492,7 @@ pub fn create_with(
     opts.validate()?;
     let (location_name, parent, stage) = new_vm_dir(settings, &name, storage)?;
     let made = (|| {
-        fs::create_dir(&stage).map_err(io_err("creating the VM directory"))?;
+        private_dir(&stage).map_err(io_err("creating the VM directory"))?;
         fill(&stage)?;
         if !Path::new(OVMF_VARS).is_file() {
             return Err(VmError::Failed(format!(
@@ -637,7 +637,7 @@ pub fn clone(
     }
     let (location_name, parent, stage) = new_vm_dir(settings, &new_name, dest_storage)?;
     let made = (|| {
-        fs::create_dir(&stage).map_err(io_err("creating the clone's directory"))?;
+        private_dir(&stage).map_err(io_err("creating the clone's directory"))?;
         copy_disk(&src.disk(), &stage.join(DISK))?;
         fs::copy(src.dir.join(NVRAM), stage.join(NVRAM)).map_err(io_err("copying nvram.bin"))?;
         // A VM made from an image boots its own kernel.
@@ -749,6 +749,13 @@ pub fn disk_usage(p: &Path) -> (u64, u64) {
     fs::metadata(p)
         .map(|m| (m.blocks() * 512, m.len()))
         .unwrap_or((0, 0))
+}
+
+/// A new VM directory, its owner's only: its disk is the guest's data, and no other
+/// user (a VM's own QEMU user included) reaches it by path.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().mode(0o700).create(dir)
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@ use std::io;
 use std::path::PathBuf;
 use std::process::Child;
 
-use crate::{Accel, NetBackend, ShareSpec};
+use crate::confine::{Confinement, Needs, ShareAccess};
+use crate::qemu::Handoff;
+use crate::{Accel, DiskFormat, NetBackend, ShareSpec};
 
 #[derive(Debug, Clone)]
 pub struct FullVmSpec {
@@ -60,9 +62,18 @@ pub enum Vnc {
 /// The lowest port QEMU's VNC server can listen on.
 pub const VNC_BASE_PORT: u16 = 5900;
 
+// The descriptor numbers what cabin opens gets in QEMU (see qemu.rs).
 const TAP_FD: i32 = 3;
-
-use crate::qemu::qemu_escape as escape;
+const SERIAL_FD: i32 = 4;
+const QMP_FD: i32 = 5;
+const MONITOR_FD: i32 = 6;
+const CONSOLE_FD: i32 = 7;
+const KERNEL_FD: i32 = 8;
+const CODE_FD: i32 = 9;
+const NVRAM_FD: i32 = 10;
+const ISO_FD: i32 = 11;
+/// Disk `i` (the VM's own first, then `--disk`s) is `DISK_FD + i`.
+const DISK_FD: i32 = 12;
 
 /// The unix socket of a full VM's serial console, in its run directory: one terminal at
 /// a time reads what the guest writes and types into it.
@@ -80,64 +91,68 @@ pub fn command_line(spec: &FullVmSpec) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |s: &[&str]| a.extend(s.iter().map(|s| s.to_string()));
     push(&["-nodefaults", "-no-user-config", "-name", &spec.name]);
-    push(&["-machine", "q35,smm=off,vmport=off"]);
     let machine = crate::qemu::machine_args(spec.accel, spec.cpus, spec.memory_mib);
+    match &spec.boot {
+        // The firmware and its variable store are flash devices backed by block nodes.
+        Boot::Uefi { .. } => {
+            push(&[
+                "-machine",
+                "q35,smm=off,vmport=off,pflash0=code,pflash1=vars",
+            ]);
+            let mut flash =
+                crate::qemu::blockdev_args("code", CODE_FD, DiskFormat::Raw, true, false, None);
+            flash.extend(crate::qemu::blockdev_args(
+                "vars",
+                NVRAM_FD,
+                DiskFormat::Raw,
+                false,
+                false,
+                None,
+            ));
+            push(&flash.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        Boot::Kernel { command_line, .. } => {
+            push(&["-machine", "q35,smm=off,vmport=off"]);
+            push(&[
+                "-kernel",
+                &crate::qemu::fd_path(KERNEL_FD),
+                "-append",
+                command_line,
+            ]);
+        }
+    }
     push(&machine.iter().map(String::as_str).collect::<Vec<_>>());
     if let Some(uuid) = &spec.uuid {
         push(&["-uuid", uuid]);
     }
-    match &spec.boot {
-        Boot::Uefi { code, nvram } => push(&[
-            "-drive",
-            &format!(
-                "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                escape(&code.to_string_lossy())
-            ),
-            "-drive",
-            &format!(
-                "if=pflash,format=raw,unit=1,file={}",
-                escape(&nvram.to_string_lossy())
-            ),
-        ]),
-        Boot::Kernel {
-            kernel,
-            command_line,
-        } => push(&[
-            "-kernel",
-            &kernel.to_string_lossy(),
-            "-append",
-            command_line,
-        ]),
-    }
     // The installer first, then the VM's own disk.
-    if let Some(iso) = &spec.iso {
-        push(&[
-            "-drive",
-            &format!(
-                "if=none,id=cd0,media=cdrom,readonly=on,file={}",
-                escape(&iso.to_string_lossy())
-            ),
-            "-device",
-            "ide-cd,drive=cd0,bus=ide.0,bootindex=0",
+    if spec.iso.is_some() {
+        let mut cd = crate::qemu::blockdev_args("cd0", ISO_FD, DiskFormat::Raw, true, false, None);
+        cd.extend([
+            "-device".to_string(),
+            "ide-cd,drive=cd0,bus=ide.0,bootindex=0".into(),
         ]);
+        push(&cd.iter().map(String::as_str).collect::<Vec<_>>());
     }
-    for (i, d) in std::iter::once(&spec.disk)
-        .chain(spec.extra_disks.iter())
-        .enumerate()
-    {
-        push(&[
-            "-drive",
-            &format!(
-                "if=none,id=disk{i},format=raw,cache=writeback,discard=unmap,file={}",
-                escape(&d.to_string_lossy())
-            ),
-            "-device",
-            &if i == 0 {
-                format!("virtio-blk-pci,drive=disk{i},bootindex=1")
+    for i in 0..1 + spec.extra_disks.len() {
+        let node = format!("disk{i}");
+        let mut disk = crate::qemu::blockdev_args(
+            &node,
+            DISK_FD + i as i32,
+            DiskFormat::Raw,
+            false,
+            false,
+            None,
+        );
+        disk.extend([
+            "-device".to_string(),
+            if i == 0 {
+                format!("virtio-blk-pci,drive={node},write-cache=on,bootindex=1")
             } else {
-                format!("virtio-blk-pci,drive=disk{i}")
+                format!("virtio-blk-pci,drive={node},write-cache=on")
             },
         ]);
+        push(&disk.iter().map(String::as_str).collect::<Vec<_>>());
     }
     let (w, h) = spec.display;
     push(&[
@@ -173,49 +188,102 @@ pub fn command_line(spec: &FullVmSpec) -> Vec<String> {
     push(&shares.iter().map(String::as_str).collect::<Vec<_>>());
     // The serial console is a socket a terminal attaches to (the web console), and
     // everything the guest writes is also appended to the console log (`vm logs`),
-    // whether or not a terminal is attached.
+    // whether or not a terminal is attached. cabin binds the sockets and opens the log.
     push(&[
+        "-add-fd",
+        &format!("fd={CONSOLE_FD},set={CONSOLE_FD}"),
         "-chardev",
         &format!(
-            "socket,id=serial,path={},server=on,wait=off,logfile={},logappend=on",
-            escape(&serial_socket(&spec.run_dir).to_string_lossy()),
-            escape(&spec.console_log.to_string_lossy())
+            "socket,id=serial,fd={SERIAL_FD},server=on,wait=off,logfile=/dev/fdset/{CONSOLE_FD},logappend=on"
         ),
         "-serial",
         "chardev:serial",
     ]);
-    let qmp = spec.run_dir.join("qmp.sock");
     push(&[
         "-chardev",
-        &format!(
-            "socket,id=qmp,path={},server=on,wait=off",
-            escape(&qmp.to_string_lossy())
-        ),
+        &format!("socket,id=qmp,fd={QMP_FD},server=on,wait=off"),
         "-mon",
         "chardev=qmp,mode=control",
     ]);
     // A second QMP monitor, which the runner leaves free: for other processes that ask
     // the VM something while it runs (a screendump of what it shows, its status).
-    let monitor = monitor_socket(&spec.run_dir);
     push(&[
         "-chardev",
-        &format!(
-            "socket,id=monitor,path={},server=on,wait=off",
-            escape(&monitor.to_string_lossy())
-        ),
+        &format!("socket,id=monitor,fd={MONITOR_FD},server=on,wait=off"),
         "-mon",
         "chardev=monitor,mode=control",
     ]);
     a
 }
 
-/// Starts QEMU for `spec`; it dies with the calling process.
-pub fn spawn(binary: &std::path::Path, spec: &FullVmSpec) -> io::Result<Child> {
-    let fds: Vec<(i32, i32)> = crate::qemu::tap_fd(&spec.nic)?
-        .map(|fd| (fd, TAP_FD))
-        .into_iter()
-        .collect();
-    crate::qemu::spawn_qemu(binary, command_line(spec), &fds)
+/// The unix socket of a full VM's QMP monitor (the runner's), in its run directory.
+pub fn qmp_socket(run_dir: &std::path::Path) -> PathBuf {
+    run_dir.join("qmp.sock")
+}
+
+/// A full VM's QEMU, and the VM user it runs as (held until it has been reaped).
+pub struct FullVm {
+    pub child: Child,
+    pub confinement: Option<Confinement>,
+}
+
+/// Starts QEMU for `spec`, its sockets bound and its files opened by cabin; it dies
+/// with the calling process.
+pub fn spawn(binary: &std::path::Path, spec: &FullVmSpec) -> io::Result<FullVm> {
+    let confinement = Confinement::for_vm(
+        &crate::qemu::run_dir_name(&spec.run_dir),
+        Needs {
+            shares: ShareAccess::of(&spec.shares),
+            low_port: crate::qemu::low_port(Some(&spec.nic)),
+            kvm: spec.accel == Accel::Kvm,
+        },
+    )?;
+    let confined = confinement.is_some();
+    let mut fds = Handoff::default();
+    if let Some(fd) = crate::qemu::tap_fd(&spec.nic)? {
+        fds.lend(fd, TAP_FD);
+    }
+    fds.give(
+        crate::qemu::listen(&serial_socket(&spec.run_dir))?.into(),
+        SERIAL_FD,
+    );
+    fds.give(
+        crate::qemu::listen(&qmp_socket(&spec.run_dir))?.into(),
+        QMP_FD,
+    );
+    fds.give(
+        crate::qemu::listen(&monitor_socket(&spec.run_dir))?.into(),
+        MONITOR_FD,
+    );
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&spec.console_log)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("opening {}: {e}", spec.console_log.display()),
+            )
+        })?;
+    fds.give(log.into(), CONSOLE_FD);
+    match &spec.boot {
+        Boot::Uefi { code, nvram } => {
+            fds.open(code, false, CODE_FD)?;
+            fds.open(nvram, true, NVRAM_FD)?;
+        }
+        Boot::Kernel { kernel, .. } => fds.open_for_path(kernel, KERNEL_FD, confined)?,
+    }
+    if let Some(iso) = &spec.iso {
+        fds.open(iso, false, ISO_FD)?;
+    }
+    for (i, d) in std::iter::once(&spec.disk)
+        .chain(spec.extra_disks.iter())
+        .enumerate()
+    {
+        fds.open(d, true, DISK_FD + i as i32)?;
+    }
+    let child = crate::qemu::spawn_qemu(binary, command_line(spec), &fds, confinement.as_ref())?;
+    Ok(FullVm { child, confinement })
 }
 
 #[cfg(test)]
@@ -247,23 +315,32 @@ mod tests {
         };
         let a = command_line(&spec).join(" ");
         assert!(a.contains("-machine q35"));
-        assert!(a.contains(
-            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"
-        ));
-        assert!(a.contains("if=pflash,format=raw,unit=1,file=/vms/web/nvram.bin"));
+        // Every file is a descriptor cabin opened: no path of the VM's reaches QEMU.
+        assert!(
+            !a.contains("/vms/") && !a.contains("/data/") && !a.contains("/isos/"),
+            "{a}"
+        );
+        assert!(a.contains("q35,smm=off,vmport=off,pflash0=code,pflash1=vars"));
+        assert!(a.contains(&format!(
+            "driver=file,node-name=code-file,filename=/dev/fdset/{CODE_FD},read-only=on"
+        )));
+        assert!(a.contains(&format!(
+            "driver=file,node-name=vars-file,filename=/dev/fdset/{NVRAM_FD},read-only=off"
+        )));
         assert!(a.contains("ide-cd,drive=cd0,bus=ide.0,bootindex=0"));
-        assert!(a.contains("virtio-blk-pci,drive=disk0,bootindex=1"));
-        assert!(a.contains("file=/data/extra.img"));
+        assert!(a.contains("virtio-blk-pci,drive=disk0,write-cache=on,bootindex=1"));
+        assert!(a.contains(&format!("filename=/dev/fdset/{}", DISK_FD + 1)));
         assert!(a.contains("virtio-vga,xres=1280,yres=800"));
         assert!(a.contains("usb-tablet"));
         assert!(a.contains("-vnc 127.0.0.1:0,to=99,password=on"));
         assert!(a.contains("virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56"));
         assert!(a.contains("-uuid 00000000-0000-0000-0000-000000000001"));
-        assert!(a.contains(
-            "socket,id=serial,path=/run/x/serial.sock,server=on,wait=off,\
-             logfile=/vms/web/console.log,logappend=on"
-        ));
-        assert!(a.contains("socket,id=monitor,path=/run/x/monitor.sock,server=on,wait=off"));
+        assert!(a.contains(&format!(
+            "socket,id=serial,fd={SERIAL_FD},server=on,wait=off,logfile=/dev/fdset/{CONSOLE_FD},logappend=on"
+        )));
+        assert!(a.contains(&format!(
+            "socket,id=monitor,fd={MONITOR_FD},server=on,wait=off"
+        )));
 
         let direct = FullVmSpec {
             boot: Boot::Kernel {
@@ -283,7 +360,7 @@ mod tests {
             "root=/dev/vda ro",
             "the command line is one argument"
         );
-        assert!(joined.contains("-kernel /vms/web/vmlinuz"));
+        assert!(joined.contains(&format!("-kernel /proc/self/fd/{KERNEL_FD}")));
         assert!(joined.contains("-vnc 127.0.0.1:5,password=on"), "{joined}");
     }
 }

@@ -2,6 +2,7 @@
 //! ([`qemu::Qemu`]), and another VMM slots in by implementing the same two traits.
 
 pub mod accel;
+pub mod confine;
 pub mod console;
 pub mod full;
 pub mod qemu;
@@ -34,6 +35,9 @@ pub struct DiskSpec {
     pub serial: String,
     /// Guest flushes are not written through: for disks whose contents die with the VM.
     pub volatile: bool,
+    /// A qcow2 disk's backing file (raw), read-only; QEMU gets it from cabin, never by
+    /// the path in the qcow2 header.
+    pub backing: Option<PathBuf>,
 }
 
 /// The VM's network card and what carries its traffic on the host.

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::net::UnixStream;
 
+use crate::confine::{Confinement, Needs, ShareAccess};
 use crate::qmp::Qmp;
 use crate::{Accel, DiskFormat, MicroVmSpec, NetBackend, RunningVm, VmBackend, VmExit};
 
@@ -64,11 +65,17 @@ impl Qemu {
 /// reboot, which -no-reboot turns into QEMU exiting, so a dead guest is noticed at once.
 pub const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t rdinit=/init";
 
-// Descriptor numbers the listening sockets get in QEMU.
+// The descriptor numbers what cabin opens gets in QEMU: fixed, so that the command line
+// (and with it the snapshot key) is the same for every VM of a shape.
 const AGENT_FD: i32 = 3;
 const QMP_FD: i32 = 4;
 const RESTORE_FD: i32 = 5;
 const TAP_FD: i32 = 6;
+const CONSOLE_FD: i32 = 7;
+const KERNEL_FD: i32 = 8;
+const INITRD_FD: i32 = 9;
+/// Disk `i` is `DISK_FD + 2i`, its backing file the next number.
+const DISK_FD: i32 = 10;
 
 /// The user-mode network every such VM gets (spelled out on the command line so that
 /// cabin-init's static configuration cannot drift from QEMU's defaults).
@@ -86,7 +93,7 @@ pub mod user_net {
 /// The MAC address QEMU gives the network card; cabin-init sets each container's own.
 pub const DEFAULT_MAC: &str = "52:54:00:ca:b1:00";
 
-fn listen(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+pub(crate) fn listen(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
     let _ = std::fs::remove_file(path);
     let l = std::os::unix::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
@@ -105,22 +112,26 @@ pub fn command_line(spec: &MicroVmSpec) -> Vec<String> {
     push(&["-M", "microvm,acpi=off,x-option-roms=off,rtc=on"]);
     let machine = machine_args(spec.accel, spec.cpus, spec.memory_mib);
     push(&machine.iter().map(String::as_str).collect::<Vec<_>>());
-    let kernel = spec.kernel.to_string_lossy().into_owned();
-    let initrd = spec.initrd.to_string_lossy().into_owned();
     let cmdline = if spec.extra_cmdline.is_empty() {
         BASE_CMDLINE.to_string()
     } else {
         format!("{BASE_CMDLINE} {}", spec.extra_cmdline)
     };
-    push(&["-kernel", &kernel, "-initrd", &initrd, "-append", &cmdline]);
-    let console = spec
-        .run_dir
-        .join("console.log")
-        .to_string_lossy()
-        .into_owned();
+    // Kernel and initramfs through the descriptors cabin opened: a confined QEMU
+    // cannot reach cabin's files by path.
     push(&[
+        "-kernel",
+        &fd_path(KERNEL_FD),
+        "-initrd",
+        &fd_path(INITRD_FD),
+        "-append",
+        &cmdline,
+    ]);
+    push(&[
+        "-add-fd",
+        &format!("fd={CONSOLE_FD},set={CONSOLE_FD}"),
         "-chardev",
-        &format!("file,id=console,path={}", qemu_escape(&console)),
+        &format!("file,id=console,path=/dev/fdset/{CONSOLE_FD}"),
         "-serial",
         "chardev:console",
     ]);
@@ -144,21 +155,18 @@ pub fn command_line(spec: &MicroVmSpec) -> Vec<String> {
     ]);
     push(&["-device", "virtio-rng-device"]);
     for (i, d) in spec.disks.iter().enumerate() {
-        let fmt = match d.format {
-            DiskFormat::Raw => "raw",
-            DiskFormat::Qcow2 => "qcow2",
-        };
-        let cache = if d.volatile { "unsafe" } else { "writeback" };
-        push(&[
-            "-drive",
-            &format!(
-                "if=none,id=disk{i},file={},format={fmt},readonly={},cache={cache},discard=unmap",
-                qemu_escape(&d.path.to_string_lossy()),
-                if d.read_only { "on" } else { "off" },
+        let fd = DISK_FD + 2 * i as i32;
+        let node = format!("disk{i}");
+        let backing = d.backing.as_ref().map(|_| fd + 1);
+        let mut disk = blockdev_args(&node, fd, d.format, d.read_only, d.volatile, backing);
+        disk.extend([
+            "-device".to_string(),
+            format!(
+                "virtio-blk-device,drive={node},serial={},write-cache=on",
+                d.serial
             ),
-            "-device",
-            &format!("virtio-blk-device,drive=disk{i},serial={}", d.serial),
         ]);
+        push(&disk.iter().map(String::as_str).collect::<Vec<_>>());
     }
     if let Some(backend) = &spec.nic {
         push(&[
@@ -203,6 +211,125 @@ pub(crate) fn machine_args(accel: Accel, cpus: u32, memory_mib: u64) -> Vec<Stri
     a
 }
 
+/// The path by which QEMU opens a file cabin handed it as descriptor `fd` (for options
+/// that take no descriptor set, like -kernel).
+pub(crate) fn fd_path(fd: i32) -> String {
+    format!("/proc/self/fd/{fd}")
+}
+
+/// `-blockdev` nodes for a disk handed over as descriptor `fd` (and its raw backing
+/// file as `backing`), the top node named `node`. The backing node is explicit, so
+/// QEMU never opens the path written in a qcow2 header.
+pub(crate) fn blockdev_args(
+    node: &str,
+    fd: i32,
+    format: DiskFormat,
+    read_only: bool,
+    volatile: bool,
+    backing: Option<i32>,
+) -> Vec<String> {
+    let ro = if read_only { "on" } else { "off" };
+    // A volatile disk's flushes are not written through (its contents die with the VM).
+    let flush = if volatile { "on" } else { "off" };
+    let common = format!("read-only={ro},discard=unmap,cache.direct=off,cache.no-flush={flush}");
+    let mut a = vec![
+        "-add-fd".to_string(),
+        format!("fd={fd},set={fd}"),
+        "-blockdev".into(),
+        format!("driver=file,node-name={node}-file,filename=/dev/fdset/{fd},{common}"),
+    ];
+    let mut top = format!(
+        "driver={},node-name={node},file={node}-file,{common}",
+        match format {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    );
+    if let Some(b) = backing {
+        a.extend([
+            "-add-fd".to_string(),
+            format!("fd={b},set={b}"),
+            "-blockdev".into(),
+            format!("driver=file,node-name={node}-base-file,filename=/dev/fdset/{b},read-only=on"),
+            "-blockdev".into(),
+            format!("driver=raw,node-name={node}-base,file={node}-base-file,read-only=on"),
+        ]);
+        top.push_str(&format!(",backing={node}-base"));
+    }
+    a.extend(["-blockdev".to_string(), top]);
+    a
+}
+
+/// Descriptors cabin hands to QEMU, each at a fixed number there.
+#[derive(Default)]
+pub(crate) struct Handoff {
+    keep: Vec<OwnedFd>,
+    pairs: Vec<(i32, i32)>,
+}
+
+impl Handoff {
+    /// `fd` becomes `number` in QEMU; kept open until QEMU runs.
+    pub(crate) fn give(&mut self, fd: OwnedFd, number: i32) {
+        self.pairs.push((fd.as_raw_fd(), number));
+        self.keep.push(fd);
+    }
+
+    /// The caller's `fd` (kept open by the caller) becomes `number` in QEMU.
+    pub(crate) fn lend(&mut self, fd: i32, number: i32) {
+        self.pairs.push((fd, number));
+    }
+
+    /// Opens `path` (read-write or read-only) and gives it as `number`.
+    pub(crate) fn open(&mut self, path: &Path, write: bool, number: i32) -> io::Result<()> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
+        self.give(f.into(), number);
+        Ok(())
+    }
+
+    /// Gives a file QEMU reads by path (`/proc/self/fd/N` re-opens it, which checks the
+    /// file's mode): one the VM user may not read is copied into a sealed memory file.
+    pub(crate) fn open_for_path(
+        &mut self,
+        path: &Path,
+        number: i32,
+        confined: bool,
+    ) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let named =
+            |e: io::Error| io::Error::new(e.kind(), format!("opening {}: {e}", path.display()));
+        let mut f = std::fs::File::open(path).map_err(named)?;
+        if !confined || f.metadata().map_err(named)?.mode() & 0o004 != 0 {
+            self.give(f.into(), number);
+            return Ok(());
+        }
+        // SAFETY: memfd_create with a static name; the descriptor is ours.
+        let raw = unsafe {
+            libc::memfd_create(
+                c"cabin-boot-file".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        if raw < 0 {
+            return Err(named(io::Error::last_os_error()));
+        }
+        // SAFETY: just created, owned here.
+        let mut copy = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        io::copy(&mut f, &mut copy).map_err(named)?;
+        let seals =
+            libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on a descriptor we own.
+        if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+            return Err(named(io::Error::last_os_error()));
+        }
+        self.give(copy.into(), number);
+        Ok(())
+    }
+}
+
 /// The descriptor of a tap backend, None for other backends.
 pub(crate) fn tap_fd(nic: &NetBackend) -> io::Result<Option<i32>> {
     match nic {
@@ -212,35 +339,66 @@ pub(crate) fn tap_fd(nic: &NetBackend) -> io::Result<Option<i32>> {
     }
 }
 
-/// Starts QEMU with `args`, each `(fd, number)` of `fds` open as that number in it. QEMU
-/// must not outlive its parent: a killed cabin leaves no VM behind.
+/// Starts QEMU with `args`, each descriptor of `fds` open at its number in QEMU, as the
+/// VM user of `confinement` when there is one. QEMU must not outlive its parent: a
+/// killed cabin leaves no VM behind.
 pub(crate) fn spawn_qemu(
     binary: &Path,
     args: Vec<String>,
-    fds: &[(i32, i32)],
+    fds: &Handoff,
+    confinement: Option<&crate::confine::Confinement>,
 ) -> io::Result<std::process::Child> {
-    let fds = fds.to_vec();
+    let pairs = fds.pairs.clone();
+    // Every descriptor is first copied above all the numbers involved, so that placing
+    // one never overwrites another that is still to be placed.
+    let above = pairs.iter().map(|&(a, b)| a.max(b)).max().unwrap_or(2) + 1;
+    let mut staged = vec![-1; pairs.len()];
+    let creds = confinement.map(|c| c.credentials());
     let parent = std::process::id() as i32;
     let mut cmd = Command::new(binary);
     cmd.args(args)
+        // cabin's working directory may be one the VM user cannot enter.
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe calls between fork and exec; `fds` was copied
-    // before the fork.
+    // SAFETY: only async-signal-safe calls between fork and exec; everything the
+    // closure uses was allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            for (i, &(fd, _)) in pairs.iter().enumerate() {
+                staged[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above);
+                if staged[i] < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // dup2 clears close-on-exec on the copies.
+            for (i, &(_, to)) in pairs.iter().enumerate() {
+                if libc::dup2(staged[i], to) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // Nothing else cabin's caller left open reaches QEMU.
+            for n in 3..above {
+                if !pairs.iter().any(|&(_, to)| to == n) {
+                    libc::close(n);
+                }
+            }
+            libc::syscall(
+                libc::SYS_close_range,
+                above as libc::c_uint,
+                libc::c_uint::MAX,
+                0,
+            );
+            if let Some(c) = &creds {
+                c.apply()?;
+            }
+            // Last: any change of credentials clears the parent-death signal.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(io::Error::last_os_error());
             }
             if libc::getppid() != parent {
                 return Err(io::Error::other("parent exited"));
-            }
-            // dup2 clears close-on-exec on the copies.
-            for &(fd, to) in &fds {
-                if libc::dup2(fd, to) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
             }
             Ok(())
         });
@@ -316,28 +474,50 @@ impl VmBackend for Qemu {
         let qmp_path = spec.run_dir.join("qmp.sock");
         let agent = listen(&agent_path)?;
         let qmp = listen(&qmp_path)?;
+        let confinement = Confinement::for_vm(
+            &run_dir_name(&spec.run_dir),
+            Needs {
+                shares: ShareAccess::of(&spec.shares),
+                low_port: low_port(spec.nic.as_ref()),
+                kvm: spec.accel == Accel::Kvm,
+            },
+        )?;
+        let confined = confinement.is_some();
         // QEMU gets the listening sockets themselves, so connecting needs no retry loop:
         // the kernel queues our connection until QEMU accepts it.
-        let agent_fd: OwnedFd = agent.into();
-        let qmp_fd: OwnedFd = qmp.into();
-        let (agent_raw, qmp_raw) = (agent_fd.as_raw_fd(), qmp_fd.as_raw_fd());
-        let restore: Option<OwnedFd> = match &spec.restore {
-            Some(path) => Some(
-                std::fs::File::open(path)
-                    .map_err(|e| {
-                        io::Error::new(e.kind(), format!("opening {}: {e}", path.display()))
-                    })?
-                    .into(),
-            ),
-            None => None,
-        };
-        let mut fds = vec![(agent_raw, AGENT_FD), (qmp_raw, QMP_FD)];
-        fds.extend(restore.as_ref().map(|f| (f.as_raw_fd(), RESTORE_FD)));
-        if let Some(nic) = &spec.nic {
-            fds.extend(tap_fd(nic)?.map(|fd| (fd, TAP_FD)));
+        let mut fds = Handoff::default();
+        fds.give(agent.into(), AGENT_FD);
+        fds.give(qmp.into(), QMP_FD);
+        if let Some(path) = &spec.restore {
+            fds.open(path, false, RESTORE_FD)?;
         }
-        let child = spawn_qemu(&self.binary, command_line(spec), &fds)?;
-        drop((agent_fd, qmp_fd, restore));
+        if let Some(nic) = &spec.nic {
+            if let Some(fd) = tap_fd(nic)? {
+                fds.lend(fd, TAP_FD);
+            }
+        }
+        let console = spec.run_dir.join("console.log");
+        let log = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&console)
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("creating {}: {e}", console.display()))
+            })?;
+        fds.give(log.into(), CONSOLE_FD);
+        fds.open_for_path(&spec.kernel, KERNEL_FD, confined)?;
+        fds.open_for_path(&spec.initrd, INITRD_FD, confined)?;
+        for (i, d) in spec.disks.iter().enumerate() {
+            let fd = DISK_FD + 2 * i as i32;
+            fds.open(&d.path, !d.read_only, fd)?;
+            if let Some(b) = &d.backing {
+                fds.open(b, false, fd + 1)?;
+            }
+        }
+        let child = spawn_qemu(&self.binary, command_line(spec), &fds, confinement.as_ref())?;
+        drop(fds);
         Ok(QemuVm {
             child: Some(child),
             pid: 0,
@@ -346,8 +526,27 @@ impl VmBackend for Qemu {
             agent_path,
             exit: None,
             monitor: None,
+            _confinement: confinement,
         }
         .with_pid())
+    }
+}
+
+/// The run directory's own name: it differs from VM to VM.
+pub(crate) fn run_dir_name(run_dir: &Path) -> String {
+    run_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Whether QEMU listens on a published port below the unprivileged limit.
+pub(crate) fn low_port(nic: Option<&NetBackend>) -> bool {
+    match nic {
+        Some(NetBackend::User { forwards }) => forwards
+            .iter()
+            .any(|f| crate::confine::privileged_port(f.host_port)),
+        _ => false,
     }
 }
 
@@ -361,6 +560,9 @@ pub struct QemuVm {
     /// A QMP connection kept open to receive events (events are not queued for clients
     /// that connect later).
     monitor: Option<Qmp>,
+    /// The VM user's lease, held until QEMU has been reaped (Drop kills and waits
+    /// first; fields drop after).
+    _confinement: Option<Confinement>,
 }
 
 impl QemuVm {
@@ -548,6 +750,7 @@ mod tests {
                 read_only: false,
                 serial: "rootfs".into(),
                 volatile: true,
+                backing: None,
             }],
             nic: None,
             shares: Vec::new(),
@@ -565,14 +768,32 @@ mod tests {
         assert!(a.contains("-smp 2 -m 256M"));
         assert!(a.contains("-no-reboot"));
         assert!(a.contains("virtserialport,chardev=agent,name=cabin.agent"));
-        assert!(a.contains("file=/data/a,,b.qcow2,format=qcow2,readonly=off,cache=unsafe"));
-        assert!(a.contains("virtio-blk-device,drive=disk0,serial=rootfs"));
+        // Files are descriptors cabin opened: a confined QEMU cannot open them by path.
+        assert!(
+            !a.contains("/data/") && !a.contains("/k/") && !a.contains("/run/x"),
+            "{a}"
+        );
+        assert!(a.contains("-kernel /proc/self/fd/8 -initrd /proc/self/fd/9"));
+        assert!(a.contains("-add-fd fd=10,set=10 -blockdev driver=file,node-name=disk0-file,filename=/dev/fdset/10,read-only=off,discard=unmap,cache.direct=off,cache.no-flush=on"), "{a}");
+        assert!(a.contains("-blockdev driver=qcow2,node-name=disk0,file=disk0-file,"));
+        assert!(a.contains("virtio-blk-device,drive=disk0,serial=rootfs,write-cache=on"));
         assert!(!a.contains("pci"), "microvm guests get no PCI devices: {a}");
         assert!(!a.contains("-incoming"));
         let mut resumed = spec();
         resumed.restore = Some("/snap/x.vmstate".into());
         let r = command_line(&resumed);
         assert_eq!(r[r.len() - 2..], ["-incoming", "fd:5"]);
+    }
+
+    #[test]
+    fn a_qcow2_disks_backing_file_is_a_node_of_its_own_never_the_path_in_its_header() {
+        let mut s = spec();
+        s.disks[0].backing = Some("/images/base.ext4".into());
+        let a = command_line(&s).join(" ");
+        assert!(!a.contains("/images/"), "{a}");
+        assert!(a.contains("-add-fd fd=11,set=11 -blockdev driver=file,node-name=disk0-base-file,filename=/dev/fdset/11,read-only=on"), "{a}");
+        assert!(a.contains("driver=raw,node-name=disk0-base,file=disk0-base-file,read-only=on"));
+        assert!(a.contains(",backing=disk0-base"));
     }
 
     #[test]

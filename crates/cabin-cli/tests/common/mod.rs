@@ -381,6 +381,8 @@ pub fn run_dirs(data_dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Live QEMU processes whose command line or open files name something under `dir`
+/// (QEMU gets cabin's files as descriptors, so its command line names none of them).
 pub fn qemu_processes_mentioning(dir: &Path) -> Vec<i32> {
     let needle = dir.to_string_lossy().into_owned();
     std::fs::read_dir("/proc")
@@ -388,9 +390,17 @@ pub fn qemu_processes_mentioning(dir: &Path) -> Vec<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(&needle) && pid_alive(*pid))
-                .unwrap_or(false)
+            let qemu = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("qemu"));
+            let named = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+                || std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                    fds.flatten().any(|f| {
+                        std::fs::read_link(f.path())
+                            .is_ok_and(|t| t.to_string_lossy().contains(&needle))
+                    })
+                });
+            qemu && named && pid_alive(*pid)
         })
         .collect()
 }
