@@ -16,6 +16,7 @@
 pub mod confined;
 pub mod files;
 pub mod lock;
+pub mod memory;
 pub mod paths;
 pub mod random;
 pub mod sizes;

@@ -200,10 +200,7 @@ fn human(bytes: u64) -> String {
 pub async fn run(host: &Host, cmd: ImageCommand) -> i32 {
     match execute(&host.paths, cmd).await {
         Ok(()) => 0,
-        Err(e) => {
-            eprintln!("cabin: {e}");
-            1
-        }
+        Err(e) => crate::report::exit_code(crate::report::Family::Admin, e.into()),
     }
 }
 

@@ -94,7 +94,22 @@ plain_failures!(
 /// Says what failed and gives the exit code for it: the one mapping of the CLI.
 pub fn exit_code(family: Family, failure: Failure) -> i32 {
     eprintln!("cabin: {}", failure.message);
+    if let Some(hint) = full_disk_hint(&failure.message) {
+        eprintln!("cabin: {hint}");
+    }
     failure.code.unwrap_or(family.code())
+}
+
+/// What to do about a full disk, when the message does not say it already.
+fn full_disk_hint(message: &str) -> Option<&'static str> {
+    let full =
+        message.contains("No space left on device") || message.contains("Disk quota exceeded");
+    let said = ["run the same command again", "make room", "free some space"]
+        .iter()
+        .any(|s| message.contains(s));
+    (full && !said).then_some(
+        "a disk is full: make room on it and run the same command again (on the disk of cabin's data: cabin system df shows what cabin holds; image, container and volume prune remove what nothing uses)",
+    )
 }
 
 /// What a command's result becomes: its own exit code, or its failure's.
@@ -145,6 +160,13 @@ pub fn log_info(msg: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_gets_what_to_do_once() {
+        assert!(full_disk_hint("writing x: No space left on device (os error 28)").is_some());
+        assert!(full_disk_hint("No space left on device: run the same command again").is_none());
+        assert!(full_disk_hint("no such container: x").is_none());
+    }
 
     #[test]
     fn failures_exit_with_their_familys_code_unless_they_have_their_own() {

@@ -19,6 +19,9 @@ pub enum ContainerProblem {
     DamagedVolume { name: String, reason: String },
     /// Left half made by a `volume create` that is gone.
     Abandoned(PathBuf),
+    /// A container directory without its record, left by a create that was killed or
+    /// ran out of disk.
+    HalfMade(PathBuf),
 }
 
 impl fmt::Display for ContainerProblem {
@@ -33,6 +36,11 @@ impl fmt::Display for ContainerProblem {
                 "{} was left half made by a volume create that is gone",
                 p.display()
             ),
+            ContainerProblem::HalfMade(p) => write!(
+                f,
+                "{} is a container directory without its record, left by a create that did not finish",
+                p.display()
+            ),
         }
     }
 }
@@ -42,7 +50,9 @@ impl ContainerProblem {
     /// the user's, so for those it says what to do.
     pub fn repair(&self) -> Result<String, String> {
         match self {
-            ContainerProblem::Abandoned(p) => Ok(format!("remove {}", p.display())),
+            ContainerProblem::Abandoned(p) | ContainerProblem::HalfMade(p) => {
+                Ok(format!("remove {}", p.display()))
+            }
             ContainerProblem::Unreadable { id, .. } => Err(format!(
                 "nothing (the container is yours): cabin rm -f {id} removes it"
             )),
@@ -66,6 +76,12 @@ pub fn check(paths: &Paths) -> Result<(usize, usize, Vec<ContainerProblem>), Sto
             });
         }
     }
+    problems.extend(
+        store
+            .recordless()?
+            .into_iter()
+            .map(ContainerProblem::HalfMade),
+    );
     let (volumes, damaged, abandoned) = Volumes::open(paths).damage();
     problems.extend(
         damaged
@@ -79,10 +95,12 @@ pub fn check(paths: &Paths) -> Result<(usize, usize, Vec<ContainerProblem>), Sto
 /// Carries out the repair of `problem`, if it has one.
 pub fn repair(problem: &ContainerProblem) -> std::io::Result<()> {
     match problem {
-        ContainerProblem::Abandoned(p) => match std::fs::remove_dir_all(p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        },
+        ContainerProblem::Abandoned(p) | ContainerProblem::HalfMade(p) => {
+            match std::fs::remove_dir_all(p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        }
         _ => Ok(()),
     }
 }

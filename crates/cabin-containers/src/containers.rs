@@ -193,6 +193,9 @@ impl Containers {
             for id in s.ids()? {
                 match s.reconcile(&id) {
                     Ok(r) => rows.push(r),
+                    // Removed since it was listed, or a directory without its record
+                    // (`cabin system check` reports that one).
+                    Err(StoreError::NotFound(_)) => {}
                     Err(e) => errors.push(e),
                 }
             }

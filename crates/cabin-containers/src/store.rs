@@ -239,8 +239,25 @@ impl Store {
         };
         let dir = self.container_dir(&record.id);
         create_private_dir(&dir).map_err(|e| self.io(e))?;
-        self.save(&record)?;
+        if let Err(e) = self.save(&record) {
+            // A full disk, say: no directory without its record is left behind.
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
         Ok(record)
+    }
+
+    /// Container directories without a record: what a create killed between making the
+    /// directory and writing the record left (a create holds the store's lock across
+    /// both, so under it this is never work in progress).
+    pub fn recordless(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let _guard = self.store_lock()?;
+        Ok(self
+            .ids()?
+            .into_iter()
+            .map(|id| self.container_dir(&id))
+            .filter(|d| !d.join("state.json").exists())
+            .collect())
     }
 
     /// Every container's (name, ID); the caller holds the store lock.

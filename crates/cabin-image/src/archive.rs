@@ -105,9 +105,12 @@ pub fn save(store: &Store, names: &[String], out: &Path) -> Result<(), ImageErro
             .sync_all()?;
         fs::rename(&tmp, out)
     };
-    write().map_err(|e| {
+    write().map_err(|source| {
         let _ = fs::remove_file(&tmp);
-        archive_err(out, e)
+        ImageError::Save {
+            path: out.to_path_buf(),
+            source,
+        }
     })
 }
 

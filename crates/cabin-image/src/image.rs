@@ -39,6 +39,8 @@ pub enum ImageError {
     Registry { image: String, detail: String },
     #[error("importing {path}: {source}")]
     Import { path: PathBuf, source: io::Error },
+    #[error("saving images to {path}: {source}")]
+    Save { path: PathBuf, source: io::Error },
 }
 
 /// Normalises "[registry/]name[:tag]" to "...:tag" (tag "latest" by default) after
@@ -523,17 +525,9 @@ fn outgrew_ram(e: &LayerError) -> bool {
 /// /dev/shm and a byte budget (a quarter of the memory available now) when `estimate`
 /// bytes fit in that budget.
 fn ram_staging_base(estimate: u64) -> Option<(PathBuf, u64)> {
-    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
-    let available_kib: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let available = cabin_base::memory::Headroom::now().available()?;
     let shm = PathBuf::from("/dev/shm");
-    let budget = available_kib * 1024 / 4;
+    let budget = available / 4;
     (estimate < budget && shm.is_dir()).then_some((shm, budget))
 }
 

@@ -263,6 +263,10 @@ async fn run_vm(
         run_dir: run_dir.path.clone(),
         console_log: console_log.clone(),
     };
+    // Refused now rather than killed by the OOM killer once the guest uses its memory.
+    cabin_base::memory::Headroom::now()
+        .admit(spec.memory_mib)
+        .map_err(|e| VmError::Failed(e.to_string()))?;
     let full::FullVm {
         mut child,
         confinement,
