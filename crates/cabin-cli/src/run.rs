@@ -381,11 +381,13 @@ async fn attach(
     // Signals to the process, window size changes to its terminal.
     let controls = vm.controls();
     let mut winch = signal(SignalKind::window_change()).ok();
+    let mut pauses = vm.disk_pauses();
     let wait = vm.wait();
     tokio::pin!(wait);
     let status = loop {
         tokio::select! {
             s = &mut wait => break s,
+            Some(pause) = pauses.recv() => eprintln!("cabin: {pause}"),
             n = signals.next() => {
                 let _ = controls.signal(n).await;
             }

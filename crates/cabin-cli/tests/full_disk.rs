@@ -207,3 +207,85 @@ fn copying_out_to_a_full_disk_is_clear_and_the_destination_keeps_what_it_had() {
     assert_eq!(hashes(&stdout(&host)), hashes(&sums), "copied whole");
     check_passes(d);
 }
+
+#[test]
+fn a_container_whose_host_disk_fills_up_is_paused_and_goes_on_once_there_is_room() {
+    if skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let _disk = SmallDisk::mount(&data, "96m");
+    let d = data.as_path();
+    import_busybox(d, "bb");
+    struct Remove<'a>(&'a Path);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = cabin_in(self.0).args(["rm", "-f", "chat"]).output();
+        }
+    }
+    let _rm = Remove(d);
+    // Writes to its own disk (a qcow2 layer on the full host disk) and to its log.
+    ok(
+        d,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "chat",
+            "bb",
+            "sh",
+            "-c",
+            "i=0; while true; do i=$((i+1)); echo line $i; echo $i > /count; dd if=/dev/urandom of=/f$((i % 50)) bs=64k count=1 2>/dev/null; sync; sleep 0.2; done",
+        ],
+    );
+    // The container's output, and cabin's notes about it (on stderr, as docker's
+    // logs show a container's stderr).
+    let lines = || {
+        let o = cabin_out(d, &["logs", "chat"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o) + &stderr(&o)
+    };
+    let timeout = std::time::Duration::from_secs(60);
+    wait_for("the container's first lines", timeout, || {
+        lines().lines().count() >= 3
+    });
+    let filler = fill(d);
+    // Its next write to its disk fails for lack of room: QEMU pauses the VM, and the
+    // guest sees no I/O error. Nothing can be logged meanwhile.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    std::fs::remove_file(filler).unwrap();
+    wait_for("the VM to go on", timeout, || {
+        lines().contains("there is room on the host's disk again: the VM goes on")
+    });
+    let last = || -> u64 {
+        ok(d, &["logs", "chat"])
+            .lines()
+            .filter_map(|l| l.strip_prefix("line ")?.parse().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    let resumed_at = last();
+    wait_for("lines after the pause", timeout, || {
+        last() >= resumed_at + 3
+    });
+    let o = cabin_out(
+        d,
+        &[
+            "exec",
+            "chat",
+            "sh",
+            "-c",
+            "echo fine > /written && cat /written /count",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("fine\n"),
+        "its disk takes writes again: {out}"
+    );
+    let count: u64 = out.lines().nth(1).unwrap().parse().unwrap();
+    assert!(count >= resumed_at + 3, "{out}");
+    assert!(ok(d, &["ps"]).contains("chat"), "still running");
+}

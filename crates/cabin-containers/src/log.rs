@@ -109,7 +109,12 @@ impl LogWriter {
         if self.size + bytes.len() as u64 > ROTATE_BYTES && self.size > 0 {
             self.rotate()?;
         }
-        self.file.write_all(&bytes)?;
+        if let Err(e) = self.file.write_all(&bytes) {
+            // A full disk, say: what part of the entry got in is cut off again, so the
+            // next entry starts a line of its own once there is room.
+            let _ = self.file.set_len(self.size);
+            return Err(e);
+        }
         self.size += bytes.len() as u64;
         Ok(())
     }

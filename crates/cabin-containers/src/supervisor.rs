@@ -335,6 +335,7 @@ async fn run_once(
     let mut stopped = false;
     let mut execs = 0u64;
     let mut vm_kill_at: Option<Instant> = None;
+    let mut pauses = vm.disk_pauses();
     let outcome = {
         let wait = vm.wait();
         tokio::pin!(wait);
@@ -342,6 +343,9 @@ async fn run_once(
             let next_deadline = kill_at.or(vm_kill_at);
             tokio::select! {
                 s = &mut wait => break Some(s),
+                Some(pause) = pauses.recv() => {
+                    let _ = log.note(&pause.to_string());
+                }
                 Some(Output { stream, data }) = out_rx.recv() => {
                     let stderr = stream == Stream::Stderr;
                     let _ = log.write(stderr, &data);

@@ -776,6 +776,14 @@ impl ContainerVm {
     }
 
     /// Waits for the container's process to exit.
+    /// The VM's pauses for a full host disk and its resumptions, noticed while
+    /// something waits for the VM (see [`cabin_vmm::qemu::DiskPause`]).
+    pub fn disk_pauses(
+        &mut self,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<cabin_vmm::qemu::DiskPause> {
+        self.vm.disk_pauses()
+    }
+
     pub async fn wait(&mut self) -> Result<ExitStatus, RunError> {
         let mut a = self.agent.clone();
         let me = self.process_ref();

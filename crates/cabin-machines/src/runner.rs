@@ -324,10 +324,24 @@ async fn run_vm(
             signal(SignalKind::interrupt()).map_err(|e| VmError::Failed(e.to_string()))?;
         let mut session = session;
         let mut next_probe = Instant::now();
+        let mut disk_pause = cabin_vmm::qemu::DiskPauseWatch::default();
         let exited = async {
             loop {
                 if let Ok(Some(_)) = child.try_wait() {
                     return;
+                }
+                // A full host disk pauses the VM; it goes on once there is room, and
+                // its console log (`vm logs`) says so.
+                if let Some(change) = disk_pause.check(&mut qmp).await {
+                    let _ = fs::OpenOptions::new()
+                        .append(true)
+                        .open(&console_log)
+                        .and_then(|mut f| {
+                            std::io::Write::write_all(
+                                &mut f,
+                                format!("\n[cabin] {change}\n").as_bytes(),
+                            )
+                        });
                 }
                 bound_console_log(&console_log);
                 // The guest took its address (DHCP): report it.

@@ -527,6 +527,7 @@ impl VmBackend for Qemu {
             exit: None,
             monitor: None,
             _confinement: confinement,
+            pause: PauseWatch::default(),
         }
         .with_pid())
     }
@@ -563,7 +564,108 @@ pub struct QemuVm {
     /// The VM user's lease, held until QEMU has been reaped (Drop kills and waits
     /// first; fields drop after).
     _confinement: Option<Confinement>,
+    /// A full host disk pauses the VM (see [`DiskPause`]): whether it is paused now,
+    /// when to try again, who hears about it.
+    pause: PauseWatch,
 }
+
+/// QEMU pauses a VM whose disk write failed for lack of space on the host (its default
+/// `werror=enospc`), so the guest sees no I/O error and loses nothing. cabin notices
+/// while it waits for the VM, says so, and resumes it once the write goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskPause {
+    Paused,
+    Resumed,
+}
+
+impl std::fmt::Display for DiskPause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DiskPause::Paused => "a disk of the host that holds this VM's files is full: the VM is paused until there is room (free some space; cabin resumes it on its own)",
+            DiskPause::Resumed => "there is room on the host's disk again: the VM goes on",
+        })
+    }
+}
+
+/// Notices a VM paused for a full disk and resumes it once writes go through: asked
+/// about once a second with the VM's QMP connection.
+#[derive(Debug, Default)]
+pub struct DiskPauseWatch {
+    paused: bool,
+    next_check: Option<std::time::Instant>,
+    next_resume: Option<std::time::Instant>,
+    retry: Duration,
+}
+
+impl DiskPauseWatch {
+    /// Whether it is time to ask again.
+    fn due(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        if self.next_check.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.next_check = Some(now + PAUSE_CHECK);
+        true
+    }
+
+    /// Asks QEMU over `qmp` whether the VM is paused for a failed write, and tries to
+    /// resume it, less often the longer the disk stays full; returns a change to
+    /// report. Does nothing until a second has passed since the last time.
+    pub async fn check(&mut self, qmp: &mut Qmp) -> Option<DiskPause> {
+        if !self.due() {
+            return None;
+        }
+        self.ask(qmp).await.ok().flatten()
+    }
+
+    /// One question and, if paused, one attempt to resume; an error leaves an answer
+    /// possibly unread on `qmp`.
+    async fn ask(&mut self, qmp: &mut Qmp) -> io::Result<Option<DiskPause>> {
+        let now = std::time::Instant::now();
+        let status = tokio::time::timeout(PAUSE_CHECK, qmp.execute("query-status", None))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "query-status"))??;
+        let status = status["status"].as_str().unwrap_or("").to_string();
+        match status.as_str() {
+            "io-error" => {
+                let change = (!self.paused).then(|| {
+                    self.paused = true;
+                    self.retry = PAUSE_CHECK;
+                    self.next_resume = None;
+                    DiskPause::Paused
+                });
+                // The failed write is tried again; still no room: paused again.
+                if self.next_resume.is_none_or(|t| now >= t) {
+                    self.next_resume = Some(now + self.retry);
+                    self.retry = (self.retry * 2).min(RESUME_RETRY_MAX);
+                    tokio::time::timeout(PAUSE_CHECK, qmp.execute("cont", None))
+                        .await
+                        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "cont"))??;
+                }
+                Ok(change)
+            }
+            "running" if self.paused => {
+                self.paused = false;
+                Ok(Some(DiskPause::Resumed))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+#[derive(Default)]
+struct PauseWatch {
+    watch: DiskPauseWatch,
+    /// A check was cut short (the wait it ran in ended): its answer may still be on
+    /// the monitor connection, which is then dropped rather than misread.
+    in_flight: bool,
+    tell: Option<tokio::sync::mpsc::UnboundedSender<DiskPause>>,
+}
+
+/// How often a waiting cabin asks QEMU whether the VM is paused for a full disk.
+const PAUSE_CHECK: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts to resume it.
+const RESUME_RETRY_MAX: Duration = Duration::from_secs(10);
 
 impl QemuVm {
     fn with_pid(mut self) -> Self {
@@ -573,6 +675,47 @@ impl QemuVm {
 
     pub async fn qmp(&self) -> io::Result<Qmp> {
         Qmp::handshake(UnixStream::connect(&self.qmp_path).await?).await
+    }
+
+    /// The VM's pauses for a full host disk and its resumptions, from now on (noticed
+    /// while something waits for the VM).
+    pub fn disk_pauses(&mut self) -> tokio::sync::mpsc::UnboundedReceiver<DiskPause> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.pause.tell = Some(tx);
+        rx
+    }
+
+    /// Asks QEMU (over the monitor connection cabin holds) whether the VM is paused for
+    /// a failed write, and tries to resume it, less often the longer it stays full.
+    async fn check_disk_pause(&mut self) {
+        if self.pause.tell.is_none() || !self.pause.watch.due() {
+            return;
+        }
+        self.drop_cut_monitor();
+        if self.monitor.is_none() {
+            // QEMU takes the next client once it has seen an old one go.
+            self.monitor = tokio::time::timeout(PAUSE_CHECK, self.qmp())
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        let Some(qmp) = self.monitor.as_mut() else {
+            return;
+        };
+        self.pause.in_flight = true;
+        let change = self.pause.watch.ask(qmp).await;
+        // An answer not read stays suspect: the connection is dropped next time.
+        self.pause.in_flight = change.is_err();
+        if let (Ok(Some(change)), Some(tell)) = (change, &self.pause.tell) {
+            let _ = tell.send(change);
+        }
+    }
+
+    /// Drops a monitor connection whose last command was cut short.
+    fn drop_cut_monitor(&mut self) {
+        if std::mem::take(&mut self.pause.in_flight) {
+            self.monitor = None;
+        }
     }
 
     /// What QEMU printed on stderr (it only prints errors), once it has exited.
@@ -635,6 +778,7 @@ impl RunningVm for QemuVm {
             if let Some(exit) = self.try_exit()? {
                 return Ok(exit);
             }
+            self.check_disk_pause().await;
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
@@ -643,8 +787,20 @@ impl RunningVm for QemuVm {
         if let Some(exit) = self.try_exit()? {
             return Ok(exit);
         }
-        let quit = async {
-            if let Ok(mut qmp) = self.qmp().await {
+        // The monitor connection cabin holds, if any: QEMU serves one client at a time.
+        self.drop_cut_monitor();
+        self.pause = PauseWatch::default();
+        let monitor = self.monitor.take();
+        let qmp_path = self.qmp_path.clone();
+        let quit = async move {
+            let qmp = match monitor {
+                Some(q) => Some(q),
+                None => match UnixStream::connect(&qmp_path).await {
+                    Ok(s) => Qmp::handshake(s).await.ok(),
+                    Err(_) => None,
+                },
+            };
+            if let Some(mut qmp) = qmp {
                 let _ = qmp.execute("quit", None).await;
             }
         };
@@ -659,6 +815,7 @@ impl RunningVm for QemuVm {
     }
 
     async fn wait_agent_opened(&mut self, timeout: Duration) -> io::Result<()> {
+        self.drop_cut_monitor();
         let mut qmp = match self.monitor.take() {
             Some(q) => q,
             None => self.qmp().await?,
@@ -682,6 +839,7 @@ impl RunningVm for QemuVm {
     }
 
     async fn save_state(&mut self, path: &Path) -> io::Result<()> {
+        self.drop_cut_monitor();
         if self.monitor.is_none() {
             self.monitor = Some(self.qmp().await?);
         }
@@ -716,6 +874,9 @@ impl RunningVm for QemuVm {
         if let Some(exit) = self.try_exit()? {
             return Ok(exit);
         }
+        // Nothing to watch in a VM on its way out.
+        self.pause = PauseWatch::default();
+        self.monitor = None;
         self.send_kill();
         self.wait().await
     }
