@@ -378,18 +378,28 @@ pub(crate) fn spawn_qemu(
                     return Err(io::Error::last_os_error());
                 }
             }
-            // Nothing else cabin's caller left open reaches QEMU.
+            // Nothing else cabin's caller left open reaches QEMU: everything else is
+            // closed at exec (not now: std reports a failed exec through one of them).
             for n in 3..above {
                 if !pairs.iter().any(|&(_, to)| to == n) {
-                    libc::close(n);
+                    libc::fcntl(n, libc::F_SETFD, libc::FD_CLOEXEC);
                 }
             }
-            libc::syscall(
+            const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+            let all = libc::syscall(
                 libc::SYS_close_range,
                 above as libc::c_uint,
                 libc::c_uint::MAX,
-                0,
+                CLOSE_RANGE_CLOEXEC,
             );
+            if all != 0 {
+                // Kernels before 5.11: one by one, as far as the descriptor limit.
+                let mut limit: libc::rlimit = std::mem::zeroed();
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+                for n in above..(limit.rlim_cur.min(1 << 20) as i32) {
+                    libc::fcntl(n, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
             if let Some(c) = &creds {
                 c.apply()?;
             }
@@ -403,8 +413,19 @@ pub(crate) fn spawn_qemu(
             Ok(())
         });
     }
-    cmd.spawn()
-        .map_err(|e| io::Error::new(e.kind(), format!("starting {}: {e}", binary.display())))
+    cmd.spawn().map_err(|e| {
+        let who = match (e.kind(), confinement) {
+            (io::ErrorKind::PermissionDenied, Some(c)) => format!(
+                " (QEMU runs as the VM's own user, uid {}: that user must be able to reach and run it)",
+                c.uid
+            ),
+            _ => String::new(),
+        };
+        io::Error::new(
+            e.kind(),
+            format!("starting {}: {e}{who}", binary.display()),
+        )
+    })
 }
 
 /// QEMU option values escape a comma by doubling it.
