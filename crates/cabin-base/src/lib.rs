@@ -11,11 +11,15 @@
 //! - [`sync`]: mutexes that a panicking thread does not poison for the others.
 //! - [`time`]: the time as Unix seconds and RFC 3339 time stamps.
 //! - [`files`]: private directories, crash-safe replacement of a file, bounded reads.
+//! - [`fdpass`]: file descriptors sent over unix sockets.
+//! - [`memfd`]: memory files sealed against every change.
 //! - [`paths`]: where cabin keeps its state and looks for what it runs.
 
 pub mod confined;
+pub mod fdpass;
 pub mod files;
 pub mod lock;
+pub mod memfd;
 pub mod memory;
 pub mod paths;
 pub mod random;

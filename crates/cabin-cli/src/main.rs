@@ -196,6 +196,9 @@ enum SystemCommand {
     /// Build the boot snapshot containers of this shape resume from (cabin run starts
     /// this in the background when it finds none).
     Prepare(prepare::PrepareArgs),
+    /// Hold the boot snapshots' memory for the VMs that share it (started by cabin run).
+    #[command(hide = true)]
+    HoldMemory,
 }
 
 fn main() {
@@ -317,6 +320,14 @@ async fn dispatch(host: &Host, command: Command, started: Instant) -> i32 {
         Command::System {
             command: SystemCommand::Prepare(args),
         } => finish(Admin, prepare::run(host, args).await),
+        Command::System {
+            command: SystemCommand::HoldMemory,
+        } => finish(
+            Admin,
+            cabin_containers::holder::hold(&host.paths)
+                .map(|()| 0)
+                .map_err(Failure::from),
+        ),
     }
 }
 
@@ -486,6 +497,16 @@ mod tests {
             parse(cabin_containers::vm::prepare_args(&shape)),
             Ok(Command::System {
                 command: SystemCommand::Prepare(_)
+            })
+        ));
+        assert!(matches!(
+            parse(
+                cabin_containers::holder::hold_args()
+                    .map(String::from)
+                    .to_vec()
+            ),
+            Ok(Command::System {
+                command: SystemCommand::HoldMemory
             })
         ));
         let dir = std::path::Path::new("/srv/vms/web");

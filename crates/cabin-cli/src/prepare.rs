@@ -60,7 +60,16 @@ pub async fn run(host: &Host, args: PrepareArgs) -> Result<i32, Failure> {
     Ok(0)
 }
 
-fn describe(p: &std::path::Path) -> String {
-    let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    format!("{} ({:.1} MB)", p.display(), size as f64 / 1e6)
+/// The template's state file, and how much its two files hold.
+fn describe(state: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let allocated = |p: &std::path::Path| {
+        std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0) as f64 / 1e6
+    };
+    format!(
+        "{} (state {:.1} MB, memory {:.1} MB)",
+        state.display(),
+        allocated(state),
+        allocated(&state.with_extension("memory"))
+    )
 }

@@ -17,7 +17,9 @@
 //! - [`attachments`]: what a container's VM is attached to (network, shared folders,
 //!   volumes); [`volumes`]: host folders, named volumes, tmpfs mounts.
 //! - [`agent`]: the gRPC client for cabin-init.
-//! - [`snapshot`]: saved idle VMs that containers resume from instead of booting.
+//! - [`snapshot`]: templates, saved idle VMs that containers resume from instead of
+//!   booting; [`holder`]: the process that keeps templates' memory for the VMs that
+//!   share it.
 //! - [`events`]: what happens to containers (created, started, died, destroyed), as a
 //!   [`events::Watcher`] sees it from one look at the store to the next.
 //! - [`health`]: health checks, run in the container by its supervisor.
@@ -35,6 +37,7 @@ pub mod error;
 pub mod events;
 pub mod exec;
 pub mod health;
+pub mod holder;
 pub mod log;
 pub mod process;
 pub mod root;

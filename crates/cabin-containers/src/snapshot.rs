@@ -1,27 +1,36 @@
-//! Boot snapshots: a container VM saved the moment cabin-init came up idle, before it
-//! touched any disk, so that later containers resume it (tens of milliseconds) instead of
-//! booting a kernel (most of a second under TCG).
+//! Snapshot templates: a container VM saved the moment cabin-init came up idle, before
+//! it touched any disk, so that later containers resume it (tens of milliseconds)
+//! instead of booting a kernel (most of a second under TCG).
 //!
-//! A snapshot fits exactly one VM shape: the QEMU binary, kernel, initramfs, accelerator,
+//! A template's RAM is a file of its own (`KEY.memory`) and its saved state holds none
+//! (QEMU's `x-ignore-shared`), so resuming reads a few hundred kilobytes instead of the
+//! guest's memory. The VMs resumed from a template map that memory copy-on-write from
+//! one sealed memory file (see [`crate::holder`]): idle containers of one shape share
+//! every page none of them changed, and none can change a page another one sees.
+//!
+//! A template fits exactly one VM shape: the QEMU binary, kernel, initramfs, accelerator,
 //! vCPUs, memory, kernel arguments and device layout, all folded into its key, which is
 //! computed from the very QEMU command line the VM would get. The container's disk is
 //! the one thing that differs between the saved VM and a resumed one: every container
 //! disk is presented with the same virtual size ([`DISK_BYTES`]), and cabin-init drops
 //! the block device's cached pages before mounting it.
 //!
-//! Snapshots are built in the background after a run found none (see `cabin system
-//! prepare`), one builder per key (a lock file), written to a temporary name and
-//! renamed, so a reader sees a whole snapshot or none. A snapshot that fails to resume is
-//! deleted and the run boots normally.
+//! Templates are built in the background after a run found none (see `cabin system
+//! prepare`), one builder per key (a lock file), written under temporary names and
+//! renamed (the description first, the state last), so a reader sees a whole template
+//! or none. Sizes and digests in the description are checked before a template is
+//! trusted; one that is damaged, changed on disk or fails to resume is removed and the
+//! run boots normally.
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cabin_vmm::qemu::{self, Qemu};
-use cabin_vmm::{DiskFormat, DiskSpec, MicroVmSpec, NetBackend, RunningVm, VmBackend};
+use cabin_vmm::{DiskFormat, DiskSpec, GuestMemory, MicroVmSpec, NetBackend, RunningVm, VmBackend};
 use sha2::{Digest, Sha256};
 
 use cabin_base::files::create_private_dir;
@@ -53,7 +62,7 @@ fn identity(path: &Path) -> String {
     }
 }
 
-/// The files a VM's snapshot depends on besides its command line.
+/// The files a VM's template depends on besides its command line.
 fn dependencies(qemu: &Qemu, spec: &MicroVmSpec) -> [PathBuf; 3] {
     [
         qemu.binary.clone(),
@@ -69,6 +78,7 @@ pub fn key(qemu: &Qemu, spec: &MicroVmSpec) -> String {
     let mut canonical = spec.clone();
     canonical.run_dir = PathBuf::from("/run-dir");
     canonical.restore = None;
+    canonical.memory = GuestMemory::Private;
     for (i, d) in canonical.disks.iter_mut().enumerate() {
         d.path = PathBuf::from(format!("/disk{i}"));
         d.format = DiskFormat::Raw;
@@ -102,19 +112,120 @@ pub fn key(qemu: &Qemu, spec: &MicroVmSpec) -> String {
         .collect()
 }
 
-pub fn path_for(paths: &Paths, key: &str) -> PathBuf {
-    path_for_dir(&paths.snapshots(), key)
+/// A template's files in the snapshots directory: `KEY.json` (what it was made from and
+/// the digests of the other two, written first), `KEY.memory` (the guest's RAM, sparse)
+/// and `KEY.state` (CPU and device state, renamed into place last: a template is there
+/// once its state is).
+fn file(dir: &Path, key: &str, ext: &str) -> PathBuf {
+    dir.join(format!("{key}.{ext}"))
 }
 
-/// The snapshot for `key`, if one has been built.
-pub fn find(paths: &Paths, key: &str) -> Option<PathBuf> {
-    let p = path_for(paths, key);
-    p.is_file().then_some(p)
+const MANIFEST_VERSION: u32 = 1;
+
+/// What `KEY.json` says.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Manifest {
+    version: u32,
+    memory_bytes: u64,
+    /// See [`for_each_page`]: the digest of the memory's non-zero pages.
+    memory_digest: String,
+    state_bytes: u64,
+    state_digest: String,
+    /// The identities of the QEMU binary, kernel and initramfs it was made with.
+    made_from: Vec<String>,
 }
 
-/// Removes a snapshot that could not be resumed.
-pub fn discard(path: &Path) {
-    let _ = fs::remove_file(path);
+/// A template that checked out: its state file and what its memory must be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub key: String,
+    pub state: PathBuf,
+    pub memory: PathBuf,
+    pub memory_bytes: u64,
+    pub memory_digest: String,
+}
+
+/// What [`find`] found for a key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    Usable(Template),
+    Missing,
+    /// There was one, but it was damaged or changed on disk: it has been removed (the
+    /// reason says what was wrong).
+    Discarded(String),
+}
+
+/// The template for `key`, if one has been built and its files are whole (sizes, and
+/// the state's digest; the memory's digest is checked as it is loaded). A damaged one
+/// is removed.
+pub fn find(paths: &Paths, key: &str) -> Found {
+    find_in(&paths.snapshots(), key)
+}
+
+fn find_in(dir: &Path, key: &str) -> Found {
+    let state = file(dir, key, "state");
+    if !state.is_file() {
+        return Found::Missing;
+    }
+    match check(dir, key) {
+        Ok(t) => Found::Usable(t),
+        Err(why) => {
+            discard_in(dir, key);
+            Found::Discarded(why)
+        }
+    }
+}
+
+fn check(dir: &Path, key: &str) -> Result<Template, String> {
+    let manifest: Manifest = cabin_base::files::read_bounded(&file(dir, key, "json"), 64 << 10)
+        .map_err(|e| format!("its description cannot be read: {e}"))
+        .and_then(|b| {
+            serde_json::from_slice(&b).map_err(|e| format!("its description is not cabin's: {e}"))
+        })?;
+    if manifest.version != MANIFEST_VERSION {
+        return Err(format!(
+            "it was made by another cabin (description version {})",
+            manifest.version
+        ));
+    }
+    let state = file(dir, key, "state");
+    let bytes = cabin_base::files::read_bounded(&state, manifest.state_bytes)
+        .map_err(|e| format!("its state file cannot be read whole: {e}"))?;
+    if bytes.len() as u64 != manifest.state_bytes || hex_digest(&bytes) != manifest.state_digest {
+        return Err("its state file changed on disk".into());
+    }
+    let memory = file(dir, key, "memory");
+    let len = fs::metadata(&memory).map(|m| m.len()).unwrap_or(u64::MAX);
+    if len != manifest.memory_bytes {
+        return Err("its memory file is missing or of the wrong size".into());
+    }
+    Ok(Template {
+        key: key.to_string(),
+        state,
+        memory,
+        memory_bytes: manifest.memory_bytes,
+        memory_digest: manifest.memory_digest,
+    })
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Removes a template that could not be used.
+pub fn discard(paths: &Paths, key: &str) {
+    discard_in(&paths.snapshots(), key)
+}
+
+fn discard_in(dir: &Path, key: &str) {
+    // The state goes first: without it the rest is never used.
+    for ext in ["state", "memory", "json"] {
+        let _ = fs::remove_file(file(dir, key, ext));
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -125,14 +236,15 @@ pub enum Built {
     InProgress,
 }
 
-/// Boots a template VM shaped like `spec` (its disks replaced by empty placeholders),
-/// waits until cabin-init is idle, and saves it as the snapshot for `spec`'s key.
+/// Boots a template VM shaped like `spec` (its disks replaced by empty placeholders,
+/// its RAM in a memory file), waits until cabin-init is idle, and saves it as the
+/// template for `spec`'s key.
 pub async fn build(paths: &Paths, qemu: &Qemu, spec: &MicroVmSpec) -> io::Result<Built> {
     let key = key(qemu, spec);
-    if let Some(p) = find(paths, &key) {
-        return Ok(Built::AlreadyThere(p));
-    }
     let dir = paths.snapshots();
+    if let Found::Usable(t) = find_in(&dir, &key) {
+        return Ok(Built::AlreadyThere(t.state));
+    }
     create_private_dir(&dir)?;
     let Some(_lock) = cabin_base::lock::lock_path(
         &dir.join(format!("{key}.lock")),
@@ -142,8 +254,8 @@ pub async fn build(paths: &Paths, qemu: &Qemu, spec: &MicroVmSpec) -> io::Result
     else {
         return Ok(Built::InProgress);
     };
-    if let Some(p) = find(paths, &key) {
-        return Ok(Built::AlreadyThere(p));
+    if let Found::Usable(t) = find_in(&dir, &key) {
+        return Ok(Built::AlreadyThere(t.state));
     }
     remove_partial(&dir);
     prune_stale(&dir);
@@ -189,31 +301,55 @@ async fn boot_and_save(
         s.path = placeholder;
         s.read_only = false;
     }
+    let memory = cabin_base::memfd::create(c"cabin-template-memory")?;
+    memory.set_len(spec.memory_mib << 20)?;
+    let memory = Arc::new(OwnedFd::from(memory));
+    template.memory = GuestMemory::TemplateFile(memory.clone());
+    let partial = |ext: &str| dir.join(format!(".partial-{key}-{}.{ext}", std::process::id()));
+    let (partial_state, partial_memory) = (partial("state"), partial("memory"));
     let mut vm = qemu.start(&template)?;
     let saved = async {
         vm.wait_agent_opened(BOOT_TIMEOUT).await?;
         // cabin-init opens the port and then polls for the host; let it get there.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let partial = dir.join(format!(".partial-{key}-{}", std::process::id()));
-        let r = vm.save_state(&partial).await;
-        if let Err(e) = r {
-            let _ = fs::remove_file(&partial);
-            return Err(e);
-        }
-        let done = path_for_dir(dir, key);
-        // The list of what the snapshot was made from goes first: a snapshot without
-        // one counts as stale (prune_stale).
-        let deps: String = dependencies(qemu, spec)
-            .iter()
-            .map(|d| identity(d) + "\n")
-            .collect();
-        fs::write(dir.join(format!("{key}.deps")), deps)?;
-        fs::rename(&partial, &done)?;
-        Ok(done)
+        vm.save_state(&partial_state).await
     }
     .await;
+    // The memory is read once QEMU, which wrote it, is gone.
     let _ = vm.kill().await;
-    saved.map_err(|e| {
+    let written = saved.and_then(|()| {
+        let memory = fs::File::from(memory.try_clone()?);
+        let memory_digest = save_memory(&memory, &partial_memory)?;
+        let state = fs::read(&partial_state)?;
+        let manifest = Manifest {
+            version: MANIFEST_VERSION,
+            memory_bytes: memory.metadata()?.len(),
+            memory_digest,
+            state_bytes: state.len() as u64,
+            state_digest: hex_digest(&state),
+            made_from: dependencies(qemu, spec)
+                .iter()
+                .map(|d| identity(d))
+                .collect(),
+        };
+        // The description goes first (a template without one is stale, prune_stale),
+        // the state last (a template is there once its state is).
+        cabin_base::files::write_atomic(
+            &file(dir, key, "json"),
+            &serde_json::to_vec_pretty(&manifest)?,
+            0o600,
+        )?;
+        fs::rename(&partial_memory, file(dir, key, "memory"))?;
+        let done = file(dir, key, "state");
+        fs::rename(&partial_state, &done)?;
+        fs::File::open(dir)?.sync_all()?;
+        Ok(done)
+    });
+    if written.is_err() {
+        let _ = fs::remove_file(&partial_state);
+        let _ = fs::remove_file(&partial_memory);
+    }
+    written.map_err(|e| {
         let console = vm.console_excerpt();
         if console.is_empty() {
             e
@@ -223,31 +359,163 @@ async fn boot_and_save(
     })
 }
 
-fn path_for_dir(dir: &Path, key: &str) -> PathBuf {
-    dir.join(format!("{key}.vmstate"))
+const PAGE: u64 = 4096;
+
+/// Calls `f(offset, page)` for every page of `file`'s first `len` bytes that is not all
+/// zeros, reading only the parts the file system holds data for. The memory digest is
+/// taken over exactly these (offset, page) pairs, so it does not depend on how the file
+/// system stores zeros.
+fn for_each_page(
+    file: &fs::File,
+    len: u64,
+    mut f: impl FnMut(u64, &[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let seek = |from: u64, whence: i32| -> io::Result<Option<u64>> {
+        // SAFETY: lseek on a descriptor owned by `file`.
+        let r = unsafe { libc::lseek(file.as_raw_fd(), from as libc::off_t, whence) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        match io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+            e => Err(e),
+        }
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < len {
+        let Some(data) = seek(at, libc::SEEK_DATA)? else {
+            break;
+        };
+        let start = data / PAGE * PAGE;
+        let end = seek(data, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
+        let mut pos = start;
+        while pos < end {
+            let n = ((end - pos).div_ceil(PAGE) * PAGE).min(buf.len() as u64) as usize;
+            let chunk = &mut buf[..n];
+            chunk.fill(0);
+            let mut got = 0;
+            while got < n {
+                match file.read_at(&mut chunk[got..], pos + got as u64)? {
+                    0 => break,
+                    k => got += k,
+                }
+            }
+            for (i, page) in chunk.chunks(PAGE as usize).enumerate() {
+                let offset = pos + i as u64 * PAGE;
+                if offset < len && !is_zero(page) {
+                    f(offset, page)?;
+                }
+            }
+            pos += n as u64;
+        }
+        at = end.max(pos);
+    }
+    Ok(())
 }
 
-/// Removes snapshots made from a kernel, initramfs or QEMU that has since changed or
-/// gone: their keys can never come up again, and each holds tens of megabytes.
+fn is_zero(page: &[u8]) -> bool {
+    let (head, words, tail) = {
+        // SAFETY: u64 has no invalid bit patterns; align_to splits off what is unaligned.
+        unsafe { page.align_to::<u64>() }
+    };
+    head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
+}
+
+fn page_digest(h: &mut Sha256, offset: u64, page: &[u8]) {
+    h.update(offset.to_le_bytes());
+    h.update(page);
+}
+
+/// Writes the template's RAM (the memory file QEMU wrote) to `dest` sparsely; its
+/// digest.
+fn save_memory(memory: &fs::File, dest: &Path) -> io::Result<String> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let len = memory.metadata()?.len();
+    let out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dest)?;
+    out.set_len(len)?;
+    let mut h = Sha256::new();
+    for_each_page(memory, len, |offset, page| {
+        page_digest(&mut h, offset, page);
+        out.write_all_at(page, offset)
+    })?;
+    out.sync_all()?;
+    Ok(hex(&h.finalize()))
+}
+
+/// The template's RAM in a memory file of its own, sealed against every change, after
+/// checking it against the template's description. Many VMs map it copy-on-write; none
+/// can alter it for the others.
+pub fn load_memory(t: &Template) -> io::Result<fs::File> {
+    use std::os::unix::fs::FileExt;
+    let src = fs::File::open(&t.memory)?;
+    if src.metadata()?.len() != t.memory_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the template's memory file changed size on disk",
+        ));
+    }
+    let memory = cabin_base::memfd::create(c"cabin-template-memory")?;
+    memory.set_len(t.memory_bytes)?;
+    let mut h = Sha256::new();
+    for_each_page(&src, t.memory_bytes, |offset, page| {
+        page_digest(&mut h, offset, page);
+        memory.write_all_at(page, offset)
+    })?;
+    if hex(&h.finalize()) != t.memory_digest {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the template's memory file changed on disk",
+        ));
+    }
+    cabin_base::memfd::freeze(&memory)?;
+    Ok(memory)
+}
+
+/// Removes templates made from a kernel, initramfs or QEMU that has since changed or
+/// gone (their keys can never come up again, and each holds tens of megabytes), files
+/// of a template without its description, and boot snapshots of the format before
+/// templates (`.vmstate`, `.deps`).
 fn prune_stale(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let path = e.path();
-        if path.extension().is_none_or(|x| x != "vmstate") {
+        let Some(ext) = path.extension().and_then(|x| x.to_str()) else {
+            continue;
+        };
+        let Some(key) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if key.starts_with('.') {
             continue;
         }
-        let deps = path.with_extension("deps");
-        let current = fs::read_to_string(&deps).is_ok_and(|text| {
-            text.lines().all(|line| {
-                line.split_once('\t')
-                    .is_some_and(|(p, _)| identity(Path::new(p)) == line)
-            })
-        });
-        if !current {
-            let _ = fs::remove_file(&path);
-            let _ = fs::remove_file(&deps);
+        let stale = match ext {
+            "vmstate" | "deps" => true,
+            "state" | "memory" => !file(dir, key, "json").exists(),
+            "json" => !cabin_base::files::read_bounded(&path, 64 << 10)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+                .is_some_and(|m| {
+                    m.made_from.iter().all(|line| {
+                        line.split_once('\t')
+                            .is_some_and(|(p, _)| identity(Path::new(p)) == *line)
+                    })
+                }),
+            _ => false,
+        };
+        if stale {
+            if ext == "json" {
+                discard_in(dir, key);
+            } else {
+                let _ = fs::remove_file(&path);
+            }
         }
     }
 }
@@ -259,10 +527,11 @@ fn remove_partial(dir: &Path) {
             let name = e.file_name();
             let name = name.to_string_lossy();
             if let Some(rest) = name.strip_prefix(".partial-") {
-                let pid = rest.rsplit('-').next().and_then(|p| p.parse::<i32>().ok());
-                // SAFETY: kill with signal 0 only checks for existence.
-                let alive = pid.is_some_and(|p| unsafe { libc::kill(p, 0) } == 0);
-                if !alive {
+                let pid = rest
+                    .split_once('-')
+                    .and_then(|(_, p)| p.split('.').next())
+                    .and_then(|p| p.parse::<i32>().ok());
+                if !pid.is_some_and(cabin_base::spawn::process_alive) {
                     let _ = fs::remove_file(e.path());
                 }
             }
@@ -297,40 +566,121 @@ mod tests {
             accel: Accel::Tcg,
             run_dir: run_dir.into(),
             restore: None,
+            memory: GuestMemory::Private,
         }
     }
 
-    #[test]
-    fn snapshots_of_changed_or_vanished_files_are_pruned() {
-        let t = tempfile::tempdir().unwrap();
-        let kernel = t.path().join("vmlinux");
-        fs::write(&kernel, "one").unwrap();
-        let snap = |name: &str, deps: Option<String>| {
-            fs::write(t.path().join(format!("{name}.vmstate")), "state").unwrap();
-            if let Some(d) = deps {
-                fs::write(t.path().join(format!("{name}.deps")), d).unwrap();
-            }
+    /// A template for `key` in `dir` made from `made_from`, with `memory` as its RAM.
+    fn template(dir: &Path, key: &str, made_from: Vec<String>, memory: &[u8]) {
+        let mem = cabin_base::memfd::create(c"test").unwrap();
+        {
+            use std::io::Write;
+            (&mem).write_all(memory).unwrap();
+        }
+        let partial = dir.join(format!(".partial-{key}-1.memory"));
+        let memory_digest = save_memory(&mem, &partial).unwrap();
+        fs::rename(&partial, file(dir, key, "memory")).unwrap();
+        let state = format!("state of {key}");
+        let m = Manifest {
+            version: MANIFEST_VERSION,
+            memory_bytes: memory.len() as u64,
+            memory_digest,
+            state_bytes: state.len() as u64,
+            state_digest: hex_digest(state.as_bytes()),
+            made_from,
         };
-        snap("current", Some(identity(&kernel) + "\n"));
-        snap("changed", Some(identity(&kernel) + "\n"));
-        snap("vanished", Some(identity(&t.path().join("gone")) + "\n"));
-        snap("unlisted", None);
-        // "changed" was made from a kernel that has since been rebuilt.
-        let old = identity(&kernel);
-        fs::write(&kernel, "two, longer").unwrap();
-        fs::write(t.path().join("current.deps"), identity(&kernel) + "\n").unwrap();
-        assert_ne!(old, identity(&kernel));
-        fs::write(t.path().join("changed.deps"), old + "\n").unwrap();
-        fs::write(t.path().join("gone"), "now here").unwrap();
-        prune_stale(t.path());
-        let mut left: Vec<String> = fs::read_dir(t.path())
+        fs::write(file(dir, key, "json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        fs::write(file(dir, key, "state"), state).unwrap();
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut left: Vec<String> = fs::read_dir(dir)
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".vmstate"))
             .collect();
         left.sort();
-        assert_eq!(left, ["current.vmstate"]);
+        left
+    }
+
+    #[test]
+    fn templates_of_changed_or_vanished_files_and_old_snapshots_are_pruned() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("snapshots");
+        fs::create_dir(&dir).unwrap();
+        let kernel = t.path().join("vmlinux");
+        fs::write(&kernel, "one").unwrap();
+        let old = identity(&kernel);
+        template(&dir, "changed", vec![old.clone()], b"x");
+        template(
+            &dir,
+            "vanished",
+            vec![identity(&t.path().join("gone"))],
+            b"x",
+        );
+        // "changed" was made from a kernel that has since been rebuilt.
+        fs::write(&kernel, "two, longer").unwrap();
+        assert_ne!(old, identity(&kernel));
+        template(&dir, "current", vec![identity(&kernel)], b"x");
+        fs::write(t.path().join("gone"), "now here").unwrap();
+        // Boot snapshots of the format before templates, and files without a description.
+        fs::write(dir.join("old.vmstate"), "state").unwrap();
+        fs::write(dir.join("old.deps"), "deps").unwrap();
+        fs::write(dir.join("orphan.state"), "state").unwrap();
+        fs::write(dir.join("orphan.memory"), "memory").unwrap();
+        prune_stale(&dir);
+        assert_eq!(
+            names(&dir),
+            ["current.json", "current.memory", "current.state"]
+        );
+    }
+
+    #[test]
+    fn a_template_damaged_on_disk_is_found_out_and_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        let mut ram = vec![0u8; 64 << 10];
+        ram[5000] = 1;
+        ram[40000..40010].copy_from_slice(b"0123456789");
+        template(dir, "k", Vec::new(), &ram);
+        let Found::Usable(found) = find_in(dir, "k") else {
+            panic!("a whole template is usable");
+        };
+        // Its memory loads into a sealed memory file holding the same bytes.
+        let loaded = load_memory(&found).unwrap();
+        assert!(cabin_base::memfd::is_frozen(&loaded));
+        assert_eq!(
+            fs::read(format!("/proc/self/fd/{}", loaded.as_raw_fd())).unwrap(),
+            ram
+        );
+        // Holes stay holes on disk.
+        use std::os::unix::fs::MetadataExt;
+        assert!(fs::metadata(&found.memory).unwrap().blocks() * 512 < ram.len() as u64);
+
+        // A page changed in the memory file: refused as it loads.
+        {
+            use std::os::unix::fs::FileExt;
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&found.memory)
+                .unwrap();
+            f.write_all_at(b"X", 40000).unwrap();
+        }
+        let e = load_memory(&found).unwrap_err();
+        assert!(e.to_string().contains("changed on disk"), "{e}");
+        // A truncated memory file or a changed state file: discarded when looked up.
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&found.memory)
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        assert!(matches!(find_in(dir, "k"), Found::Discarded(why) if why.contains("size")));
+        assert_eq!(names(dir), Vec::<String>::new());
+        template(dir, "k", Vec::new(), &ram);
+        fs::write(file(dir, "k", "state"), "state of a different VM").unwrap();
+        assert!(matches!(find_in(dir, "k"), Found::Discarded(why) if why.contains("state")));
+        assert_eq!(find_in(dir, "k"), Found::Missing);
     }
 
     #[test]

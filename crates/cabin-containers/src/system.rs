@@ -124,7 +124,7 @@ pub fn disk_usage(paths: &Paths) -> Vec<Usage> {
             count: std::fs::read_dir(paths.snapshots())
                 .map(|d| {
                     d.flatten()
-                        .filter(|e| e.file_name().to_string_lossy().ends_with(".vmstate"))
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".state"))
                         .count() as u64
                 })
                 .unwrap_or(0),

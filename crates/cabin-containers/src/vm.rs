@@ -7,6 +7,7 @@
 //! every step fails with the reason and the tail of the guest console.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use cabin_proto::v1::{
@@ -15,8 +16,8 @@ use cabin_proto::v1::{
 };
 use cabin_vmm::qemu::{Qemu, QemuVm};
 use cabin_vmm::{
-    accel, AccelChoice, AccelRequest, DiskFormat, DiskSpec, MicroVmSpec, RunningVm, VmBackend,
-    VmExit,
+    accel, AccelChoice, AccelRequest, DiskFormat, DiskSpec, GuestMemory, MicroVmSpec, RunningVm,
+    VmBackend, VmExit,
 };
 
 use cabin_base::Host;
@@ -28,6 +29,7 @@ use crate::assets;
 use crate::attachments::{self, Attachments, Devices};
 use crate::error::io_err;
 pub use crate::error::{Notify, RunError};
+use crate::holder;
 use crate::root::{self, RootSource};
 use crate::snapshot;
 use crate::spec::ContainerSpec;
@@ -176,6 +178,7 @@ impl Machine {
             accel: self.accel.accel,
             run_dir: run_dir.to_path_buf(),
             restore: None,
+            memory: cabin_vmm::GuestMemory::Private,
         }
     }
 }
@@ -249,7 +252,10 @@ pub fn has_snapshot(host: &Host, cfg: &ContainerSpec) -> bool {
             PathBuf::from("/unused"),
             attachments::shape(cfg),
         );
-        snapshot::find(&host.paths, &snapshot::key(&m.qemu, &spec)).is_some()
+        matches!(
+            snapshot::find(&host.paths, &snapshot::key(&m.qemu, &spec)),
+            snapshot::Found::Usable(_)
+        )
     })
 }
 
@@ -488,8 +494,27 @@ impl ContainerVm {
         let mut spec = machine.spec(cfg, &run_dir.path, overlay, base, devices);
         let key = snapshot::key(&machine.qemu, &spec);
         let mut missing_snapshot = false;
+        let mut boot_notice = None;
         if host.snapshots {
-            spec.restore = snapshot::find(paths, &key);
+            match snapshot::find(paths, &key) {
+                snapshot::Found::Usable(t) => match holder::memory(host, &t) {
+                    Ok(memory) => {
+                        spec.restore = Some(t.state);
+                        spec.memory = GuestMemory::CopyOnWrite(Arc::new(memory));
+                    }
+                    Err(e) => {
+                        boot_notice = Some(format!(
+                            "the boot snapshot {key} could not be used ({e}); booting normally"
+                        ))
+                    }
+                },
+                snapshot::Found::Missing => {}
+                snapshot::Found::Discarded(why) => {
+                    boot_notice = Some(format!(
+                        "the boot snapshot {key} was removed ({why}); booting normally"
+                    ))
+                }
+            }
             missing_snapshot = spec.restore.is_none();
         }
         timings.mark("writable layer");
@@ -498,17 +523,16 @@ impl ContainerVm {
         me.attachments = Some(attached);
         me.keeps_layer = cfg.layer.is_some();
         me.keep_console = host.keep_console.clone();
-        let mut boot_notice = None;
-        let hello = match (me.greet(cfg.boot_timeout).await, spec.restore.take()) {
+        let hello = match (me.come_up(cfg.boot_timeout).await, spec.restore.take()) {
             (Ok(h), _) => h,
-            (Err(e), Some(snap)) => {
+            (Err(e), Some(_)) => {
                 // A snapshot that does not resume (a QEMU upgrade in place, a damaged
                 // file) is removed, and this run boots normally.
-                snapshot::discard(&snap);
+                snapshot::discard(paths, &key);
+                spec.memory = GuestMemory::Private;
                 missing_snapshot = true;
                 boot_notice = Some(format!(
-                    "the saved boot state {} could not be resumed ({}); removed it and booting normally",
-                    snap.display(),
+                    "the boot snapshot {key} could not be resumed ({}); removed it and booting normally",
                     e.to_string().lines().next().unwrap_or("")
                 ));
                 let run_dir = me.run_dir.take().expect("the run directory is still held");
@@ -681,6 +705,28 @@ impl ContainerVm {
         };
         me.timings.mark("QEMU spawned");
         Ok(me)
+    }
+
+    /// Loads the saved state of a VM resumed from a template, then greets cabin-init.
+    async fn come_up(&mut self, deadline: Duration) -> Result<HelloResponse, RunError> {
+        if self.restored {
+            match tokio::time::timeout(deadline, self.vm.resume()).await {
+                Ok(Ok(())) => self.timings.mark("saved state loaded"),
+                Ok(Err(e)) => {
+                    return Err(RunError::Vm {
+                        message: e.to_string(),
+                        console: self.vm.console_excerpt(),
+                    })
+                }
+                Err(_) => {
+                    return Err(RunError::Vm {
+                        message: "the saved state did not load in time".into(),
+                        console: self.vm.console_excerpt(),
+                    })
+                }
+            }
+        }
+        self.greet(deadline).await
     }
 
     /// Waits for cabin-init's first answer: sets the clock, reseeds the guest's random

@@ -101,9 +101,36 @@ pub struct MicroVmSpec {
     /// Private directory (0700) for this VM's sockets and console log.
     pub run_dir: PathBuf,
     /// Resume from this saved VM state (see [`RunningVm::save_state`]) instead of
-    /// booting. The rest of the spec must equal the spec of the VM that was saved,
-    /// except for the files behind the disks.
+    /// booting, once [`RunningVm::resume`] is called. The rest of the spec must equal
+    /// the spec of the VM that was saved, except for the files behind the disks and
+    /// `memory` (the template's memory, mapped copy-on-write).
     pub restore: Option<PathBuf>,
+    /// Where the guest's RAM lives.
+    pub memory: GuestMemory,
+}
+
+/// Where a VM's RAM lives. A snapshot template keeps it in a file so that the VMs
+/// resumed from the template map that file copy-on-write and share the pages none of
+/// them changed (QEMU's `x-ignore-shared`: the saved state then holds no RAM at all).
+#[derive(Debug, Clone, Default)]
+pub enum GuestMemory {
+    /// Anonymous memory of the VMM's own.
+    #[default]
+    Private,
+    /// This file, mapped shared: the template being built writes its RAM there.
+    TemplateFile(Arc<OwnedFd>),
+    /// This file (a template's RAM, sealed against writes), mapped privately: the guest
+    /// starts from the template's RAM and its writes stay its own.
+    CopyOnWrite(Arc<OwnedFd>),
+}
+
+impl GuestMemory {
+    pub fn file(&self) -> Option<&Arc<OwnedFd>> {
+        match self {
+            GuestMemory::Private => None,
+            GuestMemory::TemplateFile(fd) | GuestMemory::CopyOnWrite(fd) => Some(fd),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +172,10 @@ pub trait RunningVm {
     /// freshly booted cabin-init is idle, waiting for the host.
     fn wait_agent_opened(&mut self, timeout: Duration) -> impl Future<Output = io::Result<()>>;
     /// Pauses the VM and writes its whole state (CPU, devices, memory) to `path`, for
-    /// later VMs to resume from with [`MicroVmSpec::restore`].
+    /// later VMs to resume from with [`MicroVmSpec::restore`]. Memory in a template file
+    /// ([`GuestMemory::TemplateFile`]) stays there and is not written to `path`.
     fn save_state(&mut self, path: &std::path::Path) -> impl Future<Output = io::Result<()>>;
+    /// Loads the state a VM started with [`MicroVmSpec::restore`] waits for, and lets
+    /// it run; returns once the guest runs.
+    fn resume(&mut self) -> impl Future<Output = io::Result<()>>;
 }

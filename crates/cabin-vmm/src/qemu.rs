@@ -14,7 +14,9 @@ use tokio::net::UnixStream;
 
 use crate::confine::{Confinement, Needs, ShareAccess};
 use crate::qmp::Qmp;
-use crate::{Accel, DiskFormat, MicroVmSpec, NetBackend, RunningVm, VmBackend, VmExit};
+use crate::{
+    Accel, DiskFormat, GuestMemory, MicroVmSpec, NetBackend, RunningVm, VmBackend, VmExit,
+};
 
 pub const DEFAULT_BINARY: &str = "qemu-system-x86_64";
 
@@ -74,8 +76,10 @@ const TAP_FD: i32 = 6;
 const CONSOLE_FD: i32 = 7;
 const KERNEL_FD: i32 = 8;
 const INITRD_FD: i32 = 9;
+/// The file behind the guest's RAM, when it is not QEMU's own memory.
+const MEMORY_FD: i32 = 10;
 /// Disk `i` is `DISK_FD + 2i`, its backing file the next number.
-const DISK_FD: i32 = 10;
+const DISK_FD: i32 = 11;
 
 /// The user-mode network every such VM gets (spelled out on the command line so that
 /// cabin-init's static configuration cannot drift from QEMU's defaults).
@@ -109,9 +113,27 @@ pub fn command_line(spec: &MicroVmSpec) -> Vec<String> {
     push(&["-global", "migration.store-global-state=off"]);
     // acpi=off: the kernel has no ACPI, and only then does QEMU put the virtio-mmio
     // devices on the kernel command line.
-    push(&["-M", "microvm,acpi=off,x-option-roms=off,rtc=on"]);
+    let mut microvm = "microvm,acpi=off,x-option-roms=off,rtc=on".to_string();
+    if spec.memory.file().is_some() {
+        microvm.push_str(",memory-backend=ram");
+    }
+    push(&["-M", &microvm]);
     let machine = machine_args(spec.accel, spec.cpus, spec.memory_mib);
     push(&machine.iter().map(String::as_str).collect::<Vec<_>>());
+    if let Some(share) = match spec.memory {
+        GuestMemory::Private => None,
+        GuestMemory::TemplateFile(_) => Some("on"),
+        GuestMemory::CopyOnWrite(_) => Some("off"),
+    } {
+        push(&[
+            "-object",
+            &format!(
+                "memory-backend-file,id=ram,size={}M,mem-path={},share={share}",
+                spec.memory_mib,
+                fd_path(MEMORY_FD)
+            ),
+        ]);
+    }
     let cmdline = if spec.extra_cmdline.is_empty() {
         BASE_CMDLINE.to_string()
     } else {
@@ -179,7 +201,9 @@ pub fn command_line(spec: &MicroVmSpec) -> Vec<String> {
     let shares = share_args(&spec.shares, "virtio-9p-device");
     push(&shares.iter().map(String::as_str).collect::<Vec<_>>());
     if spec.restore.is_some() {
-        push(&["-incoming", &format!("fd:{RESTORE_FD}")]);
+        // The state is loaded over QMP (`resume`): only then can `x-ignore-shared` be
+        // set first, which memory in a template file needs.
+        push(&["-incoming", "defer"]);
     }
     a
 }
@@ -306,25 +330,9 @@ impl Handoff {
             self.give(f.into(), number);
             return Ok(());
         }
-        // SAFETY: memfd_create with a static name; the descriptor is ours.
-        let raw = unsafe {
-            libc::memfd_create(
-                c"cabin-boot-file".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
-        };
-        if raw < 0 {
-            return Err(named(io::Error::last_os_error()));
-        }
-        // SAFETY: just created, owned here.
-        let mut copy = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        let mut copy = cabin_base::memfd::create(c"cabin-boot-file").map_err(named)?;
         io::copy(&mut f, &mut copy).map_err(named)?;
-        let seals =
-            libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-        // SAFETY: fcntl on a descriptor we own.
-        if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-            return Err(named(io::Error::last_os_error()));
-        }
+        cabin_base::memfd::freeze(&copy).map_err(named)?;
         self.give(copy.into(), number);
         Ok(())
     }
@@ -512,6 +520,9 @@ impl VmBackend for Qemu {
         if let Some(path) = &spec.restore {
             fds.open(path, false, RESTORE_FD)?;
         }
+        if let Some(file) = spec.memory.file() {
+            fds.lend(file.as_raw_fd(), MEMORY_FD);
+        }
         if let Some(nic) = &spec.nic {
             if let Some(fd) = tap_fd(nic)? {
                 fds.lend(fd, TAP_FD);
@@ -549,6 +560,7 @@ impl VmBackend for Qemu {
             monitor: None,
             _confinement: confinement,
             pause: PauseWatch::default(),
+            memory_in_file: spec.memory.file().is_some(),
         }
         .with_pid())
     }
@@ -588,6 +600,9 @@ pub struct QemuVm {
     /// A full host disk pauses the VM (see [`DiskPause`]): whether it is paused now,
     /// when to try again, who hears about it.
     pause: PauseWatch,
+    /// The guest's RAM is a file cabin handed over (see [`GuestMemory`]): its state is
+    /// saved and loaded without it.
+    memory_in_file: bool,
 }
 
 /// QEMU pauses a VM whose disk write failed for lack of space on the host (its default
@@ -865,6 +880,9 @@ impl RunningVm for QemuVm {
             self.monitor = Some(self.qmp().await?);
         }
         let qmp = self.monitor.as_mut().expect("just set");
+        if self.memory_in_file {
+            set_migration_capabilities(qmp, true, false).await?;
+        }
         qmp.execute("stop", None).await?;
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -891,6 +909,38 @@ impl RunningVm for QemuVm {
         file.sync_all()
     }
 
+    async fn resume(&mut self) -> io::Result<()> {
+        self.drop_cut_monitor();
+        if self.monitor.is_none() {
+            self.monitor = Some(self.qmp().await?);
+        }
+        let qmp = self.monitor.as_mut().expect("just set");
+        set_migration_capabilities(qmp, self.memory_in_file, true).await?;
+        qmp.execute(
+            "migrate-incoming",
+            Some(json!({"uri": format!("fd:{RESTORE_FD}")})),
+        )
+        .await?;
+        // The VM runs by itself once the state is in (no -S, no global run state saved).
+        let done = qmp
+            .wait_event("MIGRATION", |d| {
+                matches!(d["status"].as_str(), Some("completed" | "failed"))
+            })
+            .await?;
+        if done["data"]["status"] == "completed" {
+            return Ok(());
+        }
+        let why = qmp
+            .execute("query-migrate", None)
+            .await
+            .ok()
+            .and_then(|i| i["error-desc"].as_str().map(String::from))
+            .unwrap_or_else(|| "QEMU gave no reason".into());
+        Err(io::Error::other(format!(
+            "loading the saved VM state failed: {why}"
+        )))
+    }
+
     async fn kill(&mut self) -> io::Result<VmExit> {
         if let Some(exit) = self.try_exit()? {
             return Ok(exit);
@@ -901,6 +951,29 @@ impl RunningVm for QemuVm {
         self.send_kill();
         self.wait().await
     }
+}
+
+/// What saving and loading a VM's state needs switched on: RAM in a template file left
+/// out of the stream (`x-ignore-shared`, on both sides), and, when loading, the
+/// MIGRATION events that say the state is in.
+async fn set_migration_capabilities(
+    qmp: &mut Qmp,
+    memory_in_file: bool,
+    loading: bool,
+) -> io::Result<()> {
+    let mut caps = Vec::new();
+    if memory_in_file {
+        caps.push(json!({"capability": "x-ignore-shared", "state": true}));
+    }
+    if loading {
+        caps.push(json!({"capability": "events", "state": true}));
+    }
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({ "capabilities": caps })),
+    )
+    .await
+    .map(drop)
 }
 
 impl Drop for QemuVm {
@@ -939,6 +1012,7 @@ mod tests {
             accel: Accel::Tcg,
             run_dir: "/run/x".into(),
             restore: None,
+            memory: GuestMemory::Private,
         }
     }
 
@@ -956,15 +1030,28 @@ mod tests {
             "{a}"
         );
         assert!(a.contains("-kernel /proc/self/fd/8 -initrd /proc/self/fd/9"));
-        assert!(a.contains("-add-fd fd=10,set=10 -blockdev driver=file,node-name=disk0-file,filename=/dev/fdset/10,read-only=off,discard=unmap,cache.direct=off,cache.no-flush=on"), "{a}");
+        assert!(a.contains("-add-fd fd=11,set=11 -blockdev driver=file,node-name=disk0-file,filename=/dev/fdset/11,read-only=off,discard=unmap,cache.direct=off,cache.no-flush=on"), "{a}");
         assert!(a.contains("-blockdev driver=qcow2,node-name=disk0,file=disk0-file,"));
         assert!(a.contains("virtio-blk-device,drive=disk0,serial=rootfs,write-cache=on"));
         assert!(!a.contains("pci"), "microvm guests get no PCI devices: {a}");
         assert!(!a.contains("-incoming"));
+        assert!(!a.contains("memory-backend"), "{a}");
         let mut resumed = spec();
-        resumed.restore = Some("/snap/x.vmstate".into());
+        resumed.restore = Some("/snap/x.state".into());
+        let memfd = std::sync::Arc::new(OwnedFd::from(tempfile::tempfile().unwrap()));
+        resumed.memory = GuestMemory::CopyOnWrite(memfd.clone());
         let r = command_line(&resumed);
-        assert_eq!(r[r.len() - 2..], ["-incoming", "fd:5"]);
+        assert_eq!(r[r.len() - 2..], ["-incoming", "defer"]);
+        let r = r.join(" ");
+        assert!(r.contains("-M microvm,acpi=off,x-option-roms=off,rtc=on,memory-backend=ram "));
+        assert!(r.contains(
+            "-object memory-backend-file,id=ram,size=256M,mem-path=/proc/self/fd/10,share=off"
+        ));
+        // The template being built writes its RAM through to the file.
+        let mut template = spec();
+        template.memory = GuestMemory::TemplateFile(memfd);
+        let t = command_line(&template).join(" ");
+        assert!(t.contains("mem-path=/proc/self/fd/10,share=on"), "{t}");
     }
 
     #[test]
@@ -973,7 +1060,7 @@ mod tests {
         s.disks[0].backing = Some("/images/base.ext4".into());
         let a = command_line(&s).join(" ");
         assert!(!a.contains("/images/"), "{a}");
-        assert!(a.contains("-add-fd fd=11,set=11 -blockdev driver=file,node-name=disk0-base-file,filename=/dev/fdset/11,read-only=on"), "{a}");
+        assert!(a.contains("-add-fd fd=12,set=12 -blockdev driver=file,node-name=disk0-base-file,filename=/dev/fdset/12,read-only=on"), "{a}");
         assert!(a.contains("driver=raw,node-name=disk0-base,file=disk0-base-file,read-only=on"));
         assert!(a.contains(",backing=disk0-base"));
     }

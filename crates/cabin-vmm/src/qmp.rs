@@ -3,7 +3,7 @@
 //! whole schema.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -77,7 +77,7 @@ impl Qmp {
         loop {
             sock.writable().await?;
             match sock.try_io(tokio::io::Interest::WRITABLE, || {
-                send_with_fd(sock.as_raw_fd(), &line, fd)
+                cabin_base::fdpass::send_with_fd(sock.as_raw_fd(), &line, fd)
             }) {
                 Ok(()) => break,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -136,45 +136,6 @@ fn command_line(command: &str, arguments: Option<Value>) -> io::Result<Vec<u8>> 
     let mut line = serde_json::to_vec(&msg)?;
     line.push(b'\n');
     Ok(line)
-}
-
-/// One sendmsg(2) of `bytes` with `fd` attached; a short write is an error (QMP commands
-/// are a few hundred bytes, far below any socket buffer).
-fn send_with_fd(sock: RawFd, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
-    let raw = fd.as_raw_fd();
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // SAFETY: msghdr and its control buffer are built per cmsg(3) and live across the
-    // call; the kernel only reads them.
-    let n = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::copy_nonoverlapping(
-            &raw as *const RawFd as *const u8,
-            libc::CMSG_DATA(cmsg),
-            std::mem::size_of::<RawFd>(),
-        );
-        libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL)
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if n as usize != bytes.len() {
-        return Err(io::Error::other("QMP command sent in part"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
