@@ -152,8 +152,12 @@ impl Attachments {
                 // QEMU binds the ports itself: this only checks that it will be able to.
                 drop(ports::reserve_ports(&publish)?);
                 devices.nic = Some(NetBackend::User { forwards: publish });
+                // A MAC of its own, as every VM has: one resumed from a snapshot would
+                // otherwise keep the template's, the same for all of them.
+                let b = cabin_base::random::bytes::<3>()
+                    .map_err(|e| RunError::Setup(format!("choosing a MAC address: {e}")))?;
                 let net = NetworkConfig {
-                    mac: String::new(),
+                    mac: format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2]),
                     address: format!("{}/{}", user_net::GUEST, user_net::PREFIX),
                     gateway: user_net::GATEWAY.to_string(),
                     dns: vec![user_net::DNS.to_string()],
