@@ -7,17 +7,29 @@
 #  (c) from `cabin run` starting to the container's process running (host-observed,
 #      the "process started" mark of --timings);
 #  (d), (e): (b) and (c) with CABIN_SNAPSHOTS=off, booting the kernel every time;
-#  and the host memory (PSS) of an idle container VM (QEMU + the cabin process) next to
-#  raw QEMU idling on the same kernel with a trivial init.
-# usage: bench/boot.sh [N]   (N >= 10 runs per series; default 10)
+#  (f) `docker run --rm --network none bb true` against Debian's dockerd with runc (no VM
+#      at all; private dockerd without bridge or iptables), when dockerd is installed;
+#  and the host memory of idle containers: IDLE (default 6) detached busybox containers
+#  sleeping, the PSS of each one's QEMU (median), how much of it is TCG's translated
+#  code (none under KVM) and the pages shared with the other VMs through the snapshot
+#  template's memory, next to raw QEMU idling on the same kernel with a trivial init.
+# usage: bench/boot.sh [N] [IDLE]   (N >= 10 runs per series; default 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10}
+IDLE=${2:-6}
+source bench/lib.sh
 cabin=${CABIN_BIN:-target/release/cabin}
 [ -x "$cabin" ] || cargo build --release --locked -p cabin-cli >/dev/null
 kernel=${CABIN_KERNEL:-$HOME/.cache/cabin/kernel/current/vmlinux}
 work=$(mktemp -d /tmp/cabin-bench.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+dockerd_pid=
+cleanup() {
+  "$cabin" rm -f $("$cabin" ps -aq 2>/dev/null) >/dev/null 2>&1 || true
+  [ -z "$dockerd_pid" ] || { kill "$dockerd_pid" 2>/dev/null; wait "$dockerd_pid" 2>/dev/null || true; }
+  rm -rf "$work"
+}
+trap cleanup EXIT
 export CABIN_DATA_DIR="$work/data"
 accel=$("$cabin" system info --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["accelerator"])')
 export CABIN_ACCEL=$accel
@@ -54,7 +66,13 @@ CABIN_SNAPSHOTS=off "$cabin" run --rm --rootfs "$work/rootfs" true
 "$cabin" system prepare >/dev/null
 raw_qemu "$work/reboot.cpio"
 
-declare -a A B C D E
+declare -a A B C D E F
+docker_run=()
+if command -v dockerd >/dev/null && start_private_dockerd "$work"; then
+  tar -C "$work/rootfs" -c . | DOCKER_HOST="unix://$work/dockerd.sock" docker import - bb >/dev/null
+  docker_run=(env DOCKER_HOST="unix://$work/dockerd.sock" docker run --rm --network none bb true)
+  "${docker_run[@]}"
+fi
 timed_run() { # $1, $2 = names of the arrays for end-to-end and process-started times
   local t0 t1
   t0=$(now); "$cabin" run --rm --timings --rootfs "$work/rootfs" true 2> "$work/timings"; t1=$(now)
@@ -67,36 +85,56 @@ for i in $(seq "$N"); do
   timed_run B C
   grep -q "resumed from boot snapshot" "$work/timings" || { echo "run $i did not resume from the snapshot" >&2; exit 1; }
   CABIN_SNAPSHOTS=off timed_run D E
+  if [ ${#docker_run[@]} -gt 0 ]; then
+    t0=$(now); "${docker_run[@]}"; t1=$(now); F+=($(( (t1 - t0) / 1000 )))
+  fi
 done
 
-# Memory: an idle container VM (QEMU + cabin run) vs raw QEMU idling.
+# Memory: IDLE idle containers, each its QEMU's PSS and parts of it, vs raw QEMU idling.
 pss_kib() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
-"$cabin" run --rm --rootfs "$work/rootfs" -- sh -c 'trap "exit 0" TERM; echo ready; while :; do sleep 1; done' > "$work/ready" &
-cabin_pid=$!
-for _ in $(seq 600); do grep -q ready "$work/ready" 2>/dev/null && break; sleep 0.1; done
-sleep 2
-qemu_pid=$(cat "$CABIN_DATA_DIR"/run/*/vmm.pid)
-cabin_qemu_pss=$(pss_kib "$qemu_pid"); cabin_self_pss=$(pss_kib "$cabin_pid")
-kill -TERM "$cabin_pid"; wait "$cabin_pid" || true
+for i in $(seq "$IDLE"); do "$cabin" run -d --name "idle$i" --rootfs "$work/rootfs" -- sleep 100000 >/dev/null; done
+sleep 5
+mem=()
+for d in "$CABIN_DATA_DIR"/run/*/; do
+  qemu_pid=$(cat "$d/vmm.pid")
+  # PSS; TCG's code buffer (the anonymous rwx mapping); the template memory's pages
+  # shared with other VMs (Shared_*), and those of its own (Private_*).
+  mem+=("$(awk -v pss="$(pss_kib "$qemu_pid")" '
+    /^[0-9a-f]+-[0-9a-f]+ / { tcg = ($2 == "rwxp" && NF == 5); tpl = ($0 ~ /cabin-template-memory/) }
+    tcg && /^Rss:/ { code += $2 }
+    tpl && /^Shared_(Clean|Dirty):/ { shared += $2 }
+    tpl && /^Private_(Clean|Dirty):/ { own += $2 }
+    END { printf "%d,%d,%d,%d", pss, code, shared, own }' "/proc/$qemu_pid/smaps")")
+done
+sup=$("$cabin" inspect idle1 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0].get("supervisor_pid", 0))')
+sup_pss=$(pss_kib "$sup" 2>/dev/null || echo 0)
+"$cabin" rm -f $("$cabin" ps -q) >/dev/null
 raw_qemu_cmd "$work/idle.cpio"; "${cmd[@]}" 2>/dev/null & raw_pid=$!
 sleep 4
 raw_pss=$(pss_kib "$raw_pid"); kill "$raw_pid"; wait "$raw_pid" 2>/dev/null || true
 
-python3 - "$accel" "$N" "${A[*]}" "${B[*]}" "${C[*]}" "${D[*]}" "${E[*]}" "$cabin_qemu_pss" "$cabin_self_pss" "$raw_pss" <<'PY'
+python3 - "$accel" "$N" "${A[*]}" "${B[*]}" "${C[*]}" "${D[*]}" "${E[*]}" "${F[*]:-}" "$raw_pss" "$sup_pss" "${mem[*]}" <<'PY'
 import statistics, sys
 accel, n = sys.argv[1], sys.argv[2]
-series = [list(map(int, s.split())) for s in sys.argv[3:8]]
-qemu_pss, cabin_pss, raw_pss = map(int, sys.argv[8:11])
+series = [list(map(int, s.split())) for s in sys.argv[3:9]]
+raw_pss, sup_pss = int(sys.argv[9]), int(sys.argv[10])
+mem = [list(map(int, m.split(","))) for m in sys.argv[11].split()]
 names = ["(a) raw QEMU microvm boot to exit (floor)", "(b) cabin run --rm true, end to end",
          "(c) cabin run start to process running", "(d) (b) booting, no snapshot",
-         "(e) (c) booting, no snapshot"]
+         "(e) (c) booting, no snapshot", "(f) docker run --rm true, dockerd + runc"]
 print(f"accelerator: {accel}, runs per series: {n}")
 print(f"{'series':<44} {'min ms':>8} {'median ms':>10} {'max ms':>8}")
 for name, s in zip(names, series):
-    print(f"{name:<44} {min(s)/1e3:>8.1f} {statistics.median(s)/1e3:>10.1f} {max(s)/1e3:>8.1f}")
-ratio = statistics.median(series[1]) / statistics.median(series[0])
-print(f"(b)/(a) median ratio: {ratio:.2f} (target <= 1.30)")
-cold = statistics.median(series[3]) / statistics.median(series[0])
-print(f"(d)/(a) median ratio: {cold:.2f} (the first run of a VM shape, before its snapshot exists)")
-print(f"idle memory (PSS): cabin VM QEMU {qemu_pss/1024:.1f} MiB + cabin run {cabin_pss/1024:.1f} MiB = {(qemu_pss+cabin_pss)/1024:.1f} MiB; raw QEMU {raw_pss/1024:.1f} MiB")
+    if s:
+        print(f"{name:<44} {min(s)/1e3:>8.1f} {statistics.median(s)/1e3:>10.1f} {max(s)/1e3:>8.1f}")
+med = [statistics.median(s) if s else None for s in series]
+print(f"(b)/(a) median ratio: {med[1]/med[0]:.2f} (issue 16's target for a restore per request: <= 0.2)")
+print(f"(d)/(a) median ratio: {med[3]/med[0]:.2f} (the first run of a VM shape, before its snapshot exists)")
+if med[5]:
+    print(f"(b)/(f) median ratio: {med[1]/med[5]:.2f} (below 1: cabin's VM starts faster than runc's container)")
+m = lambda i: statistics.median(v[i] for v in mem) / 1024
+print(f"{len(mem)} idle containers, per VM (median MiB): QEMU PSS {m(0):.1f}, of which TCG's translated code "
+      f"{m(1):.1f} (none under KVM); template memory shared with the others {m(2):.1f} (RSS), its own {m(3):.1f}")
+print(f"  QEMU PSS without TCG's code: {m(0) - m(1):.1f} MiB; a detached container's supervisor adds {sup_pss/1024:.1f} MiB;"
+      f" raw QEMU idling on a trivial init: {raw_pss/1024:.1f} MiB")
 PY

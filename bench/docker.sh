@@ -12,6 +12,7 @@
 # usage: bench/docker.sh [N]   (N >= 10 runs per series; default 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 N=${1:-10}
 cabin=${CABIN_BIN:-target/release/cabin}
 [ -x "$cabin" ] || cargo build --release --locked -p cabin-cli >/dev/null
@@ -34,9 +35,8 @@ scripts/make-busybox-rootfs.sh "$work/rootfs" >/dev/null
 
 "$cabin" serve --port 0 --docker-socket "$work/cabin.sock" >"$work/serve.log" 2>&1 &
 pids+=($!)
-dockerd --host "unix://$work/dockerd.sock" --data-root "$work/dockerd" --exec-root "$work/dockerd-exec" \
-  --pidfile "$work/dockerd.pid" --iptables=false --ip6tables=false --bridge=none >"$work/dockerd.log" 2>&1 &
-pids+=($!)
+start_private_dockerd "$work"
+pids+=("$dockerd_pid")
 for s in cabin dockerd; do
   for _ in $(seq 100); do [ -S "$work/$s.sock" ] && DOCKER_HOST="unix://$work/$s.sock" "$docker" version >/dev/null 2>&1 && break; sleep 0.1; done
 done

@@ -7,6 +7,7 @@
 # usage: bench/records.sh [COUNTS...]     (default: 100 1000 3000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 counts=("$@"); [ ${#counts[@]} -gt 0 ] || counts=(100 1000 3000)
 cabin=$(realpath "${CABIN_BIN:-target/release/cabin}")
 [ -x "$cabin" ] || cargo build --release --locked -p cabin-cli >/dev/null
@@ -18,9 +19,7 @@ trap cleanup EXIT
 export CABIN_DATA_DIR=$work/data CABIN_ACCEL=tcg
 scripts/make-busybox-rootfs.sh "$work/rootfs" >/dev/null
 "$cabin" image import "$work/rootfs" local/bb >/dev/null
-dockerd --host "unix://$work/dockerd.sock" --data-root "$work/dockerd" --exec-root "$work/dockerd-exec" \
-  --pidfile "$work/dockerd.pid" --iptables=false --ip6tables=false --bridge=none >"$work/dockerd.log" 2>&1 &
-dockerd_pid=$!
+start_private_dockerd "$work"
 export DOCKER_HOST=unix://$work/dockerd.sock
 for _ in $(seq 100); do docker version >/dev/null 2>&1 && break; sleep 0.1; done
 tar -C "$work/rootfs" -c . | docker import - bb >/dev/null
