@@ -202,9 +202,33 @@ pub fn oom_kills() -> Option<u64> {
         .ok()
 }
 
+/// The host memory process `pid` accounts for: its proportional set size (PSS: each
+/// page it maps divided by the number of processes mapping it), in bytes. What a VM's
+/// QEMU costs the host, with the pages it shares with other VMs (a snapshot template's
+/// memory, QEMU's own code) counted in part.
+pub fn proportional_set_size(pid: u32) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|kib| kib << 10)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_memory_is_read_from_its_smaps() {
+        let me = proportional_set_size(std::process::id()).expect("this process's PSS");
+        assert!(me > 100 << 10, "{me}");
+        assert_eq!(proportional_set_size(u32::MAX), None);
+    }
 
     #[test]
     fn a_vm_larger_than_the_host_can_hold_is_refused_with_the_figures() {

@@ -392,7 +392,21 @@ pub async fn inspect(host: &Host, args: NamesArgs) -> Result<i32, Failure> {
     let mut code = 0;
     for name in &args.containers {
         match containers.get(name).await {
-            Ok(r) => out.push(r),
+            Ok(record) => {
+                // A running container's memory, as the guest (its cgroup) and as the
+                // host (its VM's QEMU, PSS: pages shared with other VMs counted in part)
+                // see it.
+                let mut shown = serde_json::to_value(&record).unwrap_or_default();
+                if matches!(record.status, Status::Running { .. }) {
+                    if let Ok(s) = containers.stats(&record.id).await {
+                        shown["memory"] = serde_json::json!({
+                            "container_bytes": s.memory_bytes,
+                            "vm_host_bytes": s.vm_host_memory_bytes,
+                        });
+                    }
+                }
+                out.push(shown)
+            }
             Err(e) => code = crate::report::exit_code(Family::Admin, e.into()),
         }
     }
@@ -511,8 +525,8 @@ pub async fn stats(host: &Host, args: StatsArgs) -> Result<i32, Failure> {
             print!("\x1b[2J\x1b[H");
         }
         println!(
-            "{:<14}{:<24}{:>8}  {:<24}{:>6}",
-            "CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "PIDS"
+            "{:<14}{:<24}{:>8}  {:<24}{:>6}  {:>11}",
+            "CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "PIDS", "VM HOST MEM"
         );
         for (r, prev) in records.iter().zip(before.iter_mut()) {
             let now = containers.stats(&r.id).await.ok();
@@ -523,21 +537,28 @@ pub async fn stats(host: &Host, args: StatsArgs) -> Result<i32, Failure> {
                     } else {
                         mib(n.memory_limit_bytes)
                     };
+                    let host = if n.vm_host_memory_bytes == 0 {
+                        "-".into()
+                    } else {
+                        mib(n.vm_host_memory_bytes)
+                    };
                     println!(
-                        "{:<14}{:<24}{:>7.2}%  {:<24}{:>6}",
+                        "{:<14}{:<24}{:>7.2}%  {:<24}{:>6}  {:>11}",
                         &r.id[..12],
                         r.name,
                         n.cpu_since(p) * 100.0,
                         format!("{} / {}", mib(n.memory_bytes), limit),
-                        n.pids
+                        n.pids,
+                        host
                     );
                 }
                 _ => println!(
-                    "{:<14}{:<24}{:>8}  {:<24}{:>6}",
+                    "{:<14}{:<24}{:>8}  {:<24}{:>6}  {:>11}",
                     &r.id[..12],
                     r.name,
                     "--",
                     "(not running)",
+                    "--",
                     "--"
                 ),
             }

@@ -372,6 +372,36 @@ fn resumed_containers_share_the_templates_memory_and_none_can_change_it() {
     assert_ne!(read(a, random), read(b, random));
     let mac = "cat /sys/class/net/eth0/address";
     assert_ne!(read(a, mac), read(b, mac));
+    // stats and inspect show what the VM costs the host next to the container's cgroup.
+    let o = cabin_in(&data)
+        .args(["stats", "--no-stream", a])
+        .output()
+        .unwrap();
+    let table = stdout(&o);
+    assert!(
+        table.lines().next().unwrap().ends_with("VM HOST MEM"),
+        "{table}"
+    );
+    let host_mib: f64 = table
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .trim_end_matches("MiB")
+        .parse()
+        .unwrap();
+    assert!(host_mib > 10.0, "{table}");
+    let o = cabin_in(&data).args(["inspect", a]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let vm_host = v[0]["memory"]["vm_host_bytes"].as_u64().unwrap();
+    let container = v[0]["memory"]["container_bytes"].as_u64().unwrap();
+    assert!(vm_host > 10 << 20 && container > 60 << 20, "{v}");
+    assert!(
+        v[0]["name"].is_string(),
+        "the record's own fields stay: {v}"
+    );
 }
 
 #[test]

@@ -97,6 +97,10 @@ pub struct Stats {
     pub pids: u64,
     /// When the guest sampled these (its boot clock).
     pub sampled_boottime_nanos: u64,
+    /// What the container's VM costs the host: its QEMU's proportional set size (a
+    /// snapshot template's shared pages counted in part); 0 when unknown.
+    #[serde(default)]
+    pub vm_host_memory_bytes: u64,
 }
 
 impl From<cabin_proto::v1::ContainerStats> for Stats {
@@ -107,6 +111,7 @@ impl From<cabin_proto::v1::ContainerStats> for Stats {
             cpu_usage_micros: st.cpu_usage_micros,
             pids: st.pids,
             sampled_boottime_nanos: st.sampled_boottime_nanos,
+            vm_host_memory_bytes: 0,
         }
     }
 }
@@ -734,6 +739,7 @@ mod tests {
             cpu_usage_micros: cpu,
             pids: 1,
             sampled_boottime_nanos: at,
+            vm_host_memory_bytes: 0,
         };
         let busy = s(1_500_000, 2_000_000_000).cpu_since(&s(500_000, 1_000_000_000));
         assert!((busy - 1.0).abs() < 1e-9, "{busy}");

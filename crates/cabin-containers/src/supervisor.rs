@@ -204,7 +204,7 @@ async fn reply(mut conn: UnixStream, reply: Reply) {
     let _ = control::write_reply(&mut conn, &reply).await;
 }
 
-async fn stats(agent: &crate::agent::Agent, container_id: &str) -> Reply {
+async fn stats(agent: &crate::agent::Agent, container_id: &str, vmm_pid: u32) -> Reply {
     let mut a = agent.clone();
     let r = ContainerRef {
         container_id: container_id.to_string(),
@@ -212,7 +212,11 @@ async fn stats(agent: &crate::agent::Agent, container_id: &str) -> Reply {
     match agent::call("Stats", cabin_proto::CALL_TIMEOUT, a.stats(r)).await {
         Ok(st) => Reply::Stats {
             ok: true,
-            stats: Stats::from(st),
+            stats: Stats {
+                vm_host_memory_bytes: cabin_base::memory::proportional_set_size(vmm_pid)
+                    .unwrap_or(0),
+                ..Stats::from(st)
+            },
         },
         Err(e) => Reply::failed(e.message()),
     }
@@ -336,6 +340,7 @@ async fn run_once(
     let mut execs = 0u64;
     let mut vm_kill_at: Option<Instant> = None;
     let mut pauses = vm.disk_pauses();
+    let vmm_pid = vm.vmm_pid();
     let outcome = {
         let wait = vm.wait();
         tokio::pin!(wait);
@@ -358,7 +363,7 @@ async fn run_once(
                 Some((conn, req)) = pending.recv() => {
                     let id = proc_ref.container_id.clone();
                     match req {
-                        Some(Request::Stats) => reply(conn, stats(&agent, &id).await).await,
+                        Some(Request::Stats) => reply(conn, stats(&agent, &id, vmm_pid).await).await,
                         Some(Request::Top) => reply(conn, top(&agent, &id).await).await,
                         Some(Request::Exec(x)) => {
                             execs += 1;

@@ -707,6 +707,11 @@ impl ContainerVm {
         Ok(me)
     }
 
+    /// The VMM's process id on the host.
+    pub fn vmm_pid(&self) -> u32 {
+        self.vm.pid()
+    }
+
     /// Loads the saved state of a VM resumed from a template, then greets cabin-init.
     async fn come_up(&mut self, deadline: Duration) -> Result<HelloResponse, RunError> {
         if self.restored {
