@@ -94,12 +94,12 @@ fn from_holder(host: &Host, t: &Template) -> Result<OwnedFd, MemoryError> {
             .map_err(|e| failed("starting the memory holder", e))?;
             let deadline = Instant::now() + START_TIMEOUT;
             loop {
+                // A holder that left at once either found another one listening (then
+                // this connects) or could not listen (then waiting is pointless).
+                let exited = matches!(child.try_wait(), Ok(Some(_)));
                 match UnixStream::connect(&path) {
                     Ok(c) => break c,
-                    // A holder that exits at once found another one listening.
-                    Err(_) if Instant::now() < deadline => {
-                        // Reaps it if it found another holder and left.
-                        let _ = child.try_wait();
+                    Err(_) if !exited && Instant::now() < deadline => {
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     Err(e) => return Err(failed("reaching the memory holder", e)),
