@@ -41,6 +41,23 @@ pub fn detached(mut cmd: Command, output: Output) -> io::Result<Child> {
     cmd.spawn()
 }
 
+/// Starts `cmd` detached and not as a child of this process: a service that outlives
+/// whoever needed it first (a long-lived caller would otherwise keep it as a zombie
+/// once it exits, and count it among its children). The process in between exits at
+/// once and is reaped here; a failed exec is still reported.
+pub fn orphaned(mut cmd: Command, output: Output) -> io::Result<()> {
+    // SAFETY: fork and _exit are async-signal-safe; the intermediate process only
+    // forks and exits, the grandchild goes on to exec.
+    unsafe {
+        cmd.pre_exec(|| match libc::fork() {
+            -1 => Err(io::Error::last_os_error()),
+            0 => Ok(()),
+            _ => libc::_exit(0),
+        });
+    }
+    detached(cmd, output)?.wait().map(drop)
+}
+
 /// Starts `cabin ARGS...` (the binary [`Host::cabin_binary`] finds) detached: the way
 /// the libraries start their helper processes, whoever calls them.
 pub fn cabin_helper(
@@ -51,6 +68,17 @@ pub fn cabin_helper(
     let mut cmd = Command::new(host.cabin_binary()?);
     cmd.args(args);
     detached(cmd, output)
+}
+
+/// Starts `cabin ARGS...` as [`orphaned`] does.
+pub fn cabin_service(
+    host: &Host,
+    args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+    output: Output,
+) -> io::Result<()> {
+    let mut cmd = Command::new(host.cabin_binary()?);
+    cmd.args(args);
+    orphaned(cmd, output)
 }
 
 /// Whether process `pid` exists (another user's counts): how cabin tells work in
@@ -65,6 +93,31 @@ pub fn process_alive(pid: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_orphaned_process_is_no_child_of_its_starter_and_a_failed_exec_is_an_error() {
+        let t = tempfile::tempdir().unwrap();
+        let log = t.path().join("log");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo $PPID; ps -o sid= -p $$"]);
+        orphaned(cmd, Output::File(File::create(&log).unwrap())).unwrap();
+        let mut text = String::new();
+        for _ in 0..100 {
+            text = std::fs::read_to_string(&log).unwrap();
+            if text.lines().count() == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let mut lines = text.lines();
+        let parent: u32 = lines.next().unwrap().trim().parse().unwrap();
+        assert_ne!(parent, std::process::id(), "{text}");
+        let sid: i32 = lines.next().unwrap().trim().parse().unwrap();
+        // SAFETY: getsid(0) only reads this process's session.
+        assert_ne!(sid, unsafe { libc::getsid(0) });
+        let e = orphaned(Command::new("/nonexistent/program"), Output::Discard).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
 
     #[test]
     fn a_detached_process_has_a_session_of_its_own_and_writes_where_told() {

@@ -86,20 +86,17 @@ fn from_holder(host: &Host, t: &Template) -> Result<OwnedFd, MemoryError> {
     let conn = match UnixStream::connect(&path) {
         Ok(c) => c,
         Err(_) => {
-            let mut child = cabin_base::spawn::cabin_helper(
-                host,
-                hold_args(),
-                cabin_base::spawn::Output::Discard,
-            )
-            .map_err(|e| failed("starting the memory holder", e))?;
+            // Not a child of this process: a supervisor or server that starts it lives
+            // on, and the holder is the data directory's, not theirs.
+            cabin_base::spawn::cabin_service(host, hold_args(), cabin_base::spawn::Output::Discard)
+                .map_err(|e| failed("starting the memory holder", e))?;
             let deadline = Instant::now() + START_TIMEOUT;
             loop {
-                // A holder that left at once either found another one listening (then
-                // this connects) or could not listen (then waiting is pointless).
-                let exited = matches!(child.try_wait(), Ok(Some(_)));
                 match UnixStream::connect(&path) {
                     Ok(c) => break c,
-                    Err(_) if !exited && Instant::now() < deadline => {
+                    // A holder that found another one listening leaves at once, and
+                    // this connects to that one.
+                    Err(_) if Instant::now() < deadline => {
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     Err(e) => return Err(failed("reaching the memory holder", e)),
