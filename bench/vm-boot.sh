@@ -2,7 +2,9 @@
 # Full VMs made from images (issue 5): the time from `cabin vm run --detach` of a VM made
 # from a Debian 12 image (systemd, udev, dbus, sshd) to its login prompt on the serial
 # console, next to raw QEMU booting the same kernel, command line and disk (a copy) on
-# the same q35 machine with the same display adapter, in the same run.
+# the same q35 machine with the same display adapter, in the same run. Then suspend and
+# resume (issue 16): `vm run` of a booted VM and of a suspended one, each until a
+# command runs in the guest over SSH, and how long `vm suspend` takes.
 # usage: bench/vm-boot.sh [RUNS]   (default 3; median reported; needs root: debootstrap
 # and cabin's bridge)
 set -euo pipefail
@@ -66,9 +68,46 @@ raw_ms=$(for r in $(seq "$RUNS"); do
   kill "$qemu_pid"; wait "$qemu_pid" 2>/dev/null || true; qemu_pid=""
 done | median)
 
+# Until a command runs in the guest over SSH; prints the milliseconds since T0.
+until_ssh() {
+  local t0=$1
+  for _ in $(seq 3000); do
+    if "$cabin" vm ssh deb -t 5 -- true >/dev/null 2>&1; then echo $(( ($(now) - t0) / 1000000 )); return; fi
+    sleep 0.05
+  done
+  echo "deb's SSH server never answered" >&2; exit 1
+}
+boot_ssh_ms=$(for r in $(seq "$RUNS"); do
+  t0=$(now)
+  "$cabin" vm run deb --detach >/dev/null
+  until_ssh "$t0"
+  "$cabin" vm stop deb >/dev/null
+done | median)
+"$cabin" vm run deb --detach >/dev/null
+until_ssh "$(now)" >/dev/null
+resume_ms=$(for r in $(seq "$RUNS"); do
+  t0=$(now)
+  "$cabin" vm suspend deb >/dev/null
+  echo $(( ($(now) - t0) / 1000000 )) >>"$work/suspend.ms"
+  stat -c %s "$vmdir/suspended.state" >>"$work/state.bytes"
+  t0=$(now)
+  "$cabin" vm run deb --detach >/dev/null
+  until_ssh "$t0"
+done | median)
+"$cabin" vm stop deb >/dev/null
+suspend_ms=$(median <"$work/suspend.ms")
+state_mb=$(median <"$work/state.bytes" | awk '{printf "%.0f", $1 / 1048576}')
+
 echo "VM from a Debian 12 image (systemd) to its serial login prompt, $accel, 2 vCPUs, 1 GiB, median of $RUNS"
 printf '%-58s %10s\n' "measure" "ms"
 printf '%-58s %10d\n' "cabin vm create --image (20 GB disk, once)" "$create_ms"
 printf '%-58s %10d\n' "cabin vm run --detach -> login prompt" "$cabin_ms"
 printf '%-58s %10d\n' "raw qemu-system-x86_64, same kernel/disk -> login prompt" "$raw_ms"
 awk -v c="$cabin_ms" -v r="$raw_ms" 'BEGIN { printf "%-58s %9.2fx\n", "cabin / raw", c / r }'
+echo
+echo "Suspend and resume, the same VM: vm run until a command runs in the guest over SSH"
+printf '%-58s %10s\n' "measure" "ms"
+printf '%-58s %10d\n' "cabin vm run --detach, booting -> SSH command ran" "$boot_ssh_ms"
+printf '%-58s %10d\n' "cabin vm suspend (state of ${state_mb} MiB written)" "$suspend_ms"
+printf '%-58s %10d\n' "cabin vm run --detach, resuming -> SSH command ran" "$resume_ms"
+awk -v r="$resume_ms" -v b="$boot_ssh_ms" 'BEGIN { printf "%-58s %9.2fx\n", "resume / boot", r / b }'

@@ -42,9 +42,12 @@ pub fn request(host: &Host, method: &[u8], path: &str, query: Option<&str>, body
         Route::RunVm | Route::SetupVm | Route::Pull | Route::PullStart | Route::Push => false,
         Route::SetConfig | Route::AddLocation | Route::RemoveLocation => false,
         Route::DefaultLocation | Route::Prune => false,
-        Route::CreateVm | Route::CloneVm | Route::SetVm | Route::DeleteVm | Route::StopVm => {
-            confined
-        }
+        Route::CreateVm
+        | Route::CloneVm
+        | Route::SetVm
+        | Route::DeleteVm
+        | Route::StopVm
+        | Route::SuspendVm => confined,
         _ => method == Method::GET,
     };
     if runs {

@@ -20,6 +20,8 @@ pub const START_WAIT: Duration = Duration::from_secs(10);
 /// How long `stop` gives a VM (ACPI power-off, then the runner pulls the plug after
 /// `runner::POWEROFF_GRACE`) before killing its runner.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a suspend may take: the guest's memory is written out whole.
+pub const SUSPEND_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn lume_size(s: &str) -> Result<u64, ApiError> {
     cabin_base::sizes::parse_size(s, cabin_base::sizes::Dialect::Lume)
@@ -42,6 +44,7 @@ pub fn handle(app: &App, route: Route, req: &Request) -> Result<Reply, ApiError>
         Route::SetVm => set_vm(app, req),
         Route::RunVm => run_vm(app, req),
         Route::StopVm => stop_vm(app, req),
+        Route::SuspendVm => suspend_vm(app, req),
         Route::SetupVm => setup_vm(app, req),
         Route::Ipsw => Err(ApiError::new(
             "macOS restore images (IPSW) do not apply on Linux: cabin runs linux VMs",
@@ -269,11 +272,16 @@ fn run_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
         ..Default::default()
     };
     match runner::launch(&app.host, &vm, &opts, START_WAIT)? {
-        Launched::Running(session) => app.log.info(&format!(
-            "VM started name={} vnc={}",
-            vm.name,
-            session.url.as_deref().unwrap_or("disabled")
-        )),
+        Launched::Running(session) => {
+            for n in &session.notices {
+                app.log.info(n);
+            }
+            app.log.info(&format!(
+                "VM started name={} vnc={}",
+                vm.name,
+                session.url.as_deref().unwrap_or("disabled")
+            ))
+        }
         Launched::Starting => app.log.info(&format!("VM starting name={}", vm.name)),
     }
     Ok(Reply::json(
@@ -299,6 +307,22 @@ fn stop_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
     runner::stop(&vm, STOP_TIMEOUT)?;
     app.log.info(&format!("VM stopped name={}", vm.name));
     Ok(Reply::message(StatusCode::OK, "VM stopped successfully"))
+}
+
+/// cabin's own route (Lume has no suspend): saves a running VM's memory and devices
+/// and stops it; `POST /lume/vms/NAME/run` resumes it. Storage as for stop.
+fn suspend_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
+    let b: wire::Storage = wire::optional_body(req.body).unwrap_or_default();
+    let storage_param = req.query("storage");
+    let s = app.settings()?;
+    let vm = store::find(
+        &s,
+        req.name(),
+        storage(&b.storage).or(storage_param.as_deref()),
+    )?;
+    cabin_machines::suspend::suspend(&vm, SUSPEND_TIMEOUT)?;
+    app.log.info(&format!("VM suspended name={}", vm.name));
+    Ok(Reply::message(StatusCode::OK, "VM suspended successfully"))
 }
 
 fn setup_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {

@@ -19,6 +19,7 @@ pub enum Route {
     SetVm,
     RunVm,
     StopVm,
+    SuspendVm,
     SetupVm,
     Ipsw,
     Pull,
@@ -48,6 +49,7 @@ pub const ROUTES: &[(&str, &str, Route)] = &[
     ("PATCH", "/lume/vms/:name", Route::SetVm),
     ("POST", "/lume/vms/:name/run", Route::RunVm),
     ("POST", "/lume/vms/:name/stop", Route::StopVm),
+    ("POST", "/lume/vms/:name/suspend", Route::SuspendVm),
     ("POST", "/lume/vms/:name/setup", Route::SetupVm),
     ("GET", "/lume/ipsw", Route::Ipsw),
     ("POST", "/lume/pull", Route::Pull),
@@ -143,7 +145,12 @@ mod tests {
 
     #[test]
     fn routes_match_as_lume_matches_them() {
-        assert_eq!(ROUTES.len(), 24);
+        // Lume's 24, and cabin's suspend.
+        assert_eq!(ROUTES.len(), 25);
+        assert_eq!(
+            m("POST", "/lume/vms/web/suspend"),
+            Match::Found(Route::SuspendVm, Some("web".into()))
+        );
         assert_eq!(m("GET", "/lume/vms"), Match::Found(Route::ListVms, None));
         assert_eq!(m("GET", "/lume/vms/"), Match::Found(Route::ListVms, None));
         assert_eq!(

@@ -17,6 +17,24 @@ pub fn create_private_dir(p: &Path) -> io::Result<()> {
     fs::set_permissions(p, fs::Permissions::from_mode(0o700))
 }
 
+/// A file's path and, if it exists, its size, modification time and inode: what tells
+/// a rebuilt or rewritten file (a kernel, QEMU, a disk) from the one a saved state was
+/// made with, without reading it.
+pub fn identity(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match fs::metadata(path) {
+        Ok(m) => format!(
+            "{}\t{} {}.{} {}",
+            path.display(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ino()
+        ),
+        Err(_) => format!("{}\tmissing", path.display()),
+    }
+}
+
 /// Replaces the file at `path` with `data` crash-safely (see the module comment), with
 /// `mode`. The temporary file is hidden beside it and named after this process, so
 /// that writers in several processes never share one.

@@ -24,6 +24,12 @@ pub enum VmCommand {
     Run(RunArgs),
     /// Stop a running VM: ACPI power-off, then the plug.
     Stop(NameArgs),
+    /// Suspend a running VM: save its memory and device state into its directory and
+    /// stop it; `vm run` resumes it where it was (its clock set anew in VMs made with
+    /// --image). `vm stop` of a suspended VM discards the saved state. The state holds
+    /// the guest's memory, secrets included: it stays in the VM's directory, readable
+    /// by its owner only.
+    Suspend(NameArgs),
     /// List VMs.
     #[command(alias = "list")]
     Ls {
@@ -331,8 +337,24 @@ pub async fn run(host: &Host, cmd: VmCommand) -> Result<i32, Failure> {
         }
         VmCommand::Stop(a) => {
             let vm = store::find(&s, &a.name, a.storage.as_deref())?;
-            runner::stop(&vm, Duration::from_secs(15))?;
-            log_info(&format!("VM stopped name={}", vm.name));
+            match runner::stop(&vm, Duration::from_secs(15))? {
+                runner::Stopped::PoweredOff => log_info(&format!("VM stopped name={}", vm.name)),
+                runner::Stopped::StateDiscarded => log_info(&format!(
+                    "VM stopped name={}: its saved state was discarded, it boots at its next run",
+                    vm.name
+                )),
+            }
+        }
+        VmCommand::Suspend(a) => {
+            let vm = store::find(&s, &a.name, a.storage.as_deref())?;
+            let started = std::time::Instant::now();
+            cabin_machines::suspend::suspend(&vm, SUSPEND_TIMEOUT)?;
+            log_info(&format!(
+                "VM suspended name={} in {:.1} s; `cabin vm run {}` resumes it",
+                vm.name,
+                started.elapsed().as_secs_f64(),
+                vm.name
+            ));
         }
         VmCommand::Ls { format, storage } => {
             let list: Vec<_> = store::list(&s, storage.as_deref())?
@@ -414,6 +436,10 @@ fn announce_started(session: &Session) {
     }
 }
 
+/// How long `vm suspend` waits for the VM's state to be saved (its memory is written
+/// out whole).
+const SUSPEND_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// `vm ssh`: runs the system's ssh client in this process's place, so that terminals,
 /// signals and exit codes behave as ssh's own.
 fn ssh(host: &Host, s: &Settings, a: SshArgs) -> Result<i32, Failure> {
@@ -422,37 +448,19 @@ fn ssh(host: &Host, s: &Settings, a: SshArgs) -> Result<i32, Failure> {
     let Some(session) = vm.session() else {
         return Err(VmError::NotRunning(vm.name.clone()).into());
     };
-    let Some((address, port)) = session.ssh_address() else {
+    let from_image = matches!(from_image::DirectBoot::read(&vm.dir), Ok(Some(_)));
+    let user = a
+        .user
+        .unwrap_or_else(|| if from_image { "root" } else { "lume" }.into());
+    let Some(mut cmd) = session.ssh_command(&host.paths.ssh_key(), &user) else {
         return Err(Failure::new(format!(
             "{} has no address cabin knows of (only VMs made with --image get one); reach it through its VNC display",
             vm.name
         )));
     };
-    let from_image = matches!(from_image::DirectBoot::read(&vm.dir), Ok(Some(_)));
-    let user = a
-        .user
-        .unwrap_or_else(|| if from_image { "root" } else { "lume" }.into());
-    let mut cmd = std::process::Command::new("ssh");
-    let key = host.paths.ssh_key();
-    if key.is_file() {
-        cmd.arg("-i").arg(&key);
-    }
-    // Every VM's host key is new to this host, and clones share theirs: checking them
-    // against known_hosts would only get in the way.
-    cmd.args([
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-        "-p",
-        &port.to_string(),
-    ]);
     if a.timeout > 0 {
         cmd.args(["-o", &format!("ConnectTimeout={}", a.timeout)]);
     }
-    cmd.arg(format!("{user}@{address}"));
     if !a.command.is_empty() {
         cmd.arg("--").args(&a.command);
     }
@@ -493,6 +501,9 @@ async fn run_vm(host: &Host, s: &Settings, a: RunArgs) -> Result<i32, Failure> {
         let mut child = runner::start_detached(host, &vm, &opts)?;
         return match runner::wait_started(&vm, &mut child, Duration::from_secs(60)) {
             Started::Running(session) => {
+                for n in &session.notices {
+                    eprintln!("{n}");
+                }
                 announce_started(&session);
                 log_info(&format!("VM started in the background name={}", a.name));
                 Ok(0)

@@ -33,7 +33,7 @@ use cabin_vmm::qemu::{self, Qemu};
 use cabin_vmm::{DiskFormat, DiskSpec, GuestMemory, MicroVmSpec, NetBackend, RunningVm, VmBackend};
 use sha2::{Digest, Sha256};
 
-use cabin_base::files::create_private_dir;
+use cabin_base::files::{create_private_dir, identity};
 
 use cabin_base::Paths;
 use cabin_vmm::rundir::RunDir;
@@ -44,23 +44,6 @@ pub const DISK_BYTES: u64 = 1 << 40;
 
 /// How long a template VM may take to boot before the build gives up.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// A file's path and, if it exists, its size, modification time and inode: what tells
-/// a rebuilt kernel, init or QEMU from the one a snapshot was made with.
-fn identity(path: &Path) -> String {
-    use std::os::unix::fs::MetadataExt;
-    match fs::metadata(path) {
-        Ok(m) => format!(
-            "{}\t{} {}.{} {}",
-            path.display(),
-            m.len(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ino()
-        ),
-        Err(_) => format!("{}\tmissing", path.display()),
-    }
-}
 
 /// The files a VM's template depends on besides its command line.
 fn dependencies(qemu: &Qemu, spec: &MicroVmSpec) -> [PathBuf; 3] {

@@ -23,7 +23,7 @@ pub struct VmDetails {
     pub memory_size: u64,
     pub disk_size: DiskSize,
     pub display: String,
-    pub status: String,
+    pub status: store::VmStatus,
     pub provisioning_operation: Option<String>,
     pub vnc_url: Option<String>,
     pub ip_address: Option<String>,
@@ -46,12 +46,10 @@ pub fn details(vm: &Vm) -> Result<VmDetails, store::VmError> {
         memory_size: c.memory_size,
         disk_size: DiskSize { allocated, total },
         display: c.display,
-        status: if session.is_some() {
-            "running"
-        } else {
-            "stopped"
-        }
-        .into(),
+        status: match session {
+            Some(_) => store::VmStatus::Running,
+            None => vm.status(),
+        },
         provisioning_operation: None,
         vnc_url: session.as_ref().and_then(|s| s.url.clone()),
         ip_address: session.as_ref().and_then(|s| s.ip_address.clone()),

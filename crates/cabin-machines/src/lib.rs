@@ -10,6 +10,7 @@ pub mod kernel;
 pub mod runner;
 pub mod settings;
 pub mod store;
+pub mod suspend;
 pub mod transfer;
 
 /// Where what the user should hear on the way goes (the CLI prints it, the API logs it).

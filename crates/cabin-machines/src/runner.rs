@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cabin_vmm::full::{self, Boot, FullVmSpec, Vnc};
+use cabin_vmm::migration;
 use cabin_vmm::qemu::Qemu;
 use cabin_vmm::qmp::Qmp;
 use cabin_vmm::{NetBackend, ShareSpec};
@@ -31,6 +32,7 @@ use cabin_vmm::AccelRequest;
 
 use crate::from_image::{self, DirectBoot, GuestAddress};
 use crate::store::{self, io_err, Session, SharedDir, Vm, VmError};
+use crate::suspend;
 use cabin_vmm::rundir::RunDir;
 
 /// How long a guest has to power off after the ACPI button before it is killed.
@@ -175,20 +177,58 @@ async fn run_vm(
 ) -> Result<(), VmError> {
     let config = vm.config()?;
     let lock = lock_running(vm)?;
+    // The console of this run only, read by `vm logs` while the VM runs and after.
+    let console_log = vm.dir.join(CONSOLE_LOG);
+    fs::write(&console_log, b"").map_err(io_err("creating console.log"))?;
+    let mut notices = Vec::new();
+    let mut saved = match suspend::saved(vm) {
+        suspend::Saved::None => None,
+        suspend::Saved::State(r) => Some(r),
+        suspend::Saved::Unusable(why) => {
+            notice(
+                &mut notices,
+                &console_log,
+                &format!(
+                    "{}'s saved state cannot be used ({why}); removed it, booting",
+                    vm.name
+                ),
+            );
+            suspend::discard(vm)?;
+            None
+        }
+    };
+    let asked = suspend::Devices {
+        shared_dirs: opts
+            .shared_dirs
+            .iter()
+            .map(|(p, ro)| check_shared_dir(p).map(|c| (c, *ro)))
+            .collect::<Result<_, _>>()?,
+        iso: opts.iso.clone(),
+        disks: opts.disks.clone(),
+    };
+    // A resumed VM has the devices it was suspended with.
+    let devices = match &saved {
+        Some(r) if asked.is_empty() => r.devices.clone(),
+        Some(r) if asked != r.devices => {
+            return Err(VmError::Invalid(format!(
+                "{} was suspended with other shared folders or disks ({}); run it without --shared-dir, --mount and --disk to resume it as it was, or discard its saved state (cabin vm stop {}) to boot it with these",
+                vm.name,
+                describe_devices(&r.devices),
+                vm.name
+            )))
+        }
+        _ => asked,
+    };
     let mut shares = Vec::new();
-    let dirs: Vec<(PathBuf, bool)> = opts
-        .shared_dirs
-        .iter()
-        .map(|(p, ro)| check_shared_dir(p).map(|c| (c, *ro)))
-        .collect::<Result<_, _>>()?;
-    for ((path, ro), tag) in dirs.iter().zip(share_tags(&dirs)) {
+    let dirs = &devices.shared_dirs;
+    for ((path, ro), tag) in dirs.iter().zip(share_tags(dirs)) {
         shares.push(ShareSpec {
             path: path.clone(),
             tag,
             read_only: *ro,
         });
     }
-    for p in opts.iso.iter().chain(opts.disks.iter()) {
+    for p in devices.iso.iter().chain(devices.disks.iter()) {
         if !p.is_file() {
             return Err(VmError::Invalid(format!(
                 "disk image not found: {}",
@@ -214,11 +254,24 @@ async fn run_vm(
     let run_dir = random::id()
         .and_then(|id| RunDir::create(&host.paths.run_root(), &id))
         .map_err(io_err("creating the VM's run directory"))?;
-    // The console of this run only, read by `vm logs` while the VM runs and after.
-    let console_log = vm.dir.join(CONSOLE_LOG);
-    fs::write(&console_log, b"").map_err(io_err("creating console.log"))?;
     let direct = DirectBoot::read(&vm.dir)?;
-    let net = vm_network(vm, &config, direct.is_some())?;
+    let net = vm_network(
+        vm,
+        &config,
+        direct.is_some(),
+        saved.as_ref().and_then(|r| r.address),
+    )?;
+    if let (Some(was), Some(GuestAddress { address: now, .. })) =
+        (saved.as_ref().and_then(|r| r.address), &net.address)
+    {
+        if was != *now {
+            notice(
+                &mut notices,
+                &console_log,
+                &format!("{} had the address {was} when it was suspended, which another VM or container has now; it gets {now} once its network restarts", vm.name),
+            );
+        }
+    }
     let boot = match &direct {
         None => Boot::Uefi {
             code: store::OVMF_CODE.into(),
@@ -253,8 +306,8 @@ async fn run_vm(
         mac: config.mac_address.clone(),
         boot,
         disk: vm.disk(),
-        extra_disks: opts.disks.clone(),
-        iso: opts.iso.clone(),
+        extra_disks: devices.disks.clone(),
+        iso: devices.iso.clone(),
         display: (w, h),
         vnc,
         nic: net.backend.clone(),
@@ -262,20 +315,50 @@ async fn run_vm(
         accel: accel.accel,
         run_dir: run_dir.path.clone(),
         console_log: console_log.clone(),
+        incoming: false,
     };
+    let fingerprint = suspend::Fingerprint::of(&qemu.binary, &spec);
+    if let Some(r) = &saved {
+        if let Some(why) = suspend::mismatch(vm, r, &fingerprint) {
+            notice(
+                &mut notices,
+                &console_log,
+                &format!(
+                    "{}'s saved state no longer matches ({why}); removed it, booting",
+                    vm.name
+                ),
+            );
+            suspend::discard(vm)?;
+            saved = None;
+        }
+    }
     // Refused now rather than killed by the OOM killer once the guest uses its memory.
     cabin_base::memory::Headroom::now()
         .admit(spec.memory_mib)
         .map_err(|e| VmError::Failed(e.to_string()))?;
-    let full::FullVm {
-        mut child,
-        confinement,
-    } = full::spawn(&qemu.binary, &spec).map_err(|e| VmError::Failed(e.to_string()))?;
-    // A runner killed with SIGKILL takes QEMU with it (parent-death signal); the pid
-    // lets the next cabin command find a QEMU that outlived it anyway.
-    let _ = run_dir.record_vmm_pid(child.id());
+    let mut resumed = false;
+    let (mut child, confinement, mut qmp) = match &saved {
+        Some(_) => match resume(vm, &qemu.binary, &spec, &run_dir).await {
+            Ok(started) => {
+                resumed = true;
+                started
+            }
+            Err(why) => {
+                notice(
+                    &mut notices,
+                    &console_log,
+                    &format!(
+                        "{}'s saved state could not be loaded ({why}); removed it, booting",
+                        vm.name
+                    ),
+                );
+                suspend::discard(vm)?;
+                start_qemu(&qemu.binary, &spec, &run_dir).await?
+            }
+        },
+        None => start_qemu(&qemu.binary, &spec, &run_dir).await?,
+    };
     let result = async {
-        let mut qmp = connect_qmp(&full::qmp_socket(&run_dir.path), &mut child).await?;
         let mut url = None;
         if vnc != Vnc::Off {
             let password = match opts.vnc_password.clone() {
@@ -313,62 +396,89 @@ async fn run_vm(
             ssh_port: net.ssh_forward,
             ssh_available: false,
             serial_socket: Some(full::serial_socket(&run_dir.path)),
+            notices: notices.clone(),
         };
-        write_session(vm, &session)?;
-        *started = true;
-        vm.clear_start_error();
-        ready(&session);
+        // Handled from before the session is published: `vm stop` and `vm suspend`
+        // signal the pid they find there.
         let mut term =
             signal(SignalKind::terminate()).map_err(|e| VmError::Failed(e.to_string()))?;
         let mut int =
             signal(SignalKind::interrupt()).map_err(|e| VmError::Failed(e.to_string()))?;
+        let mut usr1 =
+            signal(SignalKind::user_defined1()).map_err(|e| VmError::Failed(e.to_string()))?;
+        write_session(vm, &session)?;
+        *started = true;
+        vm.clear_start_error();
+        ready(&session);
+        if resumed && direct.is_some() {
+            // The guest's clock stood still while it was suspended.
+            let key = host.paths.ssh_key();
+            let probe = session.clone();
+            let log = console_log.clone();
+            std::thread::spawn(
+                move || match suspend::set_guest_clock(&key, &probe, CLOCK_WAIT) {
+                    Ok(()) => append_console(&log, "the guest's clock is set to the host's"),
+                    Err(why) => append_console(
+                        &log,
+                        &format!("the guest's clock could not be set after resuming: {why}"),
+                    ),
+                },
+            );
+        }
         let mut session = session;
         let mut next_probe = Instant::now();
         let mut disk_pause = cabin_vmm::qemu::DiskPauseWatch::default();
-        let exited = async {
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                // A full host disk pauses the VM; it goes on once there is room, and
-                // its console log (`vm logs`) says so.
-                if let Some(change) = disk_pause.check(&mut qmp).await {
-                    let _ = fs::OpenOptions::new()
-                        .append(true)
-                        .open(&console_log)
-                        .and_then(|mut f| {
-                            std::io::Write::write_all(
-                                &mut f,
-                                format!("\n[cabin] {change}\n").as_bytes(),
-                            )
-                        });
-                }
-                bound_console_log(&console_log);
-                // The guest took its address (DHCP): report it.
-                let ip = net.reachable_ip.locked().clone();
-                let mut changed = ip != session.ip_address;
-                session.ip_address = ip;
-                // Whether its SSH server answers, found here, so that listing VMs
-                // never waits on a guest.
-                if Instant::now() >= next_probe {
-                    next_probe = Instant::now() + SSH_PROBE_INTERVAL;
-                    let probe = session.clone();
-                    let answers = tokio::task::spawn_blocking(move || ssh_answers(&probe))
-                        .await
-                        .unwrap_or(false);
-                    changed |= answers != session.ssh_available;
-                    session.ssh_available = answers;
-                }
-                if changed {
-                    let _ = write_session(vm, &session);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        let saving =
+            suspend::Saving {
+                vm,
+                fingerprint: &fingerprint,
+                devices: &devices,
+                address: net.address.as_ref().map(|a| a.address).filter(|_| {
+                    matches!(net.backend, NetBackend::Tap(_)) && net._endpoint.is_some()
+                }),
+            };
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Ok(());
             }
-        };
-        tokio::select! {
-            _ = exited => return Ok(()),
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+            // A full host disk pauses the VM; it goes on once there is room, and
+            // its console log (`vm logs`) says so.
+            if let Some(change) = disk_pause.check(&mut qmp).await {
+                append_console(&console_log, &change.to_string());
+            }
+            bound_console_log(&console_log);
+            // The guest took its address (DHCP): report it.
+            let ip = net.reachable_ip.locked().clone();
+            let mut changed = ip != session.ip_address;
+            session.ip_address = ip;
+            // Whether its SSH server answers, found here, so that listing VMs
+            // never waits on a guest.
+            if Instant::now() >= next_probe {
+                next_probe = Instant::now() + SSH_PROBE_INTERVAL;
+                let probe = session.clone();
+                let answers = tokio::task::spawn_blocking(move || ssh_answers(&probe))
+                    .await
+                    .unwrap_or(false);
+                changed |= answers != session.ssh_available;
+                session.ssh_available = answers;
+            }
+            if changed {
+                let _ = write_session(vm, &session);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = usr1.recv() => {
+                    match suspend::save(&saving, &mut qmp, &mut child).await {
+                        Ok(()) => {
+                            append_console(&console_log, &format!("{} suspended", vm.name));
+                            return Ok(());
+                        }
+                        Err(e) => suspend::record_failure(vm, &e.to_string()),
+                    }
+                }
+            }
         }
         // Stop: the ACPI power button, then the plug.
         let _ = qmp.execute("system_powerdown", None).await;
@@ -393,6 +503,112 @@ async fn run_vm(
     let _ = run_dir.remove();
     drop(lock);
     result
+}
+
+/// How long a resumed VM's SSH server has to answer before its clock is left as it is.
+const CLOCK_WAIT: Duration = Duration::from_secs(120);
+
+/// Starts QEMU for `spec` and connects to its monitor.
+async fn start_qemu(
+    binary: &Path,
+    spec: &FullVmSpec,
+    run_dir: &RunDir,
+) -> Result<(Child, Option<cabin_vmm::confine::Confinement>, Qmp), VmError> {
+    let full::FullVm {
+        mut child,
+        confinement,
+    } = full::spawn(binary, spec).map_err(|e| VmError::Failed(e.to_string()))?;
+    // A runner killed with SIGKILL takes QEMU with it (parent-death signal); the pid
+    // lets the next cabin command find a QEMU that outlived it anyway.
+    let _ = run_dir.record_vmm_pid(child.id());
+    match connect_qmp(&full::qmp_socket(&run_dir.path), &mut child).await {
+        Ok(qmp) => Ok((child, confinement, qmp)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
+}
+
+/// Starts QEMU for `spec` waiting for a state, loads the VM's saved state into it and
+/// lets the guest go on; the state is removed once it is in (the disk moves on from
+/// it). On failure QEMU is gone and the state is still there.
+async fn resume(
+    vm: &Vm,
+    binary: &Path,
+    spec: &FullVmSpec,
+    run_dir: &RunDir,
+) -> Result<(Child, Option<cabin_vmm::confine::Confinement>, Qmp), VmError> {
+    let state = suspend::open_state(vm)?;
+    let incoming = FullVmSpec {
+        incoming: true,
+        ..spec.clone()
+    };
+    let (mut child, confinement, mut qmp) = start_qemu(binary, &incoming, run_dir).await?;
+    let loaded = async {
+        migration::load(
+            &mut qmp,
+            migration::Source::Handed(&state),
+            migration::Ram::InStream,
+        )
+        .await?;
+        qmp.execute("cont", None).await.map(drop)
+    }
+    .await;
+    match loaded {
+        Ok(()) => {
+            suspend::discard(vm)?;
+            Ok((child, confinement, qmp))
+        }
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            drop(confinement);
+            Err(VmError::Failed(e.to_string()))
+        }
+    }
+}
+
+/// Says something about this run where its user sees it: in its session (the process
+/// that started it shows it), on the runner's stderr (`run.log` of a background run)
+/// and in the console log (`vm logs`).
+fn notice(notices: &mut Vec<String>, console_log: &Path, message: &str) {
+    eprintln!("{message}");
+    append_console(console_log, message);
+    notices.push(message.to_string());
+}
+
+/// A line of cabin's own in the VM's console log.
+fn append_console(console_log: &Path, message: &str) {
+    let _ = fs::OpenOptions::new()
+        .append(true)
+        .open(console_log)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, format!("\n[cabin] {message}\n").as_bytes())
+        });
+}
+
+/// A run's extra devices, for a message.
+fn describe_devices(d: &suspend::Devices) -> String {
+    let mut parts: Vec<String> = d
+        .shared_dirs
+        .iter()
+        .map(|(p, ro)| {
+            format!(
+                "--shared-dir {}{}",
+                p.display(),
+                if *ro { ":ro" } else { "" }
+            )
+        })
+        .collect();
+    parts.extend(d.iso.iter().map(|p| format!("--mount {}", p.display())));
+    parts.extend(d.disks.iter().map(|p| format!("--disk {}", p.display())));
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(" ")
+    }
 }
 
 /// How often the runner checks whether the guest's SSH server answers.
@@ -477,7 +693,12 @@ fn new_id() -> Result<String, VmError> {
     random::id().map_err(|e| VmError::Failed(e.to_string()))
 }
 
-fn vm_network(vm: &Vm, config: &store::VmConfig, from_image: bool) -> Result<VmNetwork, VmError> {
+fn vm_network(
+    vm: &Vm,
+    config: &store::VmConfig,
+    from_image: bool,
+    prefer: Option<std::net::Ipv4Addr>,
+) -> Result<VmNetwork, VmError> {
     use cabin_net::{bridge, dhcp};
     let mac = config.mac_address.as_str();
     let client_mac = dhcp::parse_mac(mac)
@@ -513,7 +734,7 @@ fn vm_network(vm: &Vm, config: &store::VmConfig, from_image: bool) -> Result<VmN
         // The endpoint's id names its tap device: random, since VMs of different
         // storage locations or data directories may share a name.
         let id = format!("v{}", &new_id()?[..11]);
-        let ep = bridge::attach(&id, vec![vm.name.clone()], &[])?;
+        let ep = bridge::attach(&id, vec![vm.name.clone()], &[], prefer)?;
         let cfg = ep.guest_config();
         let ip = ep.record.ip;
         let reachable = Arc::new(Mutex::new(from_image.then(|| ip.to_string())));
@@ -584,12 +805,26 @@ fn vm_network(vm: &Vm, config: &store::VmConfig, from_image: bool) -> Result<VmN
     })
 }
 
+/// What `stop` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The VM ran and was powered off.
+    PoweredOff,
+    /// The VM was suspended: its saved state is gone, it boots at its next run.
+    StateDiscarded,
+}
+
 /// Stops a running VM from any process: SIGTERM to the process that runs it (which
-/// powers the guest off), SIGKILL if it is still there after `timeout`.
-pub fn stop(vm: &Vm, timeout: Duration) -> Result<(), VmError> {
-    let session = vm
-        .session()
-        .ok_or_else(|| VmError::NotRunning(vm.name.clone()))?;
+/// powers the guest off), SIGKILL if it is still there after `timeout`. A suspended VM
+/// is stopped by discarding its saved state, as a machine's power is cut.
+pub fn stop(vm: &Vm, timeout: Duration) -> Result<Stopped, VmError> {
+    let Some(session) = vm.session() else {
+        if vm.is_suspended() {
+            suspend::discard(vm)?;
+            return Ok(Stopped::StateDiscarded);
+        }
+        return Err(VmError::NotRunning(vm.name.clone()));
+    };
     let pid = session.pid as i32;
     // SAFETY: signalling the pid the runner recorded while it holds the VM's lock.
     unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -607,7 +842,7 @@ pub fn stop(vm: &Vm, timeout: Duration) -> Result<(), VmError> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(())
+    Ok(Stopped::PoweredOff)
 }
 
 /// The log of a VM's background runner (its stdout and stderr).

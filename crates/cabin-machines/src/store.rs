@@ -27,6 +27,11 @@ pub const SESSION: &str = "sessions.json";
 pub const START_ERROR: &str = ".start-error.json";
 /// A VM made from an image: how it boots (`from_image::DirectBoot`), and its kernel.
 pub const BOOT: &str = "cabin-boot.json";
+/// A suspended VM's memory and device state (QEMU's migration stream), renamed into
+/// place last: the VM is suspended once this file is there.
+pub const SUSPENDED_STATE: &str = "suspended.state";
+/// What that state was saved with (`suspend::Suspended`), written before it.
+pub const SUSPENDED_RECORD: &str = "suspended.json";
 pub const KERNEL: &str = "vmlinuz";
 
 /// The UEFI firmware and the template of its variable store (Debian's `ovmf`).
@@ -81,6 +86,10 @@ pub struct Session {
     /// VMs started by cabin before it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial_socket: Option<PathBuf>,
+    /// What this run had to say about how it started (a saved state it could not
+    /// resume from, an address that changed), for the process that asked for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
 }
 
 impl Session {
@@ -100,6 +109,30 @@ impl Session {
             (Some(ip), None) => Some((ip.clone(), 22)),
             (None, None) => None,
         }
+    }
+
+    /// The system's ssh client set up to log in to the guest as `user` with cabin's
+    /// `key` (if it exists); None when the guest has no address cabin knows of. Every
+    /// VM's host key is new to this host, and clones share theirs: checking them
+    /// against known_hosts would only get in the way.
+    pub fn ssh_command(&self, key: &Path, user: &str) -> Option<std::process::Command> {
+        let (address, port) = self.ssh_address()?;
+        let mut cmd = std::process::Command::new("ssh");
+        if key.is_file() {
+            cmd.arg("-i").arg(key);
+        }
+        cmd.args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-p",
+            &port.to_string(),
+        ]);
+        cmd.arg(format!("{user}@{address}"));
+        Some(cmd)
     }
 }
 
@@ -131,6 +164,9 @@ pub enum VmError {
     Running(String),
     #[error("Virtual machine is not running: {0}")]
     NotRunning(String),
+    /// Its disk belongs with the memory it was suspended with.
+    #[error("Virtual machine is suspended: {0}; its disk belongs with its saved memory: resume it (cabin vm run) and stop it, or discard the saved state (cabin vm stop), first")]
+    Suspended(String),
     /// The request cannot be carried out as it is: why, and what to do.
     #[error("{0}")]
     Invalid(String),
@@ -249,6 +285,32 @@ pub fn machine_uuid(id: &str) -> Option<String> {
     })
 }
 
+/// What a VM is doing, as `vm ls`, `vm get` and Lume's API say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmStatus {
+    Running,
+    Stopped,
+    /// Its memory and device state are saved in its directory; `vm run` resumes it.
+    Suspended,
+}
+
+impl VmStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmStatus::Running => "running",
+            VmStatus::Stopped => "stopped",
+            VmStatus::Suspended => "suspended",
+        }
+    }
+}
+
+impl std::fmt::Display for VmStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// A VM directory found in a location.
 #[derive(Debug, Clone)]
 pub struct Vm {
@@ -293,6 +355,31 @@ impl Vm {
 
     pub fn disk(&self) -> PathBuf {
         self.dir.join(DISK)
+    }
+
+    /// Whether the VM is suspended: not running, its saved state in its directory.
+    pub fn is_suspended(&self) -> bool {
+        self.dir.join(SUSPENDED_STATE).is_file() && !self.is_running()
+    }
+
+    /// What the VM is doing.
+    pub fn status(&self) -> VmStatus {
+        if self.is_running() {
+            VmStatus::Running
+        } else if self.dir.join(SUSPENDED_STATE).is_file() {
+            VmStatus::Suspended
+        } else {
+            VmStatus::Stopped
+        }
+    }
+
+    /// Refuses what a suspended VM's disk must not go through (a clone, a push, a
+    /// change of its machine): the saved memory still holds its file systems' state.
+    pub fn refuse_if_suspended(&self) -> Result<(), VmError> {
+        if self.is_suspended() {
+            return Err(VmError::Suspended(self.name.clone()));
+        }
+        Ok(())
     }
 
     /// Why the last start failed, if it did and no start succeeded since.
@@ -579,6 +666,9 @@ pub fn check_set(
     if vm.is_running() {
         return Err(VmError::Running(vm.name.clone()));
     }
+    if cpu.is_some() || memory.is_some() || disk_size.is_some() || display.is_some() {
+        vm.refuse_if_suspended()?;
+    }
     let mut c = vm.config()?;
     if let Some(n) = cpu {
         if n == 0 || n > 256 {
@@ -635,6 +725,7 @@ pub fn clone(
     if src.is_running() {
         return Err(VmError::Running(src.name.clone()));
     }
+    src.refuse_if_suspended()?;
     let (location_name, parent, stage) = new_vm_dir(settings, &new_name, dest_storage)?;
     let made = (|| {
         private_dir(&stage).map_err(io_err("creating the clone's directory"))?;
@@ -788,6 +879,7 @@ mod tests {
             ssh_port: None,
             ssh_available: false,
             serial_socket: None,
+            notices: vec![],
         };
         assert_eq!(s.vnc(), Some((5903, "Ab3dE6gH".to_string())));
         s.url = Some("vnc://127.0.0.1:5903".into());

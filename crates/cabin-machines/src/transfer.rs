@@ -160,6 +160,7 @@ pub async fn push(req: &PushRequest<'_>, opts: RegistryOptions) -> Result<PushRe
             VmError::Running(vm.name.clone())
         )));
     }
+    vm.refuse_if_suspended()?;
     let config = vm.config()?;
     let mut tags = vec![req.image.tag.clone()];
     for t in req.additional_tags {

@@ -405,14 +405,16 @@ pub fn tap_on_host_bridge(
     Ok((fd, tap))
 }
 
-/// Joins the default bridge: an address, a tap device on the bridge, the published
+/// Joins the default bridge: an address (`prefer`, if it is free: the one a resumed VM
+/// still has; else the lowest free one), a tap device on the bridge, the published
 /// ports.
 pub fn attach(
     container_id: &str,
     names: Vec<String>,
     ports: &[PortForward],
+    prefer: Option<Ipv4Addr>,
 ) -> Result<Endpoint, BridgeError> {
-    attach_to(&Net::default_bridge(), container_id, names, ports)
+    attach_at(&Net::default_bridge(), container_id, names, ports, prefer)
 }
 
 /// Joins the bridge network `net`.
@@ -422,6 +424,16 @@ pub fn attach_to(
     names: Vec<String>,
     ports: &[PortForward],
 ) -> Result<Endpoint, BridgeError> {
+    attach_at(net, container_id, names, ports, None)
+}
+
+fn attach_at(
+    net: &Net,
+    container_id: &str,
+    names: Vec<String>,
+    ports: &[PortForward],
+    prefer: Option<Ipv4Addr>,
+) -> Result<Endpoint, BridgeError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(BridgeError::NotRoot);
@@ -430,8 +442,10 @@ pub fn attach_to(
     let state = State::lock(net)?;
     let dir = &net.state;
     let mut live = state.live_endpoints();
-    let ip = (2..255u8)
-        .map(|n| net.host(n))
+    let ip = prefer
+        .filter(|p| (2..255u8).any(|n| net.host(n) == *p))
+        .into_iter()
+        .chain((2..255u8).map(|n| net.host(n)))
         .find(|ip| live.iter().all(|e| e.ip != *ip))
         .ok_or_else(|| {
             BridgeError::Setup(format!(

@@ -35,6 +35,9 @@ pub struct FullVmSpec {
     /// The serial console's output is appended here (the caller bounds its size: it is
     /// the guest's to fill).
     pub console_log: PathBuf,
+    /// QEMU waits for a saved state (`-incoming defer`, loaded with
+    /// [`crate::migration::load`]) instead of booting.
+    pub incoming: bool,
 }
 
 /// How the VM starts.
@@ -184,6 +187,10 @@ pub fn command_line(spec: &FullVmSpec) -> Vec<String> {
         &format!("virtio-net-pci,netdev=net0,mac={}", spec.mac),
     ]);
     push(&["-device", "virtio-rng-pci", "-device", "virtio-balloon-pci"]);
+    // A new generation ID at every start, resumed ones too: a Linux guest reseeds its
+    // random number generator when it changes, so a resumed VM never repeats the
+    // random numbers it would have drawn before it was suspended.
+    push(&["-device", "vmgenid,guid=auto"]);
     let shares = crate::qemu::share_args(&spec.shares, "virtio-9p-pci");
     push(&shares.iter().map(String::as_str).collect::<Vec<_>>());
     // The serial console is a socket a terminal attaches to (the web console), and
@@ -213,7 +220,34 @@ pub fn command_line(spec: &FullVmSpec) -> Vec<String> {
         "-mon",
         "chardev=monitor,mode=control",
     ]);
+    if spec.incoming {
+        push(&["-incoming", "defer"]);
+    }
     a
+}
+
+/// The VM's shape: its command line without what may differ between a run and the
+/// resumption of its saved state (VNC, the network's host side, the kernel command
+/// line the guest has already read, whether it resumes). Two specs of one shape give
+/// the guest the same machine and devices, so a state saved under one loads under the
+/// other.
+pub fn shape(spec: &FullVmSpec) -> Vec<String> {
+    let mut canonical = spec.clone();
+    canonical.vnc = Vnc::Off;
+    canonical.incoming = false;
+    canonical.run_dir = PathBuf::from("/run-dir");
+    canonical.console_log = PathBuf::from("/console.log");
+    if let Boot::Kernel { command_line, .. } = &mut canonical.boot {
+        command_line.clear();
+    }
+    match &mut canonical.nic {
+        NetBackend::User { forwards } => forwards.clear(),
+        NetBackend::Tap(fd) => *fd = None,
+    }
+    for (i, s) in canonical.shares.iter_mut().enumerate() {
+        s.path = PathBuf::from(format!("/share{i}"));
+    }
+    command_line(&canonical)
 }
 
 /// The unix socket of a full VM's QMP monitor (the runner's), in its run directory.
@@ -312,6 +346,7 @@ mod tests {
             accel: Accel::Tcg,
             run_dir: "/run/x".into(),
             console_log: "/vms/web/console.log".into(),
+            incoming: false,
         };
         let a = command_line(&spec).join(" ");
         assert!(a.contains("-machine q35"));
@@ -362,5 +397,36 @@ mod tests {
         );
         assert!(joined.contains(&format!("-kernel /proc/self/fd/{KERNEL_FD}")));
         assert!(joined.contains("-vnc 127.0.0.1:5,password=on"), "{joined}");
+        assert!(joined.contains("vmgenid,guid=auto"), "{joined}");
+        assert!(!joined.contains("-incoming"), "{joined}");
+
+        // A resumption waits for its state, and has the shape of the run it resumes
+        // whatever its VNC, its kernel command line or its network's host side.
+        let resumed = FullVmSpec {
+            incoming: true,
+            vnc: Vnc::Off,
+            boot: Boot::Kernel {
+                kernel: "/vms/web/vmlinuz".into(),
+                command_line: "root=/dev/vda ro ip=10.0.0.9".into(),
+            },
+            nic: NetBackend::User {
+                forwards: vec![crate::PortForward {
+                    protocol: crate::Protocol::Tcp,
+                    host_ip: std::net::Ipv4Addr::LOCALHOST,
+                    host_port: 2222,
+                    guest_port: 22,
+                }],
+            },
+            ..direct.clone()
+        };
+        assert!(command_line(&resumed)
+            .join(" ")
+            .ends_with("-incoming defer"));
+        assert_eq!(shape(&resumed), shape(&direct));
+        let bigger = FullVmSpec {
+            memory_mib: 4096,
+            ..direct.clone()
+        };
+        assert_ne!(shape(&bigger), shape(&direct));
     }
 }

@@ -5,6 +5,7 @@ pub mod accel;
 pub mod confine;
 pub mod console;
 pub mod full;
+pub mod migration;
 pub mod qemu;
 pub mod qmp;
 pub mod rundir;

@@ -2,17 +2,17 @@
 //! devices only, no firmware, controlled over QMP.
 
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::net::UnixStream;
 
 use crate::confine::{Confinement, Needs, ShareAccess};
+use crate::migration;
 use crate::qmp::Qmp;
 use crate::{
     Accel, DiskFormat, GuestMemory, MicroVmSpec, NetBackend, RunningVm, VmBackend, VmExit,
@@ -704,6 +704,15 @@ const PAUSE_CHECK: Duration = Duration::from_secs(1);
 const RESUME_RETRY_MAX: Duration = Duration::from_secs(10);
 
 impl QemuVm {
+    /// Where this VM's RAM goes when its state is saved.
+    fn ram(&self) -> migration::Ram {
+        if self.memory_in_file {
+            migration::Ram::InSharedFile
+        } else {
+            migration::Ram::InStream
+        }
+    }
+
     fn with_pid(mut self) -> Self {
         self.pid = self.child.as_ref().map(|c| c.id()).unwrap_or(0);
         self
@@ -879,33 +888,14 @@ impl RunningVm for QemuVm {
         if self.monitor.is_none() {
             self.monitor = Some(self.qmp().await?);
         }
+        let ram = self.ram();
         let qmp = self.monitor.as_mut().expect("just set");
-        if self.memory_in_file {
-            set_migration_capabilities(qmp, true, false).await?;
-        }
-        qmp.execute("stop", None).await?;
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(path)?;
-        qmp.execute_with_fd("getfd", Some(json!({"fdname": "state"})), file.as_fd())
-            .await?;
-        qmp.execute("migrate", Some(json!({"uri": "fd:state"})))
-            .await?;
-        loop {
-            let info = qmp.execute("query-migrate", None).await?;
-            match info["status"].as_str() {
-                Some("completed") => break,
-                Some("failed") | Some("cancelled") => {
-                    return Err(io::Error::other(format!(
-                        "saving the VM failed: {}",
-                        info["error-desc"].as_str().unwrap_or("no reason given")
-                    )))
-                }
-                _ => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
+        migration::save(qmp, &file, ram).await?;
         file.sync_all()
     }
 
@@ -914,31 +904,9 @@ impl RunningVm for QemuVm {
         if self.monitor.is_none() {
             self.monitor = Some(self.qmp().await?);
         }
+        let ram = self.ram();
         let qmp = self.monitor.as_mut().expect("just set");
-        set_migration_capabilities(qmp, self.memory_in_file, true).await?;
-        qmp.execute(
-            "migrate-incoming",
-            Some(json!({"uri": format!("fd:{RESTORE_FD}")})),
-        )
-        .await?;
-        // The VM runs by itself once the state is in (no -S, no global run state saved).
-        let done = qmp
-            .wait_event("MIGRATION", |d| {
-                matches!(d["status"].as_str(), Some("completed" | "failed"))
-            })
-            .await?;
-        if done["data"]["status"] == "completed" {
-            return Ok(());
-        }
-        let why = qmp
-            .execute("query-migrate", None)
-            .await
-            .ok()
-            .and_then(|i| i["error-desc"].as_str().map(String::from))
-            .unwrap_or_else(|| "QEMU gave no reason".into());
-        Err(io::Error::other(format!(
-            "loading the saved VM state failed: {why}"
-        )))
+        migration::load::<std::fs::File>(qmp, migration::Source::Inherited(RESTORE_FD), ram).await
     }
 
     async fn kill(&mut self) -> io::Result<VmExit> {
@@ -951,29 +919,6 @@ impl RunningVm for QemuVm {
         self.send_kill();
         self.wait().await
     }
-}
-
-/// What saving and loading a VM's state needs switched on: RAM in a template file left
-/// out of the stream (`x-ignore-shared`, on both sides), and, when loading, the
-/// MIGRATION events that say the state is in.
-async fn set_migration_capabilities(
-    qmp: &mut Qmp,
-    memory_in_file: bool,
-    loading: bool,
-) -> io::Result<()> {
-    let mut caps = Vec::new();
-    if memory_in_file {
-        caps.push(json!({"capability": "x-ignore-shared", "state": true}));
-    }
-    if loading {
-        caps.push(json!({"capability": "events", "state": true}));
-    }
-    qmp.execute(
-        "migrate-set-capabilities",
-        Some(json!({ "capabilities": caps })),
-    )
-    .await
-    .map(drop)
 }
 
 impl Drop for QemuVm {

@@ -4,6 +4,7 @@
 
 pub mod dockerd;
 pub mod fault_proxy;
+pub mod http;
 pub mod terminal;
 pub mod vm_disks;
 pub mod vm_transfer;

@@ -1,0 +1,332 @@
+//! Full VMs suspended and resumed, on real QEMU under TCG with a Debian guest made from
+//! an image: `vm suspend` (and the API's `POST /lume/vms/NAME/suspend`) saves the
+//! running guest and ends it; `vm run` resumes it where it was, with the host's clock,
+//! a new VM generation ID and its address; what must not touch a suspended VM's disk
+//! is refused; a saved state that is damaged or no longer matches is discarded with a
+//! notice and the VM boots; a VM with a mounted shared folder is refused and runs on.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::http::http;
+use common::vm_ok as ok;
+use common::*;
+use serde_json::Value;
+
+/// Stops (and so discards the saved state of) the test's VM when the test ends.
+struct StopVm<'a>(&'a Path);
+
+impl Drop for StopVm<'_> {
+    fn drop(&mut self) {
+        let _ = vm_in(self.0, &["stop", "deb"]);
+    }
+}
+
+fn details(data: &Path) -> Value {
+    let v: Value = serde_json::from_str(&ok(data, &["get", "deb", "-f", "json"])).unwrap();
+    v[0].clone()
+}
+
+fn wait_for_ssh(data: &Path) {
+    wait_for("deb's SSH server", Duration::from_secs(240), || {
+        details(data)["sshAvailable"] == true
+    });
+}
+
+/// Runs `script` in the guest as root.
+fn guest(data: &Path, script: &str) -> String {
+    ok(data, &["ssh", "deb", "--", script])
+}
+
+/// The VM's generation ID as QEMU reports it, over the monitor the runner leaves free.
+fn generation_id(data: &Path) -> String {
+    let session: Value =
+        serde_json::from_slice(&std::fs::read(data.join("vms/deb/sessions.json")).unwrap())
+            .unwrap();
+    let serial = PathBuf::from(session["serialSocket"].as_str().unwrap());
+    let s = UnixStream::connect(serial.with_file_name("monitor.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut lines = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut line = String::new();
+    lines.read_line(&mut line).unwrap();
+    let mut answer = |cmd: &str| {
+        writeln!(w, "{{\"execute\":\"{cmd}\"}}").unwrap();
+        loop {
+            let mut l = String::new();
+            lines.read_line(&mut l).unwrap();
+            let v: Value = serde_json::from_str(&l).unwrap();
+            if v.get("event").is_none() {
+                return v;
+            }
+        }
+    };
+    answer("qmp_capabilities");
+    let v = answer("query-vm-generation-id");
+    v["return"]["guid"]
+        .as_str()
+        .expect("a generation ID")
+        .to_string()
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn console(data: &Path) -> String {
+    std::fs::read_to_string(data.join("vms/deb/console.log")).unwrap_or_default()
+}
+
+/// Runs the VM in the background; its runner's stderr (notices) goes to `run.log`.
+fn run_vm(data: &Path, extra: &[&str]) {
+    let mut args = vec!["run", "deb", "--detach"];
+    args.extend_from_slice(extra);
+    ok(data, &args);
+}
+
+fn run_log(data: &Path) -> String {
+    std::fs::read_to_string(data.join("vms/deb/run.log")).unwrap_or_default()
+}
+
+#[test]
+fn a_suspended_vm_resumes_where_it_was_with_a_fresh_clock_and_generation_id() {
+    if !is_root() {
+        eprintln!("skipped: debootstrap and the bridge need root");
+        return;
+    }
+    let rootfs = debian_rootfs(&["--system"]);
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let o = cabin_in(d)
+        .args(["image", "import", &rootfs, "debian-system:12"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _stop = StopVm(d);
+    ok(
+        d,
+        &[
+            "create",
+            "deb",
+            "--image",
+            "debian-system:12",
+            "--memory",
+            "1GB",
+            "--cpu",
+            "2",
+        ],
+    );
+    run_vm(d, &[]);
+    wait_for_ssh(d);
+    let ip = details(d)["ipAddress"].as_str().unwrap().to_string();
+    // State that lives only in the guest's memory: a file on a tmpfs, a process.
+    let before = guest(
+        d,
+        "echo only-in-memory > /dev/shm/mark; \
+         setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $!; \
+         cat /proc/sys/kernel/random/boot_id; \
+         ls /sys/bus/platform/drivers/vmgenid | grep -c ':'",
+    );
+    let before: Vec<&str> = before.lines().collect();
+    let (sleeper, boot_id) = (before[0].to_string(), before[1].to_string());
+    assert_eq!(
+        before[2], "1",
+        "the guest's vmgenid driver is bound: {before:?}"
+    );
+    let generation = generation_id(d);
+
+    // Suspended: the state in its directory, readable by its owner only, no QEMU.
+    let out = ok(d, &["suspend", "deb"]);
+    assert!(out.contains("VM suspended name=deb"), "{out}");
+    let dir = d.join("vms/deb");
+    let state = dir.join("suspended.state");
+    assert!(state.metadata().unwrap().len() > 1 << 20);
+    assert_eq!(
+        state.metadata().unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(qemu_processes_mentioning(d).is_empty());
+    assert_eq!(details(d)["status"], "suspended");
+    let ls = ok(d, &["ls"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("deb ") && l.contains(" suspended ")),
+        "{ls}"
+    );
+    // What would change the machine or copy a disk that belongs with its memory.
+    for args in [
+        &["set", "deb", "--memory", "2GB"][..],
+        &["clone", "deb", "deb-copy"],
+        &["suspend", "deb"],
+        &["push", "deb", "deb:1", "--registry", "127.0.0.1:1"],
+    ] {
+        let o = vm_in(d, args);
+        assert!(!o.status.success(), "{args:?} was accepted");
+        assert!(
+            stderr(&o).contains("Virtual machine is suspended: deb"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    assert!(!d.join("vms/deb-copy").exists());
+    let o = vm_in(d, &["run", "deb", "--detach", "--disk", "/nonexistent.img"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("was suspended with other shared folders or disks (none)"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Resumed, some seconds later: the same boot, process and file; the host's time;
+    // a new generation ID; its address; the state gone (the disk has moved on).
+    std::thread::sleep(Duration::from_secs(5));
+    let t = Instant::now();
+    run_vm(d, &[]);
+    wait_for_ssh(d);
+    eprintln!("resumed to SSH in {:?}", t.elapsed());
+    wait_for(
+        "the guest's clock to be set",
+        Duration::from_secs(120),
+        || console(d).contains("the guest's clock is set to the host's"),
+    );
+    let host_before = unix_now();
+    let after = guest(
+        d,
+        &format!(
+            "cat /dev/shm/mark; kill -0 {sleeper} && echo alive; \
+             cat /proc/sys/kernel/random/boot_id; date +%s.%N"
+        ),
+    );
+    let host_after = unix_now();
+    let after: Vec<&str> = after.lines().collect();
+    assert_eq!(after[0], "only-in-memory", "{after:?}");
+    assert_eq!(after[1], "alive", "{after:?}");
+    assert_eq!(after[2], boot_id, "it did not boot again");
+    let guest_time: f64 = after[3].parse().unwrap();
+    assert!(
+        guest_time > host_before - 2.0 && guest_time < host_after + 2.0,
+        "the guest's clock {guest_time} is not the host's ({host_before}..{host_after})"
+    );
+    assert_ne!(generation_id(d), generation, "a new generation ID");
+    assert_eq!(details(d)["ipAddress"], ip.as_str());
+    assert_eq!(details(d)["status"], "running");
+    assert!(!state.exists() && !dir.join("suspended.json").exists());
+
+    // The API's suspend; a truncated state is discarded with a notice and the VM boots.
+    let mut serve = cabin_in(d);
+    serve
+        .args(["serve", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut server = spawn_for_test_process(serve).unwrap();
+    let mut out = BufReader::new(server.stdout.take().unwrap());
+    let port: u16 = loop {
+        let mut l = String::new();
+        assert!(out.read_line(&mut l).unwrap() > 0, "cabin serve ended");
+        if let Some(rest) = l.split("Server started port=").nth(1) {
+            break rest.trim().parse().unwrap();
+        }
+    };
+    let r = http(port, "POST", "/lume/vms/deb/suspend", None);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["message"], "VM suspended successfully");
+    let listed = http(port, "GET", "/lume/vms/deb", None).json();
+    assert_eq!(listed["status"], "suspended", "{listed}");
+    let r = http(port, "POST", "/lume/vms/deb/suspend", None);
+    assert!(
+        r.error().contains("Virtual machine is suspended: deb"),
+        "{r:?}"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let _ = server.wait();
+
+    let len = state.metadata().unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .unwrap()
+        .set_len(len - 4096)
+        .unwrap();
+    run_vm(d, &[]);
+    wait_for_ssh(d);
+    assert!(
+        run_log(d).contains("deb's saved state cannot be used (the state file is"),
+        "{}",
+        run_log(d)
+    );
+    let booted = guest(d, "cat /proc/sys/kernel/random/boot_id; ls /dev/shm");
+    assert!(!booted.contains(&boot_id), "it booted: {booted}");
+    assert!(!booted.contains("mark"), "{booted}");
+    assert!(!state.exists());
+
+    // A state QEMU cannot load (same size, its contents overwritten): discarded, booted.
+    ok(d, &["suspend", "deb"]);
+    let len = state.metadata().unwrap().len();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .unwrap();
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0)).unwrap();
+    f.write_all(&vec![0x5a; 4096.min(len as usize)]).unwrap();
+    drop(f);
+    run_vm(d, &[]);
+    wait_for_ssh(d);
+    assert!(
+        run_log(d).contains("deb's saved state could not be loaded"),
+        "{}",
+        run_log(d)
+    );
+    assert!(!state.exists());
+
+    // A VM whose memory changed since (by hand: `vm set` refuses): discarded, booted.
+    ok(d, &["suspend", "deb"]);
+    let config = dir.join("config.json");
+    let mut c: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    c["memorySize"] = Value::from(768u64 << 20);
+    std::fs::write(&config, c.to_string()).unwrap();
+    run_vm(d, &[]);
+    wait_for_ssh(d);
+    assert!(
+        run_log(d).contains(
+            "deb's saved state no longer matches (it was saved with 2 CPUs and 1024 MiB of memory, and now has 2 and 768)"
+        ),
+        "{}",
+        run_log(d)
+    );
+
+    // Stopping a suspended VM discards its state: it boots at its next run.
+    ok(d, &["suspend", "deb"]);
+    let out = ok(d, &["stop", "deb"]);
+    assert!(out.contains("its saved state was discarded"), "{out}");
+    assert_eq!(details(d)["status"], "stopped");
+    assert!(!state.exists());
+
+    // A shared folder mounted in the guest: QEMU cannot save it; the VM runs on.
+    let share = tempfile::tempdir().unwrap();
+    run_vm(
+        d,
+        &["--shared-dir", &format!("{}:ro", share.path().display())],
+    );
+    wait_for_ssh(d);
+    let o = vm_in(d, &["suspend", "deb"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("deb cannot be suspended")
+            && stderr(&o).contains("a VM with shared folders mounted cannot be suspended"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(guest(d, "echo still here").trim(), "still here");
+    assert_eq!(details(d)["status"], "running");
+    assert!(!state.exists() && !dir.join(".suspended.state.partial").exists());
+}
