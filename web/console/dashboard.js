@@ -1,5 +1,5 @@
 // The dashboard: VMs and containers, redrawn from /api/state every two seconds, with
-// start and stop buttons.
+// start, stop and suspend buttons.
 import { api, bytes, forgetToken, notice } from "/assets/console/common.js";
 
 forgetToken();
@@ -84,7 +84,12 @@ async function refresh() {
   const vms = document.querySelector("#vms tbody");
   vms.replaceChildren(...(state.vms.length ? state.vms.map((v) => {
     const running = v.status === "running";
-    const actions = cell(button(running ? "Stop" : "Start", "vms", v.name, running ? "stop" : "start", v.locationName));
+    const suspended = v.status === "suspended";
+    const actions = cell(button(running ? "Stop" : suspended ? "Resume" : "Start", "vms", v.name, running ? "stop" : "start", v.locationName));
+    // A running VM can be suspended (its memory saved; Resume goes on from there), a
+    // suspended one stopped (its saved state discarded).
+    if (running) actions.append(" ", button("Suspend", "vms", v.name, "suspend", v.locationName));
+    if (suspended) actions.append(" ", button("Stop", "vms", v.name, "stop", v.locationName));
     const name = cell(link(`/vm/${encodeURIComponent(v.name)}?storage=${encodeURIComponent(v.locationName)}`, v.name));
     name.dataset.vm = v.name;
     const status = cell(badge(v.status));

@@ -53,6 +53,23 @@ async function waitForText(handle, needle, ms) {
   }
 }
 
+// Opens `address` and waits with `ready`. A load that failed with ERR_NETWORK_CHANGED
+// is opened again (at most twice): Chromium cancels requests when any interface of the
+// host changes address, which other tests' VMs and bridges do; any other failure stands.
+async function openPage(address, ready) {
+  for (let attempt = 1; ; attempt++) {
+    const response = await page.goto(address);
+    try {
+      await ready();
+      return response;
+    } catch (e) {
+      const changed = problems.filter((p) => p.includes("ERR_NETWORK_CHANGED"));
+      if (changed.length === 0 || attempt >= 3) throw e;
+      for (const p of changed) problems.splice(problems.indexOf(p), 1);
+    }
+  }
+}
+
 async function typeInto(handle, text) {
   await page.evaluate(([h, t]) => window[h].focus(), [handle, text]);
   await page.keyboard.type(text, { delay: 20 });
@@ -63,9 +80,8 @@ try {
   if (mode === "dashboard") {
     const [out] = rest;
     mkdirSync(out, { recursive: true });
-    const response = await page.goto(url);
+    const response = await openPage(url, () => page.waitForSelector("body[data-ready='1']", { timeout: 20000 }));
     result.status = response.status();
-    await page.waitForSelector("body[data-ready='1']", { timeout: 20000 });
     result.vms = await page.$$eval("td[data-vm]", (tds) => tds.map((t) => t.dataset.vm));
     result.containers = await page.$$eval("td[data-container]", (tds) => tds.map((t) => t.dataset.container));
     result.address = page.url();
@@ -74,8 +90,8 @@ try {
   } else if (mode === "vm") {
     const [name, out] = rest;
     mkdirSync(out, { recursive: true });
-    await page.goto(`${origin}/vm/${encodeURIComponent(name)}?token=${token}`);
-    await page.waitForSelector("body[data-screen='connected']", { timeout: 30000 });
+    await openPage(`${origin}/vm/${encodeURIComponent(name)}?token=${token}`,
+      () => page.waitForSelector("body[data-screen='connected']", { timeout: 30000 }));
     await page.waitForSelector("body[data-serial='connected']", { timeout: 30000 });
     // The serial console: a shell on ttyS0 answers what is typed in the page.
     await page.waitForTimeout(500);
@@ -104,8 +120,8 @@ try {
   } else if (mode === "container") {
     const [name, out] = rest;
     mkdirSync(out, { recursive: true });
-    await page.goto(`${origin}/container/${encodeURIComponent(name)}?token=${token}`);
-    await page.waitForSelector("body[data-shell='connected']", { timeout: 30000 });
+    await openPage(`${origin}/container/${encodeURIComponent(name)}?token=${token}`,
+      () => page.waitForSelector("body[data-shell='connected']", { timeout: 30000 }));
     await page.waitForSelector("body[data-logs='connected']", { timeout: 30000 });
     await typeInto("cabin_shell", "echo shell-$((6*7)) $(hostname)\r");
     result.shell = await waitForText("cabin_shell", "shell-42", 30000);
@@ -121,12 +137,11 @@ try {
     // A wrong password first: refused by the viewer.
     const wrong = new URL(base);
     wrong.searchParams.set("password", "wrong123");
-    await page.goto(wrong.toString());
-    await page.waitForFunction(() => document.getElementById("status").textContent.includes("refused"), null, { timeout: 60000 });
+    await openPage(wrong.toString(),
+      () => page.waitForFunction(() => document.getElementById("status").textContent.includes("refused"), null, { timeout: 60000 }));
     result.wrong = await page.textContent("#status");
     problems.length = 0; // the refusal's console message was the point
-    await page.goto(base.toString());
-    await page.waitForSelector("body[data-screen='connected']", { timeout: 60000 });
+    await openPage(base.toString(), () => page.waitForSelector("body[data-screen='connected']", { timeout: 60000 }));
     await page.waitForTimeout(2000);
     result.size = await page.evaluate(() => {
       const c = document.querySelector("#screen canvas");

@@ -422,6 +422,19 @@ fn a_vms_screen_and_serial_console_and_a_containers_shell_work_in_a_browser() {
     assert!(e.1.contains("is not running"), "{e:?}");
     let _ = cabin_in(d).args(["rm", "-f", "web"]).output();
 
+    // The suspend button, then the start (Resume) button: the same guest goes on.
+    let r = c.api("POST", "/api/vms/bb/suspend");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["state"], "suspended", "{}", r.body);
+    let state = c.api("GET", "/api/state").json();
+    assert_eq!(state["vms"][0]["status"], "suspended", "{state}");
+    let r = c.api("POST", "/api/vms/bb/start");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let state = c.api("GET", "/api/state").json();
+    assert_eq!(state["vms"][0]["status"], "running", "{state}");
+    let logs = vm_ok(d, &["logs", "bb"]);
+    assert!(logs.contains("[cabin] bb suspended"), "{logs}");
+
     // The stop button: the VM goes down, its consoles say so.
     let r = c.api("POST", "/api/vms/bb/stop");
     assert_eq!(r.status, 200, "{}", r.body);

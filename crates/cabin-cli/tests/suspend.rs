@@ -3,7 +3,8 @@
 //! running guest and ends it; `vm run` resumes it where it was, with the host's clock,
 //! a new VM generation ID and its address; what must not touch a suspended VM's disk
 //! is refused; a saved state that is damaged or no longer matches is discarded with a
-//! notice and the VM boots; a VM with a mounted shared folder is refused and runs on.
+//! notice and the VM boots; a VM with a mounted shared folder is refused and runs on;
+//! memory the guest frees goes back to the host.
 
 mod common;
 
@@ -35,7 +36,16 @@ fn details(data: &Path) -> Value {
 
 fn wait_for_ssh(data: &Path) {
     wait_for("deb's SSH server", Duration::from_secs(240), || {
-        details(data)["sshAvailable"] == true
+        let v = details(data);
+        if v["status"] == "stopped" {
+            let log = console(data);
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "deb stopped on its way up; its console ended with:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        v["sshAvailable"] == true
     });
 }
 
@@ -143,6 +153,41 @@ fn a_suspended_vm_resumes_where_it_was_with_a_fresh_clock_and_generation_id() {
         "the guest's vmgenid driver is bound: {before:?}"
     );
     let generation = generation_id(d);
+
+    // Memory the guest uses and frees goes back to the host (free page reporting).
+    let qemu = qemu_processes_mentioning(d)[0];
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{qemu}/status")).unwrap();
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches(" kB")
+            .parse::<u64>()
+            .unwrap();
+        kb << 10
+    };
+    guest(
+        d,
+        "dd if=/dev/zero of=/dev/shm/fill bs=1M count=400 status=none",
+    );
+    let filled = rss();
+    guest(d, "rm /dev/shm/fill");
+    let mut given_back = 0;
+    wait_for(
+        "the freed memory to reach the host",
+        Duration::from_secs(60),
+        || {
+            given_back = filled.saturating_sub(rss());
+            given_back > 250 << 20
+        },
+    );
+    eprintln!(
+        "QEMU held {} MiB with 400 MiB filled in the guest, {} MiB fewer once freed",
+        filled >> 20,
+        given_back >> 20
+    );
 
     // Suspended: the state in its directory, readable by its owner only, no QEMU.
     let out = ok(d, &["suspend", "deb"]);

@@ -535,6 +535,11 @@ fn a_vm_whose_qemu_dies_shows_as_stopped_and_runs_again() {
     // The VM shows as stopped once its runner lets go of it, a moment before the
     // runner's own exit.
     eventually("its runner to end with it", || !pid_alive(runner as i32));
+    let logs = ok(d, &["logs", "fragile"]);
+    assert!(
+        logs.contains("[cabin] QEMU ended (signal: 9 (SIGKILL)) while the guest ran"),
+        "{logs}"
+    );
     ok(d, &["run", "fragile", "--detach", "--vnc", "disabled"]);
     assert_eq!(details(d, "fragile")["status"], "running");
     ok(d, &["delete", "--force", "fragile"]);
@@ -873,16 +878,21 @@ fn installer_iso(w: &Path) -> PathBuf {
 /// Boots the VM `name` from `iso` in the foreground (`vm run` returns when the guest
 /// powers off): UEFI starts it; as root the guest's DHCP gets an address in
 /// `subnet_prefix` that cabin reports, and the host fetches a page from it there.
-fn boot_installer(d: &Path, name: &str, iso: &Path, subnet_prefix: &str) {
-    // In the foreground: `vm run` returns when the guest powers off.
-    let mut child = cabin_in(d)
-        .env("CABIN_ACCEL", "tcg")
-        .args(["vm", "run", name, "--vnc", "disabled", "--mount"])
-        .arg(iso)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+/// Boots the installer ISO in the foreground (`vm run` returns when the guest powers
+/// off); with `suspend_once`, suspends the running installer and resumes it before
+/// asking it to power off (root: it is reached on the bridge).
+fn boot_installer(d: &Path, name: &str, iso: &Path, subnet_prefix: &str, suspend_once: bool) {
+    let start = || {
+        cabin_in(d)
+            .env("CABIN_ACCEL", "tcg")
+            .args(["vm", "run", name, "--vnc", "disabled", "--mount"])
+            .arg(iso)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = start();
     let logs = || stdout(&vm_in(d, &["logs", name]));
     wait_for("the installer to boot", Duration::from_secs(240), || {
         logs().contains("cabin-iso: booted under")
@@ -927,6 +937,25 @@ fn boot_installer(d: &Path, name: &str, iso: &Path, subnet_prefix: &str) {
             stdout(&o)
         };
         assert_eq!(get("/index.html"), "served by the installer\n");
+        if suspend_once {
+            // A UEFI PC with an installer disc, suspended and resumed: its firmware,
+            // disc and network come back and its server goes on where it was.
+            ok(d, &["suspend", name]);
+            assert!(
+                child.wait().unwrap().success(),
+                "vm run ended with the suspend"
+            );
+            assert_eq!(details(d, name)["status"], "suspended");
+            child = start();
+            wait_for("the resumed VM", Duration::from_secs(60), || {
+                details(d, name)["status"] == "running"
+            });
+            // The console log goes on from the suspended run's: one boot in it.
+            let log = logs();
+            assert_eq!(log.matches("cabin-iso: booted under").count(), 1, "{log}");
+            assert!(log.contains(&format!("[cabin] {name} suspended")), "{log}");
+            assert_eq!(get("/index.html"), "served by the installer\n");
+        }
         assert_eq!(get("/cgi-bin/off"), "bye\n");
     } else {
         eprintln!("DHCP on the bridge skipped: needs root");
@@ -958,7 +987,7 @@ fn an_installer_iso_built_with_grub_boots_under_uefi() {
     let d = data.path();
     let _stop = StopVms(d, &["installer"]);
     create_small(d, "installer", &[]);
-    boot_installer(d, "installer", &iso, "10.89.0.");
+    boot_installer(d, "installer", &iso, "10.89.0.", true);
 }
 
 /// A host bridge with its own DHCP server (Debian's dnsmasq), removed when dropped.
@@ -1028,7 +1057,7 @@ fn a_bridged_vm_is_a_machine_on_the_hosts_lan() {
     let o = vm_in(d, &["run", "nolan", "--detach"]);
     expect_error(&o, 1, "nosuchbr0 is not a bridge on this host");
     create_small(d, "onlan", &["--network", &format!("bridged:{lan}")]);
-    boot_installer(d, "onlan", &iso, "192.168.231.");
+    boot_installer(d, "onlan", &iso, "192.168.231.", false);
 }
 
 #[test]

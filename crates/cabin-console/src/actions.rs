@@ -1,6 +1,6 @@
-//! The dashboard's buttons: start and stop a VM or a container, through the same
-//! library calls as `cabin vm run --detach`, `cabin vm stop`, `cabin start` and
-//! `cabin stop`.
+//! The dashboard's buttons: start, stop and suspend a VM, start and stop a container,
+//! through the same library calls as `cabin vm run --detach`, `cabin vm stop`,
+//! `cabin vm suspend`, `cabin start` and `cabin stop`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +18,8 @@ use crate::{Console, ConsoleError};
 const VM_START_WAIT: Duration = Duration::from_secs(30);
 /// How long a VM's guest has to power off before its VM is killed.
 const VM_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a VM's state may take to be saved (its memory is written out whole).
+const VM_SUSPEND_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a container's process has to stop before it is killed.
 const CONTAINER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -44,6 +46,10 @@ pub(crate) async fn vm(
             "stop" => {
                 runner::stop(&vm, VM_STOP_TIMEOUT)?;
                 Ok("stopped")
+            }
+            "suspend" => {
+                cabin_machines::suspend::suspend(&vm, VM_SUSPEND_TIMEOUT)?;
+                Ok("suspended")
             }
             other => Err(ConsoleError::Action(other.to_string())),
         }

@@ -177,9 +177,19 @@ async fn run_vm(
 ) -> Result<(), VmError> {
     let config = vm.config()?;
     let lock = lock_running(vm)?;
-    // The console of this run only, read by `vm logs` while the VM runs and after.
+    // The console of this run, read by `vm logs` while the VM runs and after; a
+    // resumed VM's run goes on where the suspended one's left off.
     let console_log = vm.dir.join(CONSOLE_LOG);
-    fs::write(&console_log, b"").map_err(io_err("creating console.log"))?;
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .truncate(false)
+        .open(&console_log)
+        .and_then(|f| match vm.dir.join(store::SUSPENDED_STATE).exists() {
+            true => Ok(()),
+            false => f.set_len(0),
+        })
+        .map_err(io_err("creating console.log"))?;
     let mut notices = Vec::new();
     let mut saved = match suspend::saved(vm) {
         suspend::Saved::None => None,
@@ -410,22 +420,10 @@ async fn run_vm(
         *started = true;
         vm.clear_start_error();
         ready(&session);
-        if resumed && direct.is_some() {
-            // The guest's clock stood still while it was suspended.
-            let key = host.paths.ssh_key();
-            let probe = session.clone();
-            let log = console_log.clone();
-            std::thread::spawn(
-                move || match suspend::set_guest_clock(&key, &probe, CLOCK_WAIT) {
-                    Ok(()) => append_console(&log, "the guest's clock is set to the host's"),
-                    Err(why) => append_console(
-                        &log,
-                        &format!("the guest's clock could not be set after resuming: {why}"),
-                    ),
-                },
-            );
-        }
         let mut session = session;
+        // The guest's clock stood still while it was suspended: a VM made from an
+        // image (cabin's key is in it) gets the host's once its SSH server answers.
+        let mut clock_pending = resumed && direct.is_some();
         let mut next_probe = Instant::now();
         let mut disk_pause = cabin_vmm::qemu::DiskPauseWatch::default();
         let saving =
@@ -438,7 +436,13 @@ async fn run_vm(
                 }),
             };
         loop {
-            if let Ok(Some(_)) = child.try_wait() {
+            if let Ok(Some(status)) = child.try_wait() {
+                // The guest powered off (QEMU exits 0), or QEMU died under it.
+                if !status.success() {
+                    let why = format!("QEMU ended ({status}) while the guest ran; the VM stopped");
+                    eprintln!("{}: {why}", vm.name);
+                    append_console(&console_log, &why);
+                }
                 return Ok(());
             }
             // A full host disk pauses the VM; it goes on once there is room, and
@@ -464,6 +468,21 @@ async fn run_vm(
             }
             if changed {
                 let _ = write_session(vm, &session);
+            }
+            if clock_pending && session.ssh_available {
+                clock_pending = false;
+                let key = host.paths.ssh_key();
+                let probe = session.clone();
+                let log = console_log.clone();
+                std::thread::spawn(move || {
+                    match suspend::set_guest_clock(&key, &probe, CLOCK_WAIT) {
+                        Ok(()) => append_console(&log, "the guest's clock is set to the host's"),
+                        Err(why) => append_console(
+                            &log,
+                            &format!("the guest's clock could not be set after resuming: {why}"),
+                        ),
+                    }
+                });
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
@@ -505,8 +524,8 @@ async fn run_vm(
     result
 }
 
-/// How long a resumed VM's SSH server has to answer before its clock is left as it is.
-const CLOCK_WAIT: Duration = Duration::from_secs(120);
+/// How long setting a resumed VM's clock may take once its SSH server answers.
+const CLOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// Starts QEMU for `spec` and connects to its monitor.
 async fn start_qemu(

@@ -187,6 +187,12 @@ pub fn mismatch(vm: &Vm, record: &Suspended, now: &Fingerprint) -> Option<String
     None
 }
 
+/// A state a suspend left half written, if there is one (its runner was killed).
+pub fn partial(vm: &Vm) -> Option<PathBuf> {
+    let p = vm.dir.join(STAGED);
+    p.is_file().then_some(p)
+}
+
 /// Removes the VM's saved state (the state first: without it the VM is not suspended).
 pub fn discard(vm: &Vm) -> Result<(), VmError> {
     for f in [SUSPENDED_STATE, SUSPENDED_RECORD, STAGED] {
