@@ -294,16 +294,21 @@ fn run_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
     ))
 }
 
-fn stop_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
-    // As Lume: a body that is not JSON is ignored here.
+/// The VM a stop or suspend names: its storage from the body (`{"storage": ...}`, as
+/// Lume: a body that is not JSON is ignored) or the query.
+fn vm_to_stop(app: &App, req: &Request) -> Result<store::Vm, ApiError> {
     let b: wire::Storage = wire::optional_body(req.body).unwrap_or_default();
     let storage_param = req.query("storage");
     let s = app.settings()?;
-    let vm = store::find(
+    Ok(store::find(
         &s,
         req.name(),
         storage(&b.storage).or(storage_param.as_deref()),
-    )?;
+    )?)
+}
+
+fn stop_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
+    let vm = vm_to_stop(app, req)?;
     runner::stop(&vm, STOP_TIMEOUT)?;
     app.log.info(&format!("VM stopped name={}", vm.name));
     Ok(Reply::message(StatusCode::OK, "VM stopped successfully"))
@@ -312,14 +317,7 @@ fn stop_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
 /// cabin's own route (Lume has no suspend): saves a running VM's memory and devices
 /// and stops it; `POST /lume/vms/NAME/run` resumes it. Storage as for stop.
 fn suspend_vm(app: &App, req: &Request) -> Result<Reply, ApiError> {
-    let b: wire::Storage = wire::optional_body(req.body).unwrap_or_default();
-    let storage_param = req.query("storage");
-    let s = app.settings()?;
-    let vm = store::find(
-        &s,
-        req.name(),
-        storage(&b.storage).or(storage_param.as_deref()),
-    )?;
+    let vm = vm_to_stop(app, req)?;
     cabin_machines::suspend::suspend(&vm, SUSPEND_TIMEOUT)?;
     app.log.info(&format!("VM suspended name={}", vm.name));
     Ok(Reply::message(StatusCode::OK, "VM suspended successfully"))

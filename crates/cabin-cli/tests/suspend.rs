@@ -113,14 +113,9 @@ fn a_suspended_vm_resumes_where_it_was_with_a_fresh_clock_and_generation_id() {
         eprintln!("skipped: debootstrap and the bridge need root");
         return;
     }
-    let rootfs = debian_rootfs(&["--system"]);
     let data = tempfile::tempdir().unwrap();
     let d = data.path();
-    let o = cabin_in(d)
-        .args(["image", "import", &rootfs, "debian-system:12"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    import_debian_system(d);
     let _stop = StopVm(d);
     ok(
         d,

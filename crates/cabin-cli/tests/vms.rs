@@ -563,14 +563,9 @@ fn a_vm_made_from_a_debian_image_boots_its_own_init_and_answers_on_its_ip() {
         eprintln!("skipped: debootstrap and the bridge need root");
         return;
     }
-    let rootfs = debian_rootfs(&["--system"]);
     let data = tempfile::tempdir().unwrap();
     let d = data.path();
-    let o = cabin_in(d)
-        .args(["image", "import", &rootfs, "debian-system:12"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    import_debian_system(d);
     let _stop = StopVms(d, &["deb", "deb-copy"]);
     ok(
         d,

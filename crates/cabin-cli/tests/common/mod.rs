@@ -69,6 +69,17 @@ pub fn debian_rootfs(args: &[&str]) -> String {
     stdout(&o).trim().to_string()
 }
 
+/// Imports Debian 12 with systemd and sshd (`make-debian-rootfs.sh --system`) into
+/// `data` as `debian-system:12`, the image full-VM tests make VMs from.
+pub fn import_debian_system(data: &Path) {
+    let rootfs = debian_rootfs(&["--system"]);
+    let o = cabin_in(data)
+        .args(["image", "import", &rootfs, "debian-system:12"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 /// A data directory shared by the tests of one binary (the rootfs image is built once).
 pub fn shared_data_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
