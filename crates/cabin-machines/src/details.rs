@@ -48,7 +48,7 @@ pub fn details(vm: &Vm) -> Result<VmDetails, store::VmError> {
         display: c.display,
         status: match session {
             Some(_) => store::VmStatus::Running,
-            None => vm.status(),
+            None => vm.status_at_rest(),
         },
         provisioning_operation: None,
         vnc_url: session.as_ref().and_then(|s| s.url.clone()),

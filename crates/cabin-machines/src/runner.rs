@@ -179,19 +179,20 @@ async fn run_vm(
     let lock = lock_running(vm)?;
     // The console of this run, read by `vm logs` while the VM runs and after; a
     // resumed VM's run goes on where the suspended one's left off.
+    let saved_state = suspend::saved(vm);
     let console_log = vm.dir.join(CONSOLE_LOG);
     fs::OpenOptions::new()
         .create(true)
         .append(true)
         .truncate(false)
         .open(&console_log)
-        .and_then(|f| match vm.dir.join(store::SUSPENDED_STATE).exists() {
-            true => Ok(()),
-            false => f.set_len(0),
+        .and_then(|f| match saved_state {
+            suspend::Saved::None => f.set_len(0),
+            _ => Ok(()),
         })
         .map_err(io_err("creating console.log"))?;
     let mut notices = Vec::new();
-    let mut saved = match suspend::saved(vm) {
+    let mut saved = match saved_state {
         suspend::Saved::None => None,
         suspend::Saved::State(r) => Some(r),
         suspend::Saved::Unusable(why) => {
@@ -838,7 +839,7 @@ pub enum Stopped {
 /// is stopped by discarding its saved state, as a machine's power is cut.
 pub fn stop(vm: &Vm, timeout: Duration) -> Result<Stopped, VmError> {
     let Some(session) = vm.session() else {
-        if vm.is_suspended() {
+        if vm.status_at_rest() == store::VmStatus::Suspended {
             suspend::discard(vm)?;
             return Ok(Stopped::StateDiscarded);
         }

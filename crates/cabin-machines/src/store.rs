@@ -357,16 +357,10 @@ impl Vm {
         self.dir.join(DISK)
     }
 
-    /// Whether the VM is suspended: not running, its saved state in its directory.
-    pub fn is_suspended(&self) -> bool {
-        self.dir.join(SUSPENDED_STATE).is_file() && !self.is_running()
-    }
-
-    /// What the VM is doing.
-    pub fn status(&self) -> VmStatus {
-        if self.is_running() {
-            VmStatus::Running
-        } else if self.dir.join(SUSPENDED_STATE).is_file() {
+    /// What a VM that does not run is: suspended while its saved state is in its
+    /// directory, else stopped. (Whether it runs is its lock: see `session`.)
+    pub fn status_at_rest(&self) -> VmStatus {
+        if self.dir.join(SUSPENDED_STATE).is_file() {
             VmStatus::Suspended
         } else {
             VmStatus::Stopped
@@ -375,8 +369,9 @@ impl Vm {
 
     /// Refuses what a suspended VM's disk must not go through (a clone, a push, a
     /// change of its machine): the saved memory still holds its file systems' state.
+    /// For a VM its caller found not running.
     pub fn refuse_if_suspended(&self) -> Result<(), VmError> {
-        if self.is_suspended() {
+        if self.status_at_rest() == VmStatus::Suspended {
             return Err(VmError::Suspended(self.name.clone()));
         }
         Ok(())

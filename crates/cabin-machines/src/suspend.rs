@@ -31,7 +31,7 @@ use cabin_vmm::qmp::Qmp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::store::{io_err, Session, Vm, VmError, SUSPENDED_RECORD, SUSPENDED_STATE};
+use crate::store::{io_err, Session, Vm, VmError, VmStatus, SUSPENDED_RECORD, SUSPENDED_STATE};
 
 const RECORD_VERSION: u32 = 1;
 /// Where QEMU writes the state before it is renamed into place.
@@ -303,10 +303,13 @@ pub fn record_failure(vm: &Vm, why: &str) {
 /// `vm suspend` from any process: asks the VM's runner to save and end it, and waits
 /// up to `timeout` for the state to be in place (or for the runner's reason not to).
 pub fn suspend(vm: &Vm, timeout: Duration) -> Result<(), VmError> {
-    let session = vm.session().ok_or_else(|| match vm.is_suspended() {
-        true => VmError::Suspended(vm.name.clone()),
-        false => VmError::NotRunning(vm.name.clone()),
-    })?;
+    let Some(session) = vm.session() else {
+        return Err(if vm.status_at_rest() == VmStatus::Suspended {
+            VmError::Suspended(vm.name.clone())
+        } else {
+            VmError::NotRunning(vm.name.clone())
+        });
+    };
     let _ = fs::remove_file(vm.dir.join(SUSPEND_ERROR));
     // SAFETY: signalling the pid the runner recorded while it holds the VM's lock; the
     // runner handles SIGUSR1 from before it publishes its session.
