@@ -9,6 +9,9 @@
 #  (d), (e): (b) and (c) with CABIN_SNAPSHOTS=off, booting the kernel every time;
 #  (f) `docker run --rm --network none bb true` against Debian's dockerd with runc (no VM
 #      at all; private dockerd without bridge or iptables), when dockerd is installed;
+#  (g) (b) with `cabin serve --pool 2` running: the container on a VM resumed and warmed
+#      up ahead (the run waits until the pool is full again, so its refill is not timed),
+#      and a waiting VM's memory;
 #  and the host memory of idle containers: IDLE (default 6) detached busybox containers
 #  sleeping, the PSS of each one's QEMU (median), how much of it is TCG's translated
 #  code (none under KVM) and the pages shared with the other VMs through the snapshot
@@ -90,8 +93,33 @@ for i in $(seq "$N"); do
   fi
 done
 
-# Memory: IDLE idle containers, each its QEMU's PSS and parts of it, vs raw QEMU idling.
 pss_kib() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
+
+# (g) the warm pool: `cabin serve --pool 2` keeps VMs resumed and warmed up; each run
+# takes one once the pool is full again (its refill is not what is measured), and must
+# say it did (the server's log). Then the memory of a VM waiting in the pool.
+: > "$work/serve.log"
+"$cabin" serve --port 0 --pool 2 >> "$work/serve.log" 2>&1 & serve_pid=$!
+ready() { grep -c "pool: VM ready" "$work/serve.log" || true; }
+until [ "$(ready)" -ge 2 ]; do sleep 0.2; kill -0 "$serve_pid" || { cat "$work/serve.log" >&2; exit 1; }; done
+declare -a G
+for i in $(seq "$N"); do
+  until [ "$(ready)" -ge $((i + 1)) ]; do sleep 0.2; done
+  sleep 1
+  t0=$(now); "$cabin" run --rm --rootfs "$work/rootfs" true; t1=$(now)
+  G+=($(( (t1 - t0) / 1000 )))
+  [ "$(grep -c 'took a warm VM' "$work/serve.log")" -eq "$i" ] || { echo "run $i did not take a VM from the pool" >&2; exit 1; }
+done
+until [ "$(ready)" -ge $((N + 2)) ]; do sleep 0.2; done
+sleep 3
+pooled=()
+for d in "$CABIN_DATA_DIR"/run/*/; do
+  if [ -e "$d/warm-up.raw" ]; then pooled+=("$(pss_kib "$(cat "$d/vmm.pid")")"); fi
+done
+kill "$serve_pid"; wait "$serve_pid" 2>/dev/null || true
+sleep 2
+
+# Memory: IDLE idle containers, each its QEMU's PSS and parts of it, vs raw QEMU idling.
 for i in $(seq "$IDLE"); do "$cabin" run -d --name "idle$i" --rootfs "$work/rootfs" -- sleep 100000 >/dev/null; done
 sleep 5
 mem=()
@@ -113,15 +141,17 @@ raw_qemu_cmd "$work/idle.cpio"; "${cmd[@]}" 2>/dev/null & raw_pid=$!
 sleep 4
 raw_pss=$(pss_kib "$raw_pid"); kill "$raw_pid"; wait "$raw_pid" 2>/dev/null || true
 
-python3 - "$accel" "$N" "${A[*]}" "${B[*]}" "${C[*]}" "${D[*]}" "${E[*]}" "${F[*]:-}" "$raw_pss" "$sup_pss" "${mem[*]}" <<'PY'
+python3 - "$accel" "$N" "${A[*]}" "${B[*]}" "${C[*]}" "${D[*]}" "${E[*]}" "${F[*]:-}" "$raw_pss" "$sup_pss" "${mem[*]}" "${G[*]}" "${pooled[*]}" <<'PY'
 import statistics, sys
 accel, n = sys.argv[1], sys.argv[2]
-series = [list(map(int, s.split())) for s in sys.argv[3:9]]
+series = [list(map(int, s.split())) for s in sys.argv[3:9]] + [list(map(int, sys.argv[12].split()))]
 raw_pss, sup_pss = int(sys.argv[9]), int(sys.argv[10])
 mem = [list(map(int, m.split(","))) for m in sys.argv[11].split()]
+pooled = [int(p) for p in sys.argv[13].split()]
 names = ["(a) raw QEMU microvm boot to exit (floor)", "(b) cabin run --rm true, end to end",
          "(c) cabin run start to process running", "(d) (b) booting, no snapshot",
-         "(e) (c) booting, no snapshot", "(f) docker run --rm true, dockerd + runc"]
+         "(e) (c) booting, no snapshot", "(f) docker run --rm true, dockerd + runc",
+         "(g) (b) from cabin serve --pool 2"]
 print(f"accelerator: {accel}, runs per series: {n}")
 print(f"{'series':<44} {'min ms':>8} {'median ms':>10} {'max ms':>8}")
 for name, s in zip(names, series):
@@ -130,8 +160,12 @@ for name, s in zip(names, series):
 med = [statistics.median(s) if s else None for s in series]
 print(f"(b)/(a) median ratio: {med[1]/med[0]:.2f} (issue 16's target for a restore per request: <= 0.2)")
 print(f"(d)/(a) median ratio: {med[3]/med[0]:.2f} (the first run of a VM shape, before its snapshot exists)")
+print(f"(g)/(a) median ratio: {med[6]/med[0]:.2f} (issue 16's target for the warm pool: <= 0.05)")
 if med[5]:
     print(f"(b)/(f) median ratio: {med[1]/med[5]:.2f} (below 1: cabin's VM starts faster than runc's container)")
+    print(f"(g)/(f) median ratio: {med[6]/med[5]:.2f}")
+if pooled:
+    print(f"a VM waiting in the pool: QEMU PSS {statistics.median(pooled)/1024:.1f} MiB (median of {len(pooled)})")
 m = lambda i: statistics.median(v[i] for v in mem) / 1024
 print(f"{len(mem)} idle containers, per VM (median MiB): QEMU PSS {m(0):.1f}, of which TCG's translated code "
       f"{m(1):.1f} (none under KVM); template memory shared with the others {m(2):.1f} (RSS), its own {m(3):.1f}")

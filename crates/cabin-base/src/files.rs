@@ -1,9 +1,11 @@
 //! Files as cabin writes and reads its records: private directories, a file replaced
 //! crash-safely (written aside, synced, renamed over the old one, the directory synced:
-//! a crash leaves the old contents or the new, never a mix), reads bounded in size.
+//! a crash leaves the old contents or the new, never a mix), reads bounded in size,
+//! sparse disk images copied without filling their holes.
 
-use std::fs;
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
@@ -76,6 +78,85 @@ pub fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
         ));
     }
     Ok(bytes)
+}
+
+/// Copies a disk image: a reflink if possible (instant), else only its data extents
+/// with copy_file_range (holes stay holes), flushed. `dst` must not exist.
+pub fn copy_sparse(src: &Path, dst: &Path) -> io::Result<()> {
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    let from = File::open(src)?;
+    let to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)?;
+    // SAFETY: FICLONE between two descriptors we own.
+    if unsafe { libc::ioctl(to.as_raw_fd(), FICLONE as _, from.as_raw_fd()) } == 0 {
+        return Ok(());
+    }
+    let len = from.metadata()?.len();
+    to.set_len(len)?;
+    let mut pos: i64 = 0;
+    while (pos as u64) < len {
+        // SAFETY: lseek on our descriptor.
+        let data = unsafe { libc::lseek(from.as_raw_fd(), pos, libc::SEEK_DATA) };
+        if data < 0 {
+            break; // no more data: the rest is a hole
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(from.as_raw_fd(), data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { len as i64 } else { hole };
+        // The kernel copies the extent (and shares it where the file system can).
+        let mut off_in: i64 = data;
+        let mut off_out: i64 = data;
+        while off_in < end {
+            // SAFETY: copy_file_range between our descriptors with our offsets.
+            let n = unsafe {
+                libc::copy_file_range(
+                    from.as_raw_fd(),
+                    &mut off_in,
+                    to.as_raw_fd(),
+                    &mut off_out,
+                    (end - off_in) as usize,
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    // Another file system (or none of its support): copy it ourselves.
+                    Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
+                        copy_range(&from, &to, off_in, end)?;
+                        break;
+                    }
+                    _ => return Err(e),
+                }
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        pos = end;
+    }
+    to.sync_all()
+}
+
+/// Copies bytes `start..end` through a buffer, leaving zero blocks as holes.
+fn copy_range(from: &File, to: &File, start: i64, end: i64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut at = start;
+    while at < end {
+        let n = ((end - at) as usize).min(buf.len());
+        let got = from.read_at(&mut buf[..n], at as u64)?;
+        if got == 0 {
+            break;
+        }
+        if buf[..got].iter().any(|&b| b != 0) {
+            to.write_all_at(&buf[..got], at as u64)?;
+        }
+        at += got as i64;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -21,7 +21,12 @@ pub enum Output {
 /// Starts `cmd` detached (see the module comment). The child is returned for a caller
 /// that wants to watch it; dropping it leaves the process running, reaped by init once
 /// the caller is gone.
-pub fn detached(mut cmd: Command, output: Output) -> io::Result<Child> {
+pub fn detached(cmd: Command, output: Output) -> io::Result<Child> {
+    detached_with_stdin(cmd, Stdio::null(), output)
+}
+
+/// As [`detached`], with `stdin` as its standard input (a link to its starter).
+pub fn detached_with_stdin(mut cmd: Command, stdin: Stdio, output: Output) -> io::Result<Child> {
     let (out, err) = match output {
         Output::Discard => (Stdio::null(), Stdio::null()),
         Output::File(f) => {
@@ -29,7 +34,7 @@ pub fn detached(mut cmd: Command, output: Output) -> io::Result<Child> {
             (Stdio::from(f), Stdio::from(copy))
         }
     };
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd.stdin(stdin).stdout(out).stderr(err);
     // SAFETY: setsid is async-signal-safe, and nothing else runs in the child between
     // fork and exec.
     unsafe {
@@ -45,7 +50,12 @@ pub fn detached(mut cmd: Command, output: Output) -> io::Result<Child> {
 /// whoever needed it first (a long-lived caller would otherwise keep it as a zombie
 /// once it exits, and count it among its children). The process in between exits at
 /// once and is reaped here; a failed exec is still reported.
-pub fn orphaned(mut cmd: Command, output: Output) -> io::Result<()> {
+pub fn orphaned(cmd: Command, output: Output) -> io::Result<()> {
+    orphaned_with_stdin(cmd, Stdio::null(), output)
+}
+
+/// As [`orphaned`], with `stdin` as its standard input (a link to its starter).
+pub fn orphaned_with_stdin(mut cmd: Command, stdin: Stdio, output: Output) -> io::Result<()> {
     // SAFETY: fork and _exit are async-signal-safe; the intermediate process only
     // forks and exits, the grandchild goes on to exec.
     unsafe {
@@ -55,7 +65,7 @@ pub fn orphaned(mut cmd: Command, output: Output) -> io::Result<()> {
             _ => libc::_exit(0),
         });
     }
-    detached(cmd, output)?.wait().map(drop)
+    detached_with_stdin(cmd, stdin, output)?.wait().map(drop)
 }
 
 /// Starts `cabin ARGS...` (the binary [`Host::cabin_binary`] finds) detached: the way

@@ -71,11 +71,25 @@ async fn start_attached(containers: &Containers, args: &StartArgs) -> Result<i32
         return Err("cannot start and attach to several containers at once".into());
     };
     let record = containers.get(name).await?;
-    // As docker's --sig-proxy: signals to cabin go to the container's process.
+    let Exit { code, reason } = attach_and_proxy(containers, &record.id, args.interactive).await?;
+    if let Some(reason) = reason {
+        eprintln!("cabin: {reason}");
+    }
+    Ok(code)
+}
+
+/// Starts container `id` if it is not running and stays with its run: its output
+/// printed, this process's stdin passed on with `stdin`, and, as docker's --sig-proxy,
+/// the signals cabin gets sent to the container's process.
+pub async fn attach_and_proxy(
+    containers: &Containers,
+    id: &str,
+    stdin: bool,
+) -> Result<Exit, Failure> {
     let mut signals = Signals::install();
     let proxy = {
         let containers = containers.clone();
-        let id = record.id.clone();
+        let id = id.to_string();
         tokio::spawn(async move {
             loop {
                 let n = signals.next().await;
@@ -83,18 +97,13 @@ async fn start_attached(containers: &Containers, args: &StartArgs) -> Result<i32
             }
         })
     };
-    let stdin = args
-        .interactive
-        .then(|| Box::new(tokio::io::stdin()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
+    let stdin =
+        stdin.then(|| Box::new(tokio::io::stdin()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
     let attached = containers
-        .attach(&record.id, stdin, &mut terminal::print_output)
+        .attach(id, stdin, &mut terminal::print_output)
         .await;
     proxy.abort();
-    let Exit { code, reason } = attached?;
-    if let Some(reason) = reason {
-        eprintln!("cabin: {reason}");
-    }
-    Ok(code)
+    Ok(attached?)
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +192,16 @@ pub async fn prune(host: &Host) -> Result<i32, Failure> {
         println!("{}", &id[..12]);
     }
     eprintln!("removed {} containers", removed.len());
+    Ok(0)
+}
+
+/// `cabin container pool-member --shape JSON` (hidden; started by `cabin serve --pool`).
+pub async fn pool_member(host: &Host, shape: &str) -> Result<i32, Failure> {
+    let shape: cabin_containers::vm::VmShape =
+        serde_json::from_str(shape).map_err(|e| Failure::new(format!("--shape: {e}")))?;
+    cabin_containers::pool::member(host, &shape)
+        .await
+        .map_err(|e| Failure::new(e.to_string()))?;
     Ok(0)
 }
 

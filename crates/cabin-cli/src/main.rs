@@ -129,6 +129,13 @@ enum Command {
         /// create, run and delete VMs. The console keeps its token.
         #[arg(long, requires = "listen")]
         unauthenticated_lume_api_on_the_network: bool,
+        /// Keep N container VMs resumed and warmed up, ready for containers of the
+        /// common shape (no options that add devices: shares, volumes, published
+        /// ports, bridge networks; default CPUs and memory): cabin run, run -d, start
+        /// and the Docker API on this data directory take one instead of starting a
+        /// VM. Each costs its VM's private memory (about 50 MiB under TCG). 0: none.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        pool: usize,
     },
     /// Settings: storage locations for VMs.
     Config {
@@ -159,6 +166,13 @@ enum ContainerCommand {
     /// Own the VM of detached container ID (started by cabin run -d).
     #[command(hide = true)]
     Supervise { id: String },
+    /// Wait in cabin serve's pool with a warm VM of SHAPE (JSON), then supervise the
+    /// container it is given (started by cabin serve --pool; stdin is its link).
+    #[command(hide = true)]
+    PoolMember {
+        #[arg(long)]
+        shape: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -252,6 +266,9 @@ async fn dispatch(host: &Host, command: Command, started: Instant) -> i32 {
         Command::Container {
             command: ContainerCommand::Prune,
         } => finish(Admin, containers_cmd::prune(host).await),
+        Command::Container {
+            command: ContainerCommand::PoolMember { shape },
+        } => finish(Admin, containers_cmd::pool_member(host, &shape).await),
         Command::Volume { command } => finish(Admin, volume_cmd::run(host, command).await),
         Command::Network { command } => finish(Admin, network_cmd::run(host, command).await),
         Command::Image { command } => image_cmd::run(host, command).await,
@@ -293,6 +310,7 @@ async fn dispatch(host: &Host, command: Command, started: Instant) -> i32 {
             listen,
             token_file,
             unauthenticated_lume_api_on_the_network,
+            pool,
         } => finish(
             Admin,
             serve(
@@ -304,6 +322,7 @@ async fn dispatch(host: &Host, command: Command, started: Instant) -> i32 {
                     listen,
                     token_file,
                     unauthenticated_lume_api: unauthenticated_lume_api_on_the_network,
+                    pool,
                 },
             )
             .await,
@@ -338,6 +357,7 @@ struct ServeArgs {
     listen: std::net::IpAddr,
     token_file: Option<std::path::PathBuf>,
     unauthenticated_lume_api: bool,
+    pool: usize,
 }
 
 /// The console's session token: the file's (trimmed), or a new one.
@@ -366,6 +386,7 @@ async fn serve(host: &Host, args: ServeArgs) -> Result<i32, Failure> {
         listen,
         token_file,
         unauthenticated_lume_api,
+        pool,
     } = args;
     let transfers = std::sync::Arc::new(cabin_machines::activity::Transfers::default());
     let console = cabin_console::Console::new(host.clone(), accel.into(), transfers.clone())?;
@@ -417,12 +438,29 @@ async fn serve(host: &Host, args: ServeArgs) -> Result<i32, Failure> {
         }
     });
     let lume = async { cabin_api::serve(opts).await.map_err(Failure::new) };
-    match docker {
-        None => lume.await?,
-        Some(docker) => {
-            let docker = async { docker.await.map_err(Failure::new) };
-            tokio::try_join!(lume, docker)?;
+    let docker = async {
+        match docker {
+            Some(docker) => docker.await.map_err(Failure::new),
+            None => Ok(()),
         }
+    };
+    // The pool's VMs go when this process does (their link to it closes), however it
+    // ends; it only returns early when it cannot start.
+    let pool = async {
+        if pool == 0 {
+            return std::future::pending().await;
+        }
+        let shape = cabin_containers::pool::common_shape(accel.into());
+        report::log_info(&format!("pool of {pool} warm VMs started"));
+        let report: cabin_containers::pool::Report = Box::new(|m: &str| report::log_info(m));
+        match cabin_containers::pool::serve(host.clone(), pool, shape, report).await {
+            Ok(()) => std::future::pending().await,
+            Err(e) => Err(Failure::new(e.to_string())),
+        }
+    };
+    tokio::select! {
+        r = async { tokio::try_join!(lume, docker) } => { r?; }
+        r = pool => r?,
     }
     Ok(0)
 }
@@ -497,6 +535,12 @@ mod tests {
             parse(cabin_containers::vm::prepare_args(&shape)),
             Ok(Command::System {
                 command: SystemCommand::Prepare(_)
+            })
+        ));
+        assert!(matches!(
+            parse(cabin_containers::pool::member_args(&shape)),
+            Ok(Command::Container {
+                command: ContainerCommand::PoolMember { .. }
             })
         ));
         assert!(matches!(

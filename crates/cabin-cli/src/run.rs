@@ -314,6 +314,9 @@ pub async fn run(host: &Host, args: RunArgs, started: Instant) -> Result<i32, Fa
     }
     // Decided once: the notice above came from this decision.
     cfg.accel = cabin_vmm::AccelRequest::Force(cabin_vmm::accel::choose(cfg.accel).accel);
+    if let Some(code) = run_on_pool(host, &cfg, args.timings, started).await? {
+        return Ok(code);
+    }
     // Signals that arrive while the VM boots must not kill cabin before it can tear the
     // VM down, so the handlers are installed first.
     let mut signals = Signals::install();
@@ -335,6 +338,47 @@ pub async fn run(host: &Host, args: RunArgs, started: Instant) -> Result<i32, Fa
         cabin_containers::vm::prepare_in_background(host, &cfg);
     }
     code
+}
+
+/// The container on a warm VM of `cabin serve --pool` when a server keeps a pool for
+/// this data directory and the container needs no terminal (a kept container's
+/// terminal cannot be attached to yet) nor devices of its own: created (removed when
+/// it ends, as every foreground run), started by its pool member, which is its
+/// supervisor, and attached to: its output, stdin with -i, signals passed on, its exit
+/// code. None: no pool to use, run it here.
+async fn run_on_pool(
+    host: &Host,
+    cfg: &ContainerSpec,
+    timings: bool,
+    started: Instant,
+) -> Result<Option<i32>, Failure> {
+    if cfg.tty
+        || cabin_containers::pool::poolable(cfg).is_none()
+        || !cabin_containers::pool::available(&host.paths)
+    {
+        return Ok(None);
+    }
+    let mut t = cabin_containers::timings::Timings::start_at(started);
+    let containers = Containers::open(host)?;
+    let options = CreateOptions {
+        name: None,
+        labels: Vec::new(),
+        auto_remove: true,
+    };
+    let record = containers.create(cfg, options).await?;
+    t.mark("container recorded");
+    let exit = crate::containers_cmd::attach_and_proxy(&containers, &record.id, cfg.stdin).await?;
+    t.mark_with(
+        "process exited",
+        "on a warm VM of cabin serve's pool, or a supervisor's own when none was free".into(),
+    );
+    if let Some(reason) = exit.reason {
+        eprintln!("cabin: {reason}");
+    }
+    if timings {
+        eprint!("cabin timings:\n{t}");
+    }
+    Ok(Some(exit.code))
 }
 
 async fn teardown_and_report(vm: ContainerVm, timings: bool) {

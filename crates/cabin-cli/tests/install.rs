@@ -42,7 +42,7 @@ fn an_installed_cabin_runs_containers_from_its_prefix_and_uninstalls_cleanly() {
     let unit = std::fs::read_to_string(prefix.join("lib/systemd/system/cabin.service")).unwrap();
     assert!(
         unit.contains(&format!(
-            "ExecStart={p}/bin/cabin serve --docker-socket /run/cabin/docker.sock"
+            "ExecStart={p}/bin/cabin serve --docker-socket /run/cabin/docker.sock --pool 2"
         )),
         "{unit}"
     );

@@ -82,6 +82,19 @@ pub struct Attachments {
 }
 
 impl Attachments {
+    /// The devices of the VM's command line, taken out (what stays behind is held until
+    /// the VM is gone).
+    pub fn take_devices(&mut self) -> Devices {
+        std::mem::replace(
+            &mut self.devices,
+            Devices {
+                nic: None,
+                shares: Vec::new(),
+                disks: Vec::new(),
+            },
+        )
+    }
+
     pub fn acquire(
         paths: &Paths,
         cfg: &ContainerSpec,

@@ -280,8 +280,16 @@ impl Containers {
         fresh.status = Status::Created;
         fresh.lost = false;
         self.blocking(move |s| Ok(s.save(&fresh)?)).await?;
-        cabin_helper(&self.host, supervise_args(&record.id), Output::Discard)
-            .map_err(ContainerError::Spawn)?;
+        // A warm VM from the pool of this data directory's server, if it has one of
+        // this container's shape; else a supervisor that starts a VM of its own.
+        let pooled = match crate::pool::poolable(&spec) {
+            Some(shape) => crate::pool::take(&self.host.paths, &record.id, &shape).await,
+            None => false,
+        };
+        if !pooled {
+            cabin_helper(&self.host, supervise_args(&record.id), Output::Discard)
+                .map_err(ContainerError::Spawn)?;
+        }
         let deadline = Instant::now() + spec.boot_timeout + START_SLACK;
         loop {
             let id = record.id.clone();

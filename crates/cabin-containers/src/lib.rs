@@ -39,6 +39,7 @@ pub mod exec;
 pub mod health;
 pub mod holder;
 pub mod log;
+pub mod pool;
 pub mod process;
 pub mod root;
 pub mod snapshot;

@@ -19,7 +19,7 @@ use crate::process::{self, Output, Stream};
 use crate::spec::{self, ContainerSpec, SpecError};
 use crate::store::StoreError;
 use crate::store::{now_unix, Status, Store};
-use crate::vm::memory_limit_note;
+use crate::vm::{memory_limit_note, WarmVm};
 use crate::{agent, ContainerVm};
 
 /// How long a guest gets to act on SIGKILL before its VM is killed instead.
@@ -60,6 +60,16 @@ struct Ended {
 /// container to. Returns an error only when it could not take charge of the container
 /// at all (another supervisor has it, its records are unreadable).
 pub async fn supervise(host: &Host, id: &str) -> Result<(), SuperviseError> {
+    supervise_on(host, id, None).await
+}
+
+/// As [`supervise`], the container's first run on `warm` when given (a pooled VM that
+/// took the container, see `pool.rs`); restarts boot VMs of their own.
+pub async fn supervise_on(
+    host: &Host,
+    id: &str,
+    mut warm: Option<WarmVm>,
+) -> Result<(), SuperviseError> {
     let store = Store::open(&host.paths)?;
     // The previous supervisor of a container started again right after it ended may
     // still be on its way out (its record says exited before its process is gone):
@@ -84,7 +94,7 @@ pub async fn supervise(host: &Host, id: &str) -> Result<(), SuperviseError> {
         }
     };
     let cfg = match spec::read(&dir, id) {
-        Ok(spec) => running_spec(spec, id, &record.name, &dir),
+        Ok(spec) => running_spec(spec, id, &record.name, &dir, record.auto_remove),
         Err(e) => {
             // Said where the starter looks: the record.
             record.status = Status::Exited {
@@ -108,14 +118,18 @@ pub async fn supervise(host: &Host, id: &str) -> Result<(), SuperviseError> {
     let mut backoff = Duration::from_millis(100);
     let mut attached = crate::attach::Attached::default();
     let ended = loop {
-        let ended = run_once(
+        let supervised = Supervised {
             host,
-            &cfg,
-            &store,
+            cfg: &cfg,
+            store: &store,
+            listener: &listener,
+        };
+        let ended = run_once(
+            supervised,
             &mut record,
             &mut log,
-            &listener,
             &mut attached,
+            warm.take(),
         )
         .await?;
         let again = !ended.stopped
@@ -172,10 +186,15 @@ fn running_spec(
     id: &str,
     name: &str,
     dir: &std::path::Path,
+    auto_remove: bool,
 ) -> ContainerSpec {
     spec.hostname
         .get_or_insert_with(|| id[..12.min(id.len())].to_string());
-    spec.layer = Some(dir.join(LAYER_FILE));
+    // A container removed when its one run ends has no later run to keep its files
+    // for: its layer dies with its VM, which then needs no flush and no clean quit.
+    if !(auto_remove && spec.restart == crate::spec::RestartPolicy::No) {
+        spec.layer = Some(dir.join(LAYER_FILE));
+    }
     spec.name = Some(name.to_string());
     spec.container_id = Some(id.to_string());
     spec
@@ -236,16 +255,30 @@ async fn top(agent: &crate::agent::Agent, container_id: &str) -> Reply {
     }
 }
 
-/// Boots the container's VM, runs its process to the end, tears the VM down.
+/// What stays the same across a supervisor's runs of its container.
+#[derive(Clone, Copy)]
+struct Supervised<'a> {
+    host: &'a Host,
+    cfg: &'a ContainerSpec,
+    store: &'a Store,
+    listener: &'a UnixListener,
+}
+
+/// Boots the container's VM (or takes `warm`), runs its process to the end, tears the
+/// VM down.
 async fn run_once(
-    host: &Host,
-    cfg: &ContainerSpec,
-    store: &Store,
+    s: Supervised<'_>,
     record: &mut crate::store::Record,
     log: &mut LogWriter,
-    listener: &UnixListener,
     attached: &mut crate::attach::Attached,
+    warm: Option<WarmVm>,
 ) -> Result<Ended, StoreError> {
+    let Supervised {
+        host,
+        cfg,
+        store,
+        listener,
+    } = s;
     // What the user should hear about the start goes to the container's log.
     let notes = std::sync::Mutex::new(Vec::<String>::new());
     let notify = |m: &str| notes.locked().push(m.to_string());
@@ -256,7 +289,7 @@ async fn run_once(
     let (requests, mut pending) =
         tokio::sync::mpsc::unbounded_channel::<(UnixStream, Option<Request>)>();
     let booted = {
-        let boot = ContainerVm::boot(host, cfg, Instant::now(), &notify);
+        let boot = ContainerVm::boot_on(host, cfg, Instant::now(), &notify, warm);
         tokio::pin!(boot);
         loop {
             tokio::select! {

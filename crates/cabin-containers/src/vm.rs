@@ -359,6 +359,200 @@ fn create_overlay(base: &Path, overlay: &Path) -> Result<(), RunError> {
         .map_err(io_err("creating the container's writable layer"))
 }
 
+/// A VM resumed from its shape's boot snapshot on a scratch disk of its own and warmed
+/// up: a container made, started and removed in it once, so that the guest paths a
+/// container's start takes are translated already (under TCG, a resumed VM starts with
+/// none). It waits for a container ([`ContainerVm::boot_on`]), which gets its disk and
+/// identity (clock, entropy, MAC, hostname) then. The pool's members (`pool.rs`).
+pub struct WarmVm {
+    vm: ContainerVm,
+    pub shape: VmShape,
+}
+
+/// The scratch container of a warm-up, and its disk in the VM's run directory.
+const WARM_UP_ID: &str = "warm-up";
+const WARM_UP_DISK: &str = "warm-up.raw";
+
+impl WarmVm {
+    /// Resumes a VM of `shape` (building its boot snapshot first if there is none) and
+    /// warms it up.
+    pub async fn start(host: &Host, shape: &VmShape) -> Result<WarmVm, RunError> {
+        let cfg = shape.spec();
+        cabin_base::memory::Headroom::now()
+            .admit(cfg.vm_memory_mib())
+            .map_err(|e| RunError::Setup(e.to_string()))?;
+        let machine = Machine::resolve(host, &cfg)?;
+        let id = cabin_base::random::id().map_err(io_err("naming the VM"))?;
+        let run_dir = RunDir::create(&host.paths.run_root(), &id)
+            .map_err(io_err("creating the VM's run directory"))?;
+        let scratch = run_dir.path.join(WARM_UP_DISK);
+        warm_up_disk(host, &scratch)?;
+        let mut spec = machine.spec(
+            &cfg,
+            &run_dir.path,
+            scratch.clone(),
+            scratch.clone(),
+            attachments::shape(&cfg),
+        );
+        spec.disks[0].format = DiskFormat::Raw;
+        spec.disks[0].backing = None;
+        let key = snapshot::key(&machine.qemu, &spec);
+        let template = match snapshot::find(&host.paths, &key) {
+            snapshot::Found::Usable(t) => t,
+            _ => {
+                prepare_snapshot(host, shape).await?;
+                match snapshot::find(&host.paths, &key) {
+                    snapshot::Found::Usable(t) => t,
+                    _ => {
+                        return Err(RunError::Setup(format!(
+                            "the boot snapshot {key} a pooled VM resumes from could not be made"
+                        )))
+                    }
+                }
+            }
+        };
+        let memory = holder::memory(host, &template).map_err(|e| {
+            RunError::Setup(format!("the boot snapshot {key} could not be used: {e}"))
+        })?;
+        spec.restore = Some(template.state);
+        spec.memory = GuestMemory::CopyOnWrite(Arc::new(memory));
+        let timings = Timings::start_at(Instant::now());
+        let mut me = ContainerVm::launch(&machine, &spec, run_dir, timings, id)?;
+        me.come_up(Duration::from_secs(60)).await?;
+        me.warm_up().await?;
+        Ok(WarmVm {
+            vm: me,
+            shape: shape.clone(),
+        })
+    }
+
+    /// The VMM's process id on the host.
+    pub fn vmm_pid(&self) -> u32 {
+        self.vm.vmm_pid()
+    }
+
+    /// Waits for the VM to die (nothing else ends a VM that waits in the pool), and
+    /// says how.
+    pub async fn died(&mut self) -> String {
+        match self.vm.vm.wait().await {
+            Ok(exit) => self.vm.vm_error(exit).to_string(),
+            Err(e) => format!("waiting for QEMU: {e}"),
+        }
+    }
+
+    /// Stops the VM and removes its files.
+    pub async fn discard(self) {
+        self.vm.teardown().await
+    }
+}
+
+/// A copy of the warm-up disk at `dest`: an ext4 file system holding cabin-init's
+/// binary under the name it exits at once with ([`cabin_proto::WARM_UP_ARGV0`]),
+/// built once per init binary, sized as every container's disk.
+fn warm_up_disk(host: &Host, dest: &Path) -> Result<(), RunError> {
+    use sha2::Digest;
+    let init = assets::locate_init(host)?;
+    let hash: String = sha2::Sha256::digest(disk_identity(&init).as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let cache = host.paths.rootfs_cache();
+    let image = cache.join(format!("warm-up-{hash}.ext4"));
+    if !image.is_file() {
+        let tree = dest.with_extension("tree");
+        let build = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&tree)?;
+            std::fs::create_dir_all(&cache)?;
+            let program = tree.join(cabin_proto::WARM_UP_ARGV0);
+            std::fs::copy(&init, &program)?;
+            std::fs::set_permissions(
+                &program,
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )?;
+            cabin_image::rootfs::build_image(&tree, &image).map_err(std::io::Error::other)
+        };
+        let built = build();
+        let _ = std::fs::remove_dir_all(&tree);
+        built.map_err(io_err("building the pool's warm-up disk"))?;
+    }
+    // Its holes stay holes: the image is mostly empty, the device 1 TiB.
+    cabin_base::files::copy_sparse(&image, dest)
+        .and_then(|()| std::fs::OpenOptions::new().write(true).open(dest))
+        .and_then(|f| f.set_len(snapshot::DISK_BYTES))
+        .map_err(io_err("copying the pool's warm-up disk"))
+}
+
+/// Mounting the container's disk (`blk:rootfs`) at `target`.
+fn root_mount(target: &str) -> MountRequest {
+    MountRequest {
+        source: "blk:rootfs".into(),
+        target: target.into(),
+        fstype: "ext4".into(),
+        // Right after mounting, ext4 would read every block group's bitmap and zero
+        // the inode tables mkfs left lazily uninitialised, in a kernel thread
+        // competing with the container's start for the VM's CPU. Neither is needed:
+        // bitmaps are read on demand, and uninitialised tables are marked as such.
+        options: vec!["no_prefetch_block_bitmaps".into(), "noinit_itable".into()],
+        // --read-only turns the root read-only after the mount points are made.
+        read_only: false,
+    }
+}
+
+impl ContainerVm {
+    /// Runs a scratch container through every step of a start (mount, create, process
+    /// started and ended) and removes it, leaving the disk unmounted.
+    async fn warm_up(&mut self) -> Result<(), RunError> {
+        let mut a = self.agent.clone();
+        let t = cabin_proto::CALL_TIMEOUT;
+        let rootfs = format!("/run/cabin/containers/{WARM_UP_ID}/rootfs");
+        self.guarded(agent::call("Mount", t, a.mount(root_mount(&rootfs))))
+            .await?;
+        self.guarded(agent::call(
+            "CreateContainer",
+            t,
+            a.create_container(CreateContainerRequest {
+                container_id: WARM_UP_ID.into(),
+                rootfs,
+                hostname: WARM_UP_ID.into(),
+                resources: Some(Resources::default()),
+                network: None,
+                mounts: Vec::new(),
+                read_only_root: false,
+                hosts: Vec::new(),
+            }),
+        ))
+        .await?;
+        let process = ProcessRef {
+            container_id: WARM_UP_ID.into(),
+            process_id: "init".into(),
+        };
+        self.guarded(agent::call(
+            "StartProcess",
+            t,
+            a.start_process(StartProcessRequest {
+                container_id: WARM_UP_ID.into(),
+                process_id: "init".into(),
+                args: vec![format!("/{}", cabin_proto::WARM_UP_ARGV0)],
+                env: vec!["PATH=/".into()],
+                cwd: "/".into(),
+                ..Default::default()
+            }),
+        ))
+        .await?;
+        self.guarded(agent::call("Wait", t, a.wait(process)))
+            .await?;
+        self.guarded(agent::call(
+            "RemoveContainer",
+            t,
+            a.remove_container(cabin_proto::v1::ContainerRef {
+                container_id: WARM_UP_ID.into(),
+            }),
+        ))
+        .await?;
+        Ok(())
+    }
+}
+
 impl ContainerVm {
     pub fn process_ref(&self) -> ProcessRef {
         ProcessRef {
@@ -450,11 +644,27 @@ impl ContainerVm {
         started: Instant,
         notify: Notify<'_>,
     ) -> Result<ContainerVm, RunError> {
+        Self::boot_on(host, cfg, started, notify, None).await
+    }
+
+    /// As [`ContainerVm::boot`], on `warm` when given: a VM of the container's shape
+    /// resumed and warmed up ahead ([`WarmVm`], the pool's), which takes the
+    /// container's disk and identity instead of a VM being started for it.
+    pub async fn boot_on(
+        host: &Host,
+        cfg: &ContainerSpec,
+        started: Instant,
+        notify: Notify<'_>,
+        warm: Option<WarmVm>,
+    ) -> Result<ContainerVm, RunError> {
         let paths = &host.paths;
         let mut timings = Timings::start_at(started);
-        cabin_base::memory::Headroom::now()
-            .admit(cfg.vm_memory_mib())
-            .map_err(|e| RunError::Setup(e.to_string()))?;
+        if warm.is_none() {
+            // A pooled VM's memory is already spent.
+            cabin_base::memory::Headroom::now()
+                .admit(cfg.vm_memory_mib())
+                .map_err(|e| RunError::Setup(e.to_string()))?;
+        }
         let machine = Machine::resolve(host, cfg)?;
         timings.mark("boot assets");
         let root = root::resolve(paths, &cfg.root, notify).await?;
@@ -468,6 +678,44 @@ impl ContainerVm {
             &cfg.user,
         )?;
         timings.mark_with("root filesystem image", root.note);
+        if let Some(warm) = warm {
+            let mut me = warm.vm;
+            me.timings = timings;
+            let (overlay, base) = match &cfg.layer {
+                Some(kept) => {
+                    let base = keep_layer(&root.disk, kept)?;
+                    (kept.clone(), base)
+                }
+                None => {
+                    let overlay = me.run_path().join("rootfs.qcow2");
+                    create_overlay(&root.disk, &overlay)?;
+                    (overlay, root.disk.clone())
+                }
+            };
+            let id = me.id.clone();
+            let mut attached = Attachments::acquire(paths, cfg, &id, notify)?;
+            let devices = attached.take_devices();
+            let spec = machine.spec(cfg, &me.run_path(), overlay, base, devices);
+            me.attachments = Some(attached);
+            me.keeps_layer = cfg.layer.is_some();
+            me.keep_console = host.keep_console.clone();
+            me.timings.mark("writable layer");
+            me.vm
+                .swap_disk(0, &spec.disks[0], 0)
+                .await
+                .map_err(io_err("handing the container's disk to the pooled VM"))?;
+            // The scratch disk is no longer the VM's.
+            let _ = std::fs::remove_file(me.run_path().join(WARM_UP_DISK));
+            me.timings.mark("disk attached");
+            // The clock and a fresh seed for the guest's random numbers, as after any
+            // resume: the pooled VM was warmed up with the ones it had then.
+            me.greet(cfg.boot_timeout).await?;
+            me.timings
+                .mark_with("init answering", "a warm VM from the pool".into());
+            return me
+                .create_and_start(cfg, image_healthcheck, args, image_env, cwd, user)
+                .await;
+        }
         let id = cabin_base::random::id().map_err(io_err("naming the VM"))?;
         let run_dir = RunDir::create(&paths.run_root(), &id)
             .map_err(io_err("creating the VM's run directory"))?;
@@ -483,14 +731,7 @@ impl ContainerVm {
             }
         };
         let mut attached = Attachments::acquire(paths, cfg, &id, notify)?;
-        let devices = std::mem::replace(
-            &mut attached.devices,
-            Devices {
-                nic: None,
-                shares: Vec::new(),
-                disks: Vec::new(),
-            },
-        );
+        let devices = attached.take_devices();
         let mut spec = machine.spec(cfg, &run_dir.path, overlay, base, devices);
         let key = snapshot::key(&machine.qemu, &spec);
         let mut missing_snapshot = false;
@@ -564,28 +805,29 @@ impl ContainerVm {
             )
         };
         me.timings.mark_with("init answering", note);
+        me.create_and_start(cfg, image_healthcheck, args, image_env, cwd, user)
+            .await
+    }
+
+    /// The container on a VM whose cabin-init answers: its root file system mounted,
+    /// the container created, its first process started.
+    async fn create_and_start(
+        mut self,
+        cfg: &ContainerSpec,
+        image_healthcheck: Option<crate::health::HealthCheck>,
+        args: Vec<String>,
+        image_env: Vec<String>,
+        cwd: String,
+        user: String,
+    ) -> Result<ContainerVm, RunError> {
+        let me = &mut self;
+        let id = me.id.clone();
         let mut a = me.agent.clone();
 
         let rootfs = format!("/run/cabin/containers/{id}/rootfs");
         let t = cabin_proto::CALL_TIMEOUT;
-        me.guarded(agent::call(
-            "Mount",
-            t,
-            a.mount(MountRequest {
-                source: "blk:rootfs".into(),
-                target: rootfs.clone(),
-                fstype: "ext4".into(),
-                // Right after mounting, ext4 would read every block group's bitmap and
-                // zero the inode tables mkfs left lazily uninitialised, in a kernel
-                // thread competing with the container's start for the VM's CPU. Neither
-                // is needed: bitmaps are read on demand, and uninitialised tables are
-                // marked as such.
-                options: vec!["no_prefetch_block_bitmaps".into(), "noinit_itable".into()],
-                // --read-only turns the root read-only after the mount points are made.
-                read_only: false,
-            }),
-        ))
-        .await?;
+        me.guarded(agent::call("Mount", t, a.mount(root_mount(&rootfs))))
+            .await?;
         let (network, mounts, hosts) = match &me.attachments {
             Some(a) => (a.network.clone(), a.mounts.clone(), a.hosts.clone()),
             None => (None, Vec::new(), Vec::new()),
@@ -666,7 +908,15 @@ impl ContainerVm {
             "process started",
             format!("pid {} in the guest", started.pid),
         );
-        Ok(me)
+        Ok(self)
+    }
+
+    /// The VM's run directory.
+    fn run_path(&self) -> PathBuf {
+        self.run_dir
+            .as_ref()
+            .map(|d| d.path.clone())
+            .unwrap_or_default()
     }
 
     /// Starts the VM for `spec` (booting, or resuming `spec.restore`).

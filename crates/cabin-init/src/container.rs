@@ -187,6 +187,42 @@ pub fn create_cgroup(id: &str, res: &Resources) -> io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Ends a container for good while its VM goes on: every process of its cgroup killed
+/// (and gone), the cgroup removed, its root file system and everything mounted below
+/// its directory unmounted, its files (/etc/hosts and friends) deleted.
+pub async fn remove(ctr: &Container) -> io::Result<()> {
+    if ctr.cgroup.exists() {
+        std::fs::write(ctr.cgroup.join("cgroup.kill"), "1")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let events = std::fs::read_to_string(ctr.cgroup.join("cgroup.events"))?;
+            if events.lines().any(|l| l == "populated 0") {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(io::Error::other("its processes did not end within 10 s"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        std::fs::remove_dir(&ctr.cgroup)?;
+    }
+    // Lazily: nothing of the container uses its root any more, and a detach takes the
+    // mounts below it (its /dev, its volumes) along.
+    let root = std::ffi::CString::new(ctr.rootfs.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::other("a root path with a NUL byte"))?;
+    // SAFETY: umount2 of a NUL-terminated path; no memory is handed over.
+    if unsafe { libc::umount2(root.as_ptr(), libc::MNT_DETACH) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(e);
+        }
+    }
+    if let Some(dir) = ctr.rootfs.parent() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    Ok(())
+}
+
 /// A container's resource use from its cgroup files (missing values read as 0).
 pub fn stats(cgroup: &Path) -> cabin_proto::v1::ContainerStats {
     let number = |file: &str| -> u64 {

@@ -585,6 +585,20 @@ impl Agent for AgentService {
         Ok(Response::new(Empty {}))
     }
 
+    async fn remove_container(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<Empty>, Status> {
+        let id = req.into_inner().container_id;
+        let ctr = self.container(&id)?;
+        container::remove(&ctr)
+            .await
+            .map_err(|e| io_status("remove the container", e))?;
+        self.processes.locked().retain(|(c, _), _| c != &id);
+        self.containers.locked().remove(&id);
+        Ok(Response::new(Empty {}))
+    }
+
     type CopyOutStream = crate::copy::CopyOutStream;
 
     async fn copy_out(

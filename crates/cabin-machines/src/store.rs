@@ -10,7 +10,6 @@
 
 use std::fs;
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -747,87 +746,11 @@ pub fn clone(
     })
 }
 
-/// Copies a disk image: a reflink if possible (instant), else only its data extents
-/// with copy_file_range (holes stay holes), flushed before the clone is put in place.
+/// Copies a disk image (see [`cabin_base::files::copy_sparse`]), flushed before the
+/// clone is put in place.
 pub fn copy_disk(src: &Path, dst: &Path) -> Result<(), VmError> {
-    const FICLONE: libc::c_ulong = 0x4004_9409;
-    let from = fs::File::open(src).map_err(io_err(format!("opening {}", src.display())))?;
-    let to = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(dst)
-        .map_err(io_err(format!("creating {}", dst.display())))?;
-    // SAFETY: FICLONE between two descriptors we own.
-    if unsafe { libc::ioctl(to.as_raw_fd(), FICLONE as _, from.as_raw_fd()) } == 0 {
-        return Ok(());
-    }
-    let len = from.metadata().map_err(io_err("reading the disk"))?.len();
-    to.set_len(len).map_err(io_err("sizing the copy"))?;
-    let mut pos: i64 = 0;
-    while (pos as u64) < len {
-        // SAFETY: lseek on our descriptor.
-        let data = unsafe { libc::lseek(from.as_raw_fd(), pos, libc::SEEK_DATA) };
-        if data < 0 {
-            break; // no more data: the rest is a hole
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(from.as_raw_fd(), data, libc::SEEK_HOLE) };
-        let end = if hole < 0 { len as i64 } else { hole };
-        // The kernel copies the extent (and shares it where the file system can).
-        let mut off_in: i64 = data;
-        let mut off_out: i64 = data;
-        while off_in < end {
-            // SAFETY: copy_file_range between our descriptors with our offsets.
-            let n = unsafe {
-                libc::copy_file_range(
-                    from.as_raw_fd(),
-                    &mut off_in,
-                    to.as_raw_fd(),
-                    &mut off_out,
-                    (end - off_in) as usize,
-                    0,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    // Another file system (or none of its support): copy it ourselves.
-                    Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
-                        copy_range(&from, &to, off_in, end)?;
-                        break;
-                    }
-                    _ => return Err(VmError::Failed(format!("copying the disk: {e}"))),
-                }
-            }
-            if n == 0 {
-                break;
-            }
-        }
-        pos = end;
-    }
-    to.sync_all().map_err(io_err("flushing the copy"))
-}
-
-/// Copies bytes `start..end` through a buffer, leaving zero blocks as holes.
-fn copy_range(from: &fs::File, to: &fs::File, start: i64, end: i64) -> Result<(), VmError> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; 4 << 20];
-    let mut at = start;
-    while at < end {
-        let n = ((end - at) as usize).min(buf.len());
-        let got = from
-            .read_at(&mut buf[..n], at as u64)
-            .map_err(io_err("reading the disk"))?;
-        if got == 0 {
-            break;
-        }
-        if buf[..got].iter().any(|&b| b != 0) {
-            to.write_all_at(&buf[..got], at as u64)
-                .map_err(io_err("writing the copy"))?;
-        }
-        at += got as i64;
-    }
-    Ok(())
+    cabin_base::files::copy_sparse(src, dst)
+        .map_err(|e| VmError::Failed(format!("copying the disk {}: {e}", src.display())))
 }
 
 /// Bytes a file takes on disk, and its apparent size.

@@ -10,8 +10,12 @@ use std::time::Duration;
 
 /// Minor version of the `cabin.agent.v1` protocol this build speaks. A host refuses a guest
 /// agent whose version is lower than the one it needs for a call. 2: CopyOut, CopyIn and
-/// StartProcessRequest.init.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// StartProcessRequest.init; 3: RemoveContainer.
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The name a pooled VM's warm-up runs cabin-init's binary under (from its scratch
+/// disk, as a container's command): it exits at once.
+pub const WARM_UP_ARGV0: &str = "cabin-warm-up";
 
 /// Name of the virtio-serial port that carries the protocol.
 pub const PORT_NAME: &str = "cabin.agent";

@@ -101,6 +101,9 @@ impl Agent for Echo {
     async fn copy_in(&self, _: Request<Streaming<CopyInChunk>>) -> Result<Response<Empty>, Status> {
         unused()
     }
+    async fn remove_container(&self, _: Request<ContainerRef>) -> Result<Response<Empty>, Status> {
+        unused()
+    }
 }
 
 async fn connected() -> AgentClient<tonic::transport::Channel> {

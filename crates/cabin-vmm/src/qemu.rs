@@ -763,6 +763,102 @@ impl QemuVm {
         }
     }
 
+    /// Puts `disk` behind the VM's disk device `index` while the VM waits or runs, as a
+    /// microVM has no hot-plug bus: cabin opens its files and hands them over
+    /// (`add-fd`), adds its nodes, and points the device's format node (raw, see
+    /// [`blockdev_args`]) at them; the old file node is removed. `generation` keeps
+    /// the node names of successive swaps apart. The guest must not have the old disk
+    /// mounted, and must drop what it cached of it (cabin-init's Mount flushes).
+    pub async fn swap_disk(
+        &mut self,
+        index: usize,
+        disk: &crate::DiskSpec,
+        generation: u32,
+    ) -> io::Result<()> {
+        use serde_json::json;
+        self.drop_cut_monitor();
+        if self.monitor.is_none() {
+            self.monitor = Some(self.qmp().await?);
+        }
+        let qmp = self.monitor.as_mut().expect("just set");
+        let node = format!("disk{index}");
+        let new = format!("{node}-g{generation}");
+        fn named(path: &Path) -> impl Fn(io::Error) -> io::Error + '_ {
+            move |e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display()))
+        }
+        let cache = json!({"direct": false, "no-flush": disk.volatile});
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!disk.read_only)
+            .open(&disk.path)
+            .map_err(named(&disk.path))?;
+        async fn add_fd(qmp: &mut Qmp, file: &std::fs::File) -> io::Result<i64> {
+            let set = qmp
+                .execute_with_fd("add-fd", None, std::os::fd::AsFd::as_fd(file))
+                .await?;
+            set["fdset-id"]
+                .as_i64()
+                .ok_or_else(|| io::Error::other("add-fd gave no fdset-id"))
+        }
+        let set = add_fd(qmp, &file).await?;
+        qmp.execute(
+            "blockdev-add",
+            Some(json!({"driver": "file", "node-name": format!("{new}-file"),
+                "filename": format!("/dev/fdset/{set}"), "read-only": disk.read_only,
+                "discard": "unmap", "cache": cache})),
+        )
+        .await?;
+        let top = match (&disk.backing, disk.format) {
+            (_, DiskFormat::Raw) => format!("{new}-file"),
+            (backing, DiskFormat::Qcow2) => {
+                let mut options = json!({"driver": "qcow2", "node-name": new,
+                    "file": format!("{new}-file"), "read-only": disk.read_only,
+                    "discard": "unmap", "cache": cache});
+                if let Some(base) = backing {
+                    let base_file = std::fs::File::open(base).map_err(named(base))?;
+                    let set = add_fd(qmp, &base_file).await?;
+                    qmp.execute(
+                        "blockdev-add",
+                        Some(
+                            json!({"driver": "file", "node-name": format!("{new}-base-file"),
+                            "filename": format!("/dev/fdset/{set}"), "read-only": true}),
+                        ),
+                    )
+                    .await?;
+                    qmp.execute(
+                        "blockdev-add",
+                        Some(json!({"driver": "raw", "node-name": format!("{new}-base"),
+                            "file": format!("{new}-base-file"), "read-only": true})),
+                    )
+                    .await?;
+                    options["backing"] = json!(format!("{new}-base"));
+                } else {
+                    options["backing"] = serde_json::Value::Null;
+                }
+                qmp.execute("blockdev-add", Some(options)).await?;
+                new.clone()
+            }
+        };
+        qmp.execute(
+            "blockdev-reopen",
+            Some(
+                json!({"options": [{"driver": "raw", "node-name": node, "file": top,
+                "read-only": disk.read_only, "discard": "unmap", "cache": cache}]}),
+            ),
+        )
+        .await?;
+        // The old file node has no user left; its descriptor goes with it.
+        let old = if generation == 0 {
+            format!("{node}-file")
+        } else {
+            format!("{node}-g{}-file", generation - 1)
+        };
+        let _ = qmp
+            .execute("blockdev-del", Some(json!({"node-name": old})))
+            .await;
+        Ok(())
+    }
+
     /// What QEMU printed on stderr (it only prints errors), once it has exited.
     pub fn stderr(&mut self) -> String {
         let mut s = String::new();
@@ -770,6 +866,24 @@ impl QemuVm {
             let _ = err.take(64 * 1024).read_to_string(&mut s);
         }
         s.trim().to_string()
+    }
+
+    /// A descriptor that becomes readable once QEMU has exited (a pidfd).
+    fn exit_notice(&self) -> Option<tokio::io::unix::AsyncFd<OwnedFd>> {
+        let pid = self.child.as_ref()?.id();
+        // SAFETY: pidfd_open of our child, which is not reaped before try_exit reaps
+        // it; the descriptor it returns is ours.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: just opened, owned by nobody else.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        // SAFETY: an OwnedFd stays open and unchanged for as long as the AsyncFd owns it.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        }
+        .ok()
     }
 
     fn try_exit(&mut self) -> io::Result<Option<VmExit>> {
@@ -817,14 +931,26 @@ impl RunningVm for QemuVm {
     }
 
     async fn wait(&mut self) -> io::Result<VmExit> {
-        // std's Child has no async wait; QEMU exits are rare events, so a short poll is
-        // cheap and keeps tokio's process reaper (and its SIGCHLD handling) out of cabin.
+        // std's Child has no async wait: a pidfd of QEMU becomes readable when it exits
+        // (tokio's process reaper and its SIGCHLD handling stay out of cabin), and a VM
+        // that waits costs no wake-ups but the disk-pause check's, once a second. Where
+        // there is no pidfd, a short poll.
+        let exited = self.exit_notice();
         loop {
             if let Some(exit) = self.try_exit()? {
                 return Ok(exit);
             }
             self.check_disk_pause().await;
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            match &exited {
+                Some(fd) => {
+                    if let Ok(Ok(mut ready)) =
+                        tokio::time::timeout(PAUSE_CHECK, fd.readable()).await
+                    {
+                        ready.retain_ready();
+                    }
+                }
+                None => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
         }
     }
 
