@@ -4,8 +4,10 @@
 //! translates every guest path of a container's start afresh; a pooled VM has done so
 //! already, and its QEMU, state and memory are in place.
 //!
-//! `cabin serve --pool N` keeps N members of the common shape ([`serve`]): it starts
-//! them, replaces one that is taken or dies, and never has more than N; members watch
+//! `cabin serve --pool N` keeps N members ([`serve`]), of the common shape until a
+//! container of another shape finds none (the pool then follows it, a waiting VM of
+//! the old shape making room): it starts them, replaces one that is taken or dies, and
+//! never has more than N; members watch
 //! their link to it and end with their VM when it is gone (killed or not), until they
 //! are taken. [`take`] is the requester's side: `Containers::start` (so `cabin run`,
 //! `run -d`, `start` and the Docker API) asks the pool of its data directory first and
@@ -249,9 +251,10 @@ struct Member {
 /// What the pool did, for whoever runs it (`cabin serve` prints it).
 pub type Report = Box<dyn Fn(&str) + Send + Sync>;
 
-/// Keeps `size` VMs of `shape` ready until this future is dropped (the members then see
-/// their link close and stop their VMs). Errors only when it cannot start: another
-/// pool serves the data directory, or its socket cannot be made.
+/// Keeps `size` VMs ready until this future is dropped (the members then see their
+/// link close and stop their VMs): of `shape` first, then of the shape a request last
+/// found none of. Errors only when it cannot start: another pool serves the data
+/// directory, or its socket cannot be made.
 pub async fn serve(
     host: Host,
     size: usize,
@@ -297,6 +300,8 @@ pub async fn serve(
     };
     let _accept = AbortOnDrop(accept);
     let mut members: HashMap<u64, Member> = HashMap::new();
+    // The shape of the VMs it starts: the common one, then the last one asked for.
+    let mut wanted = shape;
     let mut next_id = 0u64;
     let mut failures = 0u32;
     let mut refill_due = false;
@@ -307,12 +312,12 @@ pub async fn serve(
                 refill_due = false;
                 while members.len() < size {
                     next_id += 1;
-                    match spawn_member(&host, next_id, &shape, events.clone()) {
+                    match spawn_member(&host, next_id, &wanted, events.clone()) {
                         Ok(write) => {
                             members.insert(
                                 next_id,
                                 Member {
-                                    shape: shape.clone(),
+                                    shape: wanted.clone(),
                                     write,
                                     state: State::Starting,
                                     vmm_pid: 0,
@@ -371,23 +376,43 @@ pub async fn serve(
                 let found = members
                     .iter()
                     .find(|(_, m)| matches!(m.state, State::Idle) && m.shape == request.shape)
-                    .map(|(id, _)| *id);
-                let Some(id) = found.filter(|_| valid_id(&request.id)) else {
-                    let _ = reply.send(false);
-                    continue;
-                };
-                let m = members.get_mut(&id).expect("found above");
-                let mut line = serde_json::to_vec(&Take {
-                    take: request.id.clone(),
-                })
-                .unwrap_or_default();
-                line.push(b'\n');
-                if m.write.write_all(&line).await.is_ok() {
-                    m.state = State::Taking(reply);
-                    m.container = request.id;
-                } else {
-                    members.remove(&id);
-                    let _ = reply.send(false);
+                    .map(|(id, _)| *id)
+                    .filter(|_| valid_id(&request.id));
+                match found {
+                    Some(id) => {
+                        let m = members.get_mut(&id).expect("found above");
+                        let mut line = serde_json::to_vec(&Take {
+                            take: request.id.clone(),
+                        })
+                        .unwrap_or_default();
+                        line.push(b'\n');
+                        if m.write.write_all(&line).await.is_ok() {
+                            m.state = State::Taking(reply);
+                            m.container = request.id;
+                        } else {
+                            members.remove(&id);
+                            let _ = reply.send(false);
+                        }
+                    }
+                    None => {
+                        let _ = reply.send(false);
+                        // The pool follows demand: the VMs it starts next have the shape
+                        // last asked for, and when it is full a waiting VM of another
+                        // shape makes room (its link closes: it stops its VM).
+                        if valid_id(&request.id) && request.shape != wanted {
+                            report("pool: a container of another VM shape came; the pool's next VMs take that shape");
+                            wanted = request.shape;
+                        }
+                        if members.len() >= size {
+                            let other = members
+                                .iter()
+                                .find(|(_, m)| matches!(m.state, State::Idle) && m.shape != wanted)
+                                .map(|(id, _)| *id);
+                            if let Some(other) = other {
+                                members.remove(&other);
+                            }
+                        }
+                    }
                 }
             }
         }
