@@ -71,7 +71,9 @@ async fn start_attached(containers: &Containers, args: &StartArgs) -> Result<i32
         return Err("cannot start and attach to several containers at once".into());
     };
     let record = containers.get(name).await?;
-    let Exit { code, reason } = attach_and_proxy(containers, &record.id, args.interactive).await?;
+    let tty = containers.spec(&record.id).await?.tty;
+    let Exit { code, reason } =
+        attach_and_proxy(containers, &record.id, args.interactive, tty).await?;
     if let Some(reason) = reason {
         eprintln!("cabin: {reason}");
     }
@@ -80,12 +82,34 @@ async fn start_attached(containers: &Containers, args: &StartArgs) -> Result<i32
 
 /// Starts container `id` if it is not running and stays with its run: its output
 /// printed, this process's stdin passed on with `stdin`, and, as docker's --sig-proxy,
-/// the signals cabin gets sent to the container's process.
+/// the signals cabin gets sent to the container's process. A container with a
+/// terminal (`tty`) gets this one's keys as they are typed (raw mode) and its size
+/// whenever it changes.
 pub async fn attach_and_proxy(
     containers: &Containers,
     id: &str,
     stdin: bool,
+    tty: bool,
 ) -> Result<Exit, Failure> {
+    let _raw = if tty && terminal::is_tty(0) {
+        terminal::RawMode::enter()
+    } else {
+        None
+    };
+    let resizer = tty.then(|| {
+        let containers = containers.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let Ok(mut winch) = signal(SignalKind::window_change()) else {
+                return;
+            };
+            while winch.recv().await.is_some() {
+                if let Some((rows, cols)) = terminal::size(0) {
+                    let _ = containers.resize(&id, rows, cols).await;
+                }
+            }
+        })
+    });
     let mut signals = Signals::install();
     let proxy = {
         let containers = containers.clone();
@@ -103,6 +127,9 @@ pub async fn attach_and_proxy(
         .attach(id, stdin, &mut terminal::print_output)
         .await;
     proxy.abort();
+    if let Some(r) = resizer {
+        r.abort();
+    }
     Ok(attached?)
 }
 

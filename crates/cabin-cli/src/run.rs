@@ -232,18 +232,6 @@ pub fn parse_labels(labels: &[String]) -> Result<Vec<(String, String)>, Failure>
         .collect()
 }
 
-/// A kept container with a terminal: the library runs it (the Docker API attaches to
-/// it), but this CLI's `start -a` relays output, not a terminal, so it refuses.
-fn refuse_kept_terminal(spec: &ContainerSpec) -> Result<(), Failure> {
-    if spec.tty {
-        return Err(
-            "-t cannot be combined with -d or create yet: cabin cannot attach to a container's terminal"
-                .into(),
-        );
-    }
-    Ok(())
-}
-
 /// The health check the flags ask for (None: the image's).
 fn healthcheck(args: &RunArgs) -> Result<Option<HealthCheck>, Failure> {
     if args.no_healthcheck {
@@ -285,7 +273,6 @@ fn healthcheck(args: &RunArgs) -> Result<Option<HealthCheck>, Failure> {
 /// `cabin create`: records the container with the options of `cabin run`; prints its ID.
 pub async fn create(host: &Host, args: RunArgs) -> Result<i32, Failure> {
     let spec = spec(&args, true)?;
-    refuse_kept_terminal(&spec)?;
     let record = Containers::open(host)?
         .create(&spec, create_options(&args)?)
         .await?;
@@ -297,7 +284,6 @@ pub async fn create(host: &Host, args: RunArgs) -> Result<i32, Failure> {
 pub async fn run(host: &Host, args: RunArgs, started: Instant) -> Result<i32, Failure> {
     let mut cfg = spec(&args, true)?;
     if args.detach {
-        refuse_kept_terminal(&cfg)?;
         let containers = Containers::open(host)?;
         let record = containers.create(&cfg, create_options(&args)?).await?;
         return report::started(&record.id, containers.start(&record.id).await?);
@@ -341,19 +327,17 @@ pub async fn run(host: &Host, args: RunArgs, started: Instant) -> Result<i32, Fa
 }
 
 /// The container on a warm VM of `cabin serve --pool` when a server keeps a pool for
-/// this data directory and the container needs no terminal (a kept container's
-/// terminal cannot be attached to yet) nor devices of its own: created (removed when
-/// it ends, as every foreground run), started by its pool member, which is its
-/// supervisor, and attached to: its output, stdin with -i, signals passed on, its exit
-/// code. None: no pool to use, run it here.
+/// this data directory and the container needs no devices of its own: created (removed
+/// when it ends, as every foreground run), started by its pool member, which is its
+/// supervisor, and attached to: its output, stdin with -i, its terminal with -t,
+/// signals passed on, its exit code. None: no pool to use, run it here.
 async fn run_on_pool(
     host: &Host,
     cfg: &ContainerSpec,
     timings: bool,
     started: Instant,
 ) -> Result<Option<i32>, Failure> {
-    if cfg.tty
-        || cabin_containers::pool::poolable(cfg).is_none()
+    if cabin_containers::pool::poolable(cfg).is_none()
         || !cabin_containers::pool::available(&host.paths)
     {
         return Ok(None);
@@ -367,7 +351,8 @@ async fn run_on_pool(
     };
     let record = containers.create(cfg, options).await?;
     t.mark("container recorded");
-    let exit = crate::containers_cmd::attach_and_proxy(&containers, &record.id, cfg.stdin).await?;
+    let exit = crate::containers_cmd::attach_and_proxy(&containers, &record.id, cfg.stdin, cfg.tty)
+        .await?;
     t.mark_with(
         "process exited",
         "on a warm VM of cabin serve's pool, or a supervisor's own when none was free".into(),

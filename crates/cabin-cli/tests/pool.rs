@@ -1,5 +1,6 @@
-//! The warm pool of `cabin serve --pool N`: containers run on VMs resumed and warmed up
-//! ahead, each with its own disk and identity; the pool keeps its size, replaces a VM
+//! The warm pool of `cabin serve --pool N`: containers (with pipes or a terminal, from
+//! the CLI or the Docker API) run on VMs resumed and warmed up ahead, each with its own
+//! disk and identity; the pool keeps its size, replaces a VM
 //! that died, and its waiting VMs die with the server while the containers it handed
 //! out live on.
 
@@ -142,16 +143,42 @@ fn a_warm_pool_runs_containers_apart_keeps_its_size_and_its_vms_die_with_the_ser
     assert_eq!(stdout(&o), "from docker\n");
     assert_eq!(server.count("took a warm VM"), 4, "{}", server.text());
 
+    // A terminal through the pool: keys as typed, the window's size and its changes,
+    // the exit code.
+    server.wait_for_log("pool: VM ready", 5);
+    let t = common::terminal::Tmux::start(
+        "pool",
+        &format!(
+            "env CABIN_DATA_DIR={} CABIN_ACCEL=tcg {} run -it --rm --rootfs {} -- sh; echo EXITED=$?; sleep 60",
+            data.display(),
+            env!("CARGO_BIN_EXE_cabin"),
+            busybox_rootfs().display()
+        ),
+    );
+    t.wait_for("the shell's prompt", |s| s.contains("/ #"));
+    t.keys(&["stty size; tty", "Enter"]);
+    t.wait_for("the size", |s| {
+        s.contains("30 100") && s.contains("/dev/pts/0")
+    });
+    t.run(&["resize-window", "-t", &t.session, "-x", "90", "-y", "25"]);
+    std::thread::sleep(Duration::from_millis(500));
+    t.keys(&["stty size", "Enter"]);
+    t.wait_for("the new size", |s| s.contains("25 90"));
+    t.keys(&["exit 7", "Enter"]);
+    t.wait_for("cabin to exit", |s| s.contains("EXITED=7"));
+    assert_eq!(server.count("took a warm VM"), 5, "{}", server.text());
+    drop(t);
+
     // Detached containers from the pool do not see each other's files.
     let keep = |name: &str, cmd: &str| {
         let o = pool_run(&data, &["-d", "--name", name], &["sh", "-c", cmd]);
         assert!(o.status.success(), "{}", stderr(&o));
     };
-    server.wait_for_log("pool: VM ready", 6);
-    keep("one", "echo secret > /mine; sleep 600");
     server.wait_for_log("pool: VM ready", 7);
+    keep("one", "echo secret > /mine; sleep 600");
+    server.wait_for_log("pool: VM ready", 8);
     keep("two", "sleep 600");
-    assert_eq!(server.count("took a warm VM"), 6, "{}", server.text());
+    assert_eq!(server.count("took a warm VM"), 7, "{}", server.text());
     let exec = |name: &str, cmd: &str| {
         cabin_in(&data)
             .args(["exec", name, "sh", "-c", cmd])
@@ -164,13 +191,13 @@ fn a_warm_pool_runs_containers_apart_keeps_its_size_and_its_vms_die_with_the_ser
     assert_eq!(exec("two", "cat /mine").status.code(), Some(1));
 
     // The pool keeps its size: a waiting VM that dies is replaced.
-    server.wait_for_log("pool: VM ready", 8);
+    server.wait_for_log("pool: VM ready", 9);
     assert_eq!(waiting_vms(&data).len(), 2, "{}", server.text());
     let victim = std::fs::read_to_string(waiting_vms(&data)[0].join("vmm.pid")).unwrap();
     // SAFETY: killing a QEMU process this test's server started.
     unsafe { libc::kill(victim.trim().parse().unwrap(), libc::SIGKILL) };
     server.wait_for_log("a waiting VM died; replacing it", 1);
-    server.wait_for_log("pool: VM ready", 9);
+    server.wait_for_log("pool: VM ready", 10);
     assert_eq!(waiting_vms(&data).len(), 2, "{}", server.text());
 
     // A container of another shape finds no VM of its own and runs as without a pool;
