@@ -129,11 +129,12 @@ enum Command {
         /// create, run and delete VMs. The console keeps its token.
         #[arg(long, requires = "listen")]
         unauthenticated_lume_api_on_the_network: bool,
-        /// Keep N container VMs resumed and warmed up, ready for containers of the
-        /// common shape (no options that add devices: shares, volumes, published
-        /// ports, bridge networks; default CPUs and memory): cabin run, run -d, start
-        /// and the Docker API on this data directory take one instead of starting a
-        /// VM. Each costs its VM's private memory (about 50 MiB under TCG). 0: none.
+        /// Keep N container VMs resumed and warmed up: cabin run, run -d, start and
+        /// the Docker API on this data directory take one instead of starting a VM,
+        /// for containers without devices of their own (shares, volumes, published
+        /// ports, bridge networks). They have the default CPUs and memory until a
+        /// container of another shape comes, then that one's. Each waiting VM costs
+        /// its memory (about 70 MiB under TCG). 0: none.
         #[arg(long, default_value_t = 0, value_name = "N")]
         pool: usize,
     },

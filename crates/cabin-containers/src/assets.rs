@@ -1,4 +1,5 @@
-//! Boot assets: the guest kernel and the initramfs holding cabin-init.
+//! Boot assets: the guest kernel, the initramfs holding cabin-init, and the warm pool's
+//! scratch disk holding it too.
 
 use std::fs;
 use std::io;
@@ -22,6 +23,8 @@ pub enum AssetError {
     InitNotStatic(PathBuf),
     #[error("building the initramfs in {dir}: {source}")]
     Initramfs { dir: PathBuf, source: io::Error },
+    #[error("building the pool's warm-up disk in {dir}: {source}")]
+    WarmUpDisk { dir: PathBuf, source: io::Error },
 }
 
 /// Finds the guest kernel: the explicit choice, else the host's (`CABIN_KERNEL`), else
@@ -115,18 +118,13 @@ pub fn is_static_elf(p: &Path) -> bool {
     true
 }
 
-/// Returns the initramfs for this cabin-init, building and caching it on first use. The
-/// cache key is the init binary's path, size and modification time (a rebuilt init gets
-/// a new archive), so a warm start reads no more than one stat.
-pub fn initramfs(init: &Path, paths: &Paths) -> Result<PathBuf, AssetError> {
+/// What names a cabin-init build in the caches made from it: its path, size,
+/// modification time and inode, hashed (a rebuilt init gets new entries; a warm start
+/// reads no more than one stat).
+fn build_key(init: &Path) -> io::Result<String> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
-    let dir = paths.initramfs_cache();
-    let err = |source| AssetError::Initramfs {
-        dir: dir.clone(),
-        source,
-    };
-    let meta = fs::metadata(init).map_err(err)?;
+    let meta = fs::metadata(init)?;
     let mut key = Sha256::new();
     key.update(init.as_os_str().as_bytes());
     for v in [
@@ -137,10 +135,54 @@ pub fn initramfs(init: &Path, paths: &Paths) -> Result<PathBuf, AssetError> {
     ] {
         key.update(v.to_le_bytes());
     }
-    let name: String = key.finalize()[..12]
+    Ok(key.finalize()[..12]
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect();
+        .collect())
+}
+
+/// The warm pool's scratch disk for this cabin-init (see `vm::WarmVm`): an ext4 file
+/// system holding the init binary under the name it exits at once with
+/// ([`cabin_proto::WARM_UP_ARGV0`]), built once per init build into the root file
+/// system cache.
+pub fn warm_up_disk(init: &Path, paths: &Paths) -> Result<PathBuf, AssetError> {
+    let dir = paths.rootfs_cache();
+    let err = |source| AssetError::WarmUpDisk {
+        dir: dir.clone(),
+        source,
+    };
+    let image = dir.join(format!("warm-up-{}.ext4", build_key(init).map_err(err)?));
+    if image.is_file() {
+        return Ok(image);
+    }
+    // Named as cabin's other half-built files are (`.building-PID-`).
+    let tree = dir.join(format!(".building-{}-warm-up", std::process::id()));
+    let build = || -> io::Result<()> {
+        fs::create_dir_all(&tree)?;
+        let program = tree.join(cabin_proto::WARM_UP_ARGV0);
+        fs::copy(init, &program)?;
+        fs::set_permissions(
+            &program,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+        cabin_image::rootfs::build_image(&tree, &image).map_err(io::Error::other)
+    };
+    let built = build();
+    let _ = fs::remove_dir_all(&tree);
+    built.map_err(err)?;
+    Ok(image)
+}
+
+/// Returns the initramfs for this cabin-init, building and caching it on first use. The
+/// cache key is the init binary's path, size and modification time (a rebuilt init gets
+/// a new archive), so a warm start reads no more than one stat.
+pub fn initramfs(init: &Path, paths: &Paths) -> Result<PathBuf, AssetError> {
+    let dir = paths.initramfs_cache();
+    let err = |source| AssetError::Initramfs {
+        dir: dir.clone(),
+        source,
+    };
+    let name = build_key(init).map_err(err)?;
     let path = dir.join(format!("{name}.cpio"));
     if path.is_file() {
         return Ok(path);

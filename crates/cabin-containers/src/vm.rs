@@ -341,6 +341,23 @@ fn keep_layer(base: &Path, layer: &Path) -> Result<PathBuf, RunError> {
     Ok(base.to_path_buf())
 }
 
+/// The container's writable layer on its image's disk `disk`, and the disk under it:
+/// its kept layer (`ContainerSpec::layer`), else a new one in the VM's run directory.
+fn writable_layer(
+    cfg: &ContainerSpec,
+    disk: &Path,
+    run_dir: &Path,
+) -> Result<(PathBuf, PathBuf), RunError> {
+    match &cfg.layer {
+        Some(kept) => Ok((kept.clone(), keep_layer(disk, kept)?)),
+        None => {
+            let overlay = run_dir.join("rootfs.qcow2");
+            create_overlay(disk, &overlay)?;
+            Ok((overlay, disk.to_path_buf()))
+        }
+    }
+}
+
 fn disk_identity(p: &Path) -> String {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(p)
@@ -446,36 +463,10 @@ impl WarmVm {
     }
 }
 
-/// A copy of the warm-up disk at `dest`: an ext4 file system holding cabin-init's
-/// binary under the name it exits at once with ([`cabin_proto::WARM_UP_ARGV0`]),
-/// built once per init binary, sized as every container's disk.
+/// A copy of the pool's warm-up disk at `dest`, sized as every container's disk (its
+/// holes stay holes: the image is mostly empty, the device 1 TiB).
 fn warm_up_disk(host: &Host, dest: &Path) -> Result<(), RunError> {
-    use sha2::Digest;
-    let init = assets::locate_init(host)?;
-    let hash: String = sha2::Sha256::digest(disk_identity(&init).as_bytes())[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let cache = host.paths.rootfs_cache();
-    let image = cache.join(format!("warm-up-{hash}.ext4"));
-    if !image.is_file() {
-        let tree = dest.with_extension("tree");
-        let build = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&tree)?;
-            std::fs::create_dir_all(&cache)?;
-            let program = tree.join(cabin_proto::WARM_UP_ARGV0);
-            std::fs::copy(&init, &program)?;
-            std::fs::set_permissions(
-                &program,
-                std::os::unix::fs::PermissionsExt::from_mode(0o755),
-            )?;
-            cabin_image::rootfs::build_image(&tree, &image).map_err(std::io::Error::other)
-        };
-        let built = build();
-        let _ = std::fs::remove_dir_all(&tree);
-        built.map_err(io_err("building the pool's warm-up disk"))?;
-    }
-    // Its holes stay holes: the image is mostly empty, the device 1 TiB.
+    let image = assets::warm_up_disk(&assets::locate_init(host)?, &host.paths)?;
     cabin_base::files::copy_sparse(&image, dest)
         .and_then(|()| std::fs::OpenOptions::new().write(true).open(dest))
         .and_then(|f| f.set_len(snapshot::DISK_BYTES))
@@ -681,17 +672,7 @@ impl ContainerVm {
         if let Some(warm) = warm {
             let mut me = warm.vm;
             me.timings = timings;
-            let (overlay, base) = match &cfg.layer {
-                Some(kept) => {
-                    let base = keep_layer(&root.disk, kept)?;
-                    (kept.clone(), base)
-                }
-                None => {
-                    let overlay = me.run_path().join("rootfs.qcow2");
-                    create_overlay(&root.disk, &overlay)?;
-                    (overlay, root.disk.clone())
-                }
-            };
+            let (overlay, base) = writable_layer(cfg, &root.disk, &me.run_path())?;
             let id = me.id.clone();
             let mut attached = Attachments::acquire(paths, cfg, &id, notify)?;
             let devices = attached.take_devices();
@@ -719,17 +700,7 @@ impl ContainerVm {
         let id = cabin_base::random::id().map_err(io_err("naming the VM"))?;
         let run_dir = RunDir::create(&paths.run_root(), &id)
             .map_err(io_err("creating the VM's run directory"))?;
-        let (overlay, base) = match &cfg.layer {
-            Some(kept) => {
-                let base = keep_layer(&root.disk, kept)?;
-                (kept.clone(), base)
-            }
-            None => {
-                let overlay = run_dir.path.join("rootfs.qcow2");
-                create_overlay(&root.disk, &overlay)?;
-                (overlay, root.disk.clone())
-            }
-        };
+        let (overlay, base) = writable_layer(cfg, &root.disk, &run_dir.path)?;
         let mut attached = Attachments::acquire(paths, cfg, &id, notify)?;
         let devices = attached.take_devices();
         let mut spec = machine.spec(cfg, &run_dir.path, overlay, base, devices);

@@ -561,6 +561,7 @@ impl VmBackend for Qemu {
             _confinement: confinement,
             pause: PauseWatch::default(),
             memory_in_file: spec.memory.file().is_some(),
+            exit_notice: None,
         }
         .with_pid())
     }
@@ -603,6 +604,8 @@ pub struct QemuVm {
     /// The guest's RAM is a file cabin handed over (see [`GuestMemory`]): its state is
     /// saved and loaded without it.
     memory_in_file: bool,
+    /// A pidfd of QEMU, readable once it has exited: opened by the first wait.
+    exit_notice: Option<tokio::io::unix::AsyncFd<OwnedFd>>,
 }
 
 /// QEMU pauses a VM whose disk write failed for lack of space on the host (its default
@@ -869,7 +872,7 @@ impl QemuVm {
     }
 
     /// A descriptor that becomes readable once QEMU has exited (a pidfd).
-    fn exit_notice(&self) -> Option<tokio::io::unix::AsyncFd<OwnedFd>> {
+    fn open_exit_notice(&self) -> Option<tokio::io::unix::AsyncFd<OwnedFd>> {
         let pid = self.child.as_ref()?.id();
         // SAFETY: pidfd_open of our child, which is not reaped before try_exit reaps
         // it; the descriptor it returns is ours.
@@ -935,13 +938,15 @@ impl RunningVm for QemuVm {
         // (tokio's process reaper and its SIGCHLD handling stay out of cabin), and a VM
         // that waits costs no wake-ups but the disk-pause check's, once a second. Where
         // there is no pidfd, a short poll.
-        let exited = self.exit_notice();
+        if self.exit_notice.is_none() {
+            self.exit_notice = self.open_exit_notice();
+        }
         loop {
             if let Some(exit) = self.try_exit()? {
                 return Ok(exit);
             }
             self.check_disk_pause().await;
-            match &exited {
+            match &self.exit_notice {
                 Some(fd) => {
                     if let Ok(Ok(mut ready)) =
                         tokio::time::timeout(PAUSE_CHECK, fd.readable()).await
