@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs cabin under a prefix: the `cabin` command in PREFIX/bin; what it runs in its
+# Installs cabin under a prefix: the `cabin` command in PREFIX/bin, with containerd's
+# shim for cabin (containerd-shim-cabin-v2, the runtime io.containerd.cabin.v2); what it runs in its
 # guests (cabin-init, the container kernel, the VM kernel) in PREFIX/lib/cabin, where
 # an installed cabin looks for them; and the systemd units that run `cabin serve` with
 # the Docker socket (PREFIX/lib/systemd/{system,user}/cabin.service).
@@ -35,7 +36,7 @@ bin="$prefix/bin"
 lib="$prefix/lib/cabin"
 system_unit="$prefix/lib/systemd/system/cabin.service"
 user_unit="$prefix/lib/systemd/user/cabin.service"
-installed=("$bin/cabin" "$lib/cabin-init" "$lib/vmlinux" "$lib/bzImage-vm" "$system_unit" "$user_unit")
+installed=("$bin/cabin" "$bin/containerd-shim-cabin-v2" "$lib/cabin-init" "$lib/vmlinux" "$lib/bzImage-vm" "$system_unit" "$user_unit")
 
 if [ "$action" = uninstall ]; then
   for f in "${installed[@]}"; do
@@ -71,6 +72,10 @@ put() { # mode source destination
   echo "installed $3"
 }
 put 0755 "$binary" "$bin/cabin"
+# The shim is built beside cabin (the same build, the same libraries).
+shim="$(dirname "$binary")/containerd-shim-cabin-v2"
+[ -x "$shim" ] || { echo "install: $shim is missing: build it with cabin (cargo build -p cabin-cli)" >&2; exit 1; }
+put 0755 "$shim" "$bin/containerd-shim-cabin-v2"
 put 0755 "$init" "$lib/cabin-init"
 put 0644 "$container_kernel/vmlinux" "$lib/vmlinux"
 put 0644 "$vm_kernel/bzImage" "$lib/bzImage-vm"
@@ -92,4 +97,6 @@ Run it as a service, with the Docker socket:
 (systemd reads units from $prefix/lib/systemd only for the prefixes it knows, such as
 /usr/local and /usr; for another prefix, link the unit into /etc/systemd/system.)
 Without systemd: $bin/cabin serve --docker-socket /run/cabin/docker.sock
+containerd runs tasks in cabin's VMs with --runtime io.containerd.cabin.v2 (its shim is
+$bin/containerd-shim-cabin-v2); Kubernetes: see docs/KUBERNETES.md.
 MSG

@@ -22,6 +22,7 @@ packages=(
   docker-registry skopeo apache2-utils openssl   # tests: a real registry (htpasswd, tokens), an independent OCI client
   python3-venv                        # tests: pylume and the docker SDK (PyPI) against cabin serve
   docker.io                           # bench/docker.sh: Docker's engine with runc, the baseline (private socket)
+  containerd                          # tests and bench/containerd.sh: containerd drives cabin's shim (private socket)
   docker-compose                      # tests: Debian's docker-compose (1.29) against cabin's Docker API
   grub-efi-amd64-bin grub-common mtools   # VMs made from images: a disk with its own boot loader (EFI partition)
   xorriso                             # tests: a UEFI-bootable installer ISO (grub-mkrescue)

@@ -45,10 +45,15 @@ impl Paths {
     }
 
     /// `CABIN_DATA_DIR`, else `$XDG_DATA_HOME/cabin`, else `~/.local/share/cabin`; the
-    /// cache is `$XDG_CACHE_HOME/cabin` or `~/.cache/cabin`.
+    /// cache is `$XDG_CACHE_HOME/cabin` or `~/.cache/cabin`. `~` is `HOME`, or the
+    /// user's home directory in the password database when `HOME` is not set.
     pub fn from_env() -> Paths {
-        let home = std::env::var_os("HOME")
-            .map(PathBuf::from)
+        // HOME, else the user's entry in the password database: services started
+        // without HOME (containerd's shims, systemd units) find the same directories
+        // as the user's own commands.
+        #[allow(deprecated)] // Sound on Unix, and no longer deprecated since 1.86.
+        let home = std::env::home_dir()
+            .filter(|h| !h.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("/root"));
         let data = std::env::var_os("CABIN_DATA_DIR")
             .map(PathBuf::from)

@@ -27,6 +27,7 @@ fn an_installed_cabin_runs_containers_from_its_prefix_and_uninstalls_cleanly() {
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     let files = [
         "bin/cabin",
+        "bin/containerd-shim-cabin-v2",
         "lib/cabin/cabin-init",
         "lib/cabin/vmlinux",
         "lib/cabin/bzImage-vm",
@@ -36,6 +37,14 @@ fn an_installed_cabin_runs_containers_from_its_prefix_and_uninstalls_cleanly() {
     for f in files {
         assert!(prefix.join(f).is_file(), "{f} installed");
     }
+    let shim = Command::new(prefix.join("bin/containerd-shim-cabin-v2"))
+        .arg("-v")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&shim.stdout).contains("io.containerd.cabin.v2"),
+        "{shim:?}"
+    );
 
     // The units are what systemd accepts (these machines run no systemd: checked, not
     // started).

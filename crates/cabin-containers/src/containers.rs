@@ -574,6 +574,20 @@ impl Containers {
             .map(drop)
     }
 
+    /// Pauses running container `name`'s whole VM (its QEMU process stops): its
+    /// processes stop advancing until [`Containers::unpause`]. A signal, a stop or a
+    /// removal lets it go on first.
+    pub async fn pause(&self, name: &str) -> Result<(), ContainerError> {
+        let record = self.get(name).await?;
+        self.call(&record, &Request::Pause).await.map(drop)
+    }
+
+    /// Lets container `name`'s paused VM go on.
+    pub async fn unpause(&self, name: &str) -> Result<(), ContainerError> {
+        let record = self.get(name).await?;
+        self.call(&record, &Request::Unpause).await.map(drop)
+    }
+
     /// The bytes container `id`'s own files (its record, log, kept disk) take on disk.
     pub fn disk_bytes(&self, id: &str) -> u64 {
         crate::system::allocated_bytes(&self.store.container_dir(id))

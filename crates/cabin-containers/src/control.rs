@@ -49,6 +49,11 @@ pub enum Request {
     Attach(AttachRequest),
     /// The new size of the process's terminal (a container made with one).
     Resize { rows: u16, cols: u16 },
+    /// Stop the whole VM where it is (containerd's and docker's pause): its QEMU
+    /// process is stopped, so no vCPU, timer or device of it advances.
+    Pause,
+    /// Let a paused VM go on.
+    Unpause,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,6 +244,8 @@ pub enum FrameKind {
     Started = 6,
     /// Client to supervisor: the terminal's new size, rows then columns (u16 each).
     Resize = 7,
+    /// Client to supervisor: a signal for the exec'd process (i32).
+    Signal = 10,
     /// Supervisor to an attached client: where in the log this run's output starts and
     /// where the live output takes over (u64 each).
     Logged = 8,
@@ -253,7 +260,7 @@ pub enum FrameKind {
 }
 
 impl FrameKind {
-    const ALL: [FrameKind; 13] = [
+    const ALL: [FrameKind; 14] = [
         FrameKind::Stdin,
         FrameKind::StdinEof,
         FrameKind::Stdout,
@@ -262,6 +269,7 @@ impl FrameKind {
         FrameKind::Failed,
         FrameKind::Started,
         FrameKind::Resize,
+        FrameKind::Signal,
         FrameKind::Logged,
         FrameKind::Archive,
         FrameKind::ArchiveEnd,
@@ -291,6 +299,7 @@ pub enum Frame {
     Failed { code: i32, message: String },
     Started,
     Resize { rows: u16, cols: u16 },
+    Signal(i32),
     Logged { run_start: u64, live_from: u64 },
     Archive(Vec<u8>),
     ArchiveEnd,
@@ -325,6 +334,7 @@ impl Frame {
             Frame::Failed { .. } => FrameKind::Failed,
             Frame::Started => FrameKind::Started,
             Frame::Resize { .. } => FrameKind::Resize,
+            Frame::Signal(_) => FrameKind::Signal,
             Frame::Logged { .. } => FrameKind::Logged,
             Frame::Archive(_) => FrameKind::Archive,
             Frame::ArchiveEnd => FrameKind::ArchiveEnd,
@@ -338,7 +348,7 @@ impl Frame {
         match self {
             Frame::Stdin(d) | Frame::Stdout(d) | Frame::Stderr(d) | Frame::Archive(d) => d.clone(),
             Frame::StdinEof | Frame::Started | Frame::ArchiveEnd | Frame::Done => Vec::new(),
-            Frame::Exit(code) => code.to_be_bytes().to_vec(),
+            Frame::Exit(code) | Frame::Signal(code) => code.to_be_bytes().to_vec(),
             Frame::Failed { code, message } => {
                 let mut p = code.to_be_bytes().to_vec();
                 p.extend_from_slice(message.as_bytes());
@@ -375,12 +385,17 @@ impl Frame {
             FrameKind::ArchiveEnd => Frame::ArchiveEnd,
             FrameKind::Done => Frame::Done,
             FrameKind::Error => Frame::Error(text(&payload)),
-            FrameKind::Exit => {
+            FrameKind::Exit | FrameKind::Signal => {
                 let b: [u8; 4] = payload
                     .as_slice()
                     .try_into()
                     .map_err(|_| malformed(&payload))?;
-                Frame::Exit(i32::from_be_bytes(b))
+                let n = i32::from_be_bytes(b);
+                if kind == FrameKind::Exit {
+                    Frame::Exit(n)
+                } else {
+                    Frame::Signal(n)
+                }
             }
             FrameKind::Failed => {
                 let Some((code, message)) = payload.split_first_chunk::<4>() else {
@@ -575,6 +590,7 @@ mod tests {
             },
             Frame::Started,
             Frame::Resize { rows: 24, cols: 80 },
+            Frame::Signal(15),
             Frame::Logged {
                 run_start: 7,
                 live_from: u64::MAX,
@@ -636,6 +652,7 @@ mod tests {
         ));
         for (kind, len) in [
             (FrameKind::Exit, 3),
+            (FrameKind::Signal, 5),
             (FrameKind::Resize, 5),
             (FrameKind::Logged, 8),
             (FrameKind::Failed, 2),

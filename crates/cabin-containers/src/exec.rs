@@ -102,6 +102,9 @@ pub async fn relay(mut agent: Agent, process: ProcessRef, req: ExecRequest, conn
                 Frame::Resize { rows, cols } => {
                     let _ = process::resize(&a, &p, rows, cols).await;
                 }
+                Frame::Signal(n) => {
+                    let _ = process::signal(&a, &p, n, std::time::Duration::from_secs(5)).await;
+                }
                 _ => {}
             }
         }
@@ -227,6 +230,11 @@ impl ExecSession {
         let _ = self.to_supervisor.send(Frame::Resize { rows, cols }).await;
     }
 
+    /// Sends signal `n` to the process.
+    pub async fn signal(&self, n: i32) {
+        let _ = self.to_supervisor.send(Frame::Signal(n)).await;
+    }
+
     /// A handle that resizes the terminal from elsewhere (a window-size watcher).
     pub fn resizer(&self) -> Resizer {
         Resizer(self.to_supervisor.clone())
@@ -260,6 +268,11 @@ pub struct Resizer(mpsc::Sender<Frame>);
 impl Resizer {
     pub async fn resize(&self, rows: u16, cols: u16) -> bool {
         self.0.send(Frame::Resize { rows, cols }).await.is_ok()
+    }
+
+    /// Sends signal `n` to the process.
+    pub async fn signal(&self, n: i32) -> bool {
+        self.0.send(Frame::Signal(n)).await.is_ok()
     }
 }
 

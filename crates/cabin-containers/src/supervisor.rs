@@ -223,6 +223,14 @@ async fn reply(mut conn: UnixStream, reply: Reply) {
     let _ = control::write_reply(&mut conn, &reply).await;
 }
 
+/// Stops (`SIGSTOP`) or continues (`SIGCONT`) the VM's QEMU process: every vCPU,
+/// timer and device thread of the VM at once. (A stopped QEMU answers nothing, QMP
+/// included, so QMP's `stop` would gain nothing here.)
+fn freeze(vmm_pid: u32, stop: bool) -> std::io::Result<()> {
+    let signal = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+    cabin_base::spawn::send_signal(vmm_pid, signal)
+}
+
 async fn stats(agent: &crate::agent::Agent, container_id: &str, vmm_pid: u32) -> Reply {
     let mut a = agent.clone();
     let r = ContainerRef {
@@ -371,6 +379,7 @@ async fn run_once(
     let mut kill_at: Option<Instant> = None;
     let mut stopped = false;
     let mut execs = 0u64;
+    let mut paused = false;
     let mut vm_kill_at: Option<Instant> = None;
     let mut pauses = vm.disk_pauses();
     let vmm_pid = vm.vmm_pid();
@@ -417,7 +426,32 @@ async fn run_once(
                             attached.add(conn, a, log, cfg.stdin);
                             attached.connect_stdin(&agent, &proc_ref);
                         }
+                        Some(Request::Pause) => {
+                            let answer = match freeze(vmm_pid, true) {
+                                Ok(()) => {
+                                    paused = true;
+                                    Reply::done()
+                                }
+                                Err(e) => Reply::failed(format!("pausing its VM: {e}")),
+                            };
+                            reply(conn, answer).await;
+                        }
+                        Some(Request::Unpause) => {
+                            let answer = match freeze(vmm_pid, false) {
+                                Ok(()) => {
+                                    paused = false;
+                                    Reply::done()
+                                }
+                                Err(e) => Reply::failed(format!("resuming its VM: {e}")),
+                            };
+                            reply(conn, answer).await;
+                        }
                         Some(Request::Signal(n)) => {
+                            // A paused VM cannot take a signal: it goes on first, as
+                            // a frozen container does when it is killed.
+                            if std::mem::take(&mut paused) {
+                                let _ = freeze(vmm_pid, false);
+                            }
                             let answer = match signal(n).await {
                                 Ok(()) => Reply::done(),
                                 Err(e) => Reply::failed(e.message()),
@@ -437,6 +471,9 @@ async fn run_once(
                         }
                         Some(Request::Stop(secs)) => {
                             stopped = true;
+                            if std::mem::take(&mut paused) {
+                                let _ = freeze(vmm_pid, false);
+                            }
                             // A guest that does not take SIGTERM gets the rest of the
                             // escalation all the same: the stop itself succeeds.
                             let _ = signal(libc::SIGTERM).await;

@@ -2,6 +2,7 @@
 //! boots real VMs with QEMU (under TCG on hosts where KVM cannot run a guest).
 #![allow(dead_code)]
 
+pub mod containerd;
 pub mod dockerd;
 pub mod fault_proxy;
 pub mod http;

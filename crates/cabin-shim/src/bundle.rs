@@ -1,0 +1,402 @@
+//! What containerd hands the shim for a task, turned into cabin's terms: the bundle's
+//! OCI `config.json` becomes a [`ContainerSpec`], the snapshotter's mounts become the
+//! root directory the container's disk is built from, and an exec's OCI process
+//! becomes an [`ExecRequest`]. Everything here is read from files and requests other
+//! programs wrote, so sizes are bounded and every refusal says what is wrong.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use cabin_containers::control::ExecRequest;
+use cabin_containers::spec::Rlimit;
+use cabin_containers::volumes::MountSpec;
+use cabin_containers::{AccelRequest, ContainerSpec, RootSource};
+use cabin_net::NetworkMode;
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+
+/// The bundle's OCI runtime spec.
+pub const CONFIG_FILE: &str = "config.json";
+/// A config.json larger than this is not a real one.
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// Why a bundle cannot become a container.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("the bundle {bundle} has no readable {CONFIG_FILE}: {source}")]
+    NoConfig { bundle: PathBuf, source: io::Error },
+    #[error("the bundle's {CONFIG_FILE} is not a valid OCI runtime spec: {0}")]
+    InvalidConfig(String),
+    #[error("the bundle's {CONFIG_FILE} has no process to run (process.args is empty)")]
+    NoProcess,
+    #[error("the task's root filesystem {0} is missing or empty: containerd gave no snapshot mounts and the bundle's root.path holds nothing")]
+    NoRoot(PathBuf),
+    #[error("mounting the task's root filesystem ({what}) on {target}: {detail}")]
+    Mount {
+        what: String,
+        target: PathBuf,
+        detail: String,
+    },
+    #[error("the exec's process spec is not valid: {0}")]
+    InvalidProcess(String),
+}
+
+/// Reads `bundle`'s config.json (bounded).
+pub fn read_config(bundle: &Path) -> Result<Spec, BundleError> {
+    let bytes = cabin_base::files::read_bounded(&bundle.join(CONFIG_FILE), MAX_CONFIG_BYTES)
+        .map_err(|source| BundleError::NoConfig {
+            bundle: bundle.to_path_buf(),
+            source,
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| BundleError::InvalidConfig(e.to_string()))
+}
+
+/// One of the snapshotter's mounts for the task's root (`CreateTaskRequest.rootfs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootMount {
+    pub kind: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+/// The directory the task's root filesystem is in: containerd's snapshot mounted on
+/// `<bundle>/rootfs` when it gave mounts (they are mounted here, in order), else the
+/// spec's `root.path` (relative to the bundle), as `ctr run --rootfs` leaves it.
+pub async fn root_dir(
+    bundle: &Path,
+    spec: &Spec,
+    mounts: &[RootMount],
+) -> Result<PathBuf, BundleError> {
+    let dir = if mounts.is_empty() {
+        let path = spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .unwrap_or_else(|| PathBuf::from("rootfs"));
+        bundle.join(path)
+    } else {
+        let target = bundle.join("rootfs");
+        for m in mounts {
+            let mount = containerd_shim::protos::api::Mount {
+                type_: m.kind.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+                ..Default::default()
+            };
+            containerd_shim::asynchronous::util::mount_rootfs(&mount, &target)
+                .await
+                .map_err(|e| BundleError::Mount {
+                    what: format!("{} {}", m.kind, m.source),
+                    target: target.clone(),
+                    detail: e.to_string(),
+                })?;
+        }
+        target
+    };
+    let has_entries = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+    if !has_entries {
+        unmount_root(bundle);
+        return Err(BundleError::NoRoot(dir));
+    }
+    Ok(dir)
+}
+
+/// Unmounts whatever is mounted on `<bundle>/rootfs` (nothing: nothing to do).
+pub fn unmount_root(bundle: &Path) {
+    let target = bundle.join("rootfs");
+    // Lazily: a snapshot still busy (a disk being built from it) goes when it is free.
+    while nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+}
+
+/// The container the task is: its process, limits and mounts from `spec`, its root
+/// filesystem from `root`.
+pub fn container_spec(
+    spec: &Spec,
+    root: &Path,
+    stdin: bool,
+    accel: AccelRequest,
+) -> Result<ContainerSpec, BundleError> {
+    let process = spec.process().as_ref().ok_or(BundleError::NoProcess)?;
+    let args = process.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(BundleError::NoProcess);
+    }
+    let mut c = ContainerSpec::new(RootSource::Dir(root.to_path_buf()), Vec::new());
+    // The whole command line, as runc runs it: no image defaults to merge with.
+    c.entrypoint = Some(args);
+    c.env = process.env().clone().unwrap_or_default();
+    c.cwd = process.cwd().display().to_string();
+    c.user = user_of(process);
+    c.tty = process.terminal().unwrap_or(false);
+    c.stdin = stdin;
+    c.accel = accel;
+    c.hostname = spec.hostname().clone().filter(|h| !h.is_empty());
+    c.read_only = spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false);
+    c.rlimits = process
+        .rlimits()
+        .iter()
+        .flatten()
+        .filter_map(|r| {
+            let name = serde_json::to_value(r.typ()).ok()?;
+            let name = name.as_str()?.strip_prefix("RLIMIT_")?.to_ascii_lowercase();
+            Some(Rlimit {
+                name,
+                soft: r.soft(),
+                hard: r.hard(),
+            })
+        })
+        .collect();
+    if let Some(linux) = spec.linux() {
+        if let Some(res) = linux.resources() {
+            c.memory_bytes = res
+                .memory()
+                .as_ref()
+                .and_then(|m| m.limit())
+                .filter(|l| *l > 0)
+                .map(|l| l as u64);
+            c.cpus = res.cpu().as_ref().and_then(|cpu| {
+                let quota = cpu.quota().filter(|q| *q > 0)?;
+                let period = cpu.period().filter(|p| *p > 0).unwrap_or(100_000);
+                Some(quota as f64 / period as f64)
+            });
+            c.pids_limit = res
+                .pids()
+                .as_ref()
+                .map(|p| p.limit())
+                .filter(|l| *l > 0)
+                .map(|l| l as u64);
+        }
+        c.network = network_of(linux.namespaces().as_deref().unwrap_or_default());
+    } else {
+        c.network = NetworkMode::User;
+    }
+    c.mounts = mounts_of(spec);
+    Ok(c)
+}
+
+/// containerd resolves user names before the spec is written: numeric IDs.
+fn user_of(process: &Process) -> String {
+    let u = process.user();
+    format!("{}:{}", u.uid(), u.gid())
+}
+
+/// A new, empty network namespace (`ctr run` without `--net-host`) is a VM without a
+/// network card; the host's network (no network namespace in the spec) is the VM's
+/// user-mode network, which reaches what the host reaches. A namespace path (CRI's
+/// pod network, made by CNI) is not joined yet: such tasks get the user-mode network.
+fn network_of(namespaces: &[oci_spec::runtime::LinuxNamespace]) -> NetworkMode {
+    match namespaces
+        .iter()
+        .find(|n| n.typ() == LinuxNamespaceType::Network)
+    {
+        Some(n) if n.path().is_none() => NetworkMode::None,
+        _ => NetworkMode::User,
+    }
+}
+
+/// The spec's mounts cabin makes in the VM: host directories (binds) are shared into
+/// it, tmpfs mounts are made there. The kernel's file systems (proc, sysfs, devpts,
+/// mqueue, cgroup) are cabin-init's own in every container, and binds of files (CRI's
+/// /etc/hosts, /etc/resolv.conf) are not shareable as files: cabin-init writes its own.
+fn mounts_of(spec: &Spec) -> Vec<MountSpec> {
+    let mut out = Vec::new();
+    for m in spec.mounts().iter().flatten() {
+        let target = m.destination().display().to_string();
+        let options = m.options().clone().unwrap_or_default();
+        let kind = m.typ().as_deref().unwrap_or("");
+        let is_bind = kind == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
+        if is_bind {
+            let Some(source) = m.source().as_ref() else {
+                continue;
+            };
+            if !source.is_dir() {
+                continue;
+            }
+            out.push(MountSpec::Bind {
+                source: source.clone(),
+                target,
+                read_only: options.iter().any(|o| o == "ro"),
+            });
+        } else if kind == "tmpfs" && !matches!(target.as_str(), "/dev" | "/dev/shm" | "/run") {
+            let options = options
+                .iter()
+                .filter(|o| {
+                    o.split('=')
+                        .next()
+                        .is_some_and(|k| matches!(k, "size" | "mode" | "nr_inodes" | "uid" | "gid"))
+                })
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(",");
+            out.push(MountSpec::Tmpfs { target, options });
+        }
+    }
+    out
+}
+
+/// The process of an exec: the OCI `Process` containerd sends as JSON in the request's
+/// `spec` (type URL `types.containerd.io/opencontainers/runtime-spec/1/Process`).
+pub fn exec_request(json: &[u8], stdin: bool) -> Result<ExecRequest, BundleError> {
+    let process: Process =
+        serde_json::from_slice(json).map_err(|e| BundleError::InvalidProcess(e.to_string()))?;
+    let args = process.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(BundleError::InvalidProcess("its args are empty".into()));
+    }
+    let tty = process.terminal().unwrap_or(false).then(|| {
+        let size = process.console_size();
+        (
+            size.map(|s| s.height() as u16)
+                .filter(|h| *h > 0)
+                .unwrap_or(24),
+            size.map(|s| s.width() as u16)
+                .filter(|w| *w > 0)
+                .unwrap_or(80),
+        )
+    });
+    Ok(ExecRequest {
+        args,
+        env: process.env().clone().unwrap_or_default(),
+        cwd: process.cwd().display().to_string(),
+        user: user_of(&process),
+        stdin,
+        tty,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Spec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const CTR_SPEC: &str = r#"{
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "terminal": true,
+            "user": {"uid": 1000, "gid": 100},
+            "args": ["sh", "-c", "echo hi"],
+            "env": ["PATH=/bin", "A=b"],
+            "cwd": "/work",
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 512}]
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "box",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+            {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=65536k"]},
+            {"destination": "/data", "type": "bind", "source": "/tmp", "options": ["rbind", "ro"]},
+            {"destination": "/etc/hosts", "type": "bind", "source": "/etc/hosts", "options": ["rbind"]}
+        ],
+        "linux": {
+            "resources": {
+                "memory": {"limit": 268435456},
+                "cpu": {"quota": 150000, "period": 100000},
+                "pids": {"limit": 64}
+            },
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "mount"}]
+        }
+    }"#;
+
+    #[test]
+    fn a_ctr_spec_becomes_the_container_it_describes() {
+        let s = spec(CTR_SPEC);
+        let c = container_spec(&s, Path::new("/b/rootfs"), true, AccelRequest::Auto).unwrap();
+        assert_eq!(c.root, RootSource::Dir("/b/rootfs".into()));
+        assert_eq!(
+            c.entrypoint.as_deref(),
+            Some(&["sh".to_string(), "-c".into(), "echo hi".into()][..])
+        );
+        assert!(c.args.is_empty());
+        assert_eq!(c.env, ["PATH=/bin", "A=b"]);
+        assert_eq!((c.cwd.as_str(), c.user.as_str()), ("/work", "1000:100"));
+        assert!(c.tty && c.stdin && c.read_only);
+        assert_eq!(c.hostname.as_deref(), Some("box"));
+        assert_eq!(c.memory_bytes, Some(256 << 20));
+        assert_eq!(c.cpus, Some(1.5));
+        assert_eq!(c.pids_limit, Some(64));
+        assert_eq!(
+            c.rlimits,
+            [Rlimit {
+                name: "nofile".into(),
+                soft: 512,
+                hard: 1024
+            }]
+        );
+        // A new network namespace without a path: no network card.
+        assert_eq!(c.network, NetworkMode::None);
+        assert_eq!(
+            c.mounts,
+            [
+                MountSpec::Tmpfs {
+                    target: "/scratch".into(),
+                    options: "size=65536k".into()
+                },
+                MountSpec::Bind {
+                    source: "/tmp".into(),
+                    target: "/data".into(),
+                    read_only: true
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn the_host_network_is_the_user_mode_network_and_a_spec_without_a_process_is_refused() {
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"args":["true"],"cwd":"/"},"linux":{"namespaces":[{"type":"pid"}]}}"#,
+        );
+        let c = container_spec(&s, Path::new("/r"), false, AccelRequest::Auto).unwrap();
+        assert_eq!(c.network, NetworkMode::User);
+        assert!(!c.stdin && !c.tty && !c.read_only);
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"args":[],"cwd":"/"}}"#,
+        );
+        assert!(matches!(
+            container_spec(&s, Path::new("/r"), false, AccelRequest::Auto),
+            Err(BundleError::NoProcess)
+        ));
+    }
+
+    #[test]
+    fn an_exec_process_is_read_from_its_json_and_garbage_is_refused() {
+        let x = exec_request(
+            br#"{"terminal":true,"consoleSize":{"height":30,"width":100},"user":{"uid":5,"gid":6},"args":["ls","/"],"env":["A=1"],"cwd":"/tmp"}"#,
+            true,
+        )
+        .unwrap();
+        assert_eq!(x.args, ["ls", "/"]);
+        assert_eq!((x.user.as_str(), x.cwd.as_str()), ("5:6", "/tmp"));
+        assert_eq!(x.tty, Some((30, 100)));
+        assert!(x.stdin);
+        assert!(matches!(
+            exec_request(b"{nope", false),
+            Err(BundleError::InvalidProcess(_))
+        ));
+        assert!(matches!(
+            exec_request(br#"{"user":{"uid":0,"gid":0},"args":[],"cwd":"/"}"#, false),
+            Err(BundleError::InvalidProcess(_))
+        ));
+    }
+
+    #[test]
+    fn a_bundle_without_config_or_with_a_broken_one_says_so() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            read_config(t.path()),
+            Err(BundleError::NoConfig { .. })
+        ));
+        std::fs::write(t.path().join(CONFIG_FILE), "{\"ociVersion\": 3").unwrap();
+        let e = read_config(t.path()).unwrap_err();
+        assert!(
+            e.to_string().contains("not a valid OCI runtime spec"),
+            "{e}"
+        );
+    }
+}
