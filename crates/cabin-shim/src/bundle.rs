@@ -120,16 +120,20 @@ pub fn container_spec(
     if args.is_empty() {
         return Err(BundleError::NoProcess);
     }
-    let mut c = ContainerSpec::new(RootSource::Dir(root.to_path_buf()), Vec::new());
-    // The whole command line, as runc runs it: no image defaults to merge with.
-    c.entrypoint = Some(args);
+    // The whole command line, as runc runs it: a root directory has no image
+    // defaults to merge with.
+    let mut c = ContainerSpec::new(RootSource::Dir(root.to_path_buf()), args);
     c.env = process.env().clone().unwrap_or_default();
     c.cwd = process.cwd().display().to_string();
     c.user = user_of(process);
     c.tty = process.terminal().unwrap_or(false);
     c.stdin = stdin;
     c.accel = accel;
-    c.hostname = spec.hostname().clone().filter(|h| !h.is_empty());
+    c.hostname = spec
+        .hostname()
+        .clone()
+        .filter(|h| !h.is_empty())
+        .or_else(|| pod_hostname(spec));
     c.read_only = spec
         .root()
         .as_ref()
@@ -177,6 +181,22 @@ pub fn container_spec(
     Ok(c)
 }
 
+/// A pod's container has no host name of its own: it joins its sandbox's UTS
+/// namespace, and CRI binds the pod's `/etc/hostname` file into it. cabin's VM takes
+/// the name from that file.
+fn pod_hostname(spec: &Spec) -> Option<String> {
+    let source = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .find(|m| m.destination() == Path::new("/etc/hostname"))?
+        .source()
+        .clone()?;
+    let bytes = cabin_base::files::read_bounded(&source, 256).ok()?;
+    let name = String::from_utf8(bytes).ok()?.trim().to_string();
+    (!name.is_empty()).then_some(name)
+}
+
 /// containerd resolves user names before the spec is written: numeric IDs.
 fn user_of(process: &Process) -> String {
     let u = process.user();
@@ -209,7 +229,12 @@ fn mounts_of(spec: &Spec) -> Vec<MountSpec> {
         let kind = m.typ().as_deref().unwrap_or("");
         let is_bind = kind == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
         if is_bind {
-            let Some(source) = m.source().as_ref() else {
+            // The guest's own /dev, /proc and /sys are cabin-init's (CRI binds the
+            // pod's /dev/shm from the host: the container gets its own).
+            let kernel_owned = ["/dev", "/proc", "/sys"]
+                .iter()
+                .any(|k| target == *k || target.starts_with(&format!("{k}/")));
+            let Some(source) = m.source().as_ref().filter(|_| !kernel_owned) else {
                 continue;
             };
             if !source.is_dir() {
@@ -292,6 +317,7 @@ mod tests {
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
             {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=65536k"]},
             {"destination": "/data", "type": "bind", "source": "/tmp", "options": ["rbind", "ro"]},
+            {"destination": "/dev/shm", "type": "bind", "source": "/tmp", "options": ["rbind"]},
             {"destination": "/etc/hosts", "type": "bind", "source": "/etc/hosts", "options": ["rbind"]}
         ],
         "linux": {
@@ -309,11 +335,8 @@ mod tests {
         let s = spec(CTR_SPEC);
         let c = container_spec(&s, Path::new("/b/rootfs"), true, AccelRequest::Auto).unwrap();
         assert_eq!(c.root, RootSource::Dir("/b/rootfs".into()));
-        assert_eq!(
-            c.entrypoint.as_deref(),
-            Some(&["sh".to_string(), "-c".into(), "echo hi".into()][..])
-        );
-        assert!(c.args.is_empty());
+        assert_eq!(c.args, ["sh", "-c", "echo hi"]);
+        assert_eq!(c.entrypoint, None);
         assert_eq!(c.env, ["PATH=/bin", "A=b"]);
         assert_eq!((c.cwd.as_str(), c.user.as_str()), ("/work", "1000:100"));
         assert!(c.tty && c.stdin && c.read_only);
@@ -362,6 +385,22 @@ mod tests {
             container_spec(&s, Path::new("/r"), false, AccelRequest::Auto),
             Err(BundleError::NoProcess)
         ));
+    }
+
+    #[test]
+    fn a_pod_container_takes_its_host_name_from_the_pods_hostname_file() {
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("hostname");
+        std::fs::write(&file, "pod1\n").unwrap();
+        let s = spec(&format!(
+            r#"{{"ociVersion":"1.0.2","process":{{"user":{{"uid":0,"gid":0}},"args":["true"],"cwd":"/"}},
+               "mounts":[{{"destination":"/etc/hostname","type":"bind","source":"{}","options":["rbind","ro"]}}]}}"#,
+            file.display()
+        ));
+        let c = container_spec(&s, Path::new("/r"), false, AccelRequest::Auto).unwrap();
+        assert_eq!(c.hostname.as_deref(), Some("pod1"));
+        // A file is not a shareable directory: not mounted.
+        assert!(c.mounts.is_empty());
     }
 
     #[test]
