@@ -387,6 +387,24 @@ pub async fn kill(host: &Host, args: KillArgs) -> Result<i32, Failure> {
     .await)
 }
 
+/// `cabin pause` and `cabin unpause`.
+pub async fn pause(host: &Host, args: NamesArgs, pause: bool) -> Result<i32, Failure> {
+    let containers = Containers::open(host)?;
+    Ok(each(&args.containers, Family::Admin, |name| {
+        let c = containers.clone();
+        async move {
+            if pause {
+                c.pause(&name).await?;
+            } else {
+                c.unpause(&name).await?;
+            }
+            println!("{name}");
+            Ok(0)
+        }
+    })
+    .await)
+}
+
 #[derive(Debug, Args)]
 pub struct RmArgs {
     /// Kill a running container first.

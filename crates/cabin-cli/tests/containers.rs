@@ -63,6 +63,12 @@ fn exit_codes_come_back_through_wait_kill_and_failed_starts() {
     // on; KILL ends it.
     std::thread::sleep(Duration::from_millis(500));
     assert!(ps_line("ec-term").unwrap().contains("Up "));
+    // Paused and let go on; then killed while paused (the VM goes on first).
+    assert_eq!(cabin_ok(&["pause", "ec-term"]), "ec-term\n");
+    assert!(ps_line("ec-term").unwrap().contains("(Paused)"));
+    cabin_ok(&["unpause", "ec-term"]);
+    assert!(!ps_line("ec-term").unwrap().contains("(Paused)"));
+    cabin_ok(&["pause", "ec-term"]);
     cabin_ok(&["kill", "ec-term"]);
     assert_eq!(cabin_ok(&["wait", "ec-term"]), "137\n");
     let o = cabin().args(["kill", "ec-term"]).output().unwrap();

@@ -237,6 +237,50 @@ fn detached_containers_are_listed_inspected_logged_exec_d_stopped_and_removed() 
     let o = s.docker(&["exec", "web", "nosuch"]);
     assert_eq!(o.status.code(), Some(127), "{}", stderr(&o));
 
+    // Paused, its whole VM stops (QEMU's process is stopped); unpaused, it goes on.
+    let state = |s: &Server| {
+        s.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.Paused}}",
+            "web",
+        ])
+        .trim()
+        .to_string()
+    };
+    let qemu = qemu_processes_mentioning(&s.data());
+    assert_eq!(qemu.len(), 1, "{qemu:?}");
+    let qemu_state = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", qemu[0])).unwrap();
+        stat.rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    s.docker_ok(&["pause", "web"]);
+    assert_eq!(state(&s), "paused true");
+    assert_eq!(qemu_state(), "T");
+    assert!(s
+        .docker_ok(&["ps", "--format", "{{.Status}}"])
+        .contains("(Paused)"));
+    assert_eq!(
+        s.docker_ok(&["ps", "-q", "--filter", "status=paused"])
+            .trim(),
+        &id[..12]
+    );
+    s.docker_ok(&["unpause", "web"]);
+    assert_eq!(state(&s), "running false");
+    assert_ne!(qemu_state(), "T");
+    assert_eq!(
+        s.docker_ok(&["exec", "web", "echo", "goes on"]),
+        "goes on\n"
+    );
+    // Killed while paused: the VM goes on first, and the signal arrives.
+    s.docker_ok(&["pause", "web"]);
+
     // `wait` answers once it has stopped, with what kill made of it.
     let mut wait = s.docker_cmd(&["wait", "web"]);
     let waiting = wait.stdout(Stdio::piped()).spawn().unwrap();

@@ -38,6 +38,9 @@ pub enum Action {
     Kill(i32),
     /// It was stopped (after its death, which `Die` told).
     Stop,
+    /// Its VM was paused, or let go on.
+    Pause,
+    Unpause,
 }
 
 impl Action {
@@ -53,6 +56,8 @@ impl Action {
             Action::Health(HealthStatus::Unhealthy) => "health_status: unhealthy",
             Action::Kill(_) => "kill",
             Action::Stop => "stop",
+            Action::Pause => "pause",
+            Action::Unpause => "unpause",
         }
     }
 }

@@ -51,6 +51,9 @@ pub enum Status {
         /// The supervisor process that owns the VM.
         supervisor_pid: u32,
         started_unix: u64,
+        /// Its VM is paused (`cabin pause`, docker's and containerd's pause).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        paused: bool,
     },
     Exited {
         /// The process's exit code; 128+N when signal N killed it.
@@ -77,7 +80,14 @@ impl Status {
         };
         match self {
             Status::Created => "Created".into(),
-            Status::Running { started_unix, .. } => format!("Up {}", ago(*started_unix)),
+            Status::Running {
+                started_unix,
+                paused,
+                ..
+            } => {
+                let paused = if *paused { " (Paused)" } else { "" };
+                format!("Up {}{paused}", ago(*started_unix))
+            }
             Status::Exited {
                 code,
                 finished_unix,
@@ -101,6 +111,11 @@ impl Status {
             }
             (Some(Status::Created | Status::Exited { .. }), Status::Running { .. }) => {
                 vec![Action::Start]
+            }
+            (Some(Status::Running { paused: was, .. }), Status::Running { paused: is, .. })
+                if was != is =>
+            {
+                vec![if *is { Action::Pause } else { Action::Unpause }]
             }
             // Failed to start: it never ran.
             (Some(Status::Created), Status::Exited { code, .. }) => vec![Action::Die(*code)],
@@ -562,6 +577,7 @@ mod tests {
         a.status = Status::Running {
             supervisor_pid: 1,
             started_unix: 5,
+            paused: false,
         };
         s.save(&a).unwrap();
         s.save(&a).unwrap(); // no change, no event
@@ -577,6 +593,7 @@ mod tests {
         b.status = Status::Running {
             supervisor_pid: 1,
             started_unix: 7,
+            paused: false,
         };
         s.save(&b).unwrap();
         s.remove(&b.id).unwrap();
@@ -604,6 +621,7 @@ mod tests {
         let running = |at| Status::Running {
             supervisor_pid: 1,
             started_unix: at,
+            paused: false,
         };
         let exited = |code| Status::Exited {
             code,
@@ -622,6 +640,15 @@ mod tests {
             [Action::Die(1)]
         );
         assert_eq!(exited(1).changes_from(Some(&exited(1))), []);
+        let paused = Status::Running {
+            supervisor_pid: 1,
+            started_unix: 1,
+            paused: true,
+        };
+        assert_eq!(paused.changes_from(Some(&running(1))), [Action::Pause]);
+        assert_eq!(running(1).changes_from(Some(&paused)), [Action::Unpause]);
+        assert_eq!(exited(137).changes_from(Some(&paused)), [Action::Die(137)]);
+        assert!(paused.describe(1).ends_with(" (Paused)"));
     }
 
     #[test]
@@ -705,6 +732,7 @@ mod tests {
         a.status = Status::Running {
             supervisor_pid: 1,
             started_unix: now_unix(),
+            paused: false,
         };
         s.save(&a).unwrap();
         // While its supervisor holds the lock, the container is running.

@@ -223,6 +223,14 @@ async fn reply(mut conn: UnixStream, reply: Reply) {
     let _ = control::write_reply(&mut conn, &reply).await;
 }
 
+/// Records whether the container's VM is paused (its record's change is the event).
+fn mark_paused(store: &Store, record: &mut crate::store::Record, paused: bool) {
+    if let Status::Running { paused: p, .. } = &mut record.status {
+        *p = paused;
+    }
+    let _ = store.save(record);
+}
+
 /// Stops (`SIGSTOP`) or continues (`SIGCONT`) the VM's QEMU process: every vCPU,
 /// timer and device thread of the VM at once. (A stopped QEMU answers nothing, QMP
 /// included, so QMP's `stop` would gain nothing here.)
@@ -336,6 +344,7 @@ async fn run_once(
     record.status = Status::Running {
         supervisor_pid: std::process::id(),
         started_unix: now_unix(),
+        paused: false,
     };
     let (ip_address, published) = vm.network_info();
     record.network = Some(crate::store::NetworkInfo {
@@ -430,6 +439,7 @@ async fn run_once(
                             let answer = match freeze(vmm_pid, true) {
                                 Ok(()) => {
                                     paused = true;
+                                    mark_paused(store, record, true);
                                     Reply::done()
                                 }
                                 Err(e) => Reply::failed(format!("pausing its VM: {e}")),
@@ -440,6 +450,7 @@ async fn run_once(
                             let answer = match freeze(vmm_pid, false) {
                                 Ok(()) => {
                                     paused = false;
+                                    mark_paused(store, record, false);
                                     Reply::done()
                                 }
                                 Err(e) => Reply::failed(format!("resuming its VM: {e}")),
@@ -451,6 +462,7 @@ async fn run_once(
                             // a frozen container does when it is killed.
                             if std::mem::take(&mut paused) {
                                 let _ = freeze(vmm_pid, false);
+                                mark_paused(store, record, false);
                             }
                             let answer = match signal(n).await {
                                 Ok(()) => Reply::done(),
@@ -473,6 +485,7 @@ async fn run_once(
                             stopped = true;
                             if std::mem::take(&mut paused) {
                                 let _ = freeze(vmm_pid, false);
+                                mark_paused(store, record, false);
                             }
                             // A guest that does not take SIGTERM gets the rest of the
                             // escalation all the same: the stop itself succeeds.

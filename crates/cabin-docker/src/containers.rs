@@ -43,6 +43,7 @@ pub fn empty(status: StatusCode) -> Response {
 fn state_name(s: &Status) -> &'static str {
     match s {
         Status::Created => "created",
+        Status::Running { paused: true, .. } => "paused",
         Status::Running { .. } => "running",
         Status::Exited { .. } => "exited",
     }
@@ -267,6 +268,7 @@ fn inspect_json(
         Status::Running {
             supervisor_pid,
             started_unix,
+            ..
         } => (true, 0, None, Some(*started_unix), None, *supervisor_pid),
         Status::Exited {
             code,
@@ -366,7 +368,7 @@ fn inspect_json(
         "State": {
             "Status": state_name(&r.status),
             "Running": running,
-            "Paused": false,
+            "Paused": matches!(r.status, Status::Running { paused: true, .. }),
             "Restarting": false,
             "OOMKilled": oom,
             "Dead": false,
@@ -519,6 +521,17 @@ pub async fn kill(app: &Arc<App>, id: &str, q: &Query) -> Result<Response, ApiEr
         }
     };
     app.containers.kill(id, signal).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+/// `POST /containers/{id}/pause` and `unpause`: the container's whole VM stops, or
+/// goes on.
+pub async fn pause(app: &Arc<App>, id: &str, pause: bool) -> Result<Response, ApiError> {
+    if pause {
+        app.containers.pause(id).await?;
+    } else {
+        app.containers.unpause(id).await?;
+    }
     Ok(empty(StatusCode::NO_CONTENT))
 }
 

@@ -79,7 +79,11 @@ pub async fn info(app: &Arc<App>) -> Result<Response, ApiError> {
     let (records, _) = app.containers.list().await?;
     let running = records
         .iter()
-        .filter(|r| matches!(r.status, Status::Running { .. }))
+        .filter(|r| matches!(r.status, Status::Running { paused: false, .. }))
+        .count();
+    let paused = records
+        .iter()
+        .filter(|r| matches!(r.status, Status::Running { paused: true, .. }))
         .count();
     let host = app.host.clone();
     let accel = app.accel;
@@ -124,8 +128,8 @@ pub async fn info(app: &Arc<App>) -> Result<Response, ApiError> {
             "MemTotal": mem_total(),
             "Containers": records.len(),
             "ContainersRunning": running,
-            "ContainersPaused": 0,
-            "ContainersStopped": records.len() - running,
+            "ContainersPaused": paused,
+            "ContainersStopped": records.len() - running - paused,
             "Images": images,
             "Driver": "cabin (ext4 image + qcow2 layer)",
             "DockerRootDir": app.host.paths.data.display().to_string(),
