@@ -105,16 +105,13 @@ fn a_detached_task_takes_execs_pauses_signals_and_reports_processes_metrics_and_
     );
     assert!(c.ctr_ok(&["task", "ls"]).contains("RUNNING"));
     // cabin's own commands reach it, by the name it has in cabin's store.
-    let o = cabin_in(&c.data)
-        .args(["exec", "containerd.default.d1", "cat", "/tmp/count"])
-        .output()
-        .unwrap();
-    assert!(
-        stdout(&o).trim().parse::<u64>().is_ok(),
-        "{}{}",
-        stdout(&o),
-        stderr(&o)
-    );
+    eventually("cabin exec to read the task's counter", || {
+        let o = cabin_in(&c.data)
+            .args(["exec", "containerd.default.d1", "cat", "/tmp/count"])
+            .output()
+            .unwrap();
+        stdout(&o).trim().parse::<u64>().is_ok()
+    });
 
     let o = c.ctr_out(&[
         "task",
@@ -204,6 +201,22 @@ fn a_detached_task_takes_execs_pauses_signals_and_reports_processes_metrics_and_
         "still here\n"
     );
 
+    // The guest's OOM killer ends a task over its memory limit: 137, and /tasks/oom.
+    let o = c.ctr_out(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        "33554432",
+        IMAGE,
+        "oom1",
+        "sh",
+        "-c",
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+    ]);
+    assert_eq!(o.status.code(), Some(137), "{}{}", stdout(&o), stderr(&o));
+
     // SIGTERM: the shell as PID 1 ignores it, as with runc; SIGKILL ends it with 137.
     c.ctr_ok(&["task", "kill", "d1"]);
     std::thread::sleep(Duration::from_secs(1));
@@ -233,7 +246,7 @@ fn a_detached_task_takes_execs_pauses_signals_and_reports_processes_metrics_and_
         "/tasks/paused",
         "/tasks/resumed",
         "\"id\":\"d1\",\"pid\"",
-        "/tasks/delete",
+        "/tasks/delete {\"container_id\":\"d1\"",
     ];
     for pair in order.windows(2) {
         assert!(
@@ -244,6 +257,10 @@ fn a_detached_task_takes_execs_pauses_signals_and_reports_processes_metrics_and_
         );
     }
     assert!(log.contains("\"exit_status\":137"), "{log}");
+    assert!(
+        log.contains("/tasks/oom {\"container_id\":\"oom1\"}"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -757,7 +757,20 @@ impl Containers {
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         match attach::stream(conn, &dir, stdin, out).await {
-            Ok(Detached::Exited(code)) => Ok(Exit { code, reason: None }),
+            Ok(Detached::Exited(code)) => {
+                // The supervisor saves the record before it sends the code: the
+                // record says why, when it was not the process's own doing.
+                let id = record.id.clone();
+                let reason = match self.blocking(move |s| Ok(s.load(&id)?)).await {
+                    Ok(Record {
+                        status: Status::Exited { reason, .. },
+                        ..
+                    }) => reason,
+                    Ok(_) => None,
+                    Err(_) => removed().reason,
+                };
+                Ok(Exit { code, reason })
+            }
             Ok(Detached::Lost { attached }) => {
                 // The supervisor went away, or refused: the record and the log have the
                 // rest.
@@ -955,6 +968,11 @@ pub struct Exit {
 }
 
 impl Exit {
+    /// The guest's OOM killer ended the process.
+    pub fn oom_killed(&self) -> bool {
+        crate::store::oom_killed(self.reason.as_deref())
+    }
+
     fn of(r: &Record) -> Exit {
         match &r.status {
             Status::Exited { code, reason, .. } => Exit {

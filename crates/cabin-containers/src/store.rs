@@ -65,6 +65,14 @@ pub enum Status {
     },
 }
 
+/// How a reason begins when the guest's OOM killer ended the container's process.
+pub const OOM_REASON: &str = "out of memory";
+
+/// Whether `reason` (an exit's) says the OOM killer ended the process.
+pub fn oom_killed(reason: Option<&str>) -> bool {
+    reason.is_some_and(|r| r.starts_with(OOM_REASON))
+}
+
 impl Status {
     /// How long ago, as docker's `ps` says it ("Up 5 seconds", "Exited (0) 2 minutes
     /// ago", "Created").

@@ -530,7 +530,8 @@ async fn run_once(
             let code = process::exit_code(&status);
             let reason = status.oom_killed.then(|| {
                 format!(
-                    "out of memory{}: the kernel killed its process",
+                    "{}{}: the kernel killed its process",
+                    crate::store::OOM_REASON,
                     memory_limit_note(cfg)
                 )
             });

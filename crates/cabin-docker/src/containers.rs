@@ -276,9 +276,7 @@ fn inspect_json(
             finished_unix,
         } => (false, *code, reason.clone(), None, Some(*finished_unix), 0),
     };
-    let oom = reason
-        .as_deref()
-        .is_some_and(|r| r.contains("out of memory"));
+    let oom = cabin_containers::store::oom_killed(reason.as_deref());
     let default_spec;
     let spec = match spec {
         Some(s) => s,

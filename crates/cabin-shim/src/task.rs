@@ -18,7 +18,7 @@ use containerd_shim::api;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::protos::cgroups_v2::metrics::{CPUStat, MemoryStat, Metrics, PidsStat};
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -261,16 +261,25 @@ impl TaskService {
                 let exit = containers.follow_run(next, stdin, &mut send).await;
                 drop(send);
                 let _ = written.await;
-                let code = match exit {
-                    Ok(e) => e.code as u32,
+                let (code, oom) = match exit {
+                    Ok(e) => (e.code as u32, e.oom_killed()),
                     Err(e) => {
                         log::warn!("following task {id}: {e}");
-                        255
+                        (255, false)
                     }
                 };
                 // The exit is published after the start, never before.
                 if started_rx.await != Ok(true) {
                     return;
+                }
+                if oom {
+                    service.publish(
+                        topics::TASK_OOM_EVENT_TOPIC,
+                        TaskOOM {
+                            container_id: id.clone(),
+                            ..Default::default()
+                        },
+                    );
                 }
                 let at = proc.exited(code);
                 service.publish(
