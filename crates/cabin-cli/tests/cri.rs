@@ -197,17 +197,20 @@ fn a_pod_runs_through_containerds_cri_with_the_cabin_handler() {
         // deleted the ended one's task). Today every container of a pod has a VM of its
         // own: the sandbox's and the server's run (pods sharing one VM are not built
         // yet, docs/KUBERNETES.md).
-        let tasks = c.cabin_tasks();
-        assert_eq!(
-            tasks
+        let count = |c: &Containerd| {
+            let tasks = c.cabin_tasks();
+            let pods = tasks
                 .iter()
                 .filter(|l| l.contains("containerd.k8s.io."))
-                .count(),
-            2,
-            "{tasks:?}"
-        );
+                .count();
+            (pods, qemu_processes_mentioning(&c.data).len(), tasks)
+        };
+        eventually("the ended container's task and VM to go", || {
+            let (pods, vms, _) = count(&c);
+            pods == 2 && vms == 2
+        });
+        let (_, _, tasks) = count(&c);
         assert!(tasks.iter().any(|l| l.contains("sleep 600")), "{tasks:?}");
-        assert_eq!(qemu_processes_mentioning(&c.data).len(), 2);
 
         // ExecSync in the running one: output, exit code.
         let exec = cri

@@ -551,22 +551,6 @@ fn bad_requests_get_dockers_errors_and_the_server_keeps_serving() {
         .contains("chatty"));
 }
 
-/// Types `command` into `t` until the screen shows `expected` (a window's new size
-/// reaches the guest a moment after the window changes).
-fn asked_until(t: &common::terminal::Tmux, command: &str, what: &str, expected: &str) {
-    let mut last = std::time::Instant::now() - Duration::from_secs(10);
-    t.wait_for(what, |screen| {
-        if screen.contains(expected) {
-            return true;
-        }
-        if last.elapsed() > Duration::from_secs(2) {
-            t.keys(&[command, "Enter"]);
-            last = std::time::Instant::now();
-        }
-        false
-    });
-}
-
 #[test]
 fn terminals_take_keys_and_window_sizes_in_run_and_exec() {
     use common::terminal::Tmux;
@@ -585,7 +569,7 @@ fn terminals_take_keys_and_window_sizes_in_run_and_exec() {
     t.keys(&["stty size; echo $TERM", "Enter"]);
     t.wait_for("the first size", |s| s.contains("30 100\nxterm"));
     t.run(&["resize-window", "-t", &t.session, "-x", "132", "-y", "40"]);
-    asked_until(&t, "stty size", "the new size", "40 132");
+    t.ask_until("stty size", "the new size", "40 132");
 
     // docker exec -it into it, from a terminal of another size.
     let e = Tmux::start(
@@ -594,7 +578,7 @@ fn terminals_take_keys_and_window_sizes_in_run_and_exec() {
     );
     e.wait_for("the exec's prompt", |s| s.contains("/ #"));
     e.run(&["resize-window", "-t", &e.session, "-x", "90", "-y", "25"]);
-    asked_until(&e, "stty size; tty", "the exec's size", "25 90\n/dev/pts/");
+    e.ask_until("stty size; tty", "the exec's size", "25 90\n/dev/pts/");
     e.keys(&["exit 5", "Enter"]);
     e.wait_for("the exec's exit code", |s| s.contains("EXIT=5"));
 

@@ -59,6 +59,22 @@ impl Tmux {
     pub fn wait_for(&self, what: &str, mut cond: impl FnMut(&str) -> bool) {
         wait_for(what, Duration::from_secs(60), || cond(&self.screen()));
     }
+
+    /// Types `command` (again every 2 s) until the screen shows `expected`: for what
+    /// reaches the program a moment after the test causes it (a window's new size).
+    pub fn ask_until(&self, command: &str, what: &str, expected: &str) {
+        let mut last = std::time::Instant::now() - Duration::from_secs(10);
+        self.wait_for(what, |screen| {
+            if screen.contains(expected) {
+                return true;
+            }
+            if last.elapsed() > Duration::from_secs(2) {
+                self.keys(&[command, "Enter"]);
+                last = std::time::Instant::now();
+            }
+            false
+        });
+    }
 }
 
 impl Drop for Tmux {
