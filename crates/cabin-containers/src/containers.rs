@@ -14,7 +14,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use cabin_base::spawn::{cabin_helper, Output};
+use cabin_base::spawn::{cabin_service, Output};
 use cabin_base::Host;
 use tokio::io::AsyncRead;
 
@@ -287,7 +287,9 @@ impl Containers {
             None => false,
         };
         if !pooled {
-            cabin_helper(&self.host, supervise_args(&record.id), Output::Discard)
+            // Not a child of this process: a long-lived caller (a server, containerd's
+            // shim) would keep every ended supervisor as a zombie.
+            cabin_service(&self.host, supervise_args(&record.id), Output::Discard)
                 .map_err(ContainerError::Spawn)?;
         }
         let deadline = Instant::now() + spec.boot_timeout + START_SLACK;

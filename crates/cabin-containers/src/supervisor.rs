@@ -413,6 +413,23 @@ async fn run_once(
                 }
                 Some((conn, req)) = pending.recv() => {
                     let id = proc_ref.container_id.clone();
+                    // A paused guest answers nothing: what needs it is refused at once,
+                    // so that the loop (unpause, signals, stops) never waits on it.
+                    let needs_guest = matches!(
+                        req,
+                        Some(
+                            Request::Stats
+                                | Request::Top
+                                | Request::Exec(_)
+                                | Request::CopyOut(_)
+                                | Request::CopyIn(_)
+                                | Request::Resize { .. }
+                        )
+                    );
+                    if paused && needs_guest {
+                        reply(conn, Reply::failed("the container is paused: unpause it first")).await;
+                        continue;
+                    }
                     match req {
                         Some(Request::Stats) => reply(conn, stats(&agent, &id, vmm_pid).await).await,
                         Some(Request::Top) => reply(conn, top(&agent, &id).await).await,
@@ -434,6 +451,9 @@ async fn run_once(
                         Some(Request::Attach(a)) => {
                             attached.add(conn, a, log, cfg.stdin);
                             attached.connect_stdin(&agent, &proc_ref);
+                        }
+                        Some(Request::Pause) if stopped => {
+                            reply(conn, Reply::failed("the container is stopping")).await;
                         }
                         Some(Request::Pause) => {
                             let answer = match freeze(vmm_pid, true) {

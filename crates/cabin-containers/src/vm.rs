@@ -294,7 +294,7 @@ pub fn prepare_in_background(host: &Host, cfg: &ContainerSpec) {
     if !host.snapshots || has_snapshot(host, cfg) {
         return;
     }
-    let _ = cabin_base::spawn::cabin_helper(
+    let _ = cabin_base::spawn::cabin_service(
         host,
         prepare_args(&VmShape::of(cfg)),
         cabin_base::spawn::Output::Discard,

@@ -82,13 +82,16 @@ pub async fn root_dir(
                 options: m.options.clone(),
                 ..Default::default()
             };
-            containerd_shim::asynchronous::util::mount_rootfs(&mount, &target)
-                .await
-                .map_err(|e| BundleError::Mount {
+            if let Err(e) = containerd_shim::asynchronous::util::mount_rootfs(&mount, &target).await
+            {
+                // What was mounted before it goes too.
+                unmount_root(bundle);
+                return Err(BundleError::Mount {
                     what: format!("{} {}", m.kind, m.source),
                     target: target.clone(),
                     detail: e.to_string(),
-                })?;
+                });
+            }
         }
         target
     };

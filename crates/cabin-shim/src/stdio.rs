@@ -6,10 +6,13 @@
 //! end closes or containerd says `CloseIO`.
 
 use std::io;
+use std::os::unix::fs::FileTypeExt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 
 /// The three paths of a process's stdio (each may be empty).
@@ -52,25 +55,70 @@ pub fn check(paths: &Paths) -> Result<(), StdioError> {
     Ok(())
 }
 
-/// Output of one process: (stderr?, bytes).
-pub type OutputSender = mpsc::UnboundedSender<(bool, Vec<u8>)>;
+/// Output queued for a client that does not read is dropped beyond this (cabin's log
+/// of the container keeps all of it).
+const MAX_QUEUED: usize = 16 << 20;
+/// How long a process's end waits for its output to reach a client that stopped
+/// reading.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Output of one process on its way to the client: (stderr?, bytes).
+pub struct OutputSender {
+    tx: mpsc::UnboundedSender<(bool, Vec<u8>)>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl OutputSender {
+    pub fn send(&self, is_err: bool, data: Vec<u8>) {
+        let len = data.len();
+        if self.queued.fetch_add(len, Ordering::AcqRel) + len > MAX_QUEUED {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            return;
+        }
+        if self.tx.send((is_err, data)).is_err() {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+        }
+    }
+
+    /// As a callback (what `Containers::follow_run` writes to).
+    pub fn sink(&self) -> impl FnMut(bool, &[u8]) + Send + '_ {
+        move |is_err, data| self.send(is_err, data.to_vec())
+    }
+}
+
+/// Opens a stdout or stderr path for writing without waiting for its reader: a fifo
+/// read and write (so that the open never blocks, and what is written before the
+/// client reads waits in it), a file for appending.
+async fn open_output(path: &str) -> io::Result<Box<dyn AsyncWrite + Unpin + Send>> {
+    let is_fifo = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo());
+    if is_fifo {
+        let fifo = tokio::net::unix::pipe::OpenOptions::new()
+            .read_write(true)
+            .open_sender(path)?;
+        Ok(Box::new(fifo))
+    } else {
+        let file = tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .await?;
+        Ok(Box::new(file))
+    }
+}
 
 /// Starts writing a process's output to `paths`' stdout and stderr; the sender takes
 /// it, and the returned receiver fires once all of it is written and both are
-/// closed (after the sender and its clones are dropped).
+/// closed (after the sender is dropped).
 pub fn output(paths: &Paths) -> (OutputSender, oneshot::Receiver<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(bool, Vec<u8>)>();
+    let queued = Arc::new(AtomicUsize::new(0));
     let (done_tx, done) = oneshot::channel();
     let stdout = file_path(&paths.stdout).ok().flatten().map(str::to_owned);
     let stderr = file_path(&paths.stderr).ok().flatten().map(str::to_owned);
+    let counter = queued.clone();
     tokio::spawn(async move {
-        // Opening a fifo for writing waits for its reader: the client opened it first.
         let open = |p: Option<String>| async move {
             match p {
-                Some(p) => tokio::fs::OpenOptions::new()
-                    .write(true)
-                    .append(true)
-                    .open(&p)
+                Some(p) => open_output(&p)
                     .await
                     .map_err(|e| log::warn!("opening {p}: {e}"))
                     .ok(),
@@ -79,6 +127,7 @@ pub fn output(paths: &Paths) -> (OutputSender, oneshot::Receiver<()>) {
         };
         let (mut out, mut err) = (open(stdout).await, open(stderr).await);
         while let Some((is_err, data)) = rx.recv().await {
+            counter.fetch_sub(data.len(), Ordering::AcqRel);
             let file = if is_err { &mut err } else { &mut out };
             if let Some(f) = file {
                 if f.write_all(&data).await.is_err() {
@@ -93,7 +142,14 @@ pub fn output(paths: &Paths) -> (OutputSender, oneshot::Receiver<()>) {
         drop((out, err));
         let _ = done_tx.send(());
     });
-    (tx, done)
+    (OutputSender { tx, queued }, done)
+}
+
+/// Waits until a process's output has been written and closed (`done`, from
+/// [`output`]), for a bounded time: a client that stopped reading does not hold the
+/// process's exit.
+pub async fn flushed(done: oneshot::Receiver<()>) {
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, done).await;
 }
 
 /// A process's input: read from the client's fifo from the moment the process is
@@ -240,7 +296,7 @@ mod tests {
         };
         let (tx, done) = output(&paths);
         for i in 0..100 {
-            tx.send((i % 2 == 1, format!("{i} ").into_bytes())).unwrap();
+            tx.send(i % 2 == 1, format!("{i} ").into_bytes());
         }
         drop(tx);
         done.await.unwrap();

@@ -36,9 +36,14 @@ use crate::stdio;
 #[derive(Debug, Clone, PartialEq)]
 enum Phase {
     Created,
+    /// Its VM is being started (Start's work, which a Kill waits for).
+    Starting,
     Running,
     Paused,
-    Exited { code: u32, at: Timestamp },
+    Exited {
+        code: u32,
+        at: Timestamp,
+    },
 }
 
 /// One process of a task: its init (the container's process) or an exec.
@@ -88,22 +93,46 @@ impl Proc {
         self.phase.borrow().clone()
     }
 
-    /// Marks it exited (once: the first exit stands).
-    fn exited(&self, code: u32) -> Timestamp {
-        let at = now();
-        let mut stamped = at.clone();
+    /// Marks it exited at `at` (once: the first exit stands).
+    fn exited(&self, code: u32, at: Timestamp) {
         self.phase.send_if_modified(|p| {
-            if let Phase::Exited { at, .. } = p {
-                stamped = at.clone();
+            if matches!(p, Phase::Exited { .. }) {
                 return false;
             }
-            *p = Phase::Exited {
-                code,
-                at: at.clone(),
-            };
+            *p = Phase::Exited { code, at };
             true
         });
-        stamped
+    }
+
+    /// Moves it from phase `from` to `to`; false if it was not in `from`.
+    fn advance(&self, from: &Phase, to: Phase) -> bool {
+        self.phase.send_if_modified(|p| {
+            if p == from {
+                *p = to;
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// Waits while its VM is being started (bounded: a start gives up on its own).
+    async fn settled(&self) -> Phase {
+        let mut rx = self.phase.subscribe();
+        let wait = async {
+            loop {
+                let phase = rx.borrow_and_update().clone();
+                if phase != Phase::Starting {
+                    return phase;
+                }
+                if rx.changed().await.is_err() {
+                    return self.phase();
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(600), wait)
+            .await
+            .unwrap_or_else(|_| self.phase())
     }
 
     async fn wait_exit(&self) -> (u32, Timestamp) {
@@ -141,6 +170,8 @@ struct Inner {
     namespace: String,
     accel: AccelRequest,
     events: mpsc::UnboundedSender<(&'static str, Box<dyn MessageDyn>)>,
+    /// Events sent and not yet published (a shim that ends waits for them).
+    unpublished: Arc<std::sync::atomic::AtomicUsize>,
     tasks: tokio::sync::Mutex<HashMap<String, Task>>,
     exit: Arc<ExitSignal>,
 }
@@ -195,12 +226,15 @@ impl TaskService {
         // One task publishes every event, in the order they happened.
         let (events, mut rx) = mpsc::unbounded_channel::<(&'static str, Box<dyn MessageDyn>)>();
         let ns = namespace.clone();
+        let unpublished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = unpublished.clone();
         tokio::spawn(async move {
             while let Some((topic, event)) = rx.recv().await {
                 let ctx = ttrpc::context::with_duration(std::time::Duration::from_secs(5));
                 if let Err(e) = publisher.publish(ctx, topic, &ns, event).await {
                     log::warn!("publishing {topic}: {e}");
                 }
+                count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
             }
         });
         TaskService {
@@ -209,6 +243,7 @@ impl TaskService {
                 namespace,
                 accel,
                 events,
+                unpublished,
                 tasks: tokio::sync::Mutex::new(HashMap::new()),
                 exit,
             }),
@@ -216,7 +251,11 @@ impl TaskService {
     }
 
     fn publish(&self, topic: &'static str, event: impl MessageDyn) {
-        let _ = self.inner.events.send((topic, Box::new(event)));
+        let pending = &self.inner.unpublished;
+        pending.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if self.inner.events.send((topic, Box::new(event))).is_err() {
+            pending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
     }
 
     /// The task `id` and its process `exec_id` ("" for its init).
@@ -235,14 +274,29 @@ impl TaskService {
     }
 
     /// Starts task `id`'s container and follows its run: output to the task's stdio,
-    /// its exit recorded and published (after its start).
+    /// its exit recorded and published (after its start). The work runs in a task of
+    /// its own: a request that containerd gives up on does not leave it half done.
     async fn start_init(&self, id: &str, name: &str, proc: Arc<Proc>) -> TtrpcResult<u32> {
-        if proc.phase() != Phase::Created {
+        if !proc.advance(&Phase::Created, Phase::Starting) {
             return Err(status(
                 ttrpc::Code::FAILED_PRECONDITION,
                 format!("task {id} was already started"),
             ));
         }
+        let service = self.clone();
+        let (id, name) = (id.to_string(), name.to_string());
+        let work = tokio::spawn(async move {
+            let started = service.start_init_work(&id, &name, proc.clone()).await;
+            if started.is_err() {
+                // It never ran: it can be deleted (or started again).
+                proc.advance(&Phase::Starting, Phase::Created);
+            }
+            started
+        });
+        work.await.map_err(|e| status(ttrpc::Code::INTERNAL, e))?
+    }
+
+    async fn start_init_work(&self, id: &str, name: &str, proc: Arc<Proc>) -> TtrpcResult<u32> {
         let containers = &self.inner.containers;
         let next = containers.next_run(name).await.map_err(container_error)?;
         let (out, written) = stdio::output(&proc.io);
@@ -255,12 +309,9 @@ impl TaskService {
             let service = self.clone();
             let (id, proc) = (id.to_string(), proc.clone());
             tokio::spawn(async move {
-                let mut send = move |is_err: bool, data: &[u8]| {
-                    let _ = out.send((is_err, data.to_vec()));
-                };
-                let exit = containers.follow_run(next, stdin, &mut send).await;
-                drop(send);
-                let _ = written.await;
+                let exit = containers.follow_run(next, stdin, &mut out.sink()).await;
+                drop(out);
+                stdio::flushed(written).await;
                 let (code, oom) = match exit {
                     Ok(e) => (e.code as u32, e.oom_killed()),
                     Err(e) => {
@@ -281,7 +332,9 @@ impl TaskService {
                         },
                     );
                 }
-                let at = proc.exited(code);
+                // Published before the phase says so: whoever saw the exit through Wait
+                // and deletes the task publishes its deletion after this.
+                let at = now();
                 service.publish(
                     topics::TASK_EXIT_EVENT_TOPIC,
                     TaskExit {
@@ -289,22 +342,15 @@ impl TaskService {
                         id: id.clone(),
                         pid: std::process::id(),
                         exit_status: code,
-                        exited_at: MessageField::some(at),
+                        exited_at: MessageField::some(at.clone()),
                         ..Default::default()
                     },
                 );
+                proc.exited(code, at);
             })
         };
         match containers.start(name).await {
             Ok(_) => {
-                proc.phase.send_if_modified(|p| {
-                    if *p == Phase::Created {
-                        *p = Phase::Running;
-                        true
-                    } else {
-                        false
-                    }
-                });
                 let pid = std::process::id();
                 self.publish(
                     topics::TASK_START_EVENT_TOPIC,
@@ -314,6 +360,7 @@ impl TaskService {
                         ..Default::default()
                     },
                 );
+                proc.advance(&Phase::Starting, Phase::Running);
                 let _ = started_tx.send(true);
                 Ok(pid)
             }
@@ -343,12 +390,15 @@ impl TaskService {
             Err(e) => {
                 // An exec that cannot start has ended, with docker's code for it.
                 let code = e.exec_code().unwrap_or(126) as u32;
-                proc.exited(code);
+                proc.exited(code, now());
                 return Err(container_error(e));
             }
         };
         let pid = std::process::id();
-        proc.phase.send_replace(Phase::Running);
+        if !proc.advance(&Phase::Created, Phase::Running) {
+            // Killed while it was being started.
+            session.signal(libc::SIGKILL).await;
+        }
         *proc.resizer.lock().expect("unpoisoned") = Some(session.resizer());
         self.publish(
             topics::TASK_EXEC_STARTED_EVENT_TOPIC,
@@ -368,9 +418,7 @@ impl TaskService {
         tokio::spawn(async move {
             let code = loop {
                 match session.next().await {
-                    Ok(ExecEvent::Output(o)) => {
-                        let _ = out.send((o.stream == Stream::Stderr, o.data));
-                    }
+                    Ok(ExecEvent::Output(o)) => out.send(o.stream == Stream::Stderr, o.data),
                     Ok(ExecEvent::Exited(code)) => break code as u32,
                     Err(e) => {
                         log::warn!("exec {exec_id} of task {id}: {e}");
@@ -379,8 +427,8 @@ impl TaskService {
                 }
             };
             drop(out);
-            let _ = written.await;
-            let at = proc.exited(code);
+            stdio::flushed(written).await;
+            let at = now();
             service.publish(
                 topics::TASK_EXIT_EVENT_TOPIC,
                 TaskExit {
@@ -388,46 +436,19 @@ impl TaskService {
                     id: exec_id,
                     pid,
                     exit_status: code,
-                    exited_at: MessageField::some(at),
+                    exited_at: MessageField::some(at.clone()),
                     ..Default::default()
                 },
             );
+            proc.exited(code, at);
         });
         Ok(pid)
     }
-}
 
-/// Removes the disk built for a task's root filesystem once no container of cabin's
-/// store was made from it any more.
-pub async fn release_disk(containers: &Containers, disk: PathBuf) {
-    let Ok((records, _)) = containers.list().await else {
-        return;
-    };
-    let wanted = disk.display().to_string();
-    let used = records.iter().any(|r| {
-        r.labels
-            .iter()
-            .any(|(k, v)| k == DISK_LABEL && *v == wanted)
-    });
-    if !used {
-        let _ = std::fs::remove_file(&disk);
-    }
-}
-
-fn state_of(phase: &Phase) -> (api::Status, u32, Option<Timestamp>) {
-    match phase {
-        Phase::Created => (api::Status::CREATED, 0, None),
-        Phase::Running => (api::Status::RUNNING, 0, None),
-        Phase::Paused => (api::Status::PAUSED, 0, None),
-        Phase::Exited { code, at } => (api::Status::STOPPED, *code, Some(at.clone())),
-    }
-}
-
-#[async_trait]
-impl containerd_shim::Task for TaskService {
-    async fn create(
+    /// containerd's Create: the container the bundle describes, recorded in cabin's
+    /// store, its root's disk built.
+    async fn create_work(
         &self,
-        _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
         let invalid = |e: &dyn std::fmt::Display| status(ttrpc::Code::INVALID_ARGUMENT, e);
@@ -469,17 +490,29 @@ impl containerd_shim::Task for TaskService {
         };
         let mut c = bundle::container_spec(&spec, &root, !io.stdin.is_empty(), self.inner.accel)
             .map_err(|e| fail(invalid(&e)))?;
-        // The disk is built (or found in the cache) now, so that Start only boots.
+        // The disk is built (or found in the cache) now, so that Start only boots. The
+        // disks' lock is held until the container that names it is recorded: a task
+        // deleted meanwhile does not remove the disk from under this one.
         let cache = self.inner.containers.host().paths.rootfs_cache();
         let dir = root.clone();
-        let disk =
-            tokio::task::spawn_blocking(move || cabin_image::rootfs::ensure_image(&dir, &cache))
-                .await
-                .map_err(|e| fail(status(ttrpc::Code::INTERNAL, e)))?
-                .map_err(|e| fail(status(ttrpc::Code::INTERNAL, e)))?
-                .path;
+        let (disk, disks_lock) = tokio::task::spawn_blocking(move || {
+            let lock = lock_disks(&cache)?;
+            let disk = cabin_image::rootfs::ensure_image(&dir, &cache)
+                .map_err(|e| status(ttrpc::Code::INTERNAL, e))?;
+            Ok::<_, ttrpc::Error>((disk.path, lock))
+        })
+        .await
+        .map_err(|e| fail(status(ttrpc::Code::INTERNAL, e)))?
+        .map_err(fail)?;
         c.tty = req.terminal || c.tty;
-        let init = Proc::new(io.clone(), c.tty).map_err(fail)?;
+        let init = match Proc::new(io.clone(), c.tty) {
+            Ok(p) => p,
+            Err(e) => {
+                drop(disks_lock);
+                release_disk(&self.inner.containers, disk).await;
+                return Err(fail(e));
+            }
+        };
         let name = container_name(&self.inner.namespace, &req.id);
         // One left by a shim that was killed before containerd's cleanup reached it.
         let _ = self.inner.containers.remove(&name, true).await;
@@ -494,11 +527,12 @@ impl containerd_shim::Task for TaskService {
             labels,
             auto_remove: false,
         };
-        self.inner
-            .containers
-            .create(&c, opts)
-            .await
-            .map_err(|e| fail(container_error(e)))?;
+        let created = self.inner.containers.create(&c, opts).await;
+        drop(disks_lock);
+        if let Err(e) = created {
+            release_disk(&self.inner.containers, disk).await;
+            return Err(fail(container_error(e)));
+        }
         let pid = std::process::id();
         self.inner.tasks.lock().await.insert(
             req.id.clone(),
@@ -531,6 +565,65 @@ impl containerd_shim::Task for TaskService {
             pid,
             ..Default::default()
         })
+    }
+}
+
+/// Removes the disk built for a task's root filesystem once no container of cabin's
+/// store was made from it any more.
+pub async fn release_disk(containers: &Containers, disk: PathBuf) {
+    let Some(cache) = disk.parent().map(PathBuf::from) else {
+        return;
+    };
+    let Ok(Ok(_lock)) = tokio::task::spawn_blocking(move || lock_disks(&cache)).await else {
+        return;
+    };
+    let Ok((records, _)) = containers.list().await else {
+        return;
+    };
+    let wanted = disk.display().to_string();
+    let used = records.iter().any(|r| {
+        r.labels
+            .iter()
+            .any(|(k, v)| k == DISK_LABEL && *v == wanted)
+    });
+    if !used {
+        let _ = std::fs::remove_file(&disk);
+    }
+}
+
+/// The lock between tasks that build or find a disk in `cache` and tasks that remove
+/// one (every shim of the data directory takes it).
+fn lock_disks(cache: &std::path::Path) -> TtrpcResult<cabin_base::lock::Lock> {
+    std::fs::create_dir_all(cache).map_err(|e| status(ttrpc::Code::INTERNAL, e))?;
+    cabin_base::lock::lock_path_waiting(
+        &cache.join(".containerd-disks.lock"),
+        cabin_base::lock::Mode::Exclusive,
+    )
+    .map_err(|e| status(ttrpc::Code::INTERNAL, format!("locking cabin's disks: {e}")))
+}
+
+fn state_of(phase: &Phase) -> (api::Status, u32, Option<Timestamp>) {
+    match phase {
+        Phase::Created | Phase::Starting => (api::Status::CREATED, 0, None),
+        Phase::Running => (api::Status::RUNNING, 0, None),
+        Phase::Paused => (api::Status::PAUSED, 0, None),
+        Phase::Exited { code, at } => (api::Status::STOPPED, *code, Some(at.clone())),
+    }
+}
+
+#[async_trait]
+impl containerd_shim::Task for TaskService {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        // In a task of its own: a request containerd gives up on is still done whole,
+        // or undone.
+        let service = self.clone();
+        tokio::spawn(async move { service.create_work(req).await })
+            .await
+            .map_err(|e| status(ttrpc::Code::INTERNAL, e))?
     }
 
     async fn start(
@@ -602,7 +695,14 @@ impl containerd_shim::Task for TaskService {
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         let (name, proc) = self.process(&req.id, &req.exec_id).await?;
         let signal = req.signal as i32;
-        match proc.phase() {
+        let finished = || {
+            status(
+                ttrpc::Code::NOT_FOUND,
+                format!("process already finished: task {}", req.id),
+            )
+        };
+        // A VM being started is signalled once it runs.
+        match proc.settled().await {
             Phase::Exited { .. } => {
                 return Err(status(
                     ttrpc::Code::NOT_FOUND,
@@ -612,7 +712,7 @@ impl containerd_shim::Task for TaskService {
             // Never started: it ends as a killed process does.
             Phase::Created if req.exec_id.is_empty() => {
                 let code = 128 + signal as u32;
-                let at = proc.exited(code);
+                let at = now();
                 self.publish(
                     topics::TASK_EXIT_EVENT_TOPIC,
                     TaskExit {
@@ -620,26 +720,27 @@ impl containerd_shim::Task for TaskService {
                         id: req.id.clone(),
                         pid: std::process::id(),
                         exit_status: code,
-                        exited_at: MessageField::some(at),
+                        exited_at: MessageField::some(at.clone()),
                         ..Default::default()
                     },
                 );
+                proc.exited(code, at);
             }
             Phase::Created => {
                 proc.exec.lock().expect("unpoisoned").take();
-                proc.exited(128 + signal as u32);
+                proc.exited(128 + signal as u32, now());
             }
             _ if req.exec_id.is_empty() => {
                 // `all`: every process of the task is in its VM; the init's signal
                 // reaches them as it reaches a container's processes.
-                self.inner
-                    .containers
-                    .kill(&name, signal)
-                    .await
-                    .map_err(container_error)?;
-                if proc.phase() == Phase::Paused {
-                    proc.phase.send_replace(Phase::Running);
+                match self.inner.containers.kill(&name, signal).await {
+                    Ok(()) => {}
+                    // Ended a moment ago (its exit is on its way to the phase).
+                    Err(ContainerError::NotRunning(_)) => return Err(finished()),
+                    Err(e) => return Err(container_error(e)),
                 }
+                // The supervisor lets a paused VM go on before it signals.
+                proc.advance(&Phase::Paused, Phase::Running);
             }
             _ => {
                 let resizer = proc.resizer.lock().expect("unpoisoned").clone();
@@ -658,7 +759,7 @@ impl containerd_shim::Task for TaskService {
     ) -> TtrpcResult<api::DeleteResponse> {
         let (_, proc) = self.process(&req.id, &req.exec_id).await?;
         let phase = proc.phase();
-        if matches!(phase, Phase::Running | Phase::Paused) {
+        if matches!(phase, Phase::Starting | Phase::Running | Phase::Paused) {
             return Err(status(
                 ttrpc::Code::FAILED_PRECONDITION,
                 format!("task {} is still running: kill it first", req.id),
@@ -831,7 +932,7 @@ impl containerd_shim::Task for TaskService {
             .pause(&name)
             .await
             .map_err(container_error)?;
-        proc.phase.send_replace(Phase::Paused);
+        proc.advance(&Phase::Running, Phase::Paused);
         self.publish(
             topics::TASK_PAUSED_EVENT_TOPIC,
             TaskPaused {
@@ -859,7 +960,7 @@ impl containerd_shim::Task for TaskService {
             .unpause(&name)
             .await
             .map_err(container_error)?;
-        proc.phase.send_replace(Phase::Running);
+        proc.advance(&Phase::Paused, Phase::Running);
         self.publish(
             topics::TASK_RESUMED_EVENT_TOPIC,
             TaskResumed {
@@ -875,7 +976,16 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        let (name, _) = self.process(&req.id, "").await?;
+        let (name, proc) = self.process(&req.id, "").await?;
+        if proc.phase() == Phase::Paused {
+            return Err(status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!(
+                    "task {} is paused: its VM answers nothing until it is resumed",
+                    req.id
+                ),
+            ));
+        }
         let st = self
             .inner
             .containers
@@ -949,6 +1059,17 @@ impl containerd_shim::Task for TaskService {
     ) -> TtrpcResult<api::Empty> {
         // Only a shim that serves no task any more goes (a pod's shim serves several).
         if self.inner.tasks.lock().await.is_empty() {
+            // Its last events (the task's deletion) reach containerd first: bounded.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while self
+                .inner
+                .unpublished
+                .load(std::sync::atomic::Ordering::Acquire)
+                > 0
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
             self.inner.exit.signal();
         }
         Ok(api::Empty::new())

@@ -189,8 +189,14 @@ impl Containerd {
         assert!(self.cabin_tasks().is_empty(), "{:?}", self.cabin_tasks());
         assert!(qemu_processes_mentioning(&self.data).is_empty());
         assert!(self.mounts().is_empty(), "{:?}", self.mounts());
+        // (Its lock file stays.)
         let disks: Vec<_> = std::fs::read_dir(self.data.join("rootfs"))
-            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name())
+                    .filter(|n| !n.to_string_lossy().starts_with('.'))
+                    .collect()
+            })
             .unwrap_or_default();
         assert!(disks.is_empty(), "disks left: {disks:?}");
     }
