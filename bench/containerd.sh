@@ -11,6 +11,7 @@
 # usage: bench/containerd.sh [N]   (N runs per series; default 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 N=${1:-10}
 cabin=${CABIN_BIN:-target/release/cabin}
 shim="$(dirname "$cabin")/containerd-shim-cabin-v2"
@@ -29,7 +30,7 @@ cleanup() {
 }
 trap cleanup EXIT
 export CABIN_DATA_DIR="$work/data"
-accel=$("$cabin" system info --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["accelerator"])')
+accel=$(host_accel "$cabin")
 export CABIN_ACCEL=$accel
 scripts/make-busybox-rootfs.sh "$work/rootfs" >/dev/null
 "$cabin" image import "$work/rootfs" busybox:demo >/dev/null

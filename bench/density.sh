@@ -12,6 +12,7 @@
 # usage: bench/density.sh [BUDGET_MIB] [MAX] [SLOW]   (defaults: 8192, 150, 20)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 budget=${1:-8192} max=${2:-150} slow=${3:-20}
 cabin=$(realpath "${CABIN_BIN:-target/release/cabin}")
 [ -x "$cabin" ] || cargo build --release --locked -p cabin-cli >/dev/null
@@ -27,7 +28,7 @@ else
   usage() { cat "$cg/memory.usage_in_bytes"; }
 fi
 export CABIN_DATA_DIR="$work/data"
-accel=$("$cabin" system info --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["accelerator"])')
+accel=$(host_accel "$cabin")
 export CABIN_ACCEL=$accel
 cleanup() {
   "$cabin" rm -f $("$cabin" ps -aq 2>/dev/null) >/dev/null 2>&1 || true

@@ -27,7 +27,7 @@ cleanup() {
 }
 trap cleanup EXIT
 export CABIN_DATA_DIR="$work/data"
-accel=$("$cabin" system info --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["accelerator"])')
+accel=$(host_accel "$cabin")
 export CABIN_ACCEL=$accel
 scripts/make-busybox-rootfs.sh "$work/rootfs" >/dev/null
 "$cabin" image import "$work/rootfs" local/bb >/dev/null

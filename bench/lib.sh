@@ -14,3 +14,8 @@ start_private_dockerd() {
   echo "dockerd did not start: $(tail -3 "$dir/dockerd.log")" >&2
   return 1
 }
+
+# host_accel CABIN: the accelerator cabin (the binary CABIN) picks on this host.
+host_accel() {
+  "$1" system info --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["accelerator"])'
+}

@@ -37,26 +37,20 @@ fn ctr_run_gives_the_tasks_output_exit_codes_and_stdin_and_leaves_nothing_behind
     assert_eq!(c.run("t3", &["no-such-command"]).status.code(), Some(127));
 
     // ctr passes its stdin on: what is piped in reaches the process, then its end.
-    let mut cmd = c.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "t4",
-        "sh",
-        "-c",
-        "tr a-z A-Z; echo end",
-    ]);
-    cmd.stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    {
-        use std::io::Write;
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(b"piped through a vm\n").unwrap();
-    }
-    let o = child.wait_with_output().unwrap();
+    let o = c.ctr_with_input(
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "t4",
+            "sh",
+            "-c",
+            "tr a-z A-Z; echo end",
+        ],
+        b"piped through a vm\n",
+    );
     assert_eq!(stdout(&o), "PIPED THROUGH A VM\nend\n", "{}", stderr(&o));
 
     // A bundle with a root directory of its own (`ctr run --rootfs`): no snapshot.
@@ -125,15 +119,10 @@ fn a_detached_task_takes_execs_pauses_signals_and_reports_processes_metrics_and_
     ]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert_eq!(stdout(&o), "in the exec\n");
-    let mut exec = c.ctr(&["task", "exec", "--exec-id", "e2", "d1", "wc", "-c"]);
-    exec.stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
-    let mut child = exec.spawn().unwrap();
-    {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(b"12345").unwrap();
-    }
-    let o = child.wait_with_output().unwrap();
+    let o = c.ctr_with_input(
+        &["task", "exec", "--exec-id", "e2", "d1", "wc", "-c"],
+        b"12345",
+    );
     assert_eq!(stdout(&o).trim(), "5", "{}", stderr(&o));
     let o = c.ctr_out(&["task", "exec", "--exec-id", "e3", "d1", "no-such-command"]);
     assert_ne!(o.status.code(), Some(0));

@@ -455,25 +455,15 @@ async fn run_once(
                         Some(Request::Pause) if stopped => {
                             reply(conn, Reply::failed("the container is stopping")).await;
                         }
-                        Some(Request::Pause) => {
-                            let answer = match freeze(vmm_pid, true) {
+                        Some(r @ (Request::Pause | Request::Unpause)) => {
+                            let pause = r == Request::Pause;
+                            let answer = match freeze(vmm_pid, pause) {
                                 Ok(()) => {
-                                    paused = true;
-                                    mark_paused(store, record, true);
+                                    paused = pause;
+                                    mark_paused(store, record, pause);
                                     Reply::done()
                                 }
-                                Err(e) => Reply::failed(format!("pausing its VM: {e}")),
-                            };
-                            reply(conn, answer).await;
-                        }
-                        Some(Request::Unpause) => {
-                            let answer = match freeze(vmm_pid, false) {
-                                Ok(()) => {
-                                    paused = false;
-                                    mark_paused(store, record, false);
-                                    Reply::done()
-                                }
-                                Err(e) => Reply::failed(format!("resuming its VM: {e}")),
+                                Err(e) => Reply::failed(format!("pausing or resuming its VM: {e}")),
                             };
                             reply(conn, answer).await;
                         }

@@ -305,8 +305,8 @@ mod tests {
         assert!(std::fs::read_to_string(err).unwrap().starts_with("1 3 5 "));
     }
 
-    #[tokio::test]
-    async fn input_written_before_close_io_arrives_and_close_io_ends_it() {
+    /// A fifo in a temporary directory, as a process's stdin.
+    fn stdin_fifo() -> (tempfile::TempDir, std::path::PathBuf, Paths) {
         let t = tempfile::tempdir().unwrap();
         let fifo = t.path().join("in");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -314,6 +314,12 @@ mod tests {
             stdin: fifo.display().to_string(),
             ..Paths::default()
         };
+        (t, fifo, paths)
+    }
+
+    #[tokio::test]
+    async fn input_written_before_close_io_arrives_and_close_io_ends_it() {
+        let (_t, fifo, paths) = stdin_fifo();
         let input = input(&paths).unwrap().unwrap();
         // The client's end stays open (as containerd's does): only CloseIO ends it,
         // and what it wrote just before is not lost.
@@ -337,13 +343,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_late_client_is_waited_for_and_its_closing_ends_the_input() {
-        let t = tempfile::tempdir().unwrap();
-        let fifo = t.path().join("in");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let paths = Paths {
-            stdin: fifo.display().to_string(),
-            ..Paths::default()
-        };
+        let (_t, fifo, paths) = stdin_fifo();
         let input = input(&paths).unwrap().unwrap();
         let mut reader = ChannelReader::new(input.data);
         // No writer for a while: that is not the end.
@@ -373,13 +373,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_never_opens_its_end_leaves_nothing_hanging() {
-        let t = tempfile::tempdir().unwrap();
-        let fifo = t.path().join("in");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let paths = Paths {
-            stdin: fifo.display().to_string(),
-            ..Paths::default()
-        };
+        let (_t, _fifo, paths) = stdin_fifo();
         let input = input(&paths).unwrap().unwrap();
         input.close.send(()).unwrap();
         let mut rest = Vec::new();

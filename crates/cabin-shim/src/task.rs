@@ -258,6 +258,25 @@ impl TaskService {
         }
     }
 
+    /// Process `id` (the task's id for its init, else an exec's) of task `task` has
+    /// ended with `code`: /tasks/exit is published before the phase says so, so that
+    /// whoever saw the exit through Wait and deletes the task publishes after it.
+    fn end(&self, task: &str, id: &str, proc: &Proc, code: u32) {
+        let at = now();
+        self.publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            TaskExit {
+                container_id: task.to_string(),
+                id: id.to_string(),
+                pid: std::process::id(),
+                exit_status: code,
+                exited_at: MessageField::some(at.clone()),
+                ..Default::default()
+            },
+        );
+        proc.exited(code, at);
+    }
+
     /// The task `id` and its process `exec_id` ("" for its init).
     async fn process(&self, id: &str, exec_id: &str) -> TtrpcResult<(String, Arc<Proc>)> {
         let tasks = self.inner.tasks.lock().await;
@@ -332,21 +351,7 @@ impl TaskService {
                         },
                     );
                 }
-                // Published before the phase says so: whoever saw the exit through Wait
-                // and deletes the task publishes its deletion after this.
-                let at = now();
-                service.publish(
-                    topics::TASK_EXIT_EVENT_TOPIC,
-                    TaskExit {
-                        container_id: id.clone(),
-                        id: id.clone(),
-                        pid: std::process::id(),
-                        exit_status: code,
-                        exited_at: MessageField::some(at.clone()),
-                        ..Default::default()
-                    },
-                );
-                proc.exited(code, at);
+                service.end(&id, &id, &proc, code);
             })
         };
         match containers.start(name).await {
@@ -428,19 +433,7 @@ impl TaskService {
             };
             drop(out);
             stdio::flushed(written).await;
-            let at = now();
-            service.publish(
-                topics::TASK_EXIT_EVENT_TOPIC,
-                TaskExit {
-                    container_id: id.clone(),
-                    id: exec_id,
-                    pid,
-                    exit_status: code,
-                    exited_at: MessageField::some(at.clone()),
-                    ..Default::default()
-                },
-            );
-            proc.exited(code, at);
+            service.end(&id, &exec_id, &proc, code);
         });
         Ok(pid)
     }
@@ -711,20 +704,7 @@ impl containerd_shim::Task for TaskService {
             }
             // Never started: it ends as a killed process does.
             Phase::Created if req.exec_id.is_empty() => {
-                let code = 128 + signal as u32;
-                let at = now();
-                self.publish(
-                    topics::TASK_EXIT_EVENT_TOPIC,
-                    TaskExit {
-                        container_id: req.id.clone(),
-                        id: req.id.clone(),
-                        pid: std::process::id(),
-                        exit_status: code,
-                        exited_at: MessageField::some(at.clone()),
-                        ..Default::default()
-                    },
-                );
-                proc.exited(code, at);
+                self.end(&req.id, &req.id, &proc, 128 + signal as u32);
             }
             Phase::Created => {
                 proc.exec.lock().expect("unpoisoned").take();

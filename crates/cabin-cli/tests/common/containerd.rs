@@ -127,6 +127,20 @@ impl Containerd {
         self.ctr(args).output().unwrap()
     }
 
+    /// `ctr ARGS...` with `input` piped to its stdin, which then ends.
+    pub fn ctr_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .ctr(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     pub fn ctr_ok(&self, args: &[&str]) -> String {
         let o = self.ctr_out(args);
         assert!(
