@@ -13,6 +13,7 @@
 //! - [`files`]: private directories, crash-safe replacement of a file, bounded reads.
 //! - [`fdpass`]: file descriptors sent over unix sockets.
 //! - [`memfd`]: memory files sealed against every change.
+//! - [`mountinfo`]: what is mounted below a directory, unmounted before it is deleted.
 //! - [`paths`]: where cabin keeps its state and looks for what it runs.
 
 pub mod confined;
@@ -21,6 +22,7 @@ pub mod files;
 pub mod lock;
 pub mod memfd;
 pub mod memory;
+pub mod mountinfo;
 pub mod paths;
 pub mod random;
 pub mod sizes;

@@ -150,7 +150,15 @@ fn a_pod_runs_through_containerds_cri_with_the_cabin_handler() {
         let mut ids = Vec::new();
         for (name, command) in [
             ("once", &["sh", "-c", "echo hello from a pod; hostname"][..]),
-            ("server", &["sleep", "600"][..]),
+            (
+                "server",
+                &[
+                    "sh",
+                    "-c",
+                    "echo served in the pod > /tmp/index.html; exec httpd -f -p 127.0.0.1:8080 -h /tmp",
+                ][..],
+            ),
+            ("client", &["sleep", "600"][..]),
         ] {
             let id = cri
                 .create_container(create(name, command))
@@ -193,10 +201,8 @@ fn a_pod_runs_through_containerds_cri_with_the_cabin_handler() {
         assert!(log.contains(" stdout F hello from a pod"), "{log}");
         assert!(log.contains(" stdout F pod1"), "the pod's host name: {log}");
 
-        // In cabin's store, as containerd's (namespace k8s.io), each in a VM (CRI has
-        // deleted the ended one's task). Today every container of a pod has a VM of its
-        // own: the sandbox's and the server's run (pods sharing one VM are not built
-        // yet, docs/KUBERNETES.md).
+        // In cabin's store, as containerd's (namespace k8s.io): the sandbox and the two
+        // running containers (CRI has deleted the ended one's task), all in one VM.
         let count = |c: &Containerd| {
             let tasks = c.cabin_tasks();
             let pods = tasks
@@ -205,30 +211,64 @@ fn a_pod_runs_through_containerds_cri_with_the_cabin_handler() {
                 .count();
             (pods, qemu_processes_mentioning(&c.data).len(), tasks)
         };
-        eventually("the ended container's task and VM to go", || {
-            let (pods, vms, _) = count(&c);
-            pods == 2 && vms == 2
-        });
-        let (_, _, tasks) = count(&c);
+        eventually("the ended container's task to go", || count(&c).0 == 3);
+        let (_, vms, tasks) = count(&c);
+        assert_eq!(vms, 1, "one VM for the pod: {tasks:?}");
         assert!(tasks.iter().any(|l| l.contains("sleep 600")), "{tasks:?}");
 
-        // ExecSync in the running one: output, exit code.
-        let exec = cri
-            .exec_sync(cri::ExecSyncRequest {
-                container_id: ids[1].clone(),
-                cmd: vec!["sh".into(), "-c".into(), "echo in the pod; exit 3".into()],
+        // ExecSync in a running one: output, exit code.
+        let exec_sync = |id: &str, script: &str| {
+            let request = cri::ExecSyncRequest {
+                container_id: id.to_string(),
+                cmd: vec!["sh".into(), "-c".into(), script.into()],
                 timeout: 60,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("ExecSync: {e}"))
-            .into_inner();
+            };
+            let mut cri = cri.clone();
+            async move {
+                cri.exec_sync(request)
+                    .await
+                    .unwrap_or_else(|e| panic!("ExecSync: {e}"))
+                    .into_inner()
+            }
+        };
+        let exec = exec_sync(&ids[2], "echo in the pod; exit 3").await;
         assert_eq!(String::from_utf8_lossy(&exec.stdout), "in the pod\n");
         assert_eq!(exec.exit_code, 3);
+
+        // The pod's containers share its network: the client reaches the server on
+        // localhost. Their files and processes are their own; the host name is the
+        // pod's.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let fetched = loop {
+            let r = exec_sync(&ids[2], "wget -qO- http://127.0.0.1:8080/index.html").await;
+            if r.exit_code == 0 || Instant::now() > deadline {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&fetched.stdout),
+            "served in the pod\n",
+            "{}",
+            String::from_utf8_lossy(&fetched.stderr)
+        );
+        let own = exec_sync(&ids[2], "test ! -e /tmp/index.html && hostname").await;
+        assert_eq!(
+            (own.exit_code, String::from_utf8_lossy(&own.stdout).trim()),
+            (0, "pod1"),
+            "the client sees its own /tmp and the pod's host name"
+        );
+        let ps = exec_sync(&ids[2], "ps -o comm").await;
+        assert!(
+            !String::from_utf8_lossy(&ps.stdout).contains("httpd"),
+            "the server's processes are not the client's: {}",
+            String::from_utf8_lossy(&ps.stdout)
+        );
 
         // Its figures, from the guest's cgroup.
         let stats = cri
             .container_stats(cri::ContainerStatsRequest {
-                container_id: ids[1].clone(),
+                container_id: ids[2].clone(),
             })
             .await
             .unwrap_or_else(|e| panic!("ContainerStats: {e}"))

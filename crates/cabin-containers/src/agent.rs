@@ -15,12 +15,21 @@ pub type Agent = AgentClient<Channel>;
 /// A client for the agent behind `socket`. The connection is made on the first call, so
 /// a guest still booting simply answers later.
 pub fn connect(socket: PathBuf) -> Agent {
+    client(channel(socket))
+}
+
+/// The connection to the agent behind `socket` (made on the first call), which
+/// [`client`]s share.
+pub fn channel(socket: PathBuf) -> Channel {
     let connector = tower::service_fn(move |_: Uri| {
         let socket = socket.clone();
         async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
     });
-    let channel =
-        Endpoint::from_static("http://cabin-agent").connect_with_connector_lazy(connector);
+    Endpoint::from_static("http://cabin-agent").connect_with_connector_lazy(connector)
+}
+
+/// A client of the agent on `channel`.
+pub fn client(channel: Channel) -> Agent {
     AgentClient::new(channel)
         .max_decoding_message_size(cabin_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(cabin_proto::MAX_MESSAGE_BYTES)

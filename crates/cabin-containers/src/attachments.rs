@@ -65,6 +65,14 @@ pub fn shape(cfg: &ContainerSpec) -> Devices {
             MountSpec::Tmpfs { .. } => {}
         }
     }
+    // A pod's sandbox: the share its members' root file systems arrive on, last.
+    if cfg.pod == Some(crate::pod::PodRole::Sandbox) {
+        shares.push(ShareSpec {
+            path: PathBuf::from("/placeholder"),
+            tag: crate::pod::SHARE_TAG.into(),
+            read_only: false,
+        });
+    }
     Devices { nic, shares, disks }
 }
 
@@ -147,6 +155,18 @@ impl Attachments {
                     read_only: false,
                     options: options.clone(),
                 }),
+            }
+        }
+        if cfg.pod == Some(crate::pod::PodRole::Sandbox) {
+            let sandbox = cfg.container_id.as_deref().ok_or_else(|| {
+                RunError::Setup("a pod's sandbox must be a container of the store".into())
+            })?;
+            let dir = crate::pod::share_dir(paths, sandbox);
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                RunError::Setup(format!("creating the pod's share {}: {e}", dir.display()))
+            })?;
+            if let Some(share) = devices.shares.last_mut() {
+                share.path = dir;
             }
         }
         if cfg.network != NetworkMode::Bridge {

@@ -23,6 +23,8 @@
 //! - [`events`]: what happens to containers (created, started, died, destroyed), as a
 //!   [`events::Watcher`] sees it from one look at the store to the next.
 //! - [`health`]: health checks, run in the container by its supervisor.
+//! - [`pod`]: several containers in one VM (containerd's pods): the sandbox's share
+//!   and its relay of cabin-init's protocol for the members.
 //! - [`timings`], [`system`].
 
 pub mod agent;
@@ -39,6 +41,7 @@ pub mod exec;
 pub mod health;
 pub mod holder;
 pub mod log;
+pub mod pod;
 pub mod pool;
 pub mod process;
 pub mod root;

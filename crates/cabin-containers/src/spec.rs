@@ -190,6 +190,9 @@ pub struct ContainerSpec {
     /// The terminal's size at the start (`-t`): rows and columns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty_size: Option<(u16, u16)>,
+    /// Its part in a pod (several containers in one VM, as containerd's sandboxes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::pod::PodRole>,
     /// The container's name, for its peers on a bridge network (its record has it).
     #[serde(skip)]
     pub name: Option<String>,
@@ -231,6 +234,7 @@ impl ContainerSpec {
             mounts: Vec::new(),
             restart: RestartPolicy::No,
             tty_size: None,
+            pod: None,
             name: None,
             container_id: None,
             layer: None,

@@ -489,6 +489,9 @@ impl Store {
         }
         let _guard = self.store_lock()?;
         let before = self.load(id).ok();
+        // A pod sandbox's share may still hold a member's root mounted by its shim:
+        // deleting through it would delete the member's files.
+        cabin_base::mountinfo::unmount_below(&self.container_dir(id)).map_err(|e| self.io(e))?;
         match fs::remove_dir_all(self.container_dir(id)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(StoreError::NotFound(id.to_string()))

@@ -15,6 +15,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::control::{self, Reply, Request, Stats};
 use crate::log::LogWriter;
+use crate::pod::{PodLink, PodRole};
 use crate::process::{self, Output, Stream};
 use crate::spec::{self, ContainerSpec, SpecError};
 use crate::store::StoreError;
@@ -106,8 +107,11 @@ pub async fn supervise_on(
             return Err(e.into());
         }
     };
-    // As after a foreground run: the next container of this shape should resume.
-    crate::vm::prepare_in_background(host, &cfg);
+    // As after a foreground run: the next container of this shape should resume (a
+    // pod member's VM is its sandbox's).
+    if !matches!(cfg.pod, Some(PodRole::Member { .. })) {
+        crate::vm::prepare_in_background(host, &cfg);
+    }
     let mut log = LogWriter::open(&dir).map_err(io("opening the log"))?;
     let sock = control::socket(&dir);
     let _ = std::fs::remove_file(&sock);
@@ -271,6 +275,29 @@ async fn top(agent: &crate::agent::Agent, container_id: &str) -> Reply {
     }
 }
 
+/// Opens a running sandbox's VM to its pod's members: the relay of its cabin-init on
+/// `agent.sock`, then the link that names its container in the guest.
+fn open_pod(
+    host: &Host,
+    sandbox: &str,
+    vm: &ContainerVm,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let sock = crate::pod::agent_socket(&host.paths, sandbox);
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock)?;
+    std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let relay = tokio::spawn(crate::pod::serve_agent(listener, vm.agent_channel()));
+    let link = PodLink {
+        guest_container: vm.id.clone(),
+        vmm_pid: vm.vmm_pid(),
+    };
+    if let Err(e) = link.write(&host.paths, sandbox) {
+        relay.abort();
+        return Err(e);
+    }
+    Ok(relay)
+}
+
 /// What stays the same across a supervisor's runs of its container.
 #[derive(Clone, Copy)]
 struct Supervised<'a> {
@@ -365,6 +392,18 @@ async fn run_once(
     let agent = vm.agent();
     let proc_ref = vm.process_ref();
     let started = vm.process.clone();
+    // A pod's sandbox lets its members reach the VM's cabin-init for as long as it runs.
+    let relay = match &cfg.pod {
+        Some(PodRole::Sandbox) => match open_pod(host, &record.id, &vm) {
+            Ok(relay) => Some(relay),
+            Err(e) => {
+                let _ = log.note(&format!("the pod's members cannot join its VM: {e}"));
+                None
+            }
+        },
+        _ => None,
+    };
+    let member = matches!(cfg.pod, Some(PodRole::Member { .. }));
     attached.run_started(log.size());
     attached.connect_stdin(&agent, &proc_ref);
     let mut out_rx = process::output(&agent, proc_ref.clone());
@@ -452,6 +491,11 @@ async fn run_once(
                             attached.add(conn, a, log, cfg.stdin);
                             attached.connect_stdin(&agent, &proc_ref);
                         }
+                        Some(Request::Pause | Request::Unpause) if member => {
+                            reply(conn, Reply::failed(
+                                "a container of a pod is paused with its pod: pause the pod's sandbox container",
+                            )).await;
+                        }
                         Some(Request::Pause) if stopped => {
                             reply(conn, Reply::failed("the container is stopping")).await;
                         }
@@ -525,6 +569,10 @@ async fn run_once(
     };
     if let Some(h) = health {
         h.abort();
+    }
+    if let Some(relay) = relay {
+        relay.abort();
+        PodLink::remove(&host.paths, &record.id);
     }
     let (code, reason) = match outcome {
         Some(Ok(status)) => {

@@ -83,8 +83,10 @@ pub fn memory_limit_note(cfg: &ContainerSpec) -> String {
 
 pub struct ContainerVm {
     pub id: String,
-    vm: QemuVm,
+    vm: Vmm,
     agent: Agent,
+    /// The agent's connection, which a pod's sandbox relays to its members.
+    channel: tonic::transport::Channel,
     run_dir: Option<RunDir>,
     pub timings: Timings,
     pub accel: AccelChoice,
@@ -112,6 +114,21 @@ pub struct ContainerVm {
     keeps_layer: bool,
     /// Where to copy the guest console at teardown (a developers' aid, see `Host`).
     keep_console: Option<PathBuf>,
+}
+
+/// The VM a container runs on: its own, or (a pod's member) its sandbox's.
+enum Vmm {
+    Own(Box<QemuVm>),
+    Pod(PodVm),
+}
+
+/// A pod member's view of its sandbox's VM.
+struct PodVm {
+    paths: cabin_base::Paths,
+    sandbox: String,
+    link: crate::pod::PodLink,
+    /// Turns true when the sandbox's supervisor, and so the VM, is gone.
+    gone: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The environment (the image's, the options', HOSTNAME), working directory and user a
@@ -197,6 +214,9 @@ pub struct VmShape {
     pub shares: usize,
     /// How many volumes.
     pub volumes: usize,
+    /// A pod's sandbox (its VM has the pod's share).
+    #[serde(default)]
+    pub pod_sandbox: bool,
 }
 
 impl VmShape {
@@ -212,6 +232,7 @@ impl VmShape {
             network: spec.network,
             shares: count(|m| matches!(m, MountSpec::Bind { .. })),
             volumes: count(|m| matches!(m, MountSpec::Volume { .. })),
+            pod_sandbox: spec.pod == Some(crate::pod::PodRole::Sandbox),
         }
     }
 
@@ -237,6 +258,9 @@ impl VmShape {
                 target: format!("/volume{i}"),
                 read_only: false,
             });
+        }
+        if self.pod_sandbox {
+            c.pod = Some(crate::pod::PodRole::Sandbox);
         }
         c
     }
@@ -451,10 +475,7 @@ impl WarmVm {
     /// Waits for the VM to die (nothing else ends a VM that waits in the pool), and
     /// says how.
     pub async fn died(&mut self) -> String {
-        match self.vm.vm.wait().await {
-            Ok(exit) => self.vm.vm_error(exit).to_string(),
-            Err(e) => format!("waiting for QEMU: {e}"),
-        }
+        self.vm.ended().await.to_string()
     }
 
     /// Stops the VM and removes its files.
@@ -510,6 +531,7 @@ impl ContainerVm {
                 mounts: Vec::new(),
                 read_only_root: false,
                 hosts: Vec::new(),
+                share_namespaces_of: String::new(),
             }),
         ))
         .await?;
@@ -580,20 +602,48 @@ impl ContainerVm {
         crate::process::Controls::new(self.agent.clone(), self.process_ref())
     }
 
-    fn vm_error(&mut self, exit: VmExit) -> RunError {
+    /// Waits for the VM to end (a pod member: its sandbox's) and says how.
+    async fn ended(&mut self) -> RunError {
+        let qemu = match &mut self.vm {
+            Vmm::Own(qemu) => qemu,
+            Vmm::Pod(pod) => {
+                let _ = pod.gone.wait_for(|gone| *gone).await;
+                // Nothing of it is left to kill or to tear down but the container.
+                self.exited = Some(VmExit::Killed(libc::SIGKILL));
+                return RunError::Vm {
+                    message: format!(
+                        "its pod's VM ended (the supervisor of the pod's sandbox container {} is gone)",
+                        pod.sandbox
+                    ),
+                    console: Default::default(),
+                };
+            }
+        };
+        let exit = match qemu.wait().await {
+            Ok(exit) => exit,
+            Err(e) => return io_err("waiting for QEMU")(e),
+        };
         self.exited = Some(exit);
         let oom_killed = matches!(
             (self.oom_kills_at_start, cabin_base::memory::oom_kills()),
             (Some(before), Some(now)) if now > before
         );
         let mut message = describe_exit(exit, oom_killed);
-        let stderr = self.vm.stderr();
+        let stderr = qemu.stderr();
         if !stderr.is_empty() {
             message = format!("{message}: {stderr}");
         }
         RunError::Vm {
             message,
-            console: self.vm.console_excerpt(),
+            console: qemu.console_excerpt(),
+        }
+    }
+
+    /// The end of the guest's console (a pod member has none of its own).
+    fn console_excerpt(&self) -> cabin_vmm::console::ConsoleExcerpt {
+        match &self.vm {
+            Vmm::Own(qemu) => qemu.console_excerpt(),
+            Vmm::Pod(_) => Default::default(),
         }
     }
 
@@ -606,10 +656,7 @@ impl ContainerVm {
     ) -> Result<T, RunError> {
         let result = tokio::select! {
             r = fut => r,
-            exit = self.vm.wait() => {
-                let exit = exit.map_err(io_err("waiting for QEMU"))?;
-                return Err(self.vm_error(exit));
-            }
+            e = self.ended() => return Err(e),
         };
         match result {
             Ok(v) => Ok(v),
@@ -618,10 +665,9 @@ impl ContainerVm {
                     status.code(),
                     tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
                 ) {
-                    if let Ok(Ok(exit)) =
-                        tokio::time::timeout(Duration::from_secs(2), self.vm.wait()).await
+                    if let Ok(e) = tokio::time::timeout(Duration::from_secs(2), self.ended()).await
                     {
-                        return Err(self.vm_error(exit));
+                        return Err(e);
                     }
                 }
                 Err(RunError::from(status))
@@ -648,6 +694,9 @@ impl ContainerVm {
         notify: Notify<'_>,
         warm: Option<WarmVm>,
     ) -> Result<ContainerVm, RunError> {
+        if let Some(crate::pod::PodRole::Member { sandbox }) = &cfg.pod {
+            return ContainerVm::join_pod(host, cfg, sandbox, started, notify).await;
+        }
         let paths = &host.paths;
         let mut timings = Timings::start_at(started);
         if warm.is_none() {
@@ -681,8 +730,10 @@ impl ContainerVm {
             me.keeps_layer = cfg.layer.is_some();
             me.keep_console = host.keep_console.clone();
             me.timings.mark("writable layer");
-            me.vm
-                .swap_disk(0, &spec.disks[0], 0)
+            let Vmm::Own(qemu) = &mut me.vm else {
+                return Err(RunError::Setup("a pooled VM is a VM of its own".into()));
+            };
+            qemu.swap_disk(0, &spec.disks[0], 0)
                 .await
                 .map_err(io_err("handing the container's disk to the pooled VM"))?;
             // The scratch disk is no longer the VM's.
@@ -749,7 +800,7 @@ impl ContainerVm {
                 ));
                 let run_dir = me.run_dir.take().expect("the run directory is still held");
                 let attached = me.attachments.take();
-                let _ = me.vm.kill().await;
+                me.kill().await;
                 let timings = me.timings.clone();
                 drop(me);
                 me = ContainerVm::launch(&machine, &spec, run_dir, timings, id.clone())?;
@@ -780,6 +831,64 @@ impl ContainerVm {
             .await
     }
 
+    /// A pod member's start: no VM of its own, but its sandbox's, reached through the
+    /// sandbox's relay; then as any container's.
+    async fn join_pod(
+        host: &Host,
+        cfg: &ContainerSpec,
+        sandbox: &str,
+        started: Instant,
+        notify: Notify<'_>,
+    ) -> Result<ContainerVm, RunError> {
+        let paths = &host.paths;
+        crate::pod::check_member(cfg)?;
+        let link = crate::pod::PodLink::read(paths, sandbox)?;
+        let gone = crate::pod::watch_sandbox(paths, sandbox);
+        let id = cabin_base::random::id().map_err(io_err("naming the container"))?;
+        let attached = Attachments::acquire(paths, cfg, &id, notify)?;
+        let channel = agent::channel(crate::pod::agent_socket(paths, sandbox));
+        let mut me = ContainerVm {
+            id,
+            vm: Vmm::Pod(PodVm {
+                paths: paths.clone(),
+                sandbox: sandbox.to_string(),
+                link,
+                gone,
+            }),
+            agent: agent::client(channel.clone()),
+            channel,
+            run_dir: None,
+            timings: Timings::start_at(started),
+            accel: accel::choose(cfg.accel),
+            guest_boot: Duration::ZERO,
+            restored: false,
+            missing_snapshot: false,
+            boot_notice: None,
+            process: ProcessSettings::default(),
+            healthcheck: None,
+            exited: None,
+            oom_kills_at_start: None,
+            attachments: Some(attached),
+            peers_watch: None,
+            keeps_layer: false,
+            keep_console: None,
+        };
+        me.greet(cfg.boot_timeout).await?;
+        me.timings
+            .mark_with("init answering", format!("the VM of pod {sandbox}"));
+        // The whole command line, as containerd gives it: a directory has no image
+        // defaults to merge with.
+        let (args, env, cwd, user) = root::merge(
+            &root::ProcessDefaults::default(),
+            cfg.entrypoint.as_deref(),
+            &cfg.args,
+            &cfg.env,
+            &cfg.cwd,
+            &cfg.user,
+        )?;
+        me.create_and_start(cfg, None, args, env, cwd, user).await
+    }
+
     /// The container on a VM whose cabin-init answers: its root file system mounted,
     /// the container created, its first process started.
     async fn create_and_start(
@@ -797,8 +906,41 @@ impl ContainerVm {
 
         let rootfs = format!("/run/cabin/containers/{id}/rootfs");
         let t = cabin_proto::CALL_TIMEOUT;
-        me.guarded(agent::call("Mount", t, a.mount(root_mount(&rootfs))))
+        let (root, share_namespaces_of) = match &me.vm {
+            // A pod member's root is a directory of the pod's share, bound in place.
+            Vmm::Pod(pod) => {
+                let RootSource::Dir(dir) = &cfg.root else {
+                    return Err(RunError::Setup(
+                        "a pod member's root file system must be a directory".into(),
+                    ));
+                };
+                let source = crate::pod::guest_root(&pod.paths, &pod.sandbox, dir)?;
+                let mount = MountRequest {
+                    source,
+                    target: rootfs.clone(),
+                    fstype: String::new(),
+                    options: vec!["bind".into()],
+                    read_only: false,
+                };
+                (mount, pod.link.guest_container.clone())
+            }
+            Vmm::Own(_) => (root_mount(&rootfs), String::new()),
+        };
+        if cfg.pod == Some(crate::pod::PodRole::Sandbox) {
+            me.guarded(agent::call(
+                "Mount",
+                t,
+                a.mount(MountRequest {
+                    source: crate::pod::SHARE_TAG.into(),
+                    target: crate::pod::GUEST_SHARE.into(),
+                    fstype: "9p".into(),
+                    options: cabin_proto::ninep_mount_options(),
+                    read_only: false,
+                }),
+            ))
             .await?;
+        }
+        me.guarded(agent::call("Mount", t, a.mount(root))).await?;
         let (network, mounts, hosts) = match &me.attachments {
             Some(a) => (a.network.clone(), a.mounts.clone(), a.hosts.clone()),
             None => (None, Vec::new(), Vec::new()),
@@ -824,6 +966,7 @@ impl ContainerVm {
                 mounts,
                 read_only_root: cfg.read_only,
                 hosts,
+                share_namespaces_of,
             }),
         ))
         .await?;
@@ -882,6 +1025,11 @@ impl ContainerVm {
         Ok(self)
     }
 
+    /// The connection to the VM's cabin-init (a pod's sandbox relays it to its members).
+    pub fn agent_channel(&self) -> tonic::transport::Channel {
+        self.channel.clone()
+    }
+
     /// The VM's run directory.
     fn run_path(&self) -> PathBuf {
         self.run_dir
@@ -903,11 +1051,12 @@ impl ContainerVm {
         run_dir
             .record_vmm_pid(vm.pid())
             .map_err(io_err("recording QEMU's pid"))?;
-        let agent = agent::connect(vm.agent_socket());
+        let channel = agent::channel(vm.agent_socket());
         let mut me = ContainerVm {
             id,
-            vm,
-            agent,
+            vm: Vmm::Own(Box::new(vm)),
+            agent: agent::client(channel.clone()),
+            channel,
             run_dir: Some(run_dir),
             timings,
             accel: machine.accel.clone(),
@@ -930,24 +1079,34 @@ impl ContainerVm {
 
     /// The VMM's process id on the host.
     pub fn vmm_pid(&self) -> u32 {
-        self.vm.pid()
+        match &self.vm {
+            Vmm::Own(qemu) => qemu.pid(),
+            Vmm::Pod(pod) => pod.link.vmm_pid,
+        }
+    }
+
+    /// Kills the VM's QEMU at once (a pod member's VM is not its to kill).
+    async fn kill(&mut self) {
+        if let Vmm::Own(qemu) = &mut self.vm {
+            let _ = qemu.kill().await;
+        }
     }
 
     /// Loads the saved state of a VM resumed from a template, then greets cabin-init.
     async fn come_up(&mut self, deadline: Duration) -> Result<HelloResponse, RunError> {
-        if self.restored {
-            match tokio::time::timeout(deadline, self.vm.resume()).await {
+        if let (true, Vmm::Own(qemu)) = (self.restored, &mut self.vm) {
+            match tokio::time::timeout(deadline, qemu.resume()).await {
                 Ok(Ok(())) => self.timings.mark("saved state loaded"),
                 Ok(Err(e)) => {
                     return Err(RunError::Vm {
                         message: e.to_string(),
-                        console: self.vm.console_excerpt(),
+                        console: qemu.console_excerpt(),
                     })
                 }
                 Err(_) => {
                     return Err(RunError::Vm {
                         message: "the saved state did not load in time".into(),
-                        console: self.vm.console_excerpt(),
+                        console: qemu.console_excerpt(),
                     })
                 }
             }
@@ -977,7 +1136,7 @@ impl ContainerVm {
         let hello = match hello {
             Ok(h) => h,
             Err(RunError::Deadline(m)) => {
-                let console = self.vm.console_excerpt();
+                let console = self.console_excerpt();
                 return Err(RunError::Vm {
                     message: format!(
                         "{m} (boot deadline {} s; raise it with --boot-timeout); the VM was stopped",
@@ -1053,7 +1212,11 @@ impl ContainerVm {
     pub fn disk_pauses(
         &mut self,
     ) -> tokio::sync::mpsc::UnboundedReceiver<cabin_vmm::qemu::DiskPause> {
-        self.vm.disk_pauses()
+        match &mut self.vm {
+            Vmm::Own(qemu) => qemu.disk_pauses(),
+            // The sandbox's supervisor hears of its VM's pauses.
+            Vmm::Pod(_) => tokio::sync::mpsc::unbounded_channel().1,
+        }
     }
 
     pub async fn wait(&mut self) -> Result<ExitStatus, RunError> {
@@ -1069,10 +1232,22 @@ impl ContainerVm {
         if let Some(w) = self.peers_watch.take() {
             w.abort();
         }
-        if self.exited.is_none() {
+        let keeps_data = self.keeps_data();
+        if let (None, Vmm::Pod(_)) = (self.exited, &self.vm) {
+            // The pod's VM goes on: only the container goes, its processes killed,
+            // its files unmounted (bounded: a hung guest must not hold us).
+            let mut a = self.agent.clone();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(15),
+                a.remove_container(cabin_proto::v1::ContainerRef {
+                    container_id: self.id.clone(),
+                }),
+            )
+            .await;
+        } else if let (None, Vmm::Own(qemu)) = (self.exited, &mut self.vm) {
             // Volumes keep their data: what the guest still holds in its page cache
             // goes to their disks first (bounded: a hung guest must not hold us).
-            if self.keeps_data() {
+            if keeps_data {
                 let mut a = self.agent.clone();
                 let _ = tokio::time::timeout(
                     Duration::from_secs(10),
@@ -1082,13 +1257,13 @@ impl ContainerVm {
                 // QEMU writes a qcow2 layer's cluster tables when it closes the disk:
                 // a quit, not a kill (which would lose clusters allocated since the
                 // last flush QEMU saw).
-                let _ = self.vm.stop(Duration::from_secs(5)).await;
+                let _ = qemu.stop(Duration::from_secs(5)).await;
             } else {
                 // The container's writable layer dies with the VM, so there is
                 // nothing to flush or shut down cleanly: killing QEMU is both safe and
                 // the fastest way down (a QMP quit costs a connection, a greeting and
                 // a negotiation first).
-                let _ = self.vm.kill().await;
+                let _ = qemu.kill().await;
             }
         }
         if let Some(rd) = self.run_dir.take() {

@@ -28,6 +28,9 @@ pub struct Container {
     pub ip: Option<String>,
     /// Where its /etc/hosts and friends live in the guest (bound into its root).
     pub etc_dir: PathBuf,
+    /// A pod's container: the sandbox whose network, UTS and IPC namespaces its first
+    /// process joins.
+    pub joins: Option<std::sync::Arc<Container>>,
 }
 
 /// pidfd_open(2).
@@ -206,18 +209,12 @@ pub async fn remove(ctr: &Container) -> io::Result<()> {
         }
         std::fs::remove_dir(&ctr.cgroup)?;
     }
-    // Lazily: nothing of the container uses its root any more, and a detach takes the
-    // mounts below it (its /dev, its volumes) along.
-    let root = std::ffi::CString::new(ctr.rootfs.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::other("a root path with a NUL byte"))?;
-    // SAFETY: umount2 of a NUL-terminated path; no memory is handed over.
-    if unsafe { libc::umount2(root.as_ptr(), libc::MNT_DETACH) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINVAL) {
-            return Err(e);
-        }
-    }
+    // Lazily: nothing of the container uses its files any more. Every mount below its
+    // directory goes, deepest first: its root (a pod member's is a host directory
+    // shared into the VM), its staged volumes and shared folders. Only then are its
+    // directories deleted, so that the deletion can only meet the guest's own files.
     if let Some(dir) = ctr.rootfs.parent() {
+        cabin_base::mountinfo::unmount_below(dir)?;
         std::fs::remove_dir_all(dir)?;
     }
     Ok(())
@@ -352,6 +349,7 @@ const STEPS: &[&str] = &[
     "setuid",
     "clear ambient capabilities",
     "bring up the loopback interface",
+    "join the pod's network, UTS and IPC namespaces",
 ];
 
 fn rlimit_resource(name: &str) -> Option<u32> {
@@ -448,6 +446,9 @@ struct ChildPlan {
     join: bool,
     /// A fresh network namespace, whose loopback interface starts down.
     loopback_up: bool,
+    /// A pidfd of the pod's sandbox process whose network, UTS and IPC namespaces the
+    /// child joins (-1: none; the child made its own with clone).
+    pod_pidfd: libc::c_int,
     rootfs: CString,
     proc_dir: CString,
     mqueue_dir: CString,
@@ -477,6 +478,15 @@ impl ChildSetup for ChildPlan {
         // descriptors prepared before clone; nothing allocates.
         unsafe {
             crate::trace::mark_in_child(b"child cloned");
+            if self.pod_pidfd >= 0 {
+                ok(
+                    libc::setns(
+                        self.pod_pidfd,
+                        libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
+                    ),
+                    22,
+                )?;
+            }
             ok(libc::setsid(), 1)?;
             if self.loopback_up {
                 let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
@@ -509,10 +519,13 @@ impl ChildSetup for ChildPlan {
                 // The child was cloned into its cgroup; rooting its cgroup namespace there
                 // has to wait until now (clone would root it at init's cgroup).
                 ok(libc::unshare(libc::CLONE_NEWCGROUP), 4)?;
-                ok(
-                    libc::sethostname(self.hostname.as_ptr().cast(), self.hostname.len()),
-                    5,
-                )?;
+                // A pod's UTS namespace has its host name already.
+                if self.pod_pidfd < 0 {
+                    ok(
+                        libc::sethostname(self.hostname.as_ptr().cast(), self.hostname.len()),
+                        5,
+                    )?;
+                }
                 let nsne = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
                 ok(
                     libc::mount(
@@ -788,6 +801,15 @@ pub fn start_process(
 
     let cgroup_dir =
         std::fs::File::open(&ctr.cgroup).map_err(|e| setup("open the container's cgroup", e))?;
+    // The first process of a pod's container joins its sandbox's namespaces (an exec
+    // joins the container's own first process, which is in them).
+    let pod =
+        match (&ctr.joins, join) {
+            (Some(sandbox), None) => Some(sandbox.first_process.get().ok_or_else(|| {
+                StartError::Setup("the pod's sandbox has no running process".into())
+            })?),
+            _ => None,
+        };
     let rootfs = &ctr.rootfs;
     let bad = |e: io::Error| StartError::InvalidSpec(e.to_string());
     let in_root = |p: &str| cstr(rootfs.join(p)).map_err(bad);
@@ -795,6 +817,7 @@ pub fn start_process(
         tty: req.tty,
         join: join.is_some(),
         loopback_up: join.is_none() && ctr.own_network,
+        pod_pidfd: pod.map_or(-1, |fd| fd.as_raw_fd()),
         rootfs: cstr(rootfs).map_err(bad)?,
         proc_dir: in_root("proc")?,
         mqueue_dir: in_root("dev/mqueue")?,
@@ -891,7 +914,19 @@ pub fn start_process(
     };
     crate::trace::mark("cloning");
     let spawned = match join {
-        None => launch::spawn(&plan, &exec, fds, cgroup_dir.as_raw_fd(), ctr.own_network),
+        None => launch::spawn(
+            &plan,
+            &exec,
+            fds,
+            cgroup_dir.as_raw_fd(),
+            if pod.is_some() {
+                launch::Namespaces::Pod
+            } else if ctr.own_network {
+                launch::Namespaces::OwnNetwork
+            } else {
+                launch::Namespaces::VmNetwork
+            },
+        ),
         Some(pidfd) => {
             launch::spawn_joined(&plan, &exec, fds, cgroup_dir.as_raw_fd(), pidfd.as_raw_fd())
         }

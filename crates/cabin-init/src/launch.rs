@@ -221,8 +221,20 @@ unsafe fn clone3_into(
     ret
 }
 
-/// Clones a child into new PID, mount, UTS and IPC namespaces and into the cgroup open
-/// at `cgroup`, runs `setup` in it and execs `program` with `stdio` as its descriptors
+/// Which namespaces a container's first process gets besides its PID and mount ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Namespaces {
+    /// UTS and IPC of its own, and the VM's network (its card).
+    VmNetwork,
+    /// UTS, IPC and a network namespace of its own (only a loopback interface).
+    OwnNetwork,
+    /// A pod's container: it joins its sandbox's network, UTS and IPC namespaces
+    /// itself (setns in its set-up), so clone makes none of them.
+    Pod,
+}
+
+/// Clones a child into new PID and mount namespaces (and the `namespaces` asked for)
+/// and into the cgroup open at `cgroup`, runs `setup` in it and execs `program` with `stdio` as its descriptors
 /// 0, 1 and 2. Returns the child's pid once it has exec'd; the caller's reaper collects
 /// it later (also when it failed).
 ///
@@ -234,10 +246,15 @@ pub fn spawn(
     program: &Program,
     stdio: [RawFd; 3],
     cgroup: RawFd,
-    own_network: bool,
+    namespaces: Namespaces,
 ) -> io::Result<Result<i32, ChildFailure>> {
-    let net = if own_network { libc::CLONE_NEWNET } else { 0 };
-    spawn_with(setup, program, stdio, cgroup, Err(net))
+    let private = libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    let extra = match namespaces {
+        Namespaces::VmNetwork => private,
+        Namespaces::OwnNetwork => private | libc::CLONE_NEWNET,
+        Namespaces::Pod => 0,
+    };
+    spawn_with(setup, program, stdio, cgroup, Err(extra))
 }
 
 /// Starts `program` in the namespaces (mount, UTS, IPC, PID, cgroup) of the running
@@ -328,11 +345,7 @@ fn spawn_with(
     let new_namespaces = if join.is_some() {
         0
     } else {
-        libc::CLONE_NEWPID
-            | libc::CLONE_NEWNS
-            | libc::CLONE_NEWUTS
-            | libc::CLONE_NEWIPC
-            | join_or_extra.err().unwrap_or(0)
+        libc::CLONE_NEWPID | libc::CLONE_NEWNS | join_or_extra.err().unwrap_or(0)
     };
     let args = CloneArgs {
         flags: (libc::CLONE_VM | libc::CLONE_VFORK | new_namespaces) as u64 | CLONE_INTO_CGROUP,

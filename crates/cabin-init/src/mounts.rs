@@ -16,9 +16,6 @@ use cabin_proto::v1::ContainerMount;
 use crate::container::mount;
 use crate::inroot::{mount_point, Leaf, Root};
 
-/// Largest size of a 9p message: bigger means fewer round trips for large files.
-const NINEP_MSIZE: u32 = 512 * 1024;
-
 fn fd_path(f: &std::fs::File) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
 }
@@ -106,14 +103,12 @@ pub fn attach(root: &Root, staging: &Path, mounts: &[ContainerMount]) -> io::Res
         let dir = staging.join(i.to_string());
         std::fs::create_dir_all(&dir)?;
         if let Some(tag) = m.source.strip_prefix("9p:") {
-            // cache=none: every access goes to the host, so changes on either side show
-            // on the other at once.
             mount(
                 tag,
                 &dir,
                 "9p",
                 ro,
-                &format!("trans=virtio,version=9p2000.L,msize={NINEP_MSIZE},cache=none"),
+                &cabin_proto::ninep_mount_options().join(","),
             )
             .map_err(what)?;
         } else if let Some(serial) = m.source.strip_prefix("blk:") {

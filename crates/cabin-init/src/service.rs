@@ -111,6 +111,8 @@ fn split_mount_options(options: &[String], read_only: bool) -> (libc::c_ulong, S
             "noatime" => flags |= libc::MS_NOATIME,
             "relatime" => flags |= libc::MS_RELATIME,
             "sync" => flags |= libc::MS_SYNCHRONOUS,
+            // A guest directory (a pod member's root on the pod's share) bound elsewhere.
+            "bind" => flags |= libc::MS_BIND,
             other => data.push(other),
         }
     }
@@ -264,6 +266,34 @@ impl Agent for AgentService {
         if self.containers.locked().contains_key(&req.container_id) {
             return Err(Status::already_exists("container exists"));
         }
+        // A pod's container joins the namespaces of its sandbox, which must be running.
+        let joins = if req.share_namespaces_of.is_empty() {
+            None
+        } else {
+            if req.network.is_some() {
+                return Err(Status::invalid_argument(
+                    "a container that shares another's network has no network card of its own",
+                ));
+            }
+            let sandbox = self
+                .containers
+                .locked()
+                .get(&req.share_namespaces_of)
+                .cloned()
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "no container {:?} to share namespaces with",
+                        req.share_namespaces_of
+                    ))
+                })?;
+            if sandbox.first_process.get().is_none() {
+                return Err(Status::failed_precondition(format!(
+                    "container {:?} has no running process to share namespaces with",
+                    req.share_namespaces_of
+                )));
+            }
+            Some(sandbox)
+        };
         let rootfs = PathBuf::from(&req.rootfs);
         let ctr_dir = rootfs
             .parent()
@@ -272,25 +302,33 @@ impl Agent for AgentService {
         container::prepare_rootfs(&rootfs)
             .map_err(|e| io_status("prepare the root filesystem", e))?;
         crate::trace::mark("rootfs prepared");
-        let hostname = if req.hostname.is_empty() {
-            req.container_id.chars().take(12).collect()
-        } else {
-            req.hostname.clone()
+        // A pod's container has its sandbox's host name (one UTS namespace) and address.
+        let hostname = match (&joins, req.hostname.is_empty()) {
+            (Some(sandbox), _) => sandbox.hostname.clone(),
+            (None, true) => req.container_id.chars().take(12).collect(),
+            (None, false) => req.hostname.clone(),
         };
         let own_ip = match &req.network {
             Some(net) => {
                 network::configure(net).map_err(|e| io_status("configure the network", e))?;
                 net.address.split('/').next().map(str::to_string)
             }
-            None => None,
+            None => joins.as_ref().and_then(|s| s.ip.clone()),
         };
         let root =
             crate::inroot::open(&rootfs).map_err(|e| io_status("open the root filesystem", e))?;
-        let dns = req
-            .network
-            .as_ref()
-            .map(|n| n.dns.clone())
-            .unwrap_or_default();
+        // One network namespace, one set of name servers: a pod's container reads its
+        // sandbox's.
+        let resolv_conf = match &joins {
+            Some(sandbox) => std::fs::read_to_string(sandbox.etc_dir.join("resolv.conf"))
+                .map_err(|e| io_status("read the pod's /etc/resolv.conf", e))?,
+            None => network::resolv_conf(
+                &req.network
+                    .as_ref()
+                    .map(|n| n.dns.clone())
+                    .unwrap_or_default(),
+            ),
+        };
         mounts::etc_files(
             &root,
             &ctr_dir.join("etc"),
@@ -300,7 +338,7 @@ impl Agent for AgentService {
                     "hosts",
                     network::hosts_file(&hostname, own_ip.as_deref(), &req.hosts),
                 ),
-                ("resolv.conf", network::resolv_conf(&dns)),
+                ("resolv.conf", resolv_conf),
             ],
         )
         .map_err(|e| io_status("write /etc/hosts, /etc/hostname and /etc/resolv.conf", e))?;
@@ -322,8 +360,9 @@ impl Agent for AgentService {
                 hostname,
                 cgroup,
                 first_process: Default::default(),
-                own_network: req.network.is_none(),
+                own_network: req.network.is_none() && joins.is_none(),
                 ip: own_ip,
+                joins,
                 etc_dir: ctr_dir.join("etc"),
             }),
         );

@@ -10,8 +10,24 @@ use std::time::Duration;
 
 /// Minor version of the `cabin.agent.v1` protocol this build speaks. A host refuses a guest
 /// agent whose version is lower than the one it needs for a call. 2: CopyOut, CopyIn and
-/// StartProcessRequest.init; 3: RemoveContainer.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// StartProcessRequest.init; 3: RemoveContainer; 4: CreateContainerRequest's
+/// share_namespaces_of (pods) and the "bind" mount option.
+pub const PROTOCOL_VERSION: u32 = 4;
+
+/// Largest size of a 9p message: bigger means fewer round trips for large files.
+pub const NINEP_MSIZE: u32 = 512 * 1024;
+
+/// The mount options of a shared host folder in the guest. cache=none: every access
+/// goes to the host, so changes on either side show on the other at once (and files a
+/// host mounts into a shared folder later show in the guest).
+pub fn ninep_mount_options() -> Vec<String> {
+    vec![
+        "trans=virtio".into(),
+        "version=9p2000.L".into(),
+        format!("msize={NINEP_MSIZE}"),
+        "cache=none".into(),
+    ]
+}
 
 /// The name a pooled VM's warm-up runs cabin-init's binary under (from its scratch
 /// disk, as a container's command): it exits at once.

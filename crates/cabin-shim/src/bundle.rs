@@ -58,13 +58,43 @@ pub struct RootMount {
     pub options: Vec<String>,
 }
 
-/// The directory the task's root filesystem is in: containerd's snapshot mounted on
-/// `<bundle>/rootfs` when it gave mounts (they are mounted here, in order), else the
-/// spec's `root.path` (relative to the bundle), as `ctr run --rootfs` leaves it.
+/// CRI's annotation saying whether a container is a pod's sandbox or one of its
+/// containers.
+pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+
+/// A task's part in a CRI pod, from its spec's annotations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodPart {
+    /// Not CRI's (`ctr run`).
+    Alone,
+    Sandbox,
+    /// A container of the pod whose sandbox is the task with this ID.
+    Member(String),
+}
+
+pub fn pod_part(spec: &Spec) -> PodPart {
+    let Some(a) = spec.annotations().as_ref() else {
+        return PodPart::Alone;
+    };
+    match (
+        a.get(CONTAINER_TYPE_ANNOTATION).map(String::as_str),
+        a.get(crate::SANDBOX_ANNOTATION),
+    ) {
+        (Some("sandbox"), _) => PodPart::Sandbox,
+        (Some("container"), Some(sandbox)) => PodPart::Member(sandbox.clone()),
+        _ => PodPart::Alone,
+    }
+}
+
+/// The directory the task's root filesystem is in, `target`: containerd's snapshot
+/// mounted there when it gave mounts (in order), else the spec's `root.path`
+/// (relative to the bundle), as `ctr run --rootfs` leaves it, bound on `target` when
+/// that is not the bundle's `rootfs` (a pod member's root, on its pod's share).
 pub async fn root_dir(
     bundle: &Path,
     spec: &Spec,
     mounts: &[RootMount],
+    target: &Path,
 ) -> Result<PathBuf, BundleError> {
     let dir = if mounts.is_empty() {
         let path = spec
@@ -72,9 +102,19 @@ pub async fn root_dir(
             .as_ref()
             .map(|r| r.path().clone())
             .unwrap_or_else(|| PathBuf::from("rootfs"));
-        bundle.join(path)
+        let dir = bundle.join(path);
+        if target == bundle.join("rootfs") {
+            dir
+        } else {
+            bind_root(&dir, target)?;
+            target.to_path_buf()
+        }
     } else {
-        let target = bundle.join("rootfs");
+        std::fs::create_dir_all(target).map_err(|e| BundleError::Mount {
+            what: "its mount point".into(),
+            target: target.to_path_buf(),
+            detail: e.to_string(),
+        })?;
         for m in mounts {
             let mount = containerd_shim::protos::api::Mount {
                 type_: m.kind.clone(),
@@ -82,32 +122,49 @@ pub async fn root_dir(
                 options: m.options.clone(),
                 ..Default::default()
             };
-            if let Err(e) = containerd_shim::asynchronous::util::mount_rootfs(&mount, &target).await
+            if let Err(e) = containerd_shim::asynchronous::util::mount_rootfs(&mount, target).await
             {
                 // What was mounted before it goes too.
-                unmount_root(bundle);
+                unmount_root(target);
                 return Err(BundleError::Mount {
                     what: format!("{} {}", m.kind, m.source),
-                    target: target.clone(),
+                    target: target.to_path_buf(),
                     detail: e.to_string(),
                 });
             }
         }
-        target
+        target.to_path_buf()
     };
     let has_entries = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
     if !has_entries {
-        unmount_root(bundle);
+        unmount_root(target);
         return Err(BundleError::NoRoot(dir));
     }
     Ok(dir)
 }
 
-/// Unmounts whatever is mounted on `<bundle>/rootfs` (nothing: nothing to do).
-pub fn unmount_root(bundle: &Path) {
-    let target = bundle.join("rootfs");
+/// `dir` bound on `target` (made if missing).
+fn bind_root(dir: &Path, target: &Path) -> Result<(), BundleError> {
+    let failed = |detail: String| BundleError::Mount {
+        what: format!("bind {}", dir.display()),
+        target: target.to_path_buf(),
+        detail,
+    };
+    std::fs::create_dir_all(target).map_err(|e| failed(e.to_string()))?;
+    nix::mount::mount(
+        Some(dir),
+        target,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| failed(e.to_string()))
+}
+
+/// Unmounts whatever is mounted on `target`, the task's root (nothing: nothing to do).
+pub fn unmount_root(target: &Path) {
     // Lazily: a snapshot still busy (a disk being built from it) goes when it is free.
-    while nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+    while nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
 }
 
 /// The container the task is: its process, limits and mounts from `spec`, its root
@@ -218,6 +275,24 @@ fn network_of(namespaces: &[oci_spec::runtime::LinuxNamespace]) -> NetworkMode {
         Some(n) if n.path().is_none() => NetworkMode::None,
         _ => NetworkMode::User,
     }
+}
+
+/// Makes `c` a container of the pod whose sandbox is cabin's container `sandbox`: it
+/// runs in the sandbox's VM, on its network, with the tmpfs mounts of its spec (host
+/// folders cannot reach a VM that runs already: they are left out, and said so).
+pub fn join_pod(c: &mut ContainerSpec, sandbox: &str) {
+    c.pod = Some(cabin_containers::pod::PodRole::Member {
+        sandbox: sandbox.to_string(),
+    });
+    c.network = NetworkMode::None;
+    c.publish.clear();
+    c.mounts.retain(|m| match m {
+        MountSpec::Tmpfs { .. } => true,
+        other => {
+            log::warn!("a pod's container cannot have {other:?} in its sandbox's VM: left out");
+            false
+        }
+    });
 }
 
 /// The spec's mounts cabin makes in the VM: host directories (binds) are shared into

@@ -136,11 +136,21 @@ impl Shim for CabinShim {
             if let Err(e) = containers.remove(&name, true).await {
                 log::warn!("removing {name}: {e}");
             }
-            if let Some((_, disk)) = record.labels.iter().find(|(k, _)| k == task::DISK_LABEL) {
-                task::release_disk(&containers, PathBuf::from(disk)).await;
+            let label = |key: &str| {
+                record
+                    .labels
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| PathBuf::from(v))
+            };
+            if let Some(disk) = label(task::DISK_LABEL) {
+                task::release_disk(&containers, disk).await;
+            }
+            if let Some(root) = label(task::ROOT_LABEL) {
+                task::unmount_task_root(&root, true);
             }
         }
-        bundle::unmount_root(&self.bundle);
+        bundle::unmount_root(&self.bundle.join("rootfs"));
         Ok(DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
             exited_at: containerd_shim::util::timestamp().ok().into(),

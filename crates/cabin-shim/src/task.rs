@@ -151,10 +151,16 @@ impl Proc {
 /// A task: a container of cabin's and its execs.
 struct Task {
     bundle: PathBuf,
+    /// A container of a pod, in its sandbox's VM.
+    member: bool,
     /// The container's name in cabin's store.
     name: String,
-    /// The disk built from its root filesystem, removed with the last task using it.
-    disk: PathBuf,
+    /// Where its root filesystem is mounted: `<bundle>/rootfs`, or (a pod member) its
+    /// place on the pod's share.
+    root: PathBuf,
+    /// The disk built from its root filesystem, removed with the last task using it
+    /// (none for a pod member, whose root reaches the VM on the pod's share).
+    disk: Option<PathBuf>,
     init: Arc<Proc>,
     execs: HashMap<String, Arc<Proc>>,
 }
@@ -182,6 +188,8 @@ pub const NAMESPACE_LABEL: &str = "io.containerd.namespace";
 pub const TASK_LABEL: &str = "io.containerd.task";
 /// The cached disk a task's container was made from.
 pub const DISK_LABEL: &str = "io.cabin.containerd.disk";
+/// Where a pod member's root filesystem is mounted (on its pod's share).
+pub const ROOT_LABEL: &str = "io.cabin.containerd.root";
 
 /// The name of task `id` of namespace `namespace` in cabin's store.
 pub fn container_name(namespace: &str, id: &str) -> String {
@@ -438,6 +446,20 @@ impl TaskService {
         Ok(pid)
     }
 
+    /// The cabin ID of the pod sandbox that is task `sandbox` of this namespace, when
+    /// it runs a VM its pod's containers can join.
+    async fn running_sandbox(&self, sandbox: &str) -> Option<String> {
+        let name = container_name(&self.inner.namespace, sandbox);
+        let spec = self.inner.containers.spec(&name).await.ok()?;
+        let record = self.inner.containers.get(&name).await.ok()?;
+        (spec.pod == Some(cabin_containers::pod::PodRole::Sandbox)
+            && matches!(
+                record.status,
+                cabin_containers::store::Status::Running { .. }
+            ))
+        .then_some(record.id)
+    }
+
     /// containerd's Create: the container the bundle describes, recorded in cabin's
     /// store, its root's disk built.
     async fn create_work(
@@ -474,47 +496,83 @@ impl TaskService {
                 options: m.options.clone(),
             })
             .collect();
-        let root = bundle::root_dir(&bundle, &spec, &mounts)
+        // A container of a pod whose sandbox runs here joins the sandbox's VM: its
+        // root goes on the pod's share instead of into a disk.
+        let sandbox = match bundle::pod_part(&spec) {
+            bundle::PodPart::Member(sandbox) => self.running_sandbox(&sandbox).await,
+            _ => None,
+        };
+        let target = match &sandbox {
+            Some(sandbox) => {
+                if req.id.is_empty() || req.id.contains('/') || req.id.starts_with('.') {
+                    return Err(invalid(&format!("task id {:?} is not a name", req.id)));
+                }
+                let paths = &self.inner.containers.host().paths;
+                cabin_containers::pod::share_dir(paths, sandbox)
+                    .join(&req.id)
+                    .join("rootfs")
+            }
+            None => bundle.join("rootfs"),
+        };
+        let root = bundle::root_dir(&bundle, &spec, &mounts, &target)
             .await
             .map_err(|e| invalid(&e))?;
         let fail = |e: ttrpc::Error| {
-            bundle::unmount_root(&bundle);
+            unmount_task_root(&target, sandbox.is_some());
             e
         };
         let mut c = bundle::container_spec(&spec, &root, !io.stdin.is_empty(), self.inner.accel)
             .map_err(|e| fail(invalid(&e)))?;
+        c.tty = req.terminal || c.tty;
+        let mut labels = vec![
+            (RUNTIME_LABEL.to_string(), "containerd".to_string()),
+            (NAMESPACE_LABEL.to_string(), self.inner.namespace.clone()),
+            (TASK_LABEL.to_string(), req.id.clone()),
+        ];
         // The disk is built (or found in the cache) now, so that Start only boots. The
         // disks' lock is held until the container that names it is recorded: a task
         // deleted meanwhile does not remove the disk from under this one.
-        let cache = self.inner.containers.host().paths.rootfs_cache();
-        let dir = root.clone();
-        let (disk, disks_lock) = tokio::task::spawn_blocking(move || {
-            let lock = lock_disks(&cache)?;
-            let disk = cabin_image::rootfs::ensure_image(&dir, &cache)
-                .map_err(|e| status(ttrpc::Code::INTERNAL, e))?;
-            Ok::<_, ttrpc::Error>((disk.path, lock))
-        })
-        .await
-        .map_err(|e| fail(status(ttrpc::Code::INTERNAL, e)))?
-        .map_err(fail)?;
-        c.tty = req.terminal || c.tty;
+        let (disk, disks_lock) = match &sandbox {
+            Some(sandbox) => {
+                bundle::join_pod(&mut c, sandbox);
+                labels.push((ROOT_LABEL.to_string(), target.display().to_string()));
+                (None, None)
+            }
+            None => {
+                if bundle::pod_part(&spec) == bundle::PodPart::Sandbox {
+                    c.pod = Some(cabin_containers::pod::PodRole::Sandbox);
+                }
+                let cache = self.inner.containers.host().paths.rootfs_cache();
+                let dir = root.clone();
+                let (disk, lock) = tokio::task::spawn_blocking(move || {
+                    let lock = lock_disks(&cache)?;
+                    let disk = cabin_image::rootfs::ensure_image(&dir, &cache)
+                        .map_err(|e| status(ttrpc::Code::INTERNAL, e))?;
+                    Ok::<_, ttrpc::Error>((disk.path, lock))
+                })
+                .await
+                .map_err(|e| fail(status(ttrpc::Code::INTERNAL, e)))?
+                .map_err(fail)?;
+                labels.push((DISK_LABEL.to_string(), disk.display().to_string()));
+                (Some(disk), Some(lock))
+            }
+        };
+        let undo = |disk: Option<PathBuf>| async {
+            if let Some(disk) = disk {
+                release_disk(&self.inner.containers, disk).await;
+            }
+        };
         let init = match Proc::new(io.clone(), c.tty) {
             Ok(p) => p,
             Err(e) => {
                 drop(disks_lock);
-                release_disk(&self.inner.containers, disk).await;
+                undo(disk).await;
                 return Err(fail(e));
             }
         };
         let name = container_name(&self.inner.namespace, &req.id);
         // One left by a shim that was killed before containerd's cleanup reached it.
         let _ = self.inner.containers.remove(&name, true).await;
-        let labels = vec![
-            (RUNTIME_LABEL.to_string(), "containerd".to_string()),
-            (NAMESPACE_LABEL.to_string(), self.inner.namespace.clone()),
-            (TASK_LABEL.to_string(), req.id.clone()),
-            (DISK_LABEL.to_string(), disk.display().to_string()),
-        ];
         let opts = CreateOptions {
             name: Some(name.clone()),
             labels,
@@ -523,7 +581,7 @@ impl TaskService {
         let created = self.inner.containers.create(&c, opts).await;
         drop(disks_lock);
         if let Err(e) = created {
-            release_disk(&self.inner.containers, disk).await;
+            undo(disk).await;
             return Err(fail(container_error(e)));
         }
         let pid = std::process::id();
@@ -531,6 +589,8 @@ impl TaskService {
             req.id.clone(),
             Task {
                 bundle: bundle.clone(),
+                root: target.clone(),
+                member: sandbox.is_some(),
                 name,
                 disk,
                 init,
@@ -558,6 +618,18 @@ impl TaskService {
             pid,
             ..Default::default()
         })
+    }
+}
+
+/// Unmounts a task's root; a pod member's place on the pod's share goes too (only
+/// once empty: what could not be unmounted is never deleted).
+pub fn unmount_task_root(root: &std::path::Path, member: bool) {
+    bundle::unmount_root(root);
+    if member {
+        let _ = std::fs::remove_dir(root);
+        if let Some(dir) = root.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -764,8 +836,10 @@ impl containerd_shim::Task for TaskService {
         if let Err(e) = self.inner.containers.remove(&task.name, true).await {
             log::warn!("removing {}: {e}", task.name);
         }
-        release_disk(&self.inner.containers, task.disk).await;
-        bundle::unmount_root(&task.bundle);
+        if let Some(disk) = task.disk {
+            release_disk(&self.inner.containers, disk).await;
+        }
+        unmount_task_root(&task.root, task.member);
         let pid = std::process::id();
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
