@@ -2,8 +2,9 @@
 //! kubelet: Debian's containerd with its CRI plugin on a private socket, a `cabin`
 //! runtime handler in its configuration, and a CRI client (the `k8s-cri` crate's)
 //! making the calls a kubelet makes for a pod: RunPodSandbox, CreateContainer and
-//! StartContainer of two containers, ContainerStatus, ExecSync, ContainerStats,
-//! StopPodSandbox, RemovePodSandbox. Every container boots a real VM.
+//! StartContainer of three containers, ContainerStatus, ExecSync, ContainerStats,
+//! StopPodSandbox, RemovePodSandbox. The pod is one real VM: its containers run in
+//! the sandbox's VM and reach each other on localhost; when that VM dies, they end.
 
 mod common;
 
@@ -67,6 +68,31 @@ fn container(name: &str, command: &[&str], log: &str) -> cri::ContainerConfig {
         command: command.iter().map(|s| s.to_string()).collect(),
         log_path: log.into(),
         ..Default::default()
+    }
+}
+
+/// Waits for container `id` to be reported as exited.
+async fn exited(cri: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = cri
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.to_string(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        if st.state == cri::ContainerState::ContainerExited as i32 {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the container did not end: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -175,27 +201,7 @@ fn a_pod_runs_through_containerds_cri_with_the_cabin_handler() {
         }
 
         // The first one ran and ended; its output is in the pod's log, in CRI's format.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            let st = cri
-                .container_status(cri::ContainerStatusRequest {
-                    container_id: ids[0].clone(),
-                    verbose: false,
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .status
-                .unwrap();
-            if st.state == cri::ContainerState::ContainerExited as i32 {
-                break st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the container did not end: {st:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let status = exited(&mut cri, &ids[0]).await;
         assert_eq!(status.exit_code, 0, "{status:?}");
         let log = std::fs::read_to_string(logs.join("once.log")).unwrap();
         assert!(log.contains(" stdout F hello from a pod"), "{log}");
@@ -280,6 +286,16 @@ fn a_pod_runs_through_containerds_cri_with_the_cabin_handler() {
             .and_then(|m| m.working_set_bytes)
             .map(|v| v.value);
         assert!(memory.is_some_and(|m| m > 0), "{memory:?}");
+
+        // The pod's VM dies under its containers: each of them ends, and containerd
+        // hears of it.
+        let vms = qemu_processes_mentioning(&c.data);
+        // SAFETY: kill(2) of the pod's QEMU, found above.
+        unsafe { libc::kill(vms[0], libc::SIGKILL) };
+        for id in &ids[1..] {
+            let status = exited(&mut cri, id).await;
+            assert_ne!(status.exit_code, 0, "{status:?}");
+        }
 
         cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
             pod_sandbox_id: pod.clone(),
