@@ -353,3 +353,60 @@ fn bad_bundles_a_dead_vm_and_a_killed_shim_are_handled() {
     c.ctr_ok(&["container", "rm", "k1"]);
     c.assert_nothing_left();
 }
+
+#[test]
+fn the_specs_capabilities_masked_paths_and_no_new_privileges_are_the_tasks() {
+    let c = Containerd::start(&scratch("security"));
+    // What the task's process has, as the kernel says: its effective and bounding
+    // capability sets, no_new_privs, and whether /proc/keys is masked and /proc/sys
+    // read-only (mounts over them).
+    let report = |id: &str, options: &[&str]| {
+        let mut args = vec!["run", "--rm", "--runtime", RUNTIME];
+        args.extend_from_slice(options);
+        args.extend_from_slice(&[
+            IMAGE,
+            id,
+            "sh",
+            "-c",
+            "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status | tr -s '\\t' ' '; \
+             grep -c -E ' /proc/(keys|sys) ' /proc/self/mountinfo || true",
+        ]);
+        c.ctr_ok(&args)
+    };
+    // ctr's default spec: docker's 14 capabilities, no_new_privs, the masked and
+    // read-only paths.
+    assert_eq!(
+        report("s1", &[]),
+        "CapEff: 00000000a80425fb\nCapBnd: 00000000a80425fb\nNoNewPrivs: 1\n2\n"
+    );
+    // One more (NET_ADMIN, bit 12), one fewer (CHOWN, bit 0); new privileges allowed.
+    assert_eq!(
+        report(
+            "s2",
+            &[
+                "--cap-add",
+                "CAP_NET_ADMIN",
+                "--cap-drop",
+                "CAP_CHOWN",
+                "--allow-new-privs"
+            ]
+        ),
+        "CapEff: 00000000a80435fa\nCapBnd: 00000000a80435fa\nNoNewPrivs: 0\n2\n"
+    );
+    // Privileged: ctr gives every capability it has itself (those of this test's
+    // process, which may lack some here) that the guest's kernel knows; nothing masked.
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    let ours = ours
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    let all = format!("{:016x}", ours & ((1 << 41) - 1));
+    let privileged = report("s3", &["--privileged"]);
+    assert!(
+        privileged.starts_with(&format!("CapEff: {all}\nCapBnd: {all}\n")),
+        "{privileged}"
+    );
+    assert!(privileged.ends_with("\n0\n"), "{privileged}");
+    c.assert_nothing_left();
+}

@@ -168,10 +168,23 @@ fn a_pod_runs_through_containerds_cri_with_the_cabin_handler() {
             .into_inner()
             .pod_sandbox_id;
 
-        let create = |name: &str, command: &[&str]| cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container(name, command, &format!("{name}.log"))),
-            sandbox_config: Some(sandbox_config.clone()),
+        let create = |name: &str, command: &[&str]| {
+            let mut config = container(name, command, &format!("{name}.log"));
+            if name == "client" {
+                // A user other than root, with the capabilities CRI gives it.
+                config.linux = Some(cri::LinuxContainerConfig {
+                    security_context: Some(cri::LinuxContainerSecurityContext {
+                        run_as_user: Some(cri::Int64Value { value: 1000 }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+            cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(config),
+                sandbox_config: Some(sandbox_config.clone()),
+            }
         };
         let mut ids = Vec::new();
         for (name, command) in [
@@ -258,11 +271,17 @@ fn a_pod_runs_through_containerds_cri_with_the_cabin_handler() {
             "{}",
             String::from_utf8_lossy(&fetched.stderr)
         );
-        let own = exec_sync(&ids[2], "test ! -e /tmp/index.html && hostname").await;
+        let own = exec_sync(&ids[2], "test ! -e /tmp/index.html && hostname && id -u").await;
         assert_eq!(
-            (own.exit_code, String::from_utf8_lossy(&own.stdout).trim()),
-            (0, "pod1"),
-            "the client sees its own /tmp and the pod's host name"
+            (own.exit_code, String::from_utf8_lossy(&own.stdout).as_ref()),
+            (0, "pod1\n1000\n"),
+            "the client sees its own /tmp, the pod's host name, and runs as its user"
+        );
+        let caps = exec_sync(&ids[2], "grep CapBnd /proc/self/status").await;
+        assert_eq!(
+            String::from_utf8_lossy(&caps.stdout),
+            "CapBnd:\t00000000a80425fb\n",
+            "CRI's default capabilities"
         );
         let ps = exec_sync(&ids[2], "ps -o comm").await;
         assert!(

@@ -214,6 +214,7 @@ impl Containers {
         if let Some((k, v)) = opts.labels.iter().find(|(k, _)| k.is_empty()) {
             return Err(ContainerError::InvalidLabel(format!("{k}={v}")));
         }
+        spec.check()?;
         let record = Record {
             id: String::new(),
             name: String::new(),

@@ -58,6 +58,9 @@ pub async fn relay(mut agent: Agent, process: ProcessRef, req: ExecRequest, conn
         rlimits: Vec::new(),
         stdin: req.stdin,
         init: false,
+        // The container's first process's, in the guest.
+        capabilities: None,
+        no_new_privileges: false,
     };
     if let Err(e) = agent::call(
         "StartProcess",

@@ -281,6 +281,9 @@ async fn probe(
         rlimits: Vec::new(),
         stdin: false,
         init: false,
+        // The container's first process's, in the guest.
+        capabilities: None,
+        no_new_privileges: false,
     };
     let mut a = agent.clone();
     if let Err(e) = agent::call(

@@ -37,6 +37,128 @@ pub struct Rlimit {
     pub hard: u64,
 }
 
+/// A process's capability sets, by name (`CAP_CHOWN`), as OCI's runtime spec has them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapabilitySets {
+    #[serde(default)]
+    pub bounding: Vec<String>,
+    #[serde(default)]
+    pub effective: Vec<String>,
+    #[serde(default)]
+    pub permitted: Vec<String>,
+    #[serde(default)]
+    pub inheritable: Vec<String>,
+    #[serde(default)]
+    pub ambient: Vec<String>,
+}
+
+/// Linux's capabilities in number order (linux/capability.h), without `CAP_`.
+const CAPABILITIES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// The number of capability `name` (`CAP_NET_ADMIN`, or without the prefix; any case).
+pub fn capability_number(name: &str) -> Option<u32> {
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    CAPABILITIES
+        .iter()
+        .position(|c| *c == bare)
+        .map(|n| n as u32)
+}
+
+impl CapabilitySets {
+    /// The sets as the guest takes them: numbers.
+    pub fn numbers(&self) -> Result<cabin_proto::v1::Capabilities, SpecError> {
+        let numbers = |set: &[String]| -> Result<Vec<u32>, SpecError> {
+            set.iter()
+                .map(|n| {
+                    capability_number(n)
+                        .ok_or_else(|| SpecError::Invalid(format!("unknown capability {n:?}")))
+                })
+                .collect()
+        };
+        Ok(cabin_proto::v1::Capabilities {
+            bounding: numbers(&self.bounding)?,
+            effective: numbers(&self.effective)?,
+            permitted: numbers(&self.permitted)?,
+            inheritable: numbers(&self.inheritable)?,
+            ambient: numbers(&self.ambient)?,
+        })
+    }
+}
+
+impl ContainerSpec {
+    /// What the spec asks that no container can have, found before it is created.
+    pub fn check(&self) -> Result<(), SpecError> {
+        if let Some(caps) = &self.capabilities {
+            caps.numbers()?;
+        }
+        for path in self
+            .masked_paths
+            .iter()
+            .chain(&self.readonly_paths)
+            .flatten()
+        {
+            let p = Path::new(path);
+            let normal = p.is_absolute()
+                && p.components().count() > 1
+                && p.components()
+                    .skip(1)
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !normal {
+                return Err(SpecError::Invalid(format!(
+                    "masked and read-only paths must be absolute, below / and without '..': {path:?}"
+                )));
+            }
+        }
+        if matches!(self.pod, Some(crate::pod::PodRole::Member { .. })) {
+            crate::pod::check_member(self).map_err(|e| SpecError::Invalid(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
 /// When a container's process ends, whether the supervisor starts it again (docker's
 /// `--restart`). A container stopped with `cabin stop` is never restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -193,6 +315,20 @@ pub struct ContainerSpec {
     /// Its part in a pod (several containers in one VM, as containerd's sandboxes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<crate::pod::PodRole>,
+    /// Its processes' capabilities, as OCI's sets; None: docker's default set, which a
+    /// user other than root loses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<CapabilitySets>,
+    /// Paths its processes see masked (nothing there) and read-only, absolute in the
+    /// container; None: docker's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masked_paths: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readonly_paths: Option<Vec<String>>,
+    /// Its processes cannot gain privileges by exec (set-user-ID files, file
+    /// capabilities): OCI's noNewPrivileges.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_new_privileges: bool,
     /// The container's name, for its peers on a bridge network (its record has it).
     #[serde(skip)]
     pub name: Option<String>,
@@ -235,6 +371,10 @@ impl ContainerSpec {
             restart: RestartPolicy::No,
             tty_size: None,
             pod: None,
+            capabilities: None,
+            masked_paths: None,
+            readonly_paths: None,
+            no_new_privileges: false,
             name: None,
             container_id: None,
             layer: None,
@@ -256,6 +396,8 @@ pub enum SpecError {
     Unreadable { id: String, detail: String },
     #[error("saving container {id}'s options: {source}")]
     Write { id: String, source: io::Error },
+    #[error("invalid container: {0}")]
+    Invalid(String),
 }
 
 #[derive(Serialize)]
@@ -325,6 +467,28 @@ pub fn read(dir: &Path, id: &str) -> Result<ContainerSpec, SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capabilities_are_numbered_as_linux_numbers_them_and_unknown_ones_are_refused() {
+        assert_eq!(capability_number("CAP_CHOWN"), Some(0));
+        assert_eq!(capability_number("net_admin"), Some(12));
+        assert_eq!(capability_number("CAP_CHECKPOINT_RESTORE"), Some(40));
+        assert_eq!(capability_number("CAP_NOPE"), None);
+        let mut s = spec();
+        s.capabilities = Some(CapabilitySets {
+            bounding: vec!["CAP_KILL".into(), "CAP_SYS_ADMIN".into()],
+            ambient: vec!["CAP_KILL".into()],
+            ..Default::default()
+        });
+        let n = s.capabilities.as_ref().unwrap().numbers().unwrap();
+        assert_eq!((n.bounding, n.ambient), (vec![5, 21], vec![5]));
+        assert!(s.check().is_ok());
+        s.capabilities.as_mut().unwrap().effective = vec!["CAP_FLY".into()];
+        assert!(s.check().unwrap_err().to_string().contains("CAP_FLY"));
+        s.capabilities = None;
+        s.readonly_paths = Some(vec!["proc/sys".into()]);
+        assert!(s.check().is_err(), "a relative path");
+    }
 
     fn spec() -> ContainerSpec {
         let mut s = ContainerSpec::new(

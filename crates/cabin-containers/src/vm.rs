@@ -532,6 +532,7 @@ impl ContainerVm {
                 read_only_root: false,
                 hosts: Vec::new(),
                 share_namespaces_of: String::new(),
+                paths: None,
             }),
         ))
         .await?;
@@ -967,6 +968,12 @@ impl ContainerVm {
                 read_only_root: cfg.read_only,
                 hosts,
                 share_namespaces_of,
+                paths: (cfg.masked_paths.is_some() || cfg.readonly_paths.is_some()).then(|| {
+                    cabin_proto::v1::PathRules {
+                        masked: cfg.masked_paths.clone().unwrap_or_default(),
+                        read_only: cfg.readonly_paths.clone().unwrap_or_default(),
+                    }
+                }),
             }),
         ))
         .await?;
@@ -988,6 +995,12 @@ impl ContainerVm {
             // Before the image's and the user's variables, which may set their own.
             env.insert(1, "TERM=xterm".into());
         }
+        let capabilities = cfg
+            .capabilities
+            .as_ref()
+            .map(|c| c.numbers())
+            .transpose()
+            .map_err(|e| RunError::Setup(e.to_string()))?;
         let started = me
             .guarded(agent::call(
                 "StartProcess",
@@ -1015,6 +1028,8 @@ impl ContainerVm {
                         .collect(),
                     stdin: cfg.stdin,
                     init: cfg.init,
+                    capabilities,
+                    no_new_privileges: cfg.no_new_privileges,
                 }),
             ))
             .await?;

@@ -1,6 +1,7 @@
 //! A container inside the VM: its root filesystem mounts, its cgroup, and the start of its
-//! first process in fresh mount, PID, UTS, IPC and cgroup namespaces with docker's default
-//! capabilities and masked paths.
+//! first process in fresh mount, PID, UTS, IPC and cgroup namespaces (a pod's container
+//! joins its sandbox's network, UTS and IPC) with docker's default capabilities and
+//! masked paths, or those its spec names.
 
 use std::ffi::CString;
 use std::io;
@@ -31,6 +32,89 @@ pub struct Container {
     /// A pod's container: the sandbox whose network, UTS and IPC namespaces its first
     /// process joins.
     pub joins: Option<std::sync::Arc<Container>>,
+    /// Paths its processes see masked and read-only (relative to its root); None:
+    /// docker's.
+    pub paths: Option<PathRules>,
+    /// Its first process's capabilities and no_new_privs, for later processes that name
+    /// none.
+    pub first_security: std::sync::OnceLock<Security>,
+}
+
+/// Masked and read-only paths, relative to the container's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathRules {
+    pub masked: Vec<String>,
+    pub read_only: Vec<String>,
+}
+
+impl PathRules {
+    /// The request's rules, each an absolute path without `..` (made relative).
+    pub fn from_request(rules: &cabin_proto::v1::PathRules) -> Result<PathRules, String> {
+        let relative = |paths: &[String]| -> Result<Vec<String>, String> {
+            paths
+                .iter()
+                .map(|p| {
+                    let path = Path::new(p);
+                    let normal = path.is_absolute()
+                        && path.components().skip(1).all(|c| {
+                            matches!(c, std::path::Component::Normal(_))
+                        });
+                    if normal && path.components().count() > 1 {
+                        Ok(p.trim_start_matches('/').to_string())
+                    } else {
+                        Err(format!(
+                            "masked and read-only paths must be absolute, below / and without '..': {p:?}"
+                        ))
+                    }
+                })
+                .collect()
+        };
+        Ok(PathRules {
+            masked: relative(&rules.masked)?,
+            read_only: relative(&rules.read_only)?,
+        })
+    }
+}
+
+/// A process's capabilities (None: docker's default set) and no_new_privs.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub capabilities: Option<cabin_proto::v1::Capabilities>,
+    pub no_new_privileges: bool,
+}
+
+/// Capability sets as the child applies them: bit masks, ambient as a list.
+struct CapPlan {
+    bounding: u64,
+    effective: [u32; 2],
+    permitted: [u32; 2],
+    inheritable: [u32; 2],
+    ambient: Vec<u32>,
+}
+
+impl CapPlan {
+    fn of(caps: &cabin_proto::v1::Capabilities, last: u32) -> Result<CapPlan, StartError> {
+        let mask = |set: &[u32]| -> Result<u64, StartError> {
+            set.iter().try_fold(0u64, |m, &c| {
+                if c > last || c >= 64 {
+                    Err(StartError::InvalidSpec(format!(
+                        "capability {c} is unknown to this kernel (the last is {last})"
+                    )))
+                } else {
+                    Ok(m | 1 << c)
+                }
+            })
+        };
+        let halves = |m: u64| [m as u32, (m >> 32) as u32];
+        mask(&caps.ambient)?;
+        Ok(CapPlan {
+            bounding: mask(&caps.bounding)?,
+            effective: halves(mask(&caps.effective)?),
+            permitted: halves(mask(&caps.permitted)?),
+            inheritable: halves(mask(&caps.inheritable)?),
+            ambient: caps.ambient.clone(),
+        })
+    }
 }
 
 /// pidfd_open(2).
@@ -350,6 +434,9 @@ const STEPS: &[&str] = &[
     "clear ambient capabilities",
     "bring up the loopback interface",
     "join the pod's network, UTS and IPC namespaces",
+    "keep capabilities across the change of user",
+    "set no_new_privs",
+    "raise ambient capabilities",
 ];
 
 fn rlimit_resource(name: &str) -> Option<u32> {
@@ -460,6 +547,9 @@ struct ChildPlan {
     cwd_prefixes: Vec<CString>,
     rlimits: Vec<(u32, u64, u64)>,
     cap_last: u32,
+    /// The spec's capability sets; None: docker's default set.
+    caps: Option<CapPlan>,
+    no_new_privs: bool,
     uid: u32,
     gid: u32,
     groups: Vec<libc::gid_t>,
@@ -639,17 +729,21 @@ impl ChildSetup for ChildPlan {
                 };
                 ok(libc::setrlimit(res as _, &lim), 14)?;
             }
-            for cap in 0..=self.cap_last {
-                if !DEFAULT_CAPS.contains(&cap) {
+            let mut default_mask = [0u32; 2];
+            for &cap in DEFAULT_CAPS {
+                default_mask[(cap / 32) as usize] |= 1 << (cap % 32);
+            }
+            let bounding = match &self.caps {
+                Some(c) => c.bounding,
+                None => u64::from(default_mask[0]) | u64::from(default_mask[1]) << 32,
+            };
+            for cap in 0..=self.cap_last.min(63) {
+                if bounding & (1 << cap) == 0 {
                     ok(
                         libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0),
                         15,
                     )?;
                 }
-            }
-            let mut mask = [0u32; 2];
-            for &cap in DEFAULT_CAPS {
-                mask[(cap / 32) as usize] |= 1 << (cap % 32);
             }
             #[repr(C)]
             struct CapHeader {
@@ -662,26 +756,32 @@ impl ChildSetup for ChildPlan {
                 permitted: u32,
                 inheritable: u32,
             }
-            let header = CapHeader {
-                version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-                pid: 0,
+            let capset = |e: [u32; 2], p: [u32; 2], i: [u32; 2]| {
+                let header = CapHeader {
+                    version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+                    pid: 0,
+                };
+                let data = [
+                    CapData {
+                        effective: e[0],
+                        permitted: p[0],
+                        inheritable: i[0],
+                    },
+                    CapData {
+                        effective: e[1],
+                        permitted: p[1],
+                        inheritable: i[1],
+                    },
+                ];
+                libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as libc::c_int
             };
-            let data = [
-                CapData {
-                    effective: mask[0],
-                    permitted: mask[0],
-                    inheritable: mask[0],
-                },
-                CapData {
-                    effective: mask[1],
-                    permitted: mask[1],
-                    inheritable: mask[1],
-                },
-            ];
-            ok(
-                libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as libc::c_int,
-                16,
-            )?;
+            // Docker's default set is set before the change of user, which drops it for
+            // a user other than root; the spec's sets are kept across it (runc's way).
+            if self.caps.is_none() {
+                ok(capset(default_mask, default_mask, default_mask), 16)?;
+            } else {
+                ok(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0), 23)?;
+            }
             // Raw syscalls: glibc's wrappers would try to apply the change to all of
             // init's threads, whose memory this child shares.
             let sys = |r: libc::c_long| r as libc::c_int;
@@ -694,8 +794,8 @@ impl ChildSetup for ChildPlan {
                 17,
             )?;
             ok(sys(libc::syscall(libc::SYS_setgid, self.gid)), 18)?;
-            // Leaving uid 0 clears the permitted and effective sets, as docker's non-root
-            // users have them.
+            // Leaving uid 0 clears the permitted and effective sets (without keepcaps),
+            // as docker's non-root users have them.
             ok(sys(libc::syscall(libc::SYS_setuid, self.uid)), 19)?;
             ok(
                 libc::prctl(
@@ -707,8 +807,39 @@ impl ChildSetup for ChildPlan {
                 ),
                 20,
             )?;
+            if let Some(c) = &self.caps {
+                ok(libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0), 23)?;
+                ok(capset(c.effective, c.permitted, c.inheritable), 16)?;
+                for &cap in &c.ambient {
+                    ok(
+                        libc::prctl(
+                            libc::PR_CAP_AMBIENT,
+                            libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                            cap as libc::c_ulong,
+                            0,
+                            0,
+                        ),
+                        25,
+                    )?;
+                }
+            }
+            if self.no_new_privs {
+                ok(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 24)?;
+            }
         }
         Ok(())
+    }
+}
+
+/// The capabilities and no_new_privs a process starts with: its request's, or (a later
+/// process that names no capabilities) the container's first process's.
+pub fn process_security(ctr: &Container, req: &StartProcessRequest, later: bool) -> Security {
+    match (&req.capabilities, later, ctr.first_security.get()) {
+        (None, true, Some(first)) => first.clone(),
+        _ => Security {
+            capabilities: req.capabilities.clone(),
+            no_new_privileges: req.no_new_privileges,
+        },
     }
 }
 
@@ -799,6 +930,7 @@ pub fn start_process(
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40);
 
+    let security = process_security(ctr, req, join.is_some());
     let cgroup_dir =
         std::fs::File::open(&ctr.cgroup).map_err(|e| setup("open the container's cgroup", e))?;
     // The first process of a pod's container joins its sandbox's namespaces (an exec
@@ -822,19 +954,39 @@ pub fn start_process(
         proc_dir: in_root("proc")?,
         mqueue_dir: in_root("dev/mqueue")?,
         cgroup_dir: in_root("sys/fs/cgroup")?,
-        masked: MASKED_PATHS
-            .iter()
-            .map(|p| in_root(p))
-            .collect::<Result<_, _>>()?,
-        readonly: READONLY_PATHS
-            .iter()
-            .map(|p| in_root(p))
-            .collect::<Result<_, _>>()?,
+        masked: match &ctr.paths {
+            Some(rules) => rules
+                .masked
+                .iter()
+                .map(|p| in_root(p))
+                .collect::<Result<Vec<_>, _>>(),
+            None => MASKED_PATHS
+                .iter()
+                .map(|p| in_root(p))
+                .collect::<Result<Vec<_>, _>>(),
+        }?,
+        readonly: match &ctr.paths {
+            Some(rules) => rules
+                .read_only
+                .iter()
+                .map(|p| in_root(p))
+                .collect::<Result<Vec<_>, _>>(),
+            None => READONLY_PATHS
+                .iter()
+                .map(|p| in_root(p))
+                .collect::<Result<Vec<_>, _>>(),
+        }?,
         dev_null: c"/dev/null".into(),
         hostname: ctr.hostname.as_bytes().to_vec(),
         cwd_prefixes: cwd_prefixes(cwd).map_err(bad)?,
         rlimits,
         cap_last,
+        caps: security
+            .capabilities
+            .as_ref()
+            .map(|c| CapPlan::of(c, cap_last))
+            .transpose()?,
+        no_new_privs: security.no_new_privileges,
         uid: id.uid,
         gid: id.gid,
         groups: id.groups.clone(),

@@ -294,6 +294,12 @@ impl Agent for AgentService {
             }
             Some(sandbox)
         };
+        let paths = req
+            .paths
+            .as_ref()
+            .map(container::PathRules::from_request)
+            .transpose()
+            .map_err(Status::invalid_argument)?;
         let rootfs = PathBuf::from(&req.rootfs);
         let ctr_dir = rootfs
             .parent()
@@ -363,6 +369,8 @@ impl Agent for AgentService {
                 own_network: req.network.is_none() && joins.is_none(),
                 ip: own_ip,
                 joins,
+                paths,
+                first_security: Default::default(),
                 etc_dir: ctr_dir.join("etc"),
             }),
         );
@@ -408,6 +416,9 @@ impl Agent for AgentService {
             if let Ok(fd) = container::pidfd(started.pid) {
                 let _ = ctr.first_process.set(fd);
             }
+            let _ = ctr
+                .first_security
+                .set(container::process_security(&ctr, &req, false));
         }
         let started_at = clock::boottime_nanos();
         let (input, output, pty) = match started.stdio {

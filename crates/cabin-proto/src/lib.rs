@@ -11,8 +11,9 @@ use std::time::Duration;
 /// Minor version of the `cabin.agent.v1` protocol this build speaks. A host refuses a guest
 /// agent whose version is lower than the one it needs for a call. 2: CopyOut, CopyIn and
 /// StartProcessRequest.init; 3: RemoveContainer; 4: CreateContainerRequest's
-/// share_namespaces_of (pods) and the "bind" mount option.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// share_namespaces_of (pods) and the "bind" mount option; 5: capabilities,
+/// no_new_privileges and path rules from the container's spec.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest size of a 9p message: bigger means fewer round trips for large files.
 pub const NINEP_MSIZE: u32 = 512 * 1024;

@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use cabin_containers::control::ExecRequest;
-use cabin_containers::spec::Rlimit;
+use cabin_containers::spec::{CapabilitySets, Rlimit};
 use cabin_containers::volumes::MountSpec;
 use cabin_containers::{AccelRequest, ContainerSpec, RootSource};
 use cabin_net::NetworkMode;
@@ -234,11 +234,40 @@ pub fn container_spec(
                 .map(|l| l as u64);
         }
         c.network = network_of(linux.namespaces().as_deref().unwrap_or_default());
+        // As runc: paths the spec does not list are neither masked nor read-only.
+        c.masked_paths = Some(linux.masked_paths().clone().unwrap_or_default());
+        c.readonly_paths = Some(linux.readonly_paths().clone().unwrap_or_default());
     } else {
         c.network = NetworkMode::User;
+        c.masked_paths = Some(Vec::new());
+        c.readonly_paths = Some(Vec::new());
     }
+    c.capabilities = process.capabilities().as_ref().map(capability_sets);
+    c.no_new_privileges = process.no_new_privileges().unwrap_or(false);
     c.mounts = mounts_of(spec);
+    c.check()
+        .map_err(|e| BundleError::InvalidConfig(e.to_string()))?;
     Ok(c)
+}
+
+/// The spec's capability sets by name, as runc applies them.
+fn capability_sets(caps: &oci_spec::runtime::LinuxCapabilities) -> CapabilitySets {
+    let names = |set: &Option<oci_spec::runtime::Capabilities>| -> Vec<String> {
+        let mut names: Vec<String> = set
+            .iter()
+            .flatten()
+            .filter_map(|c| Some(serde_json::to_value(c).ok()?.as_str()?.to_string()))
+            .collect();
+        names.sort();
+        names
+    };
+    CapabilitySets {
+        bounding: names(caps.bounding()),
+        effective: names(caps.effective()),
+        permitted: names(caps.permitted()),
+        inheritable: names(caps.inheritable()),
+        ambient: names(caps.ambient()),
+    }
 }
 
 /// A pod's container has no host name of its own: it joins its sandbox's UTS
@@ -386,7 +415,13 @@ mod tests {
             "args": ["sh", "-c", "echo hi"],
             "env": ["PATH=/bin", "A=b"],
             "cwd": "/work",
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 512}]
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 512}],
+            "capabilities": {
+                "bounding": ["CAP_KILL", "CAP_CHOWN"],
+                "effective": ["CAP_KILL"],
+                "permitted": ["CAP_KILL"]
+            },
+            "noNewPrivileges": true
         },
         "root": {"path": "rootfs", "readonly": true},
         "hostname": "box",
@@ -404,9 +439,28 @@ mod tests {
                 "cpu": {"quota": 150000, "period": 100000},
                 "pids": {"limit": 64}
             },
-            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "mount"}]
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "mount"}],
+            "maskedPaths": ["/proc/kcore"],
+            "readonlyPaths": ["/proc/sys"]
         }
     }"#;
+
+    #[test]
+    fn a_spec_that_masks_a_path_outside_the_root_is_refused() {
+        let bad = CTR_SPEC.replace(
+            r#""maskedPaths": ["/proc/kcore"]"#,
+            r#""maskedPaths": ["/../etc"]"#,
+        );
+        let e = container_spec(
+            &spec(&bad),
+            Path::new("/b/rootfs"),
+            false,
+            AccelRequest::Auto,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("without '..'"), "{e}");
+    }
 
     #[test]
     fn a_ctr_spec_becomes_the_container_it_describes() {
@@ -432,6 +486,19 @@ mod tests {
         );
         // A new network namespace without a path: no network card.
         assert_eq!(c.network, NetworkMode::None);
+        assert_eq!(
+            c.capabilities,
+            Some(CapabilitySets {
+                bounding: vec!["CAP_CHOWN".into(), "CAP_KILL".into()],
+                effective: vec!["CAP_KILL".into()],
+                permitted: vec!["CAP_KILL".into()],
+                inheritable: vec![],
+                ambient: vec![],
+            })
+        );
+        assert!(c.no_new_privileges);
+        assert_eq!(c.masked_paths, Some(vec!["/proc/kcore".to_string()]));
+        assert_eq!(c.readonly_paths, Some(vec!["/proc/sys".to_string()]));
         assert_eq!(
             c.mounts,
             [
