@@ -168,8 +168,19 @@ fn a_pod_runs_through_containerds_cri_with_the_cabin_handler() {
             .into_inner()
             .pod_sandbox_id;
 
+        // A host directory both the server and the client mount, as a kubelet mounts
+        // a pod's emptyDir volume into its containers.
+        let shared = c.dir.join("shared");
+        std::fs::create_dir_all(&shared).unwrap();
         let create = |name: &str, command: &[&str]| {
             let mut config = container(name, command, &format!("{name}.log"));
+            if name != "once" {
+                config.mounts = vec![cri::Mount {
+                    container_path: "/shared".into(),
+                    host_path: shared.display().to_string(),
+                    ..Default::default()
+                }];
+            }
             if name == "client" {
                 // A user other than root, with the capabilities CRI gives it.
                 config.linux = Some(cri::LinuxContainerConfig {
@@ -194,7 +205,8 @@ fn a_pod_runs_through_containerds_cri_with_the_cabin_handler() {
                 &[
                     "sh",
                     "-c",
-                    "echo served in the pod > /tmp/index.html; exec httpd -f -p 127.0.0.1:8080 -h /tmp",
+                    "echo served in the pod > /tmp/index.html; echo from the server > /shared/note; \
+                     exec httpd -f -p 127.0.0.1:8080 -h /tmp",
                 ][..],
             ),
             ("client", &["sleep", "600"][..]),
@@ -276,6 +288,17 @@ fn a_pod_runs_through_containerds_cri_with_the_cabin_handler() {
             (own.exit_code, String::from_utf8_lossy(&own.stdout).as_ref()),
             (0, "pod1\n1000\n"),
             "the client sees its own /tmp, the pod's host name, and runs as its user"
+        );
+        let note = exec_sync(&ids[2], "cat /shared/note").await;
+        assert_eq!(
+            String::from_utf8_lossy(&note.stdout),
+            "from the server\n",
+            "the pod's shared folder: {}",
+            String::from_utf8_lossy(&note.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(shared.join("note")).unwrap(),
+            "from the server\n"
         );
         let caps = exec_sync(&ids[2], "grep CapBnd /proc/self/status").await;
         assert_eq!(

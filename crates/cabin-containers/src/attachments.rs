@@ -52,7 +52,9 @@ pub fn shape(cfg: &ContainerSpec) -> Devices {
     };
     let mut shares = Vec::new();
     let mut disks = Vec::new();
-    for m in &cfg.mounts {
+    // A pod member's VM is its sandbox's: it gets no device.
+    let member = matches!(cfg.pod, Some(crate::pod::PodRole::Member { .. }));
+    for m in cfg.mounts.iter().filter(|_| !member) {
         match m {
             MountSpec::Bind { read_only, .. } => shares.push(ShareSpec {
                 path: PathBuf::from("/placeholder"),
@@ -114,8 +116,26 @@ impl Attachments {
         let mut held = Vec::new();
         let (mut share_i, mut disk_i) = (0, 0);
         let store = Volumes::open(paths);
+        let member_of = match &cfg.pod {
+            Some(crate::pod::PodRole::Member { sandbox }) => Some(sandbox.as_str()),
+            _ => None,
+        };
         for m in &cfg.mounts {
             match m {
+                // A pod member's folders are on its pod's share already.
+                MountSpec::Bind {
+                    source,
+                    target,
+                    read_only,
+                } if member_of.is_some() => {
+                    let sandbox = member_of.unwrap_or_default();
+                    mounts.push(ContainerMount {
+                        source: format!("dir:{}", crate::pod::guest_path(paths, sandbox, source)?),
+                        target: target.clone(),
+                        read_only: *read_only,
+                        options: String::new(),
+                    });
+                }
                 MountSpec::Bind {
                     source,
                     target,

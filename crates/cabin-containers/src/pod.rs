@@ -106,18 +106,19 @@ impl PodLink {
     }
 }
 
-/// Where a member's root directory `root` is in the guest: the same place inside the
-/// pod's share. Anything outside the share (or reaching out of it with `..`) is refused.
-pub fn guest_root(paths: &Paths, sandbox: &str, root: &Path) -> Result<String, RunError> {
+/// Where a member's host directory `dir` (its root, a folder of its) is in the guest:
+/// the same place inside the pod's share. Anything outside the share (or reaching out
+/// of it with `..`) is refused.
+pub fn guest_path(paths: &Paths, sandbox: &str, dir: &Path) -> Result<String, RunError> {
     let share = share_dir(paths, sandbox);
     let outside = || {
         RunError::Setup(format!(
-            "a pod member's root file system must be a directory inside its pod's share {}, not {}",
+            "a pod member's root file system and folders must be directories inside its pod's share {}, not {}",
             share.display(),
-            root.display()
+            dir.display()
         ))
     };
-    let rel = root.strip_prefix(&share).map_err(|_| outside())?;
+    let rel = dir.strip_prefix(&share).map_err(|_| outside())?;
     if rel.as_os_str().is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
         return Err(outside());
     }
@@ -140,10 +141,10 @@ pub fn check_member(cfg: &ContainerSpec) -> Result<(), RunError> {
     if cfg
         .mounts
         .iter()
-        .any(|m| !matches!(m, MountSpec::Tmpfs { .. }))
+        .any(|m| matches!(m, MountSpec::Volume { .. }))
     {
         return refuse(
-            "cannot have host folders or volumes of its own (its VM's devices are the sandbox's): only tmpfs mounts",
+            "cannot have volumes of its own (its VM's devices are the sandbox's): host folders on the pod's share and tmpfs mounts only",
         );
     }
     Ok(())
@@ -201,7 +202,7 @@ mod tests {
         let paths = Paths::at("/data");
         let share = share_dir(&paths, "sbx");
         assert_eq!(
-            guest_root(&paths, "sbx", &share.join("task-1/rootfs")).unwrap(),
+            guest_path(&paths, "sbx", &share.join("task-1/rootfs")).unwrap(),
             "/run/cabin/pod/task-1/rootfs"
         );
         for bad in [
@@ -211,7 +212,7 @@ mod tests {
             share.join("a/./b/../c"),
             paths.containers().join("sbx2/pod/x"),
         ] {
-            let e = guest_root(&paths, "sbx", &bad).unwrap_err().to_string();
+            let e = guest_path(&paths, "sbx", &bad).unwrap_err().to_string();
             assert!(e.contains("inside its pod's share"), "{bad:?}: {e}");
         }
     }

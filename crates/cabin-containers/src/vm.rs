@@ -915,7 +915,7 @@ impl ContainerVm {
                         "a pod member's root file system must be a directory".into(),
                     ));
                 };
-                let source = crate::pod::guest_root(&pod.paths, &pod.sandbox, dir)?;
+                let source = crate::pod::guest_path(&pod.paths, &pod.sandbox, dir)?;
                 let mount = MountRequest {
                     source,
                     target: rootfs.clone(),

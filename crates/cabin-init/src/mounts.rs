@@ -100,6 +100,23 @@ pub fn attach(root: &Root, staging: &Path, mounts: &[ContainerMount]) -> io::Res
             .map_err(what)?;
             continue;
         }
+        if let Some(dir) = m.source.strip_prefix("dir:") {
+            // A directory the guest has already (a pod's share), bound as it is.
+            let dir = Path::new(dir);
+            if !dir.is_absolute()
+                || dir
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(io::Error::other(format!(
+                    "mount source {:?} is not an absolute guest path",
+                    m.source
+                )));
+            }
+            let target = mount_point(root, &m.target, Leaf::Dir).map_err(what)?;
+            bind(dir, &target, m.read_only).map_err(what)?;
+            continue;
+        }
         let dir = staging.join(i.to_string());
         std::fs::create_dir_all(&dir)?;
         if let Some(tag) = m.source.strip_prefix("9p:") {

@@ -144,7 +144,7 @@ pub async fn root_dir(
 }
 
 /// `dir` bound on `target` (made if missing).
-fn bind_root(dir: &Path, target: &Path) -> Result<(), BundleError> {
+pub fn bind_root(dir: &Path, target: &Path) -> Result<(), BundleError> {
     let failed = |detail: String| BundleError::Mount {
         what: format!("bind {}", dir.display()),
         target: target.to_path_buf(),
@@ -307,21 +307,23 @@ fn network_of(namespaces: &[oci_spec::runtime::LinuxNamespace]) -> NetworkMode {
 }
 
 /// Makes `c` a container of the pod whose sandbox is cabin's container `sandbox`: it
-/// runs in the sandbox's VM, on its network, with the tmpfs mounts of its spec (host
-/// folders cannot reach a VM that runs already: they are left out, and said so).
-pub fn join_pod(c: &mut ContainerSpec, sandbox: &str) {
+/// runs in the sandbox's VM, on its network. Its host folders reach that running VM on
+/// the pod's share: each is bound under `task_dir` (the task's place on the share),
+/// `mounts/<n>`.
+pub fn join_pod(c: &mut ContainerSpec, sandbox: &str, task_dir: &Path) -> Result<(), BundleError> {
     c.pod = Some(cabin_containers::pod::PodRole::Member {
         sandbox: sandbox.to_string(),
     });
     c.network = NetworkMode::None;
     c.publish.clear();
-    c.mounts.retain(|m| match m {
-        MountSpec::Tmpfs { .. } => true,
-        other => {
-            log::warn!("a pod's container cannot have {other:?} in its sandbox's VM: left out");
-            false
+    for (n, m) in c.mounts.iter_mut().enumerate() {
+        if let MountSpec::Bind { source, .. } = m {
+            let place = task_dir.join("mounts").join(n.to_string());
+            bind_root(source, &place)?;
+            *source = place;
         }
-    });
+    }
+    Ok(())
 }
 
 /// The spec's mounts cabin makes in the VM: host directories (binds) are shared into

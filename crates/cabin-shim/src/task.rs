@@ -534,7 +534,8 @@ impl TaskService {
         // deleted meanwhile does not remove the disk from under this one.
         let (disk, disks_lock) = match &sandbox {
             Some(sandbox) => {
-                bundle::join_pod(&mut c, sandbox);
+                let task_dir = target.parent().unwrap_or(&target);
+                bundle::join_pod(&mut c, sandbox, task_dir).map_err(|e| fail(invalid(&e)))?;
                 labels.push((ROOT_LABEL.to_string(), target.display().to_string()));
                 (None, None)
             }
@@ -621,14 +622,17 @@ impl TaskService {
     }
 }
 
-/// Unmounts a task's root; a pod member's place on the pod's share goes too (only
-/// once empty: what could not be unmounted is never deleted).
+/// Unmounts a task's root; a pod member's place on the pod's share (its root and
+/// folders) goes too, once nothing is mounted below it: what could not be unmounted
+/// is never deleted.
 pub fn unmount_task_root(root: &std::path::Path, member: bool) {
     bundle::unmount_root(root);
-    if member {
-        let _ = std::fs::remove_dir(root);
-        if let Some(dir) = root.parent() {
-            let _ = std::fs::remove_dir(dir);
+    if let (true, Some(dir)) = (member, root.parent()) {
+        match cabin_base::mountinfo::unmount_below(dir) {
+            Ok(()) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Err(e) => log::warn!("unmounting {}: {e}", dir.display()),
         }
     }
 }
