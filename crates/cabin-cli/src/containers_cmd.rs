@@ -406,6 +406,65 @@ pub async fn pause(host: &Host, args: NamesArgs, pause: bool) -> Result<i32, Fai
 }
 
 #[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// New memory limit (e.g. 256m, 1g; 0: none), within what the container's VM has
+    /// while it runs.
+    #[arg(short, long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// New CPU quota (fractions allowed, e.g. 0.5; 0: none).
+    #[arg(long, value_name = "N")]
+    cpus: Option<f64>,
+    /// New limit on the number of processes (0 or -1: none).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pids_limit: Option<i64>,
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// `cabin update`: new limits, at once in running containers and for their later
+/// starts.
+pub async fn update(host: &Host, args: UpdateArgs) -> Result<i32, Failure> {
+    let memory_bytes = match &args.memory {
+        Some(m) if m == "0" => Some(0),
+        Some(m) => {
+            let bytes = cabin_base::sizes::parse_size(m, cabin_base::sizes::Dialect::Docker)?;
+            if bytes < 6 << 20 {
+                return Err(Failure::new(format!(
+                    "invalid --memory {m}: the minimum is 6m"
+                )));
+            }
+            Some(bytes)
+        }
+        None => None,
+    };
+    if let Some(c) = args.cpus.filter(|c| !(*c >= 0.0 && *c <= 64.0)) {
+        return Err(Failure::new(format!(
+            "invalid --cpus {c}: use a number from 0 to 64"
+        )));
+    }
+    let limits = cabin_containers::control::Limits {
+        memory_bytes,
+        cpus: args.cpus,
+        pids_limit: args.pids_limit.map(|p| p.max(0) as u64),
+    };
+    if limits == Default::default() {
+        return Err(Failure::new(
+            "nothing to update: give --memory, --cpus or --pids-limit",
+        ));
+    }
+    let containers = Containers::open(host)?;
+    Ok(each(&args.containers, Family::Admin, |name| {
+        let c = containers.clone();
+        async move {
+            c.update(&name, limits).await?;
+            println!("{name}");
+            Ok(0)
+        }
+    })
+    .await)
+}
+
+#[derive(Debug, Args)]
 pub struct RmArgs {
     /// Kill a running container first.
     #[arg(short, long)]

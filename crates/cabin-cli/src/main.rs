@@ -76,6 +76,8 @@ enum Command {
     Stop(containers_cmd::StopArgs),
     /// Send a signal to running containers' processes.
     Kill(containers_cmd::KillArgs),
+    /// Change containers' memory, CPU and process limits (at once if they run).
+    Update(containers_cmd::UpdateArgs),
     /// Pause running containers: each one's whole VM stops where it is.
     Pause(containers_cmd::NamesArgs),
     /// Let paused containers go on.
@@ -259,6 +261,7 @@ async fn dispatch(host: &Host, command: Command, started: Instant) -> i32 {
         Command::Logs(a) => finish(Admin, containers_cmd::logs(host, a).await),
         Command::Stop(a) => finish(Admin, containers_cmd::stop(host, a).await),
         Command::Kill(a) => finish(Admin, containers_cmd::kill(host, a).await),
+        Command::Update(a) => finish(Admin, containers_cmd::update(host, a).await),
         Command::Pause(a) => finish(Admin, containers_cmd::pause(host, a, true).await),
         Command::Unpause(a) => finish(Admin, containers_cmd::pause(host, a, false).await),
         Command::Rm(a) => finish(Admin, containers_cmd::rm(host, a).await),

@@ -248,6 +248,33 @@ fn stats_report_cpu_memory_and_processes_from_the_guest() {
     // What the VM costs the host, beside what the guest's cgroup counts.
     assert!(fields.last().unwrap().ends_with("MiB"), "{line}");
 
+    // New limits, at once in its cgroup and in stats; more memory than its VM has
+    // (sized for 64m) is refused, and nothing changes.
+    cabin_ok(&["update", "--memory", "32m", "--cpus", "0.5", "st-busy"]);
+    assert_eq!(
+        cabin_ok(&[
+            "exec",
+            "st-busy",
+            "cat",
+            "/sys/fs/cgroup/memory.max",
+            "/sys/fs/cgroup/cpu.max"
+        ]),
+        "33554432\n50000 100000\n"
+    );
+    let o = cabin()
+        .args(["update", "--memory", "1g", "st-busy"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("its VM has room for 64 MiB"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(cabin_ok(&["stats", "--no-stream", "st-busy"]).contains("/ 32.0MiB"));
+    let o = cabin().args(["update", "st-busy"]).output().unwrap();
+    assert!(stderr(&o).contains("nothing to update"), "{}", stderr(&o));
+
     let o = run_detached(&["--name", "st-done"], &["true"]);
     assert!(o.status.success());
     cabin_ok(&["wait", "st-done"]);

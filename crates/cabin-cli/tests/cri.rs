@@ -300,6 +300,21 @@ fn a_pod_runs_through_containerds_cri_with_the_cabin_handler() {
             std::fs::read_to_string(shared.join("note")).unwrap(),
             "from the server\n"
         );
+        // New limits for a running container (a kubelet's in-place resize): at once
+        // in its cgroup.
+        cri.clone()
+            .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: ids[2].clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 64 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("UpdateContainerResources: {e}"));
+        let limit = exec_sync(&ids[2], "cat /sys/fs/cgroup/memory.max").await;
+        assert_eq!(String::from_utf8_lossy(&limit.stdout), "67108864\n");
         let caps = exec_sync(&ids[2], "grep CapBnd /proc/self/status").await;
         assert_eq!(
             String::from_utf8_lossy(&caps.stdout),

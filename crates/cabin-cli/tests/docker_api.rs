@@ -278,6 +278,27 @@ fn detached_containers_are_listed_inspected_logged_exec_d_stopped_and_removed() 
         s.docker_ok(&["exec", "web", "echo", "goes on"]),
         "goes on\n"
     );
+    // docker update: new limits at once in the container's cgroup and in inspect;
+    // more memory than its VM has is refused, and nothing changes.
+    s.docker_ok(&["update", "--memory", "64m", "--pids-limit", "50", "web"]);
+    assert_eq!(
+        s.docker_ok(&[
+            "exec",
+            "web",
+            "cat",
+            "/sys/fs/cgroup/memory.max",
+            "/sys/fs/cgroup/pids.max"
+        ]),
+        "67108864\n50\n"
+    );
+    let o = s.docker(&["update", "--memory", "8g", "web"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("its VM has room for"), "{}", stderr(&o));
+    assert_eq!(
+        s.docker_ok(&["inspect", "-f", "{{.HostConfig.Memory}}", "web"])
+            .trim(),
+        "67108864"
+    );
     // Killed while paused: the VM goes on first, and the signal arrives.
     s.docker_ok(&["pause", "web"]);
 

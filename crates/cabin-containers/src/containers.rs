@@ -591,6 +591,38 @@ impl Containers {
         self.call(&record, &Request::Unpause).await.map(drop)
     }
 
+    /// Changes container `name`'s limits (`docker update`, containerd's Update): at once
+    /// in its running VM, and in its record for its later starts. A limit its running
+    /// VM cannot give is refused and nothing changes.
+    pub async fn update(
+        &self,
+        name: &str,
+        limits: crate::control::Limits,
+    ) -> Result<(), ContainerError> {
+        let record = self.get(name).await?;
+        if running(&record) {
+            self.call(&record, &Request::Update(limits)).await?;
+        }
+        let id = record.id.clone();
+        self.blocking(move |s| {
+            let dir = s.container_dir(&id);
+            let mut spec = spec::read(&dir, &id)?;
+            let given = |v: u64| (v > 0).then_some(v);
+            if let Some(m) = limits.memory_bytes {
+                spec.memory_bytes = given(m);
+            }
+            if let Some(c) = limits.cpus {
+                spec.cpus = (c > 0.0).then_some(c);
+            }
+            if let Some(p) = limits.pids_limit {
+                spec.pids_limit = given(p);
+            }
+            spec::write(&dir, &id, &spec)?;
+            Ok(())
+        })
+        .await
+    }
+
     /// The bytes container `id`'s own files (its record, log, kept disk) take on disk.
     pub fn disk_bytes(&self, id: &str) -> u64 {
         crate::system::allocated_bytes(&self.store.container_dir(id))

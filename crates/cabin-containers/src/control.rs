@@ -54,6 +54,21 @@ pub enum Request {
     Pause,
     /// Let a paused VM go on.
     Unpause,
+    /// Change the running container's limits in its cgroup.
+    Update(Limits),
+}
+
+/// New limits for a container (docker update, containerd's Update): one left None
+/// stays as it is; Some(0) removes it. Its VM keeps its size: a container cannot be
+/// given more memory or CPUs than its VM has.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -719,6 +734,13 @@ mod tests {
         assert_eq!(j(&Request::Stop(10)), r#"{"stop":10}"#);
         assert_eq!(j(&Request::Stats), r#""stats""#);
         assert_eq!(j(&Request::Top), r#""top""#);
+        assert_eq!(
+            j(&Request::Update(Limits {
+                memory_bytes: Some(64 << 20),
+                ..Default::default()
+            })),
+            r#"{"update":{"memory_bytes":67108864}}"#
+        );
         assert_eq!(
             j(&Request::Resize {
                 rows: 30,

@@ -261,6 +261,46 @@ async fn stats(agent: &crate::agent::Agent, container_id: &str, vmm_pid: u32) ->
     }
 }
 
+/// Applies new limits to the running container, within what its VM has (a pod
+/// member's VM is its sandbox's, whose size its own spec does not say).
+async fn update(
+    agent: &crate::agent::Agent,
+    container_id: &str,
+    cfg: &ContainerSpec,
+    limits: control::Limits,
+) -> Result<(), String> {
+    if !matches!(cfg.pod, Some(PodRole::Member { .. })) {
+        let room = (cfg.vm_memory_mib() - crate::vm::VM_MEMORY_OVERHEAD_MIB) << 20;
+        if limits.memory_bytes.is_some_and(|m| m > room) {
+            return Err(format!(
+                "its VM has room for {} MiB: a higher memory limit needs a new start with it (stop, update, start)",
+                room >> 20
+            ));
+        }
+        if limits.cpus.is_some_and(|c| c > f64::from(cfg.vcpus())) {
+            return Err(format!(
+                "its VM has {} CPUs: more need a new start with them (stop, update, start)",
+                cfg.vcpus()
+            ));
+        }
+    }
+    let mut a = agent.clone();
+    let request = cabin_proto::v1::UpdateResourcesRequest {
+        container_id: container_id.to_string(),
+        memory_bytes: limits.memory_bytes,
+        cpu_micros: limits.cpus.map(|c| (c * 1e6) as u64),
+        pids_limit: limits.pids_limit,
+    };
+    agent::call(
+        "UpdateResources",
+        cabin_proto::CALL_TIMEOUT,
+        a.update_resources(request),
+    )
+    .await
+    .map(drop)
+    .map_err(|e| e.message().to_string())
+}
+
 async fn top(agent: &crate::agent::Agent, container_id: &str) -> Reply {
     let mut a = agent.clone();
     let r = ContainerRef {
@@ -463,6 +503,7 @@ async fn run_once(
                                 | Request::CopyOut(_)
                                 | Request::CopyIn(_)
                                 | Request::Resize { .. }
+                                | Request::Update(_)
                         )
                     );
                     if paused && needs_guest {
@@ -490,6 +531,13 @@ async fn run_once(
                         Some(Request::Attach(a)) => {
                             attached.add(conn, a, log, cfg.stdin);
                             attached.connect_stdin(&agent, &proc_ref);
+                        }
+                        Some(Request::Update(limits)) => {
+                            let answer = match update(&agent, &id, cfg, limits).await {
+                                Ok(()) => Reply::done(),
+                                Err(e) => Reply::failed(e),
+                            };
+                            reply(conn, answer).await;
                         }
                         Some(Request::Pause | Request::Unpause) if member => {
                             reply(conn, Reply::failed(

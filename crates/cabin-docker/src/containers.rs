@@ -21,6 +21,7 @@ use cabin_containers::volumes::MountSpec;
 use cabin_containers::{ContainerSpec, RootSource};
 use cabin_image::image;
 use cabin_net::NetworkMode;
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -873,9 +874,85 @@ pub async fn rename(app: &Arc<App>, id: &str, q: &Query) -> Result<Response, Api
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
+/// `docker update`'s body: what it names changes; zero (the CLI sends zeros for the
+/// flags not given) and absent leave a limit as it is.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct UpdateBody {
+    memory: i64,
+    nano_cpus: i64,
+    cpu_quota: i64,
+    cpu_period: i64,
+    /// Absent: as it is; 0 or -1: no limit.
+    pids_limit: Option<i64>,
+    restart_policy: Option<RestartPolicyBody>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct RestartPolicyBody {
+    name: String,
+}
+
+impl UpdateBody {
+    fn limits(&self) -> cabin_containers::control::Limits {
+        let cpus = if self.nano_cpus > 0 {
+            Some(self.nano_cpus as f64 / 1e9)
+        } else if self.cpu_quota > 0 {
+            let period = if self.cpu_period > 0 {
+                self.cpu_period
+            } else {
+                100_000
+            };
+            Some(self.cpu_quota as f64 / period as f64)
+        } else {
+            None
+        };
+        cabin_containers::control::Limits {
+            memory_bytes: (self.memory > 0).then_some(self.memory as u64),
+            cpus,
+            pids_limit: self.pids_limit.map(|p| p.max(0) as u64),
+        }
+    }
+}
+
+/// `POST /containers/{id}/update`: new memory, CPU and pids limits, at once in the
+/// running container and for its later starts.
+pub async fn update(app: &Arc<App>, id: &str, req: Request) -> Result<Response, ApiError> {
+    let b: UpdateBody = body(req).await?;
+    if b.restart_policy
+        .as_ref()
+        .is_some_and(|r| !r.name.is_empty())
+    {
+        return Err(ApiError::bad_request(
+            "cabin cannot change a container's restart policy after it is made: create it again with --restart",
+        ));
+    }
+    app.containers.update(id, b.limits()).await?;
+    Ok(json(StatusCode::OK, &json!({"Warnings": []})))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_updates_zeros_leave_limits_as_they_are() {
+        let b: UpdateBody = serde_json::from_str(
+            r#"{"Memory": 67108864, "NanoCpus": 0, "CpuQuota": 0, "PidsLimit": null,
+                "RestartPolicy": {"Name": ""}}"#,
+        )
+        .unwrap();
+        let l = b.limits();
+        assert_eq!(
+            (l.memory_bytes, l.cpus, l.pids_limit),
+            (Some(64 << 20), None, None)
+        );
+        let b: UpdateBody =
+            serde_json::from_str(r#"{"NanoCpus": 500000000, "PidsLimit": -1}"#).unwrap();
+        let l = b.limits();
+        assert_eq!((l.cpus, l.pids_limit), (Some(0.5), Some(0)));
+    }
 
     fn record(status: Status) -> Record {
         Record {

@@ -191,6 +191,7 @@ async fn handle(app: &Arc<App>, route: Route, req: Request) -> Result<Response, 
             ContainerOp::ArchivePut => archive::put(app, &id, &query, req).await,
             ContainerOp::Rename => containers::rename(app, &id, &query).await,
             ContainerOp::Top => containers::top(app, &id, &query).await,
+            ContainerOp::Update => containers::update(app, &id, req).await,
         },
         Route::Exec(id, op) => match op {
             ExecOp::Start => exec::start(app, &id, req).await,

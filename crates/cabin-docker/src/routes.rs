@@ -29,6 +29,8 @@ pub enum ContainerOp {
     ArchivePut,
     Rename,
     Top,
+    /// `docker update`: new limits.
+    Update,
 }
 
 /// What is done to one network.
@@ -168,6 +170,7 @@ pub fn find(method: &Method, path: &str) -> Route {
                 ("GET", "archive") => ContainerOp::ArchiveGet,
                 ("PUT", "archive") => ContainerOp::ArchivePut,
                 ("POST", "rename") => ContainerOp::Rename,
+                ("POST", "update") => ContainerOp::Update,
                 ("GET", "top") => ContainerOp::Top,
                 _ => return Route::Unsupported,
             };

@@ -257,21 +257,49 @@ pub fn create_cgroup(id: &str, res: &Resources) -> io::Result<PathBuf> {
     std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu +pids")?;
     let dir = root.join(format!("ctr-{id}"));
     std::fs::create_dir(&dir)?;
-    if res.memory_bytes > 0 {
-        std::fs::write(dir.join("memory.max"), res.memory_bytes.to_string())?;
-        // No swap in the guest, but say so explicitly in case a kernel has it.
-        let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+    // No swap in the guest, but say so explicitly in case a kernel has it.
+    let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+    let set = |n: u64| (n > 0).then_some(n);
+    set_limits(
+        &dir,
+        set(res.memory_bytes),
+        set(res.cpu_micros),
+        set(res.pids_limit),
+    )?;
+    Ok(dir)
+}
+
+/// Writes the limits given (Some) into the cgroup `dir`; Some(0) removes one.
+pub fn set_limits(
+    dir: &Path,
+    memory_bytes: Option<u64>,
+    cpu_micros: Option<u64>,
+    pids_limit: Option<u64>,
+) -> io::Result<()> {
+    let limit = |n: u64| {
+        if n == 0 {
+            "max".to_string()
+        } else {
+            n.to_string()
+        }
+    };
+    if let Some(m) = memory_bytes {
+        std::fs::write(dir.join("memory.max"), limit(m))?;
     }
-    if res.cpu_micros > 0 {
+    if let Some(c) = cpu_micros {
         // cpu.max: quota and period in microseconds; cpu_micros is millionths of a CPU.
         let period = 100_000u64;
-        let quota = (res.cpu_micros * period / 1_000_000).max(1000);
+        let quota = if c == 0 {
+            "max".to_string()
+        } else {
+            (c * period / 1_000_000).max(1000).to_string()
+        };
         std::fs::write(dir.join("cpu.max"), format!("{quota} {period}"))?;
     }
-    if res.pids_limit > 0 {
-        std::fs::write(dir.join("pids.max"), res.pids_limit.to_string())?;
+    if let Some(p) = pids_limit {
+        std::fs::write(dir.join("pids.max"), limit(p))?;
     }
-    Ok(dir)
+    Ok(())
 }
 
 /// Ends a container for good while its VM goes on: every process of its cgroup killed

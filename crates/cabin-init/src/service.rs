@@ -14,6 +14,7 @@ use cabin_proto::v1::{
     CreateContainerRequest, Empty, ExitStatus, HelloRequest, HelloResponse, InputChunk,
     MountRequest, OutputChunk, ProcessList, ProcessRef, ResizeTtyRequest, SetHostsRequest,
     SetTimeRequest, SignalRequest, StartProcessRequest, StartProcessResponse,
+    UpdateResourcesRequest,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -646,6 +647,22 @@ impl Agent for AgentService {
             .map_err(|e| io_status("remove the container", e))?;
         self.processes.locked().retain(|(c, _), _| c != &id);
         self.containers.locked().remove(&id);
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn update_resources(
+        &self,
+        req: Request<UpdateResourcesRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let req = req.into_inner();
+        let ctr = self.container(&req.container_id)?;
+        container::set_limits(
+            &ctr.cgroup,
+            req.memory_bytes,
+            req.cpu_micros,
+            req.pids_limit,
+        )
+        .map_err(|e| io_status("change the container's limits", e))?;
         Ok(Response::new(Empty {}))
     }
 

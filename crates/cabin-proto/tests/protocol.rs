@@ -104,6 +104,12 @@ impl Agent for Echo {
     async fn remove_container(&self, _: Request<ContainerRef>) -> Result<Response<Empty>, Status> {
         unused()
     }
+    async fn update_resources(
+        &self,
+        _: Request<UpdateResourcesRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        unused()
+    }
 }
 
 async fn connected() -> AgentClient<tonic::transport::Channel> {

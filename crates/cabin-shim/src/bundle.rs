@@ -7,7 +7,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use cabin_containers::control::ExecRequest;
+use cabin_containers::control::{ExecRequest, Limits};
 use cabin_containers::spec::{CapabilitySets, Rlimit};
 use cabin_containers::volumes::MountSpec;
 use cabin_containers::{AccelRequest, ContainerSpec, RootSource};
@@ -38,6 +38,8 @@ pub enum BundleError {
     },
     #[error("the exec's process spec is not valid: {0}")]
     InvalidProcess(String),
+    #[error("the task's new resources are not valid: {0}")]
+    InvalidResources(String),
 }
 
 /// Reads `bundle`'s config.json (bounded).
@@ -215,23 +217,10 @@ pub fn container_spec(
         .collect();
     if let Some(linux) = spec.linux() {
         if let Some(res) = linux.resources() {
-            c.memory_bytes = res
-                .memory()
-                .as_ref()
-                .and_then(|m| m.limit())
-                .filter(|l| *l > 0)
-                .map(|l| l as u64);
-            c.cpus = res.cpu().as_ref().and_then(|cpu| {
-                let quota = cpu.quota().filter(|q| *q > 0)?;
-                let period = cpu.period().filter(|p| *p > 0).unwrap_or(100_000);
-                Some(quota as f64 / period as f64)
-            });
-            c.pids_limit = res
-                .pids()
-                .as_ref()
-                .map(|p| p.limit())
-                .filter(|l| *l > 0)
-                .map(|l| l as u64);
+            let limits = limits_of(res);
+            c.memory_bytes = limits.memory_bytes.filter(|m| *m > 0);
+            c.cpus = limits.cpus.filter(|c| *c > 0.0);
+            c.pids_limit = limits.pids_limit.filter(|p| *p > 0);
         }
         c.network = network_of(linux.namespaces().as_deref().unwrap_or_default());
         // As runc: paths the spec does not list are neither masked nor read-only.
@@ -248,6 +237,40 @@ pub fn container_spec(
     c.check()
         .map_err(|e| BundleError::InvalidConfig(e.to_string()))?;
     Ok(c)
+}
+
+/// OCI resources as cabin's limits: None where they say nothing, Some(0) where they
+/// say "no limit" (-1, or a CPU quota of none).
+pub fn limits_of(res: &oci_spec::runtime::LinuxResources) -> Limits {
+    Limits {
+        memory_bytes: res
+            .memory()
+            .as_ref()
+            .and_then(|m| m.limit())
+            .map(|l| l.max(0) as u64),
+        cpus: res.cpu().as_ref().and_then(|cpu| {
+            let quota = cpu.quota()?;
+            if quota <= 0 {
+                return Some(0.0);
+            }
+            let period = cpu.period().filter(|p| *p > 0).unwrap_or(100_000);
+            Some(quota as f64 / period as f64)
+        }),
+        pids_limit: res.pids().as_ref().map(|p| p.limit().max(0) as u64),
+    }
+}
+
+/// containerd's Update: the new resources (OCI's LinuxResources as JSON, in an Any)
+/// as cabin's limits.
+pub fn update_limits(type_url: &str, value: &[u8]) -> Result<Limits, BundleError> {
+    if !type_url.ends_with("LinuxResources") {
+        return Err(BundleError::InvalidResources(format!(
+            "{type_url:?} is not OCI's LinuxResources"
+        )));
+    }
+    let res: oci_spec::runtime::LinuxResources =
+        serde_json::from_slice(value).map_err(|e| BundleError::InvalidResources(e.to_string()))?;
+    Ok(limits_of(&res))
 }
 
 /// The spec's capability sets by name, as runc applies them.
@@ -446,6 +469,25 @@ mod tests {
             "readonlyPaths": ["/proc/sys"]
         }
     }"#;
+
+    #[test]
+    fn new_resources_change_only_what_they_name_and_minus_one_means_no_limit() {
+        let l = update_limits(
+            "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
+            br#"{"memory": {"limit": 67108864}, "cpu": {"shares": 2, "quota": -1}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            l,
+            Limits {
+                memory_bytes: Some(64 << 20),
+                cpus: Some(0.0),
+                pids_limit: None
+            }
+        );
+        assert!(update_limits("types.containerd.io/WindowsResources", b"{}").is_err());
+        assert!(update_limits("x/LinuxResources", b"not json").is_err());
+    }
 
     #[test]
     fn a_spec_that_masks_a_path_outside_the_root_is_refused() {

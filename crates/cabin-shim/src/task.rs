@@ -1075,15 +1075,28 @@ impl containerd_shim::Task for TaskService {
         })
     }
 
+    /// containerd's Update (CRI's UpdateContainerResources): the container's limits,
+    /// changed in its running VM and kept for its record.
     async fn update(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::UpdateTaskRequest,
+        req: api::UpdateTaskRequest,
     ) -> TtrpcResult<api::Empty> {
-        Err(status(
-            ttrpc::Code::UNIMPLEMENTED,
-            "cabin's shim cannot change a running task's resources: its VM is sized when it starts",
-        ))
+        let (name, _) = self.process(&req.id, "").await?;
+        let resources = req.resources.as_ref().ok_or_else(|| {
+            status(
+                ttrpc::Code::INVALID_ARGUMENT,
+                "the update names no resources",
+            )
+        })?;
+        let limits = bundle::update_limits(&resources.type_url, &resources.value)
+            .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e))?;
+        self.inner
+            .containers
+            .update(&name, limits)
+            .await
+            .map_err(container_error)?;
+        Ok(api::Empty::new())
     }
 
     async fn checkpoint(
