@@ -47,6 +47,15 @@ pub enum Leaf {
     File,
 }
 
+/// Whether `path` is absolute, below `/`, and climbs nowhere (no `..`): a path that
+/// means the same wherever it is resolved from its root.
+pub fn plain_absolute(path: &Path) -> bool {
+    let mut parts = path.components();
+    parts.next() == Some(Component::RootDir)
+        && path.components().count() > 1
+        && parts.all(|c| matches!(c, Component::Normal(_)))
+}
+
 /// A name or path as a C string; a NUL byte in it is an error, never a panic.
 pub fn cstr(bytes: &[u8]) -> io::Result<CString> {
     CString::new(bytes).map_err(|_| {
@@ -376,6 +385,16 @@ mod tests {
         std::fs::create_dir_all(t.path().join("etc")).unwrap();
         std::fs::write(t.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
         t
+    }
+
+    #[test]
+    fn plain_absolute_paths_climb_nowhere() {
+        for good in ["/proc/sys", "/a/./b", "/run/cabin/pod/x/"] {
+            assert!(plain_absolute(Path::new(good)), "{good}");
+        }
+        for bad in ["/", "proc/sys", "/a/../b", "/..", ""] {
+            assert!(!plain_absolute(Path::new(bad)), "{bad}");
+        }
     }
 
     #[test]

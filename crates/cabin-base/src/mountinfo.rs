@@ -45,14 +45,22 @@ fn unescape_mount_path(field: &str) -> PathBuf {
     PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
 }
 
-/// Unmounts (lazily, deepest first) everything mounted at or below `dir`. Mounts that
-/// went with one above them are no error.
+/// Unmounts (lazily, deepest first) everything mounted at or below `dir`, and checks
+/// that nothing is left there: only then may the caller delete the tree. Mounts that
+/// went with one above them are no error; a mount point that is a symbolic link now
+/// is not followed.
 pub fn unmount_below(dir: &Path) -> io::Result<()> {
+    // mountinfo names mount points by their real paths.
+    let dir = match std::fs::canonicalize(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    for point in mounts_below(&mountinfo, dir) {
+    for point in mounts_below(&mountinfo, &dir) {
         let c = crate::confined::cstr(point.as_os_str().as_encoded_bytes())?;
         // SAFETY: umount2 of a NUL-terminated path; no memory is handed over.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) } != 0 {
             let e = io::Error::last_os_error();
             if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) {
                 return Err(io::Error::new(
@@ -61,6 +69,13 @@ pub fn unmount_below(dir: &Path) -> io::Result<()> {
                 ));
             }
         }
+    }
+    let left = mounts_below(&std::fs::read_to_string("/proc/self/mountinfo")?, &dir);
+    if let Some(point) = left.first() {
+        return Err(io::Error::other(format!(
+            "{} is still mounted: not deleting what is below it",
+            point.display()
+        )));
     }
     Ok(())
 }

@@ -172,14 +172,26 @@ fn a_pod_runs_through_containerds_cri_with_the_cabin_handler() {
         // a pod's emptyDir volume into its containers.
         let shared = c.dir.join("shared");
         std::fs::create_dir_all(&shared).unwrap();
+        let greeting = c.dir.join("greeting.txt");
+        std::fs::write(&greeting, "hello, file\n").unwrap();
         let create = |name: &str, command: &[&str]| {
             let mut config = container(name, command, &format!("{name}.log"));
             if name != "once" {
-                config.mounts = vec![cri::Mount {
-                    container_path: "/shared".into(),
-                    host_path: shared.display().to_string(),
-                    ..Default::default()
-                }];
+                config.mounts = vec![
+                    cri::Mount {
+                        container_path: "/shared".into(),
+                        host_path: shared.display().to_string(),
+                        ..Default::default()
+                    },
+                    // A single file, as a kubelet binds a pod's /etc/hosts and
+                    // /etc/resolv.conf (CRI binds those too).
+                    cri::Mount {
+                        container_path: "/etc/greeting".into(),
+                        host_path: greeting.display().to_string(),
+                        readonly: true,
+                        ..Default::default()
+                    },
+                ];
             }
             if name == "client" {
                 // A user other than root, with the capabilities CRI gives it.
@@ -289,10 +301,10 @@ fn a_pod_runs_through_containerds_cri_with_the_cabin_handler() {
             (0, "pod1\n1000\n"),
             "the client sees its own /tmp, the pod's host name, and runs as its user"
         );
-        let note = exec_sync(&ids[2], "cat /shared/note").await;
+        let note = exec_sync(&ids[2], "cat /shared/note /etc/greeting").await;
         assert_eq!(
             String::from_utf8_lossy(&note.stdout),
-            "from the server\n",
+            "from the server\nhello, file\n",
             "the pod's shared folder: {}",
             String::from_utf8_lossy(&note.stderr)
         );

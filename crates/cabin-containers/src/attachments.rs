@@ -122,7 +122,7 @@ impl Attachments {
         };
         for m in &cfg.mounts {
             match m {
-                // A pod member's folders are on its pod's share already.
+                // A pod member's folders and files are on its pod's share already.
                 MountSpec::Bind {
                     source,
                     target,
@@ -130,7 +130,10 @@ impl Attachments {
                 } if member_of.is_some() => {
                     let sandbox = member_of.unwrap_or_default();
                     mounts.push(ContainerMount {
-                        source: format!("dir:{}", crate::pod::guest_path(paths, sandbox, source)?),
+                        source: format!(
+                            "guest:{}",
+                            crate::pod::guest_path(paths, sandbox, source)?
+                        ),
                         target: target.clone(),
                         read_only: *read_only,
                         options: String::new(),

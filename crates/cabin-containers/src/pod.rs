@@ -89,6 +89,21 @@ impl PodLink {
         let _ = std::fs::remove_file(agent_socket(paths, sandbox));
     }
 
+    /// The link of sandbox `sandbox`, which must be running. Its supervisor writes it
+    /// just after it records the sandbox as running: a member started at once waits
+    /// for it a moment.
+    pub async fn wait_for(paths: &Paths, sandbox: &str) -> Result<PodLink, RunError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match PodLink::read(paths, sandbox) {
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// The link of sandbox `sandbox`, which must be running.
     pub fn read(paths: &Paths, sandbox: &str) -> Result<PodLink, RunError> {
         let not_running = || {
@@ -106,14 +121,14 @@ impl PodLink {
     }
 }
 
-/// Where a member's host directory `dir` (its root, a folder of its) is in the guest:
-/// the same place inside the pod's share. Anything outside the share (or reaching out
-/// of it with `..`) is refused.
+/// Where a member's host directory or file `dir` (its root, a bound folder or file) is
+/// in the guest: the same place inside the pod's share. Anything outside the share (or
+/// reaching out of it with `..`) is refused.
 pub fn guest_path(paths: &Paths, sandbox: &str, dir: &Path) -> Result<String, RunError> {
     let share = share_dir(paths, sandbox);
     let outside = || {
         RunError::Setup(format!(
-            "a pod member's root file system and folders must be directories inside its pod's share {}, not {}",
+            "a pod member's root file system and bound folders and files must be inside its pod's share {}, not {}",
             share.display(),
             dir.display()
         ))
@@ -130,6 +145,13 @@ pub fn guest_path(paths: &Paths, sandbox: &str, dir: &Path) -> Result<String, Ru
 /// fixed when it started (a microVM has no hot-plug bus).
 pub fn check_member(cfg: &ContainerSpec) -> Result<(), RunError> {
     let refuse = |what: &str| Err(RunError::Setup(format!("a pod member {what}")));
+    if let Some(PodRole::Member { sandbox }) = &cfg.pod {
+        if sandbox.is_empty() || !sandbox.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return refuse(&format!(
+                "names no container of the store as its sandbox ({sandbox:?})"
+            ));
+        }
+    }
     if !matches!(cfg.root, RootSource::Dir(_)) {
         return refuse("runs on a directory of its pod's share, not an image");
     }
@@ -153,14 +175,21 @@ pub fn check_member(cfg: &ContainerSpec) -> Result<(), RunError> {
 /// Relays cabin-init's protocol from `listener` (the sandbox's `agent.sock`) to the
 /// VM's agent connection `channel`: each request of a member's supervisor, streams
 /// included, goes over the one HTTP/2 connection the sandbox's supervisor holds to the
-/// guest. Runs until aborted.
+/// guest. Runs until aborted, which ends every connection it serves too.
 pub async fn serve_agent(listener: tokio::net::UnixListener, channel: Channel) {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let Ok((conn, _)) = listener.accept().await else {
-            continue;
+        while connections.try_join_next().is_some() {}
+        let conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(_) => {
+                // Out of descriptors, say: not a loop that spins.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let channel = channel.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let relay =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let mut channel = channel.clone();

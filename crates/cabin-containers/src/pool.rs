@@ -70,7 +70,9 @@ pub fn poolable(cfg: &ContainerSpec) -> Option<VmShape> {
         return None;
     }
     let shape = normal(VmShape::of(cfg));
-    (shape.shares == 0 && shape.volumes == 0).then_some(shape)
+    // A pod's sandbox has its pod's share, a device a pooled VM lacks; a member has
+    // no VM of its own (its network is none, too).
+    (shape.shares == 0 && shape.volumes == 0 && !shape.pod_sandbox).then_some(shape)
 }
 
 /// `shape` with the accelerator decided, so that "auto" and the choice it makes are

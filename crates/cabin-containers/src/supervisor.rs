@@ -94,7 +94,7 @@ pub async fn supervise_on(
             source,
         }
     };
-    let cfg = match spec::read(&dir, id) {
+    let mut cfg = match spec::read(&dir, id) {
         Ok(spec) => running_spec(spec, id, &record.name, &dir, record.auto_remove),
         Err(e) => {
             // Said where the starter looks: the record.
@@ -154,6 +154,10 @@ pub async fn supervise_on(
             break ended;
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
+        // What changed since (cabin update) holds for the next run.
+        if let Ok(spec) = spec::read(&dir, id) {
+            cfg = running_spec(spec, id, &record.name, &dir, record.auto_remove);
+        }
     };
     let _ = log.flush();
     let _ = std::fs::remove_file(&sock);

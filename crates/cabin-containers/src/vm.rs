@@ -843,7 +843,7 @@ impl ContainerVm {
     ) -> Result<ContainerVm, RunError> {
         let paths = &host.paths;
         crate::pod::check_member(cfg)?;
-        let link = crate::pod::PodLink::read(paths, sandbox)?;
+        let link = crate::pod::PodLink::wait_for(paths, sandbox).await?;
         let gone = crate::pod::watch_sandbox(paths, sandbox);
         let id = cabin_base::random::id().map_err(io_err("naming the container"))?;
         let attached = Attachments::acquire(paths, cfg, &id, notify)?;

@@ -54,12 +54,7 @@ impl PathRules {
             paths
                 .iter()
                 .map(|p| {
-                    let path = Path::new(p);
-                    let normal = path.is_absolute()
-                        && path.components().skip(1).all(|c| {
-                            matches!(c, std::path::Component::Normal(_))
-                        });
-                    if normal && path.components().count() > 1 {
+                    if cabin_base::confined::plain_absolute(Path::new(p)) {
                         Ok(p.trim_start_matches('/').to_string())
                     } else {
                         Err(format!(
@@ -94,25 +89,17 @@ struct CapPlan {
 
 impl CapPlan {
     fn of(caps: &cabin_proto::v1::Capabilities, last: u32) -> Result<CapPlan, StartError> {
-        let mask = |set: &[u32]| -> Result<u64, StartError> {
-            set.iter().try_fold(0u64, |m, &c| {
-                if c > last || c >= 64 {
-                    Err(StartError::InvalidSpec(format!(
-                        "capability {c} is unknown to this kernel (the last is {last})"
-                    )))
-                } else {
-                    Ok(m | 1 << c)
-                }
-            })
-        };
+        // Capabilities the guest's kernel does not have are left out, as runc leaves
+        // out those its host lacks (a spec made on a newer host lists more).
+        let known = |c: &&u32| **c <= last && **c < 64;
+        let mask = |set: &[u32]| set.iter().filter(known).fold(0u64, |m, &c| m | 1 << c);
         let halves = |m: u64| [m as u32, (m >> 32) as u32];
-        mask(&caps.ambient)?;
         Ok(CapPlan {
-            bounding: mask(&caps.bounding)?,
-            effective: halves(mask(&caps.effective)?),
-            permitted: halves(mask(&caps.permitted)?),
-            inheritable: halves(mask(&caps.inheritable)?),
-            ambient: caps.ambient.clone(),
+            bounding: mask(&caps.bounding),
+            effective: halves(mask(&caps.effective)),
+            permitted: halves(mask(&caps.permitted)),
+            inheritable: halves(mask(&caps.inheritable)),
+            ambient: caps.ambient.iter().filter(known).copied().collect(),
         })
     }
 }
@@ -973,6 +960,14 @@ pub fn start_process(
     let rootfs = &ctr.rootfs;
     let bad = |e: io::Error| StartError::InvalidSpec(e.to_string());
     let in_root = |p: &str| cstr(rootfs.join(p)).map_err(bad);
+    // The spec's paths, else docker's.
+    let in_roots = |spec: Option<&Vec<String>>, defaults: &[&str]| match spec {
+        Some(paths) => paths.iter().map(|p| in_root(p)).collect(),
+        None => defaults
+            .iter()
+            .map(|p| in_root(p))
+            .collect::<Result<Vec<_>, _>>(),
+    };
     let plan = ChildPlan {
         tty: req.tty,
         join: join.is_some(),
@@ -982,28 +977,8 @@ pub fn start_process(
         proc_dir: in_root("proc")?,
         mqueue_dir: in_root("dev/mqueue")?,
         cgroup_dir: in_root("sys/fs/cgroup")?,
-        masked: match &ctr.paths {
-            Some(rules) => rules
-                .masked
-                .iter()
-                .map(|p| in_root(p))
-                .collect::<Result<Vec<_>, _>>(),
-            None => MASKED_PATHS
-                .iter()
-                .map(|p| in_root(p))
-                .collect::<Result<Vec<_>, _>>(),
-        }?,
-        readonly: match &ctr.paths {
-            Some(rules) => rules
-                .read_only
-                .iter()
-                .map(|p| in_root(p))
-                .collect::<Result<Vec<_>, _>>(),
-            None => READONLY_PATHS
-                .iter()
-                .map(|p| in_root(p))
-                .collect::<Result<Vec<_>, _>>(),
-        }?,
+        masked: in_roots(ctr.paths.as_ref().map(|r| &r.masked), MASKED_PATHS)?,
+        readonly: in_roots(ctr.paths.as_ref().map(|r| &r.read_only), READONLY_PATHS)?,
         dev_null: c"/dev/null".into(),
         hostname: ctr.hostname.as_bytes().to_vec(),
         cwd_prefixes: cwd_prefixes(cwd).map_err(bad)?,

@@ -100,21 +100,23 @@ pub fn attach(root: &Root, staging: &Path, mounts: &[ContainerMount]) -> io::Res
             .map_err(what)?;
             continue;
         }
-        if let Some(dir) = m.source.strip_prefix("dir:") {
-            // A directory the guest has already (a pod's share), bound as it is.
-            let dir = Path::new(dir);
-            if !dir.is_absolute()
-                || dir
-                    .components()
-                    .any(|c| c == std::path::Component::ParentDir)
-            {
+        if let Some(path) = m.source.strip_prefix("guest:") {
+            // A directory or file the guest has already (on a pod's share), bound as
+            // it is, over a mount point of its kind.
+            let path = Path::new(path);
+            if !cabin_base::confined::plain_absolute(path) {
                 return Err(io::Error::other(format!(
                     "mount source {:?} is not an absolute guest path",
                     m.source
                 )));
             }
-            let target = mount_point(root, &m.target, Leaf::Dir).map_err(what)?;
-            bind(dir, &target, m.read_only).map_err(what)?;
+            let leaf = if std::fs::metadata(path).map_err(what)?.is_dir() {
+                Leaf::Dir
+            } else {
+                Leaf::File
+            };
+            let target = mount_point(root, &m.target, leaf).map_err(what)?;
+            bind(path, &target, m.read_only).map_err(what)?;
             continue;
         }
         let dir = staging.join(i.to_string());

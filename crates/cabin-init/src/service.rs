@@ -641,7 +641,25 @@ impl Agent for AgentService {
         req: Request<ContainerRef>,
     ) -> Result<Response<Empty>, Status> {
         let id = req.into_inner().container_id;
-        let ctr = self.container(&id)?;
+        let ctr = match self.container(&id) {
+            Ok(ctr) => ctr,
+            Err(e) => {
+                // A start that failed after its root was mounted (CreateContainer
+                // refused) leaves the mount in a VM that goes on: it goes now.
+                let valid = !id.is_empty()
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                let dir = Path::new("/run/cabin/containers").join(&id);
+                if valid && dir.exists() {
+                    cabin_base::mountinfo::unmount_below(&dir)
+                        .map_err(|e| io_status("unmount the container's files", e))?;
+                    std::fs::remove_dir_all(&dir)
+                        .map_err(|e| io_status("remove the container's files", e))?;
+                }
+                return Err(e);
+            }
+        };
         container::remove(&ctr)
             .await
             .map_err(|e| io_status("remove the container", e))?;

@@ -7,6 +7,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use cabin_base::confined::{Leaf, Links};
 use cabin_containers::control::{ExecRequest, Limits};
 use cabin_containers::spec::{CapabilitySets, Rlimit};
 use cabin_containers::volumes::MountSpec;
@@ -88,15 +89,79 @@ pub fn pod_part(spec: &Spec) -> PodPart {
     }
 }
 
-/// The directory the task's root filesystem is in, `target`: containerd's snapshot
-/// mounted there when it gave mounts (in order), else the spec's `root.path`
-/// (relative to the bundle), as `ctr run --rootfs` leaves it, bound on `target` when
-/// that is not the bundle's `rootfs` (a pod member's root, on its pod's share).
+/// A place a task's root or one of its folders is mounted on. On a pod's share the
+/// guest can write, so the place is made and opened without following links, and the
+/// mount is made on that open directory or file (`/proc/self/fd/N`): nothing the guest
+/// renames or links meanwhile can move it elsewhere on the host.
+pub struct MountPoint {
+    /// Its real path (labels, unmounts).
+    pub path: PathBuf,
+    /// The path the mount is made on.
+    on: PathBuf,
+    _open: Option<std::fs::File>,
+}
+
+impl MountPoint {
+    /// A place cabin alone writes (the bundle's `rootfs`).
+    pub fn at(path: PathBuf) -> MountPoint {
+        MountPoint {
+            on: path.clone(),
+            path,
+            _open: None,
+        }
+    }
+
+    /// `rel` below `share` (a pod's share), made as `leaf` where missing.
+    pub fn in_share(share: &Path, rel: &Path, leaf: Leaf) -> Result<MountPoint, BundleError> {
+        let path = share.join(rel);
+        let failed = |e: io::Error| BundleError::Mount {
+            what: "its mount point".into(),
+            target: path.clone(),
+            detail: e.to_string(),
+        };
+        let root = cabin_base::confined::Root::open(share, Links::Refuse).map_err(failed)?;
+        let open = root.make_path(rel, leaf, 0o755).map_err(failed)?;
+        Ok(MountPoint {
+            on: PathBuf::from(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&open)
+            )),
+            path,
+            _open: Some(open),
+        })
+    }
+}
+
+/// A pod's VM is its sandbox's: sized for the pod's containers when CRI says what
+/// they need (containerd 1.7's `io.kubernetes.cri.sandbox-memory` and
+/// `sandbox-cpu-quota`/`-period` annotations); else as a container without limits.
+pub fn size_pod(c: &mut ContainerSpec, spec: &Spec) {
+    let Some(a) = spec.annotations().as_ref() else {
+        return;
+    };
+    let number = |key: &str| {
+        a.get(&format!("io.kubernetes.cri.sandbox-{key}"))
+            .and_then(|v| v.parse::<i64>().ok())
+            .filter(|v| *v > 0)
+    };
+    if let Some(memory) = number("memory") {
+        c.memory_bytes = Some(memory as u64);
+    }
+    if let Some(quota) = number("cpu-quota") {
+        let period = number("cpu-period").unwrap_or(100_000);
+        c.cpus = Some(quota as f64 / period as f64);
+    }
+}
+
+/// The directory the task's root filesystem is in: containerd's snapshot mounted on
+/// `target` when it gave mounts (in order), else the spec's `root.path` (relative to
+/// the bundle), as `ctr run --rootfs` leaves it, bound on `target` when that is not
+/// the bundle's `rootfs` (a pod member's root, on its pod's share).
 pub async fn root_dir(
     bundle: &Path,
     spec: &Spec,
     mounts: &[RootMount],
-    target: &Path,
+    target: &MountPoint,
 ) -> Result<PathBuf, BundleError> {
     let dir = if mounts.is_empty() {
         let path = spec
@@ -105,18 +170,20 @@ pub async fn root_dir(
             .map(|r| r.path().clone())
             .unwrap_or_else(|| PathBuf::from("rootfs"));
         let dir = bundle.join(path);
-        if target == bundle.join("rootfs") {
+        if target.path == bundle.join("rootfs") {
             dir
         } else {
-            bind_root(&dir, target)?;
-            target.to_path_buf()
+            bind(&dir, target, false)?;
+            target.path.clone()
         }
     } else {
-        std::fs::create_dir_all(target).map_err(|e| BundleError::Mount {
-            what: "its mount point".into(),
-            target: target.to_path_buf(),
-            detail: e.to_string(),
-        })?;
+        if target._open.is_none() {
+            std::fs::create_dir_all(&target.path).map_err(|e| BundleError::Mount {
+                what: "its mount point".into(),
+                target: target.path.clone(),
+                detail: e.to_string(),
+            })?;
+        }
         for m in mounts {
             let mount = containerd_shim::protos::api::Mount {
                 type_: m.kind.clone(),
@@ -124,49 +191,70 @@ pub async fn root_dir(
                 options: m.options.clone(),
                 ..Default::default()
             };
-            if let Err(e) = containerd_shim::asynchronous::util::mount_rootfs(&mount, target).await
+            if let Err(e) =
+                containerd_shim::asynchronous::util::mount_rootfs(&mount, &target.on).await
             {
                 // What was mounted before it goes too.
-                unmount_root(target);
+                unmount_root(&target.path);
                 return Err(BundleError::Mount {
                     what: format!("{} {}", m.kind, m.source),
-                    target: target.to_path_buf(),
+                    target: target.path.clone(),
                     detail: e.to_string(),
                 });
             }
         }
-        target.to_path_buf()
+        target.path.clone()
     };
     let has_entries = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
     if !has_entries {
-        unmount_root(target);
+        unmount_root(&target.path);
         return Err(BundleError::NoRoot(dir));
     }
     Ok(dir)
 }
 
-/// `dir` bound on `target` (made if missing).
-pub fn bind_root(dir: &Path, target: &Path) -> Result<(), BundleError> {
-    let failed = |detail: String| BundleError::Mount {
-        what: format!("bind {}", dir.display()),
-        target: target.to_path_buf(),
-        detail,
+/// `source` (a directory or a file) bound on `target`, read-only on the host too when
+/// asked (the guest's own read-only mount is not all that stands between a guest and
+/// the host's files).
+pub fn bind(source: &Path, target: &MountPoint, read_only: bool) -> Result<(), BundleError> {
+    use nix::mount::MsFlags;
+    let failed = |e: nix::Error| BundleError::Mount {
+        what: format!("bind {}", source.display()),
+        target: target.path.clone(),
+        detail: e.to_string(),
     };
-    std::fs::create_dir_all(target).map_err(|e| failed(e.to_string()))?;
+    if target._open.is_none() {
+        std::fs::create_dir_all(&target.path)
+            .map_err(|e| failed(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+    }
     nix::mount::mount(
-        Some(dir),
-        target,
+        Some(source),
+        &target.on,
         None::<&str>,
-        nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&str>,
     )
-    .map_err(|e| failed(e.to_string()))
+    .map_err(failed)?;
+    if read_only {
+        // The new mount is on top of the open place now: its real path names it.
+        nix::mount::mount(
+            None::<&str>,
+            &target.path,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(failed)?;
+    }
+    Ok(())
 }
 
-/// Unmounts whatever is mounted on `target`, the task's root (nothing: nothing to do).
+/// Unmounts whatever is mounted on `target`, the task's root (nothing: nothing to do),
+/// never following a link there.
 pub fn unmount_root(target: &Path) {
+    use nix::mount::MntFlags;
     // Lazily: a snapshot still busy (a disk being built from it) goes when it is free.
-    while nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+    while nix::mount::umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW).is_ok() {}
 }
 
 /// The container the task is: its process, limits and mounts from `spec`, its root
@@ -231,7 +319,14 @@ pub fn container_spec(
         c.masked_paths = Some(Vec::new());
         c.readonly_paths = Some(Vec::new());
     }
-    c.capabilities = process.capabilities().as_ref().map(capability_sets);
+    // As runc: a spec without capabilities gives the process none.
+    c.capabilities = Some(
+        process
+            .capabilities()
+            .as_ref()
+            .map(capability_sets)
+            .unwrap_or_default(),
+    );
     c.no_new_privileges = process.no_new_privileges().unwrap_or(false);
     c.mounts = mounts_of(spec);
     c.check()
@@ -329,30 +424,63 @@ fn network_of(namespaces: &[oci_spec::runtime::LinuxNamespace]) -> NetworkMode {
     }
 }
 
+/// Leaves out the binds of single files: a VM of its own takes folders (9p shares),
+/// not files. cabin-init writes the container's own /etc/hosts, /etc/hostname and
+/// /etc/resolv.conf.
+pub fn drop_file_binds(c: &mut ContainerSpec) {
+    c.mounts.retain(|m| match m {
+        MountSpec::Bind { source, target, .. } if !source.is_dir() => {
+            log::info!(
+                "the file {} bound on {target} is left out: only a pod's containers take files",
+                source.display()
+            );
+            false
+        }
+        _ => true,
+    });
+}
+
 /// Makes `c` a container of the pod whose sandbox is cabin's container `sandbox`: it
-/// runs in the sandbox's VM, on its network. Its host folders reach that running VM on
-/// the pod's share: each is bound under `task_dir` (the task's place on the share),
-/// `mounts/<n>`.
-pub fn join_pod(c: &mut ContainerSpec, sandbox: &str, task_dir: &Path) -> Result<(), BundleError> {
+/// runs in the sandbox's VM, on its network. Its host folders and files (CRI's
+/// /etc/hosts and /etc/resolv.conf among them) reach that running VM on the pod's
+/// share: each is bound at `<task>/mounts/<n>` there.
+pub fn join_pod(
+    c: &mut ContainerSpec,
+    sandbox: &str,
+    share: &Path,
+    task: &str,
+) -> Result<(), BundleError> {
     c.pod = Some(cabin_containers::pod::PodRole::Member {
         sandbox: sandbox.to_string(),
     });
     c.network = NetworkMode::None;
     c.publish.clear();
     for (n, m) in c.mounts.iter_mut().enumerate() {
-        if let MountSpec::Bind { source, .. } = m {
-            let place = task_dir.join("mounts").join(n.to_string());
-            bind_root(source, &place)?;
-            *source = place;
+        if let MountSpec::Bind {
+            source, read_only, ..
+        } = m
+        {
+            let leaf = if source.is_dir() {
+                Leaf::Dir
+            } else {
+                Leaf::File
+            };
+            let place = MountPoint::in_share(
+                share,
+                &Path::new(task).join("mounts").join(n.to_string()),
+                leaf,
+            )?;
+            bind(source, &place, *read_only)?;
+            *source = place.path;
         }
     }
     Ok(())
 }
 
-/// The spec's mounts cabin makes in the VM: host directories (binds) are shared into
-/// it, tmpfs mounts are made there. The kernel's file systems (proc, sysfs, devpts,
-/// mqueue, cgroup) are cabin-init's own in every container, and binds of files (CRI's
-/// /etc/hosts, /etc/resolv.conf) are not shareable as files: cabin-init writes its own.
+/// The spec's mounts cabin makes in the VM: host directories and files (binds; files
+/// reach only a pod's containers, see [`drop_file_binds`]) and tmpfs mounts. The
+/// kernel's file systems (proc, sysfs, devpts, mqueue, cgroup) are cabin-init's own in
+/// every container.
 fn mounts_of(spec: &Spec) -> Vec<MountSpec> {
     let mut out = Vec::new();
     for m in spec.mounts().iter().flatten() {
@@ -369,7 +497,7 @@ fn mounts_of(spec: &Spec) -> Vec<MountSpec> {
             let Some(source) = m.source().as_ref().filter(|_| !kernel_owned) else {
                 continue;
             };
-            if !source.is_dir() {
+            if !(source.is_dir() || source.is_file()) {
                 continue;
             }
             out.push(MountSpec::Bind {
@@ -555,8 +683,17 @@ mod tests {
                     target: "/data".into(),
                     read_only: true
                 },
+                MountSpec::Bind {
+                    source: "/etc/hosts".into(),
+                    target: "/etc/hosts".into(),
+                    read_only: false
+                },
             ]
         );
+        // A task of its own takes folders, not files.
+        let mut own = c.clone();
+        drop_file_binds(&mut own);
+        assert_eq!(own.mounts.len(), 2);
     }
 
     #[test]
@@ -588,8 +725,11 @@ mod tests {
         ));
         let c = container_spec(&s, Path::new("/r"), false, AccelRequest::Auto).unwrap();
         assert_eq!(c.hostname.as_deref(), Some("pod1"));
-        // A file is not a shareable directory: not mounted.
-        assert!(c.mounts.is_empty());
+        // A file reaches a pod's containers only (on the pod's share).
+        assert_eq!(c.mounts.len(), 1);
+        let mut own = c.clone();
+        drop_file_binds(&mut own);
+        assert!(own.mounts.is_empty());
     }
 
     #[test]

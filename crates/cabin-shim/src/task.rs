@@ -6,7 +6,7 @@
 //! exec-started, exit, delete).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use async_trait::async_trait;
@@ -28,6 +28,8 @@ use containerd_shim::protos::ttrpc;
 use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim::TtrpcResult;
 use tokio::sync::{mpsc, oneshot, watch};
+
+use cabin_base::confined::Leaf;
 
 use crate::bundle::{self, RootMount};
 use crate::stdio;
@@ -446,18 +448,31 @@ impl TaskService {
         Ok(pid)
     }
 
-    /// The cabin ID of the pod sandbox that is task `sandbox` of this namespace, when
-    /// it runs a VM its pod's containers can join.
-    async fn running_sandbox(&self, sandbox: &str) -> Option<String> {
+    /// The cabin ID of the pod sandbox that is task `sandbox` of this namespace, whose
+    /// VM its pod's containers join; None when the sandbox is not cabin's (another
+    /// runtime's: the container gets a VM of its own). A cabin sandbox that does not
+    /// run is an error: its containers would not share its localhost.
+    async fn running_sandbox(&self, sandbox: &str) -> TtrpcResult<Option<String>> {
         let name = container_name(&self.inner.namespace, sandbox);
-        let spec = self.inner.containers.spec(&name).await.ok()?;
-        let record = self.inner.containers.get(&name).await.ok()?;
-        (spec.pod == Some(cabin_containers::pod::PodRole::Sandbox)
-            && matches!(
-                record.status,
-                cabin_containers::store::Status::Running { .. }
-            ))
-        .then_some(record.id)
+        let (Ok(spec), Ok(record)) = (
+            self.inner.containers.spec(&name).await,
+            self.inner.containers.get(&name).await,
+        ) else {
+            return Ok(None);
+        };
+        if spec.pod != Some(cabin_containers::pod::PodRole::Sandbox) {
+            return Ok(None);
+        }
+        if !matches!(
+            record.status,
+            cabin_containers::store::Status::Running { .. }
+        ) {
+            return Err(status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("the pod's sandbox {sandbox} is not running: its containers run in its VM"),
+            ));
+        }
+        Ok(Some(record.id))
     }
 
     /// containerd's Create: the container the bundle describes, recorded in cabin's
@@ -499,24 +514,32 @@ impl TaskService {
         // A container of a pod whose sandbox runs here joins the sandbox's VM: its
         // root goes on the pod's share instead of into a disk.
         let sandbox = match bundle::pod_part(&spec) {
-            bundle::PodPart::Member(sandbox) => self.running_sandbox(&sandbox).await,
+            bundle::PodPart::Member(sandbox) => self.running_sandbox(&sandbox).await?,
             _ => None,
         };
-        let target = match &sandbox {
-            Some(sandbox) => {
+        let share = sandbox
+            .as_ref()
+            .map(|s| cabin_containers::pod::share_dir(&self.inner.containers.host().paths, s));
+        let point = match &share {
+            Some(share) => {
                 if req.id.is_empty() || req.id.contains('/') || req.id.starts_with('.') {
                     return Err(invalid(&format!("task id {:?} is not a name", req.id)));
                 }
-                let paths = &self.inner.containers.host().paths;
-                cabin_containers::pod::share_dir(paths, sandbox)
-                    .join(&req.id)
-                    .join("rootfs")
+                let rel = Path::new(&req.id).join("rootfs");
+                bundle::MountPoint::in_share(share, &rel, Leaf::Dir).map_err(|e| {
+                    unmount_task_root(&share.join(&rel), true);
+                    invalid(&e)
+                })?
             }
-            None => bundle.join("rootfs"),
+            None => bundle::MountPoint::at(bundle.join("rootfs")),
         };
-        let root = bundle::root_dir(&bundle, &spec, &mounts, &target)
+        let target = point.path.clone();
+        let root = bundle::root_dir(&bundle, &spec, &mounts, &point)
             .await
-            .map_err(|e| invalid(&e))?;
+            .map_err(|e| {
+                unmount_task_root(&target, sandbox.is_some());
+                invalid(&e)
+            })?;
         let fail = |e: ttrpc::Error| {
             unmount_task_root(&target, sandbox.is_some());
             e
@@ -534,14 +557,16 @@ impl TaskService {
         // deleted meanwhile does not remove the disk from under this one.
         let (disk, disks_lock) = match &sandbox {
             Some(sandbox) => {
-                let task_dir = target.parent().unwrap_or(&target);
-                bundle::join_pod(&mut c, sandbox, task_dir).map_err(|e| fail(invalid(&e)))?;
+                let share = share.as_deref().unwrap_or(Path::new("/"));
+                bundle::join_pod(&mut c, sandbox, share, &req.id).map_err(|e| fail(invalid(&e)))?;
                 labels.push((ROOT_LABEL.to_string(), target.display().to_string()));
                 (None, None)
             }
             None => {
+                bundle::drop_file_binds(&mut c);
                 if bundle::pod_part(&spec) == bundle::PodPart::Sandbox {
                     c.pod = Some(cabin_containers::pod::PodRole::Sandbox);
+                    bundle::size_pod(&mut c, &spec);
                 }
                 let cache = self.inner.containers.host().paths.rootfs_cache();
                 let dir = root.clone();
