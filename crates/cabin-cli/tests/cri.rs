@@ -20,9 +20,10 @@ use tonic::transport::{Channel, Endpoint};
 const SANDBOX_IMAGE: &str = "docker.io/library/pause:demo";
 const IMAGE: &str = "docker.io/library/busybox:demo";
 
-fn config(dir: &Path) -> String {
-    let cni = dir.join("cni");
-    std::fs::create_dir_all(&cni).unwrap();
+/// containerd's configuration: CRI with the `cabin` handler, CNI's plugins from
+/// Debian's containernetworking-plugins and its configuration in `cni`.
+fn config(cni: &Path) -> String {
+    std::fs::create_dir_all(cni).unwrap();
     format!(
         r#"
 [plugins."io.containerd.grpc.v1.cri"]
@@ -96,13 +97,9 @@ async fn exited(cri: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::Conta
     }
 }
 
-#[test]
-fn a_pod_runs_through_containerds_cri_with_the_cabin_handler() {
-    let dir = std::env::temp_dir().join(format!("cabin-cri-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let c = Containerd::start_with(&dir, &config(&dir));
-    // The images a kubelet would have pulled, in CRI's namespace: busybox, and a
-    // sandbox image whose process waits.
+/// The images a kubelet would have pulled, in CRI's namespace: busybox, and a sandbox
+/// image whose process waits.
+fn import_images(c: &Containerd) {
     let pause = c.dir.join("pause.tar");
     let o = cabin_in(&c.data)
         .args(["image", "import"])
@@ -124,6 +121,14 @@ fn a_pod_runs_through_containerds_cri_with_the_cabin_handler() {
         c.ctr_ok(&["-n", "k8s.io", "image", "import", archive.to_str().unwrap()]);
         c.ctr_ok(&["-n", "k8s.io", "image", "tag", name, full]);
     }
+}
+
+#[test]
+fn a_pod_runs_through_containerds_cri_with_the_cabin_handler() {
+    let dir = std::env::temp_dir().join(format!("cabin-cri-{}", std::process::id()));
+    let cni = std::env::temp_dir().join(format!("cabin-cri-{}-cni", std::process::id()));
+    let c = Containerd::start_with(&dir, &config(&cni));
+    import_images(&c);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -378,4 +383,143 @@ fn a_pod_runs_through_containerds_cri_with_the_cabin_handler() {
         .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}"));
     });
     c.assert_nothing_left();
+    let _ = std::fs::remove_dir_all(&cni);
+}
+
+/// The bridge CNI makes on the host for the pod network test.
+const CNI_BRIDGE: &str = "cabincni0";
+
+#[test]
+fn a_pod_on_a_cni_network_has_its_address_in_its_vm_and_serves_on_it() {
+    let dir = std::env::temp_dir().join(format!("cabin-cri-net-{}", std::process::id()));
+    let cni = std::env::temp_dir().join(format!("cabin-cri-net-{}-cni", std::process::id()));
+    let config = config(&cni);
+    // CNI's bridge plugin with host-local addresses: a veth into the pod's network
+    // namespace, as a cluster's network plugin makes one.
+    std::fs::write(
+        cni.join("10-cabin-test.conflist"),
+        format!(
+            r#"{{"cniVersion": "0.4.0", "name": "cabin-test", "plugins": [
+                {{"type": "bridge", "bridge": "{CNI_BRIDGE}", "isGateway": true, "ipMasq": false,
+                  "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "10.211.0.0/24"}}]],
+                           "dataDir": "{}"}}}}]}}"#,
+            cni.join("ipam").display()
+        ),
+    )
+    .unwrap();
+    let c = Containerd::start_with(&dir, &config);
+    import_images(&c);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cri = client(&c.socket).await;
+        let sandbox_config = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "web".into(),
+                uid: "uid-2".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: "web".into(),
+            log_directory: c.dir.join("pod-logs").display().to_string(),
+            ..Default::default()
+        };
+        // CRI waits for CNI's configuration to be loaded.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let pod = loop {
+            match cri
+                .run_pod_sandbox(cri::RunPodSandboxRequest {
+                    config: Some(sandbox_config.clone()),
+                    runtime_handler: "cabin".into(),
+                })
+                .await
+            {
+                Ok(r) => break r.into_inner().pod_sandbox_id,
+                Err(e) if Instant::now() < deadline && e.message().contains("cni") => {
+                    tokio::time::sleep(Duration::from_millis(500)).await
+                }
+                Err(e) => panic!("RunPodSandbox: {e}"),
+            }
+        };
+        let ip = cri
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default();
+        assert!(ip.starts_with("10.211.0."), "the pod's address: {ip:?}");
+
+        let mut server = container(
+            "server",
+            &[
+                "sh",
+                "-c",
+                "ip -4 addr show eth0 > /tmp/index.html; exec httpd -f -p 8080 -h /tmp",
+            ],
+            "server.log",
+        );
+        server.linux = None;
+        let id = cri
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(server),
+                sandbox_config: Some(sandbox_config.clone()),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
+            .into_inner()
+            .container_id;
+        cri.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer: {e}"));
+
+        // From the host, at the pod's address: the guest's card answers, with that
+        // address as its own.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let page = loop {
+            let fetched = async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut s = tokio::net::TcpStream::connect((ip.as_str(), 8080)).await?;
+                s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").await?;
+                let mut page = String::new();
+                s.read_to_string(&mut page).await?;
+                Ok::<_, std::io::Error>(page)
+            };
+            match tokio::time::timeout(Duration::from_secs(5), fetched).await {
+                Ok(Ok(page)) if page.contains("200 OK") => break page,
+                other => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "no answer from {ip}:8080: {other:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        assert!(page.contains(&format!("inet {ip}/24")), "{page}");
+        assert_eq!(qemu_processes_mentioning(&c.data).len(), 1);
+
+        cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}"));
+        cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}"));
+    });
+    c.assert_nothing_left();
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", CNI_BRIDGE])
+        .status();
+    let _ = std::fs::remove_dir_all(&cni);
 }

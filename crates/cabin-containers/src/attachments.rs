@@ -47,7 +47,8 @@ pub fn shape(cfg: &ContainerSpec) -> Devices {
         NetworkMode::User => Some(NetBackend::User {
             forwards: Vec::new(),
         }),
-        NetworkMode::Bridge => Some(NetBackend::Tap(None)),
+        // A pod's namespace: a tap as on a bridge (one boot snapshot fits both).
+        NetworkMode::Bridge | NetworkMode::Pod => Some(NetBackend::Tap(None)),
         NetworkMode::None => None,
     };
     let mut shares = Vec::new();
@@ -250,6 +251,27 @@ impl Attachments {
                 devices.nic = Some(NetBackend::Tap(Some(Arc::clone(&ep.tap))));
                 let hosts = with_host_gateway(ep.peers(), &ep.net().gateway().to_string());
                 (Some(ep.guest_config()), hosts, Some(ep))
+            }
+            NetworkMode::Pod => {
+                let netns = cfg.netns.as_deref().ok_or_else(|| {
+                    RunError::Setup("a pod network needs its network namespace".into())
+                })?;
+                if !cfg.publish.is_empty() {
+                    return Err(RunError::Setup(
+                        "a pod's ports are its address's: nothing to publish".into(),
+                    ));
+                }
+                let joined =
+                    cabin_net::netns::join(netns).map_err(|e| RunError::Setup(e.to_string()))?;
+                devices.nic = Some(NetBackend::Tap(Some(Arc::clone(&joined.tap))));
+                let net = NetworkConfig {
+                    mac: joined.mac.clone(),
+                    address: joined.address.clone(),
+                    gateway: joined.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                    // The pod's containers have CRI's /etc/resolv.conf.
+                    dns: Vec::new(),
+                };
+                (Some(net), Vec::new(), None)
             }
             NetworkMode::None => {
                 if !cfg.publish.is_empty() {

@@ -312,6 +312,10 @@ pub struct ContainerSpec {
     /// The terminal's size at the start (`-t`): rows and columns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty_size: Option<(u16, u16)>,
+    /// With `network` pod: the network namespace (a path such as
+    /// `/var/run/netns/cni-...`) whose interface the VM's card takes over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
     /// Its part in a pod (several containers in one VM, as containerd's sandboxes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<crate::pod::PodRole>,
@@ -370,6 +374,7 @@ impl ContainerSpec {
             mounts: Vec::new(),
             restart: RestartPolicy::No,
             tty_size: None,
+            netns: None,
             pod: None,
             capabilities: None,
             masked_paths: None,

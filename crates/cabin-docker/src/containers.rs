@@ -99,6 +99,7 @@ impl NetView<'_> {
             (None, NetworkMode::User) => "default",
             (None, NetworkMode::Bridge) => "bridge",
             (None, NetworkMode::None) => "none",
+            (None, NetworkMode::Pod) => "pod",
         }
     }
 
@@ -111,6 +112,7 @@ impl NetView<'_> {
             (Some((name, _)), _) => name,
             (None, NetworkMode::User | NetworkMode::Bridge) => "bridge",
             (None, NetworkMode::None) => "none",
+            (None, NetworkMode::Pod) => "pod",
         };
         let aliases = self.user.map(|(_, a)| {
             let mut a = a.to_vec();

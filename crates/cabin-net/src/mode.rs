@@ -8,6 +8,9 @@
 //!   per container, NAT for outbound traffic and published ports through nftables;
 //!   containers reach each other by address and by name (see [`crate::bridge`]).
 //! - `none`: no network card; the container has only a loopback interface.
+//! - `pod` (containerd's shim only, root): the VM's card takes the place of the
+//!   interface in a network namespace CNI prepared for a Kubernetes pod (see
+//!   [`crate::netns`]): the pod's address, MAC and routes.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -16,6 +19,8 @@ pub enum NetworkMode {
     User,
     Bridge,
     None,
+    /// The card in the spec's network namespace (`ContainerSpec::netns`).
+    Pod,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +45,7 @@ impl NetworkMode {
             NetworkMode::User => "user",
             NetworkMode::Bridge => "bridge",
             NetworkMode::None => "none",
+            NetworkMode::Pod => "pod",
         }
     }
 }

@@ -5,6 +5,7 @@
 //! programs wrote, so sizes are bounded and every refusal says what is wrong.
 
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use cabin_base::confined::{Leaf, Links};
@@ -132,10 +133,34 @@ impl MountPoint {
     }
 }
 
-/// A pod's VM is its sandbox's: sized for the pod's containers when CRI says what
-/// they need (containerd 1.7's `io.kubernetes.cri.sandbox-memory` and
-/// `sandbox-cpu-quota`/`-period` annotations); else as a container without limits.
-pub fn size_pod(c: &mut ContainerSpec, spec: &Spec) {
+/// A pod's network namespace, made by CRI and wired by CNI (the sandbox spec names its
+/// path): the VM's card takes over its interface. The host's own namespace is never
+/// taken over (a spec naming it gets the user-mode network, as any task joining a
+/// namespace by path).
+fn pod_network(c: &mut ContainerSpec, spec: &Spec) {
+    let Some(path) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|n| n.iter().find(|n| n.typ() == LinuxNamespaceType::Network))
+        .and_then(|n| n.path().clone())
+    else {
+        return;
+    };
+    let inode = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let ours = inode(Path::new("/proc/self/ns/net"));
+    if inode(&path).is_some() && inode(&path) != ours {
+        c.network = NetworkMode::Pod;
+        c.netns = Some(path);
+    }
+}
+
+/// A pod's VM is its sandbox's: on the pod's network when CNI made one, and sized for
+/// the pod's containers when CRI says what they need (containerd 1.7's
+/// `io.kubernetes.cri.sandbox-memory` and `sandbox-cpu-quota`/`-period` annotations);
+/// else as a container without limits.
+pub fn sandbox_vm(c: &mut ContainerSpec, spec: &Spec) {
+    pod_network(c, spec);
     let Some(a) = spec.annotations().as_ref() else {
         return;
     };

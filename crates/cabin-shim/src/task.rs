@@ -566,7 +566,7 @@ impl TaskService {
                 bundle::drop_file_binds(&mut c);
                 if bundle::pod_part(&spec) == bundle::PodPart::Sandbox {
                     c.pod = Some(cabin_containers::pod::PodRole::Sandbox);
-                    bundle::size_pod(&mut c, &spec);
+                    bundle::sandbox_vm(&mut c, &spec);
                 }
                 let cache = self.inner.containers.host().paths.rootfs_cache();
                 let dir = root.clone();
