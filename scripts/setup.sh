@@ -23,6 +23,7 @@ packages=(
   python3-venv                        # tests: pylume and the docker SDK (PyPI) against cabin serve
   docker.io                           # bench/docker.sh: Docker's engine with runc, the baseline (private socket)
   containerd                          # tests and bench/containerd.sh: containerd drives cabin's shim (private socket)
+  containernetworking-plugins         # tests: CNI's bridge and host-local plugins for a pod network (cri.rs)
   protobuf-compiler                   # tests: the CRI client's API (crate k8s-cri) is generated with protoc
   docker-compose                      # tests: Debian's docker-compose (1.29) against cabin's Docker API
   grub-efi-amd64-bin grub-common mtools   # VMs made from images: a disk with its own boot loader (EFI partition)
