@@ -407,8 +407,8 @@ pub async fn pause(host: &Host, args: NamesArgs, pause: bool) -> Result<i32, Fai
 
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
-    /// New memory limit (e.g. 256m, 1g; 0: none), within what the container's VM has
-    /// while it runs.
+    /// New memory limit (e.g. 256m, 1g), within what the container's VM has while it
+    /// runs; 0: none (its next start then sizes its VM as for a container without one).
     #[arg(short, long, value_name = "SIZE")]
     memory: Option<String>,
     /// New CPU quota (fractions allowed, e.g. 0.5; 0: none).
