@@ -72,6 +72,20 @@ fn container(name: &str, command: &[&str], log: &str) -> cri::ContainerConfig {
     }
 }
 
+/// Stops and removes pod `pod`, as a kubelet ends one.
+async fn end_pod(cri: &mut RuntimeServiceClient<Channel>, pod: &str) {
+    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.to_string(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StopPodSandbox: {e}"));
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.to_string(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}"));
+}
+
 /// Waits for container `id` to be reported as exited.
 async fn exited(cri: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -371,16 +385,7 @@ fn a_pod_runs_through_containerds_cri_with_the_cabin_handler() {
             assert_ne!(status.exit_code, 0, "{status:?}");
         }
 
-        cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}"));
-        cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}"));
+        end_pod(&mut cri, &pod).await;
     });
     c.assert_nothing_left();
     let _ = std::fs::remove_dir_all(&cni);
@@ -506,16 +511,7 @@ fn a_pod_on_a_cni_network_has_its_address_in_its_vm_and_serves_on_it() {
         assert!(page.contains(&format!("inet {ip}/24")), "{page}");
         assert_eq!(qemu_processes_mentioning(&c.data).len(), 1);
 
-        cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}"));
-        cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}"));
+        end_pod(&mut cri, &pod).await;
     });
     c.assert_nothing_left();
     let _ = std::process::Command::new("ip")

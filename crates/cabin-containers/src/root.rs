@@ -140,6 +140,21 @@ fn image_healthcheck(
     .flatten()
 }
 
+/// [`merge`] of `d` with what container `cfg` asks for.
+pub fn merge_spec(
+    d: &ProcessDefaults,
+    cfg: &crate::ContainerSpec,
+) -> Result<(Vec<String>, Vec<String>, String, String), NoCommand> {
+    merge(
+        d,
+        cfg.entrypoint.as_deref(),
+        &cfg.args,
+        &cfg.env,
+        &cfg.cwd,
+        &cfg.user,
+    )
+}
+
 /// The process to run: docker's rules. `--entrypoint` replaces the image's entrypoint
 /// and drops its Cmd; a command given by the user replaces the image's Cmd; `-e` adds to
 /// and overrides the image's Env; `-w` and `-u` override WorkingDir and User.

@@ -710,14 +710,7 @@ impl ContainerVm {
         timings.mark("boot assets");
         let root = root::resolve(paths, &cfg.root, notify).await?;
         let image_healthcheck = root.defaults.healthcheck.clone();
-        let (args, image_env, cwd, user) = root::merge(
-            &root.defaults,
-            cfg.entrypoint.as_deref(),
-            &cfg.args,
-            &cfg.env,
-            &cfg.cwd,
-            &cfg.user,
-        )?;
+        let (args, image_env, cwd, user) = root::merge_spec(&root.defaults, cfg)?;
         timings.mark_with("root filesystem image", root.note);
         if let Some(warm) = warm {
             let mut me = warm.vm;
@@ -879,14 +872,7 @@ impl ContainerVm {
             .mark_with("init answering", format!("the VM of pod {sandbox}"));
         // The whole command line, as containerd gives it: a directory has no image
         // defaults to merge with.
-        let (args, env, cwd, user) = root::merge(
-            &root::ProcessDefaults::default(),
-            cfg.entrypoint.as_deref(),
-            &cfg.args,
-            &cfg.env,
-            &cfg.cwd,
-            &cfg.user,
-        )?;
+        let (args, env, cwd, user) = root::merge_spec(&root::ProcessDefaults::default(), cfg)?;
         me.create_and_start(cfg, None, args, env, cwd, user).await
     }
 
