@@ -410,3 +410,74 @@ fn the_specs_capabilities_masked_paths_and_no_new_privileges_are_the_tasks() {
     assert!(privileged.ends_with("\n0\n"), "{privileged}");
     c.assert_nothing_left();
 }
+
+#[test]
+fn a_pods_containers_made_with_cris_annotations_share_its_vm_and_end_with_it() {
+    let c = Containerd::start(&scratch("pod"));
+    let run = |id: &str, kind: &str, cmd: &[&str]| {
+        let kind = format!("io.kubernetes.cri.container-type={kind}");
+        let mut args = vec![
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            &kind,
+            "--annotation",
+            "io.kubernetes.cri.sandbox-id=p1",
+            IMAGE,
+            id,
+        ];
+        args.extend_from_slice(cmd);
+        c.ctr_out(&args)
+    };
+    let o = run("p1", "sandbox", &["sleep", "600"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run("p1-a", "container", &["sleep", "600"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        qemu_processes_mentioning(&c.data).len(),
+        1,
+        "{:?}",
+        c.cabin_tasks()
+    );
+    // The pod's network namespace, processes of its own.
+    let ns = |id: &str, exec: &str| {
+        c.ctr_ok(&[
+            "task",
+            "exec",
+            "--exec-id",
+            exec,
+            id,
+            "sh",
+            "-c",
+            "readlink /proc/self/ns/net; readlink /proc/self/ns/pid",
+        ])
+    };
+    let (sandbox, member) = (ns("p1", "e1"), ns("p1-a", "e2"));
+    let (s, m): (Vec<&str>, Vec<&str>) = (sandbox.lines().collect(), member.lines().collect());
+    assert!(s[0].starts_with("net:["), "{sandbox}");
+    assert_eq!(s[0], m[0], "one network namespace");
+    assert_ne!(s[1], m[1], "two PID namespaces");
+    // A pod's container pauses with its pod, not alone.
+    let o = c.ctr_out(&["task", "pause", "p1-a"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("paused with its pod"), "{}", stderr(&o));
+
+    // The sandbox ends: its VM, and so its containers.
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "p1"]);
+    eventually("the pod's container to end with its VM", || {
+        c.ctr_ok(&["task", "ls"])
+            .lines()
+            .any(|l| l.starts_with("p1-a") && l.contains("STOPPED"))
+    });
+    // A container of a pod whose sandbox does not run is refused, and says why.
+    let o = run("p1-b", "container", &["true"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("is not running"), "{}", stderr(&o));
+    for id in ["p1-b", "p1-a", "p1"] {
+        let _ = c.ctr_out(&["task", "delete", id]);
+        let _ = c.ctr_out(&["container", "delete", id]);
+    }
+    c.assert_nothing_left();
+}
