@@ -49,6 +49,19 @@ pub struct RunArgs {
     /// Mount the container's root filesystem read-only.
     #[arg(long)]
     read_only: bool,
+    /// Add a capability to docker's default set (NET_ADMIN, or ALL); a user other
+    /// than root has none effective, as in docker.
+    #[arg(long, value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// Drop a capability from docker's default set (CHOWN, or ALL).
+    #[arg(long, value_name = "CAP")]
+    cap_drop: Vec<String>,
+    /// Every capability and no masked paths, inside the container's VM.
+    #[arg(long)]
+    privileged: bool,
+    /// no-new-privileges: its processes cannot gain privileges by exec.
+    #[arg(long, value_name = "OPTION")]
+    security_opt: Vec<String>,
     #[command(flatten)]
     pub machine: MachineArgs,
     #[command(flatten)]
@@ -185,6 +198,13 @@ pub fn spec(args: &RunArgs, announce_tcg: bool) -> Result<ContainerSpec, Failure
     env.extend(args.process.env.iter().cloned());
     c.env = crate::process_args::resolve_env(env);
     c.read_only = args.read_only;
+    c.apply_docker_security(
+        args.privileged,
+        &args.cap_add,
+        &args.cap_drop,
+        &args.security_opt,
+    )
+    .map_err(|e| Failure::new(e.to_string()))?;
     c.cwd = args.process.workdir.clone().unwrap_or_default();
     c.user = args.process.user.clone().unwrap_or_default();
     c.tty = args.process.tty;

@@ -130,6 +130,42 @@ fn docker_run_streams_the_output_takes_stdin_and_exits_with_the_process_code() {
     assert_eq!(stdout(&o), "out\n");
     assert_eq!(stderr(&o), "err\n");
 
+    // Capabilities as Docker gives them: its default set with --cap-add and
+    // --cap-drop, none effective for another user (the bounding set stays), all of
+    // them (in the container's VM) with --privileged; no-new-privileges.
+    let caps = |options: &[&str]| {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(options);
+        args.extend_from_slice(&[
+            "local/bb",
+            "sh",
+            "-c",
+            "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status | tr -s '\\t' ' '",
+        ]);
+        s.docker_ok(&args)
+    };
+    let added = [
+        "--cap-add",
+        "NET_ADMIN",
+        "--cap-drop",
+        "CHOWN",
+        "--security-opt",
+        "no-new-privileges",
+    ];
+    assert_eq!(
+        caps(&added),
+        "CapEff: 00000000a80435fa\nCapBnd: 00000000a80435fa\nNoNewPrivs: 1\n"
+    );
+    assert_eq!(
+        caps(&[&added[..4], &["--user", "1000"]].concat()),
+        "CapEff: 0000000000000000\nCapBnd: 00000000a80435fa\nNoNewPrivs: 0\n"
+    );
+    assert!(caps(&["--privileged"]).starts_with("CapEff: 000001ffffffffff\n"));
+    assert_eq!(
+        caps(&[]),
+        "CapEff: 00000000a80425fb\nCapBnd: 00000000a80425fb\nNoNewPrivs: 0\n"
+    );
+
     // Piped input arrives (with its end) before the container starts.
     let mut c = s.docker_cmd(&[
         "run",

@@ -134,6 +134,32 @@ fn container_is_isolated_like_docker() {
     assert!(lines[5].starts_with("/dev/vda / ext4 rw"), "{out}");
     assert!(out.contains("proc-sys-read-only"), "{out}");
     assert!(out.contains("memory") && out.contains("pids"), "{out}");
+
+    // Docker's options change that: only KILL (bit 5) left; privileged has every
+    // capability and /proc/timer_list unmasked; an unknown option is refused.
+    let o = run(
+        &["--cap-drop", "ALL", "--cap-add", "kill"],
+        &["grep", "CapEff", "/proc/self/status"],
+    );
+    assert_eq!(stdout(&o), "CapEff:\t0000000000000020\n", "{}", stderr(&o));
+    let o = run(
+        &["--privileged"],
+        &[
+            "sh",
+            "-c",
+            "grep CapEff /proc/self/status; cat /proc/timer_list | wc -c",
+        ],
+    );
+    let out = stdout(&o);
+    assert!(out.starts_with("CapEff:\t000001ffffffffff\n"), "{out}");
+    assert_ne!(out.lines().nth(1), Some("0"), "{out}");
+    let o = run(&["--security-opt", "seccomp=x.json"], &["true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("unsupported security option"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

@@ -50,7 +50,29 @@ pub struct CapabilitySets {
     pub inheritable: Vec<String>,
     #[serde(default)]
     pub ambient: Vec<String>,
+    /// The sets are root's: a process of another user has none (Docker's way); else
+    /// they are kept across the change of user (runc's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub root_only: bool,
 }
+
+/// Docker's default capabilities.
+const DOCKER_DEFAULT: [&str; 14] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "NET_RAW",
+    "SYS_CHROOT",
+    "MKNOD",
+    "AUDIT_WRITE",
+    "SETFCAP",
+];
 
 /// Linux's capabilities in number order (linux/capability.h), without `CAP_`.
 const CAPABILITIES: [&str; 41] = [
@@ -108,6 +130,63 @@ pub fn capability_number(name: &str) -> Option<u32> {
 }
 
 impl CapabilitySets {
+    /// Docker's sets for `--cap-add` and `--cap-drop` (names with or without `CAP_`,
+    /// any case; `ALL`): its default set, or every capability when `add` has ALL,
+    /// without the dropped ones (all, with ALL), with the added ones; root's only,
+    /// as Docker gives them.
+    pub fn docker(add: &[String], drop: &[String]) -> Result<CapabilitySets, SpecError> {
+        let bare = |n: &String| -> Result<Option<&'static str>, SpecError> {
+            if n.eq_ignore_ascii_case("all") {
+                return Ok(None);
+            }
+            capability_number(n)
+                .map(|i| Some(CAPABILITIES[i as usize]))
+                .ok_or_else(|| SpecError::Invalid(format!("unknown capability {n:?}")))
+        };
+        let (mut set, mut adds) = (Vec::new(), Vec::new());
+        let mut add_all = false;
+        for n in add {
+            match bare(n)? {
+                Some(c) => adds.push(c),
+                None => add_all = true,
+            }
+        }
+        set.extend(if add_all {
+            &CAPABILITIES[..]
+        } else {
+            &DOCKER_DEFAULT[..]
+        });
+        for n in drop {
+            match bare(n)? {
+                Some(c) => set.retain(|s| *s != c),
+                None => set.clear(),
+            }
+        }
+        for c in adds {
+            if !set.contains(&c) {
+                set.push(c);
+            }
+        }
+        Ok(CapabilitySets::root_set(&set))
+    }
+
+    /// Every capability (Docker's `--privileged`, inside the container's VM).
+    pub fn all() -> CapabilitySets {
+        CapabilitySets::root_set(&CAPABILITIES)
+    }
+
+    fn root_set(set: &[&str]) -> CapabilitySets {
+        let names: Vec<String> = set.iter().map(|c| format!("CAP_{c}")).collect();
+        CapabilitySets {
+            bounding: names.clone(),
+            effective: names.clone(),
+            permitted: names,
+            inheritable: Vec::new(),
+            ambient: Vec::new(),
+            root_only: true,
+        }
+    }
+
     /// The sets as the guest takes them: numbers.
     pub fn numbers(&self) -> Result<cabin_proto::v1::Capabilities, SpecError> {
         let numbers = |set: &[String]| -> Result<Vec<u32>, SpecError> {
@@ -124,11 +203,46 @@ impl CapabilitySets {
             permitted: numbers(&self.permitted)?,
             inheritable: numbers(&self.inheritable)?,
             ambient: numbers(&self.ambient)?,
+            root_only: self.root_only,
         })
     }
 }
 
 impl ContainerSpec {
+    /// Docker's security options (`--privileged`, `--cap-add`, `--cap-drop`,
+    /// `--security-opt`), as Docker gives them. Privileged is every capability and
+    /// nothing masked, inside the container's VM (no host device is passed in).
+    pub fn apply_docker_security(
+        &mut self,
+        privileged: bool,
+        cap_add: &[String],
+        cap_drop: &[String],
+        security_opt: &[String],
+    ) -> Result<(), SpecError> {
+        if privileged {
+            self.capabilities = Some(CapabilitySets::all());
+            self.masked_paths = Some(Vec::new());
+            self.readonly_paths = Some(Vec::new());
+        } else if !cap_add.is_empty() || !cap_drop.is_empty() {
+            self.capabilities = Some(CapabilitySets::docker(cap_add, cap_drop)?);
+        }
+        for opt in security_opt {
+            match opt.replace('=', ":").as_str() {
+                "no-new-privileges" | "no-new-privileges:true" => self.no_new_privileges = true,
+                "no-new-privileges:false" => self.no_new_privileges = false,
+                // What a container of cabin has already: no seccomp profile or LSM
+                // label of Docker's in its VM.
+                "seccomp:unconfined" | "apparmor:unconfined" | "label:disable" => {}
+                other => {
+                    return Err(SpecError::Invalid(format!(
+                        "unsupported security option {other:?}: cabin takes no-new-privileges (a container's VM is its isolation; it has no seccomp profile or LSM label of Docker's)"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// What the spec asks that no container can have, found before it is created.
     pub fn check(&self) -> Result<(), SpecError> {
         if let Some(caps) = &self.capabilities {
@@ -472,6 +586,21 @@ pub fn read(dir: &Path, id: &str) -> Result<ContainerSpec, SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dockers_cap_add_and_cap_drop_start_from_its_default_set() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let c = CapabilitySets::docker(&s(&["net_admin"]), &s(&["CAP_CHOWN"])).unwrap();
+        assert_eq!(c.bounding.len(), 14);
+        assert!(c.bounding.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(!c.bounding.contains(&"CAP_CHOWN".to_string()));
+        assert!(c.root_only && c.inheritable.is_empty());
+        let c = CapabilitySets::docker(&s(&["KILL"]), &s(&["ALL"])).unwrap();
+        assert_eq!(c.effective, ["CAP_KILL"]);
+        let c = CapabilitySets::docker(&s(&["ALL"]), &s(&["SYS_ADMIN"])).unwrap();
+        assert_eq!(c.permitted.len(), 40);
+        assert!(CapabilitySets::docker(&s(&["FLY"]), &[]).is_err());
+    }
 
     #[test]
     fn capabilities_are_numbered_as_linux_numbers_them_and_unknown_ones_are_refused() {

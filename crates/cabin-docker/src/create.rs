@@ -81,6 +81,9 @@ pub struct HostConfig {
     pub network_mode: Option<String>,
     pub tmpfs: Option<BTreeMap<String, String>>,
     pub privileged: Option<bool>,
+    pub cap_add: Option<Vec<String>>,
+    pub cap_drop: Option<Vec<String>>,
+    pub security_opt: Option<Vec<String>>,
     /// The client's terminal, `[rows, cols]` (`[0, 0]` when it has none).
     pub console_size: Option<[u16; 2]>,
 }
@@ -202,11 +205,13 @@ pub fn spec_of(
     c.name = name.map(String::from);
     let mut auto_remove = false;
     if let Some(h) = host {
-        if h.privileged == Some(true) {
-            return Err(bad(
-                "privileged containers are not supported: each container has its own VM, with its own kernel; give it the devices or capabilities it needs instead",
-            ));
-        }
+        c.apply_docker_security(
+            h.privileged == Some(true),
+            h.cap_add.as_deref().unwrap_or_default(),
+            h.cap_drop.as_deref().unwrap_or_default(),
+            h.security_opt.as_deref().unwrap_or_default(),
+        )
+        .map_err(bad)?;
         auto_remove = h.auto_remove.unwrap_or(false);
         if let Some([rows, cols]) = h.console_size.filter(|[r, c]| *r > 0 && *c > 0) {
             c.tty_size = c.tty.then_some((rows, cols));
@@ -442,6 +447,24 @@ mod tests {
     }
 
     #[test]
+    fn capabilities_privileged_and_no_new_privileges_become_the_spec() {
+        let (c, _) = parse(
+            r#"{"Image":"a","HostConfig":{"CapAdd":["NET_ADMIN"],"CapDrop":["CAP_CHOWN"],
+                "SecurityOpt":["no-new-privileges"]}}"#,
+        )
+        .unwrap();
+        let caps = c.capabilities.unwrap();
+        assert!(caps.root_only && caps.effective.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(!caps.effective.contains(&"CAP_CHOWN".to_string()));
+        assert!(c.no_new_privileges && c.masked_paths.is_none());
+        let (c, _) = parse(r#"{"Image":"a","HostConfig":{"Privileged":true}}"#).unwrap();
+        assert_eq!(c.capabilities.unwrap().bounding.len(), 41);
+        assert_eq!(c.masked_paths, Some(vec![]));
+        let (c, _) = parse(r#"{"Image":"a","HostConfig":{}}"#).unwrap();
+        assert!(c.capabilities.is_none(), "Docker's defaults, in the guest");
+    }
+
+    #[test]
     fn publish_all_gives_every_exposed_port_a_free_host_port() {
         let (c, _) = parse(
             r#"{"Image":"a","ExposedPorts":{"80/tcp":{},"53/udp":{}},"HostConfig":{"PublishAllPorts":true}}"#,
@@ -473,8 +496,11 @@ mod tests {
         let e = parse(r#"{"Image":"a","HostConfig":{"NetworkMode":"host"}}"#).unwrap_err();
         assert_eq!(e.status, 400);
         assert!(e.message.contains("own VM"), "{}", e.message);
-        let e = parse(r#"{"Image":"a","HostConfig":{"Privileged":true}}"#).unwrap_err();
-        assert_eq!(e.status, 400);
+        let e = parse(r#"{"Image":"a","HostConfig":{"CapAdd":["FLY"]}}"#).unwrap_err();
+        assert!(e.message.contains("FLY"), "{}", e.message);
+        let e =
+            parse(r#"{"Image":"a","HostConfig":{"SecurityOpt":["seccomp=p.json"]}}"#).unwrap_err();
+        assert!(e.message.contains("security option"), "{}", e.message);
         let e = parse(r#"{"Cmd":["x"]}"#).unwrap_err();
         assert!(e.message.contains("no image"), "{}", e.message);
         let e = parse(r#"{"Image":"a","HostConfig":{"PortBindings":{"0/tcp":[{}]}}}"#).unwrap_err();

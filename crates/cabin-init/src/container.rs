@@ -85,6 +85,8 @@ struct CapPlan {
     permitted: [u32; 2],
     inheritable: [u32; 2],
     ambient: Vec<u32>,
+    /// The sets are root's: empty for a process of another user.
+    root_only: bool,
 }
 
 impl CapPlan {
@@ -100,6 +102,7 @@ impl CapPlan {
             permitted: halves(mask(&caps.permitted)),
             inheritable: halves(mask(&caps.inheritable)),
             ambient: caps.ambient.iter().filter(known).copied().collect(),
+            root_only: caps.root_only,
         })
     }
 }
@@ -791,7 +794,9 @@ impl ChildSetup for ChildPlan {
                 libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as libc::c_int
             };
             // Docker's default set is set before the change of user, which drops it for
-            // a user other than root; the spec's sets are kept across it (runc's way).
+            // a user other than root. A spec's sets are set after it (runc's way), with
+            // every capability kept for the change itself; root-only sets (Docker's
+            // --cap-add) are then empty for another user.
             if self.caps.is_none() {
                 ok(capset(default_mask, default_mask, default_mask), 16)?;
             } else {
@@ -824,8 +829,12 @@ impl ChildSetup for ChildPlan {
             )?;
             if let Some(c) = &self.caps {
                 ok(libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0), 23)?;
-                ok(capset(c.effective, c.permitted, c.inheritable), 16)?;
-                for &cap in &c.ambient {
+                if c.root_only && self.uid != 0 {
+                    ok(capset([0; 2], [0; 2], [0; 2]), 16)?;
+                } else {
+                    ok(capset(c.effective, c.permitted, c.inheritable), 16)?;
+                }
+                for &cap in c.ambient.iter().filter(|_| !c.root_only) {
                     ok(
                         libc::prctl(
                             libc::PR_CAP_AMBIENT,

@@ -410,6 +410,7 @@ fn capability_sets(caps: &oci_spec::runtime::LinuxCapabilities) -> CapabilitySet
         permitted: names(caps.permitted()),
         inheritable: names(caps.inheritable()),
         ambient: names(caps.ambient()),
+        root_only: false,
     }
 }
 
@@ -691,6 +692,7 @@ mod tests {
                 permitted: vec!["CAP_KILL".into()],
                 inheritable: vec![],
                 ambient: vec![],
+                root_only: false,
             })
         );
         assert!(c.no_new_privileges);
