@@ -146,7 +146,7 @@ pub fn guest_path(paths: &Paths, sandbox: &str, dir: &Path) -> Result<String, Ru
 pub fn check_member(cfg: &ContainerSpec) -> Result<(), RunError> {
     let refuse = |what: &str| Err(RunError::Setup(format!("a pod member {what}")));
     if let Some(PodRole::Member { sandbox }) = &cfg.pod {
-        if sandbox.is_empty() || !sandbox.chars().all(|c| c.is_ascii_alphanumeric()) {
+        if !crate::store::valid_id(sandbox) {
             return refuse(&format!(
                 "names no container of the store as its sandbox ({sandbox:?})"
             ));

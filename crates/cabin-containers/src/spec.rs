@@ -39,20 +39,16 @@ pub struct Rlimit {
 
 /// A process's capability sets, by name (`CAP_CHOWN`), as OCI's runtime spec has them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CapabilitySets {
-    #[serde(default)]
     pub bounding: Vec<String>,
-    #[serde(default)]
     pub effective: Vec<String>,
-    #[serde(default)]
     pub permitted: Vec<String>,
-    #[serde(default)]
     pub inheritable: Vec<String>,
-    #[serde(default)]
     pub ambient: Vec<String>,
     /// The sets are root's: a process of another user has none (Docker's way); else
     /// they are kept across the change of user (runc's).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub root_only: bool,
 }
 

@@ -216,7 +216,8 @@ pub fn valid_name(name: &str) -> bool {
         && name.len() <= 128
 }
 
-fn valid_id(id: &str) -> bool {
+/// Whether `id` is a container ID of the store's (32 hex digits).
+pub fn valid_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 

@@ -99,6 +99,14 @@ fn io_status(what: &str, e: io::Error) -> Status {
 }
 
 /// Mount flags by their mount(8) names; any other option goes to the filesystem.
+/// A container ID the host may name: letters, digits, `-` and `_` (a name in paths).
+fn valid_container_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 fn split_mount_options(options: &[String], read_only: bool) -> (libc::c_ulong, String) {
     let mut flags = if read_only { libc::MS_RDONLY } else { 0 };
     let mut data = Vec::new();
@@ -256,12 +264,7 @@ impl Agent for AgentService {
         req: Request<CreateContainerRequest>,
     ) -> Result<Response<Empty>, Status> {
         let req = req.into_inner();
-        if req.container_id.is_empty()
-            || !req
-                .container_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if !valid_container_id(&req.container_id) {
             return Err(Status::invalid_argument("invalid container id"));
         }
         if self.containers.locked().contains_key(&req.container_id) {
@@ -646,12 +649,8 @@ impl Agent for AgentService {
             Err(e) => {
                 // A start that failed after its root was mounted (CreateContainer
                 // refused) leaves the mount in a VM that goes on: it goes now.
-                let valid = !id.is_empty()
-                    && id
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
                 let dir = Path::new("/run/cabin/containers").join(&id);
-                if valid && dir.exists() {
+                if valid_container_id(&id) && dir.exists() {
                     cabin_base::mountinfo::unmount_below(&dir)
                         .map_err(|e| io_status("unmount the container's files", e))?;
                     std::fs::remove_dir_all(&dir)

@@ -243,14 +243,13 @@ pub async fn root_dir(
 /// the host's files).
 pub fn bind(source: &Path, target: &MountPoint, read_only: bool) -> Result<(), BundleError> {
     use nix::mount::MsFlags;
-    let failed = |e: nix::Error| BundleError::Mount {
+    let failed = |e: &dyn std::fmt::Display| BundleError::Mount {
         what: format!("bind {}", source.display()),
         target: target.path.clone(),
         detail: e.to_string(),
     };
     if target._open.is_none() {
-        std::fs::create_dir_all(&target.path)
-            .map_err(|e| failed(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+        std::fs::create_dir_all(&target.path).map_err(|e| failed(&e))?;
     }
     nix::mount::mount(
         Some(source),
@@ -259,7 +258,7 @@ pub fn bind(source: &Path, target: &MountPoint, read_only: bool) -> Result<(), B
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&str>,
     )
-    .map_err(failed)?;
+    .map_err(|e| failed(&e))?;
     if read_only {
         // The new mount is on top of the open place now: its real path names it.
         nix::mount::mount(
@@ -269,7 +268,7 @@ pub fn bind(source: &Path, target: &MountPoint, read_only: bool) -> Result<(), B
             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
             None::<&str>,
         )
-        .map_err(failed)?;
+        .map_err(|e| failed(&e))?;
     }
     Ok(())
 }

@@ -513,15 +513,18 @@ impl TaskService {
             .collect();
         // A container of a pod whose sandbox runs here joins the sandbox's VM: its
         // root goes on the pod's share instead of into a disk.
-        let sandbox = match bundle::pod_part(&spec) {
+        let pod = match bundle::pod_part(&spec) {
             bundle::PodPart::Member(sandbox) => self.running_sandbox(&sandbox).await?,
             _ => None,
-        };
-        let share = sandbox
-            .as_ref()
-            .map(|s| cabin_containers::pod::share_dir(&self.inner.containers.host().paths, s));
-        let point = match &share {
-            Some(share) => {
+        }
+        .map(|sandbox| {
+            let share =
+                cabin_containers::pod::share_dir(&self.inner.containers.host().paths, &sandbox);
+            (sandbox, share)
+        });
+        let member = pod.is_some();
+        let point = match &pod {
+            Some((_, share)) => {
                 if req.id.is_empty() || req.id.contains('/') || req.id.starts_with('.') {
                     return Err(invalid(&format!("task id {:?} is not a name", req.id)));
                 }
@@ -537,11 +540,11 @@ impl TaskService {
         let root = bundle::root_dir(&bundle, &spec, &mounts, &point)
             .await
             .map_err(|e| {
-                unmount_task_root(&target, sandbox.is_some());
+                unmount_task_root(&target, member);
                 invalid(&e)
             })?;
         let fail = |e: ttrpc::Error| {
-            unmount_task_root(&target, sandbox.is_some());
+            unmount_task_root(&target, member);
             e
         };
         let mut c = bundle::container_spec(&spec, &root, !io.stdin.is_empty(), self.inner.accel)
@@ -555,9 +558,8 @@ impl TaskService {
         // The disk is built (or found in the cache) now, so that Start only boots. The
         // disks' lock is held until the container that names it is recorded: a task
         // deleted meanwhile does not remove the disk from under this one.
-        let (disk, disks_lock) = match &sandbox {
-            Some(sandbox) => {
-                let share = share.as_deref().unwrap_or(Path::new("/"));
+        let (disk, disks_lock) = match &pod {
+            Some((sandbox, share)) => {
                 bundle::join_pod(&mut c, sandbox, share, &req.id).map_err(|e| fail(invalid(&e)))?;
                 labels.push((ROOT_LABEL.to_string(), target.display().to_string()));
                 (None, None)
@@ -616,7 +618,7 @@ impl TaskService {
             Task {
                 bundle: bundle.clone(),
                 root: target.clone(),
-                member: sandbox.is_some(),
+                member,
                 name,
                 disk,
                 init,
