@@ -19,3 +19,19 @@ start_private_dockerd() {
 host_accel() {
   "$1" system info --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["accelerator"])'
 }
+
+# start_registry DIR: Debian's docker-registry on a free port of 127.0.0.1, its storage
+# and log under DIR; sets REG_PORT and REG_PID (also added to PIDS, the caller's array
+# of processes to end).
+start_registry() {
+  local dir=$1
+  REG_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p "$dir/storage"
+  printf 'version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
+    "$dir/storage" "$REG_PORT" > "$dir/registry.yml"
+  docker-registry serve "$dir/registry.yml" > "$dir/log" 2>&1 & REG_PID=$!
+  PIDS+=("$REG_PID")
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$REG_PORT) 2>/dev/null && return 0; sleep 0.1; done
+  echo "registry in $dir did not start" >&2; cat "$dir/log" >&2; exit 1
+}
+stop_registry() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }

@@ -35,21 +35,9 @@ export CABIN_DATA_DIR="$work/data"
 export TMPDIR="$work/tmp"
 mkdir -p "$TMPDIR"
 now() { date +%s%N; }
+. bench/lib.sh
 MiB=$((1 << 20))
 
-# A registry on a free port, its storage and log under $1; sets REG_PORT and REG_PID.
-start_registry() {
-  local dir=$1
-  REG_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  mkdir -p "$dir/storage"
-  printf 'version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
-    "$dir/storage" "$REG_PORT" > "$dir/registry.yml"
-  docker-registry serve "$dir/registry.yml" > "$dir/log" 2>&1 & REG_PID=$!
-  PIDS+=("$REG_PID")
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$REG_PORT) 2>/dev/null && return 0; sleep 0.1; done
-  echo "registry in $dir did not start" >&2; cat "$dir/log" >&2; exit 1
-}
-stop_registry() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 # Bytes of the blobs a registry holds (chunks, NVRAM, config, manifest).
 blob_bytes() { find "$1/storage/docker/registry/v2/blobs" -type f -name data -printf '%s\n' 2>/dev/null | awk '{s+=$1} END {print s+0}'; }
 # Body bytes the registry sent for GETs logged from byte offset $2 of its log on.

@@ -61,10 +61,15 @@ pub fn push(app: &App, req: &Request) -> Result<Reply, ApiError> {
     let image = ImageRef::parse(&format!("{}:{first}", p.image_name), &registry, &org)?;
     let s = app.settings()?;
     let vm = store::find(&s, &p.name, storage(&p.storage))?;
+    let with_memory = p.with_memory.unwrap_or(false);
     if vm.is_running() {
         return Err(ApiError::new(format!(
-            "{}; stop it before pushing",
-            store::VmError::Running(vm.name.clone())
+            "{}; {}",
+            store::VmError::Running(vm.name.clone()),
+            match with_memory {
+                true => "suspend it before pushing it with its memory",
+                false => "stop it before pushing",
+            }
         )));
     }
     let mut opts = transfer::registry_options(&app.host, &registry)?;
@@ -85,6 +90,7 @@ pub fn push(app: &App, req: &Request) -> Result<Reply, ApiError> {
             chunk_size_mb: chunk,
             single_layer: single,
             dry_run: false,
+            with_memory,
         };
         match transfer::push(&req, opts).await {
             Ok(r) => {
@@ -139,6 +145,7 @@ impl PullJob {
             name: Some(&self.vm_name),
             storage: self.storage.as_deref(),
             cache: false,
+            without_memory: false,
         };
         transfer::pull(&self.settings, &req, opts).await
     }

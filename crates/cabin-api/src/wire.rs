@@ -296,6 +296,8 @@ pub struct Push {
     pub storage: Option<String>,
     pub chunk_size_mb: Option<u64>,
     pub single_layer: Option<bool>,
+    /// cabin's own: a suspended VM pushed with its saved memory (`vm push --with-memory`).
+    pub with_memory: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -26,7 +26,7 @@ pub struct RegistryArgs {
 
 #[derive(Debug, Args)]
 pub struct PushArgs {
-    /// The VM to push (stopped).
+    /// The VM to push (stopped, or suspended with --with-memory).
     name: String,
     /// IMAGE:TAG
     image: String,
@@ -47,6 +47,13 @@ pub struct PushArgs {
     /// registry.
     #[arg(long)]
     dry_run: bool,
+    /// Push a suspended VM with its saved memory, so that `vm pull` and `vm run` of the
+    /// image resume it where it was instead of booting it. Anyone who can pull the
+    /// image gets the guest's memory: what its programs held (keys, passwords, open
+    /// sessions) and its random number generator's state. Clients that read only
+    /// Lume's layers get the VM without it, and boot it.
+    #[arg(long)]
+    with_memory: bool,
 }
 
 #[derive(Debug, Args)]
@@ -63,6 +70,10 @@ pub struct PullArgs {
     /// (always on with the setting cachingEnabled).
     #[arg(long)]
     cache: bool,
+    /// Leave out the saved memory an image pushed with --with-memory carries: the VM
+    /// boots at its first run instead of resuming.
+    #[arg(long)]
+    without_memory: bool,
 }
 
 fn mib(b: u64) -> String {
@@ -94,6 +105,7 @@ pub async fn push(host: &Host, s: &Settings, a: PushArgs) -> Result<i32, Failure
         chunk_size_mb: a.chunk_size_mb,
         single_layer: a.single_layer,
         dry_run: a.dry_run,
+        with_memory: a.with_memory,
     };
     let r = transfer::push(&req, opts).await?;
     if a.dry_run {
@@ -129,8 +141,20 @@ pub async fn pull(host: &Host, s: &Settings, a: PullArgs) -> Result<i32, Failure
         name: a.name.as_deref(),
         storage: a.storage.as_deref(),
         cache: a.cache,
+        without_memory: a.without_memory,
     };
     let o = transfer::pull(s, &req, opts).await?;
+    match &o.memory {
+        transfer::Memory::None => {}
+        transfer::Memory::Resumes => log_info(&format!(
+            "The image carries its VM's saved memory name={}: its first run resumes it where it was suspended",
+            o.vm.name
+        )),
+        transfer::Memory::LeftOut(why) => eprintln!(
+            "The image's saved memory was left out ({why}); {} boots at its first run",
+            o.vm.name
+        ),
+    }
     let how = match &o.pulled {
         Some(p) => format!(
             "fetched={} parts_written={} parts_resumed={}",

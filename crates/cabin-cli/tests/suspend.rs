@@ -4,7 +4,9 @@
 //! a new VM generation ID and its address; what must not touch a suspended VM's disk
 //! is refused; a saved state that is damaged or no longer matches is discarded with a
 //! notice and the VM boots; a VM with a mounted shared folder is refused and runs on;
-//! memory the guest frees goes back to the host.
+//! memory the guest frees goes back to the host. A suspended VM pushed with its memory
+//! resumes where it was after a pull, with a MAC address of its own; a second copy
+//! whose address is taken boots; Lume's layers alone give the whole disk.
 
 mod common;
 
@@ -30,28 +32,44 @@ impl Drop for StopVm<'_> {
 }
 
 fn details(data: &Path) -> Value {
-    let v: Value = serde_json::from_str(&ok(data, &["get", "deb", "-f", "json"])).unwrap();
+    details_of(data, "deb")
+}
+
+fn details_of(data: &Path, name: &str) -> Value {
+    let v: Value = serde_json::from_str(&ok(data, &["get", name, "-f", "json"])).unwrap();
     v[0].clone()
 }
 
 fn wait_for_ssh(data: &Path) {
-    wait_for("deb's SSH server", Duration::from_secs(240), || {
-        let v = details(data);
-        if v["status"] == "stopped" {
-            let log = console(data);
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            panic!(
-                "deb stopped on its way up; its console ended with:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        v["sshAvailable"] == true
-    });
+    wait_for_ssh_of(data, "deb")
+}
+
+fn wait_for_ssh_of(data: &Path, name: &str) {
+    wait_for(
+        &format!("{name}'s SSH server"),
+        Duration::from_secs(240),
+        || {
+            let v = details_of(data, name);
+            if v["status"] == "stopped" {
+                let log = console_of(data, name);
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "{name} stopped on its way up; its console ended with:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            v["sshAvailable"] == true
+        },
+    );
 }
 
 /// Runs `script` in the guest as root.
 fn guest(data: &Path, script: &str) -> String {
-    ok(data, &["ssh", "deb", "--", script])
+    guest_of(data, "deb", script)
+}
+
+fn guest_of(data: &Path, name: &str, script: &str) -> String {
+    ok(data, &["ssh", name, "--", script])
 }
 
 /// The VM's generation ID as QEMU reports it, over the monitor the runner leaves free.
@@ -93,7 +111,11 @@ fn unix_now() -> f64 {
 }
 
 fn console(data: &Path) -> String {
-    std::fs::read_to_string(data.join("vms/deb/console.log")).unwrap_or_default()
+    console_of(data, "deb")
+}
+
+fn console_of(data: &Path, name: &str) -> String {
+    std::fs::read_to_string(data.join(format!("vms/{name}/console.log"))).unwrap_or_default()
 }
 
 /// Runs the VM in the background; its runner's stderr (notices) goes to `run.log`.
@@ -104,7 +126,11 @@ fn run_vm(data: &Path, extra: &[&str]) {
 }
 
 fn run_log(data: &Path) -> String {
-    std::fs::read_to_string(data.join("vms/deb/run.log")).unwrap_or_default()
+    run_log_of(data, "deb")
+}
+
+fn run_log_of(data: &Path, name: &str) -> String {
+    std::fs::read_to_string(data.join(format!("vms/{name}/run.log"))).unwrap_or_default()
 }
 
 #[test]
@@ -369,4 +395,200 @@ fn a_suspended_vm_resumes_where_it_was_with_a_fresh_clock_and_generation_id() {
     assert_eq!(guest(d, "echo still here").trim(), "still here");
     assert_eq!(details(d)["status"], "running");
     assert!(!state.exists() && !dir.join(".suspended.state.partial").exists());
+}
+
+#[test]
+fn a_vm_pushed_with_its_memory_resumes_after_a_pull_with_a_mac_address_of_its_own() {
+    if !is_root() {
+        eprintln!("skipped: debootstrap and the bridge need root");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    import_debian_system(d);
+    struct Stop<'a>(&'a Path);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            for name in ["orig", "copy", "second"] {
+                let _ = vm_in(self.0, &["stop", name]);
+            }
+        }
+    }
+    let _stop = Stop(d);
+    ok(
+        d,
+        &[
+            "create",
+            "orig",
+            "--image",
+            "debian-system:12",
+            "--memory",
+            "768MB",
+            "--disk-size",
+            "10GB",
+        ],
+    );
+    ok(d, &["run", "orig", "--detach"]);
+    wait_for_ssh_of(d, "orig");
+    let ip = details_of(d, "orig")["ipAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = guest_of(
+        d,
+        "orig",
+        "echo only-in-memory > /dev/shm/mark; cat /proc/sys/kernel/random/boot_id; \
+         cat /sys/class/net/eth0/address",
+    );
+    let before: Vec<&str> = before.lines().collect();
+    let (boot_id, orig_mac) = (before[0].to_string(), before[1].to_string());
+    let reg = start_registry(&d.join("reg"), |_| String::new());
+    let push = |name: &str, image: &str, extra: &[&str]| {
+        let mut args = vec!["push", name, image, "--registry", &reg.addr];
+        args.extend_from_slice(extra);
+        vm_in(d, &args)
+    };
+    // Running: refused with what to do.
+    let o = push("orig", "deb-mem:1", &["--with-memory"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("suspend it before pushing it with its memory"),
+        "{}",
+        stderr(&o)
+    );
+    ok(d, &["suspend", "orig"]);
+    let o = push(
+        "orig",
+        "deb-mem:1",
+        &["--with-memory", "--chunk-size-mb", "64"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Lume's layers first, as Lume reads them; cabin's after, with annotations of its
+    // own (none of Lume's sums counts them).
+    let o = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+            &format!("http://{}/v2/trycua/deb-mem/manifests/1", reg.addr),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "fetching the manifest");
+    let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let types: Vec<&str> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap())
+        .collect();
+    let first_cabin = types
+        .iter()
+        .position(|t| t.starts_with("application/vnd.cabin."))
+        .expect("cabin's layers");
+    assert!(types[..first_cabin]
+        .iter()
+        .all(|t| t.starts_with("application/vnd.trycua.lume.")));
+    assert!(types[first_cabin..]
+        .iter()
+        .all(|t| t.starts_with("application/vnd.cabin.")));
+    assert!(
+        types
+            .iter()
+            .filter(|t| **t == "application/vnd.cabin.vm.state.v1+gzip")
+            .count()
+            >= 1,
+        "{types:?}"
+    );
+    for l in &m["layers"].as_array().unwrap()[first_cabin..] {
+        let keys: Vec<&String> = l["annotations"].as_object().unwrap().keys().collect();
+        assert!(
+            keys.iter().all(|k| !k.starts_with("org.trycua.")),
+            "{keys:?}"
+        );
+    }
+    // The original goes (as when the image is pulled on another host).
+    ok(d, &["delete", "--force", "orig"]);
+
+    let out = ok(d, &["pull", "deb-mem:1", "copy", "--registry", &reg.addr]);
+    assert!(out.contains("carries its VM's saved memory"), "{out}");
+    // Lume's layers alone (what Lume's pull reads): the whole disk, no state.
+    ok(
+        d,
+        &[
+            "pull",
+            "deb-mem:1",
+            "lume-only",
+            "--registry",
+            &reg.addr,
+            "--without-memory",
+        ],
+    );
+    assert_eq!(details_of(d, "lume-only")["status"], "stopped");
+    assert!(!d.join("vms/lume-only/suspended.state").exists());
+    let same = std::process::Command::new("cmp")
+        .arg(d.join("vms/lume-only/disk.img"))
+        .arg(d.join("vms/copy/disk.img"))
+        .status()
+        .unwrap();
+    assert!(same.success(), "the disks differ");
+    ok(d, &["delete", "--force", "lume-only"]);
+    assert_eq!(details_of(d, "copy")["status"], "suspended");
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(d.join("vms/copy/config.json")).unwrap()).unwrap();
+    let copy_mac = config["macAddress"].as_str().unwrap().to_string();
+    assert_ne!(copy_mac, orig_mac);
+    let t = Instant::now();
+    ok(d, &["run", "copy", "--detach"]);
+    wait_for_ssh_of(d, "copy");
+    eprintln!("pulled copy resumed to SSH in {:?}", t.elapsed());
+    wait_for(
+        "the copy's MAC address to be its own",
+        Duration::from_secs(120),
+        || console_of(d, "copy").contains("has its own MAC address now"),
+    );
+    let after = guest_of(
+        d,
+        "copy",
+        "cat /dev/shm/mark; cat /proc/sys/kernel/random/boot_id; cat /sys/class/net/eth0/address",
+    );
+    let after: Vec<&str> = after.lines().collect();
+    assert_eq!(after[0], "only-in-memory", "{after:?}");
+    assert_eq!(after[1], boot_id, "it resumed, it did not boot");
+    assert_eq!(after[2], copy_mac, "{after:?}");
+    assert_eq!(details_of(d, "copy")["ipAddress"], ip.as_str());
+
+    // A second copy with memory while the first runs with its address: it boots with
+    // an address and MAC of its own instead.
+    // (Through the image cache, which keeps the state with the image.)
+    let out = ok(
+        d,
+        &[
+            "pull",
+            "deb-mem:1",
+            "second",
+            "--registry",
+            &reg.addr,
+            "--cache",
+        ],
+    );
+    assert!(out.contains("carries its VM's saved memory"), "{out}");
+    assert_eq!(details_of(d, "second")["status"], "suspended");
+    ok(d, &["run", "second", "--detach"]);
+    wait_for_ssh_of(d, "second");
+    assert!(
+        run_log_of(d, "second").contains("was pulled with the memory of a VM whose address"),
+        "{}",
+        run_log_of(d, "second")
+    );
+    let second = guest_of(
+        d,
+        "second",
+        "cat /proc/sys/kernel/random/boot_id; cat /sys/class/net/eth0/address; ls /dev/shm",
+    );
+    let second: Vec<&str> = second.lines().collect();
+    assert_ne!(second[0], boot_id, "it booted");
+    assert_ne!(second[1], copy_mac);
+    assert_ne!(second[1], orig_mac);
+    assert_ne!(details_of(d, "second")["ipAddress"], ip.as_str());
 }

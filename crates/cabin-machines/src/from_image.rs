@@ -103,7 +103,7 @@ impl DirectBoot {
         }
     }
 
-    fn write(&self, dir: &Path) -> Result<(), VmError> {
+    pub(crate) fn write(&self, dir: &Path) -> Result<(), VmError> {
         fs::write(
             dir.join(BOOT),
             serde_json::to_vec_pretty(self).expect("serialisable"),

@@ -224,7 +224,7 @@ async fn run_vm(
             return Err(VmError::Invalid(format!(
                 "{} was suspended with other shared folders or disks ({}); run it without --shared-dir, --mount and --disk to resume it as it was, or discard its saved state (cabin vm stop {}) to boot it with these",
                 vm.name,
-                describe_devices(&r.devices),
+                r.devices.describe(),
                 vm.name
             )))
         }
@@ -272,10 +272,24 @@ async fn run_vm(
         direct.is_some(),
         saved.as_ref().and_then(|r| r.address),
     )?;
+    // A state pulled with its VM carries the MAC address of the VM it was saved in.
+    let travelled = saved
+        .as_ref()
+        .is_some_and(|r| !r.mac.eq_ignore_ascii_case(&config.mac_address));
     if let (Some(was), Some(GuestAddress { address: now, .. })) =
         (saved.as_ref().and_then(|r| r.address), &net.address)
     {
-        if was != *now {
+        if was != *now && travelled {
+            // Another VM of this host runs with the address (and maybe the MAC) the
+            // pulled guest has: it boots with its own instead.
+            notice(
+                &mut notices,
+                &console_log,
+                &format!("{} was pulled with the memory of a VM whose address {was} another VM or container of this host has now; removed its saved state, booting with {now}", vm.name),
+            );
+            suspend::discard(vm)?;
+            saved = None;
+        } else if was != *now {
             notice(
                 &mut notices,
                 &console_log,
@@ -328,7 +342,7 @@ async fn run_vm(
         console_log: console_log.clone(),
         incoming: false,
     };
-    let fingerprint = suspend::Fingerprint::of(&qemu.binary, &spec);
+    let fingerprint = suspend::Fingerprint::of(&qemu, &spec)?;
     if let Some(r) = &saved {
         if let Some(why) = suspend::mismatch(vm, r, &fingerprint) {
             notice(
@@ -349,7 +363,17 @@ async fn run_vm(
         .map_err(|e| VmError::Failed(e.to_string()))?;
     let mut resumed = false;
     let (mut child, confinement, mut qmp) = match &saved {
-        Some(_) => match resume(vm, &qemu.binary, &spec, &run_dir).await {
+        Some(r) => match resume(
+            vm,
+            &qemu.binary,
+            &FullVmSpec {
+                mac: r.mac.clone(),
+                ..spec.clone()
+            },
+            &run_dir,
+        )
+        .await
+        {
             Ok(started) => {
                 resumed = true;
                 started
@@ -425,6 +449,13 @@ async fn run_vm(
         // The guest's clock stood still while it was suspended: a VM made from an
         // image (cabin's key is in it) gets the host's once its SSH server answers.
         let mut clock_pending = resumed && direct.is_some();
+        // The card's MAC address as the guest has it: the state's when resumed (a
+        // pulled guest gets its own below, where cabin controls it).
+        let mac = Arc::new(Mutex::new(match (&saved, resumed) {
+            (Some(r), true) => r.mac.clone(),
+            _ => config.mac_address.clone(),
+        }));
+        let new_mac = (resumed && travelled).then(|| config.mac_address.clone());
         let mut next_probe = Instant::now();
         let mut disk_pause = cabin_vmm::qemu::DiskPauseWatch::default();
         let saving =
@@ -435,6 +466,7 @@ async fn run_vm(
                 address: net.address.as_ref().map(|a| a.address).filter(|_| {
                     matches!(net.backend, NetBackend::Tap(_)) && net._endpoint.is_some()
                 }),
+                mac: mac.clone(),
             };
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -475,9 +507,20 @@ async fn run_vm(
                 let key = host.paths.ssh_key();
                 let probe = session.clone();
                 let log = console_log.clone();
+                let change = new_mac.clone().map(|new| (mac.locked().clone(), new));
+                let mac = mac.clone();
                 std::thread::spawn(move || {
-                    match suspend::set_guest_clock(&key, &probe, CLOCK_WAIT) {
-                        Ok(()) => append_console(&log, "the guest's clock is set to the host's"),
+                    match suspend::refresh_guest(&key, &probe, CLOCK_WAIT, change.as_ref()) {
+                        Ok(refreshed) => {
+                            append_console(&log, "the guest's clock is set to the host's");
+                            if let (true, Some((_, new))) = (refreshed.mac_changed, &change) {
+                                *mac.locked() = new.clone();
+                                append_console(
+                                    &log,
+                                    &format!("the guest's network card has its own MAC address now ({new})"),
+                                );
+                            }
+                        }
                         Err(why) => append_console(
                             &log,
                             &format!("the guest's clock could not be set after resuming: {why}"),
@@ -607,28 +650,6 @@ fn append_console(console_log: &Path, message: &str) {
         .and_then(|mut f| {
             std::io::Write::write_all(&mut f, format!("\n[cabin] {message}\n").as_bytes())
         });
-}
-
-/// A run's extra devices, for a message.
-fn describe_devices(d: &suspend::Devices) -> String {
-    let mut parts: Vec<String> = d
-        .shared_dirs
-        .iter()
-        .map(|(p, ro)| {
-            format!(
-                "--shared-dir {}{}",
-                p.display(),
-                if *ro { ":ro" } else { "" }
-            )
-        })
-        .collect();
-    parts.extend(d.iso.iter().map(|p| format!("--mount {}", p.display())));
-    parts.extend(d.disks.iter().map(|p| format!("--disk {}", p.display())));
-    if parts.is_empty() {
-        "none".into()
-    } else {
-        parts.join(" ")
-    }
 }
 
 /// How often the runner checks whether the guest's SSH server answers.

@@ -19,33 +19,42 @@
 use std::fs;
 use std::io::{self, BufRead, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cabin_base::files::{identity, read_bounded, write_atomic};
+use cabin_base::sync::Locked;
 use cabin_vmm::full::{self, Boot, FullVmSpec};
 use cabin_vmm::migration::{self, Ram};
+use cabin_vmm::qemu::Qemu;
 use cabin_vmm::qmp::Qmp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::from_image::DirectBoot;
 use crate::store::{io_err, Session, Vm, VmError, VmStatus, SUSPENDED_RECORD, SUSPENDED_STATE};
 
-const RECORD_VERSION: u32 = 1;
+/// 2: the fingerprint became portable (QEMU's version and the firmware's digest, the
+/// shape without paths) and the card's MAC address is recorded.
+const RECORD_VERSION: u32 = 2;
 /// Where QEMU writes the state before it is renamed into place.
 const STAGED: &str = ".suspended.state.partial";
 /// Why the last suspend failed, for the process that asked.
 const SUSPEND_ERROR: &str = ".suspend-error.json";
 
-/// What a VM runs on, as far as a saved state depends on it.
+/// What a VM runs on, as far as a saved state depends on it. Nothing in it names a
+/// file of this host, so that a state pushed with its VM loads on another host that
+/// has the same QEMU and firmware.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Fingerprint {
-    /// QEMU's binary (path, size, time, inode).
+    /// QEMU's version (`--version`, first line).
     pub qemu: String,
-    /// The firmware (UEFI) or the kernel (a VM made from an image) it booted.
+    /// The sha256 digest of the firmware (UEFI) or of the kernel (a VM made from an
+    /// image) it booted.
     pub firmware: String,
     pub cpus: u32,
     pub memory_mib: u64,
@@ -54,7 +63,7 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
-    pub fn of(qemu: &Path, spec: &FullVmSpec) -> Fingerprint {
+    pub fn of(qemu: &Qemu, spec: &FullVmSpec) -> Result<Fingerprint, VmError> {
         let firmware = match &spec.boot {
             Boot::Uefi { code, .. } => code,
             Boot::Kernel { kernel, .. } => kernel,
@@ -64,17 +73,23 @@ impl Fingerprint {
             h.update(arg.as_bytes());
             h.update([0]);
         }
-        Fingerprint {
-            qemu: identity(qemu),
-            firmware: identity(firmware),
+        Ok(Fingerprint {
+            qemu: qemu.version().map_err(io_err("asking QEMU its version"))?,
+            firmware: file_digest(firmware)
+                .map_err(io_err(format!("reading {}", firmware.display())))?,
             cpus: spec.cpus,
             memory_mib: spec.memory_mib,
-            shape: h.finalize()[..12]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-        }
+            shape: cabin_base::random::hex(&h.finalize()[..12]),
+        })
     }
+}
+
+/// `sha256:<hex>` of a file's contents.
+fn file_digest(path: &Path) -> io::Result<String> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    io::copy(&mut f, &mut h)?;
+    Ok(format!("sha256:{}", cabin_base::random::hex(&h.finalize())))
 }
 
 /// The devices a run had besides the VM's own: a resumption must have the same.
@@ -89,6 +104,28 @@ pub struct Devices {
 impl Devices {
     pub fn is_empty(&self) -> bool {
         self.shared_dirs.is_empty() && self.iso.is_none() && self.disks.is_empty()
+    }
+
+    /// The run's extra devices as the options that give them, for a message.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self
+            .shared_dirs
+            .iter()
+            .map(|(p, ro)| {
+                format!(
+                    "--shared-dir {}{}",
+                    p.display(),
+                    if *ro { ":ro" } else { "" }
+                )
+            })
+            .collect();
+        parts.extend(self.iso.iter().map(|p| format!("--mount {}", p.display())));
+        parts.extend(self.disks.iter().map(|p| format!("--disk {}", p.display())));
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(" ")
+        }
     }
 
     fn files(&self, vm: &Vm) -> Vec<PathBuf> {
@@ -114,6 +151,9 @@ pub struct Suspended {
     pub devices: Devices,
     /// Its address on cabin's bridge, which the resumed guest still uses.
     pub address: Option<Ipv4Addr>,
+    /// The MAC address its network card has in the state (a VM pulled with its memory
+    /// has a fresh one of its own in its config).
+    pub mac: String,
 }
 
 /// What a VM's directory holds of a suspension.
@@ -210,12 +250,202 @@ pub fn open_state(vm: &Vm) -> Result<fs::File, VmError> {
     fs::File::open(vm.dir.join(SUSPENDED_STATE)).map_err(io_err("opening the saved state"))
 }
 
+/// A suspended VM's state as it travels with its image (`vm push --with-memory`), in
+/// cabin's own layers after Lume's.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// What the state was saved with and how the VM starts (JSON).
+    pub description: Vec<u8>,
+    pub state: PathBuf,
+    /// The kernel a VM made from an image starts with (the state runs it).
+    pub kernel: Option<PathBuf>,
+}
+
+/// The description layer of a state that travels.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Travelling {
+    record: Suspended,
+    direct: Option<DirectBoot>,
+}
+
+/// What of the suspended `vm` goes with its image, checked to be portable: the state
+/// of a VM with shared folders or disks of this host does not travel.
+pub fn outgoing(vm: &Vm) -> Result<Outgoing, VmError> {
+    let mut record = match saved(vm) {
+        Saved::State(r) => *r,
+        Saved::None => {
+            return Err(VmError::Invalid(format!(
+                "{} is not suspended, so it has no memory to push: suspend it first (cabin vm suspend {})",
+                vm.name, vm.name
+            )))
+        }
+        Saved::Unusable(why) => {
+            return Err(VmError::Invalid(format!(
+                "{}'s saved state cannot be used ({why}); run it to boot it, or push it without --with-memory after stopping it",
+                vm.name
+            )))
+        }
+    };
+    if !record.devices.is_empty() {
+        return Err(VmError::Invalid(format!(
+            "{} was suspended with shared folders or disks of this host ({}), which do not travel with an image: resume it, unmount them in the guest, run it without them and suspend it again",
+            vm.name,
+            record.devices.describe()
+        )));
+    }
+    // Which files of this host its disks were is no business of another host's.
+    record.disks.clear();
+    let direct = DirectBoot::read(&vm.dir)?;
+    let kernel = direct.as_ref().map(|d| vm.dir.join(&d.kernel));
+    Ok(Outgoing {
+        description: serde_json::to_vec_pretty(&Travelling { record, direct })
+            .expect("serialisable"),
+        state: vm.dir.join(SUSPENDED_STATE),
+        kernel,
+    })
+}
+
+/// Puts a pulled state in place in the VM directory `dir` (still being made), from the
+/// files `pulled` names, for a VM of `cpus` and `memory_mib`. A state that cannot be
+/// used is left out and the VM boots: the reason is returned. Its disks are recorded
+/// by [`settle`] once the directory is in place.
+pub fn adopt(dir: &Path, pulled: &PulledState, cpus: u32, memory_mib: u64) -> Option<String> {
+    let checked = (|| -> Result<Travelling, String> {
+        let b = read_bounded(&pulled.description, 1 << 20).map_err(|e| e.to_string())?;
+        let t: Travelling = serde_json::from_slice(&b)
+            .map_err(|e| format!("its description is not cabin's ({e})"))?;
+        let r = &t.record;
+        if r.version != RECORD_VERSION {
+            return Err(format!(
+                "it was saved by another cabin (description version {})",
+                r.version
+            ));
+        }
+        if !r.devices.is_empty() {
+            return Err("it names shared folders or disks of another host".into());
+        }
+        if r.fingerprint.cpus != cpus || r.fingerprint.memory_mib != memory_mib {
+            return Err(format!(
+                "it was saved with {} CPUs and {} MiB of memory, and the image describes {cpus} and {memory_mib}",
+                r.fingerprint.cpus, r.fingerprint.memory_mib
+            ));
+        }
+        let size = fs::metadata(&pulled.state)
+            .map_err(|e| e.to_string())?
+            .len();
+        if size != r.state_bytes {
+            return Err(format!(
+                "the state is {size} bytes, {} were saved",
+                r.state_bytes
+            ));
+        }
+        if !valid_mac(&r.mac) {
+            return Err(format!("{:?} is not a MAC address", r.mac));
+        }
+        match (&t.direct, &pulled.kernel) {
+            (None, _) => {}
+            (Some(d), Some(_)) if plain_name(&d.kernel) && valid_root(&d.root) => {}
+            (Some(d), Some(_)) => {
+                return Err(format!(
+                    "it names the kernel {:?} on {:?}, not a file and a disk cabin makes",
+                    d.kernel, d.root
+                ))
+            }
+            (Some(_), None) => return Err("the kernel it runs is missing".into()),
+        }
+        Ok(t)
+    })();
+    let t = match checked {
+        Ok(t) => t,
+        Err(why) => return Some(why),
+    };
+    let put = (|| -> io::Result<()> {
+        if let (Some(d), Some(k)) = (&t.direct, &pulled.kernel) {
+            fs::rename(k, dir.join(&d.kernel))?;
+            d.write(dir).map_err(io::Error::other)?;
+        }
+        let mut record = t.record;
+        record.disks.clear();
+        write_atomic(
+            &dir.join(SUSPENDED_RECORD),
+            &serde_json::to_vec_pretty(&record).expect("serialisable"),
+            0o600,
+        )?;
+        fs::set_permissions(&pulled.state, fs::Permissions::from_mode(0o600))?;
+        fs::rename(&pulled.state, dir.join(SUSPENDED_STATE))
+    })();
+    match put {
+        Ok(()) => None,
+        Err(e) => {
+            let _ = discard(&Vm {
+                name: String::new(),
+                location_name: String::new(),
+                dir: dir.to_path_buf(),
+            });
+            Some(format!("putting it in place failed ({e})"))
+        }
+    }
+}
+
+/// `xx:xx:xx:xx:xx:xx` in hexadecimal digits.
+fn valid_mac(s: &str) -> bool {
+    let parts: Vec<&str> = s.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A file name of its own (no directory, not hidden).
+fn plain_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 255 && !s.contains('/') && !s.starts_with('.')
+}
+
+/// The guest's root device as cabin writes it: `/dev/vdX` or one of its partitions.
+fn valid_root(s: &str) -> bool {
+    s.strip_prefix("/dev/vd").is_some_and(|rest| {
+        let mut b = rest.bytes();
+        b.next().is_some_and(|c| c.is_ascii_lowercase()) && b.all(|c| c.is_ascii_digit())
+    })
+}
+
+/// The files a pull brought of a state.
+#[derive(Debug, Clone)]
+pub struct PulledState {
+    pub description: PathBuf,
+    pub state: PathBuf,
+    pub kernel: Option<PathBuf>,
+}
+
+/// Records the disks of a VM whose state was just pulled, now that they are in place:
+/// from here on, a disk changed is one the memory no longer goes with.
+pub fn settle(vm: &Vm) -> Result<(), VmError> {
+    let Saved::State(mut record) = saved(vm) else {
+        return Ok(());
+    };
+    record.disks = record
+        .devices
+        .files(vm)
+        .iter()
+        .map(|d| identity(d))
+        .collect();
+    write_atomic(
+        &vm.dir.join(SUSPENDED_RECORD),
+        &serde_json::to_vec_pretty(&record).expect("serialisable"),
+        0o600,
+    )
+    .map_err(io_err("recording the pulled VM's disks"))
+}
+
 /// What the runner knows of a run that is being suspended.
 pub struct Saving<'a> {
     pub vm: &'a Vm,
     pub fingerprint: &'a Fingerprint,
     pub devices: &'a Devices,
     pub address: Option<Ipv4Addr>,
+    /// The card's MAC address as the guest has it now.
+    pub mac: Arc<Mutex<String>>,
 }
 
 /// The runner's side of `vm suspend`: saves the VM's state, ends QEMU and puts the
@@ -265,6 +495,7 @@ pub async fn save(s: &Saving<'_>, qmp: &mut Qmp, child: &mut Child) -> Result<()
         disks: s.devices.files(s.vm).iter().map(|d| identity(d)).collect(),
         devices: s.devices.clone(),
         address: s.address,
+        mac: s.mac.locked().clone(),
     };
     let put = (|| {
         write_atomic(
@@ -342,11 +573,36 @@ pub fn suspend(vm: &Vm, timeout: Duration) -> Result<(), VmError> {
     }
 }
 
+/// What [`refresh_guest`] changed besides the clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Refreshed {
+    pub mac_changed: bool,
+}
+
 /// After a resume: sets the guest's clock to the host's over SSH (VMs made from an
-/// image, which have cabin's key), once its SSH server answers, within `wait`. The time
-/// is sent once the guest is ready to read it, so the connection's set-up does not
-/// make the clock late.
-pub fn set_guest_clock(key: &Path, session: &Session, wait: Duration) -> Result<(), String> {
+/// image, which have cabin's key), once its SSH server answers, within `wait`, and
+/// gives its network card the MAC address `mac_change.1` in place of `mac_change.0` (a
+/// VM pulled with its memory: the state has the MAC of the VM it was saved in). The
+/// time is sent once the guest is ready to read it, so the connection's set-up does
+/// not make the clock late.
+pub fn refresh_guest(
+    key: &Path,
+    session: &Session,
+    wait: Duration,
+    mac_change: Option<&(String, String)>,
+) -> Result<Refreshed, String> {
+    let mut script =
+        String::from("echo ready; read t && date -u -s \"@$t\" >/dev/null && echo set");
+    if let Some((old, new)) = mac_change.filter(|(o, n)| valid_mac(o) && valid_mac(n)) {
+        // virtio-net takes a new address while its link is up (VIRTIO_NET_F_CTRL_MAC_ADDR).
+        // Its neighbours forgotten, the guest's next packet to the host (this session's
+        // answer) asks for the host's address from the new one, which the host learns.
+        script.push_str(&format!(
+            "; for i in /sys/class/net/*; do [ \"$(cat $i/address)\" = {} ] && ip link set dev \"${{i##*/}}\" address {} && ip neigh flush dev \"${{i##*/}}\" && echo mac; done; true",
+            old.to_ascii_lowercase(),
+            new.to_ascii_lowercase()
+        ));
+    }
     let deadline = Instant::now() + wait;
     let mut last = String::from("its SSH server did not answer");
     while Instant::now() < deadline {
@@ -359,7 +615,7 @@ pub fn set_guest_clock(key: &Path, session: &Session, wait: Duration) -> Result<
             "-o",
             "BatchMode=yes",
             "--",
-            "echo ready; read t && date -u -s \"@$t\" >/dev/null && echo set",
+            &script,
         ]);
         let run = cmd
             .stdin(Stdio::piped())
@@ -381,9 +637,13 @@ pub fn set_guest_clock(key: &Path, session: &Session, wait: Duration) -> Result<
             }
             line.clear();
             let _ = out.read_line(&mut line);
+            let set = line.trim() == "set";
+            line.clear();
+            let _ = out.read_line(&mut line);
+            let mac_changed = line.trim() == "mac";
             let _ = child.wait();
-            if line.trim() == "set" {
-                return Ok(());
+            if set {
+                return Ok(Refreshed { mac_changed });
             }
             return Err("the guest refused the new time".into());
         }
@@ -418,7 +678,7 @@ mod tests {
             suspended_at: 1,
             state_bytes,
             fingerprint: Fingerprint {
-                qemu: identity(Path::new("/bin/sh")),
+                qemu: "QEMU emulator version 7.2.22".into(),
                 firmware: "fw".into(),
                 cpus: 2,
                 memory_mib: 1024,
@@ -431,6 +691,7 @@ mod tests {
                 .collect(),
             devices: Devices::default(),
             address: None,
+            mac: "02:00:00:00:00:01".into(),
         }
     }
 
@@ -490,5 +751,105 @@ mod tests {
         fs::write(t.path().join(SUSPENDED_STATE), b"x").unwrap();
         let e = suspend(&vm, Duration::from_secs(1)).unwrap_err();
         assert!(e.to_string().contains("is suspended: vm1"), "{e}");
+    }
+
+    fn travelling(r: &Suspended, direct: Option<DirectBoot>) -> Vec<u8> {
+        serde_json::to_vec(&Travelling {
+            record: r.clone(),
+            direct,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pulled_state_is_put_in_place_only_when_it_fits_the_vm_and_names_nothing_outside() {
+        let t = tempfile::tempdir().unwrap();
+        let vm = vm_in(t.path());
+        fs::write(vm.disk(), b"disk").unwrap();
+        let from = t.path().join("attachments");
+        fs::create_dir(&from).unwrap();
+        let mut r = record(&vm, 5);
+        r.disks.clear();
+        let files = PulledState {
+            description: from.join("suspended.json"),
+            state: from.join("suspended.state"),
+            kernel: Some(from.join("kernel")),
+        };
+        let direct = DirectBoot {
+            image: "debian:12".into(),
+            image_digest: "sha256:x".into(),
+            kernel: "vmlinuz".into(),
+            root: "/dev/vda2".into(),
+        };
+        let put = |r: &Suspended, direct: Option<DirectBoot>, state: &[u8]| {
+            fs::write(&files.description, travelling(r, direct)).unwrap();
+            fs::write(&files.state, state).unwrap();
+            fs::write(from.join("kernel"), b"bzImage").unwrap();
+            adopt(t.path(), &files, 2, 1024)
+        };
+        // Not the VM's size; a truncated state; a MAC address or kernel that is not one.
+        fs::write(&files.description, travelling(&r, None)).unwrap();
+        fs::write(&files.state, b"state").unwrap();
+        assert!(adopt(t.path(), &files, 4, 1024)
+            .unwrap()
+            .contains("2 CPUs and 1024 MiB"));
+        assert!(put(&r, None, b"sta")
+            .unwrap()
+            .contains("3 bytes, 5 were saved"));
+        let bad_mac = Suspended {
+            mac: "02:00:00:00:00:01; reboot".into(),
+            ..r.clone()
+        };
+        assert!(put(&bad_mac, None, b"state")
+            .unwrap()
+            .contains("not a MAC address"));
+        for (kernel, root) in [
+            ("../../etc/passwd", "/dev/vda2"),
+            ("vmlinuz", "/dev/sda init=/bin/sh"),
+        ] {
+            let bad = DirectBoot {
+                kernel: kernel.into(),
+                root: root.into(),
+                ..direct.clone()
+            };
+            assert!(put(&r, Some(bad), b"state")
+                .unwrap()
+                .contains("not a file and a disk"));
+        }
+        let other_host = Suspended {
+            devices: Devices {
+                disks: vec!["/srv/extra.img".into()],
+                ..Devices::default()
+            },
+            ..r.clone()
+        };
+        assert!(put(&other_host, None, b"state")
+            .unwrap()
+            .contains("of another host"));
+        assert!(matches!(saved(&vm), Saved::None));
+
+        // One that fits: in place, owner-only, with its kernel; its disks recorded once
+        // settled, so that the VM's own disk is the one it goes with.
+        assert_eq!(put(&r, Some(direct.clone()), b"state"), None);
+        let Saved::State(back) = saved(&vm) else {
+            panic!("in place")
+        };
+        assert_eq!(back.mac, r.mac);
+        assert!(back.disks.is_empty());
+        assert_eq!(
+            fs::metadata(t.path().join(SUSPENDED_STATE))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        assert_eq!(fs::read(t.path().join("vmlinuz")).unwrap(), b"bzImage");
+        assert_eq!(DirectBoot::read(t.path()).unwrap(), Some(direct));
+        settle(&vm).unwrap();
+        let Saved::State(settled) = saved(&vm) else {
+            panic!("settled")
+        };
+        assert_eq!(settled.disks, vec![identity(&vm.disk())]);
     }
 }

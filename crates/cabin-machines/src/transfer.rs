@@ -11,6 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use cabin_image::credentials::Credentials;
+use cabin_image::lume::attachment::{self, Attachment};
 use cabin_image::lume::manifest::VmDescription;
 use cabin_image::lume::pull::{self, Pulled};
 use cabin_image::lume::push::{self, PushOptions, PushReport};
@@ -18,8 +19,10 @@ use cabin_image::lume::LumeError;
 use cabin_image::registry::RegistryOptions;
 use serde::{Deserialize, Serialize};
 
+use crate::from_image::DirectBoot;
 use crate::settings::Settings;
 use crate::store::{self, io_err, Vm, VmConfig, VmError, CONFIG, DISK, NVRAM};
+use crate::suspend::{self, PulledState};
 use cabin_base::lock::{self, Mode, Wait};
 use cabin_base::Host;
 
@@ -149,18 +152,40 @@ pub struct PushRequest<'a> {
     pub single_layer: bool,
     /// Compress and describe the image without contacting the registry.
     pub dry_run: bool,
+    /// A suspended VM's saved state goes too (cabin's own layers after Lume's), so that
+    /// a pull of the image resumes it. The state holds the guest's memory: its secrets
+    /// and its random number generator's state.
+    pub with_memory: bool,
 }
 
-/// Pushes a stopped VM.
+/// Pushes a stopped VM, or a suspended one with its memory.
 pub async fn push(req: &PushRequest<'_>, opts: RegistryOptions) -> Result<PushReport, VmError> {
     let vm = req.vm;
     if vm.is_running() {
         return Err(VmError::Invalid(format!(
-            "{}; stop it before pushing (its disk is changing)",
-            VmError::Running(vm.name.clone())
+            "{}; {}",
+            VmError::Running(vm.name.clone()),
+            match req.with_memory {
+                true => "suspend it before pushing it with its memory (cabin vm suspend)",
+                false => "stop it before pushing (its disk is changing)",
+            }
         )));
     }
-    vm.refuse_if_suspended()?;
+    let mut attachments = Vec::new();
+    if req.with_memory {
+        let out = suspend::outgoing(vm)?;
+        let dir = vm.dir.join(PUSH_WORK);
+        fs::create_dir_all(&dir).map_err(io("creating the push's work directory"))?;
+        let description = dir.join(Attachment::StateDescription.file());
+        fs::write(&description, &out.description).map_err(io("writing the state's description"))?;
+        attachments.push((Attachment::StateDescription, description));
+        if let Some(k) = out.kernel {
+            attachments.push((Attachment::Kernel, k));
+        }
+        attachments.push((Attachment::State, out.state));
+    } else {
+        vm.refuse_if_suspended()?;
+    }
     let config = vm.config()?;
     let mut tags = vec![req.image.tag.clone()];
     for t in req.additional_tags {
@@ -175,6 +200,7 @@ pub async fn push(req: &PushRequest<'_>, opts: RegistryOptions) -> Result<PushRe
         single_layer: req.single_layer,
         work_dir: vm.dir.join(PUSH_WORK),
         dry_run: req.dry_run,
+        attachments,
     };
     let r = push::push(
         &vm.disk(),
@@ -219,13 +245,29 @@ pub struct PullRequest<'a> {
     /// Pull into the image cache and clone from there (also when the settings say
     /// `cachingEnabled`).
     pub cache: bool,
+    /// Leave out a suspended VM's saved state if the image carries one (the VM boots).
+    pub without_memory: bool,
 }
 
 pub struct PullOutcome {
     pub vm: Vm,
+    /// The image carried a suspended VM's state: whether it was put in place (the
+    /// VM resumes at its first run), or why it was left out.
+    pub memory: Memory,
     /// None when the VM was cloned from the cache without a download.
     pub pulled: Option<Pulled>,
     pub manifest_digest: String,
+}
+
+/// What became of a suspended VM's state an image carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Memory {
+    /// The image carried none (or the pull was asked to leave it out).
+    None,
+    /// It is in place: the VM's first run resumes it.
+    Resumes,
+    /// It could not be used, and why: the VM boots.
+    LeftOut(String),
 }
 
 /// The VM name a pull makes.
@@ -259,7 +301,7 @@ pub fn staging_dir(parent: &Path, name: &str) -> PathBuf {
 /// Makes `dir` (holding a pulled disk.img and maybe nvram.bin) a complete VM directory:
 /// config.json with a fresh MAC address, the UEFI variable store if the image had none,
 /// `.manifest-digest`; the pull's own files removed.
-fn complete(dir: &Path, pulled: &Pulled) -> Result<(), VmError> {
+fn complete(dir: &Path, pulled: &Pulled) -> Result<Memory, VmError> {
     let d = &pulled.vm;
     let config = VmConfig {
         os: d.os.clone(),
@@ -292,8 +334,32 @@ fn complete(dir: &Path, pulled: &Pulled) -> Result<(), VmError> {
     )
     .and_then(|()| fs::rename(&tmp, dir.join(CONFIG)))
     .map_err(io("writing config.json"))?;
+    let memory = adopt_memory(dir, pulled, &config);
     let _ = fs::remove_file(dir.join(pull::JOURNAL));
-    Ok(())
+    Ok(memory)
+}
+
+/// Puts the saved state a pull brought (in `attachments/`) in place, if it did.
+fn adopt_memory(dir: &Path, pulled: &Pulled, config: &VmConfig) -> Memory {
+    let has = |a: Attachment| pulled.attachments.contains(&a);
+    let from = dir.join(attachment::DIR);
+    let memory = match (has(Attachment::StateDescription), has(Attachment::State)) {
+        (false, false) => Memory::None,
+        (true, true) => {
+            let files = PulledState {
+                description: from.join(Attachment::StateDescription.file()),
+                state: from.join(Attachment::State.file()),
+                kernel: has(Attachment::Kernel).then(|| from.join(Attachment::Kernel.file())),
+            };
+            match suspend::adopt(dir, &files, config.cpu_count, config.memory_size >> 20) {
+                None => Memory::Resumes,
+                Some(why) => Memory::LeftOut(why),
+            }
+        }
+        _ => Memory::LeftOut("the image carries only part of it".into()),
+    };
+    let _ = fs::remove_dir_all(&from);
+    memory
 }
 
 /// Renames a complete staging directory into place (never over an existing VM).
@@ -361,15 +427,24 @@ pub async fn pull(
         location_name,
         dir: dest.clone(),
     };
+    let from = pull::Source {
+        client: &client,
+        r: &r,
+        image: &image,
+        manifest: &manifest,
+        manifest_digest: &digest,
+    };
+    let with_memory = !req.without_memory;
     if !(req.cache || settings.caching_enabled) {
-        let pulled =
-            pull::pull_manifest_into(&stage, &client, &r, &image, &manifest, &digest, &opts)
-                .await
-                .map_err(|e| failed(e, &stage))?;
-        complete(&stage, &pulled)?;
+        let pulled = pull::pull_manifest_into(&stage, &from, &opts, with_memory)
+            .await
+            .map_err(|e| failed(e, &stage))?;
+        let memory = complete(&stage, &pulled)?;
         place(&stage, &dest, &name)?;
+        suspend::settle(&vm)?;
         return Ok(PullOutcome {
             vm,
+            memory,
             pulled: Some(pulled),
             manifest_digest: digest,
         });
@@ -386,12 +461,13 @@ pub async fn pull(
         let _clock = lock_dir(&cstage, &image).inspect_err(|_| {
             let _ = fs::remove_dir_all(&stage);
         })?;
-        let p = pull::pull_manifest_into(&cstage, &client, &r, &image, &manifest, &digest, &opts)
+        let p = pull::pull_manifest_into(&cstage, &from, &opts, true)
             .await
             .map_err(|e| {
                 let _ = fs::remove_dir_all(&stage);
                 failed(e, &cstage)
             })?;
+        // A state left out here is said by the VM's own copy below (it has none).
         complete(&cstage, &p)?;
         let meta = CacheMetadata {
             image: image.clone(),
@@ -439,18 +515,55 @@ pub async fn pull(
         .map_err(io("writing config.json"))?;
         fs::write(stage.join(MANIFEST_DIGEST), &digest).map_err(io("writing .manifest-digest"))?;
         let _ = fs::remove_file(stage.join(pull::JOURNAL));
-        Ok(())
+        Ok(copy_memory(&cached, &stage, with_memory))
     })();
-    if let Err(e) = made {
-        let _ = fs::remove_dir_all(&stage);
-        return Err(e);
-    }
+    let memory = match made {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&stage);
+            return Err(e);
+        }
+    };
     place(&stage, &dest, &name)?;
+    suspend::settle(&vm)?;
     Ok(PullOutcome {
         vm,
+        memory,
         pulled,
         manifest_digest: digest,
     })
+}
+
+/// A cached image's saved state (and the kernel it runs), copied into the VM made from
+/// it in `stage`, unless it is to be left out.
+fn copy_memory(cached: &Vm, stage: &Path, with_memory: bool) -> Memory {
+    let suspend::Saved::State(_) = suspend::saved(cached) else {
+        return Memory::None;
+    };
+    if !with_memory {
+        return Memory::None;
+    }
+    let copied = (|| -> Result<(), VmError> {
+        if let Some(d) = DirectBoot::read(&cached.dir)? {
+            fs::copy(cached.dir.join(&d.kernel), stage.join(&d.kernel))
+                .map_err(io("copying the kernel"))?;
+            d.write(stage)?;
+        }
+        for f in [store::SUSPENDED_RECORD, store::SUSPENDED_STATE] {
+            fs::copy(cached.dir.join(f), stage.join(f)).map_err(io(format!("copying {f}")))?;
+        }
+        Ok(())
+    })();
+    match copied {
+        Ok(()) => Memory::Resumes,
+        Err(e) => {
+            let _ = suspend::discard(&Vm {
+                dir: stage.to_path_buf(),
+                ..cached.clone()
+            });
+            Memory::LeftOut(e.to_string())
+        }
+    }
 }
 
 /// A failed pull: an invalid image leaves nothing behind; a registry or disk failure
@@ -549,6 +662,7 @@ mod tests {
             name: None,
             storage: None,
             cache: false,
+            without_memory: false,
         };
         assert_eq!(pull_name(&req).unwrap(), "ubuntu_latest");
     }

@@ -235,17 +235,37 @@ pub fn command_line(spec: &FullVmSpec) -> Vec<String> {
 
 /// The VM's shape: its command line without what may differ between a run and the
 /// resumption of its saved state (VNC, the network's host side, the kernel command
-/// line the guest has already read, whether it resumes). Two specs of one shape give
-/// the guest the same machine and devices, so a state saved under one loads under the
-/// other.
+/// line the guest has already read, whether it resumes), and without where its files
+/// are, its name and its MAC address (the state carries the card's own), so that a
+/// state stays loadable in a VM pulled elsewhere. Two specs of one shape give the guest
+/// the same machine and devices, so a state saved under one loads under the other.
 pub fn shape(spec: &FullVmSpec) -> Vec<String> {
     let mut canonical = spec.clone();
+    canonical.name = "vm".into();
+    canonical.mac = "02:00:00:00:00:00".into();
     canonical.vnc = Vnc::Off;
     canonical.incoming = false;
     canonical.run_dir = PathBuf::from("/run-dir");
     canonical.console_log = PathBuf::from("/console.log");
-    if let Boot::Kernel { command_line, .. } = &mut canonical.boot {
-        command_line.clear();
+    canonical.disk = PathBuf::from("/disk.img");
+    for (i, d) in canonical.extra_disks.iter_mut().enumerate() {
+        *d = PathBuf::from(format!("/disk{i}.img"));
+    }
+    if let Some(iso) = &mut canonical.iso {
+        *iso = PathBuf::from("/installer.iso");
+    }
+    match &mut canonical.boot {
+        Boot::Kernel {
+            command_line,
+            kernel,
+        } => {
+            command_line.clear();
+            *kernel = PathBuf::from("/kernel");
+        }
+        Boot::Uefi { code, nvram } => {
+            *code = PathBuf::from("/firmware.fd");
+            *nvram = PathBuf::from("/nvram.bin");
+        }
     }
     match &mut canonical.nic {
         NetBackend::User { forwards } => forwards.clear(),
@@ -436,5 +456,23 @@ mod tests {
             ..direct.clone()
         };
         assert_ne!(shape(&bigger), shape(&direct));
+        // Pulled elsewhere: another name, directory and MAC, the same shape; another
+        // machine identity is not.
+        let elsewhere = FullVmSpec {
+            name: "copy".into(),
+            mac: "02:11:22:33:44:55".into(),
+            disk: "/other/vms/copy/disk.img".into(),
+            boot: Boot::Kernel {
+                kernel: "/other/vms/copy/vmlinuz".into(),
+                command_line: "root=/dev/vda ro".into(),
+            },
+            ..direct.clone()
+        };
+        assert_eq!(shape(&elsewhere), shape(&direct));
+        let other_uuid = FullVmSpec {
+            uuid: Some("6f0b7a1e-0000-4000-8000-000000000001".into()),
+            ..direct.clone()
+        };
+        assert_ne!(shape(&other_uuid), shape(&direct));
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use super::attachment::{self, Attachment};
 use super::manifest::{Descriptor, Manifest, MAX_CONFIG_BYTES, MAX_NVRAM_BYTES};
 use super::{media, LumeError};
 
@@ -50,6 +51,16 @@ pub struct Plan {
     pub config: Descriptor,
     /// Offsets are known for every part (false: write them in order, one at a time).
     pub offsets_known: bool,
+    /// cabin's own files after Lume's layers, each in order of [`Attachment::ALL`].
+    pub attachments: Vec<AttachmentPlan>,
+}
+
+/// One of cabin's own files in the image: its parts (one raw part for a small one).
+#[derive(Debug, Clone)]
+pub struct AttachmentPlan {
+    pub kind: Attachment,
+    pub size: u64,
+    pub parts: Vec<Part>,
 }
 
 pub fn check_digest(image: &str, d: &str) -> Result<(), LumeError> {
@@ -133,8 +144,17 @@ pub fn plan(
     let has_config = !m.config.digest.is_empty();
     let mut nvram = None;
     let mut disk: Vec<&Descriptor> = Vec::new();
+    let mut attached: BTreeMap<Attachment, Vec<&Descriptor>> = BTreeMap::new();
     for l in &m.layers {
         let mt = l.media_type.as_str();
+        if mt.starts_with(attachment::MEDIA_PREFIX) {
+            // One this cabin does not know (a later cabin's) is skipped, as Lume
+            // skips them all.
+            if let Some(a) = Attachment::of_media_type(mt) {
+                attached.entry(a).or_default().push(l);
+            }
+            continue;
+        }
         let is_nvram = match format {
             Format::Oci => mt == media::NVRAM,
             Format::Legacy => mt == media::LEGACY_NVRAM && has_config,
@@ -242,45 +262,7 @@ pub fn plan(
                     uncompressed_digest: ud,
                 });
             }
-            parts.sort_by_key(|p| p.offset);
-            let mut end = 0u64;
-            for p in &parts {
-                let size = p.size.unwrap_or(0);
-                if p.offset < end {
-                    return Err(LumeError::invalid(
-                        image,
-                        format!("disk parts overlap at offset {}", p.offset),
-                    ));
-                }
-                if p.offset > end {
-                    return Err(LumeError::invalid(
-                        image,
-                        format!(
-                            "the disk parts leave a gap from offset {end} to {}",
-                            p.offset
-                        ),
-                    ));
-                }
-                end = p
-                    .offset
-                    .checked_add(size)
-                    .ok_or_else(|| LumeError::invalid(image, "part offsets overflow"))?;
-                too_big("a disk of", end)?;
-            }
-            if let Some(d) = declared {
-                if end > d {
-                    return Err(LumeError::invalid(
-                        image,
-                        format!("the disk parts end at {end}, past the declared disk size {d}"),
-                    ));
-                }
-                if end < d {
-                    return Err(LumeError::invalid(
-                        image,
-                        format!("the disk parts end at {end}, leaving a gap before the declared disk size {d}"),
-                    ));
-                }
-            }
+            let end = tile(image, "disk", &mut parts, declared, MAX_DISK_BYTES)?;
             (end, true)
         }
         Format::Legacy => {
@@ -357,9 +339,16 @@ pub fn plan(
             (size, offset.is_some())
         }
     };
+    let mut attachments = Vec::new();
+    for (kind, layers) in attached {
+        attachments.push(attachment_plan(image, kind, &layers)?);
+    }
     // One blob listed at several offsets must mean the same bytes at each.
     let mut by_digest: BTreeMap<&str, (Option<u64>, &Option<String>)> = BTreeMap::new();
-    for p in &parts {
+    for p in parts
+        .iter()
+        .chain(attachments.iter().flat_map(|a| &a.parts))
+    {
         let entry = by_digest
             .entry(&p.digest)
             .or_insert((p.size, &p.uncompressed_digest));
@@ -380,24 +369,138 @@ pub fn plan(
         nvram,
         config: m.config.clone(),
         offsets_known,
+        attachments,
     })
+}
+
+/// Sorts `parts` by offset and checks that they tile `0..end` exactly (no overlap, no
+/// gap, and `end` the declared size if there is one, at most `max`); returns `end`.
+fn tile(
+    image: &str,
+    what: &str,
+    parts: &mut [Part],
+    declared: Option<u64>,
+    max: u64,
+) -> Result<u64, LumeError> {
+    parts.sort_by_key(|p| p.offset);
+    let mut end = 0u64;
+    for p in parts.iter() {
+        let size = p.size.unwrap_or(0);
+        if p.offset < end {
+            return Err(LumeError::invalid(
+                image,
+                format!("{what} parts overlap at offset {}", p.offset),
+            ));
+        }
+        if p.offset > end {
+            return Err(LumeError::invalid(
+                image,
+                format!(
+                    "the {what} parts leave a gap from offset {end} to {}",
+                    p.offset
+                ),
+            ));
+        }
+        end = p
+            .offset
+            .checked_add(size)
+            .ok_or_else(|| LumeError::invalid(image, "part offsets overflow"))?;
+        if end > max {
+            return Err(LumeError::invalid(
+                image,
+                format!("a {what} of {end} bytes is more than {max} bytes"),
+            ));
+        }
+    }
+    if let Some(d) = declared {
+        if end > d {
+            return Err(LumeError::invalid(
+                image,
+                format!("the {what} parts end at {end}, past the declared {what} size {d}"),
+            ));
+        }
+        if end < d {
+            return Err(LumeError::invalid(
+                image,
+                format!("the {what} parts end at {end}, leaving a gap before the declared {what} size {d}"),
+            ));
+        }
+    }
+    Ok(end)
+}
+
+/// One of cabin's attachments as parts: a raw layer whole, or gzip chunks that tile it.
+fn attachment_plan(
+    image: &str,
+    kind: Attachment,
+    layers: &[&Descriptor],
+) -> Result<AttachmentPlan, LumeError> {
+    let what = kind.file();
+    if !kind.chunked() {
+        let [l] = layers else {
+            return Err(LumeError::invalid(
+                image,
+                format!("more than one {what} layer"),
+            ));
+        };
+        if l.size > kind.max_bytes() {
+            return Err(LumeError::invalid(
+                image,
+                format!("the {what} layer is larger than {} bytes", kind.max_bytes()),
+            ));
+        }
+        return Ok(AttachmentPlan {
+            kind,
+            size: l.size,
+            parts: vec![Part {
+                digest: l.digest.clone(),
+                compressed_size: l.size,
+                codec: Codec::Raw,
+                offset: 0,
+                size: Some(l.size),
+                uncompressed_digest: None,
+            }],
+        });
+    }
+    let mut total = None;
+    let mut parts = Vec::with_capacity(layers.len());
+    for l in layers {
+        let need = |key: &str| {
+            num(image, l, key)?.ok_or_else(|| {
+                LumeError::invalid(image, format!("{what} layer {} has no {key}", l.digest))
+            })
+        };
+        let t = need(attachment::TOTAL_SIZE)?;
+        if total.is_some_and(|was| was != t) {
+            return Err(LumeError::invalid(
+                image,
+                format!("the {what} layers declare different total sizes"),
+            ));
+        }
+        total = Some(t);
+        let ud = l
+            .annotation(attachment::UNCOMPRESSED_DIGEST)
+            .map(str::to_string);
+        if let Some(d) = &ud {
+            check_digest(image, d)?;
+        }
+        parts.push(Part {
+            digest: l.digest.clone(),
+            compressed_size: l.size,
+            codec: Codec::Gzip,
+            offset: need(attachment::PART_OFFSET)?,
+            size: Some(need(attachment::UNCOMPRESSED_SIZE)?),
+            uncompressed_digest: ud,
+        });
+    }
+    let size = tile(image, what, &mut parts, total, kind.max_bytes())?;
+    Ok(AttachmentPlan { kind, size, parts })
 }
 
 impl Plan {
     /// The parts grouped by blob, each blob once with every offset it goes to.
     pub fn groups(&self) -> Vec<(&Part, Vec<u64>)> {
-        let mut out: Vec<(&Part, Vec<u64>)> = Vec::new();
-        let mut index: BTreeMap<&str, usize> = BTreeMap::new();
-        for p in &self.parts {
-            match index.get(p.digest.as_str()) {
-                Some(&i) => out[i].1.push(p.offset),
-                None => {
-                    index.insert(&p.digest, out.len());
-                    out.push((p, vec![p.offset]));
-                }
-            }
-        }
-        out
+        groups(&self.parts)
     }
 
     /// Compressed bytes to fetch (each blob once, NVRAM included).
@@ -408,6 +511,22 @@ impl Plan {
             .sum::<u64>()
             + self.nvram.as_ref().map_or(0, |n| n.size)
     }
+}
+
+/// Parts grouped by blob, each blob once with every offset it goes to.
+pub fn groups(parts: &[Part]) -> Vec<(&Part, Vec<u64>)> {
+    let mut out: Vec<(&Part, Vec<u64>)> = Vec::new();
+    let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in parts {
+        match index.get(p.digest.as_str()) {
+            Some(&i) => out[i].1.push(p.offset),
+            None => {
+                index.insert(&p.digest, out.len());
+                out.push((p, vec![p.offset]));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -550,5 +669,103 @@ mod tests {
         m.layers[1] = lz('a', None);
         let p = plan("i", &m, Some(32)).unwrap();
         assert!(!p.offsets_known);
+    }
+
+    fn state_part(c: char, offset: u64, size: u64, total: u64) -> Descriptor {
+        Descriptor {
+            annotations: [
+                (attachment::PART_OFFSET, offset.to_string()),
+                (attachment::UNCOMPRESSED_SIZE, size.to_string()),
+                (attachment::TOTAL_SIZE, total.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            digest: d(c),
+            media_type: Attachment::State.media_type().into(),
+            size: 10,
+        }
+    }
+
+    fn raw(c: char, kind: Attachment, size: u64) -> Descriptor {
+        Descriptor {
+            annotations: BTreeMap::new(),
+            digest: d(c),
+            media_type: kind.media_type().into(),
+            size,
+        }
+    }
+
+    #[test]
+    fn cabins_attachments_after_lumes_layers_leave_the_disk_as_lume_reads_it() {
+        let disk = vec![chunk('a', 0, 0, 100), chunk('b', 1, 100, 50)];
+        let lume_only = plan("i", &manifest(disk.clone(), Some(150)), None).unwrap();
+        let mut layers = disk.clone();
+        layers.push(raw('e', Attachment::StateDescription, 300));
+        layers.push(state_part('f', 64, 36, 100));
+        layers.push(state_part('0', 0, 64, 100));
+        // A later cabin's file: skipped, as Lume skips them all.
+        layers.push(raw('1', Attachment::Kernel, 5));
+        layers.push(Descriptor {
+            media_type: "application/vnd.cabin.vm.future.v9".into(),
+            ..raw('2', Attachment::Kernel, 5)
+        });
+        let p = plan("i", &manifest(layers.clone(), Some(150)), None).unwrap();
+        assert_eq!(p.parts, lume_only.parts);
+        assert_eq!(p.disk_size, 150);
+        let kinds: Vec<Attachment> = p.attachments.iter().map(|a| a.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                Attachment::StateDescription,
+                Attachment::Kernel,
+                Attachment::State
+            ]
+        );
+        let state = &p.attachments[2];
+        assert_eq!(state.size, 100);
+        assert_eq!(
+            state.parts.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            [0, 64]
+        );
+        assert_eq!(p.attachments[0].parts[0].codec, Codec::Raw);
+
+        let err = |layers: Vec<Descriptor>| {
+            plan("i", &manifest(layers, Some(150)), None)
+                .unwrap_err()
+                .to_string()
+        };
+        let with = |extra: Vec<Descriptor>| {
+            let mut l = disk.clone();
+            l.extend(extra);
+            l
+        };
+        // Parts that overlap, leave a gap, disagree on the total or lack an offset.
+        assert!(err(with(vec![
+            state_part('0', 0, 64, 100),
+            state_part('f', 60, 40, 100)
+        ]))
+        .contains("suspended.state parts overlap"));
+        assert!(err(with(vec![state_part('0', 0, 64, 100)])).contains("leaving a gap"));
+        assert!(err(with(vec![
+            state_part('0', 0, 64, 100),
+            state_part('f', 64, 36, 99)
+        ]))
+        .contains("different total sizes"));
+        let mut no_offset = state_part('0', 0, 100, 100);
+        no_offset.annotations.remove(attachment::PART_OFFSET);
+        assert!(err(with(vec![no_offset])).contains("has no org.cabin.part.offset"));
+        // A description too large, or twice.
+        assert!(
+            err(with(vec![raw('e', Attachment::StateDescription, 2 << 20)]))
+                .contains("larger than")
+        );
+        assert!(err(with(vec![
+            raw('e', Attachment::StateDescription, 3),
+            raw('f', Attachment::StateDescription, 3)
+        ]))
+        .contains("more than one suspended.json layer"));
+        // A state larger than cabin takes.
+        assert!(err(with(vec![state_part('0', 0, 1 << 41, 1 << 41)])).contains("more than"));
     }
 }

@@ -11,7 +11,9 @@
 //! - [`sparse`]: writing decompressed data with all-zero blocks left as holes.
 //! - [`journal`]: what an interrupted pull or push had already done.
 //! - [`push`], [`pull`]: the transfers, against a registry.
+//! - [`attachment`]: cabin's own files after Lume's layers (a suspended VM's state).
 
+pub mod attachment;
 pub mod gzip;
 pub mod journal;
 pub mod layout;

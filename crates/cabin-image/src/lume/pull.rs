@@ -19,8 +19,9 @@ use futures::{StreamExt, TryStreamExt};
 use oci_client::{Client, Reference, RegistryOperation};
 use sha2::{Digest, Sha256};
 
+use super::attachment::{self, Attachment};
 use super::journal::Journal;
-use super::layout::{self, Codec, Format, Part, Plan};
+use super::layout::{self, AttachmentPlan, Codec, Format, Part, Plan};
 use super::manifest::{self, Manifest, VmDescription, MAX_CONFIG_BYTES};
 use super::push::reference;
 use super::sparse::{self, SparseWriter};
@@ -44,6 +45,8 @@ pub struct Pulled {
     /// Parts written by this pull, and parts an earlier pull had written.
     pub parts_written: usize,
     pub parts_resumed: usize,
+    /// cabin's own files it fetched into `attachments/` (asked for, and in the image).
+    pub attachments: Vec<Attachment>,
 }
 
 fn registry_err(image: &str, e: &oci_client::errors::OciDistributionError) -> LumeError {
@@ -228,6 +231,9 @@ struct Ctx<'a> {
     r: &'a Reference,
     image: &'a str,
     opts: &'a RegistryOptions,
+    /// The file the parts go to ("disk.img", or an attachment), as named in messages
+    /// and progress.
+    what: &'a str,
     disk: Arc<File>,
     disk_size: u64,
     fetched: Mutex<u64>,
@@ -239,6 +245,14 @@ enum Failure {
 }
 
 impl Ctx<'_> {
+    /// "disk" for the disk's parts (as messages always named them), else the file.
+    fn part_name(&self) -> &str {
+        match self.what {
+            DISK => "disk",
+            other => other,
+        }
+    }
+
     /// Fetches `part`'s blob and writes it at `offset`; returns the bytes written and
     /// whether any was not zero.
     async fn write_part(
@@ -260,7 +274,8 @@ impl Ctx<'_> {
                     return Err(LumeError::registry(
                         self.image,
                         format!(
-                            "fetching disk part {number} ({}) failed: {e}; pull again to resume",
+                            "fetching {} part {number} ({}) failed: {e}; pull again to resume",
+                            self.part_name(),
                             part.digest
                         ),
                     ))
@@ -293,7 +308,7 @@ impl Ctx<'_> {
         if end > self.disk_size {
             return Err(Failure::Fatal(LumeError::invalid(
                 image,
-                format!("disk part {number} ends past the disk"),
+                format!("{} part {number} ends past its end", self.part_name()),
             )));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(8);
@@ -343,7 +358,7 @@ impl Ctx<'_> {
                         break;
                     }
                     compressed.update(&b);
-                    self.opts.progress.advance("disk.img", b.len() as u64);
+                    self.opts.progress.advance(self.what, b.len() as u64);
                     *self.fetched.locked() += b.len() as u64;
                     // When the decoder stops, its error says why, unless the blob
                     // does not match its digest either (corrupted on its way): the
@@ -367,7 +382,7 @@ impl Ctx<'_> {
         drop(body);
         let result = writer
             .await
-            .map_err(|e| Failure::Fatal(LumeError::Io(format!("writing the disk: {e}"))))?;
+            .map_err(|e| Failure::Fatal(LumeError::Io(format!("writing {}: {e}", self.what))))?;
         let punch = |why: Failure| {
             let _ = sparse::punch_hole(&self.disk, offset, end - offset);
             Err(why)
@@ -393,12 +408,12 @@ impl Ctx<'_> {
             Err(e) if e.kind() == io::ErrorKind::FileTooLarge && e.raw_os_error().is_none() => {
                 return punch(Failure::Fatal(LumeError::invalid(
                     image,
-                    format!("disk part {number} ({}) {e}", part.digest),
+                    format!("{} part {number} ({}) {e}", self.part_name(), part.digest),
                 )))
             }
             Err(e) if e.raw_os_error().is_some() => {
                 return punch(Failure::Fatal(io_error(
-                    format!("writing disk part {number}"),
+                    format!("writing {} part {number}", self.part_name()),
                     e,
                 )))
             }
@@ -411,7 +426,8 @@ impl Ctx<'_> {
                 return punch(Failure::Fatal(LumeError::invalid(
                     image,
                     format!(
-                        "disk part {number} ({}) is not a valid {what} stream: {e}",
+                        "{} part {number} ({}) is not a valid {what} stream: {e}",
+                        self.part_name(),
                         part.digest
                     ),
                 )));
@@ -436,7 +452,7 @@ impl Ctx<'_> {
             if written != size {
                 return punch(Failure::Fatal(LumeError::invalid(
                     image,
-                    format!("disk part {number} decompresses to {written} bytes, not the {size} its manifest declares"),
+                    format!("{} part {number} decompresses to {written} bytes, not the {size} its manifest declares", self.part_name()),
                 )));
             }
         }
@@ -444,7 +460,7 @@ impl Ctx<'_> {
             if *want != udigest {
                 return punch(Failure::Fatal(LumeError::invalid(
                     image,
-                    format!("disk part {number} decompresses to {udigest}, not the {want} its manifest declares; nothing of it was kept"),
+                    format!("{} part {number} decompresses to {udigest}, not the {want} its manifest declares; nothing of it was kept", self.part_name()),
                 )));
             }
         }
@@ -463,18 +479,40 @@ pub async fn pull_into(
     let image = format!("{repository}:{tag}");
     let (client, r) = client(repository, tag, opts).await?;
     let (m, manifest_digest) = fetch_manifest(&client, &r, &image, opts).await?;
-    pull_manifest_into(dir, &client, &r, &image, &m, &manifest_digest, opts).await
+    let from = Source {
+        client: &client,
+        r: &r,
+        image: &image,
+        manifest: &m,
+        manifest_digest: &manifest_digest,
+    };
+    pull_manifest_into(dir, &from, opts, false).await
 }
 
+/// An image whose manifest has been fetched, and where from.
+pub struct Source<'a> {
+    pub client: &'a Client,
+    pub r: &'a Reference,
+    pub image: &'a str,
+    pub manifest: &'a Manifest,
+    pub manifest_digest: &'a str,
+}
+
+/// Pulls the image `from` into `dir` (created if missing), resuming what an earlier
+/// pull of the same manifest left there; cabin's attachments too if `with_attachments`.
 pub async fn pull_manifest_into(
     dir: &Path,
-    client: &Client,
-    r: &Reference,
-    image: &str,
-    m: &Manifest,
-    manifest_digest: &str,
+    from: &Source<'_>,
     opts: &RegistryOptions,
+    with_attachments: bool,
 ) -> Result<Pulled, LumeError> {
+    let Source {
+        client,
+        r,
+        image,
+        manifest: m,
+        manifest_digest,
+    } = *from;
     layout::check_digest(image, &m.config.digest)?;
     if m.config.size > MAX_CONFIG_BYTES {
         return Err(LumeError::invalid(
@@ -523,80 +561,25 @@ pub async fn pull_manifest_into(
         r,
         image,
         opts,
+        what: DISK,
         disk: Arc::new(disk),
         disk_size: plan.disk_size,
         fetched: Mutex::new(small_fetched),
     };
     let progress = &opts.progress;
-    let groups = plan.groups();
-    let total: u64 = groups.iter().map(|(p, _)| p.compressed_size).sum();
     let mut resumed = 0;
-    let mut todo = Vec::new();
-    let mut already = 0;
-    for (i, (p, offsets)) in groups.iter().enumerate() {
-        let pending: Vec<u64> = offsets
-            .iter()
-            .copied()
-            .filter(|o| !journal.contains(&format!("{} {o}", p.digest)))
-            .collect();
-        resumed += offsets.len() - pending.len();
-        if pending.is_empty() || !plan.offsets_known {
-            already += if pending.is_empty() {
-                p.compressed_size
-            } else {
-                0
-            };
-        }
-        if !pending.is_empty() {
-            todo.push((i, *p, pending));
-        }
-    }
-    progress.start("disk.img", total, already);
-    let journal_lock = Mutex::new(&mut journal);
     let mut written_parts = 0usize;
     if plan.offsets_known {
-        let done: Vec<usize> = futures::stream::iter(todo.iter().map(|(i, p, pending)| {
-            let ctx = &ctx;
-            let journal = &journal_lock;
-            async move {
-                let first = pending[0];
-                let (_, had_data) = ctx.write_part(p, *i, first).await?;
-                for &o in &pending[1..] {
-                    let disk = ctx.disk.clone();
-                    let len = p.size.unwrap_or(0);
-                    // An all-zero part (most often) is a hole at each of its offsets.
-                    tokio::task::spawn_blocking(move || match had_data {
-                        true => sparse::copy_within(&disk, first, o, len),
-                        false => sparse::zero_range(&disk, o, len),
-                    })
-                    .await
-                    .map_err(|e| LumeError::Io(e.to_string()))?
-                    .map_err(|e| io_error("copying a repeated disk part", e))?;
-                }
-                let disk = ctx.disk.clone();
-                tokio::task::spawn_blocking(move || disk.sync_data())
-                    .await
-                    .map_err(|e| LumeError::Io(e.to_string()))?
-                    .map_err(|e| io_error("flushing disk.img", e))?;
-                let mut j = journal.locked();
-                for &o in pending {
-                    j.record(&format!("{} {o}", p.digest))
-                        .map_err(|e| io_error("recording progress in the pull journal", e))?;
-                }
-                Ok::<usize, LumeError>(pending.len())
-            }
-        }))
-        .buffer_unordered(opts.parallel.max(1))
-        .try_collect()
-        .await?;
-        written_parts = done.iter().sum();
+        let (written, earlier) = write_at_offsets(&ctx, &plan.parts, &mut journal, "").await?;
+        written_parts = written;
+        resumed = earlier;
     } else {
         // Sizes unknown: one part after the other, each where the last ended. The
         // journal records where each part ended (`seq INDEX DIGEST END`), so a resumed
         // pull knows where the next one starts.
         let mut offset = 0u64;
-        let ends: std::collections::HashMap<String, u64> = journal_lock
-            .locked()
+        progress.start(DISK, plan.parts.iter().map(|p| p.compressed_size).sum(), 0);
+        let ends: std::collections::HashMap<String, u64> = journal
             .lines()
             .iter()
             .filter_map(|l| {
@@ -610,7 +593,7 @@ pub async fn pull_manifest_into(
             if let (true, Some(&end)) = (resuming, ends.get(&key)) {
                 offset = end;
                 resumed += 1;
-                progress.advance("disk.img", p.compressed_size);
+                progress.advance(DISK, p.compressed_size);
                 continue;
             }
             resuming = false;
@@ -620,14 +603,21 @@ pub async fn pull_manifest_into(
             ctx.disk
                 .sync_data()
                 .map_err(|e| io_error("flushing disk.img", e))?;
-            journal_lock
-                .locked()
+            journal
                 .record(&format!("seq {key} {offset}"))
                 .map_err(|e| io_error("recording progress in the pull journal", e))?;
         }
     }
-    progress.finish("disk.img");
-    let fetched = *ctx.fetched.locked();
+    progress.finish(DISK);
+    let mut fetched = *ctx.fetched.locked();
+    let mut attachments = Vec::new();
+    for a in plan.attachments.iter().filter(|_| with_attachments) {
+        let (bytes, written, earlier) = pull_attachment(&ctx, a, dir, &mut journal).await?;
+        fetched += bytes;
+        written_parts += written;
+        resumed += earlier;
+        attachments.push(a.kind);
+    }
     Ok(Pulled {
         manifest_digest: manifest_digest.to_string(),
         vm,
@@ -636,5 +626,131 @@ pub async fn pull_manifest_into(
         fetched_bytes: fetched,
         parts_written: written_parts,
         parts_resumed: resumed,
+        attachments,
     })
+}
+
+/// Fetches the parts of `parts` not yet in `journal` (keys `<prefix><digest> <offset>`)
+/// and writes each blob at its offsets, several at a time; returns the parts written
+/// and those an earlier pull had written.
+async fn write_at_offsets(
+    ctx: &Ctx<'_>,
+    parts: &[Part],
+    journal: &mut Journal,
+    prefix: &str,
+) -> Result<(usize, usize), LumeError> {
+    let groups = layout::groups(parts);
+    let total: u64 = groups.iter().map(|(p, _)| p.compressed_size).sum();
+    let mut resumed = 0;
+    let mut todo = Vec::new();
+    let mut already = 0;
+    for (i, (p, offsets)) in groups.iter().enumerate() {
+        let pending: Vec<u64> = offsets
+            .iter()
+            .copied()
+            .filter(|o| !journal.contains(&format!("{prefix}{} {o}", p.digest)))
+            .collect();
+        resumed += offsets.len() - pending.len();
+        if pending.is_empty() {
+            already += p.compressed_size;
+        } else {
+            todo.push((i, *p, pending));
+        }
+    }
+    ctx.opts.progress.start(ctx.what, total, already);
+    let journal_lock = Mutex::new(journal);
+    let done: Vec<usize> = futures::stream::iter(todo.iter().map(|(i, p, pending)| {
+        let journal = &journal_lock;
+        async move {
+            let first = pending[0];
+            let (_, had_data) = ctx.write_part(p, *i, first).await?;
+            for &o in &pending[1..] {
+                let disk = ctx.disk.clone();
+                let len = p.size.unwrap_or(0);
+                // An all-zero part (most often) is a hole at each of its offsets.
+                tokio::task::spawn_blocking(move || match had_data {
+                    true => sparse::copy_within(&disk, first, o, len),
+                    false => sparse::zero_range(&disk, o, len),
+                })
+                .await
+                .map_err(|e| LumeError::Io(e.to_string()))?
+                .map_err(|e| io_error("copying a repeated part", e))?;
+            }
+            let disk = ctx.disk.clone();
+            tokio::task::spawn_blocking(move || disk.sync_data())
+                .await
+                .map_err(|e| LumeError::Io(e.to_string()))?
+                .map_err(|e| io_error(format!("flushing {}", ctx.what), e))?;
+            let mut j = journal.locked();
+            for &o in pending {
+                j.record(&format!("{prefix}{} {o}", p.digest))
+                    .map_err(|e| io_error("recording progress in the pull journal", e))?;
+            }
+            Ok::<usize, LumeError>(pending.len())
+        }
+    }))
+    .buffer_unordered(ctx.opts.parallel.max(1))
+    .try_collect()
+    .await?;
+    Ok((done.iter().sum(), resumed))
+}
+
+/// Fetches one of cabin's attachments into `<dir>/attachments/<file>`: a small one
+/// whole (then renamed into place), a chunked one part by part like the disk, resumed
+/// from `journal`. Returns the bytes fetched and the parts written and resumed.
+async fn pull_attachment(
+    disk_ctx: &Ctx<'_>,
+    a: &AttachmentPlan,
+    dir: &Path,
+    journal: &mut Journal,
+) -> Result<(u64, usize, usize), LumeError> {
+    let to = dir.join(attachment::DIR);
+    std::fs::create_dir_all(&to).map_err(|e| io_error(format!("creating {}", to.display()), e))?;
+    let path = to.join(a.kind.file());
+    if !a.kind.chunked() {
+        let part = &a.parts[0];
+        let b = small_blob(
+            disk_ctx.client,
+            disk_ctx.r,
+            disk_ctx.image,
+            &part.digest,
+            a.kind.max_bytes(),
+            disk_ctx.opts,
+        )
+        .await?;
+        let tmp = to.join(format!(".{}.tmp", a.kind.file()));
+        std::fs::write(&tmp, &b)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| io_error(format!("writing {}", path.display()), e))?;
+        return Ok((b.len() as u64, 1, 0));
+    }
+    let prefix = format!("{} ", a.kind.file());
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_error(format!("creating {}", path.display()), e))?;
+    // Parts an earlier pull wrote are kept only if its journal says so.
+    if !journal.lines().iter().any(|l| l.starts_with(&prefix)) {
+        file.set_len(0)
+            .map_err(|e| io_error(format!("sizing {}", path.display()), e))?;
+    }
+    file.set_len(a.size)
+        .map_err(|e| io_error(format!("sizing {}", path.display()), e))?;
+    let ctx = Ctx {
+        client: disk_ctx.client,
+        r: disk_ctx.r,
+        image: disk_ctx.image,
+        opts: disk_ctx.opts,
+        what: a.kind.file(),
+        disk: Arc::new(file),
+        disk_size: a.size,
+        fetched: Mutex::new(0),
+    };
+    let (written, resumed) = write_at_offsets(&ctx, &a.parts, journal, &prefix).await?;
+    ctx.opts.progress.finish(ctx.what);
+    let fetched = *ctx.fetched.locked();
+    Ok((fetched, written, resumed))
 }

@@ -22,6 +22,7 @@ use oci_client::{Client, Reference, RegistryOperation};
 use tokio::io::AsyncReadExt;
 use tokio::sync::OnceCell;
 
+use super::attachment::{self, Attachment};
 use super::gzip::{self, Compressed};
 use super::journal::Journal;
 use super::manifest::{self, Descriptor, Manifest, VmDescription, MAX_NVRAM_BYTES};
@@ -41,6 +42,8 @@ pub struct PushOptions {
     pub work_dir: PathBuf,
     /// Compress and describe everything, contact no registry (Lume's `--dry-run`).
     pub dry_run: bool,
+    /// cabin's own files to carry after Lume's layers (a suspended VM's state).
+    pub attachments: Vec<(Attachment, PathBuf)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -264,6 +267,92 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Uploads one of cabin's attachments (after the disk's chunks) and describes its
+    /// layers: a small one whole, a chunked one in `chunk`-byte gzip slices.
+    async fn attach(
+        &self,
+        kind: Attachment,
+        path: &Path,
+        chunk: u64,
+    ) -> Result<Vec<Descriptor>, LumeError> {
+        let what = kind.file();
+        let file =
+            File::open(path).map_err(|e| io_error(format!("opening {}", path.display()), e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| io_error(format!("reading {}", path.display()), e))?
+            .len();
+        if size > kind.max_bytes() {
+            return Err(LumeError::invalid(
+                &self.image,
+                format!("{what} is larger than {} bytes", kind.max_bytes()),
+            ));
+        }
+        let mut title = BTreeMap::new();
+        title.insert(media::TITLE.to_string(), what.to_string());
+        if !kind.chunked() {
+            let bytes = std::fs::read(path)
+                .map_err(|e| io_error(format!("reading {}", path.display()), e))?;
+            let digest = format!("sha256:{}", sha256_hex(&bytes));
+            self.upload(&digest, bytes.len() as u64, Source::Bytes(&bytes))
+                .await?;
+            return Ok(vec![Descriptor {
+                annotations: title,
+                digest,
+                media_type: kind.media_type().into(),
+                size: bytes.len() as u64,
+            }]);
+        }
+        let file = Arc::new(file);
+        let slices: Vec<(usize, u64, u64)> = (0..size.div_ceil(chunk).max(1))
+            .map(|i| (i as usize, i * chunk, chunk.min(size - i * chunk)))
+            .collect();
+        let progress = self.opts.registry.progress.clone();
+        progress.start(what, size, 0);
+        let chunks: Vec<Compressed> = futures::stream::iter(slices.iter().map(|&(i, off, len)| {
+            let file = file.clone();
+            let progress = progress.clone();
+            async move {
+                // Numbered after any disk chunk, for its file in the work directory.
+                let c = self
+                    .compress_and_upload(&file, ATTACHMENT_INDEX + i, off, len)
+                    .await?;
+                progress.advance(what, len);
+                Ok::<_, LumeError>(c)
+            }
+        }))
+        .buffered(self.opts.registry.parallel.max(1))
+        .try_collect()
+        .await?;
+        progress.finish(what);
+        Ok(chunks
+            .iter()
+            .zip(&slices)
+            .map(|(c, &(i, off, len))| {
+                let mut a = BTreeMap::new();
+                a.insert(media::TITLE.to_string(), format!("{what}.part.{i}"));
+                a.insert(attachment::PART_OFFSET.to_string(), off.to_string());
+                a.insert(attachment::UNCOMPRESSED_SIZE.to_string(), len.to_string());
+                a.insert(
+                    attachment::UNCOMPRESSED_DIGEST.to_string(),
+                    c.uncompressed_digest.clone(),
+                );
+                a.insert(attachment::TOTAL_SIZE.to_string(), size.to_string());
+                Descriptor {
+                    annotations: a,
+                    digest: c.digest.clone(),
+                    media_type: kind.media_type().into(),
+                    size: c.size,
+                }
+            })
+            .collect())
+    }
+}
+
+/// Where attachment chunks' numbers start (disk chunks are numbered from 0).
+const ATTACHMENT_INDEX: usize = 1 << 40;
+
 enum Source<'a> {
     Bytes(&'a [u8]),
     File(&'a Path),
@@ -458,6 +547,9 @@ pub async fn push(
             media_type: media::DISK.into(),
             size: c.size,
         });
+    }
+    for (kind, path) in &opts.attachments {
+        layers.extend(shared.attach(*kind, path, opts.chunk_size).await?);
     }
     let mut annotations = manifest::vm_annotations(&vm);
     annotations.insert(media::UPLOAD_TIME.into(), cabin_base::time::now_rfc3339());
