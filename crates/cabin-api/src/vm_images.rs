@@ -63,14 +63,9 @@ pub fn push(app: &App, req: &Request) -> Result<Reply, ApiError> {
     let vm = store::find(&s, &p.name, storage(&p.storage))?;
     let with_memory = p.with_memory.unwrap_or(false);
     if vm.is_running() {
-        return Err(ApiError::new(format!(
-            "{}; {}",
-            store::VmError::Running(vm.name.clone()),
-            match with_memory {
-                true => "suspend it before pushing it with its memory",
-                false => "stop it before pushing",
-            }
-        )));
+        return Err(ApiError::new(
+            transfer::running_refusal(&vm, with_memory).to_string(),
+        ));
     }
     let mut opts = transfer::registry_options(&app.host, &registry)?;
     let counter = app

@@ -409,7 +409,7 @@ fn a_vm_pushed_with_its_memory_resumes_after_a_pull_with_a_mac_address_of_its_ow
     struct Stop<'a>(&'a Path);
     impl Drop for Stop<'_> {
         fn drop(&mut self) {
-            for name in ["orig", "copy", "second"] {
+            for name in ["orig", "early", "copy", "second"] {
                 let _ = vm_in(self.0, &["stop", name]);
             }
         }
@@ -507,6 +507,20 @@ fn a_vm_pushed_with_its_memory_resumes_after_a_pull_with_a_mac_address_of_its_ow
             "{keys:?}"
         );
     }
+    // A copy pulled while the original is still here (suspended, with the same MAC
+    // address and address): it boots, with a MAC address of its own.
+    ok(d, &["pull", "deb-mem:1", "early", "--registry", &reg.addr]);
+    assert_eq!(details_of(d, "early")["status"], "suspended");
+    ok(d, &["run", "early", "--detach"]);
+    assert!(
+        run_log_of(d, "early").contains(&format!(
+            "was pulled with the memory of a VM, and orig has its MAC address {orig_mac}"
+        )),
+        "{}",
+        run_log_of(d, "early")
+    );
+    ok(d, &["stop", "early"]);
+    ok(d, &["delete", "--force", "early"]);
     // The original goes (as when the image is pulled on another host).
     ok(d, &["delete", "--force", "orig"]);
 

@@ -25,7 +25,6 @@ use cabin_vmm::{NetBackend, ShareSpec};
 use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 
-use cabin_base::lock::{lock_file, Mode, Wait};
 use cabin_base::sync::Locked;
 use cabin_base::{random, spawn, Host};
 use cabin_vmm::AccelRequest;
@@ -99,21 +98,6 @@ pub fn check_shared_dir(p: &std::path::Path) -> Result<PathBuf, VmError> {
     }
 }
 
-fn lock_running(vm: &Vm) -> Result<fs::File, VmError> {
-    let f = fs::File::open(vm.dir.join(store::CONFIG))
-        .map_err(|e| VmError::Failed(format!("opening {}'s config.json: {e}", vm.name)))?;
-    // A `ls` probing with a shared lock holds it for a moment: try a few times.
-    for _ in 0..20 {
-        if lock_file(&f, Mode::Exclusive, Wait::NoWait)
-            .map_err(|e| VmError::Failed(format!("locking {}'s config.json: {e}", vm.name)))?
-        {
-            return Ok(f);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Err(VmError::Running(vm.name.clone()))
-}
-
 /// The runner's QMP connection. cabin bound the socket before QEMU started, so the
 /// connection is queued at once; QEMU greets once it is up, and a QEMU that fails to
 /// start closes it instead: then its own message says why.
@@ -175,8 +159,8 @@ async fn run_vm(
     ready: impl FnOnce(&Session),
     started: &mut bool,
 ) -> Result<(), VmError> {
-    let config = vm.config()?;
-    let lock = lock_running(vm)?;
+    let mut config = vm.config()?;
+    let lock = store::lock_config(vm, cabin_base::lock::Mode::Exclusive)?;
     // The console of this run, read by `vm logs` while the VM runs and after; a
     // resumed VM's run goes on where the suspended one's left off.
     let saved_state = suspend::saved(vm);
@@ -208,6 +192,26 @@ async fn run_vm(
             None
         }
     };
+    // A pulled state has the MAC address and address of the VM it was saved in, which
+    // may be on this host too: it boots instead, with a MAC address of its own.
+    if let Some(r) = saved.as_ref().filter(|r| r.pulled) {
+        if let Some(why) = pulled_conflict(host, vm, r) {
+            notice(
+                &mut notices,
+                &console_log,
+                &format!(
+                    "{} was pulled with the memory of a VM, and {why}; removed its saved state, booting with a MAC address of its own",
+                    vm.name
+                ),
+            );
+            suspend::discard(vm)?;
+            if r.mac.eq_ignore_ascii_case(&config.mac_address) {
+                config.mac_address = store::random_mac()?;
+                vm.save_config(&config)?;
+            }
+            saved = None;
+        }
+    }
     let asked = suspend::Devices {
         shared_dirs: opts
             .shared_dirs
@@ -272,14 +276,15 @@ async fn run_vm(
         direct.is_some(),
         saved.as_ref().and_then(|r| r.address),
     )?;
-    // A state pulled with its VM carries the MAC address of the VM it was saved in.
+    // A pulled state carries the MAC address of the VM it was saved in; a VM made from
+    // an image takes its own once resumed.
     let travelled = saved
         .as_ref()
-        .is_some_and(|r| !r.mac.eq_ignore_ascii_case(&config.mac_address));
+        .is_some_and(|r| r.pulled && !r.mac.eq_ignore_ascii_case(&config.mac_address));
     if let (Some(was), Some(GuestAddress { address: now, .. })) =
         (saved.as_ref().and_then(|r| r.address), &net.address)
     {
-        if was != *now && travelled {
+        if was != *now && saved.as_ref().is_some_and(|r| r.pulled) {
             // Another VM of this host runs with the address (and maybe the MAC) the
             // pulled guest has: it boots with its own instead.
             notice(
@@ -342,9 +347,14 @@ async fn run_vm(
         console_log: console_log.clone(),
         incoming: false,
     };
-    let fingerprint = suspend::Fingerprint::of(&qemu, &spec)?;
+    // Needed to resume or to suspend, never to boot: a failure here only says why not.
+    let fingerprint = suspend::Fingerprint::of(&qemu, &spec).map_err(|e| e.to_string());
     if let Some(r) = &saved {
-        if let Some(why) = suspend::mismatch(vm, r, &fingerprint) {
+        let why = match &fingerprint {
+            Ok(f) => suspend::mismatch(vm, r, f),
+            Err(e) => Some(format!("what it was saved with cannot be checked: {e}")),
+        };
+        if let Some(why) = why {
             notice(
                 &mut notices,
                 &console_log,
@@ -513,12 +523,19 @@ async fn run_vm(
                     match suspend::refresh_guest(&key, &probe, CLOCK_WAIT, change.as_ref()) {
                         Ok(refreshed) => {
                             append_console(&log, "the guest's clock is set to the host's");
-                            if let (true, Some((_, new))) = (refreshed.mac_changed, &change) {
-                                *mac.locked() = new.clone();
-                                append_console(
+                            match (refreshed.mac_changed, &change) {
+                                (true, Some((_, new))) => {
+                                    *mac.locked() = new.clone();
+                                    append_console(
+                                        &log,
+                                        &format!("the guest's network card has its own MAC address now ({new})"),
+                                    );
+                                }
+                                (false, Some((old, _))) => append_console(
                                     &log,
-                                    &format!("the guest's network card has its own MAC address now ({new})"),
-                                );
+                                    &format!("the guest's network card keeps the MAC address it was suspended with ({old}): cabin could not change it"),
+                                ),
+                                _ => {}
                             }
                         }
                         Err(why) => append_console(
@@ -566,6 +583,32 @@ async fn run_vm(
     let _ = run_dir.remove();
     drop(lock);
     result
+}
+
+/// Why the pulled state `r` of `vm` must not resume on this host: another VM of it has
+/// its MAC address, or was suspended with its address or MAC address (the original it
+/// was pushed from, or another copy). Running VMs' addresses are the bridge's to refuse.
+fn pulled_conflict(host: &Host, vm: &Vm, r: &suspend::Suspended) -> Option<String> {
+    let settings = crate::settings::Settings::load(&host.paths).ok()?;
+    let others = store::list(&settings, None).ok()?;
+    for other in others.iter().filter(|o| o.dir != vm.dir) {
+        if other
+            .config()
+            .is_ok_and(|c| c.mac_address.eq_ignore_ascii_case(&r.mac))
+        {
+            return Some(format!("{} has its MAC address {}", other.name, r.mac));
+        }
+        if let suspend::Saved::State(o) = suspend::saved(other) {
+            if o.mac.eq_ignore_ascii_case(&r.mac) || (o.address.is_some() && o.address == r.address)
+            {
+                return Some(format!(
+                    "{}, suspended, has its MAC address or address",
+                    other.name
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// How long setting a resumed VM's clock may take once its SSH server answers.

@@ -767,6 +767,26 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
     fs::DirBuilder::new().mode(0o700).create(dir)
 }
 
+/// Holds `vm`'s config.json under a flock until the file returned is dropped: a run
+/// holds it exclusive for as long as the VM runs (that is "running", for every
+/// process); a push holds it shared, so that no run starts under it while `ls` still
+/// shows the VM stopped. [`VmError::Running`] when a run holds it.
+pub fn lock_config(vm: &Vm, mode: cabin_base::lock::Mode) -> Result<fs::File, VmError> {
+    use cabin_base::lock::{lock_file, Wait};
+    let f = fs::File::open(vm.dir.join(CONFIG))
+        .map_err(|e| VmError::Failed(format!("opening {}'s config.json: {e}", vm.name)))?;
+    // A `ls` probing with a shared lock holds it for a moment: try a few times.
+    for _ in 0..20 {
+        if lock_file(&f, mode, Wait::NoWait)
+            .map_err(|e| VmError::Failed(format!("locking {}'s config.json: {e}", vm.name)))?
+        {
+            return Ok(f);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Err(VmError::Running(vm.name.clone()))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -36,6 +36,7 @@ use sha2::{Digest, Sha256};
 
 use crate::from_image::DirectBoot;
 use crate::store::{io_err, Session, Vm, VmError, VmStatus, SUSPENDED_RECORD, SUSPENDED_STATE};
+use crate::store::{VmConfig, KERNEL};
 
 /// 2: the fingerprint became portable (QEMU's version and the firmware's digest, the
 /// shape without paths) and the card's MAC address is recorded.
@@ -151,9 +152,22 @@ pub struct Suspended {
     pub devices: Devices,
     /// Its address on cabin's bridge, which the resumed guest still uses.
     pub address: Option<Ipv4Addr>,
-    /// The MAC address its network card has in the state (a VM pulled with its memory
-    /// has a fresh one of its own in its config).
+    /// The MAC address its network card has in the state (a VM made from an image
+    /// and pulled with its memory has a fresh one of its own in its config).
     pub mac: String,
+    /// The state came with an image (`vm pull`): another VM of this host may have its
+    /// MAC address or address.
+    #[serde(default)]
+    pub pulled: bool,
+}
+
+/// Writes `record` as the saved state's description in the VM directory `dir`.
+fn write_record(dir: &Path, record: &Suspended) -> io::Result<()> {
+    write_atomic(
+        &dir.join(SUSPENDED_RECORD),
+        &serde_json::to_vec_pretty(record).expect("serialisable"),
+        0o600,
+    )
 }
 
 /// What a VM's directory holds of a suspension.
@@ -235,8 +249,13 @@ pub fn partial(vm: &Vm) -> Option<PathBuf> {
 
 /// Removes the VM's saved state (the state first: without it the VM is not suspended).
 pub fn discard(vm: &Vm) -> Result<(), VmError> {
+    discard_in(&vm.dir)
+}
+
+/// [`discard`] of the VM directory `dir`.
+pub fn discard_in(dir: &Path) -> Result<(), VmError> {
     for f in [SUSPENDED_STATE, SUSPENDED_RECORD, STAGED] {
-        match fs::remove_file(vm.dir.join(f)) {
+        match fs::remove_file(dir.join(f)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(format!("removing {f}"))(e)),
@@ -307,10 +326,12 @@ pub fn outgoing(vm: &Vm) -> Result<Outgoing, VmError> {
 }
 
 /// Puts a pulled state in place in the VM directory `dir` (still being made), from the
-/// files `pulled` names, for a VM of `cpus` and `memory_mib`. A state that cannot be
-/// used is left out and the VM boots: the reason is returned. Its disks are recorded
-/// by [`settle`] once the directory is in place.
-pub fn adopt(dir: &Path, pulled: &PulledState, cpus: u32, memory_mib: u64) -> Option<String> {
+/// files `pulled` names, for the VM `config` describes. A state that cannot be used is
+/// left out and the VM boots: the reason is returned. A VM cabin cannot give another
+/// MAC address from outside (not made from an image) keeps the one its state has, in
+/// `config`. Its disks are recorded by [`settle`] once the directory is in place.
+pub fn adopt(dir: &Path, pulled: &PulledState, config: &mut VmConfig) -> Option<String> {
+    let (cpus, memory_mib) = (config.cpu_count, config.memory_size >> 20);
     let checked = (|| -> Result<Travelling, String> {
         let b = read_bounded(&pulled.description, 1 << 20).map_err(|e| e.to_string())?;
         let t: Travelling = serde_json::from_slice(&b)
@@ -340,20 +361,22 @@ pub fn adopt(dir: &Path, pulled: &PulledState, cpus: u32, memory_mib: u64) -> Op
                 r.state_bytes
             ));
         }
-        if !valid_mac(&r.mac) {
+        let Some(mac) = canonical_mac(&r.mac) else {
             return Err(format!("{:?} is not a MAC address", r.mac));
-        }
+        };
         match (&t.direct, &pulled.kernel) {
             (None, _) => {}
-            (Some(d), Some(_)) if plain_name(&d.kernel) && valid_root(&d.root) => {}
+            (Some(d), Some(_)) if valid_root(&d.root) => {}
             (Some(d), Some(_)) => {
                 return Err(format!(
-                    "it names the kernel {:?} on {:?}, not a file and a disk cabin makes",
-                    d.kernel, d.root
+                    "it names the root device {:?}, not a disk cabin makes",
+                    d.root
                 ))
             }
             (Some(_), None) => return Err("the kernel it runs is missing".into()),
         }
+        let mut t = t;
+        t.record.mac = mac;
         Ok(t)
     })();
     let t = match checked {
@@ -362,44 +385,43 @@ pub fn adopt(dir: &Path, pulled: &PulledState, cpus: u32, memory_mib: u64) -> Op
     };
     let put = (|| -> io::Result<()> {
         if let (Some(d), Some(k)) = (&t.direct, &pulled.kernel) {
-            fs::rename(k, dir.join(&d.kernel))?;
+            // Under cabin's own name, whatever the image calls it.
+            fs::rename(k, dir.join(KERNEL))?;
+            let d = DirectBoot {
+                kernel: KERNEL.into(),
+                ..d.clone()
+            };
             d.write(dir).map_err(io::Error::other)?;
         }
         let mut record = t.record;
         record.disks.clear();
-        write_atomic(
-            &dir.join(SUSPENDED_RECORD),
-            &serde_json::to_vec_pretty(&record).expect("serialisable"),
-            0o600,
-        )?;
+        record.pulled = true;
+        write_record(dir, &record)?;
         fs::set_permissions(&pulled.state, fs::Permissions::from_mode(0o600))?;
-        fs::rename(&pulled.state, dir.join(SUSPENDED_STATE))
+        fs::rename(&pulled.state, dir.join(SUSPENDED_STATE))?;
+        if t.direct.is_none() {
+            config.mac_address = record.mac.clone();
+        }
+        Ok(())
     })();
     match put {
         Ok(()) => None,
         Err(e) => {
-            let _ = discard(&Vm {
-                name: String::new(),
-                location_name: String::new(),
-                dir: dir.to_path_buf(),
-            });
+            let _ = discard_in(dir);
             Some(format!("putting it in place failed ({e})"))
         }
     }
 }
 
-/// `xx:xx:xx:xx:xx:xx` in hexadecimal digits.
-fn valid_mac(s: &str) -> bool {
-    let parts: Vec<&str> = s.split(':').collect();
-    parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-/// A file name of its own (no directory, not hidden).
-fn plain_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 255 && !s.contains('/') && !s.starts_with('.')
+/// A MAC address as `xx:xx:xx:xx:xx:xx` in lower-case digits, if `s` is one.
+pub fn canonical_mac(s: &str) -> Option<String> {
+    let b = cabin_net::dhcp::parse_mac(s)?;
+    Some(
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+    )
 }
 
 /// The guest's root device as cabin writes it: `/dev/vdX` or one of its partitions.
@@ -430,18 +452,14 @@ pub fn settle(vm: &Vm) -> Result<(), VmError> {
         .iter()
         .map(|d| identity(d))
         .collect();
-    write_atomic(
-        &vm.dir.join(SUSPENDED_RECORD),
-        &serde_json::to_vec_pretty(&record).expect("serialisable"),
-        0o600,
-    )
-    .map_err(io_err("recording the pulled VM's disks"))
+    write_record(&vm.dir, &record).map_err(io_err("recording the pulled VM's disks"))
 }
 
 /// What the runner knows of a run that is being suspended.
 pub struct Saving<'a> {
     pub vm: &'a Vm,
-    pub fingerprint: &'a Fingerprint,
+    /// What this run is, as far as a state depends on it (or why that is unknown).
+    pub fingerprint: &'a Result<Fingerprint, String>,
     pub devices: &'a Devices,
     pub address: Option<Ipv4Addr>,
     /// The card's MAC address as the guest has it now.
@@ -451,6 +469,12 @@ pub struct Saving<'a> {
 /// The runner's side of `vm suspend`: saves the VM's state, ends QEMU and puts the
 /// state in place. If the save fails, the VM goes on running and the error says why.
 pub async fn save(s: &Saving<'_>, qmp: &mut Qmp, child: &mut Child) -> Result<(), VmError> {
+    let fingerprint = s.fingerprint.as_ref().map_err(|e| {
+        VmError::Failed(format!(
+            "{} cannot be suspended: what its state would depend on is unknown ({e})",
+            s.vm.name
+        ))
+    })?;
     let staged = s.vm.dir.join(STAGED);
     let _ = fs::remove_file(&staged);
     let file = fs::OpenOptions::new()
@@ -491,18 +515,15 @@ pub async fn save(s: &Saving<'_>, qmp: &mut Qmp, child: &mut Child) -> Result<()
         version: RECORD_VERSION,
         suspended_at: cabin_base::time::now_unix(),
         state_bytes,
-        fingerprint: s.fingerprint.clone(),
+        fingerprint: fingerprint.clone(),
         disks: s.devices.files(s.vm).iter().map(|d| identity(d)).collect(),
         devices: s.devices.clone(),
         address: s.address,
         mac: s.mac.locked().clone(),
+        pulled: false,
     };
     let put = (|| {
-        write_atomic(
-            &s.vm.dir.join(SUSPENDED_RECORD),
-            &serde_json::to_vec_pretty(&record).expect("serialisable"),
-            0o600,
-        )?;
+        write_record(&s.vm.dir, &record)?;
         fs::rename(&staged, s.vm.dir.join(SUSPENDED_STATE))?;
         fs::File::open(&s.vm.dir)?.sync_all()
     })();
@@ -593,14 +614,13 @@ pub fn refresh_guest(
 ) -> Result<Refreshed, String> {
     let mut script =
         String::from("echo ready; read t && date -u -s \"@$t\" >/dev/null && echo set");
-    if let Some((old, new)) = mac_change.filter(|(o, n)| valid_mac(o) && valid_mac(n)) {
+    let macs = mac_change.and_then(|(o, n)| Some((canonical_mac(o)?, canonical_mac(n)?)));
+    if let Some((old, new)) = macs {
         // virtio-net takes a new address while its link is up (VIRTIO_NET_F_CTRL_MAC_ADDR).
         // Its neighbours forgotten, the guest's next packet to the host (this session's
         // answer) asks for the host's address from the new one, which the host learns.
         script.push_str(&format!(
-            "; for i in /sys/class/net/*; do [ \"$(cat $i/address)\" = {} ] && ip link set dev \"${{i##*/}}\" address {} && ip neigh flush dev \"${{i##*/}}\" && echo mac; done; true",
-            old.to_ascii_lowercase(),
-            new.to_ascii_lowercase()
+            " && for i in /sys/class/net/*; do [ \"$(cat $i/address)\" = {old} ] && ip link set dev \"${{i##*/}}\" address {new} && ip neigh flush dev \"${{i##*/}}\" && echo mac; done; true"
         ));
     }
     let deadline = Instant::now() + wait;
@@ -635,12 +655,10 @@ pub fn refresh_guest(
             if let Some(mut stdin) = child.stdin.take() {
                 let _ = writeln!(stdin, "{}.{:09}", now.as_secs(), now.subsec_nanos());
             }
-            line.clear();
-            let _ = out.read_line(&mut line);
-            let set = line.trim() == "set";
-            line.clear();
-            let _ = out.read_line(&mut line);
-            let mac_changed = line.trim() == "mac";
+            let mut rest = String::new();
+            let _ = io::Read::read_to_string(&mut out, &mut rest);
+            let said = |w: &str| rest.lines().any(|l| l.trim() == w);
+            let (set, mac_changed) = (said("set"), said("mac"));
             let _ = child.wait();
             if set {
                 return Ok(Refreshed { mac_changed });
@@ -692,6 +710,7 @@ mod tests {
             devices: Devices::default(),
             address: None,
             mac: "02:00:00:00:00:01".into(),
+            pulled: false,
         }
     }
 
@@ -781,16 +800,34 @@ mod tests {
             kernel: "vmlinuz".into(),
             root: "/dev/vda2".into(),
         };
+        let config = VmConfig {
+            os: "linux".into(),
+            cpu_count: 2,
+            memory_size: 1 << 30,
+            disk_size: 4,
+            mac_address: "02:aa:bb:cc:dd:ee".into(),
+            display: "1024x768".into(),
+            hardware_model: None,
+            machine_identifier: None,
+            network_mode: "nat".into(),
+        };
+        let made = std::cell::RefCell::new(config.clone());
         let put = |r: &Suspended, direct: Option<DirectBoot>, state: &[u8]| {
             fs::write(&files.description, travelling(r, direct)).unwrap();
             fs::write(&files.state, state).unwrap();
             fs::write(from.join("kernel"), b"bzImage").unwrap();
-            adopt(t.path(), &files, 2, 1024)
+            *made.borrow_mut() = config.clone();
+            adopt(t.path(), &files, &mut made.borrow_mut())
         };
-        // Not the VM's size; a truncated state; a MAC address or kernel that is not one.
+        // Not the VM's size; a truncated state; a MAC address or root device that is
+        // not one.
         fs::write(&files.description, travelling(&r, None)).unwrap();
         fs::write(&files.state, b"state").unwrap();
-        assert!(adopt(t.path(), &files, 4, 1024)
+        let four = VmConfig {
+            cpu_count: 4,
+            ..config.clone()
+        };
+        assert!(adopt(t.path(), &files, &mut four.clone())
             .unwrap()
             .contains("2 CPUs and 1024 MiB"));
         assert!(put(&r, None, b"sta")
@@ -803,18 +840,14 @@ mod tests {
         assert!(put(&bad_mac, None, b"state")
             .unwrap()
             .contains("not a MAC address"));
-        for (kernel, root) in [
-            ("../../etc/passwd", "/dev/vda2"),
-            ("vmlinuz", "/dev/sda init=/bin/sh"),
-        ] {
+        for root in ["/dev/sda", "/dev/vda2 init=/bin/sh"] {
             let bad = DirectBoot {
-                kernel: kernel.into(),
                 root: root.into(),
                 ..direct.clone()
             };
             assert!(put(&r, Some(bad), b"state")
                 .unwrap()
-                .contains("not a file and a disk"));
+                .contains("not a disk cabin makes"));
         }
         let other_host = Suspended {
             devices: Devices {
@@ -828,13 +861,31 @@ mod tests {
             .contains("of another host"));
         assert!(matches!(saved(&vm), Saved::None));
 
-        // One that fits: in place, owner-only, with its kernel; its disks recorded once
+        // A VM not made from an image keeps the MAC address its guest has.
+        assert_eq!(put(&r, None, b"state"), None);
+        assert_eq!(made.borrow().mac_address, r.mac);
+        discard(&vm).unwrap();
+
+        // One that fits: in place, owner-only, with its kernel under cabin's own name
+        // whatever the image calls it (not over config.json); its disks recorded once
         // settled, so that the VM's own disk is the one it goes with.
-        assert_eq!(put(&r, Some(direct.clone()), b"state"), None);
+        let named = DirectBoot {
+            kernel: "config.json".into(),
+            ..direct.clone()
+        };
+        fs::write(t.path().join("config.json"), b"{}").unwrap();
+        assert_eq!(put(&r, Some(named), b"state"), None);
+        assert_eq!(
+            made.borrow().mac_address,
+            config.mac_address,
+            "its own, set over SSH"
+        );
+        assert_eq!(fs::read(t.path().join("config.json")).unwrap(), b"{}");
         let Saved::State(back) = saved(&vm) else {
             panic!("in place")
         };
         assert_eq!(back.mac, r.mac);
+        assert!(back.pulled);
         assert!(back.disks.is_empty());
         assert_eq!(
             fs::metadata(t.path().join(SUSPENDED_STATE))

@@ -158,19 +158,27 @@ pub struct PushRequest<'a> {
     pub with_memory: bool,
 }
 
+/// Why a running VM is not pushed, and what to do.
+pub fn running_refusal(vm: &Vm, with_memory: bool) -> VmError {
+    VmError::Invalid(format!(
+        "{}; {}",
+        VmError::Running(vm.name.clone()),
+        match with_memory {
+            true => "suspend it before pushing it with its memory (cabin vm suspend)",
+            false => "stop it before pushing (its disk is changing)",
+        }
+    ))
+}
+
 /// Pushes a stopped VM, or a suspended one with its memory.
 pub async fn push(req: &PushRequest<'_>, opts: RegistryOptions) -> Result<PushReport, VmError> {
     let vm = req.vm;
-    if vm.is_running() {
-        return Err(VmError::Invalid(format!(
-            "{}; {}",
-            VmError::Running(vm.name.clone()),
-            match req.with_memory {
-                true => "suspend it before pushing it with its memory (cabin vm suspend)",
-                false => "stop it before pushing (its disk is changing)",
-            }
-        )));
-    }
+    // Held for the whole push: no run starts under it (its disk and state would move).
+    let _held = match store::lock_config(vm, lock::Mode::Shared) {
+        Ok(f) => f,
+        Err(VmError::Running(_)) => return Err(running_refusal(vm, req.with_memory)),
+        Err(e) => return Err(e),
+    };
     let mut attachments = Vec::new();
     if req.with_memory {
         let out = suspend::outgoing(vm)?;
@@ -303,7 +311,7 @@ pub fn staging_dir(parent: &Path, name: &str) -> PathBuf {
 /// `.manifest-digest`; the pull's own files removed.
 fn complete(dir: &Path, pulled: &Pulled) -> Result<Memory, VmError> {
     let d = &pulled.vm;
-    let config = VmConfig {
+    let mut config = VmConfig {
         os: d.os.clone(),
         cpu_count: d.cpu_count,
         memory_size: d.memory_size,
@@ -327,6 +335,11 @@ fn complete(dir: &Path, pulled: &Pulled) -> Result<Memory, VmError> {
     }
     fs::write(dir.join(MANIFEST_DIGEST), &pulled.manifest_digest)
         .map_err(io("writing .manifest-digest"))?;
+    // Before config.json: a VM cabin cannot give another MAC address keeps its state's.
+    let memory = adopt_memory(dir, pulled, &mut config);
+    if let Memory::LeftOut(why) = &memory {
+        let _ = fs::write(dir.join(MEMORY_LEFT_OUT), why);
+    }
     let tmp = dir.join(".config.json.tmp");
     fs::write(
         &tmp,
@@ -334,13 +347,16 @@ fn complete(dir: &Path, pulled: &Pulled) -> Result<Memory, VmError> {
     )
     .and_then(|()| fs::rename(&tmp, dir.join(CONFIG)))
     .map_err(io("writing config.json"))?;
-    let memory = adopt_memory(dir, pulled, &config);
     let _ = fs::remove_file(dir.join(pull::JOURNAL));
     Ok(memory)
 }
 
+/// In a cached image: why the saved state it carried was left out (the VMs made from
+/// it say so).
+const MEMORY_LEFT_OUT: &str = ".memory-left-out";
+
 /// Puts the saved state a pull brought (in `attachments/`) in place, if it did.
-fn adopt_memory(dir: &Path, pulled: &Pulled, config: &VmConfig) -> Memory {
+fn adopt_memory(dir: &Path, pulled: &Pulled, config: &mut VmConfig) -> Memory {
     let has = |a: Attachment| pulled.attachments.contains(&a);
     let from = dir.join(attachment::DIR);
     let memory = match (has(Attachment::StateDescription), has(Attachment::State)) {
@@ -351,7 +367,7 @@ fn adopt_memory(dir: &Path, pulled: &Pulled, config: &VmConfig) -> Memory {
                 state: from.join(Attachment::State.file()),
                 kernel: has(Attachment::Kernel).then(|| from.join(Attachment::Kernel.file())),
             };
-            match suspend::adopt(dir, &files, config.cpu_count, config.memory_size >> 20) {
+            match suspend::adopt(dir, &files, config) {
                 None => Memory::Resumes,
                 Some(why) => Memory::LeftOut(why),
             }
@@ -441,7 +457,7 @@ pub async fn pull(
             .map_err(|e| failed(e, &stage))?;
         let memory = complete(&stage, &pulled)?;
         place(&stage, &dest, &name)?;
-        suspend::settle(&vm)?;
+        let memory = settle(&vm, memory);
         return Ok(PullOutcome {
             vm,
             memory,
@@ -461,13 +477,13 @@ pub async fn pull(
         let _clock = lock_dir(&cstage, &image).inspect_err(|_| {
             let _ = fs::remove_dir_all(&stage);
         })?;
-        let p = pull::pull_manifest_into(&cstage, &from, &opts, true)
+        let p = pull::pull_manifest_into(&cstage, &from, &opts, with_memory)
             .await
             .map_err(|e| {
                 let _ = fs::remove_dir_all(&stage);
                 failed(e, &cstage)
             })?;
-        // A state left out here is said by the VM's own copy below (it has none).
+        // A state left out here is said by each VM made from the cache (MEMORY_LEFT_OUT).
         complete(&cstage, &p)?;
         let meta = CacheMetadata {
             image: image.clone(),
@@ -508,6 +524,7 @@ pub async fn pull(
         };
         let mut c = cached.config()?;
         c.mac_address = store::random_mac()?;
+        let memory = copy_memory(&cached, &stage, with_memory, &mut c);
         fs::write(
             stage.join(CONFIG),
             serde_json::to_vec_pretty(&c).expect("json"),
@@ -515,7 +532,7 @@ pub async fn pull(
         .map_err(io("writing config.json"))?;
         fs::write(stage.join(MANIFEST_DIGEST), &digest).map_err(io("writing .manifest-digest"))?;
         let _ = fs::remove_file(stage.join(pull::JOURNAL));
-        Ok(copy_memory(&cached, &stage, with_memory))
+        Ok(memory)
     })();
     let memory = match made {
         Ok(m) => m,
@@ -525,7 +542,7 @@ pub async fn pull(
         }
     };
     place(&stage, &dest, &name)?;
-    suspend::settle(&vm)?;
+    let memory = settle(&vm, memory);
     Ok(PullOutcome {
         vm,
         memory,
@@ -534,17 +551,38 @@ pub async fn pull(
     })
 }
 
-/// A cached image's saved state (and the kernel it runs), copied into the VM made from
-/// it in `stage`, unless it is to be left out.
-fn copy_memory(cached: &Vm, stage: &Path, with_memory: bool) -> Memory {
-    let suspend::Saved::State(_) = suspend::saved(cached) else {
-        return Memory::None;
-    };
-    if !with_memory {
-        return Memory::None;
+/// The pulled VM `vm` is in place: its saved state, if any, goes with its disks from
+/// now on (or is removed, and the VM boots, if that cannot be recorded).
+fn settle(vm: &Vm, memory: Memory) -> Memory {
+    if memory != Memory::Resumes {
+        return memory;
     }
-    let copied = (|| -> Result<(), VmError> {
-        if let Some(d) = DirectBoot::read(&cached.dir)? {
+    match suspend::settle(vm) {
+        Ok(()) => Memory::Resumes,
+        Err(e) => {
+            let _ = suspend::discard(vm);
+            Memory::LeftOut(e.to_string())
+        }
+    }
+}
+
+/// A cached image's saved state (and the kernel it runs), copied into the VM made from
+/// it in `stage` (whose `config` takes the state's MAC address where cabin cannot give
+/// the guest another), unless it is to be left out.
+fn copy_memory(cached: &Vm, stage: &Path, with_memory: bool, config: &mut VmConfig) -> Memory {
+    let record = match suspend::saved(cached) {
+        _ if !with_memory => return Memory::None,
+        suspend::Saved::State(r) => r,
+        _ => {
+            return match fs::read_to_string(cached.dir.join(MEMORY_LEFT_OUT)) {
+                Ok(why) => Memory::LeftOut(why),
+                Err(_) => Memory::None,
+            }
+        }
+    };
+    let copied = (|| -> Result<bool, VmError> {
+        let direct = DirectBoot::read(&cached.dir)?;
+        if let Some(d) = &direct {
             fs::copy(cached.dir.join(&d.kernel), stage.join(&d.kernel))
                 .map_err(io("copying the kernel"))?;
             d.write(stage)?;
@@ -552,15 +590,17 @@ fn copy_memory(cached: &Vm, stage: &Path, with_memory: bool) -> Memory {
         for f in [store::SUSPENDED_RECORD, store::SUSPENDED_STATE] {
             fs::copy(cached.dir.join(f), stage.join(f)).map_err(io(format!("copying {f}")))?;
         }
-        Ok(())
+        Ok(direct.is_some())
     })();
     match copied {
-        Ok(()) => Memory::Resumes,
+        Ok(direct) => {
+            if !direct {
+                config.mac_address = record.mac.clone();
+            }
+            Memory::Resumes
+        }
         Err(e) => {
-            let _ = suspend::discard(&Vm {
-                dir: stage.to_path_buf(),
-                ..cached.clone()
-            });
+            let _ = suspend::discard_in(stage);
             Memory::LeftOut(e.to_string())
         }
     }

@@ -55,6 +55,13 @@ impl Qemu {
     /// `qemu-system-x86_64 --version`, first line.
     pub fn version(&self) -> io::Result<String> {
         let out = Command::new(&self.binary).arg("--version").output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "{} --version failed ({})",
+                self.binary.display(),
+                out.status
+            )));
+        }
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
             .next()

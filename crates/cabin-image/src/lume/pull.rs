@@ -11,6 +11,7 @@
 use cabin_base::sync::Locked;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -704,8 +705,13 @@ async fn pull_attachment(
     dir: &Path,
     journal: &mut Journal,
 ) -> Result<(u64, usize, usize), LumeError> {
+    // A suspended guest's memory: its owner's only from the first byte.
     let to = dir.join(attachment::DIR);
-    std::fs::create_dir_all(&to).map_err(|e| io_error(format!("creating {}", to.display()), e))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&to)
+        .map_err(|e| io_error(format!("creating {}", to.display()), e))?;
     let path = to.join(a.kind.file());
     if !a.kind.chunked() {
         let part = &a.parts[0];
@@ -718,9 +724,7 @@ async fn pull_attachment(
             disk_ctx.opts,
         )
         .await?;
-        let tmp = to.join(format!(".{}.tmp", a.kind.file()));
-        std::fs::write(&tmp, &b)
-            .and_then(|()| std::fs::rename(&tmp, &path))
+        cabin_base::files::write_atomic(&path, &b, 0o600)
             .map_err(|e| io_error(format!("writing {}", path.display()), e))?;
         return Ok((b.len() as u64, 1, 0));
     }
@@ -730,6 +734,7 @@ async fn pull_attachment(
         .truncate(false)
         .read(true)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .map_err(|e| io_error(format!("creating {}", path.display()), e))?;
     // Parts an earlier pull wrote are kept only if its journal says so.

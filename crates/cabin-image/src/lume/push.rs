@@ -11,7 +11,7 @@ use cabin_base::sync::Locked;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::BufWriter;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -366,8 +366,14 @@ async fn compress(
     len: u64,
 ) -> Result<Compressed, LumeError> {
     tokio::task::spawn_blocking(move || {
-        let out =
-            File::create(&tmp).map_err(|e| io_error(format!("creating {}", tmp.display()), e))?;
+        // A chunk may be of a suspended guest's memory: its owner's only.
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io_error(format!("creating {}", tmp.display()), e))?;
         let mut w = BufWriter::with_capacity(1 << 20, out);
         let c = match &disk {
             Some(d) => gzip::compress_slice(d, offset, len, &mut w),
