@@ -128,14 +128,15 @@ resume_ms=$(for r in $(seq "$RUNS"); do
 done | median)
 resume_greet_ms=$(median <"$work/resume-greet.ms")
 
-# The suspended VM pushed with its memory, then pulled as new VMs (the original stopped,
-# as on another host): resumed, and booted from Lume's layers alone.
+# The suspended VM pushed with its memory, then pulled as new VMs (the original deleted,
+# as on another host: a copy does not resume while a VM of this host has its MAC
+# address): resumed, and booted from Lume's layers alone.
 "$cabin" vm ssh deb -- systemctl is-system-running --wait >/dev/null 2>&1 || true
 "$cabin" vm suspend deb >/dev/null
 start_registry "$work/reg"
 at=(--registry "127.0.0.1:$REG_PORT" --organization bench)
 "$cabin" vm push deb deb-mem:1 --with-memory "${at[@]}" >/dev/null 2>&1
-"$cabin" vm stop deb >/dev/null
+"$cabin" vm delete --force deb >/dev/null
 for r in $(seq "$RUNS"); do
   t0=$(now)
   "$cabin" vm pull deb-mem:1 "mem$r" "${at[@]}" >/dev/null 2>&1
