@@ -302,6 +302,21 @@ fn a_suspended_vm_resumes_where_it_was_with_a_fresh_clock_and_generation_id() {
             break rest.trim().parse().unwrap();
         }
     };
+    // The API's push reads cabin's own withMemory (the push itself is the CLI's, tested
+    // with a registry in the next test): a running VM is refused with what to do.
+    let r = http(
+        port,
+        "POST",
+        "/lume/vms/push",
+        Some(
+            r#"{"name":"deb","imageName":"deb-api","tags":["1"],"registry":"127.0.0.1:1","withMemory":true}"#,
+        ),
+    );
+    assert!(
+        r.error()
+            .contains("suspend it before pushing it with its memory"),
+        "{r:?}"
+    );
     let r = http(port, "POST", "/lume/vms/deb/suspend", None);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["message"], "VM suspended successfully");
@@ -312,6 +327,7 @@ fn a_suspended_vm_resumes_where_it_was_with_a_fresh_clock_and_generation_id() {
         r.error().contains("Virtual machine is suspended: deb"),
         "{r:?}"
     );
+
     // SAFETY: signalling our own child.
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
     let _ = server.wait();

@@ -537,20 +537,29 @@ mod tests {
         format!("sha256:{}", c.to_string().repeat(64))
     }
 
-    fn chunk(c: char, number: u64, offset: u64, size: u64) -> Descriptor {
+    /// A 10-byte layer of blob `c` with numeric annotations.
+    fn layer(c: char, media_type: &str, annotations: &[(&str, u64)]) -> Descriptor {
         Descriptor {
-            annotations: [
-                (media::PART_NUMBER, number.to_string()),
-                (media::PART_OFFSET, offset.to_string()),
-                (media::UNCOMPRESSED_SIZE, size.to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             digest: d(c),
-            media_type: media::DISK.into(),
+            media_type: media_type.into(),
             size: 10,
         }
+    }
+
+    fn chunk(c: char, number: u64, offset: u64, size: u64) -> Descriptor {
+        layer(
+            c,
+            media::DISK,
+            &[
+                (media::PART_NUMBER, number),
+                (media::PART_OFFSET, offset),
+                (media::UNCOMPRESSED_SIZE, size),
+            ],
+        )
     }
 
     fn manifest(layers: Vec<Descriptor>, total: Option<u64>) -> Manifest {
@@ -672,19 +681,15 @@ mod tests {
     }
 
     fn state_part(c: char, offset: u64, size: u64, total: u64) -> Descriptor {
-        Descriptor {
-            annotations: [
-                (attachment::PART_OFFSET, offset.to_string()),
-                (attachment::UNCOMPRESSED_SIZE, size.to_string()),
-                (attachment::TOTAL_SIZE, total.to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-            digest: d(c),
-            media_type: Attachment::State.media_type().into(),
-            size: 10,
-        }
+        layer(
+            c,
+            Attachment::State.media_type(),
+            &[
+                (attachment::PART_OFFSET, offset),
+                (attachment::UNCOMPRESSED_SIZE, size),
+                (attachment::TOTAL_SIZE, total),
+            ],
+        )
     }
 
     fn raw(c: char, kind: Attachment, size: u64) -> Descriptor {
