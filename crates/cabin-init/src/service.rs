@@ -216,6 +216,7 @@ impl Agent for AgentService {
             entropy::add_and_reseed(&req.entropy)
                 .map_err(|e| io_status("reseed the kernel's random pool", e))?;
         }
+        crate::trace::mark("hello: clock and entropy");
         Ok(Response::new(HelloResponse {
             protocol_version: cabin_proto::PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -233,11 +234,13 @@ impl Agent for AgentService {
     }
 
     async fn mount(&self, req: Request<MountRequest>) -> Result<Response<Empty>, Status> {
+        crate::trace::mark("mount called");
         let req = req.into_inner();
         let source = match req.source.strip_prefix("blk:") {
             Some(serial) => {
                 let dev =
                     block_device_by_serial(serial).map_err(|e| Status::not_found(e.to_string()))?;
+                crate::trace::mark("mount: device found");
                 set_read_ahead(&dev);
                 // A VM resumed from a saved state may hold pages it read from the disk
                 // that was attached when the state was saved.
@@ -321,6 +324,7 @@ impl Agent for AgentService {
         let own_ip = match &req.network {
             Some(net) => {
                 network::configure(net).map_err(|e| io_status("configure the network", e))?;
+                crate::trace::mark("network configured");
                 net.address.split('/').next().map(str::to_string)
             }
             None => joins.as_ref().and_then(|s| s.ip.clone()),
@@ -352,6 +356,7 @@ impl Agent for AgentService {
             ],
         )
         .map_err(|e| io_status("write /etc/hosts, /etc/hostname and /etc/resolv.conf", e))?;
+        crate::trace::mark("etc files bound");
         mounts::attach(&root, &ctr_dir.join("mounts"), &req.mounts)
             .map_err(|e| Status::failed_precondition(format!("mounting {e}")))?;
         if req.read_only_root {

@@ -72,7 +72,11 @@ impl Qemu {
 
 /// Kernel arguments every cabin microVM gets. `panic=-1` turns a guest panic into a
 /// reboot, which -no-reboot turns into QEMU exiting, so a dead guest is noticed at once.
-pub const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t rdinit=/init";
+/// `tsc=reliable`: QEMU's TSC is the guest's clock; without it the kernel's watchdog,
+/// comparing it with timer ticks that arrive late under TCG on a busy host, could mark
+/// it unstable and fall back to jiffies (4 ms steps), and a boot snapshot taken then
+/// kept every VM resumed from it on jiffies.
+pub const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t rdinit=/init tsc=reliable";
 
 // The descriptor numbers what cabin opens gets in QEMU: fixed, so that the command line
 // (and with it the snapshot key) is the same for every VM of a shape.
