@@ -58,7 +58,7 @@ if [ "$accel" = kvm ]; then accel_args=(-accel kvm -cpu host); else accel_args=(
 raw_qemu_cmd() { # $1 = initrd: sets the array "cmd"
   cmd=(qemu-system-x86_64 -nodefaults -no-user-config -nographic -no-reboot
     -M microvm,acpi=off,x-option-roms=off,rtc=on "${accel_args[@]}" -smp 1 -m 512M
-    -kernel "$kernel" -initrd "$1" -append "console=ttyS0 quiet panic=-1 reboot=t rdinit=/init"
+    -kernel "$kernel" -initrd "$1" -append "console=ttyS0 quiet panic=-1 reboot=t rdinit=/init tsc=reliable"
     -serial "file:$work/raw-console.log" -device virtio-rng-device)
 }
 raw_qemu() { raw_qemu_cmd "$1"; "${cmd[@]}"; }
