@@ -612,7 +612,9 @@ fn pulled_conflict(host: &Host, vm: &Vm, r: &suspend::Suspended) -> Option<Strin
 }
 
 /// How long setting a resumed VM's clock may take once its SSH server answers.
-const CLOCK_WAIT: Duration = Duration::from_secs(30);
+/// Generous: a guest just resumed under TCG on a busy host may take most of a minute to
+/// finish an SSH handshake, and nothing waits on this but the refresh itself.
+const CLOCK_WAIT: Duration = Duration::from_secs(120);
 
 /// Starts QEMU for `spec` and connects to its monitor.
 async fn start_qemu(

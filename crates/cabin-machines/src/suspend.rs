@@ -629,11 +629,17 @@ pub fn refresh_guest(
         let Some(mut cmd) = session.ssh_command(key, "root") else {
             return Err("it has no address cabin knows of".into());
         };
+        // A session whose packets stop (the guest's card changed its address and the
+        // host has not learnt it) ends within about 20 s instead of TCP's minutes.
         cmd.args([
             "-o",
             "ConnectTimeout=5",
             "-o",
             "BatchMode=yes",
+            "-o",
+            "ServerAliveInterval=5",
+            "-o",
+            "ServerAliveCountMax=4",
             "--",
             &script,
         ]);
