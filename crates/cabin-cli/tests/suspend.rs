@@ -570,20 +570,35 @@ fn a_vm_pushed_with_its_memory_resumes_after_a_pull_with_a_mac_address_of_its_ow
     assert_ne!(copy_mac, orig_mac);
     let t = Instant::now();
     ok(d, &["run", "copy", "--detach"]);
+    // Resumed, not booted: no notice about its saved state.
+    assert!(
+        !run_log_of(d, "copy").contains("saved state"),
+        "{}",
+        run_log_of(d, "copy")
+    );
     wait_for_ssh_of(d, "copy");
     eprintln!("pulled copy resumed to SSH in {:?}", t.elapsed());
     // The clock and the MAC address are refreshed over SSH once it answers: wait for
     // the outcome, whichever it is, and say which.
-    wait_for(
-        "the copy's clock and MAC address to be refreshed",
-        Duration::from_secs(240),
-        || {
-            let c = console_of(d, "copy");
-            c.contains("has its own MAC address now")
-                || c.contains("keeps the MAC address it was suspended with")
-                || c.contains("clock could not be set")
-        },
-    );
+    let refreshed = |c: &str| {
+        c.contains("has its own MAC address now")
+            || c.contains("keeps the MAC address it was suspended with")
+            || c.contains("clock could not be set")
+    };
+    let t = Instant::now();
+    while !refreshed(&console_of(d, "copy")) {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "the copy's clock and MAC address were not refreshed; cabin's console lines:\n{}\nrun.log:\n{}",
+            console_of(d, "copy")
+                .lines()
+                .filter(|l| l.starts_with("[cabin]"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            run_log_of(d, "copy")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(
         console_of(d, "copy").contains("has its own MAC address now"),
         "{}",

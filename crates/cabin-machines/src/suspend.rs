@@ -594,6 +594,42 @@ pub fn suspend(vm: &Vm, timeout: Duration) -> Result<(), VmError> {
     }
 }
 
+/// How long one attempt of [`refresh_guest`] may take.
+const ATTEMPT: Duration = Duration::from_secs(45);
+
+/// Kills a process after a time unless dropped first. The kill and the drop take one
+/// lock, so a process reaped after the drop is never signalled (its pid may be reused).
+struct Watchdog(Arc<Mutex<bool>>);
+
+impl Watchdog {
+    fn kill_after(pid: u32, after: Duration) -> Watchdog {
+        let cancelled = Arc::new(Mutex::new(false));
+        let flag = cancelled.clone();
+        std::thread::spawn(move || {
+            let end = Instant::now() + after;
+            while Instant::now() < end {
+                if *flag.locked() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let cancelled = flag.locked();
+            if !*cancelled {
+                // SAFETY: signalling a child this process has not reaped (the lock is
+                // held, and the owner reaps it only after cancelling under this lock).
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        });
+        Watchdog(cancelled)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        *self.0.locked() = true;
+    }
+}
+
 /// What [`refresh_guest`] changed besides the clock.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Refreshed {
@@ -619,8 +655,9 @@ pub fn refresh_guest(
         // virtio-net takes a new address while its link is up (VIRTIO_NET_F_CTRL_MAC_ADDR).
         // Its neighbours forgotten, the guest's next packet to the host (this session's
         // answer) asks for the host's address from the new one, which the host learns.
+        // A card that has the new address already (an attempt cut short) counts.
         script.push_str(&format!(
-            " && for i in /sys/class/net/*; do [ \"$(cat $i/address)\" = {old} ] && ip link set dev \"${{i##*/}}\" address {new} && ip neigh flush dev \"${{i##*/}}\" && echo mac; done; true"
+            " && for i in /sys/class/net/*; do a=$(cat $i/address); [ \"$a\" = {new} ] && echo mac; [ \"$a\" = {old} ] && ip link set dev \"${{i##*/}}\" address {new} && ip neigh flush dev \"${{i##*/}}\" && echo mac; done; true"
         ));
     }
     let deadline = Instant::now() + wait;
@@ -652,6 +689,8 @@ pub fn refresh_guest(
             Ok(c) => c,
             Err(e) => return Err(format!("running ssh: {e}")),
         };
+        // Whatever happens to the session, an attempt ends: its ssh is killed then.
+        let _watchdog = Watchdog::kill_after(child.id(), ATTEMPT);
         let mut out = io::BufReader::new(child.stdout.take().expect("piped"));
         let mut line = String::new();
         if out.read_line(&mut line).is_ok() && line.trim() == "ready" {
@@ -665,12 +704,18 @@ pub fn refresh_guest(
             let _ = io::Read::read_to_string(&mut out, &mut rest);
             let said = |w: &str| rest.lines().any(|l| l.trim() == w);
             let (set, mac_changed) = (said("set"), said("mac"));
+            drop(_watchdog);
             let _ = child.wait();
             if set {
                 return Ok(Refreshed { mac_changed });
             }
-            return Err("the guest refused the new time".into());
+            if Instant::now() < deadline {
+                // Cut short (killed, or the session broke): again.
+                continue;
+            }
+            return Err("the guest did not take the new time".into());
         }
+        drop(_watchdog);
         let _ = child.kill();
         let output = child.wait_with_output();
         if let Ok(o) = output {
