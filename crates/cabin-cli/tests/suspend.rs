@@ -22,6 +22,15 @@ use common::vm_ok as ok;
 use common::*;
 use serde_json::Value;
 
+/// The tests of this file one at a time: their VMs share the host's bridge, and a VM
+/// suspended holds no address, so the other test's VM could take the one a resumed
+/// guest still uses (which makes a pulled copy boot instead of resuming, by design).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Stops (and so discards the saved state of) the test's VM when the test ends.
 struct StopVm<'a>(&'a Path);
 
@@ -139,6 +148,7 @@ fn a_suspended_vm_resumes_where_it_was_with_a_fresh_clock_and_generation_id() {
         eprintln!("skipped: debootstrap and the bridge need root");
         return;
     }
+    let _one = one_at_a_time();
     let data = tempfile::tempdir().unwrap();
     let d = data.path();
     import_debian_system(d);
@@ -419,6 +429,7 @@ fn a_vm_pushed_with_its_memory_resumes_after_a_pull_with_a_mac_address_of_its_ow
         eprintln!("skipped: debootstrap and the bridge need root");
         return;
     }
+    let _one = one_at_a_time();
     let data = tempfile::tempdir().unwrap();
     let d = data.path();
     import_debian_system(d);
