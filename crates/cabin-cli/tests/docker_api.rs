@@ -1381,6 +1381,13 @@ fn health_checks_run_in_the_container_and_show_in_ps_inspect_and_events() {
         "sleep 4; touch /tmp/ok; sleep 1000",
     ]);
     let status = || s.docker_ok(&["inspect", "-f", "{{.State.Health.Status}}", "h"]);
+    // Running means it has a health from the start (compose's service_healthy takes a
+    // running container without one for a service without a check).
+    let first = status();
+    assert!(
+        ["starting\n", "unhealthy\n", "healthy\n"].contains(&first.as_str()),
+        "the health right after `docker run -d`: {first:?}"
+    );
     eventually("h to be unhealthy", || status() == "unhealthy\n");
     assert!(s
         .docker_ok(&["ps", "--format", "{{.Status}}"])

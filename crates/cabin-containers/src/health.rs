@@ -209,9 +209,18 @@ pub fn read(container_dir: &Path) -> Option<Health> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// Puts the container's health back to starting (no probe yet), as each start of a
+/// container with a check must before the container counts as running: Docker's
+/// inspect never shows a running container with a check but no health, and clients
+/// (compose's `condition: service_healthy`) take a missing health for a missing check.
+pub fn begin(container_dir: &Path) -> std::io::Result<()> {
+    save(container_dir, &Health::starting())
+}
+
 /// Runs `check` in the container for as long as the returned future is polled (the
-/// supervisor drops it when the process ends): writes the health after every probe and
-/// calls `changed` with each new status (starting first).
+/// supervisor drops it when the process ends, and has called [`begin`] before):
+/// writes the health after every probe and calls `changed` with each new status
+/// (starting first).
 pub async fn run(
     agent: Agent,
     container_id: String,
@@ -222,7 +231,6 @@ pub async fn run(
     changed: impl Fn(HealthStatus),
 ) {
     let mut health = Health::starting();
-    let _ = save(&container_dir, &health);
     changed(HealthStatus::Starting);
     let started = tokio::time::Instant::now();
     let mut ever_healthy = false;

@@ -426,6 +426,13 @@ async fn run_once(
         ports: published.iter().map(cabin_net::ports::describe).collect(),
         published,
     });
+    // Its health is "starting" before anyone can see it running (and not what its
+    // previous run left).
+    if vm.healthcheck.is_some() {
+        if let Err(e) = crate::health::begin(&store.container_dir(&record.id)) {
+            let _ = log.note(&format!("its health could not be recorded: {e}"));
+        }
+    }
     if let Err(e) = store.save(record) {
         vm.teardown().await;
         return Err(e);
