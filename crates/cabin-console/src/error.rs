@@ -43,7 +43,9 @@ impl ConsoleError {
             ConsoleError::Vm(VmError::NotFound(_))
             | ConsoleError::Container(ContainerError::Store(StoreError::NotFound(_)))
             | ConsoleError::NoFile(_) => StatusCode::NOT_FOUND,
-            ConsoleError::Vm(VmError::Running(_) | VmError::NotRunning(_))
+            ConsoleError::Vm(
+                VmError::Running(_) | VmError::Pushing(_) | VmError::NotRunning(_),
+            )
             | ConsoleError::Container(ContainerError::NotRunning(_))
             | ConsoleError::NoScreen(_)
             | ConsoleError::NoSerial(_) => StatusCode::CONFLICT,

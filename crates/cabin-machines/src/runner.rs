@@ -134,8 +134,8 @@ async fn connect_qmp(
 
 /// Runs `vm` until its guest powers off or the process is told to stop it. `ready` is
 /// called once the VM runs, with its session (VNC URL...). A failure before that is
-/// recorded as the VM's start error (but not "already running": that one is about
-/// another run, which goes on); the first successful start clears it.
+/// recorded as the VM's start error (but not "already running" or "being pushed":
+/// those are about another process, which goes on); the first successful start clears it.
 pub async fn run(
     host: &Host,
     vm: &Vm,
@@ -145,7 +145,7 @@ pub async fn run(
     let mut started = false;
     let result = run_vm(host, vm, opts, ready, &mut started).await;
     if let Err(e) = &result {
-        if !started && !matches!(e, VmError::Running(_)) {
+        if !started && !matches!(e, VmError::Running(_) | VmError::Pushing(_)) {
             vm.record_start_error(&e.to_string());
         }
     }

@@ -161,6 +161,9 @@ pub enum VmError {
     Exists(String),
     #[error("Virtual machine already running: {0}")]
     Running(String),
+    /// A push holds it (its disk and state are being read).
+    #[error("Virtual machine is being pushed: {0}; run or change it once the push is done")]
+    Pushing(String),
     #[error("Virtual machine is not running: {0}")]
     NotRunning(String),
     /// Its disk belongs with the memory it was suspended with.
@@ -770,9 +773,10 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
 /// Holds `vm`'s config.json under a flock until the file returned is dropped: a run
 /// holds it exclusive for as long as the VM runs (that is "running", for every
 /// process); a push holds it shared, so that no run starts under it while `ls` still
-/// shows the VM stopped. [`VmError::Running`] when a run holds it.
+/// shows the VM stopped. [`VmError::Running`] when a run holds it,
+/// [`VmError::Pushing`] when a push does.
 pub fn lock_config(vm: &Vm, mode: cabin_base::lock::Mode) -> Result<fs::File, VmError> {
-    use cabin_base::lock::{lock_file, Wait};
+    use cabin_base::lock::{lock_file, Mode, Wait};
     let f = fs::File::open(vm.dir.join(CONFIG))
         .map_err(|e| VmError::Failed(format!("opening {}'s config.json: {e}", vm.name)))?;
     // A `ls` probing with a shared lock holds it for a moment: try a few times.
@@ -783,6 +787,10 @@ pub fn lock_config(vm: &Vm, mode: cabin_base::lock::Mode) -> Result<fs::File, Vm
             return Ok(f);
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Only a run holds it exclusive; a holder that lets a shared lock in is a push.
+    if mode == Mode::Exclusive && lock_file(&f, Mode::Shared, Wait::NoWait).unwrap_or(false) {
+        return Err(VmError::Pushing(vm.name.clone()));
     }
     Err(VmError::Running(vm.name.clone()))
 }
@@ -805,6 +813,37 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_vm_held_by_a_push_is_refused_as_pushed_and_one_held_by_a_run_as_running() {
+        use cabin_base::lock::{lock_file, Mode, Wait};
+        let dir = tempfile::tempdir().unwrap();
+        let vm = Vm {
+            name: "deb".into(),
+            location_name: "default".into(),
+            dir: dir.path().to_path_buf(),
+        };
+        fs::write(dir.path().join(CONFIG), "{}").unwrap();
+        let holder = fs::File::open(dir.path().join(CONFIG)).unwrap();
+        assert!(lock_file(&holder, Mode::Shared, Wait::NoWait).unwrap());
+        assert!(matches!(
+            lock_config(&vm, Mode::Exclusive),
+            Err(VmError::Pushing(name)) if name == "deb"
+        ));
+        // Another push may read it at the same time.
+        assert!(lock_config(&vm, Mode::Shared).is_ok());
+        drop(holder);
+        let run = lock_config(&vm, Mode::Exclusive).unwrap();
+        assert!(matches!(
+            lock_config(&vm, Mode::Exclusive),
+            Err(VmError::Running(_))
+        ));
+        assert!(matches!(
+            lock_config(&vm, Mode::Shared),
+            Err(VmError::Running(_))
+        ));
+        drop(run);
+    }
 
     #[test]
     fn a_sessions_vnc_url_gives_its_port_and_password() {
