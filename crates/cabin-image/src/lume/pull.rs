@@ -179,6 +179,24 @@ async fn small_blob(
     }
 }
 
+/// A small blob fetched whole into `path` (staged, renamed into place, its owner's
+/// only: an NVRAM holds the guest's firmware variables, a state description its
+/// identity); returns its size.
+async fn small_file(
+    client: &Client,
+    r: &Reference,
+    image: &str,
+    digest: &str,
+    limit: u64,
+    opts: &RegistryOptions,
+    path: &Path,
+) -> Result<u64, LumeError> {
+    let b = small_blob(client, r, image, digest, limit, opts).await?;
+    cabin_base::files::write_atomic(path, &b, 0o600)
+        .map_err(|e| io_error(format!("writing {}", path.display()), e))?;
+    Ok(b.len() as u64)
+}
+
 /// oci_client's own check at the end of a blob's stream: all its bytes came, and they
 /// do not hash to its digest.
 fn is_digest_mismatch(e: &io::Error) -> bool {
@@ -548,12 +566,9 @@ pub async fn pull_manifest_into(
     let mut has_nvram = false;
     let mut small_fetched = config.len() as u64;
     if let Some(n) = &plan.nvram {
-        let b = small_blob(client, r, image, &n.digest, manifest::MAX_NVRAM_BYTES, opts).await?;
-        small_fetched += b.len() as u64;
-        let tmp = dir.join(".nvram.bin.tmp");
-        std::fs::write(&tmp, &b)
-            .and_then(|()| std::fs::rename(&tmp, dir.join(NVRAM)))
-            .map_err(|e| io_error("writing nvram.bin", e))?;
+        let limit = manifest::MAX_NVRAM_BYTES;
+        let path = dir.join(NVRAM);
+        small_fetched += small_file(client, r, image, &n.digest, limit, opts, &path).await?;
         has_nvram = true;
     }
 
@@ -714,19 +729,11 @@ async fn pull_attachment(
         .map_err(|e| io_error(format!("creating {}", to.display()), e))?;
     let path = to.join(a.kind.file());
     if !a.kind.chunked() {
-        let part = &a.parts[0];
-        let b = small_blob(
-            disk_ctx.client,
-            disk_ctx.r,
-            disk_ctx.image,
-            &part.digest,
-            a.kind.max_bytes(),
-            disk_ctx.opts,
-        )
-        .await?;
-        cabin_base::files::write_atomic(&path, &b, 0o600)
-            .map_err(|e| io_error(format!("writing {}", path.display()), e))?;
-        return Ok((b.len() as u64, 1, 0));
+        let c = disk_ctx;
+        let limit = a.kind.max_bytes();
+        let digest = &a.parts[0].digest;
+        let n = small_file(c.client, c.r, c.image, digest, limit, c.opts, &path).await?;
+        return Ok((n, 1, 0));
     }
     let prefix = format!("{} ", a.kind.file());
     let file = File::options()
