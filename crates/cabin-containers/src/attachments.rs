@@ -213,13 +213,8 @@ impl Attachments {
                 // otherwise keep the template's, the same for all of them.
                 let b = cabin_base::random::bytes::<3>()
                     .map_err(|e| RunError::Setup(format!("choosing a MAC address: {e}")))?;
-                let net = NetworkConfig {
-                    mac: format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2]),
-                    address: format!("{}/{}", user_net::GUEST, user_net::PREFIX),
-                    gateway: user_net::GATEWAY.to_string(),
-                    dns: vec![user_net::DNS.to_string()],
-                };
-                let hosts = with_host_gateway(Vec::new(), &user_net::GATEWAY.to_string());
+                let (net, hosts) =
+                    user_mode(format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2]));
                 (Some(net), hosts, None)
             }
             NetworkMode::Bridge => {
@@ -309,6 +304,21 @@ pub const HOST_NAMES: [&str; 2] = ["host.docker.internal", "host.containers.inte
 /// A container's /etc/hosts entries: its peers, and the host at `gateway` (the user-mode
 /// network's host address, which reaches the host's loopback, or the bridge's address
 /// on the host).
+/// The network of a VM on QEMU's user-mode network (the same for every such VM but
+/// its MAC address; an empty `mac` keeps the card's), and its hosts entries.
+pub fn user_mode(mac: String) -> (NetworkConfig, Vec<HostEntry>) {
+    let net = NetworkConfig {
+        mac,
+        address: format!("{}/{}", user_net::GUEST, user_net::PREFIX),
+        gateway: user_net::GATEWAY.to_string(),
+        dns: vec![user_net::DNS.to_string()],
+    };
+    (
+        net,
+        with_host_gateway(Vec::new(), &user_net::GATEWAY.to_string()),
+    )
+}
+
 pub fn with_host_gateway(mut peers: Vec<HostEntry>, gateway: &str) -> Vec<HostEntry> {
     peers.retain(|p| !p.names.iter().any(|n| HOST_NAMES.contains(&n.as_str())));
     peers.push(HostEntry {

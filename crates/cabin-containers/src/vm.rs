@@ -460,7 +460,7 @@ impl WarmVm {
         let timings = Timings::start_at(Instant::now());
         let mut me = ContainerVm::launch(&machine, &spec, run_dir, timings, id)?;
         me.come_up(Duration::from_secs(60)).await?;
-        me.warm_up().await?;
+        me.warm_up(&cfg).await?;
         Ok(WarmVm {
             vm: me,
             shape: shape.clone(),
@@ -512,8 +512,18 @@ fn root_mount(target: &str) -> MountRequest {
 
 impl ContainerVm {
     /// Runs a scratch container through every step of a start (mount, create, process
-    /// started and ended) and removes it, leaving the disk unmounted.
-    async fn warm_up(&mut self) -> Result<(), RunError> {
+    /// started and ended) and removes it, leaving the disk unmounted. On QEMU's
+    /// user-mode network, which is the same for every VM but the MAC address, the card
+    /// is configured as a container's will be (its MAC stays the template's until a
+    /// container gives it its own).
+    async fn warm_up(&mut self, cfg: &ContainerSpec) -> Result<(), RunError> {
+        let (network, hosts) = match cfg.network {
+            NetworkMode::User => {
+                let (net, hosts) = attachments::user_mode(String::new());
+                (Some(net), hosts)
+            }
+            _ => (None, Vec::new()),
+        };
         let mut a = self.agent.clone();
         let t = cabin_proto::CALL_TIMEOUT;
         let rootfs = format!("/run/cabin/containers/{WARM_UP_ID}/rootfs");
@@ -527,10 +537,10 @@ impl ContainerVm {
                 rootfs,
                 hostname: WARM_UP_ID.into(),
                 resources: Some(Resources::default()),
-                network: None,
+                network,
                 mounts: Vec::new(),
                 read_only_root: false,
-                hosts: Vec::new(),
+                hosts,
                 share_namespaces_of: String::new(),
                 paths: None,
             }),
