@@ -149,6 +149,10 @@ fn main() {
             log(&format!("loopback interface: {e}"));
         }
         pid1::remember_binary();
+        // Before the host connects: a boot snapshot is taken while init waits for it.
+        if let Err(e) = block::scan() {
+            log(&format!("looking up the disks: {e}"));
+        }
         trace::init();
         trace::mark("basics mounted");
     }

@@ -132,7 +132,7 @@ pub fn attach(root: &Root, staging: &Path, mounts: &[ContainerMount]) -> io::Res
             .map_err(what)?;
         } else if let Some(serial) = m.source.strip_prefix("blk:") {
             let dev = crate::block::block_device_by_serial(serial).map_err(what)?;
-            crate::block::flush_buffers(&dev).map_err(what)?;
+            crate::block::before_mount(&dev).map_err(what)?;
             mount(&dev.to_string_lossy(), &dir, "ext4", ro, "").map_err(what)?;
         } else {
             return Err(io::Error::other(format!(

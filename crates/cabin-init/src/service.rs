@@ -24,7 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::block::{block_device_by_serial, flush_buffers, set_read_ahead};
+use crate::block::{before_mount, block_device_by_serial};
 use crate::clock;
 use crate::container::{self, Container, StartError, Stdio3};
 use crate::entropy;
@@ -241,10 +241,7 @@ impl Agent for AgentService {
                 let dev =
                     block_device_by_serial(serial).map_err(|e| Status::not_found(e.to_string()))?;
                 crate::trace::mark("mount: device found");
-                set_read_ahead(&dev);
-                // A VM resumed from a saved state may hold pages it read from the disk
-                // that was attached when the state was saved.
-                flush_buffers(&dev).map_err(|e| io_status("flush the disk's cached pages", e))?;
+                before_mount(&dev).map_err(|e| io_status("flush the disk's cached pages", e))?;
                 dev.to_string_lossy().into_owned()
             }
             None => req.source.clone(),
