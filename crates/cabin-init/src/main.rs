@@ -153,6 +153,9 @@ fn main() {
         if let Err(e) = block::scan() {
             log(&format!("looking up the disks: {e}"));
         }
+        if let Err(e) = network::scan() {
+            log(&format!("looking up the network card: {e}"));
+        }
         trace::init();
         trace::mark("basics mounted");
     }
