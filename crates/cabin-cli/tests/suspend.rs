@@ -31,6 +31,18 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What both tests start from: their turn, and a data directory with the Debian
+/// system imported (None: not root, as debootstrap and the bridge need).
+fn debian_system() -> Option<(std::sync::MutexGuard<'static, ()>, tempfile::TempDir)> {
+    if !is_root() {
+        return None;
+    }
+    let one = one_at_a_time();
+    let data = tempfile::tempdir().unwrap();
+    import_debian_system(data.path());
+    Some((one, data))
+}
+
 /// Stops (and so discards the saved state of) the test's VM when the test ends.
 struct StopVm<'a>(&'a Path);
 
@@ -144,14 +156,11 @@ fn run_log_of(data: &Path, name: &str) -> String {
 
 #[test]
 fn a_suspended_vm_resumes_where_it_was_with_a_fresh_clock_and_generation_id() {
-    if !is_root() {
+    let Some((_one, data)) = debian_system() else {
         eprintln!("skipped: debootstrap and the bridge need root");
         return;
-    }
-    let _one = one_at_a_time();
-    let data = tempfile::tempdir().unwrap();
+    };
     let d = data.path();
-    import_debian_system(d);
     let _stop = StopVm(d);
     ok(
         d,
@@ -425,14 +434,11 @@ fn a_suspended_vm_resumes_where_it_was_with_a_fresh_clock_and_generation_id() {
 
 #[test]
 fn a_vm_pushed_with_its_memory_resumes_after_a_pull_with_a_mac_address_of_its_own() {
-    if !is_root() {
+    let Some((_one, data)) = debian_system() else {
         eprintln!("skipped: debootstrap and the bridge need root");
         return;
-    }
-    let _one = one_at_a_time();
-    let data = tempfile::tempdir().unwrap();
+    };
     let d = data.path();
-    import_debian_system(d);
     struct Stop<'a>(&'a Path);
     impl Drop for Stop<'_> {
         fn drop(&mut self) {
