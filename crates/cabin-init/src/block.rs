@@ -82,7 +82,8 @@ pub fn scan() -> io::Result<()> {
 }
 
 /// Finds /dev/vdX for the virtio block device with the given serial: among those found
-/// at start, else (init not started as the VM's init) in sysfs now.
+/// at start, else (init not started as the VM's init, a disk that came late) in sysfs
+/// now.
 pub fn block_device_by_serial(serial: &str) -> io::Result<PathBuf> {
     let known = DISKS
         .get()
@@ -90,11 +91,9 @@ pub fn block_device_by_serial(serial: &str) -> io::Result<PathBuf> {
     if let Some((_, dev)) = known {
         return Ok(dev.clone());
     }
-    if DISKS.get().is_none() {
-        if let Some((_, dev)) = disks()?.into_iter().find(|(s, _)| s == serial) {
-            set_read_ahead(&dev);
-            return Ok(dev);
-        }
+    if let Some((_, dev)) = disks()?.into_iter().find(|(s, _)| s == serial) {
+        set_read_ahead(&dev);
+        return Ok(dev);
     }
     Err(io::Error::new(
         io::ErrorKind::NotFound,

@@ -91,11 +91,11 @@ pub fn scan() -> io::Result<()> {
 
 /// The VM's network card: the first interface that is not the loopback.
 fn card() -> io::Result<String> {
-    match CARD.get() {
-        Some(Some(name)) => Ok(name.clone()),
-        Some(None) => Err(io::Error::other("the VM has no network card")),
-        None => look_up_card()?.ok_or_else(|| io::Error::other("the VM has no network card")),
+    if let Some(Some(name)) = CARD.get() {
+        return Ok(name.clone());
     }
+    // Not found at start (init not started as the VM's init, a card that came late).
+    look_up_card()?.ok_or_else(|| io::Error::other("the VM has no network card"))
 }
 
 fn look_up_card() -> io::Result<Option<String>> {
