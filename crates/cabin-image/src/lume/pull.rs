@@ -123,15 +123,24 @@ pub async fn client(
     Ok((client, r))
 }
 
+/// What fetching a blob of the image needs: the registry's client, the image's reference
+/// and name (for messages), the retry settings.
+#[derive(Clone, Copy)]
+struct Fetch<'a> {
+    client: &'a Client,
+    r: &'a Reference,
+    image: &'a str,
+    opts: &'a RegistryOptions,
+}
+
 /// Fetches a small blob whole, bounded and checked against its digest.
-async fn small_blob(
-    client: &Client,
-    r: &Reference,
-    image: &str,
-    digest: &str,
-    limit: u64,
-    opts: &RegistryOptions,
-) -> Result<Vec<u8>, LumeError> {
+async fn small_blob(f: Fetch<'_>, digest: &str, limit: u64) -> Result<Vec<u8>, LumeError> {
+    let Fetch {
+        client,
+        r,
+        image,
+        opts,
+    } = f;
     let mut attempt = 0;
     loop {
         let got: Result<Vec<u8>, String> = async {
@@ -182,16 +191,8 @@ async fn small_blob(
 /// A small blob fetched whole into `path` (staged, renamed into place, its owner's
 /// only: an NVRAM holds the guest's firmware variables, a state description its
 /// identity); returns its size.
-async fn small_file(
-    client: &Client,
-    r: &Reference,
-    image: &str,
-    digest: &str,
-    limit: u64,
-    opts: &RegistryOptions,
-    path: &Path,
-) -> Result<u64, LumeError> {
-    let b = small_blob(client, r, image, digest, limit, opts).await?;
+async fn small_file(f: Fetch<'_>, digest: &str, limit: u64, path: &Path) -> Result<u64, LumeError> {
+    let b = small_blob(f, digest, limit).await?;
     cabin_base::files::write_atomic(path, &b, 0o600)
         .map_err(|e| io_error(format!("writing {}", path.display()), e))?;
     Ok(b.len() as u64)
@@ -539,7 +540,13 @@ pub async fn pull_manifest_into(
             "the config blob is larger than 1 MiB",
         ));
     }
-    let config = small_blob(client, r, image, &m.config.digest, MAX_CONFIG_BYTES, opts).await?;
+    let fetch = Fetch {
+        client,
+        r,
+        image,
+        opts,
+    };
+    let config = small_blob(fetch, &m.config.digest, MAX_CONFIG_BYTES).await?;
     let plan: Plan = layout::plan(image, m, manifest::legacy_config_disk_size(&config))?;
     let vm = match plan.format {
         Format::Oci => manifest::describe_oci(image, m, &config, plan.disk_size)?,
@@ -568,7 +575,7 @@ pub async fn pull_manifest_into(
     if let Some(n) = &plan.nvram {
         let limit = manifest::MAX_NVRAM_BYTES;
         let path = dir.join(NVRAM);
-        small_fetched += small_file(client, r, image, &n.digest, limit, opts, &path).await?;
+        small_fetched += small_file(fetch, &n.digest, limit, &path).await?;
         has_nvram = true;
     }
 
@@ -730,9 +737,13 @@ async fn pull_attachment(
     let path = to.join(a.kind.file());
     if !a.kind.chunked() {
         let c = disk_ctx;
-        let limit = a.kind.max_bytes();
-        let digest = &a.parts[0].digest;
-        let n = small_file(c.client, c.r, c.image, digest, limit, c.opts, &path).await?;
+        let fetch = Fetch {
+            client: c.client,
+            r: c.r,
+            image: c.image,
+            opts: c.opts,
+        };
+        let n = small_file(fetch, &a.parts[0].digest, a.kind.max_bytes(), &path).await?;
         return Ok((n, 1, 0));
     }
     let prefix = format!("{} ", a.kind.file());
