@@ -153,9 +153,7 @@ pub async fn take(paths: &Paths, id: &str, shape: &VmShape) -> bool {
 /// Told to take a container, it says so and supervises it to its end; when the link
 /// closes first (the pool ended) or the VM dies, it stops the VM and returns.
 pub async fn member(host: &Host, shape: &VmShape) -> Result<(), MemberError> {
-    // SAFETY: descriptor 0 is the link the pool made for this process, and nothing else
-    // in it uses standard input.
-    let link = unsafe { std::os::unix::net::UnixStream::from(OwnedFd::from_raw_fd(0)) };
+    let link = std::os::unix::net::UnixStream::from(take_link().map_err(MemberError::Link)?);
     link.set_nonblocking(true).map_err(MemberError::Link)?;
     let link = UnixStream::from_std(link).map_err(MemberError::Link)?;
     let (read, mut write) = link.into_split();
@@ -190,6 +188,26 @@ pub async fn member(host: &Host, shape: &VmShape) -> Result<(), MemberError> {
     crate::supervisor::supervise_on(host, &id, Some(warm))
         .await
         .map_err(MemberError::Supervise)
+}
+
+/// The member's link to the pool, moved off standard input (descriptor 0, where the
+/// pool put it), which becomes /dev/null: a descriptor 0 left free would be the next one
+/// opened, and a pipe there would be closed in the children that take it as their input.
+fn take_link() -> std::io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC of descriptor 0, the link the pool made for this process;
+    // the copy is owned by the OwnedFd from here on.
+    let copy = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+    if copy < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `copy` was just made and nothing else owns it.
+    let link = unsafe { OwnedFd::from_raw_fd(copy) };
+    let null = std::fs::File::open("/dev/null")?;
+    // SAFETY: dup2 onto descriptor 0, which this process owns; the link has its copy.
+    if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(link)
 }
 
 async fn say(to: &mut OwnedWriteHalf, what: &FromMember) -> std::io::Result<()> {
