@@ -271,16 +271,30 @@ impl Containers {
     /// Starts container `name` (created, or exited) and waits until it runs or has
     /// already ended. A running one is left as it is.
     pub async fn start(&self, name: &str) -> Result<Started, ContainerError> {
+        self.start_then(name, || {}).await
+    }
+
+    /// As [`Containers::start`], calling `launched` once its supervisor has been asked
+    /// for (a pooled VM took it, or its process was started): a client attaching to the
+    /// run may connect from then on.
+    async fn start_then(
+        &self,
+        name: &str,
+        launched: impl FnOnce(),
+    ) -> Result<Started, ContainerError> {
         let record = self.get(name).await?;
         if running(&record) {
             return Ok(Started::Running(record));
         }
         // Refused here, before any process is started for it.
         let spec = self.spec(&record.id).await?;
-        let mut fresh = record.clone();
-        fresh.status = Status::Created;
-        fresh.lost = false;
-        self.blocking(move |s| Ok(s.save(&fresh)?)).await?;
+        // A container just made is in that state already: no write needed.
+        if record.status != Status::Created || record.lost {
+            let mut fresh = record.clone();
+            fresh.status = Status::Created;
+            fresh.lost = false;
+            self.blocking(move |s| Ok(s.save(&fresh)?)).await?;
+        }
         // A warm VM from the pool of this data directory's server, if it has one of
         // this container's shape; else a supervisor that starts a VM of its own.
         let pooled = match crate::pool::poolable(&spec) {
@@ -293,6 +307,7 @@ impl Containers {
             cabin_service(&self.host, supervise_args(&record.id), Output::Discard)
                 .map_err(ContainerError::Spawn)?;
         }
+        launched();
         let deadline = Instant::now() + spec.boot_timeout + START_SLACK;
         loop {
             let id = record.id.clone();
@@ -694,8 +709,13 @@ impl Containers {
         let next = self.next_run(&record.id).await?;
         let starter = self.clone();
         let id = record.id.clone();
-        let mut start = tokio::spawn(async move { starter.start(&id).await });
-        let follow = self.follow_run(next, stdin, out);
+        // A pooled VM listens by the time it says it took the container: the attach
+        // tries again then rather than at its next poll.
+        let launched = std::sync::Arc::new(tokio::sync::Notify::new());
+        let poke = launched.clone();
+        let mut start =
+            tokio::spawn(async move { starter.start_then(&id, || poke.notify_one()).await });
+        let follow = self.follow_run_woken(next, stdin, out, Some(&launched));
         tokio::pin!(follow);
         let mut started = false;
         loop {
@@ -752,6 +772,18 @@ impl Containers {
         stdin: Option<Box<dyn AsyncRead + Unpin + Send>>,
         out: &mut (dyn FnMut(bool, &[u8]) + Send),
     ) -> Result<Exit, ContainerError> {
+        self.follow_run_woken(next, stdin, out, None).await
+    }
+
+    /// As [`Containers::follow_run`]; `wake`, when notified, cuts short the wait
+    /// between two attempts to reach the run's supervisor.
+    async fn follow_run_woken(
+        &self,
+        next: NextRun,
+        stdin: Option<Box<dyn AsyncRead + Unpin + Send>>,
+        out: &mut (dyn FnMut(bool, &[u8]) + Send),
+        wake: Option<&tokio::sync::Notify>,
+    ) -> Result<Exit, ContainerError> {
         let NextRun {
             record,
             log_start,
@@ -789,7 +821,16 @@ impl Containers {
                 Err(ContainerError::Store(StoreError::NotFound(_))) => return Ok(removed()),
                 Err(e) => return Err(e),
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            let pause = tokio::time::sleep(Duration::from_millis(10));
+            match wake {
+                Some(w) => {
+                    tokio::select! {
+                        () = pause => {}
+                        () = w.notified() => {}
+                    }
+                }
+                None => pause.await,
+            }
         };
         match attach::stream(conn, &dir, stdin, out).await {
             Ok(Detached::Exited(code)) => {

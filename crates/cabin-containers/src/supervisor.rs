@@ -54,6 +54,9 @@ struct Ended {
     stopped: bool,
     /// The VM never started (a boot or set-up error): restarting would fail the same way.
     failed_start: bool,
+    /// The VM, killed but maybe not yet gone, when nothing of it is kept: torn down
+    /// once its end has been told.
+    dying: Option<ContainerVm>,
 }
 
 /// Runs container `id` to its end, restarting it as its restart policy says: the work
@@ -61,129 +64,174 @@ struct Ended {
 /// container to. Returns an error only when it could not take charge of the container
 /// at all (another supervisor has it, its records are unreadable).
 pub async fn supervise(host: &Host, id: &str) -> Result<(), SuperviseError> {
-    supervise_on(host, id, None).await
+    Charge::take(host, id, true).await?.run(None).await
 }
 
-/// As [`supervise`], the container's first run on `warm` when given (a pooled VM that
-/// took the container, see `pool.rs`); restarts boot VMs of their own.
-pub async fn supervise_on(
-    host: &Host,
-    id: &str,
-    mut warm: Option<WarmVm>,
-) -> Result<(), SuperviseError> {
-    let store = Store::open(&host.paths)?;
-    // The previous supervisor of a container started again right after it ended may
-    // still be on its way out (its record says exited before its process is gone):
-    // give it a moment rather than failing the start.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let lock = loop {
-        if let Some(l) = store.lock_supervisor(id)? {
-            break l;
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(SuperviseError::Taken(id.to_string()));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let mut record = store.load(id)?;
-    let dir = store.container_dir(id);
-    let io = |what: &'static str| {
-        move |source| SuperviseError::Io {
-            id: id.to_string(),
-            what,
-            source,
-        }
-    };
-    let mut cfg = match spec::read(&dir, id) {
-        Ok(spec) => running_spec(spec, id, &record.name, &dir, record.auto_remove),
-        Err(e) => {
-            // Said where the starter looks: the record.
-            record.status = Status::Exited {
-                code: 125,
-                reason: Some(e.to_string()),
-                finished_unix: now_unix(),
-            };
-            store.save(&record)?;
-            return Err(e.into());
-        }
-    };
-    // As after a foreground run: the next container of this shape should resume (a
-    // pod member's VM is its sandbox's).
-    if !matches!(cfg.pod, Some(PodRole::Member { .. })) {
-        crate::vm::prepare_in_background(host, &cfg);
-    }
-    let mut log = LogWriter::open(&dir).map_err(io("opening the log"))?;
-    let sock = control::socket(&dir);
-    let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock).map_err(io("binding the control socket"))?;
-    let _ = std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600));
-    let policy = cfg.restart;
+/// A container this process has taken charge of: its supervisor lock held, its records
+/// read, its log open and its control socket listening, so that clients can attach
+/// before its VM is even asked for.
+pub struct Charge<'h> {
+    host: &'h Host,
+    id: String,
+    store: Store,
+    lock: cabin_base::lock::Lock,
+    record: crate::store::Record,
+    cfg: ContainerSpec,
+    log: LogWriter,
+    listener: UnixListener,
+}
 
-    let mut backoff = Duration::from_millis(100);
-    let mut attached = crate::attach::Attached::default();
-    let ended = loop {
-        let supervised = Supervised {
-            host,
-            cfg: &cfg,
-            store: &store,
-            listener: &listener,
+impl<'h> Charge<'h> {
+    /// Takes charge of container `id`. `prepare`: make the boot snapshot of its VM's
+    /// shape in the background if there is none (a pooled VM resumed from it already).
+    pub async fn take(host: &'h Host, id: &str, prepare: bool) -> Result<Self, SuperviseError> {
+        let store = Store::open(&host.paths)?;
+        // The previous supervisor of a container started again right after it ended may
+        // still be on its way out (its record says exited before its process is gone):
+        // give it a moment rather than failing the start.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let lock = loop {
+            if let Some(l) = store.lock_supervisor(id)? {
+                break l;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(SuperviseError::Taken(id.to_string()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let ended = run_once(
-            supervised,
-            &mut record,
-            &mut log,
-            &mut attached,
-            warm.take(),
-        )
-        .await?;
-        let again = !ended.stopped
-            && !ended.failed_start
-            && policy.wants_restart(ended.code, record.restart_count);
-        if !again {
-            break ended;
+        let mut record = store.load(id)?;
+        let dir = store.container_dir(id);
+        let io = |what: &'static str| {
+            move |source| SuperviseError::Io {
+                id: id.to_string(),
+                what,
+                source,
+            }
+        };
+        let cfg = match spec::read(&dir, id) {
+            Ok(spec) => running_spec(spec, id, &record.name, &dir, record.auto_remove),
+            Err(e) => {
+                // Said where the starter looks: the record.
+                record.status = Status::Exited {
+                    code: 125,
+                    reason: Some(e.to_string()),
+                    finished_unix: now_unix(),
+                };
+                store.save(&record)?;
+                return Err(e.into());
+            }
+        };
+        // As after a foreground run: the next container of this shape should resume (a
+        // pod member's VM is its sandbox's).
+        if prepare && !matches!(cfg.pod, Some(PodRole::Member { .. })) {
+            crate::vm::prepare_in_background(host, &cfg);
         }
-        // Docker's back-off: 100 ms, doubling, capped; a stop during it ends the loop.
-        store.journal(&record, &[crate::events::Action::Die(ended.code)]);
-        record.restart_count += 1;
-        let _ = store.save(&record);
-        let _ = log.note(&format!(
-            "exited with code {}; restarting ({} so far)",
-            ended.code, record.restart_count
-        ));
-        if wait_or_stop(&listener, backoff).await {
-            break ended;
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
-        // What changed since (cabin update) holds for the next run.
-        if let Ok(spec) = spec::read(&dir, id) {
-            cfg = running_spec(spec, id, &record.name, &dir, record.auto_remove);
-        }
-    };
-    let _ = log.flush();
-    let _ = std::fs::remove_file(&sock);
-    record.status = Status::Exited {
-        code: ended.code,
-        reason: ended.reason,
-        finished_unix: now_unix(),
-    };
-    record.network = None;
-    let _ = store.save(&record);
-    if record.auto_remove {
+        let log = LogWriter::open(&dir).map_err(io("opening the log"))?;
+        let sock = control::socket(&dir);
+        let _ = std::fs::remove_file(&sock);
+        let listener = UnixListener::bind(&sock).map_err(io("binding the control socket"))?;
+        let _ =
+            std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600));
+        Ok(Charge {
+            host,
+            id: id.to_string(),
+            store,
+            lock,
+            record,
+            cfg,
+            log,
+            listener,
+        })
+    }
+
+    /// Runs the container to its end, restarting it as its restart policy says; its
+    /// first run on `warm` when given (a pooled VM that took the container, see
+    /// `pool.rs`); restarts boot VMs of their own.
+    pub async fn run(self, mut warm: Option<WarmVm>) -> Result<(), SuperviseError> {
+        let Charge {
+            host,
+            id,
+            store,
+            lock,
+            mut record,
+            mut cfg,
+            mut log,
+            listener,
+        } = self;
+        let id = id.as_str();
+        let dir = store.container_dir(id);
+        let sock = control::socket(&dir);
+        let policy = cfg.restart;
+
+        let mut backoff = Duration::from_millis(100);
+        let mut attached = crate::attach::Attached::default();
+        let ended = loop {
+            let supervised = Supervised {
+                host,
+                cfg: &cfg,
+                store: &store,
+                listener: &listener,
+            };
+            let mut ended = run_once(
+                supervised,
+                &mut record,
+                &mut log,
+                &mut attached,
+                warm.take(),
+            )
+            .await?;
+            let again = !ended.stopped
+                && !ended.failed_start
+                && policy.wants_restart(ended.code, record.restart_count);
+            if !again {
+                break ended;
+            }
+            if let Some(vm) = ended.dying.take() {
+                vm.teardown().await;
+            }
+            // Docker's back-off: 100 ms, doubling, capped; a stop during it ends the loop.
+            store.journal(&record, &[crate::events::Action::Die(ended.code)]);
+            record.restart_count += 1;
+            let _ = store.save(&record);
+            let _ = log.note(&format!(
+                "exited with code {}; restarting ({} so far)",
+                ended.code, record.restart_count
+            ));
+            if wait_or_stop(&listener, backoff).await {
+                break ended;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+            // What changed since (cabin update) holds for the next run.
+            if let Ok(spec) = spec::read(&dir, id) {
+                cfg = running_spec(spec, id, &record.name, &dir, record.auto_remove);
+            }
+        };
+        let _ = log.flush();
+        let _ = std::fs::remove_file(&sock);
         let exit = crate::store::RemovedExit {
             code: ended.code,
-            reason: match &record.status {
-                Status::Exited { reason, .. } => reason.clone(),
-                _ => None,
-            },
+            reason: ended.reason,
         };
-        let _ = store.record_removed_exit(&record.id, &exit);
-        let _ = store.remove(&record.id);
+        record.status = Status::Exited {
+            code: exit.code,
+            reason: exit.reason.clone(),
+            finished_unix: now_unix(),
+        };
+        record.network = None;
+        let _ = store.save(&record);
+        if record.auto_remove {
+            let _ = store.record_removed_exit(&record.id, &exit);
+            let _ = store.remove(&record.id);
+        }
+        // The container is settled: the clients attached to it may go on to the next
+        // command (a `cabin start`, which needs this lock).
+        drop(lock);
+        attached.finish(ended.code).await;
+        if let Some(vm) = ended.dying {
+            vm.teardown().await;
+        }
+        Ok(())
     }
-    // The container is settled: the clients attached to it may go on to the next
-    // command (a `cabin start`, which needs this lock).
-    drop(lock);
-    attached.finish(ended.code).await;
-    Ok(())
 }
 
 /// A stored container's spec as its runs use it: called by the start of its ID inside
@@ -407,6 +455,7 @@ async fn run_once(
                 reason: Some(e.to_string()),
                 stopped: false,
                 failed_start: true,
+                dying: None,
             });
         }
     };
@@ -661,11 +710,17 @@ async fn run_once(
         ),
     };
     let _ = log.flush();
-    vm.teardown().await;
+    let dying = if vm.kill_if_throwaway() {
+        Some(vm)
+    } else {
+        vm.teardown().await;
+        None
+    };
     Ok(Ended {
         code,
         reason,
         stopped,
         failed_start: false,
+        dying,
     })
 }
