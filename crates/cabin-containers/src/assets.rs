@@ -81,6 +81,9 @@ pub fn locate_init(host: &Host) -> Result<PathBuf, AssetError> {
     })
 }
 
+/// How much of an ELF file [`is_static_elf`] reads: its header and program headers.
+const ELF_HEADERS_READ: u64 = 64 * 1024;
+
 fn check_static(p: PathBuf) -> Result<PathBuf, AssetError> {
     if !p.is_file() {
         return Err(AssetError::NoInit {
@@ -93,9 +96,19 @@ fn check_static(p: PathBuf) -> Result<PathBuf, AssetError> {
     Ok(p)
 }
 
-/// An ELF executable without a PT_INTERP program header needs no dynamic loader.
+/// An ELF executable without a PT_INTERP program header needs no dynamic loader. Only
+/// the header and the program headers are read (every start checks; the file is a few
+/// MB).
 pub fn is_static_elf(p: &Path) -> bool {
-    let Ok(data) = fs::read(p) else { return false };
+    use std::io::Read;
+    let Ok(file) = fs::File::open(p) else {
+        return false;
+    };
+    let mut data = Vec::new();
+    // The program headers follow the ELF header in any executable a linker makes.
+    if file.take(ELF_HEADERS_READ).read_to_end(&mut data).is_err() {
+        return false;
+    }
     if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
         return false;
     }
@@ -107,8 +120,10 @@ pub fn is_static_elf(p: &Path) -> bool {
     };
     let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
     for i in 0..phnum {
-        let o = phoff + i * phentsize;
-        if o + 4 > data.len() {
+        let Some(o) = phoff.checked_add(i * phentsize) else {
+            return false;
+        };
+        if o.saturating_add(4) > data.len() {
             return false;
         }
         if u32::from_le_bytes([data[o], data[o + 1], data[o + 2], data[o + 3]]) == 3 {
@@ -250,6 +265,21 @@ mod tests {
             assert!(is_static_elf(bb));
         }
         assert!(!is_static_elf(Path::new("/etc/passwd")));
+    }
+
+    #[test]
+    fn an_elf_header_pointing_past_its_file_or_the_address_space_is_not_static() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("odd");
+        let mut header = vec![0u8; 64];
+        header[..5].copy_from_slice(b"\x7fELF\x02");
+        header[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        header[0x38..0x3a].copy_from_slice(&2u16.to_le_bytes());
+        for phoff in [u64::MAX - 8, 1 << 20] {
+            header[0x20..0x28].copy_from_slice(&phoff.to_le_bytes());
+            fs::write(&f, &header).unwrap();
+            assert!(!is_static_elf(&f), "phoff {phoff:#x}");
+        }
     }
 
     #[test]
