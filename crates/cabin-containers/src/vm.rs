@@ -759,6 +759,7 @@ impl ContainerVm {
         let mut attached = Attachments::acquire(paths, cfg, &id, notify)?;
         let devices = attached.take_devices();
         let mut spec = machine.spec(cfg, &run_dir.path, overlay, base, devices);
+        timings.mark("writable layer");
         let key = snapshot::key(&machine.qemu, &spec);
         let mut missing_snapshot = false;
         let mut boot_notice = None;
@@ -783,8 +784,12 @@ impl ContainerVm {
                 }
             }
             missing_snapshot = spec.restore.is_none();
+            if !missing_snapshot {
+                // Some 50 ms when no memory holder runs yet (it is started, loads the
+                // template's memory and checks its digest).
+                timings.mark("boot snapshot's memory");
+            }
         }
-        timings.mark("writable layer");
 
         let mut me = ContainerVm::launch(&machine, &spec, run_dir, timings, id.clone())?;
         me.attachments = Some(attached);
