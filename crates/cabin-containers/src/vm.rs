@@ -1173,17 +1173,14 @@ impl ContainerVm {
         Ok(hello)
     }
 
-    /// Whether something of this VM outlives it (volumes, a kept writable layer), so
-    /// that the guest must flush before it is killed.
     /// Starts killing the VM when nothing of it is kept or held on the host (no volume,
     /// no writable layer that outlives it, no published port, no address on a bridge),
     /// without waiting for QEMU to be gone: the container's end can be told while its
     /// memory is being freed. [`ContainerVm::teardown`] finishes. False when the VM
     /// needs the whole teardown first.
     pub fn kill_if_throwaway(&mut self) -> bool {
-        let holds =
-            |a: &Attachments| a.has_volumes() || a.ip().is_some() || !a.published.is_empty();
-        let throwaway = !self.keeps_layer && !self.attachments.as_ref().is_some_and(holds);
+        let holds_host = |a: &Attachments| a.ip().is_some() || !a.published.is_empty();
+        let throwaway = !self.keeps_data() && !self.attachments.as_ref().is_some_and(holds_host);
         match (&self.exited, &mut self.vm) {
             (None, Vmm::Own(qemu)) if throwaway => {
                 qemu.start_kill();
@@ -1193,6 +1190,8 @@ impl ContainerVm {
         }
     }
 
+    /// Whether something of this VM outlives it (volumes, a kept writable layer), so
+    /// that the guest must flush before it is killed.
     fn keeps_data(&self) -> bool {
         self.keeps_layer || self.attachments.as_ref().is_some_and(|a| a.has_volumes())
     }

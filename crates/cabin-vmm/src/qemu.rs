@@ -1064,9 +1064,7 @@ impl RunningVm for QemuVm {
     }
 
     async fn kill(&mut self) -> io::Result<VmExit> {
-        if let Some(exit) = self.try_exit()? {
-            return Ok(exit);
-        }
+        // A VM already gone is only reaped: start_kill and wait both look first.
         self.start_kill();
         self.wait().await
     }

@@ -247,10 +247,7 @@ impl Write for Hashed<'_> {
 }
 
 struct Ctx<'a> {
-    client: &'a Client,
-    r: &'a Reference,
-    image: &'a str,
-    opts: &'a RegistryOptions,
+    fetch: Fetch<'a>,
     /// The file the parts go to ("disk.img", or an attachment), as named in messages
     /// and progress.
     what: &'a str,
@@ -285,14 +282,14 @@ impl Ctx<'_> {
         loop {
             match self.write_part_once(part, number, offset).await {
                 Ok(n) => return Ok(n),
-                Err(Failure::Retry(e)) if attempt < self.opts.retries => {
+                Err(Failure::Retry(e)) if attempt < self.fetch.opts.retries => {
                     let _ = e;
                     backoff(attempt).await;
                     attempt += 1;
                 }
                 Err(Failure::Retry(e)) => {
                     return Err(LumeError::registry(
-                        self.image,
+                        self.fetch.image,
                         format!(
                             "fetching {} part {number} ({}) failed: {e}; pull again to resume",
                             self.part_name(),
@@ -311,10 +308,11 @@ impl Ctx<'_> {
         number: usize,
         offset: u64,
     ) -> Result<(u64, bool), Failure> {
-        let image = self.image;
+        let image = self.fetch.image;
         let stream = match self
+            .fetch
             .client
-            .pull_blob_stream(self.r, part.digest.as_str())
+            .pull_blob_stream(self.fetch.r, part.digest.as_str())
             .await
         {
             Ok(s) => s,
@@ -378,7 +376,7 @@ impl Ctx<'_> {
                         break;
                     }
                     compressed.update(&b);
-                    self.opts.progress.advance(self.what, b.len() as u64);
+                    self.fetch.opts.progress.advance(self.what, b.len() as u64);
                     *self.fetched.locked() += b.len() as u64;
                     // When the decoder stops, its error says why, unless the blob
                     // does not match its digest either (corrupted on its way): the
@@ -580,10 +578,7 @@ pub async fn pull_manifest_into(
     }
 
     let ctx = Ctx {
-        client,
-        r,
-        image,
-        opts,
+        fetch,
         what: DISK,
         disk: Arc::new(disk),
         disk_size: plan.disk_size,
@@ -680,7 +675,7 @@ async fn write_at_offsets(
             todo.push((i, *p, pending));
         }
     }
-    ctx.opts.progress.start(ctx.what, total, already);
+    ctx.fetch.opts.progress.start(ctx.what, total, already);
     let journal_lock = Mutex::new(journal);
     let done: Vec<usize> = futures::stream::iter(todo.iter().map(|(i, p, pending)| {
         let journal = &journal_lock;
@@ -712,7 +707,7 @@ async fn write_at_offsets(
             Ok::<usize, LumeError>(pending.len())
         }
     }))
-    .buffer_unordered(ctx.opts.parallel.max(1))
+    .buffer_unordered(ctx.fetch.opts.parallel.max(1))
     .try_collect()
     .await?;
     Ok((done.iter().sum(), resumed))
@@ -736,14 +731,13 @@ async fn pull_attachment(
         .map_err(|e| io_error(format!("creating {}", to.display()), e))?;
     let path = to.join(a.kind.file());
     if !a.kind.chunked() {
-        let c = disk_ctx;
-        let fetch = Fetch {
-            client: c.client,
-            r: c.r,
-            image: c.image,
-            opts: c.opts,
-        };
-        let n = small_file(fetch, &a.parts[0].digest, a.kind.max_bytes(), &path).await?;
+        let n = small_file(
+            disk_ctx.fetch,
+            &a.parts[0].digest,
+            a.kind.max_bytes(),
+            &path,
+        )
+        .await?;
         return Ok((n, 1, 0));
     }
     let prefix = format!("{} ", a.kind.file());
@@ -763,17 +757,14 @@ async fn pull_attachment(
     file.set_len(a.size)
         .map_err(|e| io_error(format!("sizing {}", path.display()), e))?;
     let ctx = Ctx {
-        client: disk_ctx.client,
-        r: disk_ctx.r,
-        image: disk_ctx.image,
-        opts: disk_ctx.opts,
+        fetch: disk_ctx.fetch,
         what: a.kind.file(),
         disk: Arc::new(file),
         disk_size: a.size,
         fetched: Mutex::new(0),
     };
     let (written, resumed) = write_at_offsets(&ctx, &a.parts, journal, &prefix).await?;
-    ctx.opts.progress.finish(ctx.what);
+    ctx.fetch.opts.progress.finish(ctx.what);
     let fetched = *ctx.fetched.locked();
     Ok((fetched, written, resumed))
 }
