@@ -1327,7 +1327,11 @@ mod tests {
     }
 
     #[test]
-    fn agent_port_names_agree() {
+    fn host_and_guest_agree_on_names() {
         assert_eq!(cabin_vmm::qemu::AGENT_PORT_NAME, cabin_proto::PORT_NAME);
+        assert_eq!(
+            cabin_vmm::qemu::user_net::BOOT_ARG,
+            cabin_proto::BOOT_NETWORK_ARG
+        );
     }
 }

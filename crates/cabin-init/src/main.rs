@@ -156,7 +156,11 @@ fn main() {
         if let Err(e) = network::scan() {
             log(&format!("looking up the network card: {e}"));
         }
-        trace::init();
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        if let Err(e) = network::configure_at_boot(&cmdline) {
+            log(&format!("configuring the network card: {e}"));
+        }
+        trace::init(&cmdline);
         trace::mark("basics mounted");
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()

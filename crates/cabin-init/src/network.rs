@@ -5,6 +5,9 @@
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Mutex;
+
+use cabin_base::sync::Locked;
 
 use cabin_proto::v1::{HostEntry, NetworkConfig};
 
@@ -132,7 +135,57 @@ fn parse_cidr(s: &str) -> io::Result<(Ipv4Addr, u8)> {
     Ok((ip, prefix))
 }
 
-/// Gives the card its MAC address, its address and the default route.
+/// The address and gateway the card was last given (as the host spelled them): a
+/// container asking for the same again only gets its MAC address set.
+static GIVEN: Mutex<Option<(String, String)>> = Mutex::new(None);
+
+/// Configures the card as the kernel command line's `cabin.net=ADDRESS/PREFIX,GATEWAY`
+/// says (a VM on QEMU's user-mode network), if it says so. Done as init starts, before a
+/// boot snapshot is taken, so that VMs resumed from it have the card up already.
+pub fn configure_at_boot(cmdline: &str) -> io::Result<()> {
+    let key = format!("{}=", cabin_proto::BOOT_NETWORK_ARG);
+    let Some(value) = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key.as_str()))
+    else {
+        return Ok(());
+    };
+    let (address, gateway) = value
+        .split_once(',')
+        .ok_or_else(|| io::Error::other(format!("invalid {key}{value:?}")))?;
+    // QEMU's user-mode network is IPv4 only (cabin starts it with ipv6=off). Without
+    // IPv6 on the card, bringing it up starts no address autoconfiguration, whose timers
+    // (duplicate address detection, router solicitation) would otherwise still be
+    // pending in a boot snapshot and fire in every VM resumed from it.
+    let name = card()?;
+    std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1")?;
+    configure(&NetworkConfig {
+        mac: String::new(),
+        address: address.into(),
+        gateway: gateway.into(),
+        dns: Vec::new(),
+    })
+}
+
+/// Whether the card is up with the address `ip`.
+fn is_up_with(sock: &OwnedFd, name: &str, ip: Ipv4Addr) -> io::Result<bool> {
+    let mut r = ifreq(name)?;
+    ioctl(sock, libc::SIOCGIFFLAGS, &mut r, "read the interface flags")?;
+    // SAFETY: the flags member is the one SIOCGIFFLAGS filled.
+    if unsafe { r.ifr_ifru.ifru_flags } & libc::IFF_UP as libc::c_short == 0 {
+        return Ok(false);
+    }
+    let mut r = ifreq(name)?;
+    ioctl(sock, libc::SIOCGIFADDR, &mut r, "read the address")?;
+    // SAFETY: SIOCGIFADDR filled the address member with an AF_INET sockaddr, which
+    // has the size of sockaddr.
+    let sin: libc::sockaddr_in = unsafe { std::mem::transmute(r.ifr_ifru.ifru_addr) };
+    Ok(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) == ip)
+}
+
+/// Gives the card its MAC address, its address and the default route. Only the MAC
+/// address when the card has the address and gateway asked for already (given as init
+/// started, or to the container before).
 pub fn configure(cfg: &NetworkConfig) -> io::Result<()> {
     let sock = socket()?;
     let name = card()?;
@@ -149,6 +202,10 @@ pub fn configure(cfg: &NetworkConfig) -> io::Result<()> {
         ioctl(&sock, libc::SIOCSIFHWADDR, &mut r, "set the MAC address")?;
     }
     let (ip, prefix) = parse_cidr(&cfg.address)?;
+    let wanted = Some((cfg.address.clone(), cfg.gateway.clone()));
+    if *GIVEN.locked() == wanted && is_up_with(&sock, &name, ip)? {
+        return Ok(());
+    }
     let mut r = ifreq(&name)?;
     r.ifr_ifru.ifru_addr = sockaddr_in(ip);
     ioctl(&sock, libc::SIOCSIFADDR, &mut r, "set the address")?;
@@ -185,6 +242,7 @@ pub fn configure(cfg: &NetworkConfig) -> io::Result<()> {
             }
         }
     }
+    *GIVEN.locked() = wanted;
     Ok(())
 }
 

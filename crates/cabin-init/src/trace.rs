@@ -6,12 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
-/// Reads the kernel command line; call once /proc is mounted.
-pub fn init() {
-    if let Ok(cmdline) = std::fs::read_to_string("/proc/cmdline") {
-        let on = cmdline.split_whitespace().any(|w| w == "cabin.trace");
-        ENABLED.store(on, Ordering::Relaxed);
-    }
+/// Turns tracing on if the kernel command line `cmdline` says so.
+pub fn init(cmdline: &str) {
+    let on = cmdline.split_whitespace().any(|w| w == "cabin.trace");
+    ENABLED.store(on, Ordering::Relaxed);
 }
 
 pub fn mark(label: &str) {

@@ -34,6 +34,11 @@ pub fn ninep_mount_options() -> Vec<String> {
 /// disk, as a container's command): it exits at once.
 pub const WARM_UP_ARGV0: &str = "cabin-warm-up";
 
+/// The kernel argument that gives the card of a VM on QEMU's user-mode network its
+/// address and gateway (`cabin.net=ADDRESS/PREFIX,GATEWAY`): init configures the card as
+/// it starts, and a container asking for that same network then only sets its MAC.
+pub const BOOT_NETWORK_ARG: &str = "cabin.net";
+
 /// Name of the virtio-serial port that carries the protocol.
 pub const PORT_NAME: &str = "cabin.agent";
 

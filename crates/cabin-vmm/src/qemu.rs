@@ -103,6 +103,18 @@ pub mod user_net {
     pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
     /// QEMU's DNS forwarder, which relays to the host's resolvers.
     pub const DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
+
+    /// The kernel argument that tells cabin-init the card is on this network, so that it
+    /// configures it as it starts: a boot snapshot then holds the card configured, and
+    /// a container resumed from it only gets its own MAC address (bringing a card up
+    /// runs much cold kernel code, tens of ms under TCG). Its name is
+    /// `cabin_proto::BOOT_NETWORK_ARG`.
+    pub const BOOT_ARG: &str = "cabin.net";
+
+    /// `cabin.net=ADDRESS/PREFIX,GATEWAY`.
+    pub fn boot_arg() -> String {
+        format!("{BOOT_ARG}={GUEST}/{PREFIX},{GATEWAY}")
+    }
 }
 
 /// The MAC address QEMU gives the network card; cabin-init sets each container's own.
@@ -145,11 +157,13 @@ pub fn command_line(spec: &MicroVmSpec) -> Vec<String> {
             ),
         ]);
     }
-    let cmdline = if spec.extra_cmdline.is_empty() {
-        BASE_CMDLINE.to_string()
-    } else {
-        format!("{BASE_CMDLINE} {}", spec.extra_cmdline)
-    };
+    let mut cmdline = BASE_CMDLINE.to_string();
+    if let Some(NetBackend::User { .. }) = spec.nic {
+        cmdline.push_str(&format!(" {}", user_net::boot_arg()));
+    }
+    if !spec.extra_cmdline.is_empty() {
+        cmdline.push_str(&format!(" {}", spec.extra_cmdline));
+    }
     // Kernel and initramfs through the descriptors cabin opened: a confined QEMU
     // cannot reach cabin's files by path.
     push(&[
@@ -1180,6 +1194,29 @@ mod tests {
         assert!(a.contains("virtio-net-device,netdev=net0,mac=52:54:00:ca:b1:00"));
         assert!(a.contains("path=/srv/a,,b,security_model="));
         assert!(a.contains(",readonly=on -device virtio-9p-device,fsdev=fs0,mount_tag=share0"));
+    }
+
+    #[test]
+    fn only_a_user_mode_vm_is_told_its_network_on_the_kernel_command_line() {
+        let append = |s: &MicroVmSpec| {
+            let args = command_line(s);
+            let i = args.iter().position(|a| a == "-append").unwrap();
+            args[i + 1].clone()
+        };
+        let mut s = spec();
+        s.extra_cmdline = "cabin.trace".into();
+        s.nic = Some(NetBackend::User {
+            forwards: Vec::new(),
+        });
+        assert!(
+            append(&s).ends_with(" cabin.net=10.0.2.15/24,10.0.2.2 cabin.trace"),
+            "{}",
+            append(&s)
+        );
+        s.nic = Some(NetBackend::Tap(None));
+        assert!(!append(&s).contains("cabin.net"), "{}", append(&s));
+        s.nic = None;
+        assert!(!append(&s).contains("cabin.net"), "{}", append(&s));
     }
 
     #[test]
