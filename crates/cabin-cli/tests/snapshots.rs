@@ -60,7 +60,13 @@ fn a_prepared_snapshot_is_resumed_and_behaves_like_a_boot() {
     );
     assert_eq!(snapshot_files(&data).len(), 1);
 
-    let script = "echo out; echo err >&2; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s; exit 7";
+    // Besides output, randomness and the clock: what the VM readied before the snapshot
+    // (the network card configured, a container's /dev and cgroup made) is the
+    // container's own after the resume.
+    let script = "echo out; echo err >&2; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s; \
+        cat /sys/class/net/eth0/address; ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; \
+        ip route | grep ^default; ls /dev | tr '\\n' ' '; echo; ls /dev/pts | tr '\\n' ' '; echo; \
+        cat /proc/self/cgroup; cat /sys/fs/cgroup/memory.swap.max; exit 7";
     let a = run_on(&data, &["--timings"], &["sh", "-c", script]);
     let b = run_on(&data, &[], &["sh", "-c", script]);
     for o in [&a, &b] {
@@ -81,6 +87,31 @@ fn a_prepared_snapshot_is_resumed_and_behaves_like_a_boot() {
         la[1], lb[1],
         "two resumed VMs produced the same random bytes"
     );
+    // Each has a MAC address of its own (not the snapshot's, not the other's), on the
+    // network the snapshot's VM configured.
+    assert_ne!(la[3], lb[3], "two resumed VMs have the same MAC address");
+    for l in [&la, &lb] {
+        assert!(
+            l[3].starts_with("52:54:00:") && l[3] != "52:54:00:ca:b1:00",
+            "{l:?}"
+        );
+        assert_eq!(l[4], "inet 10.0.2.15/24", "{l:?}");
+        assert!(l[5].starts_with("default via 10.0.2.2 "), "{l:?}");
+        // Its own /dev, with its own devpts instance (nothing open in it yet).
+        for node in [
+            "null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm", "mqueue",
+            "fd",
+        ] {
+            assert!(
+                l[6].split(' ').any(|n| n == node),
+                "/dev lacks {node}: {l:?}"
+            );
+        }
+        assert_eq!(l[7].trim(), "ptmx", "{l:?}");
+        // Its own cgroup, which it sees as the root, set up as a container's is.
+        assert_eq!(l[8], "0::/", "{l:?}");
+        assert_eq!(l[9], "0", "{l:?}");
+    }
     // The guest's clock is the host's, not the saved one.
     let guest: i64 = la[2].parse().unwrap();
     let host = std::time::SystemTime::now()

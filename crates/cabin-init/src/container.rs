@@ -8,7 +8,9 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use cabin_base::sync::Locked;
 use cabin_proto::v1::{Resources, StartProcessRequest};
 
 use crate::inroot::{self, ExecLookup};
@@ -185,9 +187,37 @@ pub fn prepare_rootfs(rootfs: &Path) -> io::Result<()> {
         std::fs::create_dir_all(rootfs.join(dir))?;
     }
     let dev = rootfs.join("dev");
+    let spare = SPARE_DEV.locked().take();
+    let moved = spare.is_some_and(|spare| {
+        let moved = mount(&spare.to_string_lossy(), &dev, "", libc::MS_MOVE, "");
+        if moved.is_err() {
+            // Not in anyone's way: it goes with the VM.
+            let _ = umount_tree(&spare);
+        }
+        moved.is_ok()
+    });
+    if !moved {
+        make_dev(&dev)?;
+    }
+    mount(
+        "sysfs",
+        &rootfs.join("sys"),
+        "sysfs",
+        NOSUID | NODEV | NOEXEC | libc::MS_RDONLY,
+        "",
+    )?;
+    Ok(())
+}
+
+/// A container's /dev at `dev`: a tmpfs with the usual nodes and links, its own devpts
+/// instance and /dev/shm.
+fn make_dev(dev: &Path) -> io::Result<()> {
+    const NOSUID: libc::c_ulong = libc::MS_NOSUID;
+    const NODEV: libc::c_ulong = libc::MS_NODEV;
+    const NOEXEC: libc::c_ulong = libc::MS_NOEXEC;
     mount(
         "tmpfs",
-        &dev,
+        dev,
         "tmpfs",
         NOSUID | libc::MS_STRICTATIME,
         "mode=755,size=65536k",
@@ -228,27 +258,31 @@ pub fn prepare_rootfs(rootfs: &Path) -> io::Result<()> {
         "tmpfs",
         NOSUID | NODEV | NOEXEC,
         "mode=1777,size=65536k",
-    )?;
-    mount(
-        "sysfs",
-        &rootfs.join("sys"),
-        "sysfs",
-        NOSUID | NODEV | NOEXEC | libc::MS_RDONLY,
-        "",
-    )?;
+    )
+}
+
+/// Unmounts `path` and everything below it.
+fn umount_tree(path: &Path) -> io::Result<()> {
+    let p = cstr(path)?;
+    // SAFETY: valid path; a lazy unmount of what is mounted there.
+    if unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(())
 }
 
 /// Creates the container's cgroup with its limits.
 pub fn create_cgroup(id: &str, res: &Resources) -> io::Result<PathBuf> {
-    let root = Path::new("/sys/fs/cgroup");
-    // Enabling controllers that are already enabled is harmless; do it every time so a
-    // fresh boot needs no separate step.
-    std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu +pids")?;
-    let dir = root.join(format!("ctr-{id}"));
-    std::fs::create_dir(&dir)?;
-    // No swap in the guest, but say so explicitly in case a kernel has it.
-    let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+    let spare = SPARE_CGROUP.locked().take();
+    let dir = match spare {
+        Some(dir) => dir,
+        None => {
+            enable_controllers()?;
+            let dir = Path::new(CGROUP_ROOT).join(format!("ctr-{id}"));
+            new_cgroup(&dir)?;
+            dir
+        }
+    };
     let set = |n: u64| (n > 0).then_some(n);
     set_limits(
         &dir,
@@ -257,6 +291,77 @@ pub fn create_cgroup(id: &str, res: &Resources) -> io::Result<PathBuf> {
         set(res.pids_limit),
     )?;
     Ok(dir)
+}
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+// Spares: what every container of a VM gets alike, made as init starts, for the VM's
+// first container (and again after a container is removed, for the next one). A VM
+// resumed from a boot snapshot has them already: making them runs much kernel code
+// that VM has not run yet, each tens of ms under TCG.
+
+/// A cgroup. Its name has a dot, which no container ID has; a container sees its own
+/// cgroup as its root.
+static SPARE_CGROUP: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// A /dev (`make_dev`), moved into the container's root.
+static SPARE_DEV: Mutex<Option<PathBuf>> = Mutex::new(None);
+const SPARE_DEV_DIR: &str = "/run/cabin/spare-dev";
+
+/// Turns on the controllers containers are limited by and makes the spares.
+pub fn prepare_spares() -> io::Result<()> {
+    cap_last();
+    enable_controllers()?;
+    make_spares()
+}
+
+/// The kernel's highest capability number, read once (as init starts, so that a VM
+/// resumed from a boot snapshot knows it).
+fn cap_last() -> u32 {
+    static CAP_LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *CAP_LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40)
+    })
+}
+
+fn make_spares() -> io::Result<()> {
+    make_spare_cgroup()?;
+    let mut spare = SPARE_DEV.locked();
+    if spare.is_none() {
+        let dir = Path::new(SPARE_DEV_DIR);
+        std::fs::create_dir_all(dir)?;
+        if let Err(e) = make_dev(dir) {
+            let _ = umount_tree(dir);
+            return Err(e);
+        }
+        *spare = Some(dir.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Enabling controllers that are enabled already is harmless.
+fn enable_controllers() -> io::Result<()> {
+    let control = Path::new(CGROUP_ROOT).join("cgroup.subtree_control");
+    std::fs::write(control, "+memory +cpu +pids")
+}
+
+fn make_spare_cgroup() -> io::Result<()> {
+    let mut spare = SPARE_CGROUP.locked();
+    if spare.is_none() {
+        let dir = Path::new(CGROUP_ROOT).join("ctr.spare");
+        new_cgroup(&dir)?;
+        *spare = Some(dir);
+    }
+    Ok(())
+}
+
+fn new_cgroup(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir(dir)?;
+    // No swap in the guest, but say so explicitly in case a kernel has it.
+    let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+    Ok(())
 }
 
 /// Writes the limits given (Some) into the cgroup `dir`; Some(0) removes one.
@@ -310,6 +415,10 @@ pub async fn remove(ctr: &Container) -> io::Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
         std::fs::remove_dir(&ctr.cgroup)?;
+        // The next container of this VM (a pooled VM's after its warm-up, a pod's next
+        // member) finds spares ready too. Best effort: without them, that container
+        // makes its own.
+        let _ = make_spares();
     }
     // Lazily: nothing of the container uses its files any more. Every mount below its
     // directory goes, deepest first: its root (a pod member's is a host directory
@@ -949,10 +1058,7 @@ pub fn start_process(
             .ok_or_else(|| StartError::InvalidSpec(format!("unknown rlimit {:?}", r.resource)))?;
         rlimits.push((res, r.soft, r.hard));
     }
-    let cap_last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40);
+    let cap_last = cap_last();
 
     let security = process_security(ctr, req, join.is_some());
     let cgroup_dir =

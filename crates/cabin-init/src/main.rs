@@ -156,6 +156,9 @@ fn main() {
         if let Err(e) = network::scan() {
             log(&format!("looking up the network card: {e}"));
         }
+        if let Err(e) = container::prepare_spares() {
+            log(&format!("preparing a container's cgroup and /dev: {e}"));
+        }
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
         if let Err(e) = network::configure_at_boot(&cmdline) {
             log(&format!("configuring the network card: {e}"));
