@@ -20,8 +20,9 @@ use sha2::{Digest, Sha256};
 /// file is sparse: unused space costs nothing on the host.
 pub const WRITABLE_HEADROOM: u64 = 2 << 30;
 
-/// Bumped whenever what `build` puts into an image changes (2: mount points added).
-const IMAGE_LAYOUT_VERSION: u32 = 2;
+/// Bumped whenever what `build` puts into an image changes (2: mount points added; 3:
+/// /etc's mount points too).
+const IMAGE_LAYOUT_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -413,16 +414,43 @@ fn mkfs_at(
 /// writes them into the image without mounting it.
 const MOUNT_POINTS: &[&str] = &["proc", "sys", "dev", "tmp"];
 
-fn add_mount_points(dir: &Path, image: &Path) -> Result<(), BuildFailure> {
-    let missing: Vec<&str> = MOUNT_POINTS
+/// The files in /etc the guest binds each container's own over (as Docker's "init
+/// layer" has them): empty, where the tree has none, for the same reason.
+const ETC_MOUNT_POINTS: &[&str] = &["hostname", "hosts", "resolv.conf"];
+
+/// The debugfs commands that add the mount points `dir` lacks.
+fn mount_point_script(dir: &Path) -> String {
+    let missing = |p: &Path| fs::symlink_metadata(p).is_err();
+    let mut script: String = MOUNT_POINTS
         .iter()
-        .copied()
-        .filter(|d| fs::symlink_metadata(dir.join(d)).is_err())
+        .filter(|d| missing(&dir.join(d)))
+        .map(|d| format!("mkdir /{d}\n"))
         .collect();
-    if missing.is_empty() {
+    // Only into a real /etc (or a new one): an /etc that is a symlink leads elsewhere.
+    let etc = dir.join("etc");
+    let etc_is_dir = match fs::symlink_metadata(&etc) {
+        Ok(m) => m.is_dir(),
+        Err(_) => {
+            script.push_str("mkdir /etc\n");
+            true
+        }
+    };
+    if etc_is_dir {
+        for f in ETC_MOUNT_POINTS.iter().filter(|f| missing(&etc.join(f))) {
+            // debugfs writes into its current directory; /dev/null is an empty source.
+            script.push_str(&format!(
+                "cd /etc\nwrite /dev/null {f}\nsif {f} mode 0100644\nsif {f} uid 0\nsif {f} gid 0\n"
+            ));
+        }
+    }
+    script
+}
+
+fn add_mount_points(dir: &Path, image: &Path) -> Result<(), BuildFailure> {
+    let script = mount_point_script(dir);
+    if script.is_empty() {
         return Ok(());
     }
-    let script: String = missing.iter().map(|d| format!("mkdir /{d}\n")).collect();
     let mut child = Command::new("debugfs")
         .args([OsStr::new("-w"), OsStr::new("-f"), OsStr::new("-")])
         .arg(image)
@@ -474,6 +502,28 @@ mod tests {
     }
 
     #[test]
+    fn mount_points_are_added_only_where_the_tree_has_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        for d in ["proc", "etc"] {
+            fs::create_dir(t.path().join(d)).unwrap();
+        }
+        fs::write(t.path().join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+        // A symlink is left alone even when it leads nowhere.
+        std::os::unix::fs::symlink("/run/resolv.conf", t.path().join("etc/resolv.conf")).unwrap();
+        std::os::unix::fs::symlink("/nowhere", t.path().join("tmp")).unwrap();
+        let script = mount_point_script(t.path());
+        assert_eq!(
+            script,
+            "mkdir /sys\nmkdir /dev\ncd /etc\nwrite /dev/null hostname\n\
+             sif hostname mode 0100644\nsif hostname uid 0\nsif hostname gid 0\n"
+        );
+        // An /etc that is a symlink gets nothing: it leads out of the tree.
+        fs::remove_dir_all(t.path().join("etc")).unwrap();
+        std::os::unix::fs::symlink("/etc", t.path().join("etc")).unwrap();
+        assert_eq!(mount_point_script(t.path()), "mkdir /sys\nmkdir /dev\n");
+    }
+
+    #[test]
     fn builds_once_then_reuses_and_rebuilds_on_change() {
         let t = tempfile::tempdir().unwrap();
         let (src, cache) = (t.path().join("src"), t.path().join("cache"));
@@ -519,6 +569,25 @@ mod tests {
                     && l.contains(" 40755 ")
                     && l.split_whitespace().last() == Some(*d)),
                 "/{d} missing in:\n{listing}"
+            );
+        }
+        // And /etc's, empty files owned by root.
+        let out = Command::new("debugfs")
+            .args(["-R", "ls -l /etc"])
+            .arg(&c.path)
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&out.stdout);
+        for f in ETC_MOUNT_POINTS {
+            assert!(
+                listing.lines().any(|l| {
+                    let w: Vec<&str> = l.split_whitespace().collect();
+                    // inode, mode, (links), uid, gid, size, date, time, name
+                    w.get(1) == Some(&"100644")
+                        && w.get(3..6) == Some(&["0", "0", "0"][..])
+                        && w.last() == Some(f)
+                }),
+                "/etc/{f} missing in:\n{listing}"
             );
         }
         let leftovers: Vec<_> = fs::read_dir(&cache)
