@@ -15,6 +15,23 @@ start_private_dockerd() {
   return 1
 }
 
+# runs_and_command DEFAULT_N ARGS...: for scripts taking `[N] [-- CMD...]`: sets N (the
+# first argument, else DEFAULT_N) and CMD (what follows `--`, else `true`).
+runs_and_command() {
+  N=${2:-$1}
+  shift 2 || shift $#
+  [ "${1:-}" = "--" ] && shift
+  CMD=("${@:-true}")
+}
+
+# cabin_binary: the cabin to measure, CABIN_BIN or this checkout's release build (built
+# if missing).
+cabin_binary() {
+  local c=${CABIN_BIN:-target/release/cabin}
+  [ -x "$c" ] || cargo build --release --locked -p cabin-cli >/dev/null
+  echo "$c"
+}
+
 # host_accel CABIN: the accelerator cabin (the binary CABIN) picks on this host.
 host_accel() {
   "$1" system info --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["accelerator"])'

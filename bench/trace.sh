@@ -5,11 +5,9 @@
 # usage: bench/trace.sh [N] [-- CMD...]   (default: 8 runs of `true` in a busybox tree)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:-8}
-shift || true
-[ "${1:-}" = "--" ] && shift
-cabin=${CABIN_BIN:-target/release/cabin}
-[ -x "$cabin" ] || cargo build --release --locked -p cabin-cli >/dev/null
+source bench/lib.sh
+runs_and_command 8 "$@"
+cabin=$(cabin_binary)
 work=$(mktemp -d /tmp/cabin-trace.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 export CABIN_DATA_DIR="$work/data"
@@ -20,7 +18,7 @@ args="${CABIN_KERNEL_ARGS:-} cabin.trace"
 CABIN_SNAPSHOTS=off "$cabin" run --rm --rootfs "$work/rootfs" true 2>/dev/null
 CABIN_KERNEL_ARGS="$args" "$cabin" system prepare >/dev/null 2>&1 || true
 
-python3 - "$cabin" "$work" "$N" "$@" <<'PY'
+python3 - "$cabin" "$work" "$N" "${CMD[@]}" <<'PY'
 import os, re, statistics, subprocess, sys
 cabin, work, n, cmd = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:] or ["true"]
 console = os.path.join(work, "console.log")

@@ -10,11 +10,9 @@
 # usage: bench/translated.sh [N] [-- CMD...]   (default: 5 runs of `true`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:-5}
-shift || true
-[ "${1:-}" = "--" ] && shift
-cabin=${CABIN_BIN:-target/release/cabin}
-[ -x "$cabin" ] || cargo build --release --locked -p cabin-cli >/dev/null
+source bench/lib.sh
+runs_and_command 5 "$@"
+cabin=$(cabin_binary)
 qemu=$(command -v qemu-system-x86_64)
 work=$(mktemp -d /tmp/cabin-translated.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -38,7 +36,7 @@ CABIN_SNAPSHOTS=off "$cabin" run --rm --rootfs "$work/rootfs" true >/dev/null 2>
 "$cabin" system prepare >/dev/null 2>&1
 rm -f "$work"/logs/*
 for _ in $(seq "$N"); do
-  "$cabin" run --rm --rootfs "$work/rootfs" "${@:-true}" >/dev/null 2>&1 || true
+  "$cabin" run --rm --rootfs "$work/rootfs" "${CMD[@]}" >/dev/null 2>&1 || true
 done
 python3 - "$work/logs" "$N" <<'PY'
 import os, re, statistics, sys

@@ -547,22 +547,17 @@ mod tests {
         assert!(c.built);
         assert_ne!(a.fingerprint, c.fingerprint);
         // The image really holds the tree (debugfs reads ext4 without mounting it).
-        let out = Command::new("debugfs")
-            .args(["-R", "cat /bin/hello"])
-            .arg(&c.path)
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "#!/bin/sh\necho changed\n"
-        );
+        let debugfs = |request: &str| {
+            let out = Command::new("debugfs")
+                .args(["-R", request])
+                .arg(&c.path)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert_eq!(debugfs("cat /bin/hello"), "#!/bin/sh\necho changed\n");
         // The guest's mount points were added although the tree has none of them.
-        let out = Command::new("debugfs")
-            .args(["-R", "ls -l /"])
-            .arg(&c.path)
-            .output()
-            .unwrap();
-        let listing = String::from_utf8_lossy(&out.stdout);
+        let listing = debugfs("ls -l /");
         for d in MOUNT_POINTS {
             assert!(
                 listing.lines().any(|l| l.starts_with(' ')
@@ -572,12 +567,7 @@ mod tests {
             );
         }
         // And /etc's, empty files owned by root.
-        let out = Command::new("debugfs")
-            .args(["-R", "ls -l /etc"])
-            .arg(&c.path)
-            .output()
-            .unwrap();
-        let listing = String::from_utf8_lossy(&out.stdout);
+        let listing = debugfs("ls -l /etc");
         for f in ETC_MOUNT_POINTS {
             assert!(
                 listing.lines().any(|l| {
