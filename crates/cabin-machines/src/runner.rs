@@ -659,6 +659,7 @@ async fn resume(
             &mut qmp,
             migration::Source::Handed(&state),
             migration::Ram::InStream,
+            migration::Announce::Yes,
         )
         .await?;
         qmp.execute("cont", None).await.map(drop)

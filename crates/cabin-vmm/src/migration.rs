@@ -59,10 +59,35 @@ pub enum Source<'a, F: AsFd> {
     Handed(&'a F),
 }
 
+/// Whether QEMU announces the VM's network card once its state is in, as after a live
+/// migration (gratuitous ARPs from QEMU and, through virtio-net, from the guest, five
+/// rounds over the first second).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    /// A VM that comes back with its own card and address (a suspended full VM).
+    Yes,
+    /// A VM resumed from a template, whose card gets its own MAC from the guest: an
+    /// announcement would carry the template's, and the guest would run cold network
+    /// code for nothing.
+    No,
+}
+
 /// Loads a saved state into a QEMU started with `-incoming defer` and waits until it is
 /// in. The VM runs by itself afterwards unless QEMU was started with `-S`.
-pub async fn load<F: AsFd>(qmp: &mut Qmp, source: Source<'_, F>, ram: Ram) -> io::Result<()> {
+pub async fn load<F: AsFd>(
+    qmp: &mut Qmp,
+    source: Source<'_, F>,
+    ram: Ram,
+    announce: Announce,
+) -> io::Result<()> {
     set_capabilities(qmp, ram, true).await?;
+    if announce == Announce::No {
+        qmp.execute(
+            "migrate-set-parameters",
+            Some(json!({"announce-rounds": 0})),
+        )
+        .await?;
+    }
     let uri = match source {
         Source::Inherited(fd) => format!("fd:{fd}"),
         Source::Handed(file) => {

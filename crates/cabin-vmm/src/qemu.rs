@@ -1074,7 +1074,8 @@ impl RunningVm for QemuVm {
         }
         let ram = self.ram();
         let qmp = self.monitor.as_mut().expect("just set");
-        migration::load::<std::fs::File>(qmp, migration::Source::Inherited(RESTORE_FD), ram).await
+        let source = migration::Source::Inherited(RESTORE_FD);
+        migration::load::<std::fs::File>(qmp, source, ram, migration::Announce::No).await
     }
 
     async fn kill(&mut self) -> io::Result<VmExit> {
