@@ -135,9 +135,9 @@ fn parse_cidr(s: &str) -> io::Result<(Ipv4Addr, u8)> {
     Ok((ip, prefix))
 }
 
-/// The address and gateway the card was last given (as the host spelled them): a
-/// container asking for the same again only gets its MAC address set.
-static GIVEN: Mutex<Option<(String, String)>> = Mutex::new(None);
+/// The address, prefix length and gateway the card was last given: a container asking
+/// for the same again only gets its MAC address set.
+static GIVEN: Mutex<Option<(Ipv4Addr, u8, Option<Ipv4Addr>)>> = Mutex::new(None);
 
 /// Configures the card as the kernel command line's `cabin.net=ADDRESS/PREFIX,GATEWAY`
 /// says (a VM on QEMU's user-mode network), if it says so. Done as init starts, before a
@@ -202,7 +202,14 @@ pub fn configure(cfg: &NetworkConfig) -> io::Result<()> {
         ioctl(&sock, libc::SIOCSIFHWADDR, &mut r, "set the MAC address")?;
     }
     let (ip, prefix) = parse_cidr(&cfg.address)?;
-    let wanted = Some((cfg.address.clone(), cfg.gateway.clone()));
+    let gateway = match cfg.gateway.as_str() {
+        "" => None,
+        g => Some(
+            g.parse::<Ipv4Addr>()
+                .map_err(|_| io::Error::other(format!("invalid gateway {g:?}")))?,
+        ),
+    };
+    let wanted = Some((ip, prefix, gateway));
     if *GIVEN.locked() == wanted && is_up_with(&sock, &name, ip)? {
         return Ok(());
     }
@@ -218,11 +225,7 @@ pub fn configure(cfg: &NetworkConfig) -> io::Result<()> {
     r.ifr_ifru.ifru_netmask = sockaddr_in(Ipv4Addr::from(mask));
     ioctl(&sock, libc::SIOCSIFNETMASK, &mut r, "set the netmask")?;
     up(&sock, &name)?;
-    if !cfg.gateway.is_empty() {
-        let gw: Ipv4Addr = cfg
-            .gateway
-            .parse()
-            .map_err(|_| io::Error::other(format!("invalid gateway {:?}", cfg.gateway)))?;
+    if let Some(gw) = gateway {
         // SAFETY: rtentry is plain old data; all zeroes is a valid value.
         let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
         rt.rt_dst = sockaddr_in(Ipv4Addr::UNSPECIFIED);
