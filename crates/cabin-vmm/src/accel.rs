@@ -106,17 +106,34 @@ impl AccelChoice {
 
 impl HostProbe {
     pub fn read() -> HostProbe {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let hw_virt = cpuinfo
-            .lines()
-            .filter(|l| l.starts_with("flags"))
-            .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
         HostProbe {
             kvm_device: probe_kvm_device(),
-            hw_virt,
+            hw_virt: cpu_has_hw_virt(),
             pvm: std::path::Path::new("/sys/module/kvm_pvm").exists(),
         }
     }
+}
+
+/// Whether the CPU advertises VMX or SVM. Read once per process (it cannot change) and
+/// from the first CPU's record only: the kernel writes /proc/cpuinfo as it is read, a
+/// record per CPU, and a whole one is hundreds of kilobytes on a large host, which one
+/// `cabin run` would otherwise have made for each VM it considers.
+fn cpu_has_hw_virt() -> bool {
+    static HW_VIRT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HW_VIRT.get_or_init(|| {
+        std::fs::File::open("/proc/cpuinfo")
+            .map(|f| first_flags_have_hw_virt(std::io::BufReader::new(f)))
+            .unwrap_or(false)
+    })
+}
+
+/// The first `flags` line of a /proc/cpuinfo text names vmx or svm.
+fn first_flags_have_hw_virt(cpuinfo: impl std::io::BufRead) -> bool {
+    cpuinfo
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("flags"))
+        .is_some_and(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
 }
 
 fn probe_kvm_device() -> Result<i32, String> {
@@ -233,5 +250,17 @@ mod tests {
         assert_eq!("KVM".parse(), Ok(AccelRequest::Force(Accel::Kvm)));
         assert_eq!("tcg".parse(), Ok(AccelRequest::Force(Accel::Tcg)));
         assert!("hvf".parse::<AccelRequest>().is_err());
+    }
+
+    #[test]
+    fn hardware_virtualisation_is_read_from_the_first_cpus_flags() {
+        let vmx = "processor\t: 0\nflags\t\t: fpu vme vmx sse\n\nprocessor\t: 1\nflags\t\t: fpu\n";
+        assert!(first_flags_have_hw_virt(vmx.as_bytes()));
+        let svm = "processor\t: 0\nflags\t\t: fpu svm\n";
+        assert!(first_flags_have_hw_virt(svm.as_bytes()));
+        // a flag that merely contains the letters does not count
+        let none = "processor\t: 0\nflags\t\t: fpu vmx_ept svmlock\n";
+        assert!(!first_flags_have_hw_virt(none.as_bytes()));
+        assert!(!first_flags_have_hw_virt("".as_bytes()));
     }
 }
