@@ -38,6 +38,11 @@ pub enum SuperviseError {
     Spec(#[from] SpecError),
     #[error("container {0} already has a supervisor")]
     Taken(String),
+    /// The start this supervisor was made for has been served already: the record no
+    /// longer says "created" (a pool member took the container after its requester had
+    /// given up waiting and started a supervisor of its own, say).
+    #[error("container {0} is not waiting to be started (another supervisor ran it)")]
+    NotPending(String),
     #[error("container {id}: {what}: {source}")]
     Io {
         id: String,
@@ -100,6 +105,12 @@ impl<'h> Charge<'h> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let mut record = store.load(id)?;
+        // Every start marks the record created before it asks for a supervisor, and a
+        // supervisor's run leaves it running or exited: so exactly one supervisor runs
+        // each start, however many were asked.
+        if record.status != Status::Created {
+            return Err(SuperviseError::NotPending(id.to_string()));
+        }
         let dir = store.container_dir(id);
         let io = |what: &'static str| {
             move |source| SuperviseError::Io {
@@ -142,6 +153,11 @@ impl<'h> Charge<'h> {
             log,
             listener,
         })
+    }
+
+    /// The container's spec as this supervisor runs it.
+    pub fn spec(&self) -> &ContainerSpec {
+        &self.cfg
     }
 
     /// Runs the container to its end, restarting it as its restart policy says; its
@@ -723,4 +739,58 @@ async fn run_once(
         failed_start: false,
         dying,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Record;
+    use cabin_base::Paths;
+
+    fn record(status: Status) -> Record {
+        Record {
+            id: String::new(),
+            name: String::new(),
+            root: "busybox:latest".into(),
+            command: vec!["true".into()],
+            created_unix: now_unix(),
+            status,
+            auto_remove: false,
+            labels: vec![],
+            restart_count: 0,
+            init: false,
+            stdin: false,
+            network: None,
+            volumes: vec![],
+            lost: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_supervisor_asked_for_a_start_already_served_refuses_to_run_it_again() {
+        let t = tempfile::tempdir().unwrap();
+        let host = Host::with_paths(Paths::at(t.path()));
+        let store = Store::open(&host.paths).unwrap();
+        for status in [
+            Status::Exited {
+                code: 0,
+                reason: None,
+                finished_unix: now_unix(),
+            },
+            Status::Running {
+                supervisor_pid: std::process::id(),
+                started_unix: now_unix(),
+                paused: false,
+            },
+        ] {
+            let r = store.create(record(status), None).unwrap();
+            match Charge::take(&host, &r.id, false).await {
+                Err(SuperviseError::NotPending(id)) => assert_eq!(id, r.id),
+                Err(e) => panic!("wrong refusal: {e}"),
+                Ok(_) => panic!("took charge of a start that was served already"),
+            }
+            // the refusal changed nothing
+            assert_eq!(store.load(&r.id).unwrap().status, r.status);
+        }
+    }
 }
