@@ -461,7 +461,6 @@ async fn serve(host: &Host, args: ServeArgs) -> Result<i32, Failure> {
             return std::future::pending().await;
         }
         let shape = cabin_containers::pool::common_shape(accel.into());
-        report::log_info(&format!("pool of {pool} warm VMs started"));
         let report: cabin_containers::pool::Report = Box::new(|m: &str| report::log_info(m));
         match cabin_containers::pool::serve(host.clone(), pool, shape, report).await {
             Ok(()) => std::future::pending().await,

@@ -203,7 +203,7 @@ fn a_warm_pool_runs_containers_apart_keeps_its_size_and_its_vms_die_with_the_ser
     let victim = std::fs::read_to_string(waiting_vms(&data)[0].join("vmm.pid")).unwrap();
     // SAFETY: killing a QEMU process this test's server started.
     unsafe { libc::kill(victim.trim().parse().unwrap(), libc::SIGKILL) };
-    server.wait_for_log("a waiting VM died; replacing it", 1);
+    server.wait_for_log("a waiting VM died; replacing it (QEMU was killed by", 1);
     server.wait_for_log("pool: VM ready", 10);
     assert_eq!(waiting_vms(&data).len(), 2, "{}", server.text());
 

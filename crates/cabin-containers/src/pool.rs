@@ -74,9 +74,19 @@ pub fn poolable(cfg: &ContainerSpec) -> Option<VmShape> {
         return None;
     }
     let shape = normal(VmShape::of(cfg));
-    // A pod's sandbox has its pod's share, a device a pooled VM lacks; a member has
-    // no VM of its own (its network is none, too).
-    (shape.shares == 0 && shape.volumes == 0 && !shape.pod_sandbox).then_some(shape)
+    pooled_kind(&shape).then_some(shape)
+}
+
+/// Whether a pooled VM can have `shape`: no device a container brings (shared folders,
+/// volumes; a pod's sandbox has its pod's share, and a member has no VM of its own),
+/// the user-mode network, the accelerator decided. A shape a requester sends is
+/// checked with this before the pool starts VMs of it.
+fn pooled_kind(shape: &VmShape) -> bool {
+    shape.shares == 0
+        && shape.volumes == 0
+        && !shape.pod_sandbox
+        && shape.network == NetworkMode::User
+        && matches!(shape.accel, AccelRequest::Force(_))
 }
 
 /// `shape` with the accelerator decided, so that "auto" and the choice it makes are
@@ -109,9 +119,19 @@ struct Reply {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum FromMember {
-    Ready { vmm_pid: u32 },
-    Failed { reason: String },
-    Took { id: String },
+    Ready {
+        vmm_pid: u32,
+    },
+    Failed {
+        reason: String,
+    },
+    Took {
+        id: String,
+    },
+    /// Its VM died while it waited (said just before the member ends).
+    Died {
+        reason: String,
+    },
 }
 
 /// What the pool tells a member.
@@ -162,7 +182,15 @@ pub async fn member(host: &Host, shape: &VmShape) -> Result<(), MemberError> {
     let link = UnixStream::from_std(link).map_err(MemberError::Link)?;
     let (read, mut write) = link.into_split();
     let mut read = BufReader::new(read.take(MAX_LINE));
-    let mut warm = match WarmVm::start(host, shape).await {
+    let mut line = String::new();
+    // The pool says nothing to a member before it is ready: anything read here, its
+    // end-of-file above all, means the pool is gone (a server killed while the VM
+    // resumes). Dropping the start then stops the VM at once.
+    let started = tokio::select! {
+        started = WarmVm::start(host, shape) => started,
+        _ = read.read_line(&mut line) => return Ok(()),
+    };
+    let mut warm = match started {
         Ok(w) => w,
         Err(e) => {
             let reason = e.to_string();
@@ -178,10 +206,15 @@ pub async fn member(host: &Host, shape: &VmShape) -> Result<(), MemberError> {
     )
     .await
     .map_err(MemberError::Link)?;
-    let mut line = String::new();
+    // The VM's end first: a take that arrives as the VM dies is not taken (the
+    // requester then starts a VM of its own) rather than failed.
     let told = tokio::select! {
+        biased;
+        why = warm.died() => {
+            let _ = say(&mut write, &FromMember::Died { reason: why.clone() }).await;
+            return Err(MemberError::Died(why));
+        }
         r = read.read_line(&mut line) => r.ok().filter(|n| *n > 0).and_then(|_| serde_json::from_str::<Take>(&line).ok()),
-        why = warm.died() => return Err(MemberError::Died(why)),
     };
     let Some(Take { take: id }) = told.filter(|t| valid_id(&t.take)) else {
         warm.discard().await;
@@ -197,6 +230,13 @@ pub async fn member(host: &Host, shape: &VmShape) -> Result<(), MemberError> {
             return Err(MemberError::Supervise(e));
         }
     };
+    // The container's VM must be this VM's shape whatever the requester said (one of
+    // another cabin version, say): its devices and memory come with the shape.
+    if poolable(charge.spec()).as_ref() != Some(shape) {
+        drop(charge);
+        warm.discard().await;
+        return Err(MemberError::Mismatch(id));
+    }
     let _ = say(&mut write, &FromMember::Took { id: id.clone() }).await;
     drop((read, write));
     charge.run(Some(warm)).await.map_err(MemberError::Supervise)
@@ -239,14 +279,16 @@ pub enum MemberError {
     Died(String),
     #[error(transparent)]
     Supervise(crate::supervisor::SuperviseError),
+    #[error("container {0} was asked for on a VM of another shape than its own")]
+    Mismatch(String),
 }
 
 /// Why a pool could not be kept.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("a pool's VMs resume from boot snapshots, which CABIN_SNAPSHOTS=off turns off")]
+    #[error("a pool's VMs resume from boot snapshots, which CABIN_SNAPSHOTS=off turns off: unset it, or serve without --pool")]
     NoSnapshots,
-    #[error("another cabin serve keeps a pool for this data directory ({0})")]
+    #[error("another cabin serve keeps a pool for this data directory ({0}): stop it, or serve without --pool")]
     Taken(PathBuf),
     #[error("the pool's socket {path}: {source}")]
     Socket {
@@ -260,7 +302,8 @@ enum Event {
     Ready(u64, u32),
     Failed(u64, String),
     Took(u64),
-    Gone(u64),
+    /// A member's link closed; why its VM died, when it said.
+    Gone(u64, Option<String>),
     Take(Request, oneshot::Sender<bool>),
     Refill,
 }
@@ -269,6 +312,9 @@ enum State {
     Starting,
     Idle,
     Taking(oneshot::Sender<bool>),
+    /// Told to stop its VM (the pool makes room for another shape): still counted
+    /// until its link closes, so that its replacement never runs beside it.
+    Leaving,
 }
 
 struct Member {
@@ -320,6 +366,7 @@ pub async fn serve(
         report(&format!("pool: the boot snapshot its VMs resume from: {e}"));
     }
     let listener = UnixListener::bind(&sock).map_err(fail)?;
+    report(&format!("pool of {size} warm VMs started"));
     let (events, mut inbox) = mpsc::unbounded_channel::<Event>();
     let accept = {
         let events = events.clone();
@@ -394,14 +441,21 @@ pub async fn serve(
                     let _ = reply.send(true);
                 }
             }
-            Event::Gone(id) => {
+            Event::Gone(id, why) => {
                 if let Some(m) = members.remove(&id) {
                     match m.state {
                         State::Taking(reply) => {
                             let _ = reply.send(false);
                         }
                         State::Starting => failures += 1,
-                        State::Idle => report("pool: a waiting VM died; replacing it"),
+                        State::Leaving => {}
+                        State::Idle => report(&match why {
+                            Some(why) => format!(
+                                "pool: a waiting VM died; replacing it ({})",
+                                why.lines().next().unwrap_or_default()
+                            ),
+                            None => "pool: a waiting VM died; replacing it".into(),
+                        }),
                     }
                 }
             }
@@ -410,7 +464,7 @@ pub async fn serve(
                     .iter()
                     .find(|(_, m)| matches!(m.state, State::Idle) && m.shape == request.shape)
                     .map(|(id, _)| *id)
-                    .filter(|_| valid_id(&request.id));
+                    .filter(|_| valid_id(&request.id) && pooled_kind(&request.shape));
                 match found {
                     Some(id) => {
                         let m = members.get_mut(&id).expect("found above");
@@ -432,7 +486,10 @@ pub async fn serve(
                         // The pool follows demand: the VMs it starts next have the shape
                         // last asked for, and when it is full a waiting VM of another
                         // shape makes room (its link closes: it stops its VM).
-                        if valid_id(&request.id) && request.shape != wanted {
+                        if valid_id(&request.id)
+                            && pooled_kind(&request.shape)
+                            && request.shape != wanted
+                        {
                             report("pool: a container of another VM shape came; the pool's next VMs take that shape");
                             wanted = request.shape;
                         }
@@ -441,8 +498,10 @@ pub async fn serve(
                                 .iter()
                                 .find(|(_, m)| matches!(m.state, State::Idle) && m.shape != wanted)
                                 .map(|(id, _)| *id);
-                            if let Some(other) = other {
-                                members.remove(&other);
+                            if let Some(m) = other.and_then(|id| members.get_mut(&id)) {
+                                // Its link's end: it stops its VM and ends.
+                                let _ = m.write.shutdown().await;
+                                m.state = State::Leaving;
                             }
                         }
                     }
@@ -513,8 +572,12 @@ fn spawn_member(
                     let _ = events.send(Event::Took(id));
                     return;
                 }
+                Some(FromMember::Died { reason }) => {
+                    let _ = events.send(Event::Gone(id, Some(reason)));
+                    return;
+                }
                 None => {
-                    let _ = events.send(Event::Gone(id));
+                    let _ = events.send(Event::Gone(id, None));
                     return;
                 }
             };
@@ -578,6 +641,24 @@ mod tests {
             guest_port: 80,
         });
         assert_eq!(poolable(&published), None);
+    }
+
+    #[test]
+    fn a_shape_a_requester_sends_is_kept_only_when_a_pooled_vm_can_have_it() {
+        let common = common_shape(AccelRequest::Auto);
+        assert!(pooled_kind(&common));
+        let changed: [fn(&mut VmShape); 5] = [
+            |s| s.shares = 1,
+            |s| s.volumes = 2,
+            |s| s.pod_sandbox = true,
+            |s| s.network = NetworkMode::Bridge,
+            |s| s.accel = AccelRequest::Auto,
+        ];
+        for change in changed {
+            let mut s = common.clone();
+            change(&mut s);
+            assert!(!pooled_kind(&s), "{s:?}");
+        }
     }
 
     #[test]
