@@ -241,7 +241,13 @@ fn a_damaged_snapshot_is_removed_and_the_run_boots() {
     std::fs::write(&state, &whole[..whole.len() / 3]).unwrap();
     boots_with_notice(&data, "its state file changed on disk");
     assert!(!memory.exists() && !description.exists());
-    assert_eq!(rebuilt(&state), std::fs::metadata(&state).unwrap().len());
+    // Rebuilt in the background, whole: its state as its description says.
+    rebuilt(&state);
+    let d: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&description).unwrap()).unwrap();
+    let rebuilt_state = std::fs::read(&state).unwrap();
+    assert_eq!(d["state_bytes"], rebuilt_state.len() as u64, "{d}");
+    assert_eq!(d["state_digest"], sha256_hex(&rebuilt_state), "{d}");
 
     // A page of the memory file changed on disk: found out as the memory is loaded
     // (this data directory's memory holder has not loaded this template yet).

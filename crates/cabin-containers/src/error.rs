@@ -54,6 +54,12 @@ pub enum RunError {
         message: String,
         console: ConsoleExcerpt,
     },
+    /// The VM did not come up in time: it may have been only slow (a loaded host).
+    #[error("{message}{console}")]
+    VmTimeout {
+        message: String,
+        console: ConsoleExcerpt,
+    },
     #[error("{0}")]
     Agent(String),
     #[error("{0}")]

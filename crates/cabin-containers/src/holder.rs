@@ -70,7 +70,7 @@ pub fn memory(host: &Host, t: &Template) -> Result<OwnedFd, MemoryError> {
         Err(MemoryError::Failed(_)) => match snapshot::load_memory(t) {
             Ok(f) => Ok(f.into()),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                snapshot::discard(&host.paths, &t.key);
+                snapshot::discard(&host.paths, t);
                 Err(MemoryError::Gone(e.to_string()))
             }
             Err(e) => Err(MemoryError::Failed(format!(
@@ -253,7 +253,7 @@ fn serve(
             r
         }
         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-            snapshot::discard(paths, key);
+            snapshot::discard(paths, &t);
             reply(format!("gone {e}\n"), None)
         }
         Err(e) => reply(format!("error loading the template's memory: {e}\n"), None),

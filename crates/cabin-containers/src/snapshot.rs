@@ -44,6 +44,8 @@ pub const DISK_BYTES: u64 = 1 << 40;
 
 /// How long a template VM may take to boot before the build gives up.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a build may take in all (its VM's boot, then the save).
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(150);
 
 /// The files a VM's template depends on besides its command line.
 fn dependencies(qemu: &Qemu, spec: &MicroVmSpec) -> [PathBuf; 3] {
@@ -118,15 +120,49 @@ struct Manifest {
     made_from: Vec<String>,
 }
 
-/// A template that checked out: its state file and what its memory must be.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A template that checked out: its saved state, read and checked, and what its memory
+/// must be.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Template {
     pub key: String,
-    pub state: PathBuf,
+    /// The state file's bytes as checked against the description: what a VM resumes
+    /// from ([`Template::state_file`]), never the file read again.
+    state: Vec<u8>,
+    state_digest: String,
     pub memory: PathBuf,
     pub memory_bytes: u64,
     pub memory_digest: String,
 }
+
+impl std::fmt::Debug for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Template")
+            .field("key", &self.key)
+            .field("state_bytes", &self.state.len())
+            .field("memory", &self.memory)
+            .field("memory_digest", &self.memory_digest)
+            .finish()
+    }
+}
+
+impl Template {
+    /// The checked state in a sealed memory file of its own, at offset 0, for one VM
+    /// to resume from: a state file changed or replaced after the check cannot reach
+    /// QEMU.
+    pub fn state_file(&self) -> io::Result<OwnedFd> {
+        use std::io::{Seek, Write};
+        let mut f = cabin_base::memfd::create(c"cabin-saved-state")?;
+        f.write_all(&self.state)?;
+        f.rewind()?;
+        cabin_base::memfd::freeze(&f)?;
+        Ok(f.into())
+    }
+}
+
+/// The largest state file a template may have: a container VM's device state is tens
+/// of kilobytes (its RAM is in the memory file); a description claiming more is not
+/// believed, nor read.
+const MAX_STATE_BYTES: u64 = 64 << 20;
 
 /// What [`find`] found for a key.
 #[derive(Debug, PartialEq, Eq)]
@@ -159,16 +195,26 @@ fn find_in(dir: &Path, key: &str) -> Found {
     }
 }
 
-fn check(dir: &Path, key: &str) -> Result<Template, String> {
-    let manifest: Manifest = cabin_base::files::read_bounded(&file(dir, key, "json"), 64 << 10)
+fn read_manifest(dir: &Path, key: &str) -> Result<Manifest, String> {
+    cabin_base::files::read_bounded(&file(dir, key, "json"), 64 << 10)
         .map_err(|e| format!("its description cannot be read: {e}"))
         .and_then(|b| {
             serde_json::from_slice(&b).map_err(|e| format!("its description is not cabin's: {e}"))
-        })?;
+        })
+}
+
+fn check(dir: &Path, key: &str) -> Result<Template, String> {
+    let manifest = read_manifest(dir, key)?;
     if manifest.version != MANIFEST_VERSION {
         return Err(format!(
             "it was made by another cabin (description version {})",
             manifest.version
+        ));
+    }
+    if manifest.state_bytes > MAX_STATE_BYTES {
+        return Err(format!(
+            "its description claims a state of {} bytes, more than a template has",
+            manifest.state_bytes
         ));
     }
     let state = file(dir, key, "state");
@@ -184,7 +230,8 @@ fn check(dir: &Path, key: &str) -> Result<Template, String> {
     }
     Ok(Template {
         key: key.to_string(),
-        state,
+        state: bytes,
+        state_digest: manifest.state_digest,
         memory,
         memory_bytes: manifest.memory_bytes,
         memory_digest: manifest.memory_digest,
@@ -199,9 +246,17 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Removes a template that could not be used.
-pub fn discard(paths: &Paths, key: &str) {
-    discard_in(&paths.snapshots(), key)
+/// Removes template `t`, which could not be used, unless the template of its key on
+/// disk is another one now (rebuilt since `t` was looked up, by another process): that
+/// one is left alone. A description that cannot be read any more means `t`'s files are
+/// damaged: they go.
+pub fn discard(paths: &Paths, t: &Template) {
+    let dir = paths.snapshots();
+    let replaced = read_manifest(&dir, &t.key)
+        .is_ok_and(|m| m.state_digest != t.state_digest || m.memory_digest != t.memory_digest);
+    if !replaced {
+        discard_in(&dir, &t.key)
+    }
 }
 
 fn discard_in(dir: &Path, key: &str) {
@@ -225,8 +280,8 @@ pub enum Built {
 pub async fn build(paths: &Paths, qemu: &Qemu, spec: &MicroVmSpec) -> io::Result<Built> {
     let key = key(qemu, spec);
     let dir = paths.snapshots();
-    if let Found::Usable(t) = find_in(&dir, &key) {
-        return Ok(Built::AlreadyThere(t.state));
+    if let Found::Usable(_) = find_in(&dir, &key) {
+        return Ok(Built::AlreadyThere(file(&dir, &key, "state")));
     }
     create_private_dir(&dir)?;
     let Some(_lock) = cabin_base::lock::lock_path(
@@ -237,10 +292,10 @@ pub async fn build(paths: &Paths, qemu: &Qemu, spec: &MicroVmSpec) -> io::Result
     else {
         return Ok(Built::InProgress);
     };
-    if let Found::Usable(t) = find_in(&dir, &key) {
-        return Ok(Built::AlreadyThere(t.state));
+    if let Found::Usable(_) = find_in(&dir, &key) {
+        return Ok(Built::AlreadyThere(file(&dir, &key, "state")));
     }
-    remove_partial(&dir);
+    remove_partial(&dir, &key);
     prune_stale(&dir);
 
     let run_dir = RunDir::create(&paths.run_root(), &cabin_base::random::id()?)?;
@@ -504,17 +559,20 @@ fn prune_stale(dir: &Path) {
 }
 
 /// Partial files of builders that died (their lock is free, or we would not be here).
-fn remove_partial(dir: &Path) {
+fn remove_partial(dir: &Path, building: &str) {
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
             if let Some(rest) = name.strip_prefix(".partial-") {
-                let pid = rest
-                    .split_once('-')
-                    .and_then(|(_, p)| p.split('.').next())
-                    .and_then(|p| p.parse::<i32>().ok());
-                if !pid.is_some_and(cabin_base::spawn::process_alive) {
+                let (key, pid) = match rest.split_once('-') {
+                    Some((key, p)) => (key, p.split('.').next().and_then(|p| p.parse().ok())),
+                    None => (rest, None),
+                };
+                // The key being built is this process's, under its lock: whatever of it
+                // is partial was left by a build that ended (this process's own, a
+                // cancelled one, or one whose pid came back), and would block this one.
+                if key == building || !pid.is_some_and(cabin_base::spawn::process_alive) {
                     let _ = fs::remove_file(e.path());
                 }
             }
@@ -664,6 +722,76 @@ mod tests {
         fs::write(file(dir, "k", "state"), "state of a different VM").unwrap();
         assert!(matches!(find_in(dir, "k"), Found::Discarded(why) if why.contains("state")));
         assert_eq!(find_in(dir, "k"), Found::Missing);
+    }
+
+    #[test]
+    fn a_vm_resumes_from_the_state_as_checked_and_only_the_template_looked_up_is_discarded() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = Paths::at(t.path());
+        let dir = paths.snapshots();
+        fs::create_dir_all(&dir).unwrap();
+        template(&dir, "k", Vec::new(), &[1u8; 4096]);
+        let Found::Usable(first) = find_in(&dir, "k") else {
+            panic!("a whole template is usable");
+        };
+        // The state file changed after the check: the VM gets the bytes checked, from
+        // the start of a sealed file.
+        fs::write(file(&dir, "k", "state"), "something else").unwrap();
+        let state = first.state_file().unwrap();
+        assert!(cabin_base::memfd::is_frozen(&state));
+        // SAFETY: lseek on a descriptor this test owns.
+        let offset = unsafe { libc::lseek(state.as_raw_fd(), 0, libc::SEEK_CUR) };
+        assert_eq!(offset, 0);
+        assert_eq!(
+            fs::read(format!("/proc/self/fd/{}", state.as_raw_fd())).unwrap(),
+            b"state of k"
+        );
+        // Rebuilt by another process since it was looked up: discarding the old one
+        // leaves the new one alone.
+        discard_in(&dir, "k");
+        template(&dir, "k", Vec::new(), &[2u8; 4096]);
+        discard(&paths, &first);
+        let Found::Usable(second) = find_in(&dir, "k") else {
+            panic!("the rebuilt template was removed");
+        };
+        assert_ne!(second.memory_digest, first.memory_digest);
+        // The template looked up is removed while it is the one on disk.
+        discard(&paths, &second);
+        assert_eq!(find_in(&dir, "k"), Found::Missing);
+    }
+
+    #[test]
+    fn partial_files_of_the_key_being_built_go_whoever_left_them() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        let me = std::process::id();
+        for name in [
+            format!(".partial-k-{me}.state"),
+            format!(".partial-k-{me}.memory"),
+            format!(".partial-other-{me}.state"),
+            ".partial-other-999999999.state".into(),
+        ] {
+            fs::write(dir.join(name), "x").unwrap();
+        }
+        remove_partial(dir, "k");
+        // another key's build in a live process is left alone; a dead one's is not
+        assert_eq!(names(dir), [format!(".partial-other-{me}.state")]);
+    }
+
+    #[test]
+    fn a_description_claiming_a_huge_state_is_not_believed_nor_read() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        template(dir, "k", Vec::new(), &[1u8; 4096]);
+        let mut m = read_manifest(dir, "k").unwrap();
+        m.state_bytes = u64::MAX;
+        fs::write(file(dir, "k", "json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        assert!(
+            matches!(find_in(dir, "k"), Found::Discarded(why) if why.contains("claims")),
+            "{:?}",
+            names(dir)
+        );
+        assert_eq!(names(dir), Vec::<String>::new());
     }
 
     #[test]

@@ -441,7 +441,14 @@ impl WarmVm {
         let template = match snapshot::find(&host.paths, &key) {
             snapshot::Found::Usable(t) => t,
             _ => {
-                prepare_snapshot(host, shape).await?;
+                // Another process (`cabin system prepare` after a run, say) may be
+                // building it: waited for, as long as a build may take.
+                let deadline = Instant::now() + snapshot::BUILD_TIMEOUT;
+                while prepare_snapshot(host, shape).await? == snapshot::Built::InProgress
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
                 match snapshot::find(&host.paths, &key) {
                     snapshot::Found::Usable(t) => t,
                     _ => {
@@ -455,7 +462,11 @@ impl WarmVm {
         let memory = holder::memory(host, &template).map_err(|e| {
             RunError::Setup(format!("the boot snapshot {key} could not be used: {e}"))
         })?;
-        spec.restore = Some(template.state);
+        spec.restore = Some(Arc::new(
+            template
+                .state_file()
+                .map_err(io_err("copying the boot snapshot's state"))?,
+        ));
         spec.memory = GuestMemory::CopyOnWrite(Arc::new(memory));
         let timings = Timings::start_at(Instant::now());
         let mut me = ContainerVm::launch(&machine, &spec, run_dir, timings, id)?;
@@ -763,12 +774,17 @@ impl ContainerVm {
         let key = snapshot::key(&machine.qemu, &spec);
         let mut missing_snapshot = false;
         let mut boot_notice = None;
+        let mut template = None;
         if host.snapshots {
             match snapshot::find(paths, &key) {
-                snapshot::Found::Usable(t) => match holder::memory(host, &t) {
-                    Ok(memory) => {
-                        spec.restore = Some(t.state);
+                snapshot::Found::Usable(t) => match holder::memory(host, &t)
+                    .map_err(|e| e.to_string())
+                    .and_then(|m| t.state_file().map(|s| (m, s)).map_err(|e| e.to_string()))
+                {
+                    Ok((memory, state)) => {
+                        spec.restore = Some(Arc::new(state));
                         spec.memory = GuestMemory::CopyOnWrite(Arc::new(memory));
+                        template = Some(t);
                     }
                     Err(e) => {
                         boot_notice = Some(format!(
@@ -795,31 +811,39 @@ impl ContainerVm {
         me.attachments = Some(attached);
         me.keeps_layer = cfg.layer.is_some();
         me.keep_console = host.keep_console.clone();
-        let hello = match (me.come_up(cfg.boot_timeout).await, spec.restore.take()) {
-            (Ok(h), _) => h,
-            (Err(e), Some(_)) => {
-                // A snapshot that does not resume (a QEMU upgrade in place, a damaged
-                // file) is removed, and this run boots normally.
-                snapshot::discard(paths, &key);
-                spec.memory = GuestMemory::Private;
-                missing_snapshot = true;
-                boot_notice = Some(format!(
-                    "the boot snapshot {key} could not be resumed ({}); removed it and booting normally",
-                    e.to_string().lines().next().unwrap_or("")
+        spec.restore = None;
+        let hello =
+            match (me.come_up(cfg.boot_timeout).await, template) {
+                (Ok(h), _) => h,
+                (Err(e), Some(t)) => {
+                    // A snapshot that does not resume (a QEMU upgrade in place, a damaged
+                    // file) is removed, and this run boots normally. One that was only slow
+                    // (a loaded host) is kept for the next run.
+                    let slow = matches!(e, RunError::VmTimeout { .. });
+                    if !slow {
+                        snapshot::discard(paths, &t);
+                    }
+                    spec.memory = GuestMemory::Private;
+                    missing_snapshot = true;
+                    boot_notice =
+                        Some(format!(
+                    "the boot snapshot {key} could not be resumed ({}); {} booting normally",
+                    e.to_string().lines().next().unwrap_or(""),
+                    if slow { "kept it and" } else { "removed it and" }
                 ));
-                let run_dir = me.run_dir.take().expect("the run directory is still held");
-                let attached = me.attachments.take();
-                me.kill().await;
-                let timings = me.timings.clone();
-                drop(me);
-                me = ContainerVm::launch(&machine, &spec, run_dir, timings, id.clone())?;
-                me.attachments = attached;
-                me.keeps_layer = cfg.layer.is_some();
-                me.keep_console = host.keep_console.clone();
-                me.greet(cfg.boot_timeout).await?
-            }
-            (Err(e), None) => return Err(e),
-        };
+                    let run_dir = me.run_dir.take().expect("the run directory is still held");
+                    let attached = me.attachments.take();
+                    me.kill().await;
+                    let timings = me.timings.clone();
+                    drop(me);
+                    me = ContainerVm::launch(&machine, &spec, run_dir, timings, id.clone())?;
+                    me.attachments = attached;
+                    me.keeps_layer = cfg.layer.is_some();
+                    me.keep_console = host.keep_console.clone();
+                    me.greet(cfg.boot_timeout).await?
+                }
+                (Err(e), None) => return Err(e),
+            };
         me.boot_notice = boot_notice;
         me.missing_snapshot = missing_snapshot;
         me.guest_boot = Duration::from_nanos(hello.init_started_boottime_nanos);
@@ -1120,7 +1144,7 @@ impl ContainerVm {
                     })
                 }
                 Err(_) => {
-                    return Err(RunError::Vm {
+                    return Err(RunError::VmTimeout {
                         message: "the saved state did not load in time".into(),
                         console: qemu.console_excerpt(),
                     })
@@ -1153,7 +1177,7 @@ impl ContainerVm {
             Ok(h) => h,
             Err(RunError::Deadline(m)) => {
                 let console = self.console_excerpt();
-                return Err(RunError::Vm {
+                return Err(RunError::VmTimeout {
                     message: format!(
                         "{m} (boot deadline {} s; raise it with --boot-timeout); the VM was stopped",
                         deadline.as_secs()

@@ -102,10 +102,11 @@ pub struct MicroVmSpec {
     /// Private directory (0700) for this VM's sockets and console log.
     pub run_dir: PathBuf,
     /// Resume from this saved VM state (see [`RunningVm::save_state`]) instead of
-    /// booting, once [`RunningVm::resume`] is called. The rest of the spec must equal
-    /// the spec of the VM that was saved, except for the files behind the disks and
-    /// `memory` (the template's memory, mapped copy-on-write).
-    pub restore: Option<PathBuf>,
+    /// booting, once [`RunningVm::resume`] is called: an open file QEMU reads from its
+    /// current offset (the caller checked what it holds). The rest of the spec must
+    /// equal the spec of the VM that was saved, except for the files behind the disks
+    /// and `memory` (the template's memory, mapped copy-on-write).
+    pub restore: Option<Arc<OwnedFd>>,
     /// Where the guest's RAM lives.
     pub memory: GuestMemory,
 }

@@ -542,8 +542,8 @@ impl VmBackend for Qemu {
         let mut fds = Handoff::default();
         fds.give(agent.into(), AGENT_FD);
         fds.give(qmp.into(), QMP_FD);
-        if let Some(path) = &spec.restore {
-            fds.open(path, false, RESTORE_FD)?;
+        if let Some(state) = &spec.restore {
+            fds.lend(state.as_raw_fd(), RESTORE_FD);
         }
         if let Some(file) = spec.memory.file() {
             fds.lend(file.as_raw_fd(), MEMORY_FD);
@@ -1146,7 +1146,9 @@ mod tests {
         assert!(!a.contains("-incoming"));
         assert!(!a.contains("memory-backend"), "{a}");
         let mut resumed = spec();
-        resumed.restore = Some("/snap/x.state".into());
+        resumed.restore = Some(std::sync::Arc::new(OwnedFd::from(
+            tempfile::tempfile().unwrap(),
+        )));
         let memfd = std::sync::Arc::new(OwnedFd::from(tempfile::tempfile().unwrap()));
         resumed.memory = GuestMemory::CopyOnWrite(memfd.clone());
         let r = command_line(&resumed);
