@@ -46,7 +46,21 @@ pub fn before_mount(dev: &Path) -> io::Result<()> {
 }
 
 fn flush_buffers(dev: &Path) -> io::Result<()> {
-    let f = std::fs::File::open(dev)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Exclusively: a file system still alive on the device (an earlier container's,
+    // unmounted lazily but held by something) holds it so, and a mount now would hand
+    // that file system, not the disk swapped in, to the next container.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(dev)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) => io::Error::other(format!(
+                "{} still holds an earlier container's file system; this VM cannot take another disk",
+                dev.display()
+            )),
+            _ => e,
+        })?;
     // SAFETY: BLKFLSBUF takes no argument; the descriptor is ours.
     if unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), BLKFLSBUF, 0) } != 0 {
         return Err(io::Error::last_os_error());
