@@ -381,6 +381,7 @@ async fn run_vm(
                 ..spec.clone()
             },
             &run_dir,
+            (&mut notices, &console_log),
         )
         .await
         {
@@ -647,6 +648,7 @@ async fn resume(
     binary: &Path,
     spec: &FullVmSpec,
     run_dir: &RunDir,
+    (notices, console_log): (&mut Vec<String>, &Path),
 ) -> Result<(Child, Option<cabin_vmm::confine::Confinement>, Qmp), VmError> {
     let state = suspend::open_state(vm)?;
     let incoming = FullVmSpec {
@@ -667,7 +669,19 @@ async fn resume(
     .await;
     match loaded {
         Ok(()) => {
-            suspend::discard(vm)?;
+            // The guest runs on: failing now would leave it without its runner, and
+            // the caller would boot a second QEMU on its disk.
+            if let Err(e) = suspend::discard(vm) {
+                notice(
+                    notices,
+                    console_log,
+                    &format!(
+                        "{} resumed, but its saved state could not be removed ({e}); remove {} before its next run, which would go back to it",
+                        vm.name,
+                        vm.dir.join(crate::store::SUSPENDED_STATE).display()
+                    ),
+                );
+            }
             Ok((child, confinement, qmp))
         }
         Err(e) => {

@@ -499,7 +499,31 @@ pub async fn save(s: &Saving<'_>, qmp: &mut Qmp, child: &mut Child) -> Result<()
             qemu_reason(&e.to_string())
         )));
     }
+    let state_bytes = file.metadata().map(|m| m.len());
     drop(file);
+    let disks = || -> Vec<String> { s.devices.files(s.vm).iter().map(|d| identity(d)).collect() };
+    let mut record = Suspended {
+        version: RECORD_VERSION,
+        suspended_at: cabin_base::time::now_unix(),
+        state_bytes: *state_bytes.as_ref().unwrap_or(&0),
+        fingerprint: fingerprint.clone(),
+        disks: disks(),
+        devices: s.devices.clone(),
+        address: s.address,
+        mac: s.mac.locked().clone(),
+        pulled: false,
+    };
+    // Recorded while the guest can still go on: a record that cannot be written (a
+    // disk filled by the state) loses nothing. Without the state in place it is not
+    // read (see `saved`).
+    if let Err(e) = state_bytes.and_then(|_| write_record(&s.vm.dir, &record)) {
+        let _ = fs::remove_file(&staged);
+        let _ = qmp.execute("cont", None).await;
+        return Err(VmError::Failed(format!(
+            "{} cannot be suspended: recording its saved state: {e}",
+            s.vm.name
+        )));
+    }
     // QEMU is done with the disks once it has ended.
     let _ = qmp.execute("quit", None).await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -508,29 +532,21 @@ pub async fn save(s: &Saving<'_>, qmp: &mut Qmp, child: &mut Child) -> Result<()
     }
     let _ = child.kill();
     let _ = child.wait();
-    let state_bytes = fs::metadata(&staged)
-        .map_err(io_err("reading the saved state"))?
-        .len();
-    let record = Suspended {
-        version: RECORD_VERSION,
-        suspended_at: cabin_base::time::now_unix(),
-        state_bytes,
-        fingerprint: fingerprint.clone(),
-        disks: s.devices.files(s.vm).iter().map(|d| identity(d)).collect(),
-        devices: s.devices.clone(),
-        address: s.address,
-        mac: s.mac.locked().clone(),
-        pulled: false,
-    };
+    // QEMU may have written to a disk as it ended (an image's header): the record goes
+    // with the disks as they are now. Failing that, the state is still put in place; a
+    // resume then finds the disks changed and boots, as after a power cut.
+    let now = disks();
+    let mut note = Ok(());
+    if now != record.disks {
+        record.disks = now;
+        note = write_record(&s.vm.dir, &record);
+    }
     let put = (|| {
-        write_record(&s.vm.dir, &record)?;
         fs::rename(&staged, s.vm.dir.join(SUSPENDED_STATE))?;
         fs::File::open(&s.vm.dir)?.sync_all()
     })();
-    put.map_err(|e| {
-        let _ = fs::remove_file(&staged);
-        io_err("putting the saved state in place")(e)
-    })
+    put.and(note)
+        .map_err(io_err("putting the saved state in place"))
 }
 
 /// QEMU's words for why it cannot save, made into cabin's where they are known.
@@ -585,9 +601,10 @@ pub fn suspend(vm: &Vm, timeout: Duration) -> Result<(), VmError> {
         }
         if Instant::now() > deadline {
             return Err(VmError::Failed(format!(
-                "{} was not suspended within {} s; it is still running",
+                "{} was not suspended within {} s: it is still running, or still being saved (`cabin vm get {}` shows which it ends up as)",
                 vm.name,
-                timeout.as_secs()
+                timeout.as_secs(),
+                vm.name
             )));
         }
         std::thread::sleep(Duration::from_millis(50));
