@@ -553,17 +553,16 @@ fn generated_name(id: &str, taken: impl Fn(&str) -> bool) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record() -> Record {
+impl Record {
+    /// A record of a busybox container in `status`, for tests (the store names it).
+    pub(crate) fn for_tests(status: Status) -> Record {
         Record {
             id: String::new(),
             name: String::new(),
             root: "busybox:latest".into(),
             command: vec!["sh".into()],
             created_unix: now_unix(),
-            status: Status::Created,
+            status,
             auto_remove: false,
             labels: vec![],
             restart_count: 0,
@@ -573,6 +572,15 @@ mod tests {
             volumes: vec![],
             lost: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record::for_tests(Status::Created)
     }
 
     fn store() -> (tempfile::TempDir, Store) {

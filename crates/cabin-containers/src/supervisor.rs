@@ -747,25 +747,6 @@ mod tests {
     use crate::store::Record;
     use cabin_base::Paths;
 
-    fn record(status: Status) -> Record {
-        Record {
-            id: String::new(),
-            name: String::new(),
-            root: "busybox:latest".into(),
-            command: vec!["true".into()],
-            created_unix: now_unix(),
-            status,
-            auto_remove: false,
-            labels: vec![],
-            restart_count: 0,
-            init: false,
-            stdin: false,
-            network: None,
-            volumes: vec![],
-            lost: false,
-        }
-    }
-
     #[tokio::test]
     async fn a_supervisor_asked_for_a_start_already_served_refuses_to_run_it_again() {
         let t = tempfile::tempdir().unwrap();
@@ -783,7 +764,7 @@ mod tests {
                 paused: false,
             },
         ] {
-            let r = store.create(record(status), None).unwrap();
+            let r = store.create(Record::for_tests(status), None).unwrap();
             match Charge::take(&host, &r.id, false).await {
                 Err(SuperviseError::NotPending(id)) => assert_eq!(id, r.id),
                 Err(e) => panic!("wrong refusal: {e}"),
