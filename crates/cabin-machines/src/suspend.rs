@@ -129,9 +129,18 @@ impl Devices {
         }
     }
 
+    /// The identities of [`Devices::files`] as they are now, as a record keeps them.
+    fn identities(&self, vm: &Vm) -> Vec<String> {
+        self.files(vm).iter().map(|d| identity(d)).collect()
+    }
+
     fn files(&self, vm: &Vm) -> Vec<PathBuf> {
-        std::iter::once(vm.disk())
+        // The UEFI variables and a mounted ISO are the guest's too: one changed under
+        // a resumed guest is as wrong for it as a changed disk.
+        [vm.disk(), vm.dir.join(crate::store::NVRAM)]
+            .into_iter()
             .chain(self.disks.iter().cloned())
+            .chain(self.iso.iter().cloned())
             .collect()
     }
 }
@@ -146,8 +155,8 @@ pub struct Suspended {
     pub state_bytes: u64,
     #[serde(flatten)]
     pub fingerprint: Fingerprint,
-    /// Its disks as files once QEMU had ended: a disk changed since does not go with
-    /// the memory.
+    /// Its disks (and UEFI variables, mounted ISO) as files once QEMU had ended: a disk
+    /// changed since does not go with the memory.
     pub disks: Vec<String>,
     pub devices: Devices,
     /// Its address on cabin's bridge, which the resumed guest still uses.
@@ -229,13 +238,7 @@ pub fn mismatch(vm: &Vm, record: &Suspended, now: &Fingerprint) -> Option<String
     if was.shape != now.shape {
         return Some("cabin starts this VM with other devices now".into());
     }
-    let disks: Vec<String> = record
-        .devices
-        .files(vm)
-        .iter()
-        .map(|d| identity(d))
-        .collect();
-    if disks != record.disks {
+    if record.devices.identities(vm) != record.disks {
         return Some("its disk changed since".into());
     }
     None
@@ -311,6 +314,15 @@ pub fn outgoing(vm: &Vm) -> Result<Outgoing, VmError> {
             "{} was suspended with shared folders or disks of this host ({}), which do not travel with an image: resume it, unmount them in the guest, run it without them and suspend it again",
             vm.name,
             record.devices.describe()
+        )));
+    }
+    // The disk goes with the memory only as it was when the VM was suspended: one
+    // changed since (mounted on the host, say) would be resumed under stale memory by
+    // every host that pulls it, which records the disk it gets as the right one.
+    if record.devices.identities(vm) != record.disks {
+        return Err(VmError::Invalid(format!(
+            "{}'s disk changed since it was suspended, so its saved memory no longer goes with it: run it (it boots) and suspend it again, or push it without --with-memory",
+            vm.name
         )));
     }
     // Which files of this host its disks were is no business of another host's.
@@ -446,12 +458,7 @@ pub fn settle(vm: &Vm) -> Result<(), VmError> {
     let Saved::State(mut record) = saved(vm) else {
         return Ok(());
     };
-    record.disks = record
-        .devices
-        .files(vm)
-        .iter()
-        .map(|d| identity(d))
-        .collect();
+    record.disks = record.devices.identities(vm);
     write_record(&vm.dir, &record).map_err(io_err("recording the pulled VM's disks"))
 }
 
@@ -501,7 +508,7 @@ pub async fn save(s: &Saving<'_>, qmp: &mut Qmp, child: &mut Child) -> Result<()
     }
     let state_bytes = file.metadata().map(|m| m.len());
     drop(file);
-    let disks = || -> Vec<String> { s.devices.files(s.vm).iter().map(|d| identity(d)).collect() };
+    let disks = || s.devices.identities(s.vm);
     let mut record = Suspended {
         version: RECORD_VERSION,
         suspended_at: cabin_base::time::now_unix(),
@@ -770,11 +777,7 @@ mod tests {
                 memory_mib: 1024,
                 shape: "abc".into(),
             },
-            disks: Devices::default()
-                .files(vm)
-                .iter()
-                .map(|d| identity(d))
-                .collect(),
+            disks: Devices::default().identities(vm),
             devices: Devices::default(),
             address: None,
             mac: "02:00:00:00:00:01".into(),
@@ -782,19 +785,25 @@ mod tests {
         }
     }
 
+    /// `vm` with a disk, suspended: its record (returned) and a 5-byte state.
+    fn suspended_with_disk(vm: &Vm) -> Suspended {
+        fs::write(vm.disk(), b"disk").unwrap();
+        let r = record(vm, 5);
+        fs::write(
+            vm.dir.join(SUSPENDED_RECORD),
+            serde_json::to_vec(&r).unwrap(),
+        )
+        .unwrap();
+        fs::write(vm.dir.join(SUSPENDED_STATE), b"state").unwrap();
+        r
+    }
+
     #[test]
     fn a_saved_state_is_usable_only_while_everything_it_was_saved_with_is_unchanged() {
         let t = tempfile::tempdir().unwrap();
         let vm = vm_in(t.path());
         assert!(matches!(saved(&vm), Saved::None));
-        fs::write(vm.disk(), b"disk").unwrap();
-        let r = record(&vm, 5);
-        fs::write(
-            t.path().join(SUSPENDED_RECORD),
-            serde_json::to_vec(&r).unwrap(),
-        )
-        .unwrap();
-        fs::write(t.path().join(SUSPENDED_STATE), b"state").unwrap();
+        let r = suspended_with_disk(&vm);
         let Saved::State(back) = saved(&vm) else {
             panic!("usable")
         };
@@ -815,6 +824,12 @@ mod tests {
         std::thread::sleep(Duration::from_millis(10));
         fs::write(vm.disk(), b"disk, changed").unwrap();
         assert_eq!(mismatch(&vm, &r, &now).unwrap(), "its disk changed since");
+        // Its UEFI variables written since: the same.
+        let r = record(&vm, 5);
+        assert_eq!(mismatch(&vm, &r, &now), None);
+        std::thread::sleep(Duration::from_millis(10));
+        fs::write(t.path().join(crate::store::NVRAM), b"vars").unwrap();
+        assert_eq!(mismatch(&vm, &r, &now).unwrap(), "its disk changed since");
         // A truncated state, an unreadable description.
         fs::write(t.path().join(SUSPENDED_STATE), b"sta").unwrap();
         let Saved::Unusable(why) = saved(&vm) else {
@@ -826,6 +841,20 @@ mod tests {
         discard(&vm).unwrap();
         assert!(matches!(saved(&vm), Saved::None));
         assert!(!t.path().join(SUSPENDED_RECORD).exists());
+    }
+
+    #[test]
+    fn a_state_whose_disk_changed_since_the_suspend_is_not_pushed() {
+        let t = tempfile::tempdir().unwrap();
+        let vm = vm_in(t.path());
+        suspended_with_disk(&vm);
+        let out = outgoing(&vm).unwrap();
+        // this host's file names stay here
+        assert!(!String::from_utf8_lossy(&out.description).contains("disk.img"));
+        std::thread::sleep(Duration::from_millis(10));
+        fs::write(vm.disk(), b"disk, changed on the host").unwrap();
+        let e = outgoing(&vm).unwrap_err().to_string();
+        assert!(e.contains("disk changed since it was suspended"), "{e}");
     }
 
     #[test]
@@ -969,6 +998,12 @@ mod tests {
         let Saved::State(settled) = saved(&vm) else {
             panic!("settled")
         };
-        assert_eq!(settled.disks, vec![identity(&vm.disk())]);
+        assert_eq!(
+            settled.disks,
+            vec![
+                identity(&vm.disk()),
+                identity(&vm.dir.join(crate::store::NVRAM))
+            ]
+        );
     }
 }
