@@ -916,3 +916,68 @@ fn a_full_disk_during_vm_pull_is_clear_and_the_same_pull_resumes_once_there_is_r
     let check = cabin_in(&data).args(["system", "check"]).output().unwrap();
     assert!(check.status.success(), "{}", stdout(&check));
 }
+
+#[test]
+fn saved_memory_that_is_malformed_corrupt_or_oversized_is_left_out_and_the_vm_pulls_whole() {
+    let (_t, reg, data) = fresh();
+    let raw = distinct_parts(2);
+    let description = || Blob::new("application/vnd.cabin.vm.suspended.v1+json", b"{}".to_vec());
+    // One gzip part of a state, at offset 0, with what its annotations claim.
+    let state = |bytes: &[u8], claimed_size: u64, claimed_digest: String| {
+        let mut b = Blob::new("application/vnd.cabin.vm.state.v1+gzip", gzip(bytes));
+        b.annotations = json!({
+            "org.cabin.part.offset": "0",
+            "org.cabin.content.uncompressed-size": claimed_size.to_string(),
+            "org.cabin.content.uncompressed-digest": claimed_digest,
+            "org.cabin.content.total-size": claimed_size.to_string(),
+        });
+        b
+    };
+    let bytes = b"a guest's memory".to_vec();
+    let cases: [(&str, Vec<Blob>, &str); 3] = [
+        (
+            "twice",
+            vec![description(), description()],
+            "more than one suspended.json layer",
+        ),
+        (
+            "corrupt",
+            vec![
+                description(),
+                state(&bytes, bytes.len() as u64, digest_of(b"other bytes")),
+            ],
+            "suspended.state",
+        ),
+        // 4 GiB claimed for the 2 GiB VM: refused before anything of it is fetched.
+        (
+            "huge",
+            vec![
+                description(),
+                state(b"more memory", 4 << 30, digest_of(&bytes)),
+            ],
+            "larger than a VM of 2048 MiB has",
+        ),
+    ];
+    for (name, extra, why) in cases {
+        let mut digests = Vec::new();
+        oci_image(&reg.addr, &format!("memory:{name}"), &raw, |layers| {
+            digests = extra.iter().map(Blob::digest).collect();
+            layers.extend(extra);
+        });
+        let o = pull(&data, &reg.addr, &format!("memory:{name}"), name, &[]);
+        pulled_ok(&o);
+        let err = stderr(&o);
+        assert!(
+            err.contains("The image's saved memory was left out (") && err.contains(why),
+            "{name}: {err}"
+        );
+        // The VM Lume's layers make, whole, and nothing of the memory kept.
+        let vm = vms_dir(&data).join(name);
+        assert!(std::fs::read(vm.join("disk.img")).unwrap() == raw.concat());
+        assert!(!vm.join("attachments").exists() && !vm.join("suspended.state").exists());
+        assert!(vm_ok(&data, &["ls"]).contains(name));
+        if name == "huge" {
+            assert_eq!(reg.answered("GET", &digests[1]), 0, "the state was fetched");
+        }
+    }
+}

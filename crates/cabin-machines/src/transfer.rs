@@ -360,6 +360,9 @@ fn adopt_memory(dir: &Path, pulled: &Pulled, config: &mut VmConfig) -> Memory {
     let has = |a: Attachment| pulled.attachments.contains(&a);
     let from = dir.join(attachment::DIR);
     let memory = match (has(Attachment::StateDescription), has(Attachment::State)) {
+        _ if pulled.attachments_refused.is_some() => {
+            Memory::LeftOut(pulled.attachments_refused.clone().unwrap_or_default())
+        }
         (false, false) => Memory::None,
         (true, true) => {
             let files = PulledState {

@@ -53,6 +53,9 @@ pub struct Plan {
     pub offsets_known: bool,
     /// cabin's own files after Lume's layers, each in order of [`Attachment::ALL`].
     pub attachments: Vec<AttachmentPlan>,
+    /// Why cabin's files were left out of the plan (malformed): the image is still
+    /// the VM Lume's layers make, which boots.
+    pub attachments_refused: Option<String>,
 }
 
 /// One of cabin's own files in the image: its parts (one raw part for a small one).
@@ -339,16 +342,41 @@ pub fn plan(
             (size, offset.is_some())
         }
     };
-    let mut attachments = Vec::new();
-    for (kind, layers) in attached {
-        attachments.push(attachment_plan(image, kind, &layers)?);
-    }
-    // One blob listed at several offsets must mean the same bytes at each.
+    same_bytes_everywhere(image, &parts)?;
+    // cabin's own files only add to the VM Lume's layers make: malformed ones are left
+    // out (the VM boots), never a reason to refuse the image.
+    let attachments = attached
+        .into_iter()
+        .map(|(kind, layers)| attachment_plan(image, kind, &layers))
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|attachments| {
+            let all: Vec<Part> = parts
+                .iter()
+                .chain(attachments.iter().flat_map(|a| &a.parts))
+                .cloned()
+                .collect();
+            same_bytes_everywhere(image, &all).map(|()| attachments)
+        });
+    let (attachments, attachments_refused) = match attachments {
+        Ok(a) => (a, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    Ok(Plan {
+        format,
+        disk_size,
+        parts,
+        nvram,
+        config: m.config.clone(),
+        offsets_known,
+        attachments,
+        attachments_refused,
+    })
+}
+
+/// One blob listed at several offsets must mean the same bytes at each.
+fn same_bytes_everywhere(image: &str, parts: &[Part]) -> Result<(), LumeError> {
     let mut by_digest: BTreeMap<&str, (Option<u64>, &Option<String>)> = BTreeMap::new();
-    for p in parts
-        .iter()
-        .chain(attachments.iter().flat_map(|a| &a.parts))
-    {
+    for p in parts {
         let entry = by_digest
             .entry(&p.digest)
             .or_insert((p.size, &p.uncompressed_digest));
@@ -362,15 +390,7 @@ pub fn plan(
             ));
         }
     }
-    Ok(Plan {
-        format,
-        disk_size,
-        parts,
-        nvram,
-        config: m.config.clone(),
-        offsets_known,
-        attachments,
-    })
+    Ok(())
 }
 
 /// Sorts `parts` by offset and checks that they tile `0..end` exactly (no overlap, no
@@ -735,10 +755,12 @@ mod tests {
         );
         assert_eq!(p.attachments[0].parts[0].codec, Codec::Raw);
 
+        // Malformed attachments are left out, the disk's plan as Lume's.
         let err = |layers: Vec<Descriptor>| {
-            plan("i", &manifest(layers, Some(150)), None)
-                .unwrap_err()
-                .to_string()
+            let p = plan("i", &manifest(layers, Some(150)), None).unwrap();
+            assert_eq!(p.parts, lume_only.parts);
+            assert!(p.attachments.is_empty());
+            p.attachments_refused.expect("refused")
         };
         let with = |extra: Vec<Descriptor>| {
             let mut l = disk.clone();

@@ -48,6 +48,17 @@ pub struct Pulled {
     pub parts_resumed: usize,
     /// cabin's own files it fetched into `attachments/` (asked for, and in the image).
     pub attachments: Vec<Attachment>,
+    /// Why the image's files of cabin's own were left out (malformed or failing their
+    /// checks); the VM Lume's layers make was pulled all the same.
+    pub attachments_refused: Option<String>,
+}
+
+/// The largest saved state a VM of `memory_size` bytes of RAM can have: its memory
+/// (zero pages travel as flags) with a page header each, and its devices.
+fn max_state_bytes(memory_size: u64) -> u64 {
+    memory_size
+        .saturating_add(memory_size / 256)
+        .saturating_add(64 << 20)
 }
 
 fn registry_err(image: &str, e: &oci_client::errors::OciDistributionError) -> LumeError {
@@ -629,12 +640,39 @@ pub async fn pull_manifest_into(
     progress.finish(DISK);
     let mut fetched = *ctx.fetched.locked();
     let mut attachments = Vec::new();
-    for a in plan.attachments.iter().filter(|_| with_attachments) {
-        let (bytes, written, earlier) = pull_attachment(&ctx, a, dir, &mut journal).await?;
-        fetched += bytes;
-        written_parts += written;
-        resumed += earlier;
-        attachments.push(a.kind);
+    let mut refused = plan.attachments_refused.clone();
+    if let Some(a) = plan
+        .attachments
+        .iter()
+        .find(|a| a.kind == Attachment::State && a.size > max_state_bytes(vm.memory_size))
+    {
+        refused = Some(format!(
+            "its saved state ({} bytes) is larger than a VM of {} MiB has",
+            a.size,
+            vm.memory_size >> 20
+        ));
+    }
+    if with_attachments && refused.is_none() {
+        for a in &plan.attachments {
+            match pull_attachment(&ctx, a, dir, &mut journal).await {
+                Ok((bytes, written, earlier)) => {
+                    fetched += bytes;
+                    written_parts += written;
+                    resumed += earlier;
+                    attachments.push(a.kind);
+                }
+                // Data that fails its checks: none of cabin's files is kept, and the
+                // disk, fetched and checked, stays. The registry failing is still an
+                // error (the pull can be resumed).
+                Err(e @ LumeError::Invalid { .. }) => {
+                    let _ = std::fs::remove_dir_all(dir.join(attachment::DIR));
+                    attachments.clear();
+                    refused = Some(e.to_string());
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
     Ok(Pulled {
         manifest_digest: manifest_digest.to_string(),
@@ -645,6 +683,7 @@ pub async fn pull_manifest_into(
         parts_written: written_parts,
         parts_resumed: resumed,
         attachments,
+        attachments_refused: refused.filter(|_| with_attachments),
     })
 }
 
