@@ -325,7 +325,7 @@ async fn run_vm(
             ),
         },
     };
-    let spec = FullVmSpec {
+    let mut spec = FullVmSpec {
         name: vm.name.clone(),
         cpus: config.cpu_count,
         memory_mib: config.memory_size >> 20,
@@ -364,6 +364,7 @@ async fn run_vm(
                 ),
             );
             suspend::discard(vm)?;
+            own_mac_after_pulled_state(vm, r, &mut config, &mut spec)?;
             saved = None;
         }
     }
@@ -399,6 +400,7 @@ async fn run_vm(
                     ),
                 );
                 suspend::discard(vm)?;
+                own_mac_after_pulled_state(vm, r, &mut config, &mut spec)?;
                 start_qemu(&qemu.binary, &spec, &run_dir).await?
             }
         },
@@ -638,6 +640,24 @@ async fn start_qemu(
             Err(e)
         }
     }
+}
+
+/// A state pulled with its image can leave the VM its publisher's MAC address (a VM
+/// cabin cannot give another one from outside keeps the state's, for its card to go on
+/// working). Once that state is discarded, the VM boots with a MAC address of its own:
+/// every host that pulled the image would otherwise share one.
+fn own_mac_after_pulled_state(
+    vm: &Vm,
+    r: &suspend::Suspended,
+    config: &mut store::VmConfig,
+    spec: &mut FullVmSpec,
+) -> Result<(), VmError> {
+    if r.pulled && config.mac_address.eq_ignore_ascii_case(&r.mac) {
+        config.mac_address = store::random_mac()?;
+        vm.save_config(config)?;
+        spec.mac = config.mac_address.clone();
+    }
+    Ok(())
 }
 
 /// Starts QEMU for `spec` waiting for a state, loads the VM's saved state into it and
