@@ -71,7 +71,9 @@ pub struct PullArgs {
     #[arg(long)]
     cache: bool,
     /// Leave out the saved memory an image pushed with --with-memory carries: the VM
-    /// boots at its first run instead of resuming.
+    /// boots at its first run instead of resuming. Resuming loads the publisher's saved
+    /// machine state into QEMU (sandboxed, as the VM's own user when cabin runs as
+    /// root): pull images with memory only from publishers you trust.
     #[arg(long)]
     without_memory: bool,
 }
