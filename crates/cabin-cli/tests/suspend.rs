@@ -628,12 +628,15 @@ fn a_vm_pushed_with_its_memory_resumes_after_a_pull_with_a_mac_address_of_its_ow
     let after = guest_of(
         d,
         "copy",
-        "cat /dev/shm/mark; cat /proc/sys/kernel/random/boot_id; cat /sys/class/net/eth0/address",
+        "cat /dev/shm/mark; cat /proc/sys/kernel/random/boot_id; cat /sys/class/net/eth0/address; hostname",
     );
     let after: Vec<&str> = after.lines().collect();
     assert_eq!(after[0], "only-in-memory", "{after:?}");
     assert_eq!(after[1], boot_id, "it resumed, it did not boot");
     assert_eq!(after[2], copy_mac, "{after:?}");
+    // its own name, not the original's
+    assert_eq!(after[3], "copy", "{after:?}");
+    assert!(console_of(d, "copy").contains("the guest's host name is copy now"));
     assert_eq!(details_of(d, "copy")["ipAddress"], ip.as_str());
 
     // A second copy with memory while the first runs with its address: it boots with

@@ -521,11 +521,22 @@ async fn run_vm(
                 let probe = session.clone();
                 let log = console_log.clone();
                 let change = new_mac.clone().map(|new| (mac.locked().clone(), new));
+                // A copy resumed from another VM's memory takes its own name too.
+                let name = new_mac.is_some().then(|| vm.name.clone());
                 let mac = mac.clone();
                 std::thread::spawn(move || {
-                    match suspend::refresh_guest(&key, &probe, CLOCK_WAIT, change.as_ref()) {
+                    match suspend::refresh_guest(
+                        &key,
+                        &probe,
+                        CLOCK_WAIT,
+                        change.as_ref(),
+                        name.as_deref(),
+                    ) {
                         Ok(refreshed) => {
                             append_console(&log, "the guest's clock is set to the host's");
+                            if let (true, Some(name)) = (refreshed.named, &name) {
+                                append_console(&log, &format!("the guest's host name is {name} now"));
+                            }
                             match (refreshed.mac_changed, &change) {
                                 (true, Some((_, new))) => {
                                     *mac.locked() = new.clone();

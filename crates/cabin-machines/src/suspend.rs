@@ -14,7 +14,9 @@
 //! The state holds the guest's memory: its secrets and its random number generator's
 //! state. It is readable by its owner only; the resumed VM gets a new VM generation ID
 //! (a Linux guest reseeds from it), and a VM made from an image gets the host's clock
-//! over SSH (its address and MAC stay the same).
+//! over SSH. Resumed where it was suspended, its address and MAC stay the same; a copy
+//! pulled with the memory of another VM (`vm push --with-memory`) also takes a MAC and
+//! host name of its own there.
 
 use std::fs;
 use std::io::{self, BufRead, Write};
@@ -658,6 +660,8 @@ impl Drop for Watchdog {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Refreshed {
     pub mac_changed: bool,
+    /// The guest's host name is the one asked for now.
+    pub named: bool,
 }
 
 /// After a resume: sets the guest's clock to the host's over SSH (VMs made from an
@@ -671,9 +675,22 @@ pub fn refresh_guest(
     session: &Session,
     wait: Duration,
     mac_change: Option<&(String, String)>,
+    hostname: Option<&str>,
 ) -> Result<Refreshed, String> {
     let mut script =
         String::from("echo ready; read t && date -u -s \"@$t\" >/dev/null && echo set");
+    // A VM's name is its host name (on its kernel command line): a copy resumed from
+    // another VM's memory still has that VM's until told. Names are letters, digits and
+    // ._- (store::normalize_name), nothing a shell reads in quotes.
+    if let Some(h) = hostname.filter(|h| {
+        h.len() <= 64
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    }) {
+        script.push_str(&format!(
+            " && echo '{h}' > /proc/sys/kernel/hostname && echo named"
+        ));
+    }
     let macs = mac_change.and_then(|(o, n)| Some((canonical_mac(o)?, canonical_mac(n)?)));
     if let Some((old, new)) = macs {
         // virtio-net takes a new address while its link is up (VIRTIO_NET_F_CTRL_MAC_ADDR).
@@ -727,11 +744,11 @@ pub fn refresh_guest(
             let mut rest = String::new();
             let _ = io::Read::read_to_string(&mut out, &mut rest);
             let said = |w: &str| rest.lines().any(|l| l.trim() == w);
-            let (set, mac_changed) = (said("set"), said("mac"));
+            let (set, mac_changed, named) = (said("set"), said("mac"), said("named"));
             drop(_watchdog);
             let _ = child.wait();
             if set {
-                return Ok(Refreshed { mac_changed });
+                return Ok(Refreshed { mac_changed, named });
             }
             if Instant::now() < deadline {
                 // Cut short (killed, or the session broke): again.
