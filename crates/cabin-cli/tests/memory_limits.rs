@@ -200,3 +200,63 @@ fn a_vm_the_oom_killer_ends_is_reported_as_such() {
     assert!(cg.oom_kills() >= 1);
     assert!(run_dirs(d).is_empty(), "{:?}", run_dirs(d));
 }
+
+#[test]
+fn memory_a_container_frees_goes_back_to_the_host() {
+    // Booted VMs (snapshots are off in a data directory of a test's own): their RAM is
+    // QEMU's anonymous memory, which free page reporting gives back.
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let o = cabin_args(
+        d,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "fill",
+            "--tmpfs",
+            "/fill:size=300m",
+            "--rootfs",
+        ],
+    )
+    .arg(busybox_rootfs())
+    .args(["sleep", "100000"])
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let qemu = qemu_processes_mentioning(d)[0];
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{qemu}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    };
+    let exec = |cmd: &str| {
+        let o = cabin_args(d, &["exec", "fill", "sh", "-c", cmd])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{cmd}: {}", stderr(&o));
+    };
+    exec("dd if=/dev/zero of=/fill/x bs=1M count=200 2>/dev/null");
+    let filled = rss();
+    exec("rm /fill/x");
+    let mut given_back = 0;
+    wait_for(
+        "the memory the container freed to reach the host",
+        std::time::Duration::from_secs(60),
+        || {
+            given_back = filled.saturating_sub(rss());
+            given_back > 120 * MIB
+        },
+    );
+    eprintln!(
+        "QEMU held {} MiB with 200 MiB filled in the container, {} MiB fewer once freed",
+        filled / MIB,
+        given_back / MIB
+    );
+    let o = cabin_in(d).args(["rm", "-f", "fill"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}

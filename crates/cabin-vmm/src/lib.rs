@@ -133,6 +133,15 @@ impl GuestMemory {
             GuestMemory::TemplateFile(fd) | GuestMemory::CopyOnWrite(fd) => Some(fd),
         }
     }
+
+    /// Whether memory the guest frees can go back to the host (virtio-balloon's free
+    /// page reporting): only anonymous memory. QEMU 7.2 gives RAM in a file back by
+    /// punching a hole in the file, never by dropping a private mapping's pages; on a
+    /// template's file, which every VM resumed from it maps, that fails (the file is
+    /// sealed) or, were it not sealed, would take the pages from all of them.
+    pub fn can_give_back(&self) -> bool {
+        matches!(self, GuestMemory::Private)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
