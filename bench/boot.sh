@@ -93,7 +93,7 @@ for i in $(seq "$N"); do
   fi
 done
 
-pss_kib() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
+pss_kib() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0; }
 
 # (g) the warm pool: `cabin serve --pool 2` keeps VMs resumed and warmed up; each run
 # takes one once the pool is full again (its refill is not what is measured), and must
@@ -114,7 +114,7 @@ until [ "$(ready)" -ge $((N + 2)) ]; do sleep 0.2; done
 sleep 3
 pooled=()
 for d in "$CABIN_DATA_DIR"/run/*/; do
-  if [ -e "$d/warm-up.raw" ]; then pooled+=("$(pss_kib "$(cat "$d/vmm.pid")")"); fi
+  if [ -e "$d/warm-up.raw" ]; then pooled+=("$(pss_kib "$(cat "$d/vmm.pid" 2>/dev/null)")"); fi
 done
 kill "$serve_pid"; wait "$serve_pid" 2>/dev/null || true
 sleep 2
@@ -124,7 +124,8 @@ for i in $(seq "$IDLE"); do "$cabin" run -d --name "idle$i" --rootfs "$work/root
 sleep 5
 mem=()
 for d in "$CABIN_DATA_DIR"/run/*/; do
-  qemu_pid=$(cat "$d/vmm.pid")
+  # Only the idle containers' VMs: a pool member still on its way out has none left.
+  qemu_pid=$(cat "$d/vmm.pid" 2>/dev/null) && [ -r "/proc/$qemu_pid/smaps" ] || continue
   # PSS; TCG's code buffer (the anonymous rwx mapping); the template memory's pages
   # shared with other VMs (Shared_*), and those of its own (Private_*).
   mem+=("$(awk -v pss="$(pss_kib "$qemu_pid")" '
