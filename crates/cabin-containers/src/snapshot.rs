@@ -266,6 +266,22 @@ fn discard_in(dir: &Path, key: &str) {
     }
 }
 
+/// Waits (up to [`BUILD_TIMEOUT`]) until no process builds the template `key` (its
+/// builder holds the key's lock for the whole build).
+pub async fn wait_for_builder(paths: &Paths, key: &str) -> io::Result<()> {
+    let lock = file(&paths.snapshots(), key, "lock");
+    let wait = tokio::task::spawn_blocking(move || {
+        cabin_base::lock::lock_path_waiting(&lock, cabin_base::lock::Mode::Exclusive).map(drop)
+    });
+    match tokio::time::timeout(BUILD_TIMEOUT, wait).await {
+        Ok(done) => done.map_err(io::Error::other)?,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the boot snapshot {key} was still being built after {BUILD_TIMEOUT:?}"),
+        )),
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Built {
     Built(PathBuf),
@@ -285,7 +301,7 @@ pub async fn build(paths: &Paths, qemu: &Qemu, spec: &MicroVmSpec) -> io::Result
     }
     create_private_dir(&dir)?;
     let Some(_lock) = cabin_base::lock::lock_path(
-        &dir.join(format!("{key}.lock")),
+        &file(&dir, &key, "lock"),
         cabin_base::lock::Mode::Exclusive,
         cabin_base::lock::Wait::NoWait,
     )?

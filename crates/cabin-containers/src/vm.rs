@@ -441,13 +441,14 @@ impl WarmVm {
         let template = match snapshot::find(&host.paths, &key) {
             snapshot::Found::Usable(t) => t,
             _ => {
-                // Another process (`cabin system prepare` after a run, say) may be
-                // building it: waited for, as long as a build may take.
-                let deadline = Instant::now() + snapshot::BUILD_TIMEOUT;
-                while prepare_snapshot(host, shape).await? == snapshot::Built::InProgress
-                    && Instant::now() < deadline
-                {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                let built = snapshot::build(&host.paths, &machine.qemu, &spec)
+                    .await
+                    .map_err(io_err("building the boot snapshot"))?;
+                // Another process (`cabin system prepare` after a run, say) builds it.
+                if built == snapshot::Built::InProgress {
+                    snapshot::wait_for_builder(&host.paths, &key)
+                        .await
+                        .map_err(io_err("waiting for the boot snapshot's build"))?;
                 }
                 match snapshot::find(&host.paths, &key) {
                     snapshot::Found::Usable(t) => t,
@@ -799,7 +800,7 @@ impl ContainerVm {
                     ))
                 }
             }
-            missing_snapshot = spec.restore.is_none();
+            missing_snapshot = template.is_none();
             if !missing_snapshot {
                 // Some 50 ms when no memory holder runs yet (it is started, loads the
                 // template's memory and checks its digest).
@@ -811,39 +812,37 @@ impl ContainerVm {
         me.attachments = Some(attached);
         me.keeps_layer = cfg.layer.is_some();
         me.keep_console = host.keep_console.clone();
-        spec.restore = None;
-        let hello =
-            match (me.come_up(cfg.boot_timeout).await, template) {
-                (Ok(h), _) => h,
-                (Err(e), Some(t)) => {
-                    // A snapshot that does not resume (a QEMU upgrade in place, a damaged
-                    // file) is removed, and this run boots normally. One that was only slow
-                    // (a loaded host) is kept for the next run.
-                    let slow = matches!(e, RunError::VmTimeout { .. });
-                    if !slow {
-                        snapshot::discard(paths, &t);
-                    }
-                    spec.memory = GuestMemory::Private;
-                    missing_snapshot = true;
-                    boot_notice =
-                        Some(format!(
-                    "the boot snapshot {key} could not be resumed ({}); {} booting normally",
-                    e.to_string().lines().next().unwrap_or(""),
-                    if slow { "kept it and" } else { "removed it and" }
-                ));
-                    let run_dir = me.run_dir.take().expect("the run directory is still held");
-                    let attached = me.attachments.take();
-                    me.kill().await;
-                    let timings = me.timings.clone();
-                    drop(me);
-                    me = ContainerVm::launch(&machine, &spec, run_dir, timings, id.clone())?;
-                    me.attachments = attached;
-                    me.keeps_layer = cfg.layer.is_some();
-                    me.keep_console = host.keep_console.clone();
-                    me.greet(cfg.boot_timeout).await?
+        let hello = match (me.come_up(cfg.boot_timeout).await, template) {
+            (Ok(h), _) => h,
+            (Err(e), Some(t)) => {
+                // A snapshot that does not resume (a QEMU upgrade in place, a damaged
+                // file) is removed, and this run boots normally. One that was only slow
+                // (a loaded host) is kept for the next run.
+                let slow = matches!(e, RunError::VmTimeout { .. });
+                if !slow {
+                    snapshot::discard(paths, &t);
                 }
-                (Err(e), None) => return Err(e),
-            };
+                spec.restore = None;
+                spec.memory = GuestMemory::Private;
+                missing_snapshot = true;
+                let why = e.to_string().lines().next().unwrap_or("").to_string();
+                let kept = if slow { "kept it" } else { "removed it" };
+                boot_notice = Some(format!(
+                        "the boot snapshot {key} could not be resumed ({why}); {kept} and booting normally"
+                    ));
+                let run_dir = me.run_dir.take().expect("the run directory is still held");
+                let attached = me.attachments.take();
+                me.kill().await;
+                let timings = me.timings.clone();
+                drop(me);
+                me = ContainerVm::launch(&machine, &spec, run_dir, timings, id.clone())?;
+                me.attachments = attached;
+                me.keeps_layer = cfg.layer.is_some();
+                me.keep_console = host.keep_console.clone();
+                me.greet(cfg.boot_timeout).await?
+            }
+            (Err(e), None) => return Err(e),
+        };
         me.boot_notice = boot_notice;
         me.missing_snapshot = missing_snapshot;
         me.guest_boot = Duration::from_nanos(hello.init_started_boottime_nanos);

@@ -17,6 +17,10 @@ use crate::inroot::{self, ExecLookup};
 use crate::launch::{self, ChildFailure, ChildSetup};
 use crate::users;
 
+const NOSUID: libc::c_ulong = libc::MS_NOSUID;
+const NODEV: libc::c_ulong = libc::MS_NODEV;
+const NOEXEC: libc::c_ulong = libc::MS_NOEXEC;
+
 pub struct Container {
     pub rootfs: PathBuf,
     pub hostname: String,
@@ -180,22 +184,18 @@ fn mknod(path: &Path, major: u32, minor: u32) -> io::Result<()> {
 /// /proc, /dev/mqueue and /sys/fs/cgroup belong to the container's own namespaces and are
 /// mounted by its first process.
 pub fn prepare_rootfs(rootfs: &Path) -> io::Result<()> {
-    const NOSUID: libc::c_ulong = libc::MS_NOSUID;
-    const NODEV: libc::c_ulong = libc::MS_NODEV;
-    const NOEXEC: libc::c_ulong = libc::MS_NOEXEC;
     for dir in ["proc", "sys", "dev", "tmp"] {
         std::fs::create_dir_all(rootfs.join(dir))?;
     }
     let dev = rootfs.join("dev");
-    let spare = SPARE_DEV.locked().take();
-    let moved = spare.is_some_and(|spare| {
-        let moved = mount(&spare.to_string_lossy(), &dev, "", libc::MS_MOVE, "");
+    let moved = std::mem::take(&mut *SPARE_DEV.locked()) && {
+        let moved = mount(SPARE_DEV_DIR, &dev, "", libc::MS_MOVE, "");
         if moved.is_err() {
             // Not in anyone's way: it goes with the VM.
-            let _ = umount_tree(&spare);
+            let _ = cabin_base::mountinfo::unmount_below(Path::new(SPARE_DEV_DIR));
         }
         moved.is_ok()
-    });
+    };
     if !moved {
         make_dev(&dev)?;
     }
@@ -212,9 +212,6 @@ pub fn prepare_rootfs(rootfs: &Path) -> io::Result<()> {
 /// A container's /dev at `dev`: a tmpfs with the usual nodes and links, its own devpts
 /// instance and /dev/shm.
 fn make_dev(dev: &Path) -> io::Result<()> {
-    const NOSUID: libc::c_ulong = libc::MS_NOSUID;
-    const NODEV: libc::c_ulong = libc::MS_NODEV;
-    const NOEXEC: libc::c_ulong = libc::MS_NOEXEC;
     mount(
         "tmpfs",
         dev,
@@ -261,27 +258,15 @@ fn make_dev(dev: &Path) -> io::Result<()> {
     )
 }
 
-/// Unmounts `path` and everything below it.
-fn umount_tree(path: &Path) -> io::Result<()> {
-    let p = cstr(path)?;
-    // SAFETY: valid path; a lazy unmount of what is mounted there.
-    if unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Creates the container's cgroup with its limits.
 pub fn create_cgroup(id: &str, res: &Resources) -> io::Result<PathBuf> {
-    let spare = SPARE_CGROUP.locked().take();
-    let dir = match spare {
-        Some(dir) => dir,
-        None => {
-            enable_controllers()?;
-            let dir = Path::new(CGROUP_ROOT).join(format!("ctr-{id}"));
-            new_cgroup(&dir)?;
-            dir
-        }
+    let dir = if std::mem::take(&mut *SPARE_CGROUP.locked()) {
+        Path::new(SPARE_CGROUP_DIR).to_path_buf()
+    } else {
+        enable_controllers()?;
+        let dir = Path::new(CGROUP_ROOT).join(format!("ctr-{id}"));
+        new_cgroup(&dir)?;
+        dir
     };
     let set = |n: u64| (n > 0).then_some(n);
     set_limits(
@@ -302,9 +287,10 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// A cgroup. Its name has a dot, which no container ID has; a container sees its own
 /// cgroup as its root.
-static SPARE_CGROUP: Mutex<Option<PathBuf>> = Mutex::new(None);
+static SPARE_CGROUP: Mutex<bool> = Mutex::new(false);
+const SPARE_CGROUP_DIR: &str = "/sys/fs/cgroup/ctr.spare";
 /// A /dev (`make_dev`), moved into the container's root.
-static SPARE_DEV: Mutex<Option<PathBuf>> = Mutex::new(None);
+static SPARE_DEV: Mutex<bool> = Mutex::new(false);
 const SPARE_DEV_DIR: &str = "/run/cabin/spare-dev";
 
 /// Turns on the controllers containers are limited by and makes the spares.
@@ -328,15 +314,15 @@ fn cap_last() -> u32 {
 
 fn make_spares() -> io::Result<()> {
     make_spare_cgroup()?;
-    let mut spare = SPARE_DEV.locked();
-    if spare.is_none() {
+    let mut ready = SPARE_DEV.locked();
+    if !*ready {
         let dir = Path::new(SPARE_DEV_DIR);
         std::fs::create_dir_all(dir)?;
         if let Err(e) = make_dev(dir) {
-            let _ = umount_tree(dir);
+            let _ = cabin_base::mountinfo::unmount_below(dir);
             return Err(e);
         }
-        *spare = Some(dir.to_path_buf());
+        *ready = true;
     }
     Ok(())
 }
@@ -348,11 +334,10 @@ fn enable_controllers() -> io::Result<()> {
 }
 
 fn make_spare_cgroup() -> io::Result<()> {
-    let mut spare = SPARE_CGROUP.locked();
-    if spare.is_none() {
-        let dir = Path::new(CGROUP_ROOT).join("ctr.spare");
-        new_cgroup(&dir)?;
-        *spare = Some(dir);
+    let mut ready = SPARE_CGROUP.locked();
+    if !*ready {
+        new_cgroup(Path::new(SPARE_CGROUP_DIR))?;
+        *ready = true;
     }
     Ok(())
 }

@@ -204,11 +204,7 @@ async fn run_vm(
                     vm.name
                 ),
             );
-            suspend::discard(vm)?;
-            if r.mac.eq_ignore_ascii_case(&config.mac_address) {
-                config.mac_address = store::random_mac()?;
-                vm.save_config(&config)?;
-            }
+            discard_state(vm, r, &mut config)?;
             saved = None;
         }
     }
@@ -292,7 +288,9 @@ async fn run_vm(
                 &console_log,
                 &format!("{} was pulled with the memory of a VM whose address {was} another VM or container of this host has now; removed its saved state, booting with {now}", vm.name),
             );
-            suspend::discard(vm)?;
+            if let Some(r) = &saved {
+                discard_state(vm, r, &mut config)?;
+            }
             saved = None;
         } else if was != *now {
             notice(
@@ -363,8 +361,8 @@ async fn run_vm(
                     vm.name
                 ),
             );
-            suspend::discard(vm)?;
-            own_mac_after_pulled_state(vm, r, &mut config, &mut spec)?;
+            discard_state(vm, r, &mut config)?;
+            spec.mac = config.mac_address.clone();
             saved = None;
         }
     }
@@ -399,8 +397,8 @@ async fn run_vm(
                         vm.name
                     ),
                 );
-                suspend::discard(vm)?;
-                own_mac_after_pulled_state(vm, r, &mut config, &mut spec)?;
+                discard_state(vm, r, &mut config)?;
+                spec.mac = config.mac_address.clone();
                 start_qemu(&qemu.binary, &spec, &run_dir).await?
             }
         },
@@ -653,20 +651,20 @@ async fn start_qemu(
     }
 }
 
-/// A state pulled with its image can leave the VM its publisher's MAC address (a VM
-/// cabin cannot give another one from outside keeps the state's, for its card to go on
-/// working). Once that state is discarded, the VM boots with a MAC address of its own:
-/// every host that pulled the image would otherwise share one.
-fn own_mac_after_pulled_state(
+/// Removes the VM's saved state `r`, which it boots without. A state pulled with its
+/// image can have left the VM its publisher's MAC address (a VM cabin cannot give
+/// another one from outside keeps the state's, for its card to go on working): the VM
+/// then gets a MAC address of its own in `config`, or every host that pulled the image
+/// would share one.
+fn discard_state(
     vm: &Vm,
     r: &suspend::Suspended,
     config: &mut store::VmConfig,
-    spec: &mut FullVmSpec,
 ) -> Result<(), VmError> {
+    suspend::discard(vm)?;
     if r.pulled && config.mac_address.eq_ignore_ascii_case(&r.mac) {
         config.mac_address = store::random_mac()?;
         vm.save_config(config)?;
-        spec.mac = config.mac_address.clone();
     }
     Ok(())
 }

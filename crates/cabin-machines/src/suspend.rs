@@ -492,47 +492,43 @@ pub async fn save(s: &Saving<'_>, qmp: &mut Qmp, child: &mut Child) -> Result<()
         .mode(0o600)
         .open(&staged)
         .map_err(io_err("creating the saved state"))?;
-    let saved = async {
-        migration::save(qmp, &file, Ram::InStream).await?;
-        file.sync_all()
-    }
-    .await;
-    if let Err(e) = saved {
-        drop(file);
-        let _ = fs::remove_file(&staged);
-        // The guest goes on as it was.
-        let _ = qmp.execute("cont", None).await;
-        return Err(VmError::Failed(format!(
-            "{} cannot be suspended: {}",
-            s.vm.name,
-            qemu_reason(&e.to_string())
-        )));
-    }
-    let state_bytes = file.metadata().map(|m| m.len());
-    drop(file);
     let disks = || s.devices.identities(s.vm);
-    let mut record = Suspended {
-        version: RECORD_VERSION,
-        suspended_at: cabin_base::time::now_unix(),
-        state_bytes: *state_bytes.as_ref().unwrap_or(&0),
-        fingerprint: fingerprint.clone(),
-        disks: disks(),
-        devices: s.devices.clone(),
-        address: s.address,
-        mac: s.mac.locked().clone(),
-        pulled: false,
-    };
     // Recorded while the guest can still go on: a record that cannot be written (a
     // disk filled by the state) loses nothing. Without the state in place it is not
     // read (see `saved`).
-    if let Err(e) = state_bytes.and_then(|_| write_record(&s.vm.dir, &record)) {
-        let _ = fs::remove_file(&staged);
-        let _ = qmp.execute("cont", None).await;
-        return Err(VmError::Failed(format!(
-            "{} cannot be suspended: recording its saved state: {e}",
-            s.vm.name
-        )));
+    let recorded = async {
+        migration::save(qmp, &file, Ram::InStream).await?;
+        file.sync_all()?;
+        let record = Suspended {
+            version: RECORD_VERSION,
+            suspended_at: cabin_base::time::now_unix(),
+            state_bytes: file.metadata()?.len(),
+            fingerprint: fingerprint.clone(),
+            disks: disks(),
+            devices: s.devices.clone(),
+            address: s.address,
+            mac: s.mac.locked().clone(),
+            pulled: false,
+        };
+        write_record(&s.vm.dir, &record)
+            .map_err(|e| io::Error::new(e.kind(), format!("recording its saved state: {e}")))?;
+        Ok::<_, io::Error>(record)
     }
+    .await;
+    drop(file);
+    let mut record = match recorded {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = fs::remove_file(&staged);
+            // The guest goes on as it was.
+            let _ = qmp.execute("cont", None).await;
+            return Err(VmError::Failed(format!(
+                "{} cannot be suspended: {}",
+                s.vm.name,
+                qemu_reason(&e.to_string())
+            )));
+        }
+    };
     // QEMU is done with the disks once it has ended.
     let _ = qmp.execute("quit", None).await;
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -359,12 +359,11 @@ const MEMORY_LEFT_OUT: &str = ".memory-left-out";
 fn adopt_memory(dir: &Path, pulled: &Pulled, config: &mut VmConfig) -> Memory {
     let has = |a: Attachment| pulled.attachments.contains(&a);
     let from = dir.join(attachment::DIR);
-    let memory = match (has(Attachment::StateDescription), has(Attachment::State)) {
-        _ if pulled.attachments_refused.is_some() => {
-            Memory::LeftOut(pulled.attachments_refused.clone().unwrap_or_default())
-        }
-        (false, false) => Memory::None,
-        (true, true) => {
+    let pair = (has(Attachment::StateDescription), has(Attachment::State));
+    let memory = match (&pulled.attachments_refused, pair) {
+        (Some(why), _) => Memory::LeftOut(why.clone()),
+        (None, (false, false)) => Memory::None,
+        (None, (true, true)) => {
             let files = PulledState {
                 description: from.join(Attachment::StateDescription.file()),
                 state: from.join(Attachment::State.file()),

@@ -342,7 +342,8 @@ pub fn plan(
             (size, offset.is_some())
         }
     };
-    same_bytes_everywhere(image, &parts)?;
+    let mut seen = BTreeMap::new();
+    same_bytes_everywhere(image, &mut seen, &parts)?;
     // cabin's own files only add to the VM Lume's layers make: malformed ones are left
     // out (the VM boots), never a reason to refuse the image.
     let attachments = attached
@@ -350,12 +351,10 @@ pub fn plan(
         .map(|(kind, layers)| attachment_plan(image, kind, &layers))
         .collect::<Result<Vec<_>, _>>()
         .and_then(|attachments| {
-            let all: Vec<Part> = parts
-                .iter()
-                .chain(attachments.iter().flat_map(|a| &a.parts))
-                .cloned()
-                .collect();
-            same_bytes_everywhere(image, &all).map(|()| attachments)
+            for a in &attachments {
+                same_bytes_everywhere(image, &mut seen, &a.parts)?;
+            }
+            Ok(attachments)
         });
     let (attachments, attachments_refused) = match attachments {
         Ok(a) => (a, None),
@@ -373,14 +372,19 @@ pub fn plan(
     })
 }
 
-/// One blob listed at several offsets must mean the same bytes at each.
-fn same_bytes_everywhere(image: &str, parts: &[Part]) -> Result<(), LumeError> {
-    let mut by_digest: BTreeMap<&str, (Option<u64>, &Option<String>)> = BTreeMap::new();
+/// One blob listed at several offsets must mean the same bytes at each: `parts` are
+/// checked against each other and against those `seen` before (digest: uncompressed
+/// size and digest), and added to them.
+fn same_bytes_everywhere(
+    image: &str,
+    seen: &mut BTreeMap<String, (Option<u64>, Option<String>)>,
+    parts: &[Part],
+) -> Result<(), LumeError> {
     for p in parts {
-        let entry = by_digest
-            .entry(&p.digest)
-            .or_insert((p.size, &p.uncompressed_digest));
-        if entry.0 != p.size || entry.1 != &p.uncompressed_digest {
+        let entry = seen
+            .entry(p.digest.clone())
+            .or_insert_with(|| (p.size, p.uncompressed_digest.clone()));
+        if entry.0 != p.size || entry.1 != p.uncompressed_digest {
             return Err(LumeError::invalid(
                 image,
                 format!(
